@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The back-end request channel (SET_BACKEND_REQ_FD): requests the back-end
+ * sends to the front-end.  Each one is validated against the back-end
+ * request table, handed to a handler, and answered with a u64 status when
+ * the back-end asked for a reply (0 = handled).  A request without a handler
+ * is refused with a non-zero status; an invalid message closes the channel.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "proto/vhost-user.h"
+
+struct vhu_backend_channel;
+
+/*
+ * Handlers return 0 when handled or a negative errno to refuse.  A handler
+ * that receives an fd owns it (on success and failure alike).
+ */
+struct vhu_backend_handlers {
+        int (*iotlb_msg)(void *userdata, const struct vhu_iotlb *msg);
+        int (*config_change)(void *userdata);
+        int (*host_notifier)(void *userdata, const struct vhu_vring_area *area, int fd);
+        int (*vring_call)(void *userdata, unsigned index);
+        int (*vring_err)(void *userdata, unsigned index);
+        int (*shared_object_add)(void *userdata, const uint8_t uuid[16]);
+        int (*shared_object_remove)(void *userdata, const uint8_t uuid[16]);
+        /* On success *fd is the object's fd to send back; the channel closes it after sending. */
+        int (*shared_object_lookup)(void *userdata, const uint8_t uuid[16], int *fd);
+};
+
+/*
+ * Creates the channel: a socketpair whose other end (*backend_fd, owned by
+ * the caller, to be sent with SET_BACKEND_REQ_FD and then closed) goes to the
+ * back-end.  `protocol_features` are the negotiated ones: a request whose
+ * feature was not negotiated is a protocol error.
+ */
+int vhu_backend_channel_new(const struct vhu_backend_handlers *handlers, void *userdata,
+                            uint64_t protocol_features, int *backend_fd,
+                            struct vhu_backend_channel **out);
+void vhu_backend_channel_free(struct vhu_backend_channel *ch);
+
+/* Our end, for an event loop: readable when a request is waiting. */
+int vhu_backend_channel_fd(const struct vhu_backend_channel *ch);
+
+/*
+ * Reads and serves one request.  Returns 1 when one was served, 0 when none
+ * was waiting, or a negative errno (-ECONNRESET when the back-end closed,
+ * -EPROTO for an invalid message); after an error the channel is closed.
+ */
+int vhu_backend_channel_process(struct vhu_backend_channel *ch);
+
+bool vhu_backend_channel_is_open(const struct vhu_backend_channel *ch);
+const char *vhu_backend_channel_error(const struct vhu_backend_channel *ch);
+
+/* Requests served, and refused, since creation: observable state for the daemon. */
+uint64_t vhu_backend_channel_served(const struct vhu_backend_channel *ch);
+uint64_t vhu_backend_channel_refused(const struct vhu_backend_channel *ch);

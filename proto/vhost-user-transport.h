@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Moving vhost-user messages over a Unix stream socket: SCM_RIGHTS, partial
+ * reads and writes, EINTR, deadlines.  Sockets are non-blocking; whenever a
+ * call would block it asks a wait function, so a caller can plug in its own
+ * (an event loop, a poll on several fds) instead of a plain poll().
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include "proto/vhost-user.h"
+
+/* Monotonic clock in microseconds. */
+uint64_t vhu_now_usec(void);
+/* Deadline `timeout_ms` from now; 0 means "no deadline" (UINT64_MAX). */
+uint64_t vhu_deadline_after_ms(unsigned timeout_ms);
+
+/*
+ * Waits until `fd` is ready for `events` (POLLIN/POLLOUT) or the deadline
+ * passes.  Returns 0 when ready, -ETIMEDOUT, or another negative errno.
+ */
+typedef int (*vhu_wait_fn)(void *userdata, int fd, short events, uint64_t deadline_usec);
+
+struct vhu_io {
+        vhu_wait_fn wait;
+        void *userdata;
+};
+
+/* The default wait: poll() on the one fd. */
+int vhu_wait_poll(void *userdata, int fd, short events, uint64_t deadline_usec);
+
+/* Sends the header, `hdr.size` payload bytes and the fds in one sendmsg (then the rest). */
+int vhu_send_msg(int sock, const struct vhu_msg *msg, const struct vhu_io *io, uint64_t deadline_usec);
+
+/*
+ * Receives a header and any fds that came with it.  At most VHU_MAX_FDS fds
+ * are kept; a message that carried more has them all closed and the call
+ * fails with -EMSGSIZE.  -ECONNRESET when the peer closed.
+ */
+int vhu_recv_hdr(int sock, struct vhu_msg *msg, const struct vhu_io *io, uint64_t deadline_usec);
+
+/*
+ * Receives `msg->hdr.size` payload bytes; the caller must have checked the
+ * size against the payload union first.  Fds that arrive with the payload are
+ * appended to msg->fds under the same limit.
+ */
+int vhu_recv_payload(int sock, struct vhu_msg *msg, const struct vhu_io *io, uint64_t deadline_usec);
+
+/* Closes every fd in msg and forgets them. */
+void vhu_msg_close_fds(struct vhu_msg *msg);
+
+/* Client side: a non-blocking, close-on-exec connected socket, or a negative errno. */
+int vhu_socket_connect(const char *path);
+
+/*
+ * Server side: a listening socket at `path`.  A stale socket file left by a
+ * dead process is replaced; any other existing file is refused (-EEXIST).
+ */
+int vhu_socket_listen(const char *path);
+
+/* Accepts one connection within the deadline; the new socket is non-blocking. */
+int vhu_socket_accept(int listen_fd, const struct vhu_io *io, uint64_t deadline_usec);
+
+/* Makes fd non-blocking and close-on-exec. */
+int vhu_fd_prepare(int fd);
