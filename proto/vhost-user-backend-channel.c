@@ -76,17 +76,22 @@ uint64_t vhu_backend_channel_refused(const struct vhu_backend_channel *ch) {
         return ch->refused;
 }
 
+/* After an invalid message the stream cannot be trusted: close our end. */
+static int channel_close(struct vhu_backend_channel *ch, int err) {
+        if (ch->fd >= 0) {
+                close(ch->fd);
+                ch->fd = -1;
+        }
+        return err;
+}
+
 __attribute__((format(printf, 3, 4)))
 static int channel_fail(struct vhu_backend_channel *ch, int err, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(ch->error, sizeof(ch->error), fmt, ap);
         va_end(ap);
-        if (ch->fd >= 0) {
-                close(ch->fd);
-                ch->fd = -1;
-        }
-        return err;
+        return channel_close(ch, err);
 }
 
 /* Takes the single fd a message may carry, or -1. */
@@ -185,7 +190,7 @@ int vhu_backend_channel_process(struct vhu_backend_channel *ch) {
         const struct vhu_backend_request_info *info = validate(ch, &msg);
         if (!info || msg.hdr.size > sizeof(msg.payload)) {
                 vhu_msg_close_fds(&msg);
-                return channel_fail(ch, -EPROTO, "%s", ch->error);
+                return channel_close(ch, -EPROTO); /* validate() said why */
         }
         r = vhu_recv_payload(ch->fd, &msg, NULL, vhu_deadline_after_ms(CHANNEL_MESSAGE_TIMEOUT_MS));
         if (r < 0)

@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Starting and stopping the real back-ends the tests run against: DPDK
+ * testpmd with a net_vhost port and QEMU's virtiofsd.  Each is a child of
+ * the test, stopped by pid, its socket and files removed afterwards.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct real_backend {
+        pid_t pid;
+        int stdin_fd;           /* testpmd exits when its stdin reaches EOF: we hold it open */
+        char dir[64];           /* private directory for the socket and logs */
+        char socket[128];
+        char log[128];
+        char dpdk_prefix[32];   /* testpmd's runtime directory under /var/run/dpdk */
+        int listen_fd;          /* client-mode testpmd: the socket we listen on, or -1 */
+};
+
+enum testpmd_flags {
+        TESTPMD_NULL_PORT = 1 << 0,   /* a net_null second port floods the guest's receive rings */
+        TESTPMD_CLIENT = 1 << 1,      /* testpmd connects to us (b->listen_fd), like OVS dpdkvhostuserclient */
+};
+
+#define TESTPMD_BIN "/usr/bin/dpdk-testpmd"
+#define VIRTIOFSD_BIN "/usr/lib/qemu/virtiofsd"
+
+/*
+ * testpmd in macswap/loop mode with `queues` queue pairs on one vhost port
+ * (so every frame the guest sends comes back to it).  Returns 0 once the
+ * socket exists (server mode) or once testpmd runs with our listening socket
+ * in b->listen_fd (TESTPMD_CLIENT), or a negative errno.
+ */
+int start_testpmd(struct real_backend *b, unsigned queues, unsigned flags);
+
+/* virtiofsd sharing a fresh empty directory. */
+int start_virtiofsd(struct real_backend *b);
+
+/* SIGTERM, wait (SIGKILL after a grace period), remove socket, logs and directory. */
+void stop_backend(struct real_backend *b);
+
+/* Waits for the process to exit on its own (virtiofsd does after its client leaves). */
+bool backend_exited(struct real_backend *b, unsigned timeout_ms);
+
+/* True when the binary is installed; tests fail (not skip) when it is missing. */
+bool backend_available(const char *bin);

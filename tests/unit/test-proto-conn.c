@@ -1,0 +1,684 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Reply validation, gating, encoding and the transport, driven over a
+ * socketpair.  The peer's replies are written before the request is made:
+ * the socket buffers them, so every case is deterministic and needs no thread.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "proto/vhost-user-frontend.h"
+#include "proto/vhost-user-table.h"
+#include "tests/common/fd-count.h"
+
+#define DPDK_FEATURES  UINT64_C(0xd7c66e7cb)
+/* REPLY_ACK, LOG_SHMFD, RARP, NET_MTU, STATUS: no MQ, no channel, so negotiation is short. */
+#define TEST_PF (VHU_BIT(VHU_PF_LOG_SHMFD) | VHU_BIT(VHU_PF_RARP) | VHU_BIT(VHU_PF_REPLY_ACK) | \
+                 VHU_BIT(VHU_PF_NET_MTU) | VHU_BIT(VHU_PF_STATUS))
+
+struct fixture {
+        struct vhu_conn *conn;
+        int peer;
+        int fds_before;
+};
+
+static void peer_send(int peer, uint32_t request, uint32_t flags, const void *payload, uint32_t size,
+                      const int *fds, unsigned nfds) {
+        struct vhu_msg m = { .hdr = { .request = request, .flags = flags, .size = size }, .nfds = nfds };
+        if (size)
+                memcpy(&m.payload, payload, size);
+        for (unsigned i = 0; i < nfds; i++)
+                m.fds[i] = fds[i];
+        assert_int_equal(vhu_send_msg(peer, &m, NULL, vhu_deadline_after_ms(1000)), 0);
+}
+
+static void peer_reply_u64(int peer, uint32_t request, uint64_t v) {
+        peer_send(peer, request, VHU_REPLY_FLAGS, &v, sizeof(v), NULL, 0);
+}
+
+/* Reads the next request the front-end sent; returns its number, closes its fds. */
+static uint32_t peer_read(int peer, struct vhu_msg *out) {
+        struct vhu_msg m;
+        assert_int_equal(vhu_recv_hdr(peer, &m, NULL, vhu_deadline_after_ms(1000)), 0);
+        assert_int_equal(vhu_recv_payload(peer, &m, NULL, vhu_deadline_after_ms(1000)), 0);
+        if (out) {
+                *out = m;
+                out->nfds = m.nfds;
+        }
+        vhu_msg_close_fds(&m);
+        return m.hdr.request;
+}
+
+static bool peer_has_data(int peer) {
+        char c;
+        return recv(peer, &c, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+static int setup_with(void **state, uint64_t features, uint64_t pf) {
+        struct fixture *f = calloc(1, sizeof(*f));
+        int sv[2];
+        f->fds_before = count_open_fds();
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        struct vhu_conn_options o = { .timeout_ms = 300 };
+        assert_int_equal(vhu_conn_new(sv[0], &o, &f->conn), 0);
+        f->peer = sv[1];
+
+        /* Negotiation: GET_FEATURES, GET/SET_PROTOCOL_FEATURES, SET_OWNER (acked). */
+        peer_reply_u64(f->peer, VHU_REQ_GET_FEATURES, features);
+        if (features & VHU_BIT(VHU_VF_PROTOCOL_FEATURES))
+                peer_reply_u64(f->peer, VHU_REQ_GET_PROTOCOL_FEATURES, pf);
+        if (pf & VHU_BIT(VHU_PF_REPLY_ACK))
+                peer_reply_u64(f->peer, VHU_REQ_SET_OWNER, 0);
+        assert_int_equal(vhu_negotiate(f->conn, NULL), 0);
+        while (peer_has_data(f->peer))
+                peer_read(f->peer, NULL);
+        *state = f;
+        return 0;
+}
+
+static int setup(void **state) { return setup_with(state, DPDK_FEATURES, TEST_PF); }
+static int setup_no_ack(void **state) { return setup_with(state, DPDK_FEATURES, TEST_PF & ~VHU_BIT(VHU_PF_REPLY_ACK)); }
+
+static int teardown(void **state) {
+        struct fixture *f = *state;
+        vhu_conn_free(f->conn);
+        close(f->peer);
+        /* Whatever the case did, no fd outlives it. */
+        assert_int_equal(count_open_fds(), f->fds_before);
+        free(f);
+        return 0;
+}
+
+static void assert_error_mentions(struct vhu_conn *c, const char *a, const char *b) {
+        const char *e = vhu_conn_error(c);
+        if (!strstr(e, a) || (b && !strstr(e, b)))
+                fail_msg("error \"%s\" does not mention \"%s\"%s%s", e, a, b ? " and " : "", b ? b : "");
+}
+
+/* ---- negotiation ------------------------------------------------------ */
+
+static void negotiation_records_what_was_offered(void **state) {
+        struct fixture *f = *state;
+        assert_int_equal(vhu_conn_features(f->conn), DPDK_FEATURES);
+        assert_int_equal(vhu_conn_protocol_features_offered(f->conn), TEST_PF);
+        assert_int_equal(vhu_conn_protocol_features(f->conn), TEST_PF);
+        assert_int_equal(vhu_conn_queue_num(f->conn), 1);
+        assert_true(vhu_conn_is_connected(f->conn));
+}
+
+static void negotiation_order_and_acks(void **state) {
+        (void) state;
+        int sv[2];
+        struct vhu_conn *c;
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_equal(vhu_conn_new(sv[0], NULL, &c), 0);
+        /* Offer everything, including a bit from the future and XEN_MMAP: neither may be acked. */
+        uint64_t offered = VHU_BIT(VHU_PF_COUNT) - 1 + VHU_BIT(40);
+        peer_reply_u64(sv[1], VHU_REQ_GET_FEATURES, DPDK_FEATURES);
+        peer_reply_u64(sv[1], VHU_REQ_GET_PROTOCOL_FEATURES, offered);
+        peer_reply_u64(sv[1], VHU_REQ_GET_QUEUE_NUM, 4);
+        peer_reply_u64(sv[1], VHU_REQ_GET_MAX_MEM_SLOTS, 509);
+        peer_reply_u64(sv[1], VHU_REQ_SET_BACKEND_REQ_FD, 0);
+        peer_reply_u64(sv[1], VHU_REQ_SET_OWNER, 0);
+        assert_int_equal(vhu_negotiate(c, NULL), 0);
+
+        struct vhu_msg m;
+        assert_int_equal(peer_read(sv[1], &m), VHU_REQ_GET_FEATURES);
+        assert_int_equal(peer_read(sv[1], &m), VHU_REQ_GET_PROTOCOL_FEATURES);
+        assert_int_equal(peer_read(sv[1], &m), VHU_REQ_SET_PROTOCOL_FEATURES);
+        assert_int_equal(m.payload.u64, vhu_supported_protocol_features());
+        assert_int_equal(m.hdr.flags, VHU_VERSION); /* REPLY_ACK is not in force yet */
+        assert_int_equal(peer_read(sv[1], &m), VHU_REQ_GET_QUEUE_NUM);
+        assert_int_equal(peer_read(sv[1], &m), VHU_REQ_GET_MAX_MEM_SLOTS);
+        assert_int_equal(peer_read(sv[1], &m), VHU_REQ_SET_BACKEND_REQ_FD);
+        assert_int_equal(m.nfds, 1);
+        assert_int_equal(m.hdr.flags, VHU_VERSION | VHU_FLAG_NEED_REPLY);
+        assert_int_equal(peer_read(sv[1], &m), VHU_REQ_SET_OWNER);
+        assert_int_equal(m.hdr.flags, VHU_VERSION | VHU_FLAG_NEED_REPLY);
+        assert_int_equal(vhu_conn_queue_num(c), 4);
+        assert_int_equal(vhu_conn_max_mem_slots(c), 509);
+        assert_non_null(vhu_conn_backend_channel(c));
+        vhu_conn_free(c);
+        close(sv[1]);
+}
+
+static void no_protocol_features_means_no_get_protocol_features(void **state) {
+        (void) state;
+        int sv[2];
+        struct vhu_conn *c;
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_equal(vhu_conn_new(sv[0], NULL, &c), 0);
+        peer_reply_u64(sv[1], VHU_REQ_GET_FEATURES, VHU_BIT(VHU_VF_VERSION_1));
+        assert_int_equal(vhu_negotiate(c, NULL), 0);
+        assert_int_equal(peer_read(sv[1], NULL), VHU_REQ_GET_FEATURES);
+        assert_int_equal(peer_read(sv[1], NULL), VHU_REQ_SET_OWNER);
+        assert_false(peer_has_data(sv[1]));
+        /* And nothing that needs them can be sent. */
+        assert_int_equal(vhu_set_vring_enable(c, 0, true), -ENOTSUP);
+        assert_error_mentions(c, "SET_VRING_ENABLE", "PROTOCOL_FEATURES");
+        vhu_conn_free(c);
+        close(sv[1]);
+}
+
+/* ---- gating ------------------------------------------------------------ */
+
+static void request_without_its_feature_is_never_sent(void **state) {
+        struct fixture *f = *state;
+        assert_int_equal(vhu_get_queue_num(f->conn, &(uint64_t) { 0 }), -ENOTSUP);
+        assert_error_mentions(f->conn, "GET_QUEUE_NUM", "MQ");
+        assert_int_equal(vhu_reset_device(f->conn), -ENOTSUP);
+        assert_int_equal(vhu_set_vring_endian(f->conn, 0, true), -ENOTSUP);
+        assert_int_equal(vhu_iotlb_msg(f->conn, &(struct vhu_iotlb) { .type = VHU_IOTLB_UPDATE }), -ENOTSUP);
+        assert_error_mentions(f->conn, "IOTLB_MSG", "ACCESS_PLATFORM");
+        assert_false(peer_has_data(f->peer));
+        /* The connection is still fine: refusing to send is not a failure of the link. */
+        assert_true(vhu_conn_is_connected(f->conn));
+}
+
+static void rarp_only_with_rarp(void **state) {
+        (void) state;
+        struct fixture *f;
+        setup_with((void **) &f, DPDK_FEATURES, TEST_PF & ~VHU_BIT(VHU_PF_RARP));
+        const uint8_t mac[6] = { 0x52, 0x54, 0, 0x12, 0x34, 0x56 };
+        assert_int_equal(vhu_send_rarp(f->conn, mac), -ENOTSUP);
+        assert_error_mentions(f->conn, "SEND_RARP", "RARP");
+        assert_false(peer_has_data(f->peer));
+        teardown((void **) &f);
+}
+
+/* ---- encoding ---------------------------------------------------------- */
+
+static void encodes_rarp_mtu_kick_and_mem_table(void **state) {
+        struct fixture *f = *state;
+        struct vhu_msg m;
+        const uint8_t mac[6] = { 0x52, 0x54, 0, 0x12, 0x34, 0x56 };
+
+        peer_reply_u64(f->peer, VHU_REQ_SEND_RARP, 0);
+        assert_int_equal(vhu_send_rarp(f->conn, mac), 0);
+        assert_int_equal(peer_read(f->peer, &m), VHU_REQ_SEND_RARP);
+        assert_int_equal(m.hdr.size, 8);
+        assert_memory_equal(&m.payload.u64, mac, 6);
+        assert_int_equal(m.hdr.flags, VHU_VERSION | VHU_FLAG_NEED_REPLY);
+
+        peer_reply_u64(f->peer, VHU_REQ_NET_SET_MTU, 0);
+        assert_int_equal(vhu_net_set_mtu(f->conn, 9000), 0);
+        assert_int_equal(peer_read(f->peer, &m), VHU_REQ_NET_SET_MTU);
+        assert_int_equal(m.payload.u64, 9000);
+
+        int efd = eventfd(0, EFD_CLOEXEC);
+        peer_reply_u64(f->peer, VHU_REQ_SET_VRING_KICK, 0);
+        assert_int_equal(vhu_set_vring_kick(f->conn, 3, efd), 0);
+        assert_int_equal(peer_read(f->peer, &m), VHU_REQ_SET_VRING_KICK);
+        assert_int_equal(m.payload.u64, 3);
+        assert_int_equal(m.nfds, 1);
+        peer_reply_u64(f->peer, VHU_REQ_SET_VRING_CALL, 0);
+        assert_int_equal(vhu_set_vring_call(f->conn, 2, -1), 0);
+        assert_int_equal(peer_read(f->peer, &m), VHU_REQ_SET_VRING_CALL);
+        assert_int_equal(m.payload.u64, 2 | VHU_VRING_NOFD_MASK);
+        assert_int_equal(m.nfds, 0);
+        assert_int_equal(vhu_set_vring_call(f->conn, 256, -1), -EINVAL);
+
+        struct vhu_region regs[2] = {
+                { .fd = efd, .guest_phys_addr = 0, .memory_size = 0x100000, .userspace_addr = 0x7f0000000000 },
+                { .fd = efd, .guest_phys_addr = 0x100000, .memory_size = 0x1000, .userspace_addr = 0x7f1000000000, .mmap_offset = 0x2000 },
+        };
+        peer_reply_u64(f->peer, VHU_REQ_SET_MEM_TABLE, 0);
+        assert_int_equal(vhu_set_mem_table(f->conn, regs, 2), 0);
+        assert_int_equal(peer_read(f->peer, &m), VHU_REQ_SET_MEM_TABLE);
+        assert_int_equal(m.hdr.size, 8 + 2 * 32);
+        assert_int_equal(m.nfds, 2);
+        assert_int_equal(m.payload.mem.nregions, 2);
+        assert_int_equal(m.payload.mem.regions[1].mmap_offset, 0x2000);
+        assert_int_equal(m.payload.mem.regions[1].guest_phys_addr, 0x100000);
+        close(efd);
+}
+
+static void bad_memory_tables_are_refused_before_sending(void **state) {
+        struct fixture *f = *state;
+        struct vhu_region regs[9];
+        for (unsigned i = 0; i < 9; i++)
+                regs[i] = (struct vhu_region) { .fd = 0, .guest_phys_addr = i * 0x1000, .memory_size = 0x1000 };
+        assert_int_equal(vhu_set_mem_table(f->conn, regs, 9), -EINVAL);
+        assert_int_equal(vhu_set_mem_table(f->conn, regs, 0), -EINVAL);
+        regs[1].guest_phys_addr = 0x800; /* overlaps region 0 */
+        assert_int_equal(vhu_set_mem_table(f->conn, regs, 2), -EINVAL);
+        assert_error_mentions(f->conn, "SET_MEM_TABLE", "overlap");
+        regs[1].guest_phys_addr = 0x1000;
+        regs[1].fd = -1;
+        assert_int_equal(vhu_set_mem_table(f->conn, regs, 2), -EBADF);
+        regs[1].fd = 0;
+        regs[1].memory_size = 0;
+        assert_int_equal(vhu_set_mem_table(f->conn, regs, 2), -EINVAL);
+        regs[1].memory_size = UINT64_MAX;
+        assert_int_equal(vhu_set_mem_table(f->conn, regs, 2), -EINVAL);
+        assert_false(peer_has_data(f->peer));
+        assert_true(vhu_conn_is_connected(f->conn));
+}
+
+/* ---- reply validation -------------------------------------------------- */
+
+static void expect_fatal(struct fixture *f, int ret, int err, const char *req, const char *what) {
+        assert_int_equal(ret, err);
+        assert_error_mentions(f->conn, req, what);
+        assert_false(vhu_conn_is_connected(f->conn));
+        /* Every later call fails without touching the dead socket. */
+        assert_int_equal(vhu_set_owner(f->conn), -ENOTCONN);
+}
+
+static void reply_with_wrong_flags(void **state) {
+        struct fixture *f = *state;
+        uint64_t v = 1;
+        peer_send(f->peer, VHU_REQ_GET_FEATURES, VHU_VERSION, &v, 8, NULL, 0);
+        expect_fatal(f, vhu_get_features(f->conn, &v), -EPROTO, "GET_FEATURES", "flags 0x1");
+}
+
+static void reply_with_need_reply_flag(void **state) {
+        struct fixture *f = *state;
+        uint64_t v = 1;
+        peer_send(f->peer, VHU_REQ_GET_FEATURES, VHU_REPLY_FLAGS | VHU_FLAG_NEED_REPLY, &v, 8, NULL, 0);
+        expect_fatal(f, vhu_get_features(f->conn, &v), -EPROTO, "GET_FEATURES", "0xd");
+}
+
+static void reply_for_another_request(void **state) {
+        struct fixture *f = *state;
+        peer_reply_u64(f->peer, VHU_REQ_GET_PROTOCOL_FEATURES, 0);
+        unsigned base;
+        expect_fatal(f, vhu_get_vring_base(f->conn, 0, &base), -EPROTO, "GET_VRING_BASE", "GET_PROTOCOL_FEATURES");
+}
+
+static void reply_oversized(void **state) {
+        struct fixture *f = *state;
+        uint8_t big[64] = { 0 };
+        peer_send(f->peer, VHU_REQ_GET_FEATURES, VHU_REPLY_FLAGS, big, sizeof(big), NULL, 0);
+        uint64_t v;
+        expect_fatal(f, vhu_get_features(f->conn, &v), -EPROTO, "GET_FEATURES", "64 bytes");
+}
+
+static void reply_undersized(void **state) {
+        struct fixture *f = *state;
+        uint32_t small = 0;
+        peer_send(f->peer, VHU_REQ_GET_VRING_BASE, VHU_REPLY_FLAGS, &small, 4, NULL, 0);
+        unsigned base;
+        expect_fatal(f, vhu_get_vring_base(f->conn, 0, &base), -EPROTO, "GET_VRING_BASE", "4 bytes");
+}
+
+static void reply_with_huge_size_field(void **state) {
+        struct fixture *f = *state;
+        /* A header claiming 4 GiB of payload: refused from the header alone, nothing allocated. */
+        struct vhu_hdr h = { .request = VHU_REQ_GET_FEATURES, .flags = VHU_REPLY_FLAGS, .size = UINT32_MAX };
+        assert_int_equal(write(f->peer, &h, sizeof(h)), (ssize_t) sizeof(h));
+        uint64_t v;
+        expect_fatal(f, vhu_get_features(f->conn, &v), -EPROTO, "GET_FEATURES", "4294967295 bytes");
+}
+
+static void reply_with_unexpected_fds(void **state) {
+        struct fixture *f = *state;
+        int fds[2] = { eventfd(0, EFD_CLOEXEC), eventfd(0, EFD_CLOEXEC) };
+        uint64_t v = 0;
+        peer_send(f->peer, VHU_REQ_GET_FEATURES, VHU_REPLY_FLAGS, &v, 8, fds, 2);
+        close(fds[0]);
+        close(fds[1]);
+        expect_fatal(f, vhu_get_features(f->conn, &v), -EPROTO, "GET_FEATURES", "2 fds");
+        /* teardown counts fds: the two that arrived were closed. */
+}
+
+static void reply_with_too_many_fds(void **state) {
+        struct fixture *f = *state;
+        /* Twelve fds on one message: more than any vhost-user message may carry. */
+        int fds[12];
+        for (int i = 0; i < 12; i++)
+                fds[i] = eventfd(0, EFD_CLOEXEC);
+        uint64_t v = 0;
+        struct vhu_hdr h = { .request = VHU_REQ_GET_FEATURES, .flags = VHU_REPLY_FLAGS, .size = 8 };
+        char buf[sizeof(h) + 8];
+        memcpy(buf, &h, sizeof(h));
+        memcpy(buf + sizeof(h), &v, 8);
+        char control[CMSG_SPACE(sizeof(fds))] = { 0 };
+        struct iovec iov = { buf, sizeof(buf) };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control) };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(fds));
+        memcpy(CMSG_DATA(cm), fds, sizeof(fds));
+        assert_int_equal(sendmsg(f->peer, &mh, 0), (ssize_t) sizeof(buf));
+        for (int i = 0; i < 12; i++)
+                close(fds[i]);
+        expect_fatal(f, vhu_get_features(f->conn, &v), -EMSGSIZE, "GET_FEATURES", "more than 8 fds");
+}
+
+static void ack_with_failure_status_keeps_connection(void **state) {
+        struct fixture *f = *state;
+        peer_reply_u64(f->peer, VHU_REQ_SET_VRING_NUM, 1);
+        assert_int_equal(vhu_set_vring_num(f->conn, 0, 256), -EREMOTEIO);
+        assert_error_mentions(f->conn, "SET_VRING_NUM", "status 1");
+        assert_true(vhu_conn_is_connected(f->conn));
+        peer_reply_u64(f->peer, VHU_REQ_SET_VRING_NUM, 0);
+        assert_int_equal(vhu_set_vring_num(f->conn, 0, 256), 0);
+}
+
+static void ack_of_wrong_size(void **state) {
+        struct fixture *f = *state;
+        uint32_t v = 0;
+        peer_send(f->peer, VHU_REQ_SET_VRING_NUM, VHU_REPLY_FLAGS, &v, 4, NULL, 0);
+        expect_fatal(f, vhu_set_vring_num(f->conn, 0, 256), -EPROTO, "SET_VRING_NUM", "expected 8");
+}
+
+static void no_reply_times_out(void **state) {
+        struct fixture *f = *state;
+        uint64_t t0 = vhu_now_usec();
+        uint64_t v;
+        int r = vhu_get_features(f->conn, &v);
+        uint64_t waited_ms = (vhu_now_usec() - t0) / 1000;
+        expect_fatal(f, r, -ETIMEDOUT, "GET_FEATURES", "no reply in time");
+        assert_in_range(waited_ms, 250, 2000); /* the 300 ms timeout, not for ever */
+}
+
+static void peer_closes(void **state) {
+        struct fixture *f = *state;
+        shutdown(f->peer, SHUT_WR);
+        uint64_t v;
+        expect_fatal(f, vhu_get_features(f->conn, &v), -ECONNRESET, "GET_FEATURES", "closed by the back-end");
+}
+
+static void truncated_reply_payload(void **state) {
+        struct fixture *f = *state;
+        struct vhu_hdr h = { .request = VHU_REQ_GET_FEATURES, .flags = VHU_REPLY_FLAGS, .size = 8 };
+        assert_int_equal(write(f->peer, &h, sizeof(h)), (ssize_t) sizeof(h));
+        assert_int_equal(write(f->peer, "abc", 3), 3);
+        shutdown(f->peer, SHUT_WR);
+        uint64_t v;
+        expect_fatal(f, vhu_get_features(f->conn, &v), -ECONNRESET, "GET_FEATURES", "payload");
+}
+
+static void get_vring_base_for_another_ring(void **state) {
+        struct fixture *f = *state;
+        struct vhu_vring_state s = { .index = 1, .num = 77 };
+        peer_send(f->peer, VHU_REQ_GET_VRING_BASE, VHU_REPLY_FLAGS, &s, sizeof(s), NULL, 0);
+        unsigned base;
+        expect_fatal(f, vhu_get_vring_base(f->conn, 0, &base), -EPROTO, "GET_VRING_BASE", "ring 1");
+}
+
+static void get_vring_base_ok(void **state) {
+        struct fixture *f = *state;
+        struct vhu_vring_state s = { .index = 5, .num = 4242 };
+        peer_send(f->peer, VHU_REQ_GET_VRING_BASE, VHU_REPLY_FLAGS, &s, sizeof(s), NULL, 0);
+        unsigned base = 0;
+        assert_int_equal(vhu_get_vring_base(f->conn, 5, &base), 0);
+        assert_int_equal(base, 4242);
+        struct vhu_msg m;
+        assert_int_equal(peer_read(f->peer, &m), VHU_REQ_GET_VRING_BASE);
+        assert_int_equal(m.hdr.flags, VHU_VERSION); /* a request with a reply never asks for an ack */
+}
+
+static void set_log_base_replies_of_every_known_size(void **state) {
+        struct fixture *f = *state;
+        int memfd = eventfd(0, EFD_CLOEXEC);
+        uint8_t zero[24] = { 0 };
+        for (uint32_t size = 0; size <= 16; size += 8) {
+                peer_send(f->peer, VHU_REQ_SET_LOG_BASE, VHU_REPLY_FLAGS, zero, size, NULL, 0);
+                assert_int_equal(vhu_set_log_base(f->conn, memfd, 4096, 0), 0);
+                struct vhu_msg m;
+                assert_int_equal(peer_read(f->peer, &m), VHU_REQ_SET_LOG_BASE);
+                assert_int_equal(m.nfds, 1);
+                assert_int_equal(m.payload.log.mmap_size, 4096);
+                assert_int_equal(m.hdr.flags, VHU_VERSION); /* its own reply is the ack */
+        }
+        peer_send(f->peer, VHU_REQ_SET_LOG_BASE, VHU_REPLY_FLAGS, zero, 24, NULL, 0);
+        expect_fatal(f, vhu_set_log_base(f->conn, memfd, 4096, 0), -EPROTO, "SET_LOG_BASE", "24 bytes");
+        close(memfd);
+}
+
+static void without_reply_ack_nothing_waits(void **state) {
+        struct fixture *f = *state;
+        assert_int_equal(vhu_set_vring_num(f->conn, 0, 256), 0);
+        struct vhu_msg m;
+        assert_int_equal(peer_read(f->peer, &m), VHU_REQ_SET_VRING_NUM);
+        assert_int_equal(m.hdr.flags, VHU_VERSION);
+        /* The barrier is a GET_FEATURES round trip whose answer must not change. */
+        peer_reply_u64(f->peer, VHU_REQ_GET_FEATURES, DPDK_FEATURES);
+        assert_int_equal(vhu_barrier(f->conn), 0);
+        peer_reply_u64(f->peer, VHU_REQ_GET_FEATURES, DPDK_FEATURES ^ 1);
+        expect_fatal(f, vhu_barrier(f->conn), -EPROTO, "GET_FEATURES", "changed");
+}
+
+static void set_features_checks_offer(void **state) {
+        struct fixture *f = *state;
+        assert_int_equal(vhu_set_features(f->conn, VHU_BIT(63)), -EINVAL);
+        assert_error_mentions(f->conn, "SET_FEATURES", "not offered");
+        peer_reply_u64(f->peer, VHU_REQ_SET_FEATURES, 0);
+        assert_int_equal(vhu_set_features(f->conn, VHU_BIT(VHU_VF_VERSION_1)), 0);
+        struct vhu_msg m;
+        assert_int_equal(peer_read(f->peer, &m), VHU_REQ_SET_FEATURES);
+        /* PROTOCOL_FEATURES stays acked, or the negotiated protocol features would lapse. */
+        assert_int_equal(m.payload.u64, VHU_BIT(VHU_VF_VERSION_1) | VHU_BIT(VHU_VF_PROTOCOL_FEATURES));
+        assert_int_equal(vhu_conn_acked_features(f->conn), m.payload.u64);
+}
+
+/* ---- back-end channel -------------------------------------------------- */
+
+struct channel_log {
+        int config_changes;
+        unsigned last_call;
+};
+
+static int on_config_change(void *ud) {
+        ((struct channel_log *) ud)->config_changes++;
+        return 0;
+}
+
+static void backend_channel_serves_and_refuses(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        struct channel_log log = { 0 };
+        const struct vhu_backend_handlers h = { .config_change = on_config_change };
+        struct vhu_backend_channel *ch;
+        int bfd;
+        uint64_t pf = VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIG) | VHU_BIT(VHU_PF_INBAND_NOTIFICATIONS);
+        assert_int_equal(vhu_backend_channel_new(&h, &log, pf, &bfd, &ch), 0);
+
+        assert_int_equal(vhu_backend_channel_process(ch), 0); /* nothing waiting */
+        peer_send(bfd, VHU_BREQ_CONFIG_CHANGE_MSG, VHU_VERSION | VHU_FLAG_NEED_REPLY, NULL, 0, NULL, 0);
+        assert_int_equal(vhu_backend_channel_process(ch), 1);
+        assert_int_equal(log.config_changes, 1);
+        struct vhu_msg m;
+        assert_int_equal(peer_read(bfd, &m), VHU_BREQ_CONFIG_CHANGE_MSG);
+        assert_int_equal(m.hdr.flags, VHU_REPLY_FLAGS);
+        assert_int_equal(m.payload.u64, 0);
+
+        /* No handler: refused with a non-zero status, channel stays open. */
+        struct vhu_vring_state s = { .index = 1 };
+        peer_send(bfd, VHU_BREQ_VRING_CALL, VHU_VERSION | VHU_FLAG_NEED_REPLY, &s, sizeof(s), NULL, 0);
+        assert_int_equal(vhu_backend_channel_process(ch), 1);
+        assert_int_equal(peer_read(bfd, &m), VHU_BREQ_VRING_CALL);
+        assert_int_not_equal(m.payload.u64, 0);
+        assert_int_equal(vhu_backend_channel_refused(ch), 1);
+        assert_int_equal(vhu_backend_channel_served(ch), 1);
+
+        /* Without NEED_REPLY nothing comes back. */
+        peer_send(bfd, VHU_BREQ_CONFIG_CHANGE_MSG, VHU_VERSION, NULL, 0, NULL, 0);
+        assert_int_equal(vhu_backend_channel_process(ch), 1);
+        assert_false(peer_has_data(bfd));
+
+        /* A request whose feature was not negotiated is a protocol error. */
+        uint8_t uuid[16] = { 0 };
+        peer_send(bfd, VHU_BREQ_SHARED_OBJECT_ADD, VHU_VERSION, uuid, 16, NULL, 0);
+        assert_int_equal(vhu_backend_channel_process(ch), -EPROTO);
+        assert_non_null(strstr(vhu_backend_channel_error(ch), "SHARED_OBJECT"));
+        assert_false(vhu_backend_channel_is_open(ch));
+        vhu_backend_channel_free(ch);
+        close(bfd);
+        assert_int_equal(count_open_fds(), before);
+}
+
+static void backend_channel_rejects_garbage(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        struct vhu_backend_channel *ch;
+        int bfd;
+        uint64_t pf = VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIG);
+
+        /* Unknown request number. */
+        assert_int_equal(vhu_backend_channel_new(NULL, NULL, pf, &bfd, &ch), 0);
+        peer_send(bfd, 99, VHU_VERSION | VHU_FLAG_NEED_REPLY, NULL, 0, NULL, 0);
+        assert_int_equal(vhu_backend_channel_process(ch), -EPROTO);
+        assert_non_null(strstr(vhu_backend_channel_error(ch), "unknown"));
+        vhu_backend_channel_free(ch);
+        close(bfd);
+
+        /* An fd where none may travel (no BACKEND_SEND_FD): closed, channel closed. */
+        assert_int_equal(vhu_backend_channel_new(NULL, NULL, pf, &bfd, &ch), 0);
+        int efd = eventfd(0, EFD_CLOEXEC);
+        peer_send(bfd, VHU_BREQ_CONFIG_CHANGE_MSG, VHU_VERSION, NULL, 0, &efd, 1);
+        close(efd);
+        assert_int_equal(vhu_backend_channel_process(ch), -EPROTO);
+        assert_non_null(strstr(vhu_backend_channel_error(ch), "unexpected fds"));
+        vhu_backend_channel_free(ch);
+        close(bfd);
+
+        /* Wrong size. */
+        assert_int_equal(vhu_backend_channel_new(NULL, NULL, pf, &bfd, &ch), 0);
+        uint64_t junk = 0;
+        peer_send(bfd, VHU_BREQ_CONFIG_CHANGE_MSG, VHU_VERSION, &junk, 8, NULL, 0);
+        assert_int_equal(vhu_backend_channel_process(ch), -EPROTO);
+        vhu_backend_channel_free(ch);
+        close(bfd);
+
+        /* The back-end hangs up. */
+        assert_int_equal(vhu_backend_channel_new(NULL, NULL, pf, &bfd, &ch), 0);
+        close(bfd);
+        assert_int_equal(vhu_backend_channel_process(ch), -ECONNRESET);
+        vhu_backend_channel_free(ch);
+        assert_int_equal(count_open_fds(), before);
+}
+
+/* ---- transport ---------------------------------------------------------- */
+
+struct dribble {
+        int fd;
+        const uint8_t *buf;
+        size_t len;
+};
+
+static void *dribble_bytes(void *arg) {
+        struct dribble *d = arg;
+        for (size_t i = 0; i < d->len; i++) {
+                assert_int_equal(write(d->fd, d->buf + i, 1), 1);
+                usleep(200);
+        }
+        return NULL;
+}
+
+static void transport_reassembles_partial_messages(void **state) {
+        (void) state;
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_equal(vhu_fd_prepare(sv[0]), 0);
+        struct {
+                struct vhu_hdr h;
+                struct vhu_vring_addr a;
+        } __attribute__((packed)) wire = {
+                .h = { VHU_REQ_SET_VRING_ADDR, VHU_VERSION, sizeof(struct vhu_vring_addr) },
+                .a = { .index = 7, .flags = VHU_VRING_F_LOG, .log_guest_addr = 0xabcdef000 },
+        };
+        struct dribble d = { sv[1], (const uint8_t *) &wire, sizeof(wire) };
+        pthread_t t;
+        pthread_create(&t, NULL, dribble_bytes, &d);
+        struct vhu_msg m;
+        assert_int_equal(vhu_recv_hdr(sv[0], &m, NULL, vhu_deadline_after_ms(2000)), 0);
+        assert_int_equal(m.hdr.size, sizeof(struct vhu_vring_addr));
+        assert_int_equal(vhu_recv_payload(sv[0], &m, NULL, vhu_deadline_after_ms(2000)), 0);
+        pthread_join(t, NULL);
+        assert_int_equal(m.payload.addr.index, 7);
+        assert_int_equal(m.payload.addr.log_guest_addr, 0xabcdef000);
+        close(sv[0]);
+        close(sv[1]);
+}
+
+static void listen_replaces_only_stale_sockets(void **state) {
+        (void) state;
+        char dir[] = "/tmp/vhostmig-test-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        char path[128];
+        snprintf(path, sizeof(path), "%s/sock", dir);
+
+        int l1 = vhu_socket_listen(path);
+        assert_true(l1 >= 0);
+        /* Somebody listens: refuse to steal the path. */
+        assert_int_equal(vhu_socket_listen(path), -EADDRINUSE);
+        close(l1);
+        /* Stale socket file from a dead listener: replaced. */
+        int l2 = vhu_socket_listen(path);
+        assert_true(l2 >= 0);
+        int c = vhu_socket_connect(path);
+        assert_true(c >= 0);
+        int a = vhu_socket_accept(l2, NULL, vhu_deadline_after_ms(1000));
+        assert_true(a >= 0);
+        close(a);
+        close(c);
+        close(l2);
+        /* No connection within the deadline. */
+        unlink(path);
+        int l3 = vhu_socket_listen(path);
+        assert_int_equal(vhu_socket_accept(l3, NULL, vhu_deadline_after_ms(50)), -ETIMEDOUT);
+        close(l3);
+        unlink(path);
+        /* A regular file is never removed. */
+        int reg = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+        close(reg);
+        assert_int_equal(vhu_socket_listen(path), -EEXIST);
+        unlink(path);
+        rmdir(dir);
+        assert_int_equal(vhu_socket_connect(path), -ENOENT);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define T_NO_ACK(fn) cmocka_unit_test_setup_teardown(fn, setup_no_ack, teardown)
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                T(negotiation_records_what_was_offered),
+                cmocka_unit_test(negotiation_order_and_acks),
+                cmocka_unit_test(no_protocol_features_means_no_get_protocol_features),
+                T(request_without_its_feature_is_never_sent),
+                cmocka_unit_test(rarp_only_with_rarp),
+                T(encodes_rarp_mtu_kick_and_mem_table),
+                T(bad_memory_tables_are_refused_before_sending),
+                T(reply_with_wrong_flags),
+                T(reply_with_need_reply_flag),
+                T(reply_for_another_request),
+                T(reply_oversized),
+                T(reply_undersized),
+                T(reply_with_huge_size_field),
+                T(reply_with_unexpected_fds),
+                T(reply_with_too_many_fds),
+                T(ack_with_failure_status_keeps_connection),
+                T(ack_of_wrong_size),
+                T(no_reply_times_out),
+                T(peer_closes),
+                T(truncated_reply_payload),
+                T(get_vring_base_for_another_ring),
+                T(get_vring_base_ok),
+                T(set_log_base_replies_of_every_known_size),
+                T_NO_ACK(without_reply_ack_nothing_waits),
+                T(set_features_checks_offer),
+                cmocka_unit_test(backend_channel_serves_and_refuses),
+                cmocka_unit_test(backend_channel_rejects_garbage),
+                cmocka_unit_test(transport_reassembles_partial_messages),
+                cmocka_unit_test(listen_replaces_only_stale_sockets),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
