@@ -125,8 +125,10 @@ enum vhu_protocol_feature {
 enum vhu_virtio_feature {
         VHU_VF_NET_CSUM = 0,
         VHU_VF_NET_GUEST_CSUM = 1,
+        VHU_VF_NET_CTRL_GUEST_OFFLOADS = 2,
         VHU_VF_NET_MTU = 3,
         VHU_VF_NET_MAC = 5,
+        VHU_VF_NET_GSO = 6,
         VHU_VF_NET_GUEST_TSO4 = 7,
         VHU_VF_NET_GUEST_TSO6 = 8,
         VHU_VF_NET_GUEST_ECN = 9,

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian 12 machine (run as root):
+#   tests/run.sh main       install what is missing, build, run the main job
+#   tests/run.sh test       install what is missing, build, run the whole test suite
+#   tests/run.sh test-asan  the same suite in an ASan+UBSan build
+# Everything is idempotent: run it again and it only rebuilds what changed.
+set -euo pipefail
+
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$top"
+
+packages=(
+  meson ninja-build pkg-config gcc clang
+  libsystemd-dev libjson-c-dev libvirt-dev libcmocka-dev libxml2-dev
+  dpdk-dev qemu-system-common dbus systemd
+)
+
+install_missing() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "run.sh: missing packages (${missing[*]}); run as root to install them" >&2
+    exit 1
+  fi
+  echo "run.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# setup_build DIR [meson options...]: configure once, reconfigure when options change.
+setup_build() {
+  local dir=$1; shift
+  if [ -f "$dir/build.ninja" ]; then
+    meson configure "$dir" "$@" >/dev/null
+  else
+    meson setup "$dir" "$@" >/dev/null
+  fi
+  ninja -C "$dir"
+}
+
+run_tests() {
+  local dir=$1
+  # Unit tests in parallel; integration tests one at a time (testpmd busy-polls a core).
+  meson test -C "$dir" --print-errorlogs --num-processes 2
+}
+
+mode=${1:-}
+case "$mode" in
+  main)
+    install_missing
+    setup_build build
+    exec tests/main-job.sh build
+    ;;
+  test)
+    install_missing
+    setup_build build
+    run_tests build
+    ;;
+  test-asan)
+    install_missing
+    setup_build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      run_tests build-asan
+    ;;
+  *)
+    echo "usage: tests/run.sh main|test|test-asan" >&2
+    exit 2
+    ;;
+esac
