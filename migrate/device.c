@@ -1,0 +1,468 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "migrate/device.h"
+#include "proto/vhost-user-frontend.h"
+
+/* virtio device status bits (virtio 1.x, 2.1). */
+#define STATUS_ACKNOWLEDGE 0x1u
+#define STATUS_DRIVER      0x2u
+#define STATUS_DRIVER_OK   0x4u
+#define STATUS_FEATURES_OK 0x8u
+
+#define RECONNECT_DELAY_MIN_MS 50u
+#define RECONNECT_DELAY_MAX_MS 5000u
+
+struct vhm_device {
+        struct vhm_vm *vm;
+        struct vhm_device_config cfg;
+        char *socket;
+
+        struct vhu_conn *conn;
+        int listen_fd;
+        enum vhm_device_state state;
+        bool resume_after_reconnect;   /* the rings were meant to run when the back-end left */
+
+        struct vhm_queue_spec queues[VHM_DEVICE_MAX_QUEUES];
+        uint32_t queues_set;           /* bit per queue index */
+        unsigned last_avail[VHM_DEVICE_MAX_QUEUES];
+        uint64_t acked_features;
+        /* Remembered across a reconnect, when the connection is gone. */
+        uint64_t features_offered, protocol_features, protocol_features_offered;
+
+        unsigned reconnect_delay_ms;
+        struct vhm_device_stats stats;
+        char error[384];
+};
+
+/* ---- errors and state ---------------------------------------------------- */
+
+__attribute__((format(printf, 3, 4)))
+static int dev_fail(struct vhm_device *dev, int err, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(dev->error, sizeof(dev->error), fmt, ap);
+        va_end(ap);
+        return err;
+}
+
+static void drop_connection(struct vhm_device *dev) {
+        if (!dev->conn)
+                return;
+        vhu_conn_free(dev->conn);
+        dev->conn = NULL;
+        dev->stats.disconnects++;
+        dev->state = VHM_DEVICE_DISCONNECTED;
+}
+
+/*
+ * A request failed.  A connection the protocol layer closed (violation, hang,
+ * back-end gone) makes the device DISCONNECTED, so it can be reconnected; a
+ * refusal with the link intact leaves it FAILED.
+ */
+static int request_failed(struct vhm_device *dev, int err, const char *step) {
+        dev_fail(dev, err, "%s: %s: %s", dev->socket, step, vhu_conn_error(dev->conn));
+        if (!vhu_conn_is_connected(dev->conn))
+                drop_connection(dev);
+        else
+                dev->state = VHM_DEVICE_FAILED;
+        return err;
+}
+
+#define TRY(dev, step, call) do { \
+                int r_ = (call); \
+                if (r_ < 0) \
+                        return request_failed((dev), r_, (step)); \
+        } while (0)
+
+const char *vhm_device_state_name(enum vhm_device_state s) {
+        switch (s) {
+        case VHM_DEVICE_DISCONNECTED: return "disconnected";
+        case VHM_DEVICE_READY: return "ready";
+        case VHM_DEVICE_RUNNING: return "running";
+        case VHM_DEVICE_STOPPED: return "stopped";
+        case VHM_DEVICE_FAILED: return "failed";
+        }
+        return "unknown";
+}
+
+/* ---- lifecycle of the object --------------------------------------------- */
+
+static bool valid_config(const struct vhm_device_config *cfg) {
+        return cfg && cfg->socket && *cfg->socket && cfg->queue_pairs >= 1 &&
+               cfg->queue_pairs <= VHM_DEVICE_MAX_QUEUE_PAIRS;
+}
+
+int vhm_device_new(struct vhm_vm *vm, const struct vhm_device_config *cfg, struct vhm_device **out) {
+        if (!vm || !valid_config(cfg))
+                return -EINVAL;
+        struct vhm_device *dev = calloc(1, sizeof(*dev));
+        if (!dev)
+                return -ENOMEM;
+        dev->socket = strdup(cfg->socket);
+        if (!dev->socket) {
+                free(dev);
+                return -ENOMEM;
+        }
+        dev->vm = vm;
+        dev->cfg = *cfg;
+        dev->cfg.socket = dev->socket;
+        dev->listen_fd = -1;
+        dev->reconnect_delay_ms = RECONNECT_DELAY_MIN_MS;
+        for (unsigned q = 0; q < VHM_DEVICE_MAX_QUEUES; q++)
+                dev->queues[q].kick_fd = dev->queues[q].call_fd = -1;
+        *out = dev;
+        return 0;
+}
+
+static void close_queue_fds(struct vhm_queue_spec *q) {
+        if (q->kick_fd >= 0)
+                close(q->kick_fd);
+        if (q->call_fd >= 0)
+                close(q->call_fd);
+        q->kick_fd = q->call_fd = -1;
+}
+
+void vhm_device_free(struct vhm_device *dev) {
+        if (!dev)
+                return;
+        if (dev->state == VHM_DEVICE_RUNNING)
+                (void) vhm_device_stop(dev);
+        drop_connection(dev);
+        if (dev->listen_fd >= 0) {
+                close(dev->listen_fd);
+                unlink(dev->socket);
+        }
+        for (unsigned q = 0; q < VHM_DEVICE_MAX_QUEUES; q++)
+                close_queue_fds(&dev->queues[q]);
+        free(dev->socket);
+        free(dev);
+}
+
+static unsigned queue_count(const struct vhm_device *dev) {
+        return 2 * dev->cfg.queue_pairs;
+}
+
+static bool is_power_of_two(unsigned v) {
+        return v && !(v & (v - 1));
+}
+
+int vhm_device_set_queue(struct vhm_device *dev, unsigned index, const struct vhm_queue_spec *spec) {
+        if (index >= queue_count(dev))
+                return dev_fail(dev, -EINVAL, "%s: queue %u: the device has %u queues", dev->socket, index,
+                                queue_count(dev));
+        if (!is_power_of_two(spec->size) || spec->size > 32768)
+                return dev_fail(dev, -EINVAL, "%s: queue %u: size %u is not a power of two up to 32768",
+                                dev->socket, index, spec->size);
+        if (dev->state == VHM_DEVICE_RUNNING)
+                return dev_fail(dev, -EBUSY, "%s: queue %u: stop the device before changing its queues",
+                                dev->socket, index);
+
+        int kick = fcntl(spec->kick_fd, F_DUPFD_CLOEXEC, 3);
+        int call = kick < 0 ? -1 : fcntl(spec->call_fd, F_DUPFD_CLOEXEC, 3);
+        if (kick < 0 || call < 0) {
+                if (kick >= 0)
+                        close(kick);
+                return dev_fail(dev, -EBADF, "%s: queue %u: invalid kick or call fd", dev->socket, index);
+        }
+        close_queue_fds(&dev->queues[index]);
+        dev->queues[index] = *spec;
+        dev->queues[index].kick_fd = kick;
+        dev->queues[index].call_fd = call;
+        dev->queues_set |= 1u << index;
+        dev->last_avail[index] = 0;
+        return 0;
+}
+
+/* ---- connecting -------------------------------------------------------- */
+
+static int open_socket(struct vhm_device *dev, unsigned timeout_ms, int *fd) {
+        if (!dev->cfg.server) {
+                *fd = vhu_socket_connect(dev->socket);
+                return *fd < 0 ? *fd : 0;
+        }
+        if (dev->listen_fd < 0) {
+                dev->listen_fd = vhu_socket_listen(dev->socket);
+                if (dev->listen_fd < 0)
+                        return dev->listen_fd;
+        }
+        *fd = vhu_socket_accept(dev->listen_fd, NULL, vhu_deadline_after_ms(timeout_ms));
+        return *fd < 0 ? *fd : 0;
+}
+
+static int negotiate(struct vhm_device *dev) {
+        int r = vhu_negotiate(dev->conn, NULL);
+        if (r < 0) {
+                dev_fail(dev, r, "%s: negotiation: %s", dev->socket, vhu_conn_error(dev->conn));
+                vhu_conn_free(dev->conn);
+                dev->conn = NULL;
+                dev->state = VHM_DEVICE_DISCONNECTED;
+                return r;
+        }
+
+        unsigned offered_pairs = vhu_conn_queue_num(dev->conn);
+        if (dev->cfg.queue_pairs > offered_pairs) {
+                drop_connection(dev);
+                dev->state = VHM_DEVICE_FAILED;
+                return dev_fail(dev, -ENOTSUP, "%s: the device needs %u queue pairs, the back-end offers %u%s",
+                                dev->socket, dev->cfg.queue_pairs, offered_pairs,
+                                offered_pairs == 1 ? " (no MQ)" : "");
+        }
+        dev->features_offered = vhu_conn_features(dev->conn);
+        dev->protocol_features = vhu_conn_protocol_features(dev->conn);
+        dev->protocol_features_offered = vhu_conn_protocol_features_offered(dev->conn);
+        dev->stats.connects++;
+        dev->state = VHM_DEVICE_READY;
+        return 0;
+}
+
+static int connect_once(struct vhm_device *dev, unsigned timeout_ms) {
+        if (dev->conn)
+                return dev_fail(dev, -EISCONN, "%s: already connected", dev->socket);
+        int fd;
+        int r = open_socket(dev, timeout_ms, &fd);
+        if (r < 0) {
+                dev->state = VHM_DEVICE_DISCONNECTED;
+                return dev_fail(dev, r, "%s: %s: %s", dev->socket, dev->cfg.server ? "accept" : "connect",
+                                r == -ETIMEDOUT ? "no back-end connected in time" : strerror(-r));
+        }
+        struct vhu_conn_options opts = { .timeout_ms = dev->cfg.timeout_ms };
+        r = vhu_conn_new(fd, &opts, &dev->conn);
+        if (r < 0)
+                return dev_fail(dev, r, "%s: %s", dev->socket, strerror(-r));
+        return negotiate(dev);
+}
+
+int vhm_device_connect(struct vhm_device *dev) {
+        return connect_once(dev, dev->cfg.timeout_ms ? dev->cfg.timeout_ms : VHU_DEFAULT_TIMEOUT_MS);
+}
+
+int vhm_device_listen_fd(const struct vhm_device *dev) {
+        return dev->listen_fd;
+}
+
+/* ---- starting and stopping ------------------------------------------------ */
+
+static int send_memory_table(struct vhm_device *dev) {
+        struct vhu_region regions[VHM_VM_MAX_REGIONS];
+        unsigned n = vhm_vm_region_count(dev->vm);
+        if (n == 0)
+                return dev_fail(dev, -EINVAL, "%s: the VM has no memory", dev->socket);
+        for (unsigned i = 0; i < n; i++) {
+                const struct vhm_region *r = vhm_vm_region(dev->vm, i);
+                regions[i] = (struct vhu_region) {
+                        .fd = r->fd, .guest_phys_addr = r->guest_phys_addr, .memory_size = r->size,
+                        .userspace_addr = (uint64_t) (uintptr_t) r->host, .mmap_offset = r->offset,
+                };
+        }
+        TRY(dev, "memory table", vhu_set_mem_table(dev->conn, regions, n));
+        return 0;
+}
+
+/* Split-ring sizes (virtio 1.x 2.7): where each part ends tells whether it fits guest memory. */
+static uint64_t desc_bytes(unsigned n) { return 16ull * n; }
+static uint64_t avail_bytes(unsigned n) { return 6ull + 2ull * n; }
+static uint64_t used_bytes(unsigned n) { return 6ull + 8ull * n; }
+
+static int ring_addresses(struct vhm_device *dev, unsigned q, struct vhu_vring_addr *a) {
+        const struct vhm_queue_spec *s = &dev->queues[q];
+        *a = (struct vhu_vring_addr) {
+                .index = q,
+                .desc_user_addr = vhm_vm_gpa_to_uaddr(dev->vm, s->desc_gpa, desc_bytes(s->size)),
+                .avail_user_addr = vhm_vm_gpa_to_uaddr(dev->vm, s->avail_gpa, avail_bytes(s->size)),
+                .used_user_addr = vhm_vm_gpa_to_uaddr(dev->vm, s->used_gpa, used_bytes(s->size)),
+                .log_guest_addr = s->used_gpa,
+        };
+        if (!a->desc_user_addr || !a->avail_user_addr || !a->used_user_addr)
+                return dev_fail(dev, -EFAULT, "%s: queue %u: ring outside guest memory", dev->socket, q);
+        return 0;
+}
+
+static int start_ring(struct vhm_device *dev, unsigned q) {
+        struct vhu_vring_addr addr;
+        int r = ring_addresses(dev, q, &addr);
+        if (r < 0)
+                return r;
+        const struct vhm_queue_spec *s = &dev->queues[q];
+        TRY(dev, "SET_VRING_NUM", vhu_set_vring_num(dev->conn, q, s->size));
+        TRY(dev, "SET_VRING_BASE", vhu_set_vring_base(dev->conn, q, dev->last_avail[q]));
+        TRY(dev, "SET_VRING_ADDR", vhu_set_vring_addr(dev->conn, &addr));
+        TRY(dev, "SET_VRING_KICK", vhu_set_vring_kick(dev->conn, q, s->kick_fd));
+        TRY(dev, "SET_VRING_CALL", vhu_set_vring_call(dev->conn, q, s->call_fd));
+        return 0;
+}
+
+static bool protocol_features_acked(const struct vhm_device *dev) {
+        return dev->acked_features & VHU_BIT(VHU_VF_PROTOCOL_FEATURES);
+}
+
+static int start_rings(struct vhm_device *dev) {
+        unsigned nq = queue_count(dev);
+        uint32_t needed = (nq >= 32) ? UINT32_MAX : (1u << nq) - 1;
+        if ((dev->queues_set & needed) != needed)
+                return dev_fail(dev, -EINVAL, "%s: not every queue was set up (%u needed)", dev->socket, nq);
+
+        uint64_t features = dev->cfg.features & vhu_conn_features(dev->conn);
+        TRY(dev, "SET_FEATURES", vhu_set_features(dev->conn, features));
+        dev->acked_features = vhu_conn_acked_features(dev->conn);
+        int r = send_memory_table(dev);
+        if (r < 0)
+                return r;
+        if (dev->cfg.mtu && vhu_conn_has_protocol_feature(dev->conn, VHU_PF_NET_MTU))
+                TRY(dev, "NET_SET_MTU", vhu_net_set_mtu(dev->conn, dev->cfg.mtu));
+        for (unsigned q = 0; q < nq; q++) {
+                r = start_ring(dev, q);
+                if (r < 0)
+                        return r;
+        }
+        /* With PROTOCOL_FEATURES, rings start disabled (spec): enable once all are set up. */
+        if (protocol_features_acked(dev))
+                for (unsigned q = 0; q < nq; q++)
+                        TRY(dev, "SET_VRING_ENABLE", vhu_set_vring_enable(dev->conn, q, true));
+        if (vhu_conn_has_protocol_feature(dev->conn, VHU_PF_STATUS))
+                TRY(dev, "SET_STATUS", vhu_set_status(dev->conn, STATUS_ACKNOWLEDGE | STATUS_DRIVER |
+                                                                  STATUS_FEATURES_OK | STATUS_DRIVER_OK));
+        dev->state = VHM_DEVICE_RUNNING;
+        dev->resume_after_reconnect = true;
+        dev->stats.starts++;
+        return 0;
+}
+
+int vhm_device_start(struct vhm_device *dev) {
+        /* A device whose last request was refused may be started again over the same link. */
+        bool startable = dev->state == VHM_DEVICE_READY || (dev->state == VHM_DEVICE_FAILED && dev->conn);
+        if (!startable)
+                return dev_fail(dev, -EBUSY, "%s: cannot start a device that is %s", dev->socket,
+                                vhm_device_state_name(dev->state));
+        for (unsigned q = 0; q < queue_count(dev); q++)
+                dev->last_avail[q] = 0;
+        return start_rings(dev);
+}
+
+int vhm_device_stop(struct vhm_device *dev) {
+        if (dev->state != VHM_DEVICE_RUNNING)
+                return dev_fail(dev, -EBUSY, "%s: cannot stop a device that is %s", dev->socket,
+                                vhm_device_state_name(dev->state));
+        dev->resume_after_reconnect = false;
+        unsigned nq = queue_count(dev);
+        if (protocol_features_acked(dev))
+                for (unsigned q = 0; q < nq; q++)
+                        TRY(dev, "SET_VRING_ENABLE", vhu_set_vring_enable(dev->conn, q, false));
+        /* GET_VRING_BASE stops the ring and says where to resume. */
+        for (unsigned q = 0; q < nq; q++)
+                TRY(dev, "GET_VRING_BASE", vhu_get_vring_base(dev->conn, q, &dev->last_avail[q]));
+        dev->state = VHM_DEVICE_STOPPED;
+        dev->stats.stops++;
+        return 0;
+}
+
+int vhm_device_resume(struct vhm_device *dev) {
+        if (dev->state != VHM_DEVICE_STOPPED)
+                return dev_fail(dev, -EBUSY, "%s: cannot resume a device that is %s", dev->socket,
+                                vhm_device_state_name(dev->state));
+        return start_rings(dev);
+}
+
+/* ---- losing and finding the back-end ---------------------------------------- */
+
+int vhm_device_poll_connection(struct vhm_device *dev) {
+        if (!dev->conn)
+                return 0;
+        struct vhu_backend_channel *ch = vhu_conn_backend_channel(dev->conn);
+        while (ch && vhu_backend_channel_is_open(ch) && vhu_backend_channel_process(ch) > 0)
+                ;
+        /* The back-end never speaks first on the main socket: readable means closed or broken. */
+        struct pollfd pfd = { .fd = vhu_conn_fd(dev->conn), .events = POLLIN | POLLRDHUP };
+        if (poll(&pfd, 1, 0) == 0)
+                return 1;
+        dev_fail(dev, -ECONNRESET, "%s: the back-end closed the connection", dev->socket);
+        drop_connection(dev);
+        return 0;
+}
+
+/* What the guest's used rings show: everything up to there the back-end finished. */
+static int indices_from_used_rings(struct vhm_device *dev) {
+        for (unsigned q = 0; q < queue_count(dev); q++) {
+                const struct vhm_queue_spec *s = &dev->queues[q];
+                const volatile uint16_t *used_idx = vhm_vm_gpa_to_host(dev->vm, s->used_gpa + 2, sizeof(uint16_t));
+                if (!used_idx)
+                        return dev_fail(dev, -EFAULT, "%s: queue %u: used ring outside guest memory", dev->socket, q);
+                dev->last_avail[q] = __atomic_load_n(used_idx, __ATOMIC_ACQUIRE);
+        }
+        return 0;
+}
+
+int vhm_device_reconnect(struct vhm_device *dev, unsigned timeout_ms) {
+        if (dev->conn)
+                return 0;
+        dev->stats.reconnect_attempts++;
+        int r = connect_once(dev, timeout_ms);
+        if (r < 0) {
+                unsigned next = dev->reconnect_delay_ms * 2;
+                dev->reconnect_delay_ms = next > RECONNECT_DELAY_MAX_MS ? RECONNECT_DELAY_MAX_MS : next;
+                /* Not there yet is the normal case while a back-end restarts. */
+                bool absent = r == -ENOENT || r == -ECONNREFUSED || r == -ETIMEDOUT || r == -ECONNRESET;
+                return absent ? -EAGAIN : r;
+        }
+        dev->reconnect_delay_ms = RECONNECT_DELAY_MIN_MS;
+        if (!dev->resume_after_reconnect)
+                return 0;
+        /* The old back-end cannot report its indices: the guest's used rings can. */
+        r = indices_from_used_rings(dev);
+        if (r < 0)
+                return r;
+        return start_rings(dev);
+}
+
+unsigned vhm_device_reconnect_delay_ms(const struct vhm_device *dev) {
+        return dev->reconnect_delay_ms;
+}
+
+/* ---- announce ------------------------------------------------------------ */
+
+bool vhm_device_needs_rarp(const struct vhm_device *dev) {
+        return (dev->protocol_features & VHU_BIT(VHU_PF_RARP)) &&
+               !(dev->acked_features & VHU_BIT(VHU_VF_NET_GUEST_ANNOUNCE));
+}
+
+int vhm_device_announce(struct vhm_device *dev) {
+        if (!dev->conn)
+                return dev_fail(dev, -ENOTCONN, "%s: not connected", dev->socket);
+        if (!(dev->protocol_features & VHU_BIT(VHU_PF_RARP)))
+                return dev_fail(dev, -ENOTSUP, "%s: the back-end did not negotiate RARP", dev->socket);
+        if (dev->acked_features & VHU_BIT(VHU_VF_NET_GUEST_ANNOUNCE))
+                return dev_fail(dev, -ENOTSUP, "%s: the guest announces itself (GUEST_ANNOUNCE)", dev->socket);
+        TRY(dev, "SEND_RARP", vhu_send_rarp(dev->conn, dev->cfg.mac));
+        return 0;
+}
+
+/* ---- observers ------------------------------------------------------------- */
+
+enum vhm_device_state vhm_device_state(const struct vhm_device *dev) { return dev->state; }
+const char *vhm_device_error(const struct vhm_device *dev) { return dev->error; }
+const char *vhm_device_socket(const struct vhm_device *dev) { return dev->socket; }
+uint64_t vhm_device_features(const struct vhm_device *dev) { return dev->features_offered; }
+uint64_t vhm_device_acked_features(const struct vhm_device *dev) { return dev->acked_features; }
+uint64_t vhm_device_protocol_features(const struct vhm_device *dev) { return dev->protocol_features; }
+uint64_t vhm_device_protocol_features_offered(const struct vhm_device *dev) { return dev->protocol_features_offered; }
+unsigned vhm_device_queue_pairs(const struct vhm_device *dev) { return dev->cfg.queue_pairs; }
+const struct vhm_device_stats *vhm_device_stats(const struct vhm_device *dev) { return &dev->stats; }
+struct vhu_conn *vhm_device_conn(const struct vhm_device *dev) { return dev->conn; }
+struct vhm_vm *vhm_device_vm(const struct vhm_device *dev) { return dev->vm; }
+
+unsigned vhm_device_ring_index(const struct vhm_device *dev, unsigned queue) {
+        return queue < VHM_DEVICE_MAX_QUEUES ? dev->last_avail[queue] : 0;
+}
+
+const struct vhm_queue_spec *vhm_device_queue(const struct vhm_device *dev, unsigned index) {
+        return index < queue_count(dev) && (dev->queues_set & (1u << index)) ? &dev->queues[index] : NULL;
+}

@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * A vhost-user device of a VM: one back-end connection and its queues, with
+ * the lifecycle of a careful VMM:
+ *
+ *   connect -> negotiate -> start (features, memory table, rings, enable,
+ *   status) -> stop (disable, GET_VRING_BASE, indices kept) -> resume ...
+ *
+ * and reconnection when the back-end goes away: once it is back (client
+ * mode: connect again; server mode: accept again) the device is negotiated
+ * and resumed from the last indices without the memory owner doing anything.
+ *
+ * Calls block for at most the per-request timeout.  The connection's fd is
+ * exposed so an event loop can watch it for hang-ups.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "migrate/vm.h"
+
+#define VHM_DEVICE_MAX_QUEUE_PAIRS 8
+#define VHM_DEVICE_MAX_QUEUES (2 * VHM_DEVICE_MAX_QUEUE_PAIRS)
+
+struct vhm_device;
+struct vhu_conn;
+
+enum vhm_device_state {
+        VHM_DEVICE_DISCONNECTED,   /* no back-end (yet, or it went away) */
+        VHM_DEVICE_READY,          /* negotiated, rings not running */
+        VHM_DEVICE_RUNNING,        /* rings started and enabled */
+        VHM_DEVICE_STOPPED,        /* rings stopped, indices kept */
+        VHM_DEVICE_FAILED,         /* a request failed; see vhm_device_error() */
+};
+
+/* One virtqueue, as the memory owner lays it out in guest memory. */
+struct vhm_queue_spec {
+        unsigned size;             /* power of two, 1..32768 */
+        uint64_t desc_gpa, avail_gpa, used_gpa;
+        int kick_fd, call_fd;      /* eventfds; duplicated, the caller keeps its own */
+};
+
+struct vhm_device_config {
+        const char *socket;
+        bool server;               /* listen at socket; the back-end connects */
+        unsigned timeout_ms;       /* per request; 0 = default */
+        uint64_t features;         /* virtio features the guest driver wants (ANDed with the offer) */
+        unsigned queue_pairs;      /* 1..VHM_DEVICE_MAX_QUEUE_PAIRS */
+        uint8_t mac[6];
+        uint16_t mtu;              /* 0: do not set */
+};
+
+/* Counters and observable state, for the service layer. */
+struct vhm_device_stats {
+        uint64_t connects;         /* successful negotiations, the first included */
+        uint64_t disconnects;
+        uint64_t starts, stops;
+        uint64_t reconnect_attempts;
+};
+
+int vhm_device_new(struct vhm_vm *vm, const struct vhm_device_config *cfg, struct vhm_device **out);
+/* Stops the rings if running (best effort), closes the connection, frees. */
+void vhm_device_free(struct vhm_device *dev);
+
+int vhm_device_set_queue(struct vhm_device *dev, unsigned index, const struct vhm_queue_spec *spec);
+
+/* Client mode: connect and negotiate.  Server mode: wait (timeout) for the back-end. */
+int vhm_device_connect(struct vhm_device *dev);
+/* Server mode: the listening socket, for an event loop to watch; -1 in client mode. */
+int vhm_device_listen_fd(const struct vhm_device *dev);
+
+/* Every queue of every configured pair must have been set. */
+int vhm_device_start(struct vhm_device *dev);
+/* Disables the rings and collects their indices with GET_VRING_BASE. */
+int vhm_device_stop(struct vhm_device *dev);
+/* Starts again from the kept indices. */
+int vhm_device_resume(struct vhm_device *dev);
+
+/*
+ * Non-blocking check of the connection: when the back-end closed it, the
+ * device becomes DISCONNECTED and 0 is returned; 1 when still connected.
+ */
+int vhm_device_poll_connection(struct vhm_device *dev);
+
+/*
+ * One reconnection attempt: connect (or accept, within timeout_ms), negotiate
+ * and, when the device was running, resume from the indices the guest's used
+ * rings show (a back-end that died could not report its own).  -EAGAIN when
+ * the back-end is not there yet; the caller retries after
+ * vhm_device_reconnect_delay_ms(), which backs off exponentially.
+ */
+int vhm_device_reconnect(struct vhm_device *dev, unsigned timeout_ms);
+unsigned vhm_device_reconnect_delay_ms(const struct vhm_device *dev);
+
+/* SEND_RARP with the configured MAC, when RARP was negotiated and the guest does not announce itself. */
+int vhm_device_announce(struct vhm_device *dev);
+bool vhm_device_needs_rarp(const struct vhm_device *dev);
+
+enum vhm_device_state vhm_device_state(const struct vhm_device *dev);
+const char *vhm_device_state_name(enum vhm_device_state s);
+const char *vhm_device_error(const struct vhm_device *dev);
+const char *vhm_device_socket(const struct vhm_device *dev);
+uint64_t vhm_device_features(const struct vhm_device *dev);           /* offered */
+uint64_t vhm_device_acked_features(const struct vhm_device *dev);
+uint64_t vhm_device_protocol_features(const struct vhm_device *dev);  /* negotiated */
+uint64_t vhm_device_protocol_features_offered(const struct vhm_device *dev);
+unsigned vhm_device_queue_pairs(const struct vhm_device *dev);
+/* Last avail index known for a queue (from GET_VRING_BASE, or what it was started from). */
+unsigned vhm_device_ring_index(const struct vhm_device *dev, unsigned queue);
+const struct vhm_device_stats *vhm_device_stats(const struct vhm_device *dev);
+/* The live connection, or NULL while disconnected (for the dirty-log layer). */
+struct vhu_conn *vhm_device_conn(const struct vhm_device *dev);
+struct vhm_vm *vhm_device_vm(const struct vhm_device *dev);
+const struct vhm_queue_spec *vhm_device_queue(const struct vhm_device *dev, unsigned index);

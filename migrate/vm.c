@@ -1,0 +1,178 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "migrate/vm.h"
+
+#define PAGE_SIZE 4096u
+
+struct vhm_vm {
+        char name[VHM_VM_NAME_MAX];
+        struct vhm_region regions[VHM_VM_MAX_REGIONS];
+        unsigned nregions;
+        uint64_t generation;
+        char error[256];
+};
+
+__attribute__((format(printf, 3, 4)))
+static int vm_fail(struct vhm_vm *vm, int err, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(vm->error, sizeof(vm->error), fmt, ap);
+        va_end(ap);
+        return err;
+}
+
+static bool valid_name(const char *name) {
+        size_t len = name ? strlen(name) : 0;
+        if (len == 0 || len >= VHM_VM_NAME_MAX)
+                return false;
+        for (size_t i = 0; i < len; i++) {
+                char c = name[i];
+                bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                          c == '_' || c == '-' || c == '.';
+                if (!ok)
+                        return false;
+        }
+        return true;
+}
+
+int vhm_vm_new(const char *name, struct vhm_vm **out) {
+        if (!valid_name(name))
+                return -EINVAL;
+        struct vhm_vm *vm = calloc(1, sizeof(*vm));
+        if (!vm)
+                return -ENOMEM;
+        snprintf(vm->name, sizeof(vm->name), "%s", name);
+        *out = vm;
+        return 0;
+}
+
+static void unmap_region(struct vhm_region *r) {
+        munmap(r->host, r->size);
+        close(r->fd);
+}
+
+void vhm_vm_free(struct vhm_vm *vm) {
+        if (!vm)
+                return;
+        for (unsigned i = 0; i < vm->nregions; i++)
+                unmap_region(&vm->regions[i]);
+        free(vm);
+}
+
+const char *vhm_vm_name(const struct vhm_vm *vm) { return vm->name; }
+const char *vhm_vm_error(const struct vhm_vm *vm) { return vm->error; }
+unsigned vhm_vm_region_count(const struct vhm_vm *vm) { return vm->nregions; }
+uint64_t vhm_vm_memory_generation(const struct vhm_vm *vm) { return vm->generation; }
+
+const struct vhm_region *vhm_vm_region(const struct vhm_vm *vm, unsigned i) {
+        return i < vm->nregions ? &vm->regions[i] : NULL;
+}
+
+uint64_t vhm_vm_memory_size(const struct vhm_vm *vm) {
+        uint64_t total = 0;
+        for (unsigned i = 0; i < vm->nregions; i++)
+                total += vm->regions[i].size;
+        return total;
+}
+
+uint64_t vhm_vm_top_gpa(const struct vhm_vm *vm) {
+        uint64_t top = 0;
+        for (unsigned i = 0; i < vm->nregions; i++) {
+                uint64_t end = vm->regions[i].guest_phys_addr + vm->regions[i].size;
+                if (end > top)
+                        top = end;
+        }
+        return top;
+}
+
+/* What the memory owner gave must be mappable memory that really holds the region. */
+static int check_spec(struct vhm_vm *vm, const struct vhm_region_spec *s) {
+        struct stat st;
+        uint64_t gpa = s->guest_phys_addr;
+
+        if (vm->nregions >= VHM_VM_MAX_REGIONS)
+                return vm_fail(vm, -E2BIG, "region at 0x%" PRIx64 ": the VM already has %u regions",
+                               gpa, VHM_VM_MAX_REGIONS);
+        if (s->fd < 0 || fstat(s->fd, &st) < 0)
+                return vm_fail(vm, -EBADF, "region at 0x%" PRIx64 ": invalid fd", gpa);
+        if (!S_ISREG(st.st_mode))
+                return vm_fail(vm, -EINVAL, "region at 0x%" PRIx64 ": fd is not a memory file (memfd, hugetlbfs or tmpfs)", gpa);
+        if (s->size == 0 || (s->size | gpa | s->offset) % PAGE_SIZE)
+                return vm_fail(vm, -EINVAL, "region at 0x%" PRIx64 ": size 0x%" PRIx64 " and offset 0x%" PRIx64
+                               " must be non-zero multiples of 4 KiB", gpa, s->size, s->offset);
+        if (gpa + s->size < gpa || s->offset + s->size < s->offset)
+                return vm_fail(vm, -EINVAL, "region at 0x%" PRIx64 ": wraps around", gpa);
+        if (s->offset + s->size > (uint64_t) st.st_size)
+                return vm_fail(vm, -EINVAL, "region at 0x%" PRIx64 ": offset 0x%" PRIx64 " + size 0x%" PRIx64
+                               " exceeds the file (0x%" PRIx64 " bytes)", gpa, s->offset, s->size, (uint64_t) st.st_size);
+        for (unsigned i = 0; i < vm->nregions; i++) {
+                const struct vhm_region *r = &vm->regions[i];
+                if (gpa < r->guest_phys_addr + r->size && r->guest_phys_addr < gpa + s->size)
+                        return vm_fail(vm, -EEXIST, "region at 0x%" PRIx64 " overlaps the region at 0x%" PRIx64,
+                                       gpa, r->guest_phys_addr);
+        }
+        return 0;
+}
+
+int vhm_vm_add_region(struct vhm_vm *vm, const struct vhm_region_spec *spec) {
+        int r = check_spec(vm, spec);
+        if (r < 0)
+                return r;
+
+        int fd = fcntl(spec->fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return vm_fail(vm, -errno, "region at 0x%" PRIx64 ": dup: %m", spec->guest_phys_addr);
+        void *host = mmap(NULL, spec->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t) spec->offset);
+        if (host == MAP_FAILED) {
+                r = -errno;
+                close(fd);
+                return vm_fail(vm, r, "region at 0x%" PRIx64 ": mmap: %s", spec->guest_phys_addr, strerror(-r));
+        }
+        vm->regions[vm->nregions++] = (struct vhm_region) {
+                .fd = fd, .guest_phys_addr = spec->guest_phys_addr, .size = spec->size,
+                .offset = spec->offset, .host = host,
+        };
+        vm->generation++;
+        return 0;
+}
+
+int vhm_vm_remove_region(struct vhm_vm *vm, uint64_t guest_phys_addr) {
+        for (unsigned i = 0; i < vm->nregions; i++) {
+                if (vm->regions[i].guest_phys_addr != guest_phys_addr)
+                        continue;
+                unmap_region(&vm->regions[i]);
+                memmove(&vm->regions[i], &vm->regions[i + 1], (vm->nregions - i - 1) * sizeof(vm->regions[0]));
+                vm->nregions--;
+                vm->generation++;
+                return 0;
+        }
+        return vm_fail(vm, -ENOENT, "no region starts at 0x%" PRIx64, guest_phys_addr);
+}
+
+static const struct vhm_region *find_region(const struct vhm_vm *vm, uint64_t gpa, uint64_t len) {
+        for (unsigned i = 0; i < vm->nregions; i++) {
+                const struct vhm_region *r = &vm->regions[i];
+                if (gpa >= r->guest_phys_addr && len <= r->size && gpa - r->guest_phys_addr <= r->size - len)
+                        return r;
+        }
+        return NULL;
+}
+
+void *vhm_vm_gpa_to_host(const struct vhm_vm *vm, uint64_t gpa, uint64_t len) {
+        const struct vhm_region *r = find_region(vm, gpa, len);
+        return r ? r->host + (gpa - r->guest_phys_addr) : NULL;
+}
+
+uint64_t vhm_vm_gpa_to_uaddr(const struct vhm_vm *vm, uint64_t gpa, uint64_t len) {
+        return (uint64_t) (uintptr_t) vhm_vm_gpa_to_host(vm, gpa, len);
+}
