@@ -39,6 +39,13 @@ struct vhm_device {
         /* Remembered across a reconnect, when the connection is gone. */
         uint64_t features_offered, protocol_features, protocol_features_offered;
 
+        /* The VM's dirty log, as given; log_sent: SET_LOG_BASE done on this connection. */
+        int log_fd;
+        uint64_t log_size;
+        bool log_sent;
+        bool logging;
+        bool ever_connected;
+
         unsigned reconnect_delay_ms;
         struct vhm_device_stats stats;
         char error[384];
@@ -117,6 +124,7 @@ int vhm_device_new(struct vhm_vm *vm, const struct vhm_device_config *cfg, struc
         dev->cfg = *cfg;
         dev->cfg.socket = dev->socket;
         dev->listen_fd = -1;
+        dev->log_fd = -1;
         dev->reconnect_delay_ms = RECONNECT_DELAY_MIN_MS;
         for (unsigned q = 0; q < VHM_DEVICE_MAX_QUEUES; q++)
                 dev->queues[q].kick_fd = dev->queues[q].call_fd = -1;
@@ -144,6 +152,8 @@ void vhm_device_free(struct vhm_device *dev) {
         }
         for (unsigned q = 0; q < VHM_DEVICE_MAX_QUEUES; q++)
                 close_queue_fds(&dev->queues[q]);
+        if (dev->log_fd >= 0)
+                close(dev->log_fd);
         free(dev->socket);
         free(dev);
 }
@@ -221,6 +231,8 @@ static int negotiate(struct vhm_device *dev) {
         dev->protocol_features = vhu_conn_protocol_features(dev->conn);
         dev->protocol_features_offered = vhu_conn_protocol_features_offered(dev->conn);
         dev->stats.connects++;
+        dev->ever_connected = true;
+        dev->log_sent = false;
         dev->state = VHM_DEVICE_READY;
         return 0;
 }
@@ -281,6 +293,7 @@ static int ring_addresses(struct vhm_device *dev, unsigned q, struct vhu_vring_a
                 .avail_user_addr = vhm_vm_gpa_to_uaddr(dev->vm, s->avail_gpa, avail_bytes(s->size)),
                 .used_user_addr = vhm_vm_gpa_to_uaddr(dev->vm, s->used_gpa, used_bytes(s->size)),
                 .log_guest_addr = s->used_gpa,
+                .flags = dev->logging ? VHU_VRING_F_LOG : 0,
         };
         if (!a->desc_user_addr || !a->avail_user_addr || !a->used_user_addr)
                 return dev_fail(dev, -EFAULT, "%s: queue %u: ring outside guest memory", dev->socket, q);
@@ -301,6 +314,30 @@ static int start_ring(struct vhm_device *dev, unsigned q) {
         return 0;
 }
 
+static uint64_t wanted_features(const struct vhm_device *dev) {
+        uint64_t features = dev->cfg.features & ~VHU_BIT(VHU_VF_LOG_ALL);
+        if (dev->logging)
+                features |= VHU_BIT(VHU_VF_LOG_ALL);
+        return features & vhu_conn_features(dev->conn);
+}
+
+/* SET_LOG_BASE once per connection per log; its reply is the acknowledgement. */
+static int send_log_base(struct vhm_device *dev) {
+        if (dev->log_fd < 0 || dev->log_sent || !dev->conn)
+                return 0;
+        TRY(dev, "SET_LOG_BASE", vhu_set_log_base(dev->conn, dev->log_fd, dev->log_size, 0));
+        dev->log_sent = true;
+        return 0;
+}
+
+/* Without REPLY_ACK nothing proves the back-end applied a change: a round trip does. */
+static int confirm(struct vhm_device *dev) {
+        if (vhu_conn_has_protocol_feature(dev->conn, VHU_PF_REPLY_ACK))
+                return 0;
+        TRY(dev, "barrier", vhu_barrier(dev->conn));
+        return 0;
+}
+
 static bool protocol_features_acked(const struct vhm_device *dev) {
         return dev->acked_features & VHU_BIT(VHU_VF_PROTOCOL_FEATURES);
 }
@@ -311,12 +348,15 @@ static int start_rings(struct vhm_device *dev) {
         if ((dev->queues_set & needed) != needed)
                 return dev_fail(dev, -EINVAL, "%s: not every queue was set up (%u needed)", dev->socket, nq);
 
-        uint64_t features = dev->cfg.features & vhu_conn_features(dev->conn);
-        TRY(dev, "SET_FEATURES", vhu_set_features(dev->conn, features));
-        dev->acked_features = vhu_conn_acked_features(dev->conn);
         int r = send_memory_table(dev);
         if (r < 0)
                 return r;
+        /* The log before any ring may log into it. */
+        r = send_log_base(dev);
+        if (r < 0)
+                return r;
+        TRY(dev, "SET_FEATURES", vhu_set_features(dev->conn, wanted_features(dev)));
+        dev->acked_features = vhu_conn_acked_features(dev->conn);
         if (dev->cfg.mtu && vhu_conn_has_protocol_feature(dev->conn, VHU_PF_NET_MTU))
                 TRY(dev, "NET_SET_MTU", vhu_net_set_mtu(dev->conn, dev->cfg.mtu));
         for (unsigned q = 0; q < nq; q++) {
@@ -425,6 +465,87 @@ int vhm_device_reconnect(struct vhm_device *dev, unsigned timeout_ms) {
 
 unsigned vhm_device_reconnect_delay_ms(const struct vhm_device *dev) {
         return dev->reconnect_delay_ms;
+}
+
+/* ---- dirty logging ------------------------------------------------------ */
+
+int vhm_device_set_log(struct vhm_device *dev, int log_fd, uint64_t log_size) {
+        if (log_fd < 0) {
+                /* Forget the log; the back-end keeps its mapping until the next SET_LOG_BASE. */
+                if (dev->logging)
+                        return dev_fail(dev, -EBUSY, "%s: cannot drop the log while logging", dev->socket);
+                if (dev->log_fd >= 0)
+                        close(dev->log_fd);
+                dev->log_fd = -1;
+                dev->log_sent = false;
+                return 0;
+        }
+        int fd = fcntl(log_fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return dev_fail(dev, -EBADF, "%s: invalid log fd", dev->socket);
+        if (dev->log_fd >= 0)
+                close(dev->log_fd);
+        dev->log_fd = fd;
+        dev->log_size = log_size;
+        dev->log_sent = false;
+        return send_log_base(dev);
+}
+
+static int relog_rings(struct vhm_device *dev) {
+        for (unsigned q = 0; q < queue_count(dev); q++) {
+                struct vhu_vring_addr addr;
+                int r = ring_addresses(dev, q, &addr);
+                if (r < 0)
+                        return r;
+                TRY(dev, "SET_VRING_ADDR", vhu_set_vring_addr(dev->conn, &addr));
+        }
+        return 0;
+}
+
+int vhm_device_set_logging(struct vhm_device *dev, bool on) {
+        if (on && !(dev->features_offered & VHU_BIT(VHU_VF_LOG_ALL)) && dev->ever_connected)
+                return dev_fail(dev, -ENOTSUP, "%s: the back-end cannot log (no LOG_ALL)", dev->socket);
+        if (on && dev->log_fd < 0)
+                return dev_fail(dev, -EINVAL, "%s: no dirty log was given", dev->socket);
+        dev->logging = on;
+        /* A device that is not running picks this up when its rings start. */
+        if (dev->state != VHM_DEVICE_RUNNING)
+                return 0;
+        int r = send_log_base(dev);
+        if (r < 0)
+                return r;
+        /* On: LOG_ALL first, then the rings.  Off: rings first, then LOG_ALL. */
+        if (on)
+                TRY(dev, "SET_FEATURES", vhu_set_features(dev->conn, wanted_features(dev)));
+        r = relog_rings(dev);
+        if (r < 0)
+                return r;
+        if (!on)
+                TRY(dev, "SET_FEATURES", vhu_set_features(dev->conn, wanted_features(dev)));
+        dev->acked_features = vhu_conn_acked_features(dev->conn);
+        return confirm(dev);
+}
+
+bool vhm_device_logging(const struct vhm_device *dev) { return dev->logging; }
+
+unsigned vhm_device_used_ring_extents(const struct vhm_device *dev, uint64_t gpa[], uint64_t bytes[], unsigned max) {
+        unsigned n = 0;
+        for (unsigned q = 0; q < queue_count(dev) && n < max; q++) {
+                if (!(dev->queues_set & (1u << q)))
+                        continue;
+                gpa[n] = dev->queues[q].used_gpa;
+                bytes[n] = used_bytes(dev->queues[q].size);
+                n++;
+        }
+        return n;
+}
+
+void vhm_device_blockers(const struct vhm_device *dev, struct vhm_blockers *out) {
+        if (!dev->ever_connected) {
+                memset(out, 0, sizeof(*out));
+                return;
+        }
+        vhm_backend_blockers(dev->features_offered, dev->protocol_features, out);
 }
 
 /* ---- announce ------------------------------------------------------------ */

@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "migrate/blockers.h"
 #include "migrate/vm.h"
 
 #define VHM_DEVICE_MAX_QUEUE_PAIRS 8
@@ -92,6 +93,27 @@ int vhm_device_poll_connection(struct vhm_device *dev);
  */
 int vhm_device_reconnect(struct vhm_device *dev, unsigned timeout_ms);
 unsigned vhm_device_reconnect_delay_ms(const struct vhm_device *dev);
+
+/*
+ * Dirty logging.  vhm_device_set_log() hands the device the VM's log (the fd
+ * is duplicated) and sends SET_LOG_BASE at once when connected; a device that
+ * connects or reconnects later gets it before its rings start.  SET_LOG_BASE
+ * goes exactly once per connection per log (a negative fd forgets the log
+ * once logging is off).  vhm_device_set_logging() then
+ * switches LOG_ALL and the rings' LOG flag on or off for a running device
+ * (and remembers it for the next start); each step is confirmed by REPLY_ACK,
+ * or by a GET_FEATURES barrier when the back-end has no REPLY_ACK.
+ */
+int vhm_device_set_log(struct vhm_device *dev, int log_fd, uint64_t log_size);
+int vhm_device_set_logging(struct vhm_device *dev, bool on);
+bool vhm_device_logging(const struct vhm_device *dev);
+/* The used-ring extents the log must cover: out[i] = {gpa, bytes}; returns the count. */
+unsigned vhm_device_used_ring_extents(const struct vhm_device *dev, uint64_t gpa[], uint64_t bytes[], unsigned max);
+/*
+ * Why this device's VM cannot migrate, from what the back-end offered (empty
+ * while it never connected: nothing is known yet).
+ */
+void vhm_device_blockers(const struct vhm_device *dev, struct vhm_blockers *out);
 
 /* SEND_RARP with the configured MAC, when RARP was negotiated and the guest does not announce itself. */
 int vhm_device_announce(struct vhm_device *dev);

@@ -1,0 +1,296 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log/dirty-log.h"
+#include "migrate/logging.h"
+
+/* Logs a device refused to give up: still harvested until logging stops. */
+#define MAX_RETIRED_LOGS 4
+
+struct vhm_logging {
+        struct vhm_vm *vm;
+        struct vhm_device *devices[VHM_LOGGING_MAX_DEVICES];
+        unsigned ndevices;
+        struct vhm_log *log;
+        struct vhm_log *retired[MAX_RETIRED_LOGS];
+        unsigned nretired;
+        struct vhm_bitmap *bitmap;
+        bool active;
+        char alloc_failure[160];       /* why the last log could not be allocated */
+        char error[2048];
+};
+
+__attribute__((format(printf, 3, 4)))
+static int log_fail(struct vhm_logging *l, int err, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(l->error, sizeof(l->error), fmt, ap);
+        va_end(ap);
+        return err;
+}
+
+int vhm_logging_new(struct vhm_vm *vm, struct vhm_logging **out) {
+        struct vhm_logging *l = calloc(1, sizeof(*l));
+        if (!l)
+                return -ENOMEM;
+        l->vm = vm;
+        *out = l;
+        return 0;
+}
+
+static void free_logs(struct vhm_logging *l) {
+        vhm_log_free(l->log);
+        l->log = NULL;
+        for (unsigned i = 0; i < l->nretired; i++)
+                vhm_log_free(l->retired[i]);
+        l->nretired = 0;
+}
+
+void vhm_logging_free(struct vhm_logging *l) {
+        if (!l)
+                return;
+        if (l->active)
+                (void) vhm_logging_stop(l);
+        free_logs(l);
+        vhm_bitmap_free(l->bitmap);
+        free(l);
+}
+
+const char *vhm_logging_error(const struct vhm_logging *l) { return l->error; }
+bool vhm_logging_active(const struct vhm_logging *l) { return l->active; }
+struct vhm_bitmap *vhm_logging_bitmap(const struct vhm_logging *l) { return l->bitmap; }
+uint64_t vhm_logging_log_size(const struct vhm_logging *l) { return l->log ? vhm_log_size_bytes(l->log) : 0; }
+
+/* ---- blockers ---------------------------------------------------------------- */
+
+static void add_reason(struct vhm_blockers *out, const char *prefix, const char *reason) {
+        if (out->n < VHM_BLOCKERS_MAX)
+                snprintf(out->reason[out->n++], VHM_BLOCKER_LEN, "%s%s", prefix, reason);
+}
+
+void vhm_logging_blockers(const struct vhm_logging *l, struct vhm_blockers *out) {
+        memset(out, 0, sizeof(*out));
+        for (unsigned i = 0; i < l->ndevices; i++) {
+                struct vhm_blockers b;
+                char prefix[160];
+                vhm_device_blockers(l->devices[i], &b);
+                snprintf(prefix, sizeof(prefix), "%s: ", vhm_device_socket(l->devices[i]));
+                for (unsigned j = 0; j < b.n; j++)
+                        add_reason(out, prefix, b.reason[j]);
+        }
+        if (l->alloc_failure[0])
+                add_reason(out, "", l->alloc_failure);
+}
+
+/* ---- sizing --------------------------------------------------------------------- */
+
+static int required_top(struct vhm_logging *l, uint64_t *top) {
+        struct vhm_log_extent regions[VHM_VM_MAX_REGIONS];
+        struct vhm_log_extent rings[VHM_LOGGING_MAX_DEVICES * VHM_DEVICE_MAX_QUEUES];
+        size_t nregions = vhm_vm_region_count(l->vm), nrings = 0;
+
+        for (unsigned i = 0; i < nregions; i++) {
+                const struct vhm_region *r = vhm_vm_region(l->vm, i);
+                regions[i] = (struct vhm_log_extent) { r->guest_phys_addr, r->size };
+        }
+        for (unsigned d = 0; d < l->ndevices; d++) {
+                uint64_t gpa[VHM_DEVICE_MAX_QUEUES], bytes[VHM_DEVICE_MAX_QUEUES];
+                unsigned n = vhm_device_used_ring_extents(l->devices[d], gpa, bytes, VHM_DEVICE_MAX_QUEUES);
+                for (unsigned q = 0; q < n; q++)
+                        rings[nrings++] = (struct vhm_log_extent) { gpa[q], bytes[q] };
+        }
+        int r = vhm_log_required_top(regions, nregions, rings, nrings, top);
+        if (r < 0)
+                return log_fail(l, r, "cannot size the dirty log: %s", strerror(-r));
+        if (*top == 0)
+                return log_fail(l, -EINVAL, "cannot size the dirty log: the VM has no memory");
+        return 0;
+}
+
+/* A new log covering the current layout, and a bitmap at least as large. */
+static int allocate_log(struct vhm_logging *l, struct vhm_log **out) {
+        uint64_t top;
+        int r = required_top(l, &top);
+        if (r < 0)
+                return r;
+        r = vhm_log_new(top, out);
+        if (r < 0) {
+                snprintf(l->alloc_failure, sizeof(l->alloc_failure),
+                         "Migration disabled: the dirty log for 0x%" PRIx64 " bytes of guest memory cannot be allocated (%s)",
+                         top, strerror(-r));
+                return log_fail(l, r, "%s", l->alloc_failure);
+        }
+        l->alloc_failure[0] = '\0';
+        uint64_t npages = vhm_log_npages(*out);
+        r = l->bitmap ? (vhm_bitmap_npages(l->bitmap) >= npages ? 0 : vhm_bitmap_resize(l->bitmap, npages))
+                      : vhm_bitmap_new(npages, &l->bitmap);
+        if (r < 0) {
+                vhm_log_free(*out);
+                *out = NULL;
+                return log_fail(l, r, "cannot allocate the migration bitmap: %s", strerror(-r));
+        }
+        return 0;
+}
+
+/* ---- on and off --------------------------------------------------------------------- */
+
+static int blocked(struct vhm_logging *l) {
+        struct vhm_blockers b;
+        vhm_logging_blockers(l, &b);
+        if (b.n == 0)
+                return 0;
+        size_t used = (size_t) snprintf(l->error, sizeof(l->error), "migration is blocked:");
+        for (unsigned i = 0; i < b.n && used < sizeof(l->error); i++)
+                used += (size_t) snprintf(l->error + used, sizeof(l->error) - used, " %s", b.reason[i]);
+        return -EPERM;
+}
+
+static int join_device(struct vhm_logging *l, struct vhm_device *dev) {
+        int r = vhm_device_set_log(dev, vhm_log_fd(l->log), vhm_log_size_bytes(l->log));
+        if (r == 0)
+                r = vhm_device_set_logging(dev, true);
+        if (r < 0)
+                return log_fail(l, r, "%s", vhm_device_error(dev));
+        return 0;
+}
+
+static void leave_device(struct vhm_device *dev) {
+        (void) vhm_device_set_logging(dev, false);
+        (void) vhm_device_set_log(dev, -1, 0);
+}
+
+int vhm_logging_start(struct vhm_logging *l) {
+        if (l->active)
+                return 0;
+        int r = blocked(l);
+        if (r < 0)
+                return r;
+        r = allocate_log(l, &l->log);
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; i < l->ndevices; i++) {
+                r = join_device(l, l->devices[i]);
+                if (r < 0) {
+                        /* Undo in reverse what was done, so no device logs into a log about to go. */
+                        for (unsigned j = i + 1; j-- > 0;)
+                                leave_device(l->devices[j]);
+                        free_logs(l);
+                        return r;
+                }
+        }
+        l->active = true;
+        return 0;
+}
+
+int vhm_logging_stop(struct vhm_logging *l) {
+        if (!l->active)
+                return 0;
+        int first_error = 0;
+        for (unsigned i = l->ndevices; i-- > 0;) {
+                struct vhm_device *dev = l->devices[i];
+                int r = vhm_device_set_logging(dev, false);
+                if (r < 0 && !first_error)
+                        first_error = log_fail(l, r, "%s", vhm_device_error(dev));
+                (void) vhm_device_set_log(dev, -1, 0);
+        }
+        /* What the back-ends logged until now still counts. */
+        (void) vhm_logging_harvest(l, NULL);
+        free_logs(l);
+        l->active = false;
+        return first_error;
+}
+
+/* ---- devices --------------------------------------------------------------------- */
+
+int vhm_logging_add_device(struct vhm_logging *l, struct vhm_device *dev) {
+        if (l->ndevices >= VHM_LOGGING_MAX_DEVICES)
+                return log_fail(l, -E2BIG, "a VM has at most %u devices", VHM_LOGGING_MAX_DEVICES);
+        for (unsigned i = 0; i < l->ndevices; i++)
+                if (l->devices[i] == dev)
+                        return log_fail(l, -EEXIST, "%s: already added", vhm_device_socket(dev));
+        l->devices[l->ndevices++] = dev;
+        if (!l->active)
+                return 0;
+        /* Its rings may lie past the current log: grow first, then bring it in. */
+        int r = vhm_logging_resize(l);
+        if (r == 0)
+                r = join_device(l, dev);
+        if (r < 0) {
+                l->ndevices--;
+                leave_device(dev);
+        }
+        return r;
+}
+
+void vhm_logging_remove_device(struct vhm_logging *l, struct vhm_device *dev) {
+        for (unsigned i = 0; i < l->ndevices; i++) {
+                if (l->devices[i] != dev)
+                        continue;
+                if (l->active)
+                        leave_device(dev);
+                memmove(&l->devices[i], &l->devices[i + 1], (l->ndevices - i - 1) * sizeof(l->devices[0]));
+                l->ndevices--;
+                return;
+        }
+}
+
+/* ---- harvest and resize ------------------------------------------------------------- */
+
+int vhm_logging_harvest(struct vhm_logging *l, uint64_t *new_pages) {
+        uint64_t total = 0, n;
+        if (!l->log)
+                return log_fail(l, -ENODATA, "logging is off");
+        int r = vhm_log_harvest(l->log, l->bitmap, &n);
+        if (r < 0)
+                return log_fail(l, r, "harvest: %s", strerror(-r));
+        total += n;
+        for (unsigned i = 0; i < l->nretired; i++) {
+                r = vhm_log_harvest(l->retired[i], l->bitmap, &n);
+                if (r < 0)
+                        return log_fail(l, r, "harvest (retired log): %s", strerror(-r));
+                total += n;
+        }
+        if (new_pages)
+                *new_pages = total;
+        return 0;
+}
+
+int vhm_logging_resize(struct vhm_logging *l) {
+        if (!l->active)
+                return 0;
+        uint64_t top;
+        int r = required_top(l, &top);
+        if (r < 0)
+                return r;
+        if ((top + VHM_PAGE_SIZE - 1) / VHM_PAGE_SIZE <= vhm_log_npages(l->log))
+                return 0;
+
+        struct vhm_log *fresh;
+        r = allocate_log(l, &fresh);
+        if (r < 0)
+                return r;
+        /* The new log to everyone first (SET_LOG_BASE is acknowledged by its reply). */
+        bool all_moved = true;
+        for (unsigned i = 0; i < l->ndevices; i++)
+                if (vhm_device_set_log(l->devices[i], vhm_log_fd(fresh), vhm_log_size_bytes(fresh)) < 0) {
+                        all_moved = false;
+                        log_fail(l, -EIO, "%s", vhm_device_error(l->devices[i]));
+                }
+        struct vhm_log *old = l->log;
+        l->log = fresh;
+        /* Only then the old one: harvested last, freed unless a device may still write to it. */
+        uint64_t n;
+        (void) vhm_log_harvest(old, l->bitmap, &n);
+        if (all_moved)
+                vhm_log_free(old);
+        else if (l->nretired < MAX_RETIRED_LOGS)
+                l->retired[l->nretired++] = old;
+        else
+                vhm_log_free(old);
+        return all_moved ? 0 : -EIO;
+}

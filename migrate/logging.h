@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Dirty logging for one VM: one shared log for all of its devices (as QEMU
+ * shares one log between vhost devices), harvested into the VM's migration
+ * bitmap.  Devices added, started or reconnected while logging are brought
+ * into the log; a memory layout change resizes it without losing a page.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "log/bitmap.h"
+#include "migrate/blockers.h"
+#include "migrate/device.h"
+#include "migrate/vm.h"
+
+#define VHM_LOGGING_MAX_DEVICES 32
+
+struct vhm_logging;
+
+int vhm_logging_new(struct vhm_vm *vm, struct vhm_logging **out);
+/* Stops logging (best effort) and frees the log and the bitmap; the devices stay. */
+void vhm_logging_free(struct vhm_logging *l);
+const char *vhm_logging_error(const struct vhm_logging *l);
+
+/* A device joins (and, when logging is on, is brought into the log) or leaves. */
+int vhm_logging_add_device(struct vhm_logging *l, struct vhm_device *dev);
+void vhm_logging_remove_device(struct vhm_logging *l, struct vhm_device *dev);
+
+/*
+ * Every reason the VM cannot migrate now, each prefixed with the device's
+ * socket; empty when it can.  Reasons appear and disappear as devices come
+ * and go.
+ */
+void vhm_logging_blockers(const struct vhm_logging *l, struct vhm_blockers *out);
+
+/*
+ * Allocates the log, hands it to every device (SET_LOG_BASE once each), then
+ * switches LOG_ALL and ring logging on.  A blocked VM fails with -EPERM and
+ * the reasons in vhm_logging_error().
+ */
+int vhm_logging_start(struct vhm_logging *l);
+/* Undoes start in reverse; the devices keep running.  A final harvest keeps what was logged. */
+int vhm_logging_stop(struct vhm_logging *l);
+bool vhm_logging_active(const struct vhm_logging *l);
+
+/* Fetch-and-clears the log (and any log retired by a resize) into the bitmap. */
+int vhm_logging_harvest(struct vhm_logging *l, uint64_t *new_pages);
+struct vhm_bitmap *vhm_logging_bitmap(const struct vhm_logging *l);
+
+/*
+ * Re-sizes the log to the current memory layout: the new log goes to every
+ * device first; the old one is harvested and freed only once every device
+ * acknowledged the new one.  A no-op when the size still fits.
+ */
+int vhm_logging_resize(struct vhm_logging *l);
+
+/* The current log's size in bytes (0 when not logging). */
+uint64_t vhm_logging_log_size(const struct vhm_logging *l);
