@@ -548,6 +548,27 @@ void vhm_device_blockers(const struct vhm_device *dev, struct vhm_blockers *out)
         vhm_backend_blockers(dev->features_offered, dev->protocol_features, out);
 }
 
+/* ---- settings that can change while running ----------------------------- */
+
+int vhm_device_set_mtu(struct vhm_device *dev, uint16_t mtu) {
+        if (mtu < 68)
+                return dev_fail(dev, -EINVAL, "%s: MTU %u below the minimum of 68", dev->socket, mtu);
+        if (dev->conn && !vhu_conn_has_protocol_feature(dev->conn, VHU_PF_NET_MTU))
+                return dev_fail(dev, -ENOTSUP, "%s: the back-end did not negotiate NET_MTU", dev->socket);
+        if (dev->conn)
+                TRY(dev, "NET_SET_MTU", vhu_net_set_mtu(dev->conn, mtu));
+        dev->cfg.mtu = mtu;
+        return 0;
+}
+
+uint16_t vhm_device_mtu(const struct vhm_device *dev) { return dev->cfg.mtu; }
+
+void vhm_device_disconnect(struct vhm_device *dev) {
+        if (dev->state == VHM_DEVICE_RUNNING)
+                dev->resume_after_reconnect = true;
+        drop_connection(dev);
+}
+
 /* ---- announce ------------------------------------------------------------ */
 
 bool vhm_device_needs_rarp(const struct vhm_device *dev) {

@@ -115,6 +115,13 @@ unsigned vhm_device_used_ring_extents(const struct vhm_device *dev, uint64_t gpa
  */
 void vhm_device_blockers(const struct vhm_device *dev, struct vhm_blockers *out);
 
+/* NET_SET_MTU now (when connected and NET_MTU was negotiated) and on every later start. */
+int vhm_device_set_mtu(struct vhm_device *dev, uint16_t mtu);
+uint16_t vhm_device_mtu(const struct vhm_device *dev);
+
+/* Drops the connection on purpose (the rings resume on the next reconnect if they ran). */
+void vhm_device_disconnect(struct vhm_device *dev);
+
 /* SEND_RARP with the configured MAC, when RARP was negotiated and the guest does not announce itself. */
 int vhm_device_announce(struct vhm_device *dev);
 bool vhm_device_needs_rarp(const struct vhm_device *dev);

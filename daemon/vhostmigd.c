@@ -1,0 +1,405 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vhostmigd: the vhost-user front-end as a service.  An sd-event loop, the
+ * org.vhostmig1 D-Bus API (sd-bus), one worker thread per VM for the
+ * blocking vhost-user requests.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-journal.h>
+
+#include "daemon/vhostmigd.h"
+#include "migrate/probe.h"
+
+static struct daemon *log_daemon;   /* for the log level */
+static bool log_to_journal;
+
+/* ---- logging ------------------------------------------------------------------- */
+
+void daemon_log(int priority, const struct vm_object *vm, const char *device, const char *fmt, ...) {
+        if (log_daemon && priority > log_daemon->cfg.log_level)
+                return;
+        char text[1024];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+        if (log_to_journal) {
+                /* Structured fields let `journalctl VHOSTMIG_VM=name` follow one VM. */
+                sd_journal_send("MESSAGE=%s%s%s%s%s", vm ? vm->name : "", vm ? ": " : "",
+                                device ? device : "", device ? ": " : "", text,
+                                "PRIORITY=%i", priority,
+                                "VHOSTMIG_VM=%s", vm ? vm->name : "",
+                                "VHOSTMIG_DEVICE=%s", device ? device : "",
+                                NULL);
+                return;
+        }
+        fprintf(stderr, "<%d>%s%s%s%s%s\n", priority, vm ? vm->name : "", vm ? ": " : "",
+                device ? device : "", device ? ": " : "", text);
+}
+
+void daemon_update_status(struct daemon *d) {
+        sd_notifyf(false, "STATUS=Managing %u VM%s", d->nvms, d->nvms == 1 ? "" : "s");
+}
+
+/* ---- access ---------------------------------------------------------------------- */
+
+int daemon_check_root(sd_bus_message *m, sd_bus_error *error) {
+        sd_bus_creds *creds = NULL;
+        uid_t euid;
+        int r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
+        if (r >= 0)
+                r = sd_bus_creds_get_euid(creds, &euid);
+        sd_bus_creds_unref(creds);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "cannot determine the caller's user: %s",
+                                         strerror(-r));
+        /* The bus policy says the same; this holds even on a bus configured to allow more. */
+        if (euid != 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "only root may change vhostmig state");
+        return 0;
+}
+
+/* ---- org.vhostmig1.Manager -------------------------------------------------------- */
+
+static int read_regions(sd_bus_message *m, struct vhm_vm *vm, sd_bus_error *error) {
+        int r = sd_bus_message_enter_container(m, 'a', "(httt)");
+        if (r < 0)
+                return r;
+        for (unsigned i = 0;; i++) {
+                struct vhm_region_spec spec;
+                r = sd_bus_message_read(m, "(httt)", &spec.fd, &spec.guest_phys_addr, &spec.size, &spec.offset);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                r = vhm_vm_add_region(vm, &spec);
+                if (r < 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "region %u: %s", i, vhm_vm_error(vm));
+        }
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+        if (vhm_vm_region_count(vm) == 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "regions: a VM needs guest memory");
+        return 0;
+}
+
+static int method_create_vm(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct daemon *d = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        const char *name;
+        r = sd_bus_message_read(m, "s", &name);
+        if (r < 0)
+                return r;
+        if (d->shutting_down)
+                return sd_bus_error_setf(error, VHOSTMIG_ERROR("Busy"), "the daemon is shutting down");
+        if (vm_object_by_name(d, name))
+                return sd_bus_error_setf(error, VHOSTMIG_ERROR("VmExists"), "a VM named \"%s\" exists", name);
+        if (d->nvms >= d->cfg.max_vms)
+                return sd_bus_error_setf(error, VHOSTMIG_ERROR("TooManyVms"), "at most %u VMs (max_vms)", d->cfg.max_vms);
+
+        struct vhm_vm *vm;
+        r = vhm_vm_new(name, &vm);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "name: \"%s\" is not 1..63 characters of [A-Za-z0-9_.-]", name);
+        r = read_regions(m, vm, error);
+        struct vm_object *o = NULL;
+        if (r >= 0)
+                r = vm_object_create(d, name, vm, &o);
+        if (r < 0) {
+                vhm_vm_free(vm);
+                return r;
+        }
+        daemon_log(LOG_INFO, o, NULL, "VM created with %u region(s), %llu bytes", vhm_vm_region_count(vm),
+                   (unsigned long long) vhm_vm_memory_size(vm));
+        return sd_bus_reply_method_return(m, "o", o->path);
+}
+
+static int method_destroy_vm(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct daemon *d = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        const char *name;
+        r = sd_bus_message_read(m, "s", &name);
+        if (r < 0)
+                return r;
+        struct vm_object *o = vm_object_by_name(d, name);
+        if (!o)
+                return sd_bus_error_setf(error, VHOSTMIG_ERROR("NoSuchVm"), "no VM named \"%s\"", name);
+        vm_object_destroy(o, m);
+        return 1;
+}
+
+struct probe_job {
+        struct worker_job base;
+        sd_bus_message *call;
+        struct vhm_probe_options opts;
+        char *socket;
+        struct vhm_probe_result result;
+        int r;
+        char error[512];
+};
+
+static void probe_run(struct worker_job *base) {
+        struct probe_job *p = (struct probe_job *) base;
+        p->r = vhm_probe(&p->opts, &p->result, p->error, sizeof(p->error));
+}
+
+static int append_probe_result(sd_bus_message *reply, const struct vhm_probe_result *res) {
+        int r = sd_bus_message_append(reply, "tttutb", res->features, res->protocol_features,
+                                      res->protocol_features_negotiated, (uint32_t) res->queue_pairs,
+                                      res->max_mem_slots, (int) res->migratable);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "s");
+        for (unsigned i = 0; r >= 0 && i < res->blockers.n; i++)
+                r = sd_bus_message_append(reply, "s", res->blockers.reason[i]);
+        return r < 0 ? r : sd_bus_message_close_container(reply);
+}
+
+static void probe_done(struct worker_job *base) {
+        struct probe_job *p = (struct probe_job *) base;
+        if (p->r < 0) {
+                (void) sd_bus_reply_method_errorf(p->call, VHOSTMIG_ERROR("Backend"), "%s", p->error);
+        } else {
+                sd_bus_message *reply = NULL;
+                int r = sd_bus_message_new_method_return(p->call, &reply);
+                if (r >= 0)
+                        r = append_probe_result(reply, &p->result);
+                if (r >= 0)
+                        r = sd_bus_send(NULL, reply, NULL);
+                if (r < 0)
+                        (void) sd_bus_reply_method_errno(p->call, r, NULL);
+                sd_bus_message_unref(reply);
+        }
+        sd_bus_message_unref(p->call);
+        free(p->socket);
+        free(p);
+}
+
+static int method_probe(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct daemon *d = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        const char *socket;
+        int server;
+        uint32_t timeout_ms;
+        r = sd_bus_message_read(m, "sbu", &socket, &server, &timeout_ms);
+        if (r < 0)
+                return r;
+        if (socket[0] != '/')
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "socket: expected an absolute path");
+        if (timeout_ms > 600000)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "timeout_ms: at most 600000");
+        struct probe_job *p = calloc(1, sizeof(*p));
+        if (!p || !(p->socket = strdup(socket))) {
+                free(p);
+                return -ENOMEM;
+        }
+        p->base.run = probe_run;
+        p->base.done = probe_done;
+        p->call = sd_bus_message_ref(m);
+        p->opts = (struct vhm_probe_options) {
+                .socket = p->socket, .server = server,
+                .timeout_ms = timeout_ms ? timeout_ms : d->cfg.request_timeout_ms,
+        };
+        worker_submit(&d->probe_worker, &p->base);
+        return 1;
+}
+
+static int prop_version(sd_bus *b, const char *p, const char *i, const char *prop, sd_bus_message *reply,
+                        void *u, sd_bus_error *e) {
+        (void) b; (void) p; (void) i; (void) prop; (void) u; (void) e;
+        return sd_bus_message_append(reply, "s", VHOSTMIG_VERSION);
+}
+
+static int prop_vms(sd_bus *b, const char *p, const char *i, const char *prop, sd_bus_message *reply,
+                    void *u, sd_bus_error *e) {
+        (void) b; (void) p; (void) i; (void) prop; (void) e;
+        struct daemon *d = u;
+        int r = sd_bus_message_open_container(reply, 'a', "o");
+        for (struct vm_object *o = d->vms; r >= 0 && o; o = o->next)
+                r = sd_bus_message_append(reply, "o", o->path);
+        return r < 0 ? r : sd_bus_message_close_container(reply);
+}
+
+static const sd_bus_vtable manager_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_PROPERTY("Version", "s", prop_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Vms", "ao", prop_vms, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_METHOD_WITH_ARGS("CreateVm", SD_BUS_ARGS("s", name, "a(httt)", regions), SD_BUS_RESULT("o", vm),
+                                method_create_vm, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DestroyVm", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT,
+                                method_destroy_vm, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Probe", SD_BUS_ARGS("s", socket, "b", server, "u", timeout_ms),
+                                SD_BUS_RESULT("t", features, "t", protocol_features, "t", negotiated_protocol_features,
+                                              "u", queue_pairs, "t", max_mem_slots, "b", migratable, "as", blockers),
+                                method_probe, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_VTABLE_END,
+};
+
+/* ---- loop plumbing ------------------------------------------------------------------ */
+
+static int on_monitor(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct daemon *d = userdata;
+        for (struct vm_object *o = d->vms; o; o = o->next)
+                vm_object_queue_monitor(o);
+        return sd_event_source_set_time(s, usec + (uint64_t) d->cfg.monitor_interval_ms * 1000u);
+}
+
+static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        (void) s;
+        (void) si;
+        struct daemon *d = userdata;
+        if (d->shutting_down)
+                return 0;
+        d->shutting_down = true;
+        sd_notify(false, "STOPPING=1\nSTATUS=Releasing every device");
+        daemon_log(LOG_INFO, NULL, NULL, "shutting down: stopping logging and releasing %u VM(s)", d->nvms);
+        if (!d->vms)
+                return sd_event_exit(d->event, 0);
+        /* Each VM's worker stops logging and releases its devices; the last one ends the loop. */
+        while (d->vms)
+                vm_object_destroy(d->vms, NULL);
+        return 0;
+}
+
+static int setup_bus(struct daemon *d) {
+        int r = sd_bus_default_system(&d->bus);
+        if (r < 0) {
+                daemon_log(LOG_ERR, NULL, NULL, "cannot connect to the system bus: %s", strerror(-r));
+                return r;
+        }
+        r = sd_bus_add_object_vtable(d->bus, NULL, VHOSTMIG_ROOT_PATH, "org.vhostmig1.Manager", manager_vtable, d);
+        if (r >= 0)
+                r = sd_bus_add_object_manager(d->bus, NULL, VHOSTMIG_ROOT_PATH);
+        if (r >= 0)
+                r = vm_objects_register(d);
+        if (r >= 0)
+                r = sd_bus_attach_event(d->bus, d->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0) {
+                daemon_log(LOG_ERR, NULL, NULL, "cannot set up the D-Bus objects: %s", strerror(-r));
+                return r;
+        }
+        r = sd_bus_request_name(d->bus, VHOSTMIG_BUS_NAME, 0);
+        if (r < 0)
+                daemon_log(LOG_ERR, NULL, NULL, "cannot own %s: %s", VHOSTMIG_BUS_NAME, strerror(-r));
+        return r;
+}
+
+static int setup_loop(struct daemon *d) {
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        /* A back-end that closes its socket must not kill us with SIGPIPE. */
+        signal(SIGPIPE, SIG_IGN);
+
+        int r = sd_event_default(&d->event);
+        if (r >= 0)
+                r = sd_event_add_signal(d->event, NULL, SIGTERM, on_terminate, d);
+        if (r >= 0)
+                r = sd_event_add_signal(d->event, NULL, SIGINT, on_terminate, d);
+        if (r >= 0)
+                r = sd_event_add_time_relative(d->event, &d->monitor, CLOCK_MONOTONIC,
+                                               (uint64_t) d->cfg.monitor_interval_ms * 1000u, 0, on_monitor, d);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(d->monitor, SD_EVENT_ON);
+        if (r >= 0)
+                r = worker_start(&d->probe_worker, d->event, "probe");
+        return r;
+}
+
+/* ---- main ------------------------------------------------------------------------------ */
+
+static void help(void) {
+        printf("Usage: vhostmigd [OPTIONS]\n\n"
+               "The vhost-user front-end and dirty-log service (D-Bus name %s).\n\n"
+               "  -h --help            Show this help\n"
+               "     --version         Show the version\n"
+               "     --config PATH     Configuration file (default %s; optional)\n"
+               "     --check-config    Validate the configuration, print the effective one, exit\n",
+               VHOSTMIG_BUS_NAME, VHOSTMIGD_DEFAULT_CONFIG);
+}
+
+static int parse_args(int argc, char **argv, const char **config, bool *check_only) {
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
+                { "config", required_argument, NULL, 'c' },
+                { "check-config", no_argument, NULL, 'C' },
+                {}
+        };
+        int c;
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'h': help(); return 0;
+                case 'V': puts("vhostmigd " VHOSTMIG_VERSION); return 0;
+                case 'c': *config = optarg; break;
+                case 'C': *check_only = true; break;
+                default: return -EINVAL;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "vhostmigd: unexpected argument '%s'\n", argv[optind]);
+                return -EINVAL;
+        }
+        return 1;
+}
+
+int main(int argc, char **argv) {
+        const char *config_path = NULL;
+        bool check_only = false;
+        int r = parse_args(argc, argv, &config_path, &check_only);
+        if (r <= 0)
+                return r < 0 ? 2 : 0;
+
+        static struct daemon d;
+        char error[512];
+        r = config_load(&d.cfg, config_path ? config_path : VHOSTMIGD_DEFAULT_CONFIG, !config_path, error, sizeof(error));
+        if (r < 0) {
+                fprintf(stderr, "vhostmigd: configuration: %s\n", error);
+                return 1;
+        }
+        if (check_only) {
+                char *json = config_to_json(&d.cfg);
+                puts(json ? json : "{}");
+                free(json);
+                return 0;
+        }
+        log_daemon = &d;
+        log_to_journal = getenv("JOURNAL_STREAM") != NULL;
+
+        r = setup_loop(&d);
+        if (r >= 0)
+                r = setup_bus(&d);
+        if (r < 0)
+                return 1;
+        sd_notify(false, "READY=1");
+        daemon_update_status(&d);
+        daemon_log(LOG_INFO, NULL, NULL, "vhostmigd %s ready on %s", VHOSTMIG_VERSION, VHOSTMIG_BUS_NAME);
+
+        r = sd_event_loop(d.event);
+
+        worker_stop(&d.probe_worker);
+        sd_event_source_unref(d.monitor);
+        sd_bus_flush_close_unref(d.bus);
+        sd_event_unref(d.event);
+        return r < 0 ? 1 : 0;
+}

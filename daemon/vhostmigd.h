@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* vhostmigd's objects, shared by the Manager, Vm and Device D-Bus code. */
+#pragma once
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "daemon/config.h"
+#include "daemon/worker.h"
+#include "migrate/blockers.h"
+#include "migrate/device.h"
+#include "migrate/logging.h"
+
+#define VHOSTMIG_BUS_NAME    "org.vhostmig1"
+#define VHOSTMIG_ROOT_PATH   "/org/vhostmig1"
+#define VHOSTMIG_VM_PREFIX   "/org/vhostmig1/vm"
+#define VHOSTMIG_ERROR(name) "org.vhostmig1.Error." name
+
+struct vm_object;
+
+struct daemon {
+        sd_event *event;
+        sd_bus *bus;
+        struct vhostmigd_config cfg;
+        struct vm_object *vms;          /* list */
+        unsigned nvms;
+        struct worker probe_worker;     /* Probe calls, which belong to no VM */
+        sd_event_source *monitor;
+        bool shutting_down;
+};
+
+/* What D-Bus shows of a device: written by the VM's worker, read by the loop. */
+struct device_snapshot {
+        enum vhm_device_state state;
+        uint64_t features, acked_features, protocol_features, acked_protocol_features;
+        unsigned queue_pairs;
+        uint16_t mtu;
+        unsigned ring_indices[VHM_DEVICE_MAX_QUEUES];
+        unsigned nrings;
+        uint64_t reconnects;
+        char blocker[VHM_BLOCKERS_MAX * 64];
+        char last_error[384];
+};
+
+struct device_object {
+        struct vm_object *vm;
+        unsigned number;
+        char *path;
+        char *socket;
+        bool server;
+        char mac[18];
+        struct vhm_device *dev;         /* worker thread only */
+        uint64_t next_reconnect_usec;   /* worker thread only */
+        struct device_snapshot snap, published;   /* under vm->snap_lock / loop only */
+        bool removed;
+};
+
+struct vm_snapshot {
+        uint64_t memory_size;
+        bool blocked;
+        char blockers[VHM_BLOCKERS_MAX][VHM_BLOCKER_LEN];
+        unsigned nblockers;
+        bool logging;
+        uint64_t log_size, dirty_pages, harvests;
+        char last_error[512];
+};
+
+struct vm_object {
+        struct daemon *daemon;
+        struct vm_object *next;
+        char *name;
+        char *path;
+        struct vhm_vm *vm;              /* worker thread only, once created */
+        struct vhm_logging *logging;    /* worker thread only */
+        struct device_object *devices[VHM_LOGGING_MAX_DEVICES];
+        unsigned ndevices;
+        unsigned next_device_number;
+        struct worker worker;
+        bool monitor_queued;
+        bool destroying;
+
+        pthread_mutex_t snap_lock;
+        struct vm_snapshot snap, published;
+};
+
+/* Manager and bus plumbing (vhostmigd.c). */
+int daemon_check_root(sd_bus_message *m, sd_bus_error *error);
+void daemon_log(int priority, const struct vm_object *vm, const char *device, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+void daemon_update_status(struct daemon *d);
+
+/* VMs and devices (bus-vm.c). */
+int vm_object_create(struct daemon *d, const char *name, struct vhm_vm *vm, struct vm_object **out);
+void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to);
+struct vm_object *vm_object_by_name(struct daemon *d, const char *name);
+int vm_objects_register(struct daemon *d);
+void vm_object_queue_monitor(struct vm_object *o);
