@@ -1,0 +1,965 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Unit tests of the synthetic guest against the in-process loopback device.
+ * Usage: test-guest [traffic|notify|faults|migrate|attach|pages]  (no
+ * argument runs every group).  Every test checks that it leaves the process
+ * with exactly the file descriptors it found.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_net.h>
+
+#include "guest-internal.h"
+#include "guest.h"
+#include "loopback.h"
+
+#define SMALL_MEM (4ull << 20)
+#define RUN_TIMEOUT_MS 30000
+
+/* ---------------------------------------------------------------- helpers */
+
+static int count_fds(void)
+{
+        DIR *d = opendir("/proc/self/fd");
+        struct dirent *e;
+        int n = 0;
+
+        if (!d)
+                return -1;
+        while ((e = readdir(d)))
+                n += e->d_name[0] != '.';
+        closedir(d);
+        return n;
+}
+
+static int fds_at_start;
+
+static int fd_setup(void **state)
+{
+        (void)state;
+        fds_at_start = count_fds();
+        return fds_at_start < 0 ? -1 : 0;
+}
+
+static int fd_teardown(void **state)
+{
+        (void)state;
+        assert_int_equal(count_fds(), fds_at_start);
+        return 0;
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, fd_setup, fd_teardown)
+
+static struct vhm_guest *mk_guest(unsigned nqp, unsigned ring, unsigned frame_len, uint64_t mem)
+{
+        struct vhm_guest_config c = {
+                .mem_size = mem, .queue_pairs = nqp, .ring_size = ring, .frame_len = frame_len,
+        };
+        struct vhm_guest *g = NULL;
+
+        assert_int_equal(vhm_guest_create(&c, &g), 0);
+        assert_non_null(g);
+        return g;
+}
+
+static struct lb_dev *mk_dev(struct vhm_guest *g, const struct lb_config *cfg)
+{
+        struct lb_dev *d = NULL;
+
+        assert_int_equal(lb_create(g, cfg, &d), 0);
+        return d;
+}
+
+static void assert_clean(struct vhm_guest *g, unsigned qp, uint64_t n)
+{
+        struct vhm_guest_stats s;
+
+        assert_int_equal(vhm_guest_get_stats(g, qp, &s), 0);
+        assert_int_equal(s.sent, n);
+        assert_int_equal(s.received, n);
+        assert_int_equal(s.tx_seq, n);
+        assert_int_equal(s.rx_expected, n);
+        assert_int_equal(s.lost, 0);
+        assert_int_equal(s.corrupted, 0);
+        assert_int_equal(s.duplicated, 0);
+        assert_int_equal(s.rarp_seen, 0);
+        assert_int_equal(s.other, 0);
+        assert_int_equal(s.bad_used, 0);
+}
+
+static int run_stepped(struct vhm_guest *g, unsigned qp, uint64_t n, struct lb_dev *d, int timeout)
+{
+        struct vhm_guest_run_opts o = { .step = lb_step, .opaque = d };
+
+        return vhm_guest_run_until(g, qp, n, timeout, &o);
+}
+
+/* A migrated image: a fresh memfd holding a byte copy of guest memory. */
+static int copy_memory(const struct vhm_guest *g)
+{
+        const uint8_t *p = vhm_guest_mem_base(g);
+        uint64_t size = vhm_guest_mem_size(g), off = 0;
+        int fd = memfd_create("vhm-test-copy", MFD_CLOEXEC);
+
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, (off_t)size), 0);
+        while (off < size) {
+                ssize_t n = pwrite(fd, p + off, size - off, (off_t)off);
+
+                assert_true(n > 0);
+                off += (uint64_t)n;
+        }
+        return fd;
+}
+
+static uint64_t kicks(struct vhm_guest *g, unsigned queue)
+{
+        struct vhm_guest_queue_layout l;
+        uint64_t v = 0;
+
+        assert_int_equal(vhm_guest_queue_layout(g, queue, &l), 0);
+        if (read(l.kick_fd, &v, sizeof(v)) != sizeof(v))
+                assert_int_equal(errno, EAGAIN);
+        return v;
+}
+
+/* ---------------------------------------------------------------- traffic */
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+        return a < b + blen && b < a + alen;
+}
+
+static void test_create_layout(void **state)
+{
+        struct vhm_guest *g = mk_guest(0, 0, 0, 0);
+        struct vhm_guest_queue_layout l[VHM_GUEST_MAX_QUEUES];
+        uint64_t page = VHM_GUEST_PAGE_SIZE;
+        unsigned nq;
+
+        (void)state;
+        assert_int_equal(vhm_guest_mem_size(g), 64ull << 20);
+        assert_int_equal(vhm_guest_queue_pairs(g), 1);
+        assert_int_equal(vhm_guest_ring_size(g), 256);
+        assert_true(fcntl(vhm_guest_mem_fd(g), F_GETFD) & FD_CLOEXEC);
+        nq = 2 * vhm_guest_queue_pairs(g);
+        for (unsigned q = 0; q < nq; q++) {
+                assert_int_equal(vhm_guest_queue_layout(g, q, &l[q]), 0);
+                assert_int_equal(l[q].is_rx, q % 2 == 0);
+                assert_int_equal(l[q].used_len, 6 + 8 * 256);
+                assert_int_equal(l[q].used_gpa % page, 0);
+                assert_int_equal(l[q].desc_gpa % page, 0);
+                assert_int_equal(l[q].buf_gpa % page, 0);
+                assert_int_equal(l[q].used_uaddr - (uintptr_t)vhm_guest_mem_base(g), l[q].used_gpa);
+                assert_true(l[q].buf_gpa + 256ull * l[q].buf_size <= vhm_guest_mem_size(g));
+                assert_true(fcntl(l[q].kick_fd, F_GETFL) & O_NONBLOCK);
+                assert_true(fcntl(l[q].call_fd, F_GETFD) & FD_CLOEXEC);
+                assert_true(l[q].buf_size >= 12 + 1514);
+        }
+        /* The used ring's pages hold nothing else. */
+        for (unsigned q = 0; q < nq; q++) {
+                uint64_t upages = (l[q].used_len + page - 1) / page * page;
+
+                for (unsigned r = 0; r < nq; r++) {
+                        assert_false(ranges_overlap(l[q].used_gpa, upages, l[r].desc_gpa, 16 * 256));
+                        assert_false(ranges_overlap(l[q].used_gpa, upages, l[r].avail_gpa, 6 + 2 * 256));
+                        assert_false(ranges_overlap(l[q].used_gpa, upages, l[r].buf_gpa, 256 * 2048));
+                        assert_true(r == q || !ranges_overlap(l[q].used_gpa, upages, l[r].used_gpa, upages));
+                }
+                assert_true(l[q].desc_gpa >= page);     /* state area first */
+        }
+        assert_int_equal(vhm_guest_queue_layout(g, nq, &l[0]), -EINVAL);
+        vhm_guest_free(g);
+        vhm_guest_free(NULL);
+}
+
+static void test_create_rejects(void **state)
+{
+        struct vhm_guest_config c = { 0 };
+        struct vhm_guest *g = NULL;
+
+        (void)state;
+        c.ring_size = 300;
+        assert_int_equal(vhm_guest_create(&c, &g), -EINVAL);
+        c = (struct vhm_guest_config){ .queue_pairs = 9 };
+        assert_int_equal(vhm_guest_create(&c, &g), -EINVAL);
+        c = (struct vhm_guest_config){ .frame_len = 63 };
+        assert_int_equal(vhm_guest_create(&c, &g), -EINVAL);
+        c = (struct vhm_guest_config){ .frame_len = 1515 };
+        assert_int_equal(vhm_guest_create(&c, &g), -EINVAL);
+        c = (struct vhm_guest_config){ .mem_size = 4096 * 3 + 1 };
+        assert_int_equal(vhm_guest_create(&c, &g), -EINVAL);
+        c = (struct vhm_guest_config){ .mem_size = 1 << 20, .queue_pairs = 8 };
+        assert_int_equal(vhm_guest_create(&c, &g), -ENOSPC);
+        c = (struct vhm_guest_config){ .mac = { 0x01, 0, 0, 0, 0, 1 } };
+        assert_int_equal(vhm_guest_create(&c, &g), -EINVAL);
+        assert_null(g);
+
+        g = mk_guest(1, 64, 0, SMALL_MEM);
+        assert_int_equal(vhm_guest_set_features(g, 1ull << VIRTIO_F_RING_PACKED), -ENOTSUP);
+        assert_int_equal(vhm_guest_set_features(g, 1ull << VIRTIO_F_IN_ORDER), -ENOTSUP);
+        assert_int_equal(vhm_guest_set_features(g, vhm_guest_driver_features()), 0);
+        assert_int_equal(vhm_guest_set_frame_len(g, 40), -EINVAL);
+        assert_int_equal(vhm_guest_tx(g, 1, 1), -EINVAL);
+        vhm_guest_free(g);
+}
+
+static void run_threaded(unsigned nqp, const struct lb_config *cfg, uint64_t features, unsigned flags)
+{
+        struct vhm_guest *g = mk_guest(nqp, 256, 0, 0);
+        struct vhm_guest_run_opts o = { .flags = flags };
+        struct lb_dev *d;
+
+        assert_int_equal(vhm_guest_set_features(g, features), 0);
+        d = mk_dev(g, cfg);
+        assert_int_equal(lb_start(d), 0);
+        assert_int_equal(vhm_guest_run_until(g, VHM_GUEST_ALL_QPS, 10000, RUN_TIMEOUT_MS, &o), 0);
+        lb_stop(d);
+        assert_int_equal(lb_error(d), 0);
+        for (unsigned qp = 0; qp < nqp; qp++)
+                assert_clean(g, qp, 10000);
+        if (flags & VHM_GUEST_RUN_WAIT_CALL)
+                assert_true(lb_calls(d) > 0);
+        else    /* busy polling asks for no calls; EVENT_IDX may cost one */
+                assert_true(lb_calls(d) <= (features & (1ull << VIRTIO_RING_F_EVENT_IDX) ? 2 * nqp : 0));
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+static void test_10k_1qp(void **state)
+{
+        const struct lb_config cfg = { .no_notify = true };
+
+        (void)state;
+        run_threaded(1, &cfg, 1ull << VIRTIO_F_VERSION_1, 0);
+}
+
+static void test_10k_4qp(void **state)
+{
+        const struct lb_config cfg = { .no_notify = true };
+
+        (void)state;
+        run_threaded(4, &cfg, 1ull << VIRTIO_F_VERSION_1, 0);
+}
+
+static void test_10k_4qp_event_idx_busy(void **state)
+{
+        const struct lb_config cfg = { .event_idx = true };
+
+        (void)state;
+        run_threaded(4, &cfg, vhm_guest_driver_features(), 0);
+}
+
+static void test_10k_4qp_wait_call(void **state)
+{
+        const struct lb_config cfg = { .wait_kick = true };
+
+        (void)state;
+        run_threaded(4, &cfg, 1ull << VIRTIO_F_VERSION_1, VHM_GUEST_RUN_WAIT_CALL);
+}
+
+static void test_10k_4qp_event_idx(void **state)
+{
+        const struct lb_config cfg = { .wait_kick = true, .event_idx = true };
+
+        (void)state;
+        run_threaded(4, &cfg, vhm_guest_driver_features(), VHM_GUEST_RUN_WAIT_CALL);
+}
+
+static void test_stepped_frame_sizes(void **state)
+{
+        struct vhm_guest *g = mk_guest(2, 128, 64, SMALL_MEM);
+        struct lb_dev *d = mk_dev(g, NULL);
+
+        (void)state;
+        assert_int_equal(run_stepped(g, VHM_GUEST_ALL_QPS, 5000, d, RUN_TIMEOUT_MS), 0);
+        assert_int_equal(vhm_guest_set_frame_len(g, 1514), 0);
+        assert_int_equal(run_stepped(g, VHM_GUEST_ALL_QPS, 5000, d, RUN_TIMEOUT_MS), 0);
+        assert_clean(g, 0, 10000);
+        assert_clean(g, 1, 10000);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+/* Legacy device without MRG_RXBUF: a 10-byte header. */
+static void test_legacy_header(void **state)
+{
+        const struct lb_config cfg = { .hdr_len = 10 };
+        struct vhm_guest *g = mk_guest(1, 64, 200, SMALL_MEM);
+        struct lb_dev *d;
+
+        (void)state;
+        assert_int_equal(vhm_guest_set_features(g, 0), 0);
+        d = mk_dev(g, &cfg);
+        assert_int_equal(run_stepped(g, 0, 1000, d, RUN_TIMEOUT_MS), 0);
+        assert_clean(g, 0, 1000);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+/* ---------------------------------------------------------------- notify */
+
+static void test_no_notify_suppresses_kicks(void **state)
+{
+        const struct lb_config cfg = { .no_notify = true };
+        struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
+        struct lb_dev *d = mk_dev(g, &cfg);
+
+        (void)state;
+        assert_int_equal(vhm_guest_post_rx(g, 0), 64);
+        assert_int_equal(vhm_guest_tx(g, 0, 10), 10);
+        assert_int_equal(kicks(g, 0), 0);
+        assert_int_equal(kicks(g, 1), 0);
+        assert_int_equal(lb_step(d), 10);
+        assert_int_equal(vhm_guest_reclaim_tx(g, 0), 10);
+        assert_int_equal(vhm_guest_poll_rx(g, 0, 0), 10);
+        assert_clean(g, 0, 10);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+static void test_kicks_without_suppression(void **state)
+{
+        struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
+        struct lb_dev *d = mk_dev(g, NULL);
+
+        (void)state;
+        assert_int_equal(vhm_guest_post_rx(g, 0), 64);
+        assert_int_equal(kicks(g, 0), 1);
+        assert_int_equal(vhm_guest_tx(g, 0, 10), 10);
+        assert_int_equal(vhm_guest_tx(g, 0, 5), 5);
+        assert_int_equal(kicks(g, 1), 2);
+        assert_int_equal(vhm_guest_tx(g, 0, 0), 0);     /* nothing new: no kick */
+        assert_int_equal(kicks(g, 1), 0);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+/* With EVENT_IDX the device's avail_event decides, not used->flags. */
+static void test_event_idx_kicks(void **state)
+{
+        const struct lb_config cfg = { .event_idx = true };
+        struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
+        struct lb_dev *d;
+
+        (void)state;
+        assert_int_equal(vhm_guest_set_features(g, vhm_guest_driver_features()), 0);
+        d = mk_dev(g, &cfg);
+        assert_int_equal(vhm_guest_post_rx(g, 0), 64);
+        assert_int_equal(vhm_guest_tx(g, 0, 5), 5);     /* crosses avail_event 0 */
+        assert_int_equal(kicks(g, 1), 1);
+        assert_int_equal(vhm_guest_tx(g, 0, 5), 5);     /* device has not asked again */
+        assert_int_equal(kicks(g, 1), 0);
+        assert_int_equal(lb_step(d), 10);               /* sets avail_event = 10 */
+        assert_int_equal(vhm_guest_reclaim_tx(g, 0), 10);
+        assert_int_equal(vhm_guest_tx(g, 0, 1), 1);
+        assert_int_equal(kicks(g, 1), 1);
+        assert_int_equal(vhm_guest_poll_rx(g, 0, 0), 10);
+        assert_int_equal(lb_step(d), 1);
+        assert_true(lb_calls(d) > 0);                   /* used_event honoured */
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+/* ---------------------------------------------------------------- faults */
+
+struct fault_case {
+        enum lb_fault fault;
+        uint64_t lost, corrupted, duplicated, rarp, other, bad_used, received;
+};
+
+static void check_fault(const struct fault_case *fc)
+{
+        struct vhm_guest *g = mk_guest(1, 256, 0, 0);
+        struct lb_dev *d = mk_dev(g, NULL);
+        struct vhm_guest_stats s;
+
+        assert_int_equal(lb_inject(d, 0, fc->fault, 1234), 0);
+        assert_int_equal(run_stepped(g, 0, 3000, d, RUN_TIMEOUT_MS), 0);
+        assert_int_equal(vhm_guest_get_stats(g, 0, &s), 0);
+        assert_int_equal(s.sent, 3000);
+        assert_int_equal(s.received, fc->received);
+        assert_int_equal(s.lost, fc->lost);
+        assert_int_equal(s.corrupted, fc->corrupted);
+        assert_int_equal(s.duplicated, fc->duplicated);
+        assert_int_equal(s.rarp_seen, fc->rarp);
+        assert_int_equal(s.other, fc->other);
+        assert_int_equal(s.bad_used, fc->bad_used);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+static void test_fault_drop(void **state)
+{
+        const struct fault_case fc = { .fault = LB_FAULT_DROP, .lost = 1, .received = 2999 };
+
+        (void)state;
+        check_fault(&fc);
+}
+
+static void test_fault_corrupt(void **state)
+{
+        const struct fault_case fc = { .fault = LB_FAULT_CORRUPT, .corrupted = 1, .received = 2999 };
+
+        (void)state;
+        check_fault(&fc);
+}
+
+static void test_fault_dup(void **state)
+{
+        const struct fault_case fc = { .fault = LB_FAULT_DUP, .duplicated = 1, .received = 3000 };
+
+        (void)state;
+        check_fault(&fc);
+}
+
+static void test_fault_rarp(void **state)
+{
+        const struct fault_case fc = { .fault = LB_FAULT_RARP, .rarp = 1, .received = 3000 };
+
+        (void)state;
+        check_fault(&fc);
+}
+
+static void test_fault_rarp_other(void **state)
+{
+        const struct fault_case fc = { .fault = LB_FAULT_RARP_OTHER, .other = 1, .received = 3000 };
+
+        (void)state;
+        check_fault(&fc);
+}
+
+static void test_fault_bad_id(void **state)
+{
+        const struct fault_case fc = { .fault = LB_FAULT_BAD_ID, .bad_used = 1, .received = 3000 };
+
+        (void)state;
+        check_fault(&fc);
+}
+
+/* Several faults on several queue pairs at once, each counted where it
+ * happened; a thread plays the device. */
+static void test_faults_mixed_threaded(void **state)
+{
+        struct vhm_guest *g = mk_guest(4, 256, 0, 0);
+        struct lb_dev *d = mk_dev(g, NULL);
+        struct vhm_guest_stats s;
+
+        (void)state;
+        assert_int_equal(lb_inject(d, 0, LB_FAULT_DROP, 10), 0);
+        assert_int_equal(lb_inject(d, 0, LB_FAULT_DROP, 11), 0);
+        assert_int_equal(lb_inject(d, 1, LB_FAULT_CORRUPT, 500), 0);
+        assert_int_equal(lb_inject(d, 1, LB_FAULT_DUP, 900), 0);
+        assert_int_equal(lb_inject(d, 2, LB_FAULT_RARP, 0), 0);
+        assert_int_equal(lb_inject(d, 3, LB_FAULT_DROP, 4000), 0);
+        assert_int_equal(lb_inject(d, 3, LB_FAULT_CORRUPT, 4001), 0);
+        assert_int_equal(lb_start(d), 0);
+        assert_int_equal(vhm_guest_run_until(g, VHM_GUEST_ALL_QPS, 5000, RUN_TIMEOUT_MS, NULL), 0);
+        lb_stop(d);
+        assert_int_equal(vhm_guest_get_stats(g, 0, &s), 0);
+        assert_int_equal(s.lost, 2);
+        assert_int_equal(s.received, 4998);
+        assert_int_equal(vhm_guest_get_stats(g, 1, &s), 0);
+        assert_int_equal(s.corrupted, 1);
+        assert_int_equal(s.duplicated, 1);
+        assert_int_equal(s.lost, 0);
+        assert_int_equal(s.received, 4999);
+        assert_int_equal(vhm_guest_get_stats(g, 2, &s), 0);
+        assert_int_equal(s.rarp_seen, 1);
+        assert_int_equal(s.received, 5000);
+        assert_int_equal(vhm_guest_get_stats(g, 3, &s), 0);
+        assert_int_equal(s.lost, 1);
+        assert_int_equal(s.corrupted, 1);
+        assert_int_equal(s.received, 4998);
+        assert_int_equal(vhm_guest_get_stats(g, VHM_GUEST_ALL_QPS, &s), 0);
+        assert_int_equal(s.sent, 20000);
+        assert_int_equal(s.lost, 3);
+        assert_int_equal(s.corrupted, 2);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+/* A corrupted last frame is still accounted for; a dropped one cannot be
+ * told from a slow device, so the run times out. */
+static void test_trailing_faults(void **state)
+{
+        struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
+        struct lb_dev *d = mk_dev(g, NULL);
+        struct vhm_guest_stats s;
+
+        (void)state;
+        assert_int_equal(lb_inject(d, 0, LB_FAULT_CORRUPT, 99), 0);
+        assert_int_equal(run_stepped(g, 0, 100, d, RUN_TIMEOUT_MS), 0);
+        assert_int_equal(lb_inject(d, 0, LB_FAULT_DROP, 199), 0);
+        assert_int_equal(run_stepped(g, 0, 100, d, 200), -ETIMEDOUT);
+        assert_int_equal(vhm_guest_get_stats(g, 0, &s), 0);
+        assert_int_equal(s.corrupted, 1);
+        assert_int_equal(s.received, 198);
+        assert_int_equal(s.lost, 0);
+        assert_int_equal(s.rx_expected, 199);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+/* A device claiming more used entries than were ever available. */
+static void test_used_overrun(void **state)
+{
+        struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
+        struct vhm_guest_queue_layout l;
+        struct vring_used *used;
+        struct vhm_guest_stats s;
+
+        (void)state;
+        assert_int_equal(vhm_guest_queue_layout(g, 1, &l), 0);
+        used = (struct vring_used *)(uintptr_t)l.used_uaddr;
+        assert_int_equal(vhm_guest_tx(g, 0, 3), 3);
+        used->idx = 4;
+        assert_int_equal(vhm_guest_reclaim_tx(g, 0), -EPROTO);
+        assert_int_equal(vhm_guest_get_stats(g, 0, &s), 0);
+        assert_int_equal(s.bad_used, 1);
+        vhm_guest_free(g);
+}
+
+/* ---------------------------------------------------------------- migrate */
+
+static struct vhm_guest *migrate(struct vhm_guest *src, struct lb_dev *dsrc, struct lb_dev **ddst)
+{
+        struct vhm_guest *dst = NULL;
+        char err[256];
+        int fd = copy_memory(src);
+
+        assert_int_equal(vhm_guest_attach(fd, &dst, err, sizeof(err)), 0);
+        close(fd);
+        *ddst = mk_dev(dst, NULL);
+        for (unsigned q = 0; q < 2 * vhm_guest_queue_pairs(src); q++)
+                lb_set_base(*ddst, q, lb_get_base(dsrc, q));
+        return dst;
+}
+
+static void test_migrate_quiesced(void **state)
+{
+        struct vhm_guest *g = mk_guest(2, 256, 0, 0), *g2;
+        struct lb_dev *d = mk_dev(g, NULL), *d2;
+        struct vhm_guest_queue_layout a, b;
+
+        (void)state;
+        assert_int_equal(run_stepped(g, VHM_GUEST_ALL_QPS, 1000, d, RUN_TIMEOUT_MS), 0);
+        g2 = migrate(g, d, &d2);
+        lb_free(d);
+        assert_int_equal(vhm_guest_queue_layout(g, 1, &a), 0);
+        assert_int_equal(vhm_guest_queue_layout(g2, 1, &b), 0);
+        assert_int_equal(a.used_gpa, b.used_gpa);
+        assert_true(a.kick_fd != b.kick_fd);
+        vhm_guest_free(g);
+        assert_int_equal(run_stepped(g2, VHM_GUEST_ALL_QPS, 1000, d2, RUN_TIMEOUT_MS), 0);
+        assert_clean(g2, 0, 2000);
+        assert_clean(g2, 1, 2000);
+        lb_free(d2);
+        vhm_guest_free(g2);
+}
+
+/* Frames still in the TX ring, echoes not yet polled: the copy carries them
+ * and the resumed guest sees one unbroken sequence. */
+static void test_migrate_in_flight(void **state)
+{
+        const struct lb_config slow = { .max_per_step = 7 };
+        struct vhm_guest *g = mk_guest(1, 256, 300, 0), *g2;
+        struct lb_dev *d = mk_dev(g, &slow), *d2;
+        struct vhm_guest_stats s;
+        uint16_t avail, used;
+
+        (void)state;
+        assert_int_equal(vhm_guest_post_rx(g, 0), 256);
+        assert_int_equal(vhm_guest_tx(g, 0, 100), 100);
+        assert_int_equal(lb_step(d), 7);
+        assert_int_equal(vhm_guest_poll_rx(g, 0, 3), 3);
+        g2 = migrate(g, d, &d2);
+        lb_free(d);
+        vhm_guest_free(g);
+        assert_int_equal(vhm_guest_queue_indices(g2, 1, &avail, &used), 0);
+        assert_int_equal(avail, 100);
+        assert_int_equal(used, 7);
+        assert_int_equal(run_stepped(g2, 0, 0, d2, RUN_TIMEOUT_MS), 0);
+        assert_clean(g2, 0, 100);
+        assert_int_equal(run_stepped(g2, 0, 5000, d2, RUN_TIMEOUT_MS), 0);
+        assert_clean(g2, 0, 5100);
+        assert_int_equal(vhm_guest_get_stats(g2, 0, &s), 0);
+        assert_int_equal(s.tx_seq, 5100);
+        lb_free(d2);
+        vhm_guest_free(g2);
+}
+
+/* ---------------------------------------------------------------- attach */
+
+typedef void (*corrupt_fn)(uint8_t *mem, struct vhm_gstate *st, const struct vhm_layout *lay);
+
+static void c_magic(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->magic ^= 1;
+}
+
+static void c_version(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->version = 99;
+}
+
+static void c_qps(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->queue_pairs = 9;
+}
+
+static void c_ring(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->ring_size = 300;
+}
+
+static void c_ring_huge(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->ring_size = 32768;  /* valid virtio, but the layout overflows memory */
+}
+
+static void c_memsize(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->mem_size *= 2;
+}
+
+static void c_frame(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->frame_len = 5000;
+}
+
+static void c_features(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->features |= 1ull << VIRTIO_F_RING_PACKED;
+}
+
+static void c_num_free(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->q[1].num_free = (uint16_t)(st->ring_size + 1);
+}
+
+static void c_free_id(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)st;
+        ((uint16_t *)(m + l->free_stack[1]))[0] = 0xffff;
+}
+
+static void c_free_dup(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        uint16_t *fs = (uint16_t *)(m + l->free_stack[1]);
+
+        (void)st;
+        fs[1] = fs[0];
+}
+
+static void c_owner(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)st;
+        m[l->owner[0] + 3] = 7;
+}
+
+static void c_owner_count(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)st;
+        m[l->owner[0] + 3] ^= 1;        /* flips posted <-> free */
+}
+
+static void c_next_avail(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->q[1].next_avail += 1;
+}
+
+static void c_used_idx(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        struct vring_used *u = (struct vring_used *)(m + l->used[0]);
+
+        (void)st;
+        u->idx = (uint16_t)(st->q[0].last_used + 300);
+}
+
+static void c_last_used(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->q[1].last_used -= 200;
+}
+
+static void c_seq(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)m, (void)l;
+        st->qp[0].rx_expected = st->qp[0].tx_seq + 1;
+}
+
+static void c_garbage(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        (void)st;
+        srand(42);
+        for (uint64_t i = 0; i < l->state_end; i++)
+                m[i] = (uint8_t)rand();
+}
+
+static void c_garbage_keep_magic(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
+{
+        struct vhm_gstate keep = *st;
+
+        c_garbage(m, st, l);
+        st->magic = keep.magic;
+        st->version = keep.version;
+        st->header_size = keep.header_size;
+        st->mem_size = keep.mem_size;
+}
+
+/* A guest with traffic behind it, so the state is not all zeroes. */
+static struct vhm_guest *busy_guest(void)
+{
+        struct vhm_guest *g = mk_guest(1, 256, 0, SMALL_MEM);
+        struct lb_dev *d = mk_dev(g, NULL);
+
+        assert_int_equal(run_stepped(g, 0, 500, d, RUN_TIMEOUT_MS), 0);
+        assert_int_equal(vhm_guest_tx(g, 0, 20), 20);    /* leave some in flight */
+        lb_free(d);
+        return g;
+}
+
+static void expect_rejected(struct vhm_guest *g, corrupt_fn fn, const char *what)
+{
+        struct vhm_guest *out = NULL;
+        struct vhm_layout lay;
+        char err[256] = "";
+        int fd = copy_memory(g), fds;
+        uint64_t size = vhm_guest_mem_size(g);
+        uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        int rc;
+
+        assert_true(m != MAP_FAILED);
+        assert_int_equal(vhm_layout_compute(1, 256, &lay), 0);
+        fn(m, (struct vhm_gstate *)m, &lay);
+        munmap(m, size);
+        fds = count_fds();
+        rc = vhm_guest_attach(fd, &out, err, sizeof(err));
+        if (rc != -EBADMSG)
+                fail_msg("%s: attach returned %d (%s)", what, rc, err);
+        assert_null(out);
+        assert_true(strlen(err) > 0);
+        print_message("rejected %s: %s\n", what, err);
+        assert_int_equal(count_fds(), fds);
+        close(fd);
+}
+
+#define REJECT(fn) expect_rejected(g, fn, #fn)
+
+static void test_attach_rejects_corruption(void **state)
+{
+        struct vhm_guest *g = busy_guest();
+
+        (void)state;
+        REJECT(c_magic);
+        REJECT(c_version);
+        REJECT(c_qps);
+        REJECT(c_ring);
+        REJECT(c_ring_huge);
+        REJECT(c_memsize);
+        REJECT(c_frame);
+        REJECT(c_features);
+        REJECT(c_num_free);
+        REJECT(c_free_id);
+        REJECT(c_free_dup);
+        REJECT(c_owner);
+        REJECT(c_owner_count);
+        REJECT(c_next_avail);
+        REJECT(c_used_idx);
+        REJECT(c_last_used);
+        REJECT(c_seq);
+        REJECT(c_garbage);
+        REJECT(c_garbage_keep_magic);
+        vhm_guest_free(g);
+}
+
+static void test_attach_bad_files(void **state)
+{
+        struct vhm_guest *out = NULL;
+        char err[256];
+        int fd, p[2];
+
+        (void)state;
+        assert_int_equal(vhm_guest_attach(-1, &out, err, sizeof(err)), -EBADF);
+        fd = memfd_create("empty", MFD_CLOEXEC);
+        assert_int_equal(vhm_guest_attach(fd, &out, err, sizeof(err)), -EBADMSG);
+        assert_int_equal(ftruncate(fd, 4096), 0);
+        assert_int_equal(vhm_guest_attach(fd, &out, err, sizeof(err)), -EBADMSG);
+        assert_int_equal(ftruncate(fd, 4097), 0);
+        assert_int_equal(vhm_guest_attach(fd, &out, err, sizeof(err)), -EBADMSG);
+        close(fd);
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        assert_int_equal(vhm_guest_attach(p[0], &out, NULL, 0), -EBADMSG);
+        close(p[0]);
+        close(p[1]);
+        assert_null(out);
+}
+
+/* A valid image attaches, and freeing it gives every descriptor back. */
+static void test_attach_valid(void **state)
+{
+        struct vhm_guest *g = busy_guest(), *g2 = NULL;
+        struct vhm_guest_stats a, b;
+        char err[256];
+        int fd = copy_memory(g);
+
+        (void)state;
+        assert_int_equal(vhm_guest_attach(fd, &g2, err, sizeof(err)), 0);
+        assert_int_equal(vhm_guest_get_stats(g, 0, &a), 0);
+        assert_int_equal(vhm_guest_get_stats(g2, 0, &b), 0);
+        assert_memory_equal(&a, &b, sizeof(a));
+        assert_int_equal(vhm_guest_mem_size(g2), vhm_guest_mem_size(g));
+        vhm_guest_free(g2);
+        close(fd);
+        vhm_guest_free(g);
+}
+
+/* ---------------------------------------------------------------- pages */
+
+static int count_page(uint64_t page, void *opaque)
+{
+        (void)page;
+        ++*(size_t *)opaque;
+        return 0;
+}
+
+static bool bit(const uint8_t *bm, uint64_t p)
+{
+        return bm[p / 8] & (1u << (p % 8));
+}
+
+static void test_device_written_pages(void **state)
+{
+        struct vhm_guest *g = mk_guest(2, 256, 1514, 0);
+        struct lb_dev *d = mk_dev(g, NULL);
+        size_t np = vhm_guest_npages(g), bytes = (np + 7) / 8, n = 0, pop = 0;
+        uint8_t *want = calloc(bytes, 1), *got = calloc(bytes, 1);
+        struct vhm_guest_queue_layout l;
+
+        (void)state;
+        assert_int_equal(lb_inject(d, 0, LB_FAULT_DROP, 5), 0);
+        assert_int_equal(lb_inject(d, 1, LB_FAULT_DUP, 6), 0);
+        assert_int_equal(lb_inject(d, 1, LB_FAULT_BAD_ID, 7), 0);
+        assert_int_equal(run_stepped(g, VHM_GUEST_ALL_QPS, 300, d, RUN_TIMEOUT_MS), 0);
+        lb_written_pages(d, want, np);
+        assert_int_equal(vhm_guest_device_written_pages(g, got, np), 0);
+        assert_memory_equal(want, got, bytes);
+        for (size_t i = 0; i < bytes; i++)
+                pop += (size_t)__builtin_popcount(got[i]);
+        assert_int_equal(vhm_guest_for_each_device_written_page(g, count_page, &n), 0);
+        assert_int_equal(n, pop);
+        /* Device pages only: not the state area, descriptors, avail rings or
+         * TX buffers; every used ring and (with 300 frames) every RX buffer. */
+        assert_false(bit(got, 0));
+        for (unsigned q = 0; q < 4; q++) {
+                assert_int_equal(vhm_guest_queue_layout(g, q, &l), 0);
+                assert_false(bit(got, l.desc_gpa / 4096));
+                assert_false(bit(got, l.avail_gpa / 4096));
+                assert_true(bit(got, l.used_gpa / 4096));
+                for (uint64_t p = l.buf_gpa / 4096; p < (l.buf_gpa + 256ull * 2048) / 4096; p++)
+                        assert_int_equal(bit(got, p), l.is_rx);
+        }
+        vhm_guest_reset_device_written_pages(g);
+        n = 0;
+        assert_int_equal(vhm_guest_for_each_device_written_page(g, count_page, &n), 0);
+        assert_int_equal(n, 0);
+        free(want);
+        free(got);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+/* ---------------------------------------------------------------- main */
+
+static const struct CMUnitTest traffic_tests[] = {
+        T(test_create_layout),
+        T(test_create_rejects),
+        T(test_10k_1qp),
+        T(test_10k_4qp),
+        T(test_10k_4qp_event_idx_busy),
+        T(test_10k_4qp_wait_call),
+        T(test_10k_4qp_event_idx),
+        T(test_stepped_frame_sizes),
+        T(test_legacy_header),
+};
+
+static const struct CMUnitTest notify_tests[] = {
+        T(test_no_notify_suppresses_kicks),
+        T(test_kicks_without_suppression),
+        T(test_event_idx_kicks),
+};
+
+static const struct CMUnitTest fault_tests[] = {
+        T(test_fault_drop),
+        T(test_fault_corrupt),
+        T(test_fault_dup),
+        T(test_fault_rarp),
+        T(test_fault_rarp_other),
+        T(test_fault_bad_id),
+        T(test_faults_mixed_threaded),
+        T(test_trailing_faults),
+        T(test_used_overrun),
+};
+
+static const struct CMUnitTest migrate_tests[] = {
+        T(test_migrate_quiesced),
+        T(test_migrate_in_flight),
+};
+
+static const struct CMUnitTest attach_tests[] = {
+        T(test_attach_rejects_corruption),
+        T(test_attach_bad_files),
+        T(test_attach_valid),
+};
+
+static const struct CMUnitTest page_tests[] = {
+        T(test_device_written_pages),
+};
+
+static bool wanted(int argc, char **argv, const char *group)
+{
+        return argc < 2 || strcmp(argv[1], group) == 0;
+}
+
+int main(int argc, char **argv)
+{
+        int failed = 0;
+
+        if (wanted(argc, argv, "traffic"))
+                failed += cmocka_run_group_tests_name("traffic", traffic_tests, NULL, NULL);
+        if (wanted(argc, argv, "notify"))
+                failed += cmocka_run_group_tests_name("notify", notify_tests, NULL, NULL);
+        if (wanted(argc, argv, "faults"))
+                failed += cmocka_run_group_tests_name("faults", fault_tests, NULL, NULL);
+        if (wanted(argc, argv, "migrate"))
+                failed += cmocka_run_group_tests_name("migrate", migrate_tests, NULL, NULL);
+        if (wanted(argc, argv, "attach"))
+                failed += cmocka_run_group_tests_name("attach", attach_tests, NULL, NULL);
+        if (wanted(argc, argv, "pages"))
+                failed += cmocka_run_group_tests_name("pages", page_tests, NULL, NULL);
+        return failed ? 1 : 0;
+}
