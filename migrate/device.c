@@ -31,6 +31,7 @@ struct vhm_device {
         int listen_fd;
         enum vhm_device_state state;
         bool resume_after_reconnect;   /* the rings were meant to run when the back-end left */
+        bool stop_complete;            /* every ring's index came from GET_VRING_BASE */
 
         struct vhm_queue_spec queues[VHM_DEVICE_MAX_QUEUES];
         uint32_t queues_set;           /* bit per queue index */
@@ -77,7 +78,9 @@ static void drop_connection(struct vhm_device *dev) {
  * refusal with the link intact leaves it FAILED.
  */
 static int request_failed(struct vhm_device *dev, int err, const char *step) {
-        dev_fail(dev, err, "%s: %s: %s", dev->socket, step, vhu_conn_error(dev->conn));
+        /* The connection's message already starts with the request's name. */
+        (void) step;
+        dev_fail(dev, err, "%s: %s", dev->socket, vhu_conn_error(dev->conn));
         if (!vhu_conn_is_connected(dev->conn))
                 drop_connection(dev);
         else
@@ -393,6 +396,7 @@ int vhm_device_stop(struct vhm_device *dev) {
                 return dev_fail(dev, -EBUSY, "%s: cannot stop a device that is %s", dev->socket,
                                 vhm_device_state_name(dev->state));
         dev->resume_after_reconnect = false;
+        dev->stop_complete = false;
         unsigned nq = queue_count(dev);
         if (protocol_features_acked(dev))
                 for (unsigned q = 0; q < nq; q++)
@@ -400,6 +404,7 @@ int vhm_device_stop(struct vhm_device *dev) {
         /* GET_VRING_BASE stops the ring and says where to resume. */
         for (unsigned q = 0; q < nq; q++)
                 TRY(dev, "GET_VRING_BASE", vhu_get_vring_base(dev->conn, q, &dev->last_avail[q]));
+        dev->stop_complete = true;
         dev->state = VHM_DEVICE_STOPPED;
         dev->stats.stops++;
         return 0;
@@ -454,8 +459,23 @@ int vhm_device_reconnect(struct vhm_device *dev, unsigned timeout_ms) {
                 return absent ? -EAGAIN : r;
         }
         dev->reconnect_delay_ms = RECONNECT_DELAY_MIN_MS;
-        if (!dev->resume_after_reconnect)
+        if (!dev->resume_after_reconnect) {
+                if (dev->stats.starts == 0)
+                        return 0;
+                /*
+                 * Stopped on purpose: stay stopped, with the indices to resume
+                 * from.  A stop cut short by the disconnect did not collect them
+                 * all: the used rings say where the back-end got to.
+                 */
+                if (!dev->stop_complete) {
+                        r = indices_from_used_rings(dev);
+                        if (r < 0)
+                                return r;
+                        dev->stop_complete = true;
+                }
+                dev->state = VHM_DEVICE_STOPPED;
                 return 0;
+        }
         /* The old back-end cannot report its indices: the guest's used rings can. */
         r = indices_from_used_rings(dev);
         if (r < 0)

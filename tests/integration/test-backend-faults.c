@@ -1,0 +1,485 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The front-end library against the project's fault-injecting test back-end:
+ * every request of the protocol goes through, every fault class is detected
+ * with an error naming the request and the fault, no fd is leaked, nothing
+ * hangs past the timeout, and `vhostmigctl probe` turns each misbehaviour
+ * into exit status 1 and one line on stderr.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "proto/vhost-user-frontend.h"
+#include "proto/vhost-user-table.h"
+#include "tests/backend/test-backend.h"
+#include "tests/common/fd-count.h"
+
+#define TIMEOUT_MS 500u
+
+struct env {
+        char dir[64];
+        char socket[96];
+        char record[96];
+        pid_t pid;
+        int fds_before;
+};
+
+static void env_start(struct env *e, struct tb_config *cfg) {
+        e->fds_before = count_open_fds();
+        snprintf(e->dir, sizeof(e->dir), "/tmp/vhostmig-tb-XXXXXX");
+        assert_non_null(mkdtemp(e->dir));
+        snprintf(e->socket, sizeof(e->socket), "%s/sock", e->dir);
+        snprintf(e->record, sizeof(e->record), "%s/record", e->dir);
+        cfg->record_path = e->record;
+        int r = tb_spawn_listen(cfg, e->socket, &e->pid);
+        if (r < 0)
+                fail_msg("cannot start the test back-end: %s", strerror(-r));
+}
+
+static void env_stop(struct env *e) {
+        tb_stop(e->pid);
+        unlink(e->socket);
+        unlink(e->record);
+        rmdir(e->dir);
+        assert_int_equal(count_open_fds(), e->fds_before);
+}
+
+static struct vhu_conn *env_connect(struct env *e) {
+        struct vhu_conn *c;
+        struct vhu_conn_options o = { .timeout_ms = TIMEOUT_MS };
+        int r = vhu_conn_connect(e->socket, &o, &c);
+        if (r < 0)
+                fail_msg("connect: %s", strerror(-r));
+        return c;
+}
+
+#define OK(c, call) do { \
+                int r_ = (call); \
+                if (r_ < 0) \
+                        fail_msg("%s: %s (%s)", #call, vhu_conn_error(c), strerror(-r_)); \
+        } while (0)
+
+static void assert_no_violation(const struct env *e) {
+        if (tb_record_count(e->record, "VIOLATION") != 0) {
+                char *text = tb_record_read(e->record);
+                fail_msg("the back-end recorded violations:\n%s", text ? text : "");
+        }
+}
+
+/* ---- every request ---------------------------------------------------------------- */
+
+static void every_request_goes_through(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        /* Offer what every request needs: postcopy and an IOMMU too. */
+        cfg.protocol_features |= VHU_BIT(VHU_PF_PAGEFAULT);
+        cfg.features |= VHU_BIT(VHU_VF_ACCESS_PLATFORM);
+        struct env e;
+        env_start(&e, &cfg);
+        struct vhu_conn *c = env_connect(&e);
+        OK(c, vhu_negotiate(c, NULL));
+        assert_int_equal(vhu_conn_queue_num(c), TB_DEFAULT_QUEUES);
+        assert_int_equal(vhu_conn_max_mem_slots(c), TB_DEFAULT_MAX_MEM_SLOTS);
+
+        int mem = memfd_create("mem", MFD_CLOEXEC);
+        assert_int_equal(ftruncate(mem, 1 << 20), 0);
+        void *map = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, mem, 0);
+        uint64_t base = (uint64_t) (uintptr_t) map;
+        struct vhu_region reg = { mem, 0, 1 << 20, base, 0 };
+        int efd = eventfd(0, EFD_CLOEXEC);
+        int log = memfd_create("log", MFD_CLOEXEC);
+        assert_int_equal(ftruncate(log, 4096), 0);
+
+        OK(c, vhu_set_features(c, VHU_BIT(VHU_VF_VERSION_1) | VHU_BIT(VHU_VF_ACCESS_PLATFORM)));
+        OK(c, vhu_set_mem_table(c, &reg, 1));
+        OK(c, vhu_set_log_base(c, log, 4096, 0));
+        OK(c, vhu_set_log_fd(c, efd));
+        OK(c, vhu_set_vring_num(c, 0, 256));
+        OK(c, vhu_set_vring_base(c, 0, 7));
+        struct vhu_vring_addr a = { .index = 0, .desc_user_addr = base, .avail_user_addr = base + 0x1000,
+                                    .used_user_addr = base + 0x2000, .log_guest_addr = 0x2000 };
+        OK(c, vhu_set_vring_addr(c, &a));
+        OK(c, vhu_set_vring_kick(c, 0, efd));
+        OK(c, vhu_set_vring_call(c, 0, efd));
+        OK(c, vhu_set_vring_err(c, 0, efd));
+        OK(c, vhu_set_vring_enable(c, 0, true));
+        const uint8_t mac[6] = { 2, 0, 0, 0, 0, 1 };
+        OK(c, vhu_send_rarp(c, mac));
+        OK(c, vhu_net_set_mtu(c, 1500));
+        struct vhu_iotlb iotlb = { .iova = 0, .size = 4096, .uaddr = base, .perm = VHU_ACCESS_RW, .type = VHU_IOTLB_UPDATE };
+        OK(c, vhu_iotlb_msg(c, &iotlb));
+        OK(c, vhu_set_vring_endian(c, 0, false));
+        uint8_t cfgbuf[16], cfgin[16] = { 1, 2, 3 };
+        OK(c, vhu_get_config(c, 0, sizeof(cfgbuf), 0, cfgbuf));
+        OK(c, vhu_set_config(c, 0, sizeof(cfgin), VHU_CONFIG_FLAG_WRITABLE, cfgin));
+        uint8_t session[64] = { 0 };
+        int64_t sid = -1;
+        OK(c, vhu_create_crypto_session(c, session, sizeof(session), &sid));
+        assert_true(sid >= 0);
+        OK(c, vhu_close_crypto_session(c, sid));
+        int ufd = -1;
+        OK(c, vhu_postcopy_advise(c, &ufd));
+        assert_true(ufd >= 0);
+        close(ufd);
+        OK(c, vhu_postcopy_listen(c));
+        OK(c, vhu_postcopy_end(c));
+        struct vhu_inflight inflight;
+        int ifd = -1;
+        OK(c, vhu_get_inflight_fd(c, 2, 256, &inflight, &ifd));
+        assert_true(inflight.mmap_size > 0 && ifd >= 0);
+        OK(c, vhu_set_inflight_fd(c, &inflight, ifd));
+        close(ifd);
+        OK(c, vhu_gpu_set_socket(c, efd));
+        OK(c, vhu_vring_kick(c, 0));
+        struct vhu_region hot = { mem, 0x100000000, 1 << 20, base, 0 };
+        OK(c, vhu_add_mem_reg(c, &hot));
+        OK(c, vhu_rem_mem_reg(c, &hot));
+        OK(c, vhu_set_status(c, 0xf));
+        uint8_t status = 0;
+        OK(c, vhu_get_status(c, &status));
+        assert_int_equal(status, 0xf);
+        uint8_t uuid[16] = { 0x42 };
+        int sfd;
+        assert_int_equal(vhu_get_shared_object(c, uuid, &sfd), -ENOENT); /* the back-end has none */
+        int pipefd[2];
+        assert_int_equal(pipe2(pipefd, O_CLOEXEC), 0);
+        int reply_fd = 0;
+        OK(c, vhu_set_device_state_fd(c, VHU_TRANSFER_SAVE, VHU_TRANSFER_STOPPED, pipefd[1], &reply_fd));
+        assert_int_equal(reply_fd, -1);
+        close(pipefd[0]);
+        close(pipefd[1]);
+        OK(c, vhu_check_device_state(c));
+        unsigned vbase = 0;
+        OK(c, vhu_get_vring_base(c, 0, &vbase));
+        assert_int_equal(vbase, 7);
+        OK(c, vhu_reset_device(c));
+        OK(c, vhu_reset_owner(c));
+        OK(c, vhu_barrier(c));
+        vhu_conn_free(c);
+        close(efd);
+        close(log);
+        munmap(map, 1 << 20);
+        close(mem);
+
+        /* The back-end saw every front-end request at least once. */
+        for (uint32_t r = 1; r < VHU_REQ_MAX; r++) {
+                char needle[64];
+                snprintf(needle, sizeof(needle), "\n%s ", vhu_request_name(r));
+                char *text = tb_record_read(e.record);
+                bool seen = text && (strstr(text, needle) || strncmp(text, needle + 1, strlen(needle + 1)) == 0);
+                free(text);
+                if (!seen)
+                        fail_msg("%s never reached the back-end", vhu_request_name(r));
+        }
+        assert_no_violation(&e);
+        env_stop(&e);
+}
+
+/* ---- fault classes ------------------------------------------------------------------- */
+
+struct fault_case {
+        const char *fault;         /* tb_parse_fault spec */
+        int expected;              /* errno of the failing call */
+        const char *mentions;      /* the error names this */
+        bool connection_survives;
+};
+
+static const struct fault_case fault_cases[] = {
+        { "GET_FEATURES:close", -ECONNRESET, "closed by the back-end", false },
+        { "GET_FEATURES:bad-flags=0x1", -EPROTO, "reply flags 0x1", false },
+        { "GET_FEATURES:bad-flags=0xd", -EPROTO, "reply flags 0xd", false },
+        { "GET_FEATURES:oversize", -EPROTO, "reply payload size", false },
+        { "GET_FEATURES:undersize", -EPROTO, "reply payload size", false },
+        { "GET_FEATURES:wrong-request", -EPROTO, "another request", false },
+        { "GET_FEATURES:extra-fds", -EPROTO, "fds", false },
+        { "GET_FEATURES:garbage", -EPROTO, "4294967295 bytes", false },
+        { "GET_FEATURES:hang", -ETIMEDOUT, "no reply in time", false },
+        { "GET_PROTOCOL_FEATURES:hang", -ETIMEDOUT, "GET_PROTOCOL_FEATURES", false },
+        { "GET_QUEUE_NUM:extra-fds=3", -EPROTO, "3 fds", false },
+        { "SET_OWNER:nack", -EREMOTEIO, "refused", true },
+        { "SET_BACKEND_REQ_FD:close", -ECONNRESET, "SET_BACKEND_REQ_FD", false },
+};
+
+static void each_fault_is_detected(void **state) {
+        (void) state;
+        for (size_t i = 0; i < sizeof(fault_cases) / sizeof(fault_cases[0]); i++) {
+                const struct fault_case *fc = &fault_cases[i];
+                struct tb_config cfg;
+                tb_config_init(&cfg);
+                struct tb_fault f;
+                assert_int_equal(tb_parse_fault(fc->fault, &f), 0);
+                assert_int_equal(tb_config_add_fault(&cfg, &f), 0);
+                struct env e;
+                env_start(&e, &cfg);
+                struct vhu_conn *c = env_connect(&e);
+
+                uint64_t t0 = vhu_now_usec();
+                int r = vhu_negotiate(c, NULL);
+                uint64_t ms = (vhu_now_usec() - t0) / 1000;
+                if (r != fc->expected)
+                        fail_msg("%s: negotiate returned %d (%s), expected %d", fc->fault, r, vhu_conn_error(c), fc->expected);
+                if (!strstr(vhu_conn_error(c), fc->mentions))
+                        fail_msg("%s: error \"%s\" does not mention \"%s\"", fc->fault, vhu_conn_error(c), fc->mentions);
+                /* The request that failed is named too. */
+                char name[64];
+                snprintf(name, sizeof(name), "%.*s", (int) strcspn(fc->fault, ":"), fc->fault);
+                if (!strstr(vhu_conn_error(c), name))
+                        fail_msg("%s: error \"%s\" does not name %s", fc->fault, vhu_conn_error(c), name);
+                assert_int_equal(vhu_conn_is_connected(c), fc->connection_survives);
+                assert_true(ms < TIMEOUT_MS + 1000); /* never past the timeout */
+                assert_int_equal(tb_record_count(e.record, "FAULT"), 1);
+                vhu_conn_free(c);
+                env_stop(&e);
+        }
+}
+
+static void nack_fails_only_that_request(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        struct tb_fault f;
+        assert_int_equal(tb_parse_fault("SET_VRING_NUM:nack=22:2", &f), 0);
+        tb_config_add_fault(&cfg, &f);
+        struct env e;
+        env_start(&e, &cfg);
+        struct vhu_conn *c = env_connect(&e);
+        OK(c, vhu_negotiate(c, NULL));
+        OK(c, vhu_set_vring_num(c, 0, 256));
+        assert_int_equal(vhu_set_vring_num(c, 1, 256), -EREMOTEIO);
+        assert_non_null(strstr(vhu_conn_error(c), "SET_VRING_NUM: back-end refused the request (status 22)"));
+        OK(c, vhu_set_vring_num(c, 1, 256));
+        vhu_conn_free(c);
+        assert_no_violation(&e);
+        env_stop(&e);
+}
+
+static void bad_replies_to_typed_requests(void **state) {
+        (void) state;
+        static const char *const specs[] = {
+                "GET_VRING_BASE:oversize", "SET_LOG_BASE:undersize", "GET_STATUS:wrong-request",
+                "GET_CONFIG:undersize", "SET_MEM_TABLE:bad-flags=0x9", "GET_INFLIGHT_FD:close",
+        };
+        for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
+                struct tb_config cfg;
+                tb_config_init(&cfg);
+                struct tb_fault f;
+                assert_int_equal(tb_parse_fault(specs[i], &f), 0);
+                tb_config_add_fault(&cfg, &f);
+                struct env e;
+                env_start(&e, &cfg);
+                struct vhu_conn *c = env_connect(&e);
+                OK(c, vhu_negotiate(c, NULL));
+                OK(c, vhu_get_features(c, &(uint64_t) { 0 }));
+
+                int mem = memfd_create("mem", MFD_CLOEXEC);
+                assert_int_equal(ftruncate(mem, 4096), 0);
+                int r;
+                unsigned base;
+                uint8_t buf[8];
+                uint8_t st;
+                struct vhu_inflight inf;
+                int fd;
+                struct vhu_region reg = { mem, 0, 4096, 0x10000, 0 };
+                switch (i) {
+                case 0: r = vhu_get_vring_base(c, 0, &base); break;
+                case 1: r = vhu_set_log_base(c, mem, 4096, 0); break;
+                case 2: r = vhu_get_status(c, &st); break;
+                case 3: r = vhu_get_config(c, 0, sizeof(buf), 0, buf); break;
+                case 4: r = vhu_set_mem_table(c, &reg, 1); break;
+                default: r = vhu_get_inflight_fd(c, 1, 256, &inf, &fd); break;
+                }
+                close(mem);
+                char name[64];
+                snprintf(name, sizeof(name), "%.*s", (int) strcspn(specs[i], ":"), specs[i]);
+                if (r >= 0 || !strstr(vhu_conn_error(c), name))
+                        fail_msg("%s: returned %d, error \"%s\"", specs[i], r, vhu_conn_error(c));
+                assert_false(vhu_conn_is_connected(c));
+                vhu_conn_free(c);
+                env_stop(&e);
+        }
+}
+
+/* ---- missing features -------------------------------------------------------------- */
+
+static void missing_features_are_never_used(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.no_rarp = true;
+        cfg.no_log_shmfd = true;
+        cfg.no_mq = true;
+        cfg.no_reply_ack = true;
+        struct env e;
+        env_start(&e, &cfg);
+        struct vhu_conn *c = env_connect(&e);
+        OK(c, vhu_negotiate(c, NULL));
+        assert_int_equal(vhu_conn_queue_num(c), 1);
+        const uint8_t mac[6] = { 2, 0, 0, 0, 0, 1 };
+        assert_int_equal(vhu_send_rarp(c, mac), -ENOTSUP);
+        assert_int_equal(vhu_set_log_base(c, 0, 4096, 0), -ENOTSUP);
+        assert_int_equal(vhu_get_queue_num(c, &(uint64_t) { 0 }), -ENOTSUP);
+        OK(c, vhu_set_vring_num(c, 0, 256));
+        OK(c, vhu_barrier(c));
+        vhu_conn_free(c);
+        assert_false(tb_record_contains(e.record, "SEND_RARP"));
+        assert_false(tb_record_contains(e.record, "SET_LOG_BASE"));
+        assert_false(tb_record_contains(e.record, "GET_QUEUE_NUM"));
+        /* Without REPLY_ACK nothing asks for one. */
+        assert_true(tb_record_contains(e.record, "SET_VRING_NUM flags=0x1 "));
+        assert_no_violation(&e);
+        env_stop(&e);
+}
+
+static void no_protocol_features_at_all(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.no_protocol_features = true;
+        struct env e;
+        env_start(&e, &cfg);
+        struct vhu_conn *c = env_connect(&e);
+        OK(c, vhu_negotiate(c, NULL));
+        assert_int_equal(vhu_conn_protocol_features(c), 0);
+        assert_int_equal(vhu_set_vring_enable(c, 0, true), -ENOTSUP);
+        vhu_conn_free(c);
+        assert_false(tb_record_contains(e.record, "GET_PROTOCOL_FEATURES"));
+        assert_no_violation(&e);
+        env_stop(&e);
+}
+
+/* ---- back-end channel -------------------------------------------------------------- */
+
+static int count_config_changes(void *ud) {
+        (*(int *) ud)++;
+        return 0;
+}
+
+static void backend_requests_are_answered(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        struct tb_backend_req br;
+        /* One blocks the back-end until we answer, before it answers SET_OWNER: no deadlock. */
+        assert_int_equal(tb_parse_backend_req("CONFIG_CHANGE_MSG:need-reply:block", &br), 0);
+        tb_config_add_backend_req(&cfg, &br);
+        assert_int_equal(tb_parse_backend_req("VRING_CALL:need-reply", &br), 0);
+        tb_config_add_backend_req(&cfg, &br);
+        struct env e;
+        env_start(&e, &cfg);
+        struct vhu_conn *c = env_connect(&e);
+        int changes = 0;
+        const struct vhu_backend_handlers h = { .config_change = count_config_changes };
+        struct vhu_negotiation n = { .backend_handlers = &h, .backend_userdata = &changes };
+        OK(c, vhu_negotiate(c, &n));
+        OK(c, vhu_barrier(c));
+        /* Serve whatever came after SET_OWNER's reply. */
+        struct vhu_backend_channel *ch = vhu_conn_backend_channel(c);
+        for (int i = 0; i < 50 && tb_record_count(e.record, "BACKEND_REPLY") < 2; i++) {
+                vhu_backend_channel_process(ch);
+                usleep(10000);
+        }
+        assert_int_equal(changes, 1);
+        vhu_conn_free(c);
+        /* Handled: 0.  No handler for VRING_CALL: refused with a non-zero status. */
+        assert_true(tb_record_contains(e.record, "BACKEND_REPLY CONFIG_CHANGE_MSG 0"));
+        assert_true(tb_record_contains(e.record, "BACKEND_REPLY VRING_CALL "));
+        assert_false(tb_record_contains(e.record, "BACKEND_REPLY VRING_CALL 0"));
+        env_stop(&e);
+}
+
+/* ---- vhostmigctl probe ------------------------------------------------------------ */
+
+static int run_probe(const char *socket, char *err, size_t errlen, uint64_t *ms) {
+        const char *ctl = getenv("VHOSTMIGCTL");
+        assert_non_null(ctl);
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd), "%s probe --timeout 0.5 %s 2>&1 >/dev/null", ctl, socket);
+        uint64_t t0 = vhu_now_usec();
+        FILE *p = popen(cmd, "r");
+        assert_non_null(p);
+        size_t n = fread(err, 1, errlen - 1, p);
+        err[n] = '\0';
+        int status = pclose(p);
+        *ms = (vhu_now_usec() - t0) / 1000;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void probe_reports_each_misbehaviour(void **state) {
+        (void) state;
+        static const char *const specs[] = {
+                "GET_FEATURES:close", "GET_FEATURES:bad-flags=0x1", "GET_FEATURES:oversize",
+                "GET_FEATURES:wrong-request", "GET_FEATURES:extra-fds", "GET_FEATURES:hang",
+                "GET_FEATURES:garbage", "SET_PROTOCOL_FEATURES:nack", "GET_QUEUE_NUM:undersize",
+                "SET_OWNER:hang",
+        };
+        for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
+                struct tb_config cfg;
+                tb_config_init(&cfg);
+                struct tb_fault f;
+                assert_int_equal(tb_parse_fault(specs[i], &f), 0);
+                tb_config_add_fault(&cfg, &f);
+                struct env e;
+                env_start(&e, &cfg);
+                char err[1024];
+                uint64_t ms;
+                int rc = run_probe(e.socket, err, sizeof(err), &ms);
+                if (rc != 1)
+                        fail_msg("%s: exit %d, expected 1 (stderr: %s)", specs[i], rc, err);
+                /* Exactly one line, naming the request. */
+                char name[64];
+                snprintf(name, sizeof(name), "%.*s", (int) strcspn(specs[i], ":"), specs[i]);
+                if (!strstr(err, name) || strchr(err, '\n') != err + strlen(err) - 1)
+                        fail_msg("%s: stderr \"%s\"", specs[i], err);
+                assert_true(ms < 3000);
+                env_stop(&e);
+        }
+}
+
+static void probe_reports_blockers(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.no_log_shmfd = true;
+        struct env e;
+        env_start(&e, &cfg);
+        const char *ctl = getenv("VHOSTMIGCTL");
+        char cmd[512], out[4096];
+        snprintf(cmd, sizeof(cmd), "%s probe --json %s", ctl, e.socket);
+        FILE *p = popen(cmd, "r");
+        size_t n = fread(out, 1, sizeof(out) - 1, p);
+        out[n] = '\0';
+        assert_int_equal(pclose(p), 0);
+        assert_non_null(strstr(out, "\"migratable\":false"));
+        assert_non_null(strstr(out, "lacks VHOST_USER_PROTOCOL_F_LOG_SHMFD feature."));
+        env_stop(&e);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(every_request_goes_through),
+                cmocka_unit_test(each_fault_is_detected),
+                cmocka_unit_test(nack_fails_only_that_request),
+                cmocka_unit_test(bad_replies_to_typed_requests),
+                cmocka_unit_test(missing_features_are_never_used),
+                cmocka_unit_test(no_protocol_features_at_all),
+                cmocka_unit_test(backend_requests_are_answered),
+                cmocka_unit_test(probe_reports_each_misbehaviour),
+                cmocka_unit_test(probe_reports_blockers),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
