@@ -197,7 +197,7 @@ static void run_add_device(struct vm_job *j) {
                 return;
         }
         j->device->dev = dev;
-        daemon_log(LOG_INFO, o, j->device->socket, "device %u running", j->device->number);
+        daemon_log(LOG_INFO, o, j->device->socket, "device running");
 }
 
 static void run_remove_device(struct vm_job *j) {
@@ -438,12 +438,23 @@ static void reply_success(struct vm_job *j) {
 
 static void finish_add(struct vm_job *j) {
         struct vm_object *o = j->vm;
+        struct device_object *d = j->device;
+        /* Numbers go to devices that exist: a failed AddDevice uses none. */
+        if (j->result == 0 && asprintf(&d->path, "%s/dev/%u", o->path, o->next_device_number) < 0) {
+                d->path = NULL;
+                job_fail(j, -ENOMEM, SD_BUS_ERROR_NO_MEMORY, "out of memory");
+        }
         if (j->result < 0) {
-                device_object_free(j->device);
+                device_object_free(d);
                 j->device = NULL;
                 return;
         }
-        add_to_array(o, j->device);
+        d->number = o->next_device_number++;
+        /* InterfacesAdded carries the state: nothing to repeat in PropertiesChanged. */
+        pthread_mutex_lock(&o->snap_lock);
+        d->published = d->snap;
+        pthread_mutex_unlock(&o->snap_lock);
+        add_to_array(o, d);
         (void) sd_bus_emit_object_added(o->daemon->bus, j->device->path);
         emit_devices_changed(o);
 }
@@ -543,6 +554,12 @@ static int teardown_vm(sd_event_source *s, void *userdata) {
 
 void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to) {
         struct daemon *d = o->daemon;
+        /* Signal while the objects can still be found, so the signals name their interfaces. */
+        for (unsigned i = 0; i < o->ndevices; i++) {
+                (void) sd_bus_emit_object_removed(d->bus, o->devices[i]->path);
+                o->devices[i]->removed = true;
+        }
+        (void) sd_bus_emit_object_removed(d->bus, o->path);
         o->destroying = true;
         for (struct vm_object **p = &d->vms; *p; p = &(*p)->next)
                 if (*p == o) {
@@ -550,11 +567,6 @@ void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to) {
                         break;
                 }
         d->nvms--;
-        for (unsigned i = 0; i < o->ndevices; i++) {
-                o->devices[i]->removed = true;
-                (void) sd_bus_emit_object_removed(d->bus, o->devices[i]->path);
-        }
-        (void) sd_bus_emit_object_removed(d->bus, o->path);
         (void) sd_bus_emit_properties_changed(d->bus, VHOSTMIG_ROOT_PATH, "org.vhostmig1.Manager", "Vms", NULL);
         struct vm_job *j = job_new(o, JOB_DESTROY, reply_to);
         if (!j) {
@@ -755,16 +767,13 @@ static int method_add_device(sd_bus_message *m, void *userdata, sd_bus_error *er
         if (r < 0)
                 goto fail;
         d->vm = o;
-        d->number = o->next_device_number;
         d->server = server;
         snprintf(d->mac, sizeof(d->mac), "%s", mac);
         d->socket = strdup(socket);
-        if (!d->socket || asprintf(&d->path, "%s/dev/%u", o->path, d->number) < 0) {
-                d->path = NULL;
+        if (!d->socket) {
                 r = -ENOMEM;
                 goto fail;
         }
-        o->next_device_number++;
         j->config = (struct vhm_device_config) {
                 .socket = d->socket, .server = server, .timeout_ms = o->daemon->cfg.request_timeout_ms,
                 .features = features, .queue_pairs = queue_pairs, .mtu = mtu,
@@ -801,9 +810,10 @@ static int method_remove_device(sd_bus_message *m, void *userdata, sd_bus_error 
         struct vm_job *j = job_new(o, JOB_REMOVE_DEVICE, m);
         if (!j)
                 return -ENOMEM;
+        /* Signal while the object can still be found, so the signal names its interface. */
+        (void) sd_bus_emit_object_removed(o->daemon->bus, d->path);
         d->removed = true;
         remove_from_array(o, d);
-        (void) sd_bus_emit_object_removed(o->daemon->bus, d->path);
         emit_devices_changed(o);
         j->device = d;
         job_submit(j);
