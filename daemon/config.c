@@ -165,19 +165,18 @@ int config_load(struct vhostmigd_config *cfg, const char *path, bool optional, c
         fclose(f);
         if (!text)
                 return -ENOMEM;
-        int r = 0;
+        char detail[256];
+        int r = -EINVAL;
         if (read_error)
-                r = -EIO, snprintf(error, len, "%s: read error", path);
+                snprintf(detail, sizeof(detail), "read error");
         else if (n > MAX_CONFIG_BYTES)
-                r = -EFBIG, snprintf(error, len, "%s: larger than %u bytes", path, MAX_CONFIG_BYTES);
+                snprintf(detail, sizeof(detail), "larger than %u bytes", MAX_CONFIG_BYTES);
         else if (memchr(text, '\0', n))
-                r = -EINVAL, snprintf(error, len, "%s: contains a NUL byte", path);
-        if (r == 0) {
-                char detail[256];
+                snprintf(detail, sizeof(detail), "contains a NUL byte");
+        else
                 r = config_parse(cfg, text, detail, sizeof(detail));
-                if (r < 0)
-                        snprintf(error, len, "%s: %s", path, detail);
-        }
+        if (r < 0)
+                snprintf(error, len, "%s: %s", path, detail);
         free(text);
         if (r < 0)
                 config_defaults(cfg);

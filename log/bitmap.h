@@ -80,13 +80,13 @@ int vhm_bitmap_resize(struct vhm_bitmap *bm, uint64_t npages);
  * (re-initialise it after a resize).
  */
 struct vhm_bitmap_iter {
-	const struct vhm_bitmap *bm;
-	uint64_t pos; /* next page to look at */
+        const struct vhm_bitmap *bm;
+        uint64_t pos; /* next page to look at */
 };
 
 /* Start iterating at page start (start >= npages gives an empty iteration). */
 void vhm_bitmap_iter_init(struct vhm_bitmap_iter *it, const struct vhm_bitmap *bm,
-			  uint64_t start);
+                          uint64_t start);
 
 /* Store the next dirty range in *first / *count (count >= 1) and return true,
  * or return false when there is none left. */

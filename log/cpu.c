@@ -12,37 +12,37 @@
  * RTM_ALWAYS_ABORT, hypervisors); only trust it once one has committed. */
 __attribute__((target("rtm"))) static bool rtm_probe(void)
 {
-	static volatile int cell;
+        static volatile int cell;
 
-	for (int i = 0; i < 64; i++) {
-		if (_xbegin() == _XBEGIN_STARTED) {
-			cell = cell + 1;
-			_xend();
-			return true;
-		}
-	}
-	return false;
+        for (int i = 0; i < 64; i++) {
+                if (_xbegin() == _XBEGIN_STARTED) {
+                        cell = cell + 1;
+                        _xend();
+                        return true;
+                }
+        }
+        return false;
 }
 
 static void detect(struct vhm_log_cpu *c)
 {
-	unsigned int a, b, cx, d;
+        unsigned int a, b, cx, d;
 
-	if (!__get_cpuid(1, &a, &b, &cx, &d))
-		return;
-	c->popcnt = cx & bit_POPCNT;
-	c->cx16 = cx & bit_CMPXCHG16B;
-	if (__get_cpuid_max(0, NULL) < 7)
-		return;
-	__cpuid_count(7, 0, a, b, cx, d);
-	/* EBX bit 11: RTM; EDX bit 11: RTM_ALWAYS_ABORT */
-	if ((b & (1u << 11)) && !(d & (1u << 11)) && c->popcnt)
-		c->rtm = rtm_probe();
+        if (!__get_cpuid(1, &a, &b, &cx, &d))
+                return;
+        c->popcnt = cx & bit_POPCNT;
+        c->cx16 = cx & bit_CMPXCHG16B;
+        if (__get_cpuid_max(0, NULL) < 7)
+                return;
+        __cpuid_count(7, 0, a, b, cx, d);
+        /* EBX bit 11: RTM; EDX bit 11: RTM_ALWAYS_ABORT */
+        if ((b & (1u << 11)) && !(d & (1u << 11)) && c->popcnt)
+                c->rtm = rtm_probe();
 }
 #else
 static void detect(struct vhm_log_cpu *c)
 {
-	(void)c;
+        (void)c;
 }
 #endif
 
@@ -51,11 +51,11 @@ static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 
 static void detect_once(void)
 {
-	detect(&cpu_features);
+        detect(&cpu_features);
 }
 
 const struct vhm_log_cpu *vhm_log_priv_cpu(void)
 {
-	pthread_once(&cpu_once, detect_once);
-	return &cpu_features;
+        pthread_once(&cpu_once, detect_once);
+        return &cpu_features;
 }

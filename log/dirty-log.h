@@ -31,8 +31,8 @@ struct vhm_log;
 
 /* A guest-physical extent: [gpa, gpa + size). */
 struct vhm_log_extent {
-	uint64_t gpa;
-	uint64_t size;
+        uint64_t gpa;
+        uint64_t size;
 };
 
 /*
@@ -46,8 +46,8 @@ struct vhm_log_extent {
  * arguments) or -EOVERFLOW (gpa + size wraps past 2^64).
  */
 int vhm_log_required_top(const struct vhm_log_extent *regions, size_t nregions,
-			 const struct vhm_log_extent *used_rings, size_t nrings,
-			 uint64_t *top);
+                         const struct vhm_log_extent *used_rings, size_t nrings,
+                         uint64_t *top);
 
 /*
  * Create a log covering guest-physical addresses [0, top_gpa).  It covers
@@ -112,10 +112,10 @@ int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *page
  *          with XCHG.  Dense logs run near memory bandwidth.
  */
 enum vhm_log_harvest_impl {
-	VHM_LOG_HARVEST_AUTO = 0,
-	VHM_LOG_HARVEST_XCHG,
-	VHM_LOG_HARVEST_CAS16,
-	VHM_LOG_HARVEST_RTM,
+        VHM_LOG_HARVEST_AUTO = 0,
+        VHM_LOG_HARVEST_XCHG,
+        VHM_LOG_HARVEST_CAS16,
+        VHM_LOG_HARVEST_RTM,
 };
 
 /* Choose the implementation for this log.  Returns 0, -EOPNOTSUPP if this
@@ -130,10 +130,10 @@ const char *vhm_log_harvest_impl_name(enum vhm_log_harvest_impl impl);
 
 /* Cumulative counters of a log's harvests. */
 struct vhm_log_harvest_stats {
-	uint64_t harvests;      /* successful vhm_log_harvest calls */
-	uint64_t pages;         /* sum of *pages_harvested */
-	uint64_t tx_commits;    /* RTM: chunks taken by a transaction */
-	uint64_t tx_aborts;     /* RTM: chunks redone with XCHG after an abort */
+        uint64_t harvests;      /* successful vhm_log_harvest calls */
+        uint64_t pages;         /* sum of *pages_harvested */
+        uint64_t tx_commits;    /* RTM: chunks taken by a transaction */
+        uint64_t tx_aborts;     /* RTM: chunks redone with XCHG after an abort */
 };
 
 void vhm_log_get_stats(const struct vhm_log *log, struct vhm_log_harvest_stats *stats);

@@ -52,82 +52,82 @@
 
 VHM_FORCE_INLINE uint64_t rd(const uint64_t *p)
 {
-	return __atomic_load_n(p, __ATOMIC_RELAXED);
+        return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
 typedef uint64_t v2u64 __attribute__((vector_size(16)));
 
 VHM_FORCE_INLINE uint64_t line_or(const uint64_t *l)
 {
-	v2u64 a, b, c, d;
+        v2u64 a, b, c, d;
 
-	memcpy(&a, &l[0], 16);
-	memcpy(&b, &l[2], 16);
-	memcpy(&c, &l[4], 16);
-	memcpy(&d, &l[6], 16);
-	a |= b | c | d;
-	return a[0] | a[1];
+        memcpy(&a, &l[0], 16);
+        memcpy(&b, &l[2], 16);
+        memcpy(&c, &l[4], 16);
+        memcpy(&d, &l[6], 16);
+        a |= b | c | d;
+        return a[0] | a[1];
 }
 
 /* OR of a whole chunk (CHUNK_LINES lines), for skipping empty chunks. */
 VHM_FORCE_INLINE uint64_t chunk_or(const uint64_t *l)
 {
-	v2u64 a = { 0, 0 }, b = a, c = a, d = a;
+        v2u64 a = { 0, 0 }, b = a, c = a, d = a;
 
-	for (unsigned int k = 0; k < CHUNK_WORDS; k += LINE_WORDS) {
-		v2u64 w, x, y, z;
+        for (unsigned int k = 0; k < CHUNK_WORDS; k += LINE_WORDS) {
+                v2u64 w, x, y, z;
 
-		memcpy(&w, &l[k], 16);
-		memcpy(&x, &l[k + 2], 16);
-		memcpy(&y, &l[k + 4], 16);
-		memcpy(&z, &l[k + 6], 16);
-		a |= w;
-		b |= x;
-		c |= y;
-		d |= z;
-	}
-	a |= b | c | d;
-	return a[0] | a[1];
+                memcpy(&w, &l[k], 16);
+                memcpy(&x, &l[k + 2], 16);
+                memcpy(&y, &l[k + 4], 16);
+                memcpy(&z, &l[k + 6], 16);
+                a |= w;
+                b |= x;
+                c |= y;
+                d |= z;
+        }
+        a |= b | c | d;
+        return a[0] | a[1];
 }
 
 /* OR v (already in CPU bit order) into a bitmap word; bits new to it. */
 VHM_FORCE_INLINE uint64_t merge(uint64_t *bw, uint64_t v)
 {
-	uint64_t b = *bw;
+        uint64_t b = *bw;
 
-	*bw = b | v;
-	return (uint64_t)__builtin_popcountll(v & ~b);
+        *bw = b | v;
+        return (uint64_t)__builtin_popcountll(v & ~b);
 }
 
 VHM_FORCE_INLINE uint64_t take_word_xchg(uint64_t *lw, uint64_t *bw)
 {
-	if (!rd(lw))
-		return 0;
-	return merge(bw, VHM_LOG_TO_CPU(__atomic_exchange_n(lw, 0, __ATOMIC_RELAXED)));
+        if (!rd(lw))
+                return 0;
+        return merge(bw, VHM_LOG_TO_CPU(__atomic_exchange_n(lw, 0, __ATOMIC_RELAXED)));
 }
 
 VHM_FORCE_INLINE uint64_t take_line_xchg(uint64_t *l, uint64_t *b)
 {
-	uint64_t fresh = 0;
+        uint64_t fresh = 0;
 
-	for (unsigned int j = 0; j < LINE_WORDS; j++)
-		fresh += take_word_xchg(&l[j], &b[j]);
-	return fresh;
+        for (unsigned int j = 0; j < LINE_WORDS; j++)
+                fresh += take_word_xchg(&l[j], &b[j]);
+        return fresh;
 }
 
 VHM_FORCE_INLINE uint64_t tail_xchg(uint64_t *log, uint64_t *bm, uint64_t i, uint64_t n)
 {
-	uint64_t fresh = 0;
+        uint64_t fresh = 0;
 
-	for (; i < n; i++)
-		fresh += take_word_xchg(&log[i], &bm[i]);
-	return fresh;
+        for (; i < n; i++)
+                fresh += take_word_xchg(&log[i], &bm[i]);
+        return fresh;
 }
 
 #if HAVE_X86_64
 /* 16-byte aligned pair of log words. */
 struct pair {
-	uint64_t w[2];
+        uint64_t w[2];
 } __attribute__((aligned(16)));
 
 /*
@@ -136,36 +136,36 @@ struct pair {
  */
 VHM_FORCE_INLINE bool cas16_zero(uint64_t *p, uint64_t *lo, uint64_t *hi)
 {
-	bool ok;
+        bool ok;
 
-	__asm__ __volatile__("lock cmpxchg16b %1"
-			     : "=@ccz"(ok), "+m"(*(struct pair *)(void *)p), "+a"(*lo), "+d"(*hi)
-			     : "b"(UINT64_C(0)), "c"(UINT64_C(0))
-			     : "memory");
-	return ok;
+        __asm__ __volatile__("lock cmpxchg16b %1"
+                             : "=@ccz"(ok), "+m"(*(struct pair *)(void *)p), "+a"(*lo), "+d"(*hi)
+                             : "b"(UINT64_C(0)), "c"(UINT64_C(0))
+                             : "memory");
+        return ok;
 }
 
 VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b)
 {
-	uint64_t fresh = 0;
+        uint64_t fresh = 0;
 
-	for (unsigned int j = 0; j < LINE_WORDS; j += 2) {
-		uint64_t lo = rd(&l[j]), hi = rd(&l[j + 1]);
+        for (unsigned int j = 0; j < LINE_WORDS; j += 2) {
+                uint64_t lo = rd(&l[j]), hi = rd(&l[j + 1]);
 
-		if (!(lo | hi))
-			continue;
-		while (!cas16_zero(&l[j], &lo, &hi))
-			;
-		fresh += merge(&b[j], lo) + merge(&b[j + 1], hi);
-	}
-	return fresh;
+                if (!(lo | hi))
+                        continue;
+                while (!cas16_zero(&l[j], &lo, &hi))
+                        ;
+                fresh += merge(&b[j], lo) + merge(&b[j + 1], hi);
+        }
+        return fresh;
 }
 
 #else
 /* Never called off x86-64 (CAS16 is refused there); keeps body_lines whole. */
 VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b)
 {
-	return take_line_xchg(l, b);
+        return take_line_xchg(l, b);
 }
 #endif
 
@@ -176,122 +176,122 @@ VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b)
  */
 VHM_FORCE_INLINE uint64_t body_lines(uint64_t *log, uint64_t *bm, uint64_t n, bool cas16)
 {
-	uint64_t fresh = 0, i = 0;
+        uint64_t fresh = 0, i = 0;
 
-	for (; i + CHUNK_WORDS <= n; i += CHUNK_WORDS) {
-		if (__builtin_expect(chunk_or(&log[i]) == 0, 1))
-			continue;
-		for (unsigned int k = 0; k < CHUNK_WORDS; k += LINE_WORDS) {
-			uint64_t *l = &log[i + k], *b = &bm[i + k];
+        for (; i + CHUNK_WORDS <= n; i += CHUNK_WORDS) {
+                if (__builtin_expect(chunk_or(&log[i]) == 0, 1))
+                        continue;
+                for (unsigned int k = 0; k < CHUNK_WORDS; k += LINE_WORDS) {
+                        uint64_t *l = &log[i + k], *b = &bm[i + k];
 
-			if (line_or(l))
-				fresh += cas16 ? take_line_cas16(l, b) : take_line_xchg(l, b);
-		}
-	}
-	for (; i + LINE_WORDS <= n; i += LINE_WORDS) {
-		if (line_or(&log[i]))
-			fresh += cas16 ? take_line_cas16(&log[i], &bm[i])
-				       : take_line_xchg(&log[i], &bm[i]);
-	}
-	return fresh + tail_xchg(log, bm, i, n);
+                        if (line_or(l))
+                                fresh += cas16 ? take_line_cas16(l, b) : take_line_xchg(l, b);
+                }
+        }
+        for (; i + LINE_WORDS <= n; i += LINE_WORDS) {
+                if (line_or(&log[i]))
+                        fresh += cas16 ? take_line_cas16(&log[i], &bm[i])
+                                       : take_line_xchg(&log[i], &bm[i]);
+        }
+        return fresh + tail_xchg(log, bm, i, n);
 }
 
 static uint64_t harvest_xchg_generic(uint64_t *log, uint64_t *bm, uint64_t n)
 {
-	return body_lines(log, bm, n, false);
+        return body_lines(log, bm, n, false);
 }
 
 #if HAVE_X86_64
 TARGET_POPCNT static uint64_t harvest_xchg_popcnt(uint64_t *log, uint64_t *bm, uint64_t n)
 {
-	return body_lines(log, bm, n, false);
+        return body_lines(log, bm, n, false);
 }
 
 TARGET_POPCNT static uint64_t harvest_cas16(uint64_t *log, uint64_t *bm, uint64_t n)
 {
-	return body_lines(log, bm, n, true);
+        return body_lines(log, bm, n, true);
 }
 
 TARGET_RTM static uint64_t harvest_rtm(uint64_t *log, uint64_t *bm, uint64_t n,
-				       struct vhm_log_harvest_stats *stats)
+                                       struct vhm_log_harvest_stats *stats)
 {
-	uint64_t fresh = 0, i = 0, commits = 0, aborts = 0;
-	unsigned int streak = 0;
-	bool use_tx = true;
+        uint64_t fresh = 0, i = 0, commits = 0, aborts = 0;
+        unsigned int streak = 0;
+        bool use_tx = true;
 
-	for (; i + CHUNK_WORDS <= n; i += CHUNK_WORDS) {
-		uint64_t *l = &log[i], *b = &bm[i];
-		uint32_t mask = 0, m;
+        for (; i + CHUNK_WORDS <= n; i += CHUNK_WORDS) {
+                uint64_t *l = &log[i], *b = &bm[i];
+                uint32_t mask = 0, m;
 
-		if (__builtin_expect(chunk_or(l) == 0, 1))
-			continue;
-		for (unsigned int k = 0; k < CHUNK_LINES; k++)
-			mask |= (uint32_t)(line_or(&l[k * LINE_WORDS]) != 0) << k;
-		if (!mask)
-			continue; /* cannot happen (only we clear bits); keeps ctz defined */
+                if (__builtin_expect(chunk_or(l) == 0, 1))
+                        continue;
+                for (unsigned int k = 0; k < CHUNK_LINES; k++)
+                        mask |= (uint32_t)(line_or(&l[k * LINE_WORDS]) != 0) << k;
+                if (!mask)
+                        continue; /* cannot happen (only we clear bits); keeps ctz defined */
 
-		if (use_tx) {
-			uint64_t f = 0;
+                if (use_tx) {
+                        uint64_t f = 0;
 
-			if (_xbegin() == _XBEGIN_STARTED) {
-				/* nothing read before the transaction is reused in it */
-				__asm__ __volatile__("" ::: "memory");
-				m = mask;
-				do {
-					unsigned int k = (unsigned int)__builtin_ctz(m);
-					uint64_t *lk = &l[k * LINE_WORDS], *bk = &b[k * LINE_WORDS];
+                        if (_xbegin() == _XBEGIN_STARTED) {
+                                /* nothing read before the transaction is reused in it */
+                                __asm__ __volatile__("" ::: "memory");
+                                m = mask;
+                                do {
+                                        unsigned int k = (unsigned int)__builtin_ctz(m);
+                                        uint64_t *lk = &l[k * LINE_WORDS], *bk = &b[k * LINE_WORDS];
 
-					m &= m - 1;
-					for (unsigned int j = 0; j < LINE_WORDS; j++) {
-						f += merge(&bk[j], VHM_LOG_TO_CPU(rd(&lk[j])));
-						__atomic_store_n(&lk[j], 0, __ATOMIC_RELAXED);
-					}
-				} while (m);
-				_xend();
-				fresh += f;
-				commits++;
-				streak = 0;
-				continue;
-			}
-			/* Aborted: nothing of the transaction happened.  A
-			 * backend writing the chunk, an interrupt, a first touch
-			 * of a bitmap page: redo this chunk with exchanges. */
-			aborts++;
-			if (++streak >= RTM_MAX_ABORT_STREAK)
-				use_tx = false;
-		}
-		m = mask;
-		do {
-			unsigned int k = (unsigned int)__builtin_ctz(m);
+                                        m &= m - 1;
+                                        for (unsigned int j = 0; j < LINE_WORDS; j++) {
+                                                f += merge(&bk[j], VHM_LOG_TO_CPU(rd(&lk[j])));
+                                                __atomic_store_n(&lk[j], 0, __ATOMIC_RELAXED);
+                                        }
+                                } while (m);
+                                _xend();
+                                fresh += f;
+                                commits++;
+                                streak = 0;
+                                continue;
+                        }
+                        /* Aborted: nothing of the transaction happened.  A
+                         * backend writing the chunk, an interrupt, a first touch
+                         * of a bitmap page: redo this chunk with exchanges. */
+                        aborts++;
+                        if (++streak >= RTM_MAX_ABORT_STREAK)
+                                use_tx = false;
+                }
+                m = mask;
+                do {
+                        unsigned int k = (unsigned int)__builtin_ctz(m);
 
-			m &= m - 1;
-			fresh += take_line_xchg(&l[k * LINE_WORDS], &b[k * LINE_WORDS]);
-		} while (m);
-	}
-	stats->tx_commits += commits;
-	stats->tx_aborts += aborts;
-	/* the last partial chunk */
-	return fresh + body_lines(&log[i], &bm[i], n - i, false);
+                        m &= m - 1;
+                        fresh += take_line_xchg(&l[k * LINE_WORDS], &b[k * LINE_WORDS]);
+                } while (m);
+        }
+        stats->tx_commits += commits;
+        stats->tx_aborts += aborts;
+        /* the last partial chunk */
+        return fresh + body_lines(&log[i], &bm[i], n - i, false);
 }
 #endif /* HAVE_X86_64 */
 
 uint64_t vhm_log_priv_harvest(enum vhm_log_harvest_impl impl, uint64_t *log, uint64_t *bm,
-			      uint64_t n, struct vhm_log_harvest_stats *stats)
+                              uint64_t n, struct vhm_log_harvest_stats *stats)
 {
 #if HAVE_X86_64
-	switch (impl) {
-	case VHM_LOG_HARVEST_RTM:
-		return harvest_rtm(log, bm, n, stats);
-	case VHM_LOG_HARVEST_CAS16:
-		return harvest_cas16(log, bm, n);
-	default:
-		if (vhm_log_priv_cpu()->popcnt)
-			return harvest_xchg_popcnt(log, bm, n);
-		return harvest_xchg_generic(log, bm, n);
-	}
+        switch (impl) {
+        case VHM_LOG_HARVEST_RTM:
+                return harvest_rtm(log, bm, n, stats);
+        case VHM_LOG_HARVEST_CAS16:
+                return harvest_cas16(log, bm, n);
+        default:
+                if (vhm_log_priv_cpu()->popcnt)
+                        return harvest_xchg_popcnt(log, bm, n);
+                return harvest_xchg_generic(log, bm, n);
+        }
 #else
-	(void)impl;
-	(void)stats;
-	return harvest_xchg_generic(log, bm, n);
+        (void)impl;
+        (void)stats;
+        return harvest_xchg_generic(log, bm, n);
 #endif
 }

@@ -21,59 +21,59 @@
 static enum vhm_log_harvest_impl impl;
 
 static const enum vhm_log_harvest_impl all_impls[] = {
-	VHM_LOG_HARVEST_XCHG, VHM_LOG_HARVEST_CAS16, VHM_LOG_HARVEST_RTM,
+        VHM_LOG_HARVEST_XCHG, VHM_LOG_HARVEST_CAS16, VHM_LOG_HARVEST_RTM,
 };
 
 static struct vhm_log *new_log(uint64_t top)
 {
-	struct vhm_log *log;
+        struct vhm_log *log;
 
-	assert_int_equal(vhm_log_new(top, &log), 0);
-	assert_int_equal(vhm_log_set_harvest_impl(log, impl), 0);
-	assert_int_equal(vhm_log_get_harvest_impl(log), impl);
-	return log;
+        assert_int_equal(vhm_log_new(top, &log), 0);
+        assert_int_equal(vhm_log_set_harvest_impl(log, impl), 0);
+        assert_int_equal(vhm_log_get_harvest_impl(log), impl);
+        return log;
 }
 
 /* Run fn once per implementation this CPU supports. */
 static void for_each_impl(void (*fn)(void))
 {
-	struct vhm_log *probe;
+        struct vhm_log *probe;
 
-	assert_int_equal(vhm_log_new(4096, &probe), 0);
-	for (size_t i = 0; i < sizeof(all_impls) / sizeof(all_impls[0]); i++) {
-		int r = vhm_log_set_harvest_impl(probe, all_impls[i]);
+        assert_int_equal(vhm_log_new(4096, &probe), 0);
+        for (size_t i = 0; i < sizeof(all_impls) / sizeof(all_impls[0]); i++) {
+                int r = vhm_log_set_harvest_impl(probe, all_impls[i]);
 
-		if (r == -EOPNOTSUPP) {
-			print_message("  [%s: not supported on this CPU, skipped]\n",
-				      vhm_log_harvest_impl_name(all_impls[i]));
-			continue;
-		}
-		assert_int_equal(r, 0);
-		impl = all_impls[i];
-		print_message("  [%s]\n", vhm_log_harvest_impl_name(impl));
-		fn();
-	}
-	vhm_log_free(probe);
+                if (r == -EOPNOTSUPP) {
+                        print_message("  [%s: not supported on this CPU, skipped]\n",
+                                      vhm_log_harvest_impl_name(all_impls[i]));
+                        continue;
+                }
+                assert_int_equal(r, 0);
+                impl = all_impls[i];
+                print_message("  [%s]\n", vhm_log_harvest_impl_name(impl));
+                fn();
+        }
+        vhm_log_free(probe);
 }
 
 static uint64_t mask_below(uint64_t npages, uint64_t word)
 {
-	uint64_t lo = word * 64;
+        uint64_t lo = word * 64;
 
-	if (npages >= lo + 64)
-		return ~UINT64_C(0);
-	if (npages <= lo)
-		return 0;
-	return (UINT64_C(1) << (npages - lo)) - 1;
+        if (npages >= lo + 64)
+                return ~UINT64_C(0);
+        if (npages <= lo)
+                return 0;
+        return (UINT64_C(1) << (npages - lo)) - 1;
 }
 
 /* Read a bitmap into words through the public API. */
 static void bitmap_words(const struct vhm_bitmap *bm, uint64_t *w, uint64_t nwords)
 {
-	memset(w, 0, nwords * 8);
-	for (uint64_t p = 0; p < vhm_bitmap_npages(bm) && p < nwords * 64; p++)
-		if (vhm_bitmap_test(bm, p))
-			w[p / 64] |= UINT64_C(1) << (p % 64);
+        memset(w, 0, nwords * 8);
+        for (uint64_t p = 0; p < vhm_bitmap_npages(bm) && p < nwords * 64; p++)
+                if (vhm_bitmap_test(bm, p))
+                        w[p / 64] |= UINT64_C(1) << (p % 64);
 }
 
 /*
@@ -82,169 +82,169 @@ static void bitmap_words(const struct vhm_bitmap *bm, uint64_t *w, uint64_t nwor
  * past top inside the last word); harvest; compare with the reference.
  */
 static void run_case(struct test_rng *rng, uint64_t log_pages, uint64_t bm_pages,
-		     uint32_t log_ppm, uint32_t old_ppm)
+                     uint32_t log_ppm, uint32_t old_ppm)
 {
-	struct vhm_log *log;
-	struct vhm_bitmap *bm;
-	uint64_t lwords, bwords, size, got, want_fresh = 0;
-	uint64_t *pattern, *old, *want, *have;
-	uint8_t *b;
+        struct vhm_log *log;
+        struct vhm_bitmap *bm;
+        uint64_t lwords, bwords, size, got, want_fresh = 0;
+        uint64_t *pattern, *old, *want, *have;
+        uint8_t *b;
 
-	log = new_log(log_pages * 4096);
-	assert_int_equal(vhm_log_npages(log), log_pages);
-	size = vhm_log_size_bytes(log);
-	lwords = size / 8;
-	bwords = (bm_pages + 63) / 64;
-	b = backend_map(vhm_log_fd(log), size);
-	assert_non_null(b);
+        log = new_log(log_pages * 4096);
+        assert_int_equal(vhm_log_npages(log), log_pages);
+        size = vhm_log_size_bytes(log);
+        lwords = size / 8;
+        bwords = (bm_pages + 63) / 64;
+        b = backend_map(vhm_log_fd(log), size);
+        assert_non_null(b);
 
-	pattern = calloc(lwords, 8);
-	old = calloc(bwords + 1, 8);
-	want = calloc(bwords + 1, 8);
-	have = calloc(bwords + 1, 8);
-	assert_non_null(pattern);
-	assert_non_null(old);
-	assert_non_null(want);
-	assert_non_null(have);
+        pattern = calloc(lwords, 8);
+        old = calloc(bwords + 1, 8);
+        want = calloc(bwords + 1, 8);
+        have = calloc(bwords + 1, 8);
+        assert_non_null(pattern);
+        assert_non_null(old);
+        assert_non_null(want);
+        assert_non_null(have);
 
-	assert_int_equal(vhm_bitmap_new(bm_pages, &bm), 0);
-	for (uint64_t w = 0; w < bwords; w++) {
-		old[w] = rng_word_density(rng, old_ppm) & mask_below(bm_pages, w);
-		for (int i = 0; i < 64; i++)
-			if (old[w] >> i & 1)
-				assert_int_equal(vhm_bitmap_set(bm, w * 64 + (uint64_t)i), 0);
-	}
-	for (uint64_t w = 0; w < lwords; w++)
-		pattern[w] = rng_word_density(rng, log_ppm);
-	memcpy(b, pattern, size); /* little-endian: word w = bytes 8w..8w+7 */
+        assert_int_equal(vhm_bitmap_new(bm_pages, &bm), 0);
+        for (uint64_t w = 0; w < bwords; w++) {
+                old[w] = rng_word_density(rng, old_ppm) & mask_below(bm_pages, w);
+                for (int i = 0; i < 64; i++)
+                        if (old[w] >> i & 1)
+                                assert_int_equal(vhm_bitmap_set(bm, w * 64 + (uint64_t)i), 0);
+        }
+        for (uint64_t w = 0; w < lwords; w++)
+                pattern[w] = rng_word_density(rng, log_ppm);
+        memcpy(b, pattern, size); /* little-endian: word w = bytes 8w..8w+7 */
 
-	for (uint64_t w = 0; w < bwords; w++) {
-		uint64_t in = w < lwords ? pattern[w] & mask_below(bm_pages, w) : 0;
+        for (uint64_t w = 0; w < bwords; w++) {
+                uint64_t in = w < lwords ? pattern[w] & mask_below(bm_pages, w) : 0;
 
-		want[w] = old[w] | in;
-		want_fresh += (uint64_t)__builtin_popcountll(in & ~old[w]);
-	}
+                want[w] = old[w] | in;
+                want_fresh += (uint64_t)__builtin_popcountll(in & ~old[w]);
+        }
 
-	got = UINT64_MAX;
-	assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
-	assert_int_equal(got, want_fresh);
-	bitmap_words(bm, have, bwords);
-	for (uint64_t w = 0; w < bwords; w++)
-		if (have[w] != want[w])
-			fail_msg("log %llu pages, bitmap %llu: word %llu is %016llx, want %016llx",
-				 (unsigned long long)log_pages, (unsigned long long)bm_pages,
-				 (unsigned long long)w, (unsigned long long)have[w],
-				 (unsigned long long)want[w]);
-	{
-		uint64_t n = 0;
+        got = UINT64_MAX;
+        assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+        assert_int_equal(got, want_fresh);
+        bitmap_words(bm, have, bwords);
+        for (uint64_t w = 0; w < bwords; w++)
+                if (have[w] != want[w])
+                        fail_msg("log %llu pages, bitmap %llu: word %llu is %016llx, want %016llx",
+                                 (unsigned long long)log_pages, (unsigned long long)bm_pages,
+                                 (unsigned long long)w, (unsigned long long)have[w],
+                                 (unsigned long long)want[w]);
+        {
+                uint64_t n = 0;
 
-		for (uint64_t w = 0; w < bwords; w++)
-			n += (uint64_t)__builtin_popcountll(want[w]);
-		assert_int_equal(vhm_bitmap_count(bm), n);
-	}
-	/* the log is empty afterwards, all of it */
-	for (uint64_t i = 0; i < size; i++)
-		if (b[i])
-			fail_msg("log byte %llu still %02x", (unsigned long long)i, b[i]);
-	/* and a second harvest finds nothing */
-	assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
-	assert_int_equal(got, 0);
-	assert_int_equal(vhm_log_harvest(log, bm, NULL), 0);
+                for (uint64_t w = 0; w < bwords; w++)
+                        n += (uint64_t)__builtin_popcountll(want[w]);
+                assert_int_equal(vhm_bitmap_count(bm), n);
+        }
+        /* the log is empty afterwards, all of it */
+        for (uint64_t i = 0; i < size; i++)
+                if (b[i])
+                        fail_msg("log byte %llu still %02x", (unsigned long long)i, b[i]);
+        /* and a second harvest finds nothing */
+        assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+        assert_int_equal(got, 0);
+        assert_int_equal(vhm_log_harvest(log, bm, NULL), 0);
 
-	vhm_bitmap_free(bm);
-	munmap(b, size);
-	vhm_log_free(log);
-	free(pattern);
-	free(old);
-	free(want);
-	free(have);
+        vhm_bitmap_free(bm);
+        munmap(b, size);
+        vhm_log_free(log);
+        free(pattern);
+        free(old);
+        free(want);
+        free(have);
 }
 
 static void harvest_random(void)
 {
-	/* sizes around the 64-page word and the 512-page (one cache line) block */
-	const uint64_t sizes[] = { 1, 2, 63, 64, 65, 511, 512, 513, 575, 1000, 4096 * 8 + 17,
-				   UINT64_C(1) << 18 };
-	const uint32_t ppm[] = { 0, 1000, 100000, 500000, 1000000 };
-	struct test_rng rng = { 0x4a7e57 };
+        /* sizes around the 64-page word and the 512-page (one cache line) block */
+        const uint64_t sizes[] = { 1, 2, 63, 64, 65, 511, 512, 513, 575, 1000, 4096 * 8 + 17,
+                                   UINT64_C(1) << 18 };
+        const uint32_t ppm[] = { 0, 1000, 100000, 500000, 1000000 };
+        struct test_rng rng = { 0x4a7e57 };
 
-	for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
-		for (size_t d = 0; d < sizeof(ppm) / sizeof(ppm[0]); d++) {
-			uint64_t n = sizes[s];
+        for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+                for (size_t d = 0; d < sizeof(ppm) / sizeof(ppm[0]); d++) {
+                        uint64_t n = sizes[s];
 
-			/* bitmap exactly the log's pages */
-			run_case(&rng, n, n, ppm[d], 0);
-			run_case(&rng, n, n, ppm[d], 200000);
-			/* bitmap rounded to whole words: bits past top are kept */
-			run_case(&rng, n, (n + 63) / 64 * 64, ppm[d], 50000);
-			/* bitmap larger than the log (memory hot-added) */
-			run_case(&rng, n, n + 1000, ppm[d], 100000);
-		}
-	}
+                        /* bitmap exactly the log's pages */
+                        run_case(&rng, n, n, ppm[d], 0);
+                        run_case(&rng, n, n, ppm[d], 200000);
+                        /* bitmap rounded to whole words: bits past top are kept */
+                        run_case(&rng, n, (n + 63) / 64 * 64, ppm[d], 50000);
+                        /* bitmap larger than the log (memory hot-added) */
+                        run_case(&rng, n, n + 1000, ppm[d], 100000);
+                }
+        }
 }
 
 static void test_harvest_random(void **state)
 {
-	(void)state;
-	for_each_impl(harvest_random);
+        (void)state;
+        for_each_impl(harvest_random);
 }
 
 /* A bitmap larger than the log: pages past the log are not touched. */
 static void harvest_bitmap_larger(void)
 {
-	struct vhm_log *log;
-	struct vhm_bitmap *bm;
-	uint64_t got;
+        struct vhm_log *log;
+        struct vhm_bitmap *bm;
+        uint64_t got;
 
-	log = new_log(1000 * 4096); /* 16 words */
-	assert_int_equal(vhm_bitmap_new(100000, &bm), 0);
-	assert_int_equal(vhm_bitmap_set_range(bm, 1024, 500), 0); /* past the log */
-	assert_int_equal(vhm_bitmap_set(bm, 99999), 0);
-	assert_int_equal(vhm_log_mark_range(log, 0, 1024), 0); /* the whole log memory */
-	assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
-	assert_int_equal(got, 1024);
-	assert_int_equal(vhm_bitmap_count(bm), 1024 + 500 + 1);
-	assert_true(vhm_bitmap_test(bm, 1023));
-	assert_true(vhm_bitmap_test(bm, 1024));
-	assert_true(vhm_bitmap_test(bm, 1523));
-	assert_false(vhm_bitmap_test(bm, 1524));
-	assert_true(vhm_bitmap_test(bm, 99999));
-	vhm_bitmap_free(bm);
-	vhm_log_free(log);
+        log = new_log(1000 * 4096); /* 16 words */
+        assert_int_equal(vhm_bitmap_new(100000, &bm), 0);
+        assert_int_equal(vhm_bitmap_set_range(bm, 1024, 500), 0); /* past the log */
+        assert_int_equal(vhm_bitmap_set(bm, 99999), 0);
+        assert_int_equal(vhm_log_mark_range(log, 0, 1024), 0); /* the whole log memory */
+        assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+        assert_int_equal(got, 1024);
+        assert_int_equal(vhm_bitmap_count(bm), 1024 + 500 + 1);
+        assert_true(vhm_bitmap_test(bm, 1023));
+        assert_true(vhm_bitmap_test(bm, 1024));
+        assert_true(vhm_bitmap_test(bm, 1523));
+        assert_false(vhm_bitmap_test(bm, 1524));
+        assert_true(vhm_bitmap_test(bm, 99999));
+        vhm_bitmap_free(bm);
+        vhm_log_free(log);
 }
 
 static void test_harvest_bitmap_larger(void **state)
 {
-	(void)state;
-	for_each_impl(harvest_bitmap_larger);
+        (void)state;
+        for_each_impl(harvest_bitmap_larger);
 }
 
 /* A bitmap smaller than the log is refused and the log left alone. */
 static void harvest_bitmap_smaller(void)
 {
-	struct vhm_log *log;
-	struct vhm_bitmap *bm;
-	uint64_t got = 77;
+        struct vhm_log *log;
+        struct vhm_bitmap *bm;
+        uint64_t got = 77;
 
-	log = new_log(1000 * 4096);
-	assert_int_equal(vhm_bitmap_new(999, &bm), 0);
-	assert_int_equal(vhm_log_mark_page(log, 5), 0);
-	assert_int_equal(vhm_log_harvest(log, bm, &got), -ERANGE);
-	assert_int_equal(got, 77);
-	assert_int_equal(vhm_bitmap_count(bm), 0);
-	/* grown to fit, the page is still there */
-	assert_int_equal(vhm_bitmap_resize(bm, 1000), 0);
-	assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
-	assert_int_equal(got, 1);
-	assert_true(vhm_bitmap_test(bm, 5));
-	vhm_bitmap_free(bm);
-	vhm_log_free(log);
+        log = new_log(1000 * 4096);
+        assert_int_equal(vhm_bitmap_new(999, &bm), 0);
+        assert_int_equal(vhm_log_mark_page(log, 5), 0);
+        assert_int_equal(vhm_log_harvest(log, bm, &got), -ERANGE);
+        assert_int_equal(got, 77);
+        assert_int_equal(vhm_bitmap_count(bm), 0);
+        /* grown to fit, the page is still there */
+        assert_int_equal(vhm_bitmap_resize(bm, 1000), 0);
+        assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+        assert_int_equal(got, 1);
+        assert_true(vhm_bitmap_test(bm, 5));
+        vhm_bitmap_free(bm);
+        vhm_log_free(log);
 }
 
 static void test_harvest_bitmap_smaller(void **state)
 {
-	(void)state;
-	for_each_impl(harvest_bitmap_smaller);
+        (void)state;
+        for_each_impl(harvest_bitmap_smaller);
 }
 
 /*
@@ -257,282 +257,282 @@ static void test_harvest_bitmap_smaller(void **state)
  * not be re-marked later to hide the loss.
  */
 struct writer {
-	struct vhm_log *log;
-	uint64_t npages;
-	uint64_t seed;
-	bool paced;            /* wait for a harvest after every few words */
-	uint64_t harvests;     /* atomic: main's harvest count */
-	bool done;             /* atomic */
-	uint64_t marked;       /* pages marked; read after join */
+        struct vhm_log *log;
+        uint64_t npages;
+        uint64_t seed;
+        bool paced;            /* wait for a harvest after every few words */
+        uint64_t harvests;     /* atomic: main's harvest count */
+        bool done;             /* atomic */
+        uint64_t marked;       /* pages marked; read after join */
 };
 
 /* Best effort: put the calling thread on its own CPU, so writer and
  * harvester really run at the same time on a busy 2-CPU machine. */
 static void pin_to_cpu(int which)
 {
-	cpu_set_t set;
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
+        cpu_set_t set;
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
 
-	if (n < 2)
-		return;
-	CPU_ZERO(&set);
-	CPU_SET(which % (int)n, &set);
-	(void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+        if (n < 2)
+                return;
+        CPU_ZERO(&set);
+        CPU_SET(which % (int)n, &set);
+        (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
 /* Paced mode: wait until main has finished a harvest since `since`. */
 static void wait_harvest(struct writer *w, uint64_t since)
 {
-	for (unsigned int spins = 0; __atomic_load_n(&w->harvests, __ATOMIC_ACQUIRE) == since;
-	     spins++)
-		if (spins > 1000)
-			sched_yield();
+        for (unsigned int spins = 0; __atomic_load_n(&w->harvests, __ATOMIC_ACQUIRE) == since;
+             spins++)
+                if (spins > 1000)
+                        sched_yield();
 }
 
 static void *writer_main(void *arg)
 {
-	struct writer *w = arg;
-	struct test_rng rng = { w->seed };
-	uint64_t nwords = w->npages / 64;
-	uint64_t *order = malloc(nwords * sizeof(uint64_t));
-	unsigned int bits[64];
-	uint64_t seen = __atomic_load_n(&w->harvests, __ATOMIC_ACQUIRE);
+        struct writer *w = arg;
+        struct test_rng rng = { w->seed };
+        uint64_t nwords = w->npages / 64;
+        uint64_t *order = malloc(nwords * sizeof(uint64_t));
+        unsigned int bits[64];
+        uint64_t seen = __atomic_load_n(&w->harvests, __ATOMIC_ACQUIRE);
 
-	pin_to_cpu(1);
-	if (!order)
-		abort();
-	for (uint64_t i = 0; i < nwords; i++)
-		order[i] = i;
-	for (uint64_t i = nwords - 1; i > 0; i--) {
-		uint64_t j = rng_below(&rng, i + 1), t = order[i];
+        pin_to_cpu(1);
+        if (!order)
+                abort();
+        for (uint64_t i = 0; i < nwords; i++)
+                order[i] = i;
+        for (uint64_t i = nwords - 1; i > 0; i--) {
+                uint64_t j = rng_below(&rng, i + 1), t = order[i];
 
-		order[i] = order[j];
-		order[j] = t;
-	}
-	for (uint64_t i = 0; i < nwords; i++) {
-		uint64_t word = order[i];
+                order[i] = order[j];
+                order[j] = t;
+        }
+        for (uint64_t i = 0; i < nwords; i++) {
+                uint64_t word = order[i];
 
-		if (w->paced && i % 4 == 0) {
-			wait_harvest(w, seen);
-			seen = __atomic_load_n(&w->harvests, __ATOMIC_ACQUIRE);
-		}
-		if (rng_below(&rng, 8) == 0) {
-			/* two half-word ORs, like a multi-page write */
-			if (vhm_log_mark_range(w->log, word * 64, 32) ||
-			    vhm_log_mark_range(w->log, word * 64 + 32, 32))
-				abort();
-			w->marked += 64;
-			continue;
-		}
-		for (unsigned int b = 0; b < 64; b++)
-			bits[b] = b;
-		for (unsigned int b = 63; b > 0; b--) {
-			unsigned int j = (unsigned int)rng_below(&rng, b + 1u), t = bits[b];
+                if (w->paced && i % 4 == 0) {
+                        wait_harvest(w, seen);
+                        seen = __atomic_load_n(&w->harvests, __ATOMIC_ACQUIRE);
+                }
+                if (rng_below(&rng, 8) == 0) {
+                        /* two half-word ORs, like a multi-page write */
+                        if (vhm_log_mark_range(w->log, word * 64, 32) ||
+                            vhm_log_mark_range(w->log, word * 64 + 32, 32))
+                                abort();
+                        w->marked += 64;
+                        continue;
+                }
+                for (unsigned int b = 0; b < 64; b++)
+                        bits[b] = b;
+                for (unsigned int b = 63; b > 0; b--) {
+                        unsigned int j = (unsigned int)rng_below(&rng, b + 1u), t = bits[b];
 
-			bits[b] = bits[j];
-			bits[j] = t;
-		}
-		for (unsigned int b = 0; b < 64; b++) {
-			if (vhm_log_mark_page(w->log, word * 64 + bits[b]))
-				abort();
-			w->marked++;
-		}
-	}
-	free(order);
-	__atomic_store_n(&w->done, true, __ATOMIC_RELEASE);
-	return NULL;
+                        bits[b] = bits[j];
+                        bits[j] = t;
+                }
+                for (unsigned int b = 0; b < 64; b++) {
+                        if (vhm_log_mark_page(w->log, word * 64 + bits[b]))
+                                abort();
+                        w->marked++;
+                }
+        }
+        free(order);
+        __atomic_store_n(&w->done, true, __ATOMIC_RELEASE);
+        return NULL;
 }
 
 static void run_concurrent(uint64_t npages, uint64_t seed, bool paced)
 {
-	struct writer w = { .npages = npages, .seed = seed, .paced = paced };
-	struct vhm_bitmap *bm;
-	pthread_t th;
-	uint64_t total = 0, got, harvests = 0, productive = 0;
-	struct vhm_log_harvest_stats st;
+        struct writer w = { .npages = npages, .seed = seed, .paced = paced };
+        struct vhm_bitmap *bm;
+        pthread_t th;
+        uint64_t total = 0, got, harvests = 0, productive = 0;
+        struct vhm_log_harvest_stats st;
 
-	w.log = new_log(npages * 4096);
-	assert_int_equal(vhm_bitmap_new(npages, &bm), 0);
-	pin_to_cpu(0);
-	assert_int_equal(pthread_create(&th, NULL, writer_main, &w), 0);
+        w.log = new_log(npages * 4096);
+        assert_int_equal(vhm_bitmap_new(npages, &bm), 0);
+        pin_to_cpu(0);
+        assert_int_equal(pthread_create(&th, NULL, writer_main, &w), 0);
 
-	while (!__atomic_load_n(&w.done, __ATOMIC_ACQUIRE)) {
-		assert_int_equal(vhm_log_harvest(w.log, bm, &got), 0);
-		total += got;
-		harvests++;
-		productive += got != 0;
-		__atomic_store_n(&w.harvests, harvests, __ATOMIC_RELEASE);
-	}
-	assert_int_equal(pthread_join(th, NULL), 0);
-	{
-		cpu_set_t all;
+        while (!__atomic_load_n(&w.done, __ATOMIC_ACQUIRE)) {
+                assert_int_equal(vhm_log_harvest(w.log, bm, &got), 0);
+                total += got;
+                harvests++;
+                productive += got != 0;
+                __atomic_store_n(&w.harvests, harvests, __ATOMIC_RELEASE);
+        }
+        assert_int_equal(pthread_join(th, NULL), 0);
+        {
+                cpu_set_t all;
 
-		CPU_ZERO(&all);
-		for (int c = 0; c < CPU_SETSIZE; c++)
-			CPU_SET(c, &all);
-		(void)pthread_setaffinity_np(pthread_self(), sizeof(all), &all);
-	}
-	assert_int_equal(vhm_log_harvest(w.log, bm, &got), 0);
-	total += got;
+                CPU_ZERO(&all);
+                for (int c = 0; c < CPU_SETSIZE; c++)
+                        CPU_SET(c, &all);
+                (void)pthread_setaffinity_np(pthread_self(), sizeof(all), &all);
+        }
+        assert_int_equal(vhm_log_harvest(w.log, bm, &got), 0);
+        total += got;
 
-	assert_int_equal(w.marked, npages);
-	assert_int_equal(total, npages);                 /* each page counted once */
-	assert_int_equal(vhm_bitmap_count(bm), npages);  /* and none lost */
-	{
-		struct vhm_bitmap_iter it;
-		uint64_t first, count;
+        assert_int_equal(w.marked, npages);
+        assert_int_equal(total, npages);                 /* each page counted once */
+        assert_int_equal(vhm_bitmap_count(bm), npages);  /* and none lost */
+        {
+                struct vhm_bitmap_iter it;
+                uint64_t first, count;
 
-		vhm_bitmap_iter_init(&it, bm, 0);
-		assert_true(vhm_bitmap_iter_next(&it, &first, &count));
-		assert_int_equal(first, 0);
-		assert_int_equal(count, npages);
-	}
-	vhm_log_get_stats(w.log, &st);
-	assert_int_equal(st.harvests, harvests + 1);
-	assert_int_equal(st.pages, npages);
-	/* paced: the writer waited for a harvest every 4 words, so many
-	 * harvests took pages while it was still writing */
-	if (paced)
-		assert_true(productive >= npages / 64 / 4 / 2);
-	print_message("  %s %llu pages: %llu harvests, %llu took pages while the writer ran"
-		      " (tx %llu committed, %llu aborted)\n",
-		      paced ? "paced" : "free ", (unsigned long long)npages, (unsigned long long)harvests,
-		      (unsigned long long)productive, (unsigned long long)st.tx_commits,
-		      (unsigned long long)st.tx_aborts);
-	vhm_bitmap_free(bm);
-	vhm_log_free(w.log);
+                vhm_bitmap_iter_init(&it, bm, 0);
+                assert_true(vhm_bitmap_iter_next(&it, &first, &count));
+                assert_int_equal(first, 0);
+                assert_int_equal(count, npages);
+        }
+        vhm_log_get_stats(w.log, &st);
+        assert_int_equal(st.harvests, harvests + 1);
+        assert_int_equal(st.pages, npages);
+        /* paced: the writer waited for a harvest every 4 words, so many
+         * harvests took pages while it was still writing */
+        if (paced)
+                assert_true(productive >= npages / 64 / 4 / 2);
+        print_message("  %s %llu pages: %llu harvests, %llu took pages while the writer ran"
+                      " (tx %llu committed, %llu aborted)\n",
+                      paced ? "paced" : "free ", (unsigned long long)npages, (unsigned long long)harvests,
+                      (unsigned long long)productive, (unsigned long long)st.tx_commits,
+                      (unsigned long long)st.tx_aborts);
+        vhm_bitmap_free(bm);
+        vhm_log_free(w.log);
 }
 
 static void harvest_concurrent(void)
 {
-	/* small logs: the harvester sweeps the word being written very often */
-	for (uint64_t r = 0; r < 8; r++) {
-		run_concurrent(UINT64_C(1) << 14, 0xc0ffee + r, false);
-		run_concurrent(UINT64_C(1) << 14, 0xc0ffee + r, true);
-	}
-	for (uint64_t r = 0; r < 2; r++) {
-		run_concurrent(UINT64_C(1) << 18, 0xbeef + r, false);
-		run_concurrent(UINT64_C(1) << 18, 0xbeef + r, true);
-	}
-	/* a 16 GiB guest's log */
-	run_concurrent(UINT64_C(1) << 22, 0xfeed, false);
+        /* small logs: the harvester sweeps the word being written very often */
+        for (uint64_t r = 0; r < 8; r++) {
+                run_concurrent(UINT64_C(1) << 14, 0xc0ffee + r, false);
+                run_concurrent(UINT64_C(1) << 14, 0xc0ffee + r, true);
+        }
+        for (uint64_t r = 0; r < 2; r++) {
+                run_concurrent(UINT64_C(1) << 18, 0xbeef + r, false);
+                run_concurrent(UINT64_C(1) << 18, 0xbeef + r, true);
+        }
+        /* a 16 GiB guest's log */
+        run_concurrent(UINT64_C(1) << 22, 0xfeed, false);
 }
 
 static void test_harvest_concurrent(void **state)
 {
-	(void)state;
-	for_each_impl(harvest_concurrent);
+        (void)state;
+        for_each_impl(harvest_concurrent);
 }
 
 /* A harvest into a bitmap the sender clears between harvests: the union of
  * everything harvested is exactly what was written. */
 static void harvest_union_with_clearing(void)
 {
-	const uint64_t npages = 1 << 16;
-	struct test_rng rng = { 0xa11 };
-	struct vhm_log *log;
-	struct vhm_bitmap *bm, *uni, *ref;
-	struct vhm_bitmap_iter it;
-	uint64_t first, count, got;
+        const uint64_t npages = 1 << 16;
+        struct test_rng rng = { 0xa11 };
+        struct vhm_log *log;
+        struct vhm_bitmap *bm, *uni, *ref;
+        struct vhm_bitmap_iter it;
+        uint64_t first, count, got;
 
-	log = new_log(npages * 4096);
-	assert_int_equal(vhm_bitmap_new(npages, &bm), 0);
-	assert_int_equal(vhm_bitmap_new(npages, &uni), 0);
-	assert_int_equal(vhm_bitmap_new(npages, &ref), 0);
-	for (int round = 0; round < 200; round++) {
-		for (int k = 0; k < 300; k++) {
-			uint64_t p = rng_below(&rng, npages);
+        log = new_log(npages * 4096);
+        assert_int_equal(vhm_bitmap_new(npages, &bm), 0);
+        assert_int_equal(vhm_bitmap_new(npages, &uni), 0);
+        assert_int_equal(vhm_bitmap_new(npages, &ref), 0);
+        for (int round = 0; round < 200; round++) {
+                for (int k = 0; k < 300; k++) {
+                        uint64_t p = rng_below(&rng, npages);
 
-			assert_int_equal(vhm_log_mark_page(log, p), 0);
-			assert_int_equal(vhm_bitmap_set(ref, p), 0);
-		}
-		assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
-		assert_int_equal(got, vhm_bitmap_count(bm)); /* bm was empty */
-		vhm_bitmap_iter_init(&it, bm, 0);
-		while (vhm_bitmap_iter_next(&it, &first, &count)) {
-			assert_int_equal(vhm_bitmap_set_range(uni, first, count), 0);
-			assert_int_equal(vhm_bitmap_clear_range(bm, first, count), 0);
-		}
-	}
-	assert_int_equal(vhm_bitmap_count(uni), vhm_bitmap_count(ref));
-	for (uint64_t p = 0; p < npages; p++)
-		assert_int_equal(vhm_bitmap_test(uni, p), vhm_bitmap_test(ref, p));
-	vhm_bitmap_free(bm);
-	vhm_bitmap_free(uni);
-	vhm_bitmap_free(ref);
-	vhm_log_free(log);
+                        assert_int_equal(vhm_log_mark_page(log, p), 0);
+                        assert_int_equal(vhm_bitmap_set(ref, p), 0);
+                }
+                assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+                assert_int_equal(got, vhm_bitmap_count(bm)); /* bm was empty */
+                vhm_bitmap_iter_init(&it, bm, 0);
+                while (vhm_bitmap_iter_next(&it, &first, &count)) {
+                        assert_int_equal(vhm_bitmap_set_range(uni, first, count), 0);
+                        assert_int_equal(vhm_bitmap_clear_range(bm, first, count), 0);
+                }
+        }
+        assert_int_equal(vhm_bitmap_count(uni), vhm_bitmap_count(ref));
+        for (uint64_t p = 0; p < npages; p++)
+                assert_int_equal(vhm_bitmap_test(uni, p), vhm_bitmap_test(ref, p));
+        vhm_bitmap_free(bm);
+        vhm_bitmap_free(uni);
+        vhm_bitmap_free(ref);
+        vhm_log_free(log);
 }
 
 static void test_harvest_union_with_clearing(void **state)
 {
-	(void)state;
-	for_each_impl(harvest_union_with_clearing);
+        (void)state;
+        for_each_impl(harvest_union_with_clearing);
 }
 
 /* Choosing an implementation; AUTO picks a real one. */
 static void test_impl_choice(void **state)
 {
-	struct vhm_log *log;
+        struct vhm_log *log;
 
-	(void)state;
-	assert_int_equal(vhm_log_new(4096, &log), 0);
-	assert_int_not_equal(vhm_log_get_harvest_impl(log), VHM_LOG_HARVEST_AUTO);
-	print_message("  auto picks %s\n", vhm_log_harvest_impl_name(vhm_log_get_harvest_impl(log)));
-	assert_int_equal(vhm_log_set_harvest_impl(log, VHM_LOG_HARVEST_XCHG), 0);
-	assert_int_equal(vhm_log_get_harvest_impl(log), VHM_LOG_HARVEST_XCHG);
-	assert_int_equal(vhm_log_set_harvest_impl(log, VHM_LOG_HARVEST_AUTO), 0);
-	assert_int_not_equal(vhm_log_get_harvest_impl(log), VHM_LOG_HARVEST_AUTO);
-	assert_int_equal(vhm_log_set_harvest_impl(log, (enum vhm_log_harvest_impl)42), -EINVAL);
-	assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_XCHG), "xchg");
-	assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_CAS16), "cas16");
-	assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_RTM), "rtm");
-	assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_AUTO), "auto");
-	vhm_log_free(log);
+        (void)state;
+        assert_int_equal(vhm_log_new(4096, &log), 0);
+        assert_int_not_equal(vhm_log_get_harvest_impl(log), VHM_LOG_HARVEST_AUTO);
+        print_message("  auto picks %s\n", vhm_log_harvest_impl_name(vhm_log_get_harvest_impl(log)));
+        assert_int_equal(vhm_log_set_harvest_impl(log, VHM_LOG_HARVEST_XCHG), 0);
+        assert_int_equal(vhm_log_get_harvest_impl(log), VHM_LOG_HARVEST_XCHG);
+        assert_int_equal(vhm_log_set_harvest_impl(log, VHM_LOG_HARVEST_AUTO), 0);
+        assert_int_not_equal(vhm_log_get_harvest_impl(log), VHM_LOG_HARVEST_AUTO);
+        assert_int_equal(vhm_log_set_harvest_impl(log, (enum vhm_log_harvest_impl)42), -EINVAL);
+        assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_XCHG), "xchg");
+        assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_CAS16), "cas16");
+        assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_RTM), "rtm");
+        assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_AUTO), "auto");
+        vhm_log_free(log);
 }
 
 /* With RTM, a full log is really taken by transactions (the path is
  * exercised, not just its fallback). */
 static void test_rtm_commits(void **state)
 {
-	struct vhm_log *log;
-	struct vhm_bitmap *bm;
-	struct vhm_log_harvest_stats st;
-	uint64_t got;
+        struct vhm_log *log;
+        struct vhm_bitmap *bm;
+        struct vhm_log_harvest_stats st;
+        uint64_t got;
 
-	(void)state;
-	assert_int_equal(vhm_log_new(UINT64_C(1) << 30, &log), 0);
-	if (vhm_log_set_harvest_impl(log, VHM_LOG_HARVEST_RTM) == -EOPNOTSUPP) {
-		vhm_log_free(log);
-		skip();
-	}
-	assert_int_equal(vhm_bitmap_new(vhm_log_npages(log), &bm), 0);
-	for (int round = 0; round < 3; round++) {
-		assert_int_equal(vhm_log_mark_range(log, 0, vhm_log_npages(log)), 0);
-		assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
-		assert_int_equal(vhm_bitmap_count(bm), vhm_log_npages(log));
-		vhm_bitmap_clear_all(bm);
-	}
-	vhm_log_get_stats(log, &st);
-	print_message("  tx %llu committed, %llu aborted\n", (unsigned long long)st.tx_commits,
-		      (unsigned long long)st.tx_aborts);
-	assert_true(st.tx_commits > 0);
-	assert_int_equal(st.harvests, 3);
-	assert_int_equal(st.pages, 3 * vhm_log_npages(log));
-	vhm_bitmap_free(bm);
-	vhm_log_free(log);
+        (void)state;
+        assert_int_equal(vhm_log_new(UINT64_C(1) << 30, &log), 0);
+        if (vhm_log_set_harvest_impl(log, VHM_LOG_HARVEST_RTM) == -EOPNOTSUPP) {
+                vhm_log_free(log);
+                skip();
+        }
+        assert_int_equal(vhm_bitmap_new(vhm_log_npages(log), &bm), 0);
+        for (int round = 0; round < 3; round++) {
+                assert_int_equal(vhm_log_mark_range(log, 0, vhm_log_npages(log)), 0);
+                assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+                assert_int_equal(vhm_bitmap_count(bm), vhm_log_npages(log));
+                vhm_bitmap_clear_all(bm);
+        }
+        vhm_log_get_stats(log, &st);
+        print_message("  tx %llu committed, %llu aborted\n", (unsigned long long)st.tx_commits,
+                      (unsigned long long)st.tx_aborts);
+        assert_true(st.tx_commits > 0);
+        assert_int_equal(st.harvests, 3);
+        assert_int_equal(st.pages, 3 * vhm_log_npages(log));
+        vhm_bitmap_free(bm);
+        vhm_log_free(log);
 }
 
 int main(void)
 {
-	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_harvest_random),
-		cmocka_unit_test(test_harvest_bitmap_larger),
-		cmocka_unit_test(test_harvest_bitmap_smaller),
-		cmocka_unit_test(test_harvest_concurrent),
-		cmocka_unit_test(test_harvest_union_with_clearing),
-		cmocka_unit_test(test_impl_choice),
-		cmocka_unit_test(test_rtm_commits),
-	};
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_harvest_random),
+                cmocka_unit_test(test_harvest_bitmap_larger),
+                cmocka_unit_test(test_harvest_bitmap_smaller),
+                cmocka_unit_test(test_harvest_concurrent),
+                cmocka_unit_test(test_harvest_union_with_clearing),
+                cmocka_unit_test(test_impl_choice),
+                cmocka_unit_test(test_rtm_commits),
+        };
 
-	return cmocka_run_group_tests(tests, NULL, NULL);
+        return cmocka_run_group_tests(tests, NULL, NULL);
 }
