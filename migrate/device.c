@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "migrate/device.h"
@@ -32,6 +33,7 @@ struct vhm_device {
         enum vhm_device_state state;
         bool resume_after_reconnect;   /* the rings were meant to run when the back-end left */
         bool stop_complete;            /* every ring's index came from GET_VRING_BASE */
+        uint64_t memory_generation;    /* of the VM's layout last sent as the memory table */
 
         struct vhm_queue_spec queues[VHM_DEVICE_MAX_QUEUES];
         uint32_t queues_set;           /* bit per queue index */
@@ -267,6 +269,17 @@ int vhm_device_listen_fd(const struct vhm_device *dev) {
 
 /* ---- starting and stopping ------------------------------------------------ */
 
+static int send_memory_table(struct vhm_device *dev);
+
+int vhm_device_sync_memory(struct vhm_device *dev) {
+        if (!dev->conn || dev->memory_generation == vhm_vm_memory_generation(dev->vm))
+                return 0;
+        /* Before the first start the table goes out with the rings. */
+        if (dev->state != VHM_DEVICE_RUNNING && dev->state != VHM_DEVICE_STOPPED)
+                return 0;
+        return send_memory_table(dev);
+}
+
 static int send_memory_table(struct vhm_device *dev) {
         struct vhu_region regions[VHM_VM_MAX_REGIONS];
         unsigned n = vhm_vm_region_count(dev->vm);
@@ -280,6 +293,7 @@ static int send_memory_table(struct vhm_device *dev) {
                 };
         }
         TRY(dev, "memory table", vhu_set_mem_table(dev->conn, regions, n));
+        dev->memory_generation = vhm_vm_memory_generation(dev->vm);
         return 0;
 }
 
@@ -489,6 +503,11 @@ unsigned vhm_device_reconnect_delay_ms(const struct vhm_device *dev) {
 
 /* ---- dirty logging ------------------------------------------------------ */
 
+static bool same_file(int a, int b) {
+        struct stat sa, sb;
+        return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 int vhm_device_set_log(struct vhm_device *dev, int log_fd, uint64_t log_size) {
         if (log_fd < 0) {
                 /* Forget the log; the back-end keeps its mapping until the next SET_LOG_BASE. */
@@ -500,6 +519,9 @@ int vhm_device_set_log(struct vhm_device *dev, int log_fd, uint64_t log_size) {
                 dev->log_sent = false;
                 return 0;
         }
+        /* The same log again (a resize already handed it over): once is the rule. */
+        if (dev->log_fd >= 0 && same_file(dev->log_fd, log_fd) && dev->log_size == log_size)
+                return send_log_base(dev);
         int fd = fcntl(log_fd, F_DUPFD_CLOEXEC, 3);
         if (fd < 0)
                 return dev_fail(dev, -EBADF, "%s: invalid log fd", dev->socket);

@@ -115,6 +115,14 @@ unsigned vhm_device_used_ring_extents(const struct vhm_device *dev, uint64_t gpa
  */
 void vhm_device_blockers(const struct vhm_device *dev, struct vhm_blockers *out);
 
+/*
+ * Sends the memory table again when the VM's layout changed since it was last
+ * sent (a region added or removed), to a device whose rings were started.
+ * While logging, grow the log first (vhm_logging_memory_changed does both in
+ * that order), so the back-end never sees memory its log does not cover.
+ */
+int vhm_device_sync_memory(struct vhm_device *dev);
+
 /* NET_SET_MTU now (when connected and NET_MTU was negotiated) and on every later start. */
 int vhm_device_set_mtu(struct vhm_device *dev, uint16_t mtu);
 uint16_t vhm_device_mtu(const struct vhm_device *dev);

@@ -294,3 +294,14 @@ int vhm_logging_resize(struct vhm_logging *l) {
                 vhm_log_free(old);
         return all_moved ? 0 : -EIO;
 }
+
+int vhm_logging_memory_changed(struct vhm_logging *l) {
+        /* The log first: a back-end must never be told of memory its log does not cover. */
+        int first_error = vhm_logging_resize(l);
+        for (unsigned i = 0; i < l->ndevices; i++) {
+                int r = vhm_device_sync_memory(l->devices[i]);
+                if (r < 0 && first_error == 0)
+                        first_error = log_fail(l, r, "%s", vhm_device_error(l->devices[i]));
+        }
+        return first_error;
+}

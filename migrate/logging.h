@@ -56,5 +56,12 @@ struct vhm_bitmap *vhm_logging_bitmap(const struct vhm_logging *l);
  */
 int vhm_logging_resize(struct vhm_logging *l);
 
+/*
+ * The VM's memory layout changed: resize the log (when logging), then send
+ * every device the new memory table.  Returns the first error; every device
+ * is tried.
+ */
+int vhm_logging_memory_changed(struct vhm_logging *l);
+
 /* The current log's size in bytes (0 when not logging). */
 uint64_t vhm_logging_log_size(const struct vhm_logging *l);
