@@ -141,22 +141,13 @@ static int wait_serving_channel(void *userdata, int fd, short events, uint64_t d
 
         for (;;) {
                 struct pollfd pfd[2] = { { .fd = fd, .events = events } };
-                nfds_t n = 1;
+                unsigned n = 1;
                 if (c->channel && vhu_backend_channel_is_open(c->channel))
                         pfd[n++] = (struct pollfd) { .fd = vhu_backend_channel_fd(c->channel), .events = POLLIN };
 
-                int timeout = -1;
-                if (deadline_usec != UINT64_MAX) {
-                        uint64_t now = vhu_now_usec();
-                        timeout = now >= deadline_usec ? 0 : (int) ((deadline_usec - now + 999) / 1000);
-                }
-                int r = poll(pfd, n, timeout);
-                if (r < 0 && errno == EINTR)
-                        continue;
+                int r = vhu_poll_until(pfd, n, deadline_usec);
                 if (r < 0)
-                        return -errno;
-                if (r == 0)
-                        return -ETIMEDOUT;
+                        return r;
                 if (n > 1 && pfd[1].revents)
                         (void) vhu_backend_channel_process(c->channel);
                 if (pfd[0].revents)

@@ -33,21 +33,23 @@ static int remaining_ms(uint64_t deadline_usec) {
         return ms > INT32_MAX ? INT32_MAX : (int) ms;
 }
 
-int vhu_wait_poll(void *userdata, int fd, short events, uint64_t deadline_usec) {
-        (void) userdata;
+int vhu_poll_until(struct pollfd *pfds, unsigned n, uint64_t deadline_usec) {
         for (;;) {
-                struct pollfd pfd = { .fd = fd, .events = events };
-                int timeout = remaining_ms(deadline_usec);
-                int r = poll(&pfd, 1, timeout);
+                int r = poll(pfds, n, remaining_ms(deadline_usec));
                 if (r < 0 && errno == EINTR)
                         continue;
                 if (r < 0)
                         return -errno;
-                if (r == 0)
-                        return -ETIMEDOUT;
-                /* POLLHUP/POLLERR: let the following read or write report it. */
-                return 0;
+                return r == 0 ? -ETIMEDOUT : r;
         }
+}
+
+int vhu_wait_poll(void *userdata, int fd, short events, uint64_t deadline_usec) {
+        (void) userdata;
+        struct pollfd pfd = { .fd = fd, .events = events };
+        /* POLLHUP/POLLERR count as ready: the following read or write reports them. */
+        int r = vhu_poll_until(&pfd, 1, deadline_usec);
+        return r < 0 ? r : 0;
 }
 
 static int io_wait(const struct vhu_io *io, int fd, short events, uint64_t deadline_usec) {

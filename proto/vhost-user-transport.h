@@ -27,6 +27,13 @@ struct vhu_io {
         void *userdata;
 };
 
+/*
+ * poll() until something is ready or the deadline passes, through EINTR.
+ * Returns the number of ready fds, -ETIMEDOUT, or another negative errno.
+ */
+struct pollfd;
+int vhu_poll_until(struct pollfd *pfds, unsigned n, uint64_t deadline_usec);
+
 /* The default wait: poll() on the one fd. */
 int vhu_wait_poll(void *userdata, int fd, short events, uint64_t deadline_usec);
 
