@@ -118,13 +118,17 @@ static void device_snapshot_fill(struct device_object *d, struct device_snapshot
                 snprintf(s->last_error, sizeof(s->last_error), "%s", vhm_device_error(dev));
 }
 
-/* The devices as the loop last arranged them; the array changes only under snap_lock. */
-static unsigned copy_devices(struct vm_object *o, struct device_object **out) {
-        pthread_mutex_lock(&o->snap_lock);
-        unsigned n = o->ndevices;
-        memcpy(out, o->devices, n * sizeof(out[0]));
-        pthread_mutex_unlock(&o->snap_lock);
-        return n;
+static void running_add(struct vm_object *o, struct device_object *d) {
+        o->running[o->nrunning++] = d;
+}
+
+static void running_remove(struct vm_object *o, struct device_object *d) {
+        for (unsigned i = 0; i < o->nrunning; i++)
+                if (o->running[i] == d) {
+                        memmove(&o->running[i], &o->running[i + 1], (o->nrunning - i - 1) * sizeof(o->running[0]));
+                        o->nrunning--;
+                        return;
+                }
 }
 
 static void vm_refresh(struct vm_object *o, struct vm_job *j) {
@@ -148,22 +152,15 @@ static void vm_refresh(struct vm_object *o, struct vm_job *j) {
         snprintf(s.last_error, sizeof(s.last_error), "%s", j && j->result < 0 ? j->error : o->snap.last_error);
         pthread_mutex_unlock(&o->snap_lock);
 
-        struct device_object *devs[VHM_LOGGING_MAX_DEVICES];
-        unsigned n = copy_devices(o, devs);
-        struct device_snapshot ds[VHM_LOGGING_MAX_DEVICES + 1];
+        unsigned n = o->nrunning;
+        struct device_snapshot ds[VHM_LOGGING_MAX_DEVICES];
         for (unsigned i = 0; i < n; i++)
-                device_snapshot_fill(devs[i], &ds[i]);
-        /* A device being added is not in the array yet. */
-        bool extra = j && j->device && j->kind == JOB_ADD_DEVICE;
-        if (extra)
-                device_snapshot_fill(j->device, &ds[n]);
+                device_snapshot_fill(o->running[i], &ds[i]);
 
         pthread_mutex_lock(&o->snap_lock);
         o->snap = s;
         for (unsigned i = 0; i < n; i++)
-                devs[i]->snap = ds[i];
-        if (extra)
-                j->device->snap = ds[n];
+                o->running[i]->snap = ds[i];
         pthread_mutex_unlock(&o->snap_lock);
 }
 
@@ -197,11 +194,13 @@ static void run_add_device(struct vm_job *j) {
                 return;
         }
         j->device->dev = dev;
+        running_add(o, j->device);
         daemon_log(LOG_INFO, o, j->device->socket, "device running");
 }
 
 static void run_remove_device(struct vm_job *j) {
         struct device_object *d = j->device;
+        running_remove(j->vm, d);
         vhm_logging_remove_device(j->vm->logging, d->dev);
         vhm_device_free(d->dev);
         d->dev = NULL;
@@ -235,10 +234,8 @@ static void run_harvest(struct vm_job *j) {
 }
 
 static void run_announce_vm(struct vm_job *j) {
-        struct device_object *devs[VHM_LOGGING_MAX_DEVICES];
-        unsigned n = copy_devices(j->vm, devs);
-        for (unsigned i = 0; i < n; i++) {
-                struct vhm_device *dev = devs[i]->dev;
+        for (unsigned i = 0; i < j->vm->nrunning; i++) {
+                struct vhm_device *dev = j->vm->running[i]->dev;
                 if (!dev || !vhm_device_needs_rarp(dev))
                         continue;
                 if (vhm_device_announce(dev) < 0) {
@@ -275,11 +272,9 @@ static void run_device_call(struct vm_job *j) {
 
 /* Connection checks and reconnection attempts with each device's back-off. */
 static void run_monitor(struct vm_job *j) {
-        struct device_object *devs[VHM_LOGGING_MAX_DEVICES];
-        unsigned n = copy_devices(j->vm, devs);
         uint64_t now = vhu_now_usec();
-        for (unsigned i = 0; i < n; i++) {
-                struct device_object *d = devs[i];
+        for (unsigned i = 0; i < j->vm->nrunning; i++) {
+                struct device_object *d = j->vm->running[i];
                 if (!d->dev)
                         continue;
                 if (vhm_device_state(d->dev) != VHM_DEVICE_DISCONNECTED && vhm_device_poll_connection(d->dev) > 0)
@@ -300,12 +295,11 @@ static void run_destroy(struct vm_job *j) {
         struct vm_object *o = j->vm;
         vhm_logging_free(o->logging);   /* stops logging first */
         o->logging = NULL;
-        struct device_object *devs[VHM_LOGGING_MAX_DEVICES];
-        unsigned n = copy_devices(o, devs);
-        for (unsigned i = 0; i < n; i++) {
-                vhm_device_free(devs[i]->dev);
-                devs[i]->dev = NULL;
+        for (unsigned i = 0; i < o->nrunning; i++) {
+                vhm_device_free(o->running[i]->dev);
+                o->running[i]->dev = NULL;
         }
+        o->nrunning = 0;
         vhm_vm_free(o->vm);
         o->vm = NULL;
 }
@@ -449,6 +443,13 @@ static void finish_add(struct vm_job *j) {
                 j->device = NULL;
                 return;
         }
+        if (o->destroying) {
+                /* The worker released it (or will); teardown frees the object once the worker is gone. */
+                job_fail(j, -ESHUTDOWN, VHOSTMIG_ERROR("Busy"), "the VM is being destroyed");
+                d->removed = true;
+                add_to_array(o, d);
+                return;
+        }
         d->number = o->next_device_number++;
         /* InterfacesAdded carries the state: nothing to repeat in PropertiesChanged. */
         pthread_mutex_lock(&o->snap_lock);
@@ -539,6 +540,7 @@ static int teardown_vm(sd_event_source *s, void *userdata) {
         struct daemon *d = o->daemon;
         sd_event_source_unref(s);
         worker_stop(&o->worker);
+        d->vms_tearing_down--;
         for (unsigned i = 0; i < o->ndevices; i++)
                 device_object_free(o->devices[i]);
         pthread_mutex_destroy(&o->snap_lock);
@@ -547,7 +549,8 @@ static int teardown_vm(sd_event_source *s, void *userdata) {
         free(o->name);
         free(o);
         daemon_update_status(d);
-        if (d->shutting_down && !d->vms)
+        /* Exit once the last VM is released, not the first. */
+        if (d->shutting_down && !d->vms && d->vms_tearing_down == 0)
                 sd_event_exit(d->event, 0);
         return 0;
 }
@@ -561,6 +564,7 @@ void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to) {
         }
         (void) sd_bus_emit_object_removed(d->bus, o->path);
         o->destroying = true;
+        d->vms_tearing_down++;
         for (struct vm_object **p = &d->vms; *p; p = &(*p)->next)
                 if (*p == o) {
                         *p = o->next;

@@ -30,6 +30,7 @@ struct daemon {
         unsigned nvms;
         struct worker probe_worker;     /* Probe calls, which belong to no VM */
         sd_event_source *monitor;
+        unsigned vms_tearing_down;      /* destroyed, worker not yet stopped */
         bool shutting_down;
 };
 
@@ -76,8 +77,16 @@ struct vm_object {
         char *path;
         struct vhm_vm *vm;              /* worker thread only, once created */
         struct vhm_logging *logging;    /* worker thread only */
+        /* The devices D-Bus shows (loop thread; changed under snap_lock). */
         struct device_object *devices[VHM_LOGGING_MAX_DEVICES];
         unsigned ndevices;
+        /*
+         * The devices the worker runs (worker thread only).  A device joins
+         * here when its AddDevice job succeeds, before the loop publishes it,
+         * so a DestroyVm queued right behind it still releases it.
+         */
+        struct device_object *running[VHM_LOGGING_MAX_DEVICES];
+        unsigned nrunning;
         unsigned next_device_number;
         struct worker worker;
         bool monitor_queued;

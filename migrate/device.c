@@ -167,6 +167,11 @@ static unsigned queue_count(const struct vhm_device *dev) {
         return 2 * dev->cfg.queue_pairs;
 }
 
+/* Split-ring sizes (virtio 1.x 2.7): where each part ends tells whether it fits guest memory. */
+static uint64_t desc_bytes(unsigned n) { return 16ull * n; }
+static uint64_t avail_bytes(unsigned n) { return 6ull + 2ull * n; }
+static uint64_t used_bytes(unsigned n) { return 6ull + 8ull * n; }
+
 static bool is_power_of_two(unsigned v) {
         return v && !(v & (v - 1));
 }
@@ -181,6 +186,10 @@ int vhm_device_set_queue(struct vhm_device *dev, unsigned index, const struct vh
         if (dev->state == VHM_DEVICE_RUNNING)
                 return dev_fail(dev, -EBUSY, "%s: queue %u: stop the device before changing its queues",
                                 dev->socket, index);
+        if (!vhm_vm_gpa_to_host(dev->vm, spec->desc_gpa, desc_bytes(spec->size)) ||
+            !vhm_vm_gpa_to_host(dev->vm, spec->avail_gpa, avail_bytes(spec->size)) ||
+            !vhm_vm_gpa_to_host(dev->vm, spec->used_gpa, used_bytes(spec->size)))
+                return dev_fail(dev, -EFAULT, "%s: queue %u: ring outside guest memory", dev->socket, index);
 
         int kick = fcntl(spec->kick_fd, F_DUPFD_CLOEXEC, 3);
         int call = kick < 0 ? -1 : fcntl(spec->call_fd, F_DUPFD_CLOEXEC, 3);
@@ -297,10 +306,6 @@ static int send_memory_table(struct vhm_device *dev) {
         return 0;
 }
 
-/* Split-ring sizes (virtio 1.x 2.7): where each part ends tells whether it fits guest memory. */
-static uint64_t desc_bytes(unsigned n) { return 16ull * n; }
-static uint64_t avail_bytes(unsigned n) { return 6ull + 2ull * n; }
-static uint64_t used_bytes(unsigned n) { return 6ull + 8ull * n; }
 
 static int ring_addresses(struct vhm_device *dev, unsigned q, struct vhu_vring_addr *a) {
         const struct vhm_queue_spec *s = &dev->queues[q];
