@@ -20,7 +20,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -28,12 +27,13 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "migrate/device.h"
 #include "migrate/vm.h"
 #include "proto/vhost-user-frontend.h"
+#include "tests/common/clock.h"
+#include "tests/common/guest-device.h"
 #include "tests/common/real-backends.h"
 #include "tests/guest/guest.h"
 
@@ -42,12 +42,6 @@
 #define BLOCK         500u          /* requests per interleaved block */
 #define MSG_BYTES     20u           /* 12-byte header + 8-byte payload */
 #define WARMUP_RUNS   3u
-
-static uint64_t now_ns(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
-}
 
 static int cmp_u64(const void *a, const void *b) {
         uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
@@ -71,38 +65,20 @@ static void die(const char *what, int err) {
 /* ---- keeping off testpmd's forwarding core ----------------------------------------- */
 
 /*
- * testpmd runs its forwarding lcore, which busy-polls, on the second CPU it
- * inherits (its main and control threads, vhost-events among them, on the
- * first).  Sharing that CPU would cost a scheduler time slice per wake-up:
- * while testpmd runs, this process (and the echo child it forks) keeps off it;
- * before starting a testpmd, which inherits our affinity, it lets go again.
+ * testpmd, and this process off its forwarding core: sharing the CPU that
+ * lcore busy-polls would cost a scheduler time slice per wake-up
+ * (real-backends.h says more).  The echo child forked later inherits it.
  */
-static cpu_set_t all_cpus;
-
-static void pin_off_worker(void) {
-        cpu_set_t s = all_cpus;
-        int seen = 0;
-        for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
-                if (CPU_ISSET(cpu, &s) && ++seen == 2) {
-                        CPU_CLR(cpu, &s);
-                        break;
-                }
-        if (seen == 2 && sched_setaffinity(0, sizeof(s), &s) < 0)
-                die("sched_setaffinity", errno);
-}
-
-static void unpin(void) {
-        if (sched_setaffinity(0, sizeof(all_cpus), &all_cpus) < 0)
-                die("sched_setaffinity", errno);
-}
-
-/* testpmd, and this process off its forwarding core. */
 static void testpmd_up(struct real_backend *b, unsigned nqp) {
-        unpin();
-        int e = start_testpmd(b, nqp, 0);
+        int e = testpmd_cpus_restore();
+        if (e < 0)
+                die("sched_setaffinity", e);
+        e = start_testpmd(b, nqp, 0);
         if (e < 0)
                 die("start_testpmd", e);
-        pin_off_worker();
+        e = testpmd_cpus_avoid_worker();
+        if (e < 0)
+                die("sched_setaffinity", e);
 }
 
 /* ---- a guest and a device on testpmd ------------------------------------------- */
@@ -118,41 +94,18 @@ static void rig_init(struct rig *r, unsigned nqp) {
         memset(r, 0, sizeof(*r));
         r->nqp = nqp;
         struct vhm_guest_config gc = { .mem_size = 16u << 20, .queue_pairs = nqp };
-        int e = vhm_guest_create(&gc, &r->g);
+        int e = guest_vm_new("bench", &gc, &r->g, &r->vm);
         if (e < 0)
-                die("vhm_guest_create", e);
-        e = vhm_vm_new("bench", &r->vm);
-        if (e < 0)
-                die("vhm_vm_new", e);
-        struct vhm_region_spec region = {
-                .fd = vhm_guest_mem_fd(r->g), .guest_phys_addr = 0, .size = vhm_guest_mem_size(r->g),
-        };
-        e = vhm_vm_add_region(r->vm, &region);
-        if (e < 0)
-                die(vhm_vm_error(r->vm), e);
+                die(guest_device_error(), e);
 }
 
 static void device_new(struct rig *r, const char *socket) {
         struct vhm_device_config cfg = {
                 .socket = socket, .features = vhm_guest_driver_features(), .queue_pairs = r->nqp,
         };
-        vhm_guest_mac(r->g, cfg.mac);
-        int e = vhm_device_new(r->vm, &cfg, &r->dev);
+        int e = guest_device_new(r->vm, r->g, &cfg, &r->dev, NULL);
         if (e < 0)
-                die("vhm_device_new", e);
-        for (unsigned q = 0; q < 2 * r->nqp; q++) {
-                struct vhm_guest_queue_layout l;
-                e = vhm_guest_queue_layout(r->g, q, &l);
-                if (e < 0)
-                        die("vhm_guest_queue_layout", e);
-                struct vhm_queue_spec spec = {
-                        .size = l.num, .desc_gpa = l.desc_gpa, .avail_gpa = l.avail_gpa, .used_gpa = l.used_gpa,
-                        .kick_fd = l.kick_fd, .call_fd = l.call_fd,
-                };
-                e = vhm_device_set_queue(r->dev, q, &spec);
-                if (e < 0)
-                        die(vhm_device_error(r->dev), e);
-        }
+                die(guest_device_error(), e);
 }
 
 static void device_check(struct rig *r, int e, const char *what) {
@@ -356,8 +309,9 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "bench-device: %s is not installed\n", TESTPMD_BIN);
                 return 1;
         }
-        if (sched_getaffinity(0, sizeof(all_cpus), &all_cpus) < 0)
-                die("sched_getaffinity", errno);
+        int e = testpmd_cpus_init();
+        if (e < 0)
+                die("sched_getaffinity", e);
         /* A child that dies must not take us with it through a write on its socket. */
         signal(SIGPIPE, SIG_IGN);
 

@@ -1,35 +1,49 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "proto/vhost-user-transport.h"
+#include "tests/common/clock.h"
 #include "tests/common/real-backends.h"
-
-static void sleep_ms(unsigned ms) {
-        struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000L };
-        nanosleep(&ts, NULL);
-}
 
 bool backend_available(const char *bin) {
         return access(bin, X_OK) == 0;
 }
 
-static int make_dir(struct real_backend *b, const char *tag) {
+void real_backend_init(struct real_backend *b) {
         memset(b, 0, sizeof(*b));
         b->pid = -1;
         b->stdin_fd = -1;
         b->listen_fd = -1;
-        snprintf(b->dir, sizeof(b->dir), "/tmp/vhostmig-%s-XXXXXX", tag);
-        if (!mkdtemp(b->dir))
-                return -errno;
+}
+
+/*
+ * The back-end's directory: a fresh private one (dir NULL), or `dir` itself,
+ * made again if it is gone, for a back-end restarted at the same path.
+ */
+static int make_dir(struct real_backend *b, const char *tag, const char *dir) {
+        real_backend_init(b);
+        bool made;
+        if (dir) {
+                snprintf(b->dir, sizeof(b->dir), "%s", dir);
+                made = mkdir(b->dir, 0700) == 0 || errno == EEXIST;
+        } else {
+                snprintf(b->dir, sizeof(b->dir), "/tmp/vhostmig-%s-XXXXXX", tag);
+                made = mkdtemp(b->dir) != NULL;
+        }
+        if (!made) {
+                int r = -errno;
+                real_backend_init(b);
+                return r;
+        }
         snprintf(b->socket, sizeof(b->socket), "%s/sock", b->dir);
         snprintf(b->log, sizeof(b->log), "%s/log", b->dir);
         return 0;
@@ -79,8 +93,8 @@ static int wait_for_socket(struct real_backend *b, unsigned timeout_ms) {
         return -ETIMEDOUT;
 }
 
-int start_testpmd(struct real_backend *b, unsigned queues, unsigned flags) {
-        int r = make_dir(b, "testpmd");
+int start_testpmd_at(struct real_backend *b, const char *dir, unsigned queues, unsigned flags) {
+        int r = make_dir(b, "testpmd", dir);
         if (r < 0)
                 return r;
         bool client = flags & TESTPMD_CLIENT;
@@ -124,24 +138,34 @@ int start_testpmd(struct real_backend *b, unsigned queues, unsigned flags) {
         return r;
 }
 
-int start_virtiofsd(struct real_backend *b) {
-        int r = make_dir(b, "virtiofsd");
+int start_testpmd(struct real_backend *b, unsigned queues, unsigned flags) {
+        return start_testpmd_at(b, NULL, queues, flags);
+}
+
+int start_virtiofsd_at(struct real_backend *b, const char *dir) {
+        int r = make_dir(b, "virtiofsd", dir);
         if (r < 0)
                 return r;
         char shared[96], sock_arg[160], src_arg[128];
         snprintf(shared, sizeof(shared), "%s/shared", b->dir);
-        if (mkdir(shared, 0755) < 0)
-                return -errno;
+        if (mkdir(shared, 0755) < 0 && errno != EEXIST) {
+                r = -errno;
+                stop_backend(b);
+                return r;
+        }
         snprintf(sock_arg, sizeof(sock_arg), "--socket-path=%s", b->socket);
         snprintf(src_arg, sizeof(src_arg), "source=%s", shared);
         char *argv[] = { VIRTIOFSD_BIN, sock_arg, "-o", src_arg, "-o", "cache=none", NULL };
         r = spawn(b, argv);
-        if (r < 0)
-                return r;
-        r = wait_for_socket(b, 10000);
+        if (r == 0)
+                r = wait_for_socket(b, 10000);
         if (r < 0)
                 stop_backend(b);
         return r;
+}
+
+int start_virtiofsd(struct real_backend *b) {
+        return start_virtiofsd_at(b, NULL);
 }
 
 bool backend_exited(struct real_backend *b, unsigned timeout_ms) {
@@ -191,4 +215,39 @@ void stop_backend(struct real_backend *b) {
                 rmdir(b->dir);
                 b->dir[0] = '\0';
         }
+}
+
+/* ---- keeping off testpmd's forwarding core ---------------------------------------- */
+
+static cpu_set_t all_cpus;
+static bool all_cpus_saved;
+
+int testpmd_cpus_init(void) {
+        if (sched_getaffinity(0, sizeof(all_cpus), &all_cpus) < 0)
+                return -errno;
+        all_cpus_saved = true;
+        return 0;
+}
+
+int testpmd_cpus_avoid_worker(void) {
+        if (!all_cpus_saved)
+                return -EINVAL;
+        cpu_set_t s = all_cpus;
+        int seen = 0;
+        for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+                if (CPU_ISSET(cpu, &s) && ++seen == 2) {
+                        CPU_CLR(cpu, &s);
+                        break;
+                }
+        if (seen == 2 && sched_setaffinity(0, sizeof(s), &s) < 0)
+                return -errno;
+        return 0;
+}
+
+int testpmd_cpus_restore(void) {
+        if (!all_cpus_saved)
+                return -EINVAL;
+        if (sched_setaffinity(0, sizeof(all_cpus), &all_cpus) < 0)
+                return -errno;
+        return 0;
 }

@@ -43,6 +43,7 @@
 
 #include <systemd/sd-bus.h>
 
+#include "tests/common/clock.h"
 #include "proto/vhost-user.h"
 #include "proto/vhost-user-table.h"
 #include "tests/backend/test-backend.h"
@@ -76,18 +77,6 @@
 #define LOG_ALL_BIT    (UINT64_C(1) << VHU_VF_LOG_ALL)
 
 /* ---- small things ------------------------------------------------------------------ */
-
-static uint64_t now_ms(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(unsigned ms) {
-        struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000L };
-        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-                ;
-}
 
 static bool has_prefix(const char *s, const char *prefix) {
         return strncmp(s, prefix, strlen(prefix)) == 0;

@@ -6,12 +6,6 @@
  * hangs past the timeout, and `vhostmigctl probe` turns each misbehaviour
  * into exit status 1 and one line on stderr.
  */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
-
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -26,6 +20,7 @@
 #include "proto/vhost-user-frontend.h"
 #include "proto/vhost-user-table.h"
 #include "tests/backend/test-backend.h"
+#include "tests/common/check.h"
 #include "tests/common/fd-count.h"
 
 #define TIMEOUT_MS 500u
@@ -67,11 +62,27 @@ static struct vhu_conn *env_connect(struct env *e) {
         return c;
 }
 
-#define OK(c, call) do { \
-                int r_ = (call); \
-                if (r_ < 0) \
-                        fail_msg("%s: %s (%s)", #call, vhu_conn_error(c), strerror(-r_)); \
-        } while (0)
+/* The test back-end started with cfg, connected to, and negotiated with. */
+static struct vhu_conn *env_start_negotiated(struct env *e, struct tb_config *cfg) {
+        env_start(e, cfg);
+        struct vhu_conn *c = env_connect(e);
+        CONN_CHECK(c, vhu_negotiate(c, NULL));
+        return c;
+}
+
+/* A default configuration with one fault (a tb_parse_fault spec). */
+static void config_with_fault(struct tb_config *cfg, const char *spec) {
+        tb_config_init(cfg);
+        struct tb_fault f;
+        assert_int_equal(tb_parse_fault(spec, &f), 0);
+        assert_int_equal(tb_config_add_fault(cfg, &f), 0);
+}
+
+/* The request a fault spec names: what comes before its first ':'. */
+static const char *spec_request(const char *spec, char name[64]) {
+        snprintf(name, 64, "%.*s", (int) strcspn(spec, ":"), spec);
+        return name;
+}
 
 static void assert_no_violation(const struct env *e) {
         if (tb_record_count(e->record, "VIOLATION") != 0) {
@@ -90,9 +101,7 @@ static void every_request_goes_through(void **state) {
         cfg.protocol_features |= VHU_BIT(VHU_PF_PAGEFAULT);
         cfg.features |= VHU_BIT(VHU_VF_ACCESS_PLATFORM);
         struct env e;
-        env_start(&e, &cfg);
-        struct vhu_conn *c = env_connect(&e);
-        OK(c, vhu_negotiate(c, NULL));
+        struct vhu_conn *c = env_start_negotiated(&e, &cfg);
         assert_int_equal(vhu_conn_queue_num(c), TB_DEFAULT_QUEUES);
         assert_int_equal(vhu_conn_max_mem_slots(c), TB_DEFAULT_MAX_MEM_SLOTS);
 
@@ -105,53 +114,53 @@ static void every_request_goes_through(void **state) {
         int log = memfd_create("log", MFD_CLOEXEC);
         assert_int_equal(ftruncate(log, 4096), 0);
 
-        OK(c, vhu_set_features(c, VHU_BIT(VHU_VF_VERSION_1) | VHU_BIT(VHU_VF_ACCESS_PLATFORM)));
-        OK(c, vhu_set_mem_table(c, &reg, 1));
-        OK(c, vhu_set_log_base(c, log, 4096, 0));
-        OK(c, vhu_set_log_fd(c, efd));
-        OK(c, vhu_set_vring_num(c, 0, 256));
-        OK(c, vhu_set_vring_base(c, 0, 7));
+        CONN_CHECK(c, vhu_set_features(c, VHU_BIT(VHU_VF_VERSION_1) | VHU_BIT(VHU_VF_ACCESS_PLATFORM)));
+        CONN_CHECK(c, vhu_set_mem_table(c, &reg, 1));
+        CONN_CHECK(c, vhu_set_log_base(c, log, 4096, 0));
+        CONN_CHECK(c, vhu_set_log_fd(c, efd));
+        CONN_CHECK(c, vhu_set_vring_num(c, 0, 256));
+        CONN_CHECK(c, vhu_set_vring_base(c, 0, 7));
         struct vhu_vring_addr a = { .index = 0, .desc_user_addr = base, .avail_user_addr = base + 0x1000,
                                     .used_user_addr = base + 0x2000, .log_guest_addr = 0x2000 };
-        OK(c, vhu_set_vring_addr(c, &a));
-        OK(c, vhu_set_vring_kick(c, 0, efd));
-        OK(c, vhu_set_vring_call(c, 0, efd));
-        OK(c, vhu_set_vring_err(c, 0, efd));
-        OK(c, vhu_set_vring_enable(c, 0, true));
+        CONN_CHECK(c, vhu_set_vring_addr(c, &a));
+        CONN_CHECK(c, vhu_set_vring_kick(c, 0, efd));
+        CONN_CHECK(c, vhu_set_vring_call(c, 0, efd));
+        CONN_CHECK(c, vhu_set_vring_err(c, 0, efd));
+        CONN_CHECK(c, vhu_set_vring_enable(c, 0, true));
         const uint8_t mac[6] = { 2, 0, 0, 0, 0, 1 };
-        OK(c, vhu_send_rarp(c, mac));
-        OK(c, vhu_net_set_mtu(c, 1500));
+        CONN_CHECK(c, vhu_send_rarp(c, mac));
+        CONN_CHECK(c, vhu_net_set_mtu(c, 1500));
         struct vhu_iotlb iotlb = { .iova = 0, .size = 4096, .uaddr = base, .perm = VHU_ACCESS_RW, .type = VHU_IOTLB_UPDATE };
-        OK(c, vhu_iotlb_msg(c, &iotlb));
-        OK(c, vhu_set_vring_endian(c, 0, false));
+        CONN_CHECK(c, vhu_iotlb_msg(c, &iotlb));
+        CONN_CHECK(c, vhu_set_vring_endian(c, 0, false));
         uint8_t cfgbuf[16], cfgin[16] = { 1, 2, 3 };
-        OK(c, vhu_get_config(c, 0, sizeof(cfgbuf), 0, cfgbuf));
-        OK(c, vhu_set_config(c, 0, sizeof(cfgin), VHU_CONFIG_FLAG_WRITABLE, cfgin));
+        CONN_CHECK(c, vhu_get_config(c, 0, sizeof(cfgbuf), 0, cfgbuf));
+        CONN_CHECK(c, vhu_set_config(c, 0, sizeof(cfgin), VHU_CONFIG_FLAG_WRITABLE, cfgin));
         uint8_t session[64] = { 0 };
         int64_t sid = -1;
-        OK(c, vhu_create_crypto_session(c, session, sizeof(session), &sid));
+        CONN_CHECK(c, vhu_create_crypto_session(c, session, sizeof(session), &sid));
         assert_true(sid >= 0);
-        OK(c, vhu_close_crypto_session(c, sid));
+        CONN_CHECK(c, vhu_close_crypto_session(c, sid));
         int ufd = -1;
-        OK(c, vhu_postcopy_advise(c, &ufd));
+        CONN_CHECK(c, vhu_postcopy_advise(c, &ufd));
         assert_true(ufd >= 0);
         close(ufd);
-        OK(c, vhu_postcopy_listen(c));
-        OK(c, vhu_postcopy_end(c));
+        CONN_CHECK(c, vhu_postcopy_listen(c));
+        CONN_CHECK(c, vhu_postcopy_end(c));
         struct vhu_inflight inflight;
         int ifd = -1;
-        OK(c, vhu_get_inflight_fd(c, 2, 256, &inflight, &ifd));
+        CONN_CHECK(c, vhu_get_inflight_fd(c, 2, 256, &inflight, &ifd));
         assert_true(inflight.mmap_size > 0 && ifd >= 0);
-        OK(c, vhu_set_inflight_fd(c, &inflight, ifd));
+        CONN_CHECK(c, vhu_set_inflight_fd(c, &inflight, ifd));
         close(ifd);
-        OK(c, vhu_gpu_set_socket(c, efd));
-        OK(c, vhu_vring_kick(c, 0));
+        CONN_CHECK(c, vhu_gpu_set_socket(c, efd));
+        CONN_CHECK(c, vhu_vring_kick(c, 0));
         struct vhu_region hot = { mem, 0x100000000, 1 << 20, base, 0 };
-        OK(c, vhu_add_mem_reg(c, &hot));
-        OK(c, vhu_rem_mem_reg(c, &hot));
-        OK(c, vhu_set_status(c, 0xf));
+        CONN_CHECK(c, vhu_add_mem_reg(c, &hot));
+        CONN_CHECK(c, vhu_rem_mem_reg(c, &hot));
+        CONN_CHECK(c, vhu_set_status(c, 0xf));
         uint8_t status = 0;
-        OK(c, vhu_get_status(c, &status));
+        CONN_CHECK(c, vhu_get_status(c, &status));
         assert_int_equal(status, 0xf);
         uint8_t uuid[16] = { 0x42 };
         int sfd;
@@ -159,17 +168,17 @@ static void every_request_goes_through(void **state) {
         int pipefd[2];
         assert_int_equal(pipe2(pipefd, O_CLOEXEC), 0);
         int reply_fd = 0;
-        OK(c, vhu_set_device_state_fd(c, VHU_TRANSFER_SAVE, VHU_TRANSFER_STOPPED, pipefd[1], &reply_fd));
+        CONN_CHECK(c, vhu_set_device_state_fd(c, VHU_TRANSFER_SAVE, VHU_TRANSFER_STOPPED, pipefd[1], &reply_fd));
         assert_int_equal(reply_fd, -1);
         close(pipefd[0]);
         close(pipefd[1]);
-        OK(c, vhu_check_device_state(c));
+        CONN_CHECK(c, vhu_check_device_state(c));
         unsigned vbase = 0;
-        OK(c, vhu_get_vring_base(c, 0, &vbase));
+        CONN_CHECK(c, vhu_get_vring_base(c, 0, &vbase));
         assert_int_equal(vbase, 7);
-        OK(c, vhu_reset_device(c));
-        OK(c, vhu_reset_owner(c));
-        OK(c, vhu_barrier(c));
+        CONN_CHECK(c, vhu_reset_device(c));
+        CONN_CHECK(c, vhu_reset_owner(c));
+        CONN_CHECK(c, vhu_barrier(c));
         vhu_conn_free(c);
         close(efd);
         close(log);
@@ -220,10 +229,7 @@ static void each_fault_is_detected(void **state) {
         for (size_t i = 0; i < sizeof(fault_cases) / sizeof(fault_cases[0]); i++) {
                 const struct fault_case *fc = &fault_cases[i];
                 struct tb_config cfg;
-                tb_config_init(&cfg);
-                struct tb_fault f;
-                assert_int_equal(tb_parse_fault(fc->fault, &f), 0);
-                assert_int_equal(tb_config_add_fault(&cfg, &f), 0);
+                config_with_fault(&cfg, fc->fault);
                 struct env e;
                 env_start(&e, &cfg);
                 struct vhu_conn *c = env_connect(&e);
@@ -237,8 +243,7 @@ static void each_fault_is_detected(void **state) {
                         fail_msg("%s: error \"%s\" does not mention \"%s\"", fc->fault, vhu_conn_error(c), fc->mentions);
                 /* The request that failed is named too. */
                 char name[64];
-                snprintf(name, sizeof(name), "%.*s", (int) strcspn(fc->fault, ":"), fc->fault);
-                if (!strstr(vhu_conn_error(c), name))
+                if (!strstr(vhu_conn_error(c), spec_request(fc->fault, name)))
                         fail_msg("%s: error \"%s\" does not name %s", fc->fault, vhu_conn_error(c), name);
                 assert_int_equal(vhu_conn_is_connected(c), fc->connection_survives);
                 assert_true(ms < TIMEOUT_MS + 1000); /* never past the timeout */
@@ -251,18 +256,13 @@ static void each_fault_is_detected(void **state) {
 static void nack_fails_only_that_request(void **state) {
         (void) state;
         struct tb_config cfg;
-        tb_config_init(&cfg);
-        struct tb_fault f;
-        assert_int_equal(tb_parse_fault("SET_VRING_NUM:nack=22:2", &f), 0);
-        tb_config_add_fault(&cfg, &f);
+        config_with_fault(&cfg, "SET_VRING_NUM:nack=22:2");
         struct env e;
-        env_start(&e, &cfg);
-        struct vhu_conn *c = env_connect(&e);
-        OK(c, vhu_negotiate(c, NULL));
-        OK(c, vhu_set_vring_num(c, 0, 256));
+        struct vhu_conn *c = env_start_negotiated(&e, &cfg);
+        CONN_CHECK(c, vhu_set_vring_num(c, 0, 256));
         assert_int_equal(vhu_set_vring_num(c, 1, 256), -EREMOTEIO);
         assert_non_null(strstr(vhu_conn_error(c), "SET_VRING_NUM: back-end refused the request (status 22)"));
-        OK(c, vhu_set_vring_num(c, 1, 256));
+        CONN_CHECK(c, vhu_set_vring_num(c, 1, 256));
         vhu_conn_free(c);
         assert_no_violation(&e);
         env_stop(&e);
@@ -276,15 +276,10 @@ static void bad_replies_to_typed_requests(void **state) {
         };
         for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
                 struct tb_config cfg;
-                tb_config_init(&cfg);
-                struct tb_fault f;
-                assert_int_equal(tb_parse_fault(specs[i], &f), 0);
-                tb_config_add_fault(&cfg, &f);
+                config_with_fault(&cfg, specs[i]);
                 struct env e;
-                env_start(&e, &cfg);
-                struct vhu_conn *c = env_connect(&e);
-                OK(c, vhu_negotiate(c, NULL));
-                OK(c, vhu_get_features(c, &(uint64_t) { 0 }));
+                struct vhu_conn *c = env_start_negotiated(&e, &cfg);
+                CONN_CHECK(c, vhu_get_features(c, &(uint64_t) { 0 }));
 
                 int mem = memfd_create("mem", MFD_CLOEXEC);
                 assert_int_equal(ftruncate(mem, 4096), 0);
@@ -305,8 +300,7 @@ static void bad_replies_to_typed_requests(void **state) {
                 }
                 close(mem);
                 char name[64];
-                snprintf(name, sizeof(name), "%.*s", (int) strcspn(specs[i], ":"), specs[i]);
-                if (r >= 0 || !strstr(vhu_conn_error(c), name))
+                if (r >= 0 || !strstr(vhu_conn_error(c), spec_request(specs[i], name)))
                         fail_msg("%s: returned %d, error \"%s\"", specs[i], r, vhu_conn_error(c));
                 assert_false(vhu_conn_is_connected(c));
                 vhu_conn_free(c);
@@ -325,16 +319,14 @@ static void missing_features_are_never_used(void **state) {
         cfg.no_mq = true;
         cfg.no_reply_ack = true;
         struct env e;
-        env_start(&e, &cfg);
-        struct vhu_conn *c = env_connect(&e);
-        OK(c, vhu_negotiate(c, NULL));
+        struct vhu_conn *c = env_start_negotiated(&e, &cfg);
         assert_int_equal(vhu_conn_queue_num(c), 1);
         const uint8_t mac[6] = { 2, 0, 0, 0, 0, 1 };
         assert_int_equal(vhu_send_rarp(c, mac), -ENOTSUP);
         assert_int_equal(vhu_set_log_base(c, 0, 4096, 0), -ENOTSUP);
         assert_int_equal(vhu_get_queue_num(c, &(uint64_t) { 0 }), -ENOTSUP);
-        OK(c, vhu_set_vring_num(c, 0, 256));
-        OK(c, vhu_barrier(c));
+        CONN_CHECK(c, vhu_set_vring_num(c, 0, 256));
+        CONN_CHECK(c, vhu_barrier(c));
         vhu_conn_free(c);
         assert_false(tb_record_contains(e.record, "SEND_RARP"));
         assert_false(tb_record_contains(e.record, "SET_LOG_BASE"));
@@ -351,9 +343,7 @@ static void no_protocol_features_at_all(void **state) {
         tb_config_init(&cfg);
         cfg.no_protocol_features = true;
         struct env e;
-        env_start(&e, &cfg);
-        struct vhu_conn *c = env_connect(&e);
-        OK(c, vhu_negotiate(c, NULL));
+        struct vhu_conn *c = env_start_negotiated(&e, &cfg);
         assert_int_equal(vhu_conn_protocol_features(c), 0);
         assert_int_equal(vhu_set_vring_enable(c, 0, true), -ENOTSUP);
         vhu_conn_free(c);
@@ -385,8 +375,8 @@ static void backend_requests_are_answered(void **state) {
         int changes = 0;
         const struct vhu_backend_handlers h = { .config_change = count_config_changes };
         struct vhu_negotiation n = { .backend_handlers = &h, .backend_userdata = &changes };
-        OK(c, vhu_negotiate(c, &n));
-        OK(c, vhu_barrier(c));
+        CONN_CHECK(c, vhu_negotiate(c, &n));
+        CONN_CHECK(c, vhu_barrier(c));
         /* Serve whatever came after SET_OWNER's reply. */
         struct vhu_backend_channel *ch = vhu_conn_backend_channel(c);
         for (int i = 0; i < 50 && tb_record_count(e.record, "BACKEND_REPLY") < 2; i++) {
@@ -429,10 +419,7 @@ static void probe_reports_each_misbehaviour(void **state) {
         };
         for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
                 struct tb_config cfg;
-                tb_config_init(&cfg);
-                struct tb_fault f;
-                assert_int_equal(tb_parse_fault(specs[i], &f), 0);
-                tb_config_add_fault(&cfg, &f);
+                config_with_fault(&cfg, specs[i]);
                 struct env e;
                 env_start(&e, &cfg);
                 char err[1024];
@@ -442,8 +429,7 @@ static void probe_reports_each_misbehaviour(void **state) {
                         fail_msg("%s: exit %d, expected 1 (stderr: %s)", specs[i], rc, err);
                 /* Exactly one line, naming the request. */
                 char name[64];
-                snprintf(name, sizeof(name), "%.*s", (int) strcspn(specs[i], ":"), specs[i]);
-                if (!strstr(err, name) || strchr(err, '\n') != err + strlen(err) - 1)
+                if (!strstr(err, spec_request(specs[i], name)) || strchr(err, '\n') != err + strlen(err) - 1)
                         fail_msg("%s: stderr \"%s\"", specs[i], err);
                 assert_true(ms < 3000);
                 env_stop(&e);

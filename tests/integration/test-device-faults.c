@@ -7,43 +7,26 @@
  * the device state can be asserted: a refusal leaves the link usable, a broken
  * link makes the device DISCONNECTED and reconnectable, and nothing leaks.
  */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
-
 #include <errno.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "migrate/device.h"
 #include "migrate/vm.h"
 #include "proto/vhost-user.h"
 #include "tests/backend/test-backend.h"
+#include "tests/common/check.h"
+#include "tests/common/clock.h"
 #include "tests/common/fd-count.h"
+#include "tests/common/guest-device.h"
 #include "tests/guest/guest.h"
 
 /* Queue pairs of the device: 2, or 1 where the back-end offers no MQ. */
 static unsigned queue_pairs = 2;
 #define NQUEUES     (2 * queue_pairs)
-
-static uint64_t now_ms(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(unsigned ms) {
-        struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000L };
-        nanosleep(&ts, NULL);
-}
 
 /* ---- the fixture: a test back-end, a guest, its VM and device ---------------------- */
 
@@ -61,6 +44,12 @@ struct fx {
 
 static struct fx fx;
 
+/* A default back-end configuration, recording to the test's record file. */
+static void reset_config(void) {
+        tb_config_init(&fx.cfg);
+        fx.cfg.record_path = fx.record;
+}
+
 static int setup(void **state) {
         (void) state;
         memset(&fx, 0, sizeof(fx));
@@ -72,8 +61,7 @@ static int setup(void **state) {
                 return -1;
         snprintf(fx.socket, sizeof(fx.socket), "%s/sock", fx.dir);
         snprintf(fx.record, sizeof(fx.record), "%s/record", fx.dir);
-        tb_config_init(&fx.cfg);
-        fx.cfg.record_path = fx.record;
+        reset_config();
         fx.cfg.io_timeout_ms = 3000;
         return 0;
 }
@@ -103,24 +91,26 @@ static int teardown(void **state) {
         return 0;
 }
 
-/* The back-end served all its connections: it exits by itself, cleanly (and its record is complete). */
-static void wait_backend_exit(void) {
-        int status = tb_wait_exit(fx.pid, 3000);
-        if (status < 0)
-                fail_msg("the test back-end did not exit: %s", strerror(-status));
-        fx.pid = -1;
-        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+/* The device broke no rule the back-end checks. */
+static void assert_no_violation(void) {
+        char *rec = tb_record_read(fx.record);
+        assert_non_null(rec);
+        if (strstr(rec, "VIOLATION"))
+                fail_msg("the test back-end recorded violations:\n%s", rec);
+        free(rec);
 }
 
 /*
  * Everything freed; the back-end, having served every connection it was
- * configured for, gone by itself; not one fd more than before the test.
+ * configured for, gone by itself; not one fd more than before the test; and
+ * no rule broken in the record.
  */
 static void finish(void) {
         free_device();
         if (fx.pid > 0)
-                wait_backend_exit();
+                assert_tb_exits_cleanly(&fx.pid, 3000);
         assert_int_equal(count_open_fds(), fx.fds_before);
+        assert_no_violation();
 }
 
 static void add_fault(const char *spec) {
@@ -135,37 +125,19 @@ static void spawn_backend(void) {
                 fail_msg("tb_spawn_listen(%s): %s", fx.socket, strerror(-r));
 }
 
-#define DEV_CHECK(call) do { \
-                int r_ = (call); \
-                if (r_ < 0) \
-                        fail_msg("%s failed: %s (%s)", #call, vhm_device_error(fx.dev), strerror(-r_)); \
-        } while (0)
+/* DEV_CHECK on the fixture's device. */
+#define FX_CHECK(call) DEV_CHECK(fx.dev, call)
 
 /* A guest (memory and rings) with queue_pairs pairs, its VM, and a device for it. */
 static void make_device(bool server, unsigned timeout_ms) {
         struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = queue_pairs, .ring_size = 64 };
-        assert_int_equal(vhm_guest_create(&gc, &fx.g), 0);
-        assert_int_equal(vhm_vm_new("faults", &fx.vm), 0);
-        struct vhm_region_spec region = {
-                .fd = vhm_guest_mem_fd(fx.g), .guest_phys_addr = 0, .size = vhm_guest_mem_size(fx.g),
-        };
-        assert_int_equal(vhm_vm_add_region(fx.vm, &region), 0);
+        GD_CHECK(guest_vm_new("faults", &gc, &fx.g, &fx.vm));
         struct vhm_device_config cfg = {
                 .socket = fx.socket, .server = server, .timeout_ms = timeout_ms,
                 .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
                 .queue_pairs = queue_pairs, .mtu = 1500,
         };
-        vhm_guest_mac(fx.g, cfg.mac);
-        assert_int_equal(vhm_device_new(fx.vm, &cfg, &fx.dev), 0);
-        for (unsigned q = 0; q < NQUEUES; q++) {
-                struct vhm_guest_queue_layout l;
-                assert_int_equal(vhm_guest_queue_layout(fx.g, q, &l), 0);
-                struct vhm_queue_spec spec = {
-                        .size = l.num, .desc_gpa = l.desc_gpa, .avail_gpa = l.avail_gpa, .used_gpa = l.used_gpa,
-                        .kick_fd = l.kick_fd, .call_fd = l.call_fd,
-                };
-                DEV_CHECK(vhm_device_set_queue(fx.dev, q, &spec));
-        }
+        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &fx.dev, NULL));
 }
 
 /* The back-end was stopped: the device notices within a second. */
@@ -182,13 +154,38 @@ static void reconnect(void) {
         int r;
         while ((r = vhm_device_reconnect(fx.dev, 1000)) == -EAGAIN && now_ms() - t0 < 10000)
                 sleep_ms(vhm_device_reconnect_delay_ms(fx.dev));
-        DEV_CHECK(r);
+        FX_CHECK(r);
 }
 
 static void connect_and_start(void) {
-        DEV_CHECK(vhm_device_connect(fx.dev));
-        DEV_CHECK(vhm_device_start(fx.dev));
+        FX_CHECK(vhm_device_connect(fx.dev));
+        FX_CHECK(vhm_device_start(fx.dev));
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
+}
+
+/* The back-end as configured, and a client-mode device running on it. */
+static void running_device(unsigned timeout_ms) {
+        spawn_backend();
+        make_device(false, timeout_ms);
+        connect_and_start();
+}
+
+/* The back-end is stopped under the device, which notices. */
+static void lose_backend(void) {
+        stop_child();
+        await_disconnect();
+}
+
+/* A new back-end at the same path, and the device reconnected to it. */
+static void backend_back(void) {
+        spawn_backend();
+        reconnect();
+}
+
+/* Each ring's last known index is base + its queue number. */
+static void assert_ring_indices(unsigned base) {
+        for (unsigned q = 0; q < NQUEUES; q++)
+                assert_int_equal(vhm_device_ring_index(fx.dev, q), base + q);
 }
 
 /* ---- reading the record ------------------------------------------------------- */
@@ -236,13 +233,18 @@ static unsigned count(const struct lines *l, const char *request, const char *ne
         return n;
 }
 
-/* The device broke no rule the back-end checks. */
-static void assert_no_violation(void) {
-        char *rec = tb_record_read(fx.record);
-        assert_non_null(rec);
-        if (strstr(rec, "VIOLATION"))
-                fail_msg("the test back-end recorded violations:\n%s", rec);
-        free(rec);
+/* After the nth connection opened (from 1), each ring was started from base + its queue number. */
+static void assert_rings_based_at(unsigned nth, unsigned base) {
+        struct lines l;
+        read_record(&l);
+        int conn = nth_connection(&l, nth);
+        assert_true(conn > 0);
+        for (unsigned q = 0; q < NQUEUES; q++) {
+                char needle[40];
+                snprintf(needle, sizeof(needle), "index=%u num=%u", q, base + q);
+                assert_true(find(&l, (unsigned) conn, "SET_VRING_BASE", needle) > conn);
+        }
+        free(l.buf);
 }
 
 static void dump_record(void) {
@@ -255,19 +257,16 @@ static void dump_record(void) {
 
 static void clean_lifecycle(void **state) {
         (void) state;
-        spawn_backend();
-        make_device(false, 0);
-        connect_and_start();
+        running_device(0);
         assert_int_equal(vhm_device_queue_pairs(fx.dev), queue_pairs);
         assert_true(vhm_device_needs_rarp(fx.dev));
-        DEV_CHECK(vhm_device_stop(fx.dev));
+        FX_CHECK(vhm_device_stop(fx.dev));
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_STOPPED);
-        DEV_CHECK(vhm_device_resume(fx.dev));
-        DEV_CHECK(vhm_device_announce(fx.dev));
+        FX_CHECK(vhm_device_resume(fx.dev));
+        FX_CHECK(vhm_device_announce(fx.dev));
         assert_int_equal(vhm_device_poll_connection(fx.dev), 1);
         finish();
 
-        assert_no_violation();
         struct lines l;
         read_record(&l);
         /* Once per connection: SET_OWNER; the rings twice (start, resume); stopped once while
@@ -295,14 +294,11 @@ static void clean_lifecycle(void **state) {
  */
 static void rings_enabled_and_disabled_explicitly(void **state) {
         (void) state;
-        spawn_backend();
-        make_device(false, 0);
-        connect_and_start();
+        running_device(0);
         uint64_t acked = vhm_device_acked_features(fx.dev);
-        DEV_CHECK(vhm_device_stop(fx.dev));
+        FX_CHECK(vhm_device_stop(fx.dev));
         finish();
 
-        assert_no_violation();
         struct lines l;
         read_record(&l);
         if (!(acked & VHU_BIT(VHU_VF_PROTOCOL_FEATURES))) {
@@ -333,7 +329,7 @@ static void refusal_fails_only_that_start(void **state) {
         add_fault("SET_VRING_ADDR:nack:1");
         spawn_backend();
         make_device(false, 0);
-        DEV_CHECK(vhm_device_connect(fx.dev));
+        FX_CHECK(vhm_device_connect(fx.dev));
         int r = vhm_device_start(fx.dev);
         assert_int_equal(r, -EREMOTEIO);
         printf("  refused: %s\n", vhm_device_error(fx.dev));
@@ -341,11 +337,10 @@ static void refusal_fails_only_that_start(void **state) {
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_FAILED);
         assert_int_equal(vhm_device_poll_connection(fx.dev), 1);
         assert_non_null(vhm_device_conn(fx.dev));
-        DEV_CHECK(vhm_device_start(fx.dev));
+        FX_CHECK(vhm_device_start(fx.dev));
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
         assert_int_equal(vhm_device_stats(fx.dev)->connects, 1);
         finish();
-        assert_no_violation();
 }
 
 /* The back-end closes in the middle of a start: DISCONNECTED, then reconnect and start. */
@@ -355,7 +350,7 @@ static void close_during_start(void **state) {
         fx.cfg.max_connections = 2;
         spawn_backend();
         make_device(false, 0);
-        DEV_CHECK(vhm_device_connect(fx.dev));
+        FX_CHECK(vhm_device_connect(fx.dev));
         int r = vhm_device_start(fx.dev);
         assert_true(r < 0);
         printf("  start: %s (%s)\n", strerror(-r), vhm_device_error(fx.dev));
@@ -363,21 +358,18 @@ static void close_during_start(void **state) {
         assert_null(vhm_device_conn(fx.dev));
         assert_int_equal(vhm_device_poll_connection(fx.dev), 0);
         /* It never ran: reconnecting negotiates and leaves the start to the owner. */
-        DEV_CHECK(vhm_device_reconnect(fx.dev, 1000));
+        FX_CHECK(vhm_device_reconnect(fx.dev, 1000));
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_READY);
-        DEV_CHECK(vhm_device_start(fx.dev));
+        FX_CHECK(vhm_device_start(fx.dev));
         assert_int_equal(vhm_device_stats(fx.dev)->connects, 2);
         finish();
-        assert_no_violation();
 }
 
 /* A back-end that never answers: the stop fails after the request timeout, not later. */
 static void hang_times_out(void **state) {
         (void) state;
         add_fault("GET_VRING_BASE:hang");
-        spawn_backend();
-        make_device(false, 300);
-        connect_and_start();
+        running_device(300);
         uint64_t t0 = now_ms();
         int r = vhm_device_stop(fx.dev);
         uint64_t took = now_ms() - t0;
@@ -386,7 +378,6 @@ static void hang_times_out(void **state) {
         assert_true(took >= 250 && took < 2000);
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_DISCONNECTED);
         finish();
-        assert_no_violation();
 }
 
 /* Malformed replies during negotiation: refused, the link dropped, no fd kept (extra fds closed). */
@@ -401,8 +392,7 @@ static void malformed_replies(void **state) {
                 for (unsigned q = 0; q < sizeof(requests) / sizeof(requests[0]); q++) {
                         char spec[64];
                         snprintf(spec, sizeof(spec), "%s:%s", requests[q], kinds[k]);
-                        tb_config_init(&fx.cfg);
-                        fx.cfg.record_path = fx.record;
+                        reset_config();
                         add_fault(spec);
                         spawn_backend();
                         int fds = count_open_fds();
@@ -416,12 +406,10 @@ static void malformed_replies(void **state) {
                 }
         }
         /* And a good back-end afterwards: the same device connects and starts. */
-        tb_config_init(&fx.cfg);
-        fx.cfg.record_path = fx.record;
+        reset_config();
         spawn_backend();
         connect_and_start();
         finish();
-        assert_no_violation();
 }
 
 /* Sets each ring's used index in guest memory, as a back-end that used that many entries would have. */
@@ -445,34 +433,21 @@ static void malformed_reply_while_stopping(void **state) {
         (void) state;
         add_fault("GET_VRING_BASE:bad-flags:2");
         fx.cfg.max_connections = 2;
-        spawn_backend();
-        make_device(false, 0);
-        connect_and_start();
+        running_device(0);
         set_used_indices(40);
         int r = vhm_device_stop(fx.dev);
         printf("  stop: %s (%s)\n", strerror(-r), vhm_device_error(fx.dev));
         assert_int_equal(r, -EPROTO);
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_DISCONNECTED);
-        DEV_CHECK(vhm_device_reconnect(fx.dev, 1000));
+        FX_CHECK(vhm_device_reconnect(fx.dev, 1000));
         if (vhm_device_state(fx.dev) != VHM_DEVICE_STOPPED)
                 fail_msg("a device whose stop was cut short came back %s after reconnecting, not stopped",
                          vhm_device_state_name(vhm_device_state(fx.dev)));
-        for (unsigned q = 0; q < NQUEUES; q++)
-                assert_int_equal(vhm_device_ring_index(fx.dev, q), 40 + q);
-        DEV_CHECK(vhm_device_resume(fx.dev));
+        assert_ring_indices(40);
+        FX_CHECK(vhm_device_resume(fx.dev));
         assert_int_equal(vhm_device_poll_connection(fx.dev), 1);
         finish();
-        assert_no_violation();
-        struct lines l;
-        read_record(&l);
-        int second = nth_connection(&l, 2);
-        assert_true(second > 0);
-        for (unsigned q = 0; q < NQUEUES; q++) {
-                char needle[40];
-                snprintf(needle, sizeof(needle), "index=%u num=%u", q, 40 + q);
-                assert_true(find(&l, (unsigned) second, "SET_VRING_BASE", needle) > second);
-        }
-        free(l.buf);
+        assert_rings_based_at(2, 40);
 }
 
 /* The back-end cannot serve as many queue pairs as the device has: refused at connect. */
@@ -487,7 +462,6 @@ static void too_few_queue_pairs(void **state) {
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_FAILED);
         assert_int_equal(vhm_device_start(fx.dev), -EBUSY);
         finish();
-        assert_no_violation();
         struct lines l;
         read_record(&l);
         /* Nothing about rings or memory was sent to a back-end that cannot take the device. */
@@ -503,20 +477,17 @@ static void lifecycle_with(bool no_protocol_features, bool no_reply_ack) {
                 queue_pairs = 1;
         fx.cfg.no_protocol_features = no_protocol_features;
         fx.cfg.no_reply_ack = no_reply_ack;
-        spawn_backend();
-        make_device(false, 0);
-        connect_and_start();
-        DEV_CHECK(vhm_device_stop(fx.dev));
-        DEV_CHECK(vhm_device_resume(fx.dev));
+        running_device(0);
+        FX_CHECK(vhm_device_stop(fx.dev));
+        FX_CHECK(vhm_device_resume(fx.dev));
         if (no_protocol_features) {
                 assert_false(vhm_device_needs_rarp(fx.dev));
                 assert_int_equal(vhm_device_announce(fx.dev), -ENOTSUP);
         } else {
-                DEV_CHECK(vhm_device_announce(fx.dev));
+                FX_CHECK(vhm_device_announce(fx.dev));
         }
         assert_int_equal(vhm_device_poll_connection(fx.dev), 1);
         finish();
-        assert_no_violation();
         struct lines l;
         read_record(&l);
         if (no_protocol_features) {
@@ -545,37 +516,21 @@ static void backend_without_reply_ack(void **state) {
  */
 static void killed_and_restarted(void **state) {
         (void) state;
-        spawn_backend();
-        make_device(false, 0);
-        connect_and_start();
+        running_device(0);
         /* Pretend the old back-end used some entries: the used index is what survives it. */
         set_used_indices(1000);
-        stop_child();
-        await_disconnect();
+        lose_backend();
         assert_int_equal(vhm_device_reconnect(fx.dev, 500), -EAGAIN);
 
-        spawn_backend();
-        reconnect();
+        backend_back();
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
-        for (unsigned q = 0; q < NQUEUES; q++)
-                assert_int_equal(vhm_device_ring_index(fx.dev, q), 1000 + q);
-        DEV_CHECK(vhm_device_stop(fx.dev));
-        for (unsigned q = 0; q < NQUEUES; q++)
-                assert_int_equal(vhm_device_ring_index(fx.dev, q), 1000 + q);
-        DEV_CHECK(vhm_device_resume(fx.dev));
+        assert_ring_indices(1000);
+        FX_CHECK(vhm_device_stop(fx.dev));
+        assert_ring_indices(1000);
+        FX_CHECK(vhm_device_resume(fx.dev));
         finish();
 
-        assert_no_violation();
-        struct lines l;
-        read_record(&l);
-        int second = nth_connection(&l, 2);
-        assert_true(second > 0);
-        for (unsigned q = 0; q < NQUEUES; q++) {
-                char needle[40];
-                snprintf(needle, sizeof(needle), "index=%u num=%u", q, 1000 + q);
-                assert_true(find(&l, (unsigned) second, "SET_VRING_BASE", needle) > second);
-        }
-        free(l.buf);
+        assert_rings_based_at(2, 1000);
 }
 
 /*
@@ -585,47 +540,29 @@ static void killed_and_restarted(void **state) {
  */
 static void stopped_device_keeps_indices_across_reconnect(void **state) {
         (void) state;
-        spawn_backend();
-        make_device(false, 0);
-        connect_and_start();
-        DEV_CHECK(vhm_device_stop(fx.dev));
+        running_device(0);
+        FX_CHECK(vhm_device_stop(fx.dev));
         /* The back-end reports where each ring stopped; make those non-zero by restarting once
          * from the guest's used indices. */
         set_used_indices(300);
-        DEV_CHECK(vhm_device_resume(fx.dev));
-        stop_child();
-        await_disconnect();
+        FX_CHECK(vhm_device_resume(fx.dev));
+        lose_backend();
         fx.cfg.max_connections = 1;
-        spawn_backend();
-        reconnect();
+        backend_back();
         /* Running again from the used indices; now stop it for good, then lose the back-end again. */
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
-        DEV_CHECK(vhm_device_stop(fx.dev));
-        for (unsigned q = 0; q < NQUEUES; q++)
-                assert_int_equal(vhm_device_ring_index(fx.dev, q), 300 + q);
-        stop_child();
-        await_disconnect();
-        spawn_backend();
-        reconnect();
+        FX_CHECK(vhm_device_stop(fx.dev));
+        assert_ring_indices(300);
+        lose_backend();
+        backend_back();
         if (vhm_device_state(fx.dev) != VHM_DEVICE_STOPPED)
                 fail_msg("a stopped device came back %s after reconnecting: vhm_device_resume() refuses it and "
                          "vhm_device_start() would restart its rings from 0, not from the indices kept at the stop",
                          vhm_device_state_name(vhm_device_state(fx.dev)));
-        for (unsigned q = 0; q < NQUEUES; q++)
-                assert_int_equal(vhm_device_ring_index(fx.dev, q), 300 + q);
-        DEV_CHECK(vhm_device_resume(fx.dev));
+        assert_ring_indices(300);
+        FX_CHECK(vhm_device_resume(fx.dev));
         finish();
-        assert_no_violation();
-        struct lines l;
-        read_record(&l);
-        int third = nth_connection(&l, 3);
-        assert_true(third > 0);
-        for (unsigned q = 0; q < NQUEUES; q++) {
-                char needle[40];
-                snprintf(needle, sizeof(needle), "index=%u num=%u", q, 300 + q);
-                assert_true(find(&l, (unsigned) third, "SET_VRING_BASE", needle) > third);
-        }
-        free(l.buf);
+        assert_rings_based_at(3, 300);
 }
 
 /* ---- server mode: the back-end connects to the device --------------------------------- */
@@ -648,35 +585,36 @@ static void server_mode_and_reconnect(void **state) {
         assert_true(vhm_device_listen_fd(fx.dev) >= 0);
         assert_true(vhm_device_announce(fx.dev) < 0);
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_DISCONNECTED);
-        DEV_CHECK(vhm_device_reconnect(fx.dev, 5000));
+        FX_CHECK(vhm_device_reconnect(fx.dev, 5000));
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
         assert_int_equal(vhm_device_stats(fx.dev)->connects, 2);
-        DEV_CHECK(vhm_device_stop(fx.dev));
+        FX_CHECK(vhm_device_stop(fx.dev));
         free_device();
         /* The back-end served its two connections and is done. */
-        wait_backend_exit();
+        assert_tb_exits_cleanly(&fx.pid, 3000);
         finish();
-        assert_no_violation();
         /* The device removed its listening socket. */
         assert_int_equal(access(fx.socket, F_OK), -1);
 }
 
 int main(void) {
         setvbuf(stdout, NULL, _IONBF, 0);
+#define TEST(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(clean_lifecycle, setup, teardown),
-                cmocka_unit_test_setup_teardown(rings_enabled_and_disabled_explicitly, setup, teardown),
-                cmocka_unit_test_setup_teardown(refusal_fails_only_that_start, setup, teardown),
-                cmocka_unit_test_setup_teardown(close_during_start, setup, teardown),
-                cmocka_unit_test_setup_teardown(hang_times_out, setup, teardown),
-                cmocka_unit_test_setup_teardown(malformed_replies, setup, teardown),
-                cmocka_unit_test_setup_teardown(malformed_reply_while_stopping, setup, teardown),
-                cmocka_unit_test_setup_teardown(too_few_queue_pairs, setup, teardown),
-                cmocka_unit_test_setup_teardown(backend_without_protocol_features, setup, teardown),
-                cmocka_unit_test_setup_teardown(backend_without_reply_ack, setup, teardown),
-                cmocka_unit_test_setup_teardown(killed_and_restarted, setup, teardown),
-                cmocka_unit_test_setup_teardown(stopped_device_keeps_indices_across_reconnect, setup, teardown),
-                cmocka_unit_test_setup_teardown(server_mode_and_reconnect, setup, teardown),
+                TEST(clean_lifecycle),
+                TEST(rings_enabled_and_disabled_explicitly),
+                TEST(refusal_fails_only_that_start),
+                TEST(close_during_start),
+                TEST(hang_times_out),
+                TEST(malformed_replies),
+                TEST(malformed_reply_while_stopping),
+                TEST(too_few_queue_pairs),
+                TEST(backend_without_protocol_features),
+                TEST(backend_without_reply_ack),
+                TEST(killed_and_restarted),
+                TEST(stopped_device_keeps_indices_across_reconnect),
+                TEST(server_mode_and_reconnect),
         };
+#undef TEST
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,28 +8,19 @@
  * announces itself with SEND_RARP; and the lifecycle without traffic against
  * QEMU's virtiofsd.
  */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
-
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "migrate/device.h"
 #include "migrate/vm.h"
 #include "proto/vhost-user.h"
+#include "tests/common/check.h"
+#include "tests/common/clock.h"
 #include "tests/common/fd-count.h"
+#include "tests/common/guest-device.h"
 #include "tests/common/real-backends.h"
 #include "tests/guest/guest.h"
 
@@ -38,17 +29,6 @@
 #define GUEST_MEM       (32ull << 20)
 
 /* ---- small helpers --------------------------------------------------------- */
-
-static uint64_t now_ns(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
-}
-
-static void sleep_ms(unsigned ms) {
-        struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000L };
-        nanosleep(&ts, NULL);
-}
 
 static int cmp_double(const void *a, const void *b) {
         double x = *(const double *) a, y = *(const double *) b;
@@ -74,17 +54,6 @@ static void print_stats(const char *what, const struct vhm_guest_stats *s) {
         fflush(stdout);
 }
 
-/* Every frame sent came back intact, once, in order; nothing else arrived. */
-static void assert_exact(const struct vhm_guest_stats *s, uint64_t frames) {
-        assert_int_equal(s->sent, frames);
-        assert_int_equal(s->received, frames);
-        assert_int_equal(s->lost, 0);
-        assert_int_equal(s->corrupted, 0);
-        assert_int_equal(s->duplicated, 0);
-        assert_int_equal(s->bad_used, 0);
-        assert_int_equal(s->other, 0);
-}
-
 /* The frames accounted for so far: came back, written off as lost, or damaged. */
 static uint64_t accounted(const struct vhm_guest_stats *s) {
         return s->received + s->lost + s->corrupted;
@@ -102,33 +71,14 @@ static uint16_t used_idx(const struct vhm_guest *g, unsigned q) {
         return used;
 }
 
-/* ---- keeping off testpmd's forwarding core ----------------------------------- */
-
-/*
- * testpmd's EAL takes the CPUs it inherits as lcores: the first for its main
- * thread (and its control threads: vhost-events), the second for the
- * forwarding lcore, which busy-polls.  A guest that busy-polls on that same
- * CPU takes turns with it a scheduler time slice at a time, and the echo rate
- * drops from millions to thousands of frames a second.  So once testpmd runs
- * the test keeps off that CPU; before starting another testpmd (which
- * inherits our affinity) it lets go again.
- */
-static cpu_set_t all_cpus;
+/* ---- keeping off testpmd's forwarding core (real-backends.h says why) ------------ */
 
 static void pin_off_worker(void) {
-        cpu_set_t s = all_cpus;
-        int seen = 0;
-        for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
-                if (CPU_ISSET(cpu, &s) && ++seen == 2) {
-                        CPU_CLR(cpu, &s);
-                        break;
-                }
-        if (seen == 2)
-                assert_int_equal(sched_setaffinity(0, sizeof(s), &s), 0);
+        assert_int_equal(testpmd_cpus_avoid_worker(), 0);
 }
 
 static void unpin(void) {
-        assert_int_equal(sched_setaffinity(0, sizeof(all_cpus), &all_cpus), 0);
+        assert_int_equal(testpmd_cpus_restore(), 0);
 }
 
 /* ---- a guest, its VM and its device ---------------------------------------- */
@@ -139,12 +89,6 @@ struct rig {
         struct vhm_device *dev;
         unsigned nqp;
 };
-
-#define DEV_CHECK(dev, call) do { \
-                int r_ = (call); \
-                if (r_ < 0) \
-                        fail_msg("%s failed: %s (%s)", #call, vhm_device_error(dev), strerror(-r_)); \
-        } while (0)
 
 static void run_or_fail(struct rig *r, unsigned qp, uint64_t frames) {
         int rc = vhm_guest_run_until(r->g, qp, frames, RUN_TIMEOUT_MS, NULL);
@@ -161,28 +105,11 @@ static void rig_new(struct rig *r, unsigned nqp, const char *socket, uint64_t fe
         memset(r, 0, sizeof(*r));
         r->nqp = nqp;
         struct vhm_guest_config gc = { .mem_size = GUEST_MEM, .queue_pairs = nqp };
-        assert_int_equal(vhm_guest_create(&gc, &r->g), 0);
-        assert_int_equal(vhm_vm_new("traffic", &r->vm), 0);
-        struct vhm_region_spec region = {
-                .fd = vhm_guest_mem_fd(r->g), .guest_phys_addr = 0, .size = vhm_guest_mem_size(r->g),
-        };
-        if (vhm_vm_add_region(r->vm, &region) < 0)
-                fail_msg("vhm_vm_add_region: %s", vhm_vm_error(r->vm));
-
+        GD_CHECK(guest_vm_new("traffic", &gc, &r->g, &r->vm));
         struct vhm_device_config cfg = {
                 .socket = socket, .features = features, .queue_pairs = nqp, .timeout_ms = 5000,
         };
-        vhm_guest_mac(r->g, cfg.mac);
-        assert_int_equal(vhm_device_new(r->vm, &cfg, &r->dev), 0);
-        for (unsigned q = 0; q < 2 * nqp; q++) {
-                struct vhm_guest_queue_layout l;
-                assert_int_equal(vhm_guest_queue_layout(r->g, q, &l), 0);
-                struct vhm_queue_spec spec = {
-                        .size = l.num, .desc_gpa = l.desc_gpa, .avail_gpa = l.avail_gpa, .used_gpa = l.used_gpa,
-                        .kick_fd = l.kick_fd, .call_fd = l.call_fd,
-                };
-                DEV_CHECK(r->dev, vhm_device_set_queue(r->dev, q, &spec));
-        }
+        GD_CHECK(guest_device_new(r->vm, r->g, &cfg, &r->dev, NULL));
 }
 
 /* Connect, start the rings, tell the guest driver what was negotiated, post receive buffers. */
@@ -280,100 +207,7 @@ static void drain(struct rig *r, unsigned ms) {
                 }
 }
 
-/* ---- restarting a back-end at the same socket path ----------------------------- */
-
-/*
- * stop_backend() removes the back-end's directory and socket.  A supervisor
- * restarting a back-end starts it again at the same path, so the device's
- * configured socket stays valid: recreate the directory and start a new
- * process there, filling `b` so that stop_backend() cleans it up as usual.
- */
-static int spawn_at(struct real_backend *b, char *const argv[]) {
-        int in[2];
-        if (pipe2(in, O_CLOEXEC) < 0)
-                return -errno;
-        pid_t pid = fork();
-        if (pid < 0) {
-                int r = -errno;
-                close(in[0]);
-                close(in[1]);
-                return r;
-        }
-        if (pid == 0) {
-                int log = open(b->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                if (log < 0 || dup2(in[0], 0) < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0)
-                        _exit(127);
-                execv(argv[0], argv);
-                _exit(127);
-        }
-        close(in[0]);
-        b->pid = pid;
-        b->stdin_fd = in[1];
-        for (unsigned waited = 0; waited < 20000; waited += 20) {
-                struct stat st;
-                if (stat(b->socket, &st) == 0 && S_ISSOCK(st.st_mode))
-                        return 0;
-                if (waitpid(b->pid, NULL, WNOHANG) == b->pid) {
-                        b->pid = -1;
-                        return -ECHILD;
-                }
-                sleep_ms(20);
-        }
-        return -ETIMEDOUT;
-}
-
-static int prepare_dir(struct real_backend *b, const char *dir) {
-        memset(b, 0, sizeof(*b));
-        b->pid = -1;
-        b->stdin_fd = -1;
-        b->listen_fd = -1;
-        snprintf(b->dir, sizeof(b->dir), "%s", dir);
-        snprintf(b->socket, sizeof(b->socket), "%s/sock", dir);
-        snprintf(b->log, sizeof(b->log), "%s/log", dir);
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-                return -errno;
-        return 0;
-}
-
-static int restart_testpmd_at(struct real_backend *b, const char *dir, unsigned queues) {
-        int r = prepare_dir(b, dir);
-        if (r < 0)
-                return r;
-        char vdev[256], rxq[32], txq[32];
-        snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=%u", b->socket, queues);
-        snprintf(b->dpdk_prefix, sizeof(b->dpdk_prefix), "vhostmigre%d", (int) getpid());
-        snprintf(rxq, sizeof(rxq), "--rxq=%u", queues);
-        snprintf(txq, sizeof(txq), "--txq=%u", queues);
-        char *argv[] = {
-                TESTPMD_BIN, "--no-huge", "-m", "1024", "--no-pci", "--file-prefix", b->dpdk_prefix,
-                "--vdev", vdev, "--", "--forward-mode=macswap", "--port-topology=loop", "--no-mlockall",
-                "--total-num-mbufs=8192", rxq, txq, "-a", NULL,
-        };
-        r = spawn_at(b, argv);
-        if (r < 0)
-                stop_backend(b);
-        return r;
-}
-
-static int restart_virtiofsd_at(struct real_backend *b, const char *dir) {
-        int r = prepare_dir(b, dir);
-        if (r < 0)
-                return r;
-        char shared[96], sock_arg[160], src_arg[128];
-        snprintf(shared, sizeof(shared), "%s/shared", dir);
-        if (mkdir(shared, 0755) < 0 && errno != EEXIST) {
-                r = -errno;
-                stop_backend(b);
-                return r;
-        }
-        snprintf(sock_arg, sizeof(sock_arg), "--socket-path=%s", b->socket);
-        snprintf(src_arg, sizeof(src_arg), "source=%s", shared);
-        char *argv[] = { VIRTIOFSD_BIN, sock_arg, "-o", src_arg, "-o", "cache=none", NULL };
-        r = spawn_at(b, argv);
-        if (r < 0)
-                stop_backend(b);
-        return r;
-}
+/* ---- the back-end goes and comes back ------------------------------------------------ */
 
 /* The back-end went away: the device notices within a second. */
 static void expect_disconnect(struct vhm_device *dev) {
@@ -440,10 +274,7 @@ static struct rig rg;
 
 static int setup(void **state) {
         (void) state;
-        memset(&be, 0, sizeof(be));
-        be.pid = -1;
-        be.stdin_fd = -1;
-        be.listen_fd = -1;
+        real_backend_init(&be);
         memset(&rg, 0, sizeof(rg));
         return 0;
 }
@@ -454,6 +285,13 @@ static int teardown(void **state) {
         rig_free(&rg);
         stop_backend(&be);
         return 0;
+}
+
+/* The end of a test on testpmd: all freed and stopped, not one fd more than before it. */
+static void finish(int fds_before) {
+        rig_free(&rg);
+        stop_backend(&be);
+        assert_int_equal(count_open_fds(), fds_before);
 }
 
 /* ---- 1, 2: plain traffic ------------------------------------------------------ */
@@ -471,19 +309,17 @@ static void traffic(unsigned nqp) {
         print_stats("all queue pairs:", &s);
         printf("  %u queue pair(s): %" PRIu64 " frames echoed in %.3f s (%.0f frames/s)\n", nqp, s.received, secs,
                (double) s.received / secs);
-        assert_exact(&s, TOTAL_FRAMES);
+        assert_echoed(&s, TOTAL_FRAMES);
         assert_int_equal(s.rarp_seen, 0);
         for (unsigned qp = 0; qp < nqp; qp++) {
                 struct vhm_guest_stats q = guest_stats(rg.g, qp);
-                assert_exact(&q, per_qp);
+                assert_echoed(&q, per_qp);
         }
         /* Every ring moved: the device's queues are the guest's, all of them served. */
         for (unsigned q = 0; q < 2 * nqp; q++)
                 assert_true(used_idx(rg.g, q) != 0);
 
-        rig_free(&rg);
-        stop_backend(&be);
-        assert_int_equal(count_open_fds(), fds_before);
+        finish(fds_before);
 }
 
 static void dpdk_traffic_one_queue_pair(void **state) {
@@ -547,12 +383,10 @@ static void dpdk_stop_resume_mid_stream(void **state) {
         run_or_fail(&rg, 0, TOTAL_FRAMES - mid.sent);
         struct vhm_guest_stats s = guest_stats(rg.g, 0);
         print_stats("after resume:", &s);
-        assert_exact(&s, TOTAL_FRAMES);
+        assert_echoed(&s, TOTAL_FRAMES);
         assert_int_equal(vhm_device_stats(rg.dev)->starts, 2);
 
-        rig_free(&rg);
-        stop_backend(&be);
-        assert_int_equal(count_open_fds(), fds_before);
+        finish(fds_before);
 }
 
 /* ---- 4: the back-end dies mid-stream and comes back ---------------------------------- */
@@ -584,7 +418,7 @@ static void dpdk_backend_restart_mid_stream(void **state) {
         assert_true(vhm_device_reconnect_delay_ms(rg.dev) > delay1);
 
         unpin();
-        assert_int_equal(restart_testpmd_at(&be, dir, 1), 0);
+        assert_int_equal(start_testpmd_at(&be, dir, 1, 0), 0);
         pin_off_worker();
         reconnect_or_fail(rg.dev);
         double outage_ms = (double) (now_ns() - t_kill) / 1e6;
@@ -619,9 +453,7 @@ static void dpdk_backend_restart_mid_stream(void **state) {
                100.0 * after / before);
         assert_true(after >= 0.85 * before);
 
-        rig_free(&rg);
-        stop_backend(&be);
-        assert_int_equal(count_open_fds(), fds_before);
+        finish(fds_before);
 }
 
 /* ---- 5: SEND_RARP --------------------------------------------------------------- */
@@ -649,12 +481,10 @@ static void dpdk_announce(void **state) {
         struct vhm_guest_stats s = guest_stats(rg.g, 0);
         print_stats("after announce:", &s);
         assert_int_equal(s.rarp_seen, 1);
-        assert_exact(&s, 4000);
+        assert_echoed(&s, 4000);
         assert_int_equal(vhm_device_poll_connection(rg.dev), 1);
 
-        rig_free(&rg);
-        stop_backend(&be);
-        assert_int_equal(count_open_fds(), fds_before);
+        finish(fds_before);
 }
 
 /* ---- 6: virtiofsd ---------------------------------------------------------------- */
@@ -695,7 +525,7 @@ static void virtiofsd_lifecycle_and_reconnect(void **state) {
         snprintf(dir, sizeof(dir), "%s", be.dir);
         stop_backend(&be);
         expect_disconnect(rg.dev);
-        assert_int_equal(restart_virtiofsd_at(&be, dir), 0);
+        assert_int_equal(start_virtiofsd_at(&be, dir), 0);
         reconnect_or_fail(rg.dev);
         assert_int_equal(vhm_device_state(rg.dev), VHM_DEVICE_RUNNING);
         assert_indices_zero(rg.dev);
@@ -717,15 +547,17 @@ static void virtiofsd_lifecycle_and_reconnect(void **state) {
 int main(void) {
         /* Progress lines interleave with cmocka's: no buffering. */
         setvbuf(stdout, NULL, _IONBF, 0);
-        if (sched_getaffinity(0, sizeof(all_cpus), &all_cpus) < 0)
+        if (testpmd_cpus_init() < 0)
                 return 1;
+#define TEST(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(dpdk_traffic_one_queue_pair, setup, teardown),
-                cmocka_unit_test_setup_teardown(dpdk_traffic_four_queue_pairs, setup, teardown),
-                cmocka_unit_test_setup_teardown(dpdk_stop_resume_mid_stream, setup, teardown),
-                cmocka_unit_test_setup_teardown(dpdk_backend_restart_mid_stream, setup, teardown),
-                cmocka_unit_test_setup_teardown(dpdk_announce, setup, teardown),
-                cmocka_unit_test_setup_teardown(virtiofsd_lifecycle_and_reconnect, setup, teardown),
+                TEST(dpdk_traffic_one_queue_pair),
+                TEST(dpdk_traffic_four_queue_pairs),
+                TEST(dpdk_stop_resume_mid_stream),
+                TEST(dpdk_backend_restart_mid_stream),
+                TEST(dpdk_announce),
+                TEST(virtiofsd_lifecycle_and_reconnect),
         };
+#undef TEST
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,21 +20,12 @@
  * page the device wrote must be dirty again in the bitmap (it was rewritten
  * after the send, so only what the log reported since can account for it).
  */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
-
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "log/bitmap.h"
@@ -44,7 +35,10 @@
 #include "migrate/vm.h"
 #include "proto/vhost-user.h"
 #include "tests/backend/test-backend.h"
+#include "tests/common/check.h"
+#include "tests/common/clock.h"
 #include "tests/common/fd-count.h"
+#include "tests/common/guest-device.h"
 #include "tests/common/real-backends.h"
 #include "tests/guest/guest.h"
 
@@ -64,17 +58,6 @@
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static uint64_t now_ms(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(unsigned ms) {
-        struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000L };
-        nanosleep(&ts, NULL);
-}
-
 static struct vhm_guest_stats guest_stats(const struct vhm_guest *g) {
         struct vhm_guest_stats s;
         assert_int_equal(vhm_guest_get_stats(g, VHM_GUEST_ALL_QPS, &s), 0);
@@ -88,18 +71,6 @@ static void print_stats(const char *what, const struct vhm_guest_stats *s) {
         fflush(stdout);
 }
 
-#define DEV_CHECK(dev, call) do { \
-                int r_ = (call); \
-                if (r_ < 0) \
-                        fail_msg("%s failed: %s (%s)", #call, vhm_device_error(dev), strerror(-r_)); \
-        } while (0)
-
-#define LOG_CHECK(lg, call) do { \
-                int r_ = (call); \
-                if (r_ < 0) \
-                        fail_msg("%s failed: %s (%s)", #call, vhm_logging_error(lg), strerror(-r_)); \
-        } while (0)
-
 /* ---- per-test fixture: whatever a failed test left running is stopped ---------- */
 
 struct fixture {
@@ -111,9 +82,7 @@ static int fixture_setup(void **state) {
         struct fixture *f = calloc(1, sizeof(*f));
         if (!f)
                 return -1;
-        f->b.pid = -1;
-        f->b.stdin_fd = -1;
-        f->b.listen_fd = -1;
+        real_backend_init(&f->b);
         *state = f;
         return 0;
 }
@@ -153,29 +122,12 @@ static void rig_new(struct rig *r, unsigned nqp, const char *socket, uint64_t fe
         r->nqp = nqp;
         r->hotplug_fd = -1;
         struct vhm_guest_config gc = { .queue_pairs = nqp };
-        assert_int_equal(vhm_guest_create(&gc, &r->g), 0);
+        GD_CHECK(guest_vm_new("dirtylog", &gc, &r->g, &r->vm));
         assert_int_equal(vhm_guest_mem_size(r->g), VHM_GUEST_DEFAULT_MEM);
-        assert_int_equal(vhm_vm_new("dirtylog", &r->vm), 0);
-        struct vhm_region_spec region = {
-                .fd = vhm_guest_mem_fd(r->g), .guest_phys_addr = 0, .size = vhm_guest_mem_size(r->g),
-        };
-        if (vhm_vm_add_region(r->vm, &region) < 0)
-                fail_msg("vhm_vm_add_region: %s", vhm_vm_error(r->vm));
-
         struct vhm_device_config cfg = {
                 .socket = socket, .features = features, .queue_pairs = nqp, .timeout_ms = 5000,
         };
-        vhm_guest_mac(r->g, cfg.mac);
-        assert_int_equal(vhm_device_new(r->vm, &cfg, &r->dev), 0);
-        for (unsigned q = 0; q < 2 * nqp; q++) {
-                struct vhm_guest_queue_layout l;
-                assert_int_equal(vhm_guest_queue_layout(r->g, q, &l), 0);
-                struct vhm_queue_spec spec = {
-                        .size = l.num, .desc_gpa = l.desc_gpa, .avail_gpa = l.avail_gpa, .used_gpa = l.used_gpa,
-                        .kick_fd = l.kick_fd, .call_fd = l.call_fd,
-                };
-                DEV_CHECK(r->dev, vhm_device_set_queue(r->dev, q, &spec));
-        }
+        GD_CHECK(guest_device_new(r->vm, r->g, &cfg, &r->dev, NULL));
         assert_int_equal(vhm_logging_new(r->vm, &r->lg), 0);
         LOG_CHECK(r->lg, vhm_logging_add_device(r->lg, r->dev));
 }
@@ -369,17 +321,6 @@ static void run_traffic_on(struct rig *r, unsigned qp, uint64_t frames, struct h
 
 static void run_traffic(struct rig *r, uint64_t frames, struct harvester *h) {
         run_traffic_on(r, VHM_GUEST_ALL_QPS, frames, h);
-}
-
-/* Every frame sent came back intact, once; nothing else arrived. */
-static void assert_echoed(const struct vhm_guest_stats *s, uint64_t frames) {
-        assert_int_equal(s->sent, frames);
-        assert_int_equal(s->received, frames);
-        assert_int_equal(s->lost, 0);
-        assert_int_equal(s->corrupted, 0);
-        assert_int_equal(s->duplicated, 0);
-        assert_int_equal(s->other, 0);
-        assert_int_equal(s->bad_used, 0);
 }
 
 /* ---- the check: the device-written record against the migration bitmap ------ */
@@ -1032,12 +973,8 @@ static void blocker_without_log_shmfd(void **state) {
         vhm_device_free(bad_dev);
         rig_free(&r);
         /* Each served its one connection and left when it closed. */
-        for (unsigned i = 0; i < 2; i++) {
-                int status = tb_wait_exit(f->tb_pid[i], 5000);
-                assert_true(status >= 0);
-                f->tb_pid[i] = 0;
-                assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        }
+        for (unsigned i = 0; i < 2; i++)
+                assert_tb_exits_cleanly(&f->tb_pid[i], 5000);
         unlink(good_sock);
         unlink(bad_sock);
         assert_int_equal(rmdir(dir), 0);
@@ -1045,14 +982,16 @@ static void blocker_without_log_shmfd(void **state) {
 }
 
 int main(void) {
+#define TEST(t) cmocka_unit_test_setup_teardown(t, fixture_setup, fixture_teardown)
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(dpdk_one_queue_pair_zero_missed, fixture_setup, fixture_teardown),
-                cmocka_unit_test_setup_teardown(dpdk_four_queue_pairs_zero_missed, fixture_setup, fixture_teardown),
-                cmocka_unit_test_setup_teardown(dpdk_resize_mid_stream_zero_missed, fixture_setup, fixture_teardown),
-                cmocka_unit_test_setup_teardown(dpdk_rx_flood_zero_missed, fixture_setup, fixture_teardown),
-                cmocka_unit_test_setup_teardown(dpdk_logging_off_then_on, fixture_setup, fixture_teardown),
-                cmocka_unit_test_setup_teardown(virtiofsd_start_resize_stop, fixture_setup, fixture_teardown),
-                cmocka_unit_test_setup_teardown(blocker_without_log_shmfd, fixture_setup, fixture_teardown),
+                TEST(dpdk_one_queue_pair_zero_missed),
+                TEST(dpdk_four_queue_pairs_zero_missed),
+                TEST(dpdk_resize_mid_stream_zero_missed),
+                TEST(dpdk_rx_flood_zero_missed),
+                TEST(dpdk_logging_off_then_on),
+                TEST(virtiofsd_start_resize_stop),
+                TEST(blocker_without_log_shmfd),
         };
+#undef TEST
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

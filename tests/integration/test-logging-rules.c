@@ -16,22 +16,13 @@
  *     nothing);
  *   - the back-end recorded no VIOLATION.
  */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
-
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "migrate/blockers.h"
@@ -40,7 +31,9 @@
 #include "migrate/vm.h"
 #include "proto/vhost-user.h"
 #include "tests/backend/test-backend.h"
+#include "tests/common/check.h"
 #include "tests/common/fd-count.h"
+#include "tests/common/guest-device.h"
 #include "tests/guest/guest.h"
 
 #define PAGE             4096u
@@ -60,18 +53,6 @@
 #define VRING_F_LOG      0x1u
 /* F_SEAL_SHRINK | F_SEAL_GROW */
 #define SEALS_SIZE       (0x2u | 0x4u)
-
-#define DEV_CHECK(dev, call) do { \
-                int r_ = (call); \
-                if (r_ < 0) \
-                        fail_msg("%s failed: %s (%s)", #call, vhm_device_error(dev), strerror(-r_)); \
-        } while (0)
-
-#define LOG_CHECK(lg, call) do { \
-                int r_ = (call); \
-                if (r_ < 0) \
-                        fail_msg("%s failed: %s (%s)", #call, vhm_logging_error(lg), strerror(-r_)); \
-        } while (0)
 
 /* ---- reading the record --------------------------------------------------------- */
 
@@ -314,24 +295,16 @@ static struct backend *spawn_backend(struct fixture *f, struct tb_config *cfg) {
         return be;
 }
 
-/* After the front-end closed: the back-end served its connections and exited cleanly. */
-static void backend_done(struct backend *be) {
-        int status = tb_wait_exit(be->pid, 5000);
-        assert_true(status >= 0);
-        be->pid = 0;
-        assert_true(WIFEXITED(status));
-        assert_int_equal(WEXITSTATUS(status), 0);
+/* A test back-end with the default configuration. */
+static struct backend *spawn_default_backend(struct fixture *f) {
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        return spawn_backend(f, &cfg);
 }
 
 /* The guest's memory at gpa 0 in a fresh VM, and logging for it. */
 static void vm_new(struct fixture *f) {
-        assert_int_equal(vhm_guest_create(NULL, &f->g), 0);
-        assert_int_equal(vhm_vm_new("logrules", &f->vm), 0);
-        struct vhm_region_spec region = {
-                .fd = vhm_guest_mem_fd(f->g), .guest_phys_addr = 0, .size = vhm_guest_mem_size(f->g),
-        };
-        if (vhm_vm_add_region(f->vm, &region) < 0)
-                fail_msg("vhm_vm_add_region: %s", vhm_vm_error(f->vm));
+        GD_CHECK(guest_vm_new("logrules", NULL, &f->g, &f->vm));
         assert_int_equal(vhm_logging_new(f->vm, &f->lg), 0);
 }
 
@@ -350,34 +323,38 @@ static struct vhm_device *device_on_guest(struct fixture *f, unsigned slot, cons
         struct vhm_device_config cfg = {
                 .socket = be->sock, .features = vhm_guest_driver_features(), .queue_pairs = 1, .timeout_ms = 5000,
         };
-        vhm_guest_mac(f->g, cfg.mac);
-        assert_int_equal(vhm_device_new(f->vm, &cfg, &f->dev[slot]), 0);
-        for (unsigned q = 0; q < 2; q++) {
-                struct vhm_guest_queue_layout l;
-                assert_int_equal(vhm_guest_queue_layout(f->g, q, &l), 0);
-                struct vhm_queue_spec spec = {
-                        .size = l.num, .desc_gpa = l.desc_gpa, .avail_gpa = l.avail_gpa, .used_gpa = l.used_gpa,
-                        .kick_fd = l.kick_fd, .call_fd = l.call_fd,
-                };
-                DEV_CHECK(f->dev[slot], vhm_device_set_queue(f->dev[slot], q, &spec));
-                used_gpa[q] = l.used_gpa;
-        }
+        GD_CHECK(guest_device_new(f->vm, f->g, &cfg, &f->dev[slot], used_gpa));
         return f->dev[slot];
+}
+
+/* The same, connected, its rings started, and part of the VM's logging. */
+static struct vhm_device *running_device(struct fixture *f, unsigned slot, const struct backend *be,
+                                         uint64_t used_gpa[2]) {
+        struct vhm_device *dev = device_on_guest(f, slot, be, used_gpa);
+        DEV_CHECK(dev, vhm_device_connect(dev));
+        DEV_CHECK(dev, vhm_device_start(dev));
+        LOG_CHECK(f->lg, vhm_logging_add_device(f->lg, dev));
+        return dev;
+}
+
+/*
+ * Once the front-end closed (fixture_release): the back-end served its
+ * connections and exited cleanly; its record, read, breaks no rule.
+ */
+static void read_final_record(struct backend *be, const uint64_t used_gpa[2], struct record *rec) {
+        assert_tb_exits_cleanly(&be->pid, 5000);
+        read_record(be->rec, used_gpa, 2, rec);
+        assert_rules(be->rec, rec);
 }
 
 /* ---- 1: a running device: start, resize, stop, start again, stop ------------------ */
 
 static void running_device_start_resize_stop(void **state) {
         struct fixture *f = *state;
-        struct tb_config cfg;
-        tb_config_init(&cfg);
-        struct backend *be = spawn_backend(f, &cfg);
+        struct backend *be = spawn_default_backend(f);
         vm_new(f);
         uint64_t used[2];
-        struct vhm_device *dev = device_on_guest(f, 0, be, used);
-        DEV_CHECK(dev, vhm_device_connect(dev));
-        DEV_CHECK(dev, vhm_device_start(dev));
-        LOG_CHECK(f->lg, vhm_logging_add_device(f->lg, dev));
+        struct vhm_device *dev = running_device(f, 0, be, used);
 
         LOG_CHECK(f->lg, vhm_logging_start(f->lg));
         assert_int_equal(vhm_logging_log_size(f->lg), GUEST_LOG_BYTES);
@@ -392,11 +369,9 @@ static void running_device_start_resize_stop(void **state) {
         LOG_CHECK(f->lg, vhm_logging_stop(f->lg));
         assert_int_equal(vhm_device_state(dev), VHM_DEVICE_RUNNING);
         fixture_release(f);
-        backend_done(be);
 
         struct record rec;
-        read_record(be->rec, used, 2, &rec);
-        assert_rules(be->rec, &rec);
+        read_final_record(be, used, &rec);
         assert_int_equal(rec.connections, 1);
         const uint64_t logs[] = { GUEST_LOG_BYTES, HOTPLUG_LOG_BYTES, HOTPLUG_LOG_BYTES };
         assert_logs(be->rec, &rec, 0, logs, 3);
@@ -417,9 +392,7 @@ static void running_device_start_resize_stop(void **state) {
 
 static void device_started_stopped_resumed_while_logging(void **state) {
         struct fixture *f = *state;
-        struct tb_config cfg;
-        tb_config_init(&cfg);
-        struct backend *be = spawn_backend(f, &cfg);
+        struct backend *be = spawn_default_backend(f);
         vm_new(f);
         uint64_t used[2];
         struct vhm_device *dev = device_on_guest(f, 0, be, used);
@@ -439,11 +412,9 @@ static void device_started_stopped_resumed_while_logging(void **state) {
         DEV_CHECK(dev, vhm_device_stop(dev));
         DEV_CHECK(dev, vhm_device_resume(dev));
         fixture_release(f);
-        backend_done(be);
 
         struct record rec;
-        read_record(be->rec, used, 2, &rec);
-        assert_rules(be->rec, &rec);
+        read_final_record(be, used, &rec);
         assert_int_equal(rec.connections, 1);
         const uint64_t logs[] = { GUEST_LOG_BYTES };
         assert_logs(be->rec, &rec, 0, logs, 1);
@@ -469,16 +440,11 @@ static uint64_t hot_ring(unsigned q, unsigned part) {
 
 static void device_added_while_logging(void **state) {
         struct fixture *f = *state;
-        struct tb_config cfg;
-        tb_config_init(&cfg);
-        struct backend *be0 = spawn_backend(f, &cfg);
-        struct backend *be1 = spawn_backend(f, &cfg);
+        struct backend *be0 = spawn_default_backend(f);
+        struct backend *be1 = spawn_default_backend(f);
         vm_new(f);
         uint64_t used0[2], used1[2];
-        struct vhm_device *dev0 = device_on_guest(f, 0, be0, used0);
-        DEV_CHECK(dev0, vhm_device_connect(dev0));
-        DEV_CHECK(dev0, vhm_device_start(dev0));
-        LOG_CHECK(f->lg, vhm_logging_add_device(f->lg, dev0));
+        running_device(f, 0, be0, used0);
         LOG_CHECK(f->lg, vhm_logging_start(f->lg));
         assert_int_equal(vhm_logging_log_size(f->lg), GUEST_LOG_BYTES);
 
@@ -509,22 +475,18 @@ static void device_added_while_logging(void **state) {
         assert_true(vhm_device_logging(dev1));
         LOG_CHECK(f->lg, vhm_logging_stop(f->lg));
         fixture_release(f);
-        backend_done(be0);
-        backend_done(be1);
 
         struct record rec0, rec1;
-        read_record(be0->rec, used0, 2, &rec0);
-        read_record(be1->rec, used1, 2, &rec1);
+        read_final_record(be0, used0, &rec0);
+        read_final_record(be1, used1, &rec1);
         const struct conn_record *c1 = &rec1.conn[0];
         printf("  device added while logging: first device %u SET_LOG_BASE, new device %u SET_LOG_BASE\n",
                rec0.conn[0].log_bases, c1->log_bases);
-        assert_rules(be0->rec, &rec0);
         const uint64_t logs0[] = { GUEST_LOG_BYTES, HOTPLUG_LOG_BYTES };
         assert_logs(be0->rec, &rec0, 0, logs0, 2);
         /* The new device gets the grown log exactly once. */
         const uint64_t logs1[] = { HOTPLUG_LOG_BYTES };
         assert_logs(be1->rec, &rec1, 0, logs1, 1);
-        assert_rules(be1->rec, &rec1);
         assert_int_equal(c1->log_all_on, 1);
         assert_int_equal(c1->log_all_off, 1);
         assert_int_equal(c1->vring_addr_logged, 2);
@@ -544,10 +506,7 @@ static void backend_lost_during_resize(void **state) {
         struct backend *be = spawn_backend(f, &cfg);
         vm_new(f);
         uint64_t used[2];
-        struct vhm_device *dev = device_on_guest(f, 0, be, used);
-        DEV_CHECK(dev, vhm_device_connect(dev));
-        DEV_CHECK(dev, vhm_device_start(dev));
-        LOG_CHECK(f->lg, vhm_logging_add_device(f->lg, dev));
+        struct vhm_device *dev = running_device(f, 0, be, used);
         LOG_CHECK(f->lg, vhm_logging_start(f->lg));
 
         hotplug(f);
@@ -573,11 +532,9 @@ static void backend_lost_during_resize(void **state) {
         LOG_CHECK(f->lg, vhm_logging_harvest(f->lg, &n));
         LOG_CHECK(f->lg, vhm_logging_stop(f->lg));
         fixture_release(f);
-        backend_done(be);
 
         struct record rec;
-        read_record(be->rec, used, 2, &rec);
-        assert_rules(be->rec, &rec);
+        read_final_record(be, used, &rec);
         assert_int_equal(rec.connections, 2);
         assert_int_equal(rec.faults, 1);
         /* First connection: the first log, then the grown one (refused by closing). */
@@ -605,10 +562,7 @@ static void blocked_device_gets_no_log(void **state) {
         struct backend *be = spawn_backend(f, &cfg);
         vm_new(f);
         uint64_t used[2];
-        struct vhm_device *dev = device_on_guest(f, 0, be, used);
-        DEV_CHECK(dev, vhm_device_connect(dev));
-        DEV_CHECK(dev, vhm_device_start(dev));
-        LOG_CHECK(f->lg, vhm_logging_add_device(f->lg, dev));
+        running_device(f, 0, be, used);
         struct vhm_blockers bl;
         vhm_logging_blockers(f->lg, &bl);
         assert_int_equal(bl.n, 1);
@@ -616,11 +570,9 @@ static void blocked_device_gets_no_log(void **state) {
         assert_int_equal(vhm_logging_start(f->lg), -EPERM);
         assert_non_null(strstr(vhm_logging_error(f->lg), be->sock));
         fixture_release(f);
-        backend_done(be);
 
         struct record rec;
-        read_record(be->rec, used, 2, &rec);
-        assert_rules(be->rec, &rec);
+        read_final_record(be, used, &rec);
         const uint64_t none[1] = { 0 };
         assert_logs(be->rec, &rec, 0, none, 0);
         assert_int_equal(rec.conn[0].log_all_on, 0);
@@ -633,15 +585,10 @@ static void blocked_device_gets_no_log(void **state) {
 
 static void hotplug_while_logging_grows_log_before_memory_table(void **state) {
         struct fixture *f = *state;
-        struct tb_config cfg;
-        tb_config_init(&cfg);
-        struct backend *be = spawn_backend(f, &cfg);
+        struct backend *be = spawn_default_backend(f);
         vm_new(f);
         uint64_t used[2];
-        struct vhm_device *dev = device_on_guest(f, 0, be, used);
-        DEV_CHECK(dev, vhm_device_connect(dev));
-        DEV_CHECK(dev, vhm_device_start(dev));
-        LOG_CHECK(f->lg, vhm_logging_add_device(f->lg, dev));
+        running_device(f, 0, be, used);
         LOG_CHECK(f->lg, vhm_logging_start(f->lg));
         /* Nothing changed yet: no table is sent again. */
         LOG_CHECK(f->lg, vhm_logging_memory_changed(f->lg));
@@ -650,11 +597,9 @@ static void hotplug_while_logging_grows_log_before_memory_table(void **state) {
         assert_int_equal(vhm_logging_log_size(f->lg), HOTPLUG_LOG_BYTES);
         LOG_CHECK(f->lg, vhm_logging_stop(f->lg));
         fixture_release(f);
-        backend_done(be);
 
         struct record rec;
-        read_record(be->rec, used, 2, &rec);
-        assert_rules(be->rec, &rec);   /* the back-end checks every region is covered by its log */
+        read_final_record(be, used, &rec);   /* the back-end checks every region is covered by its log */
         const uint64_t logs[] = { GUEST_LOG_BYTES, HOTPLUG_LOG_BYTES };
         assert_logs(be->rec, &rec, 0, logs, 2);
         /* The second table, with both regions, came after the grown log. */

@@ -4,12 +4,6 @@
  * testpmd (net_vhost) and QEMU's virtiofsd (libvhost-user).  Each test starts
  * its back-end, runs the full protocol a migrating VMM needs, and stops it.
  */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
-
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +14,7 @@
 
 #include "proto/vhost-user-frontend.h"
 #include "proto/vhost-user-table.h"
+#include "tests/common/check.h"
 #include "tests/common/fd-count.h"
 #include "tests/common/real-backends.h"
 
@@ -86,39 +81,46 @@ static struct vhu_vring_addr vring_addr(const struct fake_vm *vm, unsigned q, bo
         };
 }
 
-#define CHECK(c, call) do { \
-                int r_ = (call); \
-                if (r_ < 0) \
-                        fail_msg("%s failed: %s (%s)", #call, vhu_conn_error(c), strerror(-r_)); \
-        } while (0)
-
 /* NUM, BASE, ADDR, KICK, CALL, ENABLE: the order QEMU uses to start a ring. */
 static void start_ring(struct vhu_conn *c, struct fake_vm *vm, unsigned q) {
-        CHECK(c, vhu_set_vring_num(c, q, RING_SIZE));
-        CHECK(c, vhu_set_vring_base(c, q, 0));
+        CONN_CHECK(c, vhu_set_vring_num(c, q, RING_SIZE));
+        CONN_CHECK(c, vhu_set_vring_base(c, q, 0));
         struct vhu_vring_addr a = vring_addr(vm, q, false);
-        CHECK(c, vhu_set_vring_addr(c, &a));
-        CHECK(c, vhu_set_vring_kick(c, q, vm->kick[q]));
-        CHECK(c, vhu_set_vring_call(c, q, vm->call[q]));
-        CHECK(c, vhu_set_vring_enable(c, q, true));
+        CONN_CHECK(c, vhu_set_vring_addr(c, &a));
+        CONN_CHECK(c, vhu_set_vring_kick(c, q, vm->kick[q]));
+        CONN_CHECK(c, vhu_set_vring_call(c, q, vm->call[q]));
+        CONN_CHECK(c, vhu_set_vring_enable(c, q, true));
+}
+
+/* The guest's memory and rings for nqueues queues, the features, and the memory table. */
+static void set_up_memory(struct vhu_conn *c, struct fake_vm *vm, unsigned nqueues, uint64_t features) {
+        vm_init(vm, nqueues);
+        CONN_CHECK(c, vhu_set_features(c, features));
+        struct vhu_region reg = vm_region(vm);
+        CONN_CHECK(c, vhu_set_mem_table(c, &reg, 1));
+}
+
+static void start_rings(struct vhu_conn *c, struct fake_vm *vm, unsigned nqueues) {
+        for (unsigned q = 0; q < nqueues; q++)
+                start_ring(c, vm, q);
 }
 
 /* SET_LOG_BASE once, LOG_ALL on, every ring's used ring logged. */
 static void start_logging(struct vhu_conn *c, struct fake_vm *vm, unsigned nqueues, uint64_t features) {
-        CHECK(c, vhu_set_log_base(c, vm->log_fd, vm->log_size, 0));
-        CHECK(c, vhu_set_features(c, features | VHU_BIT(VHU_VF_LOG_ALL)));
+        CONN_CHECK(c, vhu_set_log_base(c, vm->log_fd, vm->log_size, 0));
+        CONN_CHECK(c, vhu_set_features(c, features | VHU_BIT(VHU_VF_LOG_ALL)));
         for (unsigned q = 0; q < nqueues; q++) {
                 struct vhu_vring_addr a = vring_addr(vm, q, true);
-                CHECK(c, vhu_set_vring_addr(c, &a));
+                CONN_CHECK(c, vhu_set_vring_addr(c, &a));
         }
-        CHECK(c, vhu_barrier(c));
+        CONN_CHECK(c, vhu_barrier(c));
 }
 
 static void stop_rings(struct vhu_conn *c, unsigned nqueues) {
         for (unsigned q = 0; q < nqueues; q++) {
                 unsigned base = 12345;
-                CHECK(c, vhu_set_vring_enable(c, q, false));
-                CHECK(c, vhu_get_vring_base(c, q, &base));
+                CONN_CHECK(c, vhu_set_vring_enable(c, q, false));
+                CONN_CHECK(c, vhu_get_vring_base(c, q, &base));
                 /* Nothing was ever posted: the back-end resumes from where we told it to start. */
                 assert_int_equal(base, 0);
         }
@@ -130,7 +132,7 @@ static struct vhu_conn *connect_and_negotiate(const char *socket) {
         int r = vhu_conn_connect(socket, &o, &c);
         if (r < 0)
                 fail_msg("connect %s: %s", socket, strerror(-r));
-        CHECK(c, vhu_negotiate(c, NULL));
+        CONN_CHECK(c, vhu_negotiate(c, NULL));
         return c;
 }
 
@@ -152,27 +154,23 @@ static void dpdk_full_device_lifecycle(void **state) {
         assert_non_null(vhu_conn_backend_channel(c));
 
         struct fake_vm vm;
-        vm_init(&vm, 2);
         uint64_t features = VHU_BIT(VHU_VF_VERSION_1);
-        CHECK(c, vhu_set_features(c, features));
-        struct vhu_region reg = vm_region(&vm);
-        CHECK(c, vhu_set_mem_table(c, &reg, 1));
-        CHECK(c, vhu_net_set_mtu(c, 1500));
-        for (unsigned q = 0; q < 2; q++)
-                start_ring(c, &vm, q);
-        CHECK(c, vhu_set_status(c, 0xf));
+        set_up_memory(c, &vm, 2, features);
+        CONN_CHECK(c, vhu_net_set_mtu(c, 1500));
+        start_rings(c, &vm, 2);
+        CONN_CHECK(c, vhu_set_status(c, 0xf));
         uint8_t status = 0;
-        CHECK(c, vhu_get_status(c, &status));
+        CONN_CHECK(c, vhu_get_status(c, &status));
         assert_int_equal(status, 0xf);
 
         /* DPDK answers SET_LOG_BASE with an empty payload. */
         start_logging(c, &vm, 2, features);
         const uint8_t mac[6] = { 0x52, 0x54, 0x00, 0xab, 0xcd, 0xef };
-        CHECK(c, vhu_send_rarp(c, mac));
+        CONN_CHECK(c, vhu_send_rarp(c, mac));
         /* Logging off again: the device keeps running. */
-        CHECK(c, vhu_set_features(c, features));
+        CONN_CHECK(c, vhu_set_features(c, features));
         stop_rings(c, 2);
-        CHECK(c, vhu_barrier(c));
+        CONN_CHECK(c, vhu_barrier(c));
         assert_true(vhu_conn_is_connected(c));
 
         vhu_conn_free(c);
@@ -191,14 +189,11 @@ static void dpdk_four_queue_pairs(void **state) {
         assert_true(vhu_conn_queue_num(c) >= 4);
 
         struct fake_vm vm;
-        vm_init(&vm, 4);
         /* Four rings (two queue pairs) are enough to see per-queue handling; indices up to 7 are legal. */
-        CHECK(c, vhu_set_features(c, VHU_BIT(VHU_VF_VERSION_1) | VHU_BIT(VHU_VF_NET_MQ)));
-        struct vhu_region reg = vm_region(&vm);
-        CHECK(c, vhu_set_mem_table(c, &reg, 1));
-        for (unsigned q = 0; q < 4; q++)
-                start_ring(c, &vm, q);
-        start_logging(c, &vm, 4, VHU_BIT(VHU_VF_VERSION_1) | VHU_BIT(VHU_VF_NET_MQ));
+        uint64_t features = VHU_BIT(VHU_VF_VERSION_1) | VHU_BIT(VHU_VF_NET_MQ);
+        set_up_memory(c, &vm, 4, features);
+        start_rings(c, &vm, 4);
+        start_logging(c, &vm, 4, features);
         stop_rings(c, 4);
         vhu_conn_free(c);
         vm_free(&vm, 4);
@@ -217,9 +212,9 @@ static void dpdk_connects_to_us(void **state) {
                 fail_msg("testpmd did not connect: %s", strerror(-fd));
         struct vhu_conn *c;
         assert_int_equal(vhu_conn_new(fd, NULL, &c), 0);
-        CHECK(c, vhu_negotiate(c, NULL));
+        CONN_CHECK(c, vhu_negotiate(c, NULL));
         assert_true(vhu_conn_has_protocol_feature(c, VHU_PF_LOG_SHMFD));
-        CHECK(c, vhu_barrier(c));
+        CONN_CHECK(c, vhu_barrier(c));
         vhu_conn_free(c);
         stop_backend(&b);
         assert_int_equal(count_open_fds(), fds_before);
@@ -242,11 +237,8 @@ static void virtiofsd_full_device_lifecycle(void **state) {
         assert_true(vhu_conn_max_mem_slots(c) > 0);
 
         struct fake_vm vm;
-        vm_init(&vm, 2);
         uint64_t features = VHU_BIT(VHU_VF_VERSION_1);
-        CHECK(c, vhu_set_features(c, features));
-        struct vhu_region reg = vm_region(&vm);
-        CHECK(c, vhu_set_mem_table(c, &reg, 1));
+        set_up_memory(c, &vm, 2, features);
 
         /* Hot-plug and unplug a second region with the memory-slot requests. */
         int extra = memfd_create("extra", MFD_CLOEXEC);
@@ -256,18 +248,17 @@ static void virtiofsd_full_device_lifecycle(void **state) {
                 .fd = extra, .guest_phys_addr = 0x40000000, .memory_size = 1 << 20,
                 .userspace_addr = (uint64_t) (uintptr_t) extra_map,
         };
-        CHECK(c, vhu_add_mem_reg(c, &hot));
-        CHECK(c, vhu_rem_mem_reg(c, &hot));
+        CONN_CHECK(c, vhu_add_mem_reg(c, &hot));
+        CONN_CHECK(c, vhu_rem_mem_reg(c, &hot));
 
-        for (unsigned q = 0; q < 2; q++)
-                start_ring(c, &vm, q);
+        start_rings(c, &vm, 2);
         /* libvhost-user answers SET_LOG_BASE with 8 bytes. */
         start_logging(c, &vm, 2, features);
 
         /* SEND_RARP would make virtiofsd panic: the library refuses to send it. */
         const uint8_t mac[6] = { 0x52, 0x54, 0x00, 0xab, 0xcd, 0xef };
         assert_int_equal(vhu_send_rarp(c, mac), -ENOTSUP);
-        CHECK(c, vhu_barrier(c));
+        CONN_CHECK(c, vhu_barrier(c));
 
         stop_rings(c, 2);
         assert_true(vhu_conn_is_connected(c));
