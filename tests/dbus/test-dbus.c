@@ -2003,7 +2003,7 @@ static void check_shutdown_record(const struct backend *b, unsigned nrings, bool
                         closed = true;
                 } else if (has_prefix(line, "GET_VRING_BASE ")) {
                         for (unsigned q = 0; q < nrings; q++) {
-                                char idx[16];
+                                char idx[32];
                                 snprintf(idx, sizeof(idx), "index=%u ", q);
                                 base[q] |= strstr(line, idx) != NULL;
                         }
