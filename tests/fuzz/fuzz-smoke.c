@@ -80,8 +80,10 @@ static void plausible_stream(struct stream *s) {
                 put_u64(s, VHU_REQ_GET_STATUS, rnd() % 256);
         if (ack)
                 put_u64(s, VHU_REQ_SET_VRING_NUM, 0);
-        if (pf & VHU_BIT(VHU_PF_LOG_SHMFD))
-                put_reply(s, VHU_REQ_SET_LOG_BASE, &st, 8 * (uint32_t) (rnd() % 3));
+        if (pf & VHU_BIT(VHU_PF_LOG_SHMFD)) {
+                struct vhu_log log_reply = { 0 };   /* 0, 8 or 16 bytes of it, as back-ends differ */
+                put_reply(s, VHU_REQ_SET_LOG_BASE, &log_reply, 8 * (uint32_t) (rnd() % 3));
+        }
         if (pf & VHU_BIT(VHU_PF_MQ))
                 put_u64(s, VHU_REQ_GET_QUEUE_NUM, 4);
         put_u64(s, VHU_REQ_GET_FEATURES, features);
