@@ -1,11 +1,19 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* Counting this process's open fds, to prove a code path leaks none. */
+/* Counting a process's open fds, to prove a code path leaks none. */
 #pragma once
 
 #include <dirent.h>
+#include <stdio.h>
+#include <sys/types.h>
 
-static inline int count_open_fds(void) {
-        DIR *d = opendir("/proc/self/fd");
+/* Open fds of `pid` (0: this process, not counting the directory being read), or -1. */
+static inline int count_process_fds(pid_t pid) {
+        char path[64];
+        if (pid > 0)
+                snprintf(path, sizeof(path), "/proc/%d/fd", (int) pid);
+        else
+                snprintf(path, sizeof(path), "/proc/self/fd");
+        DIR *d = opendir(path);
         if (!d)
                 return -1;
         int n = 0;
@@ -14,5 +22,9 @@ static inline int count_open_fds(void) {
                 if (de->d_name[0] != '.')
                         n++;
         closedir(d);
-        return n - 1; /* the directory's own fd */
+        return pid > 0 ? n : n - 1;
+}
+
+static inline int count_open_fds(void) {
+        return count_process_fds(0);
 }

@@ -44,6 +44,7 @@
 #include <systemd/sd-bus.h>
 
 #include "tests/common/clock.h"
+#include "tests/common/fd-count.h"
 #include "proto/vhost-user.h"
 #include "proto/vhost-user-table.h"
 #include "tests/backend/test-backend.h"
@@ -372,18 +373,7 @@ static bool daemon_alive(void) {
 }
 
 static int daemon_fd_count(void) {
-        char path[64];
-        snprintf(path, sizeof(path), "/proc/%d/fd", (int) env.daemon);
-        DIR *d = opendir(path);
-        if (!d)
-                return -1;
-        int n = 0;
-        struct dirent *de;
-        while ((de = readdir(d)))
-                if (de->d_name[0] != '.')
-                        n++;
-        closedir(d);
-        return n;
+        return count_process_fds(env.daemon);
 }
 
 /* The daemon's fd count once it has settled at `expected` (teardown is deferred), or where it stayed. */

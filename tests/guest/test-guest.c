@@ -22,6 +22,7 @@
 #include <linux/virtio_config.h>
 #include <linux/virtio_net.h>
 
+#include "tests/common/fd-count.h"
 #include "guest-internal.h"
 #include "guest.h"
 #include "loopback.h"
@@ -31,33 +32,20 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static int count_fds(void)
-{
-        DIR *d = opendir("/proc/self/fd");
-        struct dirent *e;
-        int n = 0;
-
-        if (!d)
-                return -1;
-        while ((e = readdir(d)))
-                n += e->d_name[0] != '.';
-        closedir(d);
-        return n;
-}
 
 static int fds_at_start;
 
 static int fd_setup(void **state)
 {
         (void)state;
-        fds_at_start = count_fds();
+        fds_at_start = count_open_fds();
         return fds_at_start < 0 ? -1 : 0;
 }
 
 static int fd_teardown(void **state)
 {
         (void)state;
-        assert_int_equal(count_fds(), fds_at_start);
+        assert_int_equal(count_open_fds(), fds_at_start);
         return 0;
 }
 
@@ -757,14 +745,14 @@ static void expect_rejected(struct vhm_guest *g, corrupt_fn fn, const char *what
         assert_int_equal(vhm_layout_compute(1, 256, &lay), 0);
         fn(m, (struct vhm_gstate *)m, &lay);
         munmap(m, size);
-        fds = count_fds();
+        fds = count_open_fds();
         rc = vhm_guest_attach(fd, &out, err, sizeof(err));
         if (rc != -EBADMSG)
                 fail_msg("%s: attach returned %d (%s)", what, rc, err);
         assert_null(out);
         assert_true(strlen(err) > 0);
         print_message("rejected %s: %s\n", what, err);
-        assert_int_equal(count_fds(), fds);
+        assert_int_equal(count_open_fds(), fds);
         close(fd);
 }
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include "tests/common/fd-count.h"
 
 /* xorshift64*: small, deterministic, good enough for test patterns. */
 struct test_rng {
@@ -46,20 +47,6 @@ static inline uint64_t rng_word_density(struct test_rng *r, uint32_t ppm)
         return w;
 }
 
-static inline int count_open_fds(void)
-{
-        DIR *d = opendir("/proc/self/fd");
-        struct dirent *e;
-        int n = 0;
-
-        if (!d)
-                return -1;
-        while ((e = readdir(d)))
-                if (e->d_name[0] != '.')
-                        n++;
-        closedir(d);
-        return n - 1; /* the directory's own fd */
-}
 
 /* Lines of /proc/self/maps; with a needle, only lines containing it. */
 static inline int count_maps(const char *needle)
