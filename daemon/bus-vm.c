@@ -47,6 +47,7 @@ struct vm_job {
         sd_bus_message *call;           /* answered when the job completes */
         int result;
         const char *error_name;         /* D-Bus error for a failure */
+        uint32_t request;               /* the vhost-user request that failed, if one did */
         char error[512];
 
         /* JOB_ADD_DEVICE */
@@ -190,6 +191,7 @@ static void run_add_device(struct vm_job *j) {
         if (r < 0) {
                 if (!j->error[0])
                         job_fail(j, r, VHOSTMIG_ERROR("Backend"), "%s", vhm_device_error(dev));
+                j->request = vhm_device_error_request(dev);
                 vhm_device_free(dev);
                 return;
         }
@@ -240,6 +242,7 @@ static void run_announce_vm(struct vm_job *j) {
                         continue;
                 if (vhm_device_announce(dev) < 0) {
                         job_fail(j, -EIO, VHOSTMIG_ERROR("Backend"), "%s", vhm_device_error(dev));
+                        j->request = vhm_device_error_request(dev);
                         return;
                 }
                 j->sent++;
@@ -265,9 +268,11 @@ static void run_device_call(struct vm_job *j) {
                 r = vhm_device_reconnect(dev, j->vm->daemon->cfg.request_timeout_ms);
                 break;
         }
-        if (r < 0)
+        if (r < 0) {
                 job_fail(j, r, r == -ENOTSUP ? VHOSTMIG_ERROR("NotSupported") : VHOSTMIG_ERROR("Backend"),
                          "%s", vhm_device_error(dev));
+                j->request = vhm_device_error_request(dev);
+        }
 }
 
 /* Connection checks and reconnection attempts with each device's back-off. */
@@ -473,7 +478,7 @@ static void job_done(struct worker_job *base) {
         if (j->kind == JOB_MONITOR)
                 o->monitor_queued = false;
         if (j->result < 0)
-                daemon_log(LOG_WARNING, o, j->device ? j->device->socket : NULL, "%s", j->error);
+                daemon_log_full(LOG_WARNING, o, j->device ? j->device->socket : NULL, j->request, "%s", j->error);
 
         if (j->call) {
                 if (j->result < 0)

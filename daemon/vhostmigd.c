@@ -20,13 +20,15 @@
 
 #include "daemon/vhostmigd.h"
 #include "migrate/probe.h"
+#include "proto/vhost-user-table.h"
 
 static struct daemon *log_daemon;   /* for the log level */
 static bool log_to_journal;
 
 /* ---- logging ------------------------------------------------------------------- */
 
-void daemon_log(int priority, const struct vm_object *vm, const char *device, const char *fmt, ...) {
+void daemon_log_full(int priority, const struct vm_object *vm, const char *device, uint32_t request,
+                     const char *fmt, ...) {
         if (log_daemon && priority > log_daemon->cfg.log_level)
                 return;
         char text[1024];
@@ -41,6 +43,7 @@ void daemon_log(int priority, const struct vm_object *vm, const char *device, co
                                 "PRIORITY=%i", priority,
                                 "VHOSTMIG_VM=%s", vm ? vm->name : "",
                                 "VHOSTMIG_DEVICE=%s", device ? device : "",
+                                "VHOSTMIG_REQUEST=%s", request ? vhu_request_name(request) : "",
                                 NULL);
                 return;
         }

@@ -98,8 +98,10 @@ struct vm_object {
 
 /* Manager and bus plumbing (vhostmigd.c). */
 int daemon_check_root(sd_bus_message *m, sd_bus_error *error);
-void daemon_log(int priority, const struct vm_object *vm, const char *device, const char *fmt, ...)
-        __attribute__((format(printf, 4, 5)));
+/* `request`: the vhost-user request a failure concerns, or VHU_REQ_NONE (0). */
+void daemon_log_full(int priority, const struct vm_object *vm, const char *device, uint32_t request,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+#define daemon_log(priority, vm, device, ...) daemon_log_full(priority, vm, device, 0, __VA_ARGS__)
 void daemon_update_status(struct daemon *d);
 
 /* VMs and devices (bus-vm.c). */

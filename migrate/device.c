@@ -51,6 +51,7 @@ struct vhm_device {
 
         unsigned reconnect_delay_ms;
         struct vhm_device_stats stats;
+        uint32_t error_request;
         char error[384];
 };
 
@@ -58,6 +59,7 @@ struct vhm_device {
 
 __attribute__((format(printf, 3, 4)))
 static int dev_fail(struct vhm_device *dev, int err, const char *fmt, ...) {
+        dev->error_request = VHU_REQ_NONE;
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(dev->error, sizeof(dev->error), fmt, ap);
@@ -83,6 +85,7 @@ static int request_failed(struct vhm_device *dev, int err, const char *step) {
         /* The connection's message already starts with the request's name. */
         (void) step;
         dev_fail(dev, err, "%s: %s", dev->socket, vhu_conn_error(dev->conn));
+        dev->error_request = vhu_conn_last_request(dev->conn);
         if (!vhu_conn_is_connected(dev->conn))
                 drop_connection(dev);
         else
@@ -227,6 +230,7 @@ static int negotiate(struct vhm_device *dev) {
         int r = vhu_negotiate(dev->conn, NULL);
         if (r < 0) {
                 dev_fail(dev, r, "%s: negotiation: %s", dev->socket, vhu_conn_error(dev->conn));
+                dev->error_request = vhu_conn_last_request(dev->conn);
                 vhu_conn_free(dev->conn);
                 dev->conn = NULL;
                 dev->state = VHM_DEVICE_DISCONNECTED;
@@ -638,6 +642,7 @@ int vhm_device_announce(struct vhm_device *dev) {
 
 enum vhm_device_state vhm_device_state(const struct vhm_device *dev) { return dev->state; }
 const char *vhm_device_error(const struct vhm_device *dev) { return dev->error; }
+uint32_t vhm_device_error_request(const struct vhm_device *dev) { return dev->error_request; }
 const char *vhm_device_socket(const struct vhm_device *dev) { return dev->socket; }
 uint64_t vhm_device_features(const struct vhm_device *dev) { return dev->features_offered; }
 uint64_t vhm_device_acked_features(const struct vhm_device *dev) { return dev->acked_features; }

@@ -137,6 +137,8 @@ bool vhm_device_needs_rarp(const struct vhm_device *dev);
 enum vhm_device_state vhm_device_state(const struct vhm_device *dev);
 const char *vhm_device_state_name(enum vhm_device_state s);
 const char *vhm_device_error(const struct vhm_device *dev);
+/* The vhost-user request behind the last error (VHU_REQ_NONE when it was not a request). */
+uint32_t vhm_device_error_request(const struct vhm_device *dev);
 const char *vhm_device_socket(const struct vhm_device *dev);
 uint64_t vhm_device_features(const struct vhm_device *dev);           /* offered */
 uint64_t vhm_device_acked_features(const struct vhm_device *dev);

@@ -27,6 +27,7 @@ struct vhu_conn {
         uint64_t max_mem_slots;
         struct vhu_backend_channel *channel;
 
+        uint32_t last_request;
         char error[256];
 };
 
@@ -105,6 +106,7 @@ void vhu_conn_free(struct vhu_conn *c) {
 }
 
 const char *vhu_conn_error(const struct vhu_conn *c) { return c->error; }
+uint32_t vhu_conn_last_request(const struct vhu_conn *c) { return c->last_request; }
 bool vhu_conn_is_connected(const struct vhu_conn *c) { return c->fd >= 0; }
 int vhu_conn_fd(const struct vhu_conn *c) { return c->fd; }
 void vhu_conn_set_timeout(struct vhu_conn *c, unsigned timeout_ms) {
@@ -237,6 +239,7 @@ static int receive_reply(struct vhu_conn *c, const struct vhu_request_info *info
 int vhu_request(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size,
                 const int *fds, unsigned nfds, struct vhu_msg *reply) {
         const struct vhu_request_info *info = vhu_request_info(request);
+        c->last_request = request;
         if (!info)
                 return fail(c, -EINVAL, "%s: not a front-end request", vhu_request_name(request));
         if (!vhu_size_allowed(&info->size, size) || size > sizeof(union vhu_payload))

@@ -273,6 +273,8 @@ static void bad_memory_tables_are_refused_before_sending(void **state) {
 static void expect_fatal(struct fixture *f, int ret, int err, const char *req, const char *what) {
         assert_int_equal(ret, err);
         assert_error_mentions(f->conn, req, what);
+        /* The request that failed is known by number too (the journal's VHOSTMIG_REQUEST). */
+        assert_string_equal(vhu_request_name(vhu_conn_last_request(f->conn)), req);
         assert_false(vhu_conn_is_connected(f->conn));
         /* Every later call fails without touching the dead socket. */
         assert_int_equal(vhu_set_owner(f->conn), -ENOTCONN);
