@@ -43,9 +43,17 @@ setup_build() {
 }
 
 run_tests() {
-  local dir=$1
+  local dir=$1 rc=0
   # Unit tests in parallel; integration tests one at a time (testpmd busy-polls a core).
-  meson test -C "$dir" --print-errorlogs --num-processes 2
+  meson test -C "$dir" --print-errorlogs --num-processes 2 | tee "$dir/run-tests.log" || rc=$?
+  # One closing line in the plain form CI reads: "tests: N passed, N failed".
+  local ok fail timeout skipped
+  ok=$(awk '/^Ok:/ {print $2}' "$dir/run-tests.log")
+  fail=$(awk '/^Fail:/ {print $2}' "$dir/run-tests.log")
+  timeout=$(awk '/^Timeout:/ {print $2}' "$dir/run-tests.log")
+  skipped=$(awk '/^Skipped:/ {print $2}' "$dir/run-tests.log")
+  echo "tests: ${ok:-0} passed, $(( ${fail:-0} + ${timeout:-0} )) failed, ${skipped:-0} skipped"
+  return "$rc"
 }
 
 mode=${1:-}
