@@ -1804,6 +1804,66 @@ static void test_nonroot_refused_by_daemon(void **state) {
                                  FAST_MS); \
         } while (0)
 
+/* ---- the daemon notices a back-end that went away and reconnects by itself -------------------- */
+
+/* Polls a device's State until it reads `want` (the monitor runs every 100 ms here). */
+static bool wait_state(const char *dev, const char *want, unsigned timeout_ms) {
+        uint64_t deadline = now_ms() + timeout_ms;
+        do {
+                char *state = prop_s(dev, DEV_IF, "State");
+                bool match = strcmp(state, want) == 0;
+                free(state);
+                if (match)
+                        return true;
+                pump(20);
+        } while (now_ms() < deadline);
+        return false;
+}
+
+static void test_automatic_reconnect(void **state) {
+        (void) state;
+        struct guest g;
+        guest_init(&g, 2);
+        char *vm = create_vm("phoenix", g.memfd, MEM_SIZE);
+        struct backend be;
+        backend_init(&be, "phoenix");
+        be.cfg.max_connections = 0;   /* serve until stopped */
+        backend_listen(&be);
+        struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), &g);
+        char *dev = add_device(vm, &da, 0);
+        assert_prop_s(dev, DEV_IF, "State", "running");
+        assert_int_equal(prop_t(dev, DEV_IF, "Reconnects"), 0);
+
+        /* The back-end dies: the device reports it. */
+        (void) tb_stop(be.pid);
+        untrack_backend(be.pid);
+        if (!wait_state(dev, "disconnected", 3000))
+                fail_msg("the device did not notice that its back-end was gone");
+        /* Why, naming the socket: the loss itself, or the reconnection attempts since. */
+        char *why = prop_s(dev, DEV_IF, "LastError");
+        if (!strstr(why, be.socket) || (!strstr(why, "closed") && !strstr(why, "connect")))
+                fail_msg("LastError \"%s\" does not say what happened", why);
+        free(why);
+
+        /* A new one at the same path: the daemon reconnects and restarts the rings, unasked. */
+        backend_listen(&be);
+        if (!wait_state(dev, "running", 10000))
+                fail_msg("the device did not reconnect to the new back-end");
+        assert_int_equal(prop_t(dev, DEV_IF, "Reconnects"), 1);
+        assert_prop_s(dev, DEV_IF, "LastError", "");
+        /* The rings went to the new back-end complete, each enabled. */
+        assert_record_has(&be, "SET_VRING_ENABLE", "num=1");
+        assert_record_has(&be, "SET_VRING_KICK", "index=1");
+
+        destroy_vm("phoenix");
+        (void) tb_stop(be.pid);
+        untrack_backend(be.pid);
+        assert_no_violation(&be);
+        free(dev);
+        free(vm);
+        guest_fini(&g);
+}
+
 static void test_hung_backend(void **state) {
         (void) state;
         const int fds_before = daemon_fd_count();
@@ -2108,6 +2168,7 @@ int main(void) {
                 TEST(test_bad_arguments),
                 TEST(test_nonroot_refused_by_policy),
                 TEST(test_hung_backend),
+                TEST(test_automatic_reconnect),
                 TEST(test_destroy_vm_while_add_device_pending),
                 TEST(test_daemon_exits_cleanly),
         };
