@@ -29,7 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define VHM_GUEST_MAX_QP          8
+#define VHM_GUEST_MAX_QP          8u
 #define VHM_GUEST_MAX_QUEUES      (2 * VHM_GUEST_MAX_QP)
 #define VHM_GUEST_PAGE_SIZE       4096u     /* vhost dirty-log page size */
 #define VHM_GUEST_DEFAULT_MEM     (64ull << 20)
