@@ -29,10 +29,6 @@ enum {
 extern bool arg_json;
 extern const char *arg_bus_address;        /* NULL: the system bus */
 
-/* "vhostmigctl: <what>" and a pointer to --help on stderr; returns EXIT_USAGE. */
-__attribute__((format(printf, 1, 2)))
-int usage_error(const char *fmt, ...);
-
 json_object *hex_json(uint64_t v);
 json_object *feature_names_json(uint64_t bits, bool protocol);
 

@@ -23,6 +23,7 @@
 #include <json-c/json.h>
 #include <systemd/sd-bus.h>
 
+#include "daemon/cli-util.h"
 #include "tests/guest/guest.h"
 #include "proto/vhost-user.h"
 
@@ -205,24 +206,10 @@ static void help(void) {
                VHM_GUEST_MAX_FRAME, VHM_GUEST_DEFAULT_FRAME);
 }
 
-__attribute__((format(printf, 1, 2)))
-static int usage_error(const char *fmt, ...) {
-        va_list ap;
-        va_start(ap, fmt);
-        fprintf(stderr, "vhostmig-guest: ");
-        vfprintf(stderr, fmt, ap);
-        fprintf(stderr, "\nTry 'vhostmig-guest --help'.\n");
-        va_end(ap);
-        return EXIT_USAGE;
-}
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out) {
-        char *end;
-        if (!s[0] || s[0] == '-')
-                return -EINVAL;
-        errno = 0;
-        unsigned long long v = strtoull(s, &end, 0);
-        if (errno || end == s || *end || v < min || v > max)
+        uint64_t v;
+        if (cli_parse_u64(s, false, &v) < 0 || v < min || v > max)
                 return -EINVAL;
         *out = v;
         return 0;
@@ -237,35 +224,9 @@ static int parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *o
         return 0;
 }
 
-/* Bytes with an optional binary K/M/G suffix. */
+/* Bytes with an optional binary K/M/G/T suffix. */
 static int parse_size(const char *s, uint64_t *out) {
-        char *end;
-        if (!s[0] || s[0] == '-')
-                return -EINVAL;
-        errno = 0;
-        unsigned long long v = strtoull(s, &end, 10);
-        if (errno || end == s)
-                return -EINVAL;
-        unsigned shift = 0;
-        if (*end) {
-                switch (*end) {
-                case 'k': case 'K': shift = 10; break;
-                case 'm': case 'M': shift = 20; break;
-                case 'g': case 'G': shift = 30; break;
-                default: return -EINVAL;
-                }
-                end++;
-                if (*end == 'i')
-                        end++;
-                if (*end == 'B' || *end == 'b')
-                        end++;
-                if (*end)
-                        return -EINVAL;
-        }
-        if (v > (UINT64_MAX >> shift))
-                return -ERANGE;
-        *out = (uint64_t) v << shift;
-        return 0;
+        return cli_parse_u64(s, true, out);
 }
 
 static int parse_seconds(const char *s, double *out) {
@@ -321,14 +282,14 @@ static int parse_args(int argc, char **argv) {
                 switch (c) {
                 case 'n':
                         if (!vm_name_valid(optarg))
-                                return usage_error("invalid VM name '%s': 1..63 of [A-Za-z0-9_.-]", optarg);
+                                return cli_usage_error("invalid VM name '%s': 1..63 of [A-Za-z0-9_.-]", optarg);
                         snprintf(arg.name, sizeof(arg.name), "%s", optarg);
                         break;
                 case 's':
                         if (arg.socket)
-                                return usage_error("only one --socket (one device) is supported");
+                                return cli_usage_error("only one --socket (one device) is supported");
                         if (!optarg[0])
-                                return usage_error("empty socket path");
+                                return cli_usage_error("empty socket path");
                         arg.socket = optarg;
                         break;
                 case OPT_SERVER:
@@ -336,32 +297,32 @@ static int parse_args(int argc, char **argv) {
                         break;
                 case 'q':
                         if (parse_unsigned(optarg, 1, VHM_GUEST_MAX_QP, &arg.queue_pairs) < 0)
-                                return usage_error("invalid --queue-pairs '%s': 1..%u", optarg, VHM_GUEST_MAX_QP);
+                                return cli_usage_error("invalid --queue-pairs '%s': 1..%u", optarg, VHM_GUEST_MAX_QP);
                         break;
                 case 'r':
                         if (parse_unsigned(optarg, 2, VHM_GUEST_MAX_RING, &arg.ring_size) < 0 ||
                             !is_pow2(arg.ring_size))
-                                return usage_error("invalid --ring-size '%s': a power of two, 2..%u", optarg,
+                                return cli_usage_error("invalid --ring-size '%s': a power of two, 2..%u", optarg,
                                                    VHM_GUEST_MAX_RING);
                         break;
                 case 'm':
                         if (parse_size(optarg, &arg.mem_size) < 0 || arg.mem_size == 0 ||
                             arg.mem_size % VHM_GUEST_PAGE_SIZE)
-                                return usage_error("invalid --memory '%s': a non-zero multiple of 4K", optarg);
+                                return cli_usage_error("invalid --memory '%s': a non-zero multiple of 4K", optarg);
                         break;
                 case 'f':
                         if (parse_u64(optarg, 1, UINT64_MAX / 2, &arg.frames) < 0)
-                                return usage_error("invalid --frames '%s'", optarg);
+                                return cli_usage_error("invalid --frames '%s'", optarg);
                         have_frames = true;
                         break;
                 case 't':
                         if (parse_seconds(optarg, &arg.seconds) < 0)
-                                return usage_error("invalid --seconds '%s'", optarg);
+                                return cli_usage_error("invalid --seconds '%s'", optarg);
                         have_seconds = true;
                         break;
                 case 'l':
                         if (parse_unsigned(optarg, VHM_GUEST_MIN_FRAME, VHM_GUEST_MAX_FRAME, &arg.frame_len) < 0)
-                                return usage_error("invalid --frame-len '%s': %u..%u", optarg, VHM_GUEST_MIN_FRAME,
+                                return cli_usage_error("invalid --frame-len '%s': %u..%u", optarg, VHM_GUEST_MIN_FRAME,
                                                    VHM_GUEST_MAX_FRAME);
                         break;
                 case OPT_LOG:
@@ -369,16 +330,16 @@ static int parse_args(int argc, char **argv) {
                         break;
                 case OPT_HARVEST_MS:
                         if (parse_unsigned(optarg, 1, 3600000, &arg.harvest_ms) < 0)
-                                return usage_error("invalid --harvest-ms '%s'", optarg);
+                                return cli_usage_error("invalid --harvest-ms '%s'", optarg);
                         break;
                 case OPT_BUS_ADDRESS:
                         if (!optarg[0])
-                                return usage_error("empty bus address");
+                                return cli_usage_error("empty bus address");
                         arg.bus_address = optarg;
                         break;
                 case OPT_TIMEOUT:
                         if (parse_seconds(optarg, &arg.timeout) < 0 || arg.timeout > 3600)
-                                return usage_error("invalid --timeout '%s'", optarg);
+                                return cli_usage_error("invalid --timeout '%s'", optarg);
                         break;
                 case OPT_BUSY_POLL:
                         arg.busy_poll = true;
@@ -390,15 +351,15 @@ static int parse_args(int argc, char **argv) {
                         help();
                         exit(EXIT_PASS);
                 default:
-                        return usage_error("unknown option");
+                        return cli_usage_error("unknown option");
                 }
         }
         if (optind < argc)
-                return usage_error("unexpected argument '%s'", argv[optind]);
+                return cli_usage_error("unexpected argument '%s'", argv[optind]);
         if (!arg.socket)
-                return usage_error("--socket PATH is required");
+                return cli_usage_error("--socket PATH is required");
         if (have_frames && have_seconds)
-                return usage_error("--frames and --seconds exclude each other");
+                return cli_usage_error("--frames and --seconds exclude each other");
         if (have_frames)
                 arg.seconds = 0;
         return -1;

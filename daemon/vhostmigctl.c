@@ -24,6 +24,7 @@
 
 #include <json-c/json.h>
 
+#include "daemon/cli-util.h"
 #include "ctl-bus.h"
 #include "migrate/probe.h"
 #include "proto/vhost-user-table.h"
@@ -39,15 +40,6 @@ struct verb {
 bool arg_json;
 const char *arg_bus_address;
 
-int usage_error(const char *fmt, ...) {
-        va_list ap;
-        va_start(ap, fmt);
-        fprintf(stderr, "vhostmigctl: ");
-        vfprintf(stderr, fmt, ap);
-        fprintf(stderr, "\nTry 'vhostmigctl --help'.\n");
-        va_end(ap);
-        return EXIT_USAGE;
-}
 
 /* Seconds (fractions allowed) to milliseconds; rejects junk, zero and negatives. */
 static int parse_timeout(const char *s, unsigned *ms) {
@@ -135,14 +127,14 @@ static int verb_probe(int argc, char **argv) {
                 case 's': opts.server = true; break;
                 case 't':
                         if (parse_timeout(optarg, &opts.timeout_ms) < 0)
-                                return usage_error("invalid timeout '%s' (seconds, > 0, at most 3600)", optarg);
+                                return cli_usage_error("invalid timeout '%s' (seconds, > 0, at most 3600)", optarg);
                         break;
                 default:
                         return EXIT_USAGE;
                 }
         }
         if (argc - optind != 1)
-                return usage_error("%s", "probe takes exactly one SOCKET");
+                return cli_usage_error("%s", "probe takes exactly one SOCKET");
         opts.socket = argv[optind];
 
         struct vhm_probe_result result;
@@ -183,10 +175,10 @@ static int next_option(int argc, char **argv, const struct option *options) {
 static int option_error(const char *verb, int c, char **argv) {
         const char *arg = argv[optind - 1];
         if (c == ':')
-                return usage_error("%s: option '%s' needs a value", verb, arg);
+                return cli_usage_error("%s: option '%s' needs a value", verb, arg);
         if (strncmp(arg, "--", 2) == 0)
-                return usage_error("%s: unrecognized option '%s'", verb, arg);
-        return usage_error("%s: unrecognized option '-%c'", verb, optopt);
+                return cli_usage_error("%s: unrecognized option '%s'", verb, arg);
+        return cli_usage_error("%s: unrecognized option '-%c'", verb, optopt);
 }
 
 /* For verbs whose only option is --json; leaves the positional arguments at argv[optind...]. */
@@ -207,7 +199,7 @@ static int parse_positional(const char *verb, int argc, char **argv, int min, in
                 return ret;
         int n = argc - optind;
         if (n < min || n > max)
-                return usage_error("%s takes %s", verb, what);
+                return cli_usage_error("%s takes %s", verb, what);
         return EXIT_OK;
 }
 
@@ -218,46 +210,15 @@ static int check_vm_name(const char *verb, const char *name) {
         for (size_t i = 0; ok && i < len; i++)
                 ok = isascii(name[i]) && (isalnum(name[i]) || strchr("_.-", name[i]));
         if (!ok)
-                return usage_error("%s: invalid VM name '%s' (1..%d characters of A-Z a-z 0-9 _ . -)",
+                return cli_usage_error("%s: invalid VM name '%s' (1..%d characters of A-Z a-z 0-9 _ . -)",
                                    verb, name, VHM_VM_NAME_MAX - 1);
         return EXIT_OK;
 }
 
-/* Decimal or 0x hex; `suffix` allows K, M, G, T (powers of 1024). */
-static int parse_u64(const char *s, bool suffix, uint64_t *ret) {
-        const char *digits = s;
-        int base = 10;
-        char *end;
-
-        if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
-                digits = s + 2;
-                base = 16;
-        }
-        if (base == 16 ? !isxdigit((unsigned char) *digits) : !isdigit((unsigned char) *digits))
-                return -EINVAL;
-        errno = 0;
-        unsigned long long v = strtoull(digits, &end, base);
-        if (errno)
-                return -errno;
-        unsigned shift = 0;
-        if (suffix && *end) {
-                const char *units = "KMGT", *u = strchr(units, toupper((unsigned char) *end));
-                if (!u)
-                        return -EINVAL;
-                shift = 10 * (unsigned) (u - units + 1);
-                end++;
-        }
-        if (*end)
-                return -EINVAL;
-        if (shift && v > (UINT64_MAX >> shift))
-                return -ERANGE;
-        *ret = (uint64_t) v << shift;
-        return 0;
-}
 
 static int parse_u32_range(const char *s, uint32_t min, uint32_t max, uint32_t *ret) {
         uint64_t v;
-        int r = parse_u64(s, false, &v);
+        int r = cli_parse_u64(s, false, &v);
         if (r < 0)
                 return r;
         if (v < min || v > max)
@@ -269,7 +230,7 @@ static int parse_u32_range(const char *s, uint32_t min, uint32_t max, uint32_t *
 static int parse_device_number(const char *verb, const char *s, unsigned *ret) {
         uint32_t v;
         if (!isdigit((unsigned char) s[0]) || parse_u32_range(s, 0, INT32_MAX, &v) < 0)
-                return usage_error("%s: invalid device number '%s' (0, 1, ... as 'show' lists them)", verb, s);
+                return cli_usage_error("%s: invalid device number '%s' (0, 1, ... as 'show' lists them)", verb, s);
         *ret = v;
         return EXIT_OK;
 }
@@ -307,8 +268,8 @@ static void regions_done(struct regions *r) {
 }
 
 static int region_number(const char *spec, const char *what, const char *s, uint64_t *ret) {
-        if (parse_u64(s, true, ret) < 0)
-                return usage_error("vm create: --memory '%s': %s '%s' is not a number (" NUMBER_HINT ")",
+        if (cli_parse_u64(s, true, ret) < 0)
+                return cli_usage_error("vm create: --memory '%s': %s '%s' is not a number (" NUMBER_HINT ")",
                                    spec, what, s);
         return EXIT_OK;
 }
@@ -319,20 +280,20 @@ static int open_region_file(const char *spec, struct ctl_region *r) {
 
         r->fd = open(r->file, O_RDWR | O_CLOEXEC | O_NOCTTY);
         if (r->fd < 0)
-                return usage_error("vm create: --memory '%s': cannot open '%s' read-write: %s", spec, r->file,
+                return cli_usage_error("vm create: --memory '%s': cannot open '%s' read-write: %s", spec, r->file,
                                    strerror(errno));
         if (fstat(r->fd, &st) < 0 || !S_ISREG(st.st_mode))
-                return usage_error("vm create: --memory '%s': '%s' is not a memory file (memfd, hugetlbfs or tmpfs)",
+                return cli_usage_error("vm create: --memory '%s': '%s' is not a memory file (memfd, hugetlbfs or tmpfs)",
                                    spec, r->file);
         if (r->offset + r->size > (uint64_t) st.st_size)
-                return usage_error("vm create: --memory '%s': OFFSET + SIZE is 0x%" PRIx64 " but '%s' holds 0x%"
+                return cli_usage_error("vm create: --memory '%s': OFFSET + SIZE is 0x%" PRIx64 " but '%s' holds 0x%"
                                    PRIx64 " bytes", spec, r->offset + r->size, r->file, (uint64_t) st.st_size);
         return EXIT_OK;
 }
 
 static int parse_region(const char *spec, struct regions *rs) {
         if (rs->n == VHM_VM_MAX_REGIONS)
-                return usage_error("vm create: at most %d --memory regions", VHM_VM_MAX_REGIONS);
+                return cli_usage_error("vm create: at most %d --memory regions", VHM_VM_MAX_REGIONS);
         unsigned i = rs->n++;
         struct ctl_region *r = &rs->v[i];
         char *fields[4];
@@ -345,18 +306,18 @@ static int parse_region(const char *spec, struct regions *rs) {
         }
         unsigned n = split_fields(rs->text[i], fields, 4);
         if (n < 3 || n > 4 || !*fields[0])
-                return usage_error("vm create: --memory '%s': expected FILE:GPA:SIZE[:OFFSET]", spec);
+                return cli_usage_error("vm create: --memory '%s': expected FILE:GPA:SIZE[:OFFSET]", spec);
         r->file = fields[0];
         if ((ret = region_number(spec, "GPA", fields[1], &r->gpa)) != EXIT_OK ||
             (ret = region_number(spec, "SIZE", fields[2], &r->size)) != EXIT_OK ||
             (n == 4 && (ret = region_number(spec, "OFFSET", fields[3], &r->offset)) != EXIT_OK))
                 return ret;
         if (r->size == 0)
-                return usage_error("vm create: --memory '%s': SIZE must not be 0", spec);
+                return cli_usage_error("vm create: --memory '%s': SIZE must not be 0", spec);
         if ((r->gpa | r->size | r->offset) % PAGE_4K)
-                return usage_error("vm create: --memory '%s': GPA, SIZE and OFFSET must be multiples of 4K", spec);
+                return cli_usage_error("vm create: --memory '%s': GPA, SIZE and OFFSET must be multiples of 4K", spec);
         if (r->gpa + r->size < r->gpa || r->offset + r->size < r->offset)
-                return usage_error("vm create: --memory '%s': the region wraps around", spec);
+                return cli_usage_error("vm create: --memory '%s': the region wraps around", spec);
         return open_region_file(spec, r);
 }
 
@@ -365,7 +326,7 @@ static int check_overlaps(const struct regions *rs) {
                 for (unsigned j = 0; j < i; j++) {
                         const struct ctl_region *a = &rs->v[i], *b = &rs->v[j];
                         if (a->gpa < b->gpa + b->size && b->gpa < a->gpa + a->size)
-                                return usage_error("vm create: the regions at GPA 0x%" PRIx64 " and 0x%" PRIx64
+                                return cli_usage_error("vm create: the regions at GPA 0x%" PRIx64 " and 0x%" PRIx64
                                                    " overlap", b->gpa, a->gpa);
                 }
         return EXIT_OK;
@@ -388,11 +349,11 @@ static int verb_vm_create(int argc, char **argv) {
                         ret = option_error("vm create", c, argv);
         }
         if (ret == EXIT_OK && argc - optind != 1)
-                ret = usage_error("%s", "vm create takes exactly one NAME");
+                ret = cli_usage_error("%s", "vm create takes exactly one NAME");
         if (ret == EXIT_OK)
                 ret = check_vm_name("vm create", argv[optind]);
         if (ret == EXIT_OK && rs.n == 0)
-                ret = usage_error("%s", "vm create: give the guest memory with --memory FILE:GPA:SIZE[:OFFSET]");
+                ret = cli_usage_error("%s", "vm create: give the guest memory with --memory FILE:GPA:SIZE[:OFFSET]");
         if (ret == EXIT_OK)
                 ret = check_overlaps(&rs);
         if (ret == EXIT_OK)
@@ -438,7 +399,7 @@ static int parse_mac(const char *s, char *out, size_t len) {
         int n = -1;
         if (sscanf(s, "%2hhx:%2hhx:%2hhx:%2hhx:%2hhx:%2hhx%n", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &n) != 6 ||
             n != 17 || s[n] || strspn(s, "0123456789abcdefABCDEF:") != 17)
-                return usage_error("device add: invalid --mac '%s' (expected xx:xx:xx:xx:xx:xx)", s);
+                return cli_usage_error("device add: invalid --mac '%s' (expected xx:xx:xx:xx:xx:xx)", s);
         snprintf(out, len, "%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5]);
         return EXIT_OK;
 }
@@ -447,7 +408,7 @@ static int parse_features(const char *s, uint64_t *ret) {
         const char *digits = strncasecmp(s, "0x", 2) == 0 ? s + 2 : s;
         size_t n = strspn(digits, "0123456789abcdefABCDEF");
         if (n == 0 || n > 16 || digits[n])
-                return usage_error("device add: invalid --features '%s' (a hexadecimal mask of virtio features)", s);
+                return cli_usage_error("device add: invalid --features '%s' (a hexadecimal mask of virtio features)", s);
         *ret = strtoull(digits, NULL, 16);
         return EXIT_OK;
 }
@@ -458,15 +419,15 @@ static int parse_socket(const char *s, char *out, size_t len) {
         int n;
 
         if (!*s)
-                return usage_error("%s", "device add: the SOCKET path is empty");
+                return cli_usage_error("%s", "device add: the SOCKET path is empty");
         if (s[0] == '/')
                 n = snprintf(out, len, "%s", s);
         else if (!getcwd(cwd, sizeof(cwd)))
-                return usage_error("device add: cannot make '%s' absolute: %s", s, strerror(errno));
+                return cli_usage_error("device add: cannot make '%s' absolute: %s", s, strerror(errno));
         else
                 n = snprintf(out, len, "%s/%s", strcmp(cwd, "/") == 0 ? "" : cwd, s);
         if (n < 0 || (size_t) n >= len)
-                return usage_error("device add: socket path '%s' is too long (at most %zu bytes, absolute)", s, len - 1);
+                return cli_usage_error("device add: socket path '%s' is too long (at most %zu bytes, absolute)", s, len - 1);
         return EXIT_OK;
 }
 
@@ -476,14 +437,14 @@ static int check_eventfd(const char *spec, const char *what, const char *s, int 
         ssize_t n;
 
         if (!isdigit((unsigned char) s[0]) || parse_u32_range(s, 0, INT_MAX, &v) < 0)
-                return usage_error("device add: --queue '%s': %s '%s' is not a file descriptor number", spec, what, s);
+                return cli_usage_error("device add: --queue '%s': %s '%s' is not a file descriptor number", spec, what, s);
         snprintf(link, sizeof(link), "/proc/self/fd/%" PRIu32, v);
         n = readlink(link, target, sizeof(target) - 1);
         if (n < 0)
-                return usage_error("device add: --queue '%s': %s %s is not an open file descriptor", spec, what, s);
+                return cli_usage_error("device add: --queue '%s': %s %s is not an open file descriptor", spec, what, s);
         target[n] = 0;
         if (strcmp(target, "anon_inode:[eventfd]") != 0)
-                return usage_error("device add: --queue '%s': %s %s is not an eventfd (%s)", spec, what, s, target);
+                return cli_usage_error("device add: --queue '%s': %s %s is not an eventfd (%s)", spec, what, s, target);
         *fd = (int) v;
         return EXIT_OK;
 }
@@ -499,8 +460,8 @@ static int new_eventfd(struct device_args *a, int *fd) {
 }
 
 static int queue_address(const char *spec, const char *what, const char *s, uint64_t *ret) {
-        if (parse_u64(s, true, ret) < 0)
-                return usage_error("device add: --queue '%s': %s '%s' is not a guest-physical address (" NUMBER_HINT ")",
+        if (cli_parse_u64(s, true, ret) < 0)
+                return cli_usage_error("device add: --queue '%s': %s '%s' is not a guest-physical address (" NUMBER_HINT ")",
                                    spec, what, s);
         return EXIT_OK;
 }
@@ -512,13 +473,13 @@ static int parse_queue(struct device_args *a, const char *spec, struct ctl_queue
         int ret;
 
         if (snprintf(buf, sizeof(buf), "%s", spec) >= (int) sizeof(buf))
-                return usage_error("device add: --queue '%s' is too long", spec);
+                return cli_usage_error("device add: --queue '%s' is too long", spec);
         if (split_fields(buf, f, 6) != want)
-                return usage_error("device add: --queue '%s': expected %s", spec,
+                return cli_usage_error("device add: --queue '%s': expected %s", spec,
                                    a->eventfds ? "SIZE:DESC:AVAIL:USED (with --eventfds)" : "SIZE:DESC:AVAIL:USED:KICKFD:CALLFD");
         if (!isdigit((unsigned char) f[0][0]) || parse_u32_range(f[0], 1, 32768, &q->size) < 0 ||
             (q->size & (q->size - 1)))
-                return usage_error("device add: --queue '%s': ring SIZE '%s' must be a power of two up to 32768",
+                return cli_usage_error("device add: --queue '%s': ring SIZE '%s' must be a power of two up to 32768",
                                    spec, f[0]);
         if ((ret = queue_address(spec, "DESC", f[1], &q->desc)) != EXIT_OK ||
             (ret = queue_address(spec, "AVAIL", f[2], &q->avail)) != EXIT_OK ||
@@ -548,7 +509,7 @@ static int device_add_option(struct device_args *a, int c, char **argv) {
                 return parse_features(optarg, &d->features);
         case 'p':
                 if (!isdigit((unsigned char) optarg[0]) || parse_u32_range(optarg, 1, VHM_DEVICE_MAX_QUEUE_PAIRS, &v) < 0)
-                        return usage_error("device add: invalid --queue-pairs '%s' (1..%d)", optarg,
+                        return cli_usage_error("device add: invalid --queue-pairs '%s' (1..%d)", optarg,
                                            VHM_DEVICE_MAX_QUEUE_PAIRS);
                 d->queue_pairs = v;
                 return EXIT_OK;
@@ -556,12 +517,12 @@ static int device_add_option(struct device_args *a, int c, char **argv) {
                 return parse_mac(optarg, a->mac, sizeof(a->mac));
         case 'M':
                 if (!isdigit((unsigned char) optarg[0]) || parse_u32_range(optarg, 68, 65535, &v) < 0)
-                        return usage_error("device add: invalid --mtu '%s' (68..65535)", optarg);
+                        return cli_usage_error("device add: invalid --mtu '%s' (68..65535)", optarg);
                 d->mtu = (uint16_t) v;
                 return EXIT_OK;
         case 'q':
                 if (a->n_queue_text == VHM_DEVICE_MAX_QUEUES)
-                        return usage_error("device add: at most %d --queue options (%d queue pairs)",
+                        return cli_usage_error("device add: at most %d --queue options (%d queue pairs)",
                                            VHM_DEVICE_MAX_QUEUES, VHM_DEVICE_MAX_QUEUE_PAIRS);
                 a->queue_text[a->n_queue_text++] = optarg;
                 return EXIT_OK;
@@ -578,7 +539,7 @@ static int device_add_finish(struct device_args *a, int argc, char **argv) {
         int ret;
 
         if (argc - optind != 2)
-                return usage_error("%s", "device add takes a VM and a SOCKET");
+                return cli_usage_error("%s", "device add takes a VM and a SOCKET");
         if ((ret = check_vm_name("device add", argv[optind])) != EXIT_OK ||
             (ret = parse_socket(argv[optind + 1], a->socket, sizeof(a->socket))) != EXIT_OK)
                 return ret;
@@ -586,7 +547,7 @@ static int device_add_finish(struct device_args *a, int argc, char **argv) {
         d->mac = a->mac;
         d->n_queues = 2 * d->queue_pairs;
         if (a->n_queue_text != d->n_queues)
-                return usage_error("device add: %u queue pair%s %u --queue options (RX 0, TX 0, RX 1, ...), "
+                return cli_usage_error("device add: %u queue pair%s %u --queue options (RX 0, TX 0, RX 1, ...), "
                                    "%u given", d->queue_pairs, d->queue_pairs == 1 ? " needs" : "s need", d->n_queues,
                                    a->n_queue_text);
         for (unsigned i = 0; i < d->n_queues; i++)
@@ -751,11 +712,11 @@ static const struct verb *find_verb(int argc, char **argv, int *ret) {
                         return &verbs[i];
         }
         if (!known)
-                *ret = usage_error("unknown command '%s'", name);
+                *ret = cli_usage_error("unknown command '%s'", name);
         else if (!sub)
-                *ret = usage_error("missing %s command", name);
+                *ret = cli_usage_error("missing %s command", name);
         else
-                *ret = usage_error("unknown command '%s %s'", name, sub);
+                *ret = cli_usage_error("unknown command '%s %s'", name, sub);
         return NULL;
 }
 
@@ -776,7 +737,7 @@ int main(int argc, char **argv) {
                 case 'j': arg_json = true; break;
                 case 'b':
                         if (!strchr(optarg, ':'))
-                                return usage_error("--bus-address '%s' is not a D-Bus address (e.g. unix:path=/run/bus)",
+                                return cli_usage_error("--bus-address '%s' is not a D-Bus address (e.g. unix:path=/run/bus)",
                                                    optarg);
                         arg_bus_address = optarg;
                         break;
@@ -784,7 +745,7 @@ int main(int argc, char **argv) {
                 }
         }
         if (optind >= argc)
-                return usage_error("%s", "missing command");
+                return cli_usage_error("%s", "missing command");
 
         const struct verb *v = find_verb(argc - optind, argv + optind, &ret);
         if (!v)

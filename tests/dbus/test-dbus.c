@@ -105,18 +105,7 @@ static void strv_free(char **l) {
 
 /* Waits up to timeout_ms for a child: its wait status, or -ETIMEDOUT (still running). */
 static int wait_child(pid_t pid, unsigned timeout_ms) {
-        uint64_t deadline = now_ms() + timeout_ms;
-        for (;;) {
-                int status;
-                pid_t r = waitpid(pid, &status, WNOHANG);
-                if (r == pid)
-                        return status;
-                if (r < 0 && errno != EINTR)
-                        return -errno;
-                if (now_ms() >= deadline)
-                        return -ETIMEDOUT;
-                sleep_ms(10);
-        }
+        return tb_wait_exit(pid, timeout_ms);
 }
 
 static void describe_status(int status, char *buf, size_t len) {
