@@ -103,9 +103,10 @@ static void strv_free(char **l) {
         free(l);
 }
 
-/* Waits up to timeout_ms for a child: its wait status, or -ETIMEDOUT (still running). */
+/* Waits up to timeout_ms (0: just looks) for a child: its wait status, or -ETIMEDOUT (still running). */
 static int wait_child(pid_t pid, unsigned timeout_ms) {
-        return tb_wait_exit(pid, timeout_ms);
+        /* tb_wait_exit takes 0 as "no deadline": the shortest real one instead. */
+        return tb_wait_exit(pid, timeout_ms ? timeout_ms : 1);
 }
 
 static void describe_status(int status, char *buf, size_t len) {
