@@ -13,6 +13,7 @@ packages=(
   meson ninja-build pkg-config gcc clang
   libsystemd-dev libjson-c-dev libvirt-dev libcmocka-dev libxml2-dev
   dpdk-dev qemu-system-common dbus systemd
+  python3 util-linux libclang-rt-14-dev
 )
 
 install_missing() {
