@@ -22,12 +22,11 @@ void config_defaults(struct vhostmigd_config *cfg) {
                 .monitor_interval_ms = 500,
                 .max_vms = 64,
                 .log_level = LOG_INFO,
-                .runtime_directory = "/run/vhostmig",
         };
 }
 
 /* One table entry per key: its name, how to read it, its bounds. */
-enum key_kind { KEY_UINT, KEY_LEVEL, KEY_PATH };
+enum key_kind { KEY_UINT, KEY_LEVEL };
 
 struct key {
         const char *name;
@@ -43,7 +42,6 @@ static const struct key keys[] = {
         UINT_KEY("monitor_interval_ms", monitor_interval_ms, 10, 60000),
         UINT_KEY("max_vms", max_vms, 1, 4096),
         { "log_level", KEY_LEVEL, offsetof(struct vhostmigd_config, log_level), 0, 0 },
-        { "runtime_directory", KEY_PATH, offsetof(struct vhostmigd_config, runtime_directory), 0, 0 },
 };
 
 static int set_uint(const struct key *k, json_object *v, void *field, char *error, size_t len) {
@@ -74,16 +72,6 @@ static int set_level(const struct key *k, json_object *v, void *field, char *err
         return -EINVAL;
 }
 
-static int set_path(const struct key *k, json_object *v, void *field, char *error, size_t len) {
-        const char *s = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
-        if (!s || s[0] != '/' || strlen(s) >= sizeof(((struct vhostmigd_config *) 0)->runtime_directory)) {
-                snprintf(error, len, "\"%s\": expected an absolute path of at most 255 characters", k->name);
-                return -EINVAL;
-        }
-        strcpy(field, s);
-        return 0;
-}
-
 static int apply_key(struct vhostmigd_config *cfg, const char *name, json_object *v, char *error, size_t len) {
         for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
                 const struct key *k = &keys[i];
@@ -93,7 +81,6 @@ static int apply_key(struct vhostmigd_config *cfg, const char *name, json_object
                 switch (k->kind) {
                 case KEY_UINT: return set_uint(k, v, field, error, len);
                 case KEY_LEVEL: return set_level(k, v, field, error, len);
-                case KEY_PATH: return set_path(k, v, field, error, len);
                 }
         }
         snprintf(error, len, "\"%s\": unknown key", name);
@@ -184,7 +171,6 @@ char *config_to_json(const struct vhostmigd_config *cfg) {
         json_object_object_add(o, "monitor_interval_ms", json_object_new_int64(cfg->monitor_interval_ms));
         json_object_object_add(o, "max_vms", json_object_new_int64(cfg->max_vms));
         json_object_object_add(o, "log_level", json_object_new_string(level_names[cfg->log_level]));
-        json_object_object_add(o, "runtime_directory", json_object_new_string(cfg->runtime_directory));
         char *s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
         json_object_put(o);
         return s;

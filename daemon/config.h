@@ -17,7 +17,6 @@ struct vhostmigd_config {
         unsigned monitor_interval_ms;  /* how often connections are checked, reconnections tried */
         unsigned max_vms;
         int log_level;                 /* syslog priority: messages above it are dropped */
-        char runtime_directory[256];
 };
 
 void config_defaults(struct vhostmigd_config *cfg);
