@@ -651,12 +651,8 @@ uint64_t vhm_device_protocol_features_offered(const struct vhm_device *dev) { re
 unsigned vhm_device_queue_pairs(const struct vhm_device *dev) { return dev->cfg.queue_pairs; }
 const struct vhm_device_stats *vhm_device_stats(const struct vhm_device *dev) { return &dev->stats; }
 struct vhu_conn *vhm_device_conn(const struct vhm_device *dev) { return dev->conn; }
-struct vhm_vm *vhm_device_vm(const struct vhm_device *dev) { return dev->vm; }
 
 unsigned vhm_device_ring_index(const struct vhm_device *dev, unsigned queue) {
         return queue < VHM_DEVICE_MAX_QUEUES ? dev->last_avail[queue] : 0;
 }
 
-const struct vhm_queue_spec *vhm_device_queue(const struct vhm_device *dev, unsigned index) {
-        return index < queue_count(dev) && (dev->queues_set & (1u << index)) ? &dev->queues[index] : NULL;
-}

@@ -150,5 +150,3 @@ unsigned vhm_device_ring_index(const struct vhm_device *dev, unsigned queue);
 const struct vhm_device_stats *vhm_device_stats(const struct vhm_device *dev);
 /* The live connection, or NULL while disconnected (for the dirty-log layer). */
 struct vhu_conn *vhm_device_conn(const struct vhm_device *dev);
-struct vhm_vm *vhm_device_vm(const struct vhm_device *dev);
-const struct vhm_queue_spec *vhm_device_queue(const struct vhm_device *dev, unsigned index);

@@ -647,6 +647,70 @@ static void listen_replaces_only_stale_sockets(void **state) {
         assert_int_equal(vhu_socket_connect(path), -ENOENT);
 }
 
+/* ---- pluggable waiting, timeouts, tracing --------------------------------------- */
+
+struct wait_log {
+        unsigned calls;
+};
+
+static int counting_wait(void *userdata, int fd, short events, uint64_t deadline_usec) {
+        ((struct wait_log *) userdata)->calls++;
+        return vhu_wait_poll(NULL, fd, events, deadline_usec);
+}
+
+static void custom_wait_is_used(void **state) {
+        struct fixture *f = *state;
+        struct wait_log log = { 0 };
+        const struct vhu_io io = { .wait = counting_wait, .userdata = &log };
+        vhu_conn_set_io(f->conn, &io);
+        /* No reply buffered yet: the connection must wait, through our function. */
+        uint64_t v;
+        assert_int_equal(vhu_get_features(f->conn, &v), -ETIMEDOUT);
+        assert_true(log.calls >= 1);
+}
+
+static void timeout_can_be_changed(void **state) {
+        struct fixture *f = *state;
+        vhu_conn_set_timeout(f->conn, 50);
+        uint64_t t0 = vhu_now_usec(), v;
+        assert_int_equal(vhu_get_features(f->conn, &v), -ETIMEDOUT);
+        uint64_t ms = (vhu_now_usec() - t0) / 1000;
+        assert_in_range(ms, 40, 250);   /* 50 ms, not the fixture's 300 */
+}
+
+struct trace_log {
+        unsigned sent, received;
+        uint32_t last_sent, last_received;
+};
+
+static void tracer(void *userdata, bool sent, const struct vhu_msg *msg) {
+        struct trace_log *t = userdata;
+        if (sent) {
+                t->sent++;
+                t->last_sent = msg->hdr.request;
+        } else {
+                t->received++;
+                t->last_received = msg->hdr.request;
+        }
+}
+
+static void trace_sees_both_directions(void **state) {
+        struct fixture *f = *state;
+        struct trace_log t = { 0 };
+        vhu_conn_set_trace(f->conn, tracer, &t);
+        struct vhu_vring_state st = { .index = 0, .num = 9 };
+        peer_send(f->peer, VHU_REQ_GET_VRING_BASE, VHU_REPLY_FLAGS, &st, sizeof(st), NULL, 0);
+        unsigned base;
+        assert_int_equal(vhu_get_vring_base(f->conn, 0, &base), 0);
+        assert_int_equal(t.sent, 1);
+        assert_int_equal(t.received, 1);
+        assert_int_equal(t.last_sent, VHU_REQ_GET_VRING_BASE);
+        assert_int_equal(t.last_received, VHU_REQ_GET_VRING_BASE);
+        /* A request refused before sending is not traced. */
+        assert_int_equal(vhu_reset_device(f->conn), -ENOTSUP);
+        assert_int_equal(t.sent, 1);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 #define T_NO_ACK(fn) cmocka_unit_test_setup_teardown(fn, setup_no_ack, teardown)
 
@@ -679,6 +743,9 @@ int main(void) {
                 T(set_features_checks_offer),
                 cmocka_unit_test(backend_channel_serves_and_refuses),
                 cmocka_unit_test(backend_channel_rejects_garbage),
+                T(custom_wait_is_used),
+                T(timeout_can_be_changed),
+                T(trace_sees_both_directions),
                 cmocka_unit_test(transport_reassembles_partial_messages),
                 cmocka_unit_test(listen_replaces_only_stale_sockets),
         };
