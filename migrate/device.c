@@ -655,4 +655,3 @@ struct vhu_conn *vhm_device_conn(const struct vhm_device *dev) { return dev->con
 unsigned vhm_device_ring_index(const struct vhm_device *dev, unsigned queue) {
         return queue < VHM_DEVICE_MAX_QUEUES ? dev->last_avail[queue] : 0;
 }
-
