@@ -78,7 +78,7 @@ run_step() {
 # ---- 1. the back-end and the probe --------------------------------------------
 # testpmd exits at EOF on stdin: feed it from a fifo we keep open.
 mkfifo "$work/stdin"
-dpdk-testpmd --no-huge -m 1024 --no-pci --file-prefix "$prefix" \
+stdbuf -oL dpdk-testpmd --no-huge -m 1024 --no-pci --file-prefix "$prefix" \
   --vdev "net_vhost0,iface=$work/dpdk.sock,queues=1" -- \
   --no-mlockall --total-num-mbufs=4096 --forward-mode=macswap --port-topology=loop -a \
   <"$work/stdin" >"$work/testpmd.log" 2>&1 &
@@ -87,6 +87,10 @@ exec 3>"$work/stdin"
 
 for _ in $(seq 200); do [ -S "$work/dpdk.sock" ] && break; sleep 0.1; done
 [ -S "$work/dpdk.sock" ] || { echo "testpmd did not start:"; cat "$work/testpmd.log"; exit 1; }
+# The socket exists before the port starts: wait until testpmd forwards (its
+# log is line-buffered through stdbuf) so that nothing races its start-up.
+for _ in $(seq 200); do grep -q "Press enter to exit" "$work/testpmd.log" && break; sleep 0.1; done
+grep -q "Press enter to exit" "$work/testpmd.log" || { echo "testpmd did not start forwarding:"; cat "$work/testpmd.log"; exit 1; }
 
 echo "== vhostmigctl probe $work/dpdk.sock"
 run_step "vhostmigctl probe" "$ctl" probe "$work/dpdk.sock"

@@ -56,7 +56,7 @@ for i in $(seq 0 $((vms - 1))); do
   vdevs+=(--vdev "net_vhost$i,iface=$work/vm$i.sock,queues=1")
 done
 mkfifo "$work/stdin"
-dpdk-testpmd --no-huge -m 1024 --no-pci --file-prefix "$prefix" "${vdevs[@]}" -- \
+stdbuf -oL dpdk-testpmd --no-huge -m 1024 --no-pci --file-prefix "$prefix" "${vdevs[@]}" -- \
   --no-mlockall --total-num-mbufs=$((8192 * vms)) --forward-mode=macswap --port-topology=loop -a \
   <"$work/stdin" >"$work/testpmd.log" 2>&1 &
 testpmd_pid=$!
@@ -65,6 +65,10 @@ for i in $(seq 0 $((vms - 1))); do
   for _ in $(seq 200); do [ -S "$work/vm$i.sock" ] && break; sleep 0.1; done
   [ -S "$work/vm$i.sock" ] || { echo "testpmd did not start:"; cat "$work/testpmd.log"; exit 1; }
 done
+# The socket exists before the port starts: wait until testpmd forwards (its
+# log is line-buffered through stdbuf) so that nothing races its start-up.
+for _ in $(seq 200); do grep -q "Press enter to exit" "$work/testpmd.log" && break; sleep 0.1; done
+grep -q "Press enter to exit" "$work/testpmd.log" || { echo "testpmd did not start forwarding:"; cat "$work/testpmd.log"; exit 1; }
 
 eval "$("$top/tests/dbus/start-bus.sh")"
 export DBUS_SYSTEM_BUS_ADDRESS=$BUS_ADDRESS

@@ -74,6 +74,29 @@ static int spawn(struct real_backend *b, char *const argv[]) {
         return 0;
 }
 
+/* Waits until the back-end's log contains `needle`. */
+static int wait_for_log(struct real_backend *b, const char *needle, unsigned timeout_ms) {
+        for (unsigned waited = 0; waited < timeout_ms; waited += 20) {
+                FILE *f = fopen(b->log, "re");
+                if (f) {
+                        char line[512];
+                        bool found = false;
+                        while (!found && fgets(line, sizeof(line), f))
+                                found = strstr(line, needle) != NULL;
+                        fclose(f);
+                        if (found)
+                                return 0;
+                }
+                if (waitpid(b->pid, NULL, WNOHANG) == b->pid) {
+                        b->pid = -1;
+                        return -ECHILD;
+                }
+                sleep_ms(20);
+        }
+        fprintf(stderr, "back-end log never said \"%s\"\n", needle);
+        return -ETIMEDOUT;
+}
+
 static int wait_for_socket(struct real_backend *b, unsigned timeout_ms) {
         for (unsigned waited = 0; waited < timeout_ms; waited += 20) {
                 struct stat st;
@@ -116,6 +139,8 @@ int start_testpmd_at(struct real_backend *b, const char *dir, unsigned queues, u
         char *argv[32];
         unsigned n = 0;
 #define ARG(x) argv[n++] = (char *) (x)
+        /* Line-buffered output, so the log shows when forwarding has started. */
+        ARG("/usr/bin/stdbuf"); ARG("-oL");
         ARG(TESTPMD_BIN); ARG("--no-huge"); ARG("-m"); ARG("1024"); ARG("--no-pci");
         ARG("--file-prefix"); ARG(b->dpdk_prefix); ARG("--vdev"); ARG(vdev);
         if (flags & TESTPMD_NULL_PORT) {
@@ -133,6 +158,13 @@ int start_testpmd_at(struct real_backend *b, const char *dir, unsigned queues, u
         r = spawn(b, argv);
         if (r == 0 && !client)
                 r = wait_for_socket(b, 20000);
+        /*
+         * The socket exists before the port is started: a front-end that
+         * connects in between races testpmd's start-up, and now and then the
+         * port then never forwards.  Wait until it announces forwarding.
+         */
+        if (r == 0 && !client)
+                r = wait_for_log(b, "Press enter to exit", 20000);
         if (r < 0)
                 stop_backend(b);
         return r;
