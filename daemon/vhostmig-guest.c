@@ -405,43 +405,35 @@ fail:
         return rc;
 }
 
+/* Reports a failed property read (and frees the error); returns rc. */
+static int property_failed(struct run *r, const char *iface, const char *prop, sd_bus_error *e, int rc) {
+        char what[128];
+        snprintf(what, sizeof(what), "reading %s.%s", iface, prop);
+        bus_error(r, what, e, rc);
+        sd_bus_error_free(e);
+        return rc;
+}
+
 static int get_u64(struct run *r, const char *path, const char *iface, const char *prop, uint64_t *out) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
         int rc = sd_bus_get_property_trivial(r->bus, BUS_NAME, path, iface, prop, &e, 't', out);
-        if (rc < 0) {
-                char what[128];
-                snprintf(what, sizeof(what), "reading %s.%s", iface, prop);
-                bus_error(r, what, &e, rc);
-        }
-        sd_bus_error_free(&e);
-        return rc;
+        return rc < 0 ? property_failed(r, iface, prop, &e, rc) : rc;
 }
 
 static int get_bool(struct run *r, const char *path, const char *iface, const char *prop, bool *out) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
         int v = 0;
         int rc = sd_bus_get_property_trivial(r->bus, BUS_NAME, path, iface, prop, &e, 'b', &v);
-        if (rc < 0) {
-                char what[128];
-                snprintf(what, sizeof(what), "reading %s.%s", iface, prop);
-                bus_error(r, what, &e, rc);
-        } else {
-                *out = v;
-        }
-        sd_bus_error_free(&e);
+        if (rc < 0)
+                return property_failed(r, iface, prop, &e, rc);
+        *out = v;
         return rc;
 }
 
 static int get_string(struct run *r, const char *path, const char *iface, const char *prop, char **out) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
         int rc = sd_bus_get_property_string(r->bus, BUS_NAME, path, iface, prop, &e, out);
-        if (rc < 0) {
-                char what[128];
-                snprintf(what, sizeof(what), "reading %s.%s", iface, prop);
-                bus_error(r, what, &e, rc);
-        }
-        sd_bus_error_free(&e);
-        return rc;
+        return rc < 0 ? property_failed(r, iface, prop, &e, rc) : rc;
 }
 
 /* A method without arguments on the VM; the reply is returned when wanted. */
