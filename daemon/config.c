@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,90 +24,271 @@ void config_defaults(struct vhostmigd_config *cfg) {
                 .request_timeout_ms = 5000,
                 .monitor_interval_ms = 500,
                 .max_vms = 64,
+                .max_probes = 4,
                 .log_level = LOG_INFO,
+                /* 1 TiB: a 32 MiB dirty log and migration bitmap at most. */
+                .max_guest_phys_addr = UINT64_C(1) << 40,
+                /* Owner and group: a back-end of the socket's group may connect. */
+                .server_socket_mode = 0660,
+                .server_socket_group = (gid_t) -1,
         };
 }
 
-/* One table entry per key: its name, how to read it, its bounds. */
-enum key_kind { KEY_UINT, KEY_LEVEL };
+/* One table entry per key: its name, how to read it, where it goes, its bounds. */
+enum key_kind { KEY_UINT, KEY_U64, KEY_LEVEL, KEY_MODE, KEY_GROUP, KEY_UIDS, KEY_VMS };
 
 struct key {
         const char *name;
         enum key_kind kind;
         size_t offset;
-        unsigned min, max;
+        uint64_t min, max;
 };
 
-#define UINT_KEY(n, field, lo, hi) { n, KEY_UINT, offsetof(struct vhostmigd_config, field), lo, hi }
+#define KEY(n, kind, field, lo, hi) { n, kind, offsetof(struct vhostmigd_config, field), lo, hi }
 
 static const struct key keys[] = {
-        UINT_KEY("request_timeout_ms", request_timeout_ms, 10, 600000),
-        UINT_KEY("monitor_interval_ms", monitor_interval_ms, 10, 60000),
-        UINT_KEY("max_vms", max_vms, 1, 4096),
-        { "log_level", KEY_LEVEL, offsetof(struct vhostmigd_config, log_level), 0, 0 },
+        KEY("request_timeout_ms", KEY_UINT, request_timeout_ms, 10, 600000),
+        KEY("monitor_interval_ms", KEY_UINT, monitor_interval_ms, 10, 60000),
+        KEY("max_vms", KEY_UINT, max_vms, 1, 4096),
+        KEY("max_probes", KEY_UINT, max_probes, 1, 64),
+        KEY("log_level", KEY_LEVEL, log_level, 0, 0),
+        /* From 1 GiB to 2^52, the x86-64 and arm64 physical address limit. */
+        KEY("max_guest_phys_addr", KEY_U64, max_guest_phys_addr, UINT64_C(1) << 30, UINT64_C(1) << 52),
+        KEY("server_socket_mode", KEY_MODE, server_socket_mode, 0, 0777),
+        KEY("server_socket_group", KEY_GROUP, server_socket_group, 0, 0),
+        KEY("backend_uids", KEY_UIDS, backend_uids, 0, UINT32_MAX - 1),
+        KEY("vms", KEY_VMS, vm_policies, 0, 0),
 };
 
-static int set_uint(const struct key *k, json_object *v, void *field, char *error, size_t len) {
-        if (!json_object_is_type(v, json_type_int)) {
-                snprintf(error, len, "\"%s\": expected an integer, got %s", k->name,
-                         json_type_to_name(json_object_get_type(v)));
-                return -EINVAL;
-        }
+/* Where a key's value goes in the configuration. */
+static void *field_of(struct vhostmigd_config *cfg, const struct key *k) {
+        return (char *) cfg + k->offset;
+}
+
+__attribute__((format(printf, 3, 4)))
+static int key_error(char *error, size_t len, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(error, len, fmt, ap);
+        va_end(ap);
+        return -EINVAL;
+}
+
+static int read_integer(const char *name, json_object *v, uint64_t min, uint64_t max, uint64_t *out,
+                        char *error, size_t len) {
+        if (!json_object_is_type(v, json_type_int))
+                return key_error(error, len, "\"%s\": expected an integer, got %s", name,
+                                 json_type_to_name(json_object_get_type(v)));
+        /* json-c keeps integers as int64 or uint64; a negative one is below every minimum here. */
         errno = 0;
-        int64_t n = json_object_get_int64(v);
-        if (errno || n < k->min || n > k->max) {
-                snprintf(error, len, "\"%s\": %s is out of range %u..%u", k->name,
-                         json_object_to_json_string(v), k->min, k->max);
+        int64_t s = json_object_get_int64(v);
+        uint64_t u = s < 0 ? 0 : json_object_get_uint64(v);
+        if (s < 0 || errno || u < min || u > max) {
+                snprintf(error, len, "\"%s\": %s is out of range %" PRIu64 "..%" PRIu64, name,
+                         json_object_to_json_string(v), min, max);
                 return -ERANGE;
         }
-        *(unsigned *) field = (unsigned) n;
+        *out = u;
         return 0;
 }
 
-static int set_level(const struct key *k, json_object *v, void *field, char *error, size_t len) {
+static int set_uint(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
+        uint64_t n;
+        int r = read_integer(k->name, v, k->min, k->max, &n, error, len);
+        if (r == 0)
+                *(unsigned *) field_of(cfg, k) = (unsigned) n;
+        return r;
+}
+
+static int set_u64(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
+        return read_integer(k->name, v, k->min, k->max, field_of(cfg, k), error, len);
+}
+
+static int set_level(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
         const char *s = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
         for (size_t i = 0; s && i < sizeof(level_names) / sizeof(level_names[0]); i++)
                 if (level_names[i] && strcmp(s, level_names[i]) == 0) {
-                        *(int *) field = (int) i;
+                        *(int *) field_of(cfg, k) = (int) i;
                         return 0;
                 }
-        snprintf(error, len, "\"%s\": expected one of \"err\", \"warning\", \"notice\", \"info\", \"debug\"", k->name);
-        return -EINVAL;
+        return key_error(error, len, "\"%s\": expected one of \"err\", \"warning\", \"notice\", \"info\", \"debug\"",
+                         k->name);
 }
+
+/* A mode is written as systemd writes them: an octal string such as "0660". */
+static int set_mode(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
+        const char *s = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+        size_t n = s ? strlen(s) : 0;
+        if (n < 3 || n > 4 || strspn(s, "01234567") != n)
+                return key_error(error, len, "\"%s\": expected an octal mode such as \"0660\"", k->name);
+        unsigned long mode = strtoul(s, NULL, 8);
+        if (mode > k->max)
+                return key_error(error, len, "\"%s\": %s has bits beyond 0777", k->name, s);
+        /* Without the owner's write bit nobody could connect, the daemon's own probes neither. */
+        if (!(mode & 0200))
+                return key_error(error, len, "\"%s\": %s lacks the owner's write permission (0200)", k->name, s);
+        *(unsigned *) field_of(cfg, k) = (unsigned) mode;
+        return 0;
+}
+
+/* A group by name (resolved now, so a typo is caught at start) or by number. */
+static int set_group(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
+        if (json_object_is_type(v, json_type_int)) {
+                uint64_t gid;
+                int r = read_integer(k->name, v, 0, UINT32_MAX - 1, &gid, error, len);
+                if (r < 0)
+                        return r;
+                *(gid_t *) field_of(cfg, k) = (gid_t) gid;
+                cfg->server_socket_group_name[0] = '\0';
+                return 0;
+        }
+        const char *name = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+        if (!name || !*name || strlen(name) >= sizeof(cfg->server_socket_group_name))
+                return key_error(error, len, "\"%s\": expected a group name or a gid", k->name);
+        struct group grp, *found = NULL;
+        char buf[4096];
+        int r = getgrnam_r(name, &grp, buf, sizeof(buf), &found);
+        if (r != 0 || !found)
+                return key_error(error, len, "\"%s\": no group named \"%s\"%s%s", k->name, name,
+                                 r ? ": " : "", r ? strerror(r) : "");
+        *(gid_t *) field_of(cfg, k) = found->gr_gid;
+        snprintf(cfg->server_socket_group_name, sizeof(cfg->server_socket_group_name), "%s", name);
+        return 0;
+}
+
+static int read_uid_list(const char *name, json_object *v, struct config_uid_list *out, char *error, size_t len) {
+        if (!json_object_is_type(v, json_type_array))
+                return key_error(error, len, "\"%s\": expected an array of uids", name);
+        size_t n = json_object_array_length(v);
+        if (n > CONFIG_MAX_UIDS)
+                return key_error(error, len, "\"%s\": at most %u uids", name, CONFIG_MAX_UIDS);
+        struct config_uid_list list = { .n = (unsigned) n };
+        for (size_t i = 0; i < n; i++) {
+                uint64_t uid;
+                char item[96];
+                snprintf(item, sizeof(item), "%s[%zu]", name, i);
+                int r = read_integer(item, json_object_array_get_idx(v, i), 0, UINT32_MAX - 1, &uid, error, len);
+                if (r < 0)
+                        return r;
+                list.uid[i] = (uid_t) uid;
+        }
+        *out = list;
+        return 0;
+}
+
+static int set_uids(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
+        return read_uid_list(k->name, v, field_of(cfg, k), error, len);
+}
+
+/* A VM name as vhostmigd accepts it (migrate/vm.h): 1..63 of [A-Za-z0-9_.-]. */
+static bool valid_vm_name(const char *s) {
+        size_t n = strlen(s);
+        return n > 0 && n < CONFIG_VM_NAME_MAX &&
+               strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") == n;
+}
+
+static int read_vm_policy(const char *vm, json_object *v, struct config_vm_policy *out, char *error, size_t len) {
+        char where[128];
+        if (!valid_vm_name(vm))
+                return key_error(error, len, "\"vms\": \"%s\" is not a VM name (1..63 of A-Z a-z 0-9 _ . -)", vm);
+        if (!json_object_is_type(v, json_type_object))
+                return key_error(error, len, "\"vms.%s\": expected an object", vm);
+        snprintf(out->name, sizeof(out->name), "%s", vm);
+        json_object_object_foreach(v, key, value) {
+                if (strcmp(key, "backend_uids") != 0)
+                        return key_error(error, len, "\"vms.%s.%s\": unknown key", vm, key);
+                snprintf(where, sizeof(where), "vms.%s.backend_uids", vm);
+                int r = read_uid_list(where, value, &out->backend_uids, error, len);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int set_vms(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
+        if (!json_object_is_type(v, json_type_object))
+                return key_error(error, len, "\"%s\": expected an object of VM names", k->name);
+        if (json_object_object_length(v) > CONFIG_MAX_VM_POLICIES)
+                return key_error(error, len, "\"%s\": at most %u VMs", k->name, CONFIG_MAX_VM_POLICIES);
+        cfg->n_vm_policies = 0;
+        json_object_object_foreach(v, vm, value) {
+                struct config_vm_policy *p = &cfg->vm_policies[cfg->n_vm_policies];
+                memset(p, 0, sizeof(*p));
+                int r = read_vm_policy(vm, value, p, error, len);
+                if (r < 0)
+                        return r;
+                cfg->n_vm_policies++;
+        }
+        return 0;
+}
+
+typedef int (*key_setter)(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len);
+
+static const key_setter setters[] = {
+        [KEY_UINT] = set_uint, [KEY_U64] = set_u64, [KEY_LEVEL] = set_level, [KEY_MODE] = set_mode,
+        [KEY_GROUP] = set_group, [KEY_UIDS] = set_uids, [KEY_VMS] = set_vms,
+};
 
 static int apply_key(struct vhostmigd_config *cfg, const char *name, json_object *v, char *error, size_t len) {
         for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
                 const struct key *k = &keys[i];
-                if (strcmp(k->name, name) != 0)
-                        continue;
-                void *field = (char *) cfg + k->offset;
-                switch (k->kind) {
-                case KEY_UINT: return set_uint(k, v, field, error, len);
-                case KEY_LEVEL: return set_level(k, v, field, error, len);
-                }
+                if (strcmp(k->name, name) == 0)
+                        return setters[k->kind](k, v, cfg, error, len);
         }
-        snprintf(error, len, "\"%s\": unknown key", name);
-        return -EINVAL;
+        return key_error(error, len, "\"%s\": unknown key", name);
 }
 
-/* One JSON document in json-c's strict mode (no comments, no trailing commas, nothing after it). */
+/*
+ * json-c keeps the last of two equal keys in an object; a strict
+ * configuration refuses them, since whichever one the writer meant, the other
+ * was a mistake.  The tokener's stack frame holds the key just read until its
+ * value is added: a key already in that object is a duplicate.
+ */
+static const char *duplicate_key(const json_tokener *tok) {
+        const struct json_tokener_srec *frame = &tok->stack[tok->depth];
+        if (!frame->obj_field_name || !frame->current || !json_object_is_type(frame->current, json_type_object))
+                return NULL;
+        return json_object_object_get_ex(frame->current, frame->obj_field_name, NULL) ? frame->obj_field_name : NULL;
+}
+
+static bool only_white_space(const char *s) {
+        return s[strspn(s, " \t\r\n")] == '\0';
+}
+
+/*
+ * One JSON document in json-c's strict mode (no comments, no trailing commas,
+ * nothing after it), fed to the incremental tokener one byte at a time so
+ * that every key can be checked the moment it has been read.
+ */
 static int parse_document(const char *text, json_object **out, char *error, size_t len) {
         json_tokener *tok = json_tokener_new();
         if (!tok)
                 return -ENOMEM;
         json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
-        size_t n = strlen(text);
-        json_object *obj = json_tokener_parse_ex(tok, text, (int) n);
-        enum json_tokener_error jerr = json_tokener_get_error(tok);
-        size_t consumed = json_tokener_get_parse_end(tok);
-        json_tokener_free(tok);
-        if (!obj || jerr != json_tokener_success) {
-                json_object_put(obj);
-                snprintf(error, len, "invalid JSON at byte %zu: %s", consumed,
-                         jerr == json_tokener_continue ? "unexpected end of input" : json_tokener_error_desc(jerr));
-                return -EINVAL;
+        size_t n = strlen(text), i;
+        json_object *obj = NULL;
+        enum json_tokener_error jerr = json_tokener_continue;
+        const char *dup = NULL;
+        for (i = 0; i < n && !obj && jerr == json_tokener_continue && !dup; i++) {
+                obj = json_tokener_parse_ex(tok, text + i, 1);
+                jerr = json_tokener_get_error(tok);
+                if (!obj && jerr == json_tokener_continue)
+                        dup = duplicate_key(tok);
         }
-        /* Strict mode also refuses anything but white space after the document. */
+        int r = 0;
+        if (dup)
+                r = key_error(error, len, "\"%s\": duplicate key at byte %zu", dup, i - 1);
+        else if (!obj || jerr != json_tokener_success)
+                r = key_error(error, len, "invalid JSON at byte %zu: %s", obj ? i - 1 : i,
+                              jerr == json_tokener_continue ? "unexpected end of input" : json_tokener_error_desc(jerr));
+        else if (!only_white_space(text + i))
+                r = key_error(error, len, "invalid JSON at byte %zu: trailing characters after the document",
+                              i + strspn(text + i, " \t\r\n"));
+        json_tokener_free(tok);
+        if (r < 0) {
+                json_object_put(obj);
+                return r;
+        }
         *out = obj;
         return 0;
 }
@@ -116,8 +300,7 @@ int config_parse(struct vhostmigd_config *cfg, const char *text, char *error, si
                 return r;
         if (!json_object_is_type(root, json_type_object)) {
                 json_object_put(root);
-                snprintf(error, len, "the top level must be an object");
-                return -EINVAL;
+                return key_error(error, len, "the top level must be an object");
         }
         struct vhostmigd_config parsed = *cfg;
         json_object_object_foreach(root, key, value) {
@@ -165,13 +348,44 @@ int config_load(struct vhostmigd_config *cfg, const char *path, bool optional, c
         return r;
 }
 
+static json_object *uid_list_to_json(const struct config_uid_list *list) {
+        json_object *a = json_object_new_array();
+        for (unsigned i = 0; i < list->n; i++)
+                json_object_array_add(a, json_object_new_int64(list->uid[i]));
+        return a;
+}
+
 char *config_to_json(const struct vhostmigd_config *cfg) {
         json_object *o = json_object_new_object();
+        char mode[8];
+        snprintf(mode, sizeof(mode), "%04o", cfg->server_socket_mode);
         json_object_object_add(o, "request_timeout_ms", json_object_new_int64(cfg->request_timeout_ms));
         json_object_object_add(o, "monitor_interval_ms", json_object_new_int64(cfg->monitor_interval_ms));
         json_object_object_add(o, "max_vms", json_object_new_int64(cfg->max_vms));
+        json_object_object_add(o, "max_probes", json_object_new_int64(cfg->max_probes));
         json_object_object_add(o, "log_level", json_object_new_string(level_names[cfg->log_level]));
+        json_object_object_add(o, "max_guest_phys_addr", json_object_new_uint64(cfg->max_guest_phys_addr));
+        json_object_object_add(o, "server_socket_mode", json_object_new_string(mode));
+        if (cfg->server_socket_group_name[0])
+                json_object_object_add(o, "server_socket_group", json_object_new_string(cfg->server_socket_group_name));
+        else if (cfg->server_socket_group != (gid_t) -1)
+                json_object_object_add(o, "server_socket_group", json_object_new_int64(cfg->server_socket_group));
+        json_object_object_add(o, "backend_uids", uid_list_to_json(&cfg->backend_uids));
+        json_object *vms = json_object_new_object();
+        for (unsigned i = 0; i < cfg->n_vm_policies; i++) {
+                json_object *vm = json_object_new_object();
+                json_object_object_add(vm, "backend_uids", uid_list_to_json(&cfg->vm_policies[i].backend_uids));
+                json_object_object_add(vms, cfg->vm_policies[i].name, vm);
+        }
+        json_object_object_add(o, "vms", vms);
         char *s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
         json_object_put(o);
         return s;
+}
+
+const struct config_uid_list *config_backend_uids(const struct vhostmigd_config *cfg, const char *name) {
+        for (unsigned i = 0; i < cfg->n_vm_policies; i++)
+                if (strcmp(cfg->vm_policies[i].name, name) == 0)
+                        return &cfg->vm_policies[i].backend_uids;
+        return &cfg->backend_uids;
 }

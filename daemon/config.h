@@ -1,22 +1,49 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * vhostmigd's configuration: /etc/vhostmig/vhostmigd.json, parsed strictly
- * (unknown keys, wrong types, out-of-range values and trailing garbage are
- * errors naming the key).  Every setting has a built-in default, so the
- * daemon runs without a file.
+ * (unknown keys, duplicate keys, wrong types, out-of-range values and
+ * trailing garbage are errors naming the key).  Every setting has a built-in
+ * default, so the daemon runs without a file.
  */
 #pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #define VHOSTMIGD_DEFAULT_CONFIG "/etc/vhostmig/vhostmigd.json"
+
+/* Back-end uids one allow-list may name, and VMs that may have their own list. */
+#define CONFIG_MAX_UIDS        16
+#define CONFIG_MAX_VM_POLICIES 64
+#define CONFIG_VM_NAME_MAX     64
+
+struct config_uid_list {
+        uid_t uid[CONFIG_MAX_UIDS];
+        unsigned n;
+};
+
+/* "vms": { "NAME": { "backend_uids": [...] } } */
+struct config_vm_policy {
+        char name[CONFIG_VM_NAME_MAX];
+        struct config_uid_list backend_uids;
+};
 
 struct vhostmigd_config {
         unsigned request_timeout_ms;   /* per vhost-user request */
         unsigned monitor_interval_ms;  /* how often connections are checked, reconnections tried */
         unsigned max_vms;
+        unsigned max_probes;           /* Probe calls running at once; more are refused (Busy) */
         int log_level;                 /* syslog priority: messages above it are dropped */
+        uint64_t max_guest_phys_addr;  /* no region may end above this guest-physical address */
+        unsigned server_socket_mode;   /* permission bits of server-mode sockets */
+        gid_t server_socket_group;     /* their group; (gid_t) -1 leaves the daemon's */
+        char server_socket_group_name[64];   /* the name it was given by, for --check-config; "" otherwise */
+        /* Back-end uids allowed on every device; empty: the first connection's uid. */
+        struct config_uid_list backend_uids;
+        struct config_vm_policy vm_policies[CONFIG_MAX_VM_POLICIES];
+        unsigned n_vm_policies;
 };
 
 void config_defaults(struct vhostmigd_config *cfg);
@@ -33,3 +60,6 @@ int config_parse(struct vhostmigd_config *cfg, const char *text, char *error, si
 
 /* The effective configuration as a JSON document (caller frees). */
 char *config_to_json(const struct vhostmigd_config *cfg);
+
+/* The back-end uids allowed for VM `name`: its own list if it has one, else the global one. */
+const struct config_uid_list *config_backend_uids(const struct vhostmigd_config *cfg, const char *name);

@@ -60,6 +60,29 @@ static void bad_files(void **state) {
                 { "[ 1, 2 ]", "top level must be an object" },
                 { "{ \"max_vms\": 3", "unexpected end of input" },
                 { "", "invalid JSON" },
+                /* json-c alone would keep the last of two equal keys. */
+                { "{\"max_vms\": 3, \"max_vms\": 7}", "\"max_vms\": duplicate key" },
+                { "{\"vms\": {\"a\": {\"backend_uids\": [1]}, \"a\": {}}}", "\"a\": duplicate key" },
+                { "{\"vms\": {\"a\": {\"backend_uids\": [1], \"backend_uids\": [2]}}}",
+                  "\"backend_uids\": duplicate key" },
+                { "{\"max_guest_phys_addr\": 1024}", "\"max_guest_phys_addr\": 1024 is out of range" },
+                { "{\"max_guest_phys_addr\": 9007199254740993}", "out of range" },
+                { "{\"max_probes\": 0}", "\"max_probes\": 0 is out of range" },
+                { "{\"server_socket_mode\": 432}", "\"server_socket_mode\": expected an octal mode" },
+                { "{\"server_socket_mode\": \"0968\"}", "expected an octal mode" },
+                { "{\"server_socket_mode\": \"1777\"}", "has bits beyond 0777" },
+                { "{\"server_socket_mode\": \"0060\"}", "lacks the owner's write permission" },
+                { "{\"server_socket_group\": \"no-such-group-here\"}", "no group named \"no-such-group-here\"" },
+                { "{\"server_socket_group\": -1}", "\"server_socket_group\": -1 is out of range" },
+                { "{\"server_socket_group\": true}", "expected a group name or a gid" },
+                { "{\"backend_uids\": 1000}", "\"backend_uids\": expected an array of uids" },
+                { "{\"backend_uids\": [1000, \"x\"]}", "\"backend_uids[1]\": expected an integer" },
+                { "{\"backend_uids\": [-5]}", "\"backend_uids[0]\": -5 is out of range" },
+                { "{\"backend_uids\": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}", "at most 16 uids" },
+                { "{\"vms\": []}", "\"vms\": expected an object of VM names" },
+                { "{\"vms\": {\"bad name\": {}}}", "\"vms\": \"bad name\" is not a VM name" },
+                { "{\"vms\": {\"a\": {\"uids\": []}}}", "\"vms.a.uids\": unknown key" },
+                { "{\"vms\": {\"a\": {\"backend_uids\": [\"root\"]}}}", "\"vms.a.backend_uids[0]\": expected an integer" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct vhostmigd_config c;
@@ -71,6 +94,50 @@ static void bad_files(void **state) {
                 /* A refused file changes nothing. */
                 assert_int_equal(c.max_vms, 64);
         }
+}
+
+static void security_keys(void **state) {
+        (void) state;
+        struct vhostmigd_config c;
+        config_defaults(&c);
+        assert_int_equal(c.server_socket_mode, 0660);
+        assert_int_equal(c.server_socket_group, (gid_t) -1);
+        assert_true(c.max_guest_phys_addr == (UINT64_C(1) << 40));
+        assert_int_equal(c.max_probes, 4);
+        assert_int_equal(config_backend_uids(&c, "vm0")->n, 0);
+        char err[256] = "";
+        int r = config_parse(&c, "{ \"server_socket_mode\": \"0666\", \"server_socket_group\": \"root\",\n"
+                                 "  \"max_guest_phys_addr\": 1099511627776000, \"backend_uids\": [0, 1000],\n"
+                                 "  \"vms\": { \"vm1\": { \"backend_uids\": [2000] } } }", err, sizeof(err));
+        if (r < 0)
+                fail_msg("%s", err);
+        assert_int_equal(c.server_socket_mode, 0666);
+        assert_int_equal(c.server_socket_group, 0);
+        assert_true(c.max_guest_phys_addr == UINT64_C(1099511627776000));
+        const struct config_uid_list *global = config_backend_uids(&c, "vm0");
+        assert_int_equal(global->n, 2);
+        assert_int_equal(global->uid[1], 1000);
+        const struct config_uid_list *own = config_backend_uids(&c, "vm1");
+        assert_int_equal(own->n, 1);
+        assert_int_equal(own->uid[0], 2000);
+        /* A gid by number, and the effective configuration shows it all. */
+        assert_int_equal(config_parse(&c, "{\"server_socket_group\": 4242}", err, sizeof(err)), 0);
+        assert_int_equal(c.server_socket_group, 4242);
+        char *json = config_to_json(&c);
+        assert_non_null(strstr(json, "\"server_socket_mode\":\"0666\""));
+        assert_non_null(strstr(json, "\"server_socket_group\":4242"));
+        /* What --check-config prints is a configuration that loads to the same settings. */
+        struct vhostmigd_config again;
+        config_defaults(&again);
+        r = config_parse(&again, json, err, sizeof(err));
+        if (r < 0)
+                fail_msg("%s\n%s", err, json);
+        free(json);
+        assert_int_equal(again.server_socket_mode, 0666);
+        assert_int_equal(again.server_socket_group, 4242);
+        assert_true(again.max_guest_phys_addr == c.max_guest_phys_addr);
+        assert_int_equal(config_backend_uids(&again, "vm1")->uid[0], 2000);
+        assert_int_equal(config_backend_uids(&again, "vm0")->n, 2);
 }
 
 static void file_errors_name_the_file(void **state) {
@@ -94,6 +161,7 @@ int main(void) {
                 cmocka_unit_test(defaults_without_a_file),
                 cmocka_unit_test(good_file),
                 cmocka_unit_test(bad_files),
+                cmocka_unit_test(security_keys),
                 cmocka_unit_test(file_errors_name_the_file),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
