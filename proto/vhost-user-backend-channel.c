@@ -12,15 +12,15 @@
 #include "proto/vhost-user-table.h"
 #include "proto/vhost-user-transport.h"
 
-/* A back-end request is small; it must arrive whole within this time once started. */
-#define CHANNEL_MESSAGE_TIMEOUT_MS 1000u
-
 struct vhu_backend_channel {
         int fd;
         const struct vhu_backend_handlers *handlers;
         void *userdata;
         uint64_t protocol_features;
         uint64_t served, refused;
+        /* Flood detection: messages seen since window_start (monotonic usec). */
+        uint64_t window_start;
+        unsigned window_count;
         char error[256];
 };
 
@@ -138,14 +138,31 @@ static int dispatch(struct vhu_backend_channel *ch, struct vhu_msg *msg, int *re
         }
 }
 
-static int send_status(struct vhu_backend_channel *ch, uint32_t request, uint64_t status, int fd) {
+/* A message's deadline: its own limit, or the caller's when that comes first. */
+static uint64_t message_deadline(uint64_t caller_deadline_usec) {
+        uint64_t own = vhu_deadline_after_ms(VHU_BACKEND_CHANNEL_MESSAGE_TIMEOUT_MS);
+        return own < caller_deadline_usec ? own : caller_deadline_usec;
+}
+
+/* Counts one more message; false once the back-end sends more than a real one ever would. */
+static bool within_rate(struct vhu_backend_channel *ch) {
+        uint64_t now = vhu_now_usec();
+        if (ch->window_count == 0 || now - ch->window_start >= (uint64_t) VHU_BACKEND_CHANNEL_FLOOD_WINDOW_MS * 1000u) {
+                ch->window_start = now;
+                ch->window_count = 0;
+        }
+        return ++ch->window_count <= VHU_BACKEND_CHANNEL_FLOOD_MAX;
+}
+
+static int send_status(struct vhu_backend_channel *ch, uint32_t request, uint64_t status, int fd,
+                       uint64_t deadline_usec) {
         struct vhu_msg reply = {
                 .hdr = { .request = request, .flags = VHU_REPLY_FLAGS, .size = sizeof(uint64_t) },
                 .payload.u64 = status,
         };
         if (fd >= 0)
                 reply.fds[reply.nfds++] = fd;
-        return vhu_send_msg(ch->fd, &reply, NULL, vhu_deadline_after_ms(CHANNEL_MESSAGE_TIMEOUT_MS));
+        return vhu_send_msg(ch->fd, &reply, NULL, message_deadline(deadline_usec));
 }
 
 /* Checks a received header against the table; returns NULL with ch->error set. */
@@ -173,7 +190,17 @@ static const struct vhu_backend_request_info *validate(struct vhu_backend_channe
         return info;
 }
 
-int vhu_backend_channel_process(struct vhu_backend_channel *ch) {
+static const char *read_error_text(int err) {
+        switch (err) {
+        case -ECONNRESET: return "closed by the back-end";
+        case -ETIMEDOUT: return "a message began but did not arrive whole in time";
+        case -EMSGSIZE: return "message carried more than 8 fds";
+        default: return strerror(-err);
+        }
+}
+
+/* Serves one waiting request; nothing read after deadline_usec. */
+static int process_one(struct vhu_backend_channel *ch, uint64_t deadline_usec) {
         if (ch->fd < 0)
                 return -ENOTCONN;
 
@@ -181,20 +208,23 @@ int vhu_backend_channel_process(struct vhu_backend_channel *ch) {
         struct pollfd pfd = { .fd = ch->fd, .events = POLLIN };
         if (poll(&pfd, 1, 0) == 0)
                 return 0;
+        if (!within_rate(ch))
+                return channel_fail(ch, -ECONNABORTED, "back-end channel: flooded, more than %u messages within %u ms",
+                                    VHU_BACKEND_CHANNEL_FLOOD_MAX, VHU_BACKEND_CHANNEL_FLOOD_WINDOW_MS);
 
         struct vhu_msg msg = { 0 };
-        int r = vhu_recv_hdr(ch->fd, &msg, NULL, vhu_deadline_after_ms(CHANNEL_MESSAGE_TIMEOUT_MS));
+        int r = vhu_recv_hdr(ch->fd, &msg, NULL, message_deadline(deadline_usec));
         if (r < 0)
-                return channel_fail(ch, r, "back-end channel: %s", r == -ECONNRESET ? "closed by the back-end" : strerror(-r));
+                return channel_fail(ch, r, "back-end channel: %s", read_error_text(r));
 
         const struct vhu_backend_request_info *info = validate(ch, &msg);
         if (!info || msg.hdr.size > sizeof(msg.payload)) {
                 vhu_msg_close_fds(&msg);
                 return channel_close(ch, -EPROTO); /* validate() said why */
         }
-        r = vhu_recv_payload(ch->fd, &msg, NULL, vhu_deadline_after_ms(CHANNEL_MESSAGE_TIMEOUT_MS));
+        r = vhu_recv_payload(ch->fd, &msg, NULL, message_deadline(deadline_usec));
         if (r < 0)
-                return channel_fail(ch, r, "back-end request %s: payload: %s", info->name, strerror(-r));
+                return channel_fail(ch, r, "back-end request %s: payload: %s", info->name, read_error_text(r));
         /* fds are legal only where the table says so, and only with BACKEND_SEND_FD. */
         bool may_send_fds = ch->protocol_features & VHU_BIT(VHU_PF_BACKEND_SEND_FD);
         if (msg.nfds > (may_send_fds ? info->fds_max : 0)) {
@@ -217,11 +247,30 @@ int vhu_backend_channel_process(struct vhu_backend_channel *ch) {
 
         r = 0;
         if (msg.hdr.flags & VHU_FLAG_NEED_REPLY)
-                r = send_status(ch, msg.hdr.request, status < 0 ? (uint64_t) -status : 0, reply_fd);
+                r = send_status(ch, msg.hdr.request, status < 0 ? (uint64_t) -status : 0, reply_fd, deadline_usec);
         /* sendmsg passed a duplicate; our copy goes either way. */
         if (reply_fd >= 0)
                 close(reply_fd);
         if (r < 0)
                 return channel_fail(ch, r, "back-end request %s: reply: %s", info->name, strerror(-r));
         return 1;
+}
+
+int vhu_backend_channel_process(struct vhu_backend_channel *ch) {
+        return process_one(ch, UINT64_MAX);
+}
+
+int vhu_backend_channel_serve(struct vhu_backend_channel *ch, unsigned max_messages, uint64_t deadline_usec) {
+        if (ch->fd < 0)
+                return -ENOTCONN;
+        int served = 0;
+        for (unsigned i = 0; i < max_messages && vhu_now_usec() < deadline_usec; i++) {
+                int r = process_one(ch, deadline_usec);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                served++;
+        }
+        return served;
 }

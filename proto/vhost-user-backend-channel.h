@@ -46,11 +46,42 @@ void vhu_backend_channel_free(struct vhu_backend_channel *ch);
 int vhu_backend_channel_fd(const struct vhu_backend_channel *ch);
 
 /*
+ * Limits against a hostile back-end.  Real back-ends send a handful of
+ * requests (a config change, a host notifier per ring, an IOTLB miss now and
+ * then), so more than VHU_BACKEND_CHANNEL_FLOOD_MAX messages within
+ * VHU_BACKEND_CHANNEL_FLOOD_WINDOW_MS is a flood: the channel is closed with
+ * the error "back-end channel: flooded, more than 256 messages within
+ * 1000 ms" (-ECONNABORTED).  The main connection stays up.
+ *
+ * A message once started must arrive whole within
+ * VHU_BACKEND_CHANNEL_MESSAGE_TIMEOUT_MS, or by the caller's deadline when
+ * that comes first; else the channel is closed (the stream lost its framing).
+ *
+ * VHU_BACKEND_CHANNEL_BUDGET is how many messages the front-end serves per
+ * wakeup while it waits for a reply, so that one wakeup is bounded work.
+ */
+#define VHU_BACKEND_CHANNEL_FLOOD_MAX 256u
+#define VHU_BACKEND_CHANNEL_FLOOD_WINDOW_MS 1000u
+#define VHU_BACKEND_CHANNEL_MESSAGE_TIMEOUT_MS 1000u
+#define VHU_BACKEND_CHANNEL_BUDGET 16u
+
+/*
  * Reads and serves one request.  Returns 1 when one was served, 0 when none
  * was waiting, or a negative errno (-ECONNRESET when the back-end closed,
- * -EPROTO for an invalid message); after an error the channel is closed.
+ * -EPROTO for an invalid message, -ECONNABORTED for a flood); after an error
+ * the channel is closed.
  */
 int vhu_backend_channel_process(struct vhu_backend_channel *ch);
+
+/*
+ * Serves at most `max_messages` requests that are already waiting, none
+ * after `deadline_usec` (UINT64_MAX: none), and never waits for a request
+ * to come.  For a caller that polls a running device's channel outside of a
+ * request.  Returns how many were served (0..max_messages), or a negative
+ * errno when the channel failed or was cut off now or earlier (-ENOTCONN);
+ * vhu_backend_channel_error() says why.
+ */
+int vhu_backend_channel_serve(struct vhu_backend_channel *ch, unsigned max_messages, uint64_t deadline_usec);
 
 bool vhu_backend_channel_is_open(const struct vhu_backend_channel *ch);
 const char *vhu_backend_channel_error(const struct vhu_backend_channel *ch);

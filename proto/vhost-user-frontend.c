@@ -28,7 +28,9 @@ struct vhu_conn {
         struct vhu_backend_channel *channel;
 
         uint32_t last_request;
-        char error[256];
+        /* Why the back-end channel failed during the request in flight, or "". */
+        char channel_error[192];
+        char error[448];
 };
 
 /* ---- errors ---------------------------------------------------------- */
@@ -71,6 +73,16 @@ static const char *io_error_text(int err) {
         }
 }
 
+/*
+ * A request that failed on the socket (timeout, hang-up): when the back-end
+ * channel was cut off meanwhile, that is likely why, so the error says both.
+ */
+static int fail_io(struct vhu_conn *c, int err, const char *name, const char *what) {
+        if (c->channel_error[0])
+                return fail_fatal(c, err, "%s: %s%s (%s)", name, what, io_error_text(err), c->channel_error);
+        return fail_fatal(c, err, "%s: %s%s", name, what, io_error_text(err));
+}
+
 /* ---- lifecycle -------------------------------------------------------- */
 
 int vhu_conn_new(int fd, const struct vhu_conn_options *opts, struct vhu_conn **out) {
@@ -92,7 +104,8 @@ int vhu_conn_new(int fd, const struct vhu_conn_options *opts, struct vhu_conn **
 }
 
 int vhu_conn_connect(const char *path, const struct vhu_conn_options *opts, struct vhu_conn **out) {
-        int fd = vhu_socket_connect(path);
+        unsigned timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : VHU_DEFAULT_TIMEOUT_MS;
+        int fd = vhu_socket_connect_until(path, vhu_deadline_after_ms(timeout_ms));
         if (fd < 0)
                 return fd;
         return vhu_conn_new(fd, opts, out);
@@ -138,10 +151,28 @@ struct vhu_backend_channel *vhu_conn_backend_channel(const struct vhu_conn *c) {
  * a back-end may send its own request and block on our answer before it
  * answers ours, and neither side must wait for the other for ever.
  */
+/*
+ * Serves a bounded number of the back-end's requests.  When the channel
+ * fails (a flood, garbage, a stalled message) it is closed and the main
+ * connection goes on; why is kept, for the request's error should it fail.
+ */
+static void serve_channel(struct vhu_conn *c, uint64_t deadline_usec) {
+        int r = vhu_backend_channel_serve(c->channel, VHU_BACKEND_CHANNEL_BUDGET, deadline_usec);
+        if (r < 0 && !c->channel_error[0])
+                snprintf(c->channel_error, sizeof(c->channel_error), "%s",
+                         vhu_backend_channel_error(c->channel));
+}
+
 static int wait_serving_channel(void *userdata, int fd, short events, uint64_t deadline_usec) {
         struct vhu_conn *c = userdata;
 
         for (;;) {
+                /*
+                 * Checked on every round: a back-end that keeps its channel
+                 * readable would otherwise keep poll() returning at once.
+                 */
+                if (vhu_now_usec() >= deadline_usec)
+                        return -ETIMEDOUT;
                 struct pollfd pfd[2] = { { .fd = fd, .events = events } };
                 unsigned n = 1;
                 if (c->channel && vhu_backend_channel_is_open(c->channel))
@@ -151,7 +182,7 @@ static int wait_serving_channel(void *userdata, int fd, short events, uint64_t d
                 if (r < 0)
                         return r;
                 if (n > 1 && pfd[1].revents)
-                        (void) vhu_backend_channel_process(c->channel);
+                        serve_channel(c, deadline_usec);
                 if (pfd[0].revents)
                         return 0;
         }
@@ -199,7 +230,7 @@ static int receive_reply(struct vhu_conn *c, const struct vhu_request_info *info
                          const struct vhu_io *io, uint64_t deadline, struct vhu_msg *reply) {
         int r = vhu_recv_hdr(c->fd, reply, io, deadline);
         if (r < 0)
-                return fail_fatal(c, r, "%s: %s", info->name, io_error_text(r));
+                return fail_io(c, r, info->name, "");
 
         const char *fault = NULL;
         char detail[96] = "";
@@ -225,7 +256,7 @@ static int receive_reply(struct vhu_conn *c, const struct vhu_request_info *info
 
         r = vhu_recv_payload(c->fd, reply, io, deadline);
         if (r < 0)
-                return fail_fatal(c, r, "%s: reply payload: %s", info->name, io_error_text(r));
+                return fail_io(c, r, info->name, "reply payload: ");
         if (reply->nfds > fds_allowed) {
                 unsigned n = reply->nfds;
                 vhu_msg_close_fds(reply);
@@ -268,9 +299,10 @@ int vhu_request(struct vhu_conn *c, uint32_t request, const void *payload, uint3
         uint64_t deadline = vhu_deadline_after_ms(c->timeout_ms);
         if (c->trace)
                 c->trace(c->trace_userdata, true, &msg);
+        c->channel_error[0] = '\0';
         r = vhu_send_msg(c->fd, &msg, &io, deadline);
         if (r < 0)
-                return fail_fatal(c, r, "%s: send: %s", info->name, io_error_text(r));
+                return fail_io(c, r, info->name, "send: ");
 
         bool expect_reply = ack || info->reply == VHU_REPLY_ALWAYS ||
                             (info->reply == VHU_REPLY_IF_LOG_SHMFD && (c->protocol_features & VHU_BIT(VHU_PF_LOG_SHMFD)));

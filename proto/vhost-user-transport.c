@@ -225,45 +225,97 @@ static int fill_sockaddr(const char *path, struct sockaddr_un *sa) {
         return 0;
 }
 
-int vhu_socket_connect(const char *path) {
+/* Longest pause between two attempts on a full backlog: a listener that accepts again is reached soon. */
+#define CONNECT_RETRY_MAX_MS 20u
+
+/*
+ * One non-blocking connect on a fresh socket: the connected fd, or a negative
+ * errno; -EAGAIN when the listener's backlog is full (Linux does not queue a
+ * non-blocking Unix connect, it refuses it).
+ */
+static int connect_once(const struct sockaddr_un *sa) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (const struct sockaddr *) sa, sizeof(*sa)) == 0)
+                return fd;
+        int r = errno == EINTR || errno == EINPROGRESS ? -EAGAIN : -errno;
+        close(fd);
+        return r;
+}
+
+/* Sleeps `ms`, or less when the deadline comes first. */
+static void pause_until(uint64_t deadline_usec, unsigned ms) {
+        int left = remaining_ms(deadline_usec);
+        if (left < 0 || (unsigned) left > ms)
+                left = (int) ms;
+        (void) poll(NULL, 0, left);
+}
+
+int vhu_socket_connect_until(const char *path, uint64_t deadline_usec) {
         struct sockaddr_un sa;
         int r = fill_sockaddr(path, &sa);
         if (r < 0)
                 return r;
-        /* Connect blocking: a Unix connect either succeeds or fails at once. */
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return -errno;
-        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 ||
-            fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
-                r = -errno;
-                close(fd);
-                return r;
+        for (unsigned pause_ms = 1;; pause_ms = pause_ms * 2 > CONNECT_RETRY_MAX_MS ? CONNECT_RETRY_MAX_MS : pause_ms * 2) {
+                int fd = connect_once(&sa);
+                if (fd != -EAGAIN)
+                        return fd;
+                if (vhu_now_usec() >= deadline_usec)
+                        return -ETIMEDOUT;
+                pause_until(deadline_usec, pause_ms);
         }
-        return fd;
 }
 
-/* A socket file nobody listens on any more may be replaced; anything else stays. */
+int vhu_socket_connect(const char *path) {
+        return vhu_socket_connect_until(path, vhu_deadline_after_ms(VHU_CONNECT_TIMEOUT_MS));
+}
+
+/*
+ * A socket file nobody listens on any more may be replaced; anything else
+ * stays.  One non-blocking attempt: a listener that does not accept (full
+ * backlog) is alive, and the check must not wait for it.
+ */
 static int remove_stale_socket(const char *path, const struct sockaddr_un *sa) {
         struct stat st;
         if (lstat(path, &st) < 0)
                 return errno == ENOENT ? 0 : -errno;
         if (!S_ISSOCK(st.st_mode))
                 return -EEXIST;
-        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (probe < 0)
-                return -errno;
-        int r = connect(probe, (const struct sockaddr *) sa, sizeof(*sa));
-        int err = errno;
-        close(probe);
-        if (r == 0)
+        int fd = connect_once(sa);
+        if (fd >= 0) {
+                close(fd);
                 return -EADDRINUSE;
-        if (err != ECONNREFUSED)
-                return -err;
+        }
+        if (fd == -EAGAIN)
+                return -EADDRINUSE;
+        if (fd != -ECONNREFUSED)
+                return fd;
         return unlink(path) < 0 ? -errno : 0;
 }
 
-int vhu_socket_listen(const char *path) {
+static int socket_file_identity(const char *path, struct vhu_socket_file *file) {
+        struct stat st;
+        if (lstat(path, &st) < 0)
+                return -errno;
+        if (!S_ISSOCK(st.st_mode))
+                return -ESTALE;
+        *file = (struct vhu_socket_file) { .dev = st.st_dev, .ino = st.st_ino, .valid = true };
+        return 0;
+}
+
+/* Mode and group of the bound socket file; nobody can connect before listen(). */
+static int apply_listen_options(const char *path, const struct vhu_listen_options *opts) {
+        if (!opts)
+                return 0;
+        if (opts->mode && chmod(path, opts->mode & 07777) < 0)
+                return -errno;
+        if (opts->gid != (gid_t) -1 && lchown(path, (uid_t) -1, opts->gid) < 0)
+                return -errno;
+        return 0;
+}
+
+int vhu_socket_listen_ex(const char *path, const struct vhu_listen_options *opts, struct vhu_socket_file *file) {
         struct sockaddr_un sa;
         int r = fill_sockaddr(path, &sa);
         if (r < 0)
@@ -274,12 +326,64 @@ int vhu_socket_listen(const char *path) {
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
                 return -errno;
-        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+        /*
+         * Linux creates the file with the socket inode's mode under the
+         * umask, so the file is never looser than asked, even before chmod.
+         * Best effort: the chmod below, before listen(), is what counts.
+         */
+        if (opts && opts->mode)
+                (void) fchmod(fd, opts->mode & 07777);
+        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
                 r = -errno;
                 close(fd);
                 return r;
         }
+        struct vhu_socket_file ours = { 0 };
+        r = socket_file_identity(path, &ours);
+        if (r == 0)
+                r = apply_listen_options(path, opts);
+        if (r == 0 && listen(fd, 4) < 0)
+                r = -errno;
+        if (r < 0) {
+                if (ours.valid)
+                        (void) vhu_socket_unlink_if_same(path, &ours);
+                close(fd);
+                return r;
+        }
+        if (file)
+                *file = ours;
         return fd;
+}
+
+int vhu_socket_listen(const char *path) {
+        return vhu_socket_listen_ex(path, NULL, NULL);
+}
+
+int vhu_socket_unlink_if_same(const char *path, const struct vhu_socket_file *file) {
+        if (!file || !file->valid)
+                return -EINVAL;
+        struct stat st;
+        if (lstat(path, &st) < 0)
+                return -errno;
+        if (st.st_dev != file->dev || st.st_ino != file->ino)
+                return -ESTALE;
+        return unlink(path) < 0 ? -errno : 0;
+}
+
+int vhu_socket_peer_cred(int fd, uid_t *uid, gid_t *gid, pid_t *pid) {
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return -errno;
+        if (len != sizeof(cred))
+                return -EIO;
+        if (uid)
+                *uid = cred.uid;
+        if (gid)
+                *gid = cred.gid;
+        if (pid)
+                *pid = cred.pid;
+        return 0;
 }
 
 int vhu_socket_accept(int listen_fd, const struct vhu_io *io, uint64_t deadline_usec) {
