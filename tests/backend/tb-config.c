@@ -18,6 +18,8 @@ void tb_config_init(struct tb_config *cfg) {
         cfg->max_connections = 1;
         cfg->io_timeout_ms = TB_DEFAULT_IO_TIMEOUT_MS;
         cfg->reconnect_timeout_ms = TB_DEFAULT_RECONNECT_TIMEOUT_MS;
+        cfg->run_as_uid = (uid_t) -1;
+        cfg->run_as_gid = (gid_t) -1;
 }
 
 int tb_config_check(const struct tb_config *cfg, const char **why) {
@@ -135,6 +137,9 @@ static const char *const fault_names[TB_FAULT_KIND_COUNT] = {
         [TB_FAULT_NACK] = "nack",
         [TB_FAULT_HANG] = "hang",
         [TB_FAULT_GARBAGE] = "garbage",
+        [TB_FAULT_FLOOD_CHANNEL] = "flood-channel",
+        [TB_FAULT_CHANNEL_HALF_HEADER] = "channel-half-header",
+        [TB_FAULT_TRUNCATE_MEMORY] = "truncate-memory",
 };
 
 const char *tb_fault_kind_name(enum tb_fault_kind kind) {

@@ -29,6 +29,7 @@ struct tb_region {
         struct vhu_mem_region r;
         void *map;
         size_t map_len;
+        int fd;                 /* kept for truncate-memory; -1 when unused */
         bool used;
 };
 
@@ -139,7 +140,9 @@ static void reset_rings(struct tb_conn *c) {
 
 static void drop_region(struct tb_region *reg) {
         unmap(&reg->map, &reg->map_len);
+        close_fd(&reg->fd);
         memset(reg, 0, sizeof(*reg));
+        reg->fd = -1;
 }
 
 static void drop_log(struct tb_conn *c) {
@@ -177,6 +180,8 @@ static int conn_init(struct tb_conn *c, struct tb_server *srv, int sock) {
         c->regions = calloc(c->nslots, sizeof(*c->regions));
         if (!c->regions)
                 return -ENOMEM;
+        for (unsigned i = 0; i < c->nslots; i++)
+                c->regions[i].fd = -1;
         for (unsigned i = 0; i < TB_RINGS; i++)
                 c->rings[i].kick_fd = c->rings[i].call_fd = c->rings[i].err_fd = -1;
         c->log_fd = c->log_call_fd = c->inflight_fd = c->backend_fd = -1;
@@ -387,6 +392,7 @@ static uint64_t h_set_mem_table(struct tb_conn *c, struct vhu_msg *m, struct vhu
                 char what[64];
                 snprintf(what, sizeof(what), "SET_MEM_TABLE region %u", i);
                 fresh[i].r = t->regions[i];
+                fresh[i].fd = -1;
                 fresh[i].used = true;
                 if (map_fd(c, what, m->fds[i], t->regions[i].mmap_offset, t->regions[i].memory_size,
                            &fresh[i].map, &fresh[i].map_len) < 0) {
@@ -398,6 +404,8 @@ static uint64_t h_set_mem_table(struct tb_conn *c, struct vhu_msg *m, struct vhu
         /* The new table replaces every region, including those added one by one. */
         for (unsigned i = 0; i < c->nslots; i++)
                 drop_region(&c->regions[i]);
+        for (unsigned i = 0; i < t->nregions; i++)
+                fresh[i].fd = take_fd(m, i);
         memcpy(c->regions, fresh, t->nregions * sizeof(fresh[0]));
         check_overlaps(c, "SET_MEM_TABLE");
         check_log_regions(c, "SET_MEM_TABLE");
@@ -784,6 +792,7 @@ static uint64_t h_add_mem_reg(struct tb_conn *c, struct vhu_msg *m, struct vhu_m
         struct tb_region *reg = &c->regions[free_slot];
         if (map_fd(c, "ADD_MEM_REG", m->fds[0], r->mmap_offset, r->memory_size, &reg->map, &reg->map_len) < 0)
                 return 1;
+        reg->fd = take_fd(m, 0);
         reg->r = *r;
         reg->used = true;
         check_overlaps(c, "ADD_MEM_REG");
@@ -1105,6 +1114,17 @@ static int open_devnull(void) {
         return open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
+/* One /dev/null more on an outgoing message (fds_on_every_message); false when none could be opened. */
+static bool add_extra_fd(struct tb_conn *c, struct vhu_msg *msg) {
+        if (!c->cfg->fds_on_every_message || msg->nfds >= VHU_MAX_FDS)
+                return true;
+        int fd = open_devnull();
+        if (fd < 0)
+                return false;
+        msg->fds[msg->nfds++] = fd;
+        return true;
+}
+
 /* Sends `reply` bent as the fault says.  `ack` is true when it is a plain u64 status. */
 static int send_faulty(struct tb_conn *c, const struct vhu_request_info *info, const struct tb_fault *f,
                        struct vhu_msg *reply, bool ack) {
@@ -1171,6 +1191,163 @@ static void hang(struct tb_conn *c) {
                 if (r < 0 || (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
                         return;
         }
+}
+
+/* ---------------------------------------------------------------- faults on the back-end channel */
+
+/* Messages per buffer the flood writes over and over. */
+#define FLOOD_BATCH 1024u
+
+/*
+ * The request a flood (or a half header) is made of: one the front-end must
+ * accept without a reply, by the features negotiated.  Its wire bytes go to
+ * buf (which holds a header and an IOTLB message); returns their length.
+ */
+static size_t channel_noise(const struct tb_conn *c, uint32_t *request, uint8_t *buf) {
+        struct vhu_hdr hdr = { .flags = VHU_VERSION };
+        struct vhu_iotlb miss = { .iova = 0x1000, .size = 0x1000, .perm = VHU_ACCESS_RW, .type = VHU_IOTLB_MISS };
+        if (has_pf(c, VHU_PF_CONFIG)) {
+                hdr.request = VHU_BREQ_CONFIG_CHANGE_MSG;
+        } else {
+                hdr.request = VHU_BREQ_IOTLB_MSG;
+                hdr.size = sizeof(miss);
+        }
+        *request = hdr.request;
+        memcpy(buf, &hdr, sizeof(hdr));
+        memcpy(buf + sizeof(hdr), &miss, hdr.size);
+        return sizeof(hdr) + hdr.size;
+}
+
+/* One non-blocking write of len bytes, with fd (>= 0) attached: bytes written or -errno. */
+static ssize_t send_some(int sock, const void *data, size_t len, int fd) {
+        union {
+                char buf[CMSG_SPACE(sizeof(int))];
+                struct cmsghdr align;
+        } control;
+        struct iovec iov = { .iov_base = (void *) data, .iov_len = len };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+        if (fd >= 0) {
+                memset(&control, 0, sizeof(control));
+                mh.msg_control = control.buf;
+                mh.msg_controllen = sizeof(control.buf);
+                struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+                cm->cmsg_level = SOL_SOCKET;
+                cm->cmsg_type = SCM_RIGHTS;
+                cm->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+        }
+        ssize_t n;
+        do
+                n = sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
+        return n < 0 ? -errno : n;
+}
+
+/*
+ * Writes the flood until the channel fails or the front-end hangs up; says
+ * which in *why.  Returns the number of whole messages written.
+ */
+static uint64_t flood(struct tb_conn *c, const uint8_t *buf, size_t msg_len, int extra_fd, char *why, size_t whylen) {
+        size_t len = (size_t) FLOOD_BATCH * msg_len;
+        uint64_t sent = 0;
+        for (;;) {
+                struct pollfd p[2] = {
+                        { .fd = c->sock, .events = POLLRDHUP },
+                        { .fd = c->backend_fd, .events = POLLOUT },
+                };
+                int r = poll(p, 2, -1);
+                if (r < 0 && errno == EINTR)
+                        continue;
+                if (r < 0 || (p[0].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) {
+                        snprintf(why, whylen, "front-end hung up");
+                        break;
+                }
+                if (!p[1].revents)
+                        continue;
+                /* With an fd on every message, one message (or its rest) per write. */
+                size_t off = (size_t) (sent % len);
+                size_t in_msg = off % msg_len;
+                size_t chunk = extra_fd >= 0 ? msg_len - in_msg : len - off;
+                ssize_t n = send_some(c->backend_fd, buf + off, chunk, in_msg == 0 ? extra_fd : -1);
+                if (n == -EAGAIN)
+                        continue;
+                if (n < 0) {
+                        snprintf(why, whylen, "channel write failed: %s", strerror((int) -n));
+                        break;
+                }
+                sent += (uint64_t) n;
+        }
+        return sent / msg_len;
+}
+
+static void flood_channel(struct tb_conn *c) {
+        uint8_t one[sizeof(struct vhu_hdr) + sizeof(struct vhu_iotlb)];
+        uint32_t request;
+        char why[128];
+
+        if (c->backend_fd < 0) {
+                tb_record(c->srv, "BACKEND_SKIPPED flood-channel no back-end channel");
+                hang(c);
+                return;
+        }
+        size_t msg_len = channel_noise(c, &request, one);
+        uint8_t *buf = malloc((size_t) FLOOD_BATCH * msg_len);
+        if (!buf) {
+                tb_record(c->srv, "BACKEND_SKIPPED flood-channel out of memory");
+                hang(c);
+                return;
+        }
+        for (unsigned i = 0; i < FLOOD_BATCH; i++)
+                memcpy(buf + (size_t) i * msg_len, one, msg_len);
+        int extra_fd = c->cfg->fds_on_every_message ? open_devnull() : -1;
+        uint64_t sent = flood(c, buf, msg_len, extra_fd, why, sizeof(why));
+        if (extra_fd >= 0)
+                close(extra_fd);
+        free(buf);
+        tb_record(c->srv, "BACKEND_FLOOD %s sent=%" PRIu64 " %s", vhu_backend_request_name(request), sent, why);
+        /* The reply stays withheld until the front-end gives up on us. */
+        hang(c);
+}
+
+static void channel_half_header(struct tb_conn *c) {
+        uint8_t one[sizeof(struct vhu_hdr) + sizeof(struct vhu_iotlb)];
+        uint32_t request;
+        const size_t half = sizeof(struct vhu_hdr) / 2;
+
+        if (c->backend_fd < 0) {
+                tb_record(c->srv, "BACKEND_SKIPPED channel-half-header no back-end channel");
+                hang(c);
+                return;
+        }
+        channel_noise(c, &request, one);
+        int extra_fd = c->cfg->fds_on_every_message ? open_devnull() : -1;
+        ssize_t n = send_some(c->backend_fd, one, half, extra_fd);
+        if (extra_fd >= 0)
+                close(extra_fd);
+        if (n == (ssize_t) half)
+                tb_record(c->srv, "BACKEND_HALF_HEADER %s %zu bytes", vhu_backend_request_name(request), half);
+        else
+                tb_record(c->srv, "BACKEND_SKIPPED channel-half-header send failed: %s",
+                          n < 0 ? strerror((int) -n) : "short write");
+        /* The channel stays open, mid-message, and the reply withheld. */
+        hang(c);
+}
+
+/* ---------------------------------------------------------------- truncate-memory */
+
+static void truncate_memory(struct tb_conn *c) {
+        unsigned n = 0;
+        for (unsigned i = 0; i < c->nslots; i++) {
+                const struct tb_region *reg = &c->regions[i];
+                if (!reg->used || reg->fd < 0)
+                        continue;
+                n++;
+                int r = ftruncate(reg->fd, 0);
+                tb_record(c->srv, "TRUNCATED gpa=0x%" PRIx64 " size=0x%" PRIx64 " %s", reg->r.guest_phys_addr,
+                          reg->r.memory_size, r == 0 ? "ok" : strerror(errno));
+        }
+        if (n == 0)
+                tb_record(c->srv, "TRUNCATED none: no guest memory received");
 }
 
 /* ---------------------------------------------------------------- back-end channel */
@@ -1276,6 +1453,9 @@ static void send_backend_req(struct tb_conn *c, const struct tb_backend_req *b) 
                 m.hdr.size = sizeof(uint64_t);
                 break;
         }
+        if (!add_extra_fd(c, &m))
+                violation(c, "%s: back-end could not open /dev/null for its extra fd", name);
+        unsigned nfds = m.nfds;
         int r = vhu_send_msg(c->backend_fd, &m, NULL, vhu_deadline_after_ms(c->cfg->io_timeout_ms));
         vhu_msg_close_fds(&m);
         if (r < 0) {
@@ -1283,8 +1463,7 @@ static void send_backend_req(struct tb_conn *c, const struct tb_backend_req *b) 
                 close_backend_channel(c, true);
                 return;
         }
-        tb_record(c->srv, "BACKEND_SENT %s flags=0x%x size=%u fds=%u", name, m.hdr.flags, m.hdr.size,
-                  b->request == VHU_BREQ_VRING_HOST_NOTIFIER_MSG ? 1u : 0u);
+        tb_record(c->srv, "BACKEND_SENT %s flags=0x%x size=%u fds=%u", name, m.hdr.flags, m.hdr.size, nfds);
         if (!b->need_reply)
                 return;
         c->pending[c->npending++] = b->request;
@@ -1337,6 +1516,37 @@ static void check_rules(struct tb_conn *c, const struct vhu_request_info *info, 
         if (info->virtio_feature >= 0 && !(c->offered & VHU_BIT(info->virtio_feature)))
                 violation(c, "%s sent but the back-end does not offer %s", info->name,
                           vhu_virtio_feature_name((unsigned) info->virtio_feature));
+}
+
+static bool withholding_fault(enum tb_fault_kind kind) {
+        return kind == TB_FAULT_FLOOD_CHANNEL || kind == TB_FAULT_CHANNEL_HALF_HEADER ||
+               kind == TB_FAULT_TRUNCATE_MEMORY;
+}
+
+/*
+ * The faults that apply the trigger request (so that SET_BACKEND_REQ_FD or
+ * SET_MEM_TABLE can be the trigger of what it sets up) but never answer it.
+ */
+static void withhold_reply(struct tb_conn *c, enum tb_fault_kind kind, struct vhu_msg *m) {
+        struct vhu_msg unused;
+        memset(&unused, 0, sizeof(unused));
+        handlers[m->hdr.request](c, m, &unused);
+        vhu_msg_close_fds(&unused);
+        vhu_msg_close_fds(m);
+        switch (kind) {
+        case TB_FAULT_FLOOD_CHANNEL:
+                flood_channel(c);
+                c->end_reason = "fault flood-channel, then peer closed";
+                break;
+        case TB_FAULT_CHANNEL_HALF_HEADER:
+                channel_half_header(c);
+                c->end_reason = "fault channel-half-header, then peer closed";
+                break;
+        default:
+                truncate_memory(c);
+                c->end_reason = "fault truncate-memory";
+                break;
+        }
 }
 
 /* Returns false when the connection must end (c->end_reason says why). */
@@ -1396,6 +1606,10 @@ static bool serve_message(struct tb_conn *c) {
                 c->end_reason = "fault hang, then peer closed";
                 return false;
         }
+        if (fault && withholding_fault(fault->kind)) {
+                withhold_reply(c, fault->kind, &m);
+                return false;
+        }
 
         bool need_reply = m.hdr.flags & VHU_FLAG_NEED_REPLY;
         bool has_body = info->reply == VHU_REPLY_ALWAYS || info->reply == VHU_REPLY_STATUS_ALWAYS ||
@@ -1436,6 +1650,8 @@ static bool serve_message(struct tb_conn *c) {
         run_backend_reqs(c, m.hdr.request, TB_BACKEND_BEFORE_REPLY);
 
         r = 0;
+        if ((fault || has_body || ack) && !add_extra_fd(c, &reply))
+                violation(c, "%s: back-end could not open /dev/null for its extra fd", info->name);
         if (fault)
                 r = send_faulty(c, info, fault, &reply, ack);
         else if (has_body || ack)

@@ -2,11 +2,14 @@
 /* Serving loops, child processes and reading the record back. */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -16,6 +19,8 @@
 
 #define CONNECT_RETRY_MS 20
 #define STOP_GRACE_MS    2000
+/* no_accept: more than enough of our own connections to fill a backlog of 0. */
+#define MAX_BACKLOG_FILL 64
 
 static void sleep_ms(unsigned ms) {
         struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L };
@@ -28,11 +33,81 @@ static void report_ready(tb_ready_fn ready, void *userdata, int status) {
                 ready(userdata, status);
 }
 
+int tb_drop_privileges(const struct tb_config *cfg) {
+        int pdeath = 0;
+        if (cfg->run_as_uid == (uid_t) -1 && cfg->run_as_gid == (gid_t) -1)
+                return 0;
+        if (prctl(PR_GET_PDEATHSIG, &pdeath) < 0)
+                pdeath = 0;
+        if (setgroups(0, NULL) < 0)
+                return -errno;
+        if (cfg->run_as_gid != (gid_t) -1 && setresgid(cfg->run_as_gid, cfg->run_as_gid, cfg->run_as_gid) < 0)
+                return -errno;
+        if (cfg->run_as_uid != (uid_t) -1 && setresuid(cfg->run_as_uid, cfg->run_as_uid, cfg->run_as_uid) < 0)
+                return -errno;
+        /* A change of credentials cleared it. */
+        if (pdeath > 0 && prctl(PR_SET_PDEATHSIG, pdeath) < 0)
+                return -errno;
+        return 0;
+}
+
+/* One non-blocking connection of our own to path: its fd, -EAGAIN when the backlog is full, or -errno. */
+static int connect_own(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
+/*
+ * no_accept: the smallest backlog, filled with our own connections, and
+ * never an accept(), so that the next connect() blocks (or fails with
+ * EAGAIN when non-blocking).  Returns only on an error: else until killed.
+ */
+static int never_accept(struct tb_server *srv, int lfd, const char *path, tb_ready_fn ready, void *userdata) {
+        int own[MAX_BACKLOG_FILL];
+        unsigned n = 0;
+        int r = listen(lfd, 0) < 0 ? -errno : 0;
+        while (r == 0 && n < MAX_BACKLOG_FILL) {
+                int fd = connect_own(path);
+                if (fd == -EAGAIN)
+                        break;
+                if (fd < 0)
+                        r = fd;
+                else
+                        own[n++] = fd;
+        }
+        if (r == 0 && n == MAX_BACKLOG_FILL)
+                r = -EOVERFLOW;
+        if (r < 0) {
+                for (unsigned i = 0; i < n; i++)
+                        close(own[i]);
+                report_ready(ready, userdata, r);
+                return r;
+        }
+        tb_record(srv, "NO_ACCEPT backlog=%u", n);
+        report_ready(ready, userdata, 0);
+        for (;;)
+                pause();
+}
+
 int tb_run_listen(const struct tb_config *cfg, const char *path, tb_ready_fn ready, void *userdata) {
         struct tb_server srv;
         int r = tb_server_init(&srv, cfg);
+        if (r == 0)
+                r = tb_drop_privileges(cfg);
         if (r < 0) {
                 report_ready(ready, userdata, r);
+                tb_server_fini(&srv);
                 return r;
         }
         int lfd = vhu_socket_listen(path);
@@ -40,6 +115,13 @@ int tb_run_listen(const struct tb_config *cfg, const char *path, tb_ready_fn rea
                 report_ready(ready, userdata, lfd);
                 tb_server_fini(&srv);
                 return lfd;
+        }
+        if (cfg->no_accept) {
+                r = never_accept(&srv, lfd, path, ready, userdata);
+                close(lfd);
+                unlink(path);
+                tb_server_fini(&srv);
+                return r;
         }
         report_ready(ready, userdata, 0);
         r = 0;
@@ -71,9 +153,14 @@ static int connect_retry(const char *path, uint64_t deadline) {
 
 int tb_run_connect(const struct tb_config *cfg, const char *path, tb_ready_fn ready, void *userdata) {
         struct tb_server srv;
-        int r = tb_server_init(&srv, cfg);
+        /* Listening without accepting needs a listener. */
+        int r = cfg->no_accept ? -EINVAL : tb_server_init(&srv, cfg);
+        if (r == 0)
+                r = tb_drop_privileges(cfg);
         if (r < 0) {
                 report_ready(ready, userdata, r);
+                if (!cfg->no_accept)
+                        tb_server_fini(&srv);
                 return r;
         }
         r = 0;

@@ -22,6 +22,11 @@
  *                                            or "closed" / "timeout" / "invalid")
  *   BACKEND_SKIPPED <name> <why>
  *   BACKEND_CHANNEL_CLOSED
+ *   BACKEND_FLOOD <name> sent=N <why>      (flood-channel ended: "channel write failed: ..."
+ *                                            or "front-end hung up")
+ *   BACKEND_HALF_HEADER <name> 6 bytes     (channel-half-header)
+ *   TRUNCATED gpa=0x.. size=0x.. <result>  (truncate-memory, one per region: "ok" or why not)
+ *   NO_ACCEPT backlog=N                    (no_accept: N connections of its own fill the backlog)
  *   CONNECTION <n> CLOSED <why>            (peer closed, fault close,
  *                                            fault hang, then peer closed, ...)
  * A request's line comes before its FAULT and VIOLATION lines and before its
@@ -75,6 +80,25 @@ enum tb_fault_kind {
         TB_FAULT_NACK,           /* refuse: status `value` (default 1), state left unchanged */
         TB_FAULT_HANG,           /* read the request, never answer, until the front-end hangs up */
         TB_FAULT_GARBAGE,        /* reply header with size 0xffffffff */
+        /*
+         * Withhold the reply and stream back-end requests on the back-end
+         * channel without NEED_REPLY, as fast as the socket takes them, until
+         * a channel write fails or the front-end hangs up; then wait for the
+         * hang-up, as hang does.  CONFIG_CHANGE_MSG when CONFIG was negotiated,
+         * else IOTLB_MSG (an IOTLB miss).  Without a back-end channel it only
+         * hangs (BACKEND_SKIPPED).  Ends with a BACKEND_FLOOD record line.
+         */
+        TB_FAULT_FLOOD_CHANNEL,
+        /* Write the first 6 bytes of a CONFIG_CHANGE_MSG header on the back-end
+         * channel, then withhold the reply as hang does. */
+        TB_FAULT_CHANNEL_HALF_HEADER,
+        /*
+         * ftruncate() every guest-memory fd the connection holds (SET_MEM_TABLE,
+         * ADD_MEM_REG) to 0, record each result (a sealed memfd refuses), and
+         * close the connection without answering: the front-end's reconnect
+         * path then reads guest memory that may be gone.
+         */
+        TB_FAULT_TRUNCATE_MEMORY,
         TB_FAULT_KIND_COUNT
 };
 
@@ -130,6 +154,26 @@ struct tb_config {
          * ended (the first connect uses io_timeout_ms); 0 = forever.  Default 30 s. */
         unsigned reconnect_timeout_ms;
 
+        /*
+         * Listen mode only: listen with the smallest backlog, fill it with
+         * connections of our own (non-blocking connects until EAGAIN) and never
+         * accept, until killed.  A front-end's blocking connect() then blocks
+         * for ever.  `ready` is reported once the backlog is full.
+         */
+        bool no_accept;
+        /*
+         * Run as this user / group ((uid_t) -1 / (gid_t) -1, the default:
+         * unchanged).  tb_run_listen / tb_run_connect drop privileges
+         * (setgroups(0), setresgid, setresuid) after opening the record file and
+         * before creating or connecting their socket: a test running as root
+         * plays an unprivileged local user.
+         */
+        uid_t run_as_uid;
+        gid_t run_as_gid;
+        /* Every reply and every back-end channel message carries one extra fd
+         * (/dev/null), where none or fewer are allowed. */
+        bool fds_on_every_message;
+
         struct tb_fault faults[TB_MAX_FAULTS];
         unsigned nfaults;
         struct tb_backend_req backend_reqs[TB_MAX_BACKEND_REQS];
@@ -157,7 +201,8 @@ int tb_backend_request_from_name(const char *name, uint32_t *request);
 const char *tb_fault_kind_name(enum tb_fault_kind kind);
 int tb_fault_kind_from_name(const char *name, enum tb_fault_kind *kind);
 
-/* "REQ:KIND[=VALUE][:N]", e.g. "SET_MEM_TABLE:close", "GET_FEATURES:bad-flags=0x1:2". */
+/* "REQ:KIND[=VALUE][:N]", e.g. "SET_MEM_TABLE:close", "GET_FEATURES:bad-flags=0x1:2",
+ * "GET_VRING_BASE:flood-channel", "SET_VRING_KICK:truncate-memory:2". */
 int tb_parse_fault(const char *spec, struct tb_fault *fault);
 /* "REQ[:need-reply][:block][:after=REQ][:index=N]", e.g. "CONFIG_CHANGE_MSG:need-reply". */
 int tb_parse_backend_req(const char *spec, struct tb_backend_req *req);
@@ -194,7 +239,15 @@ int tb_run_connect(const struct tb_config *cfg, const char *path, tb_ready_fn re
 int tb_spawn_listen(const struct tb_config *cfg, const char *path, pid_t *pid);
 int tb_spawn_connect(const struct tb_config *cfg, const char *path, pid_t *pid);
 
-/* SIGTERM, wait (SIGKILL after 2 s); returns the wait status, or a negative errno. */
+/*
+ * Drops to cfg->run_as_uid / run_as_gid when set (tb_run_* call it; exposed
+ * for tests): 0, or a negative errno.  The parent-death signal, which the
+ * kernel clears on a change of credentials, is set again.
+ */
+int tb_drop_privileges(const struct tb_config *cfg);
+
+/* SIGTERM, wait (SIGKILL after 2 s); returns the wait status, or a negative errno.
+ * Every fault stops on SIGTERM at once, including a flooding or hanging child. */
 int tb_stop(pid_t pid);
 /* Waits up to timeout_ms for the child to exit on its own: its wait status, or -ETIMEDOUT. */
 int tb_wait_exit(pid_t pid, unsigned timeout_ms);

@@ -2,6 +2,8 @@
 /* vhm-test-backend: the test back-end as a program, for scripts and manual tests. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +32,11 @@ static void usage(FILE *out) {
                 "  --connections N            exit after N connections (default: serve until killed)\n"
                 "  --record FILE              append one line per message, fault and violation to FILE\n"
                 "  --fault REQ:KIND[=VAL][:N] at the Nth (default 1st) REQ: close, bad-flags, oversize, undersize,\n"
-                "                             wrong-request, extra-fds, nack, hang, garbage (repeatable)\n"
+                "                             wrong-request, extra-fds, nack, hang, garbage (repeatable);\n"
+                "                             flood-channel (stream back-end requests, no reply, until the\n"
+                "                             front-end hangs up), channel-half-header (6 bytes of a header on\n"
+                "                             the back-end channel, then no reply), truncate-memory (truncate\n"
+                "                             the guest-memory fds to 0, then close)\n"
                 "  --send-backend REQ[:need-reply][:block][:after=REQ][:index=N]\n"
                 "                             send a back-end request after SET_OWNER (or REQ) (repeatable)\n"
                 "  --features HEX             virtio features offered (default 0x%llx)\n"
@@ -41,6 +47,9 @@ static void usage(FILE *out) {
                 "  --log-reply-size N         SET_LOG_BASE reply payload: 0, 8 or 16 (default %u)\n"
                 "  --timeout MS               message, connect and back-end reply timeout (default %u)\n"
                 "  --reconnect-timeout MS     --client: give up reconnecting after MS, 0 = never (default %u)\n"
+                "  --no-accept                listen with a full backlog (our own connections) and never accept\n"
+                "  --uid USER, --gid GROUP    drop to this user / group (name or number) before the socket exists\n"
+                "  --fds-always               an extra fd (/dev/null) on every reply and back-end request\n"
                 "  --verbose                  copy the record to stderr\n"
                 "  --help\n",
                 (unsigned long long) TB_DEFAULT_FEATURES, (unsigned long long) TB_DEFAULT_PROTOCOL_FEATURES,
@@ -72,11 +81,29 @@ static int parse_hex(const char *opt, const char *s, unsigned long long *out) {
         return 0;
 }
 
+/* A user or group by name, else by number below (id_t) -1. */
+static int parse_id(const char *opt, const char *s, bool group, unsigned long long *out) {
+        if (group) {
+                const struct group *g = getgrnam(s);
+                if (g) {
+                        *out = g->gr_gid;
+                        return 0;
+                }
+        } else {
+                const struct passwd *p = getpwnam(s);
+                if (p) {
+                        *out = p->pw_uid;
+                        return 0;
+                }
+        }
+        return parse_number(opt, s, UINT32_MAX - 1, out);
+}
+
 enum {
         OPT_SOCKET = 256, OPT_CLIENT, OPT_ONCE, OPT_CONNECTIONS, OPT_RECORD, OPT_FAULT, OPT_SEND_BACKEND,
         OPT_FEATURES, OPT_PROTOCOL_FEATURES, OPT_NO_PROTOCOL_FEATURES, OPT_NO_LOG_SHMFD, OPT_NO_RARP,
         OPT_NO_REPLY_ACK, OPT_NO_MQ, OPT_NO_LOG_ALL, OPT_QUEUES, OPT_MAX_MEM_SLOTS, OPT_LOG_REPLY_SIZE,
-        OPT_TIMEOUT, OPT_RECONNECT_TIMEOUT, OPT_VERBOSE, OPT_HELP,
+        OPT_TIMEOUT, OPT_RECONNECT_TIMEOUT, OPT_NO_ACCEPT, OPT_UID, OPT_GID, OPT_FDS_ALWAYS, OPT_VERBOSE, OPT_HELP,
 };
 
 static const struct option options[] = {
@@ -100,6 +127,10 @@ static const struct option options[] = {
         { "log-reply-size", required_argument, NULL, OPT_LOG_REPLY_SIZE },
         { "timeout", required_argument, NULL, OPT_TIMEOUT },
         { "reconnect-timeout", required_argument, NULL, OPT_RECONNECT_TIMEOUT },
+        { "no-accept", no_argument, NULL, OPT_NO_ACCEPT },
+        { "uid", required_argument, NULL, OPT_UID },
+        { "gid", required_argument, NULL, OPT_GID },
+        { "fds-always", no_argument, NULL, OPT_FDS_ALWAYS },
         { "verbose", no_argument, NULL, OPT_VERBOSE },
         { "help", no_argument, NULL, OPT_HELP },
         {},
@@ -203,6 +234,22 @@ int main(int argc, char **argv) {
                                 return 2;
                         cfg.reconnect_timeout_ms = (unsigned) v;
                         break;
+                case OPT_NO_ACCEPT:
+                        cfg.no_accept = true;
+                        break;
+                case OPT_UID:
+                        if (parse_id("uid", optarg, false, &v) < 0)
+                                return 2;
+                        cfg.run_as_uid = (uid_t) v;
+                        break;
+                case OPT_GID:
+                        if (parse_id("gid", optarg, true, &v) < 0)
+                                return 2;
+                        cfg.run_as_gid = (gid_t) v;
+                        break;
+                case OPT_FDS_ALWAYS:
+                        cfg.fds_on_every_message = true;
+                        break;
                 case OPT_VERBOSE:
                         cfg.verbose = true;
                         break;
@@ -221,6 +268,10 @@ int main(int argc, char **argv) {
         if (!path) {
                 fprintf(stderr, "vhm-test-backend: --socket is required\n");
                 usage(stderr);
+                return 2;
+        }
+        if (client && cfg.no_accept) {
+                fprintf(stderr, "vhm-test-backend: --no-accept needs a listening socket, not --client\n");
                 return 2;
         }
         const char *why;
