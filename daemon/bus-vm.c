@@ -53,6 +53,8 @@ struct vm_job {
         /* JOB_ADD_DEVICE */
         struct vhm_device_config config;
         struct vhm_queue_spec queues[VHM_DEVICE_MAX_QUEUES];
+        /* JOB_ADD_DEVICE, JOB_REMOVE_DEVICE: the device object is the job's to free */
+        bool free_device;
         /* JOB_HARVEST, JOB_ANNOUNCE_* */
         uint64_t new_pages, dirty_pages;
         unsigned sent;
@@ -396,7 +398,6 @@ static void emit_devices_changed(struct vm_object *o) {
 static void device_object_free(struct device_object *d) {
         if (!d)
                 return;
-        free(d->path);
         free(d->socket);
         free(d);
 }
@@ -438,14 +439,9 @@ static void reply_success(struct vm_job *j) {
 static void finish_add(struct vm_job *j) {
         struct vm_object *o = j->vm;
         struct device_object *d = j->device;
-        /* Numbers go to devices that exist: a failed AddDevice uses none. */
-        if (j->result == 0 && asprintf(&d->path, "%s/dev/%u", o->path, o->next_device_number) < 0) {
-                d->path = NULL;
-                job_fail(j, -ENOMEM, SD_BUS_ERROR_NO_MEMORY, "out of memory");
-        }
         if (j->result < 0) {
-                device_object_free(d);
-                j->device = NULL;
+                /* Numbers go to devices that exist: a failed AddDevice uses none. */
+                j->free_device = true;
                 return;
         }
         if (o->destroying) {
@@ -456,12 +452,13 @@ static void finish_add(struct vm_job *j) {
                 return;
         }
         d->number = o->next_device_number++;
+        snprintf(d->path, sizeof(d->path), "%s/dev/%u", o->path, d->number);
         /* InterfacesAdded carries the state: nothing to repeat in PropertiesChanged. */
         pthread_mutex_lock(&o->snap_lock);
         d->published = d->snap;
         pthread_mutex_unlock(&o->snap_lock);
         add_to_array(o, d);
-        (void) sd_bus_emit_object_added(o->daemon->bus, j->device->path);
+        (void) sd_bus_emit_object_added(o->daemon->bus, d->path);
         emit_devices_changed(o);
 }
 
@@ -473,12 +470,15 @@ static void job_done(struct worker_job *base) {
 
         if (j->kind == JOB_ADD_DEVICE)
                 finish_add(j);
-        if (j->kind == JOB_REMOVE_DEVICE)
-                device_object_free(j->device);
         if (j->kind == JOB_MONITOR)
                 o->monitor_queued = false;
         if (j->result < 0)
                 daemon_log_full(LOG_WARNING, o, j->device ? j->device->socket : NULL, j->request, "%s", j->error);
+        /* Only now: the message above still names the device. */
+        if (j->free_device) {
+                device_object_free(j->device);
+                j->device = NULL;
+        }
 
         if (j->call) {
                 if (j->result < 0)
@@ -513,6 +513,8 @@ int vm_object_create(struct daemon *d, const char *name, struct vhm_vm *vm, stru
         int r = o->name ? sd_bus_path_encode(VHOSTMIG_VM_PREFIX, name, &o->path) : -ENOMEM;
         if (r >= 0)
                 r = vhm_logging_new(vm, &o->logging);
+        if (r >= 0 && !(o->destroy_job = job_new(o, JOB_DESTROY, NULL)))
+                r = -ENOMEM;
         if (r >= 0) {
                 pthread_mutex_init(&o->snap_lock, NULL);
                 char thread_name[16];
@@ -522,6 +524,7 @@ int vm_object_create(struct daemon *d, const char *name, struct vhm_vm *vm, stru
                         pthread_mutex_destroy(&o->snap_lock);
         }
         if (r < 0) {
+                free(o->destroy_job);
                 vhm_logging_free(o->logging);
                 free(o->path);
                 free(o->name);
@@ -577,14 +580,10 @@ void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to) {
                 }
         d->nvms--;
         (void) sd_bus_emit_properties_changed(d->bus, VHOSTMIG_ROOT_PATH, "org.vhostmig1.Manager", "Vms", NULL);
-        struct vm_job *j = job_new(o, JOB_DESTROY, reply_to);
-        if (!j) {
-                /* Out of memory: tear down synchronously rather than leak a VM. */
-                struct vm_job stack = { .kind = JOB_DESTROY, .vm = o };
-                run_destroy(&stack);
-                (void) sd_event_add_defer(d->event, NULL, teardown_vm, o);
-                return;
-        }
+        /* Behind whatever the worker is doing: the teardown never races a running job. */
+        struct vm_job *j = o->destroy_job;
+        o->destroy_job = NULL;
+        j->call = reply_to ? sd_bus_message_ref(reply_to) : NULL;
         job_submit(j);
 }
 
@@ -825,6 +824,7 @@ static int method_remove_device(sd_bus_message *m, void *userdata, sd_bus_error 
         remove_from_array(o, d);
         emit_devices_changed(o);
         j->device = d;
+        j->free_device = true;
         job_submit(j);
         return 1;
 }

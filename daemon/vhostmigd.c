@@ -194,6 +194,13 @@ static void probe_done(struct worker_job *base) {
         free(p);
 }
 
+static struct worker *idle_probe_worker(struct daemon *d) {
+        for (unsigned i = 0; i < d->nprobe_workers; i++)
+                if (worker_pending(&d->probe_workers[i]) == 0)
+                        return &d->probe_workers[i];
+        return NULL;
+}
+
 static int method_probe(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         struct daemon *d = userdata;
         int r = daemon_check_root(m, error);
@@ -209,6 +216,11 @@ static int method_probe(sd_bus_message *m, void *userdata, sd_bus_error *error) 
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "socket: expected an absolute path");
         if (timeout_ms > 600000)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "timeout_ms: at most 600000");
+        /* A probe of a hung back-end holds its worker until its timeout: never queue behind it. */
+        struct worker *w = idle_probe_worker(d);
+        if (!w)
+                return sd_bus_error_setf(error, VHOSTMIG_ERROR("Busy"),
+                                         "%u probes are already running (max_probes); try again later", d->nprobe_workers);
         struct probe_job *p = calloc(1, sizeof(*p));
         if (!p || !(p->socket = strdup(socket))) {
                 free(p);
@@ -221,7 +233,7 @@ static int method_probe(sd_bus_message *m, void *userdata, sd_bus_error *error) 
                 .socket = p->socket, .server = server,
                 .timeout_ms = timeout_ms ? timeout_ms : d->cfg.request_timeout_ms,
         };
-        worker_submit(&d->probe_worker, &p->base);
+        worker_submit(w, &p->base);
         return 1;
 }
 
@@ -265,6 +277,25 @@ static int on_monitor(sd_event_source *s, uint64_t usec, void *userdata) {
         return sd_event_source_set_time(s, usec + (uint64_t) d->cfg.monitor_interval_ms * 1000u);
 }
 
+static int on_shutdown_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        (void) s;
+        (void) usec;
+        struct daemon *d = userdata;
+        daemon_log(LOG_WARNING, NULL, NULL, "shutting down: %u VM teardown(s) did not finish in time, exiting anyway",
+                   d->vms_tearing_down);
+        return sd_event_exit(d->event, 1);
+}
+
+/*
+ * How long shutdown waits for teardowns: a hung back-end costs one request
+ * timeout, after which its connection is closed and the rest of its teardown
+ * fails fast; a job the worker was running when the signal came may cost one
+ * more.
+ */
+static uint64_t shutdown_budget_usec(const struct daemon *d) {
+        return (2 * (uint64_t) d->cfg.request_timeout_ms + 1000) * 1000;
+}
+
 static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         (void) s;
         (void) si;
@@ -273,12 +304,18 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
                 return 0;
         d->shutting_down = true;
         sd_notify(false, "STOPPING=1\nSTATUS=Releasing every device");
-        daemon_log(LOG_INFO, NULL, NULL, "shutting down: stopping logging and releasing %u VM(s)", d->nvms);
-        if (!d->vms)
-                return sd_event_exit(d->event, 0);
+        daemon_log(LOG_INFO, NULL, NULL, "shutting down: stopping logging and releasing %u VM(s)",
+                   d->nvms + d->vms_tearing_down);
         /* Each VM's worker stops logging and releases its devices; the last one ends the loop. */
         while (d->vms)
                 vm_object_destroy(d->vms, NULL);
+        /* Teardowns already under way (DestroyVm calls) are waited for as well. */
+        if (d->vms_tearing_down == 0)
+                return sd_event_exit(d->event, 0);
+        int r = sd_event_add_time_relative(d->event, &d->shutdown_timer, CLOCK_MONOTONIC, shutdown_budget_usec(d), 0,
+                                           on_shutdown_timeout, d);
+        if (r < 0)
+                daemon_log(LOG_WARNING, NULL, NULL, "shutting down without a time limit: %s", strerror(-r));
         return 0;
 }
 
@@ -324,8 +361,13 @@ static int setup_loop(struct daemon *d) {
                                                (uint64_t) d->cfg.monitor_interval_ms * 1000u, 0, on_monitor, d);
         if (r >= 0)
                 r = sd_event_source_set_enabled(d->monitor, SD_EVENT_ON);
-        if (r >= 0)
-                r = worker_start(&d->probe_worker, d->event, "probe");
+        for (unsigned i = 0; r >= 0 && i < d->cfg.max_probes; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "probe-%u", i % CONFIG_MAX_PROBES);
+                r = worker_start(&d->probe_workers[i], d->event, name);
+                if (r >= 0)
+                        d->nprobe_workers++;
+        }
         return r;
 }
 
@@ -400,7 +442,10 @@ int main(int argc, char **argv) {
 
         r = sd_event_loop(d.event);
 
-        worker_stop(&d.probe_worker);
+        /* A forced exit leaves hung workers behind: the process ends with them. */
+        for (unsigned i = 0; r == 0 && i < d.nprobe_workers; i++)
+                worker_stop(&d.probe_workers[i]);
+        sd_event_source_unref(d.shutdown_timer);
         sd_event_source_unref(d.monitor);
         sd_bus_flush_close_unref(d.bus);
         sd_event_unref(d.event);

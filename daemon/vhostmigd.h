@@ -21,6 +21,7 @@
 #define VHOSTMIG_ERROR(name) "org.vhostmig1.Error." name
 
 struct vm_object;
+struct vm_job;
 
 struct daemon {
         sd_event *event;
@@ -28,8 +29,11 @@ struct daemon {
         struct vhostmigd_config cfg;
         struct vm_object *vms;          /* list */
         unsigned nvms;
-        struct worker probe_worker;     /* Probe calls, which belong to no VM */
+        /* Probe calls, which belong to no VM: one at a time on each, never queued. */
+        struct worker probe_workers[CONFIG_MAX_PROBES];
+        unsigned nprobe_workers;
         sd_event_source *monitor;
+        sd_event_source *shutdown_timer;   /* bounds how long shutdown waits for teardowns */
         unsigned vms_tearing_down;      /* destroyed, worker not yet stopped */
         bool shutting_down;
 };
@@ -47,10 +51,13 @@ struct device_snapshot {
         char last_error[384];
 };
 
+/* /org/vhostmig1/vm/NAME/dev/N: the encoded name is at most 3 x 63 bytes. */
+#define DEVICE_PATH_MAX 256
+
 struct device_object {
         struct vm_object *vm;
         unsigned number;
-        char *path;
+        char path[DEVICE_PATH_MAX];     /* set once the device exists */
         char *socket;
         bool server;
         char mac[18];
@@ -89,6 +96,8 @@ struct vm_object {
         unsigned nrunning;
         unsigned next_device_number;
         struct worker worker;
+        /* Allocated with the VM, so that destroying it never depends on memory. */
+        struct vm_job *destroy_job;
         bool monitor_queued;
         bool destroying;
 

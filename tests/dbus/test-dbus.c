@@ -12,7 +12,9 @@
  *                    clean exit on SIGTERM;
  *   dbus-permissive  no vhostmig policy: the daemon's own root check;
  *   dbus-shutdown    SIGTERM with VMs running: rings stopped, logging off,
- *                    connections closed, server sockets removed, exit 0.
+ *                    connections closed, server sockets removed, exit 0;
+ *   dbus-shutdown-destroy  SIGTERM while a DestroyVm is under way: the
+ *                    teardown finishes and is answered before the exit.
  *
  * Environment (set by meson): VHOSTMIGD (the daemon), START_BUS (start-bus.sh).
  * Needs root (the policy gives the name to root; the tests drop to 65534).
@@ -765,12 +767,25 @@ struct guest {
         struct queue_arg q[MAX_QUEUES];
 };
 
+/* Guest memory as a VMM must hand it over: a memfd sealed against shrinking. */
+static int sealed_memfd(const char *name, uint64_t size) {
+        int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0)
+                return -errno;
+        if (ftruncate(fd, (off_t) size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
 /* A memfd of MEM_SIZE and nq split rings laid out in it, with their eventfds. */
 static void guest_init(struct guest *g, unsigned nq) {
         memset(g, 0, sizeof(*g));
-        g->memfd = memfd_create("vhostmig-test-guest", MFD_CLOEXEC);
-        if (g->memfd < 0 || ftruncate(g->memfd, (off_t) MEM_SIZE) < 0)
-                fail_msg("guest memory: %s", strerror(errno));
+        g->memfd = sealed_memfd("vhostmig-test-guest", MEM_SIZE);
+        if (g->memfd < 0)
+                fail_msg("guest memory: %s", strerror(-g->memfd));
         g->nq = nq;
         for (unsigned i = 0; i < nq; i++) {
                 uint64_t base = RING_BASE + i * RING_STRIDE;
@@ -1462,9 +1477,8 @@ static void test_bad_arguments(void **state) {
         const int fds_before = daemon_fd_count();
         assert_true(fds_before > 0);
 
-        int memfd = memfd_create("vhostmig-test-small", MFD_CLOEXEC);
+        int memfd = sealed_memfd("vhostmig-test-small", MEM_SIZE);
         assert_true(memfd >= 0);
-        assert_int_equal(ftruncate(memfd, (off_t) MEM_SIZE), 0);
         int evfd = eventfd(0, EFD_CLOEXEC);
         assert_true(evfd >= 0);
 
@@ -1684,9 +1698,9 @@ static int nonroot_checks(const char *vm_path, bool policy_bus) {
         sd_bus_error_free(&e);
 
         /* Every state change, and Probe, is root's. */
-        int memfd = memfd_create("vhostmig-test-nonroot", MFD_CLOEXEC);
-        if (memfd < 0 || ftruncate(memfd, (off_t) MEM_SIZE) < 0)
-                CHILD_FAIL("memfd: %m");
+        int memfd = sealed_memfd("vhostmig-test-nonroot", MEM_SIZE);
+        if (memfd < 0)
+                CHILD_FAIL("memfd: %s", strerror(-memfd));
         child_expect_call_denied(b, policy_bus, ROOT_PATH, MANAGER_IF, "CreateVm", "sa(httt)", "mine", 1u, memfd,
                                  UINT64_C(0), MEM_SIZE, UINT64_C(0));
         child_expect_call_denied(b, policy_bus, ROOT_PATH, MANAGER_IF, "DestroyVm", "s", "shared");
@@ -2147,6 +2161,68 @@ static void test_shutdown_with_vms(void **state) {
         free(two);
 }
 
+/* ---- 7. SIGTERM while a DestroyVm is under way --------------------------------------------------- */
+
+/*
+ * A DestroyVm is in flight (its back-end is slow to answer GET_VRING_BASE)
+ * when SIGTERM comes.  The daemon must finish that teardown first (bounded
+ * by the request timeout), answer the caller, and only then exit 0: not exit
+ * at once, leaving logging on and the caller with "no reply".
+ */
+static void test_shutdown_during_destroy(void **state) {
+        (void) state;
+        struct guest g;
+        guest_init(&g, 2);
+        char *vm = create_vm("dying", g.memfd, MEM_SIZE);
+        struct backend be;
+        backend_init(&be, "dying");
+        /* The first ring's index is answered, the second's never: the teardown waits a request timeout. */
+        backend_add_fault(&be, "GET_VRING_BASE:hang:2");
+        backend_listen(&be);
+        struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), &g);
+        free(add_device(vm, &da, 0));
+        sd_bus_message_unref(call(vm, VM_IF, "StartLogging", NULL));
+
+        static struct async_call destroy;
+        sd_bus_message *m = NULL;
+        int r = sd_bus_message_new_method_call(env.c, &m, DEST, ROOT_PATH, MANAGER_IF, "DestroyVm");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", "dying");
+        if (r < 0)
+                fail_msg("DestroyVm message: %s", strerror(-r));
+        send_async(m, &destroy);
+        uint64_t deadline = now_ms() + 5000;
+        while (!record_has(&be, "FAULT hang", "GET_VRING_BASE") && now_ms() < deadline)
+                sleep_ms(10);
+        assert_record_has(&be, "FAULT hang", "GET_VRING_BASE");
+        assert_false(destroy.done);
+
+        pid_t pid = env.daemon;
+        uint64_t term_ms = now_ms();
+        kill(pid, SIGTERM);
+        wait_async(&destroy, 3 * REQUEST_TIMEOUT_MS, "DestroyVm in flight at SIGTERM");
+        if (destroy.error_name[0])
+                fail_msg("DestroyVm in flight at SIGTERM answered %s: %s (the daemon must finish it first)",
+                         destroy.error_name, destroy.error_message);
+        int status = wait_child(pid, 3 * REQUEST_TIMEOUT_MS);
+        env.daemon = status == -ETIMEDOUT ? pid : -1;
+        if (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                char why[64];
+                describe_status(status, why, sizeof(why));
+                fail_msg("vhostmigd ended with %s after SIGTERM during DestroyVm", why);
+        }
+        uint64_t took = now_ms() - term_ms;
+        if (took + 100 < REQUEST_TIMEOUT_MS / 2)
+                fail_msg("vhostmigd exited %" PRIu64 " ms after SIGTERM: it cannot have waited for the teardown", took);
+
+        /* What the back-end saw: logging switched off, the first ring stopped, then the connection closed. */
+        backend_wait_exit(&be, 5000);
+        check_shutdown_record(&be, 1, true);
+        assert_no_violation(&be);
+        guest_fini(&g);
+        free(vm);
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 #define TEST(f) cmocka_unit_test_setup_teardown(f, test_setup, test_teardown)
@@ -2169,9 +2245,17 @@ int main(void) {
         const struct CMUnitTest shutdown[] = {
                 TEST(test_shutdown_with_vms),
         };
+        const struct CMUnitTest shutdown_destroy[] = {
+                TEST(test_shutdown_during_destroy),
+        };
+        /* TEST_FILTER=test_name (a cmocka pattern) runs only matching tests, for debugging. */
+        if (getenv("TEST_FILTER"))
+                cmocka_set_test_filter(getenv("TEST_FILTER"));
         int failed = 0;
         failed += cmocka_run_group_tests_name("dbus-policy", policy, group_setup_policy, group_teardown);
         failed += cmocka_run_group_tests_name("dbus-permissive", permissive, group_setup_permissive, group_teardown);
         failed += cmocka_run_group_tests_name("dbus-shutdown", shutdown, group_setup_policy, group_teardown);
+        failed += cmocka_run_group_tests_name("dbus-shutdown-destroy", shutdown_destroy, group_setup_policy,
+                                              group_teardown);
         return failed ? 1 : 0;
 }
