@@ -50,7 +50,7 @@ static const struct key keys[] = {
         KEY("request_timeout_ms", KEY_UINT, request_timeout_ms, 10, 600000),
         KEY("monitor_interval_ms", KEY_UINT, monitor_interval_ms, 10, 60000),
         KEY("max_vms", KEY_UINT, max_vms, 1, 4096),
-        KEY("max_probes", KEY_UINT, max_probes, 1, 64),
+        KEY("max_probes", KEY_UINT, max_probes, 1, CONFIG_MAX_PROBES),
         KEY("log_level", KEY_LEVEL, log_level, 0, 0),
         /* From 1 GiB to 2^52, the x86-64 and arm64 physical address limit. */
         KEY("max_guest_phys_addr", KEY_U64, max_guest_phys_addr, UINT64_C(1) << 30, UINT64_C(1) << 52),

@@ -18,6 +18,8 @@
 #define CONFIG_MAX_UIDS        16
 #define CONFIG_MAX_VM_POLICIES 64
 #define CONFIG_VM_NAME_MAX     64
+/* Probe calls that may run at once, at most. */
+#define CONFIG_MAX_PROBES      64
 
 struct config_uid_list {
         uid_t uid[CONFIG_MAX_UIDS];
