@@ -179,6 +179,19 @@ static bool is_power_of_two(unsigned v) {
         return v && !(v & (v - 1));
 }
 
+/* Split-ring alignment (virtio 1.x 2.7): the back-end and our index loads rely on it. */
+static int check_alignment(struct vhm_device *dev, unsigned index, const struct vhm_queue_spec *spec) {
+        static const struct { const char *part; uint64_t align; } parts[] = {
+                { "descriptor table", 16 }, { "avail ring", 2 }, { "used ring", 4 },
+        };
+        const uint64_t gpa[] = { spec->desc_gpa, spec->avail_gpa, spec->used_gpa };
+        for (unsigned i = 0; i < 3; i++)
+                if (gpa[i] % parts[i].align)
+                        return dev_fail(dev, -EINVAL, "%s: queue %u: %s at 0x%" PRIx64 " is not %" PRIu64
+                                        "-byte aligned", dev->socket, index, parts[i].part, gpa[i], parts[i].align);
+        return 0;
+}
+
 int vhm_device_set_queue(struct vhm_device *dev, unsigned index, const struct vhm_queue_spec *spec) {
         if (index >= queue_count(dev))
                 return dev_fail(dev, -EINVAL, "%s: queue %u: the device has %u queues", dev->socket, index,
@@ -189,6 +202,9 @@ int vhm_device_set_queue(struct vhm_device *dev, unsigned index, const struct vh
         if (dev->state == VHM_DEVICE_RUNNING)
                 return dev_fail(dev, -EBUSY, "%s: queue %u: stop the device before changing its queues",
                                 dev->socket, index);
+        int r = check_alignment(dev, index, spec);
+        if (r < 0)
+                return r;
         if (!vhm_vm_gpa_to_host(dev->vm, spec->desc_gpa, desc_bytes(spec->size)) ||
             !vhm_vm_gpa_to_host(dev->vm, spec->avail_gpa, avail_bytes(spec->size)) ||
             !vhm_vm_gpa_to_host(dev->vm, spec->used_gpa, used_bytes(spec->size)))
@@ -457,14 +473,23 @@ int vhm_device_poll_connection(struct vhm_device *dev) {
         return 0;
 }
 
-/* What the guest's used rings show: everything up to there the back-end finished. */
+/*
+ * What the guest's used rings show: everything up to there the back-end
+ * finished.  Read through the VM's guarded path: the back-end that just left
+ * may have truncated guest memory on its way out.  Without its memory the
+ * device cannot run: the new connection is dropped and the device FAILED.
+ */
 static int indices_from_used_rings(struct vhm_device *dev) {
         for (unsigned q = 0; q < queue_count(dev); q++) {
-                const struct vhm_queue_spec *s = &dev->queues[q];
-                const volatile uint16_t *used_idx = vhm_vm_gpa_to_host(dev->vm, s->used_gpa + 2, sizeof(uint16_t));
-                if (!used_idx)
-                        return dev_fail(dev, -EFAULT, "%s: queue %u: used ring outside guest memory", dev->socket, q);
-                dev->last_avail[q] = __atomic_load_n(used_idx, __ATOMIC_ACQUIRE);
+                uint16_t idx;
+                int r = vhm_vm_load_u16_acquire(dev->vm, dev->queues[q].used_gpa + 2, &idx);
+                if (r < 0) {
+                        drop_connection(dev);
+                        dev->state = VHM_DEVICE_FAILED;
+                        return dev_fail(dev, r, "%s: queue %u: cannot read the used index: %s", dev->socket, q,
+                                        vhm_vm_error(dev->vm));
+                }
+                dev->last_avail[q] = idx;
         }
         return 0;
 }

@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "log/dirty-log.h"
+#include "migrate/guest-access.h"
 #include "migrate/vm.h"
 
 #define PAGE_SIZE 4096u
@@ -19,6 +21,7 @@ struct vhm_vm {
         struct vhm_region regions[VHM_VM_MAX_REGIONS];
         unsigned nregions;
         uint64_t generation;
+        uint64_t gpa_limit;
         char error[256];
 };
 
@@ -52,6 +55,7 @@ int vhm_vm_new(const char *name, struct vhm_vm **out) {
         if (!vm)
                 return -ENOMEM;
         snprintf(vm->name, sizeof(vm->name), "%s", name);
+        vm->gpa_limit = VHM_VM_DEFAULT_GPA_LIMIT;
         *out = vm;
         return 0;
 }
@@ -95,6 +99,43 @@ uint64_t vhm_vm_top_gpa(const struct vhm_vm *vm) {
         return top;
 }
 
+uint64_t vhm_vm_gpa_limit(const struct vhm_vm *vm) { return vm->gpa_limit; }
+
+int vhm_vm_set_gpa_limit(struct vhm_vm *vm, uint64_t limit) {
+        if (limit == 0 || limit % PAGE_SIZE || limit > VHM_LOG_MAX_TOP_GPA)
+                return vm_fail(vm, -EINVAL, "guest-physical limit 0x%" PRIx64 ": must be a non-zero multiple of"
+                               " 4 KiB up to 0x%" PRIx64, limit, VHM_LOG_MAX_TOP_GPA);
+        if (vhm_vm_top_gpa(vm) > limit)
+                return vm_fail(vm, -ERANGE, "guest-physical limit 0x%" PRIx64 ": memory already ends at 0x%" PRIx64,
+                               limit, vhm_vm_top_gpa(vm));
+        vm->gpa_limit = limit;
+        return 0;
+}
+
+/* A memfd's /proc/self/fd link reads "/memfd:NAME (deleted)". */
+static bool is_memfd(int fd) {
+        char path[64], target[16];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, target, sizeof(target));
+        return n >= 7 && memcmp(target, "/memfd:", 7) == 0;
+}
+
+/*
+ * A memfd can be made unshrinkable, and then no back-end can truncate it
+ * under our mapping: we insist on it.  Other files cannot be sealed; their
+ * reads are guarded instead (vhm_vm_read).
+ */
+static int check_sealed(struct vhm_vm *vm, const struct vhm_region_spec *s) {
+        if (!is_memfd(s->fd))
+                return 0;
+        int seals = fcntl(s->fd, F_GET_SEALS);
+        if (seals >= 0 && (seals & F_SEAL_SHRINK))
+                return 0;
+        return vm_fail(vm, -EPERM, "region at 0x%" PRIx64 ": the memfd is not sealed against shrinking,"
+                       " so a back-end could truncate it; create it with MFD_ALLOW_SEALING and add"
+                       " F_SEAL_SHRINK (fcntl F_ADD_SEALS)", s->guest_phys_addr);
+}
+
 /* What the memory owner gave must be mappable memory that really holds the region. */
 static int check_spec(struct vhm_vm *vm, const struct vhm_region_spec *s) {
         struct stat st;
@@ -112,6 +153,9 @@ static int check_spec(struct vhm_vm *vm, const struct vhm_region_spec *s) {
                                " must be non-zero multiples of 4 KiB", gpa, s->size, s->offset);
         if (gpa + s->size < gpa || s->offset + s->size < s->offset)
                 return vm_fail(vm, -EINVAL, "region at 0x%" PRIx64 ": wraps around", gpa);
+        if (gpa + s->size > vm->gpa_limit)
+                return vm_fail(vm, -ERANGE, "region at 0x%" PRIx64 ": ends at 0x%" PRIx64 ", above the VM's"
+                               " guest-physical limit of 0x%" PRIx64, gpa, gpa + s->size, vm->gpa_limit);
         if (s->offset + s->size > (uint64_t) st.st_size)
                 return vm_fail(vm, -EINVAL, "region at 0x%" PRIx64 ": offset 0x%" PRIx64 " + size 0x%" PRIx64
                                " exceeds the file (0x%" PRIx64 " bytes)", gpa, s->offset, s->size, (uint64_t) st.st_size);
@@ -121,7 +165,7 @@ static int check_spec(struct vhm_vm *vm, const struct vhm_region_spec *s) {
                         return vm_fail(vm, -EEXIST, "region at 0x%" PRIx64 " overlaps the region at 0x%" PRIx64,
                                        gpa, r->guest_phys_addr);
         }
-        return 0;
+        return check_sealed(vm, s);
 }
 
 int vhm_vm_add_region(struct vhm_vm *vm, const struct vhm_region_spec *spec) {
@@ -175,4 +219,47 @@ void *vhm_vm_gpa_to_host(const struct vhm_vm *vm, uint64_t gpa, uint64_t len) {
 
 uint64_t vhm_vm_gpa_to_uaddr(const struct vhm_vm *vm, uint64_t gpa, uint64_t len) {
         return (uint64_t) (uintptr_t) vhm_vm_gpa_to_host(vm, gpa, len);
+}
+
+/* ---- guarded access -------------------------------------------------------- */
+
+static uint8_t *host_or_fail(struct vhm_vm *vm, uint64_t gpa, size_t len, const char *what) {
+        uint8_t *p = vhm_vm_gpa_to_host(vm, gpa, len);
+        if (!p)
+                vm_fail(vm, -EFAULT, "%s of %zu bytes at 0x%" PRIx64 ": outside guest memory", what, len, gpa);
+        return p;
+}
+
+static int access_failed(struct vhm_vm *vm, int r, uint64_t gpa, const char *what) {
+        const struct vhm_region *reg = find_region(vm, gpa, 1);
+        if (r == -EIO)
+                return vm_fail(vm, r, "region at 0x%" PRIx64 ": %s at 0x%" PRIx64 ": guest memory is no longer"
+                               " backed (the file was truncated?)", reg->guest_phys_addr, what, gpa);
+        return vm_fail(vm, r, "%s at 0x%" PRIx64 ": %s", what, gpa, strerror(-r));
+}
+
+int vhm_vm_read(struct vhm_vm *vm, uint64_t gpa, void *buf, size_t len) {
+        const uint8_t *p = host_or_fail(vm, gpa, len, "read");
+        if (!p)
+                return -EFAULT;
+        int r = vhm_guarded_read(buf, p, len);
+        return r < 0 ? access_failed(vm, r, gpa, "read") : 0;
+}
+
+int vhm_vm_write(struct vhm_vm *vm, uint64_t gpa, const void *buf, size_t len) {
+        uint8_t *p = host_or_fail(vm, gpa, len, "write");
+        if (!p)
+                return -EFAULT;
+        int r = vhm_guarded_write(p, buf, len);
+        return r < 0 ? access_failed(vm, r, gpa, "write") : 0;
+}
+
+int vhm_vm_load_u16_acquire(struct vhm_vm *vm, uint64_t gpa, uint16_t *out) {
+        if (gpa % sizeof(uint16_t))
+                return vm_fail(vm, -EINVAL, "load of a u16 at 0x%" PRIx64 ": misaligned", gpa);
+        const uint8_t *p = host_or_fail(vm, gpa, sizeof(*out), "load");
+        if (!p)
+                return -EFAULT;
+        int r = vhm_guarded_load_u16_acquire((const volatile uint16_t *) (const void *) p, out);
+        return r < 0 ? access_failed(vm, r, gpa, "load") : 0;
 }

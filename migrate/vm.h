@@ -41,8 +41,13 @@ const char *vhm_vm_name(const struct vhm_vm *vm);
 
 /*
  * Maps a region.  Refused with a reason (vhm_vm_error): an fd that is not a
- * regular file or memfd, a size or offset that does not fit the file, page
- * misalignment, overlap with another region, more than 8 regions.
+ * regular file or memfd, a memfd not sealed with F_SEAL_SHRINK (a back-end
+ * could truncate it under us), a size or offset that does not fit the file,
+ * page misalignment, a region ending above the guest-physical limit, overlap
+ * with another region, more than 8 regions.
+ *
+ * Files that cannot be sealed (tmpfs, hugetlbfs, regular files) are accepted:
+ * the guarded accessors below turn a truncation into an error of the access.
  */
 int vhm_vm_add_region(struct vhm_vm *vm, const struct vhm_region_spec *spec);
 int vhm_vm_remove_region(struct vhm_vm *vm, uint64_t guest_phys_addr);
@@ -53,7 +58,38 @@ const struct vhm_region *vhm_vm_region(const struct vhm_vm *vm, unsigned i);
 uint64_t vhm_vm_memory_size(const struct vhm_vm *vm);   /* sum of region sizes */
 uint64_t vhm_vm_top_gpa(const struct vhm_vm *vm);       /* end of the highest region */
 
-/* Host pointer for [gpa, gpa+len) when it lies within one region, else NULL. */
+/*
+ * The highest guest-physical address a region may end at (default
+ * VHM_VM_DEFAULT_GPA_LIMIT).  It bounds what dirty logging allocates: the
+ * log and the migration bitmap cover every page below the top.  A limit below
+ * the current top, not a multiple of 4 KiB or above what the log can cover is
+ * refused (-ERANGE, -EINVAL).
+ */
+#define VHM_VM_DEFAULT_GPA_LIMIT (UINT64_C(1) << 40)
+int vhm_vm_set_gpa_limit(struct vhm_vm *vm, uint64_t limit);
+uint64_t vhm_vm_gpa_limit(const struct vhm_vm *vm);
+
+/*
+ * Reading and writing guest memory.  The rule: every reader (and writer) of
+ * guest memory goes through vhm_vm_read / vhm_vm_write /
+ * vhm_vm_load_u16_acquire, never through a pointer from vhm_vm_gpa_to_host:
+ * a file that is not sealed may have been truncated by a back-end or the
+ * memory owner, and a raw access would kill the daemon with SIGBUS.  These
+ * fail instead, and only this VM notices.
+ *
+ * [gpa, gpa+len) must lie within one region (-EFAULT otherwise); memory that
+ * is no longer backed fails with -EIO; both with a reason in vhm_vm_error().
+ */
+int vhm_vm_read(struct vhm_vm *vm, uint64_t gpa, void *buf, size_t len);
+int vhm_vm_write(struct vhm_vm *vm, uint64_t gpa, const void *buf, size_t len);
+/* An acquire load of the u16 at a 2-aligned gpa (a ring index), -EINVAL when misaligned. */
+int vhm_vm_load_u16_acquire(struct vhm_vm *vm, uint64_t gpa, uint16_t *out);
+
+/*
+ * Host pointer for [gpa, gpa+len) when it lies within one region, else NULL.
+ * For bounds checks and for telling back-ends addresses (SET_VRING_ADDR):
+ * never dereference it, see the rule above.
+ */
 void *vhm_vm_gpa_to_host(const struct vhm_vm *vm, uint64_t gpa, uint64_t len);
 /* Same, as the front-end address a back-end is given (SET_VRING_ADDR); 0 when out of bounds. */
 uint64_t vhm_vm_gpa_to_uaddr(const struct vhm_vm *vm, uint64_t gpa, uint64_t len);

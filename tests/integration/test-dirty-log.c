@@ -21,6 +21,7 @@
  * after the send, so only what the log reported since can account for it).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -515,8 +516,10 @@ static int hotplug_and_resize(void *opaque) {
         struct hotplug *hp = opaque;
         struct rig *r = hp->r;
         hp->size_before = vhm_logging_log_size(r->lg);
-        r->hotplug_fd = memfd_create("hotplug", MFD_CLOEXEC);
-        if (r->hotplug_fd < 0 || ftruncate(r->hotplug_fd, (off_t) HOTPLUG_SIZE) < 0)
+        /* Sealed against shrinking, as the VM requires of a memfd. */
+        r->hotplug_fd = memfd_create("hotplug", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (r->hotplug_fd < 0 || ftruncate(r->hotplug_fd, (off_t) HOTPLUG_SIZE) < 0 ||
+            fcntl(r->hotplug_fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
                 return -errno;
         struct vhm_region_spec region = { .fd = r->hotplug_fd, .guest_phys_addr = HOTPLUG_GPA, .size = HOTPLUG_SIZE };
         int rc = vhm_vm_add_region(r->vm, &region);

@@ -17,6 +17,7 @@
  *   - the back-end recorded no VIOLATION.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -309,9 +310,11 @@ static void vm_new(struct fixture *f) {
 }
 
 static void hotplug(struct fixture *f) {
-        f->hotplug_fd = memfd_create("hotplug", MFD_CLOEXEC);
+        /* Sealed against shrinking, as the VM requires of a memfd. */
+        f->hotplug_fd = memfd_create("hotplug", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         assert_true(f->hotplug_fd >= 0);
         assert_int_equal(ftruncate(f->hotplug_fd, (off_t) HOTPLUG_SIZE), 0);
+        assert_int_equal(fcntl(f->hotplug_fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
         struct vhm_region_spec region = { .fd = f->hotplug_fd, .guest_phys_addr = HOTPLUG_GPA, .size = HOTPLUG_SIZE };
         if (vhm_vm_add_region(f->vm, &region) < 0)
                 fail_msg("vhm_vm_add_region: %s", vhm_vm_error(f->vm));
