@@ -19,6 +19,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -764,6 +765,313 @@ static void test_backend_unknown_request(void **state) {
         fx_stop(&f);
 }
 
+/* ---------------------------------------------------------------- faults of issue 8 */
+
+/* Waits (up to IO_MS) until the record holds needle. */
+static void await_recorded(const struct fx *f, const char *needle) {
+        uint64_t deadline = vhu_deadline_after_ms(IO_MS);
+        while (!tb_record_contains(f->rec, needle) && vhu_now_usec() < deadline)
+                usleep(5000);
+        assert_recorded(f, needle);
+}
+
+/* A negotiated connection with its back-end channel; returns our end of the channel. */
+static int open_channel(struct fx *f, uint64_t pf) {
+        int sv[2];
+        negotiate(f->fd, pf);
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_equal(acked(f->fd, VHU_REQ_SET_BACKEND_REQ_FD, NULL, 0, &sv[1], 1), 0);
+        close(sv[1]);
+        return sv[0];
+}
+
+static void config_fault(struct tb_config *cfg, const char *spec) {
+        struct tb_fault fault;
+        tb_config_init(cfg);
+        assert_int_equal(tb_parse_fault(spec, &fault), 0);
+        assert_int_equal(tb_config_add_fault(cfg, &fault), 0);
+}
+
+/* SIGTERM ends the child at once (its handler exits 0), whatever fault it is in. */
+static void assert_stops_promptly(struct fx *f) {
+        uint64_t t0 = vhu_now_usec();
+        int status = tb_stop(f->pid);
+        f->pid = -1;
+        assert_true(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        assert_true(vhu_now_usec() - t0 < 1000000);
+}
+
+static void test_fault_flood_channel(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        struct fx f;
+        struct vhu_msg m;
+
+        /* The channel reader goes away first. */
+        config_fault(&cfg, "GET_QUEUE_NUM:flood-channel");
+        fx_start(&f, &cfg);
+        int ch = open_channel(&f, PF_BASIC);
+        assert_int_equal(send_req(f.fd, VHU_REQ_GET_QUEUE_NUM, 0, NULL, 0, NULL, 0), 0);
+        for (int i = 0; i < 5000; i++) {
+                assert_int_equal(recv_msg(ch, &m), 0);
+                assert_int_equal(m.hdr.request, VHU_BREQ_CONFIG_CHANGE_MSG);
+                assert_int_equal(m.hdr.flags, VHU_VERSION);
+                assert_int_equal(m.hdr.size, 0);
+                assert_int_equal(m.nfds, 0);
+        }
+        assert_true(nothing_arrives(f.fd, 50));
+        assert_recorded(&f, "GET_QUEUE_NUM flags=0x1 size=0 fds=0\nFAULT flood-channel GET_QUEUE_NUM\n");
+        close(ch);
+        await_recorded(&f, "BACKEND_FLOOD CONFIG_CHANGE_MSG sent=");
+        assert_recorded(&f, " channel write failed: ");
+        /* The reply stays withheld until we hang up. */
+        assert_true(nothing_arrives(f.fd, 50));
+        close(f.fd);
+        f.fd = -1;
+        int status = tb_wait_exit(f.pid, IO_MS);
+        assert_true(status >= 0 && WIFEXITED(status));
+        f.pid = -1;
+        assert_recorded(&f, "CONNECTION 1 CLOSED fault flood-channel, then peer closed");
+        fx_stop(&f);
+
+        /* Without CONFIG: IOTLB misses; the front-end hangs up while the channel is full. */
+        config_fault(&cfg, "GET_QUEUE_NUM:flood-channel");
+        fx_start(&f, &cfg);
+        ch = open_channel(&f, PF_BASIC & ~VHU_BIT(VHU_PF_CONFIG));
+        assert_int_equal(send_req(f.fd, VHU_REQ_GET_QUEUE_NUM, 0, NULL, 0, NULL, 0), 0);
+        assert_int_equal(recv_msg(ch, &m), 0);
+        assert_int_equal(m.hdr.request, VHU_BREQ_IOTLB_MSG);
+        assert_int_equal(m.hdr.flags, VHU_VERSION);
+        assert_int_equal(m.payload.iotlb.type, VHU_IOTLB_MISS);
+        close(f.fd);
+        f.fd = -1;
+        await_recorded(&f, " front-end hung up\n");
+        assert_recorded(&f, "BACKEND_FLOOD IOTLB_MSG sent=");
+        close(ch);
+        fx_stop(&f);
+
+        /* A flooding child dies on SIGTERM at once. */
+        config_fault(&cfg, "GET_QUEUE_NUM:flood-channel");
+        fx_start(&f, &cfg);
+        ch = open_channel(&f, PF_BASIC);
+        assert_int_equal(send_req(f.fd, VHU_REQ_GET_QUEUE_NUM, 0, NULL, 0, NULL, 0), 0);
+        assert_int_equal(recv_msg(ch, &m), 0);
+        assert_stops_promptly(&f);
+        close(ch);
+        fx_stop(&f);
+
+        /* No channel: it only hangs. */
+        config_fault(&cfg, "GET_QUEUE_NUM:flood-channel");
+        fx_start(&f, &cfg);
+        negotiate(f.fd, PF_BASIC);
+        assert_int_equal(send_req(f.fd, VHU_REQ_GET_QUEUE_NUM, 0, NULL, 0, NULL, 0), 0);
+        assert_true(nothing_arrives(f.fd, 50));
+        assert_recorded(&f, "BACKEND_SKIPPED flood-channel no back-end channel");
+        fx_stop(&f);
+}
+
+static void test_fault_channel_half_header(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        struct fx f;
+        uint8_t buf[64];
+
+        config_fault(&cfg, "GET_QUEUE_NUM:channel-half-header");
+        fx_start(&f, &cfg);
+        int ch = open_channel(&f, PF_BASIC);
+        assert_int_equal(send_req(f.fd, VHU_REQ_GET_QUEUE_NUM, 0, NULL, 0, NULL, 0), 0);
+        struct pollfd p = { .fd = ch, .events = POLLIN };
+        assert_int_equal(poll(&p, 1, (int) IO_MS), 1);
+        /* Half a header, sent in one write: it arrives whole and alone. */
+        usleep(50000);
+        assert_int_equal(recv(ch, buf, sizeof(buf), MSG_DONTWAIT), 6);
+        uint32_t request;
+        memcpy(&request, buf, sizeof(request));
+        assert_int_equal(request, VHU_BREQ_CONFIG_CHANGE_MSG);
+        assert_true(nothing_arrives(ch, 100));
+        assert_true(nothing_arrives(f.fd, 50));
+        assert_recorded(&f, "FAULT channel-half-header GET_QUEUE_NUM\nBACKEND_HALF_HEADER CONFIG_CHANGE_MSG 6 bytes\n");
+        assert_stops_promptly(&f);
+        close(ch);
+        fx_stop(&f);
+}
+
+static void test_fault_truncate_memory(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        struct fx f;
+        struct stat st;
+
+        config_fault(&cfg, "GET_VRING_BASE:truncate-memory");
+        fx_start(&f, &cfg);
+        negotiate(f.fd, PF_BASIC);
+        int a = memfd_of(1 << 20), sealed = memfd_of(1 << 20), hot = memfd_of(4096);
+        assert_int_equal(fcntl(sealed, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+        struct { uint32_t n, pad; struct vhu_mem_region r[2]; } table = {
+                2, 0, { { .memory_size = 1 << 20 }, { .guest_phys_addr = 1 << 20, .memory_size = 1 << 20 } }
+        };
+        int fds[2] = { a, sealed };
+        assert_int_equal(acked(f.fd, VHU_REQ_SET_MEM_TABLE, &table, sizeof(table), fds, 2), 0);
+        struct vhu_mem_reg reg = { .region = { .guest_phys_addr = 1 << 30, .memory_size = 4096 } };
+        assert_int_equal(acked(f.fd, VHU_REQ_ADD_MEM_REG, &reg, sizeof(reg), &hot, 1), 0);
+        struct vhu_vring_state vs = { .index = 0 };
+        assert_int_equal(send_req(f.fd, VHU_REQ_GET_VRING_BASE, 0, &vs, sizeof(vs), NULL, 0), 0);
+        expect_closed(f.fd);
+        close(f.fd);
+        f.fd = -1;
+        int status = tb_wait_exit(f.pid, IO_MS);
+        assert_true(status >= 0 && WIFEXITED(status));
+        f.pid = -1;
+        assert_int_equal(fstat(a, &st), 0);
+        assert_int_equal(st.st_size, 0);
+        assert_int_equal(fstat(hot, &st), 0);
+        assert_int_equal(st.st_size, 0);
+        /* A sealed memfd keeps its size: the record says so. */
+        assert_int_equal(fstat(sealed, &st), 0);
+        assert_int_equal(st.st_size, 1 << 20);
+        assert_recorded(&f, "FAULT truncate-memory GET_VRING_BASE\n");
+        assert_recorded(&f, "TRUNCATED gpa=0x0 size=0x100000 ok\n");
+        assert_recorded(&f, "TRUNCATED gpa=0x100000 size=0x100000 Operation not permitted\n");
+        assert_recorded(&f, "TRUNCATED gpa=0x40000000 size=0x1000 ok\n");
+        assert_recorded(&f, "CONNECTION 1 CLOSED fault truncate-memory\n");
+        close(a);
+        close(sealed);
+        close(hot);
+        fx_stop(&f);
+
+        /* The trigger may be the table itself: its own fds go. */
+        config_fault(&cfg, "SET_MEM_TABLE:truncate-memory");
+        fx_start(&f, &cfg);
+        negotiate(f.fd, PF_BASIC);
+        a = memfd_of(1 << 20);
+        table.n = 1;
+        assert_int_equal(send_req(f.fd, VHU_REQ_SET_MEM_TABLE, VHU_FLAG_NEED_REPLY, &table,
+                                  (uint32_t) (8 + sizeof(table.r[0])), &a, 1), 0);
+        expect_closed(f.fd);
+        assert_int_equal(fstat(a, &st), 0);
+        assert_int_equal(st.st_size, 0);
+        close(a);
+        fx_stop(&f);
+}
+
+static void test_no_accept(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        struct fx f;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+        fx_dirs(&f);
+        tb_config_init(&cfg);
+        cfg.record_path = f.rec;
+        cfg.no_accept = true;
+        /* Returns once the backlog is full. */
+        assert_int_equal(tb_spawn_listen(&cfg, f.sock, &f.pid), 0);
+        assert_recorded(&f, "NO_ACCEPT backlog=");
+        strcpy(sa.sun_path, f.sock);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        assert_true(fd >= 0);
+        assert_int_equal(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), -1);
+        assert_int_equal(errno, EAGAIN);
+        close(fd);
+        assert_stops_promptly(&f);
+        struct stat st;
+        assert_int_equal(stat(f.sock, &st), -1);
+        /* Connecting with no_accept is refused. */
+        pid_t pid;
+        assert_int_equal(tb_spawn_connect(&cfg, f.sock, &pid), -EINVAL);
+        fx_stop(&f);
+}
+
+static void test_run_as_uid(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        struct fx f;
+        struct stat st;
+
+        if (geteuid() != 0) {
+                skip();
+                return;
+        }
+        fx_dirs(&f);
+        /* A world-writable directory, as /tmp is. */
+        assert_int_equal(chmod(f.dir, 01777), 0);
+        tb_config_init(&cfg);
+        cfg.record_path = f.rec;
+        cfg.run_as_uid = 65534;
+        cfg.run_as_gid = 65534;
+        assert_int_equal(tb_spawn_listen(&cfg, f.sock, &f.pid), 0);
+        assert_int_equal(stat(f.sock, &st), 0);
+        assert_int_equal(st.st_uid, 65534);
+        f.fd = vhu_socket_connect(f.sock);
+        assert_true(f.fd >= 0);
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        assert_int_equal(getsockopt(f.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len), 0);
+        assert_int_equal(cred.pid, f.pid);
+        assert_int_equal(cred.uid, 65534);
+        assert_int_equal(cred.gid, 65534);
+        assert_int_equal(get_u64(f.fd, VHU_REQ_GET_FEATURES), TB_DEFAULT_FEATURES);
+        /* The record, opened before the drop, is still written. */
+        assert_recorded(&f, "GET_FEATURES flags=0x1");
+        assert_stops_promptly(&f);
+        fx_stop(&f);
+}
+
+/* A u64 reply that must carry exactly one fd, which is /dev/null; returns the u64. */
+static uint64_t get_u64_with_devnull(int fd, uint32_t request) {
+        struct vhu_msg m;
+        struct stat st, null;
+        assert_int_equal(send_req(fd, request, 0, NULL, 0, NULL, 0), 0);
+        expect_reply(fd, request, 8, &m);
+        assert_int_equal(m.nfds, 1);
+        assert_int_equal(fstat(m.fds[0], &st), 0);
+        assert_int_equal(stat("/dev/null", &null), 0);
+        assert_int_equal(st.st_rdev, null.st_rdev);
+        vhu_msg_close_fds(&m);
+        return m.payload.u64;
+}
+
+static void test_fds_on_every_message(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        struct tb_backend_req breq;
+        struct fx f;
+        struct vhu_msg m;
+
+        tb_config_init(&cfg);
+        cfg.fds_on_every_message = true;
+        assert_int_equal(tb_parse_backend_req("CONFIG_CHANGE_MSG", &breq), 0);
+        assert_int_equal(tb_config_add_backend_req(&cfg, &breq), 0);
+        fx_start(&f, &cfg);
+        assert_int_equal(get_u64_with_devnull(f.fd, VHU_REQ_GET_FEATURES), TB_DEFAULT_FEATURES);
+        /* Counted once the connection is accepted and served. */
+        int before = count_process_fds(f.pid);
+        set_u64(f.fd, VHU_REQ_SET_FEATURES, 0, TB_DEFAULT_FEATURES & ~VHU_BIT(VHU_VF_LOG_ALL));
+        set_u64(f.fd, VHU_REQ_SET_PROTOCOL_FEATURES, 0, PF_BASIC);
+        /* An ack is a reply too. */
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_equal(send_req(f.fd, VHU_REQ_SET_BACKEND_REQ_FD, VHU_FLAG_NEED_REPLY, NULL, 0, &sv[1], 1), 0);
+        close(sv[1]);
+        expect_reply(f.fd, VHU_REQ_SET_BACKEND_REQ_FD, 8, &m);
+        assert_int_equal(m.payload.u64, 0);
+        assert_int_equal(m.nfds, 1);
+        vhu_msg_close_fds(&m);
+        int ch = sv[0];
+        /* The channel's message carries one too. */
+        assert_int_equal(send_req(f.fd, VHU_REQ_SET_OWNER, 0, NULL, 0, NULL, 0), 0);
+        assert_int_equal(recv_msg(ch, &m), 0);
+        assert_int_equal(m.hdr.request, VHU_BREQ_CONFIG_CHANGE_MSG);
+        assert_int_equal(m.nfds, 1);
+        vhu_msg_close_fds(&m);
+        assert_int_equal(get_u64_with_devnull(f.fd, VHU_REQ_GET_QUEUE_NUM), TB_DEFAULT_QUEUES);
+        assert_recorded(&f, "BACKEND_SENT CONFIG_CHANGE_MSG flags=0x1 size=0 fds=1\n");
+        /* The back-end keeps none of the fds it sent (one more: the channel). */
+        assert_int_equal(count_process_fds(f.pid), before + 1);
+        close(ch);
+        fx_stop(&f);
+}
+
 /* ---------------------------------------------------------------- in-process, fd accounting */
 
 struct serve_args {
@@ -948,6 +1256,60 @@ static void test_program(void **state) {
         fx_stop(&f);
 }
 
+/* The program's switches for issue 8: --fds-always, --uid/--gid, --no-accept. */
+static void test_program_hostile_switches(void **state) {
+        (void) state;
+        const char *prog = getenv("TB_PROGRAM");
+        struct fx f;
+        bool root = geteuid() == 0;
+
+        if (!prog) {
+                skip();
+                return;
+        }
+        fx_dirs(&f);
+        assert_int_equal(chmod(f.dir, 01777), 0);
+        f.pid = fork();
+        assert_true(f.pid >= 0);
+        if (f.pid == 0) {
+                if (root)
+                        execl(prog, prog, "--socket", f.sock, "--record", f.rec, "--fds-always", "--uid", "65534",
+                              "--gid", "65534", (char *) NULL);
+                else
+                        execl(prog, prog, "--socket", f.sock, "--record", f.rec, "--fds-always", (char *) NULL);
+                _exit(127);
+        }
+        uint64_t deadline = vhu_deadline_after_ms(IO_MS);
+        while ((f.fd = vhu_socket_connect(f.sock)) < 0 && vhu_now_usec() < deadline)
+                usleep(10000);
+        assert_true(f.fd >= 0);
+        assert_int_equal(get_u64_with_devnull(f.fd, VHU_REQ_GET_FEATURES), TB_DEFAULT_FEATURES);
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        assert_int_equal(getsockopt(f.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len), 0);
+        assert_int_equal(cred.uid, root ? 65534 : geteuid());
+        assert_stops_promptly(&f);
+        close(f.fd);
+        f.fd = -1;
+
+        f.pid = fork();
+        assert_true(f.pid >= 0);
+        if (f.pid == 0) {
+                execl(prog, prog, "--socket", f.sock, "--record", f.rec, "--no-accept", (char *) NULL);
+                _exit(127);
+        }
+        await_recorded(&f, "NO_ACCEPT backlog=");
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        strcpy(sa.sun_path, f.sock);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        assert_true(fd >= 0);
+        assert_int_equal(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), -1);
+        assert_int_equal(errno, EAGAIN);
+        close(fd);
+        assert_stops_promptly(&f);
+        fx_stop(&f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_parse),
@@ -964,9 +1326,16 @@ int main(void) {
                 cmocka_unit_test(test_mem_table),
                 cmocka_unit_test(test_backend_channel),
                 cmocka_unit_test(test_backend_unknown_request),
+                cmocka_unit_test(test_fault_flood_channel),
+                cmocka_unit_test(test_fault_channel_half_header),
+                cmocka_unit_test(test_fault_truncate_memory),
+                cmocka_unit_test(test_no_accept),
+                cmocka_unit_test(test_run_as_uid),
+                cmocka_unit_test(test_fds_on_every_message),
                 cmocka_unit_test(test_no_fd_leak),
                 cmocka_unit_test(test_spawn_connect),
                 cmocka_unit_test(test_program),
+                cmocka_unit_test(test_program_hostile_switches),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
