@@ -1944,6 +1944,88 @@ static void test_hung_backend(void **state) {
         assert_true(daemon_alive());
 }
 
+/* ---- Probe: a hostile back-end holds one worker, never all of them ---------------------------------- */
+
+static sd_bus_message *probe_msg(const char *socket, uint32_t timeout_ms) {
+        sd_bus_message *m = NULL;
+        int r = sd_bus_message_new_method_call(env.c, &m, DEST, ROOT_PATH, MANAGER_IF, "Probe");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "sbu", socket, 0, timeout_ms);
+        if (r < 0)
+                fail_msg("Probe message: %s", strerror(-r));
+        return m;
+}
+
+/* The daemon's default: Probe calls that may run at once. */
+#define MAX_PROBES 4u
+#define FLOOD_PROBE_TIMEOUT_MS 1000u
+#define HUNG_PROBE_TIMEOUT_MS  2500u
+
+/*
+ * One back-end floods its channel while it withholds the reply to SET_OWNER,
+ * three more never answer: every probe worker is taken.  The flooding probe
+ * must still end at its deadline, a further Probe is refused at once (Busy)
+ * rather than queued behind them, and DestroyVm and property reads answer
+ * meanwhile.
+ */
+static void test_probes_do_not_queue(void **state) {
+        (void) state;
+        const int fds_before = daemon_fd_count();
+        struct backend flood, hung, healthy;
+        backend_init(&flood, "flood");
+        backend_add_fault(&flood, "SET_OWNER:flood-channel");
+        backend_listen(&flood);
+        backend_init(&hung, "hung-probe");
+        backend_add_fault(&hung, "GET_FEATURES:hang");
+        hung.cfg.max_connections = 0;
+        backend_listen(&hung);
+        backend_init(&healthy, "healthy-probe");
+        healthy.cfg.max_connections = 0;
+        backend_listen(&healthy);
+        struct guest g;
+        guest_init(&g, 0);
+        char *vm = create_vm("bystander", g.memfd, MEM_SIZE);
+
+        static struct async_call flooded, stuck[MAX_PROBES - 1];
+        send_async(probe_msg(flood.socket, FLOOD_PROBE_TIMEOUT_MS), &flooded);
+        for (unsigned i = 0; i < MAX_PROBES - 1; i++)
+                send_async(probe_msg(hung.socket, HUNG_PROBE_TIMEOUT_MS), &stuck[i]);
+        sleep_ms(200);
+        FAST("Probe with every worker taken",
+             call_error(ERR("Busy"), "max_probes", NULL, ROOT_PATH, MANAGER_IF, "Probe", "sbu", healthy.socket, 0, 0u));
+        FAST("bystander.Name", assert_prop_s(vm, VM_IF, "Name", "bystander"));
+        FAST("DestroyVm(bystander)", destroy_vm("bystander"));
+
+        /* The flood does not stretch the deadline. */
+        wait_async(&flooded, 3 * FLOOD_PROBE_TIMEOUT_MS, "Probe of a back-end flooding its channel");
+        if (strcmp(flooded.error_name, ERR("Backend")) != 0)
+                fail_msg("Probe of a flooding back-end: expected %s, got \"%s\": %s", ERR("Backend"),
+                         flooded.error_name[0] ? flooded.error_name : "(success)", flooded.error_message);
+        uint64_t took = flooded.done_ms - flooded.sent_ms;
+        if (took > 2 * FLOOD_PROBE_TIMEOUT_MS + 500)
+                fail_msg("Probe of a flooding back-end ended after %" PRIu64 " ms; its timeout was %u ms", took,
+                         FLOOD_PROBE_TIMEOUT_MS);
+        /* Its worker is free again: a probe of a healthy back-end runs now, while the others still hang. */
+        struct probe_result p = { 0 };
+        FAST("Probe(healthy) once a worker is free", probe(healthy.socket, &p));
+        assert_true(p.migratable);
+        strv_free(p.blockers);
+        for (unsigned i = 0; i < MAX_PROBES - 1; i++) {
+                wait_async(&stuck[i], 3 * HUNG_PROBE_TIMEOUT_MS, "Probe of a hung back-end");
+                if (strcmp(stuck[i].error_name, ERR("Backend")) != 0)
+                        fail_msg("Probe of a hung back-end: expected %s, got \"%s\"", ERR("Backend"),
+                                 stuck[i].error_name[0] ? stuck[i].error_name : "(success)");
+        }
+        backend_wait_exit(&flood, 5000);
+        assert_record_has(&flood, "FAULT flood-channel", "SET_OWNER");
+        guest_fini(&g);
+        free(vm);
+        int fds_after = daemon_fd_count_settled(fds_before, 3000);
+        if (fds_after != fds_before)
+                fail_msg("vhostmigd had %d fds before and %d after", fds_before, fds_after);
+        assert_true(daemon_alive());
+}
+
 /* ---- DestroyVm while an AddDevice is still on the VM's worker ---------------------------------- */
 
 /*
@@ -2234,6 +2316,7 @@ int main(void) {
                 TEST(test_bad_arguments),
                 TEST(test_nonroot_refused_by_policy),
                 TEST(test_hung_backend),
+                TEST(test_probes_do_not_queue),
                 TEST(test_automatic_reconnect),
                 TEST(test_destroy_vm_while_add_device_pending),
                 TEST(test_daemon_exits_cleanly),
