@@ -35,7 +35,7 @@ void config_defaults(struct vhostmigd_config *cfg) {
 }
 
 /* One table entry per key: its name, how to read it, where it goes, its bounds. */
-enum key_kind { KEY_UINT, KEY_U64, KEY_LEVEL, KEY_MODE, KEY_GROUP, KEY_UIDS, KEY_VMS };
+enum key_kind { KEY_UINT, KEY_GPA, KEY_LEVEL, KEY_MODE, KEY_GROUP, KEY_UIDS, KEY_VMS };
 
 struct key {
         const char *name;
@@ -53,7 +53,7 @@ static const struct key keys[] = {
         KEY("max_probes", KEY_UINT, max_probes, 1, CONFIG_MAX_PROBES),
         KEY("log_level", KEY_LEVEL, log_level, 0, 0),
         /* From 1 GiB to 2^52, the x86-64 and arm64 physical address limit. */
-        KEY("max_guest_phys_addr", KEY_U64, max_guest_phys_addr, UINT64_C(1) << 30, UINT64_C(1) << 52),
+        KEY("max_guest_phys_addr", KEY_GPA, max_guest_phys_addr, UINT64_C(1) << 30, UINT64_C(1) << 52),
         KEY("server_socket_mode", KEY_MODE, server_socket_mode, 0, 0777),
         KEY("server_socket_group", KEY_GROUP, server_socket_group, 0, 0),
         KEY("backend_uids", KEY_UIDS, backend_uids, 0, UINT32_MAX - 1),
@@ -100,8 +100,16 @@ static int set_uint(const struct key *k, json_object *v, struct vhostmigd_config
         return r;
 }
 
-static int set_u64(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
-        return read_integer(k->name, v, k->min, k->max, field_of(cfg, k), error, len);
+/* A guest-physical address: whole 4 KiB pages. */
+static int set_gpa(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
+        uint64_t gpa;
+        int r = read_integer(k->name, v, k->min, k->max, &gpa, error, len);
+        if (r < 0)
+                return r;
+        if (gpa % 4096)
+                return key_error(error, len, "\"%s\": %" PRIu64 " is not a multiple of 4096", k->name, gpa);
+        *(uint64_t *) field_of(cfg, k) = gpa;
+        return 0;
 }
 
 static int set_level(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
@@ -225,7 +233,7 @@ static int set_vms(const struct key *k, json_object *v, struct vhostmigd_config 
 typedef int (*key_setter)(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len);
 
 static const key_setter setters[] = {
-        [KEY_UINT] = set_uint, [KEY_U64] = set_u64, [KEY_LEVEL] = set_level, [KEY_MODE] = set_mode,
+        [KEY_UINT] = set_uint, [KEY_GPA] = set_gpa, [KEY_LEVEL] = set_level, [KEY_MODE] = set_mode,
         [KEY_GROUP] = set_group, [KEY_UIDS] = set_uids, [KEY_VMS] = set_vms,
 };
 

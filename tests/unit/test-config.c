@@ -67,6 +67,7 @@ static void bad_files(void **state) {
                   "\"backend_uids\": duplicate key" },
                 { "{\"max_guest_phys_addr\": 1024}", "\"max_guest_phys_addr\": 1024 is out of range" },
                 { "{\"max_guest_phys_addr\": 9007199254740993}", "out of range" },
+                { "{\"max_guest_phys_addr\": 1073745920001}", "is not a multiple of 4096" },
                 { "{\"max_probes\": 0}", "\"max_probes\": 0 is out of range" },
                 { "{\"server_socket_mode\": 432}", "\"server_socket_mode\": expected an octal mode" },
                 { "{\"server_socket_mode\": \"0968\"}", "expected an octal mode" },
