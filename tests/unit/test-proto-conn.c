@@ -14,10 +14,14 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <poll.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "proto/vhost-user-frontend.h"
@@ -711,6 +715,479 @@ static void trace_sees_both_directions(void **state) {
         assert_int_equal(t.sent, 1);
 }
 
+/* ---- a hostile back-end channel ------------------------------------------ */
+
+/*
+ * A hostile back-end that misbehaves on the channel must not outlast the
+ * request timeout.  alarm() is a watchdog: code that loops or blocks for
+ * ever is killed, so the test fails instead of hanging.
+ */
+#define WATCHDOG_S 10
+
+#define CHANNEL_PF (VHU_BIT(VHU_PF_REPLY_ACK) | VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIG) | \
+                    VHU_BIT(VHU_PF_BACKEND_SEND_FD) | VHU_BIT(VHU_PF_HOST_NOTIFIER))
+
+struct channel_fixture {
+        struct vhu_conn *conn;
+        int peer;       /* the back-end's main socket */
+        int channel;    /* the back-end's end of the back-end channel */
+        int fds_before;
+};
+
+/* Negotiates with the back-end channel and takes the channel's fd from SET_BACKEND_REQ_FD. */
+static void channel_setup(struct channel_fixture *f, unsigned timeout_ms) {
+        int sv[2];
+        f->fds_before = count_open_fds();
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        struct vhu_conn_options o = { .timeout_ms = timeout_ms };
+        assert_int_equal(vhu_conn_new(sv[0], &o, &f->conn), 0);
+        f->peer = sv[1];
+        peer_reply_u64(f->peer, VHU_REQ_GET_FEATURES, DPDK_FEATURES);
+        peer_reply_u64(f->peer, VHU_REQ_GET_PROTOCOL_FEATURES, CHANNEL_PF);
+        peer_reply_u64(f->peer, VHU_REQ_SET_BACKEND_REQ_FD, 0);
+        peer_reply_u64(f->peer, VHU_REQ_SET_OWNER, 0);
+        assert_int_equal(vhu_negotiate(f->conn, NULL), 0);
+        assert_int_equal(vhu_conn_protocol_features(f->conn), CHANNEL_PF);
+        f->channel = -1;
+        while (peer_has_data(f->peer)) {
+                struct vhu_msg m;
+                assert_int_equal(vhu_recv_hdr(f->peer, &m, NULL, vhu_deadline_after_ms(1000)), 0);
+                assert_int_equal(vhu_recv_payload(f->peer, &m, NULL, vhu_deadline_after_ms(1000)), 0);
+                if (m.hdr.request == VHU_REQ_SET_BACKEND_REQ_FD) {
+                        assert_int_equal(m.nfds, 1);
+                        f->channel = m.fds[0];
+                        m.nfds = 0;
+                }
+                vhu_msg_close_fds(&m);
+        }
+        assert_true(f->channel >= 0);
+}
+
+static void channel_teardown(struct channel_fixture *f) {
+        vhu_conn_free(f->conn);
+        close(f->peer);
+        close(f->channel);
+        assert_int_equal(count_open_fds(), f->fds_before);
+}
+
+struct flooder {
+        int channel;
+        int reply_to;           /* >= 0: once cut off, answer GET_FEATURES here */
+        unsigned long sent;
+        int error;              /* errno that ended the flood */
+};
+
+/*
+ * CONFIG_CHANGE_MSG without NEED_REPLY, 64 per write so that the channel never
+ * runs dry, as fast as the socket takes them, until the channel is closed.
+ */
+static void *flood(void *arg) {
+        struct flooder *fl = arg;
+        struct vhu_hdr burst[64];
+        for (unsigned i = 0; i < 64; i++)
+                burst[i] = (struct vhu_hdr) { .request = VHU_BREQ_CONFIG_CHANGE_MSG, .flags = VHU_VERSION };
+        for (;;) {
+                ssize_t n = send(fl->channel, burst, sizeof(burst), MSG_NOSIGNAL);
+                if (n < 0) {
+                        fl->error = errno;
+                        break;
+                }
+                fl->sent += (unsigned long) n / sizeof(burst[0]);
+        }
+        if (fl->reply_to >= 0) {
+                uint64_t v = DPDK_FEATURES;
+                peer_send(fl->reply_to, VHU_REQ_GET_FEATURES, VHU_REPLY_FLAGS, &v, sizeof(v), NULL, 0);
+        }
+        return NULL;
+}
+
+static void flood_with_reply_withheld_fails_at_the_timeout(void **state) {
+        (void) state;
+        alarm(WATCHDOG_S);
+        struct channel_fixture f;
+        channel_setup(&f, 200);
+        struct flooder fl = { .channel = f.channel, .reply_to = -1 };
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, flood, &fl), 0);
+
+        uint64_t t0 = vhu_now_usec(), v;
+        int r = vhu_get_features(f.conn, &v);
+        uint64_t ms = (vhu_now_usec() - t0) / 1000;
+        assert_int_equal(r, -ETIMEDOUT);
+        assert_in_range(ms, 150, 999);   /* the 200 ms timeout, whatever the back-end sends */
+        /* The error says both: no reply in time, and the channel was cut off as a flood. */
+        assert_error_mentions(f.conn, "no reply in time", "flooded");
+        assert_false(vhu_conn_is_connected(f.conn));
+        assert_int_equal(pthread_join(t, NULL), 0);
+        assert_true(fl.error == EPIPE || fl.error == ECONNRESET);   /* closed on it */
+        channel_teardown(&f);
+        alarm(0);
+}
+
+static void flood_is_cut_off_and_the_connection_goes_on(void **state) {
+        (void) state;
+        alarm(WATCHDOG_S);
+        struct channel_fixture f;
+        channel_setup(&f, 2000);
+        struct flooder fl = { .channel = f.channel, .reply_to = f.peer };
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, flood, &fl), 0);
+
+        /* The flooder answers only once the channel is closed on it. */
+        uint64_t v = 0;
+        assert_int_equal(vhu_get_features(f.conn, &v), 0);
+        assert_int_equal(v, DPDK_FEATURES);
+        assert_int_equal(pthread_join(t, NULL), 0);
+        assert_true(fl.error == EPIPE || fl.error == ECONNRESET);   /* closed on it */
+        assert_true(fl.sent > VHU_BACKEND_CHANNEL_FLOOD_MAX);
+        assert_true(vhu_conn_is_connected(f.conn));
+        struct vhu_backend_channel *ch = vhu_conn_backend_channel(f.conn);
+        assert_false(vhu_backend_channel_is_open(ch));
+        assert_non_null(strstr(vhu_backend_channel_error(ch), "flooded, more than 256 messages within 1000 ms"));
+        channel_teardown(&f);
+        alarm(0);
+}
+
+static void half_header_on_channel_fails_at_the_request_timeout(void **state) {
+        (void) state;
+        alarm(WATCHDOG_S);
+        struct channel_fixture f;
+        channel_setup(&f, 200);
+        /* Six bytes of a twelve-byte header, then nothing; and no reply either. */
+        struct vhu_hdr h = { .request = VHU_BREQ_CONFIG_CHANGE_MSG, .flags = VHU_VERSION, .size = 0 };
+        assert_int_equal(write(f.channel, &h, 6), 6);
+
+        uint64_t t0 = vhu_now_usec(), v;
+        int r = vhu_get_features(f.conn, &v);
+        uint64_t ms = (vhu_now_usec() - t0) / 1000;
+        assert_int_equal(r, -ETIMEDOUT);
+        /* Near the request's 200 ms, not the channel's own 1 s limit per message. */
+        assert_in_range(ms, 150, 700);
+        assert_error_mentions(f.conn, "GET_FEATURES: no reply in time", "did not arrive whole");
+        channel_teardown(&f);
+        alarm(0);
+}
+
+static void channel_serve_is_bounded(void **state) {
+        (void) state;
+        alarm(WATCHDOG_S);
+        int before = count_open_fds();
+        struct channel_log log = { 0 };
+        const struct vhu_backend_handlers h = { .config_change = on_config_change };
+        struct vhu_backend_channel *ch;
+        int bfd;
+        uint64_t pf = VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIG);
+        assert_int_equal(vhu_backend_channel_new(&h, &log, pf, &bfd, &ch), 0);
+
+        for (int i = 0; i < 10; i++)
+                peer_send(bfd, VHU_BREQ_CONFIG_CHANGE_MSG, VHU_VERSION, NULL, 0, NULL, 0);
+        /* A deadline already passed: nothing is read. */
+        assert_int_equal(vhu_backend_channel_serve(ch, 4, vhu_now_usec()), 0);
+        assert_int_equal(vhu_backend_channel_serve(ch, 4, UINT64_MAX), 4);
+        assert_int_equal(vhu_backend_channel_serve(ch, 4, vhu_deadline_after_ms(1000)), 4);
+        assert_int_equal(vhu_backend_channel_serve(ch, 4, UINT64_MAX), 2);
+        assert_int_equal(vhu_backend_channel_serve(ch, 4, UINT64_MAX), 0);   /* none waiting: no wait */
+        assert_int_equal(log.config_changes, 10);
+
+        /* More than a real back-end ever sends at once (in one write, to fit the socket buffer). */
+        struct vhu_hdr burst[VHU_BACKEND_CHANNEL_FLOOD_MAX + 50];
+        for (unsigned i = 0; i < VHU_BACKEND_CHANNEL_FLOOD_MAX + 50; i++)
+                burst[i] = (struct vhu_hdr) { .request = VHU_BREQ_CONFIG_CHANGE_MSG, .flags = VHU_VERSION };
+        assert_int_equal(write(bfd, burst, sizeof(burst)), (ssize_t) sizeof(burst));
+        /* Cut off, and it says so. */
+        assert_int_equal(vhu_backend_channel_serve(ch, 100000, UINT64_MAX), -ECONNABORTED);
+        assert_false(vhu_backend_channel_is_open(ch));
+        assert_non_null(strstr(vhu_backend_channel_error(ch), "flooded"));
+        assert_true(log.config_changes <= (int) VHU_BACKEND_CHANNEL_FLOOD_MAX);
+        assert_int_equal(vhu_backend_channel_serve(ch, 4, UINT64_MAX), -ENOTCONN);
+        assert_int_equal(vhu_backend_channel_process(ch), -ENOTCONN);
+        vhu_backend_channel_free(ch);
+        close(bfd);
+        assert_int_equal(count_open_fds(), before);
+        alarm(0);
+}
+
+/* ---- fds where none may travel ------------------------------------------- */
+
+static void fd_on_every_reply_is_refused(void **state) {
+        (void) state;
+        for (unsigned k = 0; k < 5; k++) {
+                struct fixture *f;
+                setup((void **) &f);
+                int efd = eventfd(0, EFD_CLOEXEC);
+                uint64_t u64 = 0;
+                unsigned base;
+                uint8_t status;
+                struct vhu_vring_state st = { 0, 1 };
+                int r = 0;
+                const char *req = NULL;
+                switch (k) {
+                case 0:
+                        peer_send(f->peer, VHU_REQ_GET_VRING_BASE, VHU_REPLY_FLAGS, &st, sizeof(st), &efd, 1);
+                        r = vhu_get_vring_base(f->conn, 0, &base);
+                        req = "GET_VRING_BASE";
+                        break;
+                case 1:
+                        peer_send(f->peer, VHU_REQ_GET_STATUS, VHU_REPLY_FLAGS, &u64, 8, &efd, 1);
+                        r = vhu_get_status(f->conn, &status);
+                        req = "GET_STATUS";
+                        break;
+                case 2: /* an ack */
+                        peer_send(f->peer, VHU_REQ_SET_VRING_NUM, VHU_REPLY_FLAGS, &u64, 8, &efd, 1);
+                        r = vhu_set_vring_num(f->conn, 0, 256);
+                        req = "SET_VRING_NUM";
+                        break;
+                case 3:
+                        peer_send(f->peer, VHU_REQ_SET_LOG_BASE, VHU_REPLY_FLAGS, &u64, 8, &efd, 1);
+                        r = vhu_set_log_base(f->conn, efd, 4096, 0);
+                        req = "SET_LOG_BASE";
+                        break;
+                default: /* a refusing ack carrying an fd */
+                        u64 = 1;
+                        peer_send(f->peer, VHU_REQ_NET_SET_MTU, VHU_REPLY_FLAGS, &u64, 8, &efd, 1);
+                        r = vhu_net_set_mtu(f->conn, 1500);
+                        req = "NET_SET_MTU";
+                        break;
+                }
+                close(efd);
+                expect_fatal(f, r, -EPROTO, req, "1 fds");
+                teardown((void **) &f);   /* counts fds: the one that arrived was closed */
+        }
+}
+
+static void fd_on_every_channel_message_is_refused(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        /* BACKEND_SEND_FD negotiated: fds are still refused where the table has none. */
+        uint64_t pf = VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIG) | VHU_BIT(VHU_PF_BACKEND_SEND_FD) |
+                      VHU_BIT(VHU_PF_HOST_NOTIFIER) | VHU_BIT(VHU_PF_INBAND_NOTIFICATIONS) | VHU_BIT(VHU_PF_REPLY_ACK);
+        struct vhu_vring_state s = { .index = 0 };
+        struct vhu_vring_area area = { 0 };
+        for (unsigned k = 0; k < 4; k++) {
+                struct vhu_backend_channel *ch;
+                int bfd;
+                assert_int_equal(vhu_backend_channel_new(NULL, NULL, pf, &bfd, &ch), 0);
+                int fds[2] = { eventfd(0, EFD_CLOEXEC), eventfd(0, EFD_CLOEXEC) };
+                int expect = -EPROTO;
+                switch (k) {
+                case 0:
+                        peer_send(bfd, VHU_BREQ_CONFIG_CHANGE_MSG, VHU_VERSION, NULL, 0, fds, 1);
+                        break;
+                case 1:
+                        peer_send(bfd, VHU_BREQ_VRING_CALL, VHU_VERSION | VHU_FLAG_NEED_REPLY, &s, sizeof(s), fds, 2);
+                        break;
+                case 2: /* one fd allowed, two sent */
+                        peer_send(bfd, VHU_BREQ_VRING_HOST_NOTIFIER_MSG, VHU_VERSION, &area, sizeof(area), fds, 2);
+                        break;
+                default: /* allowed, but nobody handles it: refused, the fd closed, the channel stays */
+                        peer_send(bfd, VHU_BREQ_VRING_HOST_NOTIFIER_MSG, VHU_VERSION, &area, sizeof(area), fds, 1);
+                        expect = 1;
+                        break;
+                }
+                close(fds[0]);
+                close(fds[1]);
+                assert_int_equal(vhu_backend_channel_serve(ch, 8, vhu_deadline_after_ms(1000)), expect);
+                if (expect < 0)
+                        assert_non_null(strstr(vhu_backend_channel_error(ch), "unexpected fds"));
+                else
+                        assert_int_equal(vhu_backend_channel_refused(ch), 1);
+                vhu_backend_channel_free(ch);
+                close(bfd);
+                assert_int_equal(count_open_fds(), before);
+        }
+}
+
+/* ---- sockets: bounded connect, mode and group, identity, credentials ------ */
+
+struct full_listener {
+        char dir[32];
+        char path[64];
+        int fd;
+        int clients[64];
+        unsigned nclients;
+};
+
+/* A listener that never accepts, its backlog filled with connections nobody takes. */
+static void full_listener_open(struct full_listener *l) {
+        snprintf(l->dir, sizeof(l->dir), "/tmp/vhostmig-test-XXXXXX");
+        assert_non_null(mkdtemp(l->dir));
+        snprintf(l->path, sizeof(l->path), "%s/sock", l->dir);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", l->path);
+        l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(l->fd >= 0);
+        assert_int_equal(bind(l->fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        assert_int_equal(listen(l->fd, 0), 0);
+        l->nclients = 0;
+        for (;;) {
+                assert_true(l->nclients < 64);
+                int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+                if (connect(c, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
+                        assert_int_equal(errno, EAGAIN);
+                        close(c);
+                        break;
+                }
+                l->clients[l->nclients++] = c;
+        }
+}
+
+static void full_listener_close(struct full_listener *l) {
+        for (unsigned i = 0; i < l->nclients; i++)
+                close(l->clients[i]);
+        close(l->fd);
+        unlink(l->path);
+        rmdir(l->dir);
+}
+
+static void connect_to_a_full_backlog_times_out(void **state) {
+        (void) state;
+        alarm(WATCHDOG_S);
+        int before = count_open_fds();
+        struct full_listener l;
+        full_listener_open(&l);
+
+        uint64_t t0 = vhu_now_usec();
+        assert_int_equal(vhu_socket_connect_until(l.path, vhu_deadline_after_ms(200)), -ETIMEDOUT);
+        uint64_t ms = (vhu_now_usec() - t0) / 1000;
+        assert_in_range(ms, 190, 600);
+
+        /* A connection's connect is bounded by its timeout. */
+        struct vhu_conn *c = NULL;
+        t0 = vhu_now_usec();
+        assert_int_equal(vhu_conn_connect(l.path, &(struct vhu_conn_options) { .timeout_ms = 150 }, &c), -ETIMEDOUT);
+        ms = (vhu_now_usec() - t0) / 1000;
+        assert_in_range(ms, 140, 450);
+        assert_null(c);
+
+        /* Once the listener accepts, the connect goes through. */
+        int a = accept4(l.fd, NULL, NULL, SOCK_CLOEXEC);
+        assert_true(a >= 0);
+        int fd = vhu_socket_connect_until(l.path, vhu_deadline_after_ms(1000));
+        assert_true(fd >= 0);
+        close(fd);
+        close(a);
+        full_listener_close(&l);
+        assert_int_equal(count_open_fds(), before);
+        alarm(0);
+}
+
+static void listen_over_a_full_listener_refuses_and_keeps_its_file(void **state) {
+        (void) state;
+        alarm(WATCHDOG_S);
+        struct full_listener l;
+        full_listener_open(&l);
+        struct stat st0, st1;
+        assert_int_equal(lstat(l.path, &st0), 0);
+
+        uint64_t t0 = vhu_now_usec();
+        assert_int_equal(vhu_socket_listen(l.path), -EADDRINUSE);
+        assert_true(vhu_now_usec() - t0 < 1000000);   /* no waiting on a listener that never accepts */
+        assert_int_equal(lstat(l.path, &st1), 0);
+        assert_int_equal(st1.st_ino, st0.st_ino);    /* still the live listener's file */
+        full_listener_close(&l);
+        alarm(0);
+}
+
+static gid_t some_other_group(void) {
+        /* As root any group will do; else one this process is a member of. */
+        if (geteuid() == 0)
+                return getegid() == 4242 ? 4243 : 4242;
+        gid_t groups[64];
+        int n = getgroups(64, groups);
+        return n > 0 ? groups[n - 1] : getegid();
+}
+
+static void listen_ex_sets_mode_and_group_and_unlinks_only_its_own_file(void **state) {
+        (void) state;
+        char dir[] = "/tmp/vhostmig-test-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        char path[128];
+        snprintf(path, sizeof(path), "%s/sock", dir);
+
+        gid_t gid = some_other_group();
+        struct vhu_listen_options o = { .mode = 0660, .gid = gid };
+        struct vhu_socket_file file = { 0 };
+        mode_t old_umask = umask(0);   /* the mode must not depend on the umask */
+        int l = vhu_socket_listen_ex(path, &o, &file);
+        umask(old_umask);
+        assert_true(l >= 0);
+        struct stat st;
+        assert_int_equal(lstat(path, &st), 0);
+        assert_true(S_ISSOCK(st.st_mode));
+        assert_int_equal(st.st_mode & 07777, 0660);
+        assert_int_equal(st.st_gid, gid);
+        assert_true(file.valid);
+        assert_int_equal(file.dev, st.st_dev);
+        assert_int_equal(file.ino, st.st_ino);
+        /* It listens. */
+        int c = vhu_socket_connect(path);
+        assert_true(c >= 0);
+        close(c);
+
+        /* The path now holds another file: never ours to remove. */
+        assert_int_equal(unlink(path), 0);
+        int reg = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+        assert_true(reg >= 0);
+        close(reg);
+        assert_int_equal(vhu_socket_unlink_if_same(path, &file), -ESTALE);
+        assert_int_equal(lstat(path, &st), 0);
+        assert_int_equal(unlink(path), 0);
+        assert_int_equal(vhu_socket_unlink_if_same(path, &file), -ENOENT);
+        assert_int_equal(vhu_socket_unlink_if_same(path, &(struct vhu_socket_file) { 0 }), -EINVAL);
+        close(l);
+
+        /* Still ours: removed.  Without options the mode is left as created. */
+        l = vhu_socket_listen_ex(path, NULL, &file);
+        assert_true(l >= 0);
+        assert_int_equal(vhu_socket_unlink_if_same(path, &file), 0);
+        assert_int_equal(lstat(path, &st), -1);
+        close(l);
+        rmdir(dir);
+}
+
+static void peer_credentials_name_the_peer(void **state) {
+        (void) state;
+        char dir[] = "/tmp/vhostmig-test-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        char path[128];
+        snprintf(path, sizeof(path), "%s/sock", dir);
+        int l = vhu_socket_listen(path);
+        assert_true(l >= 0);
+
+        pid_t child = fork();
+        assert_true(child >= 0);
+        if (child == 0) {
+                /* The peer: connect, then wait until the parent hangs up. */
+                int fd = vhu_socket_connect(path);
+                char b;
+                struct pollfd pfd = { .fd = fd, .events = POLLIN };
+                if (fd >= 0 && poll(&pfd, 1, 5000) > 0)
+                        (void) read(fd, &b, 1);
+                _exit(fd >= 0 ? 0 : 1);
+        }
+        int a = vhu_socket_accept(l, NULL, vhu_deadline_after_ms(5000));
+        assert_true(a >= 0);
+        uid_t uid = 12345;
+        gid_t gid = 12345;
+        pid_t pid = 0;
+        assert_int_equal(vhu_socket_peer_cred(a, &uid, &gid, &pid), 0);
+        assert_int_equal(pid, child);
+        assert_int_equal(uid, getuid());
+        assert_int_equal(gid, getgid());
+        assert_int_equal(vhu_socket_peer_cred(a, NULL, NULL, NULL), 0);
+        close(a);
+        int status;
+        assert_int_equal(waitpid(child, &status, 0), child);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        /* Not a socket: an error, not garbage. */
+        int efd = eventfd(0, EFD_CLOEXEC);
+        assert_int_equal(vhu_socket_peer_cred(efd, &uid, NULL, NULL), -ENOTSOCK);
+        close(efd);
+        close(l);
+        unlink(path);
+        rmdir(dir);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 #define T_NO_ACK(fn) cmocka_unit_test_setup_teardown(fn, setup_no_ack, teardown)
 
@@ -748,6 +1225,16 @@ int main(void) {
                 T(trace_sees_both_directions),
                 cmocka_unit_test(transport_reassembles_partial_messages),
                 cmocka_unit_test(listen_replaces_only_stale_sockets),
+                cmocka_unit_test(flood_with_reply_withheld_fails_at_the_timeout),
+                cmocka_unit_test(flood_is_cut_off_and_the_connection_goes_on),
+                cmocka_unit_test(half_header_on_channel_fails_at_the_request_timeout),
+                cmocka_unit_test(channel_serve_is_bounded),
+                cmocka_unit_test(fd_on_every_reply_is_refused),
+                cmocka_unit_test(fd_on_every_channel_message_is_refused),
+                cmocka_unit_test(connect_to_a_full_backlog_times_out),
+                cmocka_unit_test(listen_over_a_full_listener_refuses_and_keeps_its_file),
+                cmocka_unit_test(listen_ex_sets_mode_and_group_and_unlinks_only_its_own_file),
+                cmocka_unit_test(peer_credentials_name_the_peer),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
