@@ -30,6 +30,9 @@ struct vhm_device {
 
         struct vhu_conn *conn;
         int listen_fd;
+        struct vhu_socket_file listen_file;   /* the socket file we created, to remove only that */
+        uid_t *allowed_uids;                  /* the config's list, copied */
+        uid_t backend_uid;                    /* of the first connection; (uid_t) -1 before */
         enum vhm_device_state state;
         bool resume_after_reconnect;   /* the rings were meant to run when the back-end left */
         bool stop_complete;            /* every ring's index came from GET_VRING_BASE */
@@ -114,7 +117,7 @@ const char *vhm_device_state_name(enum vhm_device_state s) {
 
 static bool valid_config(const struct vhm_device_config *cfg) {
         return cfg && cfg->socket && *cfg->socket && cfg->queue_pairs >= 1 &&
-               cfg->queue_pairs <= VHM_DEVICE_MAX_QUEUE_PAIRS;
+               cfg->queue_pairs <= VHM_DEVICE_MAX_QUEUE_PAIRS && (cfg->allowed_uids || !cfg->n_allowed_uids);
 }
 
 int vhm_device_new(struct vhm_vm *vm, const struct vhm_device_config *cfg, struct vhm_device **out) {
@@ -124,13 +127,20 @@ int vhm_device_new(struct vhm_vm *vm, const struct vhm_device_config *cfg, struc
         if (!dev)
                 return -ENOMEM;
         dev->socket = strdup(cfg->socket);
-        if (!dev->socket) {
+        if (cfg->n_allowed_uids)
+                dev->allowed_uids = calloc(cfg->n_allowed_uids, sizeof(uid_t));
+        if (!dev->socket || (cfg->n_allowed_uids && !dev->allowed_uids)) {
+                free(dev->socket);
                 free(dev);
                 return -ENOMEM;
         }
+        if (cfg->n_allowed_uids)
+                memcpy(dev->allowed_uids, cfg->allowed_uids, cfg->n_allowed_uids * sizeof(uid_t));
         dev->vm = vm;
         dev->cfg = *cfg;
         dev->cfg.socket = dev->socket;
+        dev->cfg.allowed_uids = dev->allowed_uids;
+        dev->backend_uid = (uid_t) -1;
         dev->listen_fd = -1;
         dev->log_fd = -1;
         dev->reconnect_delay_ms = RECONNECT_DELAY_MIN_MS;
@@ -156,12 +166,14 @@ void vhm_device_free(struct vhm_device *dev) {
         drop_connection(dev);
         if (dev->listen_fd >= 0) {
                 close(dev->listen_fd);
-                unlink(dev->socket);
+                /* Somebody may have put another file there since: only our socket goes. */
+                (void) vhu_socket_unlink_if_same(dev->socket, &dev->listen_file);
         }
         for (unsigned q = 0; q < VHM_DEVICE_MAX_QUEUES; q++)
                 close_queue_fds(&dev->queues[q]);
         if (dev->log_fd >= 0)
                 close(dev->log_fd);
+        free(dev->allowed_uids);
         free(dev->socket);
         free(dev);
 }
@@ -228,18 +240,83 @@ int vhm_device_set_queue(struct vhm_device *dev, unsigned index, const struct vh
 
 /* ---- connecting -------------------------------------------------------- */
 
-static int open_socket(struct vhm_device *dev, unsigned timeout_ms, int *fd) {
+/*
+ * Client mode: who owns the socket file is looked at before connecting (the
+ * peer must be its owner, or the owner root).  Server mode: the socket is
+ * created with the configured mode and group, once.
+ */
+static int open_socket(struct vhm_device *dev, unsigned timeout_ms, int *fd, uid_t *file_owner) {
         if (!dev->cfg.server) {
+                struct stat st;
+                if (lstat(dev->socket, &st) < 0)
+                        return -errno;
+                *file_owner = st.st_uid;
                 *fd = vhu_socket_connect(dev->socket);
                 return *fd < 0 ? *fd : 0;
         }
         if (dev->listen_fd < 0) {
-                dev->listen_fd = vhu_socket_listen(dev->socket);
+                struct vhu_listen_options opts = dev->cfg.listen;
+                if (opts.gid == 0)
+                        opts.gid = (gid_t) -1;
+                dev->listen_fd = vhu_socket_listen_ex(dev->socket, &opts, &dev->listen_file);
                 if (dev->listen_fd < 0)
                         return dev->listen_fd;
         }
+        *file_owner = 0;   /* our own socket */
         *fd = vhu_socket_accept(dev->listen_fd, NULL, vhu_deadline_after_ms(timeout_ms));
         return *fd < 0 ? *fd : 0;
+}
+
+/* ---- who the peer is ------------------------------------------------------ */
+
+static bool uid_allowed(const struct vhm_device *dev, uid_t uid) {
+        for (unsigned i = 0; i < dev->cfg.n_allowed_uids; i++)
+                if (dev->allowed_uids[i] == uid)
+                        return true;
+        return false;
+}
+
+/* Why a peer running as uid may not be the back-end; NULL when it may. */
+static const char *peer_refusal(const struct vhm_device *dev, uid_t uid, uid_t file_owner, char *why, size_t len) {
+        if (file_owner != 0 && file_owner != uid) {
+                snprintf(why, len, "peer uid %u does not own the socket file (owner uid %u, not root)",
+                         (unsigned) uid, (unsigned) file_owner);
+                return why;
+        }
+        if (uid == 0)
+                return NULL;
+        if (dev->cfg.n_allowed_uids) {
+                if (uid_allowed(dev, uid))
+                        return NULL;
+                snprintf(why, len, "peer uid %u is not among the device's allowed uids", (unsigned) uid);
+                return why;
+        }
+        if (dev->backend_uid == (uid_t) -1 || dev->backend_uid == uid)
+                return NULL;
+        snprintf(why, len, "peer uid %u is not the back-end's uid %u of the first connection", (unsigned) uid,
+                 (unsigned) dev->backend_uid);
+        return why;
+}
+
+/*
+ * Before a single request goes out (the first one hands over guest memory
+ * soon after): is the peer the back-end?  A refused peer's connection is
+ * closed unserved; the device stays DISCONNECTED for the real back-end.
+ */
+static int check_peer(struct vhm_device *dev, int fd, uid_t file_owner, uid_t *uid) {
+        char why[160];
+        int r = vhu_socket_peer_cred(fd, uid, NULL, NULL);
+        if (r < 0) {
+                close(fd);
+                return dev_fail(dev, r, "%s: cannot tell who the peer is (SO_PEERCRED): %s", dev->socket,
+                                strerror(-r));
+        }
+        if (!peer_refusal(dev, *uid, file_owner, why, sizeof(why)))
+                return 0;
+        close(fd);
+        dev->stats.refused_peers++;
+        dev->state = VHM_DEVICE_DISCONNECTED;
+        return dev_fail(dev, -EPERM, "%s: refused the peer: %s", dev->socket, why);
 }
 
 static int negotiate(struct vhm_device *dev) {
@@ -274,18 +351,26 @@ static int negotiate(struct vhm_device *dev) {
 static int connect_once(struct vhm_device *dev, unsigned timeout_ms) {
         if (dev->conn)
                 return dev_fail(dev, -EISCONN, "%s: already connected", dev->socket);
-        int fd;
-        int r = open_socket(dev, timeout_ms, &fd);
+        int fd = -1;
+        uid_t file_owner = 0, uid;
+        int r = open_socket(dev, timeout_ms, &fd, &file_owner);
         if (r < 0) {
                 dev->state = VHM_DEVICE_DISCONNECTED;
                 return dev_fail(dev, r, "%s: %s: %s", dev->socket, dev->cfg.server ? "accept" : "connect",
                                 r == -ETIMEDOUT ? "no back-end connected in time" : strerror(-r));
         }
+        r = check_peer(dev, fd, file_owner, &uid);
+        if (r < 0)
+                return r;
         struct vhu_conn_options opts = { .timeout_ms = dev->cfg.timeout_ms };
         r = vhu_conn_new(fd, &opts, &dev->conn);
         if (r < 0)
                 return dev_fail(dev, r, "%s: %s", dev->socket, strerror(-r));
-        return negotiate(dev);
+        r = negotiate(dev);
+        /* The first back-end that negotiated is who may come back (root aside). */
+        if (r == 0 && dev->backend_uid == (uid_t) -1)
+                dev->backend_uid = uid;
+        return r;
 }
 
 int vhm_device_connect(struct vhm_device *dev) {
@@ -535,6 +620,10 @@ unsigned vhm_device_reconnect_delay_ms(const struct vhm_device *dev) {
         return dev->reconnect_delay_ms;
 }
 
+uid_t vhm_device_backend_uid(const struct vhm_device *dev) {
+        return dev->backend_uid;
+}
+
 /* ---- dirty logging ------------------------------------------------------ */
 
 static bool same_file(int a, int b) {
@@ -565,6 +654,10 @@ int vhm_device_set_log(struct vhm_device *dev, int log_fd, uint64_t log_size) {
         dev->log_size = log_size;
         dev->log_sent = false;
         return send_log_base(dev);
+}
+
+bool vhm_device_log_acknowledged(const struct vhm_device *dev, int log_fd) {
+        return dev->conn && dev->log_sent && dev->log_fd >= 0 && same_file(dev->log_fd, log_fd);
 }
 
 static int relog_rings(struct vhm_device *dev) {

@@ -17,9 +17,11 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "migrate/blockers.h"
 #include "migrate/vm.h"
+#include "proto/vhost-user-transport.h"
 
 #define VHM_DEVICE_MAX_QUEUE_PAIRS 8
 #define VHM_DEVICE_MAX_QUEUES (2 * VHM_DEVICE_MAX_QUEUE_PAIRS)
@@ -50,6 +52,18 @@ struct vhm_device_config {
         unsigned queue_pairs;      /* 1..VHM_DEVICE_MAX_QUEUE_PAIRS */
         uint8_t mac[6];
         uint16_t mtu;              /* 0: do not set */
+        /*
+         * Who may be the back-end, checked with SO_PEERCRED on every
+         * connection (client and server mode) before a single request is
+         * sent.  Root (uid 0) always may.  With a list (copied): the peer's
+         * uid must be in it.  Without one: the uid of the first connection
+         * that negotiated, and on every reconnect that same uid.  In client
+         * mode the socket file must also be owned by the peer's uid or root.
+         */
+        const uid_t *allowed_uids;
+        unsigned n_allowed_uids;
+        /* Server mode: the socket file's mode (0: as the umask makes it) and group (0 or -1: unchanged). */
+        struct vhu_listen_options listen;
 };
 
 /* Counters and observable state, for the service layer. */
@@ -58,6 +72,7 @@ struct vhm_device_stats {
         uint64_t disconnects;
         uint64_t starts, stops;
         uint64_t reconnect_attempts;
+        uint64_t refused_peers;    /* connections closed unserved: the peer was not the back-end's uid */
 };
 
 int vhm_device_new(struct vhm_vm *vm, const struct vhm_device_config *cfg, struct vhm_device **out);
@@ -66,7 +81,12 @@ void vhm_device_free(struct vhm_device *dev);
 
 int vhm_device_set_queue(struct vhm_device *dev, unsigned index, const struct vhm_queue_spec *spec);
 
-/* Client mode: connect and negotiate.  Server mode: wait (timeout) for the back-end. */
+/*
+ * Client mode: connect and negotiate.  Server mode: wait (timeout) for the
+ * back-end.  A peer that is not the back-end's uid (see allowed_uids) is
+ * refused with -EPERM, counted in refused_peers, and the device stays
+ * DISCONNECTED for the real back-end to come (back).
+ */
 int vhm_device_connect(struct vhm_device *dev);
 /* Server mode: the listening socket, for an event loop to watch; -1 in client mode. */
 int vhm_device_listen_fd(const struct vhm_device *dev);
@@ -88,11 +108,14 @@ int vhm_device_poll_connection(struct vhm_device *dev);
  * One reconnection attempt: connect (or accept, within timeout_ms), negotiate
  * and, when the device was running, resume from the indices the guest's used
  * rings show (a back-end that died could not report its own).  -EAGAIN when
- * the back-end is not there yet; the caller retries after
+ * the back-end is not there yet, -EPERM when the peer was refused (someone
+ * else took the socket: see vhm_device_error()); the caller retries after
  * vhm_device_reconnect_delay_ms(), which backs off exponentially.
  */
 int vhm_device_reconnect(struct vhm_device *dev, unsigned timeout_ms);
 unsigned vhm_device_reconnect_delay_ms(const struct vhm_device *dev);
+/* The uid the back-end runs as (that of the first connection), or (uid_t) -1 before it connected. */
+uid_t vhm_device_backend_uid(const struct vhm_device *dev);
 
 /*
  * Dirty logging.  vhm_device_set_log() hands the device the VM's log (the fd
@@ -106,6 +129,8 @@ unsigned vhm_device_reconnect_delay_ms(const struct vhm_device *dev);
  */
 int vhm_device_set_log(struct vhm_device *dev, int log_fd, uint64_t log_size);
 int vhm_device_set_logging(struct vhm_device *dev, bool on);
+/* The back-end, connected now, acknowledged SET_LOG_BASE for the log log_fd is (same file). */
+bool vhm_device_log_acknowledged(const struct vhm_device *dev, int log_fd);
 bool vhm_device_logging(const struct vhm_device *dev);
 /* The used-ring extents the log must cover: out[i] = {gpa, bytes}; returns the count. */
 unsigned vhm_device_used_ring_extents(const struct vhm_device *dev, uint64_t gpa[], uint64_t bytes[], unsigned max);

@@ -9,7 +9,15 @@
 #include "log/dirty-log.h"
 #include "migrate/logging.h"
 
-/* Logs a device refused to give up: still harvested until logging stops. */
+/*
+ * Logs a device refused to give up: still harvested until every device has
+ * acknowledged the current log (or logging stops).
+ *
+ * No back-end can make us fault on a log: it is our own memfd, sealed
+ * against shrinking and growing (log/dirty-log.c), so a back-end's ftruncate
+ * of the fd it was given fails with EPERM (tests/unit/test-device.c proves
+ * it).  Log memory is therefore read directly, unlike guest memory.
+ */
 #define MAX_RETIRED_LOGS 4
 
 struct vhm_logging {
@@ -21,6 +29,12 @@ struct vhm_logging {
         unsigned nretired;
         struct vhm_bitmap *bitmap;
         bool active;
+        /*
+         * A log a device may still have written to was freed (every retired
+         * slot was taken): its pages are unknown, so every harvest marks all
+         * pages dirty until every device has acknowledged the current log.
+         */
+        bool incomplete;
         char alloc_failure[160];       /* why the last log could not be allocated */
         char error[2048];
 };
@@ -65,6 +79,8 @@ const char *vhm_logging_error(const struct vhm_logging *l) { return l->error; }
 bool vhm_logging_active(const struct vhm_logging *l) { return l->active; }
 struct vhm_bitmap *vhm_logging_bitmap(const struct vhm_logging *l) { return l->bitmap; }
 uint64_t vhm_logging_log_size(const struct vhm_logging *l) { return l->log ? vhm_log_size_bytes(l->log) : 0; }
+int vhm_logging_log_fd(const struct vhm_logging *l) { return l->log ? vhm_log_fd(l->log) : -1; }
+bool vhm_logging_incomplete(const struct vhm_logging *l) { return l->incomplete; }
 
 /* ---- blockers ---------------------------------------------------------------- */
 
@@ -202,6 +218,7 @@ int vhm_logging_stop(struct vhm_logging *l) {
         (void) vhm_logging_harvest(l, NULL);
         free_logs(l);
         l->active = false;
+        l->incomplete = false;
         return first_error;
 }
 
@@ -241,10 +258,26 @@ void vhm_logging_remove_device(struct vhm_logging *l, struct vhm_device *dev) {
 
 /* ---- harvest and resize ------------------------------------------------------------- */
 
+/* Every device has been handed the current log and its back-end acknowledged it. */
+static bool all_on_current_log(const struct vhm_logging *l) {
+        for (unsigned i = 0; i < l->ndevices; i++)
+                if (!vhm_device_log_acknowledged(l->devices[i], vhm_log_fd(l->log)))
+                        return false;
+        return true;
+}
+
+static void free_retired(struct vhm_logging *l) {
+        for (unsigned i = 0; i < l->nretired; i++)
+                vhm_log_free(l->retired[i]);
+        l->nretired = 0;
+}
+
 int vhm_logging_harvest(struct vhm_logging *l, uint64_t *new_pages) {
         uint64_t total = 0, n;
         if (!l->log)
                 return log_fail(l, -ENODATA, "logging is off");
+        /* Looked at first: what a back-end wrote before acknowledging is in this harvest. */
+        bool settled = all_on_current_log(l);
         int r = vhm_log_harvest(l->log, l->bitmap, &n);
         if (r < 0)
                 return log_fail(l, r, "harvest: %s", strerror(-r));
@@ -254,6 +287,16 @@ int vhm_logging_harvest(struct vhm_logging *l, uint64_t *new_pages) {
                 if (r < 0)
                         return log_fail(l, r, "harvest (retired log): %s", strerror(-r));
                 total += n;
+        }
+        if (l->incomplete) {
+                /* Pages were lost with a freed log: only resending everything is safe. */
+                total = vhm_bitmap_npages(l->bitmap);
+                (void) vhm_bitmap_set_range(l->bitmap, 0, total);
+        }
+        /* Nobody writes to an older log any more: those harvested last time are done with. */
+        if (settled) {
+                free_retired(l);
+                l->incomplete = false;
         }
         if (new_pages)
                 *new_pages = total;
@@ -286,12 +329,19 @@ int vhm_logging_resize(struct vhm_logging *l) {
         /* Only then the old one: harvested last, freed unless a device may still write to it. */
         uint64_t n;
         (void) vhm_log_harvest(old, l->bitmap, &n);
-        if (all_moved)
+        if (all_moved) {
                 vhm_log_free(old);
-        else if (l->nretired < MAX_RETIRED_LOGS)
+        } else if (l->nretired < MAX_RETIRED_LOGS) {
                 l->retired[l->nretired++] = old;
-        else
+        } else {
+                /* No slot left: a page written there from now on is unknown. Never silently. */
                 vhm_log_free(old);
+                l->incomplete = true;
+                size_t used = strlen(l->error);
+                snprintf(l->error + used, sizeof(l->error) - used, "; every retired-log slot is taken, so the"
+                         " dirty log is incomplete until every device takes the current log: every page"
+                         " counts as dirty");
+        }
         return all_moved ? 0 : -EIO;
 }
 

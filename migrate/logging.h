@@ -45,7 +45,11 @@ int vhm_logging_start(struct vhm_logging *l);
 int vhm_logging_stop(struct vhm_logging *l);
 bool vhm_logging_active(const struct vhm_logging *l);
 
-/* Fetch-and-clears the log (and any log retired by a resize) into the bitmap. */
+/*
+ * Fetch-and-clears the log (and any log retired by a resize) into the bitmap.
+ * While the log is incomplete (below), every page of the bitmap is set and
+ * *new_pages is the bitmap's size.
+ */
 int vhm_logging_harvest(struct vhm_logging *l, uint64_t *new_pages);
 struct vhm_bitmap *vhm_logging_bitmap(const struct vhm_logging *l);
 
@@ -65,3 +69,14 @@ int vhm_logging_memory_changed(struct vhm_logging *l);
 
 /* The current log's size in bytes (0 when not logging). */
 uint64_t vhm_logging_log_size(const struct vhm_logging *l);
+/* The current log's fd (-1 when not logging); the logging keeps it. */
+int vhm_logging_log_fd(const struct vhm_logging *l);
+
+/*
+ * True when a log a device may still write to had to be freed (more devices
+ * refused resizes than there are retired-log slots): what it held is lost,
+ * so until every device has acknowledged the current log each harvest marks
+ * every page dirty and the migration resends everything.  For the service to
+ * show; cleared by the first harvest after every device acknowledged.
+ */
+bool vhm_logging_incomplete(const struct vhm_logging *l);
