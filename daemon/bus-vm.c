@@ -112,6 +112,7 @@ static void device_snapshot_fill(struct device_object *d, struct device_snapshot
                 s->ring_indices[q] = vhm_device_ring_index(dev, q);
         const struct vhm_device_stats *st = vhm_device_stats(dev);
         s->reconnects = st->connects > 0 ? st->connects - 1 : 0;
+        s->refused_peers = st->refused_peers;
         struct vhm_blockers b;
         vhm_device_blockers(dev, &b);
         size_t used = 0;
@@ -294,6 +295,12 @@ static void run_monitor(struct vm_job *j) {
                 int r = vhm_device_reconnect(d->dev, 10);
                 if (r == 0)
                         daemon_log(LOG_NOTICE, j->vm, d->socket, "back-end reconnected");
+                else if (r == -EPERM)
+                        daemon_log(LOG_WARNING, j->vm, d->socket, "refused a back-end peer: %s",
+                                   vhm_device_error(d->dev));
+                else if (r != -EAGAIN)
+                        daemon_log_full(LOG_WARNING, j->vm, d->socket, vhm_device_error_request(d->dev),
+                                        "reconnection failed: %s", vhm_device_error(d->dev));
                 d->next_reconnect_usec = now + (uint64_t) vhm_device_reconnect_delay_ms(d->dev) * 1000u;
         }
 }
@@ -345,6 +352,7 @@ static void publish_device(struct device_object *d, const struct device_snapshot
         CHANGED(mtu, "Mtu");
         CHANGED(ring_indices, "RingIndices");
         CHANGED(reconnects, "Reconnects");
+        CHANGED(refused_peers, "RefusedPeers");
         CHANGED(blocker, "MigrationBlocker");
         CHANGED(last_error, "LastError");
 #undef CHANGED
@@ -782,9 +790,13 @@ static int method_add_device(sd_bus_message *m, void *userdata, sd_bus_error *er
                 r = -ENOMEM;
                 goto fail;
         }
+        const struct vhostmigd_config *cfg = &o->daemon->cfg;
+        const struct config_uid_list *uids = config_backend_uids(cfg, o->name);
         j->config = (struct vhm_device_config) {
-                .socket = d->socket, .server = server, .timeout_ms = o->daemon->cfg.request_timeout_ms,
+                .socket = d->socket, .server = server, .timeout_ms = cfg->request_timeout_ms,
                 .features = features, .queue_pairs = queue_pairs, .mtu = mtu,
+                .allowed_uids = uids->uid, .n_allowed_uids = uids->n,
+                .listen = { .mode = cfg->server_socket_mode, .gid = cfg->server_socket_group },
         };
         memcpy(j->config.mac, mac_bytes, sizeof(mac_bytes));
         job_submit(j);
@@ -972,6 +984,7 @@ DEV_PROP(prop_dev_acked_protocol_features, "t", uint64_t, acked_protocol_feature
 DEV_PROP(prop_dev_queue_pairs, "u", uint32_t, queue_pairs)
 DEV_PROP(prop_dev_mtu, "q", unsigned, mtu)
 DEV_PROP(prop_dev_reconnects, "t", uint64_t, reconnects)
+DEV_PROP(prop_dev_refused_peers, "t", uint64_t, refused_peers)
 
 static int prop_dev_text(sd_bus *b, const char *p, const char *i, const char *prop, sd_bus_message *reply, void *u, sd_bus_error *e) {
         (void) b; (void) p; (void) i; (void) e;
@@ -1038,6 +1051,7 @@ static const sd_bus_vtable device_vtable[] = {
         SD_BUS_PROPERTY("MigrationBlocker", "s", prop_dev_text, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("RingIndices", "au", prop_dev_rings, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Reconnects", "t", prop_dev_reconnects, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("RefusedPeers", "t", prop_dev_refused_peers, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("LastError", "s", prop_dev_text, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_METHOD("Reconnect", NULL, NULL, method_device_reconnect, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("Announce", NULL, NULL, method_device_announce, SD_BUS_VTABLE_UNPRIVILEGED),

@@ -119,7 +119,12 @@ static int method_create_vm(sd_bus_message *m, void *userdata, sd_bus_error *err
         if (r < 0)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                          "name: \"%s\" is not 1..63 characters of [A-Za-z0-9_.-]", name);
-        r = read_regions(m, vm, error);
+        /* The configuration checked the limit: this cannot fail, but say so if it does. */
+        r = vhm_vm_set_gpa_limit(vm, d->cfg.max_guest_phys_addr);
+        if (r < 0)
+                sd_bus_error_setf(error, SD_BUS_ERROR_FAILED, "max_guest_phys_addr: %s", vhm_vm_error(vm));
+        else
+                r = read_regions(m, vm, error);
         struct vm_object *o = NULL;
         if (r >= 0)
                 r = vm_object_create(d, name, vm, &o);

@@ -47,6 +47,7 @@ struct device_snapshot {
         unsigned ring_indices[VHM_DEVICE_MAX_QUEUES];
         unsigned nrings;
         uint64_t reconnects;
+        uint64_t refused_peers;
         char blocker[VHM_BLOCKERS_MAX * 64];
         char last_error[384];
 };

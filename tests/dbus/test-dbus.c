@@ -66,6 +66,8 @@
 /* The daemon's configuration for these tests. */
 #define REQUEST_TIMEOUT_MS  1500u
 #define MONITOR_INTERVAL_MS 100u
+#define SERVER_SOCKET_MODE  0660u
+#define SERVER_SOCKET_GROUP "nogroup"
 
 /* Guest memory: one memfd region at GPA 0; rings from 64 KiB on, 16 KiB apart (at most 32). */
 #define MEM_SIZE       (UINT64_C(2) << 20)
@@ -404,8 +406,9 @@ static int group_setup(bool permissive) {
         FILE *f = fopen(env.config, "we");
         if (!f)
                 return -1;
-        fprintf(f, "{ \"request_timeout_ms\": %u, \"monitor_interval_ms\": %u }\n", REQUEST_TIMEOUT_MS,
-                MONITOR_INTERVAL_MS);
+        fprintf(f, "{ \"request_timeout_ms\": %u, \"monitor_interval_ms\": %u,\n"
+                   "  \"server_socket_mode\": \"%04o\", \"server_socket_group\": \"%s\" }\n",
+                REQUEST_TIMEOUT_MS, MONITOR_INTERVAL_MS, SERVER_SOCKET_MODE, SERVER_SOCKET_GROUP);
         fclose(f);
 
         if (bus_start(permissive, &env.bus) < 0)
@@ -1868,6 +1871,160 @@ static void test_automatic_reconnect(void **state) {
         guest_fini(&g);
 }
 
+/* ---- hostile back-ends: truncated guest memory, a local user at the back-end's path ------------------ */
+
+/* Polls a device's LastError until it mentions `needle`: the text, or NULL. */
+static char *wait_last_error(const char *dev, const char *needle, unsigned timeout_ms) {
+        uint64_t deadline = now_ms() + timeout_ms;
+        for (;;) {
+                char *e = prop_s(dev, DEV_IF, "LastError");
+                if (strstr(e, needle))
+                        return e;
+                if (now_ms() >= deadline) {
+                        fprintf(stderr, "LastError of %s: \"%s\"\n", dev, e);
+                        free(e);
+                        return NULL;
+                }
+                free(e);
+                pump(20);
+        }
+}
+
+/*
+ * Guest memory a back-end can truncate (a tmpfs file: it cannot be sealed).
+ * The back-end truncates it and reconnects; the daemon's reconnect reads the
+ * used rings' indices from guest memory.  That must fail this device with a
+ * clear error, not kill the daemon with SIGBUS: another VM keeps running.
+ */
+static void test_truncated_guest_memory(void **state) {
+        (void) state;
+        char path[] = "/dev/shm/vhostmig-test-XXXXXX";
+        int shm = mkstemp(path);
+        assert_true(shm >= 0);
+        unlink(path);
+        assert_int_equal(ftruncate(shm, (off_t) MEM_SIZE), 0);
+        struct guest g, gb;
+        guest_init(&g, 2);
+        guest_init(&gb, 2);
+        char *vm = create_vm("victim", shm, MEM_SIZE);
+        char *other = create_vm("bystander", gb.memfd, MEM_SIZE);
+
+        struct backend be, bb;
+        backend_init(&be, "truncator");
+        be.cfg.max_connections = 2;
+        /* The second NET_SET_MTU (SetMtu below; the first came with the start): truncate every memory fd,
+         * hang up.  The second connection is served as usual. */
+        backend_add_fault(&be, "NET_SET_MTU:truncate-memory:2");
+        backend_listen(&be);
+        backend_init(&bb, "bystander");
+        backend_listen(&bb);
+        struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), &g);
+        char *dev = add_device(vm, &da, 0);
+        struct device_args db = std_device(bb.socket, false, tb_config_features(&bb.cfg), &gb);
+        char *bdev = add_device(other, &db, 0);
+        sd_bus_message_unref(call(other, VM_IF, "StartLogging", NULL));
+
+        call_error(ERR("Backend"), "NET_SET_MTU", NULL, dev, DEV_IF, "SetMtu", "q", (uint16_t) 1400);
+        assert_record_has(&be, "FAULT truncate-memory", "NET_SET_MTU");
+        char *why = wait_last_error(dev, "no longer backed", 5000);
+        if (!why)
+                fail_msg("the device's LastError never said that its guest memory is gone (above)");
+        free(why);
+        assert_true(daemon_alive());
+        /* The other VM did not notice. */
+        assert_prop_s(bdev, DEV_IF, "State", "running");
+        assert_true(prop_b(other, VM_IF, "Logging"));
+        sd_bus_message_unref(call(other, VM_IF, "Harvest", NULL));
+
+        destroy_vm("victim");
+        destroy_vm("bystander");
+        (void) tb_stop(be.pid);
+        untrack_backend(be.pid);
+        backend_wait_exit(&bb, 5000);
+        assert_no_violation(&bb);
+        close(shm);
+        guest_fini(&g);
+        guest_fini(&gb);
+        free(dev);
+        free(bdev);
+        free(vm);
+        free(other);
+}
+
+/*
+ * The back-end exits and removes its socket; a local user (nobody) binds the
+ * same path in the world-writable directory.  The daemon's reconnect must
+ * refuse that peer before sending it anything (no guest memory fd for it),
+ * count it, and still take the real back-end back when it returns.
+ */
+static void test_impostor_refused(void **state) {
+        (void) state;
+        char dir[] = "/tmp/vhostmig-public-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        assert_int_equal(chmod(dir, 01777), 0);
+        struct guest g;
+        guest_init(&g, 2);
+        char *vm = create_vm("target", g.memfd, MEM_SIZE);
+        struct backend be, evil;
+        backend_init(&be, "target");
+        backend_init(&evil, "impostor");
+        snprintf(be.socket, sizeof(be.socket), "%s/vhu.sock", dir);
+        snprintf(evil.socket, sizeof(evil.socket), "%s/vhu.sock", dir);
+        be.cfg.max_connections = 0;
+        evil.cfg.max_connections = 0;
+        evil.cfg.run_as_uid = NOBODY;
+        evil.cfg.run_as_gid = NOBODY;
+        /* The impostor writes its record where it may: in the public directory. */
+        snprintf(evil.record, sizeof(evil.record), "%s/impostor.rec", dir);
+        evil.cfg.record_path = evil.record;
+        backend_listen(&be);
+        struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), &g);
+        char *dev = add_device(vm, &da, 0);
+        assert_int_equal(prop_t(dev, DEV_IF, "RefusedPeers"), 0);
+
+        (void) tb_stop(be.pid);
+        untrack_backend(be.pid);
+        if (!wait_state(dev, "disconnected", 3000))
+                fail_msg("the device did not notice that its back-end was gone");
+        backend_listen(&evil);
+        uint64_t deadline = now_ms() + 5000;
+        while (prop_t(dev, DEV_IF, "RefusedPeers") == 0 && now_ms() < deadline)
+                pump(20);
+        if (prop_t(dev, DEV_IF, "RefusedPeers") == 0)
+                fail_msg("the daemon never refused the impostor at %s", evil.socket);
+        char *why = prop_s(dev, DEV_IF, "LastError");
+        if (!strstr(why, "65534"))
+                fail_msg("LastError \"%s\" does not name the refused uid", why);
+        free(why);
+        assert_prop_s(dev, DEV_IF, "State", "disconnected");
+        (void) tb_stop(evil.pid);
+        untrack_backend(evil.pid);
+        /* Not one request reached it: no memory table, no fd. */
+        char *text = tb_record_read(evil.record);
+        if (text && (strstr(text, "GET_FEATURES") || strstr(text, "SET_MEM_TABLE"))) {
+                print_record(evil.record);
+                fail_msg("the impostor was sent requests (record above)");
+        }
+        free(text);
+
+        /* The real back-end comes back: the device runs again. */
+        backend_listen(&be);
+        if (!wait_state(dev, "running", 10000))
+                fail_msg("the device did not reconnect to its real back-end after refusing the impostor");
+        assert_int_equal(prop_t(dev, DEV_IF, "Reconnects"), 1);
+
+        destroy_vm("target");
+        (void) tb_stop(be.pid);
+        untrack_backend(be.pid);
+        assert_no_violation(&be);
+        unlink(evil.record);
+        unlink(be.socket);
+        rmdir(dir);
+        guest_fini(&g);
+        free(dev);
+        free(vm);
+}
+
 static void test_hung_backend(void **state) {
         (void) state;
         const int fds_before = daemon_fd_count();
@@ -2213,9 +2370,15 @@ static void test_shutdown_with_vms(void **state) {
         assert_string_equal(add.path, "/org/vhostmig1/vm/two/dev/0");
         assert_true(prop_b(add.path, DEV_IF, "Server"));
         assert_prop_s(add.path, DEV_IF, "State", "running");
+        /* The socket is the configured mode and group, so a back-end of that group can connect. */
         struct stat st;
         assert_int_equal(stat(b2.socket, &st), 0);
         assert_true(S_ISSOCK(st.st_mode));
+        struct group *grp = getgrnam(SERVER_SOCKET_GROUP);
+        assert_non_null(grp);
+        if ((st.st_mode & 07777) != SERVER_SOCKET_MODE || st.st_gid != grp->gr_gid)
+                fail_msg("the server-mode socket is mode %04o group %u; configured %04o group %u", st.st_mode & 07777,
+                         (unsigned) st.st_gid, SERVER_SOCKET_MODE, (unsigned) grp->gr_gid);
 
         /* SIGTERM with both running. */
         int status = daemon_stop(5000);
@@ -2318,6 +2481,8 @@ int main(void) {
                 TEST(test_hung_backend),
                 TEST(test_probes_do_not_queue),
                 TEST(test_automatic_reconnect),
+                TEST(test_truncated_guest_memory),
+                TEST(test_impostor_refused),
                 TEST(test_destroy_vm_while_add_device_pending),
                 TEST(test_daemon_exits_cleanly),
         };
