@@ -8,12 +8,15 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -455,6 +458,356 @@ static void probe_reports_blockers(void **state) {
         env_stop(&e);
 }
 
+/* ---- a hostile back-end (issue 8) --------------------------------------------------- */
+
+/*
+ * Against these faults today's front-end may block without end; each
+ * measured call therefore runs in a child process, and a child still running
+ * after BOUND_MS fails the test instead of hanging the suite.
+ */
+#define HOSTILE_TIMEOUT_MS 300u
+#define BOUND_MS 10000u
+
+struct outcome {
+        int result;             /* the call's return value */
+        uint64_t ms;            /* how long it took */
+        char error[400];        /* vhu_conn_error() after it */
+};
+
+typedef void (*hostile_fn)(const char *socket, struct outcome *out);
+
+/* Runs fn in a child; fails the test when the child does not finish within BOUND_MS. */
+static void run_bounded(const char *what, hostile_fn fn, const char *socket, struct outcome *out) {
+        int p[2];
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                struct outcome o = { 0 };
+                close(p[0]);
+                uint64_t t0 = vhu_now_usec();
+                fn(socket, &o);
+                o.ms = (vhu_now_usec() - t0) / 1000;
+                _exit(write(p[1], &o, sizeof(o)) == (ssize_t) sizeof(o) ? 0 : 1);
+        }
+        close(p[1]);
+        int status = tb_wait_exit(pid, BOUND_MS);
+        if (status == -ETIMEDOUT) {
+                kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
+                close(p[0]);
+                fail_msg("%s: still running after %u ms", what, BOUND_MS);
+        }
+        ssize_t n = read(p[0], out, sizeof(*out));
+        close(p[0]);
+        if (n != (ssize_t) sizeof(*out))
+                fail_msg("%s: the child died (wait status 0x%x)", what, (unsigned) status);
+}
+
+/* Connect and negotiate, then one round trip that the back-end's fault stalls. */
+static void connect_negotiate_barrier(const char *socket, struct outcome *out) {
+        struct vhu_conn *c;
+        struct vhu_conn_options o = { .timeout_ms = HOSTILE_TIMEOUT_MS };
+        out->result = vhu_conn_connect(socket, &o, &c);
+        if (out->result < 0) {
+                snprintf(out->error, sizeof(out->error), "connect: %s", strerror(-out->result));
+                return;
+        }
+        out->result = vhu_negotiate(c, NULL);
+        if (out->result == 0)
+                out->result = vhu_barrier(c);
+        snprintf(out->error, sizeof(out->error), "%s", vhu_conn_error(c));
+        vhu_conn_free(c);
+}
+
+/* A stalled request on a negotiated connection fails with its timeout, however the channel misbehaves. */
+static void stalled_call_times_out(const char *spec) {
+        struct tb_config cfg;
+        config_with_fault(&cfg, spec);
+        struct env e;
+        env_start(&e, &cfg);
+        struct outcome out;
+        run_bounded(spec, connect_negotiate_barrier, e.socket, &out);
+        if (out.result >= 0 || out.ms > 5 * HOSTILE_TIMEOUT_MS)
+                fail_msg("%s: returned %d after %llu ms (%s), expected a failure within %u ms", spec, out.result,
+                         (unsigned long long) out.ms, out.error, 5 * HOSTILE_TIMEOUT_MS);
+        /* The barrier (the second GET_FEATURES) is the request that failed. */
+        if (!strstr(out.error, "GET_FEATURES"))
+                fail_msg("%s: error \"%s\" does not name GET_FEATURES", spec, out.error);
+        assert_int_equal(tb_record_count(e.record, "FAULT"), 1);
+        env_stop(&e);
+}
+
+static void flooding_channel_cannot_defeat_the_timeout(void **state) {
+        (void) state;
+        stalled_call_times_out("GET_FEATURES:flood-channel:2");
+}
+
+static void half_header_on_channel_cannot_defeat_the_timeout(void **state) {
+        (void) state;
+        stalled_call_times_out("GET_FEATURES:channel-half-header:2");
+}
+
+/* vhostmigctl, its exit status and stderr; killed (and the test failed) after BOUND_MS. */
+static int run_ctl_bounded(const char *const *args, char *err, size_t errlen, uint64_t *ms) {
+        const char *ctl = getenv("VHOSTMIGCTL");
+        const char *argv[16] = { ctl };
+        size_t n = 1;
+        assert_non_null(ctl);
+        for (; args[n - 1] && n < 15; n++)
+                argv[n] = args[n - 1];
+        argv[n] = NULL;
+        int p[2];
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        uint64_t t0 = vhu_now_usec();
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                int devnull = open("/dev/null", O_WRONLY);
+                dup2(devnull, STDOUT_FILENO);
+                dup2(p[1], STDERR_FILENO);
+                execv(ctl, (char *const *) argv);
+                _exit(127);
+        }
+        close(p[1]);
+        int status = tb_wait_exit(pid, BOUND_MS);
+        *ms = (vhu_now_usec() - t0) / 1000;
+        if (status == -ETIMEDOUT) {
+                kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
+                close(p[0]);
+                fail_msg("vhostmigctl %s %s: still running after %u ms", args[0], args[1], BOUND_MS);
+        }
+        ssize_t got = read(p[0], err, errlen - 1);
+        err[got > 0 ? got : 0] = '\0';
+        close(p[0]);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* `probe --timeout 1` ends with exit status 1 within 3 s, whatever the back-end does. */
+static void probe_is_bounded(struct tb_config *cfg, const char *what) {
+        struct env e;
+        env_start(&e, cfg);
+        char err[1024];
+        uint64_t ms;
+        const char *args[] = { "probe", "--timeout", "1", e.socket, NULL };
+        int rc = run_ctl_bounded(args, err, sizeof(err), &ms);
+        if (rc != 1 || ms >= 3000)
+                fail_msg("%s: probe exit %d after %llu ms, expected 1 within 3000 ms (stderr: %s)", what, rc,
+                         (unsigned long long) ms, err);
+        if (strchr(err, '\n') != err + strlen(err) - 1)
+                fail_msg("%s: stderr is not one line: \"%s\"", what, err);
+        env_stop(&e);
+}
+
+static void probe_against_a_flooding_channel(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        config_with_fault(&cfg, "SET_OWNER:flood-channel");
+        probe_is_bounded(&cfg, "SET_OWNER:flood-channel");
+        config_with_fault(&cfg, "SET_OWNER:channel-half-header");
+        probe_is_bounded(&cfg, "SET_OWNER:channel-half-header");
+}
+
+static void connect_only(const char *socket, struct outcome *out) {
+        struct vhu_conn *c;
+        struct vhu_conn_options o = { .timeout_ms = HOSTILE_TIMEOUT_MS };
+        out->result = vhu_conn_connect(socket, &o, &c);
+        if (out->result == 0)
+                vhu_conn_free(c);
+}
+
+/* A listener with a full backlog that never accepts: connect gives up with the timeout. */
+static void connect_to_a_full_backlog_is_bounded(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.no_accept = true;
+        struct env e;
+        env_start(&e, &cfg);
+        struct outcome out;
+        run_bounded("connect to a full backlog", connect_only, e.socket, &out);
+        if (out.result != -ETIMEDOUT || out.ms > 2 * HOSTILE_TIMEOUT_MS + 200)
+                fail_msg("connect returned %d (%s) after %llu ms, expected -ETIMEDOUT within about %u ms",
+                         out.result, strerror(-out.result), (unsigned long long) out.ms, 2 * HOSTILE_TIMEOUT_MS);
+        assert_true(tb_record_contains(e.record, "NO_ACCEPT backlog="));
+        env_stop(&e);
+
+        tb_config_init(&cfg);
+        cfg.no_accept = true;
+        probe_is_bounded(&cfg, "no-accept");
+}
+
+/* An fd on every reply: each call fails as a protocol error naming its request, and nothing leaks. */
+static void fds_on_every_reply_are_refused(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.fds_on_every_message = true;
+        cfg.max_connections = 0;
+        struct env e;
+        env_start(&e, &cfg);
+
+        struct vhu_conn *c = env_connect(&e);
+        assert_int_equal(vhu_negotiate(c, NULL), -EPROTO);
+        assert_non_null(strstr(vhu_conn_error(c), "GET_FEATURES"));
+        assert_non_null(strstr(vhu_conn_error(c), "fd"));
+        assert_false(vhu_conn_is_connected(c));
+        assert_int_equal(vhu_get_features(c, &(uint64_t) { 0 }), -ENOTCONN);
+        vhu_conn_free(c);
+
+        /* A call on its own, on a fresh connection. */
+        c = env_connect(&e);
+        uint64_t v;
+        assert_int_equal(vhu_get_features(c, &v), -EPROTO);
+        assert_non_null(strstr(vhu_conn_error(c), "GET_FEATURES"));
+        vhu_conn_free(c);
+
+        char err[1024];
+        uint64_t ms;
+        const char *args[] = { "probe", "--timeout", "1", e.socket, NULL };
+        assert_int_equal(run_ctl_bounded(args, err, sizeof(err), &ms), 1);
+        assert_non_null(strstr(err, "GET_FEATURES"));
+        env_stop(&e); /* no fd left open */
+}
+
+static int count_calls(void *ud) {
+        (*(int *) ud)++;
+        return 0;
+}
+
+/* Sends one request without NEED_REPLY (no reply comes back). */
+static void send_plain(int fd, uint32_t request, const void *payload, uint32_t size, int passed_fd) {
+        struct vhu_msg m;
+        memset(&m, 0, sizeof(m));
+        m.hdr.request = request;
+        m.hdr.flags = VHU_VERSION;
+        m.hdr.size = size;
+        if (size)
+                memcpy(&m.payload, payload, size);
+        if (passed_fd >= 0) {
+                m.fds[0] = passed_fd;
+                m.nfds = 1;
+        }
+        assert_int_equal(vhu_send_msg(fd, &m, NULL, vhu_deadline_after_ms(TIMEOUT_MS)), 0);
+}
+
+/*
+ * An fd on a back-end request that may carry none: the front-end's channel
+ * refuses the message, does not call the handler, closes the fd and the
+ * channel.  The main connection is driven raw, without replies, so that only
+ * the channel's message carries the extra fd.
+ */
+static void fds_on_channel_messages_are_refused(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        struct tb_backend_req br;
+        tb_config_init(&cfg);
+        cfg.fds_on_every_message = true;
+        assert_int_equal(tb_parse_backend_req("CONFIG_CHANGE_MSG", &br), 0);
+        assert_int_equal(tb_config_add_backend_req(&cfg, &br), 0);
+        struct env e;
+        env_start(&e, &cfg);
+
+        int calls = 0;
+        const struct vhu_backend_handlers h = { .config_change = count_calls };
+        uint64_t pf = VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIG);
+        struct vhu_backend_channel *ch;
+        int backend_end;
+        assert_int_equal(vhu_backend_channel_new(&h, &calls, pf, &backend_end, &ch), 0);
+        int fd = vhu_socket_connect(e.socket);
+        assert_true(fd >= 0);
+        uint64_t features = VHU_BIT(VHU_VF_VERSION_1) | VHU_BIT(VHU_VF_PROTOCOL_FEATURES);
+        send_plain(fd, VHU_REQ_SET_FEATURES, &features, sizeof(features), -1);
+        send_plain(fd, VHU_REQ_SET_PROTOCOL_FEATURES, &pf, sizeof(pf), -1);
+        send_plain(fd, VHU_REQ_SET_BACKEND_REQ_FD, NULL, 0, backend_end);
+        close(backend_end);
+        send_plain(fd, VHU_REQ_SET_OWNER, NULL, 0, -1);
+
+        struct pollfd p = { .fd = vhu_backend_channel_fd(ch), .events = POLLIN };
+        assert_int_equal(poll(&p, 1, (int) TIMEOUT_MS * 4), 1);
+        int r = vhu_backend_channel_process(ch);
+        if (r != -EPROTO || !strstr(vhu_backend_channel_error(ch), "fd"))
+                fail_msg("process returned %d (%s), expected -EPROTO about the fd", r, vhu_backend_channel_error(ch));
+        assert_int_equal(calls, 0);
+        assert_false(vhu_backend_channel_is_open(ch));
+        vhu_backend_channel_free(ch);
+        close(fd);
+        /* The back-end records the message once its write returned. */
+        uint64_t deadline = vhu_deadline_after_ms(TIMEOUT_MS * 4);
+        while (!tb_record_contains(e.record, "BACKEND_SENT CONFIG_CHANGE_MSG flags=0x1 size=0 fds=1") &&
+               vhu_now_usec() < deadline)
+                usleep(5000);
+        assert_true(tb_record_contains(e.record, "BACKEND_SENT CONFIG_CHANGE_MSG flags=0x1 size=0 fds=1"));
+        env_stop(&e); /* the refused fd was closed */
+}
+
+/* The fault the reconnect tests build on: the record says what was truncated. */
+static void truncate_memory_truncates_and_closes(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        config_with_fault(&cfg, "GET_VRING_BASE:truncate-memory");
+        struct env e;
+        struct vhu_conn *c = env_start_negotiated(&e, &cfg);
+        int mem = memfd_create("mem", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        int sealed = memfd_create("sealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_int_equal(ftruncate(mem, 1 << 20), 0);
+        assert_int_equal(ftruncate(sealed, 1 << 20), 0);
+        assert_int_equal(fcntl(sealed, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+        struct vhu_region regs[2] = { { mem, 0, 1 << 20, 0x10000000, 0 }, { sealed, 1 << 20, 1 << 20, 0x20000000, 0 } };
+        CONN_CHECK(c, vhu_set_mem_table(c, regs, 2));
+        unsigned base;
+        assert_int_equal(vhu_get_vring_base(c, 0, &base), -ECONNRESET);
+        vhu_conn_free(c);
+        struct stat st;
+        assert_int_equal(fstat(mem, &st), 0);
+        assert_int_equal(st.st_size, 0);
+        assert_int_equal(fstat(sealed, &st), 0);
+        assert_int_equal(st.st_size, 1 << 20);
+        close(mem);
+        close(sealed);
+        assert_true(tb_record_contains(e.record, "FAULT truncate-memory GET_VRING_BASE\n"));
+        assert_true(tb_record_contains(e.record, "TRUNCATED gpa=0x0 size=0x100000 ok\n"));
+        assert_true(tb_record_contains(e.record, "TRUNCATED gpa=0x100000 size=0x100000 Operation not permitted\n"));
+        env_stop(&e);
+}
+
+/* The other building block: a back-end that runs as another user, as SO_PEERCRED shows. */
+static void backend_runs_as_another_uid(void **state) {
+        (void) state;
+        if (geteuid() != 0) {
+                skip();
+                return;
+        }
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.run_as_uid = 65534;
+        cfg.run_as_gid = 65534;
+        struct env e;
+        e.fds_before = count_open_fds();
+        snprintf(e.dir, sizeof(e.dir), "/tmp/vhostmig-tb-XXXXXX");
+        assert_non_null(mkdtemp(e.dir));
+        /* A world-writable directory, where any user may bind a path. */
+        assert_int_equal(chmod(e.dir, 01777), 0);
+        snprintf(e.socket, sizeof(e.socket), "%s/sock", e.dir);
+        snprintf(e.record, sizeof(e.record), "%s/record", e.dir);
+        cfg.record_path = e.record;
+        assert_int_equal(tb_spawn_listen(&cfg, e.socket, &e.pid), 0);
+        struct vhu_conn *c = env_connect(&e);
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        assert_int_equal(getsockopt(vhu_conn_fd(c), SOL_SOCKET, SO_PEERCRED, &cred, &len), 0);
+        assert_int_equal(cred.pid, e.pid);
+        assert_int_equal(cred.uid, 65534);
+        assert_int_equal(cred.gid, 65534);
+        struct stat st;
+        assert_int_equal(stat(e.socket, &st), 0);
+        assert_int_equal(st.st_uid, 65534);
+        CONN_CHECK(c, vhu_negotiate(c, NULL));
+        vhu_conn_free(c);
+        env_stop(&e);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(every_request_goes_through),
@@ -466,6 +819,14 @@ int main(void) {
                 cmocka_unit_test(backend_requests_are_answered),
                 cmocka_unit_test(probe_reports_each_misbehaviour),
                 cmocka_unit_test(probe_reports_blockers),
+                cmocka_unit_test(flooding_channel_cannot_defeat_the_timeout),
+                cmocka_unit_test(half_header_on_channel_cannot_defeat_the_timeout),
+                cmocka_unit_test(probe_against_a_flooding_channel),
+                cmocka_unit_test(connect_to_a_full_backlog_is_bounded),
+                cmocka_unit_test(fds_on_every_reply_are_refused),
+                cmocka_unit_test(fds_on_channel_messages_are_refused),
+                cmocka_unit_test(truncate_memory_truncates_and_closes),
+                cmocka_unit_test(backend_runs_as_another_uid),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
