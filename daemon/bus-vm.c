@@ -147,6 +147,7 @@ static void vm_refresh(struct vm_object *o, struct vm_job *j) {
                 memcpy(s.blockers, b.reason, sizeof(b.reason));
                 s.blocked = b.n > 0;
                 s.logging = vhm_logging_active(o->logging);
+                s.log_incomplete = vhm_logging_incomplete(o->logging);
                 s.log_size = vhm_logging_log_size(o->logging);
                 struct vhm_bitmap *bm = vhm_logging_bitmap(o->logging);
                 s.dirty_pages = bm ? vhm_bitmap_count(bm) : 0;
@@ -385,6 +386,7 @@ static void vm_publish(struct vm_object *o) {
         if (was->nblockers != now.nblockers || memcmp(was->blockers, now.blockers, sizeof(now.blockers)))
                 changed[c++] = "MigrationBlockers";
         if (was->logging != now.logging) changed[c++] = "Logging";
+        if (was->log_incomplete != now.log_incomplete) changed[c++] = "LogIncomplete";
         if (was->log_size != now.log_size) changed[c++] = "LogSize";
         if (was->dirty_pages != now.dirty_pages) changed[c++] = "DirtyPages";
         if (was->harvests != now.harvests) changed[c++] = "Harvests";
@@ -918,7 +920,9 @@ VM_U64_PROP(prop_vm_harvests, harvests)
 static int prop_vm_bool(sd_bus *b, const char *p, const char *i, const char *prop, sd_bus_message *reply, void *u, sd_bus_error *e) {
         (void) b; (void) p; (void) i; (void) e;
         struct vm_object *o = u;
-        int v = strcmp(prop, "Logging") == 0 ? SNAP_VM(o, logging) : SNAP_VM(o, blocked);
+        int v = strcmp(prop, "Logging") == 0         ? SNAP_VM(o, logging)
+                : strcmp(prop, "LogIncomplete") == 0 ? SNAP_VM(o, log_incomplete)
+                                                     : SNAP_VM(o, blocked);
         return sd_bus_message_append(reply, "b", v);
 }
 
@@ -1017,6 +1021,7 @@ static const sd_bus_vtable vm_vtable[] = {
         SD_BUS_PROPERTY("MigrationBlocked", "b", prop_vm_bool, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("MigrationBlockers", "as", prop_vm_blockers, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Logging", "b", prop_vm_bool, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("LogIncomplete", "b", prop_vm_bool, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("LogSize", "t", prop_vm_log_size, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("DirtyPages", "t", prop_vm_dirty_pages, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Harvests", "t", prop_vm_harvests, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),

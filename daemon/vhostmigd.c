@@ -88,7 +88,8 @@ static int read_regions(sd_bus_message *m, struct vhm_vm *vm, sd_bus_error *erro
                         break;
                 r = vhm_vm_add_region(vm, &spec);
                 if (r < 0)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "region %u: %s", i, vhm_vm_error(vm));
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "region %u: %s%s", i,
+                                                 vhm_vm_error(vm), r == -ERANGE ? " (max_guest_phys_addr)" : "");
         }
         r = sd_bus_message_exit_container(m);
         if (r < 0)

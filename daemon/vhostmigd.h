@@ -74,6 +74,7 @@ struct vm_snapshot {
         char blockers[VHM_BLOCKERS_MAX][VHM_BLOCKER_LEN];
         unsigned nblockers;
         bool logging;
+        bool log_incomplete;            /* a log was lost: harvests resend everything */
         uint64_t log_size, dirty_pages, harvests;
         char last_error[512];
 };

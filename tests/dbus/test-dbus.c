@@ -1261,6 +1261,7 @@ static void test_every_method_and_property(void **state) {
         assert_false(prop_b(vm, VM_IF, "MigrationBlocked"));
         assert_int_equal(prop_strv_length(vm, VM_IF, "MigrationBlockers"), 0);
         assert_false(prop_b(vm, VM_IF, "Logging"));
+        assert_false(prop_b(vm, VM_IF, "LogIncomplete"));
         assert_prop_t(vm, VM_IF, "LogSize", 0);
         assert_prop_t(vm, VM_IF, "DirtyPages", 0);
         assert_prop_t(vm, VM_IF, "Harvests", 0);
@@ -1310,6 +1311,7 @@ static void test_every_method_and_property(void **state) {
         assert_int_equal(rings[0], 0);
         assert_int_equal(rings[1], 0);
         assert_prop_t(dev, DEV_IF, "Reconnects", 0);
+        assert_prop_t(dev, DEV_IF, "RefusedPeers", 0);
         assert_prop_s(dev, DEV_IF, "MigrationBlocker", "");
         assert_prop_s(dev, DEV_IF, "LastError", "");
         assert_false(prop_b(vm, VM_IF, "MigrationBlocked"));
@@ -1496,6 +1498,16 @@ static void test_bad_arguments(void **state) {
                    "sa(httt)", "big", 1u, memfd, UINT64_C(0), 2 * MEM_SIZE, UINT64_C(0));
         call_error(SD_BUS_ERROR_INVALID_ARGS, "regions", "guest memory", ROOT_PATH, MANAGER_IF, "CreateVm",
                    "sa(httt)", "empty", 0u);
+        /* A memfd a back-end could shrink under the daemon's mapping. */
+        int unsealed = memfd_create("vhostmig-test-unsealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(unsealed >= 0);
+        assert_int_equal(ftruncate(unsealed, (off_t) MEM_SIZE), 0);
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "region 0", "F_SEAL_SHRINK", ROOT_PATH, MANAGER_IF, "CreateVm",
+                   "sa(httt)", "unsealed", 1u, unsealed, UINT64_C(0), MEM_SIZE, UINT64_C(0));
+        close(unsealed);
+        /* Memory near 2^51 would need a 64 GiB dirty log: above the configured limit. */
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "region 0", "max_guest_phys_addr", ROOT_PATH, MANAGER_IF, "CreateVm",
+                   "sa(httt)", "far", 1u, memfd, UINT64_C(1) << 51, MEM_SIZE, UINT64_C(0));
         call_error(SD_BUS_ERROR_INVALID_ARGS, "name", "a/b", ROOT_PATH, MANAGER_IF, "CreateVm",
                    "sa(httt)", "a/b", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0));
         assert_int_equal(prop_strv_length(ROOT_PATH, MANAGER_IF, "Vms"), 0);
