@@ -8,10 +8,12 @@
  * link makes the device DISCONNECTED and reconnectable, and nothing leaks.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "migrate/device.h"
@@ -40,6 +42,8 @@ struct fx {
         struct vhm_vm *vm;
         struct vhm_device *dev;
         int fds_before;
+        char imposter_record[128];
+        pid_t imposter;         /* a test back-end playing another local user, or -1 */
 };
 
 static struct fx fx;
@@ -61,6 +65,8 @@ static int setup(void **state) {
                 return -1;
         snprintf(fx.socket, sizeof(fx.socket), "%s/sock", fx.dir);
         snprintf(fx.record, sizeof(fx.record), "%s/record", fx.dir);
+        snprintf(fx.imposter_record, sizeof(fx.imposter_record), "%s/imposter-record", fx.dir);
+        fx.imposter = -1;
         reset_config();
         fx.cfg.io_timeout_ms = 3000;
         return 0;
@@ -85,8 +91,11 @@ static int teardown(void **state) {
         (void) state;
         free_device();
         stop_child();
+        if (fx.imposter > 0)
+                (void) tb_stop(fx.imposter);
         unlink(fx.socket);
         unlink(fx.record);
+        unlink(fx.imposter_record);
         rmdir(fx.dir);
         return 0;
 }
@@ -597,6 +606,268 @@ static void server_mode_and_reconnect(void **state) {
         assert_int_equal(access(fx.socket, F_OK), -1);
 }
 
+/* ---- a back-end that truncates guest memory ------------------------------------------ */
+
+/*
+ * The guest's memory copied into a tmpfs file (a /dev/shm file as a VMM may
+ * use), which cannot be sealed: the VM's region is that file, the device's
+ * queues the guest's rings.
+ */
+static void make_device_on_tmpfs(void) {
+        struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = queue_pairs, .ring_size = 64 };
+        assert_int_equal(vhm_guest_create(&gc, &fx.g), 0);
+        int shm = open("/dev/shm", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        assert_true(shm >= 0);
+        uint64_t size = vhm_guest_mem_size(fx.g);
+        assert_int_equal(pwrite(shm, vhm_guest_mem_base(fx.g), size, 0), (ssize_t) size);
+        assert_int_equal(vhm_vm_new("tmpfs", &fx.vm), 0);
+        struct vhm_region_spec region = { .fd = shm, .guest_phys_addr = 0, .size = size };
+        if (vhm_vm_add_region(fx.vm, &region) < 0)
+                fail_msg("vhm_vm_add_region: %s", vhm_vm_error(fx.vm));
+        close(shm);
+        struct vhm_device_config cfg = {
+                .socket = fx.socket, .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
+                .queue_pairs = queue_pairs,
+        };
+        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &fx.dev, NULL));
+}
+
+/*
+ * The back-end truncates every memory fd it was given and hangs up; the
+ * device reconnects and must read the used indices from memory that is
+ * gone.  That used to kill this process (playing the daemon) with SIGBUS;
+ * now the reconnect fails with a clear error, the device is FAILED, and
+ * nothing leaks.
+ */
+static void backend_truncates_unsealed_memory(void **state) {
+        (void) state;
+        add_fault("SEND_RARP:truncate-memory");
+        fx.cfg.max_connections = 2;
+        spawn_backend();
+        make_device_on_tmpfs();
+        connect_and_start();
+        assert_true(vhm_device_announce(fx.dev) < 0);
+        await_disconnect();
+        if (!tb_record_contains(fx.record, "TRUNCATED gpa=0x0 "))
+                dump_record();
+        assert_true(tb_record_contains(fx.record, "TRUNCATED gpa=0x0 "));
+
+        int r = vhm_device_reconnect(fx.dev, 1000);
+        printf("  reconnect: %s (%s)\n", strerror(-r), vhm_device_error(fx.dev));
+        assert_int_equal(r, -EIO);
+        assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_FAILED);
+        assert_null(vhm_device_conn(fx.dev));
+        assert_non_null(strstr(vhm_device_error(fx.dev), "no longer backed"));
+        assert_non_null(strstr(vhm_device_error(fx.dev), "used index"));
+        finish();
+}
+
+/* The same back-end against sealed memory: its ftruncate fails, and the device carries on. */
+static void backend_cannot_truncate_sealed_memory(void **state) {
+        (void) state;
+        add_fault("SEND_RARP:truncate-memory");
+        fx.cfg.max_connections = 2;
+        running_device(0);
+        set_used_indices(7);
+        assert_true(vhm_device_announce(fx.dev) < 0);
+        await_disconnect();
+        FX_CHECK(vhm_device_reconnect(fx.dev, 1000));
+        assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
+        assert_ring_indices(7);
+        struct lines l;
+        read_record(&l);
+        int i = find(&l, 0, "TRUNCATED", NULL);
+        assert_true(i >= 0);
+        printf("  %s\n", l.line[i]);
+        assert_null(strstr(l.line[i], " ok"));
+        free(l.buf);
+        finish();
+}
+
+/* ---- who may be the back-end ------------------------------------------------------- */
+
+#define NOBODY   65534u     /* the real back-end's user */
+#define INTRUDER 1001u      /* another local user */
+
+static bool can_switch_users(void) {
+        return geteuid() == 0;
+}
+
+/* The test directory as a world-writable one (/tmp without the sticky bit, say). */
+static void world_writable_dir(void) {
+        assert_int_equal(chmod(fx.dir, 0777), 0);
+}
+
+static void run_as(struct tb_config *cfg, uid_t uid) {
+        cfg->run_as_uid = uid;
+        cfg->run_as_gid = (gid_t) uid;
+}
+
+/* A back-end running as uid that listens (client mode) or connects (server mode) at the device's socket. */
+static pid_t spawn_imposter(uid_t uid, bool connect) {
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.record_path = fx.imposter_record;
+        cfg.io_timeout_ms = 3000;
+        run_as(&cfg, uid);
+        pid_t pid;
+        int r = connect ? tb_spawn_connect(&cfg, fx.socket, &pid) : tb_spawn_listen(&cfg, fx.socket, &pid);
+        if (r < 0)
+                fail_msg("spawning a back-end as uid %u: %s", (unsigned) uid, strerror(-r));
+        return pid;
+}
+
+/* The refused peer was not sent a single request: its record shows a connection and nothing else. */
+static void assert_imposter_got_nothing(void) {
+        /* It serves one connection and exits once it saw the hang-up: then its record is complete. */
+        int status = tb_wait_exit(fx.imposter, 3000);
+        if (status == -ETIMEDOUT)
+                (void) tb_stop(fx.imposter);
+        fx.imposter = -1;
+        char *rec = tb_record_read(fx.imposter_record);
+        assert_non_null(rec);
+        printf("  the imposter's record:\n%s", rec);
+        assert_non_null(strstr(rec, "CONNECTION 1 OPEN"));
+        for (char *line = rec, *save = NULL; (line = strtok_r(line, "\n", &save)); line = NULL)
+                if (strncmp(line, "CONNECTION ", 11) != 0)
+                        fail_msg("the refused peer got something: %s", line);
+        free(rec);
+}
+
+static void assert_refused(int r, const char *why) {
+        printf("  refused: %s\n", vhm_device_error(fx.dev));
+        assert_int_equal(r, -EPERM);
+        assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_DISCONNECTED);
+        assert_null(vhm_device_conn(fx.dev));
+        assert_non_null(strstr(vhm_device_error(fx.dev), why));
+}
+
+/*
+ * The back-end (running as nobody) exits and removes its socket; another
+ * local user binds the same path in the world-writable directory.  The
+ * reconnect must not hand it the guest's memory: refused before a single
+ * request, counted; the real back-end, back, is reconnected.
+ */
+static void imposter_on_reconnect_is_refused(void **state) {
+        (void) state;
+        if (!can_switch_users())
+                skip();
+        world_writable_dir();
+        run_as(&fx.cfg, NOBODY);
+        running_device(0);
+        assert_int_equal(vhm_device_backend_uid(fx.dev), NOBODY);
+        lose_backend();
+
+        fx.imposter = spawn_imposter(INTRUDER, false);
+        int r = vhm_device_reconnect(fx.dev, 1000);
+        assert_refused(r, "peer uid 1001 is not the back-end's uid 65534 of the first connection");
+        assert_int_equal(vhm_device_stats(fx.dev)->refused_peers, 1);
+        assert_int_equal(vhm_device_stats(fx.dev)->connects, 1);
+        assert_imposter_got_nothing();
+
+        backend_back();
+        assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
+        assert_int_equal(vhm_device_stats(fx.dev)->connects, 2);
+        assert_int_equal(vhm_device_stats(fx.dev)->refused_peers, 1);
+        finish();
+}
+
+/* Client mode: the socket file must belong to the peer (or root), whoever the peer is. */
+static void socket_file_of_someone_else_is_refused(void **state) {
+        (void) state;
+        if (!can_switch_users())
+                skip();
+        world_writable_dir();
+        run_as(&fx.cfg, NOBODY);
+        fx.cfg.max_connections = 2;
+        spawn_backend();
+        make_device(false, 0);
+        assert_int_equal(lchown(fx.socket, INTRUDER, (gid_t) -1), 0);
+        assert_refused(vhm_device_connect(fx.dev), "peer uid 65534 does not own the socket file (owner uid 1001");
+        assert_int_equal(vhm_device_stats(fx.dev)->refused_peers, 1);
+        assert_int_equal(lchown(fx.socket, NOBODY, (gid_t) -1), 0);
+        connect_and_start();
+        finish();
+        /* The refused connection got nothing: the first request came on the second. */
+        struct lines l;
+        read_record(&l);
+        int second = nth_connection(&l, 2);
+        assert_true(second > 0);
+        assert_int_equal(find(&l, 0, "GET_FEATURES", NULL) > second, true);
+        free(l.buf);
+}
+
+/* With an allow-list only the listed uids (and root) may be the back-end, the first connection included. */
+static void allow_list(void **state) {
+        (void) state;
+        if (!can_switch_users())
+                skip();
+        world_writable_dir();
+        uid_t allowed[] = { NOBODY };
+        struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = queue_pairs, .ring_size = 64 };
+        GD_CHECK(guest_vm_new("faults", &gc, &fx.g, &fx.vm));
+        struct vhm_device_config cfg = {
+                .socket = fx.socket, .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
+                .queue_pairs = queue_pairs, .allowed_uids = allowed, .n_allowed_uids = 1,
+        };
+        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &fx.dev, NULL));
+
+        fx.imposter = spawn_imposter(INTRUDER, false);
+        assert_refused(vhm_device_connect(fx.dev), "peer uid 1001 is not among the device's allowed uids");
+        assert_imposter_got_nothing();
+
+        run_as(&fx.cfg, NOBODY);
+        spawn_backend();
+        connect_and_start();
+        assert_int_equal(vhm_device_stats(fx.dev)->refused_peers, 1);
+        lose_backend();
+        /* Root is always allowed. */
+        run_as(&fx.cfg, (uid_t) -1);
+        fx.cfg.run_as_gid = (gid_t) -1;
+        backend_back();
+        assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
+        finish();
+}
+
+/*
+ * Server mode: the socket is open to other users (mode 0777), so anyone may
+ * connect; only the back-end's uid is served.
+ */
+static void server_mode_refuses_another_uid(void **state) {
+        (void) state;
+        if (!can_switch_users())
+                skip();
+        world_writable_dir();
+        struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = queue_pairs, .ring_size = 64 };
+        GD_CHECK(guest_vm_new("faults", &gc, &fx.g, &fx.vm));
+        struct vhm_device_config cfg = {
+                .socket = fx.socket, .server = true,
+                .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
+                .queue_pairs = queue_pairs, .listen = { .mode = 0777 },
+        };
+        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &fx.dev, NULL));
+        /* Nobody yet: the device listens. */
+        assert_int_equal(vhm_device_reconnect(fx.dev, 50), -EAGAIN);
+
+        run_as(&fx.cfg, NOBODY);
+        assert_int_equal(tb_spawn_connect(&fx.cfg, fx.socket, &fx.pid), 0);
+        FX_CHECK(vhm_device_reconnect(fx.dev, 3000));
+        FX_CHECK(vhm_device_start(fx.dev));
+        vhm_device_disconnect(fx.dev);
+        assert_tb_exits_cleanly(&fx.pid, 3000);
+
+        /* While the back-end is away, another user connects first. */
+        fx.imposter = spawn_imposter(INTRUDER, true);
+        assert_refused(vhm_device_reconnect(fx.dev, 3000), "peer uid 1001 is not the back-end's uid 65534");
+        assert_int_equal(vhm_device_stats(fx.dev)->refused_peers, 1);
+        assert_imposter_got_nothing();
+
+        assert_int_equal(tb_spawn_connect(&fx.cfg, fx.socket, &fx.pid), 0);
+        FX_CHECK(vhm_device_reconnect(fx.dev, 3000));
+        assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
+        finish();
+}
+
 int main(void) {
         setvbuf(stdout, NULL, _IONBF, 0);
 #define TEST(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
@@ -614,6 +885,12 @@ int main(void) {
                 TEST(killed_and_restarted),
                 TEST(stopped_device_keeps_indices_across_reconnect),
                 TEST(server_mode_and_reconnect),
+                TEST(backend_truncates_unsealed_memory),
+                TEST(backend_cannot_truncate_sealed_memory),
+                TEST(imposter_on_reconnect_is_refused),
+                TEST(socket_file_of_someone_else_is_refused),
+                TEST(allow_list),
+                TEST(server_mode_refuses_another_uid),
         };
 #undef TEST
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -620,6 +620,95 @@ static void hotplug_while_logging_grows_log_before_memory_table(void **state) {
         assert_int_equal(count_open_fds(), f->fds_before);
 }
 
+/* ---- 7: more refused resizes than retired-log slots --------------------------------- */
+
+/* 1 MiB of sealed memory hot-added at gpa. */
+static void add_memory_at(struct fixture *f, uint64_t gpa) {
+        int fd = memfd_create("more", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, 1 << 20), 0);
+        assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+        struct vhm_region_spec region = { .fd = fd, .guest_phys_addr = gpa, .size = 1 << 20 };
+        if (vhm_vm_add_region(f->vm, &region) < 0)
+                fail_msg("vhm_vm_add_region: %s", vhm_vm_error(f->vm));
+        close(fd);
+}
+
+static void reconnect_device(struct vhm_device *dev) {
+        int r = -EAGAIN;
+        for (unsigned tries = 0; tries < 50 && r == -EAGAIN; tries++) {
+                r = vhm_device_reconnect(dev, 1000);
+                if (r == -EAGAIN)
+                        usleep(vhm_device_reconnect_delay_ms(dev) * 1000u);
+        }
+        DEV_CHECK(dev, r);
+        assert_int_equal(vhm_device_state(dev), VHM_DEVICE_RUNNING);
+}
+
+/*
+ * Five resizes in a row fail on a device (its back-end goes away instead of
+ * taking the grown log, and comes back on the current one in between).
+ * The fifth time no retired-log slot is left, and the log freed may be one
+ * a back-end still writes (a page written there would be lost).  Nothing is
+ * lost silently: the VM's log is incomplete and every harvest marks every
+ * page, until the device has acknowledged the current log.
+ */
+static void retired_log_overflow_marks_everything(void **state) {
+        struct fixture *f = *state;
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        enum { REFUSALS = 5 };
+        /* SET_LOG_BASE: 1 at the start, then per round the resize's (closed) and the reconnect's. */
+        for (unsigned i = 0; i < REFUSALS; i++) {
+                struct tb_fault fault = { .request = VHU_REQ_SET_LOG_BASE, .kind = TB_FAULT_CLOSE, .nth = 2 + 2 * i };
+                assert_int_equal(tb_config_add_fault(&cfg, &fault), 0);
+        }
+        cfg.max_connections = REFUSALS + 1;
+        struct backend *be = spawn_backend(f, &cfg);
+        vm_new(f);
+        uint64_t used[2];
+        struct vhm_device *dev = running_device(f, 0, be, used);
+        LOG_CHECK(f->lg, vhm_logging_start(f->lg));
+
+        for (unsigned i = 0; i < REFUSALS; i++) {
+                add_memory_at(f, (uint64_t) (i + 1) << 32);
+                assert_int_equal(vhm_logging_resize(f->lg), -EIO);
+                assert_int_equal(vhm_device_state(dev), VHM_DEVICE_DISCONNECTED);
+                /* Four retired logs are kept; only the fifth failure loses one. */
+                assert_int_equal(vhm_logging_incomplete(f->lg), i + 1 == REFUSALS);
+                if (i + 1 < REFUSALS)
+                        reconnect_device(dev);
+        }
+        printf("  fifth failed resize: %s\n", vhm_logging_error(f->lg));
+        assert_non_null(strstr(vhm_logging_error(f->lg), "incomplete"));
+
+        struct vhm_bitmap *bm = vhm_logging_bitmap(f->lg);
+        uint64_t npages = vhm_bitmap_npages(bm), n;
+        for (int round = 0; round < 2; round++) {
+                vhm_bitmap_clear_all(bm);
+                LOG_CHECK(f->lg, vhm_logging_harvest(f->lg, &n));
+                assert_int_equal(n, npages);
+                assert_int_equal(vhm_bitmap_count(bm), npages);
+                assert_true(vhm_logging_incomplete(f->lg));   /* the device has not taken the current log */
+        }
+
+        /* Back on the current log: the next harvest is the last to mark everything. */
+        reconnect_device(dev);
+        assert_true(vhm_device_log_acknowledged(dev, vhm_logging_log_fd(f->lg)));
+        vhm_bitmap_clear_all(bm);
+        LOG_CHECK(f->lg, vhm_logging_harvest(f->lg, &n));
+        assert_int_equal(vhm_bitmap_count(bm), npages);
+        assert_false(vhm_logging_incomplete(f->lg));
+        vhm_bitmap_clear_all(bm);
+        LOG_CHECK(f->lg, vhm_logging_harvest(f->lg, &n));
+        assert_int_equal(n, 0);
+        assert_int_equal(vhm_bitmap_count(bm), 0);
+        LOG_CHECK(f->lg, vhm_logging_stop(f->lg));
+        fixture_release(f);
+        assert_tb_exits_cleanly(&be->pid, 5000);
+        assert_int_equal(count_open_fds(), f->fds_before);
+}
+
 #define TEST(t) cmocka_unit_test_setup_teardown(t, fixture_setup, fixture_teardown)
 
 int main(void) {
@@ -630,6 +719,7 @@ int main(void) {
                 TEST(backend_lost_during_resize),
                 TEST(blocked_device_gets_no_log),
                 TEST(hotplug_while_logging_grows_log_before_memory_table),
+                TEST(retired_log_overflow_marks_everything),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
