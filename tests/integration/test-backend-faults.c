@@ -549,7 +549,7 @@ static void half_header_on_channel_cannot_defeat_the_timeout(void **state) {
 }
 
 /* vhostmigctl, its exit status and stderr; killed (and the test failed) after BOUND_MS. */
-static int run_ctl_bounded(const char *const *args, char *err, size_t errlen, uint64_t *ms) {
+static int run_ctl_bounded(const char *what, const char *const *args, char *err, size_t errlen, uint64_t *ms) {
         const char *ctl = getenv("VHOSTMIGCTL");
         const char *argv[16] = { ctl };
         size_t n = 1;
@@ -576,7 +576,7 @@ static int run_ctl_bounded(const char *const *args, char *err, size_t errlen, ui
                 kill(pid, SIGKILL);
                 waitpid(pid, NULL, 0);
                 close(p[0]);
-                fail_msg("vhostmigctl %s %s: still running after %u ms", args[0], args[1], BOUND_MS);
+                fail_msg("%s: vhostmigctl %s still running after %u ms", what, args[0], BOUND_MS);
         }
         ssize_t got = read(p[0], err, errlen - 1);
         err[got > 0 ? got : 0] = '\0';
@@ -591,7 +591,7 @@ static void probe_is_bounded(struct tb_config *cfg, const char *what) {
         char err[1024];
         uint64_t ms;
         const char *args[] = { "probe", "--timeout", "1", e.socket, NULL };
-        int rc = run_ctl_bounded(args, err, sizeof(err), &ms);
+        int rc = run_ctl_bounded(what, args, err, sizeof(err), &ms);
         if (rc != 1 || ms >= 3000)
                 fail_msg("%s: probe exit %d after %llu ms, expected 1 within 3000 ms (stderr: %s)", what, rc,
                          (unsigned long long) ms, err);
@@ -666,7 +666,7 @@ static void fds_on_every_reply_are_refused(void **state) {
         char err[1024];
         uint64_t ms;
         const char *args[] = { "probe", "--timeout", "1", e.socket, NULL };
-        assert_int_equal(run_ctl_bounded(args, err, sizeof(err), &ms), 1);
+        assert_int_equal(run_ctl_bounded("fds-always", args, err, sizeof(err), &ms), 1);
         assert_non_null(strstr(err, "GET_FEATURES"));
         env_stop(&e); /* no fd left open */
 }
