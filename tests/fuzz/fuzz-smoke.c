@@ -152,10 +152,90 @@ static void hostile_backend_requests(void **state) {
         assert_int_equal(count_open_fds(), before);
 }
 
+/* The same streams from a peer that attaches an fd to every message, floods its channel, or both. */
+static void hostile_peers(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        struct stream s;
+        unsigned flooded_and_through = 0;
+        for (unsigned i = 0; i < 1500; i++) {
+                plausible_stream(&s);
+                uint8_t flags = (uint8_t) (1 + i % 3);
+                bool clean = i % 6 < 3;
+                if (!clean)
+                        mutate(&s);
+                /* The peer's flags byte, then the stream, then a marker and its channel traffic. */
+                static uint8_t input[1 + sizeof(s.buf) + 4 + 64];
+                input[0] = flags;
+                memcpy(input + 1, s.buf, s.len);
+                size_t len = 1 + s.len;
+                /* A stream that holds the marker floods with the default message instead. */
+                static const uint8_t marker[4] = { 0xff, 0xff, 0xff, 0xff };
+                if (!memmem(s.buf, s.len, marker, sizeof(marker))) {
+                        memcpy(input + len, marker, sizeof(marker));
+                        len += sizeof(marker);
+                        struct vhu_hdr h = { VHU_BREQ_CONFIG_CHANGE_MSG, VHU_VERSION | ((i & 8) ? VHU_FLAG_NEED_REPLY : 0), 0 };
+                        memcpy(input + len, &h, sizeof(h));
+                        len += sizeof(h);
+                        /* The stream's last bytes and the marker may form an earlier one. */
+                        if (memmem(input + 1, len - 1, marker, sizeof(marker)) != input + 1 + s.len)
+                                len = 1 + s.len;
+                }
+                int depth = fuzz_frontend_peer_one(input, len);
+                /* A flood on the channel alone must not stop a good back-end's requests. */
+                if (clean && flags == FUZZ_PEER_FLOOD) {
+                        if (depth < 100)
+                                fail_msg("input %u: a flooded channel stopped a good stream at depth %d", i, depth);
+                        flooded_and_through++;
+                }
+                /* fds on every reply: refused at the first one. */
+                if (flags & FUZZ_PEER_FDS)
+                        assert_true(depth < 100);
+        }
+        assert_true(flooded_and_through > 0);
+        assert_int_equal(count_open_fds(), before);
+}
+
+/* A script: ops and features (24 bytes), then reply modes, mostly well-behaved. */
+static size_t device_script(uint8_t *buf, size_t max, bool clean) {
+        size_t len = 24 + (size_t) (rnd() % (max - 24));
+        for (size_t i = 0; i < 24; i++)
+                buf[i] = (uint8_t) rnd();
+        /* Offers that let the device go deep: DPDK's features, LOG_ALL, the protocol features it supports. */
+        uint64_t features = UINT64_C(0xd7c66e7cb) | VHU_BIT(VHU_VF_LOG_ALL) | (rnd() & VHU_BIT(VHU_VF_RING_PACKED));
+        uint64_t pf = vhu_supported_protocol_features() & (rnd() | VHU_BIT(VHU_PF_LOG_SHMFD) | VHU_BIT(VHU_PF_REPLY_ACK));
+        memcpy(buf + 8, &features, 8);
+        memcpy(buf + 16, &pf, 8);
+        for (size_t i = 24; i < len; i++)
+                buf[i] = clean || rnd() % 4 ? 0 : (uint8_t) (200 + rnd() % 56);
+        return len;
+}
+
+static void hostile_device_backends(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        uint8_t buf[96];
+        /* No script: a good back-end, a good VMM; every operation succeeds. */
+        assert_int_equal(fuzz_device_one(NULL, 0), 8);
+        unsigned all_ops = 0, some_failed = 0;
+        for (unsigned i = 0; i < 300; i++) {
+                size_t len = device_script(buf, sizeof(buf), false);
+                int ok = fuzz_device_one(buf, len);
+                all_ops += ok == 8;
+                some_failed += ok < 8;
+        }
+        /* The scripts reach every operation, and the faults in them are felt. */
+        assert_true(all_ops > 0);
+        assert_true(some_failed > 30);
+        assert_int_equal(count_open_fds(), before);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(hostile_backends),
                 cmocka_unit_test(hostile_backend_requests),
+                cmocka_unit_test(hostile_peers),
+                cmocka_unit_test(hostile_device_backends),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

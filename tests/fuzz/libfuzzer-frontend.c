@@ -5,6 +5,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         fuzz_frontend_one(data, size);
+        fuzz_frontend_peer_one(data, size);
         fuzz_channel_one(data, size);
         return 0;
 }
