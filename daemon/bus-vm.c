@@ -286,7 +286,13 @@ static void run_monitor(struct vm_job *j) {
                 struct device_object *d = j->vm->running[i];
                 if (!d->dev)
                         continue;
-                if (vhm_device_state(d->dev) != VHM_DEVICE_DISCONNECTED && vhm_device_poll_connection(d->dev) > 0)
+                uint64_t channel_failures = vhm_device_stats(d->dev)->channel_failures;
+                bool connected = vhm_device_state(d->dev) != VHM_DEVICE_DISCONNECTED &&
+                                 vhm_device_poll_connection(d->dev) > 0;
+                if (vhm_device_stats(d->dev)->channel_failures != channel_failures)
+                        daemon_log(LOG_WARNING, j->vm, d->socket, "back-end channel closed: %s",
+                                   vhm_device_error(d->dev));
+                if (connected)
                         continue;
                 if (vhm_device_state(d->dev) != VHM_DEVICE_DISCONNECTED)
                         continue;

@@ -546,9 +546,20 @@ int vhm_device_resume(struct vhm_device *dev) {
 int vhm_device_poll_connection(struct vhm_device *dev) {
         if (!dev->conn)
                 return 0;
+        /*
+         * Serve what the back-end's channel has waiting, bounded by the
+         * request timeout and by one more message than a flood may send: a
+         * back-end that keeps more than that waiting between two checks is
+         * flooding, and the channel's flood limit cuts it off here.  The
+         * device goes on: its rings keep running.
+         */
         struct vhu_backend_channel *ch = vhu_conn_backend_channel(dev->conn);
-        while (ch && vhu_backend_channel_is_open(ch) && vhu_backend_channel_process(ch) > 0)
-                ;
+        unsigned timeout_ms = dev->cfg.timeout_ms ? dev->cfg.timeout_ms : VHU_DEFAULT_TIMEOUT_MS;
+        if (vhu_backend_channel_is_open(ch) &&
+            vhu_backend_channel_serve(ch, VHU_BACKEND_CHANNEL_FLOOD_MAX + 1, vhu_deadline_after_ms(timeout_ms)) < 0) {
+                dev->stats.channel_failures++;
+                dev_fail(dev, -ECONNABORTED, "%s: %s", dev->socket, vhu_backend_channel_error(ch));
+        }
         /* The back-end never speaks first on the main socket: readable means closed or broken. */
         struct pollfd pfd = { .fd = vhu_conn_fd(dev->conn), .events = POLLIN | POLLRDHUP };
         if (poll(&pfd, 1, 0) == 0)

@@ -73,6 +73,7 @@ struct vhm_device_stats {
         uint64_t starts, stops;
         uint64_t reconnect_attempts;
         uint64_t refused_peers;    /* connections closed unserved: the peer was not the back-end's uid */
+        uint64_t channel_failures; /* back-end channels closed while the device ran (flood, bad message) */
 };
 
 int vhm_device_new(struct vhm_vm *vm, const struct vhm_device_config *cfg, struct vhm_device **out);
@@ -101,6 +102,9 @@ int vhm_device_resume(struct vhm_device *dev);
 /*
  * Non-blocking check of the connection: when the back-end closed it, the
  * device becomes DISCONNECTED and 0 is returned; 1 when still connected.
+ * Serves the back-end channel's waiting messages on the way, at most
+ * VHU_BACKEND_CHANNEL_FLOOD_MAX + 1 of them; a channel that fails (a flood, a
+ * bad message) is closed and counted in channel_failures, the device goes on.
  */
 int vhm_device_poll_connection(struct vhm_device *dev);
 

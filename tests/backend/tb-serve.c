@@ -1280,22 +1280,21 @@ static uint64_t flood(struct tb_conn *c, const uint8_t *buf, size_t msg_len, int
         return sent / msg_len;
 }
 
-static void flood_channel(struct tb_conn *c) {
+/* Floods until the channel fails or the front-end hangs up; false when it could not start. */
+static bool flood_until_stopped(struct tb_conn *c) {
         uint8_t one[sizeof(struct vhu_hdr) + sizeof(struct vhu_iotlb)];
         uint32_t request;
         char why[128];
 
         if (c->backend_fd < 0) {
                 tb_record(c->srv, "BACKEND_SKIPPED flood-channel no back-end channel");
-                hang(c);
-                return;
+                return false;
         }
         size_t msg_len = channel_noise(c, &request, one);
         uint8_t *buf = malloc((size_t) FLOOD_BATCH * msg_len);
         if (!buf) {
                 tb_record(c->srv, "BACKEND_SKIPPED flood-channel out of memory");
-                hang(c);
-                return;
+                return false;
         }
         for (unsigned i = 0; i < FLOOD_BATCH; i++)
                 memcpy(buf + (size_t) i * msg_len, one, msg_len);
@@ -1305,8 +1304,24 @@ static void flood_channel(struct tb_conn *c) {
                 close(extra_fd);
         free(buf);
         tb_record(c->srv, "BACKEND_FLOOD %s sent=%" PRIu64 " %s", vhu_backend_request_name(request), sent, why);
+        return true;
+}
+
+static void flood_channel(struct tb_conn *c) {
+        (void) flood_until_stopped(c);
         /* The reply stays withheld until the front-end gives up on us. */
         hang(c);
+}
+
+/*
+ * flood-channel=1: the trigger was answered; flood while the device runs,
+ * then go on serving requests without the channel the front-end closed.
+ */
+static void flood_channel_after_reply(struct tb_conn *c) {
+        if (!flood_until_stopped(c) || c->backend_fd < 0)
+                return;
+        close(c->backend_fd);
+        c->backend_fd = -1;
 }
 
 static void channel_half_header(struct tb_conn *c) {
@@ -1606,6 +1621,10 @@ static bool serve_message(struct tb_conn *c) {
                 c->end_reason = "fault hang, then peer closed";
                 return false;
         }
+        /* flood-channel=1 answers the trigger as usual and floods afterwards. */
+        bool flood_after_reply = fault && fault->kind == TB_FAULT_FLOOD_CHANNEL && fault->has_value && fault->value == 1;
+        if (flood_after_reply)
+                fault = NULL;
         if (fault && withholding_fault(fault->kind)) {
                 withhold_reply(c, fault->kind, &m);
                 return false;
@@ -1663,6 +1682,8 @@ static bool serve_message(struct tb_conn *c) {
         }
 
         run_backend_reqs(c, m.hdr.request, TB_BACKEND_AFTER_REPLY);
+        if (flood_after_reply)
+                flood_channel_after_reply(c);
         return true;
 }
 

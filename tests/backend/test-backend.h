@@ -87,6 +87,9 @@ enum tb_fault_kind {
          * hang-up, as hang does.  CONFIG_CHANGE_MSG when CONFIG was negotiated,
          * else IOTLB_MSG (an IOTLB miss).  Without a back-end channel it only
          * hangs (BACKEND_SKIPPED).  Ends with a BACKEND_FLOOD record line.
+         * With value 1 (flood-channel=1) the trigger is answered as usual
+         * and the flood comes after it, while the device runs; once it ends
+         * the back-end goes on serving requests without its channel.
          */
         TB_FAULT_FLOOD_CHANNEL,
         /* Write the first 6 bytes of a CONFIG_CHANGE_MSG header on the back-end

@@ -1963,6 +1963,64 @@ static void test_truncated_guest_memory(void **state) {
         free(other);
 }
 
+static bool daemon_log_has(const char *needle) {
+        FILE *f = fopen(env.daemon_log, "re");
+        char line[1200];
+        bool found = false;
+        while (f && !found && fgets(line, sizeof(line), f))
+                found = strstr(line, needle) != NULL;
+        if (f)
+                fclose(f);
+        return found;
+}
+
+/*
+ * A running device's back-end floods its channel between requests (no
+ * request pending: only the daemon's connection check reads the channel).
+ * The check must cut the channel off rather than serve it for ever: the VM's
+ * worker stays free (a request after it is answered), the device keeps
+ * running, and the daemon says why.
+ */
+static void test_channel_flood_while_running(void **state) {
+        (void) state;
+        struct guest g;
+        guest_init(&g, 2);
+        char *vm = create_vm("flooded", g.memfd, MEM_SIZE);
+        struct backend be;
+        backend_init(&be, "flooder");
+        /* SET_STATUS ends the start: answered, then the flood. */
+        backend_add_fault(&be, "SET_STATUS:flood-channel=1");
+        backend_listen(&be);
+        struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), &g);
+        char *dev = add_device(vm, &da, 0);
+        uint64_t deadline = now_ms() + 5000;
+        while (!record_has(&be, "BACKEND_FLOOD", "channel write failed") && now_ms() < deadline) {
+                FAST("State during a channel flood", assert_prop_s(dev, DEV_IF, "State", "running"));
+                sleep_ms(50);
+        }
+        if (!record_has(&be, "BACKEND_FLOOD", "channel write failed")) {
+                print_record(be.record);
+                fail_msg("the daemon never cut off a back-end flooding its channel (record above)");
+        }
+        /* The worker is free and the connection itself intact. */
+        sd_bus_message_unref(call(dev, DEV_IF, "SetMtu", "q", (uint16_t) 1400));
+        assert_record_has(&be, "NET_SET_MTU", "mtu=1400");
+        assert_prop_s(dev, DEV_IF, "State", "running");
+        deadline = now_ms() + 2000;
+        while (!daemon_log_has("flooded") && now_ms() < deadline)
+                sleep_ms(20);
+        if (!daemon_log_has("flooded")) {
+                dump_daemon_log();
+                fail_msg("the daemon's log does not say that the back-end channel was cut off for flooding");
+        }
+        destroy_vm("flooded");
+        backend_wait_exit(&be, 5000);
+        assert_no_violation(&be);
+        guest_fini(&g);
+        free(dev);
+        free(vm);
+}
+
 /*
  * The back-end exits and removes its socket; a local user (nobody) binds the
  * same path in the world-writable directory.  The daemon's reconnect must
@@ -2494,6 +2552,7 @@ int main(void) {
                 TEST(test_probes_do_not_queue),
                 TEST(test_automatic_reconnect),
                 TEST(test_truncated_guest_memory),
+                TEST(test_channel_flood_while_running),
                 TEST(test_impostor_refused),
                 TEST(test_destroy_vm_while_add_device_pending),
                 TEST(test_daemon_exits_cleanly),
