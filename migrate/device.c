@@ -543,9 +543,20 @@ int vhm_device_resume(struct vhm_device *dev) {
 
 /* ---- losing and finding the back-end ---------------------------------------- */
 
+/* The back-end never speaks first on the main socket: readable means closed or broken. */
+static bool main_socket_closed(const struct vhm_device *dev) {
+        struct pollfd pfd = { .fd = vhu_conn_fd(dev->conn), .events = POLLIN | POLLRDHUP };
+        return poll(&pfd, 1, 0) != 0;
+}
+
 int vhm_device_poll_connection(struct vhm_device *dev) {
         if (!dev->conn)
                 return 0;
+        if (main_socket_closed(dev)) {
+                dev_fail(dev, -ECONNRESET, "%s: the back-end closed the connection", dev->socket);
+                drop_connection(dev);
+                return 0;
+        }
         /*
          * Serve what the back-end's channel has waiting, bounded by the
          * request timeout and by one more message than a flood may send: a
@@ -556,17 +567,12 @@ int vhm_device_poll_connection(struct vhm_device *dev) {
         struct vhu_backend_channel *ch = vhu_conn_backend_channel(dev->conn);
         unsigned timeout_ms = dev->cfg.timeout_ms ? dev->cfg.timeout_ms : VHU_DEFAULT_TIMEOUT_MS;
         if (vhu_backend_channel_is_open(ch) &&
-            vhu_backend_channel_serve(ch, VHU_BACKEND_CHANNEL_FLOOD_MAX + 1, vhu_deadline_after_ms(timeout_ms)) < 0) {
+            vhu_backend_channel_serve(ch, VHU_BACKEND_CHANNEL_FLOOD_MAX + 1, vhu_deadline_after_ms(timeout_ms)) < 0 &&
+            !main_socket_closed(dev)) {
                 dev->stats.channel_failures++;
                 dev_fail(dev, -ECONNABORTED, "%s: %s", dev->socket, vhu_backend_channel_error(ch));
         }
-        /* The back-end never speaks first on the main socket: readable means closed or broken. */
-        struct pollfd pfd = { .fd = vhu_conn_fd(dev->conn), .events = POLLIN | POLLRDHUP };
-        if (poll(&pfd, 1, 0) == 0)
-                return 1;
-        dev_fail(dev, -ECONNRESET, "%s: the back-end closed the connection", dev->socket);
-        drop_connection(dev);
-        return 0;
+        return 1;
 }
 
 /*

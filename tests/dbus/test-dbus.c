@@ -2203,7 +2203,12 @@ static void test_probes_do_not_queue(void **state) {
         backend_add_fault(&flood, "SET_OWNER:flood-channel");
         backend_listen(&flood);
         backend_init(&hung, "hung-probe");
-        backend_add_fault(&hung, "GET_FEATURES:hang");
+        /* Served one after another: each probe's connection hangs in turn (faults count across them). */
+        for (unsigned i = 1; i < MAX_PROBES; i++) {
+                char spec[32];
+                snprintf(spec, sizeof(spec), "GET_FEATURES:hang:%u", i);
+                backend_add_fault(&hung, spec);
+        }
         hung.cfg.max_connections = 0;
         backend_listen(&hung);
         backend_init(&healthy, "healthy-probe");
