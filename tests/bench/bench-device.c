@@ -35,7 +35,7 @@
 #include "tests/common/clock.h"
 #include "tests/common/guest-device.h"
 #include "tests/common/real-backends.h"
-#include "tests/guest/guest.h"
+#include "daemon/guest/guest.h"
 
 #define MAX_RUNS      1001
 #define MAX_REQUESTS  1000000

@@ -23,7 +23,7 @@
 #include <sys/wait.h>
 
 #include "tests/backend/test-backend.h"
-#include "tests/guest/guest.h"
+#include "daemon/guest/guest.h"
 
 /* `call` returns 0 or more, or fails the test with what went wrong and why. */
 #define CHECK_WITH(error, call) do { \

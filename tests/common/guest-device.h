@@ -13,7 +13,7 @@
 
 #include "migrate/device.h"
 #include "migrate/vm.h"
-#include "tests/guest/guest.h"
+#include "daemon/guest/guest.h"
 
 /*
  * A guest made with gc (NULL: all defaults) and a VM called `name` holding

@@ -12,7 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "guest.h"
+#include "daemon/guest/guest.h"
 
 enum lb_fault {
         LB_FAULT_DROP = 1,      /* consume the TX frame, deliver nothing */

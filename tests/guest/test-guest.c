@@ -23,8 +23,8 @@
 #include <linux/virtio_net.h>
 
 #include "tests/common/fd-count.h"
-#include "guest-internal.h"
-#include "guest.h"
+#include "daemon/guest/guest-internal.h"
+#include "daemon/guest/guest.h"
 #include "loopback.h"
 
 #define SMALL_MEM (4ull << 20)

@@ -24,7 +24,7 @@
 #include "tests/common/clock.h"
 #include "tests/common/fd-count.h"
 #include "tests/common/guest-device.h"
-#include "tests/guest/guest.h"
+#include "daemon/guest/guest.h"
 
 /* Queue pairs of the device: 2, or 1 where the back-end offers no MQ. */
 static unsigned queue_pairs = 2;

@@ -22,7 +22,7 @@
 #include "tests/common/fd-count.h"
 #include "tests/common/guest-device.h"
 #include "tests/common/real-backends.h"
-#include "tests/guest/guest.h"
+#include "daemon/guest/guest.h"
 
 #define TOTAL_FRAMES    100000u
 #define RUN_TIMEOUT_MS  120000

@@ -41,7 +41,7 @@
 #include "tests/common/fd-count.h"
 #include "tests/common/guest-device.h"
 #include "tests/common/real-backends.h"
-#include "tests/guest/guest.h"
+#include "daemon/guest/guest.h"
 
 #define TOTAL_FRAMES     100000u   /* over all queue pairs */
 #define HARVEST_EVERY    2000u     /* frames between two harvests */

@@ -35,7 +35,7 @@
 #include "tests/common/check.h"
 #include "tests/common/fd-count.h"
 #include "tests/common/guest-device.h"
-#include "tests/guest/guest.h"
+#include "daemon/guest/guest.h"
 
 #define PAGE             4096u
 #define MAX_DEVICES      2

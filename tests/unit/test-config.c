@@ -13,7 +13,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include "daemon/config.h"
+#include "daemon/vhostmigd/config.h"
 
 static void defaults_without_a_file(void **state) {
         (void) state;

@@ -9,8 +9,8 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
-#include "daemon/config.h"
-#include "daemon/worker.h"
+#include "daemon/vhostmigd/config.h"
+#include "daemon/vhostmigd/worker.h"
 #include "migrate/blockers.h"
 #include "migrate/device.h"
 #include "migrate/logging.h"

@@ -6,7 +6,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "daemon/worker.h"
+#include "daemon/vhostmigd/worker.h"
 
 static void append(struct worker_job **head, struct worker_job **tail, struct worker_job *job) {
         job->next = NULL;

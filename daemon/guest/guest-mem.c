@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "guest-internal.h"
+#include "daemon/guest/guest-internal.h"
 
 #define PAGE VHM_GUEST_PAGE_SIZE
 

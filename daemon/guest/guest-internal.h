@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "guest.h"
+#include "daemon/guest/guest.h"
 
 /* "VHMGUEST" read as a little-endian u64. */
 #define VHM_GSTATE_MAGIC    0x54534555474d4856ull

@@ -23,8 +23,8 @@
 #include <json-c/json.h>
 #include <systemd/sd-bus.h>
 
-#include "daemon/cli-util.h"
-#include "tests/guest/guest.h"
+#include "daemon/common/cli-util.h"
+#include "daemon/guest/guest.h"
 #include "proto/vhost-user.h"
 
 #define BUS_NAME          "org.vhostmig1"

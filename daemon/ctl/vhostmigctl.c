@@ -24,7 +24,7 @@
 
 #include <json-c/json.h>
 
-#include "daemon/cli-util.h"
+#include "daemon/common/cli-util.h"
 #include "ctl-bus.h"
 #include "migrate/probe.h"
 #include "proto/vhost-user-table.h"

@@ -10,7 +10,7 @@
 
 #include <json-c/json.h>
 
-#include "daemon/config.h"
+#include "daemon/vhostmigd/config.h"
 
 #define MAX_CONFIG_BYTES (1u << 20)
 

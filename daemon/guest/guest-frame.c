@@ -13,7 +13,7 @@
 #include <endian.h>
 #include <string.h>
 
-#include "guest-internal.h"
+#include "daemon/guest/guest-internal.h"
 
 #define FNV_OFFSET 0x811c9dc5u
 #define FNV_PRIME  0x01000193u

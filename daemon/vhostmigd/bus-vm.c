@@ -19,7 +19,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include "daemon/vhostmigd.h"
+#include "daemon/vhostmigd/daemon.h"
 #include "proto/vhost-user.h"
 #include "proto/vhost-user-transport.h"
 

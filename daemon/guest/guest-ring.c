@@ -20,7 +20,7 @@
 
 #include <linux/virtio_net.h>
 
-#include "guest-internal.h"
+#include "daemon/guest/guest-internal.h"
 
 #define DEFAULT_BURST 32u
 

@@ -18,7 +18,7 @@
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-journal.h>
 
-#include "daemon/vhostmigd.h"
+#include "daemon/vhostmigd/daemon.h"
 #include "migrate/probe.h"
 #include "proto/vhost-user-table.h"
 

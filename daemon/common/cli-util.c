@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/cli-util.h"
+#include "daemon/common/cli-util.h"
 
 int cli_usage_error(const char *fmt, ...) {
         va_list ap;
