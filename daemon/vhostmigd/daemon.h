@@ -107,13 +107,18 @@ struct vm_object {
         struct vm_snapshot snap, published;
 };
 
-/* Manager and bus plumbing (vhostmigd.c). */
-int daemon_check_root(sd_bus_message *m, sd_bus_error *error);
+/* Messages (log.c): to the journal under systemd, else to stderr. */
+void daemon_log_init(const struct daemon *d);
 /* `request`: the vhost-user request a failure concerns, or VHU_REQ_NONE (0). */
 void daemon_log_full(int priority, const struct vm_object *vm, const char *device, uint32_t request,
                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 #define daemon_log(priority, vm, device, ...) daemon_log_full(priority, vm, device, 0, __VA_ARGS__)
 void daemon_update_status(struct daemon *d);
+
+/* The Manager (manager.c). */
+int manager_register(struct daemon *d);
+/* Only root may change state: the bus policy says so, and this holds on a permissive bus too. */
+int daemon_check_root(sd_bus_message *m, sd_bus_error *error);
 
 /* VMs and devices (bus-vm.c). */
 int vm_object_create(struct daemon *d, const char *name, struct vhm_vm *vm, struct vm_object **out);
