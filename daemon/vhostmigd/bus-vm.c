@@ -306,7 +306,7 @@ static void run_monitor(struct vm_job *j) {
                         daemon_log(LOG_WARNING, j->vm, d->socket, "refused a back-end peer: %s",
                                    vhm_device_error(d->dev));
                 else if (r != -EAGAIN)
-                        daemon_log_full(LOG_WARNING, j->vm, d->socket, vhm_device_error_request(d->dev),
+                        daemon_log_full(LOG_WARNING, NULL, j->vm, d->socket, vhm_device_error_request(d->dev),
                                         "reconnection failed: %s", vhm_device_error(d->dev));
                 d->next_reconnect_usec = now + (uint64_t) vhm_device_reconnect_delay_ms(d->dev) * 1000u;
         }
@@ -489,7 +489,7 @@ static void job_done(struct worker_job *base) {
         if (j->kind == JOB_MONITOR)
                 o->monitor_queued = false;
         if (j->result < 0)
-                daemon_log_full(LOG_WARNING, o, j->device ? j->device->socket : NULL, j->request, "%s", j->error);
+                daemon_log_full(LOG_WARNING, NULL, o, j->device ? j->device->socket : NULL, j->request, "%s", j->error);
         /* Only now: the message above still names the device. */
         if (j->free_device) {
                 device_object_free(j->device);

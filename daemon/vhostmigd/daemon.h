@@ -10,6 +10,7 @@
 #include <systemd/sd-event.h>
 
 #include "daemon/vhostmigd/config.h"
+#include "daemon/vhostmigd/messages.h"
 #include "daemon/vhostmigd/worker.h"
 #include "migrate/blockers.h"
 #include "migrate/device.h"
@@ -109,10 +110,16 @@ struct vm_object {
 
 /* Messages (log.c): to the journal under systemd, else to stderr. */
 void daemon_log_init(const struct daemon *d);
-/* `request`: the vhost-user request a failure concerns, or VHU_REQ_NONE (0). */
-void daemon_log_full(int priority, const struct vm_object *vm, const char *device, uint32_t request,
-                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-#define daemon_log(priority, vm, device, ...) daemon_log_full(priority, vm, device, 0, __VA_ARGS__)
+/*
+ * `message_id`: one of messages.h for an event, or NULL; `vm`, `device`: who
+ * it concerns, or NULL; `request`: the vhost-user request a failure
+ * concerns, or VHU_REQ_NONE (0).
+ */
+void daemon_log_full(int priority, const char *message_id, const struct vm_object *vm, const char *device,
+                     uint32_t request, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+#define daemon_log(priority, vm, device, ...) daemon_log_full(priority, NULL, vm, device, 0, __VA_ARGS__)
+#define daemon_log_event(priority, message_id, vm, device, ...) \
+        daemon_log_full(priority, message_id, vm, device, 0, __VA_ARGS__)
 void daemon_update_status(struct daemon *d);
 
 /* The Manager (manager.c). */
