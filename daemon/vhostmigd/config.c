@@ -14,10 +14,24 @@
 
 #define MAX_CONFIG_BYTES (1u << 20)
 
+/* systemd's names of the syslog priorities, which `systemctl service-log-level` takes. */
 static const char *const level_names[] = {
-        [LOG_ERR] = "err", [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
-        [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
+        [LOG_EMERG] = "emerg", [LOG_ALERT] = "alert", [LOG_CRIT] = "crit", [LOG_ERR] = "err",
+        [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice", [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
 };
+
+int config_log_level_from_name(const char *name) {
+        for (size_t i = 0; name && i < sizeof(level_names) / sizeof(level_names[0]); i++)
+                if (strcmp(name, level_names[i]) == 0)
+                        return (int) i;
+        return -EINVAL;
+}
+
+const char *config_log_level_name(int level) {
+        if (level < 0 || (size_t) level >= sizeof(level_names) / sizeof(level_names[0]))
+                return NULL;
+        return level_names[level];
+}
 
 void config_defaults(struct vhostmigd_config *cfg) {
         *cfg = (struct vhostmigd_config) {
@@ -113,14 +127,13 @@ static int set_gpa(const struct key *k, json_object *v, struct vhostmigd_config 
 }
 
 static int set_level(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
-        const char *s = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
-        for (size_t i = 0; s && i < sizeof(level_names) / sizeof(level_names[0]); i++)
-                if (level_names[i] && strcmp(s, level_names[i]) == 0) {
-                        *(int *) field_of(cfg, k) = (int) i;
-                        return 0;
-                }
-        return key_error(error, len, "\"%s\": expected one of \"err\", \"warning\", \"notice\", \"info\", \"debug\"",
-                         k->name);
+        int level = config_log_level_from_name(json_object_is_type(v, json_type_string) ? json_object_get_string(v)
+                                                                                         : NULL);
+        if (level < 0)
+                return key_error(error, len, "\"%s\": expected one of \"emerg\", \"alert\", \"crit\", \"err\", "
+                                 "\"warning\", \"notice\", \"info\", \"debug\"", k->name);
+        *(int *) field_of(cfg, k) = level;
+        return 0;
 }
 
 /* A mode is written as systemd writes them: an octal string such as "0660". */
@@ -363,7 +376,7 @@ static json_object *uid_list_to_json(const struct config_uid_list *list) {
         return a;
 }
 
-char *config_to_json(const struct vhostmigd_config *cfg) {
+static json_object *config_to_object(const struct vhostmigd_config *cfg) {
         json_object *o = json_object_new_object();
         char mode[8];
         snprintf(mode, sizeof(mode), "%04o", cfg->server_socket_mode);
@@ -386,8 +399,52 @@ char *config_to_json(const struct vhostmigd_config *cfg) {
                 json_object_object_add(vms, cfg->vm_policies[i].name, vm);
         }
         json_object_object_add(o, "vms", vms);
+        return o;
+}
+
+char *config_to_json(const struct vhostmigd_config *cfg) {
+        json_object *o = config_to_object(cfg);
         char *s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
         json_object_put(o);
+        return s;
+}
+
+static const char *json_text(json_object *v) {
+        return v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+                 : "(unset)";
+}
+
+/* Appends "key old -> new" to *s (a growing string). */
+static int append_change(char **s, const char *key, json_object *a, json_object *b) {
+        char *next;
+        if (asprintf(&next, "%s%s%s %s -> %s", *s, **s ? ", " : "", key, json_text(a), json_text(b)) < 0)
+                return -ENOMEM;
+        free(*s);
+        *s = next;
+        return 0;
+}
+
+/* Both documents have the same keys but server_socket_group, which only one may have. */
+char *config_diff(const struct vhostmigd_config *old, const struct vhostmigd_config *new) {
+        json_object *a = config_to_object(old), *b = config_to_object(new);
+        char *s = strdup("");
+        int r = s ? 0 : -ENOMEM;
+        json_object_object_foreach(b, key, bv) {
+                json_object *av = NULL;
+                (void) json_object_object_get_ex(a, key, &av);
+                if (r == 0 && !json_object_equal(av, bv))
+                        r = append_change(&s, key, av, bv);
+        }
+        json_object_object_foreach(a, akey, av) {
+                if (r == 0 && !json_object_object_get_ex(b, akey, NULL))
+                        r = append_change(&s, akey, av, NULL);
+        }
+        json_object_put(a);
+        json_object_put(b);
+        if (r < 0) {
+                free(s);
+                return NULL;
+        }
         return s;
 }
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * vhostmigd's configuration: /etc/vhostmig/vhostmigd.json, parsed strictly
+ * vhostmigd's configuration: SYSCONFDIR/vhostmig/vhostmigd.json, parsed strictly
  * (unknown keys, duplicate keys, wrong types, out-of-range values and
  * trailing garbage are errors naming the key).  Every setting has a built-in
  * default, so the daemon runs without a file.
@@ -12,7 +12,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* meson sets it from sysconfdir; this is only for a compiler run outside meson. */
+#ifndef VHOSTMIGD_DEFAULT_CONFIG
 #define VHOSTMIGD_DEFAULT_CONFIG "/etc/vhostmig/vhostmigd.json"
+#endif
 
 /* Back-end uids one allow-list may name, and VMs that may have their own list. */
 #define CONFIG_MAX_UIDS        16
@@ -62,6 +65,21 @@ int config_parse(struct vhostmigd_config *cfg, const char *text, char *error, si
 
 /* The effective configuration as a JSON document (caller frees). */
 char *config_to_json(const struct vhostmigd_config *cfg);
+
+/*
+ * Log levels by the names systemd and syslog use ("emerg" .. "debug"), as
+ * the configuration and org.freedesktop.LogControl1 spell them.
+ * config_log_level_from_name returns the level or -EINVAL.
+ */
+int config_log_level_from_name(const char *name);
+const char *config_log_level_name(int level);
+
+/*
+ * What differs between two configurations, in words ("max_probes 4 -> 2,
+ * log_level \"info\" -> \"debug\""), "" when nothing does; NULL when out of
+ * memory.  Caller frees.
+ */
+char *config_diff(const struct vhostmigd_config *old, const struct vhostmigd_config *new);
 
 /* The back-end uids allowed for VM `name`: its own list if it has one, else the global one. */
 const struct config_uid_list *config_backend_uids(const struct vhostmigd_config *cfg, const char *name);

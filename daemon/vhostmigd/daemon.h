@@ -37,6 +37,11 @@ struct daemon {
         sd_event_source *shutdown_timer;   /* bounds how long shutdown waits for teardowns */
         unsigned vms_tearing_down;      /* destroyed, worker not yet stopped */
         bool shutting_down;
+
+        /* ---- operating the daemon (main.c, log.c): reload, probe pool size ---- */
+        const char *config_path;        /* as given; NULL: the default, which may be missing */
+        /* Started probe workers; those at nprobe_workers and above are retired by the monitor once idle. */
+        bool probe_worker_started[CONFIG_MAX_PROBES];
 };
 
 /* What D-Bus shows of a device: written by the VM's worker, read by the loop. */
@@ -108,8 +113,12 @@ struct vm_object {
         struct vm_snapshot snap, published;
 };
 
-/* Messages (log.c): to the journal under systemd, else to stderr. */
-void daemon_log_init(const struct daemon *d);
+/* Messages (log.c): to the journal under systemd, else to stderr; messages above `level` are dropped. */
+void daemon_log_init(int level);
+void daemon_log_set_level(int level);
+int daemon_log_get_level(void);
+/* org.freedesktop.LogControl1 at /org/freedesktop/LogControl1 (log.c). */
+int log_control_register(struct daemon *d);
 /*
  * `message_id`: one of messages.h for an event, or NULL; `vm`, `device`: who
  * it concerns, or NULL; `request`: the vhost-user request a failure
