@@ -250,7 +250,18 @@ static const key_setter setters[] = {
         [KEY_GROUP] = set_group, [KEY_UIDS] = set_uids, [KEY_VMS] = set_vms,
 };
 
+/*
+ * JSON has no comments; a top-level key that starts with "//" is one (its
+ * value is not read), so that the example configuration can explain itself
+ * and still be copied as it is.
+ */
+static bool is_comment_key(const char *name) {
+        return strncmp(name, "//", 2) == 0;
+}
+
 static int apply_key(struct vhostmigd_config *cfg, const char *name, json_object *v, char *error, size_t len) {
+        if (is_comment_key(name))
+                return 0;
         for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
                 const struct key *k = &keys[i];
                 if (strcmp(k->name, name) == 0)

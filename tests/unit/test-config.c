@@ -157,6 +157,85 @@ static void file_errors_name_the_file(void **state) {
         unlink(path);
 }
 
+/* systemd's level names, both ways, as the file and LogControl1 take them. */
+static void log_levels(void **state) {
+        (void) state;
+        static const char *const names[] = { "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug" };
+        for (int level = LOG_EMERG; level <= LOG_DEBUG; level++) {
+                assert_string_equal(config_log_level_name(level), names[level]);
+                assert_int_equal(config_log_level_from_name(names[level]), level);
+                struct vhostmigd_config c;
+                config_defaults(&c);
+                char text[64], err[256];
+                snprintf(text, sizeof(text), "{\"log_level\": \"%s\"}", names[level]);
+                assert_int_equal(config_parse(&c, text, err, sizeof(err)), 0);
+                assert_int_equal(c.log_level, level);
+        }
+        assert_int_equal(config_log_level_from_name("DEBUG"), -EINVAL);
+        assert_int_equal(config_log_level_from_name("7"), -EINVAL);
+        assert_int_equal(config_log_level_from_name(NULL), -EINVAL);
+        assert_null(config_log_level_name(8));
+        assert_null(config_log_level_name(-1));
+}
+
+/* "//" keys are comments at the top level only; anything else stays strict. */
+static void comment_keys(void **state) {
+        (void) state;
+        struct vhostmigd_config c;
+        config_defaults(&c);
+        char err[256] = "";
+        assert_int_equal(config_parse(&c, "{\"//\": \"why\", \"// max_vms\": [1, {}], \"max_vms\": 3}", err,
+                                      sizeof(err)), 0);
+        assert_int_equal(c.max_vms, 3);
+        assert_int_equal(config_parse(&c, "{\"/ max_vms\": 3}", err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "\"/ max_vms\": unknown key"));
+        assert_int_equal(config_parse(&c, "{\"//\": 1, \"//\": 2}", err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "duplicate key"));
+        assert_int_equal(config_parse(&c, "{\"vms\": {\"//\": {}}}", err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "is not a VM name"));
+}
+
+/* A reload logs what it changed. */
+static void diff_names_what_changed(void **state) {
+        (void) state;
+        struct vhostmigd_config a, b;
+        config_defaults(&a);
+        config_defaults(&b);
+        char *d = config_diff(&a, &b);
+        assert_string_equal(d, "");
+        free(d);
+        char err[256];
+        assert_int_equal(config_parse(&b, "{\"max_probes\": 2, \"log_level\": \"debug\", \"server_socket_group\": 0,"
+                                          " \"vms\": {\"vm1\": {\"backend_uids\": [7]}}}", err, sizeof(err)), 0);
+        d = config_diff(&a, &b);
+        assert_non_null(strstr(d, "max_probes 4 -> 2"));
+        assert_non_null(strstr(d, "log_level \"info\" -> \"debug\""));
+        assert_non_null(strstr(d, "server_socket_group (unset) -> 0"));
+        assert_non_null(strstr(d, "vms {} -> {\"vm1\":{\"backend_uids\":[7]}}"));
+        assert_null(strstr(d, "max_vms"));
+        free(d);
+        d = config_diff(&b, &a);
+        assert_non_null(strstr(d, "server_socket_group 0 -> (unset)"));
+        free(d);
+}
+
+/* The installed example (VHOSTMIGD_EXAMPLE) is a valid file that changes nothing. */
+static void example_is_the_defaults(void **state) {
+        (void) state;
+        const char *path = getenv("VHOSTMIGD_EXAMPLE");
+        if (!path)
+                skip();
+        struct vhostmigd_config c, defaults;
+        char err[512] = "";
+        if (config_load(&c, path, false, err, sizeof(err)) < 0)
+                fail_msg("%s", err);
+        config_defaults(&defaults);
+        char *d = config_diff(&defaults, &c);
+        if (!d || *d)
+                fail_msg("%s differs from the defaults: %s", path, d ? d : "(out of memory)");
+        free(d);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(defaults_without_a_file),
@@ -164,6 +243,10 @@ int main(void) {
                 cmocka_unit_test(bad_files),
                 cmocka_unit_test(security_keys),
                 cmocka_unit_test(file_errors_name_the_file),
+                cmocka_unit_test(log_levels),
+                cmocka_unit_test(comment_keys),
+                cmocka_unit_test(diff_names_what_changed),
+                cmocka_unit_test(example_is_the_defaults),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
