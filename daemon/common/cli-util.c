@@ -5,8 +5,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "daemon/common/cli-util.h"
+
+void cli_error(const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "%s: ", program_invocation_short_name);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        va_end(ap);
+}
 
 int cli_usage_error(const char *fmt, ...) {
         va_list ap;
@@ -16,6 +27,37 @@ int cli_usage_error(const char *fmt, ...) {
         fprintf(stderr, "\nTry '%s --help'.\n", program_invocation_short_name);
         va_end(ap);
         return CLI_EXIT_USAGE;
+}
+
+int cli_command_usage_error(const char *command, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "%s: %s: ", program_invocation_short_name, command);
+        vfprintf(stderr, fmt, ap);
+        fprintf(stderr, "\nTry '%s %s --help'.\n", program_invocation_short_name, command);
+        va_end(ap);
+        return CLI_EXIT_USAGE;
+}
+
+unsigned cli_columns(void) {
+        struct winsize ws;
+        unsigned long n = 0;
+
+        if (isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+                n = ws.ws_col;
+        else {
+                const char *env = getenv("COLUMNS");
+                char *end;
+                if (env && isdigit((unsigned char) *env)) {
+                        errno = 0;
+                        n = strtoul(env, &end, 10);
+                        if (errno || *end)
+                                n = 0;
+                }
+        }
+        if (n == 0)
+                n = 80;
+        return n < 40 ? 40 : n > 1000 ? 1000 : (unsigned) n;
 }
 
 /* K, M, G, T (optionally followed by "i" and/or "B") to a shift; -1 if none fits. */

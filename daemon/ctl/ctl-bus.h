@@ -2,7 +2,8 @@
 /*
  * vhostmigctl's D-Bus side: the verbs that drive vhostmigd (docs/dbus-api.md)
  * and print what it answers, as text or as JSON.  vhostmigctl.c parses and
- * validates the command line; everything here gets well-formed arguments.
+ * validates the command line; everything here gets well-formed arguments
+ * and the options in a struct ctl_opts (no globals between files).
  * Each ctl_*() returns the process exit code and has said on stderr what
  * went wrong when it is not EXIT_OK.
  */
@@ -11,26 +12,38 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <json-c/json.h>
-
 #include "migrate/device.h"
 #include "migrate/vm.h"
 
-/* Exit codes, documented in vhostmigctl(1) and --help. */
+/*
+ * Exit codes, documented in vhostmigctl(1) and --help: LSB's for init
+ * scripts where one applies, as systemctl uses them.
+ */
 enum {
         EXIT_OK = 0,
-        EXIT_BACKEND = 1,          /* the daemon or a back-end failed, or the daemon is not there */
-        EXIT_USAGE = 2,
-        EXIT_DENIED = 3,           /* org.freedesktop.DBus.Error.AccessDenied */
-        EXIT_NOT_FOUND = 4,        /* no such VM or device */
+        EXIT_FAILED = 1,           /* the daemon or a back-end failed the request, or the bus is unreachable */
+        EXIT_USAGE = 2,            /* a bad command line, or an argument the daemon refused (InvalidArgs) */
+        EXIT_DENIED = 4,           /* insufficient privilege: org.freedesktop.DBus.Error.AccessDenied */
+        EXIT_NOT_FOUND = 5,        /* no such VM or device (systemctl: no such unit) */
+        EXIT_NOT_RUNNING = 7,      /* vhostmigd is not running: nothing owns org.vhostmig1 */
 };
 
-/* vhostmigctl's own options, set by main() (and --json by every verb). */
-extern bool arg_json;
-extern const char *arg_bus_address;        /* NULL: the system bus */
+/*
+ * A stock system bus carries at most 16 fds in one message; vhostmigctl
+ * never sends more (device add splits its queues over AddDevice and
+ * AddQueues, 4 queue pairs a call).
+ */
+#define CTL_MAX_MESSAGE_FDS 16u
+#define CTL_QUEUES_PER_CALL (CTL_MAX_MESSAGE_FDS / 2u)
 
-json_object *hex_json(uint64_t v);
-json_object *feature_names_json(uint64_t bits, bool protocol);
+/* The options every daemon verb takes. */
+struct ctl_opts {
+        bool json;                 /* one JSON document (watch: one a line) */
+        bool legend;               /* column headers and hints; off with --no-legend / -q */
+        bool quiet;                /* -q: no messages on success, only what was asked for */
+        const char *bus_address;   /* NULL: the system bus */
+        const char *host;          /* -H [USER@]HOST: the system bus there, over ssh */
+};
 
 /* A region of guest memory for CreateVm; fd is open O_RDWR. */
 struct ctl_region {
@@ -51,24 +64,28 @@ struct ctl_device {
         bool server;
         uint64_t features;
         uint32_t queue_pairs;
-        const char *mac;           /* xx:xx:xx:xx:xx:xx */
+        const char *mac;           /* xx:xx:xx:xx:xx:xx, or NULL: none */
         uint16_t mtu;              /* 0: unset */
         unsigned n_queues;         /* 2 * queue_pairs */
         struct ctl_queue queues[VHM_DEVICE_MAX_QUEUES];
 };
 
-int ctl_status(void);
-int ctl_list(void);
-int ctl_show(const char *vm);
-int ctl_vm_create(const char *vm, const struct ctl_region *regions, unsigned n);
-int ctl_vm_destroy(const char *vm);
-int ctl_device_add(const char *vm, const struct ctl_device *dev);
-int ctl_device_remove(const char *vm, unsigned dev);
-int ctl_logging_start(const char *vm);
-int ctl_logging_stop(const char *vm);
-int ctl_logging_harvest(const char *vm);
-/* dev < 0: every device of the VM. */
-int ctl_announce(const char *vm, int dev);
-int ctl_reconnect(const char *vm, unsigned dev);
+/* Read-only: these never start vhostmigd through bus activation. */
+int ctl_status(const struct ctl_opts *o);
+int ctl_list(const struct ctl_opts *o);
+int ctl_show(const struct ctl_opts *o, const char *vm);
 /* vm NULL: everything; runs until SIGINT or SIGTERM. */
-int ctl_watch(const char *vm);
+int ctl_watch(const struct ctl_opts *o, const char *vm);
+/* Manager.Probe: a back-end probed by the daemon (with -H, on that host). */
+int ctl_probe_remote(const struct ctl_opts *o, const char *socket, bool server, unsigned timeout_ms);
+
+int ctl_vm_create(const struct ctl_opts *o, const char *vm, const struct ctl_region *regions, unsigned n);
+int ctl_vm_destroy(const struct ctl_opts *o, const char *vm);
+int ctl_device_add(const struct ctl_opts *o, const char *vm, const struct ctl_device *dev);
+int ctl_device_remove(const struct ctl_opts *o, const char *vm, unsigned dev);
+int ctl_logging_start(const struct ctl_opts *o, const char *vm);
+int ctl_logging_stop(const struct ctl_opts *o, const char *vm);
+int ctl_logging_harvest(const struct ctl_opts *o, const char *vm);
+/* dev < 0: every device of the VM. */
+int ctl_announce(const struct ctl_opts *o, const char *vm, int dev);
+int ctl_reconnect(const struct ctl_opts *o, const char *vm, unsigned dev);

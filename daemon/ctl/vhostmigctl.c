@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * vhostmigctl: the command-line front of vhostmig.  `probe` talks to a
- * back-end directly, without the daemon; every other verb drives vhostmigd
- * over D-Bus (ctl-bus.c).  This file parses and validates the command line.
+ * back-end directly, without the daemon (or, with -H, through the daemon of
+ * that host); every other verb drives vhostmigd over D-Bus (ctl-bus.c).
+ * This file parses and validates the command line: options go anywhere
+ * among a verb's arguments (GNU permutation), every verb has --help, and
+ * every message starts with the program's name.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -11,35 +14,207 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <json-c/json.h>
-
 #include "daemon/common/cli-util.h"
 #include "ctl-bus.h"
+#include "ctl-props.h"
 #include "migrate/probe.h"
 #include "proto/vhost-user-table.h"
+
+#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
+#define NUMBER_HINT "decimal or 0x hex, optionally with a K, M, G or T suffix"
+
+/* Options without a short form; each verb's own follow the common ones. */
+enum {
+        OPT_VERSION = 0x100,
+        OPT_JSON,
+        OPT_NO_LEGEND,
+        OPT_BUS_ADDRESS,
+        OPT_SERVER,
+        OPT_TIMEOUT,
+        OPT_MEMORY,
+        OPT_FEATURES,
+        OPT_QUEUE_PAIRS,
+        OPT_MAC,
+        OPT_MTU,
+        OPT_QUEUE,
+        OPT_EVENTFDS,
+};
+
+/* Taken before the command and by every command, anywhere among its arguments. */
+#define COMMON_OPTIONS                                                          \
+        { "help", no_argument, NULL, 'h' },                                     \
+        { "json", no_argument, NULL, OPT_JSON },                                \
+        { "quiet", no_argument, NULL, 'q' },                                    \
+        { "no-legend", no_argument, NULL, OPT_NO_LEGEND },                      \
+        { "host", required_argument, NULL, 'H' },                               \
+        { "bus-address", required_argument, NULL, OPT_BUS_ADDRESS }
+/* ':' first: a missing value is reported as ':', apart from an unknown option. */
+#define COMMON_SHORT ":hqH:"
+
+#define COMMON_HELP                                                                             \
+        "  -h --help               Show this help\n"                                            \
+        "     --json               Print one JSON document (watch: one object a line)\n"       \
+        "  -q --quiet              Print only what was asked for; no legend (implies --no-legend)\n" \
+        "     --no-legend          No column headers and hints (for scripts)\n"                 \
+        "  -H --host=[USER@]HOST   Talk to vhostmigd on HOST, over ssh\n"                       \
+        "     --bus-address=ADDR   Talk to vhostmigd on this D-Bus address, not the system bus\n"
+
+#define EXIT_HELP                                                                                       \
+        "Exit status: 0 done; 1 the daemon or a back-end failed; 2 usage error; 4 access denied;\n"     \
+        "5 no such VM or device; 7 vhostmigd is not running.\n"
+
+struct verb;
+
+/* The parse of one command line. */
+struct parse {
+        struct ctl_opts *o;
+        const struct verb *verb;   /* NULL before the command */
+        const char *name;          /* "device add", for messages */
+        bool stop;                 /* --help was shown or a usage error said: return `ret` */
+        int ret;
+};
 
 struct verb {
         const char *name;
         const char *sub;           /* the second word ("vm create"), or NULL */
-        int (*run)(int argc, char **argv);
-        const char *synopsis;
+        int (*run)(struct parse *p, int argc, char **argv);
+        const char *synopsis;      /* what follows the command's words */
         const char *summary;
+        const char *help;          /* its own options, as lines of --help; NULL: none */
+        bool passes_fds;           /* hands file descriptors to the daemon: not with -H */
 };
 
-bool arg_json;
-const char *arg_bus_address;
+static void verb_help(const struct verb *v);
 
+static int option_error(struct parse *p, int c, char **argv) {
+        const char *arg = argv[optind - 1];
+        if (c == ':')
+                return cli_command_usage_error(p->name, "option '%s' needs a value", arg);
+        if (strncmp(arg, "--", 2) == 0)
+                return cli_command_usage_error(p->name, "unrecognized option '%s'", arg);
+        return cli_command_usage_error(p->name, "unrecognized option '-%c'", optopt);
+}
+
+/* The common options; false when c is none of them. */
+static bool common_option(struct parse *p, int c) {
+        switch (c) {
+        case 'h':
+                if (!p->stop) {
+                        verb_help(p->verb);
+                        p->stop = true;
+                        p->ret = EXIT_OK;
+                }
+                return true;
+        case OPT_JSON:
+                p->o->json = true;
+                return true;
+        case 'q':
+                p->o->quiet = true;
+                p->o->legend = false;
+                return true;
+        case OPT_NO_LEGEND:
+                p->o->legend = false;
+                return true;
+        case 'H':
+                p->o->host = optarg;
+                return true;
+        case OPT_BUS_ADDRESS:
+                p->o->bus_address = optarg;
+                return true;
+        default:
+                return false;
+        }
+}
+
+/* What the options allow together, checked once the command's own were read. */
+static int check_options(const struct parse *p) {
+        const struct ctl_opts *o = p->o;
+
+        if (o->host && o->bus_address)
+                return cli_usage_error("%s", "-H/--host and --bus-address exclude each other");
+        if (o->host && (!*o->host || o->host[0] == '-'))
+                return cli_usage_error("invalid --host '%s' (expected [USER@]HOST)", o->host);
+        if (o->bus_address && !strchr(o->bus_address, ':'))
+                return cli_usage_error("--bus-address '%s' is not a D-Bus address (e.g. unix:path=/run/bus)",
+                                       o->bus_address);
+        if (o->host && p->verb && p->verb->passes_fds)
+                return cli_command_usage_error(p->name, "file descriptors cannot cross -H (ssh): run it on %s",
+                                               o->host);
+        return EXIT_OK;
+}
+
+/*
+ * A verb's next own option, or -1 at the end or when the parse must stop
+ * (p->stop: help shown, or a usage error said).  At the end the options
+ * are checked together.  optind = 0 makes glibc
+ * start over, in permuting mode (main() parsed in order-preserving mode).
+ */
+static int next_option(struct parse *p, int argc, char **argv, const struct option *options) {
+        int c;
+        while (!p->stop && (c = getopt_long(argc, argv, COMMON_SHORT, options, NULL)) >= 0) {
+                if (common_option(p, c))
+                        continue;
+                if (c == '?' || c == ':') {
+                        p->ret = option_error(p, c, argv);
+                        p->stop = true;
+                        break;
+                }
+                return c;
+        }
+        if (!p->stop && (p->ret = check_options(p)) != EXIT_OK)
+                p->stop = true;
+        return -1;
+}
+
+static void options_begin(void) {
+        optind = 0;
+        opterr = 0;
+}
+
+/* For verbs with only the common options; leaves the positional arguments at argv[optind...]. */
+static int parse_common_only(struct parse *p, int argc, char **argv) {
+        static const struct option options[] = { COMMON_OPTIONS, {} };
+        int c;
+        options_begin();
+        while ((c = next_option(p, argc, argv, options)) >= 0) {
+                p->ret = option_error(p, c, argv);
+                p->stop = true;
+        }
+        return p->stop ? p->ret : EXIT_OK;
+}
+
+/* Parses the options and checks there are min..max positional arguments. */
+static int parse_positional(struct parse *p, int argc, char **argv, int min, int max, const char *what) {
+        if (parse_common_only(p, argc, argv) != EXIT_OK || p->stop)
+                return p->ret;
+        int n = argc - optind;
+        if (n < min || n > max)
+                return cli_command_usage_error(p->name, "takes %s", what);
+        return EXIT_OK;
+}
+
+/* 1..63 characters of [A-Za-z0-9_.-], as vhostmigd wants them. */
+static int check_vm_name(const char *verb, const char *name) {
+        size_t len = strlen(name);
+        bool ok = len > 0 && len < VHM_VM_NAME_MAX;
+        for (size_t i = 0; ok && i < len; i++)
+                ok = isascii(name[i]) && (isalnum(name[i]) || strchr("_.-", name[i]));
+        if (!ok)
+                return cli_command_usage_error(verb, "invalid VM name '%s' (1..%d characters of A-Z a-z 0-9 _ . -)",
+                                               name, VHM_VM_NAME_MAX - 1);
+        return EXIT_OK;
+}
+
+/* ---- probe ------------------------------------------------------------------------ */
 
 /* Seconds (fractions allowed) to milliseconds; rejects junk, zero and negatives. */
 static int parse_timeout(const char *s, unsigned *ms) {
@@ -52,169 +227,45 @@ static int parse_timeout(const char *s, unsigned *ms) {
         return 0;
 }
 
-json_object *feature_names_json(uint64_t bits, bool protocol) {
-        json_object *arr = json_object_new_array();
-        for (unsigned bit = 0; bit < 64; bit++) {
-                if (!(bits & VHU_BIT(bit)))
-                        continue;
-                char buf[32];
-                vhu_format_features(buf, sizeof(buf), VHU_BIT(bit), protocol, "");
-                json_object_array_add(arr, json_object_new_string(buf));
+static int probe_here(const struct ctl_opts *o, const struct vhm_probe_options *opts) {
+        struct vhm_probe_result result;
+        char error[512];
+        if (vhm_probe(opts, &result, error, sizeof(error)) < 0) {
+                cli_error("probe %s: %s", opts->socket, error);
+                return EXIT_FAILED;
         }
-        return arr;
+        print_probe(o->json, opts->socket, &result);
+        return EXIT_OK;
 }
 
-json_object *hex_json(uint64_t v) {
-        char buf[24];
-        snprintf(buf, sizeof(buf), "0x%" PRIx64, v);
-        return json_object_new_string(buf);
-}
-
-static void print_probe_json(const char *socket, const struct vhm_probe_result *r) {
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "socket", json_object_new_string(socket));
-        json_object_object_add(o, "features", hex_json(r->features));
-        json_object_object_add(o, "feature_names", feature_names_json(r->features, false));
-        json_object_object_add(o, "protocol_features", hex_json(r->protocol_features));
-        json_object_object_add(o, "protocol_feature_names", feature_names_json(r->protocol_features, true));
-        json_object_object_add(o, "protocol_features_negotiated", hex_json(r->protocol_features_negotiated));
-        json_object_object_add(o, "queue_pairs", json_object_new_int64(r->queue_pairs));
-        json_object_object_add(o, "max_mem_slots", json_object_new_int64((int64_t) r->max_mem_slots));
-        json_object_object_add(o, "migratable", json_object_new_boolean(r->migratable));
-        json_object *blockers = json_object_new_array();
-        for (unsigned i = 0; i < r->blockers.n; i++)
-                json_object_array_add(blockers, json_object_new_string(r->blockers.reason[i]));
-        json_object_object_add(o, "blockers", blockers);
-        puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-        json_object_put(o);
-}
-
-static void print_features_text(const char *label, uint64_t bits, bool protocol) {
-        char names[1024];
-        vhu_format_features(names, sizeof(names), bits, protocol, " ");
-        printf("%-19s 0x%" PRIx64 "\n%-19s %s\n", label, bits, "", names[0] ? names : "(none)");
-}
-
-static void print_probe_text(const char *socket, const struct vhm_probe_result *r) {
-        printf("%-19s %s\n", "Socket:", socket);
-        print_features_text("Features:", r->features, false);
-        print_features_text("Protocol features:", r->protocol_features, true);
-        print_features_text("Negotiated:", r->protocol_features_negotiated, true);
-        printf("%-19s %u\n", "Queue pairs:", r->queue_pairs);
-        if (r->max_mem_slots)
-                printf("%-19s %" PRIu64 "\n", "Memory slots:", r->max_mem_slots);
-        else
-                printf("%-19s 8 (SET_MEM_TABLE only)\n", "Memory slots:");
-        printf("%-19s %s\n", "Migratable:", r->migratable ? "yes" : "no");
-        for (unsigned i = 0; i < r->blockers.n; i++)
-                printf("%-19s %s\n", i == 0 ? "Blocked by:" : "", r->blockers.reason[i]);
-}
-
-static int verb_probe(int argc, char **argv) {
+static int verb_probe(struct parse *p, int argc, char **argv) {
         static const struct option options[] = {
-                { "json", no_argument, NULL, 'j' },
-                { "server", no_argument, NULL, 's' },
-                { "timeout", required_argument, NULL, 't' },
+                COMMON_OPTIONS,
+                { "server", no_argument, NULL, OPT_SERVER },
+                { "timeout", required_argument, NULL, OPT_TIMEOUT },
                 {}
         };
         struct vhm_probe_options opts = { .timeout_ms = 5000 };
         int c;
 
-        optind = 1;
-        while ((c = getopt_long(argc, argv, "+", options, NULL)) >= 0) {
-                switch (c) {
-                case 'j': arg_json = true; break;
-                case 's': opts.server = true; break;
-                case 't':
-                        if (parse_timeout(optarg, &opts.timeout_ms) < 0)
-                                return cli_usage_error("invalid timeout '%s' (seconds, > 0, at most 3600)", optarg);
-                        break;
-                default:
-                        return EXIT_USAGE;
-                }
-        }
-        if (argc - optind != 1)
-                return cli_usage_error("%s", "probe takes exactly one SOCKET");
-        opts.socket = argv[optind];
-
-        struct vhm_probe_result result;
-        char error[512];
-        if (vhm_probe(&opts, &result, error, sizeof(error)) < 0) {
-                fprintf(stderr, "vhostmigctl: probe %s: %s\n", opts.socket, error);
-                return EXIT_BACKEND;
-        }
-        if (arg_json)
-                print_probe_json(opts.socket, &result);
-        else
-                print_probe_text(opts.socket, &result);
-        return EXIT_OK;
-}
-
-/* ---- arguments of the daemon verbs ----------------------------------------------- */
-
-#define JSON_OPTION { "json", no_argument, NULL, 'j' }
-#define NUMBER_HINT "decimal or 0x hex, optionally with a K, M, G or T suffix"
-
-/*
- * A verb's options go anywhere among its arguments.  optind = 0 makes glibc
- * start over (main() parsed in order-preserving mode); errors are reported
- * by option_error(), naming the verb.
- */
-static void options_begin(void) {
-        optind = 0;
-        opterr = 0;
-}
-
-static int next_option(int argc, char **argv, const struct option *options) {
-        int c = getopt_long(argc, argv, ":", options, NULL);
-        if (c == 'j')
-                arg_json = true;
-        return c;
-}
-
-static int option_error(const char *verb, int c, char **argv) {
-        const char *arg = argv[optind - 1];
-        if (c == ':')
-                return cli_usage_error("%s: option '%s' needs a value", verb, arg);
-        if (strncmp(arg, "--", 2) == 0)
-                return cli_usage_error("%s: unrecognized option '%s'", verb, arg);
-        return cli_usage_error("%s: unrecognized option '-%c'", verb, optopt);
-}
-
-/* For verbs whose only option is --json; leaves the positional arguments at argv[optind...]. */
-static int parse_json_only(const char *verb, int argc, char **argv) {
-        static const struct option options[] = { JSON_OPTION, {} };
-        int c;
         options_begin();
-        while ((c = next_option(argc, argv, options)) >= 0)
-                if (c != 'j')
-                        return option_error(verb, c, argv);
-        return EXIT_OK;
+        while ((c = next_option(p, argc, argv, options)) >= 0) {
+                if (c == OPT_SERVER)
+                        opts.server = true;
+                else if (parse_timeout(optarg, &opts.timeout_ms) < 0)
+                        return cli_command_usage_error("probe", "invalid timeout '%s' (seconds, > 0, at most 3600)",
+                                                       optarg);
+        }
+        if (p->stop)
+                return p->ret;
+        if (argc - optind != 1)
+                return cli_command_usage_error("probe", "%s", "takes exactly one SOCKET");
+        opts.socket = argv[optind];
+        /* On another host the socket is that host's: its daemon probes it. */
+        if (p->o->host)
+                return ctl_probe_remote(p->o, opts.socket, opts.server, opts.timeout_ms);
+        return probe_here(p->o, &opts);
 }
-
-/* Parses the options and checks there are min..max positional arguments. */
-static int parse_positional(const char *verb, int argc, char **argv, int min, int max, const char *what) {
-        int ret = parse_json_only(verb, argc, argv);
-        if (ret != EXIT_OK)
-                return ret;
-        int n = argc - optind;
-        if (n < min || n > max)
-                return cli_usage_error("%s takes %s", verb, what);
-        return EXIT_OK;
-}
-
-/* 1..63 characters of [A-Za-z0-9_.-], as vhostmigd wants them. */
-static int check_vm_name(const char *verb, const char *name) {
-        size_t len = strlen(name);
-        bool ok = len > 0 && len < VHM_VM_NAME_MAX;
-        for (size_t i = 0; ok && i < len; i++)
-                ok = isascii(name[i]) && (isalnum(name[i]) || strchr("_.-", name[i]));
-        if (!ok)
-                return cli_usage_error("%s: invalid VM name '%s' (1..%d characters of A-Z a-z 0-9 _ . -)",
-                                   verb, name, VHM_VM_NAME_MAX - 1);
-        return EXIT_OK;
-}
-
 
 static int parse_u32_range(const char *s, uint32_t min, uint32_t max, uint32_t *ret) {
         uint64_t v;
@@ -230,7 +281,7 @@ static int parse_u32_range(const char *s, uint32_t min, uint32_t max, uint32_t *
 static int parse_device_number(const char *verb, const char *s, unsigned *ret) {
         uint32_t v;
         if (!isdigit((unsigned char) s[0]) || parse_u32_range(s, 0, INT32_MAX, &v) < 0)
-                return cli_usage_error("%s: invalid device number '%s' (0, 1, ... as 'show' lists them)", verb, s);
+                return cli_command_usage_error(verb, "invalid device number '%s' (0, 1, ... as 'show' lists them)", s);
         *ret = v;
         return EXIT_OK;
 }
@@ -269,7 +320,7 @@ static void regions_done(struct regions *r) {
 
 static int region_number(const char *spec, const char *what, const char *s, uint64_t *ret) {
         if (cli_parse_u64(s, true, ret) < 0)
-                return cli_usage_error("vm create: --memory '%s': %s '%s' is not a number (" NUMBER_HINT ")",
+                return cli_command_usage_error("vm create", "--memory '%s': %s '%s' is not a number (" NUMBER_HINT ")",
                                    spec, what, s);
         return EXIT_OK;
 }
@@ -280,20 +331,20 @@ static int open_region_file(const char *spec, struct ctl_region *r) {
 
         r->fd = open(r->file, O_RDWR | O_CLOEXEC | O_NOCTTY);
         if (r->fd < 0)
-                return cli_usage_error("vm create: --memory '%s': cannot open '%s' read-write: %s", spec, r->file,
+                return cli_command_usage_error("vm create", "--memory '%s': cannot open '%s' read-write: %s", spec, r->file,
                                    strerror(errno));
         if (fstat(r->fd, &st) < 0 || !S_ISREG(st.st_mode))
-                return cli_usage_error("vm create: --memory '%s': '%s' is not a memory file (memfd, hugetlbfs or tmpfs)",
+                return cli_command_usage_error("vm create", "--memory '%s': '%s' is not a memory file (memfd, hugetlbfs or tmpfs)",
                                    spec, r->file);
         if (r->offset + r->size > (uint64_t) st.st_size)
-                return cli_usage_error("vm create: --memory '%s': OFFSET + SIZE is 0x%" PRIx64 " but '%s' holds 0x%"
+                return cli_command_usage_error("vm create", "--memory '%s': OFFSET + SIZE is 0x%" PRIx64 " but '%s' holds 0x%"
                                    PRIx64 " bytes", spec, r->offset + r->size, r->file, (uint64_t) st.st_size);
         return EXIT_OK;
 }
 
 static int parse_region(const char *spec, struct regions *rs) {
         if (rs->n == VHM_VM_MAX_REGIONS)
-                return cli_usage_error("vm create: at most %d --memory regions", VHM_VM_MAX_REGIONS);
+                return cli_command_usage_error("vm create", "at most %d --memory regions", VHM_VM_MAX_REGIONS);
         unsigned i = rs->n++;
         struct ctl_region *r = &rs->v[i];
         char *fields[4];
@@ -301,23 +352,23 @@ static int parse_region(const char *spec, struct regions *rs) {
 
         *r = (struct ctl_region) { .fd = -1 };
         if (!(rs->text[i] = strdup(spec))) {
-                fputs("vhostmigctl: vm create: out of memory\n", stderr);
-                return EXIT_BACKEND;
+                cli_error("vm create: out of memory");
+                return EXIT_FAILED;
         }
         unsigned n = split_fields(rs->text[i], fields, 4);
         if (n < 3 || n > 4 || !*fields[0])
-                return cli_usage_error("vm create: --memory '%s': expected FILE:GPA:SIZE[:OFFSET]", spec);
+                return cli_command_usage_error("vm create", "--memory '%s': expected FILE:GPA:SIZE[:OFFSET]", spec);
         r->file = fields[0];
         if ((ret = region_number(spec, "GPA", fields[1], &r->gpa)) != EXIT_OK ||
             (ret = region_number(spec, "SIZE", fields[2], &r->size)) != EXIT_OK ||
             (n == 4 && (ret = region_number(spec, "OFFSET", fields[3], &r->offset)) != EXIT_OK))
                 return ret;
         if (r->size == 0)
-                return cli_usage_error("vm create: --memory '%s': SIZE must not be 0", spec);
+                return cli_command_usage_error("vm create", "--memory '%s': SIZE must not be 0", spec);
         if ((r->gpa | r->size | r->offset) % PAGE_4K)
-                return cli_usage_error("vm create: --memory '%s': GPA, SIZE and OFFSET must be multiples of 4K", spec);
+                return cli_command_usage_error("vm create", "--memory '%s': GPA, SIZE and OFFSET must be multiples of 4K", spec);
         if (r->gpa + r->size < r->gpa || r->offset + r->size < r->offset)
-                return cli_usage_error("vm create: --memory '%s': the region wraps around", spec);
+                return cli_command_usage_error("vm create", "--memory '%s': the region wraps around", spec);
         return open_region_file(spec, r);
 }
 
@@ -326,38 +377,36 @@ static int check_overlaps(const struct regions *rs) {
                 for (unsigned j = 0; j < i; j++) {
                         const struct ctl_region *a = &rs->v[i], *b = &rs->v[j];
                         if (a->gpa < b->gpa + b->size && b->gpa < a->gpa + a->size)
-                                return cli_usage_error("vm create: the regions at GPA 0x%" PRIx64 " and 0x%" PRIx64
+                                return cli_command_usage_error("vm create", "the regions at GPA 0x%" PRIx64 " and 0x%" PRIx64
                                                    " overlap", b->gpa, a->gpa);
                 }
         return EXIT_OK;
 }
 
-static int verb_vm_create(int argc, char **argv) {
+static int verb_vm_create(struct parse *p, int argc, char **argv) {
         static const struct option options[] = {
-                JSON_OPTION,
-                { "memory", required_argument, NULL, 'm' },
+                COMMON_OPTIONS,
+                { "memory", required_argument, NULL, OPT_MEMORY },
                 {}
         };
         struct regions rs = {};
         int c, ret = EXIT_OK;
 
         options_begin();
-        while (ret == EXIT_OK && (c = next_option(argc, argv, options)) >= 0) {
-                if (c == 'm')
-                        ret = parse_region(optarg, &rs);
-                else if (c != 'j')
-                        ret = option_error("vm create", c, argv);
-        }
-        if (ret == EXIT_OK && argc - optind != 1)
-                ret = cli_usage_error("%s", "vm create takes exactly one NAME");
-        if (ret == EXIT_OK)
+        while (ret == EXIT_OK && (c = next_option(p, argc, argv, options)) >= 0)
+                ret = parse_region(optarg, &rs);
+        if (p->stop)
+                ret = p->ret;
+        else if (ret == EXIT_OK && argc - optind != 1)
+                ret = cli_command_usage_error("vm create", "%s", "takes exactly one NAME");
+        if (ret == EXIT_OK && !p->stop)
                 ret = check_vm_name("vm create", argv[optind]);
-        if (ret == EXIT_OK && rs.n == 0)
-                ret = cli_usage_error("%s", "vm create: give the guest memory with --memory FILE:GPA:SIZE[:OFFSET]");
-        if (ret == EXIT_OK)
+        if (ret == EXIT_OK && !p->stop && rs.n == 0)
+                ret = cli_command_usage_error("vm create", "%s", "give the guest memory with --memory FILE:GPA:SIZE[:OFFSET]");
+        if (ret == EXIT_OK && !p->stop)
                 ret = check_overlaps(&rs);
-        if (ret == EXIT_OK)
-                ret = ctl_vm_create(argv[optind], rs.v, rs.n);
+        if (ret == EXIT_OK && !p->stop)
+                ret = ctl_vm_create(p->o, argv[optind], rs.v, rs.n);
         regions_done(&rs);
         return ret;
 }
@@ -386,20 +435,12 @@ static void device_args_done(struct device_args *a) {
  */
 #define DEFAULT_FEATURES (UINT64_MAX & ~(VHU_BIT(VHU_VF_RING_PACKED) | VHU_BIT(VHU_VF_ACCESS_PLATFORM)))
 
-/* Without --mac: a random locally administered unicast address. */
-static void random_mac(char *out, size_t len) {
-        uint8_t b[6] = { 0, 0, 0, 0, 0, 1 };   /* if the kernel has no randomness yet */
-        (void) getrandom(b, sizeof(b), GRND_NONBLOCK);
-        b[0] = (uint8_t) ((b[0] & 0xfc) | 0x02);
-        snprintf(out, len, "%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5]);
-}
-
 static int parse_mac(const char *s, char *out, size_t len) {
         unsigned char b[6];
         int n = -1;
         if (sscanf(s, "%2hhx:%2hhx:%2hhx:%2hhx:%2hhx:%2hhx%n", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &n) != 6 ||
             n != 17 || s[n] || strspn(s, "0123456789abcdefABCDEF:") != 17)
-                return cli_usage_error("device add: invalid --mac '%s' (expected xx:xx:xx:xx:xx:xx)", s);
+                return cli_command_usage_error("device add", "invalid --mac '%s' (expected xx:xx:xx:xx:xx:xx)", s);
         snprintf(out, len, "%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5]);
         return EXIT_OK;
 }
@@ -408,7 +449,7 @@ static int parse_features(const char *s, uint64_t *ret) {
         const char *digits = strncasecmp(s, "0x", 2) == 0 ? s + 2 : s;
         size_t n = strspn(digits, "0123456789abcdefABCDEF");
         if (n == 0 || n > 16 || digits[n])
-                return cli_usage_error("device add: invalid --features '%s' (a hexadecimal mask of virtio features)", s);
+                return cli_command_usage_error("device add", "invalid --features '%s' (a hexadecimal mask of virtio features)", s);
         *ret = strtoull(digits, NULL, 16);
         return EXIT_OK;
 }
@@ -419,15 +460,15 @@ static int parse_socket(const char *s, char *out, size_t len) {
         int n;
 
         if (!*s)
-                return cli_usage_error("%s", "device add: the SOCKET path is empty");
+                return cli_command_usage_error("device add", "%s", "the SOCKET path is empty");
         if (s[0] == '/')
                 n = snprintf(out, len, "%s", s);
         else if (!getcwd(cwd, sizeof(cwd)))
-                return cli_usage_error("device add: cannot make '%s' absolute: %s", s, strerror(errno));
+                return cli_command_usage_error("device add", "cannot make '%s' absolute: %s", s, strerror(errno));
         else
                 n = snprintf(out, len, "%s/%s", strcmp(cwd, "/") == 0 ? "" : cwd, s);
         if (n < 0 || (size_t) n >= len)
-                return cli_usage_error("device add: socket path '%s' is too long (at most %zu bytes, absolute)", s, len - 1);
+                return cli_command_usage_error("device add", "socket path '%s' is too long (at most %zu bytes, absolute)", s, len - 1);
         return EXIT_OK;
 }
 
@@ -437,14 +478,14 @@ static int check_eventfd(const char *spec, const char *what, const char *s, int 
         ssize_t n;
 
         if (!isdigit((unsigned char) s[0]) || parse_u32_range(s, 0, INT_MAX, &v) < 0)
-                return cli_usage_error("device add: --queue '%s': %s '%s' is not a file descriptor number", spec, what, s);
+                return cli_command_usage_error("device add", "--queue '%s': %s '%s' is not a file descriptor number", spec, what, s);
         snprintf(link, sizeof(link), "/proc/self/fd/%" PRIu32, v);
         n = readlink(link, target, sizeof(target) - 1);
         if (n < 0)
-                return cli_usage_error("device add: --queue '%s': %s %s is not an open file descriptor", spec, what, s);
+                return cli_command_usage_error("device add", "--queue '%s': %s %s is not an open file descriptor", spec, what, s);
         target[n] = 0;
         if (strcmp(target, "anon_inode:[eventfd]") != 0)
-                return cli_usage_error("device add: --queue '%s': %s %s is not an eventfd (%s)", spec, what, s, target);
+                return cli_command_usage_error("device add", "--queue '%s': %s %s is not an eventfd (%s)", spec, what, s, target);
         *fd = (int) v;
         return EXIT_OK;
 }
@@ -452,8 +493,8 @@ static int check_eventfd(const char *spec, const char *what, const char *s, int 
 static int new_eventfd(struct device_args *a, int *fd) {
         *fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (*fd < 0) {
-                fprintf(stderr, "vhostmigctl: device add: cannot create an eventfd: %s\n", strerror(errno));
-                return EXIT_BACKEND;
+                cli_error("device add: cannot create an eventfd: %s", strerror(errno));
+                return EXIT_FAILED;
         }
         a->own_fds[a->n_own_fds++] = *fd;
         return EXIT_OK;
@@ -461,7 +502,7 @@ static int new_eventfd(struct device_args *a, int *fd) {
 
 static int queue_address(const char *spec, const char *what, const char *s, uint64_t *ret) {
         if (cli_parse_u64(s, true, ret) < 0)
-                return cli_usage_error("device add: --queue '%s': %s '%s' is not a guest-physical address (" NUMBER_HINT ")",
+                return cli_command_usage_error("device add", "--queue '%s': %s '%s' is not a guest-physical address (" NUMBER_HINT ")",
                                    spec, what, s);
         return EXIT_OK;
 }
@@ -473,13 +514,13 @@ static int parse_queue(struct device_args *a, const char *spec, struct ctl_queue
         int ret;
 
         if (snprintf(buf, sizeof(buf), "%s", spec) >= (int) sizeof(buf))
-                return cli_usage_error("device add: --queue '%s' is too long", spec);
+                return cli_command_usage_error("device add", "--queue '%s' is too long", spec);
         if (split_fields(buf, f, 6) != want)
-                return cli_usage_error("device add: --queue '%s': expected %s", spec,
+                return cli_command_usage_error("device add", "--queue '%s': expected %s", spec,
                                    a->eventfds ? "SIZE:DESC:AVAIL:USED (with --eventfds)" : "SIZE:DESC:AVAIL:USED:KICKFD:CALLFD");
         if (!isdigit((unsigned char) f[0][0]) || parse_u32_range(f[0], 1, 32768, &q->size) < 0 ||
             (q->size & (q->size - 1)))
-                return cli_usage_error("device add: --queue '%s': ring SIZE '%s' must be a power of two up to 32768",
+                return cli_command_usage_error("device add", "--queue '%s': ring SIZE '%s' must be a power of two up to 32768",
                                    spec, f[0]);
         if ((ret = queue_address(spec, "DESC", f[1], &q->desc)) != EXIT_OK ||
             (ret = queue_address(spec, "AVAIL", f[2], &q->avail)) != EXIT_OK ||
@@ -495,42 +536,40 @@ static int parse_queue(struct device_args *a, const char *spec, struct ctl_queue
         return check_eventfd(spec, "CALLFD", f[5], &q->call_fd);
 }
 
-static int device_add_option(struct device_args *a, int c, char **argv) {
+static int device_add_option(struct parse *p, struct device_args *a, int c, char **argv) {
         struct ctl_device *d = &a->dev;
         uint32_t v;
 
         switch (c) {
-        case 'j':
-                return EXIT_OK;
-        case 's':
+        case OPT_SERVER:
                 d->server = true;
                 return EXIT_OK;
-        case 'f':
+        case OPT_FEATURES:
                 return parse_features(optarg, &d->features);
-        case 'p':
+        case OPT_QUEUE_PAIRS:
                 if (!isdigit((unsigned char) optarg[0]) || parse_u32_range(optarg, 1, VHM_DEVICE_MAX_QUEUE_PAIRS, &v) < 0)
-                        return cli_usage_error("device add: invalid --queue-pairs '%s' (1..%d)", optarg,
+                        return cli_command_usage_error("device add", "invalid --queue-pairs '%s' (1..%d)", optarg,
                                            VHM_DEVICE_MAX_QUEUE_PAIRS);
                 d->queue_pairs = v;
                 return EXIT_OK;
-        case 'm':
+        case OPT_MAC:
                 return parse_mac(optarg, a->mac, sizeof(a->mac));
-        case 'M':
+        case OPT_MTU:
                 if (!isdigit((unsigned char) optarg[0]) || parse_u32_range(optarg, 68, 65535, &v) < 0)
-                        return cli_usage_error("device add: invalid --mtu '%s' (68..65535)", optarg);
+                        return cli_command_usage_error("device add", "invalid --mtu '%s' (68..65535)", optarg);
                 d->mtu = (uint16_t) v;
                 return EXIT_OK;
-        case 'q':
+        case OPT_QUEUE:
                 if (a->n_queue_text == VHM_DEVICE_MAX_QUEUES)
-                        return cli_usage_error("device add: at most %d --queue options (%d queue pairs)",
+                        return cli_command_usage_error("device add", "at most %d --queue options (%d queue pairs)",
                                            VHM_DEVICE_MAX_QUEUES, VHM_DEVICE_MAX_QUEUE_PAIRS);
                 a->queue_text[a->n_queue_text++] = optarg;
                 return EXIT_OK;
-        case 'e':
+        case OPT_EVENTFDS:
                 a->eventfds = true;
                 return EXIT_OK;
         default:
-                return option_error("device add", c, argv);
+                return option_error(p, c, argv);
         }
 }
 
@@ -539,15 +578,15 @@ static int device_add_finish(struct device_args *a, int argc, char **argv) {
         int ret;
 
         if (argc - optind != 2)
-                return cli_usage_error("%s", "device add takes a VM and a SOCKET");
+                return cli_command_usage_error("device add", "%s", "takes a VM and a SOCKET");
         if ((ret = check_vm_name("device add", argv[optind])) != EXIT_OK ||
             (ret = parse_socket(argv[optind + 1], a->socket, sizeof(a->socket))) != EXIT_OK)
                 return ret;
         d->socket = a->socket;
-        d->mac = a->mac;
+        d->mac = a->mac[0] ? a->mac : NULL;
         d->n_queues = 2 * d->queue_pairs;
         if (a->n_queue_text != d->n_queues)
-                return cli_usage_error("device add: %u queue pair%s %u --queue options (RX 0, TX 0, RX 1, ...), "
+                return cli_command_usage_error("device add", "%u queue pair%s %u --queue options (RX 0, TX 0, RX 1, ...), "
                                    "%u given", d->queue_pairs, d->queue_pairs == 1 ? " needs" : "s need", d->n_queues,
                                    a->n_queue_text);
         for (unsigned i = 0; i < d->n_queues; i++)
@@ -556,155 +595,210 @@ static int device_add_finish(struct device_args *a, int argc, char **argv) {
         return EXIT_OK;
 }
 
-static int verb_device_add(int argc, char **argv) {
+static int verb_device_add(struct parse *p, int argc, char **argv) {
         static const struct option options[] = {
-                JSON_OPTION,
-                { "server", no_argument, NULL, 's' },
-                { "features", required_argument, NULL, 'f' },
-                { "queue-pairs", required_argument, NULL, 'p' },
-                { "mac", required_argument, NULL, 'm' },
-                { "mtu", required_argument, NULL, 'M' },
-                { "queue", required_argument, NULL, 'q' },
-                { "eventfds", no_argument, NULL, 'e' },
+                COMMON_OPTIONS,
+                { "server", no_argument, NULL, OPT_SERVER },
+                { "features", required_argument, NULL, OPT_FEATURES },
+                { "queue-pairs", required_argument, NULL, OPT_QUEUE_PAIRS },
+                { "mac", required_argument, NULL, OPT_MAC },
+                { "mtu", required_argument, NULL, OPT_MTU },
+                { "queue", required_argument, NULL, OPT_QUEUE },
+                { "eventfds", no_argument, NULL, OPT_EVENTFDS },
                 {}
         };
         struct device_args a = { .dev = { .features = DEFAULT_FEATURES, .queue_pairs = 1 } };
         int c, ret = EXIT_OK;
 
-        random_mac(a.mac, sizeof(a.mac));
         options_begin();
-        while (ret == EXIT_OK && (c = next_option(argc, argv, options)) >= 0)
-                ret = device_add_option(&a, c, argv);
-        if (ret == EXIT_OK)
+        while (ret == EXIT_OK && (c = next_option(p, argc, argv, options)) >= 0)
+                ret = device_add_option(p, &a, c, argv);
+        if (p->stop)
+                ret = p->ret;
+        if (ret == EXIT_OK && !p->stop)
                 ret = device_add_finish(&a, argc, argv);
-        if (ret == EXIT_OK)
-                ret = ctl_device_add(argv[optind], &a.dev);
+        if (ret == EXIT_OK && !p->stop)
+                ret = ctl_device_add(p->o, argv[optind], &a.dev);
         device_args_done(&a);
         return ret;
 }
 
 /* ---- the other daemon verbs ------------------------------------------------------ */
 
-static int verb_status(int argc, char **argv) {
-        int ret = parse_positional("status", argc, argv, 0, 0, "no arguments");
-        return ret != EXIT_OK ? ret : ctl_status();
+static int verb_status(struct parse *p, int argc, char **argv) {
+        int ret = parse_positional(p, argc, argv, 0, 0, "no arguments");
+        return ret != EXIT_OK || p->stop ? ret : ctl_status(p->o);
 }
 
-static int verb_list(int argc, char **argv) {
-        int ret = parse_positional("list", argc, argv, 0, 0, "no arguments");
-        return ret != EXIT_OK ? ret : ctl_list();
+static int verb_list(struct parse *p, int argc, char **argv) {
+        int ret = parse_positional(p, argc, argv, 0, 0, "no arguments");
+        return ret != EXIT_OK || p->stop ? ret : ctl_list(p->o);
 }
 
 /* Verbs of the form "VERB VM": parses, validates the name, runs `run`. */
-static int run_on_vm(const char *verb, int argc, char **argv, int (*run)(const char *vm)) {
-        int ret = parse_positional(verb, argc, argv, 1, 1, "exactly one VM");
-        if (ret == EXIT_OK)
-                ret = check_vm_name(verb, argv[optind]);
-        return ret != EXIT_OK ? ret : run(argv[optind]);
+static int run_on_vm(struct parse *p, int argc, char **argv, int (*run)(const struct ctl_opts *o, const char *vm)) {
+        int ret = parse_positional(p, argc, argv, 1, 1, "exactly one VM");
+        if (ret != EXIT_OK || p->stop)
+                return ret;
+        ret = check_vm_name(p->name, argv[optind]);
+        return ret != EXIT_OK ? ret : run(p->o, argv[optind]);
 }
 
 /* Verbs of the form "VERB VM N". */
-static int run_on_device(const char *verb, int argc, char **argv, int (*run)(const char *vm, unsigned dev)) {
+static int run_on_device(struct parse *p, int argc, char **argv,
+                         int (*run)(const struct ctl_opts *o, const char *vm, unsigned dev)) {
         unsigned dev;
-        int ret = parse_positional(verb, argc, argv, 2, 2, "a VM and a device number");
+        int ret = parse_positional(p, argc, argv, 2, 2, "a VM and a device number");
+        if (ret != EXIT_OK || p->stop)
+                return ret;
+        ret = check_vm_name(p->name, argv[optind]);
         if (ret == EXIT_OK)
-                ret = check_vm_name(verb, argv[optind]);
-        if (ret == EXIT_OK)
-                ret = parse_device_number(verb, argv[optind + 1], &dev);
-        return ret != EXIT_OK ? ret : run(argv[optind], dev);
+                ret = parse_device_number(p->name, argv[optind + 1], &dev);
+        return ret != EXIT_OK ? ret : run(p->o, argv[optind], dev);
 }
 
-static int verb_show(int argc, char **argv) { return run_on_vm("show", argc, argv, ctl_show); }
-static int verb_vm_destroy(int argc, char **argv) { return run_on_vm("vm destroy", argc, argv, ctl_vm_destroy); }
-static int verb_device_remove(int argc, char **argv) {
-        return run_on_device("device remove", argc, argv, ctl_device_remove);
+static int verb_show(struct parse *p, int argc, char **argv) { return run_on_vm(p, argc, argv, ctl_show); }
+static int verb_vm_destroy(struct parse *p, int argc, char **argv) { return run_on_vm(p, argc, argv, ctl_vm_destroy); }
+static int verb_device_remove(struct parse *p, int argc, char **argv) {
+        return run_on_device(p, argc, argv, ctl_device_remove);
 }
-static int verb_logging_start(int argc, char **argv) {
-        return run_on_vm("logging start", argc, argv, ctl_logging_start);
+static int verb_logging_start(struct parse *p, int argc, char **argv) {
+        return run_on_vm(p, argc, argv, ctl_logging_start);
 }
-static int verb_logging_stop(int argc, char **argv) { return run_on_vm("logging stop", argc, argv, ctl_logging_stop); }
-static int verb_logging_harvest(int argc, char **argv) {
-        return run_on_vm("logging harvest", argc, argv, ctl_logging_harvest);
+static int verb_logging_stop(struct parse *p, int argc, char **argv) {
+        return run_on_vm(p, argc, argv, ctl_logging_stop);
 }
-static int verb_reconnect(int argc, char **argv) { return run_on_device("reconnect", argc, argv, ctl_reconnect); }
+static int verb_logging_harvest(struct parse *p, int argc, char **argv) {
+        return run_on_vm(p, argc, argv, ctl_logging_harvest);
+}
+static int verb_reconnect(struct parse *p, int argc, char **argv) {
+        return run_on_device(p, argc, argv, ctl_reconnect);
+}
 
-static int verb_announce(int argc, char **argv) {
+static int verb_announce(struct parse *p, int argc, char **argv) {
         unsigned dev;
-        int ret = parse_positional("announce", argc, argv, 1, 2, "a VM and optionally a device number");
-        if (ret == EXIT_OK)
-                ret = check_vm_name("announce", argv[optind]);
-        if (ret != EXIT_OK)
+        int ret = parse_positional(p, argc, argv, 1, 2, "a VM and optionally a device number");
+        if (ret != EXIT_OK || p->stop)
+                return ret;
+        if ((ret = check_vm_name("announce", argv[optind])) != EXIT_OK)
                 return ret;
         if (argc - optind == 1)
-                return ctl_announce(argv[optind], -1);
+                return ctl_announce(p->o, argv[optind], -1);
         if ((ret = parse_device_number("announce", argv[optind + 1], &dev)) != EXIT_OK)
                 return ret;
-        return ctl_announce(argv[optind], (int) dev);
+        return ctl_announce(p->o, argv[optind], (int) dev);
 }
 
-static int verb_watch(int argc, char **argv) {
-        int ret = parse_positional("watch", argc, argv, 0, 1, "at most one VM");
-        if (ret == EXIT_OK && argc - optind == 1)
-                ret = check_vm_name("watch", argv[optind]);
-        return ret != EXIT_OK ? ret : ctl_watch(argc - optind == 1 ? argv[optind] : NULL);
+static int verb_watch(struct parse *p, int argc, char **argv) {
+        int ret = parse_positional(p, argc, argv, 0, 1, "at most one VM");
+        if (ret != EXIT_OK || p->stop)
+                return ret;
+        if (argc - optind == 1 && (ret = check_vm_name("watch", argv[optind])) != EXIT_OK)
+                return ret;
+        return ctl_watch(p->o, argc - optind == 1 ? argv[optind] : NULL);
 }
 
-/* ---- main ------------------------------------------------------------------------ */
+static int verb_help_cmd(struct parse *p, int argc, char **argv);
+
+/* ---- the verbs --------------------------------------------------------------------- */
 
 static const struct verb verbs[] = {
-        { "probe", NULL, verb_probe, "probe SOCKET [--server] [--timeout SEC]",
-          "Negotiate with a back-end and report (without the daemon)" },
-        { "status", NULL, verb_status, "status", "Show the daemon's version and how many VMs it has" },
-        { "list", NULL, verb_list, "list", "List the VMs" },
-        { "show", NULL, verb_show, "show VM", "Show a VM and its devices" },
-        { "vm", "create", verb_vm_create, "vm create NAME --memory FILE:GPA:SIZE[:OFFSET]...",
-          "Create a VM from its guest memory" },
-        { "vm", "destroy", verb_vm_destroy, "vm destroy NAME", "Stop a VM's devices and forget it" },
+        { "probe", NULL, verb_probe, "SOCKET [--server] [--timeout SEC]",
+          "Negotiate with a back-end and report (without the daemon)",
+          "     --server             Listen at SOCKET and wait for the back-end to connect\n"
+          "     --timeout=SEC        Bound each request and the wait (default 5, fractions allowed)\n"
+          "With -H, the daemon on that host probes the SOCKET there (Manager.Probe).\n" },
+        { "status", NULL, verb_status, "", "Show whether vhostmigd runs, its version and its VMs",
+          "Exits with 7 and says \"not running\" when vhostmigd is not running; never starts it.\n" },
+        { "list", NULL, verb_list, "", "List the VMs",
+          "With --no-legend or -q: the rows only, no header and no count.\n" },
+        { "show", NULL, verb_show, "VM", "Show a VM and its devices", NULL },
+        { "vm", "create", verb_vm_create, "NAME --memory FILE:GPA:SIZE[:OFFSET]...",
+          "Create a VM from its guest memory",
+          "     --memory=FILE:GPA:SIZE[:OFFSET]\n"
+          "                          One region of guest memory (at most 8): SIZE bytes of FILE\n"
+          "                          from OFFSET at guest-physical address GPA; numbers decimal\n"
+          "                          or 0x hex, with an optional K, M, G or T suffix\n",
+          true },
+        { "vm", "destroy", verb_vm_destroy, "NAME", "Stop a VM's devices and forget it", NULL },
         { "device", "add", verb_device_add,
-          "device add VM SOCKET [--server] [--features HEX] [--queue-pairs N]\n"
-          "           [--mac MAC] [--mtu N] --queue SIZE:DESC:AVAIL:USED:KICKFD:CALLFD...\n"
-          "device add VM SOCKET [OPTIONS] --eventfds --queue SIZE:DESC:AVAIL:USED...",
-          "Connect, negotiate and start a vhost-user device" },
-        { "device", "remove", verb_device_remove, "device remove VM N", "Stop and disconnect a device" },
-        { "logging", "start", verb_logging_start, "logging start VM", "Switch dirty logging on" },
-        { "logging", "stop", verb_logging_stop, "logging stop VM", "Switch dirty logging off" },
-        { "logging", "harvest", verb_logging_harvest, "logging harvest VM",
-          "Collect the dirty log into the migration bitmap" },
-        { "announce", NULL, verb_announce, "announce VM [N]", "Send RARP announcements (SEND_RARP)" },
-        { "reconnect", NULL, verb_reconnect, "reconnect VM N", "Reconnect a device to its back-end now" },
-        { "watch", NULL, verb_watch, "watch [VM]", "Print changes as they happen, until interrupted" },
+          "VM SOCKET [OPTIONS] --queue SIZE:DESC:AVAIL:USED:KICKFD:CALLFD...\n"
+          "       vhostmigctl [OPTIONS] device add VM SOCKET [OPTIONS] --eventfds --queue SIZE:DESC:AVAIL:USED...",
+          "Connect, negotiate and start a vhost-user device",
+          "     --server             Listen at SOCKET and wait for the back-end\n"
+          "     --features=HEX       Virtio features the driver wants (default: all offered but\n"
+          "                          RING_PACKED and ACCESS_PLATFORM)\n"
+          "     --queue-pairs=N      Queue pairs, 1..8 (default 1): give 2*N --queue options;\n"
+          "                          more than 4 are sent in a second call (AddQueues), as a\n"
+          "                          stock system bus carries at most 16 fds a message\n"
+          "     --mac=MAC            xx:xx:xx:xx:xx:xx for RARP announcements (default: none,\n"
+          "                          and announce skips the device)\n"
+          "     --mtu=N              Set the MTU, 68..65535 (default: unset)\n"
+          "     --queue=QUEUE        One queue, in order RX 0, TX 0, RX 1, ...: ring SIZE, the\n"
+          "                          guest-physical DESC, AVAIL and USED addresses, and the\n"
+          "                          numbers of two inherited eventfds KICKFD and CALLFD\n"
+          "     --eventfds           Make fresh eventfds (QUEUE without KICKFD:CALLFD); the device\n"
+          "                          runs but nothing kicks it: for trying a back-end only\n",
+          true },
+        { "device", "remove", verb_device_remove, "VM N", "Stop and disconnect a device", NULL },
+        { "logging", "start", verb_logging_start, "VM", "Switch dirty logging on", NULL },
+        { "logging", "stop", verb_logging_stop, "VM", "Switch dirty logging off", NULL },
+        { "logging", "harvest", verb_logging_harvest, "VM", "Collect the dirty log into the migration bitmap",
+          NULL },
+        { "announce", NULL, verb_announce, "VM [N]", "Send RARP announcements (SEND_RARP)", NULL },
+        { "reconnect", NULL, verb_reconnect, "VM N", "Reconnect a device to its back-end now", NULL },
+        { "watch", NULL, verb_watch, "[VM]", "Print changes as they happen, until interrupted", NULL },
+        { "help", NULL, verb_help_cmd, "[COMMAND]", "Show the help of vhostmigctl or of one command", NULL },
 };
 
+static void print_command(const struct verb *v, char *buf, size_t len) {
+        snprintf(buf, len, "%s%s%s", v->name, v->sub ? " " : "", v->sub ? v->sub : "");
+}
+
 static void help(void) {
+        char cmd[64], line[160];
+
         printf("Usage: vhostmigctl [OPTIONS] COMMAND ...\n\n"
                "Drive vhostmigd and inspect vhost-user back-ends.\n\nCommands:\n");
-        for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
-                const char *s = verbs[i].synopsis;
-                if (strlen(s) <= 34 && !strchr(s, '\n')) {
-                        printf("  %-34s %s\n", s, verbs[i].summary);
-                        continue;
-                }
-                for (const char *line = s, *nl; line; line = nl ? nl + 1 : NULL) {
-                        nl = strchr(line, '\n');
-                        printf("  %.*s\n", nl ? (int) (nl - line) : (int) strlen(line), line);
-                }
-                printf("  %-34s %s\n", "", verbs[i].summary);
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++) {
+                const struct verb *v = &verbs[i];
+                print_command(v, cmd, sizeof(cmd));
+                size_t first = strcspn(v->synopsis, "\n");
+                snprintf(line, sizeof(line), "%s%s%.*s", cmd, *v->synopsis ? " " : "", (int) first, v->synopsis);
+                if (strlen(line) <= 34)
+                        printf("  %-34s %s\n", line, v->summary);
+                else
+                        printf("  %s\n  %-34s %s\n", line, "", v->summary);
         }
-        printf("\nOptions:\n"
-               "  -h --help               Show this help\n"
+        printf("\nOptions (before or after the command):\n" COMMON_HELP
                "     --version            Show the version\n"
-               "     --json               Print JSON instead of text (watch: one object a line)\n"
-               "     --bus-address ADDR   Talk to vhostmigd on this D-Bus address, not the system bus\n"
-               "\nExit status: 0 done, 1 the daemon or a back-end failed (or the daemon is not running),\n"
-               "2 usage error, 3 access denied, 4 no such VM or device.\n"
+               "\n" EXIT_HELP
+               "'vhostmigctl COMMAND --help' or 'vhostmigctl help COMMAND' shows a command's options.\n"
                "See vhostmigctl(1).\n");
 }
 
+static void verb_help(const struct verb *v) {
+        char cmd[64];
+
+        if (!v) {
+                help();
+                return;
+        }
+        print_command(v, cmd, sizeof(cmd));
+        printf("Usage: vhostmigctl [OPTIONS] %s%s%s\n\n%s.\n", cmd, *v->synopsis ? " " : "", v->synopsis, v->summary);
+        if (v->help && strncmp(v->help, "  ", 2) == 0)
+                printf("\nOptions:\n%s", v->help);
+        else if (v->help)
+                printf("\n%s", v->help);
+        printf("\nCommon options:\n" COMMON_HELP "\n" EXIT_HELP "See vhostmigctl(1).\n");
+}
+
+/* The verb named by argv[0] (and argv[1]); NULL after saying why (*ret: the exit code). */
 static const struct verb *find_verb(int argc, char **argv, int *ret) {
         const char *name = argv[0], *sub = argc > 1 ? argv[1] : NULL;
         bool known = false;
 
-        for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++) {
                 if (strcmp(name, verbs[i].name) != 0)
                         continue;
                 known = true;
@@ -714,42 +808,78 @@ static const struct verb *find_verb(int argc, char **argv, int *ret) {
         if (!known)
                 *ret = cli_usage_error("unknown command '%s'", name);
         else if (!sub)
-                *ret = cli_usage_error("missing %s command", name);
+                *ret = cli_usage_error("missing %s command (%s)", name, strcmp(name, "vm") == 0 ? "create, destroy" :
+                                       strcmp(name, "device") == 0 ? "add, remove" : "start, stop, harvest");
         else
                 *ret = cli_usage_error("unknown command '%s %s'", name, sub);
         return NULL;
 }
 
-int main(int argc, char **argv) {
-        static const struct option options[] = {
-                { "help", no_argument, NULL, 'h' },
-                { "version", no_argument, NULL, 'V' },
-                { "json", no_argument, NULL, 'j' },
-                { "bus-address", required_argument, NULL, 'b' },
-                {}
-        };
-        int c, ret;
-
-        while ((c = getopt_long(argc, argv, "+h", options, NULL)) >= 0) {
-                switch (c) {
-                case 'h': help(); return EXIT_OK;
-                case 'V': puts("vhostmigctl " VHOSTMIG_VERSION); return EXIT_OK;
-                case 'j': arg_json = true; break;
-                case 'b':
-                        if (!strchr(optarg, ':'))
-                                return cli_usage_error("--bus-address '%s' is not a D-Bus address (e.g. unix:path=/run/bus)",
-                                                   optarg);
-                        arg_bus_address = optarg;
-                        break;
-                default: return EXIT_USAGE;
-                }
+static int verb_help_cmd(struct parse *p, int argc, char **argv) {
+        int ret = parse_positional(p, argc, argv, 0, 2, "at most a COMMAND");
+        if (ret != EXIT_OK || p->stop)
+                return ret;
+        if (argc == optind) {
+                help();
+                return EXIT_OK;
         }
-        if (optind >= argc)
-                return cli_usage_error("%s", "missing command");
-
         const struct verb *v = find_verb(argc - optind, argv + optind, &ret);
         if (!v)
                 return ret;
+        verb_help(v);
+        return EXIT_OK;
+}
+
+/* ---- main ------------------------------------------------------------------------ */
+
+/* The top level: the common options and --version, in order (the command's own come after it). */
+static int parse_top(struct parse *p, int argc, char **argv) {
+        static const struct option options[] = {
+                COMMON_OPTIONS,
+                { "version", no_argument, NULL, OPT_VERSION },
+                {}
+        };
+        int c;
+
+        opterr = 0;
+        while (!p->stop && (c = getopt_long(argc, argv, "+" COMMON_SHORT, options, NULL)) >= 0) {
+                if (common_option(p, c))
+                        continue;
+                if (c == OPT_VERSION) {
+                        puts("vhostmigctl " VHOSTMIG_VERSION);
+                        p->stop = true;
+                        p->ret = EXIT_OK;
+                } else if (c == ':')
+                        return cli_usage_error("option '%s' needs a value", argv[optind - 1]);
+                else if (strncmp(argv[optind - 1], "--", 2) == 0)
+                        return cli_usage_error("unrecognized option '%s'", argv[optind - 1]);
+                else
+                        return cli_usage_error("unrecognized option '-%c'", optopt);
+        }
+        return EXIT_OK;
+}
+
+int main(int argc, char **argv) {
+        struct ctl_opts o = { .legend = true };
+        struct parse p = { .o = &o, .name = "vhostmigctl" };
+        char name[64];
+        int ret;
+
+        if ((ret = parse_top(&p, argc, argv)) != EXIT_OK || p.stop)
+                return p.stop ? p.ret : ret;
+        if (optind >= argc)
+                return cli_usage_error("%s", "missing command");
+
+        int first = optind;
+        const struct verb *v = find_verb(argc - first, argv + first, &ret);
+        if (!v)
+                return ret;
         int skip = v->sub ? 1 : 0;
-        return v->run(argc - optind - skip, argv + optind + skip);
+        print_command(v, name, sizeof(name));
+        p.verb = v;
+        p.name = name;
+        /* The command's own parse sees argv[0] = its (last) word. */
+        argc -= first + skip;
+        argv += first + skip;
+        return v->run(&p, argc, argv);
 }
