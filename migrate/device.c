@@ -54,6 +54,7 @@ struct vhm_device {
 
         unsigned reconnect_delay_ms;
         struct vhm_device_stats stats;
+        uint64_t requests_closed, request_failures_closed;   /* of connections already closed */
         uint32_t error_request;
         char error[384];
 };
@@ -70,11 +71,18 @@ static int dev_fail(struct vhm_device *dev, int err, const char *fmt, ...) {
         return err;
 }
 
+/* The request counters outlive each connection: what a closed one sent is kept. */
+static void free_conn(struct vhm_device *dev) {
+        dev->requests_closed += vhu_conn_requests(dev->conn);
+        dev->request_failures_closed += vhu_conn_request_failures(dev->conn);
+        vhu_conn_free(dev->conn);
+        dev->conn = NULL;
+}
+
 static void drop_connection(struct vhm_device *dev) {
         if (!dev->conn)
                 return;
-        vhu_conn_free(dev->conn);
-        dev->conn = NULL;
+        free_conn(dev);
         dev->stats.disconnects++;
         dev->state = VHM_DEVICE_DISCONNECTED;
 }
@@ -324,8 +332,7 @@ static int negotiate(struct vhm_device *dev) {
         if (r < 0) {
                 dev_fail(dev, r, "%s: negotiation: %s", dev->socket, vhu_conn_error(dev->conn));
                 dev->error_request = vhu_conn_last_request(dev->conn);
-                vhu_conn_free(dev->conn);
-                dev->conn = NULL;
+                free_conn(dev);
                 dev->state = VHM_DEVICE_DISCONNECTED;
                 return r;
         }
@@ -789,4 +796,9 @@ struct vhu_conn *vhm_device_conn(const struct vhm_device *dev) { return dev->con
 
 unsigned vhm_device_ring_index(const struct vhm_device *dev, unsigned queue) {
         return queue < VHM_DEVICE_MAX_QUEUES ? dev->last_avail[queue] : 0;
+}
+
+void vhm_device_request_counts(const struct vhm_device *dev, uint64_t *requests, uint64_t *failures) {
+        *requests = dev->requests_closed + (dev->conn ? vhu_conn_requests(dev->conn) : 0);
+        *failures = dev->request_failures_closed + (dev->conn ? vhu_conn_request_failures(dev->conn) : 0);
 }

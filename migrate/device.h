@@ -177,5 +177,7 @@ unsigned vhm_device_queue_pairs(const struct vhm_device *dev);
 /* Last avail index known for a queue (from GET_VRING_BASE, or what it was started from). */
 unsigned vhm_device_ring_index(const struct vhm_device *dev, unsigned queue);
 const struct vhm_device_stats *vhm_device_stats(const struct vhm_device *dev);
+/* vhost-user requests sent to the back-end over every connection, and of those the ones that failed. */
+void vhm_device_request_counts(const struct vhm_device *dev, uint64_t *requests, uint64_t *failures);
 /* The live connection, or NULL while disconnected (for the dirty-log layer). */
 struct vhu_conn *vhm_device_conn(const struct vhm_device *dev);

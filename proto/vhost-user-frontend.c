@@ -28,6 +28,7 @@ struct vhu_conn {
         struct vhu_backend_channel *channel;
 
         uint32_t last_request;
+        uint64_t requests, request_failures;   /* sent on this connection, and of those, failed */
         /* Why the back-end channel failed during the request in flight, or "". */
         char channel_error[192];
         char error[448];
@@ -120,6 +121,8 @@ void vhu_conn_free(struct vhu_conn *c) {
 
 const char *vhu_conn_error(const struct vhu_conn *c) { return c->error; }
 uint32_t vhu_conn_last_request(const struct vhu_conn *c) { return c->last_request; }
+uint64_t vhu_conn_requests(const struct vhu_conn *c) { return c->requests; }
+uint64_t vhu_conn_request_failures(const struct vhu_conn *c) { return c->request_failures; }
 bool vhu_conn_is_connected(const struct vhu_conn *c) { return c->fd >= 0; }
 int vhu_conn_fd(const struct vhu_conn *c) { return c->fd; }
 void vhu_conn_set_timeout(struct vhu_conn *c, unsigned timeout_ms) {
@@ -267,8 +270,24 @@ static int receive_reply(struct vhu_conn *c, const struct vhu_request_info *info
         return 0;
 }
 
+static int request_once(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size,
+                        const int *fds, unsigned nfds, struct vhu_msg *reply, bool *sent);
+
+/* Counts what goes on the wire: a request refused before sending is the caller's mistake, not the back-end's. */
 int vhu_request(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size,
                 const int *fds, unsigned nfds, struct vhu_msg *reply) {
+        bool sent = false;
+        int r = request_once(c, request, payload, size, fds, nfds, reply, &sent);
+        if (sent) {
+                c->requests++;
+                if (r < 0)
+                        c->request_failures++;
+        }
+        return r;
+}
+
+static int request_once(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size,
+                        const int *fds, unsigned nfds, struct vhu_msg *reply, bool *sent) {
         const struct vhu_request_info *info = vhu_request_info(request);
         c->last_request = request;
         if (!info)
@@ -300,6 +319,7 @@ int vhu_request(struct vhu_conn *c, uint32_t request, const void *payload, uint3
         if (c->trace)
                 c->trace(c->trace_userdata, true, &msg);
         c->channel_error[0] = '\0';
+        *sent = true;
         r = vhu_send_msg(c->fd, &msg, &io, deadline);
         if (r < 0)
                 return fail_io(c, r, info->name, "send: ");

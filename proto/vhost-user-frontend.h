@@ -40,6 +40,9 @@ void vhu_conn_free(struct vhu_conn *c);
 const char *vhu_conn_error(const struct vhu_conn *c);
 /* The request the last call sent (or was about to send); VHU_REQ_NONE before any. */
 uint32_t vhu_conn_last_request(const struct vhu_conn *c);
+/* Requests sent on this connection (a send attempted), and of those the ones that failed. */
+uint64_t vhu_conn_requests(const struct vhu_conn *c);
+uint64_t vhu_conn_request_failures(const struct vhu_conn *c);
 bool vhu_conn_is_connected(const struct vhu_conn *c);
 int vhu_conn_fd(const struct vhu_conn *c);
 void vhu_conn_set_timeout(struct vhu_conn *c, unsigned timeout_ms);
