@@ -16,9 +16,9 @@ set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${1:-build}
-ctl="$build/daemon/vhostmigctl"
-daemon="$build/daemon/vhostmigd"
-guest="$build/daemon/vhostmig-guest"
+ctl="$build/daemon/ctl/vhostmigctl"
+daemon="$build/daemon/vhostmigd/vhostmigd"
+guest="$build/daemon/guest/vhostmig-guest"
 seconds=${VHOSTMIG_MAIN_SECONDS:-3}
 
 work=$(mktemp -d /tmp/vhostmig-main-XXXXXX)
@@ -144,7 +144,7 @@ if out=$(as_nobody busctl --address="$BUS_ADDRESS" call org.vhostmig1 /org/vhost
 else
   echo "GetManagedObjects:        REFUSED: $out"; policy_ok=false
 fi
-for call in "CreateVm sa(httt) nobody-vm 0" "Probe sbu $work/dpdk.sock false 1000"; do
+for call in "CreateVm sa(httt)a{sv} nobody-vm 0 0" "Probe sbu $work/dpdk.sock false 1000"; do
   # shellcheck disable=SC2086 # word splitting wanted
   if out=$(as_nobody busctl --address="$BUS_ADDRESS" call org.vhostmig1 /org/vhostmig1 \
              org.vhostmig1.Manager $call 2>&1); then
@@ -184,7 +184,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 sleep 0.5
-if bus call org.vhostmig1 "$vm" org.vhostmig1.Vm StartLogging; then
+if bus call org.vhostmig1 "$vm" org.vhostmig1.Vm StartLogging "a{sv}" 0; then
   echo "StartLogging: $(bus get-property org.vhostmig1 "$vm" org.vhostmig1.Vm Logging LogSize | tr '\n' ' ')"
   for _ in 1 2 3 4 5; do
     sleep 0.2

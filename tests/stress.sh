@@ -16,9 +16,9 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${1:-build}
 vms=${VHOSTMIG_STRESS_VMS:-4}
 seconds=${VHOSTMIG_STRESS_SECONDS:-8}
-ctl="$build/daemon/vhostmigctl"
-daemon="$build/daemon/vhostmigd"
-guest="$build/daemon/vhostmig-guest"
+ctl="$build/daemon/ctl/vhostmigctl"
+daemon="$build/daemon/vhostmigd/vhostmigd"
+guest="$build/daemon/guest/vhostmig-guest"
 
 work=$(mktemp -d /tmp/vhostmig-stress-XXXXXX)
 prefix="vhostmig-stress-$$"

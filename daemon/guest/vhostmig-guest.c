@@ -23,15 +23,19 @@
 #include <json-c/json.h>
 #include <systemd/sd-bus.h>
 
+#include "daemon/common/bus-api.h"
+#include "daemon/common/cleanup.h"
 #include "daemon/common/cli-util.h"
 #include "daemon/guest/guest.h"
 #include "proto/vhost-user.h"
 
-#define BUS_NAME          "org.vhostmig1"
-#define MANAGER_PATH      "/org/vhostmig1"
-#define MANAGER_IFACE     "org.vhostmig1.Manager"
-#define VM_IFACE          "org.vhostmig1.Vm"
-#define DEVICE_IFACE      "org.vhostmig1.Device"
+#define BUS_NAME          VHOSTMIG_BUS_NAME
+#define MANAGER_PATH      VHOSTMIG_ROOT_PATH
+#define MANAGER_IFACE     VHOSTMIG_MANAGER_INTERFACE
+#define VM_IFACE          VHOSTMIG_VM_INTERFACE
+#define DEVICE_IFACE      VHOSTMIG_DEVICE_INTERFACE
+/* Queues whose fds fit one message on a stock bus; AddQueues carries the rest. */
+#define QUEUES_PER_MESSAGE (VHOSTMIG_BUS_MAX_FDS / VHOSTMIG_FDS_PER_QUEUE)
 
 #define CHUNK_FRAMES      8192u     /* frames per queue pair per run_until() */
 #define STALL_MS          10000     /* no progress for this long: the back-end stalled */
@@ -190,9 +194,9 @@ static void help(void) {
                "With more than one queue pair, VIRTIO_NET_F_MQ is requested as well as the\n"
                "driver's features (VERSION_1, MRG_RXBUF, RING_EVENT_IDX).  The back-end must\n"
                "serve at least that many queue pairs (testpmd: queues=N, --rxq=N --txq=N).\n"
-               "AddDevice carries 4 file descriptors per queue pair, and dbus-daemon allows\n"
-               "16 per message unless max_message_unix_fds is raised: on a stock system bus\n"
-               "at most 4 queue pairs.\n"
+               "Each queue pair brings 4 file descriptors and a stock system bus carries 16\n"
+               "per message: beyond 4 queue pairs, AddDevice carries the first 4 and\n"
+               "Device.AddQueues the rest.\n"
                "\n"
                "The verdict lists frames sent, received, lost (skipped by a later frame, or\n"
                "never back at the end), corrupted, duplicated, the RARP seen, harvests and\n"
@@ -436,11 +440,14 @@ static int get_string(struct run *r, const char *path, const char *iface, const 
         return rc < 0 ? property_failed(r, iface, prop, &e, rc) : rc;
 }
 
-/* A method without arguments on the VM; the reply is returned when wanted. */
+/* A method without arguments (StartLogging: no options) on the VM; the reply is returned when wanted. */
 static int vm_call(struct run *r, const char *method, sd_bus_message **reply) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
         sd_bus_message *m = NULL, *rep = NULL;
         int rc = sd_bus_message_new_method_call(r->bus, &m, BUS_NAME, r->vm_path, VM_IFACE, method);
+        /* StartLogging takes options (none are needed here). */
+        if (rc >= 0 && strcmp(method, "StartLogging") == 0)
+                rc = sd_bus_message_append(m, "a{sv}", 0);
         if (rc >= 0)
                 rc = sd_bus_call(r->bus, m, call_timeout_usec(), &e, &rep);
         if (rc < 0)
@@ -461,8 +468,8 @@ static int create_vm(struct run *r) {
         sd_bus_message *reply = NULL;
         const char *path;
         int rc = sd_bus_call_method(r->bus, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "CreateVm", &e, &reply,
-                                    "sa(httt)", arg.name, 1, vhm_guest_mem_fd(r->g), (uint64_t) 0,
-                                    vhm_guest_mem_size(r->g), (uint64_t) 0);
+                                    "sa(httt)a{sv}", arg.name, 1, vhm_guest_mem_fd(r->g), (uint64_t) 0,
+                                    vhm_guest_mem_size(r->g), (uint64_t) 0, 0);
         if (rc < 0) {
                 bus_error(r, "CreateVm", &e, rc);
                 goto out;
@@ -493,65 +500,90 @@ static uint64_t wanted_features(void) {
         return f;
 }
 
-static int add_device(struct run *r) {
-        sd_bus_error e = SD_BUS_ERROR_NULL;
-        sd_bus_message *m = NULL, *reply = NULL;
-        uint8_t mac[6];
-        char macs[18];
-        const char *path;
-        int rc;
-
-        vhm_guest_mac(r->g, mac);
-        format_mac(mac, macs);
-        rc = sd_bus_message_new_method_call(r->bus, &m, BUS_NAME, r->vm_path, VM_IFACE, "AddDevice");
-        if (rc < 0)
-                goto fail;
-        rc = sd_bus_message_append(m, "sbtusq", arg.socket, (int) arg.server, wanted_features(),
-                                   (uint32_t) arg.queue_pairs, macs, 0);
-        if (rc < 0)
-                goto fail;
-        rc = sd_bus_message_open_container(m, 'a', "(uttthh)");
-        if (rc < 0)
-                goto fail;
-        for (unsigned q = 0; q < 2 * arg.queue_pairs; q++) {
+/* Queues first..first+n-1 as an a(uttthh). */
+static int append_queues(struct run *r, sd_bus_message *m, unsigned first, unsigned n) {
+        int rc = sd_bus_message_open_container(m, 'a', "(uttthh)");
+        for (unsigned q = first; rc >= 0 && q < first + n; q++) {
                 struct vhm_guest_queue_layout l;
                 rc = vhm_guest_queue_layout(r->g, q, &l);
-                if (rc < 0)
-                        goto fail;
-                rc = sd_bus_message_append(m, "(uttthh)", (uint32_t) l.num, l.desc_gpa, l.avail_gpa, l.used_gpa,
-                                           l.kick_fd, l.call_fd);
-                if (rc < 0)
-                        goto fail;
+                if (rc >= 0)
+                        rc = sd_bus_message_append(m, "(uttthh)", (uint32_t) l.num, l.desc_gpa, l.avail_gpa,
+                                                   l.used_gpa, l.kick_fd, l.call_fd);
         }
-        rc = sd_bus_message_close_container(m);
-        if (rc < 0)
-                goto fail;
-        rc = sd_bus_call(r->bus, m, call_timeout_usec(), &e, &reply);
-        if (rc < 0) {
-                bus_error(r, "AddDevice", &e, rc);
-                /* dbus-daemon drops a connection that sends a message with
-                 * more fds than max_message_unix_fds (16 on the system bus). */
-                if (!sd_bus_is_open(r->bus) && 4 * arg.queue_pairs > 16)
-                        add_error(r, "AddDevice carries %u file descriptors (4 per queue pair); the bus allows 16 "
-                                  "per message unless max_message_unix_fds is raised",
-                                  4 * arg.queue_pairs);
-                goto out;
-        }
-        rc = sd_bus_message_read(reply, "o", &path);
-        if (rc < 0)
-                goto fail;
-        r->dev_path = strdup(path);
-        if (!r->dev_path)
-                rc = -ENOMEM;
-        else
-                goto out;
-fail:
-        add_error(r, "AddDevice: %s", strerror(-rc));
-out:
-        sd_bus_error_free(&e);
-        sd_bus_message_unref(m);
-        sd_bus_message_unref(reply);
+        return rc < 0 ? rc : sd_bus_message_close_container(m);
+}
+
+/* AddDevice with the first queues (as many as one message carries fds for) and the options. */
+static int add_device_message(struct run *r, unsigned nqueues, sd_bus_message **out) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        uint8_t mac[6];
+        char macs[18];
+        vhm_guest_mac(r->g, mac);
+        format_mac(mac, macs);
+        int rc = sd_bus_message_new_method_call(r->bus, &m, BUS_NAME, r->vm_path, VM_IFACE, "AddDevice");
+        if (rc >= 0)
+                rc = sd_bus_message_append(m, "s", arg.socket);
+        if (rc >= 0)
+                rc = append_queues(r, m, 0, nqueues);
+        if (rc >= 0)
+                rc = sd_bus_message_append(m, "a{sv}", 4, VHOSTMIG_OPTION_SERVER, "b", (int) arg.server,
+                                           VHOSTMIG_OPTION_FEATURES, "t", wanted_features(),
+                                           VHOSTMIG_OPTION_QUEUE_PAIRS, "u", (uint32_t) arg.queue_pairs,
+                                           VHOSTMIG_OPTION_MAC, "s", macs);
+        if (rc >= 0)
+                *out = TAKE_PTR(m);
         return rc;
+}
+
+/* A method call that must succeed; its reply when wanted. */
+static int call_checked(struct run *r, const char *what, sd_bus_message *m, sd_bus_message **reply) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        int rc = sd_bus_call(r->bus, m, call_timeout_usec(), &e, reply);
+        if (rc < 0)
+                bus_error(r, what, &e, rc);
+        return rc;
+}
+
+/* The queues AddDevice had no room for. */
+static int add_queues(struct run *r, unsigned first) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        unsigned total = 2 * arg.queue_pairs;
+        int rc = 0;
+        for (; rc >= 0 && first < total; first += QUEUES_PER_MESSAGE) {
+                unsigned n = total - first < QUEUES_PER_MESSAGE ? total - first : QUEUES_PER_MESSAGE;
+                m = sd_bus_message_unref(m);
+                rc = sd_bus_message_new_method_call(r->bus, &m, BUS_NAME, r->dev_path, DEVICE_IFACE, "AddQueues");
+                if (rc >= 0)
+                        rc = append_queues(r, m, first, n);
+                if (rc < 0)
+                        add_error(r, "AddQueues: %s", strerror(-rc));
+                else
+                        rc = call_checked(r, "AddQueues", m, NULL);
+        }
+        return rc;
+}
+
+static int add_device(struct run *r) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        unsigned total = 2 * arg.queue_pairs;
+        unsigned first = total < QUEUES_PER_MESSAGE ? total : QUEUES_PER_MESSAGE;
+        const char *path;
+        int rc = add_device_message(r, first, &m);
+        if (rc < 0) {
+                add_error(r, "AddDevice: %s", strerror(-rc));
+                return rc;
+        }
+        rc = call_checked(r, "AddDevice", m, &reply);
+        if (rc < 0)
+                return rc;
+        rc = sd_bus_message_read(reply, "o", &path);
+        if (rc >= 0 && !(r->dev_path = strdup(path)))
+                rc = -ENOMEM;
+        if (rc < 0) {
+                add_error(r, "AddDevice: %s", strerror(-rc));
+                return rc;
+        }
+        return add_queues(r, first);
 }
 
 /* Read what was negotiated and tell the guest driver. */

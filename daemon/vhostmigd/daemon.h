@@ -9,17 +9,14 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "daemon/common/bus-api.h"
 #include "daemon/vhostmigd/config.h"
 #include "daemon/vhostmigd/messages.h"
+#include "daemon/vhostmigd/props.h"
 #include "daemon/vhostmigd/worker.h"
 #include "migrate/blockers.h"
 #include "migrate/device.h"
 #include "migrate/logging.h"
-
-#define VHOSTMIG_BUS_NAME    "org.vhostmig1"
-#define VHOSTMIG_ROOT_PATH   "/org/vhostmig1"
-#define VHOSTMIG_VM_PREFIX   "/org/vhostmig1/vm"
-#define VHOSTMIG_ERROR(name) "org.vhostmig1.Error." name
 
 struct vm_object;
 struct vm_job;
@@ -44,48 +41,83 @@ struct daemon {
         bool probe_worker_started[CONFIG_MAX_PROBES];
 };
 
-/* What D-Bus shows of a device: written by the VM's worker, read by the loop. */
+/*
+ * What D-Bus shows of a device.  The worker writes `snap` after every job
+ * (under vm->snap_lock); the loop keeps `loop` itself.  Property getters
+ * read both as one struct device_view (device-object.c has the table).
+ */
 struct device_snapshot {
-        enum vhm_device_state state;
+        char state[16];
         uint64_t features, acked_features, protocol_features, acked_protocol_features;
-        unsigned queue_pairs;
+        uint32_t queue_pairs;
         uint16_t mtu;
-        unsigned ring_indices[VHM_DEVICE_MAX_QUEUES];
-        unsigned nrings;
-        uint64_t reconnects;
-        uint64_t refused_peers;
-        char blocker[VHM_BLOCKERS_MAX * 64];
+        struct prop_u32v ring_indices;
+        uint64_t reconnects, refused_peers, requests, request_failures;
+        struct prop_strv blockers;
+        char error[384];                /* the device's own failure while failed or disconnected */
+};
+
+struct device_loop_state {
+        char socket[108];
+        bool server;
+        char mac[18];                   /* "" when none was given */
+        uint64_t created_usec, state_change_usec, last_error_usec;
         char last_error[384];
 };
 
-/* /org/vhostmig1/vm/NAME/dev/N: the encoded name is at most 3 x 63 bytes. */
-#define DEVICE_PATH_MAX 256
+struct device_view {
+        struct device_snapshot w;
+        struct device_loop_state l;
+};
+
+#define DEVICE_PATH_MAX PROP_PATH_MAX
 
 struct device_object {
+        const struct prop_iface *iface;   /* first: the property getters find it here */
         struct vm_object *vm;
         unsigned number;
         char path[DEVICE_PATH_MAX];     /* set once the device exists */
         char *socket;
-        bool server;
-        char mac[18];
+        uint8_t mac[6];
+        bool has_mac;
+        /* AddDevice with fewer queues than QueuePairs need: the rest come with AddQueues (loop). */
+        bool configuring;
+        unsigned queues_given, queues_expected;
         struct vhm_device *dev;         /* worker thread only */
+        bool worker_configuring;        /* worker thread only: not connected until the last queue */
+        unsigned worker_queues_set;     /* worker thread only */
         uint64_t next_reconnect_usec;   /* worker thread only */
-        struct device_snapshot snap, published;   /* under vm->snap_lock / loop only */
+        struct device_snapshot snap;    /* under vm->snap_lock */
+        struct device_loop_state loop;  /* loop only */
+        struct device_view published;   /* loop only */
         bool removed;
 };
 
 struct vm_snapshot {
         uint64_t memory_size;
         bool blocked;
-        char blockers[VHM_BLOCKERS_MAX][VHM_BLOCKER_LEN];
-        unsigned nblockers;
+        struct prop_strv blockers;
         bool logging;
         bool log_incomplete;            /* a log was lost: harvests resend everything */
-        uint64_t log_size, dirty_pages, harvests;
+        uint64_t log_size, dirty_pages;
+};
+
+struct vm_loop_state {
+        char name[64];
+        uint32_t page_size;
+        struct prop_pathv devices;
+        uint64_t harvests;
+        uint64_t created_usec, state_change_usec, last_error_usec;
         char last_error[512];
 };
 
+struct vm_view {
+        struct vm_snapshot w;
+        struct vm_loop_state l;
+};
+
 struct vm_object {
+        const struct prop_iface *iface;   /* first: the property getters find it here */
         struct daemon *daemon;
         struct vm_object *next;
         char *name;
@@ -110,7 +142,9 @@ struct vm_object {
         bool destroying;
 
         pthread_mutex_t snap_lock;
-        struct vm_snapshot snap, published;
+        struct vm_snapshot snap;        /* under snap_lock */
+        struct vm_loop_state loop;      /* loop only */
+        struct vm_view published;       /* loop only */
 };
 
 /* Messages (log.c): to the journal under systemd, else to stderr; messages above `level` are dropped. */
@@ -136,7 +170,7 @@ int manager_register(struct daemon *d);
 /* Only root may change state: the bus policy says so, and this holds on a permissive bus too. */
 int daemon_check_root(sd_bus_message *m, sd_bus_error *error);
 
-/* VMs and devices (bus-vm.c). */
+/* VMs (vm-object.c). */
 int vm_object_create(struct daemon *d, const char *name, struct vhm_vm *vm, struct vm_object **out);
 void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to);
 struct vm_object *vm_object_by_name(struct daemon *d, const char *name);

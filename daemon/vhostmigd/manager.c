@@ -6,24 +6,25 @@
 #include <string.h>
 #include <syslog.h>
 
+#include "daemon/common/cleanup.h"
+#include "daemon/common/validate.h"
+#include "daemon/vhostmigd/bus-util.h"
 #include "daemon/vhostmigd/daemon.h"
 #include "migrate/probe.h"
 
 /* ---- access ---------------------------------------------------------------------- */
 
 int daemon_check_root(sd_bus_message *m, sd_bus_error *error) {
-        sd_bus_creds *creds = NULL;
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
         uid_t euid;
         int r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
         if (r >= 0)
                 r = sd_bus_creds_get_euid(creds, &euid);
-        sd_bus_creds_unref(creds);
         if (r < 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "cannot determine the caller's user: %s",
-                                         strerror(-r));
+                return bus_fail(error, SD_BUS_ERROR_ACCESS_DENIED, "cannot determine the caller's user: %s", strerror(-r));
         /* The bus policy says the same; this holds even on a bus configured to allow more. */
         if (euid != 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "only root may change vhostmig state");
+                return bus_fail(error, SD_BUS_ERROR_ACCESS_DENIED, "only root may change vhostmig state");
         return 0;
 }
 
@@ -42,15 +43,41 @@ static int read_regions(sd_bus_message *m, struct vhm_vm *vm, sd_bus_error *erro
                         break;
                 r = vhm_vm_add_region(vm, &spec);
                 if (r < 0)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "region %u: %s%s", i,
-                                                 vhm_vm_error(vm), r == -ERANGE ? " (max_guest_phys_addr)" : "");
+                        return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "region %u: %s%s", i, vhm_vm_error(vm),
+                                        r == -ERANGE ? " (max_guest_phys_addr)" : "");
         }
         r = sd_bus_message_exit_container(m);
         if (r < 0)
                 return r;
         if (vhm_vm_region_count(vm) == 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "regions: a VM needs guest memory");
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "regions: a VM needs guest memory");
         return 0;
+}
+
+/* The checks that need no memory mapped: who may, the name, the limits. */
+static int check_create(struct daemon *d, const char *name, sd_bus_error *error) {
+        char why[128];
+        if (d->shutting_down)
+                return bus_fail(error, VHOSTMIG_ERROR_BUSY, "the daemon is shutting down");
+        if (validate_vm_name(name, why, sizeof(why)) < 0)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "name: %s", why);
+        if (vm_object_by_name(d, name))
+                return bus_fail(error, VHOSTMIG_ERROR_VM_EXISTS, "a VM named \"%s\" exists", name);
+        if (d->nvms >= d->cfg.max_vms)
+                return bus_fail(error, VHOSTMIG_ERROR_LIMITS_EXCEEDED, "at most %u VMs (max_vms)", d->cfg.max_vms);
+        return 0;
+}
+
+/* The VM's memory from the regions; the options after them (none is defined yet). */
+static int read_vm(sd_bus_message *m, struct daemon *d, struct vhm_vm *vm, sd_bus_error *error) {
+        /* The configuration checked the limit: this cannot fail, but say so if it does. */
+        int r = vhm_vm_set_gpa_limit(vm, d->cfg.max_guest_phys_addr);
+        if (r < 0)
+                return bus_fail(error, SD_BUS_ERROR_FAILED, "max_guest_phys_addr: %s", vhm_vm_error(vm));
+        r = read_regions(m, vm, error);
+        if (r >= 0)
+                r = bus_read_options(m, NULL, 0, NULL, NULL, error);
+        return r;
 }
 
 static int method_create_vm(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -62,33 +89,23 @@ static int method_create_vm(sd_bus_message *m, void *userdata, sd_bus_error *err
         r = sd_bus_message_read(m, "s", &name);
         if (r < 0)
                 return r;
-        if (d->shutting_down)
-                return sd_bus_error_setf(error, VHOSTMIG_ERROR("Busy"), "the daemon is shutting down");
-        if (vm_object_by_name(d, name))
-                return sd_bus_error_setf(error, VHOSTMIG_ERROR("VmExists"), "a VM named \"%s\" exists", name);
-        if (d->nvms >= d->cfg.max_vms)
-                return sd_bus_error_setf(error, VHOSTMIG_ERROR("TooManyVms"), "at most %u VMs (max_vms)", d->cfg.max_vms);
-
+        r = check_create(d, name, error);
+        if (r < 0)
+                return r;
         struct vhm_vm *vm;
         r = vhm_vm_new(name, &vm);
         if (r < 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "name: \"%s\" is not 1..63 characters of [A-Za-z0-9_.-]", name);
-        /* The configuration checked the limit: this cannot fail, but say so if it does. */
-        r = vhm_vm_set_gpa_limit(vm, d->cfg.max_guest_phys_addr);
-        if (r < 0)
-                sd_bus_error_setf(error, SD_BUS_ERROR_FAILED, "max_guest_phys_addr: %s", vhm_vm_error(vm));
-        else
-                r = read_regions(m, vm, error);
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "name: \"%s\": %s", name, strerror(-r));
         struct vm_object *o = NULL;
+        r = read_vm(m, d, vm, error);
         if (r >= 0)
                 r = vm_object_create(d, name, vm, &o);
         if (r < 0) {
                 vhm_vm_free(vm);
                 return r;
         }
-        daemon_log(LOG_INFO, o, NULL, "VM created with %u region(s), %llu bytes", vhm_vm_region_count(vm),
-                   (unsigned long long) vhm_vm_memory_size(vm));
+        daemon_log_event(LOG_INFO, VHOSTMIG_MESSAGE_VM_CREATED, o, NULL, "VM created with %u region(s), %llu bytes",
+                         vhm_vm_region_count(vm), (unsigned long long) vhm_vm_memory_size(vm));
         return sd_bus_reply_method_return(m, "o", o->path);
 }
 
@@ -103,9 +120,22 @@ static int method_destroy_vm(sd_bus_message *m, void *userdata, sd_bus_error *er
                 return r;
         struct vm_object *o = vm_object_by_name(d, name);
         if (!o)
-                return sd_bus_error_setf(error, VHOSTMIG_ERROR("NoSuchVm"), "no VM named \"%s\"", name);
+                return bus_fail(error, VHOSTMIG_ERROR_NO_SUCH_VM, "no VM named \"%s\"", name);
         vm_object_destroy(o, m);
         return 1;
+}
+
+/* Open to everyone, like the properties: the path of a VM by its name. */
+static int method_get_vm(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct daemon *d = userdata;
+        const char *name;
+        int r = sd_bus_message_read(m, "s", &name);
+        if (r < 0)
+                return r;
+        struct vm_object *o = vm_object_by_name(d, name);
+        if (!o)
+                return bus_fail(error, VHOSTMIG_ERROR_NO_SUCH_VM, "no VM named \"%s\"", name);
+        return sd_bus_reply_method_return(m, "o", o->path);
 }
 
 struct probe_job {
@@ -137,9 +167,9 @@ static int append_probe_result(sd_bus_message *reply, const struct vhm_probe_res
 static void probe_done(struct worker_job *base) {
         struct probe_job *p = (struct probe_job *) base;
         if (p->r < 0) {
-                (void) sd_bus_reply_method_errorf(p->call, VHOSTMIG_ERROR("Backend"), "%s", p->error);
+                (void) sd_bus_reply_method_errorf(p->call, VHOSTMIG_ERROR_BACKEND, "%s", p->error);
         } else {
-                sd_bus_message *reply = NULL;
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
                 int r = sd_bus_message_new_method_return(p->call, &reply);
                 if (r >= 0)
                         r = append_probe_result(reply, &p->result);
@@ -147,7 +177,6 @@ static void probe_done(struct worker_job *base) {
                         r = sd_bus_send(NULL, reply, NULL);
                 if (r < 0)
                         (void) sd_bus_reply_method_errno(p->call, r, NULL);
-                sd_bus_message_unref(reply);
         }
         sd_bus_message_unref(p->call);
         free(p->socket);
@@ -172,15 +201,16 @@ static int method_probe(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         r = sd_bus_message_read(m, "sbu", &socket, &server, &timeout_ms);
         if (r < 0)
                 return r;
-        if (socket[0] != '/')
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "socket: expected an absolute path");
+        char why[128];
+        if (validate_socket_path(socket, why, sizeof(why)) < 0)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "socket: %s", why);
         if (timeout_ms > 600000)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "timeout_ms: at most 600000");
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "timeout_ms: at most 600000");
         /* A probe of a hung back-end holds its worker until its timeout: never queue behind it. */
         struct worker *w = idle_probe_worker(d);
         if (!w)
-                return sd_bus_error_setf(error, VHOSTMIG_ERROR("Busy"),
-                                         "%u probes are already running (max_probes); try again later", d->nprobe_workers);
+                return bus_fail(error, VHOSTMIG_ERROR_BUSY, "%u probes are already running (max_probes); try again later",
+                                d->nprobe_workers);
         struct probe_job *p = calloc(1, sizeof(*p));
         if (!p || !(p->socket = strdup(socket))) {
                 free(p);
@@ -217,10 +247,12 @@ static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_PROPERTY("Version", "s", prop_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Vms", "ao", prop_vms, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-        SD_BUS_METHOD_WITH_ARGS("CreateVm", SD_BUS_ARGS("s", name, "a(httt)", regions), SD_BUS_RESULT("o", vm),
-                                method_create_vm, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("CreateVm", SD_BUS_ARGS("s", name, "a(httt)", regions, "a{sv}", options),
+                                SD_BUS_RESULT("o", vm), method_create_vm, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DestroyVm", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT,
                                 method_destroy_vm, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("GetVm", SD_BUS_ARGS("s", name), SD_BUS_RESULT("o", vm), method_get_vm,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Probe", SD_BUS_ARGS("s", socket, "b", server, "u", timeout_ms),
                                 SD_BUS_RESULT("t", features, "t", protocol_features, "t", negotiated_protocol_features,
                                               "u", queue_pairs, "t", max_mem_slots, "b", migratable, "as", blockers),
@@ -229,5 +261,5 @@ static const sd_bus_vtable manager_vtable[] = {
 };
 
 int manager_register(struct daemon *d) {
-        return sd_bus_add_object_vtable(d->bus, NULL, VHOSTMIG_ROOT_PATH, "org.vhostmig1.Manager", manager_vtable, d);
+        return sd_bus_add_object_vtable(d->bus, NULL, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, manager_vtable, d);
 }

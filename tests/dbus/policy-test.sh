@@ -99,12 +99,12 @@ for who in nobody root; do
   expect "$who" allow "Peer.Ping" call "$D" "$P" org.freedesktop.DBus.Peer Ping
   expect "$who" allow "GetManagedObjects" call "$D" "$P" org.freedesktop.DBus.ObjectManager GetManagedObjects
 done
-expect nobody bus-deny "CreateVm" call "$D" "$P" $MI CreateVm 'sa(httt)' x 0
+expect nobody bus-deny "CreateVm" call "$D" "$P" $MI CreateVm 'sa(httt)a{sv}' x 0 0
 expect nobody bus-deny "DestroyVm" call "$D" "$P" $MI DestroyVm s x
 expect nobody bus-deny "Probe" call "$D" "$P" $MI Probe sbu /nonexistent false 100
 expect nobody bus-deny "Properties.Set" set-property "$D" "$P" $MI Version s x
-expect nobody bus-deny "Vm.StartLogging" call org.vhostmig1 /org/vhostmig1/vm/x org.vhostmig1.Vm StartLogging
-expect root reached "CreateVm (no memory: InvalidArgs)" call "$D" "$P" $MI CreateVm 'sa(httt)' x 0
+expect nobody bus-deny "Vm.StartLogging" call org.vhostmig1 /org/vhostmig1/vm/x org.vhostmig1.Vm StartLogging 'a{sv}' 0
+expect root reached "CreateVm (no memory: InvalidArgs)" call "$D" "$P" $MI CreateVm 'sa(httt)a{sv}' x 0 0
 expect root reached "DestroyVm (NoSuchVm)" call "$D" "$P" $MI DestroyVm s x
 expect root reached "Probe (Backend error)" call "$D" "$P" $MI Probe sbu /nonexistent false 100
 stop_all
@@ -112,10 +112,12 @@ stop_all
 echo "== a permissive bus: the daemon's own check"
 start --permissive
 expect nobody allow "Get Manager.Version" get-property "$D" "$P" $MI Version
-expect nobody daemon-deny "CreateVm" call "$D" "$P" $MI CreateVm 'sa(httt)' x 0
+expect nobody daemon-deny "CreateVm" call "$D" "$P" $MI CreateVm 'sa(httt)a{sv}' x 0 0
 expect nobody daemon-deny "DestroyVm" call "$D" "$P" $MI DestroyVm s x
 expect nobody daemon-deny "Probe" call "$D" "$P" $MI Probe sbu /nonexistent false 100
 expect root reached "DestroyVm (NoSuchVm)" call "$D" "$P" $MI DestroyVm s x
+# GetVm is open to everyone: the daemon answers an unprivileged caller.
+expect nobody reached "GetVm (NoSuchVm)" call "$D" "$P" $MI GetVm s x
 stop_all
 
 if [ $failures -ne 0 ]; then echo "$failures failure(s)"; exit 1; fi

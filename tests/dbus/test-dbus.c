@@ -822,8 +822,8 @@ static char *expected_vm_path(const char *name) {
 
 /* CreateVm with one region (memfd, GPA 0, size, offset 0): the VM's object path (malloc'd). */
 static char *create_vm(const char *name, int memfd, uint64_t size) {
-        sd_bus_message *reply = call(ROOT_PATH, MANAGER_IF, "CreateVm", "sa(httt)", name, 1u, memfd, UINT64_C(0),
-                                     size, UINT64_C(0));
+        sd_bus_message *reply = call(ROOT_PATH, MANAGER_IF, "CreateVm", "sa(httt)a{sv}", name, 1u, memfd, UINT64_C(0),
+                                     size, UINT64_C(0), 0u);
         const char *path;
         int r = sd_bus_message_read(reply, "o", &path);
         if (r < 0)
@@ -850,19 +850,46 @@ struct device_args {
         uint16_t mtu;
         const struct queue_arg *q;
         unsigned nq;
+        /* One more option of type "s" (a bad one, for the tests of option checking). */
+        const char *extra_key, *extra_type, *extra_value;
 };
 
+/* One {sv} of an a{sv} being written. */
+#define APPEND_OPTION(m, r, key, type, value)                                                         \
+        do {                                                                                          \
+                if ((r) >= 0)                                                                         \
+                        (r) = sd_bus_message_append((m), "{sv}", (key), (type), (value));             \
+        } while (0)
+
+/*
+ * AddDevice(socket, queues, options): the options carry what differs from
+ * the defaults, and QueuePairs whenever it is not the queues given / 2.
+ */
 static sd_bus_message *add_device_message(sd_bus *bus, const char *vm_path, const struct device_args *a) {
         sd_bus_message *m = NULL;
         int r = sd_bus_message_new_method_call(bus, &m, DEST, vm_path, VM_IF, "AddDevice");
         if (r >= 0)
-                r = sd_bus_message_append(m, "sbtusq", a->socket, (int) a->server, a->features, a->queue_pairs,
-                                          a->mac, (unsigned) a->mtu);
+                r = sd_bus_message_append(m, "s", a->socket);
         if (r >= 0)
                 r = sd_bus_message_open_container(m, 'a', "(uttthh)");
         for (unsigned i = 0; r >= 0 && i < a->nq; i++)
                 r = sd_bus_message_append(m, "(uttthh)", a->q[i].size, a->q[i].desc, a->q[i].avail, a->q[i].used,
                                           a->q[i].kick, a->q[i].call);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (a->server)
+                APPEND_OPTION(m, r, "Server", "b", 1);
+        APPEND_OPTION(m, r, "Features", "t", a->features);
+        if (a->queue_pairs != a->nq / 2 || a->nq % 2)
+                APPEND_OPTION(m, r, "QueuePairs", "u", a->queue_pairs);
+        if (a->mac)
+                APPEND_OPTION(m, r, "Mac", "s", a->mac);
+        if (a->mtu)
+                APPEND_OPTION(m, r, "Mtu", "q", a->mtu);
+        if (a->extra_key)
+                APPEND_OPTION(m, r, a->extra_key, a->extra_type, a->extra_value);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r < 0) {
@@ -1268,7 +1295,7 @@ static void test_every_method_and_property(void **state) {
         assert_prop_s(vm, VM_IF, "LastError", "");
 
         /* Harvest needs logging; the failure becomes the VM's LastError. */
-        call_error(ERR("NotSupported"), "logging is off", NULL, vm, VM_IF, "Harvest", NULL);
+        call_error(ERR("InvalidState"), "logging is off", NULL, vm, VM_IF, "Harvest", NULL);
         char *last = prop_s(vm, VM_IF, "LastError");
         if (!strstr(last, "logging is off"))
                 fail_msg("LastError after a refused Harvest is \"%s\"", last);
@@ -1312,7 +1339,7 @@ static void test_every_method_and_property(void **state) {
         assert_int_equal(rings[1], 0);
         assert_prop_t(dev, DEV_IF, "Reconnects", 0);
         assert_prop_t(dev, DEV_IF, "RefusedPeers", 0);
-        assert_prop_s(dev, DEV_IF, "MigrationBlocker", "");
+        assert_int_equal(prop_strv_length(dev, DEV_IF, "MigrationBlockers"), 0);
         assert_prop_s(dev, DEV_IF, "LastError", "");
         assert_false(prop_b(vm, VM_IF, "MigrationBlocked"));
 
@@ -1322,7 +1349,7 @@ static void test_every_method_and_property(void **state) {
         free(objects);
 
         /* Dirty logging. */
-        sd_bus_message_unref(call(vm, VM_IF, "StartLogging", NULL));
+        sd_bus_message_unref(call(vm, VM_IF, "StartLogging", "a{sv}", 0u));
         assert_true(prop_b(vm, VM_IF, "Logging"));
         uint64_t log_size = prop_t(vm, VM_IF, "LogSize");
         if (log_size == 0)
@@ -1367,7 +1394,7 @@ static void test_every_method_and_property(void **state) {
         assert_false(prop_b(vm, VM_IF, "Logging"));
         assert_prop_t(vm, VM_IF, "LogSize", 0);
         assert_prop_s(dev, DEV_IF, "State", "running");
-        call_error(ERR("NotSupported"), NULL, NULL, vm, VM_IF, "Harvest", NULL);
+        call_error(ERR("InvalidState"), NULL, NULL, vm, VM_IF, "Harvest", NULL);
 
         /* RemoveDevice stops the rings and disconnects; the object is gone. */
         sd_bus_message_unref(call(vm, VM_IF, "RemoveDevice", "o", dev));
@@ -1446,7 +1473,7 @@ static void test_signals(void **state) {
         expect_signal("InterfacesAdded", dev0, NULL, DEV_IF);
         expect_signal("PropertiesChanged", vm, VM_IF, "Devices");
 
-        sd_bus_message_unref(call(vm, VM_IF, "StartLogging", NULL));
+        sd_bus_message_unref(call(vm, VM_IF, "StartLogging", "a{sv}", 0u));
         expect_signal("PropertiesChanged", vm, VM_IF, "Logging");
         expect_signal("PropertiesChanged", vm, VM_IF, "LogSize");
 
@@ -1489,32 +1516,32 @@ static void test_bad_arguments(void **state) {
 
         /* CreateVm. */
         call_error(SD_BUS_ERROR_INVALID_ARGS, "region 0", "not a memory file", ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)", "evt", 1u, evfd, UINT64_C(0), UINT64_C(0x100000), UINT64_C(0));
+                   "sa(httt)a{sv}", "evt", 1u, evfd, UINT64_C(0), UINT64_C(0x100000), UINT64_C(0), 0u);
         call_error(SD_BUS_ERROR_INVALID_ARGS, "region 1", "overlaps", ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)", "overlap", 2u,
+                   "sa(httt)a{sv}", "overlap", 2u,
                    memfd, UINT64_C(0), UINT64_C(0x100000), UINT64_C(0),
-                   memfd, UINT64_C(0x80000), UINT64_C(0x100000), UINT64_C(0x100000));
+                   memfd, UINT64_C(0x80000), UINT64_C(0x100000), UINT64_C(0x100000), 0u);
         call_error(SD_BUS_ERROR_INVALID_ARGS, "region 0", "exceeds the file", ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)", "big", 1u, memfd, UINT64_C(0), 2 * MEM_SIZE, UINT64_C(0));
+                   "sa(httt)a{sv}", "big", 1u, memfd, UINT64_C(0), 2 * MEM_SIZE, UINT64_C(0), 0u);
         call_error(SD_BUS_ERROR_INVALID_ARGS, "regions", "guest memory", ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)", "empty", 0u);
+                   "sa(httt)a{sv}", "empty", 0u, 0u);
         /* A memfd a back-end could shrink under the daemon's mapping. */
         int unsealed = memfd_create("vhostmig-test-unsealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         assert_true(unsealed >= 0);
         assert_int_equal(ftruncate(unsealed, (off_t) MEM_SIZE), 0);
         call_error(SD_BUS_ERROR_INVALID_ARGS, "region 0", "F_SEAL_SHRINK", ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)", "unsealed", 1u, unsealed, UINT64_C(0), MEM_SIZE, UINT64_C(0));
+                   "sa(httt)a{sv}", "unsealed", 1u, unsealed, UINT64_C(0), MEM_SIZE, UINT64_C(0), 0u);
         close(unsealed);
         /* Memory near 2^51 would need a 64 GiB dirty log: above the configured limit. */
         call_error(SD_BUS_ERROR_INVALID_ARGS, "region 0", "max_guest_phys_addr", ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)", "far", 1u, memfd, UINT64_C(1) << 51, MEM_SIZE, UINT64_C(0));
+                   "sa(httt)a{sv}", "far", 1u, memfd, UINT64_C(1) << 51, MEM_SIZE, UINT64_C(0), 0u);
         call_error(SD_BUS_ERROR_INVALID_ARGS, "name", "a/b", ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)", "a/b", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0));
+                   "sa(httt)a{sv}", "a/b", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 0u);
         assert_int_equal(prop_strv_length(ROOT_PATH, MANAGER_IF, "Vms"), 0);
 
         char *vm = create_vm("bad", memfd, MEM_SIZE);
         call_error(ERR("VmExists"), "\"bad\"", NULL, ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)", "bad", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0));
+                   "sa(httt)a{sv}", "bad", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 0u);
         assert_int_equal(prop_strv_length(ROOT_PATH, MANAGER_IF, "Vms"), 1);
 
         /* DestroyVm, RemoveDevice, unknown objects. */
@@ -1547,14 +1574,52 @@ static void test_bad_arguments(void **state) {
 
         bad = da;
         bad.mac = "52:54:00:12:34";
-        send_error(add_device_msg(vm, &bad), "AddDevice with a bad MAC", SD_BUS_ERROR_INVALID_ARGS, "mac",
+        send_error(add_device_msg(vm, &bad), "AddDevice with a short MAC", SD_BUS_ERROR_INVALID_ARGS, "Mac",
                    "52:54:00:12:34");
+
+        /* Each group is two hex digits: sscanf("%2x") used to take these. */
+        bad.mac = "-1:-2:-3:-4:-5:-6";
+        send_error(add_device_msg(vm, &bad), "AddDevice with a MAC of negative numbers", SD_BUS_ERROR_INVALID_ARGS,
+                   "Mac", "-1:-2");
+        bad.mac = " 1: 2: 3: 4: 5: 6";
+        send_error(add_device_msg(vm, &bad), "AddDevice with a MAC of spaces", SD_BUS_ERROR_INVALID_ARGS, "Mac", NULL);
+
+        bad = da;
+        bad.mtu = 67;
+        send_error(add_device_msg(vm, &bad), "AddDevice with Mtu 67", SD_BUS_ERROR_INVALID_ARGS, "Mtu", "68");
+
+        /* Options: an unknown key, and a known one of the wrong type, are refused naming the key. */
+        bad = da;
+        bad.extra_key = "Foo";
+        bad.extra_type = "s";
+        bad.extra_value = "bar";
+        send_error(add_device_msg(vm, &bad), "AddDevice with the option Foo", SD_BUS_ERROR_INVALID_ARGS,
+                   "options: unknown key \"Foo\"", NULL);
+        bad.extra_key = "Mtu";
+        bad.mtu = 0;
+        send_error(add_device_msg(vm, &bad), "AddDevice with Mtu as a string", SD_BUS_ERROR_INVALID_ARGS,
+                   "options: \"Mtu\" must be of type q, got s", NULL);
+        bad.extra_key = "Mac";
+        bad.extra_value = MAC;
+        send_error(add_device_msg(vm, &bad), "AddDevice with Mac twice", SD_BUS_ERROR_INVALID_ARGS, "\"Mac\"",
+                   "twice");
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "options: unknown key \"LibvirtDomain\"", NULL, ROOT_PATH, MANAGER_IF,
+                   "CreateVm", "sa(httt)a{sv}", "opts", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 1u,
+                   "LibvirtDomain", "s", "x");
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "options: unknown key \"Rate\"", NULL, vm, VM_IF, "StartLogging",
+                   "a{sv}", 1u, "Rate", "u", 5u);
+        assert_int_equal(prop_strv_length(ROOT_PATH, MANAGER_IF, "Vms"), 1);
 
         bad = da;
         bad.queue_pairs = 0;
         bad.nq = 0;
-        send_error(add_device_msg(vm, &bad), "AddDevice with queue_pairs 0", SD_BUS_ERROR_INVALID_ARGS,
-                   "queue_pairs", NULL);
+        send_error(add_device_msg(vm, &bad), "AddDevice with QueuePairs 0", SD_BUS_ERROR_INVALID_ARGS,
+                   "QueuePairs", NULL);
+
+        bad = da;
+        bad.queue_pairs = 9;
+        send_error(add_device_msg(vm, &bad), "AddDevice with QueuePairs 9", SD_BUS_ERROR_INVALID_ARGS,
+                   "QueuePairs", "1..8");
 
         bad = da;
         bad.socket = "relative.sock";
@@ -1716,11 +1781,11 @@ static int nonroot_checks(const char *vm_path, bool policy_bus) {
         int memfd = sealed_memfd("vhostmig-test-nonroot", MEM_SIZE);
         if (memfd < 0)
                 CHILD_FAIL("memfd: %s", strerror(-memfd));
-        child_expect_call_denied(b, policy_bus, ROOT_PATH, MANAGER_IF, "CreateVm", "sa(httt)", "mine", 1u, memfd,
-                                 UINT64_C(0), MEM_SIZE, UINT64_C(0));
+        child_expect_call_denied(b, policy_bus, ROOT_PATH, MANAGER_IF, "CreateVm", "sa(httt)a{sv}", "mine", 1u, memfd,
+                                 UINT64_C(0), MEM_SIZE, UINT64_C(0), 0u);
         child_expect_call_denied(b, policy_bus, ROOT_PATH, MANAGER_IF, "DestroyVm", "s", "shared");
         child_expect_call_denied(b, policy_bus, ROOT_PATH, MANAGER_IF, "Probe", "sbu", "/nonexistent.sock", 0, 0u);
-        child_expect_call_denied(b, policy_bus, vm_path, VM_IF, "StartLogging", NULL);
+        child_expect_call_denied(b, policy_bus, vm_path, VM_IF, "StartLogging", "a{sv}", 0u);
 
         struct queue_arg q[2];
         for (unsigned i = 0; i < 2; i++)
@@ -1934,7 +1999,7 @@ static void test_truncated_guest_memory(void **state) {
         char *dev = add_device(vm, &da, 0);
         struct device_args db = std_device(bb.socket, false, tb_config_features(&bb.cfg), &gb);
         char *bdev = add_device(other, &db, 0);
-        sd_bus_message_unref(call(other, VM_IF, "StartLogging", NULL));
+        sd_bus_message_unref(call(other, VM_IF, "StartLogging", "a{sv}", 0u));
 
         call_error(ERR("Backend"), "NET_SET_MTU", NULL, dev, DEV_IF, "SetMtu", "q", (uint16_t) 1400);
         assert_record_has(&be, "FAULT truncate-memory", "NET_SET_MTU");
@@ -2428,7 +2493,7 @@ static void test_shutdown_with_vms(void **state) {
                 assert_int_equal(prop_u(dev, DEV_IF, "QueuePairs"), ONE_PAIRS);
                 free(dev);
         }
-        sd_bus_message_unref(call(one, VM_IF, "StartLogging", NULL));
+        sd_bus_message_unref(call(one, VM_IF, "StartLogging", "a{sv}", 0u));
         assert_true(prop_b(one, VM_IF, "Logging"));
 
         /* VM "two": server mode, the daemon listens and the back-end connects. */
@@ -2501,7 +2566,7 @@ static void test_shutdown_during_destroy(void **state) {
         backend_listen(&be);
         struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), &g);
         free(add_device(vm, &da, 0));
-        sd_bus_message_unref(call(vm, VM_IF, "StartLogging", NULL));
+        sd_bus_message_unref(call(vm, VM_IF, "StartLogging", "a{sv}", 0u));
 
         static struct async_call destroy;
         sd_bus_message *m = NULL;
@@ -2545,6 +2610,167 @@ static void test_shutdown_during_destroy(void **state) {
 
 /* ---- main -------------------------------------------------------------------------------------- */
 
+/* ---- the API as frozen: GetVm, PageSize, timestamps, LastError, options, AddQueues ------------- */
+
+static uint64_t realtime_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+static void assert_between(uint64_t v, uint64_t lo, uint64_t hi, const char *what) {
+        if (v < lo || v > hi)
+                fail_msg("%s is %" PRIu64 ", expected %" PRIu64 "..%" PRIu64, what, v, lo, hi);
+}
+
+/* GetVm, open to everyone, names the VM's path; an unknown name is NoSuchVm. */
+static void check_get_vm(const char *name, const char *path) {
+        sd_bus_message *reply = call(ROOT_PATH, MANAGER_IF, "GetVm", "s", name);
+        const char *p;
+        assert_int_equal(sd_bus_message_read(reply, "o", &p), 1);
+        assert_string_equal(p, path);
+        sd_bus_message_unref(reply);
+        call_error(ERR("NoSuchVm"), "\"nope\"", NULL, ROOT_PATH, MANAGER_IF, "GetVm", "s", "nope");
+}
+
+/* A VM's timestamps and LastError: set by a failure, cleared by the next success. */
+static void check_vm_timestamps(const char *vm, uint64_t before, uint64_t after) {
+        assert_int_equal(prop_u(vm, VM_IF, "PageSize"), 4096);
+        uint64_t created = prop_t(vm, VM_IF, "CreatedTimestamp");
+        assert_between(created, before, after, "CreatedTimestamp");
+        assert_between(prop_t(vm, VM_IF, "StateChangeTimestamp"), created, after, "StateChangeTimestamp");
+        assert_prop_t(vm, VM_IF, "LastErrorTimestamp", 0);
+
+        uint64_t t0 = realtime_usec();
+        call_error(ERR("InvalidState"), "logging is off", NULL, vm, VM_IF, "Harvest", NULL);
+        uint64_t t1 = realtime_usec();
+        char *last = prop_s(vm, VM_IF, "LastError");
+        if (!strstr(last, "logging is off"))
+                fail_msg("LastError after a refused Harvest is \"%s\"", last);
+        free(last);
+        assert_between(prop_t(vm, VM_IF, "LastErrorTimestamp"), t0, t1, "LastErrorTimestamp");
+
+        /* The next success clears it, and switching logging on is a change of state. */
+        sd_bus_message_unref(call(vm, VM_IF, "StartLogging", "a{sv}", 0u));
+        uint64_t t2 = realtime_usec();
+        assert_prop_s(vm, VM_IF, "LastError", "");
+        assert_prop_t(vm, VM_IF, "LastErrorTimestamp", 0);
+        assert_between(prop_t(vm, VM_IF, "StateChangeTimestamp"), t1, t2, "StateChangeTimestamp after StartLogging");
+        sd_bus_message_unref(call(vm, VM_IF, "StopLogging", NULL));
+
+        /* A refusal on the loop (an unknown option) is a failure of the VM's as well. */
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "\"Foo\"", NULL, vm, VM_IF, "StartLogging", "a{sv}", 1u, "Foo", "b", 1);
+        last = prop_s(vm, VM_IF, "LastError");
+        if (!strstr(last, "Foo"))
+                fail_msg("LastError after StartLogging with Foo is \"%s\"", last);
+        free(last);
+        sd_bus_message_unref(call(vm, VM_IF, "Announce", NULL));
+        assert_prop_s(vm, VM_IF, "LastError", "");
+}
+
+/* 8 queue pairs on a bus that carries 16 fds per message: AddDevice with 4, AddQueues with the rest. */
+static void check_add_queues(const char *vm, struct guest *g) {
+        struct backend be;
+        backend_init(&be, "mq");
+        be.cfg.queues = 8;
+        backend_listen(&be);
+        struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), g);
+        da.queue_pairs = 8;
+        da.nq = 8;
+        da.mac = NULL;   /* no MAC: Announce skips it */
+        uint64_t t0 = realtime_usec();
+        char *dev = add_device(vm, &da, 0);
+        assert_prop_s(dev, DEV_IF, "State", "configuring");
+        assert_int_equal(prop_u(dev, DEV_IF, "QueuePairs"), 8);
+        assert_prop_s(dev, DEV_IF, "Mac", "");
+        assert_between(prop_t(dev, DEV_IF, "CreatedTimestamp"), t0, realtime_usec(), "device CreatedTimestamp");
+        call_error(ERR("InvalidState"), "configuring", NULL, dev, DEV_IF, "Reconnect", NULL);
+
+        /* The rest, in a message of its own (16 fds again). */
+        sd_bus_message *m = NULL;
+        int r = sd_bus_message_new_method_call(env.c, &m, DEST, dev, DEV_IF, "AddQueues");
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "(uttthh)");
+        for (unsigned i = 8; r >= 0 && i < 16; i++)
+                r = sd_bus_message_append(m, "(uttthh)", g->q[i].size, g->q[i].desc, g->q[i].avail, g->q[i].used,
+                                          g->q[i].kick, g->q[i].call);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r < 0)
+                fail_msg("cannot build AddQueues: %s", strerror(-r));
+        sd_bus_message_unref(send_ok(m, "AddQueues with 8 queues"));
+        assert_prop_s(dev, DEV_IF, "State", "running");
+        uint32_t rings[MAX_QUEUES];
+        assert_int_equal(prop_au(dev, DEV_IF, "RingIndices", rings, MAX_QUEUES), 16);
+        assert_record_has(&be, "SET_VRING_KICK", "index=15");
+        if (prop_t(dev, DEV_IF, "Requests") < 16)
+                fail_msg("Requests is %" PRIu64 " after starting 16 rings", prop_t(dev, DEV_IF, "Requests"));
+        assert_prop_t(dev, DEV_IF, "RequestFailures", 0);
+        assert_between(prop_t(dev, DEV_IF, "StateChangeTimestamp"), t0, realtime_usec(), "StateChangeTimestamp");
+
+        /* Complete now: more queues are a state error; the device without a MAC announces nothing. */
+        call_error(ERR("InvalidState"), "AddQueues", NULL, dev, DEV_IF, "AddQueues", "a(uttthh)", 0u);
+        call_error(ERR("NotSupported"), "Mac", NULL, dev, DEV_IF, "Announce", NULL);
+        sd_bus_message *reply = call(vm, VM_IF, "Announce", NULL);
+        uint32_t sent = 99;
+        assert_int_equal(sd_bus_message_read(reply, "u", &sent), 1);
+        sd_bus_message_unref(reply);
+        assert_int_equal(sent, 0);
+        assert_int_equal(tb_record_count(be.record, "SEND_RARP"), 0);
+
+        sd_bus_message_unref(call(vm, VM_IF, "RemoveDevice", "o", dev));
+        backend_wait_exit(&be, 5000);
+        assert_no_violation(&be);
+        free(dev);
+}
+
+/* A configuring device whose last queues are refused is removed; RemoveDevice works while configuring. */
+static void check_configuring_removed(const char *vm, struct guest *g) {
+        char socket[160];
+        snprintf(socket, sizeof(socket), "%s/nobody-mq.sock", env.dir);
+        struct device_args da = std_device(socket, false, TB_DEFAULT_FEATURES, g);
+        da.queue_pairs = 2;
+        char *dev = add_device(vm, &da, 1);
+        assert_prop_s(dev, DEV_IF, "State", "configuring");
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "queue 2", "eventfds", dev, DEV_IF, "AddQueues", "a(uttthh)", 1u,
+                   g->q[2].size, g->q[2].desc, g->q[2].avail, g->q[2].used, g->memfd, g->q[2].call);
+        /* Nobody listens at the socket: the last AddQueues fails, and the device is gone. */
+        call_error(ERR("Backend"), socket, NULL, dev, DEV_IF, "AddQueues", "a(uttthh)", 2u,
+                   g->q[2].size, g->q[2].desc, g->q[2].avail, g->q[2].used, g->q[2].kick, g->q[2].call,
+                   g->q[3].size, g->q[3].desc, g->q[3].avail, g->q[3].used, g->q[3].kick, g->q[3].call);
+        prop_error(dev, DEV_IF, "State", SD_BUS_ERROR_UNKNOWN_OBJECT);
+        assert_int_equal(prop_strv_length(vm, VM_IF, "Devices"), 0);
+        char *last = prop_s(vm, VM_IF, "LastError");
+        if (!strstr(last, socket))
+                fail_msg("LastError after the failed AddQueues is \"%s\"", last);
+        free(last);
+        free(dev);
+
+        dev = add_device(vm, &da, 2);
+        sd_bus_message_unref(call(vm, VM_IF, "RemoveDevice", "o", dev));
+        prop_error(dev, DEV_IF, "State", SD_BUS_ERROR_UNKNOWN_OBJECT);
+        free(dev);
+}
+
+static void test_frozen_api(void **state) {
+        (void) state;
+        struct guest g;
+        guest_init(&g, 16);
+        uint64_t before = realtime_usec();
+        char *vm = create_vm("frozen", g.memfd, MEM_SIZE);
+        uint64_t after = realtime_usec();
+
+        check_get_vm("frozen", vm);
+        check_vm_timestamps(vm, before, after);
+        check_add_queues(vm, &g);
+        check_configuring_removed(vm, &g);
+
+        destroy_vm("frozen");
+        call_error(ERR("NoSuchVm"), NULL, NULL, ROOT_PATH, MANAGER_IF, "GetVm", "s", "frozen");
+        free(vm);
+        guest_fini(&g);
+}
+
 #define TEST(f) cmocka_unit_test_setup_teardown(f, test_setup, test_teardown)
 
 int main(void) {
@@ -2552,6 +2778,7 @@ int main(void) {
                 TEST(test_every_method_and_property),
                 TEST(test_signals),
                 TEST(test_bad_arguments),
+                TEST(test_frozen_api),
                 TEST(test_nonroot_refused_by_policy),
                 TEST(test_hung_backend),
                 TEST(test_probes_do_not_queue),

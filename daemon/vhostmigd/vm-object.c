@@ -1,0 +1,584 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The org.vhostmig1.Vm objects: lifecycle, properties, and the methods on
+ * the VM as a whole (dirty logging, harvests, announcements).  AddDevice and
+ * RemoveDevice are in device-object.c, with the devices.
+ *
+ * Threads: each VM's vhm_* objects belong to its worker.  A method call is
+ * checked on the event loop, turned into a job (jobs.h), run on the worker,
+ * and answered on the event loop when the job completes.  The worker
+ * refreshes a snapshot after every job; property getters read the snapshot;
+ * the loop compares it with what it last published and emits
+ * PropertiesChanged for what differs (props.h).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#include "daemon/common/cleanup.h"
+#include "daemon/vhostmigd/bus-util.h"
+#include "daemon/vhostmigd/jobs.h"
+#include "proto/vhost-user-transport.h"
+
+/* ---- properties ------------------------------------------------------------------------ */
+
+/* The table of org.vhostmig1.Vm's properties: name, D-Bus type, field of struct vm_view, const or not. */
+#define VM_PROPERTIES(X)                                                \
+        X(Name, S, l.name, CONST)                                       \
+        X(MemorySize, T, w.memory_size, CHANGE)                         \
+        X(PageSize, U, l.page_size, CONST)                              \
+        X(Devices, AO, l.devices, CHANGE)                               \
+        X(MigrationBlocked, B, w.blocked, CHANGE)                       \
+        X(MigrationBlockers, AS, w.blockers, CHANGE)                    \
+        X(Logging, B, w.logging, CHANGE)                                \
+        X(LogIncomplete, B, w.log_incomplete, CHANGE)                   \
+        X(LogSize, T, w.log_size, CHANGE)                               \
+        X(DirtyPages, T, w.dirty_pages, CHANGE)                         \
+        X(Harvests, T, l.harvests, CHANGE)                              \
+        X(CreatedTimestamp, T, l.created_usec, CHANGE)                  \
+        X(StateChangeTimestamp, T, l.state_change_usec, CHANGE)         \
+        X(LastError, S, l.last_error, CHANGE)                           \
+        X(LastErrorTimestamp, T, l.last_error_usec, CHANGE)
+
+#define PROPS_VIEW struct vm_view
+static const struct prop_def vm_props[] = { VM_PROPERTIES(PROPS_DEF) };
+VM_PROPERTIES(PROPS_CHECK)
+#undef PROPS_VIEW
+
+static void vm_read_view(const void *object, void *out) {
+        const struct vm_object *o = object;
+        struct vm_view *v = out;
+        pthread_mutex_lock((pthread_mutex_t *) &o->snap_lock);
+        v->w = o->snap;
+        pthread_mutex_unlock((pthread_mutex_t *) &o->snap_lock);
+        v->l = o->loop;
+        /* The device list is the loop's own: D-Bus shows the devices that exist now. */
+        v->l.devices.n = o->ndevices;
+        for (unsigned i = 0; i < o->ndevices; i++)
+                snprintf(v->l.devices.v[i], sizeof(v->l.devices.v[i]), "%s", o->devices[i]->path);
+}
+
+static const struct prop_iface vm_iface = {
+        .interface = VHOSTMIG_VM_INTERFACE,
+        .props = vm_props,
+        .n = sizeof(vm_props) / sizeof(vm_props[0]),
+        .view_size = sizeof(struct vm_view),
+        .read_view = vm_read_view,
+};
+
+/* ---- snapshots (worker side) and publishing (loop side) ------------------------------------ */
+
+void running_add(struct vm_object *o, struct device_object *d) {
+        o->running[o->nrunning++] = d;
+}
+
+void running_remove(struct vm_object *o, struct device_object *d) {
+        for (unsigned i = 0; i < o->nrunning; i++)
+                if (o->running[i] == d) {
+                        memmove(&o->running[i], &o->running[i + 1], (o->nrunning - i - 1) * sizeof(o->running[0]));
+                        o->nrunning--;
+                        return;
+                }
+}
+
+static void vm_snapshot_fill(struct vm_object *o, struct vm_snapshot *s) {
+        memset(s, 0, sizeof(*s));
+        if (o->vm)
+                s->memory_size = vhm_vm_memory_size(o->vm);
+        if (!o->logging)
+                return;
+        struct vhm_blockers b;
+        vhm_logging_blockers(o->logging, &b);
+        s->blockers.n = b.n;
+        memcpy(s->blockers.v, b.reason, sizeof(b.reason));
+        s->blocked = b.n > 0;
+        s->logging = vhm_logging_active(o->logging);
+        s->log_incomplete = vhm_logging_incomplete(o->logging);
+        s->log_size = vhm_logging_log_size(o->logging);
+        struct vhm_bitmap *bm = vhm_logging_bitmap(o->logging);
+        s->dirty_pages = bm ? vhm_bitmap_count(bm) : 0;
+}
+
+void vm_refresh(struct vm_object *o) {
+        /* Large (a device's is several KiB): on the heap, and without memory the old snapshot stays. */
+        _cleanup_free_ struct vm_snapshot *s = malloc(sizeof(*s));
+        _cleanup_free_ struct device_snapshot *ds = calloc(VHM_LOGGING_MAX_DEVICES, sizeof(*ds));
+        if (!s || !ds)
+                return;
+        vm_snapshot_fill(o, s);
+        unsigned n = o->nrunning;
+        for (unsigned i = 0; i < n; i++)
+                device_snapshot_fill(o->running[i], &ds[i]);
+
+        pthread_mutex_lock(&o->snap_lock);
+        o->snap = *s;
+        for (unsigned i = 0; i < n; i++)
+                o->running[i]->snap = ds[i];
+        pthread_mutex_unlock(&o->snap_lock);
+}
+
+void vm_set_last_error(struct vm_object *o, const char *error) {
+        if (strcmp(o->loop.last_error, error) == 0 && !error[0])
+                return;
+        snprintf(o->loop.last_error, sizeof(o->loop.last_error), "%s", error);
+        o->loop.last_error_usec = error[0] ? props_now_usec() : 0;
+}
+
+/* StateChangeTimestamp follows Logging and the device set. */
+static void note_state_change(struct vm_object *o, const struct vm_view *was, struct vm_view *now) {
+        bool devices_changed = was->l.devices.n != now->l.devices.n ||
+                               memcmp(was->l.devices.v, now->l.devices.v, now->l.devices.n * sizeof(now->l.devices.v[0]));
+        if (was->w.logging != now->w.logging || devices_changed)
+                now->l.state_change_usec = o->loop.state_change_usec = props_now_usec();
+}
+
+void vm_publish(struct vm_object *o) {
+        _cleanup_free_ struct vm_view *now = malloc(sizeof(*now));
+        _cleanup_free_ struct device_view *dnow = malloc(VHM_LOGGING_MAX_DEVICES * sizeof(*dnow));
+        if (!now || !dnow)
+                return;   /* the next publish catches up */
+        vm_read_view(o, now);
+        note_state_change(o, &o->published, now);
+        const char *changed[sizeof(vm_props) / sizeof(vm_props[0]) + 1];
+        unsigned c = props_diff(&vm_iface, &o->published, now, changed);
+        o->published = *now;
+        if (c > 0 && !o->destroying)
+                (void) sd_bus_emit_properties_changed_strv(o->daemon->bus, o->path, VHOSTMIG_VM_INTERFACE,
+                                                           (char **) changed);
+        for (unsigned i = 0; i < o->ndevices; i++) {
+                device_iface.read_view(o->devices[i], &dnow[i]);
+                device_publish(o->devices[i], &dnow[i]);
+        }
+}
+
+/* A method refused on the loop: `error` (set) is the caller's answer and becomes the VM's LastError. */
+int vm_refused(struct vm_object *o, const sd_bus_error *error, int r) {
+        if (sd_bus_error_is_set(error)) {
+                vm_set_last_error(o, error->message ? error->message : error->name);
+                vm_publish(o);
+        }
+        return r;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+struct vm_object *vm_object_by_name(struct daemon *d, const char *name) {
+        for (struct vm_object *o = d->vms; o; o = o->next)
+                if (strcmp(o->name, name) == 0 && !o->destroying)
+                        return o;
+        return NULL;
+}
+
+static const struct job_ops job_destroy;
+
+static void vm_object_free(struct vm_object *o) {
+        if (!o)
+                return;
+        job_free(o->destroy_job);
+        vhm_logging_free(o->logging);
+        free(o->path);
+        free(o->name);
+        free(o);
+}
+
+static int vm_object_new(struct daemon *d, const char *name, struct vhm_vm *vm, struct vm_object **out) {
+        struct vm_object *o = calloc(1, sizeof(*o));
+        if (!o)
+                return -ENOMEM;
+        o->iface = &vm_iface;
+        o->daemon = d;
+        o->name = strdup(name);
+        int r = o->name ? sd_bus_path_encode(VHOSTMIG_VM_PREFIX, name, &o->path) : -ENOMEM;
+        if (r >= 0)
+                r = vhm_logging_new(vm, &o->logging);
+        if (r >= 0 && !(o->destroy_job = job_new(o, &job_destroy, NULL)))
+                r = -ENOMEM;
+        if (r < 0) {
+                vm_object_free(o);
+                return r;
+        }
+        snprintf(o->loop.name, sizeof(o->loop.name), "%s", name);
+        o->loop.page_size = VHOSTMIG_PAGE_SIZE;
+        o->loop.created_usec = o->loop.state_change_usec = props_now_usec();
+        o->snap.memory_size = vhm_vm_memory_size(vm);
+        *out = o;
+        return 0;
+}
+
+int vm_object_create(struct daemon *d, const char *name, struct vhm_vm *vm, struct vm_object **out) {
+        struct vm_object *o;
+        int r = vm_object_new(d, name, vm, &o);
+        if (r < 0)
+                return r;
+        pthread_mutex_init(&o->snap_lock, NULL);
+        char thread_name[16];
+        snprintf(thread_name, sizeof(thread_name), "vm-%.12s", name);
+        r = worker_start(&o->worker, d->event, thread_name);
+        if (r < 0) {
+                pthread_mutex_destroy(&o->snap_lock);
+                vm_object_free(o);
+                return r;
+        }
+        o->vm = vm;
+        vm_read_view(o, &o->published);
+        o->next = d->vms;
+        d->vms = o;
+        d->nvms++;
+        *out = o;
+        (void) sd_bus_emit_object_added(d->bus, o->path);
+        (void) sd_bus_emit_properties_changed(d->bus, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "Vms", NULL);
+        daemon_update_status(d);
+        return 0;
+}
+
+static int teardown_vm(sd_event_source *s, void *userdata) {
+        struct vm_object *o = userdata;
+        struct daemon *d = o->daemon;
+        sd_event_source_unref(s);
+        worker_stop(&o->worker);
+        d->vms_tearing_down--;
+        for (unsigned i = 0; i < o->ndevices; i++)
+                device_object_free(o->devices[i]);
+        pthread_mutex_destroy(&o->snap_lock);
+        daemon_log_event(LOG_INFO, VHOSTMIG_MESSAGE_VM_DESTROYED, o, NULL, "VM destroyed");
+        vm_object_free(o);
+        daemon_update_status(d);
+        /* Exit once the last VM is released, not the first. */
+        if (d->shutting_down && !d->vms && d->vms_tearing_down == 0)
+                sd_event_exit(d->event, 0);
+        return 0;
+}
+
+void vm_schedule_teardown(struct vm_object *o) {
+        /* The worker's own completion is still on the stack: free it after this callback. */
+        (void) sd_event_add_defer(o->daemon->event, NULL, teardown_vm, o);
+}
+
+void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to) {
+        struct daemon *d = o->daemon;
+        /* Signal while the objects can still be found, so the signals name their interfaces. */
+        for (unsigned i = 0; i < o->ndevices; i++) {
+                (void) sd_bus_emit_object_removed(d->bus, o->devices[i]->path);
+                o->devices[i]->removed = true;
+        }
+        (void) sd_bus_emit_object_removed(d->bus, o->path);
+        o->destroying = true;
+        d->vms_tearing_down++;
+        for (struct vm_object **p = &d->vms; *p; p = &(*p)->next)
+                if (*p == o) {
+                        *p = o->next;
+                        break;
+                }
+        d->nvms--;
+        (void) sd_bus_emit_properties_changed(d->bus, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "Vms", NULL);
+        /* Behind whatever the worker is doing: the teardown never races a running job. */
+        struct vm_job *j = o->destroy_job;
+        o->destroy_job = NULL;
+        j->call = reply_to ? sd_bus_message_ref(reply_to) : NULL;
+        job_submit(j);
+}
+
+/* ---- jobs on the VM as a whole ----------------------------------------------------------------- */
+
+static void run_destroy(struct vm_job *j) {
+        struct vm_object *o = j->vm;
+        vhm_logging_free(o->logging);   /* stops logging first */
+        o->logging = NULL;
+        for (unsigned i = 0; i < o->nrunning; i++) {
+                vhm_device_free(o->running[i]->dev);
+                o->running[i]->dev = NULL;
+        }
+        o->nrunning = 0;
+        vhm_vm_free(o->vm);
+        o->vm = NULL;
+}
+
+static void done_destroy(struct vm_job *j) {
+        vm_schedule_teardown(j->vm);
+}
+
+static const struct job_ops job_destroy = {
+        .name = "DestroyVm", .run = run_destroy, .done = done_destroy, .releases_vm = true,
+};
+
+static void run_start_logging(struct vm_job *j) {
+        int r = vhm_logging_start(j->vm->logging);
+        if (r == -EPERM)
+                job_fail(j, r, VHOSTMIG_ERROR_MIGRATION_BLOCKED, "%s", vhm_logging_error(j->vm->logging));
+        else if (r < 0)
+                job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", vhm_logging_error(j->vm->logging));
+}
+
+static void done_logging(struct vm_job *j) {
+        if (j->result == 0)
+                daemon_log_event(LOG_INFO,
+                                 j->ops->run == run_start_logging ? VHOSTMIG_MESSAGE_LOGGING_STARTED
+                                                                  : VHOSTMIG_MESSAGE_LOGGING_STOPPED,
+                                 j->vm, NULL, "%s", j->ops->run == run_start_logging ? "logging on" : "logging off");
+}
+
+static const struct job_ops job_start_logging = {
+        .name = "StartLogging", .run = run_start_logging, .done = done_logging,
+};
+
+static void run_stop_logging(struct vm_job *j) {
+        int r = vhm_logging_stop(j->vm->logging);
+        if (r < 0)
+                job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", vhm_logging_error(j->vm->logging));
+}
+
+static const struct job_ops job_stop_logging = {
+        .name = "StopLogging", .run = run_stop_logging, .done = done_logging,
+};
+
+static void run_harvest(struct vm_job *j) {
+        int r = vhm_logging_harvest(j->vm->logging, &j->u.harvest.new_pages);
+        if (r == -ENODATA) {
+                job_fail(j, r, VHOSTMIG_ERROR_INVALID_STATE, "logging is off: call StartLogging first");
+                return;
+        }
+        if (r < 0) {
+                job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", vhm_logging_error(j->vm->logging));
+                return;
+        }
+        j->u.harvest.dirty_pages = vhm_bitmap_count(vhm_logging_bitmap(j->vm->logging));
+}
+
+static void done_harvest(struct vm_job *j) {
+        if (j->result == 0)
+                j->vm->loop.harvests++;
+}
+
+static int reply_harvest(struct vm_job *j) {
+        return sd_bus_reply_method_return(j->call, "tt", j->u.harvest.new_pages, j->u.harvest.dirty_pages);
+}
+
+static const struct job_ops job_harvest = {
+        .name = "Harvest", .run = run_harvest, .done = done_harvest, .reply = reply_harvest,
+};
+
+static void run_announce(struct vm_job *j) {
+        for (unsigned i = 0; i < j->vm->nrunning; i++) {
+                struct device_object *d = j->vm->running[i];
+                /* A device without a MAC has nothing to announce (Device.Announce says NotSupported). */
+                if (!d->dev || !d->has_mac || d->worker_configuring || !vhm_device_needs_rarp(d->dev))
+                        continue;
+                if (vhm_device_announce(d->dev) < 0) {
+                        job_fail(j, -EIO, VHOSTMIG_ERROR_BACKEND, "%s", vhm_device_error(d->dev));
+                        j->request = vhm_device_error_request(d->dev);
+                        return;
+                }
+                j->u.sent++;
+        }
+}
+
+static int reply_announce(struct vm_job *j) {
+        return sd_bus_reply_method_return(j->call, "u", j->u.sent);
+}
+
+static const struct job_ops job_announce = {
+        .name = "Announce", .run = run_announce, .reply = reply_announce,
+};
+
+/* Connection checks and reconnection attempts with each device's back-off. */
+static void monitor_device(struct vm_job *j, struct device_object *d, uint64_t now) {
+        uint64_t channel_failures = vhm_device_stats(d->dev)->channel_failures;
+        enum vhm_device_state before = vhm_device_state(d->dev);
+        bool connected = before != VHM_DEVICE_DISCONNECTED && vhm_device_poll_connection(d->dev) > 0;
+        if (vhm_device_stats(d->dev)->channel_failures != channel_failures)
+                daemon_log(LOG_WARNING, j->vm, d->socket, "back-end channel closed: %s", vhm_device_error(d->dev));
+        if (connected)
+                return;
+        if (before != VHM_DEVICE_DISCONNECTED)
+                daemon_log_event(LOG_WARNING, VHOSTMIG_MESSAGE_DEVICE_DISCONNECTED, j->vm, d->socket,
+                                 "back-end disconnected");
+        if (vhm_device_state(d->dev) != VHM_DEVICE_DISCONNECTED || now < d->next_reconnect_usec)
+                return;
+        /* Server mode waits briefly for the back-end; client mode fails fast. */
+        int r = vhm_device_reconnect(d->dev, 10);
+        if (r == 0)
+                daemon_log_event(LOG_NOTICE, VHOSTMIG_MESSAGE_DEVICE_RECONNECTED, j->vm, d->socket,
+                                 "back-end reconnected");
+        else if (r == -EPERM)
+                daemon_log_event(LOG_WARNING, VHOSTMIG_MESSAGE_PEER_REFUSED, j->vm, d->socket,
+                                 "refused a back-end peer: %s", vhm_device_error(d->dev));
+        else if (r != -EAGAIN)
+                daemon_log_full(LOG_WARNING, NULL, j->vm, d->socket, vhm_device_error_request(d->dev),
+                                "reconnection failed: %s", vhm_device_error(d->dev));
+        d->next_reconnect_usec = now + (uint64_t) vhm_device_reconnect_delay_ms(d->dev) * 1000u;
+}
+
+static void run_monitor(struct vm_job *j) {
+        uint64_t now = vhu_now_usec();
+        for (unsigned i = 0; i < j->vm->nrunning; i++) {
+                struct device_object *d = j->vm->running[i];
+                /* A device still waiting for its queues has no connection to check. */
+                if (d->dev && !d->worker_configuring)
+                        monitor_device(j, d, now);
+        }
+}
+
+static void done_monitor(struct vm_job *j) {
+        j->vm->monitor_queued = false;
+}
+
+static const struct job_ops job_monitor = {
+        .name = "monitor", .run = run_monitor, .done = done_monitor,
+};
+
+void vm_object_queue_monitor(struct vm_object *o) {
+        if (o->destroying || o->monitor_queued || worker_pending(&o->worker) > 0)
+                return;
+        struct vm_job *j = job_new(o, &job_monitor, NULL);
+        if (!j)
+                return;
+        o->monitor_queued = true;
+        job_submit(j);
+}
+
+/* ---- methods ----------------------------------------------------------------------------------- */
+
+/* Methods whose arguments were read (or that have none) and that become one job. */
+static int queue_job(sd_bus_message *m, struct vm_object *o, const struct job_ops *ops) {
+        struct vm_job *j = job_new(o, ops, m);
+        if (!j)
+                return -ENOMEM;
+        job_submit(j);
+        return 1;
+}
+
+static int method_start_logging(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct vm_object *o = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        /* No option is defined yet: every key is refused, naming it. */
+        r = bus_read_options(m, NULL, 0, NULL, NULL, error);
+        if (r < 0)
+                return vm_refused(o, error, r);
+        return queue_job(m, o, &job_start_logging);
+}
+
+static int method_simple(sd_bus_message *m, struct vm_object *o, const struct job_ops *ops, sd_bus_error *error) {
+        int r = daemon_check_root(m, error);
+        return r < 0 ? r : queue_job(m, o, ops);
+}
+
+static int method_stop_logging(sd_bus_message *m, void *u, sd_bus_error *e) {
+        return method_simple(m, u, &job_stop_logging, e);
+}
+
+static int method_harvest(sd_bus_message *m, void *u, sd_bus_error *e) {
+        return method_simple(m, u, &job_harvest, e);
+}
+
+static int method_announce(sd_bus_message *m, void *u, sd_bus_error *e) {
+        return method_simple(m, u, &job_announce, e);
+}
+
+static const sd_bus_vtable vm_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        VM_PROPERTIES(PROPS_VTABLE)
+        SD_BUS_METHOD_WITH_ARGS("AddDevice", SD_BUS_ARGS("s", socket, "a(uttthh)", queues, "a{sv}", options),
+                                SD_BUS_RESULT("o", device), method_add_device, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("RemoveDevice", SD_BUS_ARGS("o", device), SD_BUS_NO_RESULT, method_remove_device,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("StartLogging", SD_BUS_ARGS("a{sv}", options), SD_BUS_NO_RESULT,
+                                method_start_logging, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("StopLogging", NULL, NULL, method_stop_logging, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Harvest", SD_BUS_NO_ARGS, SD_BUS_RESULT("t", new_pages, "t", dirty_pages),
+                                method_harvest, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Announce", SD_BUS_NO_ARGS, SD_BUS_RESULT("u", sent), method_announce,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_VTABLE_END,
+};
+
+/* ---- finding objects from paths ---------------------------------------------------------------- */
+
+static struct vm_object *vm_from_path(struct daemon *d, const char *path) {
+        _cleanup_free_ char *name = NULL;
+        if (sd_bus_path_decode(path, VHOSTMIG_VM_PREFIX, &name) <= 0)
+                return NULL;
+        return vm_object_by_name(d, name);
+}
+
+static struct device_object *device_from_path(struct daemon *d, const char *path) {
+        /* /org/vhostmig1/vm/NAME/dev/N */
+        size_t prefix_len = strlen(VHOSTMIG_VM_PREFIX "/");
+        if (strncmp(path, VHOSTMIG_VM_PREFIX "/", prefix_len) != 0)
+                return NULL;
+        const char *dev = strstr(path + prefix_len, VHOSTMIG_DEVICE_INFIX);
+        if (!dev)
+                return NULL;
+        _cleanup_free_ char *vm_path = strndup(path, (size_t) (dev - path));
+        struct vm_object *o = vm_path ? vm_from_path(d, vm_path) : NULL;
+        return o ? device_of_vm(o, path) : NULL;
+}
+
+static int vm_find(sd_bus *bus, const char *path, const char *interface, void *userdata, void **found,
+                   sd_bus_error *error) {
+        (void) bus;
+        (void) interface;
+        (void) error;
+        struct vm_object *o = vm_from_path(userdata, path);
+        if (!o)
+                return 0;
+        *found = o;
+        return 1;
+}
+
+static int device_find(sd_bus *bus, const char *path, const char *interface, void *userdata, void **found,
+                       sd_bus_error *error) {
+        (void) bus;
+        (void) interface;
+        (void) error;
+        struct device_object *d = device_from_path(userdata, path);
+        if (!d)
+                return 0;
+        *found = d;
+        return 1;
+}
+
+static void strv_free(char **l, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(l[i]);
+        free(l);
+}
+
+static int enumerate_nodes(sd_bus *bus, const char *prefix, void *userdata, char ***nodes, sd_bus_error *error) {
+        (void) bus;
+        (void) prefix;
+        (void) error;
+        struct daemon *d = userdata;
+        size_t n = 0, cap = 1;
+        for (struct vm_object *o = d->vms; o; o = o->next)
+                cap += 1 + o->ndevices;
+        char **list = calloc(cap, sizeof(char *));
+        if (!list)
+                return -ENOMEM;
+        for (struct vm_object *o = d->vms; o; o = o->next) {
+                list[n++] = strdup(o->path);
+                for (unsigned i = 0; i < o->ndevices; i++)
+                        list[n++] = strdup(o->devices[i]->path);
+        }
+        for (size_t i = 0; i < n; i++)
+                if (!list[i]) {
+                        strv_free(list, n);
+                        return -ENOMEM;
+                }
+        *nodes = list;
+        return 1;
+}
+
+int vm_objects_register(struct daemon *d) {
+        int r = sd_bus_add_fallback_vtable(d->bus, NULL, VHOSTMIG_VM_PREFIX, VHOSTMIG_VM_INTERFACE, vm_vtable, vm_find,
+                                           d);
+        if (r >= 0)
+                r = sd_bus_add_fallback_vtable(d->bus, NULL, VHOSTMIG_VM_PREFIX, VHOSTMIG_DEVICE_INTERFACE,
+                                               device_vtable, device_find, d);
+        if (r >= 0)
+                r = sd_bus_add_node_enumerator(d->bus, NULL, VHOSTMIG_VM_PREFIX, enumerate_nodes, d);
+        return r;
+}
