@@ -145,21 +145,6 @@ int conn_callv(struct ctl_conn *c, const struct target *t, const char *path, con
         return conn_call(c, t, m, reply);
 }
 
-int conn_get_all(struct ctl_conn *c, const struct target *t, const char *path, const char *iface,
-                 sd_bus_message **reply) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        int r = sd_bus_message_new_method_call(c->bus, &m, BUS_NAME, path, "org.freedesktop.DBus.Properties", "GetAll");
-        if (r >= 0 && c->read_only)
-                r = sd_bus_message_set_auto_start(m, false);
-        if (r >= 0)
-                r = sd_bus_message_append(m, "s", iface);
-        if (r < 0) {
-                cli_error("%s: cannot build the GetAll call: %s", c->verb, strerror(-r));
-                return EXIT_FAILED;
-        }
-        return conn_call(c, t, m, reply);
-}
-
 /* Whether the VM exists, asked without starting the daemon. */
 static bool vm_exists(struct ctl_conn *c, const char *vm) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;

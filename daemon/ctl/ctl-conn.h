@@ -58,10 +58,6 @@ int conn_call(struct ctl_conn *c, const struct target *t, sd_bus_message *m, sd_
 int conn_callv(struct ctl_conn *c, const struct target *t, const char *path, const char *iface, const char *member,
                sd_bus_message **reply, const char *types, ...);
 
-/* Properties.GetAll of one interface. */
-int conn_get_all(struct ctl_conn *c, const struct target *t, const char *path, const char *iface,
-                 sd_bus_message **reply);
-
 /* A reply that does not read as documented. */
 int conn_bad_reply(struct ctl_conn *c, int r);
 int conn_oom(struct ctl_conn *c);
