@@ -63,9 +63,9 @@ int ctl_status(const struct ctl_opts *o) {
 
         if ((ret = conn_open(&c, o, "status", true)) != EXIT_OK)
                 return ret;
-        r = conn_new_call(&c, &m, MANAGER_PATH, "org.freedesktop.DBus.Properties", "GetAll");
+        r = conn_new_call(&c, &m, VHOSTMIG_ROOT_PATH, "org.freedesktop.DBus.Properties", "GetAll");
         if (r >= 0)
-                r = sd_bus_message_append(m, "s", MANAGER_IFACE);
+                r = sd_bus_message_append(m, "s", VHOSTMIG_MANAGER_INTERFACE);
         if (r < 0)
                 return conn_oom(&c);
         /* "Not running" is status's answer, not an error. */
@@ -85,7 +85,7 @@ int ctl_status(const struct ctl_opts *o) {
 
 static int get_managed_objects(struct ctl_conn *c, struct objects *out) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        int ret = conn_callv(c, NULL, MANAGER_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects",
+        int ret = conn_callv(c, NULL, VHOSTMIG_ROOT_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects",
                              &reply, NULL);
         if (ret != EXIT_OK)
                 return ret;
@@ -105,7 +105,7 @@ static const struct object **vm_objects(const struct objects *all, size_t *n) {
                 return NULL;
         *n = 0;
         for (size_t i = 0; i < all->n; i++)
-                if (streq(all->v[i].iface, VM_IFACE))
+                if (streq(all->v[i].iface, VHOSTMIG_VM_INTERFACE))
                         vms[(*n)++] = &all->v[i];
         qsort(vms, *n, sizeof(*vms), compare_vm_names);
         return vms;
@@ -190,7 +190,7 @@ static int show_json(const struct objects *all, const struct object *vm) {
         if (props_to_json(&vm->props, o, "Devices") < 0)
                 return -ENOMEM;
         for (char **d = prop_strv(&vm->props, "Devices"); d && *d; d++) {
-                const struct object *dev = objects_find(all, *d, DEVICE_IFACE);
+                const struct object *dev = objects_find(all, *d, VHOSTMIG_DEVICE_INTERFACE);
                 if (!dev)
                         continue;       /* removed between the two snapshots of the daemon */
                 json_object *dj = json_object_new_object();
@@ -208,7 +208,7 @@ static void show_text(const struct objects *all, const struct object *vm) {
         printf("VM %s (%s)\n", prop_str(&vm->props, "Name"), vm->path);
         print_props_text(&vm->props, "Name");
         for (char **d = prop_strv(&vm->props, "Devices"); d && *d; d++) {
-                const struct object *dev = objects_find(all, *d, DEVICE_IFACE);
+                const struct object *dev = objects_find(all, *d, VHOSTMIG_DEVICE_INTERFACE);
                 if (!dev)
                         continue;
                 printf("\nDevice %d (%s)\n", device_number(*d), *d);
@@ -228,7 +228,7 @@ int ctl_show(const struct ctl_opts *o, const char *name) {
                 return conn_oom(&c);
         if ((ret = get_managed_objects(&c, &all)) != EXIT_OK)
                 return ret;
-        const struct object *vm = objects_find(&all, path, VM_IFACE);
+        const struct object *vm = objects_find(&all, path, VHOSTMIG_VM_INTERFACE);
         if (!vm) {
                 cli_error("show: no such VM '%s'", name);
                 return EXIT_NOT_FOUND;
@@ -272,7 +272,7 @@ int ctl_probe_remote(const struct ctl_opts *o, const char *socket, bool server, 
 
         if ((ret = conn_open(&c, o, "probe", false)) != EXIT_OK)
                 return ret;
-        ret = conn_callv(&c, NULL, MANAGER_PATH, MANAGER_IFACE, "Probe", &reply, "sbu", socket, server, timeout_ms);
+        ret = conn_callv(&c, NULL, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "Probe", &reply, "sbu", socket, server, timeout_ms);
         if (ret != EXIT_OK)
                 return ret;
         if ((r = read_probe_reply(reply, &res)) < 0)
@@ -301,12 +301,12 @@ static void print_done(const struct ctl_opts *o, const char *vm, int dev, const 
  * message was too large and drops the connection.
  */
 static int check_fds(struct ctl_conn *c, unsigned n_fds) {
-        if (n_fds <= CTL_MAX_MESSAGE_FDS)
+        if (n_fds <= (unsigned) VHOSTMIG_BUS_MAX_FDS)
                 return EXIT_OK;
         cli_error("%s: one call would carry %u file descriptors, but a stock system bus passes at most %u a "
                   "message: give fewer (at most %u queues, %u queue pairs, per call; 'device add' adds the rest "
                   "with AddQueues), or raise max_message_unix_fds in the bus configuration",
-                  c->verb, n_fds, CTL_MAX_MESSAGE_FDS, CTL_QUEUES_PER_CALL, CTL_QUEUES_PER_CALL / 2);
+                  c->verb, n_fds, (unsigned) VHOSTMIG_BUS_MAX_FDS, CTL_QUEUES_PER_CALL, CTL_QUEUES_PER_CALL / 2);
         return EXIT_USAGE;
 }
 
@@ -341,7 +341,7 @@ int ctl_vm_create(const struct ctl_opts *o, const char *vm, const struct ctl_reg
                 return ret;
         if ((ret = check_fds(&c, n)) != EXIT_OK)
                 return ret;
-        r = conn_new_call(&c, &m, MANAGER_PATH, MANAGER_IFACE, "CreateVm");
+        r = conn_new_call(&c, &m, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "CreateVm");
         if (r >= 0)
                 r = append_regions(m, vm, regions, n);
         if (r < 0)
@@ -367,7 +367,7 @@ int ctl_vm_destroy(const struct ctl_opts *o, const char *vm) {
         const struct target t = { vm, -1 };
         int ret = conn_open(&c, o, "vm destroy", false);
         if (ret == EXIT_OK)
-                ret = conn_callv(&c, &t, MANAGER_PATH, MANAGER_IFACE, "DestroyVm", NULL, "s", vm);
+                ret = conn_callv(&c, &t, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "DestroyVm", NULL, "s", vm);
         if (ret == EXIT_OK)
                 print_done(o, vm, -1, "destroyed");
         return ret;
@@ -389,15 +389,15 @@ static int append_queues(sd_bus_message *m, const struct ctl_queue *q, unsigned 
 static int append_device_options(sd_bus_message *m, const struct ctl_device *d) {
         int r = sd_bus_message_open_container(m, 'a', "{sv}");
         if (r >= 0 && d->server)
-                r = sd_bus_message_append(m, "{sv}", "Server", "b", 1);
+                r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_SERVER, "b", 1);
         if (r >= 0)
-                r = sd_bus_message_append(m, "{sv}", "Features", "t", d->features);
+                r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_FEATURES, "t", d->features);
         if (r >= 0)
-                r = sd_bus_message_append(m, "{sv}", "QueuePairs", "u", d->queue_pairs);
+                r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_QUEUE_PAIRS, "u", d->queue_pairs);
         if (r >= 0 && d->mac)
-                r = sd_bus_message_append(m, "{sv}", "Mac", "s", d->mac);
+                r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_MAC, "s", d->mac);
         if (r >= 0 && d->mtu)
-                r = sd_bus_message_append(m, "{sv}", "Mtu", "q", d->mtu);
+                r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_MTU, "q", d->mtu);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         return r;
@@ -413,9 +413,9 @@ static int add_device(struct ctl_conn *c, const char *vm, const struct ctl_devic
 
         if (!vpath)
                 return conn_oom(c);
-        if ((ret = check_fds(c, 2 * n)) != EXIT_OK)
+        if ((ret = check_fds(c, VHOSTMIG_FDS_PER_QUEUE * n)) != EXIT_OK)
                 return ret;
-        r = conn_new_call(c, &m, vpath, VM_IFACE, "AddDevice");
+        r = conn_new_call(c, &m, vpath, VHOSTMIG_VM_INTERFACE, "AddDevice");
         if (r >= 0)
                 r = sd_bus_message_append(m, "s", d->socket);
         if (r >= 0)
@@ -436,10 +436,10 @@ static int add_device(struct ctl_conn *c, const char *vm, const struct ctl_devic
 static int add_queues(struct ctl_conn *c, const char *vm, const char *path, const struct ctl_queue *q, unsigned n) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         const struct target t = { vm, device_number(path) };
-        int ret = check_fds(c, 2 * n);
+        int ret = check_fds(c, VHOSTMIG_FDS_PER_QUEUE * n);
         if (ret != EXIT_OK)
                 return ret;
-        int r = conn_new_call(c, &m, path, DEVICE_IFACE, "AddQueues");
+        int r = conn_new_call(c, &m, path, VHOSTMIG_DEVICE_INTERFACE, "AddQueues");
         if (r >= 0)
                 r = append_queues(m, q, n);
         if (r < 0)
@@ -451,7 +451,7 @@ static int add_queues(struct ctl_conn *c, const char *vm, const char *path, cons
 static void remove_quietly(struct ctl_conn *c, const char *vm, const char *path) {
         _cleanup_free_ char *vpath = vm_path(vm);
         if (vpath)
-                (void) sd_bus_call_method(c->bus, BUS_NAME, vpath, VM_IFACE, "RemoveDevice", NULL, NULL, "o", path);
+                (void) sd_bus_call_method(c->bus, VHOSTMIG_BUS_NAME, vpath, VHOSTMIG_VM_INTERFACE, "RemoveDevice", NULL, NULL, "o", path);
 }
 
 int ctl_device_add(const struct ctl_opts *o, const char *vm, const struct ctl_device *d) {
@@ -497,7 +497,7 @@ int ctl_device_remove(const struct ctl_opts *o, const char *vm, unsigned dev) {
                 return ret;
         if (!vpath || !dpath)
                 return conn_oom(&c);
-        ret = conn_callv(&c, &t, vpath, VM_IFACE, "RemoveDevice", NULL, "o", dpath);
+        ret = conn_callv(&c, &t, vpath, VHOSTMIG_VM_INTERFACE, "RemoveDevice", NULL, "o", dpath);
         if (ret == EXIT_OK)
                 print_done(o, vm, (int) dev, "removed");
         return ret;
@@ -515,7 +515,7 @@ static int call_on(struct ctl_conn *c, const char *vm, int dev, const char *meth
 
         if (!path)
                 return conn_oom(c);
-        int r = conn_new_call(c, &m, path, dev < 0 ? VM_IFACE : DEVICE_IFACE, method);
+        int r = conn_new_call(c, &m, path, dev < 0 ? VHOSTMIG_VM_INTERFACE : VHOSTMIG_DEVICE_INTERFACE, method);
         if (r >= 0 && *types) {
                 va_start(ap, types);
                 r = sd_bus_message_appendv(m, types, ap);

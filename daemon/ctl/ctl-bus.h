@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "daemon/common/bus-api.h"
 #include "migrate/device.h"
 #include "migrate/vm.h"
 
@@ -29,12 +30,11 @@ enum {
 };
 
 /*
- * A stock system bus carries at most 16 fds in one message; vhostmigctl
- * never sends more (device add splits its queues over AddDevice and
- * AddQueues, 4 queue pairs a call).
+ * A stock system bus carries at most VHOSTMIG_BUS_MAX_FDS (16) fds in one
+ * message; vhostmigctl never sends more (device add splits its queues over
+ * AddDevice and AddQueues, 4 queue pairs a call).
  */
-#define CTL_MAX_MESSAGE_FDS 16u
-#define CTL_QUEUES_PER_CALL (CTL_MAX_MESSAGE_FDS / 2u)
+#define CTL_QUEUES_PER_CALL ((unsigned) (VHOSTMIG_BUS_MAX_FDS / VHOSTMIG_FDS_PER_QUEUE))
 
 /* The options every daemon verb takes. */
 struct ctl_opts {

@@ -84,13 +84,13 @@ int conn_bad_reply(struct ctl_conn *c, int r) {
 
 char *vm_path(const char *vm) {
         char *p = NULL;
-        return sd_bus_path_encode(VM_PATH_PREFIX, vm, &p) < 0 ? NULL : p;
+        return sd_bus_path_encode(VHOSTMIG_VM_PREFIX, vm, &p) < 0 ? NULL : p;
 }
 
 char *device_path(const char *vm, unsigned dev) {
         _cleanup_free_ char *vp = vm_path(vm);
         char *p = NULL;
-        if (!vp || asprintf(&p, "%s/dev/%u", vp, dev) < 0)
+        if (!vp || asprintf(&p, "%s" VHOSTMIG_DEVICE_INFIX "%u", vp, dev) < 0)
                 return NULL;
         return p;
 }
@@ -100,14 +100,14 @@ bool decode_object(const char *path, char **vm, int *dev) {
 
         *vm = NULL;
         *dev = -1;
-        if (sd_bus_path_decode_many(path, VM_PATH_PREFIX "/%/dev/%", &name, &num) > 0) {
+        if (sd_bus_path_decode_many(path, VHOSTMIG_VM_PREFIX "/%" VHOSTMIG_DEVICE_INFIX "%", &name, &num) > 0) {
                 char *end;
                 errno = 0;
                 unsigned long n = strtoul(num, &end, 10);
                 if (errno || end == num || *end || n > INT32_MAX)
                         return false;
                 *dev = (int) n;
-        } else if (sd_bus_path_decode_many(path, VM_PATH_PREFIX "/%", &name) <= 0 || strchr(name, '/'))
+        } else if (sd_bus_path_decode_many(path, VHOSTMIG_VM_PREFIX "/%", &name) <= 0 || strchr(name, '/'))
                 return false;
         *vm = name;
         name = NULL;
@@ -115,7 +115,7 @@ bool decode_object(const char *path, char **vm, int *dev) {
 }
 
 int conn_new_call(struct ctl_conn *c, sd_bus_message **m, const char *path, const char *iface, const char *member) {
-        int r = sd_bus_message_new_method_call(c->bus, m, BUS_NAME, path, iface, member);
+        int r = sd_bus_message_new_method_call(c->bus, m, VHOSTMIG_BUS_NAME, path, iface, member);
         if (r >= 0 && c->read_only)
                 r = sd_bus_message_set_auto_start(*m, false);
         return r;
@@ -149,12 +149,12 @@ int conn_callv(struct ctl_conn *c, const struct target *t, const char *path, con
 static bool vm_exists(struct ctl_conn *c, const char *vm) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_free_ char *path = vm_path(vm);
-        int r = path ? sd_bus_message_new_method_call(c->bus, &m, BUS_NAME, path, "org.freedesktop.DBus.Properties",
+        int r = path ? sd_bus_message_new_method_call(c->bus, &m, VHOSTMIG_BUS_NAME, path, "org.freedesktop.DBus.Properties",
                                                       "Get") : -ENOMEM;
         if (r >= 0)
                 r = sd_bus_message_set_auto_start(m, false);
         if (r >= 0)
-                r = sd_bus_message_append(m, "ss", VM_IFACE, "Name");
+                r = sd_bus_message_append(m, "ss", VHOSTMIG_VM_INTERFACE, "Name");
         if (r >= 0)
                 r = sd_bus_call(c->bus, m, 0, NULL, &reply);
         return r >= 0;
@@ -187,7 +187,7 @@ int conn_failed(struct ctl_conn *c, const struct target *t, const sd_bus_error *
         if (!sd_bus_error_is_set(e) || strncmp(e->name, "System.Error.", strlen("System.Error.")) == 0)
                 return connection_failed(c, r);
         if (sd_bus_error_has_names(e, SD_BUS_ERROR_SERVICE_UNKNOWN, SD_BUS_ERROR_NAME_HAS_NO_OWNER)) {
-                cli_error("%s: vhostmigd is not running (nothing owns %s on the bus)", c->verb, BUS_NAME);
+                cli_error("%s: vhostmigd is not running (nothing owns %s on the bus)", c->verb, VHOSTMIG_BUS_NAME);
                 return EXIT_NOT_RUNNING;
         }
         if (sd_bus_error_has_name(e, SD_BUS_ERROR_ACCESS_DENIED)) {
@@ -197,7 +197,7 @@ int conn_failed(struct ctl_conn *c, const struct target *t, const sd_bus_error *
         if (t && t->vm && sd_bus_error_has_name(e, SD_BUS_ERROR_UNKNOWN_OBJECT))
                 return not_found(c, t);
         cli_error("%s: %s", c->verb, msg);
-        if (sd_bus_error_has_names(e, ERROR_NO_SUCH_VM, ERROR_NO_SUCH_DEV))
+        if (sd_bus_error_has_names(e, VHOSTMIG_ERROR_NO_SUCH_VM, VHOSTMIG_ERROR_NO_SUCH_DEVICE))
                 return EXIT_NOT_FOUND;
         if (sd_bus_error_has_name(e, SD_BUS_ERROR_INVALID_ARGS))
                 return EXIT_USAGE;

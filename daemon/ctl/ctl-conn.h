@@ -8,28 +8,18 @@
 #pragma once
 
 #include <stdbool.h>
+#include <string.h>
 
 #include <systemd/sd-bus.h>
 
 #include "ctl-bus.h"
+#include "daemon/common/bus-api.h"
+#include "daemon/common/cleanup.h"
 
-/* The names of docs/dbus-api.md. */
-#define BUS_NAME          "org.vhostmig1"
-#define MANAGER_PATH      "/org/vhostmig1"
-#define VM_PATH_PREFIX    "/org/vhostmig1/vm"
-#define MANAGER_IFACE     "org.vhostmig1.Manager"
-#define VM_IFACE          "org.vhostmig1.Vm"
-#define DEVICE_IFACE      "org.vhostmig1.Device"
-#define OUR_IFACE_PREFIX  "org.vhostmig1."
-#define ERROR_PREFIX      "org.vhostmig1.Error."
-#define ERROR_NO_SUCH_VM  ERROR_PREFIX "NoSuchVm"
-#define ERROR_NO_SUCH_DEV ERROR_PREFIX "NoSuchDevice"
+/* Our interfaces are the bus name's: "org.vhostmig1.Vm". */
+#define OUR_IFACE_PREFIX VHOSTMIG_BUS_NAME "."
 
-#define _cleanup_(f) __attribute__((cleanup(f)))
 #define streq(a, b) (strcmp((a), (b)) == 0)
-
-static inline void freep(void *p) { free(*(void **) p); }
-#define _cleanup_free_ _cleanup_(freep)
 
 struct ctl_conn {
         sd_bus *bus;

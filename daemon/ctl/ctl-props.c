@@ -234,7 +234,7 @@ char *short_object(const char *path) {
         char *s = NULL;
         int dev;
 
-        if (streq(path, MANAGER_PATH))
+        if (streq(path, VHOSTMIG_ROOT_PATH))
                 return strdup("manager");
         if (!decode_object(path, &vm, &dev))
                 return strdup(path);
@@ -243,7 +243,7 @@ char *short_object(const char *path) {
                 vm = NULL;
                 return s;
         }
-        return asprintf(&s, "%s/dev/%d", vm, dev) < 0 ? NULL : s;
+        return asprintf(&s, "%s" VHOSTMIG_DEVICE_INFIX "%d", vm, dev) < 0 ? NULL : s;
 }
 
 enum kind {

@@ -216,7 +216,7 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
                 watch_warn(m, r);
                 return 0;
         }
-        if (!streq(name, BUS_NAME))
+        if (!streq(name, VHOSTMIG_BUS_NAME))
                 return 0;
         timestamp(time, sizeof(time));
         if (!w->json) {
@@ -236,19 +236,19 @@ static int on_exit_signal(sd_event_source *s, const struct signalfd_siginfo *si,
 }
 
 static int watch_subscribe(sd_bus *bus, struct watch *w) {
-        int r = sd_bus_match_signal(bus, NULL, BUS_NAME, NULL, "org.freedesktop.DBus.Properties",
+        int r = sd_bus_match_signal(bus, NULL, VHOSTMIG_BUS_NAME, NULL, "org.freedesktop.DBus.Properties",
                                     "PropertiesChanged", on_properties_changed, w);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, BUS_NAME, MANAGER_PATH, "org.freedesktop.DBus.ObjectManager",
+                r = sd_bus_match_signal(bus, NULL, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH, "org.freedesktop.DBus.ObjectManager",
                                         "InterfacesAdded", on_interfaces_added, w);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, BUS_NAME, MANAGER_PATH, "org.freedesktop.DBus.ObjectManager",
+                r = sd_bus_match_signal(bus, NULL, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH, "org.freedesktop.DBus.ObjectManager",
                                         "InterfacesRemoved", on_interfaces_removed, w);
         if (r >= 0)
                 r = sd_bus_add_match(bus, NULL,
                                      "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
                                      "interface='org.freedesktop.DBus',member='NameOwnerChanged',"
-                                     "arg0='" BUS_NAME "'",
+                                     "arg0='" VHOSTMIG_BUS_NAME "'",
                                      on_name_owner_changed, w);
         return r;
 }

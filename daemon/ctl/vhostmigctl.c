@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "daemon/common/cli-util.h"
+#include "daemon/common/validate.h"
 #include "ctl-bus.h"
 #include "ctl-props.h"
 #include "migrate/probe.h"
@@ -202,15 +203,11 @@ static int parse_positional(struct parse *p, int argc, char **argv, int min, int
         return EXIT_OK;
 }
 
-/* 1..63 characters of [A-Za-z0-9_.-], as vhostmigd wants them. */
+/* The daemon's rule (validate.h), told before anything is sent. */
 static int check_vm_name(const char *verb, const char *name) {
-        size_t len = strlen(name);
-        bool ok = len > 0 && len < VHM_VM_NAME_MAX;
-        for (size_t i = 0; ok && i < len; i++)
-                ok = isascii(name[i]) && (isalnum(name[i]) || strchr("_.-", name[i]));
-        if (!ok)
-                return cli_command_usage_error(verb, "invalid VM name '%s' (1..%d characters of A-Z a-z 0-9 _ . -)",
-                                               name, VHM_VM_NAME_MAX - 1);
+        char why[128];
+        if (validate_vm_name(name, why, sizeof(why)) < 0)
+                return cli_command_usage_error(verb, "invalid VM name: %s", why);
         return EXIT_OK;
 }
 
@@ -436,11 +433,10 @@ static void device_args_done(struct device_args *a) {
 #define DEFAULT_FEATURES (UINT64_MAX & ~(VHU_BIT(VHU_VF_RING_PACKED) | VHU_BIT(VHU_VF_ACCESS_PLATFORM)))
 
 static int parse_mac(const char *s, char *out, size_t len) {
-        unsigned char b[6];
-        int n = -1;
-        if (sscanf(s, "%2hhx:%2hhx:%2hhx:%2hhx:%2hhx:%2hhx%n", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &n) != 6 ||
-            n != 17 || s[n] || strspn(s, "0123456789abcdefABCDEF:") != 17)
-                return cli_command_usage_error("device add", "invalid --mac '%s' (expected xx:xx:xx:xx:xx:xx)", s);
+        uint8_t b[6];
+        char why[128];
+        if (validate_mac(s, b, why, sizeof(why)) < 0)
+                return cli_command_usage_error("device add", "invalid --mac: %s", why);
         snprintf(out, len, "%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5]);
         return EXIT_OK;
 }
@@ -467,25 +463,21 @@ static int parse_socket(const char *s, char *out, size_t len) {
                 return cli_command_usage_error("device add", "cannot make '%s' absolute: %s", s, strerror(errno));
         else
                 n = snprintf(out, len, "%s/%s", strcmp(cwd, "/") == 0 ? "" : cwd, s);
-        if (n < 0 || (size_t) n >= len)
-                return cli_command_usage_error("device add", "socket path '%s' is too long (at most %zu bytes, absolute)", s, len - 1);
+        char why[128];
+        if (n < 0 || (size_t) n >= len || validate_socket_path(out, why, sizeof(why)) < 0)
+                return cli_command_usage_error("device add", "socket path '%s' is too long (at most %u bytes, absolute)", s,
+                                               VALIDATE_SOCKET_MAX);
         return EXIT_OK;
 }
 
 static int check_eventfd(const char *spec, const char *what, const char *s, int *fd) {
-        char link[64], target[64];
+        char why[160];
         uint32_t v;
-        ssize_t n;
 
         if (!isdigit((unsigned char) s[0]) || parse_u32_range(s, 0, INT_MAX, &v) < 0)
                 return cli_command_usage_error("device add", "--queue '%s': %s '%s' is not a file descriptor number", spec, what, s);
-        snprintf(link, sizeof(link), "/proc/self/fd/%" PRIu32, v);
-        n = readlink(link, target, sizeof(target) - 1);
-        if (n < 0)
-                return cli_command_usage_error("device add", "--queue '%s': %s %s is not an open file descriptor", spec, what, s);
-        target[n] = 0;
-        if (strcmp(target, "anon_inode:[eventfd]") != 0)
-                return cli_command_usage_error("device add", "--queue '%s': %s %s is not an eventfd (%s)", spec, what, s, target);
+        if (validate_eventfd((int) v, why, sizeof(why)) < 0)
+                return cli_command_usage_error("device add", "--queue '%s': %s: %s", spec, what, why);
         *fd = (int) v;
         return EXIT_OK;
 }
@@ -555,8 +547,10 @@ static int device_add_option(struct parse *p, struct device_args *a, int c, char
         case OPT_MAC:
                 return parse_mac(optarg, a->mac, sizeof(a->mac));
         case OPT_MTU:
-                if (!isdigit((unsigned char) optarg[0]) || parse_u32_range(optarg, 68, 65535, &v) < 0)
-                        return cli_command_usage_error("device add", "invalid --mtu '%s' (68..65535)", optarg);
+                if (!isdigit((unsigned char) optarg[0]) || parse_u32_range(optarg, 0, 65535, &v) < 0 ||
+                    validate_mtu(v, NULL, 0) < 0)
+                        return cli_command_usage_error("device add", "invalid --mtu '%s' (%u..65535)", optarg,
+                                                       VALIDATE_MTU_MIN);
                 d->mtu = (uint16_t) v;
                 return EXIT_OK;
         case OPT_QUEUE:
