@@ -127,6 +127,7 @@ struct vm_object {
         /* The devices D-Bus shows (loop thread; changed under snap_lock). */
         struct device_object *devices[VHM_LOGGING_MAX_DEVICES];
         unsigned ndevices;
+        unsigned devices_adding;        /* AddDevice jobs queued: they count against the limit too */
         /*
          * The devices the worker runs (worker thread only).  A device joins
          * here when its AddDevice job succeeds, before the loop publishes it,

@@ -264,6 +264,7 @@ static void publish_new_device(struct vm_object *o, struct device_object *d) {
 static void done_add_device(struct vm_job *j) {
         struct vm_object *o = j->vm;
         struct device_object *d = j->device;
+        o->devices_adding--;
         if (j->result < 0) {
                 /* Numbers go to devices that exist: a failed AddDevice uses none. */
                 j->free_device = true;
@@ -464,7 +465,8 @@ static int add_device(sd_bus_message *m, struct vm_object *o, sd_bus_error *erro
                 return r;
         if (validate_socket_path(socket, why, sizeof(why)) < 0)
                 return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "socket: %s", why);
-        if (o->ndevices >= VHM_LOGGING_MAX_DEVICES)
+        /* Devices still being added count: the worker's array has room for the limit, no more. */
+        if (o->ndevices + o->devices_adding >= VHM_LOGGING_MAX_DEVICES)
                 return bus_fail(error, VHOSTMIG_ERROR_LIMITS_EXCEEDED, "a VM has at most %u devices",
                                 VHM_LOGGING_MAX_DEVICES);
         struct vm_job *j = job_new(o, &job_add_device, m);
@@ -489,6 +491,7 @@ static int add_device(sd_bus_message *m, struct vm_object *o, sd_bus_error *erro
         fill_device_config(j, &opt);
         j->device->queues_given = j->u.add.n;
         j->u.add.last = j->u.add.n == j->device->queues_expected;
+        o->devices_adding++;
         job_submit(j);
         return 1;
 }
