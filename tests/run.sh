@@ -36,7 +36,12 @@ install_missing() {
 setup_build() {
   local dir=$1; shift
   if [ -f "$dir/build.ninja" ]; then
-    meson configure "$dir" "$@" >/dev/null
+    # A build directory from an older layout of the tree may not regenerate
+    # (a program became a folder): start it afresh rather than fail.
+    if ! meson configure "$dir" "$@" >/dev/null || ! ninja -C "$dir" build.ninja >/dev/null 2>&1; then
+      echo "run.sh: $dir does not reconfigure; setting it up afresh"
+      meson setup --wipe "$dir" "$@" >/dev/null
+    fi
   else
     meson setup "$dir" "$@" >/dev/null
   fi
