@@ -330,7 +330,7 @@ static void run_reconnect(struct vm_job *j) {
         if (!dev)
                 return;
         vhm_device_disconnect(dev);
-        device_call_result(j, dev, vhm_device_reconnect(dev, j->vm->daemon->cfg.request_timeout_ms));
+        device_call_result(j, dev, vhm_device_reconnect(dev, j->timeout_ms));
 }
 
 static void run_device_announce(struct vm_job *j) {
@@ -446,11 +446,12 @@ static void fill_device_config(struct vm_job *j, const struct add_device_options
         struct vm_object *o = j->vm;
         struct device_object *d = j->device;
         const struct vhostmigd_config *cfg = &o->daemon->cfg;
-        const struct config_uid_list *uids = config_backend_uids(cfg, o->name);
+        /* A copy: a reload may replace the configuration before the worker creates the device. */
+        j->u.add.uids = *config_backend_uids(cfg, o->name);
         j->u.add.config = (struct vhm_device_config) {
-                .socket = d->socket, .server = opt->server, .timeout_ms = cfg->request_timeout_ms,
+                .socket = d->socket, .server = opt->server, .timeout_ms = j->timeout_ms,
                 .features = opt->features, .queue_pairs = opt->queue_pairs, .mtu = opt->mtu,
-                .allowed_uids = uids->uid, .n_allowed_uids = uids->n,
+                .allowed_uids = j->u.add.uids.uid, .n_allowed_uids = j->u.add.uids.n,
                 .listen = { .mode = cfg->server_socket_mode, .gid = cfg->server_socket_group },
         };
         memcpy(j->u.add.config.mac, d->mac, sizeof(d->mac));

@@ -24,6 +24,7 @@ struct vm_job *job_new(struct vm_object *o, const struct job_ops *ops, sd_bus_me
         j->ops = ops;
         j->vm = o;
         j->call = call ? sd_bus_message_ref(call) : NULL;
+        j->timeout_ms = o->daemon->cfg.request_timeout_ms;
         return j;
 }
 

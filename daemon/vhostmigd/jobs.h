@@ -40,12 +40,19 @@ struct vm_job {
         const char *error_name;                 /* D-Bus error for a failure */
         uint32_t request;                       /* the vhost-user request that failed, if one did */
         bool free_device;                       /* the device object is the job's to free when done */
+        /*
+         * The request timeout when the job was made: SIGHUP may change the
+         * configuration on the loop while the worker runs, so the worker
+         * never reads it.
+         */
+        unsigned timeout_ms;
         char error[512];
 
         /* What a kind needs beyond that; each kind uses its own member. */
         union {
                 struct {                        /* AddDevice, AddQueues */
                         struct vhm_device_config config;
+                        struct config_uid_list uids;    /* config.allowed_uids points here */
                         struct vhm_queue_spec queues[VHM_DEVICE_MAX_QUEUES];
                         unsigned first, n;      /* queue indices first..first+n-1 */
                         bool last;              /* the device is complete: connect and start */

@@ -101,6 +101,22 @@ static void vm_snapshot_fill(struct vm_object *o, struct vm_snapshot *s) {
         s->dirty_pages = bm ? vhm_bitmap_count(bm) : 0;
 }
 
+/* Whether the VM can migrate changed: say so once, with the reasons. */
+static void log_blocked_change(const struct vm_object *o, bool was_blocked, const struct vm_snapshot *now) {
+        if (now->blocked == was_blocked)
+                return;
+        if (!now->blocked) {
+                daemon_log_event(LOG_NOTICE, VHOSTMIG_MESSAGE_MIGRATION_UNBLOCKED, o, NULL, "migration possible again");
+                return;
+        }
+        char reasons[1024] = "";
+        size_t used = 0;
+        for (unsigned i = 0; i < now->blockers.n && used < sizeof(reasons); i++)
+                used += (size_t) snprintf(reasons + used, sizeof(reasons) - used, "%s%s", i ? "; " : "",
+                                          now->blockers.v[i]);
+        daemon_log_event(LOG_NOTICE, VHOSTMIG_MESSAGE_MIGRATION_BLOCKED, o, NULL, "migration blocked: %s", reasons);
+}
+
 void vm_refresh(struct vm_object *o) {
         /* Large (a device's is several KiB): on the heap, and without memory the old snapshot stays. */
         _cleanup_free_ struct vm_snapshot *s = malloc(sizeof(*s));
@@ -113,10 +129,12 @@ void vm_refresh(struct vm_object *o) {
                 device_snapshot_fill(o->running[i], &ds[i]);
 
         pthread_mutex_lock(&o->snap_lock);
+        bool was_blocked = o->snap.blocked;
         o->snap = *s;
         for (unsigned i = 0; i < n; i++)
                 o->running[i]->snap = ds[i];
         pthread_mutex_unlock(&o->snap_lock);
+        log_blocked_change(o, was_blocked, s);
 }
 
 void vm_set_last_error(struct vm_object *o, const char *error) {

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -36,6 +37,8 @@
 
 #include <systemd/sd-bus.h>
 
+#include "daemon/vhostmigd/messages.h"
+#include "tests/backend/test-backend.h"
 #include "tests/common/clock.h"
 
 #define DEST            "org.vhostmig1"
@@ -672,8 +675,8 @@ static int sealed_memfd(size_t size) {
         return fd;
 }
 
-/* CreateVm as the frozen API has it; false when the daemon still lacks the options argument. */
-static bool create_vm(const char *name) {
+/* CreateVm with 2 MiB of sealed memory at GPA 0: the VM's object path (malloc'd). */
+static char *create_vm(const char *name) {
         const size_t size = 2u << 20;
         int fd = sealed_memfd(size);
         sd_bus_error e = SD_BUS_ERROR_NULL;
@@ -681,13 +684,39 @@ static bool create_vm(const char *name) {
         int r = sd_bus_call_method(env.c, DEST, ROOT_PATH, MANAGER, "CreateVm", &e, &reply, "sa(httt)a{sv}", name,
                                    1, fd, (uint64_t) 0, (uint64_t) size, (uint64_t) 0, 0);
         close(fd);
-        sd_bus_message_unref(reply);
-        bool old_api = r < 0 && sd_bus_error_has_name(&e, SD_BUS_ERROR_INVALID_ARGS) && e.message &&
-                       strstr(e.message, "Invalid arguments");
-        if (r < 0 && !old_api)
+        const char *path = NULL;
+        if (r < 0 || sd_bus_message_read(reply, "o", &path) < 0)
                 fail_msg("CreateVm: %s", e.message ? e.message : strerror(-r));
+        char *copy = strdup(path);
+        sd_bus_message_unref(reply);
         sd_bus_error_free(&e);
-        return r >= 0;
+        return copy;
+}
+
+/* A device on a test back-end without LOG_SHMFD: the VM can no longer migrate. */
+static pid_t add_blocking_device(const char *vm) {
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.no_log_shmfd = true;
+        char socket[128];
+        snprintf(socket, sizeof(socket), "%s/nolog.sock", env.dir);
+        pid_t pid;
+        assert_int_equal(tb_spawn_listen(&cfg, socket, &pid), 0);
+        const uint64_t ring = 0x10000;
+        int kick = eventfd(0, EFD_CLOEXEC), call = eventfd(0, EFD_CLOEXEC);
+        int kick2 = eventfd(0, EFD_CLOEXEC), call2 = eventfd(0, EFD_CLOEXEC);
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        int r = sd_bus_call_method(env.c, DEST, vm, "org.vhostmig1.Vm", "AddDevice", &e, NULL, "sa(uttthh)a{sv}",
+                                   socket, 2, 256u, ring, ring + 0x1000, ring + 0x2000, kick, call, 256u,
+                                   ring + 0x4000, ring + 0x5000, ring + 0x6000, kick2, call2, 0);
+        if (r < 0)
+                fail_msg("AddDevice: %s", e.message ? e.message : strerror(-r));
+        sd_bus_error_free(&e);
+        close(kick);
+        close(call);
+        close(kick2);
+        close(call2);
+        return pid;
 }
 
 /* Binds JOURNAL_SOCKET; false (skip) when something else provides one.  *made: directories we created. */
@@ -745,16 +774,21 @@ static void journal_fields(void **state) {
         assert_null(entry_field(&e, "MESSAGE_ID"));
 
         /* An event: its MESSAGE_ID (messages.h) and the VM it concerns. */
-        if (create_vm("opsvm")) {
-                journal_wait_for(fd, "opsvm", &e, 5000);
-                while (!entry_field(&e, "MESSAGE_ID"))
-                        journal_wait_for(fd, "opsvm", &e, 5000);
-                assert_string_equal(entry_field(&e, "MESSAGE_ID"), "4434f6e1efde4571bc86a48a02044c2a");
-                assert_string_equal(entry_field(&e, "VHOSTMIG_VM"), "opsvm");
-        } else {
-                fprintf(stderr, "CreateVm takes no options yet: the event part is skipped\n");
-        }
+        char *vm = create_vm("opsvm");
+        journal_wait_for(fd, "VM created", &e, 5000);
+        assert_string_equal(entry_field(&e, "MESSAGE_ID"), VHOSTMIG_MESSAGE_VM_CREATED);
+        assert_string_equal(entry_field(&e, "VHOSTMIG_VM"), "opsvm");
+        /* A back-end that cannot log: the device connects, and the VM's migration is blocked, with the reason. */
+        pid_t backend = add_blocking_device(vm);
+        journal_wait_for(fd, "device running", &e, 5000);
+        assert_string_equal(entry_field(&e, "MESSAGE_ID"), VHOSTMIG_MESSAGE_DEVICE_CONNECTED);
+        assert_non_null(strstr(entry_field(&e, "VHOSTMIG_DEVICE"), "nolog.sock"));
+        journal_wait_for(fd, "migration blocked", &e, 5000);
+        assert_string_equal(entry_field(&e, "MESSAGE_ID"), VHOSTMIG_MESSAGE_MIGRATION_BLOCKED);
+        assert_non_null(strstr(entry_field(&e, "MESSAGE"), "LOG_SHMFD"));
         daemon_stop();
+        (void) tb_stop(backend);
+        free(vm);
         /* Nothing went to stderr but what systemd would not see anyway. */
         assert_false(log_contains("ready on org.vhostmig1"));
         journal_unbind();
