@@ -99,6 +99,7 @@ for who in nobody root; do
   expect "$who" allow "Peer.Ping" call "$D" "$P" org.freedesktop.DBus.Peer Ping
   expect "$who" allow "GetManagedObjects" call "$D" "$P" org.freedesktop.DBus.ObjectManager GetManagedObjects
 done
+expect nobody reached "GetVm (NoSuchVm)" call "$D" "$P" $MI GetVm s x
 expect nobody bus-deny "CreateVm" call "$D" "$P" $MI CreateVm 'sa(httt)a{sv}' x 0 0
 expect nobody bus-deny "DestroyVm" call "$D" "$P" $MI DestroyVm s x
 expect nobody bus-deny "Probe" call "$D" "$P" $MI Probe sbu /nonexistent false 100
