@@ -387,25 +387,20 @@ static int bus_connect(struct run *r) {
                 return rc;
         }
         rc = sd_bus_new(&r->bus);
-        if (rc < 0)
-                goto fail;
-        (void) sd_bus_set_description(r->bus, "vhostmig-guest");
-        rc = sd_bus_set_address(r->bus, arg.bus_address);
-        if (rc < 0)
-                goto fail;
-        rc = sd_bus_set_bus_client(r->bus, 1);
-        if (rc < 0)
-                goto fail;
-        rc = sd_bus_negotiate_fds(r->bus, 1);
-        if (rc < 0)
-                goto fail;
-        rc = sd_bus_start(r->bus);
-        if (rc < 0)
-                goto fail;
-        return 0;
-fail:
-        add_error(r, "cannot connect to the bus at %s: %s", arg.bus_address, strerror(-rc));
-        r->bus = sd_bus_unref(r->bus);
+        if (rc >= 0) {
+                (void) sd_bus_set_description(r->bus, "vhostmig-guest");
+                rc = sd_bus_set_address(r->bus, arg.bus_address);
+        }
+        if (rc >= 0)
+                rc = sd_bus_set_bus_client(r->bus, 1);
+        if (rc >= 0)
+                rc = sd_bus_negotiate_fds(r->bus, 1);
+        if (rc >= 0)
+                rc = sd_bus_start(r->bus);
+        if (rc < 0) {
+                add_error(r, "cannot connect to the bus at %s: %s", arg.bus_address, strerror(-rc));
+                r->bus = sd_bus_unref(r->bus);
+        }
         return rc;
 }
 
@@ -464,29 +459,24 @@ static int vm_call(struct run *r, const char *method, sd_bus_message **reply) {
 /* ---- the VM and its device ------------------------------------------------------ */
 
 static int create_vm(struct run *r) {
-        sd_bus_error e = SD_BUS_ERROR_NULL;
-        sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         const char *path;
         int rc = sd_bus_call_method(r->bus, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "CreateVm", &e, &reply,
                                     "sa(httt)a{sv}", arg.name, 1, vhm_guest_mem_fd(r->g), (uint64_t) 0,
                                     vhm_guest_mem_size(r->g), (uint64_t) 0, 0);
         if (rc < 0) {
                 bus_error(r, "CreateVm", &e, rc);
-                goto out;
+                return rc;
         }
         rc = sd_bus_message_read(reply, "o", &path);
         if (rc < 0) {
                 add_error(r, "CreateVm: bad reply: %s", strerror(-rc));
-                goto out;
+                return rc;
         }
-        r->vm_path = strdup(path);
-        if (!r->vm_path)
-                rc = -ENOMEM;
         r->vm_created = true;
-out:
-        sd_bus_error_free(&e);
-        sd_bus_message_unref(reply);
-        return rc;
+        r->vm_path = strdup(path);
+        return r->vm_path ? 0 : -ENOMEM;
 }
 
 static void format_mac(const uint8_t mac[6], char out[18]) {
@@ -1036,6 +1026,55 @@ static int install_signals(void) {
         return 0;
 }
 
+/*
+ * Everything up to the teardown, which main does whatever happened here: the
+ * first step that fails (or an interruption) ends it; the failure is in r's
+ * errors, which the verdict reports.
+ */
+static void run_steps(struct run *r) {
+        if (bus_connect(r) < 0 || interrupted)
+                return;
+        if (create_vm(r) < 0 || interrupted)
+                return;
+        if (!arg.json)
+                printf("VM %s created: %s, %" PRIu64 " MiB of guest memory\n", arg.name, r->vm_path,
+                       vhm_guest_mem_size(r->g) >> 20);
+        if (add_device(r) < 0 || interrupted)
+                return;
+        if (configure_driver(r) < 0 || interrupted)
+                return;
+        if (!arg.json)
+                printf("Device %s running on %s: features 0x%" PRIx64 ", protocol features 0x%" PRIx64 "\n",
+                       r->dev_path, arg.socket, r->acked_features, r->acked_protocol_features);
+
+        if (arg.log && start_logging(r) < 0)
+                return;
+
+        r->t_start_ns = now_ns();
+        r->last_progress_ns = r->t_start_ns;
+        r->next_progress_ns = r->t_start_ns + 1000000000u;
+        r->next_harvest_ns = r->t_start_ns + (uint64_t) arg.harvest_ms * 1000000u;
+        if (arg.frames)
+                fprintf(progress_out(), "Traffic: %" PRIu64 " frames per queue pair on %u queue pair(s)%s\n",
+                        arg.frames, arg.queue_pairs, arg.log ? ", dirty logging on" : "");
+        else
+                fprintf(progress_out(), "Traffic: %.1f s on %u queue pair(s)%s\n", arg.seconds, arg.queue_pairs,
+                        arg.log ? ", dirty logging on" : "");
+        int rc = traffic(r);
+        /* The last partial second, unless it was a short run's only output. */
+        if (now_ns() - r->last_progress_ns > 200000000u || r->last_progress_ns == r->t_start_ns)
+                print_progress(r, now_ns());
+
+        if (r->logging) {
+                if (rc >= 0 && harvest(r) < 0)
+                        return;
+                if (stop_logging(r) < 0)
+                        return;
+        }
+        if (rc >= 0 && !interrupted)
+                (void) announce(r);
+}
+
 int main(int argc, char **argv) {
         struct run r = { 0 };
         int rc = parse_args(argc, argv);
@@ -1061,49 +1100,7 @@ int main(int argc, char **argv) {
                 return rc == -EINVAL || rc == -ENOSPC ? EXIT_USAGE : EXIT_FAIL;
         }
 
-        if (bus_connect(&r) < 0 || interrupted)
-                goto end;
-        if (create_vm(&r) < 0 || interrupted)
-                goto end;
-        if (!arg.json)
-                printf("VM %s created: %s, %" PRIu64 " MiB of guest memory\n", arg.name, r.vm_path,
-                       vhm_guest_mem_size(r.g) >> 20);
-        if (add_device(&r) < 0 || interrupted)
-                goto end;
-        if (configure_driver(&r) < 0 || interrupted)
-                goto end;
-        if (!arg.json)
-                printf("Device %s running on %s: features 0x%" PRIx64 ", protocol features 0x%" PRIx64 "\n",
-                       r.dev_path, arg.socket, r.acked_features, r.acked_protocol_features);
-
-        if (arg.log && start_logging(&r) < 0)
-                goto end;
-
-        r.t_start_ns = now_ns();
-        r.last_progress_ns = r.t_start_ns;
-        r.next_progress_ns = r.t_start_ns + 1000000000u;
-        r.next_harvest_ns = r.t_start_ns + (uint64_t) arg.harvest_ms * 1000000u;
-        if (arg.frames)
-                fprintf(progress_out(), "Traffic: %" PRIu64 " frames per queue pair on %u queue pair(s)%s\n",
-                        arg.frames, arg.queue_pairs, arg.log ? ", dirty logging on" : "");
-        else
-                fprintf(progress_out(), "Traffic: %.1f s on %u queue pair(s)%s\n", arg.seconds, arg.queue_pairs,
-                        arg.log ? ", dirty logging on" : "");
-        rc = traffic(&r);
-        /* The last partial second, unless it was a short run's only output. */
-        if (now_ns() - r.last_progress_ns > 200000000u || r.last_progress_ns == r.t_start_ns)
-                print_progress(&r, now_ns());
-
-        if (r.logging) {
-                if (rc >= 0 && harvest(&r) < 0)
-                        goto end;
-                if (stop_logging(&r) < 0)
-                        goto end;
-        }
-        if (rc >= 0 && !interrupted)
-                (void) announce(&r);
-
-end:
+        run_steps(&r);
         /* Without --log, someone else may have logged this VM: say so. */
         if (!arg.log && r.dev_path && sd_bus_is_open(r.bus)) {
                 (void) sd_bus_get_property_trivial(r.bus, BUS_NAME, r.vm_path, VM_IFACE, "Harvests", NULL, 't',
