@@ -2752,6 +2752,24 @@ static void check_configuring_removed(const char *vm, struct guest *g) {
         free(dev);
 }
 
+/* A VM holds at most 32 devices: the 33rd AddDevice is LimitsExceeded, and nothing of it stays. */
+#define MAX_DEVICES_PER_VM 32u
+
+static void check_device_limit(struct guest *g) {
+        char *vm = create_vm("crowded", g->memfd, MEM_SIZE);
+        char socket[160];
+        snprintf(socket, sizeof(socket), "%s/nobody-crowd.sock", env.dir);
+        struct device_args da = std_device(socket, false, TB_DEFAULT_FEATURES, g);
+        /* Waiting for their other queues, the devices need no back-end. */
+        da.queue_pairs = 2;
+        for (unsigned i = 0; i < MAX_DEVICES_PER_VM; i++)
+                free(add_device(vm, &da, i));
+        send_error(add_device_msg(vm, &da), "the 33rd AddDevice", ERR("LimitsExceeded"), "at most 32 devices", NULL);
+        assert_int_equal(prop_strv_length(vm, VM_IF, "Devices"), MAX_DEVICES_PER_VM);
+        destroy_vm("crowded");
+        free(vm);
+}
+
 static void test_frozen_api(void **state) {
         (void) state;
         struct guest g;
@@ -2764,6 +2782,7 @@ static void test_frozen_api(void **state) {
         check_vm_timestamps(vm, before, after);
         check_add_queues(vm, &g);
         check_configuring_removed(vm, &g);
+        check_device_limit(&g);
 
         destroy_vm("frozen");
         call_error(ERR("NoSuchVm"), NULL, NULL, ROOT_PATH, MANAGER_IF, "GetVm", "s", "frozen");
