@@ -12,15 +12,14 @@
  * Invariant: bits at or beyond npages are always zero, so word-wise
  * operations (count, iterate, harvest) never report a page past the end.
  */
-#ifndef VHM_LOG_BITMAP_H
-#define VHM_LOG_BITMAP_H
+#pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define VHM_PAGE_SHIFT 12
-#define VHM_PAGE_SIZE (UINT64_C(1) << VHM_PAGE_SHIFT)
+#define VHM_PAGE_SIZE  (UINT64_C(1) << VHM_PAGE_SHIFT)
 
 /* Largest bitmap accepted: 2^40 pages (4 PiB of guest memory, 128 GiB of bitmap). */
 #define VHM_BITMAP_MAX_PAGES (UINT64_C(1) << 40)
@@ -85,11 +84,8 @@ struct vhm_bitmap_iter {
 };
 
 /* Start iterating at page start (start >= npages gives an empty iteration). */
-void vhm_bitmap_iter_init(struct vhm_bitmap_iter *it, const struct vhm_bitmap *bm,
-                          uint64_t start);
+void vhm_bitmap_iter_init(struct vhm_bitmap_iter *it, const struct vhm_bitmap *bm, uint64_t start);
 
 /* Store the next dirty range in *first / *count (count >= 1) and return true,
  * or return false when there is none left. */
 bool vhm_bitmap_iter_next(struct vhm_bitmap_iter *it, uint64_t *first, uint64_t *count);
-
-#endif /* VHM_LOG_BITMAP_H */

@@ -10,8 +10,7 @@
 
 /* Some parts advertise RTM but abort every transaction (microcode
  * RTM_ALWAYS_ABORT, hypervisors); only trust it once one has committed. */
-__attribute__((target("rtm"))) static bool rtm_probe(void)
-{
+__attribute__((target("rtm"))) static bool rtm_probe(void) {
         static volatile int cell;
 
         for (int i = 0; i < 64; i++) {
@@ -24,8 +23,7 @@ __attribute__((target("rtm"))) static bool rtm_probe(void)
         return false;
 }
 
-static void detect(struct vhm_log_cpu *c)
-{
+static void detect(struct vhm_log_cpu *c) {
         unsigned int a, b, cx, d;
 
         if (!__get_cpuid(1, &a, &b, &cx, &d))
@@ -40,22 +38,19 @@ static void detect(struct vhm_log_cpu *c)
                 c->rtm = rtm_probe();
 }
 #else
-static void detect(struct vhm_log_cpu *c)
-{
-        (void)c;
+static void detect(struct vhm_log_cpu *c) {
+        (void) c;
 }
 #endif
 
 static struct vhm_log_cpu cpu_features;
 static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 
-static void detect_once(void)
-{
+static void detect_once(void) {
         detect(&cpu_features);
 }
 
-const struct vhm_log_cpu *vhm_log_priv_cpu(void)
-{
+const struct vhm_log_cpu *vhm_log_priv_cpu(void) {
         pthread_once(&cpu_once, detect_once);
         return &cpu_features;
 }

@@ -14,16 +14,13 @@
 
 #define LOG_MEMFD_NAME "vhostmig-dirty-log"
 
-int vhm_log_required_top(const struct vhm_log_extent *regions, size_t nregions,
-                         const struct vhm_log_extent *used_rings, size_t nrings,
-                         uint64_t *top)
-{
+int vhm_log_required_top(const struct vhm_log_extent *regions, size_t nregions, const struct vhm_log_extent *used_rings,
+                         size_t nrings, uint64_t *top) {
         const struct vhm_log_extent *sets[2] = { regions, used_rings };
         size_t counts[2] = { nregions, nrings };
         uint64_t max = 0;
 
-        if (!top || (nregions && !regions) || (nrings && !used_rings) ||
-            (nregions == 0 && nrings == 0))
+        if (!top || (nregions && !regions) || (nrings && !used_rings) || (nregions == 0 && nrings == 0))
                 return -EINVAL;
 
         for (int s = 0; s < 2; s++) {
@@ -43,8 +40,7 @@ int vhm_log_required_top(const struct vhm_log_extent *regions, size_t nregions,
         return 0;
 }
 
-static enum vhm_log_harvest_impl best_impl(void)
-{
+static enum vhm_log_harvest_impl best_impl(void) {
         const struct vhm_log_cpu *cpu = vhm_log_priv_cpu();
 
         if (cpu->rtm)
@@ -54,8 +50,7 @@ static enum vhm_log_harvest_impl best_impl(void)
         return VHM_LOG_HARVEST_XCHG;
 }
 
-int vhm_log_new(uint64_t top_gpa, struct vhm_log **out)
-{
+int vhm_log_new(uint64_t top_gpa, struct vhm_log **out) {
         struct vhm_log *log;
         size_t bytes;
         void *p;
@@ -75,12 +70,12 @@ int vhm_log_new(uint64_t top_gpa, struct vhm_log **out)
         log->fd = -1;
         log->npages = (top_gpa + VHM_PAGE_SIZE - 1) >> VHM_PAGE_SHIFT;
         log->nwords = (log->npages + 63) / 64;
-        bytes = (size_t)log->nwords * sizeof(uint64_t);
+        bytes = (size_t) log->nwords * sizeof(uint64_t);
 
         log->fd = memfd_create(LOG_MEMFD_NAME, MFD_CLOEXEC | MFD_ALLOW_SEALING);
         if (log->fd < 0)
                 goto fail_errno;
-        if (ftruncate(log->fd, (off_t)bytes) < 0)
+        if (ftruncate(log->fd, (off_t) bytes) < 0)
                 goto fail_errno;
         if (fcntl(log->fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
                 goto fail_errno;
@@ -100,34 +95,29 @@ fail_errno:
         return r;
 }
 
-void vhm_log_free(struct vhm_log *log)
-{
+void vhm_log_free(struct vhm_log *log) {
         if (!log)
                 return;
         if (log->words)
-                munmap(log->words, (size_t)log->nwords * sizeof(uint64_t));
+                munmap(log->words, (size_t) log->nwords * sizeof(uint64_t));
         if (log->fd >= 0)
                 close(log->fd);
         free(log);
 }
 
-int vhm_log_fd(const struct vhm_log *log)
-{
+int vhm_log_fd(const struct vhm_log *log) {
         return log->fd;
 }
 
-uint64_t vhm_log_size_bytes(const struct vhm_log *log)
-{
+uint64_t vhm_log_size_bytes(const struct vhm_log *log) {
         return log->nwords * sizeof(uint64_t);
 }
 
-uint64_t vhm_log_npages(const struct vhm_log *log)
-{
+uint64_t vhm_log_npages(const struct vhm_log *log) {
         return log->npages;
 }
 
-int vhm_log_set_harvest_impl(struct vhm_log *log, enum vhm_log_harvest_impl impl)
-{
+int vhm_log_set_harvest_impl(struct vhm_log *log, enum vhm_log_harvest_impl impl) {
         const struct vhm_log_cpu *cpu = vhm_log_priv_cpu();
 
         switch (impl) {
@@ -151,13 +141,11 @@ int vhm_log_set_harvest_impl(struct vhm_log *log, enum vhm_log_harvest_impl impl
         return 0;
 }
 
-enum vhm_log_harvest_impl vhm_log_get_harvest_impl(const struct vhm_log *log)
-{
+enum vhm_log_harvest_impl vhm_log_get_harvest_impl(const struct vhm_log *log) {
         return log->impl;
 }
 
-const char *vhm_log_harvest_impl_name(enum vhm_log_harvest_impl impl)
-{
+const char *vhm_log_harvest_impl_name(enum vhm_log_harvest_impl impl) {
         switch (impl) {
         case VHM_LOG_HARVEST_AUTO:
                 return "auto";
@@ -171,13 +159,11 @@ const char *vhm_log_harvest_impl_name(enum vhm_log_harvest_impl impl)
         return "?";
 }
 
-void vhm_log_get_stats(const struct vhm_log *log, struct vhm_log_harvest_stats *stats)
-{
+void vhm_log_get_stats(const struct vhm_log *log, struct vhm_log_harvest_stats *stats) {
         *stats = log->stats;
 }
 
-int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *pages_harvested)
-{
+int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *pages_harvested) {
         uint64_t fresh, n = log->nwords;
 
         if (into->npages < log->npages)
@@ -196,7 +182,7 @@ int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *page
 
                 v &= vhm_last_word_mask(into->npages);
                 into->words[n] = b | v;
-                fresh += (uint64_t)__builtin_popcountll(v & ~b);
+                fresh += (uint64_t) __builtin_popcountll(v & ~b);
         }
 
         /* Pairs with the backends' release ordering of page writes before
@@ -209,24 +195,22 @@ int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *page
         return 0;
 }
 
-int vhm_log_mark_page(struct vhm_log *log, uint64_t page)
-{
-        uint8_t *bytes = (uint8_t *)log->words;
+int vhm_log_mark_page(struct vhm_log *log, uint64_t page) {
+        uint8_t *bytes = (uint8_t *) log->words;
 
         if (page >= log->nwords * 64)
                 return -ERANGE;
-        __atomic_fetch_or(&bytes[page / 8], (uint8_t)(1u << (page % 8)), __ATOMIC_RELEASE);
+        __atomic_fetch_or(&bytes[page / 8], (uint8_t) (1u << (page % 8)), __ATOMIC_RELEASE);
         return 0;
 }
 
-int vhm_log_mark_range(struct vhm_log *log, uint64_t first, uint64_t count)
-{
+int vhm_log_mark_range(struct vhm_log *log, uint64_t first, uint64_t count) {
         uint64_t end;
 
         if (__builtin_add_overflow(first, count, &end) || end > log->nwords * 64)
                 return -ERANGE;
         while (first < end) {
-                unsigned int lo = (unsigned int)(first % 64);
+                unsigned int lo = (unsigned int) (first % 64);
                 uint64_t take = 64 - lo;
                 uint64_t m;
 

@@ -16,8 +16,7 @@
  * write it concurrently from other processes.  log/ knows nothing of
  * sockets: sending the fd is the caller's job.
  */
-#ifndef VHM_LOG_DIRTY_LOG_H
-#define VHM_LOG_DIRTY_LOG_H
+#pragma once
 
 #include <stddef.h>
 #include <stdint.h>
@@ -45,9 +44,8 @@ struct vhm_log_extent {
  * Returns 0 and *top, -EINVAL (no extents, an extent of size 0, NULL
  * arguments) or -EOVERFLOW (gpa + size wraps past 2^64).
  */
-int vhm_log_required_top(const struct vhm_log_extent *regions, size_t nregions,
-                         const struct vhm_log_extent *used_rings, size_t nrings,
-                         uint64_t *top);
+int vhm_log_required_top(const struct vhm_log_extent *regions, size_t nregions, const struct vhm_log_extent *used_rings,
+                         size_t nrings, uint64_t *top);
 
 /*
  * Create a log covering guest-physical addresses [0, top_gpa).  It covers
@@ -130,10 +128,10 @@ const char *vhm_log_harvest_impl_name(enum vhm_log_harvest_impl impl);
 
 /* Cumulative counters of a log's harvests. */
 struct vhm_log_harvest_stats {
-        uint64_t harvests;      /* successful vhm_log_harvest calls */
-        uint64_t pages;         /* sum of *pages_harvested */
-        uint64_t tx_commits;    /* RTM: chunks taken by a transaction */
-        uint64_t tx_aborts;     /* RTM: chunks redone with XCHG after an abort */
+        uint64_t harvests;   /* successful vhm_log_harvest calls */
+        uint64_t pages;      /* sum of *pages_harvested */
+        uint64_t tx_commits; /* RTM: chunks taken by a transaction */
+        uint64_t tx_aborts;  /* RTM: chunks redone with XCHG after an abort */
 };
 
 void vhm_log_get_stats(const struct vhm_log *log, struct vhm_log_harvest_stats *stats);
@@ -147,5 +145,3 @@ void vhm_log_get_stats(const struct vhm_log *log, struct vhm_log_harvest_stats *
  */
 int vhm_log_mark_page(struct vhm_log *log, uint64_t page);
 int vhm_log_mark_range(struct vhm_log *log, uint64_t first, uint64_t count);
-
-#endif /* VHM_LOG_DIRTY_LOG_H */

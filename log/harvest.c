@@ -38,27 +38,25 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#define HAVE_X86_64 1
+#define HAVE_X86_64   1
 #define TARGET_POPCNT __attribute__((target("popcnt")))
-#define TARGET_RTM __attribute__((target("rtm,popcnt")))
+#define TARGET_RTM    __attribute__((target("rtm,popcnt")))
 #else
 #define HAVE_X86_64 0
 #endif
 
-#define LINE_WORDS 8
-#define CHUNK_LINES 16
-#define CHUNK_WORDS (CHUNK_LINES * LINE_WORDS)
+#define LINE_WORDS           8
+#define CHUNK_LINES          16
+#define CHUNK_WORDS          (CHUNK_LINES * LINE_WORDS)
 #define RTM_MAX_ABORT_STREAK 16
 
-VHM_FORCE_INLINE uint64_t rd(const uint64_t *p)
-{
+VHM_FORCE_INLINE uint64_t rd(const uint64_t *p) {
         return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
 typedef uint64_t v2u64 __attribute__((vector_size(16)));
 
-VHM_FORCE_INLINE uint64_t line_or(const uint64_t *l)
-{
+VHM_FORCE_INLINE uint64_t line_or(const uint64_t *l) {
         v2u64 a, b, c, d;
 
         memcpy(&a, &l[0], 16);
@@ -70,8 +68,7 @@ VHM_FORCE_INLINE uint64_t line_or(const uint64_t *l)
 }
 
 /* OR of a whole chunk (CHUNK_LINES lines), for skipping empty chunks. */
-VHM_FORCE_INLINE uint64_t chunk_or(const uint64_t *l)
-{
+VHM_FORCE_INLINE uint64_t chunk_or(const uint64_t *l) {
         v2u64 a = { 0, 0 }, b = a, c = a, d = a;
 
         for (unsigned int k = 0; k < CHUNK_WORDS; k += LINE_WORDS) {
@@ -91,23 +88,20 @@ VHM_FORCE_INLINE uint64_t chunk_or(const uint64_t *l)
 }
 
 /* OR v (already in CPU bit order) into a bitmap word; bits new to it. */
-VHM_FORCE_INLINE uint64_t merge(uint64_t *bw, uint64_t v)
-{
+VHM_FORCE_INLINE uint64_t merge(uint64_t *bw, uint64_t v) {
         uint64_t b = *bw;
 
         *bw = b | v;
-        return (uint64_t)__builtin_popcountll(v & ~b);
+        return (uint64_t) __builtin_popcountll(v & ~b);
 }
 
-VHM_FORCE_INLINE uint64_t take_word_xchg(uint64_t *lw, uint64_t *bw)
-{
+VHM_FORCE_INLINE uint64_t take_word_xchg(uint64_t *lw, uint64_t *bw) {
         if (!rd(lw))
                 return 0;
         return merge(bw, VHM_LOG_TO_CPU(__atomic_exchange_n(lw, 0, __ATOMIC_RELAXED)));
 }
 
-VHM_FORCE_INLINE uint64_t take_line_xchg(uint64_t *l, uint64_t *b)
-{
+VHM_FORCE_INLINE uint64_t take_line_xchg(uint64_t *l, uint64_t *b) {
         uint64_t fresh = 0;
 
         for (unsigned int j = 0; j < LINE_WORDS; j++)
@@ -115,8 +109,7 @@ VHM_FORCE_INLINE uint64_t take_line_xchg(uint64_t *l, uint64_t *b)
         return fresh;
 }
 
-VHM_FORCE_INLINE uint64_t tail_xchg(uint64_t *log, uint64_t *bm, uint64_t i, uint64_t n)
-{
+VHM_FORCE_INLINE uint64_t tail_xchg(uint64_t *log, uint64_t *bm, uint64_t i, uint64_t n) {
         uint64_t fresh = 0;
 
         for (; i < n; i++)
@@ -134,19 +127,17 @@ struct pair {
  * lock cmpxchg16b: if *p == {*lo, *hi}, store {0, 0} and return true; else
  * load the current value into *lo, *hi and return false.
  */
-VHM_FORCE_INLINE bool cas16_zero(uint64_t *p, uint64_t *lo, uint64_t *hi)
-{
+VHM_FORCE_INLINE bool cas16_zero(uint64_t *p, uint64_t *lo, uint64_t *hi) {
         bool ok;
 
         __asm__ __volatile__("lock cmpxchg16b %1"
-                             : "=@ccz"(ok), "+m"(*(struct pair *)(void *)p), "+a"(*lo), "+d"(*hi)
+                             : "=@ccz"(ok), "+m"(*(struct pair *) (void *) p), "+a"(*lo), "+d"(*hi)
                              : "b"(UINT64_C(0)), "c"(UINT64_C(0))
                              : "memory");
         return ok;
 }
 
-VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b)
-{
+VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b) {
         uint64_t fresh = 0;
 
         for (unsigned int j = 0; j < LINE_WORDS; j += 2) {
@@ -163,8 +154,7 @@ VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b)
 
 #else
 /* Never called off x86-64 (CAS16 is refused there); keeps body_lines whole. */
-VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b)
-{
+VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b) {
         return take_line_xchg(l, b);
 }
 #endif
@@ -174,8 +164,7 @@ VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b)
  * every non-empty line to the exchange (cas16 false) or the 16-byte
  * compare-exchange (cas16 true).  `cas16` is a constant at every call site.
  */
-VHM_FORCE_INLINE uint64_t body_lines(uint64_t *log, uint64_t *bm, uint64_t n, bool cas16)
-{
+VHM_FORCE_INLINE uint64_t body_lines(uint64_t *log, uint64_t *bm, uint64_t n, bool cas16) {
         uint64_t fresh = 0, i = 0;
 
         for (; i + CHUNK_WORDS <= n; i += CHUNK_WORDS) {
@@ -190,31 +179,25 @@ VHM_FORCE_INLINE uint64_t body_lines(uint64_t *log, uint64_t *bm, uint64_t n, bo
         }
         for (; i + LINE_WORDS <= n; i += LINE_WORDS) {
                 if (line_or(&log[i]))
-                        fresh += cas16 ? take_line_cas16(&log[i], &bm[i])
-                                       : take_line_xchg(&log[i], &bm[i]);
+                        fresh += cas16 ? take_line_cas16(&log[i], &bm[i]) : take_line_xchg(&log[i], &bm[i]);
         }
         return fresh + tail_xchg(log, bm, i, n);
 }
 
-static uint64_t harvest_xchg_generic(uint64_t *log, uint64_t *bm, uint64_t n)
-{
+static uint64_t harvest_xchg_generic(uint64_t *log, uint64_t *bm, uint64_t n) {
         return body_lines(log, bm, n, false);
 }
 
 #if HAVE_X86_64
-TARGET_POPCNT static uint64_t harvest_xchg_popcnt(uint64_t *log, uint64_t *bm, uint64_t n)
-{
+TARGET_POPCNT static uint64_t harvest_xchg_popcnt(uint64_t *log, uint64_t *bm, uint64_t n) {
         return body_lines(log, bm, n, false);
 }
 
-TARGET_POPCNT static uint64_t harvest_cas16(uint64_t *log, uint64_t *bm, uint64_t n)
-{
+TARGET_POPCNT static uint64_t harvest_cas16(uint64_t *log, uint64_t *bm, uint64_t n) {
         return body_lines(log, bm, n, true);
 }
 
-TARGET_RTM static uint64_t harvest_rtm(uint64_t *log, uint64_t *bm, uint64_t n,
-                                       struct vhm_log_harvest_stats *stats)
-{
+TARGET_RTM static uint64_t harvest_rtm(uint64_t *log, uint64_t *bm, uint64_t n, struct vhm_log_harvest_stats *stats) {
         uint64_t fresh = 0, i = 0, commits = 0, aborts = 0;
         unsigned int streak = 0;
         bool use_tx = true;
@@ -226,7 +209,7 @@ TARGET_RTM static uint64_t harvest_rtm(uint64_t *log, uint64_t *bm, uint64_t n,
                 if (__builtin_expect(chunk_or(l) == 0, 1))
                         continue;
                 for (unsigned int k = 0; k < CHUNK_LINES; k++)
-                        mask |= (uint32_t)(line_or(&l[k * LINE_WORDS]) != 0) << k;
+                        mask |= (uint32_t) (line_or(&l[k * LINE_WORDS]) != 0) << k;
                 if (!mask)
                         continue; /* cannot happen (only we clear bits); keeps ctz defined */
 
@@ -238,7 +221,7 @@ TARGET_RTM static uint64_t harvest_rtm(uint64_t *log, uint64_t *bm, uint64_t n,
                                 __asm__ __volatile__("" ::: "memory");
                                 m = mask;
                                 do {
-                                        unsigned int k = (unsigned int)__builtin_ctz(m);
+                                        unsigned int k = (unsigned int) __builtin_ctz(m);
                                         uint64_t *lk = &l[k * LINE_WORDS], *bk = &b[k * LINE_WORDS];
 
                                         m &= m - 1;
@@ -262,7 +245,7 @@ TARGET_RTM static uint64_t harvest_rtm(uint64_t *log, uint64_t *bm, uint64_t n,
                 }
                 m = mask;
                 do {
-                        unsigned int k = (unsigned int)__builtin_ctz(m);
+                        unsigned int k = (unsigned int) __builtin_ctz(m);
 
                         m &= m - 1;
                         fresh += take_line_xchg(&l[k * LINE_WORDS], &b[k * LINE_WORDS]);
@@ -275,9 +258,8 @@ TARGET_RTM static uint64_t harvest_rtm(uint64_t *log, uint64_t *bm, uint64_t n,
 }
 #endif /* HAVE_X86_64 */
 
-uint64_t vhm_log_priv_harvest(enum vhm_log_harvest_impl impl, uint64_t *log, uint64_t *bm,
-                              uint64_t n, struct vhm_log_harvest_stats *stats)
-{
+uint64_t vhm_log_priv_harvest(enum vhm_log_harvest_impl impl, uint64_t *log, uint64_t *bm, uint64_t n,
+                              struct vhm_log_harvest_stats *stats) {
 #if HAVE_X86_64
         switch (impl) {
         case VHM_LOG_HARVEST_RTM:
@@ -290,8 +272,8 @@ uint64_t vhm_log_priv_harvest(enum vhm_log_harvest_impl impl, uint64_t *log, uin
                 return harvest_xchg_generic(log, bm, n);
         }
 #else
-        (void)impl;
-        (void)stats;
+        (void) impl;
+        (void) stats;
         return harvest_xchg_generic(log, bm, n);
 #endif
 }

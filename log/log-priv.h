@@ -3,8 +3,7 @@
  * Internal to log/: object layouts shared between its files, CPU feature
  * detection and the harvest loops.  Not for other layers.
  */
-#ifndef VHM_LOG_PRIV_H
-#define VHM_LOG_PRIV_H
+#pragma once
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -14,25 +13,24 @@
 
 struct vhm_bitmap {
         uint64_t npages;
-        uint64_t nwords;  /* ceil(npages / 64) */
-        uint64_t *words;  /* max(nwords, 1) words; bits >= npages are always 0 */
+        uint64_t nwords; /* ceil(npages / 64) */
+        uint64_t *words; /* max(nwords, 1) words; bits >= npages are always 0 */
 };
 
 struct vhm_log {
         int fd;
-        uint64_t npages;  /* ceil(top_gpa / 4096) */
-        uint64_t nwords;  /* ceil(npages / 64) */
-        uint64_t *words;  /* MAP_SHARED mapping of nwords * 8 bytes, page aligned */
-        enum vhm_log_harvest_impl impl;  /* resolved, never AUTO */
+        uint64_t npages;                /* ceil(top_gpa / 4096) */
+        uint64_t nwords;                /* ceil(npages / 64) */
+        uint64_t *words;                /* MAP_SHARED mapping of nwords * 8 bytes, page aligned */
+        enum vhm_log_harvest_impl impl; /* resolved, never AUTO */
         struct vhm_log_harvest_stats stats;
 };
 
 #define VHM_FORCE_INLINE static inline __attribute__((always_inline))
 
 /* Mask of the valid bits in the last word of a bitmap of npages pages. */
-static inline uint64_t vhm_last_word_mask(uint64_t npages)
-{
-        unsigned int r = (unsigned int)(npages & 63);
+static inline uint64_t vhm_last_word_mask(uint64_t npages) {
+        unsigned int r = (unsigned int) (npages & 63);
 
         return r ? (UINT64_C(1) << r) - 1 : ~UINT64_C(0);
 }
@@ -40,8 +38,8 @@ static inline uint64_t vhm_last_word_mask(uint64_t npages)
 /* CPU features (x86 only; all false elsewhere), detected once. */
 struct vhm_log_cpu {
         bool popcnt;
-        bool cx16;   /* lock cmpxchg16b */
-        bool rtm;    /* TSX RTM present, not always-abort, and a probe committed */
+        bool cx16; /* lock cmpxchg16b */
+        bool rtm;  /* TSX RTM present, not always-abort, and a probe committed */
 };
 const struct vhm_log_cpu *vhm_log_priv_cpu(void);
 
@@ -50,8 +48,8 @@ const struct vhm_log_cpu *vhm_log_priv_cpu(void);
  * implementation (never AUTO; the caller checked the CPU supports it).
  * Returns the number of bits newly set in bm; updates *stats.
  */
-uint64_t vhm_log_priv_harvest(enum vhm_log_harvest_impl impl, uint64_t *log, uint64_t *bm,
-                              uint64_t n, struct vhm_log_harvest_stats *stats);
+uint64_t vhm_log_priv_harvest(enum vhm_log_harvest_impl impl, uint64_t *log, uint64_t *bm, uint64_t n,
+                              struct vhm_log_harvest_stats *stats);
 
 /*
  * The log is byte-oriented (page p is bit p % 8 of byte p / 8); the bitmap
@@ -64,5 +62,3 @@ uint64_t vhm_log_priv_harvest(enum vhm_log_harvest_impl impl, uint64_t *log, uin
 #define VHM_LOG_TO_CPU(v) __builtin_bswap64(v)
 #endif
 #define VHM_CPU_TO_LOG(v) VHM_LOG_TO_CPU(v)
-
-#endif /* VHM_LOG_PRIV_H */

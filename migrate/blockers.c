@@ -6,8 +6,7 @@
 #include "migrate/blockers.h"
 #include "proto/vhost-user.h"
 
-__attribute__((format(printf, 2, 3)))
-static void add_blocker(struct vhm_blockers *out, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static void add_blocker(struct vhm_blockers *out, const char *fmt, ...) {
         if (out->n >= VHM_BLOCKERS_MAX)
                 return;
         va_list ap;
@@ -24,7 +23,8 @@ void vhm_backend_blockers(uint64_t features, uint64_t protocol_features, struct 
                 add_blocker(out, "Migration disabled: vhost-user backend lacks VHOST_USER_F_PROTOCOL_FEATURES "
                                  "(so it cannot share a dirty log; upgrade or reconfigure the backend)");
         else if (!(protocol_features & VHU_BIT(VHU_PF_LOG_SHMFD)))
-                add_blocker(out, "Migration disabled: vhost-user backend lacks VHOST_USER_PROTOCOL_F_LOG_SHMFD feature.");
+                add_blocker(out,
+                            "Migration disabled: vhost-user backend lacks VHOST_USER_PROTOCOL_F_LOG_SHMFD feature.");
 
         if (!(features & VHU_BIT(VHU_VF_LOG_ALL)))
                 add_blocker(out, "Migration disabled: vhost-user backend lacks VHOST_F_LOG_ALL "

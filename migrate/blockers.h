@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #define VHM_BLOCKERS_MAX 16
-#define VHM_BLOCKER_LEN 256
+#define VHM_BLOCKER_LEN  256
 
 struct vhm_blockers {
         unsigned n;

@@ -30,16 +30,16 @@ struct vhm_device {
 
         struct vhu_conn *conn;
         int listen_fd;
-        struct vhu_socket_file listen_file;   /* the socket file we created, to remove only that */
-        uid_t *allowed_uids;                  /* the config's list, copied */
-        uid_t backend_uid;                    /* of the first connection; (uid_t) -1 before */
+        struct vhu_socket_file listen_file; /* the socket file we created, to remove only that */
+        uid_t *allowed_uids;                /* the config's list, copied */
+        uid_t backend_uid;                  /* of the first connection; (uid_t) -1 before */
         enum vhm_device_state state;
-        bool resume_after_reconnect;   /* the rings were meant to run when the back-end left */
-        bool stop_complete;            /* every ring's index came from GET_VRING_BASE */
-        uint64_t memory_generation;    /* of the VM's layout last sent as the memory table */
+        bool resume_after_reconnect; /* the rings were meant to run when the back-end left */
+        bool stop_complete;          /* every ring's index came from GET_VRING_BASE */
+        uint64_t memory_generation;  /* of the VM's layout last sent as the memory table */
 
         struct vhm_queue_spec queues[VHM_DEVICE_MAX_QUEUES];
-        uint32_t queues_set;           /* bit per queue index */
+        uint32_t queues_set; /* bit per queue index */
         unsigned last_avail[VHM_DEVICE_MAX_QUEUES];
         uint64_t acked_features;
         /* Remembered across a reconnect, when the connection is gone. */
@@ -54,15 +54,14 @@ struct vhm_device {
 
         unsigned reconnect_delay_ms;
         struct vhm_device_stats stats;
-        uint64_t requests_closed, request_failures_closed;   /* of connections already closed */
+        uint64_t requests_closed, request_failures_closed; /* of connections already closed */
         uint32_t error_request;
         char error[384];
 };
 
 /* ---- errors and state ---------------------------------------------------- */
 
-__attribute__((format(printf, 3, 4)))
-static int dev_fail(struct vhm_device *dev, int err, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int dev_fail(struct vhm_device *dev, int err, const char *fmt, ...) {
         dev->error_request = VHU_REQ_NONE;
         va_list ap;
         va_start(ap, fmt);
@@ -104,19 +103,25 @@ static int request_failed(struct vhm_device *dev, int err, const char *step) {
         return err;
 }
 
-#define TRY(dev, step, call) do { \
-                int r_ = (call); \
-                if (r_ < 0) \
+#define TRY(dev, step, call)                                      \
+        do {                                                      \
+                int r_ = (call);                                  \
+                if (r_ < 0)                                       \
                         return request_failed((dev), r_, (step)); \
         } while (0)
 
 const char *vhm_device_state_name(enum vhm_device_state s) {
         switch (s) {
-        case VHM_DEVICE_DISCONNECTED: return "disconnected";
-        case VHM_DEVICE_READY: return "ready";
-        case VHM_DEVICE_RUNNING: return "running";
-        case VHM_DEVICE_STOPPED: return "stopped";
-        case VHM_DEVICE_FAILED: return "failed";
+        case VHM_DEVICE_DISCONNECTED:
+                return "disconnected";
+        case VHM_DEVICE_READY:
+                return "ready";
+        case VHM_DEVICE_RUNNING:
+                return "running";
+        case VHM_DEVICE_STOPPED:
+                return "stopped";
+        case VHM_DEVICE_FAILED:
+                return "failed";
         }
         return "unknown";
 }
@@ -191,9 +196,15 @@ static unsigned queue_count(const struct vhm_device *dev) {
 }
 
 /* Split-ring sizes (virtio 1.x 2.7): where each part ends tells whether it fits guest memory. */
-static uint64_t desc_bytes(unsigned n) { return 16ull * n; }
-static uint64_t avail_bytes(unsigned n) { return 6ull + 2ull * n; }
-static uint64_t used_bytes(unsigned n) { return 6ull + 8ull * n; }
+static uint64_t desc_bytes(unsigned n) {
+        return 16ull * n;
+}
+static uint64_t avail_bytes(unsigned n) {
+        return 6ull + 2ull * n;
+}
+static uint64_t used_bytes(unsigned n) {
+        return 6ull + 8ull * n;
+}
 
 static bool is_power_of_two(unsigned v) {
         return v && !(v & (v - 1));
@@ -201,14 +212,20 @@ static bool is_power_of_two(unsigned v) {
 
 /* Split-ring alignment (virtio 1.x 2.7): the back-end and our index loads rely on it. */
 static int check_alignment(struct vhm_device *dev, unsigned index, const struct vhm_queue_spec *spec) {
-        static const struct { const char *part; uint64_t align; } parts[] = {
-                { "descriptor table", 16 }, { "avail ring", 2 }, { "used ring", 4 },
+        static const struct {
+                const char *part;
+                uint64_t align;
+        } parts[] = {
+                { "descriptor table", 16 },
+                { "avail ring", 2 },
+                { "used ring", 4 },
         };
         const uint64_t gpa[] = { spec->desc_gpa, spec->avail_gpa, spec->used_gpa };
         for (unsigned i = 0; i < 3; i++)
                 if (gpa[i] % parts[i].align)
-                        return dev_fail(dev, -EINVAL, "%s: queue %u: %s at 0x%" PRIx64 " is not %" PRIu64
-                                        "-byte aligned", dev->socket, index, parts[i].part, gpa[i], parts[i].align);
+                        return dev_fail(dev, -EINVAL,
+                                        "%s: queue %u: %s at 0x%" PRIx64 " is not %" PRIu64 "-byte aligned",
+                                        dev->socket, index, parts[i].part, gpa[i], parts[i].align);
         return 0;
 }
 
@@ -217,11 +234,11 @@ int vhm_device_set_queue(struct vhm_device *dev, unsigned index, const struct vh
                 return dev_fail(dev, -EINVAL, "%s: queue %u: the device has %u queues", dev->socket, index,
                                 queue_count(dev));
         if (!is_power_of_two(spec->size) || spec->size > 32768)
-                return dev_fail(dev, -EINVAL, "%s: queue %u: size %u is not a power of two up to 32768",
-                                dev->socket, index, spec->size);
+                return dev_fail(dev, -EINVAL, "%s: queue %u: size %u is not a power of two up to 32768", dev->socket,
+                                index, spec->size);
         if (dev->state == VHM_DEVICE_RUNNING)
-                return dev_fail(dev, -EBUSY, "%s: queue %u: stop the device before changing its queues",
-                                dev->socket, index);
+                return dev_fail(dev, -EBUSY, "%s: queue %u: stop the device before changing its queues", dev->socket,
+                                index);
         int r = check_alignment(dev, index, spec);
         if (r < 0)
                 return r;
@@ -270,7 +287,7 @@ static int open_socket(struct vhm_device *dev, unsigned timeout_ms, int *fd, uid
                 if (dev->listen_fd < 0)
                         return dev->listen_fd;
         }
-        *file_owner = 0;   /* our own socket */
+        *file_owner = 0; /* our own socket */
         *fd = vhu_socket_accept(dev->listen_fd, NULL, vhu_deadline_after_ms(timeout_ms));
         return *fd < 0 ? *fd : 0;
 }
@@ -287,8 +304,8 @@ static bool uid_allowed(const struct vhm_device *dev, uid_t uid) {
 /* Why a peer running as uid may not be the back-end; NULL when it may. */
 static const char *peer_refusal(const struct vhm_device *dev, uid_t uid, uid_t file_owner, char *why, size_t len) {
         if (file_owner != 0 && file_owner != uid) {
-                snprintf(why, len, "peer uid %u does not own the socket file (owner uid %u, not root)",
-                         (unsigned) uid, (unsigned) file_owner);
+                snprintf(why, len, "peer uid %u does not own the socket file (owner uid %u, not root)", (unsigned) uid,
+                         (unsigned) file_owner);
                 return why;
         }
         if (uid == 0)
@@ -316,8 +333,7 @@ static int check_peer(struct vhm_device *dev, int fd, uid_t file_owner, uid_t *u
         int r = vhu_socket_peer_cred(fd, uid, NULL, NULL);
         if (r < 0) {
                 close(fd);
-                return dev_fail(dev, r, "%s: cannot tell who the peer is (SO_PEERCRED): %s", dev->socket,
-                                strerror(-r));
+                return dev_fail(dev, r, "%s: cannot tell who the peer is (SO_PEERCRED): %s", dev->socket, strerror(-r));
         }
         if (!peer_refusal(dev, *uid, file_owner, why, sizeof(why)))
                 return 0;
@@ -342,8 +358,7 @@ static int negotiate(struct vhm_device *dev) {
                 drop_connection(dev);
                 dev->state = VHM_DEVICE_FAILED;
                 return dev_fail(dev, -ENOTSUP, "%s: the device needs %u queue pairs, the back-end offers %u%s",
-                                dev->socket, dev->cfg.queue_pairs, offered_pairs,
-                                offered_pairs == 1 ? " (no MQ)" : "");
+                                dev->socket, dev->cfg.queue_pairs, offered_pairs, offered_pairs == 1 ? " (no MQ)" : "");
         }
         dev->features_offered = vhu_conn_features(dev->conn);
         dev->protocol_features = vhu_conn_protocol_features(dev->conn);
@@ -408,9 +423,12 @@ static int send_memory_table(struct vhm_device *dev) {
                 return dev_fail(dev, -EINVAL, "%s: the VM has no memory", dev->socket);
         for (unsigned i = 0; i < n; i++) {
                 const struct vhm_region *r = vhm_vm_region(dev->vm, i);
-                regions[i] = (struct vhu_region) {
-                        .fd = r->fd, .guest_phys_addr = r->guest_phys_addr, .memory_size = r->size,
-                        .userspace_addr = (uint64_t) (uintptr_t) r->host, .mmap_offset = r->offset,
+                regions[i] = (struct vhu_region){
+                        .fd = r->fd,
+                        .guest_phys_addr = r->guest_phys_addr,
+                        .memory_size = r->size,
+                        .userspace_addr = (uint64_t) (uintptr_t) r->host,
+                        .mmap_offset = r->offset,
                 };
         }
         TRY(dev, "memory table", vhu_set_mem_table(dev->conn, regions, n));
@@ -418,10 +436,9 @@ static int send_memory_table(struct vhm_device *dev) {
         return 0;
 }
 
-
 static int ring_addresses(struct vhm_device *dev, unsigned q, struct vhu_vring_addr *a) {
         const struct vhm_queue_spec *s = &dev->queues[q];
-        *a = (struct vhu_vring_addr) {
+        *a = (struct vhu_vring_addr){
                 .index = q,
                 .desc_user_addr = vhm_vm_gpa_to_uaddr(dev->vm, s->desc_gpa, desc_bytes(s->size)),
                 .avail_user_addr = vhm_vm_gpa_to_uaddr(dev->vm, s->avail_gpa, avail_bytes(s->size)),
@@ -503,8 +520,9 @@ static int start_rings(struct vhm_device *dev) {
                 for (unsigned q = 0; q < nq; q++)
                         TRY(dev, "SET_VRING_ENABLE", vhu_set_vring_enable(dev->conn, q, true));
         if (vhu_conn_has_protocol_feature(dev->conn, VHU_PF_STATUS))
-                TRY(dev, "SET_STATUS", vhu_set_status(dev->conn, STATUS_ACKNOWLEDGE | STATUS_DRIVER |
-                                                                  STATUS_FEATURES_OK | STATUS_DRIVER_OK));
+                TRY(dev, "SET_STATUS",
+                    vhu_set_status(dev->conn,
+                                   STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK));
         dev->state = VHM_DEVICE_RUNNING;
         dev->resume_after_reconnect = true;
         dev->stats.starts++;
@@ -719,7 +737,9 @@ int vhm_device_set_logging(struct vhm_device *dev, bool on) {
         return confirm(dev);
 }
 
-bool vhm_device_logging(const struct vhm_device *dev) { return dev->logging; }
+bool vhm_device_logging(const struct vhm_device *dev) {
+        return dev->logging;
+}
 
 unsigned vhm_device_used_ring_extents(const struct vhm_device *dev, uint64_t gpa[], uint64_t bytes[], unsigned max) {
         unsigned n = 0;
@@ -754,7 +774,9 @@ int vhm_device_set_mtu(struct vhm_device *dev, uint16_t mtu) {
         return 0;
 }
 
-uint16_t vhm_device_mtu(const struct vhm_device *dev) { return dev->cfg.mtu; }
+uint16_t vhm_device_mtu(const struct vhm_device *dev) {
+        return dev->cfg.mtu;
+}
 
 void vhm_device_disconnect(struct vhm_device *dev) {
         if (dev->state == VHM_DEVICE_RUNNING)
@@ -782,17 +804,39 @@ int vhm_device_announce(struct vhm_device *dev) {
 
 /* ---- observers ------------------------------------------------------------- */
 
-enum vhm_device_state vhm_device_state(const struct vhm_device *dev) { return dev->state; }
-const char *vhm_device_error(const struct vhm_device *dev) { return dev->error; }
-uint32_t vhm_device_error_request(const struct vhm_device *dev) { return dev->error_request; }
-const char *vhm_device_socket(const struct vhm_device *dev) { return dev->socket; }
-uint64_t vhm_device_features(const struct vhm_device *dev) { return dev->features_offered; }
-uint64_t vhm_device_acked_features(const struct vhm_device *dev) { return dev->acked_features; }
-uint64_t vhm_device_protocol_features(const struct vhm_device *dev) { return dev->protocol_features; }
-uint64_t vhm_device_protocol_features_offered(const struct vhm_device *dev) { return dev->protocol_features_offered; }
-unsigned vhm_device_queue_pairs(const struct vhm_device *dev) { return dev->cfg.queue_pairs; }
-const struct vhm_device_stats *vhm_device_stats(const struct vhm_device *dev) { return &dev->stats; }
-struct vhu_conn *vhm_device_conn(const struct vhm_device *dev) { return dev->conn; }
+enum vhm_device_state vhm_device_state(const struct vhm_device *dev) {
+        return dev->state;
+}
+const char *vhm_device_error(const struct vhm_device *dev) {
+        return dev->error;
+}
+uint32_t vhm_device_error_request(const struct vhm_device *dev) {
+        return dev->error_request;
+}
+const char *vhm_device_socket(const struct vhm_device *dev) {
+        return dev->socket;
+}
+uint64_t vhm_device_features(const struct vhm_device *dev) {
+        return dev->features_offered;
+}
+uint64_t vhm_device_acked_features(const struct vhm_device *dev) {
+        return dev->acked_features;
+}
+uint64_t vhm_device_protocol_features(const struct vhm_device *dev) {
+        return dev->protocol_features;
+}
+uint64_t vhm_device_protocol_features_offered(const struct vhm_device *dev) {
+        return dev->protocol_features_offered;
+}
+unsigned vhm_device_queue_pairs(const struct vhm_device *dev) {
+        return dev->cfg.queue_pairs;
+}
+const struct vhm_device_stats *vhm_device_stats(const struct vhm_device *dev) {
+        return &dev->stats;
+}
+struct vhu_conn *vhm_device_conn(const struct vhm_device *dev) {
+        return dev->conn;
+}
 
 unsigned vhm_device_ring_index(const struct vhm_device *dev, unsigned queue) {
         return queue < VHM_DEVICE_MAX_QUEUES ? dev->last_avail[queue] : 0;

@@ -24,34 +24,34 @@
 #include "proto/vhost-user-transport.h"
 
 #define VHM_DEVICE_MAX_QUEUE_PAIRS 8
-#define VHM_DEVICE_MAX_QUEUES (2 * VHM_DEVICE_MAX_QUEUE_PAIRS)
+#define VHM_DEVICE_MAX_QUEUES      (2 * VHM_DEVICE_MAX_QUEUE_PAIRS)
 
 struct vhm_device;
 struct vhu_conn;
 
 enum vhm_device_state {
-        VHM_DEVICE_DISCONNECTED,   /* no back-end (yet, or it went away) */
-        VHM_DEVICE_READY,          /* negotiated, rings not running */
-        VHM_DEVICE_RUNNING,        /* rings started and enabled */
-        VHM_DEVICE_STOPPED,        /* rings stopped, indices kept */
-        VHM_DEVICE_FAILED,         /* a request failed; see vhm_device_error() */
+        VHM_DEVICE_DISCONNECTED, /* no back-end (yet, or it went away) */
+        VHM_DEVICE_READY,        /* negotiated, rings not running */
+        VHM_DEVICE_RUNNING,      /* rings started and enabled */
+        VHM_DEVICE_STOPPED,      /* rings stopped, indices kept */
+        VHM_DEVICE_FAILED,       /* a request failed; see vhm_device_error() */
 };
 
 /* One virtqueue, as the memory owner lays it out in guest memory. */
 struct vhm_queue_spec {
-        unsigned size;             /* power of two, 1..32768 */
+        unsigned size; /* power of two, 1..32768 */
         uint64_t desc_gpa, avail_gpa, used_gpa;
-        int kick_fd, call_fd;      /* eventfds; duplicated, the caller keeps its own */
+        int kick_fd, call_fd; /* eventfds; duplicated, the caller keeps its own */
 };
 
 struct vhm_device_config {
         const char *socket;
-        bool server;               /* listen at socket; the back-end connects */
-        unsigned timeout_ms;       /* per request; 0 = default */
-        uint64_t features;         /* virtio features the guest driver wants (ANDed with the offer) */
-        unsigned queue_pairs;      /* 1..VHM_DEVICE_MAX_QUEUE_PAIRS */
+        bool server;          /* listen at socket; the back-end connects */
+        unsigned timeout_ms;  /* per request; 0 = default */
+        uint64_t features;    /* virtio features the guest driver wants (ANDed with the offer) */
+        unsigned queue_pairs; /* 1..VHM_DEVICE_MAX_QUEUE_PAIRS */
         uint8_t mac[6];
-        uint16_t mtu;              /* 0: do not set */
+        uint16_t mtu; /* 0: do not set */
         /*
          * Who may be the back-end, checked with SO_PEERCRED on every
          * connection (client and server mode) before a single request is
@@ -68,7 +68,7 @@ struct vhm_device_config {
 
 /* Counters and observable state, for the service layer. */
 struct vhm_device_stats {
-        uint64_t connects;         /* successful negotiations, the first included */
+        uint64_t connects; /* successful negotiations, the first included */
         uint64_t disconnects;
         uint64_t starts, stops;
         uint64_t reconnect_attempts;
@@ -169,9 +169,9 @@ const char *vhm_device_error(const struct vhm_device *dev);
 /* The vhost-user request behind the last error (VHU_REQ_NONE when it was not a request). */
 uint32_t vhm_device_error_request(const struct vhm_device *dev);
 const char *vhm_device_socket(const struct vhm_device *dev);
-uint64_t vhm_device_features(const struct vhm_device *dev);           /* offered */
+uint64_t vhm_device_features(const struct vhm_device *dev); /* offered */
 uint64_t vhm_device_acked_features(const struct vhm_device *dev);
-uint64_t vhm_device_protocol_features(const struct vhm_device *dev);  /* negotiated */
+uint64_t vhm_device_protocol_features(const struct vhm_device *dev); /* negotiated */
 uint64_t vhm_device_protocol_features_offered(const struct vhm_device *dev);
 unsigned vhm_device_queue_pairs(const struct vhm_device *dev);
 /* Last avail index known for a queue (from GET_VRING_BASE, or what it was started from). */

@@ -25,7 +25,7 @@ static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 /* Only a fault the kernel raised on this thread's armed range is ours. */
 static bool ours(const siginfo_t *si) {
         const struct guard *g = armed;
-        if (!g || si->si_code <= 0)   /* SI_USER, SI_TKILL, SI_QUEUE: sent, not a fault */
+        if (!g || si->si_code <= 0) /* SI_USER, SI_TKILL, SI_QUEUE: sent, not a fault */
                 return false;
         uintptr_t a = (uintptr_t) si->si_addr;
         return a >= g->lo && a < g->hi;
@@ -96,7 +96,11 @@ static int install(void) {
         return r;
 }
 
-enum access { ACCESS_READ, ACCESS_WRITE, ACCESS_LOAD_U16_ACQUIRE };
+enum access {
+        ACCESS_READ,
+        ACCESS_WRITE,
+        ACCESS_LOAD_U16_ACQUIRE
+};
 
 /*
  * The one place guest memory is touched.  The armed range is widened to
@@ -115,7 +119,7 @@ static int guarded(enum access op, volatile void *guest, void *local, size_t len
                 .outer = armed,
         };
         if (sigsetjmp(g.env, 0))
-                return -EIO;   /* the handler already disarmed */
+                return -EIO; /* the handler already disarmed */
         armed = &g;
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
         switch (op) {

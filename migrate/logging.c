@@ -35,12 +35,11 @@ struct vhm_logging {
          * pages dirty until every device has acknowledged the current log.
          */
         bool incomplete;
-        char alloc_failure[160];       /* why the last log could not be allocated */
+        char alloc_failure[160]; /* why the last log could not be allocated */
         char error[2048];
 };
 
-__attribute__((format(printf, 3, 4)))
-static int log_fail(struct vhm_logging *l, int err, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int log_fail(struct vhm_logging *l, int err, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(l->error, sizeof(l->error), fmt, ap);
@@ -75,12 +74,24 @@ void vhm_logging_free(struct vhm_logging *l) {
         free(l);
 }
 
-const char *vhm_logging_error(const struct vhm_logging *l) { return l->error; }
-bool vhm_logging_active(const struct vhm_logging *l) { return l->active; }
-struct vhm_bitmap *vhm_logging_bitmap(const struct vhm_logging *l) { return l->bitmap; }
-uint64_t vhm_logging_log_size(const struct vhm_logging *l) { return l->log ? vhm_log_size_bytes(l->log) : 0; }
-int vhm_logging_log_fd(const struct vhm_logging *l) { return l->log ? vhm_log_fd(l->log) : -1; }
-bool vhm_logging_incomplete(const struct vhm_logging *l) { return l->incomplete; }
+const char *vhm_logging_error(const struct vhm_logging *l) {
+        return l->error;
+}
+bool vhm_logging_active(const struct vhm_logging *l) {
+        return l->active;
+}
+struct vhm_bitmap *vhm_logging_bitmap(const struct vhm_logging *l) {
+        return l->bitmap;
+}
+uint64_t vhm_logging_log_size(const struct vhm_logging *l) {
+        return l->log ? vhm_log_size_bytes(l->log) : 0;
+}
+int vhm_logging_log_fd(const struct vhm_logging *l) {
+        return l->log ? vhm_log_fd(l->log) : -1;
+}
+bool vhm_logging_incomplete(const struct vhm_logging *l) {
+        return l->incomplete;
+}
 
 /* ---- blockers ---------------------------------------------------------------- */
 
@@ -112,13 +123,13 @@ static int required_top(struct vhm_logging *l, uint64_t *top) {
 
         for (unsigned i = 0; i < nregions; i++) {
                 const struct vhm_region *r = vhm_vm_region(l->vm, i);
-                regions[i] = (struct vhm_log_extent) { r->guest_phys_addr, r->size };
+                regions[i] = (struct vhm_log_extent){ r->guest_phys_addr, r->size };
         }
         for (unsigned d = 0; d < l->ndevices; d++) {
                 uint64_t gpa[VHM_DEVICE_MAX_QUEUES], bytes[VHM_DEVICE_MAX_QUEUES];
                 unsigned n = vhm_device_used_ring_extents(l->devices[d], gpa, bytes, VHM_DEVICE_MAX_QUEUES);
                 for (unsigned q = 0; q < n; q++)
-                        rings[nrings++] = (struct vhm_log_extent) { gpa[q], bytes[q] };
+                        rings[nrings++] = (struct vhm_log_extent){ gpa[q], bytes[q] };
         }
         int r = vhm_log_required_top(regions, nregions, rings, nrings, top);
         if (r < 0)
@@ -137,7 +148,8 @@ static int allocate_log(struct vhm_logging *l, struct vhm_log **out) {
         r = vhm_log_new(top, out);
         if (r < 0) {
                 snprintf(l->alloc_failure, sizeof(l->alloc_failure),
-                         "Migration disabled: the dirty log for 0x%" PRIx64 " bytes of guest memory cannot be allocated (%s)",
+                         "Migration disabled: the dirty log for 0x%" PRIx64
+                         " bytes of guest memory cannot be allocated (%s)",
                          top, strerror(-r));
                 return log_fail(l, r, "%s", l->alloc_failure);
         }
@@ -338,7 +350,8 @@ int vhm_logging_resize(struct vhm_logging *l) {
                 vhm_log_free(old);
                 l->incomplete = true;
                 size_t used = strlen(l->error);
-                snprintf(l->error + used, sizeof(l->error) - used, "; every retired-log slot is taken, so the"
+                snprintf(l->error + used, sizeof(l->error) - used,
+                         "; every retired-log slot is taken, so the"
                          " dirty log is incomplete until every device takes the current log: every page"
                          " counts as dirty");
         }

@@ -7,8 +7,8 @@
 #include "migrate/probe.h"
 #include "proto/vhost-user-frontend.h"
 
-static int open_connection(const struct vhm_probe_options *opts, struct vhu_conn **conn,
-                           char *error, size_t error_len) {
+static int open_connection(const struct vhm_probe_options *opts, struct vhu_conn **conn, char *error,
+                           size_t error_len) {
         struct vhu_conn_options copts = { .timeout_ms = opts->timeout_ms };
 
         if (!opts->server) {
@@ -23,7 +23,8 @@ static int open_connection(const struct vhm_probe_options *opts, struct vhu_conn
                 snprintf(error, error_len, "cannot listen on %s: %s", opts->socket, strerror(-lfd));
                 return lfd;
         }
-        int fd = vhu_socket_accept(lfd, NULL, vhu_deadline_after_ms(copts.timeout_ms ? copts.timeout_ms : VHU_DEFAULT_TIMEOUT_MS));
+        int fd = vhu_socket_accept(lfd, NULL,
+                                   vhu_deadline_after_ms(copts.timeout_ms ? copts.timeout_ms : VHU_DEFAULT_TIMEOUT_MS));
         close(lfd);
         unlink(opts->socket);
         if (fd < 0) {

@@ -12,16 +12,16 @@
 
 struct vhm_probe_options {
         const char *socket;
-        bool server;            /* listen at socket and wait for the back-end */
-        unsigned timeout_ms;    /* per request, and for the back-end to connect */
+        bool server;         /* listen at socket and wait for the back-end */
+        unsigned timeout_ms; /* per request, and for the back-end to connect */
 };
 
 struct vhm_probe_result {
         uint64_t features;
-        uint64_t protocol_features;            /* offered */
+        uint64_t protocol_features; /* offered */
         uint64_t protocol_features_negotiated;
         unsigned queue_pairs;
-        uint64_t max_mem_slots;                /* 0 when CONFIGURE_MEM_SLOTS is missing */
+        uint64_t max_mem_slots; /* 0 when CONFIGURE_MEM_SLOTS is missing */
         bool migratable;
         struct vhm_blockers blockers;
 };

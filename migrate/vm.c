@@ -25,8 +25,7 @@ struct vhm_vm {
         char error[256];
 };
 
-__attribute__((format(printf, 3, 4)))
-static int vm_fail(struct vhm_vm *vm, int err, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int vm_fail(struct vhm_vm *vm, int err, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(vm->error, sizeof(vm->error), fmt, ap);
@@ -40,8 +39,8 @@ static bool valid_name(const char *name) {
                 return false;
         for (size_t i = 0; i < len; i++) {
                 char c = name[i];
-                bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                          c == '_' || c == '-' || c == '.';
+                bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                          c == '-' || c == '.';
                 if (!ok)
                         return false;
         }
@@ -73,10 +72,18 @@ void vhm_vm_free(struct vhm_vm *vm) {
         free(vm);
 }
 
-const char *vhm_vm_name(const struct vhm_vm *vm) { return vm->name; }
-const char *vhm_vm_error(const struct vhm_vm *vm) { return vm->error; }
-unsigned vhm_vm_region_count(const struct vhm_vm *vm) { return vm->nregions; }
-uint64_t vhm_vm_memory_generation(const struct vhm_vm *vm) { return vm->generation; }
+const char *vhm_vm_name(const struct vhm_vm *vm) {
+        return vm->name;
+}
+const char *vhm_vm_error(const struct vhm_vm *vm) {
+        return vm->error;
+}
+unsigned vhm_vm_region_count(const struct vhm_vm *vm) {
+        return vm->nregions;
+}
+uint64_t vhm_vm_memory_generation(const struct vhm_vm *vm) {
+        return vm->generation;
+}
 
 const struct vhm_region *vhm_vm_region(const struct vhm_vm *vm, unsigned i) {
         return i < vm->nregions ? &vm->regions[i] : NULL;
@@ -99,12 +106,16 @@ uint64_t vhm_vm_top_gpa(const struct vhm_vm *vm) {
         return top;
 }
 
-uint64_t vhm_vm_gpa_limit(const struct vhm_vm *vm) { return vm->gpa_limit; }
+uint64_t vhm_vm_gpa_limit(const struct vhm_vm *vm) {
+        return vm->gpa_limit;
+}
 
 int vhm_vm_set_gpa_limit(struct vhm_vm *vm, uint64_t limit) {
         if (limit == 0 || limit % PAGE_SIZE || limit > VHM_LOG_MAX_TOP_GPA)
-                return vm_fail(vm, -EINVAL, "guest-physical limit 0x%" PRIx64 ": must be a non-zero multiple of"
-                               " 4 KiB up to 0x%" PRIx64, limit, VHM_LOG_MAX_TOP_GPA);
+                return vm_fail(vm, -EINVAL,
+                               "guest-physical limit 0x%" PRIx64 ": must be a non-zero multiple of"
+                               " 4 KiB up to 0x%" PRIx64,
+                               limit, VHM_LOG_MAX_TOP_GPA);
         if (vhm_vm_top_gpa(vm) > limit)
                 return vm_fail(vm, -ERANGE, "guest-physical limit 0x%" PRIx64 ": memory already ends at 0x%" PRIx64,
                                limit, vhm_vm_top_gpa(vm));
@@ -131,9 +142,11 @@ static int check_sealed(struct vhm_vm *vm, const struct vhm_region_spec *s) {
         int seals = fcntl(s->fd, F_GET_SEALS);
         if (seals >= 0 && (seals & F_SEAL_SHRINK))
                 return 0;
-        return vm_fail(vm, -EPERM, "region at 0x%" PRIx64 ": the memfd is not sealed against shrinking,"
+        return vm_fail(vm, -EPERM,
+                       "region at 0x%" PRIx64 ": the memfd is not sealed against shrinking,"
                        " so a back-end could truncate it; create it with MFD_ALLOW_SEALING and add"
-                       " F_SEAL_SHRINK (fcntl F_ADD_SEALS)", s->guest_phys_addr);
+                       " F_SEAL_SHRINK (fcntl F_ADD_SEALS)",
+                       s->guest_phys_addr);
 }
 
 /* What the memory owner gave must be mappable memory that really holds the region. */
@@ -142,28 +155,35 @@ static int check_spec(struct vhm_vm *vm, const struct vhm_region_spec *s) {
         uint64_t gpa = s->guest_phys_addr;
 
         if (vm->nregions >= VHM_VM_MAX_REGIONS)
-                return vm_fail(vm, -E2BIG, "region at 0x%" PRIx64 ": the VM already has %u regions",
-                               gpa, VHM_VM_MAX_REGIONS);
+                return vm_fail(vm, -E2BIG, "region at 0x%" PRIx64 ": the VM already has %u regions", gpa,
+                               VHM_VM_MAX_REGIONS);
         if (s->fd < 0 || fstat(s->fd, &st) < 0)
                 return vm_fail(vm, -EBADF, "region at 0x%" PRIx64 ": invalid fd", gpa);
         if (!S_ISREG(st.st_mode))
-                return vm_fail(vm, -EINVAL, "region at 0x%" PRIx64 ": fd is not a memory file (memfd, hugetlbfs or tmpfs)", gpa);
+                return vm_fail(vm, -EINVAL,
+                               "region at 0x%" PRIx64 ": fd is not a memory file (memfd, hugetlbfs or tmpfs)", gpa);
         if (s->size == 0 || (s->size | gpa | s->offset) % PAGE_SIZE)
-                return vm_fail(vm, -EINVAL, "region at 0x%" PRIx64 ": size 0x%" PRIx64 " and offset 0x%" PRIx64
-                               " must be non-zero multiples of 4 KiB", gpa, s->size, s->offset);
+                return vm_fail(vm, -EINVAL,
+                               "region at 0x%" PRIx64 ": size 0x%" PRIx64 " and offset 0x%" PRIx64
+                               " must be non-zero multiples of 4 KiB",
+                               gpa, s->size, s->offset);
         if (gpa + s->size < gpa || s->offset + s->size < s->offset)
                 return vm_fail(vm, -EINVAL, "region at 0x%" PRIx64 ": wraps around", gpa);
         if (gpa + s->size > vm->gpa_limit)
-                return vm_fail(vm, -ERANGE, "region at 0x%" PRIx64 ": ends at 0x%" PRIx64 ", above the VM's"
-                               " guest-physical limit of 0x%" PRIx64, gpa, gpa + s->size, vm->gpa_limit);
+                return vm_fail(vm, -ERANGE,
+                               "region at 0x%" PRIx64 ": ends at 0x%" PRIx64 ", above the VM's"
+                               " guest-physical limit of 0x%" PRIx64,
+                               gpa, gpa + s->size, vm->gpa_limit);
         if (s->offset + s->size > (uint64_t) st.st_size)
-                return vm_fail(vm, -EINVAL, "region at 0x%" PRIx64 ": offset 0x%" PRIx64 " + size 0x%" PRIx64
-                               " exceeds the file (0x%" PRIx64 " bytes)", gpa, s->offset, s->size, (uint64_t) st.st_size);
+                return vm_fail(vm, -EINVAL,
+                               "region at 0x%" PRIx64 ": offset 0x%" PRIx64 " + size 0x%" PRIx64
+                               " exceeds the file (0x%" PRIx64 " bytes)",
+                               gpa, s->offset, s->size, (uint64_t) st.st_size);
         for (unsigned i = 0; i < vm->nregions; i++) {
                 const struct vhm_region *r = &vm->regions[i];
                 if (gpa < r->guest_phys_addr + r->size && r->guest_phys_addr < gpa + s->size)
-                        return vm_fail(vm, -EEXIST, "region at 0x%" PRIx64 " overlaps the region at 0x%" PRIx64,
-                                       gpa, r->guest_phys_addr);
+                        return vm_fail(vm, -EEXIST, "region at 0x%" PRIx64 " overlaps the region at 0x%" PRIx64, gpa,
+                                       r->guest_phys_addr);
         }
         return check_sealed(vm, s);
 }
@@ -182,9 +202,12 @@ int vhm_vm_add_region(struct vhm_vm *vm, const struct vhm_region_spec *spec) {
                 close(fd);
                 return vm_fail(vm, r, "region at 0x%" PRIx64 ": mmap: %s", spec->guest_phys_addr, strerror(-r));
         }
-        vm->regions[vm->nregions++] = (struct vhm_region) {
-                .fd = fd, .guest_phys_addr = spec->guest_phys_addr, .size = spec->size,
-                .offset = spec->offset, .host = host,
+        vm->regions[vm->nregions++] = (struct vhm_region){
+                .fd = fd,
+                .guest_phys_addr = spec->guest_phys_addr,
+                .size = spec->size,
+                .offset = spec->offset,
+                .host = host,
         };
         vm->generation++;
         return 0;
@@ -233,8 +256,10 @@ static uint8_t *host_or_fail(struct vhm_vm *vm, uint64_t gpa, size_t len, const 
 static int access_failed(struct vhm_vm *vm, int r, uint64_t gpa, const char *what) {
         const struct vhm_region *reg = find_region(vm, gpa, 1);
         if (r == -EIO)
-                return vm_fail(vm, r, "region at 0x%" PRIx64 ": %s at 0x%" PRIx64 ": guest memory is no longer"
-                               " backed (the file was truncated?)", reg->guest_phys_addr, what, gpa);
+                return vm_fail(vm, r,
+                               "region at 0x%" PRIx64 ": %s at 0x%" PRIx64 ": guest memory is no longer"
+                               " backed (the file was truncated?)",
+                               reg->guest_phys_addr, what, gpa);
         return vm_fail(vm, r, "%s at 0x%" PRIx64 ": %s", what, gpa, strerror(-r));
 }
 

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define VHM_VM_MAX_REGIONS 8
-#define VHM_VM_NAME_MAX 64
+#define VHM_VM_NAME_MAX    64
 
 struct vhm_vm;
 
@@ -21,7 +21,7 @@ struct vhm_region_spec {
         int fd;
         uint64_t guest_phys_addr;
         uint64_t size;
-        uint64_t offset;           /* into the file */
+        uint64_t offset; /* into the file */
 };
 
 /* A mapped region, as back-ends are told about it (userspace_addr = our mapping). */
@@ -55,8 +55,8 @@ const char *vhm_vm_error(const struct vhm_vm *vm);
 
 unsigned vhm_vm_region_count(const struct vhm_vm *vm);
 const struct vhm_region *vhm_vm_region(const struct vhm_vm *vm, unsigned i);
-uint64_t vhm_vm_memory_size(const struct vhm_vm *vm);   /* sum of region sizes */
-uint64_t vhm_vm_top_gpa(const struct vhm_vm *vm);       /* end of the highest region */
+uint64_t vhm_vm_memory_size(const struct vhm_vm *vm); /* sum of region sizes */
+uint64_t vhm_vm_top_gpa(const struct vhm_vm *vm);     /* end of the highest region */
 
 /*
  * The highest guest-physical address a region may end at (default

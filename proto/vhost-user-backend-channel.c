@@ -26,9 +26,8 @@ struct vhu_backend_channel {
 
 static const struct vhu_backend_handlers no_handlers;
 
-int vhu_backend_channel_new(const struct vhu_backend_handlers *handlers, void *userdata,
-                            uint64_t protocol_features, int *backend_fd,
-                            struct vhu_backend_channel **out) {
+int vhu_backend_channel_new(const struct vhu_backend_handlers *handlers, void *userdata, uint64_t protocol_features,
+                            int *backend_fd, struct vhu_backend_channel **out) {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
                 return -errno;
@@ -85,8 +84,8 @@ static int channel_close(struct vhu_backend_channel *ch, int err) {
         return err;
 }
 
-__attribute__((format(printf, 3, 4)))
-static int channel_fail(struct vhu_backend_channel *ch, int err, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int channel_fail(struct vhu_backend_channel *ch, int err, const char *fmt,
+                                                              ...) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(ch->error, sizeof(ch->error), fmt, ap);
@@ -173,8 +172,8 @@ static const struct vhu_backend_request_info *validate(struct vhu_backend_channe
                 return NULL;
         }
         if ((msg->hdr.flags & VHU_VERSION_MASK) != VHU_VERSION || (msg->hdr.flags & VHU_FLAG_REPLY)) {
-                snprintf(ch->error, sizeof(ch->error), "back-end request %s: invalid flags 0x%x",
-                         info->name, msg->hdr.flags);
+                snprintf(ch->error, sizeof(ch->error), "back-end request %s: invalid flags 0x%x", info->name,
+                         msg->hdr.flags);
                 return NULL;
         }
         if (!vhu_size_allowed(&info->size, msg->hdr.size)) {
@@ -192,10 +191,14 @@ static const struct vhu_backend_request_info *validate(struct vhu_backend_channe
 
 static const char *read_error_text(int err) {
         switch (err) {
-        case -ECONNRESET: return "closed by the back-end";
-        case -ETIMEDOUT: return "a message began but did not arrive whole in time";
-        case -EMSGSIZE: return "message carried more than 8 fds";
-        default: return strerror(-err);
+        case -ECONNRESET:
+                return "closed by the back-end";
+        case -ETIMEDOUT:
+                return "a message began but did not arrive whole in time";
+        case -EMSGSIZE:
+                return "message carried more than 8 fds";
+        default:
+                return strerror(-err);
         }
 }
 

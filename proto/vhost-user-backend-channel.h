@@ -37,9 +37,8 @@ struct vhu_backend_handlers {
  * back-end.  `protocol_features` are the negotiated ones: a request whose
  * feature was not negotiated is a protocol error.
  */
-int vhu_backend_channel_new(const struct vhu_backend_handlers *handlers, void *userdata,
-                            uint64_t protocol_features, int *backend_fd,
-                            struct vhu_backend_channel **out);
+int vhu_backend_channel_new(const struct vhu_backend_handlers *handlers, void *userdata, uint64_t protocol_features,
+                            int *backend_fd, struct vhu_backend_channel **out);
 void vhu_backend_channel_free(struct vhu_backend_channel *ch);
 
 /* Our end, for an event loop: readable when a request is waiting. */
@@ -60,10 +59,10 @@ int vhu_backend_channel_fd(const struct vhu_backend_channel *ch);
  * VHU_BACKEND_CHANNEL_BUDGET is how many messages the front-end serves per
  * wakeup while it waits for a reply, so that one wakeup is bounded work.
  */
-#define VHU_BACKEND_CHANNEL_FLOOD_MAX 256u
-#define VHU_BACKEND_CHANNEL_FLOOD_WINDOW_MS 1000u
+#define VHU_BACKEND_CHANNEL_FLOOD_MAX          256u
+#define VHU_BACKEND_CHANNEL_FLOOD_WINDOW_MS    1000u
 #define VHU_BACKEND_CHANNEL_MESSAGE_TIMEOUT_MS 1000u
-#define VHU_BACKEND_CHANNEL_BUDGET 16u
+#define VHU_BACKEND_CHANNEL_BUDGET             16u
 
 /*
  * Reads and serves one request.  Returns 1 when one was served, 0 when none

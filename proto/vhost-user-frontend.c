@@ -14,21 +14,21 @@
 struct vhu_conn {
         int fd;
         unsigned timeout_ms;
-        struct vhu_io io;              /* io.wait == NULL: the built-in wait */
+        struct vhu_io io; /* io.wait == NULL: the built-in wait */
         vhu_trace_fn trace;
         void *trace_userdata;
 
         bool features_known;
-        uint64_t features;             /* offered */
+        uint64_t features; /* offered */
         uint64_t acked_features;
         uint64_t protocol_features_offered;
-        uint64_t protocol_features;    /* negotiated */
+        uint64_t protocol_features; /* negotiated */
         unsigned queue_num;
         uint64_t max_mem_slots;
         struct vhu_backend_channel *channel;
 
         uint32_t last_request;
-        uint64_t requests, request_failures;   /* sent on this connection, and of those, failed */
+        uint64_t requests, request_failures; /* sent on this connection, and of those, failed */
         /* Why the back-end channel failed during the request in flight, or "". */
         char channel_error[192];
         char error[448];
@@ -36,8 +36,7 @@ struct vhu_conn {
 
 /* ---- errors ---------------------------------------------------------- */
 
-__attribute__((format(printf, 3, 4)))
-static int fail(struct vhu_conn *c, int err, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int fail(struct vhu_conn *c, int err, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(c->error, sizeof(c->error), fmt, ap);
@@ -55,8 +54,7 @@ static void disconnect(struct vhu_conn *c) {
 }
 
 /* A protocol violation: the stream can no longer be trusted, so it is closed. */
-__attribute__((format(printf, 3, 4)))
-static int fail_fatal(struct vhu_conn *c, int err, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int fail_fatal(struct vhu_conn *c, int err, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(c->error, sizeof(c->error), fmt, ap);
@@ -67,10 +65,14 @@ static int fail_fatal(struct vhu_conn *c, int err, const char *fmt, ...) {
 
 static const char *io_error_text(int err) {
         switch (err) {
-        case -ETIMEDOUT: return "no reply in time";
-        case -ECONNRESET: return "connection closed by the back-end";
-        case -EMSGSIZE: return "message carried more than 8 fds";
-        default: return strerror(-err);
+        case -ETIMEDOUT:
+                return "no reply in time";
+        case -ECONNRESET:
+                return "connection closed by the back-end";
+        case -EMSGSIZE:
+                return "message carried more than 8 fds";
+        default:
+                return strerror(-err);
         }
 }
 
@@ -119,33 +121,59 @@ void vhu_conn_free(struct vhu_conn *c) {
         free(c);
 }
 
-const char *vhu_conn_error(const struct vhu_conn *c) { return c->error; }
-uint32_t vhu_conn_last_request(const struct vhu_conn *c) { return c->last_request; }
-uint64_t vhu_conn_requests(const struct vhu_conn *c) { return c->requests; }
-uint64_t vhu_conn_request_failures(const struct vhu_conn *c) { return c->request_failures; }
-bool vhu_conn_is_connected(const struct vhu_conn *c) { return c->fd >= 0; }
-int vhu_conn_fd(const struct vhu_conn *c) { return c->fd; }
+const char *vhu_conn_error(const struct vhu_conn *c) {
+        return c->error;
+}
+uint32_t vhu_conn_last_request(const struct vhu_conn *c) {
+        return c->last_request;
+}
+uint64_t vhu_conn_requests(const struct vhu_conn *c) {
+        return c->requests;
+}
+uint64_t vhu_conn_request_failures(const struct vhu_conn *c) {
+        return c->request_failures;
+}
+bool vhu_conn_is_connected(const struct vhu_conn *c) {
+        return c->fd >= 0;
+}
+int vhu_conn_fd(const struct vhu_conn *c) {
+        return c->fd;
+}
 void vhu_conn_set_timeout(struct vhu_conn *c, unsigned timeout_ms) {
         c->timeout_ms = timeout_ms ? timeout_ms : VHU_DEFAULT_TIMEOUT_MS;
 }
 void vhu_conn_set_io(struct vhu_conn *c, const struct vhu_io *io) {
-        c->io = io ? *io : (struct vhu_io) { 0 };
+        c->io = io ? *io : (struct vhu_io){ 0 };
 }
 void vhu_conn_set_trace(struct vhu_conn *c, vhu_trace_fn fn, void *userdata) {
         c->trace = fn;
         c->trace_userdata = userdata;
 }
 
-uint64_t vhu_conn_features(const struct vhu_conn *c) { return c->features; }
-uint64_t vhu_conn_acked_features(const struct vhu_conn *c) { return c->acked_features; }
-uint64_t vhu_conn_protocol_features_offered(const struct vhu_conn *c) { return c->protocol_features_offered; }
-uint64_t vhu_conn_protocol_features(const struct vhu_conn *c) { return c->protocol_features; }
+uint64_t vhu_conn_features(const struct vhu_conn *c) {
+        return c->features;
+}
+uint64_t vhu_conn_acked_features(const struct vhu_conn *c) {
+        return c->acked_features;
+}
+uint64_t vhu_conn_protocol_features_offered(const struct vhu_conn *c) {
+        return c->protocol_features_offered;
+}
+uint64_t vhu_conn_protocol_features(const struct vhu_conn *c) {
+        return c->protocol_features;
+}
 bool vhu_conn_has_protocol_feature(const struct vhu_conn *c, unsigned bit) {
         return bit < 64 && (c->protocol_features & VHU_BIT(bit));
 }
-unsigned vhu_conn_queue_num(const struct vhu_conn *c) { return c->queue_num; }
-uint64_t vhu_conn_max_mem_slots(const struct vhu_conn *c) { return c->max_mem_slots; }
-struct vhu_backend_channel *vhu_conn_backend_channel(const struct vhu_conn *c) { return c->channel; }
+unsigned vhu_conn_queue_num(const struct vhu_conn *c) {
+        return c->queue_num;
+}
+uint64_t vhu_conn_max_mem_slots(const struct vhu_conn *c) {
+        return c->max_mem_slots;
+}
+struct vhu_backend_channel *vhu_conn_backend_channel(const struct vhu_conn *c) {
+        return c->channel;
+}
 
 /* ---- waiting ----------------------------------------------------------- */
 
@@ -162,8 +190,7 @@ struct vhu_backend_channel *vhu_conn_backend_channel(const struct vhu_conn *c) {
 static void serve_channel(struct vhu_conn *c, uint64_t deadline_usec) {
         int r = vhu_backend_channel_serve(c->channel, VHU_BACKEND_CHANNEL_BUDGET, deadline_usec);
         if (r < 0 && !c->channel_error[0])
-                snprintf(c->channel_error, sizeof(c->channel_error), "%s",
-                         vhu_backend_channel_error(c->channel));
+                snprintf(c->channel_error, sizeof(c->channel_error), "%s", vhu_backend_channel_error(c->channel));
 }
 
 static int wait_serving_channel(void *userdata, int fd, short events, uint64_t deadline_usec) {
@@ -179,7 +206,7 @@ static int wait_serving_channel(void *userdata, int fd, short events, uint64_t d
                 struct pollfd pfd[2] = { { .fd = fd, .events = events } };
                 unsigned n = 1;
                 if (c->channel && vhu_backend_channel_is_open(c->channel))
-                        pfd[n++] = (struct pollfd) { .fd = vhu_backend_channel_fd(c->channel), .events = POLLIN };
+                        pfd[n++] = (struct pollfd){ .fd = vhu_backend_channel_fd(c->channel), .events = POLLIN };
 
                 int r = vhu_poll_until(pfd, n, deadline_usec);
                 if (r < 0)
@@ -194,7 +221,7 @@ static int wait_serving_channel(void *userdata, int fd, short events, uint64_t d
 static struct vhu_io conn_io(struct vhu_conn *c) {
         if (c->io.wait)
                 return c->io;
-        return (struct vhu_io) { .wait = wait_serving_channel, .userdata = c };
+        return (struct vhu_io){ .wait = wait_serving_channel, .userdata = c };
 }
 
 /* ---- the one place where requests go out and replies come back --------- */
@@ -205,7 +232,8 @@ static int check_gate(struct vhu_conn *c, const struct vhu_request_info *info) {
                             vhu_protocol_feature_name((unsigned) info->protocol_feature));
         if (info->virtio_feature >= 0) {
                 if (!c->features_known)
-                        return fail(c, -ENOTSUP, "%s: back-end features not known yet (GET_FEATURES first)", info->name);
+                        return fail(c, -ENOTSUP, "%s: back-end features not known yet (GET_FEATURES first)",
+                                    info->name);
                 if (!(c->features & VHU_BIT(info->virtio_feature)))
                         return fail(c, -ENOTSUP, "%s: back-end does not offer feature %s", info->name,
                                     vhu_virtio_feature_name((unsigned) info->virtio_feature));
@@ -229,8 +257,8 @@ static void describe_rule(char *buf, size_t len, const struct vhu_size_rule *rul
 
 static const struct vhu_size_rule ack_size = { sizeof(uint64_t), sizeof(uint64_t), 1 };
 
-static int receive_reply(struct vhu_conn *c, const struct vhu_request_info *info, bool ack,
-                         const struct vhu_io *io, uint64_t deadline, struct vhu_msg *reply) {
+static int receive_reply(struct vhu_conn *c, const struct vhu_request_info *info, bool ack, const struct vhu_io *io,
+                         uint64_t deadline, struct vhu_msg *reply) {
         int r = vhu_recv_hdr(c->fd, reply, io, deadline);
         if (r < 0)
                 return fail_io(c, r, info->name, "");
@@ -263,19 +291,20 @@ static int receive_reply(struct vhu_conn *c, const struct vhu_request_info *info
         if (reply->nfds > fds_allowed) {
                 unsigned n = reply->nfds;
                 vhu_msg_close_fds(reply);
-                return fail_fatal(c, -EPROTO, "%s: reply carried %u fds, expected at most %u", info->name, n, fds_allowed);
+                return fail_fatal(c, -EPROTO, "%s: reply carried %u fds, expected at most %u", info->name, n,
+                                  fds_allowed);
         }
         if (c->trace)
                 c->trace(c->trace_userdata, false, reply);
         return 0;
 }
 
-static int request_once(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size,
-                        const int *fds, unsigned nfds, struct vhu_msg *reply, bool *sent);
+static int request_once(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size, const int *fds,
+                        unsigned nfds, struct vhu_msg *reply, bool *sent);
 
 /* Counts what goes on the wire: a request refused before sending is the caller's mistake, not the back-end's. */
-int vhu_request(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size,
-                const int *fds, unsigned nfds, struct vhu_msg *reply) {
+int vhu_request(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size, const int *fds, unsigned nfds,
+                struct vhu_msg *reply) {
         bool sent = false;
         int r = request_once(c, request, payload, size, fds, nfds, reply, &sent);
         if (sent) {
@@ -286,8 +315,8 @@ int vhu_request(struct vhu_conn *c, uint32_t request, const void *payload, uint3
         return r;
 }
 
-static int request_once(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size,
-                        const int *fds, unsigned nfds, struct vhu_msg *reply, bool *sent) {
+static int request_once(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size, const int *fds,
+                        unsigned nfds, struct vhu_msg *reply, bool *sent) {
         const struct vhu_request_info *info = vhu_request_info(request);
         c->last_request = request;
         if (!info)
@@ -295,8 +324,8 @@ static int request_once(struct vhu_conn *c, uint32_t request, const void *payloa
         if (!vhu_size_allowed(&info->size, size) || size > sizeof(union vhu_payload))
                 return fail(c, -EINVAL, "%s: payload of %u bytes is not valid for this request", info->name, size);
         if (nfds < info->fds_min || nfds > info->fds_max)
-                return fail(c, -EINVAL, "%s: %u fds given, %u..%u expected", info->name, nfds,
-                            info->fds_min, info->fds_max);
+                return fail(c, -EINVAL, "%s: %u fds given, %u..%u expected", info->name, nfds, info->fds_min,
+                            info->fds_max);
         if (c->fd < 0)
                 return fail(c, -ENOTCONN, "%s: not connected (the connection was closed after an earlier failure)",
                             info->name);
@@ -325,7 +354,8 @@ static int request_once(struct vhu_conn *c, uint32_t request, const void *payloa
                 return fail_io(c, r, info->name, "send: ");
 
         bool expect_reply = ack || info->reply == VHU_REPLY_ALWAYS ||
-                            (info->reply == VHU_REPLY_IF_LOG_SHMFD && (c->protocol_features & VHU_BIT(VHU_PF_LOG_SHMFD)));
+                            (info->reply == VHU_REPLY_IF_LOG_SHMFD &&
+                             (c->protocol_features & VHU_BIT(VHU_PF_LOG_SHMFD)));
         if (!expect_reply)
                 return 0;
 
@@ -335,8 +365,8 @@ static int request_once(struct vhu_conn *c, uint32_t request, const void *payloa
         if (r < 0)
                 return r;
         if (ack && rep->payload.u64 != 0)
-                return fail(c, -EREMOTEIO, "%s: back-end refused the request (status %" PRIu64 ")",
-                            info->name, rep->payload.u64);
+                return fail(c, -EREMOTEIO, "%s: back-end refused the request (status %" PRIu64 ")", info->name,
+                            rep->payload.u64);
         if (!reply)
                 vhu_msg_close_fds(&local);
         return 0;
@@ -414,8 +444,12 @@ int vhu_set_features(struct vhu_conn *c, uint64_t features) {
         return r;
 }
 
-int vhu_set_owner(struct vhu_conn *c) { return request_none(c, VHU_REQ_SET_OWNER); }
-int vhu_reset_owner(struct vhu_conn *c) { return request_none(c, VHU_REQ_RESET_OWNER); }
+int vhu_set_owner(struct vhu_conn *c) {
+        return request_none(c, VHU_REQ_SET_OWNER);
+}
+int vhu_reset_owner(struct vhu_conn *c) {
+        return request_none(c, VHU_REQ_RESET_OWNER);
+}
 
 static int check_region(struct vhu_conn *c, const char *name, const struct vhu_region *reg) {
         if (reg->fd < 0)
@@ -434,7 +468,7 @@ static bool regions_overlap(const struct vhu_region *a, const struct vhu_region 
 }
 
 static void fill_region(struct vhu_mem_region *out, const struct vhu_region *in) {
-        *out = (struct vhu_mem_region) {
+        *out = (struct vhu_mem_region){
                 .guest_phys_addr = in->guest_phys_addr,
                 .memory_size = in->memory_size,
                 .userspace_addr = in->userspace_addr,
@@ -476,7 +510,9 @@ int vhu_set_log_base(struct vhu_conn *c, int log_fd, uint64_t mmap_size, uint64_
         return 0;
 }
 
-int vhu_set_log_fd(struct vhu_conn *c, int eventfd) { return request_fd(c, VHU_REQ_SET_LOG_FD, eventfd); }
+int vhu_set_log_fd(struct vhu_conn *c, int eventfd) {
+        return request_fd(c, VHU_REQ_SET_LOG_FD, eventfd);
+}
 
 int vhu_set_vring_num(struct vhu_conn *c, unsigned index, unsigned num) {
         return request_state(c, VHU_REQ_SET_VRING_NUM, index, num);
@@ -511,9 +547,15 @@ static int set_vring_fd(struct vhu_conn *c, uint32_t request, unsigned index, in
         return vhu_request(c, request, &value, sizeof(value), fd < 0 ? NULL : &fd, fd < 0 ? 0 : 1, NULL);
 }
 
-int vhu_set_vring_kick(struct vhu_conn *c, unsigned index, int fd) { return set_vring_fd(c, VHU_REQ_SET_VRING_KICK, index, fd); }
-int vhu_set_vring_call(struct vhu_conn *c, unsigned index, int fd) { return set_vring_fd(c, VHU_REQ_SET_VRING_CALL, index, fd); }
-int vhu_set_vring_err(struct vhu_conn *c, unsigned index, int fd) { return set_vring_fd(c, VHU_REQ_SET_VRING_ERR, index, fd); }
+int vhu_set_vring_kick(struct vhu_conn *c, unsigned index, int fd) {
+        return set_vring_fd(c, VHU_REQ_SET_VRING_KICK, index, fd);
+}
+int vhu_set_vring_call(struct vhu_conn *c, unsigned index, int fd) {
+        return set_vring_fd(c, VHU_REQ_SET_VRING_CALL, index, fd);
+}
+int vhu_set_vring_err(struct vhu_conn *c, unsigned index, int fd) {
+        return set_vring_fd(c, VHU_REQ_SET_VRING_ERR, index, fd);
+}
 
 int vhu_get_protocol_features(struct vhu_conn *c, uint64_t *features) {
         int r = query_u64(c, VHU_REQ_GET_PROTOCOL_FEATURES, features);
@@ -561,7 +603,9 @@ int vhu_net_set_mtu(struct vhu_conn *c, uint16_t mtu) {
         return request_u64(c, VHU_REQ_NET_SET_MTU, mtu);
 }
 
-int vhu_set_backend_req_fd(struct vhu_conn *c, int fd) { return request_fd(c, VHU_REQ_SET_BACKEND_REQ_FD, fd); }
+int vhu_set_backend_req_fd(struct vhu_conn *c, int fd) {
+        return request_fd(c, VHU_REQ_SET_BACKEND_REQ_FD, fd);
+}
 
 int vhu_iotlb_msg(struct vhu_conn *c, const struct vhu_iotlb *msg) {
         if (msg->type < VHU_IOTLB_MISS || msg->type > VHU_IOTLB_ACCESS_FAIL)
@@ -575,8 +619,8 @@ int vhu_set_vring_endian(struct vhu_conn *c, unsigned index, bool big_endian) {
 
 static int config_size_ok(struct vhu_conn *c, const char *name, uint32_t offset, uint32_t size) {
         if (size == 0 || size > VHU_MAX_CONFIG_SIZE || offset > VHU_MAX_CONFIG_SIZE - size)
-                return fail(c, -EINVAL, "%s: %u bytes at offset %u exceed the %u-byte config space",
-                            name, size, offset, VHU_MAX_CONFIG_SIZE);
+                return fail(c, -EINVAL, "%s: %u bytes at offset %u exceed the %u-byte config space", name, size, offset,
+                            VHU_MAX_CONFIG_SIZE);
         return 0;
 }
 
@@ -637,12 +681,16 @@ int vhu_postcopy_advise(struct vhu_conn *c, int *ufd) {
         return 0;
 }
 
-int vhu_postcopy_listen(struct vhu_conn *c) { return request_none(c, VHU_REQ_POSTCOPY_LISTEN); }
+int vhu_postcopy_listen(struct vhu_conn *c) {
+        return request_none(c, VHU_REQ_POSTCOPY_LISTEN);
+}
 
-int vhu_postcopy_end(struct vhu_conn *c) { return request_none(c, VHU_REQ_POSTCOPY_END); }
+int vhu_postcopy_end(struct vhu_conn *c) {
+        return request_none(c, VHU_REQ_POSTCOPY_END);
+}
 
-int vhu_get_inflight_fd(struct vhu_conn *c, uint16_t num_queues, uint16_t queue_size,
-                        struct vhu_inflight *inflight, int *fd) {
+int vhu_get_inflight_fd(struct vhu_conn *c, uint16_t num_queues, uint16_t queue_size, struct vhu_inflight *inflight,
+                        int *fd) {
         struct vhu_inflight req = { .num_queues = num_queues, .queue_size = queue_size };
         struct vhu_msg reply;
         int r = vhu_request(c, VHU_REQ_GET_INFLIGHT_FD, &req, sizeof(req), NULL, 0, &reply);
@@ -663,8 +711,12 @@ int vhu_set_inflight_fd(struct vhu_conn *c, const struct vhu_inflight *inflight,
         return vhu_request(c, VHU_REQ_SET_INFLIGHT_FD, inflight, sizeof(*inflight), &fd, 1, NULL);
 }
 
-int vhu_gpu_set_socket(struct vhu_conn *c, int fd) { return request_fd(c, VHU_REQ_GPU_SET_SOCKET, fd); }
-int vhu_reset_device(struct vhu_conn *c) { return request_none(c, VHU_REQ_RESET_DEVICE); }
+int vhu_gpu_set_socket(struct vhu_conn *c, int fd) {
+        return request_fd(c, VHU_REQ_GPU_SET_SOCKET, fd);
+}
+int vhu_reset_device(struct vhu_conn *c) {
+        return request_none(c, VHU_REQ_RESET_DEVICE);
+}
 
 int vhu_vring_kick(struct vhu_conn *c, unsigned index) {
         return request_state(c, VHU_REQ_VRING_KICK, index, 0);
@@ -698,7 +750,9 @@ int vhu_rem_mem_reg(struct vhu_conn *c, const struct vhu_region *region) {
         return mem_reg_request(c, VHU_REQ_REM_MEM_REG, region, false);
 }
 
-int vhu_set_status(struct vhu_conn *c, uint8_t status) { return request_u64(c, VHU_REQ_SET_STATUS, status); }
+int vhu_set_status(struct vhu_conn *c, uint8_t status) {
+        return request_u64(c, VHU_REQ_SET_STATUS, status);
+}
 
 int vhu_get_status(struct vhu_conn *c, uint8_t *status) {
         uint64_t value;
@@ -753,7 +807,8 @@ int vhu_check_device_state(struct vhu_conn *c) {
         uint64_t status;
         int r = query_u64(c, VHU_REQ_CHECK_DEVICE_STATE, &status);
         if (r == 0 && status != 0)
-                return fail(c, -EREMOTEIO, "CHECK_DEVICE_STATE: device state transfer failed (status %" PRIu64 ")", status);
+                return fail(c, -EREMOTEIO, "CHECK_DEVICE_STATE: device state transfer failed (status %" PRIu64 ")",
+                            status);
         return r;
 }
 
@@ -765,8 +820,8 @@ int vhu_barrier(struct vhu_conn *c) {
         if (r < 0)
                 return r;
         if (c->features_known && now != before)
-                return fail_fatal(c, -EPROTO, "GET_FEATURES: features changed from 0x%" PRIx64 " to 0x%" PRIx64,
-                                  before, now);
+                return fail_fatal(c, -EPROTO, "GET_FEATURES: features changed from 0x%" PRIx64 " to 0x%" PRIx64, before,
+                                  now);
         return 0;
 }
 
@@ -796,8 +851,8 @@ int vhu_negotiate(struct vhu_conn *c, const struct vhu_negotiation *n) {
                 if (r < 0)
                         return r;
                 uint64_t wanted = n && n->protocol_features ? n->protocol_features : vhu_supported_protocol_features();
-                r = vhu_set_protocol_features(c, vhu_protocol_features_consistent(value & wanted &
-                                                                                  vhu_supported_protocol_features()));
+                r = vhu_set_protocol_features(
+                        c, vhu_protocol_features_consistent(value & wanted & vhu_supported_protocol_features()));
                 if (r < 0)
                         return r;
         }

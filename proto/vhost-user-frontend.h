@@ -75,13 +75,13 @@ struct vhu_negotiation {
 int vhu_negotiate(struct vhu_conn *c, const struct vhu_negotiation *n);
 
 /* What negotiation learnt. */
-uint64_t vhu_conn_features(const struct vhu_conn *c);            /* offered by the back-end */
-uint64_t vhu_conn_acked_features(const struct vhu_conn *c);      /* last SET_FEATURES */
+uint64_t vhu_conn_features(const struct vhu_conn *c);       /* offered by the back-end */
+uint64_t vhu_conn_acked_features(const struct vhu_conn *c); /* last SET_FEATURES */
 uint64_t vhu_conn_protocol_features_offered(const struct vhu_conn *c);
-uint64_t vhu_conn_protocol_features(const struct vhu_conn *c);   /* negotiated */
+uint64_t vhu_conn_protocol_features(const struct vhu_conn *c); /* negotiated */
 bool vhu_conn_has_protocol_feature(const struct vhu_conn *c, unsigned bit);
-unsigned vhu_conn_queue_num(const struct vhu_conn *c);           /* queue pairs; 1 without MQ */
-uint64_t vhu_conn_max_mem_slots(const struct vhu_conn *c);       /* 0 without CONFIGURE_MEM_SLOTS */
+unsigned vhu_conn_queue_num(const struct vhu_conn *c);     /* queue pairs; 1 without MQ */
+uint64_t vhu_conn_max_mem_slots(const struct vhu_conn *c); /* 0 without CONFIGURE_MEM_SLOTS */
 struct vhu_backend_channel *vhu_conn_backend_channel(const struct vhu_conn *c);
 
 /*
@@ -92,10 +92,10 @@ int vhu_barrier(struct vhu_conn *c);
 
 /* A guest memory region as the front-end describes it to the back-end. */
 struct vhu_region {
-        int fd;                        /* not consumed; the caller keeps it */
+        int fd; /* not consumed; the caller keeps it */
         uint64_t guest_phys_addr;
         uint64_t memory_size;
-        uint64_t userspace_addr;       /* the front-end's (memory owner's) mapping */
+        uint64_t userspace_addr; /* the front-end's (memory owner's) mapping */
         uint64_t mmap_offset;
 };
 
@@ -135,8 +135,8 @@ int vhu_postcopy_advise(struct vhu_conn *c, int *ufd);
 int vhu_postcopy_listen(struct vhu_conn *c);
 int vhu_postcopy_end(struct vhu_conn *c);
 /* *fd is the inflight area the back-end allocated (caller owns it), or -1. */
-int vhu_get_inflight_fd(struct vhu_conn *c, uint16_t num_queues, uint16_t queue_size,
-                        struct vhu_inflight *inflight, int *fd);
+int vhu_get_inflight_fd(struct vhu_conn *c, uint16_t num_queues, uint16_t queue_size, struct vhu_inflight *inflight,
+                        int *fd);
 int vhu_set_inflight_fd(struct vhu_conn *c, const struct vhu_inflight *inflight, int fd);
 int vhu_gpu_set_socket(struct vhu_conn *c, int fd);
 int vhu_reset_device(struct vhu_conn *c);
@@ -160,5 +160,5 @@ int vhu_check_device_state(struct vhu_conn *c);
  * table like every typed call.  `reply` (optional) receives the reply and owns
  * its fds.  Exposed for tests and tools; the typed calls are built on it.
  */
-int vhu_request(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size,
-                const int *fds, unsigned nfds, struct vhu_msg *reply);
+int vhu_request(struct vhu_conn *c, uint32_t request, const void *payload, uint32_t size, const int *fds, unsigned nfds,
+                struct vhu_msg *reply);

@@ -7,6 +7,8 @@
 
 #define NO_GATE (-1)
 
+/* The table below and its shorthands are aligned by hand, a row a request. */
+/* clang-format off */
 #define SZ_NONE           { 0, 0, 1 }
 #define SZ_FIXED(n)       { (n), (n), 1 }
 #define SZ_U64            SZ_FIXED(sizeof(uint64_t))
@@ -103,6 +105,7 @@ static const struct vhu_backend_request_info backend_request_table[VHU_BREQ_MAX]
         BREQ(SHARED_OBJECT_REMOVE,    SZ_FIXED(sizeof(struct vhu_shared_object)), 0, PF(SHARED_OBJECT)),
         BREQ(SHARED_OBJECT_LOOKUP,    SZ_FIXED(sizeof(struct vhu_shared_object)), 0, PF(SHARED_OBJECT)),
 };
+/* clang-format on */
 
 static const char *const protocol_feature_names[VHU_PF_COUNT] = {
         [VHU_PF_MQ] = "MQ",
@@ -216,7 +219,10 @@ uint64_t vhu_supported_protocol_features(void) {
 }
 
 uint64_t vhu_protocol_features_consistent(uint64_t bits) {
-        static const struct { unsigned feature; uint64_t needs; } prerequisites[] = {
+        static const struct {
+                unsigned feature;
+                uint64_t needs;
+        } prerequisites[] = {
                 { VHU_PF_BACKEND_SEND_FD, VHU_BIT(VHU_PF_BACKEND_REQ) },
                 { VHU_PF_HOST_NOTIFIER, VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_BACKEND_SEND_FD) },
                 { VHU_PF_INBAND_NOTIFICATIONS, VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_REPLY_ACK) },
@@ -243,8 +249,8 @@ int vhu_format_features(char *buf, size_t len, uint64_t bits, bool protocol, con
                         snprintf(unnamed, sizeof(unnamed), "bit%u", bit);
                         name = unnamed;
                 }
-                int n = snprintf(used < len ? buf + used : NULL, used < len ? len - used : 0,
-                                 "%s%s", first ? "" : sep, name);
+                int n = snprintf(used < len ? buf + used : NULL, used < len ? len - used : 0, "%s%s", first ? "" : sep,
+                                 name);
                 if (n < 0)
                         return n;
                 used += (size_t) n;

@@ -37,15 +37,15 @@ enum vhu_reply_kind {
 struct vhu_request_info {
         uint32_t request;
         const char *name;
-        struct vhu_size_rule size;        /* request payload */
-        uint8_t fds_min, fds_max;         /* fds sent with the request */
+        struct vhu_size_rule size; /* request payload */
+        uint8_t fds_min, fds_max;  /* fds sent with the request */
         enum vhu_reply_kind reply;
-        struct vhu_size_rule reply_size;  /* reply payload, when one comes */
-        uint8_t reply_fds_max;            /* fds a reply may carry */
-        int8_t protocol_feature;          /* protocol feature that must be negotiated */
-        int8_t virtio_feature;            /* virtio feature the back-end must offer */
-        bool per_device;                  /* concerns the device, not one queue: send once */
-        bool changes_state;               /* ask for REPLY_ACK when negotiated */
+        struct vhu_size_rule reply_size; /* reply payload, when one comes */
+        uint8_t reply_fds_max;           /* fds a reply may carry */
+        int8_t protocol_feature;         /* protocol feature that must be negotiated */
+        int8_t virtio_feature;           /* virtio feature the back-end must offer */
+        bool per_device;                 /* concerns the device, not one queue: send once */
+        bool changes_state;              /* ask for REPLY_ACK when negotiated */
         bool deprecated;
 };
 
@@ -54,7 +54,7 @@ struct vhu_backend_request_info {
         const char *name;
         struct vhu_size_rule size;
         uint8_t fds_max;
-        int8_t protocol_feature;          /* what the back-end needs to send it */
+        int8_t protocol_feature; /* what the back-end needs to send it */
 };
 
 /* NULL for numbers outside the table. */

@@ -147,8 +147,8 @@ static int collect_fds(struct msghdr *mh, struct vhu_msg *msg) {
         return r;
 }
 
-static int recv_bytes(int sock, void *buf, size_t len, struct vhu_msg *msg,
-                      const struct vhu_io *io, uint64_t deadline_usec) {
+static int recv_bytes(int sock, void *buf, size_t len, struct vhu_msg *msg, const struct vhu_io *io,
+                      uint64_t deadline_usec) {
         size_t got = 0;
         int fd_error = 0;
 
@@ -159,8 +159,10 @@ static int recv_bytes(int sock, void *buf, size_t len, struct vhu_msg *msg,
                 } control;
                 struct iovec iov = { .iov_base = (char *) buf + got, .iov_len = len - got };
                 struct msghdr mh = {
-                        .msg_iov = &iov, .msg_iovlen = 1,
-                        .msg_control = control.buf, .msg_controllen = sizeof(control.buf),
+                        .msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = control.buf,
+                        .msg_controllen = sizeof(control.buf),
                 };
                 ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
                 if (n < 0) {
@@ -257,7 +259,8 @@ int vhu_socket_connect_until(const char *path, uint64_t deadline_usec) {
         int r = fill_sockaddr(path, &sa);
         if (r < 0)
                 return r;
-        for (unsigned pause_ms = 1;; pause_ms = pause_ms * 2 > CONNECT_RETRY_MAX_MS ? CONNECT_RETRY_MAX_MS : pause_ms * 2) {
+        for (unsigned pause_ms = 1;;
+             pause_ms = pause_ms * 2 > CONNECT_RETRY_MAX_MS ? CONNECT_RETRY_MAX_MS : pause_ms * 2) {
                 int fd = connect_once(&sa);
                 if (fd != -EAGAIN)
                         return fd;
@@ -300,7 +303,7 @@ static int socket_file_identity(const char *path, struct vhu_socket_file *file) 
                 return -errno;
         if (!S_ISSOCK(st.st_mode))
                 return -ESTALE;
-        *file = (struct vhu_socket_file) { .dev = st.st_dev, .ino = st.st_ino, .valid = true };
+        *file = (struct vhu_socket_file){ .dev = st.st_dev, .ino = st.st_ino, .valid = true };
         return 0;
 }
 

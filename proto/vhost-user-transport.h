@@ -82,8 +82,8 @@ int vhu_socket_listen(const char *path);
 
 /* The socket file's mode and group; applied before listen(), so nobody connects earlier. */
 struct vhu_listen_options {
-        mode_t mode;    /* permission bits; 0 = as created under the umask */
-        gid_t gid;      /* (gid_t) -1 = unchanged */
+        mode_t mode; /* permission bits; 0 = as created under the umask */
+        gid_t gid;   /* (gid_t) -1 = unchanged */
 };
 
 /* Identity of the socket file a listener created, to remove only that file later. */

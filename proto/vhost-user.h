@@ -13,25 +13,25 @@
 #include <stdint.h>
 
 /* Header flags. */
-#define VHU_VERSION            0x1u
-#define VHU_VERSION_MASK       0x3u
-#define VHU_FLAG_REPLY         0x4u
-#define VHU_FLAG_NEED_REPLY    0x8u
-#define VHU_REPLY_FLAGS        (VHU_VERSION | VHU_FLAG_REPLY)
+#define VHU_VERSION         0x1u
+#define VHU_VERSION_MASK    0x3u
+#define VHU_FLAG_REPLY      0x4u
+#define VHU_FLAG_NEED_REPLY 0x8u
+#define VHU_REPLY_FLAGS     (VHU_VERSION | VHU_FLAG_REPLY)
 
 /* At most this many fds travel in one message (8 regions, 8 back-end fds). */
-#define VHU_MAX_FDS            8
+#define VHU_MAX_FDS 8
 /* SET_MEM_TABLE carries at most this many regions. */
-#define VHU_MAX_MEM_REGIONS    8
+#define VHU_MAX_MEM_REGIONS 8
 /* Device config space carried by GET/SET_CONFIG. */
-#define VHU_MAX_CONFIG_SIZE    256
+#define VHU_MAX_CONFIG_SIZE 256
 
 /* KICK/CALL/ERR payload: queue index in bits 0-7, NOFD flag in bit 8. */
-#define VHU_VRING_IDX_MASK     0xffu
-#define VHU_VRING_NOFD_MASK    0x100u
+#define VHU_VRING_IDX_MASK  0xffu
+#define VHU_VRING_NOFD_MASK 0x100u
 
 /* SET_VRING_ADDR flags. */
-#define VHU_VRING_F_LOG        0x1u
+#define VHU_VRING_F_LOG 0x1u
 
 /* Front-end requests. */
 enum vhu_request {
@@ -281,8 +281,8 @@ struct vhu_device_state {
 };
 
 /* SET_DEVICE_STATE_FD reply: low byte error, bit 8 "no fd returned". */
-#define VHU_DEVICE_STATE_ERR_MASK   0xffu
-#define VHU_DEVICE_STATE_NOFD_MASK  0x100u
+#define VHU_DEVICE_STATE_ERR_MASK  0xffu
+#define VHU_DEVICE_STATE_NOFD_MASK 0x100u
 
 struct vhu_vring_area {
         uint64_t u64;

@@ -10,7 +10,7 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
 
 packages=(
-  meson ninja-build pkg-config gcc clang
+  meson ninja-build pkg-config gcc clang clang-format
   libsystemd-dev libjson-c-dev libvirt-dev libcmocka-dev libxml2-dev
   dpdk-dev qemu-system-common dbus systemd
   python3 util-linux libclang-rt-14-dev

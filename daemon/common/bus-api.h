@@ -10,46 +10,46 @@
 
 #define VHOSTMIG_BUS_NAME     "org.vhostmig1"
 #define VHOSTMIG_ROOT_PATH    "/org/vhostmig1"
-#define VHOSTMIG_VM_PREFIX    "/org/vhostmig1/vm"      /* + "/" + sd_bus_path_encode(name) */
-#define VHOSTMIG_DEVICE_INFIX "/dev/"                  /* VM path + "/dev/" + N */
+#define VHOSTMIG_VM_PREFIX    "/org/vhostmig1/vm" /* + "/" + sd_bus_path_encode(name) */
+#define VHOSTMIG_DEVICE_INFIX "/dev/"             /* VM path + "/dev/" + N */
 
 #define VHOSTMIG_MANAGER_INTERFACE "org.vhostmig1.Manager"
 #define VHOSTMIG_VM_INTERFACE      "org.vhostmig1.Vm"
 #define VHOSTMIG_DEVICE_INTERFACE  "org.vhostmig1.Device"
 
 /* Errors of our own; the others are org.freedesktop.DBus.Error.{AccessDenied,InvalidArgs,UnknownObject}. */
-#define VHOSTMIG_ERROR(name)           "org.vhostmig1.Error." name
-#define VHOSTMIG_ERROR_NO_SUCH_VM      VHOSTMIG_ERROR("NoSuchVm")
-#define VHOSTMIG_ERROR_NO_SUCH_DEVICE  VHOSTMIG_ERROR("NoSuchDevice")
-#define VHOSTMIG_ERROR_VM_EXISTS       VHOSTMIG_ERROR("VmExists")
-#define VHOSTMIG_ERROR_LIMITS_EXCEEDED VHOSTMIG_ERROR("LimitsExceeded")
+#define VHOSTMIG_ERROR(name)             "org.vhostmig1.Error." name
+#define VHOSTMIG_ERROR_NO_SUCH_VM        VHOSTMIG_ERROR("NoSuchVm")
+#define VHOSTMIG_ERROR_NO_SUCH_DEVICE    VHOSTMIG_ERROR("NoSuchDevice")
+#define VHOSTMIG_ERROR_VM_EXISTS         VHOSTMIG_ERROR("VmExists")
+#define VHOSTMIG_ERROR_LIMITS_EXCEEDED   VHOSTMIG_ERROR("LimitsExceeded")
 #define VHOSTMIG_ERROR_MIGRATION_BLOCKED VHOSTMIG_ERROR("MigrationBlocked")
-#define VHOSTMIG_ERROR_BACKEND         VHOSTMIG_ERROR("Backend")
-#define VHOSTMIG_ERROR_NOT_SUPPORTED   VHOSTMIG_ERROR("NotSupported")
-#define VHOSTMIG_ERROR_INVALID_STATE   VHOSTMIG_ERROR("InvalidState")
-#define VHOSTMIG_ERROR_BUSY            VHOSTMIG_ERROR("Busy")
+#define VHOSTMIG_ERROR_BACKEND           VHOSTMIG_ERROR("Backend")
+#define VHOSTMIG_ERROR_NOT_SUPPORTED     VHOSTMIG_ERROR("NotSupported")
+#define VHOSTMIG_ERROR_INVALID_STATE     VHOSTMIG_ERROR("InvalidState")
+#define VHOSTMIG_ERROR_BUSY              VHOSTMIG_ERROR("Busy")
 
 /* Every error name the API answers with (docs/dbus-api.md documents each). */
-#define VHOSTMIG_ERRORS(X)                                              \
-        X("org.freedesktop.DBus.Error.AccessDenied")                    \
-        X("org.freedesktop.DBus.Error.InvalidArgs")                     \
-        X("org.freedesktop.DBus.Error.UnknownObject")                   \
-        X(VHOSTMIG_ERROR_NO_SUCH_VM)                                    \
-        X(VHOSTMIG_ERROR_NO_SUCH_DEVICE)                                \
-        X(VHOSTMIG_ERROR_VM_EXISTS)                                     \
-        X(VHOSTMIG_ERROR_LIMITS_EXCEEDED)                               \
-        X(VHOSTMIG_ERROR_MIGRATION_BLOCKED)                             \
-        X(VHOSTMIG_ERROR_BACKEND)                                       \
-        X(VHOSTMIG_ERROR_NOT_SUPPORTED)                                 \
-        X(VHOSTMIG_ERROR_INVALID_STATE)                                 \
+#define VHOSTMIG_ERRORS(X)                            \
+        X("org.freedesktop.DBus.Error.AccessDenied")  \
+        X("org.freedesktop.DBus.Error.InvalidArgs")   \
+        X("org.freedesktop.DBus.Error.UnknownObject") \
+        X(VHOSTMIG_ERROR_NO_SUCH_VM)                  \
+        X(VHOSTMIG_ERROR_NO_SUCH_DEVICE)              \
+        X(VHOSTMIG_ERROR_VM_EXISTS)                   \
+        X(VHOSTMIG_ERROR_LIMITS_EXCEEDED)             \
+        X(VHOSTMIG_ERROR_MIGRATION_BLOCKED)           \
+        X(VHOSTMIG_ERROR_BACKEND)                     \
+        X(VHOSTMIG_ERROR_NOT_SUPPORTED)               \
+        X(VHOSTMIG_ERROR_INVALID_STATE)               \
         X(VHOSTMIG_ERROR_BUSY)
 
 /* Option keys of the a{sv} arguments, and their types. */
-#define VHOSTMIG_OPTION_SERVER      "Server"       /* AddDevice: b */
-#define VHOSTMIG_OPTION_FEATURES    "Features"     /* AddDevice: t */
-#define VHOSTMIG_OPTION_QUEUE_PAIRS "QueuePairs"   /* AddDevice: u */
-#define VHOSTMIG_OPTION_MAC         "Mac"          /* AddDevice: s */
-#define VHOSTMIG_OPTION_MTU         "Mtu"          /* AddDevice: q */
+#define VHOSTMIG_OPTION_SERVER      "Server"     /* AddDevice: b */
+#define VHOSTMIG_OPTION_FEATURES    "Features"   /* AddDevice: t */
+#define VHOSTMIG_OPTION_QUEUE_PAIRS "QueuePairs" /* AddDevice: u */
+#define VHOSTMIG_OPTION_MAC         "Mac"        /* AddDevice: s */
+#define VHOSTMIG_OPTION_MTU         "Mtu"        /* AddDevice: q */
 
 /* A stock dbus-daemon carries at most this many fds in one message (max_message_unix_fds). */
 #define VHOSTMIG_BUS_MAX_FDS 16
@@ -64,43 +64,43 @@
         X(Version, "s")                \
         X(Vms, "ao")
 
-#define VHOSTMIG_VM_PROPERTIES(X)      \
-        X(Name, "s")                   \
-        X(MemorySize, "t")             \
-        X(PageSize, "u")               \
-        X(Devices, "ao")               \
-        X(MigrationBlocked, "b")       \
-        X(MigrationBlockers, "as")     \
-        X(Logging, "b")                \
-        X(LogIncomplete, "b")          \
-        X(LogSize, "t")                \
-        X(DirtyPages, "t")             \
-        X(Harvests, "t")               \
-        X(CreatedTimestamp, "t")       \
-        X(StateChangeTimestamp, "t")   \
-        X(LastError, "s")              \
+#define VHOSTMIG_VM_PROPERTIES(X)    \
+        X(Name, "s")                 \
+        X(MemorySize, "t")           \
+        X(PageSize, "u")             \
+        X(Devices, "ao")             \
+        X(MigrationBlocked, "b")     \
+        X(MigrationBlockers, "as")   \
+        X(Logging, "b")              \
+        X(LogIncomplete, "b")        \
+        X(LogSize, "t")              \
+        X(DirtyPages, "t")           \
+        X(Harvests, "t")             \
+        X(CreatedTimestamp, "t")     \
+        X(StateChangeTimestamp, "t") \
+        X(LastError, "s")            \
         X(LastErrorTimestamp, "t")
 
-#define VHOSTMIG_DEVICE_PROPERTIES(X)  \
-        X(Socket, "s")                 \
-        X(Server, "b")                 \
-        X(State, "s")                  \
-        X(Features, "t")               \
-        X(AckedFeatures, "t")          \
-        X(ProtocolFeatures, "t")       \
-        X(AckedProtocolFeatures, "t")  \
-        X(QueuePairs, "u")             \
-        X(Mac, "s")                    \
-        X(Mtu, "q")                    \
-        X(MigrationBlockers, "as")     \
-        X(RingIndices, "au")           \
-        X(Reconnects, "t")             \
-        X(RefusedPeers, "t")           \
-        X(Requests, "t")               \
-        X(RequestFailures, "t")        \
-        X(CreatedTimestamp, "t")       \
-        X(StateChangeTimestamp, "t")   \
-        X(LastError, "s")              \
+#define VHOSTMIG_DEVICE_PROPERTIES(X) \
+        X(Socket, "s")                \
+        X(Server, "b")                \
+        X(State, "s")                 \
+        X(Features, "t")              \
+        X(AckedFeatures, "t")         \
+        X(ProtocolFeatures, "t")      \
+        X(AckedProtocolFeatures, "t") \
+        X(QueuePairs, "u")            \
+        X(Mac, "s")                   \
+        X(Mtu, "q")                   \
+        X(MigrationBlockers, "as")    \
+        X(RingIndices, "au")          \
+        X(Reconnects, "t")            \
+        X(RefusedPeers, "t")          \
+        X(Requests, "t")              \
+        X(RequestFailures, "t")       \
+        X(CreatedTimestamp, "t")      \
+        X(StateChangeTimestamp, "t")  \
+        X(LastError, "s")             \
         X(LastErrorTimestamp, "t")
 
 #define VHOSTMIG_DEVICE_STATE_CONFIGURING  "configuring"

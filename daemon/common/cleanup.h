@@ -20,7 +20,7 @@ static inline void freep(void *p) {
 
 static inline void closep(int *fd) {
         if (*fd >= 0) {
-                int saved = errno;   /* a cleanup must not change what the caller reports */
+                int saved = errno; /* a cleanup must not change what the caller reports */
                 close(*fd);
                 errno = saved;
         }
@@ -30,8 +30,18 @@ static inline void closep(int *fd) {
 #define _cleanup_close_ _cleanup_(closep)
 
 /* Takes ownership out of a _cleanup_ variable: it is not released at the end of the scope. */
-#define TAKE_PTR(p) ({ __typeof__(p) p_ = (p); (p) = NULL; p_; })
-#define TAKE_FD(fd) ({ int fd_ = (fd); (fd) = -1; fd_; })
+#define TAKE_PTR(p)                     \
+        ({                              \
+                __typeof__(p) p_ = (p); \
+                (p) = NULL;             \
+                p_;                     \
+        })
+#define TAKE_FD(fd)             \
+        ({                      \
+                int fd_ = (fd); \
+                (fd) = -1;      \
+                fd_;            \
+        })
 
 /* A struct member's container. */
-#define container_of(ptr, type, member) ((type *) ((char *) (ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))

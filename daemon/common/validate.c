@@ -7,8 +7,7 @@
 
 #include "daemon/common/validate.h"
 
-__attribute__((format(printf, 4, 5)))
-static int invalid(int err, char *why, size_t len, const char *fmt, ...) {
+__attribute__((format(printf, 4, 5))) static int invalid(int err, char *why, size_t len, const char *fmt, ...) {
         if (why && len) {
                 va_list ap;
                 va_start(ap, fmt);

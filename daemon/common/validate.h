@@ -12,8 +12,8 @@
 
 #define VALIDATE_VM_NAME_MAX 63
 #define VALIDATE_MTU_MIN     68
-#define VALIDATE_SOCKET_MAX  107   /* sun_path holds 108 bytes with the NUL */
-#define VALIDATE_MAC_LEN     17    /* "xx:xx:xx:xx:xx:xx" */
+#define VALIDATE_SOCKET_MAX  107 /* sun_path holds 108 bytes with the NUL */
+#define VALIDATE_MAC_LEN     17  /* "xx:xx:xx:xx:xx:xx" */
 
 /* 1..63 characters of [A-Za-z0-9_.-]. */
 int validate_vm_name(const char *name, char *why, size_t len);

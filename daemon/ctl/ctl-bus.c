@@ -119,7 +119,8 @@ static void print_list_json(const struct object **vms, size_t n) {
                 json_object_object_add(o, "name", json_object_new_string(prop_str(p, "Name")));
                 json_object_object_add(o, "object", json_object_new_string(vms[i]->path));
                 json_object_object_add(o, "memory_size", json_object_new_uint64(prop_num(p, "MemorySize")));
-                json_object_object_add(o, "devices", json_object_new_int64((int64_t) strv_length(prop_strv(p, "Devices"))));
+                json_object_object_add(o, "devices",
+                                       json_object_new_int64((int64_t) strv_length(prop_strv(p, "Devices"))));
                 json_object_object_add(o, "logging", json_object_new_boolean(prop_num(p, "Logging") != 0));
                 json_object_object_add(o, "migratable", json_object_new_boolean(prop_num(p, "MigrationBlocked") == 0));
                 json_object_array_add(a, o);
@@ -192,7 +193,7 @@ static int show_json(const struct objects *all, const struct object *vm) {
         for (char **d = prop_strv(&vm->props, "Devices"); d && *d; d++) {
                 const struct object *dev = objects_find(all, *d, VHOSTMIG_DEVICE_INTERFACE);
                 if (!dev)
-                        continue;       /* removed between the two snapshots of the daemon */
+                        continue; /* removed between the two snapshots of the daemon */
                 json_object *dj = json_object_new_object();
                 json_object_array_add(devices, dj);
                 json_object_object_add(dj, "number", json_object_new_int64(device_number(*d)));
@@ -246,7 +247,7 @@ static int read_probe_reply(sd_bus_message *reply, struct vhm_probe_result *res)
         uint32_t queue_pairs;
         int migratable, r;
 
-        *res = (struct vhm_probe_result) {};
+        *res = (struct vhm_probe_result){};
         r = sd_bus_message_read(reply, "tttutb", &res->features, &res->protocol_features,
                                 &res->protocol_features_negotiated, &queue_pairs, &res->max_mem_slots, &migratable);
         if (r < 0)
@@ -272,7 +273,8 @@ int ctl_probe_remote(const struct ctl_opts *o, const char *socket, bool server, 
 
         if ((ret = conn_open(&c, o, "probe", false)) != EXIT_OK)
                 return ret;
-        ret = conn_callv(&c, NULL, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "Probe", &reply, "sbu", socket, server, timeout_ms);
+        ret = conn_callv(&c, NULL, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "Probe", &reply, "sbu", socket,
+                         server, timeout_ms);
         if (ret != EXIT_OK)
                 return ret;
         if ((r = read_probe_reply(reply, &res)) < 0)
@@ -326,7 +328,7 @@ static int append_regions(sd_bus_message *m, const char *vm, const struct ctl_re
                                           regions[i].offset);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
-        if (r >= 0)                             /* options: none yet */
+        if (r >= 0) /* options: none yet */
                 r = sd_bus_message_append(m, "a{sv}", 0);
         return r;
 }
@@ -451,7 +453,8 @@ static int add_queues(struct ctl_conn *c, const char *vm, const char *path, cons
 static void remove_quietly(struct ctl_conn *c, const char *vm, const char *path) {
         _cleanup_free_ char *vpath = vm_path(vm);
         if (vpath)
-                (void) sd_bus_call_method(c->bus, VHOSTMIG_BUS_NAME, vpath, VHOSTMIG_VM_INTERFACE, "RemoveDevice", NULL, NULL, "o", path);
+                (void) sd_bus_call_method(c->bus, VHOSTMIG_BUS_NAME, vpath, VHOSTMIG_VM_INTERFACE, "RemoveDevice", NULL,
+                                          NULL, "o", path);
 }
 
 int ctl_device_add(const struct ctl_opts *o, const char *vm, const struct ctl_device *d) {

@@ -22,11 +22,11 @@
  */
 enum {
         EXIT_OK = 0,
-        EXIT_FAILED = 1,           /* the daemon or a back-end failed the request, or the bus is unreachable */
-        EXIT_USAGE = 2,            /* a bad command line, or an argument the daemon refused (InvalidArgs) */
-        EXIT_DENIED = 4,           /* insufficient privilege: org.freedesktop.DBus.Error.AccessDenied */
-        EXIT_NOT_FOUND = 5,        /* no such VM or device (systemctl: no such unit) */
-        EXIT_NOT_RUNNING = 7,      /* vhostmigd is not running: nothing owns org.vhostmig1 */
+        EXIT_FAILED = 1,      /* the daemon or a back-end failed the request, or the bus is unreachable */
+        EXIT_USAGE = 2,       /* a bad command line, or an argument the daemon refused (InvalidArgs) */
+        EXIT_DENIED = 4,      /* insufficient privilege: org.freedesktop.DBus.Error.AccessDenied */
+        EXIT_NOT_FOUND = 5,   /* no such VM or device (systemctl: no such unit) */
+        EXIT_NOT_RUNNING = 7, /* vhostmigd is not running: nothing owns org.vhostmig1 */
 };
 
 /*
@@ -38,11 +38,11 @@ enum {
 
 /* The options every daemon verb takes. */
 struct ctl_opts {
-        bool json;                 /* one JSON document (watch: one a line) */
-        bool legend;               /* column headers and hints; off with --no-legend / -q */
-        bool quiet;                /* -q: no messages on success, only what was asked for */
-        const char *bus_address;   /* NULL: the system bus */
-        const char *host;          /* -H [USER@]HOST: the system bus there, over ssh */
+        bool json;               /* one JSON document (watch: one a line) */
+        bool legend;             /* column headers and hints; off with --no-legend / -q */
+        bool quiet;              /* -q: no messages on success, only what was asked for */
+        const char *bus_address; /* NULL: the system bus */
+        const char *host;        /* -H [USER@]HOST: the system bus there, over ssh */
 };
 
 /* A region of guest memory for CreateVm; fd is open O_RDWR. */
@@ -60,13 +60,13 @@ struct ctl_queue {
 };
 
 struct ctl_device {
-        const char *socket;        /* absolute */
+        const char *socket; /* absolute */
         bool server;
         uint64_t features;
         uint32_t queue_pairs;
-        const char *mac;           /* xx:xx:xx:xx:xx:xx, or NULL: none */
-        uint16_t mtu;              /* 0: unset */
-        unsigned n_queues;         /* 2 * queue_pairs */
+        const char *mac;   /* xx:xx:xx:xx:xx:xx, or NULL: none */
+        uint16_t mtu;      /* 0: unset */
+        unsigned n_queues; /* 2 * queue_pairs */
         struct ctl_queue queues[VHM_DEVICE_MAX_QUEUES];
 };
 

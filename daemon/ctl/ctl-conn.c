@@ -59,7 +59,7 @@ static int bus_connect(const struct ctl_opts *o, sd_bus **ret) {
 int conn_open(struct ctl_conn *c, const struct ctl_opts *o, const char *verb, bool read_only) {
         char what[512];
 
-        *c = (struct ctl_conn) { .o = o, .verb = verb, .read_only = read_only };
+        *c = (struct ctl_conn){ .o = o, .verb = verb, .read_only = read_only };
         int r = bus_connect(o, &c->bus);
         if (r < 0) {
                 cli_error("%s: cannot connect to %s: %s", verb, bus_description(o, what, sizeof(what)), strerror(-r));
@@ -149,8 +149,9 @@ int conn_callv(struct ctl_conn *c, const struct target *t, const char *path, con
 static bool vm_exists(struct ctl_conn *c, const char *vm) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_free_ char *path = vm_path(vm);
-        int r = path ? sd_bus_message_new_method_call(c->bus, &m, VHOSTMIG_BUS_NAME, path, "org.freedesktop.DBus.Properties",
-                                                      "Get") : -ENOMEM;
+        int r = path ? sd_bus_message_new_method_call(c->bus, &m, VHOSTMIG_BUS_NAME, path,
+                                                      "org.freedesktop.DBus.Properties", "Get")
+                     : -ENOMEM;
         if (r >= 0)
                 r = sd_bus_message_set_auto_start(m, false);
         if (r >= 0)
@@ -174,7 +175,8 @@ static int connection_failed(struct ctl_conn *c, int r) {
         bus_description(c->o, what, sizeof(what));
         if (c->o->host)
                 cli_error("%s: cannot reach %s: %s (is the host reachable with 'ssh %s', and does it run "
-                          "systemd-stdio-bridge?)", c->verb, what, strerror(-r), c->o->host);
+                          "systemd-stdio-bridge?)",
+                          c->verb, what, strerror(-r), c->o->host);
         else
                 cli_error("%s: lost the connection to %s: %s", c->verb, what, strerror(-r));
         return EXIT_FAILED;

@@ -24,8 +24,8 @@
 struct ctl_conn {
         sd_bus *bus;
         const struct ctl_opts *o;
-        const char *verb;          /* for messages: "vm create" */
-        bool read_only;            /* never start vhostmigd through bus activation */
+        const char *verb; /* for messages: "vm create" */
+        bool read_only;   /* never start vhostmigd through bus activation */
 };
 
 /* Connects as the options say; EXIT_OK or the exit code (said on stderr). */
@@ -35,7 +35,7 @@ void conn_close(struct ctl_conn *c);
 /* What a call was about, to word "not found" errors; vm NULL for the manager. */
 struct target {
         const char *vm;
-        int dev;                   /* -1: the VM itself */
+        int dev; /* -1: the VM itself */
 };
 
 /* A method call to vhostmigd, auto-start as the connection says; 0 or a negative errno. */

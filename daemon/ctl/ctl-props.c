@@ -46,7 +46,7 @@ void props_free(struct props *p) {
                 free(p->v[i].v.nums);
         }
         free(p->v);
-        *p = (struct props) {};
+        *p = (struct props){};
 }
 
 static const struct value *props_get(const struct props *p, const char *name) {
@@ -72,16 +72,32 @@ char **prop_strv(const struct props *p, const char *name) {
 }
 
 static int read_number(sd_bus_message *m, char type, uint64_t *ret) {
-        union { int b; uint8_t y; uint16_t q; uint32_t u; uint64_t t; } n = {};
+        union {
+                int b;
+                uint8_t y;
+                uint16_t q;
+                uint32_t u;
+                uint64_t t;
+        } n = {};
         int r = sd_bus_message_read_basic(m, type, &n);
         if (r < 0)
                 return r;
         switch (type) {
-        case 'b': *ret = !!n.b; break;
-        case 'y': *ret = n.y; break;
-        case 'q': *ret = n.q; break;
-        case 'u': *ret = n.u; break;
-        default: *ret = n.t; break;
+        case 'b':
+                *ret = !!n.b;
+                break;
+        case 'y':
+                *ret = n.y;
+                break;
+        case 'q':
+                *ret = n.q;
+                break;
+        case 'u':
+                *ret = n.u;
+                break;
+        default:
+                *ret = n.t;
+                break;
         }
         return 0;
 }
@@ -141,7 +157,7 @@ int read_props(sd_bus_message *m, struct props *out) {
                         return -ENOMEM;
                 out->v = grown;
                 struct prop *p = &out->v[out->n];
-                *p = (struct prop) {};
+                *p = (struct prop){};
                 if ((r = sd_bus_message_read_basic(m, 's', &name)) < 0)
                         return r;
                 if (!(p->name = strdup(name)))
@@ -165,7 +181,7 @@ void objects_free(struct objects *o) {
                 props_free(&o->v[i].props);
         }
         free(o->v);
-        *o = (struct objects) {};
+        *o = (struct objects){};
 }
 
 const struct object *objects_find(const struct objects *o, const char *path, const char *iface) {
@@ -192,7 +208,7 @@ int read_interfaces(sd_bus_message *m, const char *path, struct objects *out) {
                                 return -ENOMEM;
                         out->v = grown;
                         struct object *o = &out->v[out->n++];
-                        *o = (struct object) { .path = strdup(path), .iface = strdup(iface) };
+                        *o = (struct object){ .path = strdup(path), .iface = strdup(iface) };
                         if (!o->path || !o->iface)
                                 return -ENOMEM;
                         r = read_props(m, &o->props);
@@ -251,7 +267,7 @@ enum kind {
         KIND_BYTES,
         KIND_FEATURES,
         KIND_PROTOCOL_FEATURES,
-        KIND_TIMESTAMP,            /* µs since the epoch, 0 = never (systemd's ...Timestamp) */
+        KIND_TIMESTAMP, /* µs since the epoch, 0 = never (systemd's ...Timestamp) */
 };
 
 static enum kind prop_kind(const char *name, const struct value *v) {
@@ -352,8 +368,7 @@ void fput_value(FILE *f, const char *name, const struct value *v, bool quoted) {
         else if (kind == KIND_TIMESTAMP && !quoted) {
                 format_timestamp(buf, sizeof(buf), v->num);
                 fputs(buf, f);
-        }
-        else if (kind == KIND_BYTES && v->num >= 1024) {
+        } else if (kind == KIND_BYTES && v->num >= 1024) {
                 format_bytes(buf, sizeof(buf), v->num);
                 fprintf(f, "%" PRIu64 " (%s)", v->num, buf);
         } else if (kind == KIND_FEATURES || kind == KIND_PROTOCOL_FEATURES) {
@@ -522,8 +537,8 @@ char *prop_label(const char *name) {
         return s;
 }
 
-#define LABEL_WIDTH 24
-#define INDENT (2 + LABEL_WIDTH + 1)
+#define LABEL_WIDTH       24
+#define INDENT            (2 + LABEL_WIDTH + 1)
 #define PROBE_LABEL_WIDTH 19
 
 /* Words after a label column `indent` wide, wrapped at the terminal's width. */

@@ -21,10 +21,10 @@
 /* One property value; the D-Bus type says which member holds it. */
 struct value {
         char type[8];
-        uint64_t num;              /* b y q u t */
-        char *str;                 /* s o g */
-        char **strv;               /* as ao */
-        uint32_t *nums;            /* au */
+        uint64_t num;   /* b y q u t */
+        char *str;      /* s o g */
+        char **strv;    /* as ao */
+        uint32_t *nums; /* au */
         size_t n_nums;
 };
 
@@ -53,9 +53,13 @@ struct objects {
 void props_free(struct props *p);
 void objects_free(struct objects *o);
 void strv_free(char **l);
-static inline void strv_freep(char ***l) { strv_free(*l); }
+static inline void strv_freep(char ***l) {
+        strv_free(*l);
+}
 size_t strv_length(char **l);
-static inline void json_object_putp(json_object **o) { json_object_put(*o); }
+static inline void json_object_putp(json_object **o) {
+        json_object_put(*o);
+}
 
 uint64_t prop_num(const struct props *p, const char *name);
 const char *prop_str(const struct props *p, const char *name);

@@ -22,7 +22,7 @@ static bool has_prefix(const char *s, const char *prefix) {
 }
 
 struct watch {
-        char *vm_path;             /* only this VM and its devices; NULL: everything */
+        char *vm_path; /* only this VM and its devices; NULL: everything */
         bool json;
 };
 
@@ -128,8 +128,7 @@ static int on_properties_changed(sd_bus_message *m, void *userdata, sd_bus_error
         (void) error;
         if (!path || !watch_wants(w, path))
                 return 0;
-        if ((r = sd_bus_message_read_basic(m, 's', &iface)) < 0 ||
-            (r = read_props(m, &changed)) < 0 ||
+        if ((r = sd_bus_message_read_basic(m, 's', &iface)) < 0 || (r = read_props(m, &changed)) < 0 ||
             (r = sd_bus_message_read_strv(m, &invalidated)) < 0) {
                 watch_warn(m, r);
                 return 0;
@@ -239,11 +238,13 @@ static int watch_subscribe(sd_bus *bus, struct watch *w) {
         int r = sd_bus_match_signal(bus, NULL, VHOSTMIG_BUS_NAME, NULL, "org.freedesktop.DBus.Properties",
                                     "PropertiesChanged", on_properties_changed, w);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH, "org.freedesktop.DBus.ObjectManager",
-                                        "InterfacesAdded", on_interfaces_added, w);
+                r = sd_bus_match_signal(bus, NULL, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH,
+                                        "org.freedesktop.DBus.ObjectManager", "InterfacesAdded", on_interfaces_added,
+                                        w);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, NULL, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH, "org.freedesktop.DBus.ObjectManager",
-                                        "InterfacesRemoved", on_interfaces_removed, w);
+                r = sd_bus_match_signal(bus, NULL, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH,
+                                        "org.freedesktop.DBus.ObjectManager", "InterfacesRemoved",
+                                        on_interfaces_removed, w);
         if (r >= 0)
                 r = sd_bus_add_match(bus, NULL,
                                      "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
@@ -267,8 +268,7 @@ static int watch_loop(sd_bus *bus, struct watch *w) {
             (r = sd_event_add_signal(event, NULL, SIGINT, on_exit_signal, NULL)) < 0 ||
             (r = sd_event_add_signal(event, NULL, SIGTERM, on_exit_signal, NULL)) < 0 ||
             (r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL)) < 0 ||
-            (r = sd_bus_set_exit_on_disconnect(bus, true)) < 0 ||
-            (r = watch_subscribe(bus, w)) < 0)
+            (r = sd_bus_set_exit_on_disconnect(bus, true)) < 0 || (r = watch_subscribe(bus, w)) < 0)
                 return r;
         return sd_event_loop(event);
 }

@@ -31,7 +31,7 @@
 #include "proto/vhost-user-table.h"
 
 #define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
-#define NUMBER_HINT "decimal or 0x hex, optionally with a K, M, G or T suffix"
+#define NUMBER_HINT   "decimal or 0x hex, optionally with a K, M, G or T suffix"
 
 /* Options without a short form; each verb's own follow the common ones. */
 enum {
@@ -51,26 +51,25 @@ enum {
 };
 
 /* Taken before the command and by every command, anywhere among its arguments. */
-#define COMMON_OPTIONS                                                          \
-        { "help", no_argument, NULL, 'h' },                                     \
-        { "json", no_argument, NULL, OPT_JSON },                                \
-        { "quiet", no_argument, NULL, 'q' },                                    \
-        { "no-legend", no_argument, NULL, OPT_NO_LEGEND },                      \
-        { "host", required_argument, NULL, 'H' },                               \
-        { "bus-address", required_argument, NULL, OPT_BUS_ADDRESS }
+#define COMMON_OPTIONS                                                                                  \
+        { "help", no_argument, NULL, 'h' }, { "json", no_argument, NULL, OPT_JSON },                    \
+                { "quiet", no_argument, NULL, 'q' }, { "no-legend", no_argument, NULL, OPT_NO_LEGEND }, \
+                { "host", required_argument, NULL, 'H' }, {                                             \
+                "bus-address", required_argument, NULL, OPT_BUS_ADDRESS                                 \
+        }
 /* ':' first: a missing value is reported as ':', apart from an unknown option. */
 #define COMMON_SHORT ":hqH:"
 
-#define COMMON_HELP                                                                             \
-        "  -h --help               Show this help\n"                                            \
-        "     --json               Print one JSON document (watch: one object a line)\n"       \
+#define COMMON_HELP                                                                                  \
+        "  -h --help               Show this help\n"                                                 \
+        "     --json               Print one JSON document (watch: one object a line)\n"             \
         "  -q --quiet              Print only what was asked for; no legend (implies --no-legend)\n" \
-        "     --no-legend          No column headers and hints (for scripts)\n"                 \
-        "  -H --host=[USER@]HOST   Talk to vhostmigd on HOST, over ssh\n"                       \
+        "     --no-legend          No column headers and hints (for scripts)\n"                      \
+        "  -H --host=[USER@]HOST   Talk to vhostmigd on HOST, over ssh\n"                            \
         "     --bus-address=ADDR   Talk to vhostmigd on this D-Bus address, not the system bus\n"
 
-#define EXIT_HELP                                                                                       \
-        "Exit status: 0 done; 1 the daemon or a back-end failed; 2 usage error; 4 access denied;\n"     \
+#define EXIT_HELP                                                                                   \
+        "Exit status: 0 done; 1 the daemon or a back-end failed; 2 usage error; 4 access denied;\n" \
         "5 no such VM or device; 7 vhostmigd is not running.\n"
 
 struct verb;
@@ -78,20 +77,20 @@ struct verb;
 /* The parse of one command line. */
 struct parse {
         struct ctl_opts *o;
-        const struct verb *verb;   /* NULL before the command */
-        const char *name;          /* "device add", for messages */
-        bool stop;                 /* --help was shown or a usage error said: return `ret` */
+        const struct verb *verb; /* NULL before the command */
+        const char *name;        /* "device add", for messages */
+        bool stop;               /* --help was shown or a usage error said: return `ret` */
         int ret;
 };
 
 struct verb {
         const char *name;
-        const char *sub;           /* the second word ("vm create"), or NULL */
+        const char *sub; /* the second word ("vm create"), or NULL */
         int (*run)(struct parse *p, int argc, char **argv);
-        const char *synopsis;      /* what follows the command's words */
+        const char *synopsis; /* what follows the command's words */
         const char *summary;
-        const char *help;          /* its own options, as lines of --help; NULL: none */
-        bool passes_fds;           /* hands file descriptors to the daemon: not with -H */
+        const char *help; /* its own options, as lines of --help; NULL: none */
+        bool passes_fds;  /* hands file descriptors to the daemon: not with -H */
 };
 
 static void verb_help(const struct verb *v);
@@ -236,12 +235,10 @@ static int probe_here(const struct ctl_opts *o, const struct vhm_probe_options *
 }
 
 static int verb_probe(struct parse *p, int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_OPTIONS,
-                { "server", no_argument, NULL, OPT_SERVER },
-                { "timeout", required_argument, NULL, OPT_TIMEOUT },
-                {}
-        };
+        static const struct option options[] = { COMMON_OPTIONS,
+                                                 { "server", no_argument, NULL, OPT_SERVER },
+                                                 { "timeout", required_argument, NULL, OPT_TIMEOUT },
+                                                 {} };
         struct vhm_probe_options opts = { .timeout_ms = 5000 };
         int c;
 
@@ -303,7 +300,7 @@ static unsigned split_fields(char *s, char **fields, unsigned max) {
 
 struct regions {
         struct ctl_region v[VHM_VM_MAX_REGIONS];
-        char *text[VHM_VM_MAX_REGIONS];      /* the FILE:GPA:SIZE[:OFFSET] given, split in place */
+        char *text[VHM_VM_MAX_REGIONS]; /* the FILE:GPA:SIZE[:OFFSET] given, split in place */
         unsigned n;
 };
 
@@ -318,7 +315,7 @@ static void regions_done(struct regions *r) {
 static int region_number(const char *spec, const char *what, const char *s, uint64_t *ret) {
         if (cli_parse_u64(s, true, ret) < 0)
                 return cli_command_usage_error("vm create", "--memory '%s': %s '%s' is not a number (" NUMBER_HINT ")",
-                                   spec, what, s);
+                                               spec, what, s);
         return EXIT_OK;
 }
 
@@ -328,14 +325,16 @@ static int open_region_file(const char *spec, struct ctl_region *r) {
 
         r->fd = open(r->file, O_RDWR | O_CLOEXEC | O_NOCTTY);
         if (r->fd < 0)
-                return cli_command_usage_error("vm create", "--memory '%s': cannot open '%s' read-write: %s", spec, r->file,
-                                   strerror(errno));
+                return cli_command_usage_error("vm create", "--memory '%s': cannot open '%s' read-write: %s", spec,
+                                               r->file, strerror(errno));
         if (fstat(r->fd, &st) < 0 || !S_ISREG(st.st_mode))
-                return cli_command_usage_error("vm create", "--memory '%s': '%s' is not a memory file (memfd, hugetlbfs or tmpfs)",
-                                   spec, r->file);
+                return cli_command_usage_error("vm create",
+                                               "--memory '%s': '%s' is not a memory file (memfd, hugetlbfs or tmpfs)",
+                                               spec, r->file);
         if (r->offset + r->size > (uint64_t) st.st_size)
-                return cli_command_usage_error("vm create", "--memory '%s': OFFSET + SIZE is 0x%" PRIx64 " but '%s' holds 0x%"
-                                   PRIx64 " bytes", spec, r->offset + r->size, r->file, (uint64_t) st.st_size);
+                return cli_command_usage_error(
+                        "vm create", "--memory '%s': OFFSET + SIZE is 0x%" PRIx64 " but '%s' holds 0x%" PRIx64 " bytes",
+                        spec, r->offset + r->size, r->file, (uint64_t) st.st_size);
         return EXIT_OK;
 }
 
@@ -347,7 +346,7 @@ static int parse_region(const char *spec, struct regions *rs) {
         char *fields[4];
         int ret;
 
-        *r = (struct ctl_region) { .fd = -1 };
+        *r = (struct ctl_region){ .fd = -1 };
         if (!(rs->text[i] = strdup(spec))) {
                 cli_error("vm create: out of memory");
                 return EXIT_FAILED;
@@ -363,7 +362,8 @@ static int parse_region(const char *spec, struct regions *rs) {
         if (r->size == 0)
                 return cli_command_usage_error("vm create", "--memory '%s': SIZE must not be 0", spec);
         if ((r->gpa | r->size | r->offset) % PAGE_4K)
-                return cli_command_usage_error("vm create", "--memory '%s': GPA, SIZE and OFFSET must be multiples of 4K", spec);
+                return cli_command_usage_error("vm create",
+                                               "--memory '%s': GPA, SIZE and OFFSET must be multiples of 4K", spec);
         if (r->gpa + r->size < r->gpa || r->offset + r->size < r->offset)
                 return cli_command_usage_error("vm create", "--memory '%s': the region wraps around", spec);
         return open_region_file(spec, r);
@@ -374,18 +374,17 @@ static int check_overlaps(const struct regions *rs) {
                 for (unsigned j = 0; j < i; j++) {
                         const struct ctl_region *a = &rs->v[i], *b = &rs->v[j];
                         if (a->gpa < b->gpa + b->size && b->gpa < a->gpa + a->size)
-                                return cli_command_usage_error("vm create", "the regions at GPA 0x%" PRIx64 " and 0x%" PRIx64
-                                                   " overlap", b->gpa, a->gpa);
+                                return cli_command_usage_error(
+                                        "vm create", "the regions at GPA 0x%" PRIx64 " and 0x%" PRIx64 " overlap",
+                                        b->gpa, a->gpa);
                 }
         return EXIT_OK;
 }
 
 static int verb_vm_create(struct parse *p, int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_OPTIONS,
-                { "memory", required_argument, NULL, OPT_MEMORY },
-                {}
-        };
+        static const struct option options[] = { COMMON_OPTIONS,
+                                                 { "memory", required_argument, NULL, OPT_MEMORY },
+                                                 {} };
         struct regions rs = {};
         int c, ret = EXIT_OK;
 
@@ -399,7 +398,8 @@ static int verb_vm_create(struct parse *p, int argc, char **argv) {
         if (ret == EXIT_OK && !p->stop)
                 ret = check_vm_name("vm create", argv[optind]);
         if (ret == EXIT_OK && !p->stop && rs.n == 0)
-                ret = cli_command_usage_error("vm create", "%s", "give the guest memory with --memory FILE:GPA:SIZE[:OFFSET]");
+                ret = cli_command_usage_error("vm create", "%s",
+                                              "give the guest memory with --memory FILE:GPA:SIZE[:OFFSET]");
         if (ret == EXIT_OK && !p->stop)
                 ret = check_overlaps(&rs);
         if (ret == EXIT_OK && !p->stop)
@@ -445,7 +445,8 @@ static int parse_features(const char *s, uint64_t *ret) {
         const char *digits = strncasecmp(s, "0x", 2) == 0 ? s + 2 : s;
         size_t n = strspn(digits, "0123456789abcdefABCDEF");
         if (n == 0 || n > 16 || digits[n])
-                return cli_command_usage_error("device add", "invalid --features '%s' (a hexadecimal mask of virtio features)", s);
+                return cli_command_usage_error("device add",
+                                               "invalid --features '%s' (a hexadecimal mask of virtio features)", s);
         *ret = strtoull(digits, NULL, 16);
         return EXIT_OK;
 }
@@ -465,7 +466,8 @@ static int parse_socket(const char *s, char *out, size_t len) {
                 n = snprintf(out, len, "%s/%s", strcmp(cwd, "/") == 0 ? "" : cwd, s);
         char why[128];
         if (n < 0 || (size_t) n >= len || validate_socket_path(out, why, sizeof(why)) < 0)
-                return cli_command_usage_error("device add", "socket path '%s' is too long (at most %u bytes, absolute)", s,
+                return cli_command_usage_error("device add",
+                                               "socket path '%s' is too long (at most %u bytes, absolute)", s,
                                                VALIDATE_SOCKET_MAX);
         return EXIT_OK;
 }
@@ -475,7 +477,8 @@ static int check_eventfd(const char *spec, const char *what, const char *s, int 
         uint32_t v;
 
         if (!isdigit((unsigned char) s[0]) || parse_u32_range(s, 0, INT_MAX, &v) < 0)
-                return cli_command_usage_error("device add", "--queue '%s': %s '%s' is not a file descriptor number", spec, what, s);
+                return cli_command_usage_error("device add", "--queue '%s': %s '%s' is not a file descriptor number",
+                                               spec, what, s);
         if (validate_eventfd((int) v, why, sizeof(why)) < 0)
                 return cli_command_usage_error("device add", "--queue '%s': %s: %s", spec, what, why);
         *fd = (int) v;
@@ -494,8 +497,9 @@ static int new_eventfd(struct device_args *a, int *fd) {
 
 static int queue_address(const char *spec, const char *what, const char *s, uint64_t *ret) {
         if (cli_parse_u64(s, true, ret) < 0)
-                return cli_command_usage_error("device add", "--queue '%s': %s '%s' is not a guest-physical address (" NUMBER_HINT ")",
-                                   spec, what, s);
+                return cli_command_usage_error(
+                        "device add", "--queue '%s': %s '%s' is not a guest-physical address (" NUMBER_HINT ")", spec,
+                        what, s);
         return EXIT_OK;
 }
 
@@ -509,11 +513,12 @@ static int parse_queue(struct device_args *a, const char *spec, struct ctl_queue
                 return cli_command_usage_error("device add", "--queue '%s' is too long", spec);
         if (split_fields(buf, f, 6) != want)
                 return cli_command_usage_error("device add", "--queue '%s': expected %s", spec,
-                                   a->eventfds ? "SIZE:DESC:AVAIL:USED (with --eventfds)" : "SIZE:DESC:AVAIL:USED:KICKFD:CALLFD");
+                                               a->eventfds ? "SIZE:DESC:AVAIL:USED (with --eventfds)"
+                                                           : "SIZE:DESC:AVAIL:USED:KICKFD:CALLFD");
         if (!isdigit((unsigned char) f[0][0]) || parse_u32_range(f[0], 1, 32768, &q->size) < 0 ||
             (q->size & (q->size - 1)))
-                return cli_command_usage_error("device add", "--queue '%s': ring SIZE '%s' must be a power of two up to 32768",
-                                   spec, f[0]);
+                return cli_command_usage_error(
+                        "device add", "--queue '%s': ring SIZE '%s' must be a power of two up to 32768", spec, f[0]);
         if ((ret = queue_address(spec, "DESC", f[1], &q->desc)) != EXIT_OK ||
             (ret = queue_address(spec, "AVAIL", f[2], &q->avail)) != EXIT_OK ||
             (ret = queue_address(spec, "USED", f[3], &q->used)) != EXIT_OK)
@@ -539,9 +544,10 @@ static int device_add_option(struct parse *p, struct device_args *a, int c, char
         case OPT_FEATURES:
                 return parse_features(optarg, &d->features);
         case OPT_QUEUE_PAIRS:
-                if (!isdigit((unsigned char) optarg[0]) || parse_u32_range(optarg, 1, VHM_DEVICE_MAX_QUEUE_PAIRS, &v) < 0)
+                if (!isdigit((unsigned char) optarg[0]) ||
+                    parse_u32_range(optarg, 1, VHM_DEVICE_MAX_QUEUE_PAIRS, &v) < 0)
                         return cli_command_usage_error("device add", "invalid --queue-pairs '%s' (1..%d)", optarg,
-                                           VHM_DEVICE_MAX_QUEUE_PAIRS);
+                                                       VHM_DEVICE_MAX_QUEUE_PAIRS);
                 d->queue_pairs = v;
                 return EXIT_OK;
         case OPT_MAC:
@@ -556,7 +562,7 @@ static int device_add_option(struct parse *p, struct device_args *a, int c, char
         case OPT_QUEUE:
                 if (a->n_queue_text == VHM_DEVICE_MAX_QUEUES)
                         return cli_command_usage_error("device add", "at most %d --queue options (%d queue pairs)",
-                                           VHM_DEVICE_MAX_QUEUES, VHM_DEVICE_MAX_QUEUE_PAIRS);
+                                                       VHM_DEVICE_MAX_QUEUES, VHM_DEVICE_MAX_QUEUE_PAIRS);
                 a->queue_text[a->n_queue_text++] = optarg;
                 return EXIT_OK;
         case OPT_EVENTFDS:
@@ -580,9 +586,11 @@ static int device_add_finish(struct device_args *a, int argc, char **argv) {
         d->mac = a->mac[0] ? a->mac : NULL;
         d->n_queues = 2 * d->queue_pairs;
         if (a->n_queue_text != d->n_queues)
-                return cli_command_usage_error("device add", "%u queue pair%s %u --queue options (RX 0, TX 0, RX 1, ...), "
-                                   "%u given", d->queue_pairs, d->queue_pairs == 1 ? " needs" : "s need", d->n_queues,
-                                   a->n_queue_text);
+                return cli_command_usage_error("device add",
+                                               "%u queue pair%s %u --queue options (RX 0, TX 0, RX 1, ...), "
+                                               "%u given",
+                                               d->queue_pairs, d->queue_pairs == 1 ? " needs" : "s need", d->n_queues,
+                                               a->n_queue_text);
         for (unsigned i = 0; i < d->n_queues; i++)
                 if ((ret = parse_queue(a, a->queue_text[i], &d->queues[i])) != EXIT_OK)
                         return ret;
@@ -590,17 +598,15 @@ static int device_add_finish(struct device_args *a, int argc, char **argv) {
 }
 
 static int verb_device_add(struct parse *p, int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_OPTIONS,
-                { "server", no_argument, NULL, OPT_SERVER },
-                { "features", required_argument, NULL, OPT_FEATURES },
-                { "queue-pairs", required_argument, NULL, OPT_QUEUE_PAIRS },
-                { "mac", required_argument, NULL, OPT_MAC },
-                { "mtu", required_argument, NULL, OPT_MTU },
-                { "queue", required_argument, NULL, OPT_QUEUE },
-                { "eventfds", no_argument, NULL, OPT_EVENTFDS },
-                {}
-        };
+        static const struct option options[] = { COMMON_OPTIONS,
+                                                 { "server", no_argument, NULL, OPT_SERVER },
+                                                 { "features", required_argument, NULL, OPT_FEATURES },
+                                                 { "queue-pairs", required_argument, NULL, OPT_QUEUE_PAIRS },
+                                                 { "mac", required_argument, NULL, OPT_MAC },
+                                                 { "mtu", required_argument, NULL, OPT_MTU },
+                                                 { "queue", required_argument, NULL, OPT_QUEUE },
+                                                 { "eventfds", no_argument, NULL, OPT_EVENTFDS },
+                                                 {} };
         struct device_args a = { .dev = { .features = DEFAULT_FEATURES, .queue_pairs = 1 } };
         int c, ret = EXIT_OK;
 
@@ -651,8 +657,12 @@ static int run_on_device(struct parse *p, int argc, char **argv,
         return ret != EXIT_OK ? ret : run(p->o, argv[optind], dev);
 }
 
-static int verb_show(struct parse *p, int argc, char **argv) { return run_on_vm(p, argc, argv, ctl_show); }
-static int verb_vm_destroy(struct parse *p, int argc, char **argv) { return run_on_vm(p, argc, argv, ctl_vm_destroy); }
+static int verb_show(struct parse *p, int argc, char **argv) {
+        return run_on_vm(p, argc, argv, ctl_show);
+}
+static int verb_vm_destroy(struct parse *p, int argc, char **argv) {
+        return run_on_vm(p, argc, argv, ctl_vm_destroy);
+}
 static int verb_device_remove(struct parse *p, int argc, char **argv) {
         return run_on_device(p, argc, argv, ctl_device_remove);
 }
@@ -737,8 +747,7 @@ static const struct verb verbs[] = {
         { "device", "remove", verb_device_remove, "VM N", "Stop and disconnect a device", NULL },
         { "logging", "start", verb_logging_start, "VM", "Switch dirty logging on", NULL },
         { "logging", "stop", verb_logging_stop, "VM", "Switch dirty logging off", NULL },
-        { "logging", "harvest", verb_logging_harvest, "VM", "Collect the dirty log into the migration bitmap",
-          NULL },
+        { "logging", "harvest", verb_logging_harvest, "VM", "Collect the dirty log into the migration bitmap", NULL },
         { "announce", NULL, verb_announce, "VM [N]", "Send RARP announcements (SEND_RARP)", NULL },
         { "reconnect", NULL, verb_reconnect, "VM N", "Reconnect a device to its back-end now", NULL },
         { "watch", NULL, verb_watch, "[VM]", "Print changes as they happen, until interrupted", NULL },
@@ -764,10 +773,8 @@ static void help(void) {
                 else
                         printf("  %s\n  %-34s %s\n", line, "", v->summary);
         }
-        printf("\nOptions (before or after the command):\n" COMMON_HELP
-               "     --version            Show the version\n"
-               "\n" EXIT_HELP
-               "'vhostmigctl COMMAND --help' or 'vhostmigctl help COMMAND' shows a command's options.\n"
+        printf("\nOptions (before or after the command):\n" COMMON_HELP "     --version            Show the version\n"
+               "\n" EXIT_HELP "'vhostmigctl COMMAND --help' or 'vhostmigctl help COMMAND' shows a command's options.\n"
                "See vhostmigctl(1).\n");
 }
 
@@ -802,8 +809,10 @@ static const struct verb *find_verb(int argc, char **argv, int *ret) {
         if (!known)
                 *ret = cli_usage_error("unknown command '%s'", name);
         else if (!sub)
-                *ret = cli_usage_error("missing %s command (%s)", name, strcmp(name, "vm") == 0 ? "create, destroy" :
-                                       strcmp(name, "device") == 0 ? "add, remove" : "start, stop, harvest");
+                *ret = cli_usage_error("missing %s command (%s)", name,
+                                       strcmp(name, "vm") == 0       ? "create, destroy"
+                                       : strcmp(name, "device") == 0 ? "add, remove"
+                                                                     : "start, stop, harvest");
         else
                 *ret = cli_usage_error("unknown command '%s %s'", name, sub);
         return NULL;
@@ -828,11 +837,7 @@ static int verb_help_cmd(struct parse *p, int argc, char **argv) {
 
 /* The top level: the common options and --version, in order (the command's own come after it). */
 static int parse_top(struct parse *p, int argc, char **argv) {
-        static const struct option options[] = {
-                COMMON_OPTIONS,
-                { "version", no_argument, NULL, OPT_VERSION },
-                {}
-        };
+        static const struct option options[] = { COMMON_OPTIONS, { "version", no_argument, NULL, OPT_VERSION }, {} };
         int c;
 
         opterr = 0;

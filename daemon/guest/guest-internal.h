@@ -12,29 +12,29 @@
 #include "daemon/guest/guest.h"
 
 /* "VHMGUEST" read as a little-endian u64. */
-#define VHM_GSTATE_MAGIC    0x54534555474d4856ull
+#define VHM_GSTATE_MAGIC 0x54534555474d4856ull
 /* Bump whenever the state format or the memory layout rule changes. */
-#define VHM_GSTATE_VERSION  1u
+#define VHM_GSTATE_VERSION 1u
 
 /* Frame payload (after the 14-byte Ethernet header), little endian. */
-#define VHM_FRAME_MAGIC     0x464d4856u     /* "VHMF" */
-#define VHM_ETH_HLEN        14u
-#define VHM_PL_MAGIC        0u
-#define VHM_PL_QP           4u
-#define VHM_PL_LEN          6u
-#define VHM_PL_SEQ          8u
-#define VHM_PL_CSUM         16u
-#define VHM_PL_FILL         20u
+#define VHM_FRAME_MAGIC 0x464d4856u /* "VHMF" */
+#define VHM_ETH_HLEN    14u
+#define VHM_PL_MAGIC    0u
+#define VHM_PL_QP       4u
+#define VHM_PL_LEN      6u
+#define VHM_PL_SEQ      8u
+#define VHM_PL_CSUM     16u
+#define VHM_PL_FILL     20u
 
 /* Per-descriptor ownership in the state area. */
-#define VHM_DESC_FREE       0u      /* on the free stack, driver owns it */
-#define VHM_DESC_POSTED     1u      /* in the avail ring, device owns it */
+#define VHM_DESC_FREE   0u /* on the free stack, driver owns it */
+#define VHM_DESC_POSTED 1u /* in the avail ring, device owns it */
 
 /* Per virtqueue driver state (guest memory). */
 struct vhm_gstate_queue {
-        uint16_t next_avail;    /* avail idx the driver publishes next */
-        uint16_t last_used;     /* next used idx the driver consumes */
-        uint16_t num_free;      /* entries on this queue's free stack */
+        uint16_t next_avail; /* avail idx the driver publishes next */
+        uint16_t last_used;  /* next used idx the driver consumes */
+        uint16_t num_free;   /* entries on this queue's free stack */
         uint16_t pad;
 };
 
@@ -58,13 +58,13 @@ struct vhm_gstate_qp {
 struct vhm_gstate {
         uint64_t magic;
         uint32_t version;
-        uint32_t header_size;   /* sizeof(struct vhm_gstate) */
+        uint32_t header_size; /* sizeof(struct vhm_gstate) */
         uint64_t mem_size;
         uint32_t queue_pairs;
         uint32_t ring_size;
         uint32_t frame_len;
         uint32_t pad0;
-        uint64_t features;      /* negotiated virtio features */
+        uint64_t features; /* negotiated virtio features */
         uint8_t mac[6];
         uint8_t dst_mac[6];
         uint32_t pad1;
@@ -74,8 +74,8 @@ struct vhm_gstate {
 
 /* Where everything lives, as offsets (= guest-physical addresses). */
 struct vhm_layout {
-        uint64_t free_stack[VHM_GUEST_MAX_QUEUES];  /* uint16_t[num] */
-        uint64_t owner[VHM_GUEST_MAX_QUEUES];       /* uint8_t[num] */
+        uint64_t free_stack[VHM_GUEST_MAX_QUEUES]; /* uint16_t[num] */
+        uint64_t owner[VHM_GUEST_MAX_QUEUES];      /* uint8_t[num] */
         uint64_t state_end;
         uint64_t desc[VHM_GUEST_MAX_QUEUES];
         uint64_t avail[VHM_GUEST_MAX_QUEUES];
@@ -98,7 +98,7 @@ struct vhm_guest_vq {
         uint8_t *owner;
         int kick_fd;
         int call_fd;
-        bool calls_off;         /* busy polling: calls not wanted (host-side) */
+        bool calls_off; /* busy polling: calls not wanted (host-side) */
 };
 
 struct vhm_guest {
@@ -117,7 +117,7 @@ struct vhm_guest {
         uint8_t mac[6];
         uint8_t dst_mac[6];
         struct vhm_guest_vq vq[VHM_GUEST_MAX_QUEUES];
-        uint8_t *written;       /* device-written page bitmap, host memory */
+        uint8_t *written; /* device-written page bitmap, host memory */
         size_t npages;
 };
 
@@ -128,12 +128,11 @@ unsigned vhm_hdr_len(uint64_t features);
 
 /* guest-frame.c */
 uint32_t vhm_fnv1a(uint32_t h, const uint8_t *p, size_t n);
-void vhm_frame_build(uint8_t *frame, unsigned len, const uint8_t dst[6],
-                     const uint8_t src[6], unsigned qp, uint64_t seq);
+void vhm_frame_build(uint8_t *frame, unsigned len, const uint8_t dst[6], const uint8_t src[6], unsigned qp,
+                     uint64_t seq);
 void vhm_count_corrupted(struct vhm_gstate_qp *s);
 uint64_t vhm_accounted(const struct vhm_gstate_qp *s);
-void vhm_rx_account(struct vhm_guest *g, unsigned qp, const uint8_t *frame,
-                    uint32_t len);
+void vhm_rx_account(struct vhm_guest *g, unsigned qp, const uint8_t *frame, uint32_t len);
 
 /* guest-ring.c */
 void vhm_mark_written(struct vhm_guest *g, uint64_t gpa, uint64_t len);

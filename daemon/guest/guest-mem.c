@@ -22,31 +22,24 @@
 #define PAGE VHM_GUEST_PAGE_SIZE
 
 /* Bits that change the ring or buffer format this driver implements. */
-#define VHM_FEATURES_REFUSED                                            \
-        ((1ull << VIRTIO_F_RING_PACKED) | (1ull << VIRTIO_F_IN_ORDER) | \
-         (1ull << VIRTIO_F_ACCESS_PLATFORM) |                           \
-         (1ull << VIRTIO_NET_F_GUEST_TSO4) |                            \
-         (1ull << VIRTIO_NET_F_GUEST_TSO6) |                            \
-         (1ull << VIRTIO_NET_F_GUEST_ECN) |                             \
-         (1ull << VIRTIO_NET_F_GUEST_UFO) |                             \
-         (1ull << 54) /* GUEST_USO4 */ | (1ull << 55) /* GUEST_USO6 */ | \
+#define VHM_FEATURES_REFUSED                                                                                        \
+        ((1ull << VIRTIO_F_RING_PACKED) | (1ull << VIRTIO_F_IN_ORDER) | (1ull << VIRTIO_F_ACCESS_PLATFORM) |        \
+         (1ull << VIRTIO_NET_F_GUEST_TSO4) | (1ull << VIRTIO_NET_F_GUEST_TSO6) | (1ull << VIRTIO_NET_F_GUEST_ECN) | \
+         (1ull << VIRTIO_NET_F_GUEST_UFO) | (1ull << 54) /* GUEST_USO4 */ | (1ull << 55) /* GUEST_USO6 */ |         \
          (1ull << VIRTIO_NET_F_HASH_REPORT) | (1ull << VIRTIO_NET_F_RSC_EXT))
 
 static const uint8_t default_mac[6] = { 0x02, 0x76, 0x68, 0x6d, 0x00, 0x01 };
 static const uint8_t default_dst[6] = { 0x02, 0x76, 0x68, 0x6d, 0x00, 0x02 };
 
-static uint64_t align_up(uint64_t v, uint64_t a)
-{
+static uint64_t align_up(uint64_t v, uint64_t a) {
         return (v + a - 1) & ~(a - 1);
 }
 
-static bool is_pow2(unsigned v)
-{
+static bool is_pow2(unsigned v) {
         return v && !(v & (v - 1));
 }
 
-static bool mac_is_zero(const uint8_t mac[6])
-{
+static bool mac_is_zero(const uint8_t mac[6]) {
         static const uint8_t zero[6];
 
         return memcmp(mac, zero, 6) == 0;
@@ -59,13 +52,11 @@ static bool mac_is_zero(const uint8_t mac[6])
  * used ring and buffers, each page-aligned; the used ring gets pages of its
  * own so the dirty log of used-ring writes never mixes with driver writes.
  */
-int vhm_layout_compute(unsigned nqp, unsigned num, struct vhm_layout *lay)
-{
+int vhm_layout_compute(unsigned nqp, unsigned num, struct vhm_layout *lay) {
         uint64_t off = align_up(sizeof(struct vhm_gstate), 8);
         unsigned nq = 2 * nqp;
 
-        if (nqp < 1 || nqp > VHM_GUEST_MAX_QP || num < 2 ||
-            num > VHM_GUEST_MAX_RING || !is_pow2(num))
+        if (nqp < 1 || nqp > VHM_GUEST_MAX_QP || num < 2 || num > VHM_GUEST_MAX_RING || !is_pow2(num))
                 return -EINVAL;
         memset(lay, 0, sizeof(*lay));
         for (unsigned q = 0; q < nq; q++) {
@@ -84,42 +75,36 @@ int vhm_layout_compute(unsigned nqp, unsigned num, struct vhm_layout *lay)
                 lay->used[q] = off;
                 off = align_up(off + 6ull + 8ull * num, PAGE);
                 lay->bufs[q] = off;
-                off = align_up(off + (uint64_t)VHM_GUEST_BUF_SIZE * num, PAGE);
+                off = align_up(off + (uint64_t) VHM_GUEST_BUF_SIZE * num, PAGE);
         }
         lay->total = off;
         return 0;
 }
 
-bool vhm_features_ok(uint64_t features)
-{
+bool vhm_features_ok(uint64_t features) {
         return !(features & VHM_FEATURES_REFUSED);
 }
 
 /* VERSION_1 always uses the 12-byte header; legacy uses it only with
  * MRG_RXBUF (virtio spec, "Device Operation" of the network device). */
-unsigned vhm_hdr_len(uint64_t features)
-{
+unsigned vhm_hdr_len(uint64_t features) {
         if (features & ((1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_NET_F_MRG_RXBUF)))
                 return sizeof(struct virtio_net_hdr_mrg_rxbuf);
         return sizeof(struct virtio_net_hdr);
 }
 
-uint64_t vhm_guest_driver_features(void)
-{
-        return (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_NET_F_MRG_RXBUF) |
-               (1ull << VIRTIO_RING_F_EVENT_IDX);
+uint64_t vhm_guest_driver_features(void) {
+        return (1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_NET_F_MRG_RXBUF) | (1ull << VIRTIO_RING_F_EVENT_IDX);
 }
 
 /* Host-side copies of negotiated values, derived in one place. */
-static void apply_features(struct vhm_guest *g, uint64_t features)
-{
+static void apply_features(struct vhm_guest *g, uint64_t features) {
         g->hdr_len = vhm_hdr_len(features);
         g->event_idx = features & (1ull << VIRTIO_RING_F_EVENT_IDX);
         g->mrg_rxbuf = features & (1ull << VIRTIO_NET_F_MRG_RXBUF);
 }
 
-int vhm_guest_set_features(struct vhm_guest *g, uint64_t acked)
-{
+int vhm_guest_set_features(struct vhm_guest *g, uint64_t acked) {
         if (!vhm_features_ok(acked))
                 return -ENOTSUP;
         g->st->features = acked;
@@ -127,8 +112,7 @@ int vhm_guest_set_features(struct vhm_guest *g, uint64_t acked)
         return 0;
 }
 
-int vhm_guest_set_frame_len(struct vhm_guest *g, unsigned frame_len)
-{
+int vhm_guest_set_frame_len(struct vhm_guest *g, unsigned frame_len) {
         if (frame_len < VHM_GUEST_MIN_FRAME || frame_len > VHM_GUEST_MAX_FRAME)
                 return -EINVAL;
         g->st->frame_len = frame_len;
@@ -136,8 +120,7 @@ int vhm_guest_set_frame_len(struct vhm_guest *g, unsigned frame_len)
         return 0;
 }
 
-static struct vhm_guest *guest_alloc(void)
-{
+static struct vhm_guest *guest_alloc(void) {
         struct vhm_guest *g = calloc(1, sizeof(*g));
 
         if (!g)
@@ -150,8 +133,7 @@ static struct vhm_guest *guest_alloc(void)
         return g;
 }
 
-void vhm_guest_free(struct vhm_guest *g)
-{
+void vhm_guest_free(struct vhm_guest *g) {
         if (!g)
                 return;
         for (unsigned q = 0; q < VHM_GUEST_MAX_QUEUES; q++) {
@@ -169,8 +151,7 @@ void vhm_guest_free(struct vhm_guest *g)
 }
 
 /* Point the host-side queue views at guest memory. */
-static void bind_queues(struct vhm_guest *g, const struct vhm_layout *lay)
-{
+static void bind_queues(struct vhm_guest *g, const struct vhm_layout *lay) {
         for (unsigned q = 0; q < 2 * g->nqp; q++) {
                 struct vhm_guest_vq *vq = &g->vq[q];
 
@@ -180,20 +161,19 @@ static void bind_queues(struct vhm_guest *g, const struct vhm_layout *lay)
                 vq->avail_gpa = lay->avail[q];
                 vq->used_gpa = lay->used[q];
                 vq->buf_gpa = lay->bufs[q];
-                vq->desc = (struct vring_desc *)(g->base + lay->desc[q]);
-                vq->avail = (struct vring_avail *)(g->base + lay->avail[q]);
-                vq->used = (struct vring_used *)(g->base + lay->used[q]);
+                vq->desc = (struct vring_desc *) (g->base + lay->desc[q]);
+                vq->avail = (struct vring_avail *) (g->base + lay->avail[q]);
+                vq->used = (struct vring_used *) (g->base + lay->used[q]);
                 vq->bufs = g->base + lay->bufs[q];
                 vq->st = &g->st->q[q];
-                vq->free_stack = (uint16_t *)(g->base + lay->free_stack[q]);
+                vq->free_stack = (uint16_t *) (g->base + lay->free_stack[q]);
                 vq->owner = g->base + lay->owner[q];
         }
 }
 
 /* Eventfds are per process (a migrated guest gets new ones), so they are
  * host-side and made fresh on create and attach. */
-static int make_eventfds(struct vhm_guest *g)
-{
+static int make_eventfds(struct vhm_guest *g) {
         for (unsigned q = 0; q < 2 * g->nqp; q++) {
                 g->vq[q].kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
                 if (g->vq[q].kick_fd < 0)
@@ -205,15 +185,13 @@ static int make_eventfds(struct vhm_guest *g)
         return 0;
 }
 
-static int alloc_written(struct vhm_guest *g)
-{
+static int alloc_written(struct vhm_guest *g) {
         g->npages = g->size / PAGE;
         g->written = calloc((g->npages + 7) / 8, 1);
         return g->written ? 0 : -ENOMEM;
 }
 
-static int map_memory(struct vhm_guest *g)
-{
+static int map_memory(struct vhm_guest *g) {
         void *p = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_SHARED, g->memfd, 0);
 
         if (p == MAP_FAILED)
@@ -225,8 +203,7 @@ static int map_memory(struct vhm_guest *g)
 
 /* ---------------------------------------------------------------- create */
 
-static int config_defaults(const struct vhm_guest_config *in, struct vhm_guest_config *c)
-{
+static int config_defaults(const struct vhm_guest_config *in, struct vhm_guest_config *c) {
         if (in)
                 *c = *in;
         else
@@ -243,9 +220,8 @@ static int config_defaults(const struct vhm_guest_config *in, struct vhm_guest_c
                 memcpy(c->mac, default_mac, 6);
         if (mac_is_zero(c->dst_mac))
                 memcpy(c->dst_mac, default_dst, 6);
-        if (c->mem_size % PAGE || c->queue_pairs > VHM_GUEST_MAX_QP ||
-            c->ring_size < 2 || c->ring_size > VHM_GUEST_MAX_RING ||
-            !is_pow2(c->ring_size) || c->frame_len < VHM_GUEST_MIN_FRAME ||
+        if (c->mem_size % PAGE || c->queue_pairs > VHM_GUEST_MAX_QP || c->ring_size < 2 ||
+            c->ring_size > VHM_GUEST_MAX_RING || !is_pow2(c->ring_size) || c->frame_len < VHM_GUEST_MIN_FRAME ||
             c->frame_len > VHM_GUEST_MAX_FRAME || (c->mac[0] & 1))
                 return -EINVAL;
         return 0;
@@ -254,37 +230,33 @@ static int config_defaults(const struct vhm_guest_config *in, struct vhm_guest_c
 /* Sealing protects every mapping (ours and the backend's) from SIGBUS by
  * a truncation; growth is sealed too so the size the state records stays
  * the size of the file. */
-static void seal_memfd(int fd)
-{
-        (void)fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+static void seal_memfd(int fd) {
+        (void) fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
 }
 
-static int create_memfd(struct vhm_guest *g)
-{
+static int create_memfd(struct vhm_guest *g) {
         g->memfd = memfd_create("vhm-guest", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         if (g->memfd < 0)
                 return -errno;
-        if (ftruncate(g->memfd, (off_t)g->size) < 0)
+        if (ftruncate(g->memfd, (off_t) g->size) < 0)
                 return -errno;
         seal_memfd(g->memfd);
         return 0;
 }
 
 /* Every descriptor starts free; the stack is filled so id 0 pops first. */
-static void init_queue(struct vhm_guest *g, struct vhm_guest_vq *vq)
-{
+static void init_queue(struct vhm_guest *g, struct vhm_guest_vq *vq) {
         for (unsigned i = 0; i < g->num; i++) {
-                vq->free_stack[i] = (uint16_t)(g->num - 1 - i);
+                vq->free_stack[i] = (uint16_t) (g->num - 1 - i);
                 vq->owner[i] = VHM_DESC_FREE;
-                vq->desc[i].addr = htole64(vq->buf_gpa + (uint64_t)i * VHM_GUEST_BUF_SIZE);
+                vq->desc[i].addr = htole64(vq->buf_gpa + (uint64_t) i * VHM_GUEST_BUF_SIZE);
         }
-        vq->st->num_free = (uint16_t)g->num;
+        vq->st->num_free = (uint16_t) g->num;
         vq->st->next_avail = 0;
         vq->st->last_used = 0;
 }
 
-static void init_state(struct vhm_guest *g, const struct vhm_guest_config *c)
-{
+static void init_state(struct vhm_guest *g, const struct vhm_guest_config *c) {
         struct vhm_gstate *st = g->st;
 
         st->version = VHM_GSTATE_VERSION;
@@ -302,16 +274,14 @@ static void init_state(struct vhm_guest *g, const struct vhm_guest_config *c)
         __atomic_store_n(&st->magic, VHM_GSTATE_MAGIC, __ATOMIC_RELEASE);
 }
 
-static void cache_config(struct vhm_guest *g)
-{
+static void cache_config(struct vhm_guest *g) {
         g->frame_len = g->st->frame_len;
         memcpy(g->mac, g->st->mac, 6);
         memcpy(g->dst_mac, g->st->dst_mac, 6);
         apply_features(g, g->st->features);
 }
 
-int vhm_guest_create(const struct vhm_guest_config *cfg, struct vhm_guest **out)
-{
+int vhm_guest_create(const struct vhm_guest_config *cfg, struct vhm_guest **out) {
         struct vhm_guest_config c;
         struct vhm_layout lay;
         struct vhm_guest *g;
@@ -352,9 +322,7 @@ int vhm_guest_create(const struct vhm_guest_config *cfg, struct vhm_guest **out)
 
 /* ---------------------------------------------------------------- attach */
 
-__attribute__((format(printf, 4, 5)))
-static int reject(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
+__attribute__((format(printf, 4, 5))) static int reject(char *err, size_t errlen, int rc, const char *fmt, ...) {
         va_list ap;
 
         if (err && errlen) {
@@ -365,8 +333,7 @@ static int reject(char *err, size_t errlen, int rc, const char *fmt, ...)
         return rc;
 }
 
-static int open_copy(int memfd, struct vhm_guest *g, char *err, size_t errlen)
-{
+static int open_copy(int memfd, struct vhm_guest *g, char *err, size_t errlen) {
         struct stat sb;
 
         g->memfd = fcntl(memfd, F_DUPFD_CLOEXEC, 0);
@@ -374,39 +341,36 @@ static int open_copy(int memfd, struct vhm_guest *g, char *err, size_t errlen)
                 return reject(err, errlen, -errno, "cannot duplicate memfd: %s", strerror(errno));
         if (fstat(g->memfd, &sb) < 0)
                 return reject(err, errlen, -errno, "fstat: %s", strerror(errno));
-        if (!S_ISREG(sb.st_mode) || sb.st_size < (off_t)PAGE || sb.st_size % PAGE)
-                return reject(err, errlen, -EBADMSG,
-                              "memory is %lld bytes, not a positive multiple of %u",
-                              (long long)sb.st_size, PAGE);
-        g->size = (uint64_t)sb.st_size;
+        if (!S_ISREG(sb.st_mode) || sb.st_size < (off_t) PAGE || sb.st_size % PAGE)
+                return reject(err, errlen, -EBADMSG, "memory is %lld bytes, not a positive multiple of %u",
+                              (long long) sb.st_size, PAGE);
+        g->size = (uint64_t) sb.st_size;
         seal_memfd(g->memfd);
         return 0;
 }
 
 /* Header fields first: everything else is located through them. */
-static int check_header(struct vhm_guest *g, struct vhm_layout *lay, char *err, size_t errlen)
-{
+static int check_header(struct vhm_guest *g, struct vhm_layout *lay, char *err, size_t errlen) {
         const struct vhm_gstate *st = g->st;
 
         if (g->size < sizeof(*st) || st->magic != VHM_GSTATE_MAGIC)
                 return reject(err, errlen, -EBADMSG, "no synthetic guest state at gpa 0 (bad magic)");
         if (st->version != VHM_GSTATE_VERSION || st->header_size != sizeof(*st))
-                return reject(err, errlen, -EBADMSG, "state version %u size %u, expected %u size %zu",
-                              st->version, st->header_size, VHM_GSTATE_VERSION, sizeof(*st));
+                return reject(err, errlen, -EBADMSG, "state version %u size %u, expected %u size %zu", st->version,
+                              st->header_size, VHM_GSTATE_VERSION, sizeof(*st));
         if (st->mem_size != g->size)
                 return reject(err, errlen, -EBADMSG, "state says %llu bytes of memory, memfd has %llu",
-                              (unsigned long long)st->mem_size, (unsigned long long)g->size);
+                              (unsigned long long) st->mem_size, (unsigned long long) g->size);
         if (vhm_layout_compute(st->queue_pairs, st->ring_size, lay) < 0)
-                return reject(err, errlen, -EBADMSG, "bad geometry: %u queue pairs, ring size %u",
-                              st->queue_pairs, st->ring_size);
+                return reject(err, errlen, -EBADMSG, "bad geometry: %u queue pairs, ring size %u", st->queue_pairs,
+                              st->ring_size);
         if (lay->total > g->size)
                 return reject(err, errlen, -EBADMSG, "layout needs %llu bytes, memory has %llu",
-                              (unsigned long long)lay->total, (unsigned long long)g->size);
+                              (unsigned long long) lay->total, (unsigned long long) g->size);
         if (st->frame_len < VHM_GUEST_MIN_FRAME || st->frame_len > VHM_GUEST_MAX_FRAME)
                 return reject(err, errlen, -EBADMSG, "frame length %u out of range", st->frame_len);
         if (!vhm_features_ok(st->features))
-                return reject(err, errlen, -EBADMSG, "unsupported features 0x%llx",
-                              (unsigned long long)st->features);
+                return reject(err, errlen, -EBADMSG, "unsupported features 0x%llx", (unsigned long long) st->features);
         g->nqp = st->queue_pairs;
         g->num = st->ring_size;
         return 0;
@@ -414,25 +378,23 @@ static int check_header(struct vhm_guest *g, struct vhm_layout *lay, char *err, 
 
 /* The free stack must hold distinct, in-range ids, exactly the ones whose
  * owner byte says free; anything else would let us post a descriptor twice. */
-static int check_free_stack(const struct vhm_guest *g, const struct vhm_guest_vq *vq,
-                            char *err, size_t errlen)
-{
+static int check_free_stack(const struct vhm_guest *g, const struct vhm_guest_vq *vq, char *err, size_t errlen) {
         unsigned num_free = vq->st->num_free, nfree_owner = 0;
         uint8_t *seen;
         int rc = 0;
 
         if (num_free > g->num)
-                return reject(err, errlen, -EBADMSG, "queue %u: %u free descriptors of %u",
-                              vq->index, num_free, g->num);
+                return reject(err, errlen, -EBADMSG, "queue %u: %u free descriptors of %u", vq->index, num_free,
+                              g->num);
         for (unsigned i = 0; i < g->num; i++) {
                 if (vq->owner[i] > VHM_DESC_POSTED)
-                        return reject(err, errlen, -EBADMSG, "queue %u: descriptor %u owner %u",
-                                      vq->index, i, vq->owner[i]);
+                        return reject(err, errlen, -EBADMSG, "queue %u: descriptor %u owner %u", vq->index, i,
+                                      vq->owner[i]);
                 nfree_owner += vq->owner[i] == VHM_DESC_FREE;
         }
         if (nfree_owner != num_free)
-                return reject(err, errlen, -EBADMSG, "queue %u: %u descriptors marked free, stack holds %u",
-                              vq->index, nfree_owner, num_free);
+                return reject(err, errlen, -EBADMSG, "queue %u: %u descriptors marked free, stack holds %u", vq->index,
+                              nfree_owner, num_free);
         seen = calloc(g->num, 1);
         if (!seen)
                 return reject(err, errlen, -ENOMEM, "out of memory");
@@ -440,8 +402,8 @@ static int check_free_stack(const struct vhm_guest *g, const struct vhm_guest_vq
                 unsigned id = vq->free_stack[i];
 
                 if (id >= g->num || seen[id] || vq->owner[id] != VHM_DESC_FREE)
-                        rc = reject(err, errlen, -EBADMSG, "queue %u: free stack entry %u (id %u) invalid",
-                                    vq->index, i, id);
+                        rc = reject(err, errlen, -EBADMSG, "queue %u: free stack entry %u (id %u) invalid", vq->index,
+                                    i, id);
                 else
                         seen[id] = 1;
         }
@@ -451,28 +413,25 @@ static int check_free_stack(const struct vhm_guest *g, const struct vhm_guest_vq
 
 /* Ring indices: what we published must be what the ring shows, and neither
  * the driver's nor the device's progress may exceed one ring. */
-static int check_indices(const struct vhm_guest *g, const struct vhm_guest_vq *vq,
-                         char *err, size_t errlen)
-{
+static int check_indices(const struct vhm_guest *g, const struct vhm_guest_vq *vq, char *err, size_t errlen) {
         uint16_t next_avail = vq->st->next_avail, last_used = vq->st->last_used;
         uint16_t avail_idx = le16toh(vq->avail->idx), used_idx = le16toh(vq->used->idx);
-        unsigned inflight = (uint16_t)(next_avail - last_used);
+        unsigned inflight = (uint16_t) (next_avail - last_used);
         unsigned posted = g->num - vq->st->num_free;
 
         if (avail_idx != next_avail)
-                return reject(err, errlen, -EBADMSG, "queue %u: avail idx %u, driver state %u",
-                              vq->index, avail_idx, next_avail);
+                return reject(err, errlen, -EBADMSG, "queue %u: avail idx %u, driver state %u", vq->index, avail_idx,
+                              next_avail);
         if (inflight > posted)
-                return reject(err, errlen, -EBADMSG, "queue %u: %u entries in flight, %u descriptors posted",
-                              vq->index, inflight, posted);
-        if ((uint16_t)(used_idx - last_used) > inflight)
+                return reject(err, errlen, -EBADMSG, "queue %u: %u entries in flight, %u descriptors posted", vq->index,
+                              inflight, posted);
+        if ((uint16_t) (used_idx - last_used) > inflight)
                 return reject(err, errlen, -EBADMSG, "queue %u: used idx %u beyond avail (last used %u, %u in flight)",
                               vq->index, used_idx, last_used, inflight);
         return 0;
 }
 
-static int check_queues(struct vhm_guest *g, char *err, size_t errlen)
-{
+static int check_queues(struct vhm_guest *g, char *err, size_t errlen) {
         for (unsigned q = 0; q < 2 * g->nqp; q++) {
                 int rc = check_free_stack(g, &g->vq[q], err, errlen);
 
@@ -485,19 +444,17 @@ static int check_queues(struct vhm_guest *g, char *err, size_t errlen)
                 const struct vhm_gstate_qp *s = &g->st->qp[i];
 
                 if (s->rx_expected > s->tx_seq)
-                        return reject(err, errlen, -EBADMSG, "queue pair %u expects sequence %llu, only %llu sent",
-                                      i, (unsigned long long)s->rx_expected,
-                                      (unsigned long long)s->tx_seq);
+                        return reject(err, errlen, -EBADMSG, "queue pair %u expects sequence %llu, only %llu sent", i,
+                                      (unsigned long long) s->rx_expected, (unsigned long long) s->tx_seq);
                 if (s->corrupt_credit > s->corrupted)
-                        return reject(err, errlen, -EBADMSG, "queue pair %u: corrupt credit %llu exceeds corrupted %llu",
-                                      i, (unsigned long long)s->corrupt_credit,
-                                      (unsigned long long)s->corrupted);
+                        return reject(err, errlen, -EBADMSG,
+                                      "queue pair %u: corrupt credit %llu exceeds corrupted %llu", i,
+                                      (unsigned long long) s->corrupt_credit, (unsigned long long) s->corrupted);
         }
         return 0;
 }
 
-int vhm_guest_attach(int memfd, struct vhm_guest **out, char *err, size_t errlen)
-{
+int vhm_guest_attach(int memfd, struct vhm_guest **out, char *err, size_t errlen) {
         struct vhm_layout lay;
         struct vhm_guest *g;
         int rc;
@@ -536,39 +493,31 @@ int vhm_guest_attach(int memfd, struct vhm_guest **out, char *err, size_t errlen
 
 /* ---------------------------------------------------------------- getters */
 
-int vhm_guest_mem_fd(const struct vhm_guest *g)
-{
+int vhm_guest_mem_fd(const struct vhm_guest *g) {
         return g->memfd;
 }
 
-uint64_t vhm_guest_mem_size(const struct vhm_guest *g)
-{
+uint64_t vhm_guest_mem_size(const struct vhm_guest *g) {
         return g->size;
 }
 
-void *vhm_guest_mem_base(const struct vhm_guest *g)
-{
+void *vhm_guest_mem_base(const struct vhm_guest *g) {
         return g->base;
 }
 
-unsigned vhm_guest_queue_pairs(const struct vhm_guest *g)
-{
+unsigned vhm_guest_queue_pairs(const struct vhm_guest *g) {
         return g->nqp;
 }
 
-unsigned vhm_guest_ring_size(const struct vhm_guest *g)
-{
+unsigned vhm_guest_ring_size(const struct vhm_guest *g) {
         return g->num;
 }
 
-void vhm_guest_mac(const struct vhm_guest *g, uint8_t mac[6])
-{
+void vhm_guest_mac(const struct vhm_guest *g, uint8_t mac[6]) {
         memcpy(mac, g->mac, 6);
 }
 
-int vhm_guest_queue_layout(const struct vhm_guest *g, unsigned queue,
-                           struct vhm_guest_queue_layout *out)
-{
+int vhm_guest_queue_layout(const struct vhm_guest *g, unsigned queue, struct vhm_guest_queue_layout *out) {
         const struct vhm_guest_vq *vq;
 
         if (queue >= 2 * g->nqp)
@@ -581,9 +530,9 @@ int vhm_guest_queue_layout(const struct vhm_guest *g, unsigned queue,
         out->desc_gpa = vq->desc_gpa;
         out->avail_gpa = vq->avail_gpa;
         out->used_gpa = vq->used_gpa;
-        out->desc_uaddr = (uint64_t)(uintptr_t)vq->desc;
-        out->avail_uaddr = (uint64_t)(uintptr_t)vq->avail;
-        out->used_uaddr = (uint64_t)(uintptr_t)vq->used;
+        out->desc_uaddr = (uint64_t) (uintptr_t) vq->desc;
+        out->avail_uaddr = (uint64_t) (uintptr_t) vq->avail;
+        out->used_uaddr = (uint64_t) (uintptr_t) vq->used;
         out->used_len = 6 + 8 * g->num;
         out->buf_gpa = vq->buf_gpa;
         out->buf_size = VHM_GUEST_BUF_SIZE;
@@ -592,9 +541,7 @@ int vhm_guest_queue_layout(const struct vhm_guest *g, unsigned queue,
         return 0;
 }
 
-int vhm_guest_queue_indices(const struct vhm_guest *g, unsigned queue,
-                            uint16_t *avail_idx, uint16_t *used_idx)
-{
+int vhm_guest_queue_indices(const struct vhm_guest *g, unsigned queue, uint16_t *avail_idx, uint16_t *used_idx) {
         if (queue >= 2 * g->nqp)
                 return -EINVAL;
         if (avail_idx)
@@ -606,42 +553,36 @@ int vhm_guest_queue_indices(const struct vhm_guest *g, unsigned queue,
 
 /* ---------------------------------------------------------------- written pages */
 
-void vhm_mark_written(struct vhm_guest *g, uint64_t gpa, uint64_t len)
-{
+void vhm_mark_written(struct vhm_guest *g, uint64_t gpa, uint64_t len) {
         uint64_t last;
 
         if (!len)
                 return;
         last = (gpa + len - 1) / PAGE;
         for (uint64_t p = gpa / PAGE; p <= last && p < g->npages; p++)
-                __atomic_fetch_or(&g->written[p / 8], (uint8_t)(1u << (p % 8)), __ATOMIC_RELAXED);
+                __atomic_fetch_or(&g->written[p / 8], (uint8_t) (1u << (p % 8)), __ATOMIC_RELAXED);
 }
 
-size_t vhm_guest_npages(const struct vhm_guest *g)
-{
+size_t vhm_guest_npages(const struct vhm_guest *g) {
         return g->npages;
 }
 
-static bool page_written(const struct vhm_guest *g, uint64_t p)
-{
+static bool page_written(const struct vhm_guest *g, uint64_t p) {
         return __atomic_load_n(&g->written[p / 8], __ATOMIC_RELAXED) & (1u << (p % 8));
 }
 
-int vhm_guest_device_written_pages(const struct vhm_guest *g, uint8_t *bitmap, size_t npages)
-{
+int vhm_guest_device_written_pages(const struct vhm_guest *g, uint8_t *bitmap, size_t npages) {
         if (!bitmap)
                 return -EINVAL;
         memset(bitmap, 0, (npages + 7) / 8);
         for (size_t p = 0; p < npages && p < g->npages; p++)
                 if (page_written(g, p))
-                        bitmap[p / 8] |= (uint8_t)(1u << (p % 8));
+                        bitmap[p / 8] |= (uint8_t) (1u << (p % 8));
         return 0;
 }
 
-int vhm_guest_for_each_device_written_page(const struct vhm_guest *g,
-                                           int (*cb)(uint64_t page, void *opaque),
-                                           void *opaque)
-{
+int vhm_guest_for_each_device_written_page(const struct vhm_guest *g, int (*cb)(uint64_t page, void *opaque),
+                                           void *opaque) {
         for (size_t p = 0; p < g->npages; p++) {
                 int rc;
 
@@ -654,8 +595,7 @@ int vhm_guest_for_each_device_written_page(const struct vhm_guest *g,
         return 0;
 }
 
-void vhm_guest_reset_device_written_pages(struct vhm_guest *g)
-{
+void vhm_guest_reset_device_written_pages(struct vhm_guest *g) {
         for (size_t i = 0; i < (g->npages + 7) / 8; i++)
                 __atomic_store_n(&g->written[i], 0, __ATOMIC_RELAXED);
 }

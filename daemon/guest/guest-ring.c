@@ -24,35 +24,29 @@
 
 #define DEFAULT_BURST 32u
 
-static uint16_t load_acquire16(const __virtio16 *p)
-{
+static uint16_t load_acquire16(const __virtio16 *p) {
         return le16toh(__atomic_load_n(p, __ATOMIC_ACQUIRE));
 }
 
-static uint16_t load_relaxed16(const __virtio16 *p)
-{
+static uint16_t load_relaxed16(const __virtio16 *p) {
         return le16toh(__atomic_load_n(p, __ATOMIC_RELAXED));
 }
 
 /* With EVENT_IDX, used_event sits after the avail ring entries and
  * avail_event after the used ring entries (virtio spec, split rings). */
-static __virtio16 *used_event(const struct vhm_guest *g, struct vhm_guest_vq *vq)
-{
+static __virtio16 *used_event(const struct vhm_guest *g, struct vhm_guest_vq *vq) {
         return &vq->avail->ring[g->num];
 }
 
-static __virtio16 *avail_event(const struct vhm_guest *g, struct vhm_guest_vq *vq)
-{
-        return (__virtio16 *)&vq->used->ring[g->num];
+static __virtio16 *avail_event(const struct vhm_guest *g, struct vhm_guest_vq *vq) {
+        return (__virtio16 *) &vq->used->ring[g->num];
 }
 
-static struct vhm_guest_vq *rx_vq(struct vhm_guest *g, unsigned qp)
-{
+static struct vhm_guest_vq *rx_vq(struct vhm_guest *g, unsigned qp) {
         return &g->vq[2 * qp];
 }
 
-static struct vhm_guest_vq *tx_vq(struct vhm_guest *g, unsigned qp)
-{
+static struct vhm_guest_vq *tx_vq(struct vhm_guest *g, unsigned qp) {
         return &g->vq[2 * qp + 1];
 }
 
@@ -60,8 +54,7 @@ static struct vhm_guest_vq *tx_vq(struct vhm_guest *g, unsigned qp)
 
 /* Pop a free descriptor: its id, -ENOSPC when none, -EBADMSG when the stack
  * in guest memory no longer makes sense (someone scribbled on it). */
-static int desc_get(const struct vhm_guest *g, struct vhm_guest_vq *vq)
-{
+static int desc_get(const struct vhm_guest *g, struct vhm_guest_vq *vq) {
         unsigned n = vq->st->num_free, id;
 
         if (n == 0)
@@ -72,55 +65,48 @@ static int desc_get(const struct vhm_guest *g, struct vhm_guest_vq *vq)
         if (id >= g->num || vq->owner[id] != VHM_DESC_FREE)
                 return -EBADMSG;
         vq->owner[id] = VHM_DESC_POSTED;
-        vq->st->num_free = (uint16_t)(n - 1);
-        return (int)id;
+        vq->st->num_free = (uint16_t) (n - 1);
+        return (int) id;
 }
 
 /* Only a descriptor we posted may come back; anything else is a device bug. */
-static bool desc_is_posted(const struct vhm_guest *g, const struct vhm_guest_vq *vq, uint32_t id)
-{
+static bool desc_is_posted(const struct vhm_guest *g, const struct vhm_guest_vq *vq, uint32_t id) {
         return id < g->num && vq->owner[id] == VHM_DESC_POSTED;
 }
 
-static void desc_put(const struct vhm_guest *g, struct vhm_guest_vq *vq, uint32_t id)
-{
+static void desc_put(const struct vhm_guest *g, struct vhm_guest_vq *vq, uint32_t id) {
         unsigned n = vq->st->num_free;
 
         if (n >= g->num)
-                return;         /* cannot happen while owner bytes are sane */
-        vq->free_stack[n] = (uint16_t)id;
+                return; /* cannot happen while owner bytes are sane */
+        vq->free_stack[n] = (uint16_t) id;
         vq->owner[id] = VHM_DESC_FREE;
-        vq->st->num_free = (uint16_t)(n + 1);
+        vq->st->num_free = (uint16_t) (n + 1);
 }
 
 /* Descriptor contents are rewritten on every post, so the descriptor table
  * never has to be trusted or validated. */
-static void avail_add(const struct vhm_guest *g, struct vhm_guest_vq *vq,
-                      unsigned id, uint32_t len, uint16_t flags)
-{
+static void avail_add(const struct vhm_guest *g, struct vhm_guest_vq *vq, unsigned id, uint32_t len, uint16_t flags) {
         struct vring_desc *d = &vq->desc[id];
         uint16_t a = vq->st->next_avail;
 
-        d->addr = htole64(vq->buf_gpa + (uint64_t)id * VHM_GUEST_BUF_SIZE);
+        d->addr = htole64(vq->buf_gpa + (uint64_t) id * VHM_GUEST_BUF_SIZE);
         d->len = htole32(len);
         d->flags = htole16(flags);
         d->next = 0;
-        vq->avail->ring[a & (g->num - 1)] = htole16((uint16_t)id);
-        vq->st->next_avail = (uint16_t)(a + 1);
+        vq->avail->ring[a & (g->num - 1)] = htole16((uint16_t) id);
+        vq->st->next_avail = (uint16_t) (a + 1);
 }
 
 /* ---------------------------------------------------------------- notifications */
 
 /* Did [old, new) cross the index the other side asked to be told about?
  * (virtio spec, "Driver Requirements: Virtqueue Notification Suppression"). */
-static bool crossed_event(uint16_t event, uint16_t new_idx, uint16_t old_idx)
-{
-        return (uint16_t)(new_idx - event - 1) < (uint16_t)(new_idx - old_idx);
+static bool crossed_event(uint16_t event, uint16_t new_idx, uint16_t old_idx) {
+        return (uint16_t) (new_idx - event - 1) < (uint16_t) (new_idx - old_idx);
 }
 
-static bool need_kick(const struct vhm_guest *g, struct vhm_guest_vq *vq,
-                      uint16_t old_idx, uint16_t new_idx)
-{
+static bool need_kick(const struct vhm_guest *g, struct vhm_guest_vq *vq, uint16_t old_idx, uint16_t new_idx) {
         if (g->event_idx)
                 return crossed_event(load_relaxed16(avail_event(g, vq)), new_idx, old_idx);
         return !(load_relaxed16(&vq->used->flags) & VRING_USED_F_NO_NOTIFY);
@@ -130,8 +116,7 @@ static bool need_kick(const struct vhm_guest *g, struct vhm_guest_vq *vq,
  * eventfd write per burst.  Without EVENT_IDX the avail flag says it (with
  * EVENT_IDX the flag must stay 0); with EVENT_IDX used_event is just left
  * behind, which costs at most one call per 2^16 used entries. */
-static void set_calls(const struct vhm_guest *g, struct vhm_guest_vq *vq, bool on)
-{
+static void set_calls(const struct vhm_guest *g, struct vhm_guest_vq *vq, bool on) {
         uint16_t flags = on || g->event_idx ? 0 : VRING_AVAIL_F_NO_INTERRUPT;
 
         vq->calls_off = !on;
@@ -140,25 +125,22 @@ static void set_calls(const struct vhm_guest *g, struct vhm_guest_vq *vq, bool o
                 __atomic_store_n(used_event(g, vq), htole16(vq->st->last_used), __ATOMIC_RELAXED);
 }
 
-static void set_calls_qps(struct vhm_guest *g, unsigned first, unsigned last, bool on)
-{
+static void set_calls_qps(struct vhm_guest *g, unsigned first, unsigned last, bool on) {
         for (unsigned q = 2 * first; q < 2 * last; q++)
                 set_calls(g, &g->vq[q], on);
 }
 
-static void kick(const struct vhm_guest_vq *vq)
-{
+static void kick(const struct vhm_guest_vq *vq) {
         uint64_t one = 1;
         ssize_t n = write(vq->kick_fd, &one, sizeof(one));
 
         /* Nothing to do on failure: EAGAIN means the counter is saturated, so
          * a kick is pending anyway, and an eventfd write fails no other way. */
-        (void)n;
+        (void) n;
 }
 
 /* Make everything added since old_idx visible, then kick if wanted. */
-static void publish(const struct vhm_guest *g, struct vhm_guest_vq *vq, uint16_t old_idx)
-{
+static void publish(const struct vhm_guest *g, struct vhm_guest_vq *vq, uint16_t old_idx) {
         uint16_t new_idx = vq->st->next_avail;
 
         if (new_idx == old_idx)
@@ -174,25 +156,21 @@ static void publish(const struct vhm_guest *g, struct vhm_guest_vq *vq, uint16_t
 
 /* ---------------------------------------------------------------- used ring */
 
-typedef void (*used_fn)(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq,
-                        uint32_t id, uint32_t len);
+typedef void (*used_fn)(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq, uint32_t id, uint32_t len);
 
-static void record_used_entry(struct vhm_guest *g, const struct vhm_guest_vq *vq, unsigned slot)
-{
-        vhm_mark_written(g, vq->used_gpa + offsetof(struct vring_used, ring) +
-                                    (uint64_t)slot * sizeof(struct vring_used_elem),
-                         sizeof(struct vring_used_elem));
+static void record_used_entry(struct vhm_guest *g, const struct vhm_guest_vq *vq, unsigned slot) {
+        vhm_mark_written(
+                g, vq->used_gpa + offsetof(struct vring_used, ring) + (uint64_t) slot * sizeof(struct vring_used_elem),
+                sizeof(struct vring_used_elem));
 }
 
 /* Consume up to budget (0 = all) used entries.  Returns the number consumed,
  * or -EPROTO if the device claims to have used more than was available. */
-static int used_consume(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq,
-                        unsigned budget, used_fn fn)
-{
+static int used_consume(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq, unsigned budget, used_fn fn) {
         uint16_t last = vq->st->last_used;
         uint16_t used_idx = load_acquire16(&vq->used->idx);
-        unsigned pending = (uint16_t)(used_idx - last);
-        unsigned inflight = (uint16_t)(vq->st->next_avail - last);
+        unsigned pending = (uint16_t) (used_idx - last);
+        unsigned inflight = (uint16_t) (vq->st->next_avail - last);
 
         if (pending > inflight) {
                 g->st->qp[qp].bad_used++;
@@ -201,7 +179,7 @@ static int used_consume(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *v
         if (budget && pending > budget)
                 pending = budget;
         for (unsigned i = 0; i < pending; i++) {
-                unsigned slot = (uint16_t)(last + i) & (g->num - 1);
+                unsigned slot = (uint16_t) (last + i) & (g->num - 1);
                 struct vring_used_elem e = vq->used->ring[slot];
 
                 record_used_entry(g, vq, slot);
@@ -209,19 +187,16 @@ static int used_consume(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *v
         }
         if (pending) {
                 vhm_mark_written(g, vq->used_gpa + offsetof(struct vring_used, idx), 2);
-                vq->st->last_used = (uint16_t)(last + pending);
+                vq->st->last_used = (uint16_t) (last + pending);
                 /* Ask for a call on the next entry, unless busy polling. */
                 if (g->event_idx && !vq->calls_off)
-                        __atomic_store_n(used_event(g, vq), htole16(vq->st->last_used),
-                                         __ATOMIC_RELAXED);
+                        __atomic_store_n(used_event(g, vq), htole16(vq->st->last_used), __ATOMIC_RELAXED);
         }
-        return (int)pending;
+        return (int) pending;
 }
 
-static void tx_done(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq,
-                    uint32_t id, uint32_t len)
-{
-        (void)len;      /* the device writes nothing into a TX buffer */
+static void tx_done(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq, uint32_t id, uint32_t len) {
+        (void) len; /* the device writes nothing into a TX buffer */
         if (!desc_is_posted(g, vq, id)) {
                 g->st->qp[qp].bad_used++;
                 return;
@@ -231,8 +206,7 @@ static void tx_done(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq,
 
 /* num_buffers only means something with MRG_RXBUF; our buffers always hold
  * a whole frame, so a frame spread over several is not one we sent. */
-static bool rx_header_ok(const struct vhm_guest *g, const uint8_t *buf)
-{
+static bool rx_header_ok(const struct vhm_guest *g, const uint8_t *buf) {
         struct virtio_net_hdr_mrg_rxbuf h;
 
         if (!g->mrg_rxbuf)
@@ -241,20 +215,18 @@ static bool rx_header_ok(const struct vhm_guest *g, const uint8_t *buf)
         return le16toh(h.num_buffers) == 1;
 }
 
-static void rx_done(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq,
-                    uint32_t id, uint32_t len)
-{
+static void rx_done(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq, uint32_t id, uint32_t len) {
         const uint8_t *buf;
 
         if (!desc_is_posted(g, vq, id)) {
                 g->st->qp[qp].bad_used++;
                 return;
         }
-        buf = vq->bufs + (uint64_t)id * VHM_GUEST_BUF_SIZE;
+        buf = vq->bufs + (uint64_t) id * VHM_GUEST_BUF_SIZE;
         if (len > VHM_GUEST_BUF_SIZE || len < g->hdr_len) {
                 g->st->qp[qp].bad_used++;
         } else {
-                vhm_mark_written(g, vq->buf_gpa + (uint64_t)id * VHM_GUEST_BUF_SIZE, len);
+                vhm_mark_written(g, vq->buf_gpa + (uint64_t) id * VHM_GUEST_BUF_SIZE, len);
                 if (rx_header_ok(g, buf))
                         vhm_rx_account(g, qp, buf + g->hdr_len, len - g->hdr_len);
                 else
@@ -265,29 +237,26 @@ static void rx_done(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq,
 
 /* ---------------------------------------------------------------- operations */
 
-static int post_rx(struct vhm_guest *g, unsigned qp)
-{
+static int post_rx(struct vhm_guest *g, unsigned qp) {
         struct vhm_guest_vq *vq = rx_vq(g, qp);
         uint16_t old_idx = vq->st->next_avail;
         int n = 0, id;
 
         while ((id = desc_get(g, vq)) >= 0) {
-                avail_add(g, vq, (unsigned)id, VHM_GUEST_BUF_SIZE, VRING_DESC_F_WRITE);
+                avail_add(g, vq, (unsigned) id, VHM_GUEST_BUF_SIZE, VRING_DESC_F_WRITE);
                 n++;
         }
         publish(g, vq, old_idx);
         return id == -ENOSPC ? n : id;
 }
 
-int vhm_guest_post_rx(struct vhm_guest *g, unsigned qp)
-{
+int vhm_guest_post_rx(struct vhm_guest *g, unsigned qp) {
         if (qp >= g->nqp)
                 return -EINVAL;
         return post_rx(g, qp);
 }
 
-int vhm_guest_tx(struct vhm_guest *g, unsigned qp, unsigned count)
-{
+int vhm_guest_tx(struct vhm_guest *g, unsigned qp, unsigned count) {
         struct vhm_guest_vq *vq;
         struct vhm_gstate_qp *s;
         uint16_t old_idx;
@@ -300,28 +269,26 @@ int vhm_guest_tx(struct vhm_guest *g, unsigned qp, unsigned count)
         s = &g->st->qp[qp];
         old_idx = vq->st->next_avail;
         while (sent < count && (id = desc_get(g, vq)) >= 0) {
-                uint8_t *buf = vq->bufs + (uint64_t)id * VHM_GUEST_BUF_SIZE;
+                uint8_t *buf = vq->bufs + (uint64_t) id * VHM_GUEST_BUF_SIZE;
 
-                memset(buf, 0, g->hdr_len);     /* no offloads requested */
+                memset(buf, 0, g->hdr_len); /* no offloads requested */
                 vhm_frame_build(buf + g->hdr_len, g->frame_len, g->dst_mac, g->mac, qp, s->tx_seq);
                 s->tx_seq++;
                 s->sent++;
-                avail_add(g, vq, (unsigned)id, g->hdr_len + g->frame_len, 0);
+                avail_add(g, vq, (unsigned) id, g->hdr_len + g->frame_len, 0);
                 sent++;
         }
         publish(g, vq, old_idx);
-        return id == -EBADMSG ? id : (int)sent;
+        return id == -EBADMSG ? id : (int) sent;
 }
 
-int vhm_guest_reclaim_tx(struct vhm_guest *g, unsigned qp)
-{
+int vhm_guest_reclaim_tx(struct vhm_guest *g, unsigned qp) {
         if (qp >= g->nqp)
                 return -EINVAL;
         return used_consume(g, qp, tx_vq(g, qp), 0, tx_done);
 }
 
-int vhm_guest_poll_rx(struct vhm_guest *g, unsigned qp, unsigned budget)
-{
+int vhm_guest_poll_rx(struct vhm_guest *g, unsigned qp, unsigned budget) {
         int n, rc;
 
         if (qp >= g->nqp)
@@ -333,8 +300,7 @@ int vhm_guest_poll_rx(struct vhm_guest *g, unsigned qp, unsigned budget)
         return rc < 0 ? rc : n;
 }
 
-static void add_stats(struct vhm_guest_stats *o, const struct vhm_gstate_qp *s)
-{
+static void add_stats(struct vhm_guest_stats *o, const struct vhm_gstate_qp *s) {
         o->tx_seq += s->tx_seq;
         o->rx_expected += s->rx_expected;
         o->sent += s->sent;
@@ -347,8 +313,7 @@ static void add_stats(struct vhm_guest_stats *o, const struct vhm_gstate_qp *s)
         o->bad_used += s->bad_used;
 }
 
-int vhm_guest_get_stats(const struct vhm_guest *g, unsigned qp, struct vhm_guest_stats *out)
-{
+int vhm_guest_get_stats(const struct vhm_guest *g, unsigned qp, struct vhm_guest_stats *out) {
         if (qp != VHM_GUEST_ALL_QPS && qp >= g->nqp)
                 return -EINVAL;
         memset(out, 0, sizeof(*out));
@@ -360,31 +325,28 @@ int vhm_guest_get_stats(const struct vhm_guest *g, unsigned qp, struct vhm_guest
 
 /* ---------------------------------------------------------------- run loop */
 
-static int64_t now_ms(void)
-{
+static int64_t now_ms(void) {
         struct timespec ts;
 
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static bool has_used(struct vhm_guest_vq *vq)
-{
+static bool has_used(struct vhm_guest_vq *vq) {
         return load_acquire16(&vq->used->idx) != vq->st->last_used;
 }
 
 /* Sleep until a call eventfd fires (1 ms at most, so a device that never
  * signals only slows us down).  Drain first, then re-check the rings: a
  * used entry published before the drain would otherwise be slept through. */
-static void wait_calls(struct vhm_guest *g, unsigned first, unsigned last)
-{
+static void wait_calls(struct vhm_guest *g, unsigned first, unsigned last) {
         struct pollfd pfd[VHM_GUEST_MAX_QUEUES];
         unsigned n = 0;
         uint64_t v;
 
         for (unsigned q = 2 * first; q < 2 * last; q++) {
                 if (read(g->vq[q].call_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-                        return;         /* never sleep on a broken fd */
+                        return; /* never sleep on a broken fd */
                 pfd[n].fd = g->vq[q].call_fd;
                 pfd[n++].events = POLLIN;
         }
@@ -392,13 +354,12 @@ static void wait_calls(struct vhm_guest *g, unsigned first, unsigned last)
         for (unsigned q = 2 * first; q < 2 * last; q++)
                 if (has_used(&g->vq[q]))
                         return;
-        (void)poll(pfd, n, 1);
+        (void) poll(pfd, n, 1);
 }
 
 /* One round on one queue pair: reclaim, receive, then transmit while fewer
  * than a ring of frames is in flight.  Returns the work done. */
-static int run_once(struct vhm_guest *g, unsigned qp, uint64_t goal, unsigned burst)
-{
+static int run_once(struct vhm_guest *g, unsigned qp, uint64_t goal, unsigned burst) {
         struct vhm_gstate_qp *s = &g->st->qp[qp];
         uint64_t inflight, want;
         int done, rx, tx = 0;
@@ -416,16 +377,15 @@ static int run_once(struct vhm_guest *g, unsigned qp, uint64_t goal, unsigned bu
                         want = g->num - inflight;
                 if (want > burst)
                         want = burst;
-                tx = vhm_guest_tx(g, qp, (unsigned)want);
+                tx = vhm_guest_tx(g, qp, (unsigned) want);
                 if (tx < 0)
                         return tx;
         }
         return done + rx + tx;
 }
 
-static int run_round(struct vhm_guest *g, unsigned first, unsigned last,
-                     const uint64_t *goal, unsigned burst, bool *finished)
-{
+static int run_round(struct vhm_guest *g, unsigned first, unsigned last, const uint64_t *goal, unsigned burst,
+                     bool *finished) {
         int work = 0;
 
         *finished = true;
@@ -441,9 +401,8 @@ static int run_round(struct vhm_guest *g, unsigned first, unsigned last,
         return work;
 }
 
-static int run_loop(struct vhm_guest *g, unsigned first, unsigned last, const uint64_t *goal,
-                    int timeout_ms, const struct vhm_guest_run_opts *opts)
-{
+static int run_loop(struct vhm_guest *g, unsigned first, unsigned last, const uint64_t *goal, int timeout_ms,
+                    const struct vhm_guest_run_opts *opts) {
         unsigned burst = opts->burst ? opts->burst : DEFAULT_BURST;
         int64_t deadline = now_ms() + timeout_ms;
 
@@ -468,9 +427,8 @@ static int run_loop(struct vhm_guest *g, unsigned first, unsigned last, const ui
         }
 }
 
-int vhm_guest_run_until(struct vhm_guest *g, unsigned qp, uint64_t target_frames,
-                        int timeout_ms, const struct vhm_guest_run_opts *opts)
-{
+int vhm_guest_run_until(struct vhm_guest *g, unsigned qp, uint64_t target_frames, int timeout_ms,
+                        const struct vhm_guest_run_opts *opts) {
         static const struct vhm_guest_run_opts defaults;
         unsigned first = qp, last = qp + 1;
         uint64_t goal[VHM_GUEST_MAX_QP];

@@ -29,73 +29,73 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define VHM_GUEST_MAX_QP          8u
-#define VHM_GUEST_MAX_QUEUES      (2 * VHM_GUEST_MAX_QP)
-#define VHM_GUEST_PAGE_SIZE       4096u     /* vhost dirty-log page size */
-#define VHM_GUEST_DEFAULT_MEM     (64ull << 20)
-#define VHM_GUEST_DEFAULT_RING    256u
-#define VHM_GUEST_MAX_RING        32768u    /* virtio split-ring maximum */
-#define VHM_GUEST_DEFAULT_FRAME   128u
-#define VHM_GUEST_MIN_FRAME       64u
-#define VHM_GUEST_MAX_FRAME       1514u
-#define VHM_GUEST_BUF_SIZE        2048u     /* one buffer per descriptor */
-#define VHM_GUEST_ETHERTYPE       0x88b5u   /* IEEE local experimental */
-#define VHM_GUEST_ETHERTYPE_RARP  0x8035u
+#define VHM_GUEST_MAX_QP         8u
+#define VHM_GUEST_MAX_QUEUES     (2 * VHM_GUEST_MAX_QP)
+#define VHM_GUEST_PAGE_SIZE      4096u /* vhost dirty-log page size */
+#define VHM_GUEST_DEFAULT_MEM    (64ull << 20)
+#define VHM_GUEST_DEFAULT_RING   256u
+#define VHM_GUEST_MAX_RING       32768u /* virtio split-ring maximum */
+#define VHM_GUEST_DEFAULT_FRAME  128u
+#define VHM_GUEST_MIN_FRAME      64u
+#define VHM_GUEST_MAX_FRAME      1514u
+#define VHM_GUEST_BUF_SIZE       2048u   /* one buffer per descriptor */
+#define VHM_GUEST_ETHERTYPE      0x88b5u /* IEEE local experimental */
+#define VHM_GUEST_ETHERTYPE_RARP 0x8035u
 
 /* Queue-pair argument meaning "every queue pair" (run_until, stats). */
-#define VHM_GUEST_ALL_QPS         (~0u)
+#define VHM_GUEST_ALL_QPS (~0u)
 
 struct vhm_guest;
 
 struct vhm_guest_config {
-        uint64_t mem_size;      /* bytes, multiple of 4 KiB; 0 -> 64 MiB */
-        unsigned queue_pairs;   /* 1..8; 0 -> 1 */
-        unsigned ring_size;     /* power of two, 2..32768; 0 -> 256 */
-        unsigned frame_len;     /* 64..1514 bytes, no FCS; 0 -> 128 */
-        uint8_t mac[6];         /* all zero -> 02:76:68:6d:00:01 */
-        uint8_t dst_mac[6];     /* all zero -> 02:76:68:6d:00:02 */
+        uint64_t mem_size;    /* bytes, multiple of 4 KiB; 0 -> 64 MiB */
+        unsigned queue_pairs; /* 1..8; 0 -> 1 */
+        unsigned ring_size;   /* power of two, 2..32768; 0 -> 256 */
+        unsigned frame_len;   /* 64..1514 bytes, no FCS; 0 -> 128 */
+        uint8_t mac[6];       /* all zero -> 02:76:68:6d:00:01 */
+        uint8_t dst_mac[6];   /* all zero -> 02:76:68:6d:00:02 */
 };
 
 /* One virtqueue, as a front-end needs it for SET_VRING_* requests. */
 struct vhm_guest_queue_layout {
-        unsigned index;         /* vhost-user queue index (2*qp RX, 2*qp+1 TX) */
-        unsigned num;           /* ring size (SET_VRING_NUM) */
+        unsigned index; /* vhost-user queue index (2*qp RX, 2*qp+1 TX) */
+        unsigned num;   /* ring size (SET_VRING_NUM) */
         bool is_rx;
-        uint64_t desc_gpa;      /* guest-physical addresses */
+        uint64_t desc_gpa; /* guest-physical addresses */
         uint64_t avail_gpa;
-        uint64_t used_gpa;      /* = log_guest_addr for SET_VRING_ADDR */
-        uint64_t desc_uaddr;    /* our virtual addresses (SET_VRING_ADDR) */
+        uint64_t used_gpa;   /* = log_guest_addr for SET_VRING_ADDR */
+        uint64_t desc_uaddr; /* our virtual addresses (SET_VRING_ADDR) */
         uint64_t avail_uaddr;
         uint64_t used_uaddr;
-        uint32_t used_len;      /* used ring bytes incl. avail_event: 6 + 8*num */
-        uint64_t buf_gpa;       /* packet buffers: num * buf_size bytes */
+        uint32_t used_len; /* used ring bytes incl. avail_event: 6 + 8*num */
+        uint64_t buf_gpa;  /* packet buffers: num * buf_size bytes */
         uint32_t buf_size;
-        int kick_fd;            /* eventfds owned by the guest */
+        int kick_fd; /* eventfds owned by the guest */
         int call_fd;
 };
 
 /* Counters of one queue pair (or the sum), copied out of guest memory. */
 struct vhm_guest_stats {
-        uint64_t tx_seq;        /* next sequence number to transmit */
-        uint64_t rx_expected;   /* next sequence number expected back */
-        uint64_t sent;          /* data frames transmitted */
-        uint64_t received;      /* data frames received intact, new sequence */
-        uint64_t lost;          /* sequence numbers skipped by a later intact
+        uint64_t tx_seq;      /* next sequence number to transmit */
+        uint64_t rx_expected; /* next sequence number expected back */
+        uint64_t sent;        /* data frames transmitted */
+        uint64_t received;    /* data frames received intact, new sequence */
+        uint64_t lost;        /* sequence numbers skipped by a later intact
                                  * frame and not explained by a corrupted one */
-        uint64_t corrupted;     /* bad checksum/magic/length/MACs/queue pair,
+        uint64_t corrupted;   /* bad checksum/magic/length/MACs/queue pair,
                                  * or a sequence number never sent */
-        uint64_t duplicated;    /* intact frames with an old sequence number */
-        uint64_t rarp_seen;     /* RARP frames carrying our MAC */
-        uint64_t other;         /* frames of any other kind */
-        uint64_t bad_used;      /* device protocol violations in used rings */
+        uint64_t duplicated;  /* intact frames with an old sequence number */
+        uint64_t rarp_seen;   /* RARP frames carrying our MAC */
+        uint64_t other;       /* frames of any other kind */
+        uint64_t bad_used;    /* device protocol violations in used rings */
 };
 
 /* Flags for vhm_guest_run_opts. */
-#define VHM_GUEST_RUN_WAIT_CALL   0x1u  /* sleep on the call eventfds when idle */
+#define VHM_GUEST_RUN_WAIT_CALL 0x1u /* sleep on the call eventfds when idle */
 
 struct vhm_guest_run_opts {
         unsigned flags;
-        unsigned burst;         /* frames per transmit call; 0 -> 32 */
+        unsigned burst; /* frames per transmit call; 0 -> 32 */
         /* Called once per loop iteration (e.g. an in-process test device);
          * a negative return stops the run and is returned. */
         int (*step)(void *opaque);
@@ -116,24 +116,22 @@ int vhm_guest_create(const struct vhm_guest_config *cfg, struct vhm_guest **out)
  */
 int vhm_guest_attach(int memfd, struct vhm_guest **out, char *err, size_t errlen);
 
-void vhm_guest_free(struct vhm_guest *g);   /* NULL is fine */
+void vhm_guest_free(struct vhm_guest *g); /* NULL is fine */
 
 /* --- memory and queues for the front-end ---------------------------------- */
 
-int vhm_guest_mem_fd(const struct vhm_guest *g);      /* owned by the guest */
+int vhm_guest_mem_fd(const struct vhm_guest *g); /* owned by the guest */
 uint64_t vhm_guest_mem_size(const struct vhm_guest *g);
-void *vhm_guest_mem_base(const struct vhm_guest *g);  /* gpa 0 */
+void *vhm_guest_mem_base(const struct vhm_guest *g); /* gpa 0 */
 unsigned vhm_guest_queue_pairs(const struct vhm_guest *g);
 unsigned vhm_guest_ring_size(const struct vhm_guest *g);
 void vhm_guest_mac(const struct vhm_guest *g, uint8_t mac[6]);
 
 /* queue: vhost-user queue index, 0 .. 2*queue_pairs-1. */
-int vhm_guest_queue_layout(const struct vhm_guest *g, unsigned queue,
-                           struct vhm_guest_queue_layout *out);
+int vhm_guest_queue_layout(const struct vhm_guest *g, unsigned queue, struct vhm_guest_queue_layout *out);
 
 /* Current avail->idx and used->idx of a queue, read from the rings. */
-int vhm_guest_queue_indices(const struct vhm_guest *g, unsigned queue,
-                            uint16_t *avail_idx, uint16_t *used_idx);
+int vhm_guest_queue_indices(const struct vhm_guest *g, unsigned queue, uint16_t *avail_idx, uint16_t *used_idx);
 
 /*
  * Virtio features the driver wants: VERSION_1 | MRG_RXBUF | RING_EVENT_IDX.
@@ -183,11 +181,10 @@ int vhm_guest_poll_rx(struct vhm_guest *g, unsigned qp, unsigned budget);
  * Returns 0, -ETIMEDOUT, -EPROTO (device broke the ring protocol), or
  * another negative errno.  opts may be NULL.
  */
-int vhm_guest_run_until(struct vhm_guest *g, unsigned qp, uint64_t target_frames,
-                        int timeout_ms, const struct vhm_guest_run_opts *opts);
+int vhm_guest_run_until(struct vhm_guest *g, unsigned qp, uint64_t target_frames, int timeout_ms,
+                        const struct vhm_guest_run_opts *opts);
 
-int vhm_guest_get_stats(const struct vhm_guest *g, unsigned qp,
-                        struct vhm_guest_stats *out);
+int vhm_guest_get_stats(const struct vhm_guest *g, unsigned qp, struct vhm_guest_stats *out);
 
 /* --- pages the device must have written (host-side record) ---------------- */
 
@@ -201,13 +198,11 @@ size_t vhm_guest_npages(const struct vhm_guest *g);
 
 /* Copy the record as a vhost-log-style bitmap (byte page/8, bit page%8)
  * covering npages pages; pages beyond guest memory are cleared. */
-int vhm_guest_device_written_pages(const struct vhm_guest *g, uint8_t *bitmap,
-                                   size_t npages);
+int vhm_guest_device_written_pages(const struct vhm_guest *g, uint8_t *bitmap, size_t npages);
 
 /* Call cb for every recorded page (ascending); a non-zero return stops the
  * walk and is returned. */
-int vhm_guest_for_each_device_written_page(const struct vhm_guest *g,
-                                           int (*cb)(uint64_t page, void *opaque),
+int vhm_guest_for_each_device_written_page(const struct vhm_guest *g, int (*cb)(uint64_t page, void *opaque),
                                            void *opaque);
 
 void vhm_guest_reset_device_written_pages(struct vhm_guest *g);

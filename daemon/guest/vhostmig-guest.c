@@ -29,18 +29,18 @@
 #include "daemon/guest/guest.h"
 #include "proto/vhost-user.h"
 
-#define BUS_NAME          VHOSTMIG_BUS_NAME
-#define MANAGER_PATH      VHOSTMIG_ROOT_PATH
-#define MANAGER_IFACE     VHOSTMIG_MANAGER_INTERFACE
-#define VM_IFACE          VHOSTMIG_VM_INTERFACE
-#define DEVICE_IFACE      VHOSTMIG_DEVICE_INTERFACE
+#define BUS_NAME      VHOSTMIG_BUS_NAME
+#define MANAGER_PATH  VHOSTMIG_ROOT_PATH
+#define MANAGER_IFACE VHOSTMIG_MANAGER_INTERFACE
+#define VM_IFACE      VHOSTMIG_VM_INTERFACE
+#define DEVICE_IFACE  VHOSTMIG_DEVICE_INTERFACE
 /* Queues whose fds fit one message on a stock bus; AddQueues carries the rest. */
 #define QUEUES_PER_MESSAGE (VHOSTMIG_BUS_MAX_FDS / VHOSTMIG_FDS_PER_QUEUE)
 
-#define CHUNK_FRAMES      8192u     /* frames per queue pair per run_until() */
-#define STALL_MS          10000     /* no progress for this long: the back-end stalled */
-#define RARP_WAIT_MS      3000
-#define DRAIN_MS          1000
+#define CHUNK_FRAMES 8192u /* frames per queue pair per run_until() */
+#define STALL_MS     10000 /* no progress for this long: the back-end stalled */
+#define RARP_WAIT_MS 3000
+#define DRAIN_MS     1000
 
 enum {
         EXIT_PASS = 0,
@@ -57,14 +57,14 @@ static struct {
         unsigned queue_pairs;
         unsigned ring_size;
         uint64_t mem_size;
-        uint64_t frames;          /* per queue pair; 0: run for `seconds` */
+        uint64_t frames; /* per queue pair; 0: run for `seconds` */
         double seconds;
         unsigned frame_len;
         bool log;
         unsigned harvest_ms;
         const char *bus_address;
         bool json;
-        double timeout;           /* seconds, for each D-Bus method call */
+        double timeout; /* seconds, for each D-Bus method call */
         bool busy_poll;
 } arg = {
         .queue_pairs = 1,
@@ -98,14 +98,14 @@ struct run {
         uint64_t last_progress_ns;
         uint64_t last_progress_sent;
         uint64_t next_harvest_ns;
-        uint64_t stall_frames;    /* frames not back when the run stalled */
+        uint64_t stall_frames; /* frames not back when the run stalled */
 
         /* dirty log */
-        uint64_t harvests;        /* Harvest() calls we made */
-        uint64_t new_pages;       /* sum of their new_pages */
-        uint64_t dirty_pages;     /* DirtyPages once logging stopped */
-        uint64_t vm_harvests;     /* the VM's Harvests property at the end */
-        uint64_t written_pages;   /* pages the guest saw the back-end write */
+        uint64_t harvests;      /* Harvest() calls we made */
+        uint64_t new_pages;     /* sum of their new_pages */
+        uint64_t dirty_pages;   /* DirtyPages once logging stopped */
+        uint64_t vm_harvests;   /* the VM's Harvests property at the end */
+        uint64_t written_pages; /* pages the guest saw the back-end write */
         bool log_checked;
 
         /* announce */
@@ -122,8 +122,7 @@ static FILE *progress_out(void) {
         return arg.json ? stderr : stdout;
 }
 
-__attribute__((format(printf, 2, 3)))
-static void add_error(struct run *r, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static void add_error(struct run *r, const char *fmt, ...) {
         char *s = NULL;
         va_list ap;
         va_start(ap, fmt);
@@ -206,10 +205,9 @@ static void help(void) {
                "broke no ring rule, the RARP came back when expected, the dirty log covered\n"
                "the back-end's writes (with --log) and every D-Bus call succeeded; 1\n"
                "otherwise (also when interrupted); 2 for usage errors.\n",
-               VHM_GUEST_MAX_QP, VHM_GUEST_MAX_RING, VHM_GUEST_DEFAULT_RING, VHM_GUEST_MIN_FRAME,
-               VHM_GUEST_MAX_FRAME, VHM_GUEST_DEFAULT_FRAME);
+               VHM_GUEST_MAX_QP, VHM_GUEST_MAX_RING, VHM_GUEST_DEFAULT_RING, VHM_GUEST_MIN_FRAME, VHM_GUEST_MAX_FRAME,
+               VHM_GUEST_DEFAULT_FRAME);
 }
-
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out) {
         uint64_t v;
@@ -256,28 +254,31 @@ static bool is_pow2(unsigned v) {
 
 static int parse_args(int argc, char **argv) {
         enum {
-                OPT_SERVER = 0x100, OPT_LOG, OPT_HARVEST_MS, OPT_BUS_ADDRESS, OPT_JSON, OPT_TIMEOUT,
+                OPT_SERVER = 0x100,
+                OPT_LOG,
+                OPT_HARVEST_MS,
+                OPT_BUS_ADDRESS,
+                OPT_JSON,
+                OPT_TIMEOUT,
                 OPT_BUSY_POLL,
         };
-        static const struct option options[] = {
-                { "name", required_argument, NULL, 'n' },
-                { "socket", required_argument, NULL, 's' },
-                { "server", no_argument, NULL, OPT_SERVER },
-                { "queue-pairs", required_argument, NULL, 'q' },
-                { "ring-size", required_argument, NULL, 'r' },
-                { "memory", required_argument, NULL, 'm' },
-                { "frames", required_argument, NULL, 'f' },
-                { "seconds", required_argument, NULL, 't' },
-                { "frame-len", required_argument, NULL, 'l' },
-                { "log", no_argument, NULL, OPT_LOG },
-                { "harvest-ms", required_argument, NULL, OPT_HARVEST_MS },
-                { "bus-address", required_argument, NULL, OPT_BUS_ADDRESS },
-                { "timeout", required_argument, NULL, OPT_TIMEOUT },
-                { "busy-poll", no_argument, NULL, OPT_BUSY_POLL },
-                { "json", no_argument, NULL, OPT_JSON },
-                { "help", no_argument, NULL, 'h' },
-                {}
-        };
+        static const struct option options[] = { { "name", required_argument, NULL, 'n' },
+                                                 { "socket", required_argument, NULL, 's' },
+                                                 { "server", no_argument, NULL, OPT_SERVER },
+                                                 { "queue-pairs", required_argument, NULL, 'q' },
+                                                 { "ring-size", required_argument, NULL, 'r' },
+                                                 { "memory", required_argument, NULL, 'm' },
+                                                 { "frames", required_argument, NULL, 'f' },
+                                                 { "seconds", required_argument, NULL, 't' },
+                                                 { "frame-len", required_argument, NULL, 'l' },
+                                                 { "log", no_argument, NULL, OPT_LOG },
+                                                 { "harvest-ms", required_argument, NULL, OPT_HARVEST_MS },
+                                                 { "bus-address", required_argument, NULL, OPT_BUS_ADDRESS },
+                                                 { "timeout", required_argument, NULL, OPT_TIMEOUT },
+                                                 { "busy-poll", no_argument, NULL, OPT_BUSY_POLL },
+                                                 { "json", no_argument, NULL, OPT_JSON },
+                                                 { "help", no_argument, NULL, 'h' },
+                                                 {} };
         bool have_frames = false, have_seconds = false;
         int c;
 
@@ -307,7 +308,7 @@ static int parse_args(int argc, char **argv) {
                         if (parse_unsigned(optarg, 2, VHM_GUEST_MAX_RING, &arg.ring_size) < 0 ||
                             !is_pow2(arg.ring_size))
                                 return cli_usage_error("invalid --ring-size '%s': a power of two, 2..%u", optarg,
-                                                   VHM_GUEST_MAX_RING);
+                                                       VHM_GUEST_MAX_RING);
                         break;
                 case 'm':
                         if (parse_size(optarg, &arg.mem_size) < 0 || arg.mem_size == 0 ||
@@ -327,7 +328,7 @@ static int parse_args(int argc, char **argv) {
                 case 'l':
                         if (parse_unsigned(optarg, VHM_GUEST_MIN_FRAME, VHM_GUEST_MAX_FRAME, &arg.frame_len) < 0)
                                 return cli_usage_error("invalid --frame-len '%s': %u..%u", optarg, VHM_GUEST_MIN_FRAME,
-                                                   VHM_GUEST_MAX_FRAME);
+                                                       VHM_GUEST_MAX_FRAME);
                         break;
                 case OPT_LOG:
                         arg.log = true;
@@ -497,8 +498,8 @@ static int append_queues(struct run *r, sd_bus_message *m, unsigned first, unsig
                 struct vhm_guest_queue_layout l;
                 rc = vhm_guest_queue_layout(r->g, q, &l);
                 if (rc >= 0)
-                        rc = sd_bus_message_append(m, "(uttthh)", (uint32_t) l.num, l.desc_gpa, l.avail_gpa,
-                                                   l.used_gpa, l.kick_fd, l.call_fd);
+                        rc = sd_bus_message_append(m, "(uttthh)", (uint32_t) l.num, l.desc_gpa, l.avail_gpa, l.used_gpa,
+                                                   l.kick_fd, l.call_fd);
         }
         return rc < 0 ? rc : sd_bus_message_close_container(m);
 }
@@ -677,8 +678,7 @@ static int stop_logging(struct run *r) {
                 add_error(r, "the dirty log missed pages: %" PRIu64 " dirty, but the back-end wrote %" PRIu64,
                           r->dirty_pages, r->written_pages);
         if (r->vm_harvests < r->harvests)
-                add_error(r, "the VM counts %" PRIu64 " harvests, %" PRIu64 " were made", r->vm_harvests,
-                          r->harvests);
+                add_error(r, "the VM counts %" PRIu64 " harvests, %" PRIu64 " were made", r->vm_harvests, r->harvests);
         return 0;
 }
 
@@ -700,8 +700,8 @@ static void print_progress(struct run *r, uint64_t now) {
         double rate = dt > 0 ? (double) (s.sent - r->last_progress_sent) / dt : 0;
         FILE *f = progress_out();
 
-        fprintf(f, "[%6.1fs] sent %" PRIu64 " received %" PRIu64 " (%.0f frames/s)", (double) (now - r->t_start_ns) / 1e9,
-                s.sent, s.received, rate);
+        fprintf(f, "[%6.1fs] sent %" PRIu64 " received %" PRIu64 " (%.0f frames/s)",
+                (double) (now - r->t_start_ns) / 1e9, s.sent, s.received, rate);
         if (s.lost || s.corrupted || s.duplicated)
                 fprintf(f, " lost %" PRIu64 " corrupted %" PRIu64 " duplicated %" PRIu64, s.lost, s.corrupted,
                         s.duplicated);
@@ -758,7 +758,7 @@ static int traffic(struct run *r) {
                 .opaque = r,
         };
         uint64_t deadline = r->t_start_ns + (uint64_t) (arg.seconds * 1e9);
-        uint64_t done = 0;   /* per queue pair */
+        uint64_t done = 0; /* per queue pair */
         int rc = 0;
 
         while (!interrupted) {
@@ -791,8 +791,8 @@ static int traffic(struct run *r) {
                 if (sd_bus_get_property_string(r->bus, BUS_NAME, r->dev_path, DEVICE_IFACE, "State", &e, &state) >= 0)
                         (void) sd_bus_get_property_string(r->bus, BUS_NAME, r->dev_path, DEVICE_IFACE, "LastError",
                                                           NULL, &last_error);
-                add_error(r, "traffic stalled: %" PRIu64 " frame(s) not back after %d ms; device %s%s%s", r->stall_frames,
-                          STALL_MS, state ? state : (e.name ? "gone: " : "state unknown"),
+                add_error(r, "traffic stalled: %" PRIu64 " frame(s) not back after %d ms; device %s%s%s",
+                          r->stall_frames, STALL_MS, state ? state : (e.name ? "gone: " : "state unknown"),
                           state ? (last_error && last_error[0] ? ": " : "") : (e.message ? e.message : ""),
                           state && last_error ? last_error : "");
                 free(state);
@@ -860,8 +860,7 @@ static void destroy_vm(struct run *r) {
                 if (bus_connect(r) < 0)
                         return;
         }
-        rc = sd_bus_call_method(r->bus, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "DestroyVm", &e, NULL, "s",
-                                arg.name);
+        rc = sd_bus_call_method(r->bus, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "DestroyVm", &e, NULL, "s", arg.name);
         if (rc < 0)
                 bus_error(r, "DestroyVm", &e, rc);
         else
@@ -873,8 +872,8 @@ static void destroy_vm(struct run *r) {
 
 struct verdict {
         struct vhm_guest_stats s;
-        uint64_t missing;         /* sent, never back, not written off */
-        uint64_t lost;            /* s.lost + missing */
+        uint64_t missing; /* sent, never back, not written off */
+        uint64_t lost;    /* s.lost + missing */
         double seconds;
         double rate;
         bool rarp_ok;
@@ -918,13 +917,14 @@ static void print_text(const struct run *r, const struct verdict *v) {
         if (!r->announced)
                 printf("%-22s %" PRIu64 " (not announced)\n", "RARP seen:", v->s.rarp_seen);
         else if (r->rarp_expected)
-                printf("%-22s %" PRIu64 " (%" PRIu32 " sent by Announce)\n", "RARP seen:", v->s.rarp_seen, r->rarp_sent);
+                printf("%-22s %" PRIu64 " (%" PRIu32 " sent by Announce)\n", "RARP seen:", v->s.rarp_seen,
+                       r->rarp_sent);
         else
                 printf("%-22s %" PRIu64 " (not expected: the device has no RARP or the guest announces itself)\n",
                        "RARP seen:", v->s.rarp_seen);
         if (arg.log) {
-                printf("%-22s %" PRIu64 " (the VM counts %" PRIu64 "), %" PRIu64 " new pages found\n", "Harvests:",
-                       r->harvests, r->vm_harvests, r->new_pages);
+                printf("%-22s %" PRIu64 " (the VM counts %" PRIu64 "), %" PRIu64 " new pages found\n",
+                       "Harvests:", r->harvests, r->vm_harvests, r->new_pages);
                 if (r->log_checked)
                         printf("%-22s %" PRIu64 " (the back-end wrote %" PRIu64 " pages the guest saw)\n",
                                "Dirty pages:", r->dirty_pages, r->written_pages);
@@ -1095,8 +1095,10 @@ int main(int argc, char **argv) {
         rc = vhm_guest_create(&gc, &r.g);
         if (rc < 0) {
                 /* Memory too small for the rings, most likely. */
-                fprintf(stderr, "vhostmig-guest: cannot create the guest (%u queue pairs of %u, %" PRIu64
-                        " bytes of memory): %s\n", arg.queue_pairs, arg.ring_size, arg.mem_size, strerror(-rc));
+                fprintf(stderr,
+                        "vhostmig-guest: cannot create the guest (%u queue pairs of %u, %" PRIu64
+                        " bytes of memory): %s\n",
+                        arg.queue_pairs, arg.ring_size, arg.mem_size, strerror(-rc));
                 return rc == -EINVAL || rc == -ENOSPC ? EXIT_USAGE : EXIT_FAIL;
         }
 

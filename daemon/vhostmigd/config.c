@@ -16,7 +16,7 @@
 
 /* systemd's names of the syslog priorities, which `systemctl service-log-level` takes. */
 static const char *const level_names[] = {
-        [LOG_EMERG] = "emerg", [LOG_ALERT] = "alert", [LOG_CRIT] = "crit", [LOG_ERR] = "err",
+        [LOG_EMERG] = "emerg",     [LOG_ALERT] = "alert",   [LOG_CRIT] = "crit", [LOG_ERR] = "err",
         [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice", [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
 };
 
@@ -34,7 +34,7 @@ const char *config_log_level_name(int level) {
 }
 
 void config_defaults(struct vhostmigd_config *cfg) {
-        *cfg = (struct vhostmigd_config) {
+        *cfg = (struct vhostmigd_config){
                 .request_timeout_ms = 5000,
                 .monitor_interval_ms = 500,
                 .max_vms = 64,
@@ -49,7 +49,15 @@ void config_defaults(struct vhostmigd_config *cfg) {
 }
 
 /* One table entry per key: its name, how to read it, where it goes, its bounds. */
-enum key_kind { KEY_UINT, KEY_GPA, KEY_LEVEL, KEY_MODE, KEY_GROUP, KEY_UIDS, KEY_VMS };
+enum key_kind {
+        KEY_UINT,
+        KEY_GPA,
+        KEY_LEVEL,
+        KEY_MODE,
+        KEY_GROUP,
+        KEY_UIDS,
+        KEY_VMS
+};
 
 struct key {
         const char *name;
@@ -58,7 +66,8 @@ struct key {
         uint64_t min, max;
 };
 
-#define KEY(n, kind, field, lo, hi) { n, kind, offsetof(struct vhostmigd_config, field), lo, hi }
+#define KEY(n, kind, field, lo, hi) \
+        { n, kind, offsetof(struct vhostmigd_config, field), lo, hi }
 
 static const struct key keys[] = {
         KEY("request_timeout_ms", KEY_UINT, request_timeout_ms, 10, 600000),
@@ -79,8 +88,7 @@ static void *field_of(struct vhostmigd_config *cfg, const struct key *k) {
         return (char *) cfg + k->offset;
 }
 
-__attribute__((format(printf, 3, 4)))
-static int key_error(char *error, size_t len, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int key_error(char *error, size_t len, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(error, len, fmt, ap);
@@ -88,8 +96,8 @@ static int key_error(char *error, size_t len, const char *fmt, ...) {
         return -EINVAL;
 }
 
-static int read_integer(const char *name, json_object *v, uint64_t min, uint64_t max, uint64_t *out,
-                        char *error, size_t len) {
+static int read_integer(const char *name, json_object *v, uint64_t min, uint64_t max, uint64_t *out, char *error,
+                        size_t len) {
         if (!json_object_is_type(v, json_type_int))
                 return key_error(error, len, "\"%s\": expected an integer, got %s", name,
                                  json_type_to_name(json_object_get_type(v)));
@@ -128,10 +136,12 @@ static int set_gpa(const struct key *k, json_object *v, struct vhostmigd_config 
 
 static int set_level(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
         int level = config_log_level_from_name(json_object_is_type(v, json_type_string) ? json_object_get_string(v)
-                                                                                         : NULL);
+                                                                                        : NULL);
         if (level < 0)
-                return key_error(error, len, "\"%s\": expected one of \"emerg\", \"alert\", \"crit\", \"err\", "
-                                 "\"warning\", \"notice\", \"info\", \"debug\"", k->name);
+                return key_error(error, len,
+                                 "\"%s\": expected one of \"emerg\", \"alert\", \"crit\", \"err\", "
+                                 "\"warning\", \"notice\", \"info\", \"debug\"",
+                                 k->name);
         *(int *) field_of(cfg, k) = level;
         return 0;
 }
@@ -170,8 +180,8 @@ static int set_group(const struct key *k, json_object *v, struct vhostmigd_confi
         char buf[4096];
         int r = getgrnam_r(name, &grp, buf, sizeof(buf), &found);
         if (r != 0 || !found)
-                return key_error(error, len, "\"%s\": no group named \"%s\"%s%s", k->name, name,
-                                 r ? ": " : "", r ? strerror(r) : "");
+                return key_error(error, len, "\"%s\": no group named \"%s\"%s%s", k->name, name, r ? ": " : "",
+                                 r ? strerror(r) : "");
         *(gid_t *) field_of(cfg, k) = found->gr_gid;
         snprintf(cfg->server_socket_group_name, sizeof(cfg->server_socket_group_name), "%s", name);
         return 0;
@@ -246,7 +256,7 @@ static int set_vms(const struct key *k, json_object *v, struct vhostmigd_config 
 typedef int (*key_setter)(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len);
 
 static const key_setter setters[] = {
-        [KEY_UINT] = set_uint, [KEY_GPA] = set_gpa, [KEY_LEVEL] = set_level, [KEY_MODE] = set_mode,
+        [KEY_UINT] = set_uint,   [KEY_GPA] = set_gpa,   [KEY_LEVEL] = set_level, [KEY_MODE] = set_mode,
         [KEY_GROUP] = set_group, [KEY_UIDS] = set_uids, [KEY_VMS] = set_vms,
 };
 
@@ -312,7 +322,8 @@ static int parse_document(const char *text, json_object **out, char *error, size
                 r = key_error(error, len, "\"%s\": duplicate key at byte %zu", dup, i - 1);
         else if (!obj || jerr != json_tokener_success)
                 r = key_error(error, len, "invalid JSON at byte %zu: %s", obj ? i - 1 : i,
-                              jerr == json_tokener_continue ? "unexpected end of input" : json_tokener_error_desc(jerr));
+                              jerr == json_tokener_continue ? "unexpected end of input"
+                                                            : json_tokener_error_desc(jerr));
         else if (!only_white_space(text + i))
                 r = key_error(error, len, "invalid JSON at byte %zu: trailing characters after the document",
                               i + strspn(text + i, " \t\r\n"));

@@ -22,7 +22,7 @@
 #define CONFIG_MAX_VM_POLICIES 64
 #define CONFIG_VM_NAME_MAX     64
 /* Probe calls that may run at once, at most. */
-#define CONFIG_MAX_PROBES      64
+#define CONFIG_MAX_PROBES 64
 
 struct config_uid_list {
         uid_t uid[CONFIG_MAX_UIDS];
@@ -36,15 +36,15 @@ struct config_vm_policy {
 };
 
 struct vhostmigd_config {
-        unsigned request_timeout_ms;   /* per vhost-user request */
-        unsigned monitor_interval_ms;  /* how often connections are checked, reconnections tried */
+        unsigned request_timeout_ms;  /* per vhost-user request */
+        unsigned monitor_interval_ms; /* how often connections are checked, reconnections tried */
         unsigned max_vms;
-        unsigned max_probes;           /* Probe calls running at once; more are refused (Busy) */
-        int log_level;                 /* syslog priority: messages above it are dropped */
-        uint64_t max_guest_phys_addr;  /* no region may end above this guest-physical address */
-        unsigned server_socket_mode;   /* permission bits of server-mode sockets */
-        gid_t server_socket_group;     /* their group; (gid_t) -1 leaves the daemon's */
-        char server_socket_group_name[64];   /* the name it was given by, for --check-config; "" otherwise */
+        unsigned max_probes;               /* Probe calls running at once; more are refused (Busy) */
+        int log_level;                     /* syslog priority: messages above it are dropped */
+        uint64_t max_guest_phys_addr;      /* no region may end above this guest-physical address */
+        unsigned server_socket_mode;       /* permission bits of server-mode sockets */
+        gid_t server_socket_group;         /* their group; (gid_t) -1 leaves the daemon's */
+        char server_socket_group_name[64]; /* the name it was given by, for --check-config; "" otherwise */
         /* Back-end uids allowed on every device; empty: the first connection's uid. */
         struct config_uid_list backend_uids;
         struct config_vm_policy vm_policies[CONFIG_MAX_VM_POLICIES];

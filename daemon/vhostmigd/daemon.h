@@ -25,18 +25,18 @@ struct daemon {
         sd_event *event;
         sd_bus *bus;
         struct vhostmigd_config cfg;
-        struct vm_object *vms;          /* list */
+        struct vm_object *vms; /* list */
         unsigned nvms;
         /* Probe calls, which belong to no VM: one at a time on each, never queued. */
         struct worker probe_workers[CONFIG_MAX_PROBES];
         unsigned nprobe_workers;
         sd_event_source *monitor;
-        sd_event_source *shutdown_timer;   /* bounds how long shutdown waits for teardowns */
-        unsigned vms_tearing_down;      /* destroyed, worker not yet stopped */
+        sd_event_source *shutdown_timer; /* bounds how long shutdown waits for teardowns */
+        unsigned vms_tearing_down;       /* destroyed, worker not yet stopped */
         bool shutting_down;
 
         /* ---- operating the daemon (main.c, log.c): reload, probe pool size ---- */
-        const char *config_path;        /* as given; NULL: the default, which may be missing */
+        const char *config_path; /* as given; NULL: the default, which may be missing */
         /* Started probe workers; those at nprobe_workers and above are retired by the monitor once idle. */
         bool probe_worker_started[CONFIG_MAX_PROBES];
 };
@@ -54,13 +54,13 @@ struct device_snapshot {
         struct prop_u32v ring_indices;
         uint64_t reconnects, refused_peers, requests, request_failures;
         struct prop_strv blockers;
-        char error[384];                /* the device's own failure while failed or disconnected */
+        char error[384]; /* the device's own failure while failed or disconnected */
 };
 
 struct device_loop_state {
         char socket[108];
         bool server;
-        char mac[18];                   /* "" when none was given */
+        char mac[18]; /* "" when none was given */
         uint64_t created_usec, state_change_usec, last_error_usec;
         char last_error[384];
 };
@@ -73,23 +73,23 @@ struct device_view {
 #define DEVICE_PATH_MAX PROP_PATH_MAX
 
 struct device_object {
-        const struct prop_iface *iface;   /* first: the property getters find it here */
+        const struct prop_iface *iface; /* first: the property getters find it here */
         struct vm_object *vm;
         unsigned number;
-        char path[DEVICE_PATH_MAX];     /* set once the device exists */
+        char path[DEVICE_PATH_MAX]; /* set once the device exists */
         char *socket;
         uint8_t mac[6];
         bool has_mac;
         /* AddDevice with fewer queues than QueuePairs need: the rest come with AddQueues (loop). */
         bool configuring;
         unsigned queues_given, queues_expected;
-        struct vhm_device *dev;         /* worker thread only */
-        bool worker_configuring;        /* worker thread only: not connected until the last queue */
-        unsigned worker_queues_set;     /* worker thread only */
-        uint64_t next_reconnect_usec;   /* worker thread only */
-        struct device_snapshot snap;    /* under vm->snap_lock */
-        struct device_loop_state loop;  /* loop only */
-        struct device_view published;   /* loop only */
+        struct vhm_device *dev;        /* worker thread only */
+        bool worker_configuring;       /* worker thread only: not connected until the last queue */
+        unsigned worker_queues_set;    /* worker thread only */
+        uint64_t next_reconnect_usec;  /* worker thread only */
+        struct device_snapshot snap;   /* under vm->snap_lock */
+        struct device_loop_state loop; /* loop only */
+        struct device_view published;  /* loop only */
         bool removed;
 };
 
@@ -98,7 +98,7 @@ struct vm_snapshot {
         bool blocked;
         struct prop_strv blockers;
         bool logging;
-        bool log_incomplete;            /* a log was lost: harvests resend everything */
+        bool log_incomplete; /* a log was lost: harvests resend everything */
         uint64_t log_size, dirty_pages;
 };
 
@@ -117,17 +117,17 @@ struct vm_view {
 };
 
 struct vm_object {
-        const struct prop_iface *iface;   /* first: the property getters find it here */
+        const struct prop_iface *iface; /* first: the property getters find it here */
         struct daemon *daemon;
         struct vm_object *next;
         char *name;
         char *path;
-        struct vhm_vm *vm;              /* worker thread only, once created */
-        struct vhm_logging *logging;    /* worker thread only */
+        struct vhm_vm *vm;           /* worker thread only, once created */
+        struct vhm_logging *logging; /* worker thread only */
         /* The devices D-Bus shows (loop thread; changed under snap_lock). */
         struct device_object *devices[VHM_LOGGING_MAX_DEVICES];
         unsigned ndevices;
-        unsigned devices_adding;        /* AddDevice jobs queued: they count against the limit too */
+        unsigned devices_adding; /* AddDevice jobs queued: they count against the limit too */
         /*
          * The devices the worker runs (worker thread only).  A device joins
          * here when its AddDevice job succeeds, before the loop publishes it,
@@ -143,9 +143,9 @@ struct vm_object {
         bool destroying;
 
         pthread_mutex_t snap_lock;
-        struct vm_snapshot snap;        /* under snap_lock */
-        struct vm_loop_state loop;      /* loop only */
-        struct vm_view published;       /* loop only */
+        struct vm_snapshot snap;   /* under snap_lock */
+        struct vm_loop_state loop; /* loop only */
+        struct vm_view published;  /* loop only */
 };
 
 /* Messages (log.c): to the journal under systemd, else to stderr; messages above `level` are dropped. */

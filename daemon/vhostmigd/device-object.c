@@ -25,26 +25,26 @@
 /* ---- properties ------------------------------------------------------------------------ */
 
 /* The table of org.vhostmig1.Device's properties: name, D-Bus type, field of struct device_view, const or not. */
-#define DEVICE_PROPERTIES(X)                                            \
-        X(Socket, S, l.socket, CONST)                                   \
-        X(Server, B, l.server, CONST)                                   \
-        X(State, S, w.state, CHANGE)                                    \
-        X(Features, T, w.features, CHANGE)                              \
-        X(AckedFeatures, T, w.acked_features, CHANGE)                   \
-        X(ProtocolFeatures, T, w.protocol_features, CHANGE)             \
-        X(AckedProtocolFeatures, T, w.acked_protocol_features, CHANGE)  \
-        X(QueuePairs, U, w.queue_pairs, CHANGE)                         \
-        X(Mac, S, l.mac, CONST)                                         \
-        X(Mtu, Q, w.mtu, CHANGE)                                        \
-        X(MigrationBlockers, AS, w.blockers, CHANGE)                    \
-        X(RingIndices, AU, w.ring_indices, CHANGE)                      \
-        X(Reconnects, T, w.reconnects, CHANGE)                          \
-        X(RefusedPeers, T, w.refused_peers, CHANGE)                     \
-        X(Requests, T, w.requests, CHANGE)                              \
-        X(RequestFailures, T, w.request_failures, CHANGE)               \
-        X(CreatedTimestamp, T, l.created_usec, CHANGE)                  \
-        X(StateChangeTimestamp, T, l.state_change_usec, CHANGE)         \
-        X(LastError, S, l.last_error, CHANGE)                           \
+#define DEVICE_PROPERTIES(X)                                           \
+        X(Socket, S, l.socket, CONST)                                  \
+        X(Server, B, l.server, CONST)                                  \
+        X(State, S, w.state, CHANGE)                                   \
+        X(Features, T, w.features, CHANGE)                             \
+        X(AckedFeatures, T, w.acked_features, CHANGE)                  \
+        X(ProtocolFeatures, T, w.protocol_features, CHANGE)            \
+        X(AckedProtocolFeatures, T, w.acked_protocol_features, CHANGE) \
+        X(QueuePairs, U, w.queue_pairs, CHANGE)                        \
+        X(Mac, S, l.mac, CONST)                                        \
+        X(Mtu, Q, w.mtu, CHANGE)                                       \
+        X(MigrationBlockers, AS, w.blockers, CHANGE)                   \
+        X(RingIndices, AU, w.ring_indices, CHANGE)                     \
+        X(Reconnects, T, w.reconnects, CHANGE)                         \
+        X(RefusedPeers, T, w.refused_peers, CHANGE)                    \
+        X(Requests, T, w.requests, CHANGE)                             \
+        X(RequestFailures, T, w.request_failures, CHANGE)              \
+        X(CreatedTimestamp, T, l.created_usec, CHANGE)                 \
+        X(StateChangeTimestamp, T, l.state_change_usec, CHANGE)        \
+        X(LastError, S, l.last_error, CHANGE)                          \
         X(LastErrorTimestamp, T, l.last_error_usec, CHANGE)
 
 #define PROPS_VIEW struct device_view
@@ -123,7 +123,7 @@ static void note_changes(struct device_object *d, const struct device_view *was,
 
 void device_publish(struct device_object *d, struct device_view *now) {
         if (!d->path[0])
-                return;   /* not on the bus yet */
+                return; /* not on the bus yet */
         note_changes(d, &d->published, now);
         const char *changed[sizeof(device_props) / sizeof(device_props[0]) + 1];
         unsigned n = props_diff(&device_iface, &d->published, now, changed);
@@ -286,13 +286,16 @@ static int reply_add_device(struct vm_job *j) {
 }
 
 static const struct job_ops job_add_device = {
-        .name = "AddDevice", .run = run_add_device, .done = done_add_device, .reply = reply_add_device,
+        .name = "AddDevice",
+        .run = run_add_device,
+        .done = done_add_device,
+        .reply = reply_add_device,
 };
 
 static void done_add_queues(struct vm_job *j) {
         struct device_object *d = j->device;
         if (j->result >= 0 || d->removed)
-                return;   /* a RemoveDevice behind this job frees it */
+                return; /* a RemoveDevice behind this job frees it */
         /* The device is gone: its failure is the VM's news. */
         vm_set_last_error(j->vm, j->error);
         device_unpublish(d);
@@ -300,11 +303,15 @@ static void done_add_queues(struct vm_job *j) {
 }
 
 static const struct job_ops job_add_queues = {
-        .name = "AddQueues", .run = run_add_queues, .done = done_add_queues, .device_method = true,
+        .name = "AddQueues",
+        .run = run_add_queues,
+        .done = done_add_queues,
+        .device_method = true,
 };
 
 static const struct job_ops job_remove_device = {
-        .name = "RemoveDevice", .run = run_remove_device,
+        .name = "RemoveDevice",
+        .run = run_remove_device,
 };
 
 /* Reconnect, Announce, SetMtu: one call on a device that exists on the worker. */
@@ -347,7 +354,9 @@ static void run_set_mtu(struct vm_job *j) {
 
 static const struct job_ops job_reconnect = { .name = "Reconnect", .run = run_reconnect, .device_method = true };
 static const struct job_ops job_device_announce = {
-        .name = "Announce", .run = run_device_announce, .device_method = true,
+        .name = "Announce",
+        .run = run_device_announce,
+        .device_method = true,
 };
 static const struct job_ops job_set_mtu = { .name = "SetMtu", .run = run_set_mtu, .device_method = true };
 
@@ -361,7 +370,13 @@ struct add_device_options {
         uint16_t mtu;
 };
 
-enum { OPT_SERVER, OPT_FEATURES, OPT_QUEUE_PAIRS, OPT_MAC, OPT_MTU };
+enum {
+        OPT_SERVER,
+        OPT_FEATURES,
+        OPT_QUEUE_PAIRS,
+        OPT_MAC,
+        OPT_MTU
+};
 static const struct bus_option add_device_options[] = {
         [OPT_SERVER] = { VHOSTMIG_OPTION_SERVER, 'b', offsetof(struct add_device_options, server) },
         [OPT_FEATURES] = { VHOSTMIG_OPTION_FEATURES, 't', offsetof(struct add_device_options, features) },
@@ -386,8 +401,8 @@ static int read_queues(sd_bus_message *m, struct vm_job *j, unsigned room, sd_bu
                 if (r == 0)
                         break;
                 if (n >= room)
-                        return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "queues: more than the %u the device has room for",
-                                        room);
+                        return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS,
+                                        "queues: more than the %u the device has room for", room);
                 if (validate_eventfd(q.kick_fd, why, sizeof(why)) < 0 ||
                     validate_eventfd(q.call_fd, why, sizeof(why)) < 0)
                         return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS,
@@ -448,10 +463,15 @@ static void fill_device_config(struct vm_job *j, const struct add_device_options
         const struct vhostmigd_config *cfg = &o->daemon->cfg;
         /* A copy: a reload may replace the configuration before the worker creates the device. */
         j->u.add.uids = *config_backend_uids(cfg, o->name);
-        j->u.add.config = (struct vhm_device_config) {
-                .socket = d->socket, .server = opt->server, .timeout_ms = j->timeout_ms,
-                .features = opt->features, .queue_pairs = opt->queue_pairs, .mtu = opt->mtu,
-                .allowed_uids = j->u.add.uids.uid, .n_allowed_uids = j->u.add.uids.n,
+        j->u.add.config = (struct vhm_device_config){
+                .socket = d->socket,
+                .server = opt->server,
+                .timeout_ms = j->timeout_ms,
+                .features = opt->features,
+                .queue_pairs = opt->queue_pairs,
+                .mtu = opt->mtu,
+                .allowed_uids = j->u.add.uids.uid,
+                .n_allowed_uids = j->u.add.uids.n,
                 .listen = { .mode = cfg->server_socket_mode, .gid = cfg->server_socket_group },
         };
         memcpy(j->u.add.config.mac, d->mac, sizeof(d->mac));
@@ -517,8 +537,9 @@ int method_remove_device(sd_bus_message *m, void *userdata, sd_bus_error *error)
                 return r;
         struct device_object *d = device_of_vm(o, path);
         if (!d)
-                return vm_refused(o, error, bus_fail(error, VHOSTMIG_ERROR_NO_SUCH_DEVICE,
-                                                     "%s is not a device of VM %s", path, o->name));
+                return vm_refused(
+                        o, error,
+                        bus_fail(error, VHOSTMIG_ERROR_NO_SUCH_DEVICE, "%s is not a device of VM %s", path, o->name));
         struct vm_job *j = job_new(o, &job_remove_device, m);
         if (!j)
                 return -ENOMEM;
@@ -595,8 +616,9 @@ static int method_announce(sd_bus_message *m, void *userdata, sd_bus_error *erro
         if (r < 0)
                 return r;
         if (!d->has_mac)
-                return device_refused(d, error, bus_fail(error, VHOSTMIG_ERROR_NOT_SUPPORTED,
-                                                         "the device has no MAC address (AddDevice option \"Mac\")"));
+                return device_refused(d, error,
+                                      bus_fail(error, VHOSTMIG_ERROR_NOT_SUPPORTED,
+                                               "the device has no MAC address (AddDevice option \"Mac\")"));
         return queue_device_job(m, d, &job_device_announce, 0);
 }
 
@@ -618,8 +640,8 @@ static int method_set_mtu(sd_bus_message *m, void *userdata, sd_bus_error *error
 const sd_bus_vtable device_vtable[] = {
         SD_BUS_VTABLE_START(0),
         DEVICE_PROPERTIES(PROPS_VTABLE)
-        SD_BUS_METHOD_WITH_ARGS("AddQueues", SD_BUS_ARGS("a(uttthh)", queues), SD_BUS_NO_RESULT, method_add_queues,
-                                SD_BUS_VTABLE_UNPRIVILEGED),
+                SD_BUS_METHOD_WITH_ARGS("AddQueues", SD_BUS_ARGS("a(uttthh)", queues), SD_BUS_NO_RESULT,
+                                        method_add_queues, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("Reconnect", NULL, NULL, method_reconnect, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("Announce", NULL, NULL, method_announce, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("SetMtu", SD_BUS_ARGS("q", mtu), SD_BUS_NO_RESULT, method_set_mtu,

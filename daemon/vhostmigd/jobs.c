@@ -70,8 +70,8 @@ static void note_outcome(struct vm_job *j) {
 /* A back-end's failure is the daemon's news; a caller's mistake is only the caller's. */
 static void log_failure(struct vm_job *j) {
         bool backend = j->error_name && (strcmp(j->error_name, VHOSTMIG_ERROR_BACKEND) == 0);
-        daemon_log_full(backend ? LOG_WARNING : LOG_INFO, NULL, j->vm, j->device ? j->device->socket : NULL,
-                        j->request, "%s: %s", j->ops->name, j->error);
+        daemon_log_full(backend ? LOG_WARNING : LOG_INFO, NULL, j->vm, j->device ? j->device->socket : NULL, j->request,
+                        "%s: %s", j->ops->name, j->error);
 }
 
 static void answer(struct vm_job *j) {

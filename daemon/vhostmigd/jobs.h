@@ -22,24 +22,24 @@
 #include "daemon/vhostmigd/daemon.h"
 
 struct job_ops {
-        const char *name;                       /* for messages */
+        const char *name; /* for messages */
         void (*run)(struct vm_job *j);
         void (*done)(struct vm_job *j);
         int (*reply)(struct vm_job *j);
-        bool device_method;                     /* LastError goes to the device, not the VM */
-        bool releases_vm;                       /* the VM is gone after run: no snapshot, no publish */
+        bool device_method; /* LastError goes to the device, not the VM */
+        bool releases_vm;   /* the VM is gone after run: no snapshot, no publish */
 };
 
 struct vm_job {
         struct worker_job base;
         const struct job_ops *ops;
         struct vm_object *vm;
-        struct device_object *device;           /* the device it concerns, or NULL */
-        sd_bus_message *call;                   /* answered when the job is done; NULL for internal jobs */
+        struct device_object *device; /* the device it concerns, or NULL */
+        sd_bus_message *call;         /* answered when the job is done; NULL for internal jobs */
         int result;
-        const char *error_name;                 /* D-Bus error for a failure */
-        uint32_t request;                       /* the vhost-user request that failed, if one did */
-        bool free_device;                       /* the device object is the job's to free when done */
+        const char *error_name; /* D-Bus error for a failure */
+        uint32_t request;       /* the vhost-user request that failed, if one did */
+        bool free_device;       /* the device object is the job's to free when done */
         /*
          * The request timeout when the job was made: SIGHUP may change the
          * configuration on the loop while the worker runs, so the worker
@@ -50,18 +50,18 @@ struct vm_job {
 
         /* What a kind needs beyond that; each kind uses its own member. */
         union {
-                struct {                        /* AddDevice, AddQueues */
+                struct { /* AddDevice, AddQueues */
                         struct vhm_device_config config;
-                        struct config_uid_list uids;    /* config.allowed_uids points here */
+                        struct config_uid_list uids; /* config.allowed_uids points here */
                         struct vhm_queue_spec queues[VHM_DEVICE_MAX_QUEUES];
-                        unsigned first, n;      /* queue indices first..first+n-1 */
-                        bool last;              /* the device is complete: connect and start */
+                        unsigned first, n; /* queue indices first..first+n-1 */
+                        bool last;         /* the device is complete: connect and start */
                 } add;
                 struct {
                         uint64_t new_pages, dirty_pages;
                 } harvest;
-                uint32_t sent;                  /* Announce */
-                uint16_t mtu;                   /* SetMtu */
+                uint32_t sent; /* Announce */
+                uint16_t mtu;  /* SetMtu */
         } u;
 };
 
@@ -72,20 +72,21 @@ void job_submit(struct vm_job *j);
 /* A job that never ran (the method refused it on the loop). */
 void job_free(struct vm_job *j);
 /* Records the failure (worker or loop side); returns err. */
-int job_fail(struct vm_job *j, int err, const char *error_name, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+int job_fail(struct vm_job *j, int err, const char *error_name, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
 
 /* Between the object files (vm-object.c, device-object.c). */
-void vm_refresh(struct vm_object *o);                   /* worker: the snapshot from the vhm_* objects */
-void vm_publish(struct vm_object *o);                   /* loop: PropertiesChanged for what differs */
-void vm_set_last_error(struct vm_object *o, const char *error);   /* loop; "" clears */
+void vm_refresh(struct vm_object *o);                           /* worker: the snapshot from the vhm_* objects */
+void vm_publish(struct vm_object *o);                           /* loop: PropertiesChanged for what differs */
+void vm_set_last_error(struct vm_object *o, const char *error); /* loop; "" clears */
 /* Loop: a method on the VM refused before any job; `error` (when set) becomes LastError.  Returns r. */
 int vm_refused(struct vm_object *o, const sd_bus_error *error, int r);
-void vm_schedule_teardown(struct vm_object *o);         /* loop: once the destroy job is done */
-void running_add(struct vm_object *o, struct device_object *d);      /* worker */
-void running_remove(struct vm_object *o, struct device_object *d);   /* worker */
-void device_snapshot_fill(struct device_object *d, struct device_snapshot *s);   /* worker */
-void device_publish(struct device_object *d, struct device_view *now);           /* loop */
-void device_set_last_error(struct device_object *d, const char *error);         /* loop; "" clears */
+void vm_schedule_teardown(struct vm_object *o);                                /* loop: once the destroy job is done */
+void running_add(struct vm_object *o, struct device_object *d);                /* worker */
+void running_remove(struct vm_object *o, struct device_object *d);             /* worker */
+void device_snapshot_fill(struct device_object *d, struct device_snapshot *s); /* worker */
+void device_publish(struct device_object *d, struct device_view *now);         /* loop */
+void device_set_last_error(struct device_object *d, const char *error);        /* loop; "" clears */
 void device_object_free(struct device_object *d);
 /* Loop: add to / take out of the devices D-Bus shows. */
 void device_array_add(struct vm_object *o, struct device_object *d);

@@ -29,16 +29,24 @@
  * log too, and the level may change under them (reload, LogControl1), hence
  * atomics.
  */
-enum log_target { LOG_TARGET_AUTO, LOG_TARGET_JOURNAL, LOG_TARGET_CONSOLE, LOG_TARGET_NULL, LOG_TARGET_MAX };
+enum log_target {
+        LOG_TARGET_AUTO,
+        LOG_TARGET_JOURNAL,
+        LOG_TARGET_CONSOLE,
+        LOG_TARGET_NULL,
+        LOG_TARGET_MAX
+};
 
 static const char *const target_names[LOG_TARGET_MAX] = {
-        [LOG_TARGET_AUTO] = "auto", [LOG_TARGET_JOURNAL] = "journal",
-        [LOG_TARGET_CONSOLE] = "console", [LOG_TARGET_NULL] = "null",
+        [LOG_TARGET_AUTO] = "auto",
+        [LOG_TARGET_JOURNAL] = "journal",
+        [LOG_TARGET_CONSOLE] = "console",
+        [LOG_TARGET_NULL] = "null",
 };
 
 static atomic_int log_max_level = LOG_INFO;
 static atomic_int log_target = LOG_TARGET_AUTO;
-static bool under_journal;      /* stderr is a journal stream: "auto" means the journal */
+static bool under_journal; /* stderr is a journal stream: "auto" means the journal */
 
 void daemon_log_init(int level) {
         under_journal = getenv("JOURNAL_STREAM") != NULL;
@@ -60,7 +68,7 @@ static bool journal_field(struct iovec *iov, char *buf, size_t len, const char *
         if (!value || !*value)
                 return false;
         int n = snprintf(buf, len, "%s=%s", field, value);
-        *iov = (struct iovec) { .iov_base = buf, .iov_len = n < 0 ? 0 : (size_t) n >= len ? len - 1 : (size_t) n };
+        *iov = (struct iovec){ .iov_base = buf, .iov_len = n < 0 ? 0 : (size_t) n >= len ? len - 1 : (size_t) n };
         return true;
 }
 
@@ -116,13 +124,22 @@ void daemon_update_status(struct daemon *d) {
 
 static int get_log_level(sd_bus *bus, const char *path, const char *interface, const char *property,
                          sd_bus_message *reply, void *userdata, sd_bus_error *error) {
-        (void) bus; (void) path; (void) interface; (void) property; (void) userdata; (void) error;
+        (void) bus;
+        (void) path;
+        (void) interface;
+        (void) property;
+        (void) userdata;
+        (void) error;
         return sd_bus_message_append(reply, "s", config_log_level_name(daemon_log_get_level()));
 }
 
 static int set_log_level(sd_bus *bus, const char *path, const char *interface, const char *property,
                          sd_bus_message *value, void *userdata, sd_bus_error *error) {
-        (void) bus; (void) path; (void) interface; (void) property; (void) userdata;
+        (void) bus;
+        (void) path;
+        (void) interface;
+        (void) property;
+        (void) userdata;
         int r = daemon_check_root(value, error);
         if (r < 0)
                 return r;
@@ -134,7 +151,8 @@ static int set_log_level(sd_bus *bus, const char *path, const char *interface, c
         if (level < 0)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                          "LogLevel: \"%s\" is not one of emerg, alert, crit, err, warning, notice, "
-                                         "info, debug", name);
+                                         "info, debug",
+                                         name);
         int old = daemon_log_get_level();
         /* Said at the more verbose of the two levels, so that it is seen whichever way the level moves. */
         daemon_log_set_level(level > old ? level : old);
@@ -145,13 +163,22 @@ static int set_log_level(sd_bus *bus, const char *path, const char *interface, c
 
 static int get_log_target(sd_bus *bus, const char *path, const char *interface, const char *property,
                           sd_bus_message *reply, void *userdata, sd_bus_error *error) {
-        (void) bus; (void) path; (void) interface; (void) property; (void) userdata; (void) error;
+        (void) bus;
+        (void) path;
+        (void) interface;
+        (void) property;
+        (void) userdata;
+        (void) error;
         return sd_bus_message_append(reply, "s", target_names[atomic_load(&log_target)]);
 }
 
 static int set_log_target(sd_bus *bus, const char *path, const char *interface, const char *property,
                           sd_bus_message *value, void *userdata, sd_bus_error *error) {
-        (void) bus; (void) path; (void) interface; (void) property; (void) userdata;
+        (void) bus;
+        (void) path;
+        (void) interface;
+        (void) property;
+        (void) userdata;
         int r = daemon_check_root(value, error);
         if (r < 0)
                 return r;
@@ -172,7 +199,12 @@ static int set_log_target(sd_bus *bus, const char *path, const char *interface, 
 
 static int get_syslog_identifier(sd_bus *bus, const char *path, const char *interface, const char *property,
                                  sd_bus_message *reply, void *userdata, sd_bus_error *error) {
-        (void) bus; (void) path; (void) interface; (void) property; (void) userdata; (void) error;
+        (void) bus;
+        (void) path;
+        (void) interface;
+        (void) property;
+        (void) userdata;
+        (void) error;
         return sd_bus_message_append(reply, "s", SYSLOG_IDENTIFIER);
 }
 

@@ -143,19 +143,25 @@ static void apply_config(struct daemon *d, const struct vhostmigd_config *next) 
         if (interval_changed) {
                 int r = sd_event_source_set_time_relative(d->monitor, (uint64_t) d->cfg.monitor_interval_ms * 1000u);
                 if (r < 0)
-                        daemon_log(LOG_WARNING, NULL, NULL, "reload: monitor interval not changed until the next "
-                                   "check: %s", strerror(-r));
+                        daemon_log(LOG_WARNING, NULL, NULL,
+                                   "reload: monitor interval not changed until the next "
+                                   "check: %s",
+                                   strerror(-r));
         }
         int r = resize_probe_pool(d, d->cfg.max_probes);
         if (r < 0)
                 daemon_log(LOG_WARNING, NULL, NULL, "reload: %u probe worker(s) instead of max_probes %u",
                            d->nprobe_workers, d->cfg.max_probes);
         if (d->nvms > d->cfg.max_vms)
-                daemon_log(LOG_NOTICE, NULL, NULL, "reload: %u VMs exist, more than max_vms %u; they stay, new ones "
-                           "are refused", d->nvms, d->cfg.max_vms);
+                daemon_log(LOG_NOTICE, NULL, NULL,
+                           "reload: %u VMs exist, more than max_vms %u; they stay, new ones "
+                           "are refused",
+                           d->nvms, d->cfg.max_vms);
         daemon_log(LOG_INFO, NULL, NULL, "configuration reloaded from %s: %s",
                    d->config_path ? d->config_path : VHOSTMIGD_DEFAULT_CONFIG,
-                   !diff ? "(changes not listed: out of memory)" : *diff ? diff : "nothing changed");
+                   !diff   ? "(changes not listed: out of memory)"
+                   : *diff ? diff
+                           : "nothing changed");
         free(diff);
 }
 
@@ -177,8 +183,7 @@ static int on_reload(sd_event_source *s, const struct signalfd_siginfo *si, void
         if (d->shutting_down)
                 return 0;
         const char *path = d->config_path ? d->config_path : VHOSTMIGD_DEFAULT_CONFIG;
-        sd_notifyf(false, "RELOADING=1\nSTATUS=Reloading %s\nMONOTONIC_USEC=%" PRIu64, path,
-                   now_usec(CLOCK_MONOTONIC));
+        sd_notifyf(false, "RELOADING=1\nSTATUS=Reloading %s\nMONOTONIC_USEC=%" PRIu64, path, now_usec(CLOCK_MONOTONIC));
         daemon_log(LOG_DEBUG, NULL, NULL, "SIGHUP from pid %u: reloading %s", si->ssi_pid, path);
         struct vhostmigd_config next;
         char error[512];
@@ -264,21 +269,28 @@ static void help(void) {
 }
 
 static int parse_args(int argc, char **argv, const char **config, bool *check_only) {
-        static const struct option options[] = {
-                { "help", no_argument, NULL, 'h' },
-                { "version", no_argument, NULL, 'V' },
-                { "config", required_argument, NULL, 'c' },
-                { "check-config", no_argument, NULL, 'C' },
-                {}
-        };
+        static const struct option options[] = { { "help", no_argument, NULL, 'h' },
+                                                 { "version", no_argument, NULL, 'V' },
+                                                 { "config", required_argument, NULL, 'c' },
+                                                 { "check-config", no_argument, NULL, 'C' },
+                                                 {} };
         int c;
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
                 switch (c) {
-                case 'h': help(); return 0;
-                case 'V': puts("vhostmigd " VHOSTMIG_VERSION); return 0;
-                case 'c': *config = optarg; break;
-                case 'C': *check_only = true; break;
-                default: return -EINVAL;
+                case 'h':
+                        help();
+                        return 0;
+                case 'V':
+                        puts("vhostmigd " VHOSTMIG_VERSION);
+                        return 0;
+                case 'c':
+                        *config = optarg;
+                        break;
+                case 'C':
+                        *check_only = true;
+                        break;
+                default:
+                        return -EINVAL;
                 }
         }
         if (optind < argc) {
@@ -330,16 +342,17 @@ static int check_config(const char *config_path) {
 
 static int run(struct daemon *d) {
         char error[512];
-        int r = config_load(&d->cfg, d->config_path ? d->config_path : VHOSTMIGD_DEFAULT_CONFIG, !d->config_path,
-                            error, sizeof(error));
+        int r = config_load(&d->cfg, d->config_path ? d->config_path : VHOSTMIGD_DEFAULT_CONFIG, !d->config_path, error,
+                            sizeof(error));
         if (r < 0) {
                 fprintf(stderr, "vhostmigd: configuration: %s\n", error);
                 return r;
         }
         daemon_log_init(d->cfg.log_level);
-        daemon_log(LOG_DEBUG, NULL, NULL, "configuration from %s%s", d->config_path ? d->config_path :
-                   VHOSTMIGD_DEFAULT_CONFIG, !d->config_path && access(VHOSTMIGD_DEFAULT_CONFIG, F_OK) < 0 ?
-                   " (missing: built-in defaults)" : "");
+        daemon_log(LOG_DEBUG, NULL, NULL, "configuration from %s%s",
+                   d->config_path ? d->config_path : VHOSTMIGD_DEFAULT_CONFIG,
+                   !d->config_path && access(VHOSTMIGD_DEFAULT_CONFIG, F_OK) < 0 ? " (missing: built-in defaults)"
+                                                                                 : "");
 
         r = setup_loop(d);
         if (r >= 0)

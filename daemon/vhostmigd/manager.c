@@ -21,7 +21,8 @@ int daemon_check_root(sd_bus_message *m, sd_bus_error *error) {
         if (r >= 0)
                 r = sd_bus_creds_get_euid(creds, &euid);
         if (r < 0)
-                return bus_fail(error, SD_BUS_ERROR_ACCESS_DENIED, "cannot determine the caller's user: %s", strerror(-r));
+                return bus_fail(error, SD_BUS_ERROR_ACCESS_DENIED, "cannot determine the caller's user: %s",
+                                strerror(-r));
         /* The bus policy says the same; this holds even on a bus configured to allow more. */
         if (euid != 0)
                 return bus_fail(error, SD_BUS_ERROR_ACCESS_DENIED, "only root may change vhostmig state");
@@ -209,8 +210,8 @@ static int method_probe(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         /* A probe of a hung back-end holds its worker until its timeout: never queue behind it. */
         struct worker *w = idle_probe_worker(d);
         if (!w)
-                return bus_fail(error, VHOSTMIG_ERROR_BUSY, "%u probes are already running (max_probes); try again later",
-                                d->nprobe_workers);
+                return bus_fail(error, VHOSTMIG_ERROR_BUSY,
+                                "%u probes are already running (max_probes); try again later", d->nprobe_workers);
         struct probe_job *p = calloc(1, sizeof(*p));
         if (!p || !(p->socket = strdup(socket))) {
                 free(p);
@@ -219,23 +220,33 @@ static int method_probe(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         p->base.run = probe_run;
         p->base.done = probe_done;
         p->call = sd_bus_message_ref(m);
-        p->opts = (struct vhm_probe_options) {
-                .socket = p->socket, .server = server,
+        p->opts = (struct vhm_probe_options){
+                .socket = p->socket,
+                .server = server,
                 .timeout_ms = timeout_ms ? timeout_ms : d->cfg.request_timeout_ms,
         };
         worker_submit(w, &p->base);
         return 1;
 }
 
-static int prop_version(sd_bus *b, const char *p, const char *i, const char *prop, sd_bus_message *reply,
-                        void *u, sd_bus_error *e) {
-        (void) b; (void) p; (void) i; (void) prop; (void) u; (void) e;
+static int prop_version(sd_bus *b, const char *p, const char *i, const char *prop, sd_bus_message *reply, void *u,
+                        sd_bus_error *e) {
+        (void) b;
+        (void) p;
+        (void) i;
+        (void) prop;
+        (void) u;
+        (void) e;
         return sd_bus_message_append(reply, "s", VHOSTMIG_VERSION);
 }
 
-static int prop_vms(sd_bus *b, const char *p, const char *i, const char *prop, sd_bus_message *reply,
-                    void *u, sd_bus_error *e) {
-        (void) b; (void) p; (void) i; (void) prop; (void) e;
+static int prop_vms(sd_bus *b, const char *p, const char *i, const char *prop, sd_bus_message *reply, void *u,
+                    sd_bus_error *e) {
+        (void) b;
+        (void) p;
+        (void) i;
+        (void) prop;
+        (void) e;
         struct daemon *d = u;
         int r = sd_bus_message_open_container(reply, 'a', "o");
         for (struct vm_object *o = d->vms; r >= 0 && o; o = o->next)
@@ -249,8 +260,8 @@ static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_PROPERTY("Vms", "ao", prop_vms, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_METHOD_WITH_ARGS("CreateVm", SD_BUS_ARGS("s", name, "a(httt)", regions, "a{sv}", options),
                                 SD_BUS_RESULT("o", vm), method_create_vm, SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_METHOD_WITH_ARGS("DestroyVm", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT,
-                                method_destroy_vm, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DestroyVm", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_destroy_vm,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("GetVm", SD_BUS_ARGS("s", name), SD_BUS_RESULT("o", vm), method_get_vm,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Probe", SD_BUS_ARGS("s", socket, "b", server, "u", timeout_ms),
@@ -261,5 +272,6 @@ static const sd_bus_vtable manager_vtable[] = {
 };
 
 int manager_register(struct daemon *d) {
-        return sd_bus_add_object_vtable(d->bus, NULL, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, manager_vtable, d);
+        return sd_bus_add_object_vtable(d->bus, NULL, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, manager_vtable,
+                                        d);
 }

@@ -21,7 +21,7 @@ static int read_field(void *object, const char *property, void **view, const voi
         const struct prop_iface *iface = *(const struct prop_iface **) object;
         const struct prop_def *def = find(iface, property);
         if (!def)
-                return -ENOENT;   /* a vtable row without a table row: a bug, said as such */
+                return -ENOENT; /* a vtable row without a table row: a bug, said as such */
         *view = malloc(iface->view_size);
         if (!*view)
                 return -ENOMEM;
@@ -30,14 +30,16 @@ static int read_field(void *object, const char *property, void **view, const voi
         return 0;
 }
 
-#define GETTER_HEAD                                                                                    \
-        (void) bus; (void) path; (void) interface; (void) error;                                      \
-        _cleanup_free_ void *view = NULL;                                                              \
-        const void *f;                                                                                 \
-        int r = read_field(userdata, property, &view, &f);                                             \
-        if (r < 0)                                                                                     \
-                return r
-
+#define GETTER_HEAD                                        \
+        (void) bus;                                        \
+        (void) path;                                       \
+        (void) interface;                                  \
+        (void) error;                                      \
+        _cleanup_free_ void *view = NULL;                  \
+        const void *f;                                     \
+        int r = read_field(userdata, property, &view, &f); \
+        if (r < 0)                                         \
+        return r
 
 int prop_get_S(PROP_GETTER_ARGS) {
         GETTER_HEAD;

@@ -32,29 +32,38 @@
 #include "migrate/logging.h"
 
 /* The C types behind the D-Bus ones. */
-struct prop_strv {                      /* as */
+struct prop_strv { /* as */
         unsigned n;
         char v[VHM_BLOCKERS_MAX][VHM_BLOCKER_LEN];
 };
 
-struct prop_u32v {                      /* au */
+struct prop_u32v { /* au */
         unsigned n;
         uint32_t v[VHM_DEVICE_MAX_QUEUES];
 };
 
 #define PROP_PATH_MAX 256
-struct prop_pathv {                     /* ao */
+struct prop_pathv { /* ao */
         unsigned n;
         char v[VHM_LOGGING_MAX_DEVICES][PROP_PATH_MAX];
 };
 
-enum prop_type { PROP_S, PROP_B, PROP_Q, PROP_U, PROP_T, PROP_AS, PROP_AU, PROP_AO };
+enum prop_type {
+        PROP_S,
+        PROP_B,
+        PROP_Q,
+        PROP_U,
+        PROP_T,
+        PROP_AS,
+        PROP_AU,
+        PROP_AO
+};
 
 struct prop_def {
         const char *name;
         enum prop_type type;
-        size_t offset, size;            /* of the field in the view */
-        bool emits_change;              /* else const */
+        size_t offset, size; /* of the field in the view */
+        bool emits_change;   /* else const */
 };
 
 struct prop_iface {
@@ -67,14 +76,14 @@ struct prop_iface {
 };
 
 /* Per type: the D-Bus signature, the getter, and the C type a field must have. */
-#define PROP_SIG_S  "s"
-#define PROP_SIG_B  "b"
-#define PROP_SIG_Q  "q"
-#define PROP_SIG_U  "u"
-#define PROP_SIG_T  "t"
-#define PROP_SIG_AS "as"
-#define PROP_SIG_AU "au"
-#define PROP_SIG_AO "ao"
+#define PROP_SIG_S    "s"
+#define PROP_SIG_B    "b"
+#define PROP_SIG_Q    "q"
+#define PROP_SIG_U    "u"
+#define PROP_SIG_T    "t"
+#define PROP_SIG_AS   "as"
+#define PROP_SIG_AU   "au"
+#define PROP_SIG_AO   "ao"
 #define PROP_CTYPE_B  bool
 #define PROP_CTYPE_Q  uint16_t
 #define PROP_CTYPE_U  uint32_t
@@ -85,7 +94,7 @@ struct prop_iface {
 #define PROP_CTYPE_S  char
 #define PROP_FIELD_TYPE_OK(type, view, field) \
         __builtin_types_compatible_p(__typeof__(PROP_FIELD_ELEMENT_##type(((view *) 0)->field)), PROP_CTYPE_##type)
-#define PROP_FIELD_ELEMENT_S(f)  (f)[0]          /* a char array */
+#define PROP_FIELD_ELEMENT_S(f)  (f)[0] /* a char array */
 #define PROP_FIELD_ELEMENT_B(f)  (f)
 #define PROP_FIELD_ELEMENT_Q(f)  (f)
 #define PROP_FIELD_ELEMENT_U(f)  (f)
@@ -93,12 +102,13 @@ struct prop_iface {
 #define PROP_FIELD_ELEMENT_AS(f) (f)
 #define PROP_FIELD_ELEMENT_AU(f) (f)
 #define PROP_FIELD_ELEMENT_AO(f) (f)
-#define PROP_FLAGS_CONST  SD_BUS_VTABLE_PROPERTY_CONST
-#define PROP_FLAGS_CHANGE SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE
+#define PROP_FLAGS_CONST         SD_BUS_VTABLE_PROPERTY_CONST
+#define PROP_FLAGS_CHANGE        SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE
 
 /* The getters, one per type. */
-#define PROP_GETTER_ARGS sd_bus *bus, const char *path, const char *interface, const char *property, \
-                         sd_bus_message *reply, void *userdata, sd_bus_error *error
+#define PROP_GETTER_ARGS                                                                                   \
+        sd_bus *bus, const char *path, const char *interface, const char *property, sd_bus_message *reply, \
+                void *userdata, sd_bus_error *error
 int prop_get_S(PROP_GETTER_ARGS);
 int prop_get_B(PROP_GETTER_ARGS);
 int prop_get_Q(PROP_GETTER_ARGS);
@@ -113,13 +123,14 @@ int prop_get_AO(PROP_GETTER_ARGS);
         SD_BUS_PROPERTY(#name, PROP_SIG_##type, prop_get_##type, 0, PROP_FLAGS_##flags),
 
 /* An X-macro row as a struct prop_def (define PROPS_VIEW to the view's type first). */
-#define PROPS_DEF(name, type, field, flags) \
+#define PROPS_DEF(name, type, field, flags)                                                   \
         { #name, PROP_##type, offsetof(PROPS_VIEW, field), sizeof(((PROPS_VIEW *) 0)->field), \
           PROP_FLAGS_##flags == PROP_FLAGS_CHANGE },
 
 /* An X-macro row as a check, at file scope, that the field's C type is the D-Bus type's. */
-#define PROPS_CHECK(name, type, field, flags) \
-        _Static_assert(PROP_FIELD_TYPE_OK(type, PROPS_VIEW, field), #name ": the field's C type is not its D-Bus type's");
+#define PROPS_CHECK(name, type, field, flags)                       \
+        _Static_assert(PROP_FIELD_TYPE_OK(type, PROPS_VIEW, field), \
+                       #name ": the field's C type is not its D-Bus type's");
 
 /*
  * The names of the CHANGE properties whose values differ between two views,

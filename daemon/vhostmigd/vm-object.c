@@ -25,21 +25,21 @@
 /* ---- properties ------------------------------------------------------------------------ */
 
 /* The table of org.vhostmig1.Vm's properties: name, D-Bus type, field of struct vm_view, const or not. */
-#define VM_PROPERTIES(X)                                                \
-        X(Name, S, l.name, CONST)                                       \
-        X(MemorySize, T, w.memory_size, CHANGE)                         \
-        X(PageSize, U, l.page_size, CONST)                              \
-        X(Devices, AO, l.devices, CHANGE)                               \
-        X(MigrationBlocked, B, w.blocked, CHANGE)                       \
-        X(MigrationBlockers, AS, w.blockers, CHANGE)                    \
-        X(Logging, B, w.logging, CHANGE)                                \
-        X(LogIncomplete, B, w.log_incomplete, CHANGE)                   \
-        X(LogSize, T, w.log_size, CHANGE)                               \
-        X(DirtyPages, T, w.dirty_pages, CHANGE)                         \
-        X(Harvests, T, l.harvests, CHANGE)                              \
-        X(CreatedTimestamp, T, l.created_usec, CHANGE)                  \
-        X(StateChangeTimestamp, T, l.state_change_usec, CHANGE)         \
-        X(LastError, S, l.last_error, CHANGE)                           \
+#define VM_PROPERTIES(X)                                        \
+        X(Name, S, l.name, CONST)                               \
+        X(MemorySize, T, w.memory_size, CHANGE)                 \
+        X(PageSize, U, l.page_size, CONST)                      \
+        X(Devices, AO, l.devices, CHANGE)                       \
+        X(MigrationBlocked, B, w.blocked, CHANGE)               \
+        X(MigrationBlockers, AS, w.blockers, CHANGE)            \
+        X(Logging, B, w.logging, CHANGE)                        \
+        X(LogIncomplete, B, w.log_incomplete, CHANGE)           \
+        X(LogSize, T, w.log_size, CHANGE)                       \
+        X(DirtyPages, T, w.dirty_pages, CHANGE)                 \
+        X(Harvests, T, l.harvests, CHANGE)                      \
+        X(CreatedTimestamp, T, l.created_usec, CHANGE)          \
+        X(StateChangeTimestamp, T, l.state_change_usec, CHANGE) \
+        X(LastError, S, l.last_error, CHANGE)                   \
         X(LastErrorTimestamp, T, l.last_error_usec, CHANGE)
 
 #define PROPS_VIEW struct vm_view
@@ -147,7 +147,8 @@ void vm_set_last_error(struct vm_object *o, const char *error) {
 /* StateChangeTimestamp follows Logging and the device set. */
 static void note_state_change(struct vm_object *o, const struct vm_view *was, struct vm_view *now) {
         bool devices_changed = was->l.devices.n != now->l.devices.n ||
-                               memcmp(was->l.devices.v, now->l.devices.v, now->l.devices.n * sizeof(now->l.devices.v[0]));
+                               memcmp(was->l.devices.v, now->l.devices.v,
+                                      now->l.devices.n * sizeof(now->l.devices.v[0]));
         if (was->w.logging != now->w.logging || devices_changed)
                 now->l.state_change_usec = o->loop.state_change_usec = props_now_usec();
 }
@@ -156,7 +157,7 @@ void vm_publish(struct vm_object *o) {
         _cleanup_free_ struct vm_view *now = malloc(sizeof(*now));
         _cleanup_free_ struct device_view *dnow = malloc(VHM_LOGGING_MAX_DEVICES * sizeof(*dnow));
         if (!now || !dnow)
-                return;   /* the next publish catches up */
+                return; /* the next publish catches up */
         vm_read_view(o, now);
         note_state_change(o, &o->published, now);
         const char *changed[sizeof(vm_props) / sizeof(vm_props[0]) + 1];
@@ -302,7 +303,7 @@ void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to) {
 
 static void run_destroy(struct vm_job *j) {
         struct vm_object *o = j->vm;
-        vhm_logging_free(o->logging);   /* stops logging first */
+        vhm_logging_free(o->logging); /* stops logging first */
         o->logging = NULL;
         for (unsigned i = 0; i < o->nrunning; i++) {
                 vhm_device_free(o->running[i]->dev);
@@ -318,7 +319,10 @@ static void done_destroy(struct vm_job *j) {
 }
 
 static const struct job_ops job_destroy = {
-        .name = "DestroyVm", .run = run_destroy, .done = done_destroy, .releases_vm = true,
+        .name = "DestroyVm",
+        .run = run_destroy,
+        .done = done_destroy,
+        .releases_vm = true,
 };
 
 static void run_start_logging(struct vm_job *j) {
@@ -338,7 +342,9 @@ static void done_logging(struct vm_job *j) {
 }
 
 static const struct job_ops job_start_logging = {
-        .name = "StartLogging", .run = run_start_logging, .done = done_logging,
+        .name = "StartLogging",
+        .run = run_start_logging,
+        .done = done_logging,
 };
 
 static void run_stop_logging(struct vm_job *j) {
@@ -348,7 +354,9 @@ static void run_stop_logging(struct vm_job *j) {
 }
 
 static const struct job_ops job_stop_logging = {
-        .name = "StopLogging", .run = run_stop_logging, .done = done_logging,
+        .name = "StopLogging",
+        .run = run_stop_logging,
+        .done = done_logging,
 };
 
 static void run_harvest(struct vm_job *j) {
@@ -374,7 +382,10 @@ static int reply_harvest(struct vm_job *j) {
 }
 
 static const struct job_ops job_harvest = {
-        .name = "Harvest", .run = run_harvest, .done = done_harvest, .reply = reply_harvest,
+        .name = "Harvest",
+        .run = run_harvest,
+        .done = done_harvest,
+        .reply = reply_harvest,
 };
 
 static void run_announce(struct vm_job *j) {
@@ -397,7 +408,9 @@ static int reply_announce(struct vm_job *j) {
 }
 
 static const struct job_ops job_announce = {
-        .name = "Announce", .run = run_announce, .reply = reply_announce,
+        .name = "Announce",
+        .run = run_announce,
+        .reply = reply_announce,
 };
 
 /* Connection checks and reconnection attempts with each device's back-off. */
@@ -443,7 +456,9 @@ static void done_monitor(struct vm_job *j) {
 }
 
 static const struct job_ops job_monitor = {
-        .name = "monitor", .run = run_monitor, .done = done_monitor,
+        .name = "monitor",
+        .run = run_monitor,
+        .done = done_monitor,
 };
 
 void vm_object_queue_monitor(struct vm_object *o) {
@@ -499,12 +514,12 @@ static int method_announce(sd_bus_message *m, void *u, sd_bus_error *e) {
 static const sd_bus_vtable vm_vtable[] = {
         SD_BUS_VTABLE_START(0),
         VM_PROPERTIES(PROPS_VTABLE)
-        SD_BUS_METHOD_WITH_ARGS("AddDevice", SD_BUS_ARGS("s", socket, "a(uttthh)", queues, "a{sv}", options),
-                                SD_BUS_RESULT("o", device), method_add_device, SD_BUS_VTABLE_UNPRIVILEGED),
+                SD_BUS_METHOD_WITH_ARGS("AddDevice", SD_BUS_ARGS("s", socket, "a(uttthh)", queues, "a{sv}", options),
+                                        SD_BUS_RESULT("o", device), method_add_device, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("RemoveDevice", SD_BUS_ARGS("o", device), SD_BUS_NO_RESULT, method_remove_device,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_METHOD_WITH_ARGS("StartLogging", SD_BUS_ARGS("a{sv}", options), SD_BUS_NO_RESULT,
-                                method_start_logging, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("StartLogging", SD_BUS_ARGS("a{sv}", options), SD_BUS_NO_RESULT, method_start_logging,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("StopLogging", NULL, NULL, method_stop_logging, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Harvest", SD_BUS_NO_ARGS, SD_BUS_RESULT("t", new_pages, "t", dirty_pages),
                                 method_harvest, SD_BUS_VTABLE_UNPRIVILEGED),

@@ -17,8 +17,8 @@ struct worker_job;
 typedef void (*worker_fn)(struct worker_job *job);
 
 struct worker_job {
-        worker_fn run;       /* on the worker thread */
-        worker_fn done;      /* on the event loop thread, then the job is the callee's to free */
+        worker_fn run;  /* on the worker thread */
+        worker_fn done; /* on the event loop thread, then the job is the callee's to free */
         void *userdata;
         struct worker_job *next;
 };
@@ -27,9 +27,9 @@ struct worker {
         pthread_t thread;
         pthread_mutex_t lock;
         pthread_cond_t wake;
-        struct worker_job *queue_head, *queue_tail;   /* to run */
-        struct worker_job *done_head, *done_tail;     /* to complete */
-        unsigned pending;                             /* queued or running */
+        struct worker_job *queue_head, *queue_tail; /* to run */
+        struct worker_job *done_head, *done_tail;   /* to complete */
+        unsigned pending;                           /* queued or running */
         bool stopping;
         int eventfd;
         sd_event_source *source;

@@ -20,16 +20,16 @@
 #include "proto/vhost-user-transport.h"
 #include "tests/backend/tb-internal.h"
 
-#define TB_RINGS        256     /* KICK/CALL/ERR carry 8 bits of index */
-#define TB_PENDING      TB_MAX_BACKEND_REQS
-#define PAGE_SIZE_4K    4096u
-#define MAX_RING_NUM    32768u
+#define TB_RINGS     256 /* KICK/CALL/ERR carry 8 bits of index */
+#define TB_PENDING   TB_MAX_BACKEND_REQS
+#define PAGE_SIZE_4K 4096u
+#define MAX_RING_NUM 32768u
 
 struct tb_region {
         struct vhu_mem_region r;
         void *map;
         size_t map_len;
-        int fd;                 /* kept for truncate-memory; -1 when unused */
+        int fd; /* kept for truncate-memory; -1 when unused */
         bool used;
 };
 
@@ -224,7 +224,8 @@ static void check_log_regions(struct tb_conn *c, const char *when) {
                         continue;
                 uint64_t end = reg->r.guest_phys_addr + reg->r.memory_size;
                 if (end > covered)
-                        violation(c, "%s: log of 0x%" PRIx64 " bytes covers guest memory up to 0x%" PRIx64
+                        violation(c,
+                                  "%s: log of 0x%" PRIx64 " bytes covers guest memory up to 0x%" PRIx64
                                   " but region gpa 0x%" PRIx64 " ends at 0x%" PRIx64,
                                   when, c->log_size, covered, reg->r.guest_phys_addr, end);
         }
@@ -239,7 +240,8 @@ static void check_log_ring(struct tb_conn *c, unsigned index, const char *when) 
         uint64_t tail = (c->features & VHU_BIT(VHU_VF_RING_EVENT_IDX)) ? 2 : 0;
         uint64_t end = r->addr.log_guest_addr + 4 + 8 * num + tail;
         if (end > log_covered(c))
-                violation(c, "%s: log of 0x%" PRIx64 " bytes covers guest memory up to 0x%" PRIx64
+                violation(c,
+                          "%s: log of 0x%" PRIx64 " bytes covers guest memory up to 0x%" PRIx64
                           " but ring %u's used ring at 0x%" PRIx64 " ends at 0x%" PRIx64,
                           when, c->log_size, log_covered(c), index, r->addr.log_guest_addr, end);
 }
@@ -265,8 +267,8 @@ static struct tb_ring *ring_at(struct tb_conn *c, const char *name, uint32_t ind
 }
 
 /* Maps [0, offset + size) of fd to prove it is real memory of that size. */
-static int map_fd(struct tb_conn *c, const char *what, int fd, uint64_t offset, uint64_t size,
-                  void **map, size_t *len) {
+static int map_fd(struct tb_conn *c, const char *what, int fd, uint64_t offset, uint64_t size, void **map,
+                  size_t *len) {
         struct stat st;
         if (size == 0) {
                 violation(c, "%s: empty mapping", what);
@@ -281,8 +283,8 @@ static int map_fd(struct tb_conn *c, const char *what, int fd, uint64_t offset, 
                 return -EBADF;
         }
         if (S_ISREG(st.st_mode) && (uint64_t) st.st_size < offset + size) {
-                violation(c, "%s: fd holds 0x%" PRIx64 " bytes, less than offset 0x%" PRIx64 " + size 0x%" PRIx64,
-                          what, (uint64_t) st.st_size, offset, size);
+                violation(c, "%s: fd holds 0x%" PRIx64 " bytes, less than offset 0x%" PRIx64 " + size 0x%" PRIx64, what,
+                          (uint64_t) st.st_size, offset, size);
                 return -EINVAL;
         }
         void *p = mmap(NULL, offset + size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -347,7 +349,8 @@ static uint64_t h_set_features(struct tb_conn *c, struct vhu_msg *m, struct vhu_
         (void) reply;
         uint64_t v = m->payload.u64;
         if (v & ~c->offered)
-                violation(c, "SET_FEATURES 0x%" PRIx64 " acknowledges bits not offered: 0x%" PRIx64, v, v & ~c->offered);
+                violation(c, "SET_FEATURES 0x%" PRIx64 " acknowledges bits not offered: 0x%" PRIx64, v,
+                          v & ~c->offered);
         c->features = v;
         c->features_set = true;
         check_log_regions(c, "SET_FEATURES");
@@ -378,8 +381,7 @@ static uint64_t h_set_mem_table(struct tb_conn *c, struct vhu_msg *m, struct vhu
         const struct vhu_mem_table *t = &m->payload.mem;
         struct tb_region fresh[VHU_MAX_MEM_REGIONS];
 
-        if (t->nregions == 0 || t->nregions > VHU_MAX_MEM_REGIONS ||
-            m->hdr.size != vhu_mem_table_size(t->nregions)) {
+        if (t->nregions == 0 || t->nregions > VHU_MAX_MEM_REGIONS || m->hdr.size != vhu_mem_table_size(t->nregions)) {
                 violation(c, "SET_MEM_TABLE: %u regions in a payload of %u bytes", t->nregions, m->hdr.size);
                 return 1;
         }
@@ -394,8 +396,8 @@ static uint64_t h_set_mem_table(struct tb_conn *c, struct vhu_msg *m, struct vhu
                 fresh[i].r = t->regions[i];
                 fresh[i].fd = -1;
                 fresh[i].used = true;
-                if (map_fd(c, what, m->fds[i], t->regions[i].mmap_offset, t->regions[i].memory_size,
-                           &fresh[i].map, &fresh[i].map_len) < 0) {
+                if (map_fd(c, what, m->fds[i], t->regions[i].mmap_offset, t->regions[i].memory_size, &fresh[i].map,
+                           &fresh[i].map_len) < 0) {
                         for (unsigned j = 0; j < i; j++)
                                 drop_region(&fresh[j]);
                         return 1;
@@ -426,9 +428,11 @@ static uint64_t h_set_log_base(struct tb_conn *c, struct vhu_msg *m, struct vhu_
                 violation(c, "SET_LOG_BASE: invalid fd");
                 return 1;
         }
-        if (c->has_log && st.st_dev == c->log_dev && st.st_ino == c->log_ino &&
-            log->mmap_size == c->log_size && log->mmap_offset == c->log_offset)
-                violation(c, "SET_LOG_BASE sent again for the same log (mmap_size 0x%" PRIx64 " mmap_offset 0x%" PRIx64 ")",
+        if (c->has_log && st.st_dev == c->log_dev && st.st_ino == c->log_ino && log->mmap_size == c->log_size &&
+            log->mmap_offset == c->log_offset)
+                violation(c,
+                          "SET_LOG_BASE sent again for the same log (mmap_size 0x%" PRIx64 " mmap_offset 0x%" PRIx64
+                          ")",
                           log->mmap_size, log->mmap_offset);
         if (map_fd(c, "SET_LOG_BASE", m->fds[0], log->mmap_offset, log->mmap_size, &map, &len) < 0)
                 return 1;
@@ -548,10 +552,11 @@ static uint64_t h_set_protocol_features(struct tb_conn *c, struct vhu_msg *m, st
         (void) reply;
         uint64_t v = m->payload.u64;
         if (v & ~c->pf_offered)
-                violation(c, "SET_PROTOCOL_FEATURES 0x%" PRIx64 " acknowledges bits not offered: 0x%" PRIx64,
-                          v, v & ~c->pf_offered);
+                violation(c, "SET_PROTOCOL_FEATURES 0x%" PRIx64 " acknowledges bits not offered: 0x%" PRIx64, v,
+                          v & ~c->pf_offered);
         if (vhu_protocol_features_consistent(v) != v)
-                violation(c, "SET_PROTOCOL_FEATURES 0x%" PRIx64 " acknowledges 0x%" PRIx64 " without their prerequisites",
+                violation(c,
+                          "SET_PROTOCOL_FEATURES 0x%" PRIx64 " acknowledges 0x%" PRIx64 " without their prerequisites",
                           v, v & ~vhu_protocol_features_consistent(v));
         c->pf = v;
         c->pf_set = true;
@@ -573,8 +578,8 @@ static uint64_t h_set_vring_enable(struct tb_conn *c, struct vhu_msg *m, struct 
                 violation(c, "SET_VRING_ENABLE: ring %u, but SET_FEATURES did not acknowledge PROTOCOL_FEATURES",
                           m->payload.state.index);
         if (m->payload.state.num > 1)
-                violation(c, "SET_VRING_ENABLE: ring %u value %u is neither 0 nor 1",
-                          m->payload.state.index, m->payload.state.num);
+                violation(c, "SET_VRING_ENABLE: ring %u value %u is neither 0 nor 1", m->payload.state.index,
+                          m->payload.state.num);
         r->enabled = m->payload.state.num != 0;
         return 0;
 }
@@ -805,8 +810,7 @@ static uint64_t h_rem_mem_reg(struct tb_conn *c, struct vhu_msg *m, struct vhu_m
         const struct vhu_mem_region *r = &m->payload.mem_reg.region;
         for (unsigned i = 0; i < c->nslots; i++) {
                 struct tb_region *reg = &c->regions[i];
-                if (reg->used && reg->r.guest_phys_addr == r->guest_phys_addr &&
-                    reg->r.memory_size == r->memory_size) {
+                if (reg->used && reg->r.guest_phys_addr == r->guest_phys_addr && reg->r.memory_size == r->memory_size) {
                         drop_region(reg);
                         return 0;
                 }
@@ -905,9 +909,11 @@ static void describe(const struct vhu_msg *m, char *buf, size_t len) {
         size_t used = 0;
         buf[0] = '\0';
 
-#define ADD(...) do { \
-                int n_ = snprintf(buf + used, len - used, __VA_ARGS__); \
-                if (n_ > 0) used = (size_t) n_ < len - used ? used + (size_t) n_ : len - 1; \
+#define ADD(...)                                                                        \
+        do {                                                                            \
+                int n_ = snprintf(buf + used, len - used, __VA_ARGS__);                 \
+                if (n_ > 0)                                                             \
+                        used = (size_t) n_ < len - used ? used + (size_t) n_ : len - 1; \
         } while (0)
 
         switch (m->hdr.request) {
@@ -919,9 +925,9 @@ static void describe(const struct vhu_msg *m, char *buf, size_t len) {
                 unsigned n = p->mem.nregions <= VHU_MAX_MEM_REGIONS ? p->mem.nregions : VHU_MAX_MEM_REGIONS;
                 ADD(" nregions=%u", p->mem.nregions);
                 for (unsigned i = 0; i < n && vhu_mem_table_size(i + 1) <= m->hdr.size; i++)
-                        ADD(" gpa%u=0x%" PRIx64 " size%u=0x%" PRIx64 " uaddr%u=0x%" PRIx64 " offset%u=0x%" PRIx64,
-                            i, p->mem.regions[i].guest_phys_addr, i, p->mem.regions[i].memory_size,
-                            i, p->mem.regions[i].userspace_addr, i, p->mem.regions[i].mmap_offset);
+                        ADD(" gpa%u=0x%" PRIx64 " size%u=0x%" PRIx64 " uaddr%u=0x%" PRIx64 " offset%u=0x%" PRIx64, i,
+                            p->mem.regions[i].guest_phys_addr, i, p->mem.regions[i].memory_size, i,
+                            p->mem.regions[i].userspace_addr, i, p->mem.regions[i].mmap_offset);
                 break;
         }
         case VHU_REQ_SET_LOG_BASE: {
@@ -940,14 +946,16 @@ static void describe(const struct vhu_msg *m, char *buf, size_t len) {
                 ADD(" index=%u num=%u", p->state.index, p->state.num);
                 break;
         case VHU_REQ_SET_VRING_ADDR:
-                ADD(" index=%u vring_flags=0x%x desc=0x%" PRIx64 " used=0x%" PRIx64 " avail=0x%" PRIx64 " log=0x%" PRIx64,
+                ADD(" index=%u vring_flags=0x%x desc=0x%" PRIx64 " used=0x%" PRIx64 " avail=0x%" PRIx64
+                    " log=0x%" PRIx64,
                     p->addr.index, p->addr.flags, p->addr.desc_user_addr, p->addr.used_user_addr,
                     p->addr.avail_user_addr, p->addr.log_guest_addr);
                 break;
         case VHU_REQ_SET_VRING_KICK:
         case VHU_REQ_SET_VRING_CALL:
         case VHU_REQ_SET_VRING_ERR:
-                ADD(" index=%u nofd=%d", (unsigned) (p->u64 & VHU_VRING_IDX_MASK), (p->u64 & VHU_VRING_NOFD_MASK) ? 1 : 0);
+                ADD(" index=%u nofd=%d", (unsigned) (p->u64 & VHU_VRING_IDX_MASK),
+                    (p->u64 & VHU_VRING_NOFD_MASK) ? 1 : 0);
                 break;
         case VHU_REQ_SEND_RARP: {
                 uint8_t mac[8];
@@ -959,8 +967,8 @@ static void describe(const struct vhu_msg *m, char *buf, size_t len) {
                 ADD(" mtu=%" PRIu64, p->u64);
                 break;
         case VHU_REQ_IOTLB_MSG:
-                ADD(" iova=0x%" PRIx64 " size=0x%" PRIx64 " uaddr=0x%" PRIx64 " perm=%u type=%u",
-                    p->iotlb.iova, p->iotlb.size, p->iotlb.uaddr, p->iotlb.perm, p->iotlb.type);
+                ADD(" iova=0x%" PRIx64 " size=0x%" PRIx64 " uaddr=0x%" PRIx64 " perm=%u type=%u", p->iotlb.iova,
+                    p->iotlb.size, p->iotlb.uaddr, p->iotlb.perm, p->iotlb.type);
                 break;
         case VHU_REQ_GET_CONFIG:
         case VHU_REQ_SET_CONFIG:
@@ -977,8 +985,8 @@ static void describe(const struct vhu_msg *m, char *buf, size_t len) {
         case VHU_REQ_ADD_MEM_REG:
         case VHU_REQ_REM_MEM_REG:
                 ADD(" gpa=0x%" PRIx64 " size=0x%" PRIx64 " uaddr=0x%" PRIx64 " offset=0x%" PRIx64,
-                    p->mem_reg.region.guest_phys_addr, p->mem_reg.region.memory_size,
-                    p->mem_reg.region.userspace_addr, p->mem_reg.region.mmap_offset);
+                    p->mem_reg.region.guest_phys_addr, p->mem_reg.region.memory_size, p->mem_reg.region.userspace_addr,
+                    p->mem_reg.region.mmap_offset);
                 break;
         case VHU_REQ_SET_STATUS:
                 ADD(" status=0x%" PRIx64, p->u64);
@@ -1001,15 +1009,15 @@ static void record_message(struct tb_conn *c, const struct vhu_msg *m, bool with
         char fields[1024] = "";
         if (with_fields)
                 describe(m, fields, sizeof(fields));
-        tb_record(c->srv, "%s flags=0x%x size=%u fds=%u%s", vhu_request_name(m->hdr.request),
-                  m->hdr.flags, m->hdr.size, m->nfds, fields);
+        tb_record(c->srv, "%s flags=0x%x size=%u fds=%u%s", vhu_request_name(m->hdr.request), m->hdr.flags, m->hdr.size,
+                  m->nfds, fields);
 }
 
 /* ---------------------------------------------------------------- raw replies */
 
 /* Sends header, `len` payload bytes (whatever hdr->size claims) and fds. */
-static int send_raw(struct tb_conn *c, const struct vhu_hdr *hdr, const void *payload, size_t len,
-                    const int *fds, unsigned nfds) {
+static int send_raw(struct tb_conn *c, const struct vhu_hdr *hdr, const void *payload, size_t len, const int *fds,
+                    unsigned nfds) {
         size_t total = sizeof(*hdr) + len;
         char *buf = malloc(total);
         if (!buf)
@@ -1074,8 +1082,8 @@ static const struct tb_fault *fault_for(struct tb_conn *c, uint32_t request) {
 }
 
 /* Replies whose body is a status take the refusal there; others come back empty-handed. */
-static void build_nack(const struct vhu_request_info *info, const struct tb_fault *f,
-                       const struct vhu_msg *m, struct vhu_msg *reply) {
+static void build_nack(const struct vhu_request_info *info, const struct tb_fault *f, const struct vhu_msg *m,
+                       struct vhu_msg *reply) {
         uint64_t status = f->has_value ? f->value : 1;
         if (info->reply != VHU_REPLY_ALWAYS) {
                 set_u64(reply, status);
@@ -1392,8 +1400,8 @@ static void read_backend_reply(struct tb_conn *c) {
                 violation(c, "back-end channel: %u fds with a reply", m.nfds);
         vhu_msg_close_fds(&m);
         if (c->npending == 0) {
-                violation(c, "back-end channel: unsolicited message request=%u flags=0x%x size=%u",
-                          m.hdr.request, m.hdr.flags, m.hdr.size);
+                violation(c, "back-end channel: unsolicited message request=%u flags=0x%x size=%u", m.hdr.request,
+                          m.hdr.flags, m.hdr.size);
                 return;
         }
         uint32_t expect = c->pending[0];
@@ -1431,8 +1439,9 @@ static void send_backend_req(struct tb_conn *c, const struct tb_backend_req *b) 
         m.hdr.flags = VHU_VERSION | (b->need_reply ? VHU_FLAG_NEED_REPLY : 0);
         switch (b->request) {
         case VHU_BREQ_IOTLB_MSG:
-                m.payload.iotlb = (struct vhu_iotlb) { .iova = 0x1000, .size = 0x1000, .perm = VHU_ACCESS_RW,
-                                                       .type = VHU_IOTLB_MISS };
+                m.payload.iotlb = (struct vhu_iotlb){
+                        .iova = 0x1000, .size = 0x1000, .perm = VHU_ACCESS_RW, .type = VHU_IOTLB_MISS
+                };
                 m.hdr.size = sizeof(m.payload.iotlb);
                 break;
         case VHU_BREQ_CONFIG_CHANGE_MSG:
@@ -1445,7 +1454,7 @@ static void send_backend_req(struct tb_conn *c, const struct tb_backend_req *b) 
                         tb_record(c->srv, "BACKEND_SKIPPED %s no memfd", name);
                         return;
                 }
-                m.payload.area = (struct vhu_vring_area) { .u64 = b->index, .size = PAGE_SIZE_4K, .offset = 0 };
+                m.payload.area = (struct vhu_vring_area){ .u64 = b->index, .size = PAGE_SIZE_4K, .offset = 0 };
                 m.hdr.size = sizeof(m.payload.area);
                 m.fds[0] = fd;
                 m.nfds = 1;
@@ -1453,7 +1462,7 @@ static void send_backend_req(struct tb_conn *c, const struct tb_backend_req *b) 
         }
         case VHU_BREQ_VRING_CALL:
         case VHU_BREQ_VRING_ERR:
-                m.payload.state = (struct vhu_vring_state) { .index = b->index, .num = 0 };
+                m.payload.state = (struct vhu_vring_state){ .index = b->index, .num = 0 };
                 m.hdr.size = sizeof(m.payload.state);
                 break;
         case VHU_BREQ_SHARED_OBJECT_ADD:
@@ -1622,7 +1631,8 @@ static bool serve_message(struct tb_conn *c) {
                 return false;
         }
         /* flood-channel=1 answers the trigger as usual and floods afterwards. */
-        bool flood_after_reply = fault && fault->kind == TB_FAULT_FLOOD_CHANNEL && fault->has_value && fault->value == 1;
+        bool flood_after_reply = fault && fault->kind == TB_FAULT_FLOOD_CHANNEL && fault->has_value &&
+                                 fault->value == 1;
         if (flood_after_reply)
                 fault = NULL;
         if (fault && withholding_fault(fault->kind)) {

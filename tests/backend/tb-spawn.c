@@ -166,8 +166,8 @@ int tb_run_connect(const struct tb_config *cfg, const char *path, tb_ready_fn re
         r = 0;
         for (unsigned n = 0; cfg->max_connections == 0 || n < cfg->max_connections; n++) {
                 /* The first connection must come within the timeout; reconnections wait longer, as OVS does. */
-                int fd = connect_retry(path, vhu_deadline_after_ms(n == 0 ? cfg->io_timeout_ms
-                                                                          : cfg->reconnect_timeout_ms));
+                int fd = connect_retry(path,
+                                       vhu_deadline_after_ms(n == 0 ? cfg->io_timeout_ms : cfg->reconnect_timeout_ms));
                 if (n == 0)
                         report_ready(ready, userdata, fd < 0 ? fd : 0);
                 if (fd < 0) {

@@ -92,8 +92,8 @@ static void assert_no_violation(const struct fx *f) {
         }
 }
 
-static int send_req(int fd, uint32_t request, uint32_t flags, const void *payload, uint32_t size,
-                    const int *fds, unsigned nfds) {
+static int send_req(int fd, uint32_t request, uint32_t flags, const void *payload, uint32_t size, const int *fds,
+                    unsigned nfds) {
         struct vhu_msg m;
         memset(&m, 0, sizeof(m));
         m.hdr.request = request;
@@ -170,10 +170,11 @@ static int memfd_of(size_t size) {
         return fd;
 }
 
-#define PF_BASIC (VHU_BIT(VHU_PF_MQ) | VHU_BIT(VHU_PF_LOG_SHMFD) | VHU_BIT(VHU_PF_REPLY_ACK) | \
-                  VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIG) | VHU_BIT(VHU_PF_STATUS) | \
-                  VHU_BIT(VHU_PF_CONFIGURE_MEM_SLOTS) | VHU_BIT(VHU_PF_INFLIGHT_SHMFD) | \
-                  VHU_BIT(VHU_PF_CRYPTO_SESSION) | VHU_BIT(VHU_PF_SHARED_OBJECT) | VHU_BIT(VHU_PF_DEVICE_STATE))
+#define PF_BASIC                                                                                                    \
+        (VHU_BIT(VHU_PF_MQ) | VHU_BIT(VHU_PF_LOG_SHMFD) | VHU_BIT(VHU_PF_REPLY_ACK) | VHU_BIT(VHU_PF_BACKEND_REQ) | \
+         VHU_BIT(VHU_PF_CONFIG) | VHU_BIT(VHU_PF_STATUS) | VHU_BIT(VHU_PF_CONFIGURE_MEM_SLOTS) |                    \
+         VHU_BIT(VHU_PF_INFLIGHT_SHMFD) | VHU_BIT(VHU_PF_CRYPTO_SESSION) | VHU_BIT(VHU_PF_SHARED_OBJECT) |          \
+         VHU_BIT(VHU_PF_DEVICE_STATE))
 
 /* ---------------------------------------------------------------- tests */
 
@@ -486,8 +487,10 @@ static void test_violations(void **state) {
 
         /* Memory of 1 MiB at gpa 0 and a log covering only 32 pages (128 KiB), then the same log twice. */
         int mem = memfd_of(1 << 20);
-        struct { uint32_t n, pad; struct vhu_mem_region r; } table = {
-                1, 0, { .guest_phys_addr = 0, .memory_size = 1 << 20, .userspace_addr = 0x7f0000000000 } };
+        struct {
+                uint32_t n, pad;
+                struct vhu_mem_region r;
+        } table = { 1, 0, { .guest_phys_addr = 0, .memory_size = 1 << 20, .userspace_addr = 0x7f0000000000 } };
         assert_int_equal(acked(f.fd, VHU_REQ_SET_MEM_TABLE, &table, sizeof(table), &mem, 1), 0);
         set_u64(f.fd, VHU_REQ_SET_FEATURES, 0, get_u64(f.fd, VHU_REQ_GET_FEATURES));
         int log = memfd_of(4096);
@@ -496,7 +499,9 @@ static void test_violations(void **state) {
         assert_int_equal(send_req(f.fd, VHU_REQ_SET_LOG_BASE, 0, &lb, sizeof(lb), &log, 1), 0);
         expect_reply(f.fd, VHU_REQ_SET_LOG_BASE, 8, &m);
         assert_recorded(&f, "SET_LOG_BASE flags=0x1 size=16 fds=1 mmap_size=0x4 mmap_offset=0x0 seals=0x0");
-        assert_recorded(&f, "VIOLATION SET_LOG_BASE: log of 0x4 bytes covers guest memory up to 0x20000 but region gpa 0x0 ends at 0x100000");
+        assert_recorded(
+                &f,
+                "VIOLATION SET_LOG_BASE: log of 0x4 bytes covers guest memory up to 0x20000 but region gpa 0x0 ends at 0x100000");
         assert_int_equal(send_req(f.fd, VHU_REQ_SET_LOG_BASE, 0, &lb, sizeof(lb), &log, 1), 0);
         expect_reply(f.fd, VHU_REQ_SET_LOG_BASE, 8, &m);
         assert_recorded(&f, "VIOLATION SET_LOG_BASE sent again for the same log");
@@ -516,13 +521,17 @@ static void test_violations(void **state) {
         struct vhu_vring_state en = { .index = 1, .num = 1 };
         assert_int_equal(acked(f.fd, VHU_REQ_SET_VRING_ENABLE, &en, sizeof(en), NULL, 0), 0);
         assert_recorded(&f, "SET_VRING_ENABLE flags=0x9 size=8 fds=0 index=1 num=1\n");
-        assert_recorded(&f, "VIOLATION SET_VRING_ENABLE: ring 1, but SET_FEATURES did not acknowledge PROTOCOL_FEATURES");
+        assert_recorded(&f,
+                        "VIOLATION SET_VRING_ENABLE: ring 1, but SET_FEATURES did not acknowledge PROTOCOL_FEATURES");
         fx_stop(&f);
 }
 
 static void test_log_base_reply(void **state) {
         (void) state;
-        static const struct { unsigned size; bool no_shmfd; } cases[] = { { 0, false }, { 16, false }, { 8, true } };
+        static const struct {
+                unsigned size;
+                bool no_shmfd;
+        } cases[] = { { 0, false }, { 16, false }, { 8, true } };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct tb_config cfg;
                 struct fx f;
@@ -538,7 +547,8 @@ static void test_log_base_reply(void **state) {
                 close(log);
                 if (cases[i].no_shmfd) {
                         assert_true(nothing_arrives(f.fd, 100));
-                        assert_recorded(&f, "VIOLATION SET_LOG_BASE sent but protocol feature LOG_SHMFD was not negotiated");
+                        assert_recorded(
+                                &f, "VIOLATION SET_LOG_BASE sent but protocol feature LOG_SHMFD was not negotiated");
                 } else {
                         expect_reply(f.fd, VHU_REQ_SET_LOG_BASE, cases[i].size, &m);
                         assert_no_violation(&f);
@@ -638,12 +648,21 @@ static void test_mem_table(void **state) {
         negotiate(f.fd, PF_BASIC);
 
         int a = memfd_of(2 << 20), b = memfd_of(4096);
-        struct { uint32_t n, pad; struct vhu_mem_region r[2]; } table = { 2, 0, {
-                { .guest_phys_addr = 0, .memory_size = 1 << 20, .userspace_addr = 0x7f0000000000, .mmap_offset = 1 << 20 },
-                { .guest_phys_addr = 1 << 20, .memory_size = 4096, .userspace_addr = 0x7f1000000000 } } };
+        struct {
+                uint32_t n, pad;
+                struct vhu_mem_region r[2];
+        } table = { 2,
+                    0,
+                    { { .guest_phys_addr = 0,
+                        .memory_size = 1 << 20,
+                        .userspace_addr = 0x7f0000000000,
+                        .mmap_offset = 1 << 20 },
+                      { .guest_phys_addr = 1 << 20, .memory_size = 4096, .userspace_addr = 0x7f1000000000 } } };
         int fds[2] = { a, b };
         assert_int_equal(acked(f.fd, VHU_REQ_SET_MEM_TABLE, &table, sizeof(table), fds, 2), 0);
-        assert_recorded(&f, "SET_MEM_TABLE flags=0x9 size=72 fds=2 nregions=2 gpa0=0x0 size0=0x100000 uaddr0=0x7f0000000000 offset0=0x100000 gpa1=0x100000");
+        assert_recorded(
+                &f,
+                "SET_MEM_TABLE flags=0x9 size=72 fds=2 nregions=2 gpa0=0x0 size0=0x100000 uaddr0=0x7f0000000000 offset0=0x100000 gpa1=0x100000");
         assert_no_violation(&f);
 
         /* A region larger than its fd holds is refused. */
@@ -907,9 +926,10 @@ static void test_fault_truncate_memory(void **state) {
         negotiate(f.fd, PF_BASIC);
         int a = memfd_of(1 << 20), sealed = memfd_of(1 << 20), hot = memfd_of(4096);
         assert_int_equal(fcntl(sealed, F_ADD_SEALS, F_SEAL_SHRINK), 0);
-        struct { uint32_t n, pad; struct vhu_mem_region r[2]; } table = {
-                2, 0, { { .memory_size = 1 << 20 }, { .guest_phys_addr = 1 << 20, .memory_size = 1 << 20 } }
-        };
+        struct {
+                uint32_t n, pad;
+                struct vhu_mem_region r[2];
+        } table = { 2, 0, { { .memory_size = 1 << 20 }, { .guest_phys_addr = 1 << 20, .memory_size = 1 << 20 } } };
         int fds[2] = { a, sealed };
         assert_int_equal(acked(f.fd, VHU_REQ_SET_MEM_TABLE, &table, sizeof(table), fds, 2), 0);
         struct vhu_mem_reg reg = { .region = { .guest_phys_addr = 1 << 30, .memory_size = 4096 } };
@@ -946,7 +966,8 @@ static void test_fault_truncate_memory(void **state) {
         a = memfd_of(1 << 20);
         table.n = 1;
         assert_int_equal(send_req(f.fd, VHU_REQ_SET_MEM_TABLE, VHU_FLAG_NEED_REPLY, &table,
-                                  (uint32_t) (8 + sizeof(table.r[0])), &a, 1), 0);
+                                  (uint32_t) (8 + sizeof(table.r[0])), &a, 1),
+                         0);
         expect_closed(f.fd);
         assert_int_equal(fstat(a, &st), 0);
         assert_int_equal(st.st_size, 0);
@@ -1116,11 +1137,14 @@ static void test_no_fd_leak(void **state) {
         assert_int_equal(pthread_create(&th, NULL, serve_thread, &args), 0);
         int fd = sv[0];
         negotiate(fd, PF_BASIC | VHU_BIT(VHU_PF_INBAND_NOTIFICATIONS) | VHU_BIT(VHU_PF_BACKEND_SEND_FD) |
-                          VHU_BIT(VHU_PF_RESET_DEVICE));
+                              VHU_BIT(VHU_PF_RESET_DEVICE));
 
         /* Everything that carries an fd, some of it twice so that replacements close the old one. */
         int mem = memfd_of(1 << 20), log = memfd_of(8192), log2 = memfd_of(8192), ev = memfd_of(4096);
-        struct { uint32_t n, pad; struct vhu_mem_region r; } table = { 1, 0, { .memory_size = 1 << 20 } };
+        struct {
+                uint32_t n, pad;
+                struct vhu_mem_region r;
+        } table = { 1, 0, { .memory_size = 1 << 20 } };
         for (int i = 0; i < 2; i++)
                 assert_int_equal(acked(fd, VHU_REQ_SET_MEM_TABLE, &table, sizeof(table), &mem, 1), 0);
         struct vhu_log lb = { .mmap_size = 8192 };

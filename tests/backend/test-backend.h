@@ -55,31 +55,31 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define TB_MAX_FAULTS        32
-#define TB_MAX_BACKEND_REQS  16
-#define TB_MAX_MEM_SLOTS     512
+#define TB_MAX_FAULTS       32
+#define TB_MAX_BACKEND_REQS 16
+#define TB_MAX_MEM_SLOTS    512
 
 /* Defaults. */
 /* DPDK 22.11's offer (0xd7c66e7cb) without VIRTIO_NET_F_GUEST_ANNOUNCE. */
-#define TB_DEFAULT_FEATURES            (UINT64_C(0xd7c66e7cb) & ~(UINT64_C(1) << 21))
+#define TB_DEFAULT_FEATURES (UINT64_C(0xd7c66e7cb) & ~(UINT64_C(1) << 21))
 /* Protocol features 0..19 except PAGEFAULT (8) and XEN_MMAP (17). */
-#define TB_DEFAULT_PROTOCOL_FEATURES   (UINT64_C(0xfffff) & ~(UINT64_C(1) << 8) & ~(UINT64_C(1) << 17))
-#define TB_DEFAULT_QUEUES              4u
-#define TB_DEFAULT_MAX_MEM_SLOTS       32u
-#define TB_DEFAULT_LOG_REPLY_SIZE      8u
-#define TB_DEFAULT_IO_TIMEOUT_MS       5000u
+#define TB_DEFAULT_PROTOCOL_FEATURES    (UINT64_C(0xfffff) & ~(UINT64_C(1) << 8) & ~(UINT64_C(1) << 17))
+#define TB_DEFAULT_QUEUES               4u
+#define TB_DEFAULT_MAX_MEM_SLOTS        32u
+#define TB_DEFAULT_LOG_REPLY_SIZE       8u
+#define TB_DEFAULT_IO_TIMEOUT_MS        5000u
 #define TB_DEFAULT_RECONNECT_TIMEOUT_MS 30000u
 
 enum tb_fault_kind {
-        TB_FAULT_CLOSE,          /* close the connection instead of answering */
-        TB_FAULT_BAD_FLAGS,      /* reply flags = value (default 0xd) */
-        TB_FAULT_OVERSIZE,       /* reply payload 8 bytes above the table's maximum */
-        TB_FAULT_UNDERSIZE,      /* reply payload one byte short (4 bytes when it would be empty) */
-        TB_FAULT_WRONG_REQUEST,  /* reply echoes request number `value` (default: the next one) */
-        TB_FAULT_EXTRA_FDS,      /* reply carries `value` (default 1) /dev/null fds beyond what it may */
-        TB_FAULT_NACK,           /* refuse: status `value` (default 1), state left unchanged */
-        TB_FAULT_HANG,           /* read the request, never answer, until the front-end hangs up */
-        TB_FAULT_GARBAGE,        /* reply header with size 0xffffffff */
+        TB_FAULT_CLOSE,         /* close the connection instead of answering */
+        TB_FAULT_BAD_FLAGS,     /* reply flags = value (default 0xd) */
+        TB_FAULT_OVERSIZE,      /* reply payload 8 bytes above the table's maximum */
+        TB_FAULT_UNDERSIZE,     /* reply payload one byte short (4 bytes when it would be empty) */
+        TB_FAULT_WRONG_REQUEST, /* reply echoes request number `value` (default: the next one) */
+        TB_FAULT_EXTRA_FDS,     /* reply carries `value` (default 1) /dev/null fds beyond what it may */
+        TB_FAULT_NACK,          /* refuse: status `value` (default 1), state left unchanged */
+        TB_FAULT_HANG,          /* read the request, never answer, until the front-end hangs up */
+        TB_FAULT_GARBAGE,       /* reply header with size 0xffffffff */
         /*
          * Withhold the reply and stream back-end requests on the back-end
          * channel without NEED_REPLY, as fast as the socket takes them, until
@@ -106,11 +106,11 @@ enum tb_fault_kind {
 };
 
 struct tb_fault {
-        uint32_t request;        /* front-end request number */
+        uint32_t request; /* front-end request number */
         enum tb_fault_kind kind;
-        unsigned nth;            /* fires at this occurrence, counted from 1 (0 = 1) */
+        unsigned nth; /* fires at this occurrence, counted from 1 (0 = 1) */
         bool has_value;
-        uint64_t value;          /* kind-specific, see enum tb_fault_kind */
+        uint64_t value; /* kind-specific, see enum tb_fault_kind */
 };
 
 /* When a back-end request goes out, relative to the trigger request's reply. */
@@ -123,30 +123,30 @@ enum tb_backend_timing {
 };
 
 struct tb_backend_req {
-        uint32_t request;        /* back-end request number; unknown numbers are sent as-is */
+        uint32_t request; /* back-end request number; unknown numbers are sent as-is */
         bool need_reply;
-        uint32_t after;          /* trigger: front-end request; 0 = SET_OWNER */
+        uint32_t after; /* trigger: front-end request; 0 = SET_OWNER */
         enum tb_backend_timing timing;
-        uint32_t index;          /* queue index for VRING_CALL/ERR/HOST_NOTIFIER */
+        uint32_t index; /* queue index for VRING_CALL/ERR/HOST_NOTIFIER */
 };
 
 struct tb_config {
-        uint64_t features;               /* offered */
-        uint64_t protocol_features;      /* offered */
-        unsigned queues;                 /* GET_QUEUE_NUM; rings 0..2*queues-1 are valid */
-        unsigned max_mem_slots;          /* GET_MAX_MEM_SLOTS, at most TB_MAX_MEM_SLOTS */
-        unsigned log_reply_size;         /* SET_LOG_BASE reply: 0, 8 or 16 bytes */
+        uint64_t features;          /* offered */
+        uint64_t protocol_features; /* offered */
+        unsigned queues;            /* GET_QUEUE_NUM; rings 0..2*queues-1 are valid */
+        unsigned max_mem_slots;     /* GET_MAX_MEM_SLOTS, at most TB_MAX_MEM_SLOTS */
+        unsigned log_reply_size;    /* SET_LOG_BASE reply: 0, 8 or 16 bytes */
 
         /* Convenience switches, applied on top of the two offers. */
-        bool no_protocol_features;       /* clears bit 30 and offers no protocol features */
+        bool no_protocol_features; /* clears bit 30 and offers no protocol features */
         bool no_log_shmfd;
         bool no_rarp;
         bool no_reply_ack;
         bool no_mq;
-        bool no_log_all;                 /* clears VHOST_F_LOG_ALL (bit 26) */
+        bool no_log_all; /* clears VHOST_F_LOG_ALL (bit 26) */
 
-        const char *record_path;         /* NULL: no record */
-        bool verbose;                    /* also copy the record to stderr */
+        const char *record_path; /* NULL: no record */
+        bool verbose;            /* also copy the record to stderr */
 
         /* tb_run_listen / tb_run_connect / tb_spawn_*: connections to serve
          * one after another before exiting; 0 = until killed.  Default 1. */

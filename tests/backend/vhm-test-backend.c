@@ -100,10 +100,32 @@ static int parse_id(const char *opt, const char *s, bool group, unsigned long lo
 }
 
 enum {
-        OPT_SOCKET = 256, OPT_CLIENT, OPT_ONCE, OPT_CONNECTIONS, OPT_RECORD, OPT_FAULT, OPT_SEND_BACKEND,
-        OPT_FEATURES, OPT_PROTOCOL_FEATURES, OPT_NO_PROTOCOL_FEATURES, OPT_NO_LOG_SHMFD, OPT_NO_RARP,
-        OPT_NO_REPLY_ACK, OPT_NO_MQ, OPT_NO_LOG_ALL, OPT_QUEUES, OPT_MAX_MEM_SLOTS, OPT_LOG_REPLY_SIZE,
-        OPT_TIMEOUT, OPT_RECONNECT_TIMEOUT, OPT_NO_ACCEPT, OPT_UID, OPT_GID, OPT_FDS_ALWAYS, OPT_VERBOSE, OPT_HELP,
+        OPT_SOCKET = 256,
+        OPT_CLIENT,
+        OPT_ONCE,
+        OPT_CONNECTIONS,
+        OPT_RECORD,
+        OPT_FAULT,
+        OPT_SEND_BACKEND,
+        OPT_FEATURES,
+        OPT_PROTOCOL_FEATURES,
+        OPT_NO_PROTOCOL_FEATURES,
+        OPT_NO_LOG_SHMFD,
+        OPT_NO_RARP,
+        OPT_NO_REPLY_ACK,
+        OPT_NO_MQ,
+        OPT_NO_LOG_ALL,
+        OPT_QUEUES,
+        OPT_MAX_MEM_SLOTS,
+        OPT_LOG_REPLY_SIZE,
+        OPT_TIMEOUT,
+        OPT_RECONNECT_TIMEOUT,
+        OPT_NO_ACCEPT,
+        OPT_UID,
+        OPT_GID,
+        OPT_FDS_ALWAYS,
+        OPT_VERBOSE,
+        OPT_HELP,
 };
 
 static const struct option options[] = {

@@ -37,11 +37,11 @@
 #include "tests/common/real-backends.h"
 #include "daemon/guest/guest.h"
 
-#define MAX_RUNS      1001
-#define MAX_REQUESTS  1000000
-#define BLOCK         500u          /* requests per interleaved block */
-#define MSG_BYTES     20u           /* 12-byte header + 8-byte payload */
-#define WARMUP_RUNS   3u
+#define MAX_RUNS     1001
+#define MAX_REQUESTS 1000000
+#define BLOCK        500u /* requests per interleaved block */
+#define MSG_BYTES    20u  /* 12-byte header + 8-byte payload */
+#define WARMUP_RUNS  3u
 
 static int cmp_u64(const void *a, const void *b) {
         uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
@@ -101,7 +101,9 @@ static void rig_init(struct rig *r, unsigned nqp) {
 
 static void device_new(struct rig *r, const char *socket) {
         struct vhm_device_config cfg = {
-                .socket = socket, .features = vhm_guest_driver_features(), .queue_pairs = r->nqp,
+                .socket = socket,
+                .features = vhm_guest_driver_features(),
+                .queue_pairs = r->nqp,
         };
         int e = guest_device_new(r->vm, r->g, &cfg, &r->dev, NULL);
         if (e < 0)
@@ -195,7 +197,10 @@ struct rtt_result {
         uint64_t enable_med, enable_p90, num_med, num_p90, raw_med, raw_p90;
 };
 
-enum request_kind { REQ_ENABLE, REQ_NUM };
+enum request_kind {
+        REQ_ENABLE,
+        REQ_NUM
+};
 
 /*
  * n requests of one kind and n raw round trips, in interleaved blocks;
@@ -324,8 +329,8 @@ int main(int argc, char **argv) {
         printf("Device start: vhm_device_connect (connect + negotiation) through vhm_device_start returning\n");
         printf("%-12s %14s %14s %12s %12s\n", "queue pairs", "connect (ms)", "total (ms)", "min (ms)", "max (ms)");
         for (unsigned i = 0; i < 2; i++)
-                printf("%-12u %14.3f %14.3f %12.3f %12.3f\n", st[i].nqp, st[i].connect_med / 1e6,
-                       st[i].total_med / 1e6, st[i].total_min / 1e6, st[i].total_max / 1e6);
+                printf("%-12u %14.3f %14.3f %12.3f %12.3f\n", st[i].nqp, st[i].connect_med / 1e6, st[i].total_med / 1e6,
+                       st[i].total_min / 1e6, st[i].total_max / 1e6);
         printf("(medians of %d runs; 4 vs 1 queue pairs: %.2fx)\n\n", runs,
                (double) st[1].total_med / (double) st[0].total_med);
 

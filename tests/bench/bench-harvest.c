@@ -32,41 +32,47 @@
 
 #include "log/dirty-log.h"
 
-#define GiB (UINT64_C(1) << 30)
+#define GiB      (UINT64_C(1) << 30)
 #define MAX_RUNS 101
 
-enum method { M_PLAIN, M_QEMU, M_VHM, M_QEMU_INLINE, M_XCHG, M_CAS16, M_RTM, M_COUNT };
+enum method {
+        M_PLAIN,
+        M_QEMU,
+        M_VHM,
+        M_QEMU_INLINE,
+        M_XCHG,
+        M_CAS16,
+        M_RTM,
+        M_COUNT
+};
 static const char *const method_name[M_COUNT] = {
-        "plain read", "qemu-shaped", "vhm_log_harvest", "qemu-shaped inline", "vhm xchg",
-        "vhm cas16", "vhm rtm",
+        "plain read", "qemu-shaped", "vhm_log_harvest", "qemu-shaped inline", "vhm xchg", "vhm cas16", "vhm rtm",
 };
 #define MAIN_METHODS ((1u << M_PLAIN) | (1u << M_QEMU) | (1u << M_VHM))
 
 struct setup {
         uint64_t top;
         struct vhm_log *log;
-        uint64_t *mem;      /* the backend's mapping of the log */
+        uint64_t *mem; /* the backend's mapping of the log */
         uint64_t nwords;
         uint64_t bytes;
         struct vhm_bitmap *bm;
-        uint64_t *pattern;  /* what the backend "wrote" */
+        uint64_t *pattern; /* what the backend "wrote" */
         uint64_t pattern_bits;
-        uint64_t *bm_words;  /* plain bitmap words for the inline baseline */
+        uint64_t *bm_words; /* plain bitmap words for the inline baseline */
         enum vhm_log_harvest_impl auto_impl;
 };
 
-static uint64_t now_ns(void)
-{
+static uint64_t now_ns(void) {
         struct timespec ts;
 
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
 
-static uint64_t rng_next(void)
-{
+static uint64_t rng_next(void) {
         uint64_t x = rng_state;
 
         x ^= x >> 12;
@@ -78,8 +84,7 @@ static uint64_t rng_next(void)
 
 /* Fill with each bit set with probability ppm / 1e6 (exact for 0 and 1e6;
  * for sparse densities, by drawing the gaps between set bits). */
-static uint64_t fill_pattern(uint64_t *p, uint64_t nwords, uint32_t ppm)
-{
+static uint64_t fill_pattern(uint64_t *p, uint64_t nwords, uint32_t ppm) {
         uint64_t nbits = nwords * 64, bits = 0;
 
         if (ppm >= 1000000) {
@@ -99,7 +104,7 @@ static uint64_t fill_pattern(uint64_t *p, uint64_t nwords, uint32_t ppm)
                 return bits;
         }
         /* sparse: uniform gaps with mean 1e6 / ppm */
-        for (uint64_t i = rng_next() % (2000000 / ppm);; ) {
+        for (uint64_t i = rng_next() % (2000000 / ppm);;) {
                 if (i >= nbits)
                         break;
                 p[i / 64] |= UINT64_C(1) << (i % 64);
@@ -109,8 +114,7 @@ static uint64_t fill_pattern(uint64_t *p, uint64_t nwords, uint32_t ppm)
         return bits;
 }
 
-static int setup_new(struct setup *s, uint64_t guest_bytes)
-{
+static int setup_new(struct setup *s, uint64_t guest_bytes) {
         int r;
         void *m;
 
@@ -136,8 +140,7 @@ static int setup_new(struct setup *s, uint64_t guest_bytes)
         return 0;
 }
 
-static void setup_free(struct setup *s)
-{
+static void setup_free(struct setup *s) {
         free(s->pattern);
         free(s->bm_words);
         vhm_bitmap_free(s->bm);
@@ -153,8 +156,7 @@ typedef uint64_t v2u64 __attribute__((vector_size(16)));
 static volatile uint64_t sink;
 
 /* Plain read: sum every word, 4 x 16-byte accumulators (SSE2 on x86-64). */
-static void run_plain(struct setup *s)
-{
+static void run_plain(struct setup *s) {
         const uint64_t *p = s->mem;
         v2u64 a0 = { 0, 0 }, a1 = a0, a2 = a0, a3 = a0;
         uint64_t i = 0, sum;
@@ -180,8 +182,7 @@ static void run_plain(struct setup *s)
 
 /* QEMU-shaped: skip zero words, exchange non-zero ones, then one call per
  * set bit to mark that page in the migration bitmap. */
-static void run_qemu(struct setup *s)
-{
+static void run_qemu(struct setup *s) {
         uint64_t *p = s->mem;
 
         for (uint64_t i = 0; i < s->nwords; i++) {
@@ -191,7 +192,7 @@ static void run_qemu(struct setup *s)
                         continue;
                 v = __atomic_exchange_n(&p[i], 0, __ATOMIC_ACQ_REL);
                 while (v) {
-                        unsigned int bit = (unsigned int)__builtin_ctzll(v);
+                        unsigned int bit = (unsigned int) __builtin_ctzll(v);
 
                         v &= v - 1;
                         vhm_bitmap_set(s->bm, i * 64 + bit);
@@ -201,8 +202,7 @@ static void run_qemu(struct setup *s)
 
 /* The same, with the per-page bitmap update inlined into the loop (a
  * stricter baseline than QEMU, whose per-page call does far more). */
-static void run_qemu_inline(struct setup *s)
-{
+static void run_qemu_inline(struct setup *s) {
         uint64_t *p = s->mem;
         uint64_t *bm = s->bm_words;
 
@@ -213,7 +213,7 @@ static void run_qemu_inline(struct setup *s)
                         continue;
                 v = __atomic_exchange_n(&p[i], 0, __ATOMIC_ACQ_REL);
                 while (v) {
-                        uint64_t page = i * 64 + (unsigned int)__builtin_ctzll(v);
+                        uint64_t page = i * 64 + (unsigned int) __builtin_ctzll(v);
 
                         v &= v - 1;
                         bm[page / 64] |= UINT64_C(1) << (page % 64);
@@ -221,31 +221,26 @@ static void run_qemu_inline(struct setup *s)
         }
 }
 
-static void harvest_with(struct setup *s, enum vhm_log_harvest_impl impl)
-{
+static void harvest_with(struct setup *s, enum vhm_log_harvest_impl impl) {
         uint64_t n;
 
         if (vhm_log_set_harvest_impl(s->log, impl) < 0 || vhm_log_harvest(s->log, s->bm, &n) < 0)
                 abort();
 }
 
-static void run_vhm(struct setup *s)
-{
+static void run_vhm(struct setup *s) {
         harvest_with(s, s->auto_impl);
 }
 
-static void run_xchg(struct setup *s)
-{
+static void run_xchg(struct setup *s) {
         harvest_with(s, VHM_LOG_HARVEST_XCHG);
 }
 
-static void run_cas16(struct setup *s)
-{
+static void run_cas16(struct setup *s) {
         harvest_with(s, VHM_LOG_HARVEST_CAS16);
 }
 
-static void run_rtm(struct setup *s)
-{
+static void run_rtm(struct setup *s) {
         harvest_with(s, VHM_LOG_HARVEST_RTM);
 }
 
@@ -254,8 +249,7 @@ static void (*const method_fn[M_COUNT])(struct setup *) = {
 };
 
 /* Which of the per-implementation methods this CPU supports. */
-static unsigned int impl_methods(struct setup *s)
-{
+static unsigned int impl_methods(struct setup *s) {
         unsigned int mask = (1u << M_QEMU_INLINE) | (1u << M_XCHG);
 
         if (vhm_log_set_harvest_impl(s->log, VHM_LOG_HARVEST_CAS16) == 0)
@@ -268,8 +262,7 @@ static unsigned int impl_methods(struct setup *s)
 
 /* Untimed, before every run: the backend's pattern back into the log and
  * the method's bitmap cleared (the same amount of memory for every method). */
-static void reset(struct setup *s, int m)
-{
+static void reset(struct setup *s, int m) {
         memcpy(s->mem, s->pattern, s->bytes);
         if (m == M_QEMU_INLINE)
                 memset(s->bm_words, 0, s->nwords * sizeof(uint64_t));
@@ -277,35 +270,31 @@ static void reset(struct setup *s, int m)
                 vhm_bitmap_clear_all(s->bm);
 }
 
-static uint64_t harvested_bits(struct setup *s, int m)
-{
+static uint64_t harvested_bits(struct setup *s, int m) {
         uint64_t n = 0;
 
         if (m != M_QEMU_INLINE)
                 return vhm_bitmap_count(s->bm);
         for (uint64_t i = 0; i < s->nwords; i++)
-                n += (uint64_t)__builtin_popcountll(s->bm_words[i]);
+                n += (uint64_t) __builtin_popcountll(s->bm_words[i]);
         return n;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+static int cmp_u64(const void *a, const void *b) {
+        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
 
         return x < y ? -1 : x > y;
 }
 
-static double median_ms(uint64_t *ns, int n)
-{
-        qsort(ns, (size_t)n, sizeof(ns[0]), cmp_u64);
+static double median_ms(uint64_t *ns, int n) {
+        qsort(ns, (size_t) n, sizeof(ns[0]), cmp_u64);
         if (n % 2)
-                return (double)ns[n / 2] / 1e6;
-        return ((double)ns[n / 2 - 1] + (double)ns[n / 2]) / 2e6;
+                return (double) ns[n / 2] / 1e6;
+        return ((double) ns[n / 2 - 1] + (double) ns[n / 2]) / 2e6;
 }
 
 /* Median time of every method in mask over runs runs, interleaved. */
-static void measure(struct setup *s, unsigned int mask, int runs, double med[M_COUNT])
-{
+static void measure(struct setup *s, unsigned int mask, int runs, double med[M_COUNT]) {
         static uint64_t t[M_COUNT][MAX_RUNS];
 
         /* warm-up: first-touch faults of both mappings and the bitmap */
@@ -315,8 +304,8 @@ static void measure(struct setup *s, unsigned int mask, int runs, double med[M_C
                 reset(s, m);
                 method_fn[m](s);
                 if (m != M_PLAIN && harvested_bits(s, m) != s->pattern_bits) {
-                        fprintf(stderr, "%s harvested %" PRIu64 " pages, %" PRIu64 " were dirty\n",
-                                method_name[m], harvested_bits(s, m), s->pattern_bits);
+                        fprintf(stderr, "%s harvested %" PRIu64 " pages, %" PRIu64 " were dirty\n", method_name[m],
+                                harvested_bits(s, m), s->pattern_bits);
                         exit(1);
                 }
         }
@@ -336,13 +325,11 @@ static void measure(struct setup *s, unsigned int mask, int runs, double med[M_C
                 med[m] = (mask & (1u << m)) ? median_ms(t[m], runs) : 0;
 }
 
-static double gbps(uint64_t bytes, double ms)
-{
-        return ms > 0 ? (double)bytes / (ms * 1e6) : 0;
+static double gbps(uint64_t bytes, double ms) {
+        return ms > 0 ? (double) bytes / (ms * 1e6) : 0;
 }
 
-static void print_machine(void)
-{
+static void print_machine(void) {
         FILE *f = fopen("/proc/cpuinfo", "re");
         char line[256];
 
@@ -360,8 +347,7 @@ static void print_machine(void)
         printf("online cpus: %ld, compiler: %s\n", sysconf(_SC_NPROCESSORS_ONLN), __VERSION__);
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
         static const uint32_t densities[] = { 0, 1000, 100000, 1000000 };
         static const char *const density_name[] = { "0%", "0.1%", "10%", "100%" };
         static const uint64_t sweep[] = { 1, 16, 256, 1024 };
@@ -397,19 +383,17 @@ int main(int argc, char **argv)
         }
         impls = impl_methods(&s);
         printf("1 TiB guest: %" PRIu64 " pages, log %" PRIu64 " MiB; vhm_log_harvest uses %s"
-               " (auto)\n\n", vhm_log_npages(s.log), s.bytes >> 20,
-               vhm_log_harvest_impl_name(s.auto_impl));
-        printf("%-6s %10s %10s %10s | %8s %8s %8s | %13s %13s\n", "dirty", "plain ms",
-               "qemu ms", "vhm ms", "plain", "qemu", "vhm", "vhm/plain", "qemu/vhm");
-        printf("%-6s %10s %10s %10s | %8s %8s %8s | %13s %13s\n", "", "", "", "", "GB/s", "GB/s",
-               "GB/s", "", "");
+               " (auto)\n\n",
+               vhm_log_npages(s.log), s.bytes >> 20, vhm_log_harvest_impl_name(s.auto_impl));
+        printf("%-6s %10s %10s %10s | %8s %8s %8s | %13s %13s\n", "dirty", "plain ms", "qemu ms", "vhm ms", "plain",
+               "qemu", "vhm", "vhm/plain", "qemu/vhm");
+        printf("%-6s %10s %10s %10s | %8s %8s %8s | %13s %13s\n", "", "", "", "", "GB/s", "GB/s", "GB/s", "", "");
         for (size_t d = 0; d < sizeof(densities) / sizeof(densities[0]); d++) {
                 s.pattern_bits = fill_pattern(s.pattern, s.nwords, densities[d]);
                 measure(&s, MAIN_METHODS | impls, runs, med[d]);
-                printf("%-6s %10.3f %10.3f %10.3f | %8.2f %8.2f %8.2f | %12.2fx %12.1fx\n",
-                       density_name[d], med[d][M_PLAIN], med[d][M_QEMU], med[d][M_VHM],
-                       gbps(s.bytes, med[d][M_PLAIN]), gbps(s.bytes, med[d][M_QEMU]),
-                       gbps(s.bytes, med[d][M_VHM]), med[d][M_VHM] / med[d][M_PLAIN],
+                printf("%-6s %10.3f %10.3f %10.3f | %8.2f %8.2f %8.2f | %12.2fx %12.1fx\n", density_name[d],
+                       med[d][M_PLAIN], med[d][M_QEMU], med[d][M_VHM], gbps(s.bytes, med[d][M_PLAIN]),
+                       gbps(s.bytes, med[d][M_QEMU]), gbps(s.bytes, med[d][M_VHM]), med[d][M_VHM] / med[d][M_PLAIN],
                        med[d][M_QEMU] / med[d][M_VHM]);
                 fflush(stdout);
         }
@@ -419,9 +403,9 @@ int main(int argc, char **argv)
                 vhm_log_get_stats(s.log, &st);
                 if (st.tx_commits + st.tx_aborts)
                         printf("rtm: %" PRIu64 " chunks by transaction, %" PRIu64
-                               " redone with xchg after an abort (%.3f%%)\n", st.tx_commits,
-                               st.tx_aborts, 100.0 * (double)st.tx_aborts /
-                               (double)(st.tx_commits + st.tx_aborts));
+                               " redone with xchg after an abort (%.3f%%)\n",
+                               st.tx_commits, st.tx_aborts,
+                               100.0 * (double) st.tx_aborts / (double) (st.tx_commits + st.tx_aborts));
         }
         setup_free(&s);
 
@@ -442,12 +426,10 @@ int main(int argc, char **argv)
         printf("\ntargets: empty log vhm/plain <= 2.0: %.2fx %s; full log qemu/vhm >= 20: %.1fx %s\n",
                med[0][M_VHM] / med[0][M_PLAIN], med[0][M_VHM] / med[0][M_PLAIN] <= 2.0 ? "MET" : "MISSED",
                med[3][M_QEMU] / med[3][M_VHM], med[3][M_QEMU] / med[3][M_VHM] >= 20.0 ? "MET" : "MISSED");
-        printf("         (full log, against the inline-set baseline: %.1fx)\n",
-               med[3][M_QEMU_INLINE] / med[3][M_VHM]);
+        printf("         (full log, against the inline-set baseline: %.1fx)\n", med[3][M_QEMU_INLINE] / med[3][M_VHM]);
 
         printf("\nguest size sweep at 0.1%% dirty:\n");
-        printf("%-8s %10s %10s %10s %10s %10s\n", "guest", "log", "plain ms", "qemu ms", "vhm ms",
-               "vhm GB/s");
+        printf("%-8s %10s %10s %10s %10s %10s\n", "guest", "log", "plain ms", "qemu ms", "vhm ms", "vhm GB/s");
         for (size_t g = 0; g < sizeof(sweep) / sizeof(sweep[0]); g++) {
                 double m[M_COUNT];
                 char logsz[32];
@@ -463,8 +445,8 @@ int main(int argc, char **argv)
                         snprintf(logsz, sizeof(logsz), "%" PRIu64 " MiB", s.bytes >> 20);
                 else
                         snprintf(logsz, sizeof(logsz), "%" PRIu64 " KiB", s.bytes >> 10);
-                printf("%4" PRIu64 " GiB %10s %10.4f %10.4f %10.4f %10.2f\n", sweep[g], logsz,
-                       m[M_PLAIN], m[M_QEMU], m[M_VHM], gbps(s.bytes, m[M_VHM]));
+                printf("%4" PRIu64 " GiB %10s %10.4f %10.4f %10.4f %10.2f\n", sweep[g], logsz, m[M_PLAIN], m[M_QEMU],
+                       m[M_VHM], gbps(s.bytes, m[M_VHM]));
                 setup_free(&s);
         }
         return 0;

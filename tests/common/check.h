@@ -26,16 +26,17 @@
 #include "daemon/guest/guest.h"
 
 /* `call` returns 0 or more, or fails the test with what went wrong and why. */
-#define CHECK_WITH(error, call) do { \
-                int r_ = (call); \
-                if (r_ < 0) \
+#define CHECK_WITH(error, call)                                                        \
+        do {                                                                           \
+                int r_ = (call);                                                       \
+                if (r_ < 0)                                                            \
                         fail_msg("%s failed: %s (%s)", #call, (error), strerror(-r_)); \
         } while (0)
 
-#define DEV_CHECK(dev, call)  CHECK_WITH(vhm_device_error(dev), call)      /* struct vhm_device */
-#define LOG_CHECK(lg, call)   CHECK_WITH(vhm_logging_error(lg), call)      /* struct vhm_logging */
-#define CONN_CHECK(c, call)   CHECK_WITH(vhu_conn_error(c), call)          /* struct vhu_conn */
-#define GD_CHECK(call)        CHECK_WITH(guest_device_error(), call)       /* tests/common/guest-device.h */
+#define DEV_CHECK(dev, call) CHECK_WITH(vhm_device_error(dev), call) /* struct vhm_device */
+#define LOG_CHECK(lg, call)  CHECK_WITH(vhm_logging_error(lg), call) /* struct vhm_logging */
+#define CONN_CHECK(c, call)  CHECK_WITH(vhu_conn_error(c), call)     /* struct vhu_conn */
+#define GD_CHECK(call)       CHECK_WITH(guest_device_error(), call)  /* tests/common/guest-device.h */
 
 /*
  * A test back-end that served every connection it was configured for exits

@@ -9,8 +9,7 @@
 static _Thread_local char error[256];
 
 /* Remembers why `r` (a call's return, not 0) failed; a negative errno to return. */
-__attribute__((format(printf, 2, 3)))
-static int failed(int r, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static int failed(int r, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(error, sizeof(error), fmt, ap);
@@ -32,7 +31,9 @@ int guest_vm_new(const char *name, const struct vhm_guest_config *gc, struct vhm
         if (r != 0)
                 return failed(r, "vhm_vm_new(%s) returned %d", name, r);
         struct vhm_region_spec region = {
-                .fd = vhm_guest_mem_fd(*g), .guest_phys_addr = 0, .size = vhm_guest_mem_size(*g),
+                .fd = vhm_guest_mem_fd(*g),
+                .guest_phys_addr = 0,
+                .size = vhm_guest_mem_size(*g),
         };
         r = vhm_vm_add_region(*vm, &region);
         if (r != 0)
@@ -54,8 +55,12 @@ int guest_device_new(struct vhm_vm *vm, struct vhm_guest *g, const struct vhm_de
                 if (r != 0)
                         return failed(r, "vhm_guest_queue_layout(%u) returned %d", q, r);
                 struct vhm_queue_spec spec = {
-                        .size = l.num, .desc_gpa = l.desc_gpa, .avail_gpa = l.avail_gpa, .used_gpa = l.used_gpa,
-                        .kick_fd = l.kick_fd, .call_fd = l.call_fd,
+                        .size = l.num,
+                        .desc_gpa = l.desc_gpa,
+                        .avail_gpa = l.avail_gpa,
+                        .used_gpa = l.used_gpa,
+                        .kick_fd = l.kick_fd,
+                        .call_fd = l.call_fd,
                 };
                 r = vhm_device_set_queue(*dev, q, &spec);
                 if (r < 0)

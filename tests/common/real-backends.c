@@ -130,8 +130,7 @@ int start_testpmd_at(struct real_backend *b, const char *dir, unsigned queues, u
                 }
         }
         char vdev[256], rxq[32], txq[32];
-        snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=%u%s", b->socket, queues,
-                 client ? ",client=1" : "");
+        snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=%u%s", b->socket, queues, client ? ",client=1" : "");
         /* The file prefix keeps concurrent testpmd instances' runtime files apart. */
         snprintf(b->dpdk_prefix, sizeof(b->dpdk_prefix), "vhostmig%d", (int) getpid());
         snprintf(rxq, sizeof(rxq), "--rxq=%u", queues);
@@ -140,19 +139,35 @@ int start_testpmd_at(struct real_backend *b, const char *dir, unsigned queues, u
         unsigned n = 0;
 #define ARG(x) argv[n++] = (char *) (x)
         /* Line-buffered output, so the log shows when forwarding has started. */
-        ARG("/usr/bin/stdbuf"); ARG("-oL");
-        ARG(TESTPMD_BIN); ARG("--no-huge"); ARG("-m"); ARG("1024"); ARG("--no-pci");
-        ARG("--file-prefix"); ARG(b->dpdk_prefix); ARG("--vdev"); ARG(vdev);
+        ARG("/usr/bin/stdbuf");
+        ARG("-oL");
+        ARG(TESTPMD_BIN);
+        ARG("--no-huge");
+        ARG("-m");
+        ARG("1024");
+        ARG("--no-pci");
+        ARG("--file-prefix");
+        ARG(b->dpdk_prefix);
+        ARG("--vdev");
+        ARG(vdev);
         if (flags & TESTPMD_NULL_PORT) {
                 /* io forwarding between the vhost port and a null port: a receive-ring flood. */
-                ARG("--vdev"); ARG("net_null0"); ARG("--");
-                ARG("--forward-mode=io"); ARG("--port-topology=paired");
+                ARG("--vdev");
+                ARG("net_null0");
+                ARG("--");
+                ARG("--forward-mode=io");
+                ARG("--port-topology=paired");
         } else {
                 /* macswap on one looped port: every frame comes back to its sender. */
                 ARG("--");
-                ARG("--forward-mode=macswap"); ARG("--port-topology=loop");
+                ARG("--forward-mode=macswap");
+                ARG("--port-topology=loop");
         }
-        ARG("--no-mlockall"); ARG("--total-num-mbufs=8192"); ARG(rxq); ARG(txq); ARG("-a");
+        ARG("--no-mlockall");
+        ARG("--total-num-mbufs=8192");
+        ARG(rxq);
+        ARG(txq);
+        ARG("-a");
         ARG(NULL);
 #undef ARG
         r = spawn(b, argv);

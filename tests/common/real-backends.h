@@ -12,20 +12,20 @@
 /* Filled by start_*(); real_backend_init() for one not started yet. */
 struct real_backend {
         pid_t pid;
-        int stdin_fd;           /* testpmd exits when its stdin reaches EOF: we hold it open */
-        char dir[64];           /* private directory for the socket and logs */
+        int stdin_fd; /* testpmd exits when its stdin reaches EOF: we hold it open */
+        char dir[64]; /* private directory for the socket and logs */
         char socket[128];
         char log[128];
-        char dpdk_prefix[32];   /* testpmd's runtime directory under /var/run/dpdk */
-        int listen_fd;          /* client-mode testpmd: the socket we listen on, or -1 */
+        char dpdk_prefix[32]; /* testpmd's runtime directory under /var/run/dpdk */
+        int listen_fd;        /* client-mode testpmd: the socket we listen on, or -1 */
 };
 
 enum testpmd_flags {
-        TESTPMD_NULL_PORT = 1 << 0,   /* a net_null second port floods the guest's receive rings */
-        TESTPMD_CLIENT = 1 << 1,      /* testpmd connects to us (b->listen_fd), like OVS dpdkvhostuserclient */
+        TESTPMD_NULL_PORT = 1 << 0, /* a net_null second port floods the guest's receive rings */
+        TESTPMD_CLIENT = 1 << 1,    /* testpmd connects to us (b->listen_fd), like OVS dpdkvhostuserclient */
 };
 
-#define TESTPMD_BIN "/usr/bin/dpdk-testpmd"
+#define TESTPMD_BIN   "/usr/bin/dpdk-testpmd"
 #define VIRTIOFSD_BIN "/usr/lib/qemu/virtiofsd"
 
 /* Nothing running, nothing to remove: stop_backend() on it is a no-op. */

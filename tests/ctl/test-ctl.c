@@ -39,14 +39,14 @@
 #include "tests/common/clock.h"
 #include "tests/backend/test-backend.h"
 
-#define NOBODY     65534
-#define MEM_SIZE   (2u << 20)
-#define RUN_MS     30000u
+#define NOBODY   65534
+#define MEM_SIZE (2u << 20)
+#define RUN_MS   30000u
 
 /* ---- processes ------------------------------------------------------------------------ */
 
 struct run {
-        int status;                /* exit status, or 128 + signal */
+        int status; /* exit status, or 128 + signal */
         char out[65536];
         char err[8192];
 };
@@ -60,9 +60,9 @@ static struct {
         char dir[64];
         char config[128];
         char daemon_log[128];
-        char mem[128];             /* guest memory: a tmpfs file */
-        char socket[128];          /* test back-ends listen here, one device each (they serve */
-        char socket2[128];         /* one connection at a time) */
+        char mem[128];     /* guest memory: a tmpfs file */
+        char socket[128];  /* test back-ends listen here, one device each (they serve */
+        char socket2[128]; /* one connection at a time) */
         pid_t backend, backend2;
 } env;
 
@@ -141,7 +141,7 @@ static struct run *run_as(uid_t uid, const char *const *args) {
         return r;
 }
 
-#define ARGS(...) ((const char *const[]) { __VA_ARGS__, NULL })
+#define ARGS(...) ((const char *const[]){ __VA_ARGS__, NULL })
 
 /* Runs and checks the exit status; the caller frees. */
 static struct run *expect_as(uid_t uid, int status, const char *const *args) {
@@ -150,8 +150,8 @@ static struct run *expect_as(uid_t uid, int status, const char *const *args) {
                 char cmd[512] = "";
                 for (unsigned i = 0; args[i]; i++)
                         snprintf(cmd + strlen(cmd), sizeof(cmd) - strlen(cmd), " %s", args[i]);
-                fail_msg("vhostmigctl%s: exit status %d, expected %d\nstdout: %s\nstderr: %s", cmd, r->status,
-                         status, r->out, r->err);
+                fail_msg("vhostmigctl%s: exit status %d, expected %d\nstdout: %s\nstderr: %s", cmd, r->status, status,
+                         r->out, r->err);
         }
         return r;
 }
@@ -347,7 +347,8 @@ static int group_setup_daemon(void **state) {
         tb_config_init(&cfg);
         cfg.queues = 8;
         cfg.max_connections = 0;
-        if (tb_spawn_listen(&cfg, env.socket, &env.backend) < 0 || tb_spawn_listen(&cfg, env.socket2, &env.backend2) < 0)
+        if (tb_spawn_listen(&cfg, env.socket, &env.backend) < 0 ||
+            tb_spawn_listen(&cfg, env.socket2, &env.backend2) < 0)
                 return -1;
         if (bus_start() < 0)
                 return -1;
@@ -382,13 +383,24 @@ static int group_teardown(void **state) {
 static void test_usage_errors(void **state) {
         (void) state;
         const char *const *cases[] = {
-                ARGS("nosuchverb"), ARGS("vm"), ARGS("vm", "nosuch"), ARGS("status", "extra"),
-                ARGS("status", "--bogus"), ARGS("--bogus", "status"), ARGS("-x"), ARGS("show"),
-                ARGS("show", "bad/name"), ARGS("vm", "create", "vm0"), ARGS("probe"),
-                ARGS("probe", "/x", "--timeout", "0"), ARGS("probe", "/x", "--timeout"),
-                ARGS("device", "remove", "vm0", "x"), ARGS("device", "add", "vm0", "/x", "--mac", "-1:-2:-3:-4:-5:-6",
-                                                        "--eventfds", "--queue", "256:0:0x1000:0x2000"),
-                ARGS("device", "add", "vm0", "/x", "--queue-pairs", "9"), ARGS("help", "nosuch"),
+                ARGS("nosuchverb"),
+                ARGS("vm"),
+                ARGS("vm", "nosuch"),
+                ARGS("status", "extra"),
+                ARGS("status", "--bogus"),
+                ARGS("--bogus", "status"),
+                ARGS("-x"),
+                ARGS("show"),
+                ARGS("show", "bad/name"),
+                ARGS("vm", "create", "vm0"),
+                ARGS("probe"),
+                ARGS("probe", "/x", "--timeout", "0"),
+                ARGS("probe", "/x", "--timeout"),
+                ARGS("device", "remove", "vm0", "x"),
+                ARGS("device", "add", "vm0", "/x", "--mac", "-1:-2:-3:-4:-5:-6", "--eventfds", "--queue",
+                     "256:0:0x1000:0x2000"),
+                ARGS("device", "add", "vm0", "/x", "--queue-pairs", "9"),
+                ARGS("help", "nosuch"),
                 ARGS("--bus-address", "nocolon", "status"),
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -429,8 +441,13 @@ static void test_not_running(void **state) {
         json_object_put(j);
 
         const char *const *cases[] = {
-                ARGS("list"), ARGS("show", "vm0"), ARGS("vm", "destroy", "vm0"), ARGS("logging", "start", "vm0"),
-                ARGS("logging", "harvest", "vm0"), ARGS("announce", "vm0"), ARGS("reconnect", "vm0", "0"),
+                ARGS("list"),
+                ARGS("show", "vm0"),
+                ARGS("vm", "destroy", "vm0"),
+                ARGS("logging", "start", "vm0"),
+                ARGS("logging", "harvest", "vm0"),
+                ARGS("announce", "vm0"),
+                ARGS("reconnect", "vm0", "0"),
                 ARGS("device", "remove", "vm0", "0"),
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -443,7 +460,7 @@ static void test_not_running(void **state) {
 static void test_host(void **state) {
         (void) state;
         bool up = env.bus_up;
-        env.bus_up = false;         /* no --bus-address */
+        env.bus_up = false; /* no --bus-address */
         struct run *r = expect(1, "-H", "nobody@vhostmig-test.invalid", "status");
         assert_error(r, "vhostmig-test.invalid");
         free(r);
@@ -539,10 +556,10 @@ static void test_vm_lifecycle(void **state) {
         assert_field_true(j, "added");
         json_object_put(j);
         j = expect_json(0, json_type_object, "device", "add", "vm0", env.socket2, "--eventfds", "--queue-pairs", "8",
-                        "--queue", QUEUE(1), "--queue", QUEUE(2), "--queue", QUEUE(3), "--queue", QUEUE(4),
-                        "--queue", QUEUE(5), "--queue", QUEUE(6), "--queue", QUEUE(7), "--queue", QUEUE(8),
-                        "--queue", QUEUE(9), "--queue", QUEUE(a), "--queue", QUEUE(b), "--queue", QUEUE(c),
-                        "--queue", QUEUE(d), "--queue", QUEUE(e), "--queue", QUEUE(f), "--queue", QUEUE(10));
+                        "--queue", QUEUE(1), "--queue", QUEUE(2), "--queue", QUEUE(3), "--queue", QUEUE(4), "--queue",
+                        QUEUE(5), "--queue", QUEUE(6), "--queue", QUEUE(7), "--queue", QUEUE(8), "--queue", QUEUE(9),
+                        "--queue", QUEUE(a), "--queue", QUEUE(b), "--queue", QUEUE(c), "--queue", QUEUE(d), "--queue",
+                        QUEUE(e), "--queue", QUEUE(f), "--queue", QUEUE(10));
         assert_field_int(j, "device", 1);
         assert_field_int(j, "queue_pairs", 8);
         json_object_put(j);
@@ -592,7 +609,7 @@ static void test_vm_lifecycle(void **state) {
         assert_false(json_object_get_boolean(field(j, "logging", json_type_boolean)));
         json_object_put(j);
         j = expect_json(0, json_type_object, "announce", "vm0");
-        assert_field_int(j, "sent", 1);     /* device 1 has no MAC: skipped */
+        assert_field_int(j, "sent", 1); /* device 1 has no MAC: skipped */
         json_object_put(j);
         j = expect_json(0, json_type_object, "reconnect", "vm0", "0");
         assert_field_true(j, "reconnected");
@@ -619,9 +636,14 @@ static void test_not_found(void **state) {
         (void) state;
         char *mem = memory_arg();
         const char *const *cases[] = {
-                ARGS("show", "nosuch"), ARGS("vm", "destroy", "nosuch"), ARGS("logging", "start", "nosuch"),
-                ARGS("logging", "harvest", "nosuch"), ARGS("announce", "nosuch"), ARGS("reconnect", "nosuch", "0"),
-                ARGS("device", "remove", "nosuch", "0"), ARGS("device", "remove", "vm1", "7"),
+                ARGS("show", "nosuch"),
+                ARGS("vm", "destroy", "nosuch"),
+                ARGS("logging", "start", "nosuch"),
+                ARGS("logging", "harvest", "nosuch"),
+                ARGS("announce", "nosuch"),
+                ARGS("reconnect", "nosuch", "0"),
+                ARGS("device", "remove", "nosuch", "0"),
+                ARGS("device", "remove", "vm1", "7"),
                 ARGS("reconnect", "vm1", "7"),
         };
         json_object_put(expect_json(0, json_type_object, "vm", "create", "vm1", "--memory", mem));
@@ -650,7 +672,7 @@ static void test_watch(void **state) {
                 child_exec(ARGS("--json", "watch", "vm2"), 0, out[1], null);
         }
         close(out[1]);
-        sleep_ms(500);              /* its matches in place */
+        sleep_ms(500); /* its matches in place */
         json_object_put(expect_json(0, json_type_object, "vm", "create", "vm2", "--memory", mem));
 
         char buf[16384] = "";
@@ -700,10 +722,8 @@ int main(void) {
                 cmocka_unit_test(test_host),
         };
         const struct CMUnitTest daemon[] = {
-                cmocka_unit_test(test_probe),
-                cmocka_unit_test(test_status_and_list),
-                cmocka_unit_test(test_vm_lifecycle),
-                cmocka_unit_test(test_not_found),
+                cmocka_unit_test(test_probe),        cmocka_unit_test(test_status_and_list),
+                cmocka_unit_test(test_vm_lifecycle), cmocka_unit_test(test_not_found),
                 cmocka_unit_test(test_watch),
         };
         int failed = cmocka_run_group_tests_name("ctl-offline", offline, group_setup_offline, group_teardown);

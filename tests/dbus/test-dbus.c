@@ -51,15 +51,15 @@
 #include "proto/vhost-user-table.h"
 #include "tests/backend/test-backend.h"
 
-#define DEST        "org.vhostmig1"
-#define ROOT_PATH   "/org/vhostmig1"
-#define VM_PREFIX   "/org/vhostmig1/vm"
-#define MANAGER_IF  "org.vhostmig1.Manager"
-#define VM_IF       "org.vhostmig1.Vm"
-#define DEV_IF      "org.vhostmig1.Device"
-#define OM_IF       "org.freedesktop.DBus.ObjectManager"
-#define PROPS_IF    "org.freedesktop.DBus.Properties"
-#define ERR(name)   "org.vhostmig1.Error." name
+#define DEST       "org.vhostmig1"
+#define ROOT_PATH  "/org/vhostmig1"
+#define VM_PREFIX  "/org/vhostmig1/vm"
+#define MANAGER_IF "org.vhostmig1.Manager"
+#define VM_IF      "org.vhostmig1.Vm"
+#define DEV_IF     "org.vhostmig1.Device"
+#define OM_IF      "org.freedesktop.DBus.ObjectManager"
+#define PROPS_IF   "org.freedesktop.DBus.Properties"
+#define ERR(name)  "org.vhostmig1.Error." name
 
 #define DAEMON_MESSAGE_NOT_ROOT "only root may change vhostmig state"
 
@@ -70,16 +70,16 @@
 #define SERVER_SOCKET_GROUP "nogroup"
 
 /* Guest memory: one memfd region at GPA 0; rings from 64 KiB on, 16 KiB apart (at most 32). */
-#define MEM_SIZE       (UINT64_C(2) << 20)
-#define RING_SIZE      256u
-#define RING_BASE      UINT64_C(0x10000)
-#define RING_STRIDE    UINT64_C(0x4000)
-#define MAX_QUEUES     32u
+#define MEM_SIZE    (UINT64_C(2) << 20)
+#define RING_SIZE   256u
+#define RING_BASE   UINT64_C(0x10000)
+#define RING_STRIDE UINT64_C(0x4000)
+#define MAX_QUEUES  32u
 
-#define MAC            "52:54:00:12:34:56"
-#define NOBODY         65534
+#define MAC    "52:54:00:12:34:56"
+#define NOBODY 65534
 
-#define LOG_ALL_BIT    (UINT64_C(1) << VHU_VF_LOG_ALL)
+#define LOG_ALL_BIT (UINT64_C(1) << VHU_VF_LOG_ALL)
 
 /* ---- small things ------------------------------------------------------------------ */
 
@@ -158,7 +158,7 @@ static int shell_unquote(const char *in, char *out, size_t len) {
 
 struct bus_proc {
         char address[512];
-        pid_t pid;              /* dbus-daemon (not our child: start-bus.sh stops it) */
+        pid_t pid; /* dbus-daemon (not our child: start-bus.sh stops it) */
         char dir[512];
 };
 
@@ -168,13 +168,13 @@ struct bus_proc {
 static struct {
         struct bus_proc bus;
         bool bus_up;
-        pid_t daemon;                   /* vhostmigd, our child; -1 when not running */
-        char dir[64];                   /* config, daemon log, sockets, records */
+        pid_t daemon; /* vhostmigd, our child; -1 when not running */
+        char dir[64]; /* config, daemon log, sockets, records */
         char config[128];
         char daemon_log[128];
-        sd_bus *c;                      /* the root client */
-        pid_t backends[MAX_BACKENDS];   /* test back-ends of the running test */
-        sd_bus_slot *slots[MAX_SLOTS];  /* its matches and pending calls */
+        sd_bus *c;                     /* the root client */
+        pid_t backends[MAX_BACKENDS];  /* test back-ends of the running test */
+        sd_bus_slot *slots[MAX_SLOTS]; /* its matches and pending calls */
 } env;
 
 static int run_wait(char *const argv[]) {
@@ -406,8 +406,9 @@ static int group_setup(bool permissive) {
         FILE *f = fopen(env.config, "we");
         if (!f)
                 return -1;
-        fprintf(f, "{ \"request_timeout_ms\": %u, \"monitor_interval_ms\": %u,\n"
-                   "  \"server_socket_mode\": \"%04o\", \"server_socket_group\": \"%s\" }\n",
+        fprintf(f,
+                "{ \"request_timeout_ms\": %u, \"monitor_interval_ms\": %u,\n"
+                "  \"server_socket_mode\": \"%04o\", \"server_socket_group\": \"%s\" }\n",
                 REQUEST_TIMEOUT_MS, MONITOR_INTERVAL_MS, SERVER_SOCKET_MODE, SERVER_SOCKET_GROUP);
         fclose(f);
 
@@ -493,8 +494,8 @@ static int test_teardown(void **state) {
                         for (unsigned i = 0; vms && vms[i]; i++) {
                                 char *name = NULL;
                                 if (sd_bus_get_property_string(env.c, DEST, vms[i], VM_IF, "Name", NULL, &name) >= 0)
-                                        (void) sd_bus_call_method(env.c, DEST, ROOT_PATH, MANAGER_IF, "DestroyVm",
-                                                                  NULL, NULL, "s", name);
+                                        (void) sd_bus_call_method(env.c, DEST, ROOT_PATH, MANAGER_IF, "DestroyVm", NULL,
+                                                                  NULL, "s", name);
                                 free(name);
                         }
                 strv_free(vms);
@@ -543,8 +544,8 @@ static void check_error(int r, const sd_bus_error *e, const char *what, const ch
 }
 
 /* A call that must fail with `error`, its message mentioning needle (and needle2) when given. */
-static void call_error(const char *error, const char *needle, const char *needle2, const char *path,
-                       const char *iface, const char *member, const char *types, ...) {
+static void call_error(const char *error, const char *needle, const char *needle2, const char *path, const char *iface,
+                       const char *member, const char *types, ...) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
         sd_bus_message *reply = NULL;
         va_list ap;
@@ -586,7 +587,7 @@ struct async_call {
         uint64_t sent_ms, done_ms;
         char error_name[128];
         char error_message[512];
-        char path[256];           /* an 'o' reply */
+        char path[256]; /* an 'o' reply */
 };
 
 static int on_async_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -736,16 +737,18 @@ static void prop_error(const char *path, const char *iface, const char *name, co
         sd_bus_error_free(&e);
 }
 
-#define assert_prop_s(path, iface, name, expected) do { \
-                char *v_ = prop_s(path, iface, name); \
-                if (strcmp(v_, expected) != 0) \
+#define assert_prop_s(path, iface, name, expected)                                                           \
+        do {                                                                                                 \
+                char *v_ = prop_s(path, iface, name);                                                        \
+                if (strcmp(v_, expected) != 0)                                                               \
                         fail_msg("%s.%s on %s is \"%s\", expected \"%s\"", iface, name, path, v_, expected); \
-                free(v_); \
+                free(v_);                                                                                    \
         } while (0)
 
-#define assert_prop_t(path, iface, name, expected) do { \
-                uint64_t v_ = prop_t(path, iface, name), e_ = (expected); \
-                if (v_ != e_) \
+#define assert_prop_t(path, iface, name, expected)                                                                \
+        do {                                                                                                      \
+                uint64_t v_ = prop_t(path, iface, name), e_ = (expected);                                         \
+                if (v_ != e_)                                                                                     \
                         fail_msg("%s.%s on %s is 0x%" PRIx64 ", expected 0x%" PRIx64, iface, name, path, v_, e_); \
         } while (0)
 
@@ -792,8 +795,11 @@ static void guest_init(struct guest *g, unsigned nq) {
         g->nq = nq;
         for (unsigned i = 0; i < nq; i++) {
                 uint64_t base = RING_BASE + i * RING_STRIDE;
-                g->q[i] = (struct queue_arg) {
-                        .size = RING_SIZE, .desc = base, .avail = base + 0x1000, .used = base + 0x2000,
+                g->q[i] = (struct queue_arg){
+                        .size = RING_SIZE,
+                        .desc = base,
+                        .avail = base + 0x1000,
+                        .used = base + 0x2000,
                         .kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
                         .call = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
                 };
@@ -855,10 +861,10 @@ struct device_args {
 };
 
 /* One {sv} of an a{sv} being written. */
-#define APPEND_OPTION(m, r, key, type, value)                                                         \
-        do {                                                                                          \
-                if ((r) >= 0)                                                                         \
-                        (r) = sd_bus_message_append((m), "{sv}", (key), (type), (value));             \
+#define APPEND_OPTION(m, r, key, type, value)                                             \
+        do {                                                                              \
+                if ((r) >= 0)                                                             \
+                        (r) = sd_bus_message_append((m), "{sv}", (key), (type), (value)); \
         } while (0)
 
 /*
@@ -908,9 +914,15 @@ static sd_bus_message *add_device_msg(const char *vm_path, const struct device_a
 
 /* The usual device: one queue pair of g, the features the back-end offers. */
 static struct device_args std_device(const char *socket, bool server, uint64_t features, const struct guest *g) {
-        return (struct device_args) {
-                .socket = socket, .server = server, .features = features, .queue_pairs = 1,
-                .mac = MAC, .mtu = 1500, .q = g->q, .nq = 2,
+        return (struct device_args){
+                .socket = socket,
+                .server = server,
+                .features = features,
+                .queue_pairs = 1,
+                .mac = MAC,
+                .mtu = 1500,
+                .q = g->q,
+                .nq = 2,
         };
 }
 
@@ -1036,8 +1048,8 @@ static bool parse_features(const char *line, uint64_t *v) {
 struct seen_signal {
         char member[32];
         char path[256];
-        char interface[64];             /* PropertiesChanged: whose properties */
-        char names[MAX_NAMES][64];      /* changed properties, or interfaces added / removed */
+        char interface[64];        /* PropertiesChanged: whose properties */
+        char names[MAX_NAMES][64]; /* changed properties, or interfaces added / removed */
         unsigned nnames;
 };
 
@@ -1139,7 +1151,9 @@ static int on_signal(sd_bus_message *m, void *userdata, sd_bus_error *ret_error)
 
 static void subscribe_signals(void) {
         nsignals_seen = 0;
-        static const struct { const char *iface, *member; } subs[] = {
+        static const struct {
+                const char *iface, *member;
+        } subs[] = {
                 { PROPS_IF, "PropertiesChanged" },
                 { OM_IF, "InterfacesAdded" },
                 { OM_IF, "InterfacesRemoved" },
@@ -1412,7 +1426,7 @@ static void test_every_method_and_property(void **state) {
         backend_listen(&pb);
         struct probe_result p = { 0 };
         probe(pb.socket, &p);
-        assert_prop_t(vm, VM_IF, "MemorySize", MEM_SIZE);   /* unrelated calls keep working */
+        assert_prop_t(vm, VM_IF, "MemorySize", MEM_SIZE); /* unrelated calls keep working */
         if (p.features != tb_config_features(&pb.cfg) || p.protocol_features != tb_config_protocol_features(&pb.cfg))
                 fail_msg("Probe: offers 0x%" PRIx64 "/0x%" PRIx64 ", the back-end offers 0x%" PRIx64 "/0x%" PRIx64,
                          p.features, p.protocol_features, tb_config_features(&pb.cfg),
@@ -1518,9 +1532,8 @@ static void test_bad_arguments(void **state) {
         call_error(SD_BUS_ERROR_INVALID_ARGS, "region 0", "not a memory file", ROOT_PATH, MANAGER_IF, "CreateVm",
                    "sa(httt)a{sv}", "evt", 1u, evfd, UINT64_C(0), UINT64_C(0x100000), UINT64_C(0), 0u);
         call_error(SD_BUS_ERROR_INVALID_ARGS, "region 1", "overlaps", ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)a{sv}", "overlap", 2u,
-                   memfd, UINT64_C(0), UINT64_C(0x100000), UINT64_C(0),
-                   memfd, UINT64_C(0x80000), UINT64_C(0x100000), UINT64_C(0x100000), 0u);
+                   "sa(httt)a{sv}", "overlap", 2u, memfd, UINT64_C(0), UINT64_C(0x100000), UINT64_C(0), memfd,
+                   UINT64_C(0x80000), UINT64_C(0x100000), UINT64_C(0x100000), 0u);
         call_error(SD_BUS_ERROR_INVALID_ARGS, "region 0", "exceeds the file", ROOT_PATH, MANAGER_IF, "CreateVm",
                    "sa(httt)a{sv}", "big", 1u, memfd, UINT64_C(0), 2 * MEM_SIZE, UINT64_C(0), 0u);
         call_error(SD_BUS_ERROR_INVALID_ARGS, "regions", "guest memory", ROOT_PATH, MANAGER_IF, "CreateVm",
@@ -1535,13 +1548,13 @@ static void test_bad_arguments(void **state) {
         /* Memory near 2^51 would need a 64 GiB dirty log: above the configured limit. */
         call_error(SD_BUS_ERROR_INVALID_ARGS, "region 0", "max_guest_phys_addr", ROOT_PATH, MANAGER_IF, "CreateVm",
                    "sa(httt)a{sv}", "far", 1u, memfd, UINT64_C(1) << 51, MEM_SIZE, UINT64_C(0), 0u);
-        call_error(SD_BUS_ERROR_INVALID_ARGS, "name", "a/b", ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)a{sv}", "a/b", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 0u);
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "name", "a/b", ROOT_PATH, MANAGER_IF, "CreateVm", "sa(httt)a{sv}", "a/b",
+                   1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 0u);
         assert_int_equal(prop_strv_length(ROOT_PATH, MANAGER_IF, "Vms"), 0);
 
         char *vm = create_vm("bad", memfd, MEM_SIZE);
-        call_error(ERR("VmExists"), "\"bad\"", NULL, ROOT_PATH, MANAGER_IF, "CreateVm",
-                   "sa(httt)a{sv}", "bad", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 0u);
+        call_error(ERR("VmExists"), "\"bad\"", NULL, ROOT_PATH, MANAGER_IF, "CreateVm", "sa(httt)a{sv}", "bad", 1u,
+                   memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 0u);
         assert_int_equal(prop_strv_length(ROOT_PATH, MANAGER_IF, "Vms"), 1);
 
         /* DestroyVm, RemoveDevice, unknown objects. */
@@ -1564,8 +1577,8 @@ static void test_bad_arguments(void **state) {
         q[0].kick = memfd;
         struct device_args bad = da;
         bad.q = q;
-        send_error(add_device_msg(vm, &bad), "AddDevice with a memfd as kick fd", SD_BUS_ERROR_INVALID_ARGS,
-                   "queue 0", "eventfds");
+        send_error(add_device_msg(vm, &bad), "AddDevice with a memfd as kick fd", SD_BUS_ERROR_INVALID_ARGS, "queue 0",
+                   "eventfds");
 
         bad = da;
         bad.nq = 3;
@@ -1601,37 +1614,36 @@ static void test_bad_arguments(void **state) {
                    "options: \"Mtu\" must be of type q, got s", NULL);
         bad.extra_key = "Mac";
         bad.extra_value = MAC;
-        send_error(add_device_msg(vm, &bad), "AddDevice with Mac twice", SD_BUS_ERROR_INVALID_ARGS, "\"Mac\"",
-                   "twice");
+        send_error(add_device_msg(vm, &bad), "AddDevice with Mac twice", SD_BUS_ERROR_INVALID_ARGS, "\"Mac\"", "twice");
         call_error(SD_BUS_ERROR_INVALID_ARGS, "options: unknown key \"LibvirtDomain\"", NULL, ROOT_PATH, MANAGER_IF,
                    "CreateVm", "sa(httt)a{sv}", "opts", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 1u,
                    "LibvirtDomain", "s", "x");
-        call_error(SD_BUS_ERROR_INVALID_ARGS, "options: unknown key \"Rate\"", NULL, vm, VM_IF, "StartLogging",
-                   "a{sv}", 1u, "Rate", "u", 5u);
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "options: unknown key \"Rate\"", NULL, vm, VM_IF, "StartLogging", "a{sv}",
+                   1u, "Rate", "u", 5u);
         assert_int_equal(prop_strv_length(ROOT_PATH, MANAGER_IF, "Vms"), 1);
 
         bad = da;
         bad.queue_pairs = 0;
         bad.nq = 0;
-        send_error(add_device_msg(vm, &bad), "AddDevice with QueuePairs 0", SD_BUS_ERROR_INVALID_ARGS,
-                   "QueuePairs", NULL);
+        send_error(add_device_msg(vm, &bad), "AddDevice with QueuePairs 0", SD_BUS_ERROR_INVALID_ARGS, "QueuePairs",
+                   NULL);
 
         bad = da;
         bad.queue_pairs = 9;
-        send_error(add_device_msg(vm, &bad), "AddDevice with QueuePairs 9", SD_BUS_ERROR_INVALID_ARGS,
-                   "QueuePairs", "1..8");
+        send_error(add_device_msg(vm, &bad), "AddDevice with QueuePairs 9", SD_BUS_ERROR_INVALID_ARGS, "QueuePairs",
+                   "1..8");
 
         bad = da;
         bad.socket = "relative.sock";
-        send_error(add_device_msg(vm, &bad), "AddDevice with a relative socket", SD_BUS_ERROR_INVALID_ARGS,
-                   "socket", "absolute");
+        send_error(add_device_msg(vm, &bad), "AddDevice with a relative socket", SD_BUS_ERROR_INVALID_ARGS, "socket",
+                   "absolute");
 
         bad = da;
         memcpy(q, g.q, sizeof(q));
         q[1].size = 300;
         bad.q = q;
-        send_error(add_device_msg(vm, &bad), "AddDevice with a ring size of 300", SD_BUS_ERROR_INVALID_ARGS,
-                   "queue 1", "power of two");
+        send_error(add_device_msg(vm, &bad), "AddDevice with a ring size of 300", SD_BUS_ERROR_INVALID_ARGS, "queue 1",
+                   "power of two");
 
         /* A socket nobody listens on: the back-end's failure, nothing left behind. */
         send_error(add_device_msg(vm, &da), "AddDevice on a socket nobody listens on", ERR("Backend"), socket,
@@ -1655,7 +1667,7 @@ static void test_bad_arguments(void **state) {
         bad = da;
         bad.socket = be.socket;
         memcpy(q, g.q, sizeof(q));
-        q[1].used = MEM_SIZE - 16;      /* starts inside, ends outside */
+        q[1].used = MEM_SIZE - 16; /* starts inside, ends outside */
         bad.q = q;
         sd_bus_message *m = add_device_msg(vm, &bad);
         sd_bus_error e = SD_BUS_ERROR_NULL;
@@ -1663,9 +1675,10 @@ static void test_bad_arguments(void **state) {
         sd_bus_message_unref(m);
         if (r >= 0 || !sd_bus_error_has_name(&e, SD_BUS_ERROR_INVALID_ARGS) || !strstr(e.message, "queue 1") ||
             !strstr(e.message, "outside guest memory"))
-                snprintf(deferred, sizeof(deferred), "AddDevice with a used ring beyond guest memory: expected %s "
-                         "naming queue 1 and \"outside guest memory\", got %s: %s", SD_BUS_ERROR_INVALID_ARGS,
-                         r >= 0 ? "success" : e.name, r >= 0 ? "" : error_text(&e, r));
+                snprintf(deferred, sizeof(deferred),
+                         "AddDevice with a used ring beyond guest memory: expected %s "
+                         "naming queue 1 and \"outside guest memory\", got %s: %s",
+                         SD_BUS_ERROR_INVALID_ARGS, r >= 0 ? "success" : e.name, r >= 0 ? "" : error_text(&e, r));
         sd_bus_error_free(&e);
         /* Whatever the answer, nothing is left behind: a connection it made is closed again. */
         assert_int_equal(prop_strv_length(vm, VM_IF, "Devices"), 0);
@@ -1678,8 +1691,8 @@ static void test_bad_arguments(void **state) {
         }
 
         /* Probe. */
-        call_error(SD_BUS_ERROR_INVALID_ARGS, "socket", NULL, ROOT_PATH, MANAGER_IF, "Probe", "sbu", "relative.sock",
-                   0, 0u);
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "socket", NULL, ROOT_PATH, MANAGER_IF, "Probe", "sbu", "relative.sock", 0,
+                   0u);
         call_error(ERR("Backend"), socket, NULL, ROOT_PATH, MANAGER_IF, "Probe", "sbu", socket, 0, 0u);
 
         destroy_vm("bad");
@@ -1702,8 +1715,12 @@ static void test_bad_arguments(void **state) {
 
 static int child_failures;
 
-#define CHILD_FAIL(...) do { fprintf(stderr, "non-root caller: " __VA_ARGS__); fprintf(stderr, "\n"); \
-                             child_failures++; } while (0)
+#define CHILD_FAIL(...)                                           \
+        do {                                                      \
+                fprintf(stderr, "non-root caller: " __VA_ARGS__); \
+                fprintf(stderr, "\n");                            \
+                child_failures++;                                 \
+        } while (0)
 
 static void child_expect_denied(int r, const sd_bus_error *e, const char *what, bool policy_bus) {
         if (r >= 0) {
@@ -1789,14 +1806,21 @@ static int nonroot_checks(const char *vm_path, bool policy_bus) {
 
         struct queue_arg q[2];
         for (unsigned i = 0; i < 2; i++)
-                q[i] = (struct queue_arg) {
-                        .size = RING_SIZE, .desc = RING_BASE + i * RING_STRIDE,
-                        .avail = RING_BASE + i * RING_STRIDE + 0x1000, .used = RING_BASE + i * RING_STRIDE + 0x2000,
-                        .kick = eventfd(0, EFD_CLOEXEC), .call = eventfd(0, EFD_CLOEXEC),
+                q[i] = (struct queue_arg){
+                        .size = RING_SIZE,
+                        .desc = RING_BASE + i * RING_STRIDE,
+                        .avail = RING_BASE + i * RING_STRIDE + 0x1000,
+                        .used = RING_BASE + i * RING_STRIDE + 0x2000,
+                        .kick = eventfd(0, EFD_CLOEXEC),
+                        .call = eventfd(0, EFD_CLOEXEC),
                 };
         struct device_args da = {
-                .socket = "/nonexistent.sock", .features = TB_DEFAULT_FEATURES, .queue_pairs = 1, .mac = MAC,
-                .q = q, .nq = 2,
+                .socket = "/nonexistent.sock",
+                .features = TB_DEFAULT_FEATURES,
+                .queue_pairs = 1,
+                .mac = MAC,
+                .q = q,
+                .nq = 2,
         };
         sd_bus_message *m = add_device_message(b, vm_path, &da);
         if (!m) {
@@ -1879,13 +1903,14 @@ static void test_nonroot_refused_by_daemon(void **state) {
 
 #define FAST_MS 300u
 
-#define FAST(what, expr) do { \
-                uint64_t t0_ = now_ms(); \
-                expr; \
-                uint64_t d_ = now_ms() - t0_; \
-                if (d_ > FAST_MS) \
+#define FAST(what, expr)                                                                                             \
+        do {                                                                                                         \
+                uint64_t t0_ = now_ms();                                                                             \
+                expr;                                                                                                \
+                uint64_t d_ = now_ms() - t0_;                                                                        \
+                if (d_ > FAST_MS)                                                                                    \
                         fail_msg("%s took %" PRIu64 " ms while another VM's back-end hangs (limit %u ms)", what, d_, \
-                                 FAST_MS); \
+                                 FAST_MS);                                                                           \
         } while (0)
 
 /* ---- the daemon notices a back-end that went away and reconnects by itself -------------------- */
@@ -1911,7 +1936,7 @@ static void test_automatic_reconnect(void **state) {
         char *vm = create_vm("phoenix", g.memfd, MEM_SIZE);
         struct backend be;
         backend_init(&be, "phoenix");
-        be.cfg.max_connections = 0;   /* serve until stopped */
+        be.cfg.max_connections = 0; /* serve until stopped */
         backend_listen(&be);
         struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), &g);
         char *dev = add_device(vm, &da, 0);
@@ -2199,8 +2224,8 @@ static void test_hung_backend(void **state) {
         pump(0);
         if (add.done)
                 fail_msg("AddDevice on the hung back-end answered after %" PRIu64 " ms (%s: %s): the hang was not "
-                         "pending while the other calls ran", add.done_ms - add.sent_ms, add.error_name,
-                         add.error_message);
+                         "pending while the other calls ran",
+                         add.done_ms - add.sent_ms, add.error_name, add.error_message);
         uint64_t elapsed = now_ms() - add.sent_ms;
         if (elapsed >= REQUEST_TIMEOUT_MS)
                 fail_msg("the other calls took %" PRIu64 " ms together: cannot tell them from the timeout", elapsed);
@@ -2249,7 +2274,7 @@ static sd_bus_message *probe_msg(const char *socket, uint32_t timeout_ms) {
 }
 
 /* The daemon's default: Probe calls that may run at once. */
-#define MAX_PROBES 4u
+#define MAX_PROBES             4u
 #define FLOOD_PROBE_TIMEOUT_MS 1000u
 #define HUNG_PROBE_TIMEOUT_MS  2500u
 
@@ -2365,8 +2390,8 @@ static void destroy_during_add_round(unsigned round) {
         if (status == -ETIMEDOUT) {
                 print_record(be.record);
                 fail_msg("round %u: DestroyVm returned (AddDevice: %s%s%s) but the daemon still holds the "
-                         "back-end's connection (record above)", round,
-                         add.error_name[0] ? add.error_name : "succeeded, ", add.error_name[0] ? ": " : add.path,
+                         "back-end's connection (record above)",
+                         round, add.error_name[0] ? add.error_name : "succeeded, ", add.error_name[0] ? ": " : add.path,
                          add.error_message);
         }
         untrack_backend(be.pid);
@@ -2457,8 +2482,8 @@ static void check_shutdown_record(const struct backend *b, unsigned nrings, bool
         if (!closed || stopped != nrings || (was_logging && (!log_on || !log_off_after))) {
                 print_record(b->record);
                 fail_msg("%s (above): connection closed %d, GET_VRING_BASE for %u of %u rings, LOG_ALL on %d then "
-                         "off %d (logging VM: %d)", b->record, closed, stopped, nrings, log_on, log_off_after,
-                         was_logging);
+                         "off %d (logging VM: %d)",
+                         b->record, closed, stopped, nrings, log_on, log_off_after, was_logging);
         }
         free(text);
 }
@@ -2677,7 +2702,7 @@ static void check_add_queues(const char *vm, struct guest *g) {
         struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), g);
         da.queue_pairs = 8;
         da.nq = 8;
-        da.mac = NULL;   /* no MAC: Announce skips it */
+        da.mac = NULL; /* no MAC: Announce skips it */
         uint64_t t0 = realtime_usec();
         char *dev = add_device(vm, &da, 0);
         assert_prop_s(dev, DEV_IF, "State", "configuring");
@@ -2735,9 +2760,9 @@ static void check_configuring_removed(const char *vm, struct guest *g) {
         call_error(SD_BUS_ERROR_INVALID_ARGS, "queue 2", "eventfds", dev, DEV_IF, "AddQueues", "a(uttthh)", 1u,
                    g->q[2].size, g->q[2].desc, g->q[2].avail, g->q[2].used, g->memfd, g->q[2].call);
         /* Nobody listens at the socket: the last AddQueues fails, and the device is gone. */
-        call_error(ERR("Backend"), socket, NULL, dev, DEV_IF, "AddQueues", "a(uttthh)", 2u,
-                   g->q[2].size, g->q[2].desc, g->q[2].avail, g->q[2].used, g->q[2].kick, g->q[2].call,
-                   g->q[3].size, g->q[3].desc, g->q[3].avail, g->q[3].used, g->q[3].kick, g->q[3].call);
+        call_error(ERR("Backend"), socket, NULL, dev, DEV_IF, "AddQueues", "a(uttthh)", 2u, g->q[2].size, g->q[2].desc,
+                   g->q[2].avail, g->q[2].used, g->q[2].kick, g->q[2].call, g->q[3].size, g->q[3].desc, g->q[3].avail,
+                   g->q[3].used, g->q[3].kick, g->q[3].call);
         prop_error(dev, DEV_IF, "State", SD_BUS_ERROR_UNKNOWN_OBJECT);
         assert_int_equal(prop_strv_length(vm, VM_IF, "Devices"), 0);
         char *last = prop_s(vm, VM_IF, "LastError");

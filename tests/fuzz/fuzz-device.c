@@ -35,20 +35,32 @@
 #include "tests/fuzz/fuzz.h"
 
 #define MEMORY_SIZE (1u << 20)
-#define LOG_SIZE 4096u
-#define TIMEOUT_MS 20u
+#define LOG_SIZE    4096u
+#define TIMEOUT_MS  20u
 
-enum op { OP_START, OP_STOP, OP_RESUME, OP_LOG_ON, OP_LOG_OFF, OP_RECONNECT, OP_POLL, OP_DROP, OP_COUNT };
+enum op {
+        OP_START,
+        OP_STOP,
+        OP_RESUME,
+        OP_LOG_ON,
+        OP_LOG_OFF,
+        OP_RECONNECT,
+        OP_POLL,
+        OP_DROP,
+        OP_COUNT
+};
 
 /* Without input, a good VMM's sequence. */
-static const uint8_t default_ops[8] = { OP_START, OP_LOG_ON, OP_STOP, OP_RESUME, OP_LOG_OFF, OP_POLL, OP_STOP, OP_RESUME };
+static const uint8_t default_ops[8] = {
+        OP_START, OP_LOG_ON, OP_STOP, OP_RESUME, OP_LOG_OFF, OP_POLL, OP_STOP, OP_RESUME
+};
 
 struct peer {
         int listen_fd;
         const uint8_t *script;
         size_t script_len, pos;
         uint64_t features, protocol_features;
-        int channel;               /* the back-end channel, once the front-end sent it */
+        int channel; /* the back-end channel, once the front-end sent it */
         bool flooding;
         atomic_bool stop;
 };
@@ -61,7 +73,7 @@ static uint8_t next_mode(struct peer *p) {
 static void flood_once(struct peer *p) {
         struct vhu_hdr burst[32];
         for (unsigned i = 0; i < 32; i++)
-                burst[i] = (struct vhu_hdr) { .request = VHU_BREQ_CONFIG_CHANGE_MSG, .flags = VHU_VERSION };
+                burst[i] = (struct vhu_hdr){ .request = VHU_BREQ_CONFIG_CHANGE_MSG, .flags = VHU_VERSION };
         ssize_t n = send(p->channel, burst, sizeof(burst), MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n < 0 && errno != EAGAIN) {
                 close(p->channel);
@@ -82,17 +94,25 @@ static bool expects_reply(const struct peer *p, const struct vhu_msg *m) {
 /* What a well-behaved back-end answers. */
 static void good_reply(struct peer *p, const struct vhu_msg *req, struct vhu_msg *rep) {
         const struct vhu_request_info *info = vhu_request_info(req->hdr.request);
-        *rep = (struct vhu_msg) { .hdr = { .request = req->hdr.request, .flags = VHU_REPLY_FLAGS, .size = 8 } };
+        *rep = (struct vhu_msg){ .hdr = { .request = req->hdr.request, .flags = VHU_REPLY_FLAGS, .size = 8 } };
         if (req->hdr.flags & VHU_FLAG_NEED_REPLY)
-                return;                                /* an ack: status 0 */
+                return; /* an ack: status 0 */
         switch (req->hdr.request) {
-        case VHU_REQ_GET_FEATURES: rep->payload.u64 = p->features; break;
-        case VHU_REQ_GET_PROTOCOL_FEATURES: rep->payload.u64 = p->protocol_features; break;
-        case VHU_REQ_GET_QUEUE_NUM: rep->payload.u64 = 1; break;
-        case VHU_REQ_GET_MAX_MEM_SLOTS: rep->payload.u64 = 8; break;
+        case VHU_REQ_GET_FEATURES:
+                rep->payload.u64 = p->features;
+                break;
+        case VHU_REQ_GET_PROTOCOL_FEATURES:
+                rep->payload.u64 = p->protocol_features;
+                break;
+        case VHU_REQ_GET_QUEUE_NUM:
+                rep->payload.u64 = 1;
+                break;
+        case VHU_REQ_GET_MAX_MEM_SLOTS:
+                rep->payload.u64 = 8;
+                break;
         case VHU_REQ_GET_VRING_BASE:
                 rep->hdr.size = sizeof(struct vhu_vring_state);
-                rep->payload.state = (struct vhu_vring_state) { .index = req->payload.state.index };
+                rep->payload.state = (struct vhu_vring_state){ .index = req->payload.state.index };
                 break;
         default:
                 rep->hdr.size = info->reply_size.min;
@@ -173,7 +193,7 @@ static void serve(struct peer *p, int fd) {
                 close(p->channel);
         p->channel = -1;
         p->flooding = false;
-        p->protocol_features = offered_pf;   /* the next connection negotiates afresh */
+        p->protocol_features = offered_pf; /* the next connection negotiates afresh */
 }
 
 static void *peer_main(void *arg) {
@@ -204,8 +224,7 @@ static int sealed_memfd(const char *name, size_t size) {
         int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
         if (fd < 0)
                 return -1;
-        if (ftruncate(fd, (off_t) size) < 0 ||
-            fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+        if (ftruncate(fd, (off_t) size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
                 close(fd);
                 return -1;
         }
@@ -214,13 +233,20 @@ static int sealed_memfd(const char *name, size_t size) {
 
 static int run_op(struct vhm_device *dev, uint8_t op) {
         switch (op % OP_COUNT) {
-        case OP_START: return vhm_device_start(dev);
-        case OP_STOP: return vhm_device_stop(dev);
-        case OP_RESUME: return vhm_device_resume(dev);
-        case OP_LOG_ON: return vhm_device_set_logging(dev, true);
-        case OP_LOG_OFF: return vhm_device_set_logging(dev, false);
-        case OP_RECONNECT: return vhm_device_reconnect(dev, TIMEOUT_MS);
-        case OP_POLL: return vhm_device_poll_connection(dev) > 0 ? 0 : -ENOTCONN;
+        case OP_START:
+                return vhm_device_start(dev);
+        case OP_STOP:
+                return vhm_device_stop(dev);
+        case OP_RESUME:
+                return vhm_device_resume(dev);
+        case OP_LOG_ON:
+                return vhm_device_set_logging(dev, true);
+        case OP_LOG_OFF:
+                return vhm_device_set_logging(dev, false);
+        case OP_RECONNECT:
+                return vhm_device_reconnect(dev, TIMEOUT_MS);
+        case OP_POLL:
+                return vhm_device_poll_connection(dev) > 0 ? 0 : -ENOTCONN;
         default:
                 vhm_device_disconnect(dev);
                 return vhm_device_reconnect(dev, TIMEOUT_MS);
@@ -237,15 +263,22 @@ static int drive_device(const char *path, const uint8_t *data, size_t size) {
         struct vhm_device *dev = NULL;
         int ok = 0;
         struct vhm_region_spec region = { .fd = mem, .guest_phys_addr = 0, .size = MEMORY_SIZE };
-        struct vhm_device_config cfg = { .socket = path, .timeout_ms = TIMEOUT_MS, .features = ~UINT64_C(0),
-                                         .queue_pairs = 1, .mac = { 0x52, 0x54, 0, 0, 0, 1 } };
+        struct vhm_device_config cfg = { .socket = path,
+                                         .timeout_ms = TIMEOUT_MS,
+                                         .features = ~UINT64_C(0),
+                                         .queue_pairs = 1,
+                                         .mac = { 0x52, 0x54, 0, 0, 0, 1 } };
         if (mem < 0 || log < 0 || vhm_vm_new("fuzz", &vm) < 0 || vhm_vm_add_region(vm, &region) < 0 ||
             vhm_device_new(vm, &cfg, &dev) < 0)
                 goto out;
         for (unsigned q = 0; q < 2; q++) {
                 struct vhm_queue_spec spec = {
-                        .size = 256, .desc_gpa = 0x10000 + q * 0x4000, .avail_gpa = 0x11000 + q * 0x4000,
-                        .used_gpa = 0x12000 + q * 0x4000, .kick_fd = efd[2 * q], .call_fd = efd[2 * q + 1],
+                        .size = 256,
+                        .desc_gpa = 0x10000 + q * 0x4000,
+                        .avail_gpa = 0x11000 + q * 0x4000,
+                        .used_gpa = 0x12000 + q * 0x4000,
+                        .kick_fd = efd[2 * q],
+                        .call_fd = efd[2 * q + 1],
                 };
                 if (vhm_device_set_queue(dev, q, &spec) < 0)
                         goto out;

@@ -86,7 +86,7 @@ static bool send_with_fd(int fd, const uint8_t *data, size_t len) {
         }
         ssize_t n = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (efd >= 0)
-                close(efd);     /* the receiver has its own copy */
+                close(efd); /* the receiver has its own copy */
         if (n > 0 && (size_t) n < len)
                 feed(fd, data + n, len - (size_t) n);
         return n > 0;

@@ -81,7 +81,7 @@ static void plausible_stream(struct stream *s) {
         if (ack)
                 put_u64(s, VHU_REQ_SET_VRING_NUM, 0);
         if (pf & VHU_BIT(VHU_PF_LOG_SHMFD)) {
-                struct vhu_log log_reply = { 0 };   /* 0, 8 or 16 bytes of it, as back-ends differ */
+                struct vhu_log log_reply = { 0 }; /* 0, 8 or 16 bytes of it, as back-ends differ */
                 put_reply(s, VHU_REQ_SET_LOG_BASE, &log_reply, 8 * (uint32_t) (rnd() % 3));
         }
         if (pf & VHU_BIT(VHU_PF_MQ))
@@ -94,10 +94,16 @@ static void mutate(struct stream *s) {
         for (unsigned i = 0; i < n && s->len > 0; i++) {
                 size_t at = rnd() % s->len;
                 switch (rnd() % 4) {
-                case 0: s->buf[at] ^= (uint8_t) (1u << (rnd() % 8)); break;    /* flip a bit */
-                case 1: s->buf[at] = (uint8_t) rnd(); break;                   /* any byte */
-                case 2: s->len = at; break;                                    /* cut short */
-                default:                                                       /* a 32-bit field */
+                case 0:
+                        s->buf[at] ^= (uint8_t) (1u << (rnd() % 8));
+                        break; /* flip a bit */
+                case 1:
+                        s->buf[at] = (uint8_t) rnd();
+                        break; /* any byte */
+                case 2:
+                        s->len = at;
+                        break; /* cut short */
+                default:       /* a 32-bit field */
                         if (at + 4 <= s->len) {
                                 uint32_t v = (uint32_t) rnd();
                                 memcpy(s->buf + at, &v, 4);
@@ -174,7 +180,8 @@ static void hostile_peers(void **state) {
                 if (!memmem(s.buf, s.len, marker, sizeof(marker))) {
                         memcpy(input + len, marker, sizeof(marker));
                         len += sizeof(marker);
-                        struct vhu_hdr h = { VHU_BREQ_CONFIG_CHANGE_MSG, VHU_VERSION | ((i & 8) ? VHU_FLAG_NEED_REPLY : 0), 0 };
+                        struct vhu_hdr h = { VHU_BREQ_CONFIG_CHANGE_MSG,
+                                             VHU_VERSION | ((i & 8) ? VHU_FLAG_NEED_REPLY : 0), 0 };
                         memcpy(input + len, &h, sizeof(h));
                         len += sizeof(h);
                         /* The stream's last bytes and the marker may form an earlier one. */
@@ -203,7 +210,8 @@ static size_t device_script(uint8_t *buf, size_t max, bool clean) {
                 buf[i] = (uint8_t) rnd();
         /* Offers that let the device go deep: DPDK's features, LOG_ALL, the protocol features it supports. */
         uint64_t features = UINT64_C(0xd7c66e7cb) | VHU_BIT(VHU_VF_LOG_ALL) | (rnd() & VHU_BIT(VHU_VF_RING_PACKED));
-        uint64_t pf = vhu_supported_protocol_features() & (rnd() | VHU_BIT(VHU_PF_LOG_SHMFD) | VHU_BIT(VHU_PF_REPLY_ACK));
+        uint64_t pf = vhu_supported_protocol_features() &
+                      (rnd() | VHU_BIT(VHU_PF_LOG_SHMFD) | VHU_BIT(VHU_PF_REPLY_ACK));
         memcpy(buf + 8, &features, 8);
         memcpy(buf + 16, &pf, 8);
         for (size_t i = 24; i < len; i++)

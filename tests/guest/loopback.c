@@ -17,18 +17,18 @@
 
 #include "loopback.h"
 
-#define LB_MAX_FAULTS 32
-#define ETH_HLEN 14u
-#define RARP_FRAME_LEN 60u
-#define PAYLOAD_SEQ_OFF (ETH_HLEN + 8u)     /* see guest-frame.c */
+#define LB_MAX_FAULTS   32
+#define ETH_HLEN        14u
+#define RARP_FRAME_LEN  60u
+#define PAYLOAD_SEQ_OFF (ETH_HLEN + 8u) /* see guest-frame.c */
 
 struct lb_queue {
         struct vhm_guest_queue_layout lay;
         struct vring_desc *desc;
         struct vring_avail *avail;
         struct vring_used *used;
-        uint16_t last_avail;    /* next avail entry to take */
-        uint16_t used_idx;      /* next used entry to write */
+        uint16_t last_avail; /* next avail entry to take */
+        uint16_t used_idx;   /* next used entry to write */
         uint16_t used_published;
 };
 
@@ -59,29 +59,25 @@ struct lb_dev {
 
 /* ---------------------------------------------------------------- memory */
 
-static void *gpa_ptr(const struct lb_dev *d, uint64_t gpa, uint64_t len)
-{
+static void *gpa_ptr(const struct lb_dev *d, uint64_t gpa, uint64_t len) {
         if (gpa > d->size || len > d->size - gpa)
                 return NULL;
         return d->base + gpa;
 }
 
-static void mark(struct lb_dev *d, uint64_t gpa, uint64_t len)
-{
-        for (uint64_t p = gpa / VHM_GUEST_PAGE_SIZE;
-             len && p <= (gpa + len - 1) / VHM_GUEST_PAGE_SIZE && p < d->npages; p++)
-                d->written[p / 8] |= (uint8_t)(1u << (p % 8));
+static void mark(struct lb_dev *d, uint64_t gpa, uint64_t len) {
+        for (uint64_t p = gpa / VHM_GUEST_PAGE_SIZE; len && p <= (gpa + len - 1) / VHM_GUEST_PAGE_SIZE && p < d->npages;
+             p++)
+                d->written[p / 8] |= (uint8_t) (1u << (p % 8));
 }
 
-static uint16_t load_acquire16(const __virtio16 *p)
-{
+static uint16_t load_acquire16(const __virtio16 *p) {
         return le16toh(__atomic_load_n(p, __ATOMIC_ACQUIRE));
 }
 
 /* ---------------------------------------------------------------- setup */
 
-static int bind_queue(struct lb_dev *d, struct vhm_guest *g, unsigned qi)
-{
+static int bind_queue(struct lb_dev *d, struct vhm_guest *g, unsigned qi) {
         struct lb_queue *q = &d->q[qi];
         int rc = vhm_guest_queue_layout(g, qi, &q->lay);
 
@@ -98,18 +94,15 @@ static int bind_queue(struct lb_dev *d, struct vhm_guest *g, unsigned qi)
         return 0;
 }
 
-static __virtio16 *avail_event(const struct lb_dev *d, struct lb_queue *q)
-{
-        return (__virtio16 *)&q->used->ring[d->num];
+static __virtio16 *avail_event(const struct lb_dev *d, struct lb_queue *q) {
+        return (__virtio16 *) &q->used->ring[d->num];
 }
 
-static __virtio16 *used_event(const struct lb_dev *d, struct lb_queue *q)
-{
+static __virtio16 *used_event(const struct lb_dev *d, struct lb_queue *q) {
         return &q->avail->ring[d->num];
 }
 
-int lb_create(struct vhm_guest *g, const struct lb_config *cfg, struct lb_dev **out)
-{
+int lb_create(struct vhm_guest *g, const struct lb_config *cfg, struct lb_dev **out) {
         struct lb_dev *d = calloc(1, sizeof(*d));
         int rc = 0;
 
@@ -138,8 +131,7 @@ int lb_create(struct vhm_guest *g, const struct lb_config *cfg, struct lb_dev **
         return 0;
 }
 
-void lb_free(struct lb_dev *d)
-{
+void lb_free(struct lb_dev *d) {
         if (!d)
                 return;
         lb_stop(d);
@@ -147,20 +139,17 @@ void lb_free(struct lb_dev *d)
         free(d);
 }
 
-uint16_t lb_get_base(const struct lb_dev *d, unsigned queue)
-{
+uint16_t lb_get_base(const struct lb_dev *d, unsigned queue) {
         return d->q[queue].last_avail;
 }
 
-void lb_set_base(struct lb_dev *d, unsigned queue, uint16_t base)
-{
+void lb_set_base(struct lb_dev *d, unsigned queue, uint16_t base) {
         struct lb_queue *q = &d->q[queue];
 
         q->last_avail = q->used_idx = q->used_published = base;
 }
 
-int lb_inject(struct lb_dev *d, unsigned qp, enum lb_fault fault, uint64_t seq)
-{
+int lb_inject(struct lb_dev *d, unsigned qp, enum lb_fault fault, uint64_t seq) {
         for (unsigned i = 0; i < LB_MAX_FAULTS; i++) {
                 if (d->faults[i].armed)
                         continue;
@@ -170,8 +159,7 @@ int lb_inject(struct lb_dev *d, unsigned qp, enum lb_fault fault, uint64_t seq)
         return -ENOSPC;
 }
 
-static struct lb_fault_entry *find_fault(struct lb_dev *d, unsigned qp, uint64_t seq)
-{
+static struct lb_fault_entry *find_fault(struct lb_dev *d, unsigned qp, uint64_t seq) {
         for (unsigned i = 0; i < LB_MAX_FAULTS; i++)
                 if (d->faults[i].armed && d->faults[i].qp == qp && d->faults[i].seq == seq)
                         return &d->faults[i];
@@ -180,8 +168,7 @@ static struct lb_fault_entry *find_fault(struct lb_dev *d, unsigned qp, uint64_t
 
 /* ---------------------------------------------------------------- rings */
 
-static void used_add(struct lb_dev *d, struct lb_queue *q, uint32_t id, uint32_t len)
-{
+static void used_add(struct lb_dev *d, struct lb_queue *q, uint32_t id, uint32_t len) {
         unsigned slot = q->used_idx & (d->num - 1);
 
         q->used->ring[slot].id = htole32(id);
@@ -190,19 +177,16 @@ static void used_add(struct lb_dev *d, struct lb_queue *q, uint32_t id, uint32_t
         q->used_idx++;
 }
 
-static bool should_call(const struct lb_dev *d, struct lb_queue *q, uint16_t old_idx, uint16_t new_idx)
-{
+static bool should_call(const struct lb_dev *d, struct lb_queue *q, uint16_t old_idx, uint16_t new_idx) {
         uint16_t ev;
 
         if (!d->cfg.event_idx)
-                return !(le16toh(__atomic_load_n(&q->avail->flags, __ATOMIC_RELAXED)) &
-                         VRING_AVAIL_F_NO_INTERRUPT);
+                return !(le16toh(__atomic_load_n(&q->avail->flags, __ATOMIC_RELAXED)) & VRING_AVAIL_F_NO_INTERRUPT);
         ev = le16toh(__atomic_load_n(used_event(d, q), __ATOMIC_RELAXED));
-        return (uint16_t)(new_idx - ev - 1) < (uint16_t)(new_idx - old_idx);
+        return (uint16_t) (new_idx - ev - 1) < (uint16_t) (new_idx - old_idx);
 }
 
-static void publish_used(struct lb_dev *d, struct lb_queue *q)
-{
+static void publish_used(struct lb_dev *d, struct lb_queue *q) {
         uint16_t old_idx = q->used_published;
         uint64_t one = 1;
 
@@ -220,14 +204,12 @@ static void publish_used(struct lb_dev *d, struct lb_queue *q)
         }
 }
 
-static unsigned avail_count(struct lb_queue *q)
-{
-        return (uint16_t)(load_acquire16(&q->avail->idx) - q->last_avail);
+static unsigned avail_count(struct lb_queue *q) {
+        return (uint16_t) (load_acquire16(&q->avail->idx) - q->last_avail);
 }
 
 /* The descriptor behind the next avail entry, bounds-checked. */
-static uint8_t *next_desc(struct lb_dev *d, struct lb_queue *q, uint32_t *id, uint32_t *len, uint16_t *flags)
-{
+static uint8_t *next_desc(struct lb_dev *d, struct lb_queue *q, uint32_t *id, uint32_t *len, uint16_t *flags) {
         const struct vring_desc *desc;
 
         *id = le16toh(q->avail->ring[q->last_avail & (d->num - 1)]);
@@ -241,8 +223,7 @@ static uint8_t *next_desc(struct lb_dev *d, struct lb_queue *q, uint32_t *id, ui
 
 /* Copy one frame into the next RX buffer, MACs swapped as testpmd's macswap
  * does, behind a virtio-net header with num_buffers = 1. */
-static int rx_deliver(struct lb_dev *d, unsigned qp, const uint8_t *frame, uint32_t flen, bool corrupt)
-{
+static int rx_deliver(struct lb_dev *d, unsigned qp, const uint8_t *frame, uint32_t flen, bool corrupt) {
         struct lb_queue *rx = &d->q[2 * qp];
         uint32_t id, blen, total = d->cfg.hdr_len + flen;
         uint16_t flags, nb = htole16(1);
@@ -265,8 +246,7 @@ static int rx_deliver(struct lb_dev *d, unsigned qp, const uint8_t *frame, uint3
 }
 
 /* A RARP as DPDK builds it for SEND_RARP, before the MAC swap. */
-static void build_rarp(uint8_t *f, const uint8_t mac[6])
-{
+static void build_rarp(uint8_t *f, const uint8_t mac[6]) {
         static const uint8_t body[8] = { 0, 1, 0x08, 0x00, 6, 4, 0, 3 };
 
         memset(f, 0, RARP_FRAME_LEN);
@@ -275,12 +255,11 @@ static void build_rarp(uint8_t *f, const uint8_t mac[6])
         f[12] = 0x80;
         f[13] = 0x35;
         memcpy(f + ETH_HLEN, body, sizeof(body));
-        memcpy(f + ETH_HLEN + 8, mac, 6);        /* sender hardware address */
-        memcpy(f + ETH_HLEN + 18, mac, 6);       /* target hardware address */
+        memcpy(f + ETH_HLEN + 8, mac, 6);  /* sender hardware address */
+        memcpy(f + ETH_HLEN + 18, mac, 6); /* target hardware address */
 }
 
-static unsigned rx_needed(enum lb_fault f)
-{
+static unsigned rx_needed(enum lb_fault f) {
         switch (f) {
         case LB_FAULT_DROP:
                 return 0;
@@ -293,9 +272,7 @@ static unsigned rx_needed(enum lb_fault f)
         }
 }
 
-static int deliver_with_fault(struct lb_dev *d, unsigned qp, const uint8_t *frame,
-                              uint32_t flen, enum lb_fault f)
-{
+static int deliver_with_fault(struct lb_dev *d, unsigned qp, const uint8_t *frame, uint32_t flen, enum lb_fault f) {
         static const uint8_t other_mac[6] = { 0x02, 0x99, 0x99, 0x99, 0x99, 0x99 };
         uint8_t rarp[RARP_FRAME_LEN];
         int rc = 0;
@@ -313,8 +290,7 @@ static int deliver_with_fault(struct lb_dev *d, unsigned qp, const uint8_t *fram
         return rc;
 }
 
-static uint64_t frame_seq(const uint8_t *frame, uint32_t flen)
-{
+static uint64_t frame_seq(const uint8_t *frame, uint32_t flen) {
         uint64_t v;
 
         if (flen < PAYLOAD_SEQ_OFF + 8)
@@ -325,8 +301,7 @@ static uint64_t frame_seq(const uint8_t *frame, uint32_t flen)
 
 /* Forward one TX frame.  1 if done, 0 if nothing to do or no RX buffer yet
  * (back-pressure instead of dropping keeps unit tests deterministic). */
-static int forward_one(struct lb_dev *d, unsigned qp)
-{
+static int forward_one(struct lb_dev *d, unsigned qp) {
         struct lb_queue *tx = &d->q[2 * qp + 1];
         struct lb_fault_entry *fe;
         enum lb_fault f = 0;
@@ -357,8 +332,7 @@ static int forward_one(struct lb_dev *d, unsigned qp)
         return 1;
 }
 
-static int step_qp(struct lb_dev *d, unsigned qp)
-{
+static int step_qp(struct lb_dev *d, unsigned qp) {
         unsigned n = 0;
         int rc = 0;
 
@@ -370,11 +344,10 @@ static int step_qp(struct lb_dev *d, unsigned qp)
         }
         publish_used(d, &d->q[2 * qp]);
         publish_used(d, &d->q[2 * qp + 1]);
-        return rc < 0 ? rc : (int)n;
+        return rc < 0 ? rc : (int) n;
 }
 
-int lb_step(void *dev)
-{
+int lb_step(void *dev) {
         struct lb_dev *d = dev;
         int total = 0;
 
@@ -390,14 +363,13 @@ int lb_step(void *dev)
 
 /* ---------------------------------------------------------------- thread */
 
-static void wait_kicks(struct lb_dev *d)
-{
+static void wait_kicks(struct lb_dev *d) {
         struct pollfd pfd[VHM_GUEST_MAX_QUEUES];
         unsigned n = 0;
         uint64_t v;
 
         for (unsigned qi = 0; qi < 2 * d->nqp; qi++) {
-                (void)!read(d->q[qi].lay.kick_fd, &v, sizeof(v));
+                (void) !read(d->q[qi].lay.kick_fd, &v, sizeof(v));
                 pfd[n].fd = d->q[qi].lay.kick_fd;
                 pfd[n++].events = POLLIN;
         }
@@ -405,11 +377,10 @@ static void wait_kicks(struct lb_dev *d)
         for (unsigned qp = 0; qp < d->nqp; qp++)
                 if (avail_count(&d->q[2 * qp + 1]))
                         return;
-        (void)poll(pfd, n, 1);
+        (void) poll(pfd, n, 1);
 }
 
-static void *lb_thread(void *arg)
-{
+static void *lb_thread(void *arg) {
         struct lb_dev *d = arg;
 
         while (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
@@ -429,8 +400,7 @@ static void *lb_thread(void *arg)
         return NULL;
 }
 
-int lb_start(struct lb_dev *d)
-{
+int lb_start(struct lb_dev *d) {
         int rc;
 
         __atomic_store_n(&d->stop, 0, __ATOMIC_RELEASE);
@@ -441,8 +411,7 @@ int lb_start(struct lb_dev *d)
         return 0;
 }
 
-void lb_stop(struct lb_dev *d)
-{
+void lb_stop(struct lb_dev *d) {
         if (!d->running)
                 return;
         __atomic_store_n(&d->stop, 1, __ATOMIC_RELEASE);
@@ -450,23 +419,19 @@ void lb_stop(struct lb_dev *d)
         d->running = false;
 }
 
-void lb_written_pages(const struct lb_dev *d, uint8_t *bitmap, size_t npages)
-{
+void lb_written_pages(const struct lb_dev *d, uint8_t *bitmap, size_t npages) {
         memset(bitmap, 0, (npages + 7) / 8);
         memcpy(bitmap, d->written, ((npages < d->npages ? npages : d->npages) + 7) / 8);
 }
 
-void lb_reset_written(struct lb_dev *d)
-{
+void lb_reset_written(struct lb_dev *d) {
         memset(d->written, 0, (d->npages + 7) / 8);
 }
 
-uint64_t lb_calls(const struct lb_dev *d)
-{
+uint64_t lb_calls(const struct lb_dev *d) {
         return __atomic_load_n(&d->calls, __ATOMIC_RELAXED);
 }
 
-int lb_error(const struct lb_dev *d)
-{
+int lb_error(const struct lb_dev *d) {
         return __atomic_load_n(&d->error, __ATOMIC_ACQUIRE);
 }

@@ -15,20 +15,20 @@
 #include "daemon/guest/guest.h"
 
 enum lb_fault {
-        LB_FAULT_DROP = 1,      /* consume the TX frame, deliver nothing */
-        LB_FAULT_CORRUPT,       /* flip a payload byte in the echo */
-        LB_FAULT_DUP,           /* deliver the echo twice */
-        LB_FAULT_RARP,          /* deliver a RARP announcement before it */
-        LB_FAULT_RARP_OTHER,    /* a RARP for some other MAC before it */
-        LB_FAULT_BAD_ID,        /* also write an RX used entry with a bogus id */
+        LB_FAULT_DROP = 1,   /* consume the TX frame, deliver nothing */
+        LB_FAULT_CORRUPT,    /* flip a payload byte in the echo */
+        LB_FAULT_DUP,        /* deliver the echo twice */
+        LB_FAULT_RARP,       /* deliver a RARP announcement before it */
+        LB_FAULT_RARP_OTHER, /* a RARP for some other MAC before it */
+        LB_FAULT_BAD_ID,     /* also write an RX used entry with a bogus id */
 };
 
 struct lb_config {
-        bool no_notify;         /* set VRING_USED_F_NO_NOTIFY (polling backend) */
-        bool event_idx;         /* use avail_event/used_event (EVENT_IDX acked) */
-        bool wait_kick;         /* thread sleeps on kick eventfds when idle */
-        unsigned hdr_len;       /* virtio-net header bytes; 0 -> 12 */
-        unsigned max_per_step;  /* TX frames per step and queue pair; 0 = all */
+        bool no_notify;        /* set VRING_USED_F_NO_NOTIFY (polling backend) */
+        bool event_idx;        /* use avail_event/used_event (EVENT_IDX acked) */
+        bool wait_kick;        /* thread sleeps on kick eventfds when idle */
+        unsigned hdr_len;      /* virtio-net header bytes; 0 -> 12 */
+        unsigned max_per_step; /* TX frames per step and queue pair; 0 = all */
 };
 
 struct lb_dev;

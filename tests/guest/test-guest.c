@@ -27,34 +27,33 @@
 #include "daemon/guest/guest.h"
 #include "loopback.h"
 
-#define SMALL_MEM (4ull << 20)
+#define SMALL_MEM      (4ull << 20)
 #define RUN_TIMEOUT_MS 30000
 
 /* ---------------------------------------------------------------- helpers */
 
-
 static int fds_at_start;
 
-static int fd_setup(void **state)
-{
-        (void)state;
+static int fd_setup(void **state) {
+        (void) state;
         fds_at_start = count_open_fds();
         return fds_at_start < 0 ? -1 : 0;
 }
 
-static int fd_teardown(void **state)
-{
-        (void)state;
+static int fd_teardown(void **state) {
+        (void) state;
         assert_int_equal(count_open_fds(), fds_at_start);
         return 0;
 }
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fd_setup, fd_teardown)
 
-static struct vhm_guest *mk_guest(unsigned nqp, unsigned ring, unsigned frame_len, uint64_t mem)
-{
+static struct vhm_guest *mk_guest(unsigned nqp, unsigned ring, unsigned frame_len, uint64_t mem) {
         struct vhm_guest_config c = {
-                .mem_size = mem, .queue_pairs = nqp, .ring_size = ring, .frame_len = frame_len,
+                .mem_size = mem,
+                .queue_pairs = nqp,
+                .ring_size = ring,
+                .frame_len = frame_len,
         };
         struct vhm_guest *g = NULL;
 
@@ -63,16 +62,14 @@ static struct vhm_guest *mk_guest(unsigned nqp, unsigned ring, unsigned frame_le
         return g;
 }
 
-static struct lb_dev *mk_dev(struct vhm_guest *g, const struct lb_config *cfg)
-{
+static struct lb_dev *mk_dev(struct vhm_guest *g, const struct lb_config *cfg) {
         struct lb_dev *d = NULL;
 
         assert_int_equal(lb_create(g, cfg, &d), 0);
         return d;
 }
 
-static void assert_clean(struct vhm_guest *g, unsigned qp, uint64_t n)
-{
+static void assert_clean(struct vhm_guest *g, unsigned qp, uint64_t n) {
         struct vhm_guest_stats s;
 
         assert_int_equal(vhm_guest_get_stats(g, qp, &s), 0);
@@ -88,33 +85,30 @@ static void assert_clean(struct vhm_guest *g, unsigned qp, uint64_t n)
         assert_int_equal(s.bad_used, 0);
 }
 
-static int run_stepped(struct vhm_guest *g, unsigned qp, uint64_t n, struct lb_dev *d, int timeout)
-{
+static int run_stepped(struct vhm_guest *g, unsigned qp, uint64_t n, struct lb_dev *d, int timeout) {
         struct vhm_guest_run_opts o = { .step = lb_step, .opaque = d };
 
         return vhm_guest_run_until(g, qp, n, timeout, &o);
 }
 
 /* A migrated image: a fresh memfd holding a byte copy of guest memory. */
-static int copy_memory(const struct vhm_guest *g)
-{
+static int copy_memory(const struct vhm_guest *g) {
         const uint8_t *p = vhm_guest_mem_base(g);
         uint64_t size = vhm_guest_mem_size(g), off = 0;
         int fd = memfd_create("vhm-test-copy", MFD_CLOEXEC);
 
         assert_true(fd >= 0);
-        assert_int_equal(ftruncate(fd, (off_t)size), 0);
+        assert_int_equal(ftruncate(fd, (off_t) size), 0);
         while (off < size) {
-                ssize_t n = pwrite(fd, p + off, size - off, (off_t)off);
+                ssize_t n = pwrite(fd, p + off, size - off, (off_t) off);
 
                 assert_true(n > 0);
-                off += (uint64_t)n;
+                off += (uint64_t) n;
         }
         return fd;
 }
 
-static uint64_t kicks(struct vhm_guest *g, unsigned queue)
-{
+static uint64_t kicks(struct vhm_guest *g, unsigned queue) {
         struct vhm_guest_queue_layout l;
         uint64_t v = 0;
 
@@ -126,19 +120,17 @@ static uint64_t kicks(struct vhm_guest *g, unsigned queue)
 
 /* ---------------------------------------------------------------- traffic */
 
-static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
-{
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
         return a < b + blen && b < a + alen;
 }
 
-static void test_create_layout(void **state)
-{
+static void test_create_layout(void **state) {
         struct vhm_guest *g = mk_guest(0, 0, 0, 0);
         struct vhm_guest_queue_layout l[VHM_GUEST_MAX_QUEUES];
         uint64_t page = VHM_GUEST_PAGE_SIZE;
         unsigned nq;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_guest_mem_size(g), 64ull << 20);
         assert_int_equal(vhm_guest_queue_pairs(g), 1);
         assert_int_equal(vhm_guest_ring_size(g), 256);
@@ -151,7 +143,7 @@ static void test_create_layout(void **state)
                 assert_int_equal(l[q].used_gpa % page, 0);
                 assert_int_equal(l[q].desc_gpa % page, 0);
                 assert_int_equal(l[q].buf_gpa % page, 0);
-                assert_int_equal(l[q].used_uaddr - (uintptr_t)vhm_guest_mem_base(g), l[q].used_gpa);
+                assert_int_equal(l[q].used_uaddr - (uintptr_t) vhm_guest_mem_base(g), l[q].used_gpa);
                 assert_true(l[q].buf_gpa + 256ull * l[q].buf_size <= vhm_guest_mem_size(g));
                 assert_true(fcntl(l[q].kick_fd, F_GETFL) & O_NONBLOCK);
                 assert_true(fcntl(l[q].call_fd, F_GETFD) & FD_CLOEXEC);
@@ -167,19 +159,18 @@ static void test_create_layout(void **state)
                         assert_false(ranges_overlap(l[q].used_gpa, upages, l[r].buf_gpa, 256 * 2048));
                         assert_true(r == q || !ranges_overlap(l[q].used_gpa, upages, l[r].used_gpa, upages));
                 }
-                assert_true(l[q].desc_gpa >= page);     /* state area first */
+                assert_true(l[q].desc_gpa >= page); /* state area first */
         }
         assert_int_equal(vhm_guest_queue_layout(g, nq, &l[0]), -EINVAL);
         vhm_guest_free(g);
         vhm_guest_free(NULL);
 }
 
-static void test_create_rejects(void **state)
-{
+static void test_create_rejects(void **state) {
         struct vhm_guest_config c = { 0 };
         struct vhm_guest *g = NULL;
 
-        (void)state;
+        (void) state;
         c.ring_size = 300;
         assert_int_equal(vhm_guest_create(&c, &g), -EINVAL);
         c = (struct vhm_guest_config){ .queue_pairs = 9 };
@@ -205,8 +196,7 @@ static void test_create_rejects(void **state)
         vhm_guest_free(g);
 }
 
-static void run_threaded(unsigned nqp, const struct lb_config *cfg, uint64_t features, unsigned flags)
-{
+static void run_threaded(unsigned nqp, const struct lb_config *cfg, uint64_t features, unsigned flags) {
         struct vhm_guest *g = mk_guest(nqp, 256, 0, 0);
         struct vhm_guest_run_opts o = { .flags = flags };
         struct lb_dev *d;
@@ -221,58 +211,52 @@ static void run_threaded(unsigned nqp, const struct lb_config *cfg, uint64_t fea
                 assert_clean(g, qp, 10000);
         if (flags & VHM_GUEST_RUN_WAIT_CALL)
                 assert_true(lb_calls(d) > 0);
-        else    /* busy polling asks for no calls; EVENT_IDX may cost one */
+        else /* busy polling asks for no calls; EVENT_IDX may cost one */
                 assert_true(lb_calls(d) <= (features & (1ull << VIRTIO_RING_F_EVENT_IDX) ? 2 * nqp : 0));
         lb_free(d);
         vhm_guest_free(g);
 }
 
-static void test_10k_1qp(void **state)
-{
+static void test_10k_1qp(void **state) {
         const struct lb_config cfg = { .no_notify = true };
 
-        (void)state;
+        (void) state;
         run_threaded(1, &cfg, 1ull << VIRTIO_F_VERSION_1, 0);
 }
 
-static void test_10k_4qp(void **state)
-{
+static void test_10k_4qp(void **state) {
         const struct lb_config cfg = { .no_notify = true };
 
-        (void)state;
+        (void) state;
         run_threaded(4, &cfg, 1ull << VIRTIO_F_VERSION_1, 0);
 }
 
-static void test_10k_4qp_event_idx_busy(void **state)
-{
+static void test_10k_4qp_event_idx_busy(void **state) {
         const struct lb_config cfg = { .event_idx = true };
 
-        (void)state;
+        (void) state;
         run_threaded(4, &cfg, vhm_guest_driver_features(), 0);
 }
 
-static void test_10k_4qp_wait_call(void **state)
-{
+static void test_10k_4qp_wait_call(void **state) {
         const struct lb_config cfg = { .wait_kick = true };
 
-        (void)state;
+        (void) state;
         run_threaded(4, &cfg, 1ull << VIRTIO_F_VERSION_1, VHM_GUEST_RUN_WAIT_CALL);
 }
 
-static void test_10k_4qp_event_idx(void **state)
-{
+static void test_10k_4qp_event_idx(void **state) {
         const struct lb_config cfg = { .wait_kick = true, .event_idx = true };
 
-        (void)state;
+        (void) state;
         run_threaded(4, &cfg, vhm_guest_driver_features(), VHM_GUEST_RUN_WAIT_CALL);
 }
 
-static void test_stepped_frame_sizes(void **state)
-{
+static void test_stepped_frame_sizes(void **state) {
         struct vhm_guest *g = mk_guest(2, 128, 64, SMALL_MEM);
         struct lb_dev *d = mk_dev(g, NULL);
 
-        (void)state;
+        (void) state;
         assert_int_equal(run_stepped(g, VHM_GUEST_ALL_QPS, 5000, d, RUN_TIMEOUT_MS), 0);
         assert_int_equal(vhm_guest_set_frame_len(g, 1514), 0);
         assert_int_equal(run_stepped(g, VHM_GUEST_ALL_QPS, 5000, d, RUN_TIMEOUT_MS), 0);
@@ -283,13 +267,12 @@ static void test_stepped_frame_sizes(void **state)
 }
 
 /* Legacy device without MRG_RXBUF: a 10-byte header. */
-static void test_legacy_header(void **state)
-{
+static void test_legacy_header(void **state) {
         const struct lb_config cfg = { .hdr_len = 10 };
         struct vhm_guest *g = mk_guest(1, 64, 200, SMALL_MEM);
         struct lb_dev *d;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_guest_set_features(g, 0), 0);
         d = mk_dev(g, &cfg);
         assert_int_equal(run_stepped(g, 0, 1000, d, RUN_TIMEOUT_MS), 0);
@@ -300,13 +283,12 @@ static void test_legacy_header(void **state)
 
 /* ---------------------------------------------------------------- notify */
 
-static void test_no_notify_suppresses_kicks(void **state)
-{
+static void test_no_notify_suppresses_kicks(void **state) {
         const struct lb_config cfg = { .no_notify = true };
         struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
         struct lb_dev *d = mk_dev(g, &cfg);
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_guest_post_rx(g, 0), 64);
         assert_int_equal(vhm_guest_tx(g, 0, 10), 10);
         assert_int_equal(kicks(g, 0), 0);
@@ -319,45 +301,43 @@ static void test_no_notify_suppresses_kicks(void **state)
         vhm_guest_free(g);
 }
 
-static void test_kicks_without_suppression(void **state)
-{
+static void test_kicks_without_suppression(void **state) {
         struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
         struct lb_dev *d = mk_dev(g, NULL);
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_guest_post_rx(g, 0), 64);
         assert_int_equal(kicks(g, 0), 1);
         assert_int_equal(vhm_guest_tx(g, 0, 10), 10);
         assert_int_equal(vhm_guest_tx(g, 0, 5), 5);
         assert_int_equal(kicks(g, 1), 2);
-        assert_int_equal(vhm_guest_tx(g, 0, 0), 0);     /* nothing new: no kick */
+        assert_int_equal(vhm_guest_tx(g, 0, 0), 0); /* nothing new: no kick */
         assert_int_equal(kicks(g, 1), 0);
         lb_free(d);
         vhm_guest_free(g);
 }
 
 /* With EVENT_IDX the device's avail_event decides, not used->flags. */
-static void test_event_idx_kicks(void **state)
-{
+static void test_event_idx_kicks(void **state) {
         const struct lb_config cfg = { .event_idx = true };
         struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
         struct lb_dev *d;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_guest_set_features(g, vhm_guest_driver_features()), 0);
         d = mk_dev(g, &cfg);
         assert_int_equal(vhm_guest_post_rx(g, 0), 64);
-        assert_int_equal(vhm_guest_tx(g, 0, 5), 5);     /* crosses avail_event 0 */
+        assert_int_equal(vhm_guest_tx(g, 0, 5), 5); /* crosses avail_event 0 */
         assert_int_equal(kicks(g, 1), 1);
-        assert_int_equal(vhm_guest_tx(g, 0, 5), 5);     /* device has not asked again */
+        assert_int_equal(vhm_guest_tx(g, 0, 5), 5); /* device has not asked again */
         assert_int_equal(kicks(g, 1), 0);
-        assert_int_equal(lb_step(d), 10);               /* sets avail_event = 10 */
+        assert_int_equal(lb_step(d), 10); /* sets avail_event = 10 */
         assert_int_equal(vhm_guest_reclaim_tx(g, 0), 10);
         assert_int_equal(vhm_guest_tx(g, 0, 1), 1);
         assert_int_equal(kicks(g, 1), 1);
         assert_int_equal(vhm_guest_poll_rx(g, 0, 0), 10);
         assert_int_equal(lb_step(d), 1);
-        assert_true(lb_calls(d) > 0);                   /* used_event honoured */
+        assert_true(lb_calls(d) > 0); /* used_event honoured */
         lb_free(d);
         vhm_guest_free(g);
 }
@@ -369,8 +349,7 @@ struct fault_case {
         uint64_t lost, corrupted, duplicated, rarp, other, bad_used, received;
 };
 
-static void check_fault(const struct fault_case *fc)
-{
+static void check_fault(const struct fault_case *fc) {
         struct vhm_guest *g = mk_guest(1, 256, 0, 0);
         struct lb_dev *d = mk_dev(g, NULL);
         struct vhm_guest_stats s;
@@ -390,63 +369,56 @@ static void check_fault(const struct fault_case *fc)
         vhm_guest_free(g);
 }
 
-static void test_fault_drop(void **state)
-{
+static void test_fault_drop(void **state) {
         const struct fault_case fc = { .fault = LB_FAULT_DROP, .lost = 1, .received = 2999 };
 
-        (void)state;
+        (void) state;
         check_fault(&fc);
 }
 
-static void test_fault_corrupt(void **state)
-{
+static void test_fault_corrupt(void **state) {
         const struct fault_case fc = { .fault = LB_FAULT_CORRUPT, .corrupted = 1, .received = 2999 };
 
-        (void)state;
+        (void) state;
         check_fault(&fc);
 }
 
-static void test_fault_dup(void **state)
-{
+static void test_fault_dup(void **state) {
         const struct fault_case fc = { .fault = LB_FAULT_DUP, .duplicated = 1, .received = 3000 };
 
-        (void)state;
+        (void) state;
         check_fault(&fc);
 }
 
-static void test_fault_rarp(void **state)
-{
+static void test_fault_rarp(void **state) {
         const struct fault_case fc = { .fault = LB_FAULT_RARP, .rarp = 1, .received = 3000 };
 
-        (void)state;
+        (void) state;
         check_fault(&fc);
 }
 
-static void test_fault_rarp_other(void **state)
-{
+static void test_fault_rarp_other(void **state) {
         const struct fault_case fc = { .fault = LB_FAULT_RARP_OTHER, .other = 1, .received = 3000 };
 
-        (void)state;
+        (void) state;
         check_fault(&fc);
 }
 
-static void test_fault_bad_id(void **state)
-{
+static void test_fault_bad_id(void **state) {
         const struct fault_case fc = { .fault = LB_FAULT_BAD_ID, .bad_used = 1, .received = 3000 };
 
-        (void)state;
+        (void) state;
         check_fault(&fc);
 }
 
 /* Several faults on several queue pairs at once, each counted where it
  * happened; a thread plays the device. */
-static void test_faults_mixed_threaded(void **state)
-{
+static void test_faults_mixed_threaded(void **state) {
         struct vhm_guest *g = mk_guest(4, 256, 0, 0);
         struct lb_dev *d = mk_dev(g, NULL);
         struct vhm_guest_stats s;
 
-        (void)state;
+        (void) state;
         assert_int_equal(lb_inject(d, 0, LB_FAULT_DROP, 10), 0);
         assert_int_equal(lb_inject(d, 0, LB_FAULT_DROP, 11), 0);
         assert_int_equal(lb_inject(d, 1, LB_FAULT_CORRUPT, 500), 0);
@@ -482,13 +454,12 @@ static void test_faults_mixed_threaded(void **state)
 
 /* A corrupted last frame is still accounted for; a dropped one cannot be
  * told from a slow device, so the run times out. */
-static void test_trailing_faults(void **state)
-{
+static void test_trailing_faults(void **state) {
         struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
         struct lb_dev *d = mk_dev(g, NULL);
         struct vhm_guest_stats s;
 
-        (void)state;
+        (void) state;
         assert_int_equal(lb_inject(d, 0, LB_FAULT_CORRUPT, 99), 0);
         assert_int_equal(run_stepped(g, 0, 100, d, RUN_TIMEOUT_MS), 0);
         assert_int_equal(lb_inject(d, 0, LB_FAULT_DROP, 199), 0);
@@ -503,16 +474,15 @@ static void test_trailing_faults(void **state)
 }
 
 /* A device claiming more used entries than were ever available. */
-static void test_used_overrun(void **state)
-{
+static void test_used_overrun(void **state) {
         struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
         struct vhm_guest_queue_layout l;
         struct vring_used *used;
         struct vhm_guest_stats s;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_guest_queue_layout(g, 1, &l), 0);
-        used = (struct vring_used *)(uintptr_t)l.used_uaddr;
+        used = (struct vring_used *) (uintptr_t) l.used_uaddr;
         assert_int_equal(vhm_guest_tx(g, 0, 3), 3);
         used->idx = 4;
         assert_int_equal(vhm_guest_reclaim_tx(g, 0), -EPROTO);
@@ -523,8 +493,7 @@ static void test_used_overrun(void **state)
 
 /* ---------------------------------------------------------------- migrate */
 
-static struct vhm_guest *migrate(struct vhm_guest *src, struct lb_dev *dsrc, struct lb_dev **ddst)
-{
+static struct vhm_guest *migrate(struct vhm_guest *src, struct lb_dev *dsrc, struct lb_dev **ddst) {
         struct vhm_guest *dst = NULL;
         char err[256];
         int fd = copy_memory(src);
@@ -537,13 +506,12 @@ static struct vhm_guest *migrate(struct vhm_guest *src, struct lb_dev *dsrc, str
         return dst;
 }
 
-static void test_migrate_quiesced(void **state)
-{
+static void test_migrate_quiesced(void **state) {
         struct vhm_guest *g = mk_guest(2, 256, 0, 0), *g2;
         struct lb_dev *d = mk_dev(g, NULL), *d2;
         struct vhm_guest_queue_layout a, b;
 
-        (void)state;
+        (void) state;
         assert_int_equal(run_stepped(g, VHM_GUEST_ALL_QPS, 1000, d, RUN_TIMEOUT_MS), 0);
         g2 = migrate(g, d, &d2);
         lb_free(d);
@@ -561,15 +529,14 @@ static void test_migrate_quiesced(void **state)
 
 /* Frames still in the TX ring, echoes not yet polled: the copy carries them
  * and the resumed guest sees one unbroken sequence. */
-static void test_migrate_in_flight(void **state)
-{
+static void test_migrate_in_flight(void **state) {
         const struct lb_config slow = { .max_per_step = 7 };
         struct vhm_guest *g = mk_guest(1, 256, 300, 0), *g2;
         struct lb_dev *d = mk_dev(g, &slow), *d2;
         struct vhm_guest_stats s;
         uint16_t avail, used;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_guest_post_rx(g, 0), 256);
         assert_int_equal(vhm_guest_tx(g, 0, 100), 100);
         assert_int_equal(lb_step(d), 7);
@@ -594,122 +561,103 @@ static void test_migrate_in_flight(void **state)
 
 typedef void (*corrupt_fn)(uint8_t *mem, struct vhm_gstate *st, const struct vhm_layout *lay);
 
-static void c_magic(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
+static void c_magic(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
         st->magic ^= 1;
 }
 
-static void c_version(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
+static void c_version(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
         st->version = 99;
 }
 
-static void c_qps(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
+static void c_qps(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
         st->queue_pairs = 9;
 }
 
-static void c_ring(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
+static void c_ring(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
         st->ring_size = 300;
 }
 
-static void c_ring_huge(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
-        st->ring_size = 32768;  /* valid virtio, but the layout overflows memory */
+static void c_ring_huge(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
+        st->ring_size = 32768; /* valid virtio, but the layout overflows memory */
 }
 
-static void c_memsize(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
+static void c_memsize(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
         st->mem_size *= 2;
 }
 
-static void c_frame(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
+static void c_frame(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
         st->frame_len = 5000;
 }
 
-static void c_features(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
+static void c_features(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
         st->features |= 1ull << VIRTIO_F_RING_PACKED;
 }
 
-static void c_num_free(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
-        st->q[1].num_free = (uint16_t)(st->ring_size + 1);
+static void c_num_free(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
+        st->q[1].num_free = (uint16_t) (st->ring_size + 1);
 }
 
-static void c_free_id(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)st;
-        ((uint16_t *)(m + l->free_stack[1]))[0] = 0xffff;
+static void c_free_id(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) st;
+        ((uint16_t *) (m + l->free_stack[1]))[0] = 0xffff;
 }
 
-static void c_free_dup(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        uint16_t *fs = (uint16_t *)(m + l->free_stack[1]);
+static void c_free_dup(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        uint16_t *fs = (uint16_t *) (m + l->free_stack[1]);
 
-        (void)st;
+        (void) st;
         fs[1] = fs[0];
 }
 
-static void c_owner(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)st;
+static void c_owner(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) st;
         m[l->owner[0] + 3] = 7;
 }
 
-static void c_owner_count(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)st;
-        m[l->owner[0] + 3] ^= 1;        /* flips posted <-> free */
+static void c_owner_count(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) st;
+        m[l->owner[0] + 3] ^= 1; /* flips posted <-> free */
 }
 
-static void c_next_avail(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
+static void c_next_avail(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
         st->q[1].next_avail += 1;
 }
 
-static void c_used_idx(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        struct vring_used *u = (struct vring_used *)(m + l->used[0]);
+static void c_used_idx(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        struct vring_used *u = (struct vring_used *) (m + l->used[0]);
 
-        (void)st;
-        u->idx = (uint16_t)(st->q[0].last_used + 300);
+        (void) st;
+        u->idx = (uint16_t) (st->q[0].last_used + 300);
 }
 
-static void c_last_used(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
+static void c_last_used(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
         st->q[1].last_used -= 200;
 }
 
-static void c_seq(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)m, (void)l;
+static void c_seq(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) m, (void) l;
         st->qp[0].rx_expected = st->qp[0].tx_seq + 1;
 }
 
-static void c_garbage(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
-        (void)st;
+static void c_garbage(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
+        (void) st;
         srand(42);
         for (uint64_t i = 0; i < l->state_end; i++)
-                m[i] = (uint8_t)rand();
+                m[i] = (uint8_t) rand();
 }
 
-static void c_garbage_keep_magic(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l)
-{
+static void c_garbage_keep_magic(uint8_t *m, struct vhm_gstate *st, const struct vhm_layout *l) {
         struct vhm_gstate keep = *st;
 
         c_garbage(m, st, l);
@@ -720,19 +668,17 @@ static void c_garbage_keep_magic(uint8_t *m, struct vhm_gstate *st, const struct
 }
 
 /* A guest with traffic behind it, so the state is not all zeroes. */
-static struct vhm_guest *busy_guest(void)
-{
+static struct vhm_guest *busy_guest(void) {
         struct vhm_guest *g = mk_guest(1, 256, 0, SMALL_MEM);
         struct lb_dev *d = mk_dev(g, NULL);
 
         assert_int_equal(run_stepped(g, 0, 500, d, RUN_TIMEOUT_MS), 0);
-        assert_int_equal(vhm_guest_tx(g, 0, 20), 20);    /* leave some in flight */
+        assert_int_equal(vhm_guest_tx(g, 0, 20), 20); /* leave some in flight */
         lb_free(d);
         return g;
 }
 
-static void expect_rejected(struct vhm_guest *g, corrupt_fn fn, const char *what)
-{
+static void expect_rejected(struct vhm_guest *g, corrupt_fn fn, const char *what) {
         struct vhm_guest *out = NULL;
         struct vhm_layout lay;
         char err[256] = "";
@@ -743,7 +689,7 @@ static void expect_rejected(struct vhm_guest *g, corrupt_fn fn, const char *what
 
         assert_true(m != MAP_FAILED);
         assert_int_equal(vhm_layout_compute(1, 256, &lay), 0);
-        fn(m, (struct vhm_gstate *)m, &lay);
+        fn(m, (struct vhm_gstate *) m, &lay);
         munmap(m, size);
         fds = count_open_fds();
         rc = vhm_guest_attach(fd, &out, err, sizeof(err));
@@ -758,11 +704,10 @@ static void expect_rejected(struct vhm_guest *g, corrupt_fn fn, const char *what
 
 #define REJECT(fn) expect_rejected(g, fn, #fn)
 
-static void test_attach_rejects_corruption(void **state)
-{
+static void test_attach_rejects_corruption(void **state) {
         struct vhm_guest *g = busy_guest();
 
-        (void)state;
+        (void) state;
         REJECT(c_magic);
         REJECT(c_version);
         REJECT(c_qps);
@@ -785,13 +730,12 @@ static void test_attach_rejects_corruption(void **state)
         vhm_guest_free(g);
 }
 
-static void test_attach_bad_files(void **state)
-{
+static void test_attach_bad_files(void **state) {
         struct vhm_guest *out = NULL;
         char err[256];
         int fd, p[2];
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_guest_attach(-1, &out, err, sizeof(err)), -EBADF);
         fd = memfd_create("empty", MFD_CLOEXEC);
         assert_int_equal(vhm_guest_attach(fd, &out, err, sizeof(err)), -EBADMSG);
@@ -808,14 +752,13 @@ static void test_attach_bad_files(void **state)
 }
 
 /* A valid image attaches, and freeing it gives every descriptor back. */
-static void test_attach_valid(void **state)
-{
+static void test_attach_valid(void **state) {
         struct vhm_guest *g = busy_guest(), *g2 = NULL;
         struct vhm_guest_stats a, b;
         char err[256];
         int fd = copy_memory(g);
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_guest_attach(fd, &g2, err, sizeof(err)), 0);
         assert_int_equal(vhm_guest_get_stats(g, 0, &a), 0);
         assert_int_equal(vhm_guest_get_stats(g2, 0, &b), 0);
@@ -828,27 +771,24 @@ static void test_attach_valid(void **state)
 
 /* ---------------------------------------------------------------- pages */
 
-static int count_page(uint64_t page, void *opaque)
-{
-        (void)page;
-        ++*(size_t *)opaque;
+static int count_page(uint64_t page, void *opaque) {
+        (void) page;
+        ++*(size_t *) opaque;
         return 0;
 }
 
-static bool bit(const uint8_t *bm, uint64_t p)
-{
+static bool bit(const uint8_t *bm, uint64_t p) {
         return bm[p / 8] & (1u << (p % 8));
 }
 
-static void test_device_written_pages(void **state)
-{
+static void test_device_written_pages(void **state) {
         struct vhm_guest *g = mk_guest(2, 256, 1514, 0);
         struct lb_dev *d = mk_dev(g, NULL);
         size_t np = vhm_guest_npages(g), bytes = (np + 7) / 8, n = 0, pop = 0;
         uint8_t *want = calloc(bytes, 1), *got = calloc(bytes, 1);
         struct vhm_guest_queue_layout l;
 
-        (void)state;
+        (void) state;
         assert_int_equal(lb_inject(d, 0, LB_FAULT_DROP, 5), 0);
         assert_int_equal(lb_inject(d, 1, LB_FAULT_DUP, 6), 0);
         assert_int_equal(lb_inject(d, 1, LB_FAULT_BAD_ID, 7), 0);
@@ -857,7 +797,7 @@ static void test_device_written_pages(void **state)
         assert_int_equal(vhm_guest_device_written_pages(g, got, np), 0);
         assert_memory_equal(want, got, bytes);
         for (size_t i = 0; i < bytes; i++)
-                pop += (size_t)__builtin_popcount(got[i]);
+                pop += (size_t) __builtin_popcount(got[i]);
         assert_int_equal(vhm_guest_for_each_device_written_page(g, count_page, &n), 0);
         assert_int_equal(n, pop);
         /* Device pages only: not the state area, descriptors, avail rings or
@@ -884,15 +824,9 @@ static void test_device_written_pages(void **state)
 /* ---------------------------------------------------------------- main */
 
 static const struct CMUnitTest traffic_tests[] = {
-        T(test_create_layout),
-        T(test_create_rejects),
-        T(test_10k_1qp),
-        T(test_10k_4qp),
-        T(test_10k_4qp_event_idx_busy),
-        T(test_10k_4qp_wait_call),
-        T(test_10k_4qp_event_idx),
-        T(test_stepped_frame_sizes),
-        T(test_legacy_header),
+        T(test_create_layout),     T(test_create_rejects),         T(test_10k_1qp),
+        T(test_10k_4qp),           T(test_10k_4qp_event_idx_busy), T(test_10k_4qp_wait_call),
+        T(test_10k_4qp_event_idx), T(test_stepped_frame_sizes),    T(test_legacy_header),
 };
 
 static const struct CMUnitTest notify_tests[] = {
@@ -928,13 +862,11 @@ static const struct CMUnitTest page_tests[] = {
         T(test_device_written_pages),
 };
 
-static bool wanted(int argc, char **argv, const char *group)
-{
+static bool wanted(int argc, char **argv, const char *group) {
         return argc < 2 || strcmp(argv[1], group) == 0;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
         int failed = 0;
 
         if (wanted(argc, argv, "traffic"))

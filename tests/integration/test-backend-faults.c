@@ -123,8 +123,11 @@ static void every_request_goes_through(void **state) {
         CONN_CHECK(c, vhu_set_log_fd(c, efd));
         CONN_CHECK(c, vhu_set_vring_num(c, 0, 256));
         CONN_CHECK(c, vhu_set_vring_base(c, 0, 7));
-        struct vhu_vring_addr a = { .index = 0, .desc_user_addr = base, .avail_user_addr = base + 0x1000,
-                                    .used_user_addr = base + 0x2000, .log_guest_addr = 0x2000 };
+        struct vhu_vring_addr a = { .index = 0,
+                                    .desc_user_addr = base,
+                                    .avail_user_addr = base + 0x1000,
+                                    .used_user_addr = base + 0x2000,
+                                    .log_guest_addr = 0x2000 };
         CONN_CHECK(c, vhu_set_vring_addr(c, &a));
         CONN_CHECK(c, vhu_set_vring_kick(c, 0, efd));
         CONN_CHECK(c, vhu_set_vring_call(c, 0, efd));
@@ -133,7 +136,9 @@ static void every_request_goes_through(void **state) {
         const uint8_t mac[6] = { 2, 0, 0, 0, 0, 1 };
         CONN_CHECK(c, vhu_send_rarp(c, mac));
         CONN_CHECK(c, vhu_net_set_mtu(c, 1500));
-        struct vhu_iotlb iotlb = { .iova = 0, .size = 4096, .uaddr = base, .perm = VHU_ACCESS_RW, .type = VHU_IOTLB_UPDATE };
+        struct vhu_iotlb iotlb = {
+                .iova = 0, .size = 4096, .uaddr = base, .perm = VHU_ACCESS_RW, .type = VHU_IOTLB_UPDATE
+        };
         CONN_CHECK(c, vhu_iotlb_msg(c, &iotlb));
         CONN_CHECK(c, vhu_set_vring_endian(c, 0, false));
         uint8_t cfgbuf[16], cfgin[16] = { 1, 2, 3 };
@@ -205,9 +210,9 @@ static void every_request_goes_through(void **state) {
 /* ---- fault classes ------------------------------------------------------------------- */
 
 struct fault_case {
-        const char *fault;         /* tb_parse_fault spec */
-        int expected;              /* errno of the failing call */
-        const char *mentions;      /* the error names this */
+        const char *fault;    /* tb_parse_fault spec */
+        int expected;         /* errno of the failing call */
+        const char *mentions; /* the error names this */
         bool connection_survives;
 };
 
@@ -241,9 +246,11 @@ static void each_fault_is_detected(void **state) {
                 int r = vhu_negotiate(c, NULL);
                 uint64_t ms = (vhu_now_usec() - t0) / 1000;
                 if (r != fc->expected)
-                        fail_msg("%s: negotiate returned %d (%s), expected %d", fc->fault, r, vhu_conn_error(c), fc->expected);
+                        fail_msg("%s: negotiate returned %d (%s), expected %d", fc->fault, r, vhu_conn_error(c),
+                                 fc->expected);
                 if (!strstr(vhu_conn_error(c), fc->mentions))
-                        fail_msg("%s: error \"%s\" does not mention \"%s\"", fc->fault, vhu_conn_error(c), fc->mentions);
+                        fail_msg("%s: error \"%s\" does not mention \"%s\"", fc->fault, vhu_conn_error(c),
+                                 fc->mentions);
                 /* The request that failed is named too. */
                 char name[64];
                 if (!strstr(vhu_conn_error(c), spec_request(fc->fault, name)))
@@ -274,15 +281,15 @@ static void nack_fails_only_that_request(void **state) {
 static void bad_replies_to_typed_requests(void **state) {
         (void) state;
         static const char *const specs[] = {
-                "GET_VRING_BASE:oversize", "SET_LOG_BASE:undersize", "GET_STATUS:wrong-request",
-                "GET_CONFIG:undersize", "SET_MEM_TABLE:bad-flags=0x9", "GET_INFLIGHT_FD:close",
+                "GET_VRING_BASE:oversize", "SET_LOG_BASE:undersize",      "GET_STATUS:wrong-request",
+                "GET_CONFIG:undersize",    "SET_MEM_TABLE:bad-flags=0x9", "GET_INFLIGHT_FD:close",
         };
         for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
                 struct tb_config cfg;
                 config_with_fault(&cfg, specs[i]);
                 struct env e;
                 struct vhu_conn *c = env_start_negotiated(&e, &cfg);
-                CONN_CHECK(c, vhu_get_features(c, &(uint64_t) { 0 }));
+                CONN_CHECK(c, vhu_get_features(c, &(uint64_t){ 0 }));
 
                 int mem = memfd_create("mem", MFD_CLOEXEC);
                 assert_int_equal(ftruncate(mem, 4096), 0);
@@ -294,12 +301,24 @@ static void bad_replies_to_typed_requests(void **state) {
                 int fd;
                 struct vhu_region reg = { mem, 0, 4096, 0x10000, 0 };
                 switch (i) {
-                case 0: r = vhu_get_vring_base(c, 0, &base); break;
-                case 1: r = vhu_set_log_base(c, mem, 4096, 0); break;
-                case 2: r = vhu_get_status(c, &st); break;
-                case 3: r = vhu_get_config(c, 0, sizeof(buf), 0, buf); break;
-                case 4: r = vhu_set_mem_table(c, &reg, 1); break;
-                default: r = vhu_get_inflight_fd(c, 1, 256, &inf, &fd); break;
+                case 0:
+                        r = vhu_get_vring_base(c, 0, &base);
+                        break;
+                case 1:
+                        r = vhu_set_log_base(c, mem, 4096, 0);
+                        break;
+                case 2:
+                        r = vhu_get_status(c, &st);
+                        break;
+                case 3:
+                        r = vhu_get_config(c, 0, sizeof(buf), 0, buf);
+                        break;
+                case 4:
+                        r = vhu_set_mem_table(c, &reg, 1);
+                        break;
+                default:
+                        r = vhu_get_inflight_fd(c, 1, 256, &inf, &fd);
+                        break;
                 }
                 close(mem);
                 char name[64];
@@ -327,7 +346,7 @@ static void missing_features_are_never_used(void **state) {
         const uint8_t mac[6] = { 2, 0, 0, 0, 0, 1 };
         assert_int_equal(vhu_send_rarp(c, mac), -ENOTSUP);
         assert_int_equal(vhu_set_log_base(c, 0, 4096, 0), -ENOTSUP);
-        assert_int_equal(vhu_get_queue_num(c, &(uint64_t) { 0 }), -ENOTSUP);
+        assert_int_equal(vhu_get_queue_num(c, &(uint64_t){ 0 }), -ENOTSUP);
         CONN_CHECK(c, vhu_set_vring_num(c, 0, 256));
         CONN_CHECK(c, vhu_barrier(c));
         vhu_conn_free(c);
@@ -415,10 +434,11 @@ static int run_probe(const char *socket, char *err, size_t errlen, uint64_t *ms)
 static void probe_reports_each_misbehaviour(void **state) {
         (void) state;
         static const char *const specs[] = {
-                "GET_FEATURES:close", "GET_FEATURES:bad-flags=0x1", "GET_FEATURES:oversize",
-                "GET_FEATURES:wrong-request", "GET_FEATURES:extra-fds", "GET_FEATURES:hang",
-                "GET_FEATURES:garbage", "SET_PROTOCOL_FEATURES:nack", "GET_QUEUE_NUM:undersize",
-                "SET_OWNER:hang",
+                "GET_FEATURES:close",      "GET_FEATURES:bad-flags=0x1",
+                "GET_FEATURES:oversize",   "GET_FEATURES:wrong-request",
+                "GET_FEATURES:extra-fds",  "GET_FEATURES:hang",
+                "GET_FEATURES:garbage",    "SET_PROTOCOL_FEATURES:nack",
+                "GET_QUEUE_NUM:undersize", "SET_OWNER:hang",
         };
         for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
                 struct tb_config cfg;
@@ -466,12 +486,12 @@ static void probe_reports_blockers(void **state) {
  * after BOUND_MS fails the test instead of hanging the suite.
  */
 #define HOSTILE_TIMEOUT_MS 300u
-#define BOUND_MS 10000u
+#define BOUND_MS           10000u
 
 struct outcome {
-        int result;             /* the call's return value */
-        uint64_t ms;            /* how long it took */
-        char error[400];        /* vhu_conn_error() after it */
+        int result;      /* the call's return value */
+        uint64_t ms;     /* how long it took */
+        char error[400]; /* vhu_conn_error() after it */
 };
 
 typedef void (*hostile_fn)(const char *socket, struct outcome *out);
@@ -628,8 +648,8 @@ static void connect_to_a_full_backlog_is_bounded(void **state) {
         struct outcome out;
         run_bounded("connect to a full backlog", connect_only, e.socket, &out);
         if (out.result != -ETIMEDOUT || out.ms > 2 * HOSTILE_TIMEOUT_MS + 200)
-                fail_msg("connect returned %d (%s) after %llu ms, expected -ETIMEDOUT within about %u ms",
-                         out.result, strerror(-out.result), (unsigned long long) out.ms, 2 * HOSTILE_TIMEOUT_MS);
+                fail_msg("connect returned %d (%s) after %llu ms, expected -ETIMEDOUT within about %u ms", out.result,
+                         strerror(-out.result), (unsigned long long) out.ms, 2 * HOSTILE_TIMEOUT_MS);
         assert_true(tb_record_contains(e.record, "NO_ACCEPT backlog="));
         env_stop(&e);
 
@@ -653,7 +673,7 @@ static void fds_on_every_reply_are_refused(void **state) {
         assert_non_null(strstr(vhu_conn_error(c), "GET_FEATURES"));
         assert_non_null(strstr(vhu_conn_error(c), "fd"));
         assert_false(vhu_conn_is_connected(c));
-        assert_int_equal(vhu_get_features(c, &(uint64_t) { 0 }), -ENOTCONN);
+        assert_int_equal(vhu_get_features(c, &(uint64_t){ 0 }), -ENOTCONN);
         vhu_conn_free(c);
 
         /* A call on its own, on a fresh connection. */

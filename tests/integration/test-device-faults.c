@@ -28,7 +28,7 @@
 
 /* Queue pairs of the device: 2, or 1 where the back-end offers no MQ. */
 static unsigned queue_pairs = 2;
-#define NQUEUES     (2 * queue_pairs)
+#define NQUEUES (2 * queue_pairs)
 
 /* ---- the fixture: a test back-end, a guest, its VM and device ---------------------- */
 
@@ -36,14 +36,14 @@ struct fx {
         char dir[64];
         char socket[128];
         char record[128];
-        pid_t pid;              /* the test back-end child, or -1 */
+        pid_t pid; /* the test back-end child, or -1 */
         struct tb_config cfg;
         struct vhm_guest *g;
         struct vhm_vm *vm;
         struct vhm_device *dev;
         int fds_before;
         char imposter_record[128];
-        pid_t imposter;         /* a test back-end playing another local user, or -1 */
+        pid_t imposter; /* a test back-end playing another local user, or -1 */
 };
 
 static struct fx fx;
@@ -142,9 +142,12 @@ static void make_device(bool server, unsigned timeout_ms) {
         struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = queue_pairs, .ring_size = 64 };
         GD_CHECK(guest_vm_new("faults", &gc, &fx.g, &fx.vm));
         struct vhm_device_config cfg = {
-                .socket = fx.socket, .server = server, .timeout_ms = timeout_ms,
+                .socket = fx.socket,
+                .server = server,
+                .timeout_ms = timeout_ms,
                 .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
-                .queue_pairs = queue_pairs, .mtu = 1500,
+                .queue_pairs = queue_pairs,
+                .mtu = 1500,
         };
         GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &fx.dev, NULL));
 }
@@ -313,7 +316,8 @@ static void rings_enabled_and_disabled_explicitly(void **state) {
         if (!(acked & VHU_BIT(VHU_VF_PROTOCOL_FEATURES))) {
                 dump_record();
                 fail_msg("SET_FEATURES 0x%" PRIx64 " does not acknowledge VHOST_USER_F_PROTOCOL_FEATURES (bit 30) "
-                         "although the back-end offers it", acked);
+                         "although the back-end offers it",
+                         acked);
         }
         int first_get = find(&l, 0, "GET_VRING_BASE", NULL);
         assert_true(first_get >= 0);
@@ -626,7 +630,8 @@ static void make_device_on_tmpfs(void) {
                 fail_msg("vhm_vm_add_region: %s", vhm_vm_error(fx.vm));
         close(shm);
         struct vhm_device_config cfg = {
-                .socket = fx.socket, .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
+                .socket = fx.socket,
+                .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
                 .queue_pairs = queue_pairs,
         };
         GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &fx.dev, NULL));
@@ -686,8 +691,8 @@ static void backend_cannot_truncate_sealed_memory(void **state) {
 
 /* ---- who may be the back-end ------------------------------------------------------- */
 
-#define NOBODY   65534u     /* the real back-end's user */
-#define INTRUDER 1001u      /* another local user */
+#define NOBODY   65534u /* the real back-end's user */
+#define INTRUDER 1001u  /* another local user */
 
 static bool can_switch_users(void) {
         return geteuid() == 0;
@@ -807,8 +812,11 @@ static void allow_list(void **state) {
         struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = queue_pairs, .ring_size = 64 };
         GD_CHECK(guest_vm_new("faults", &gc, &fx.g, &fx.vm));
         struct vhm_device_config cfg = {
-                .socket = fx.socket, .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
-                .queue_pairs = queue_pairs, .allowed_uids = allowed, .n_allowed_uids = 1,
+                .socket = fx.socket,
+                .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
+                .queue_pairs = queue_pairs,
+                .allowed_uids = allowed,
+                .n_allowed_uids = 1,
         };
         GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &fx.dev, NULL));
 
@@ -841,9 +849,11 @@ static void server_mode_refuses_another_uid(void **state) {
         struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = queue_pairs, .ring_size = 64 };
         GD_CHECK(guest_vm_new("faults", &gc, &fx.g, &fx.vm));
         struct vhm_device_config cfg = {
-                .socket = fx.socket, .server = true,
+                .socket = fx.socket,
+                .server = true,
                 .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
-                .queue_pairs = queue_pairs, .listen = { .mode = 0777 },
+                .queue_pairs = queue_pairs,
+                .listen = { .mode = 0777 },
         };
         GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &fx.dev, NULL));
         /* Nobody yet: the device listens. */

@@ -24,9 +24,9 @@
 #include "tests/common/real-backends.h"
 #include "daemon/guest/guest.h"
 
-#define TOTAL_FRAMES    100000u
-#define RUN_TIMEOUT_MS  120000
-#define GUEST_MEM       (32ull << 20)
+#define TOTAL_FRAMES   100000u
+#define RUN_TIMEOUT_MS 120000
+#define GUEST_MEM      (32ull << 20)
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -49,8 +49,7 @@ static struct vhm_guest_stats guest_stats(const struct vhm_guest *g, unsigned qp
 static void print_stats(const char *what, const struct vhm_guest_stats *s) {
         printf("  %-22s sent %" PRIu64 " received %" PRIu64 " lost %" PRIu64 " corrupted %" PRIu64
                " duplicated %" PRIu64 " rarp %" PRIu64 " other %" PRIu64 " bad_used %" PRIu64 "\n",
-               what, s->sent, s->received, s->lost, s->corrupted, s->duplicated, s->rarp_seen, s->other,
-               s->bad_used);
+               what, s->sent, s->received, s->lost, s->corrupted, s->duplicated, s->rarp_seen, s->other, s->bad_used);
         fflush(stdout);
 }
 
@@ -107,7 +106,10 @@ static void rig_new(struct rig *r, unsigned nqp, const char *socket, uint64_t fe
         struct vhm_guest_config gc = { .mem_size = GUEST_MEM, .queue_pairs = nqp };
         GD_CHECK(guest_vm_new("traffic", &gc, &r->g, &r->vm));
         struct vhm_device_config cfg = {
-                .socket = socket, .features = features, .queue_pairs = nqp, .timeout_ms = 5000,
+                .socket = socket,
+                .features = features,
+                .queue_pairs = nqp,
+                .timeout_ms = 5000,
         };
         GD_CHECK(guest_device_new(r->vm, r->g, &cfg, &r->dev, NULL));
 }
@@ -216,8 +218,7 @@ static void expect_disconnect(struct vhm_device *dev) {
         while ((r = vhm_device_poll_connection(dev)) == 1 && now_ns() - t0 < 1000000000u)
                 sleep_ms(5);
         assert_int_equal(r, 0);
-        printf("  disconnection noticed after %.1f ms: %s\n", (double) (now_ns() - t0) / 1e6,
-               vhm_device_error(dev));
+        printf("  disconnection noticed after %.1f ms: %s\n", (double) (now_ns() - t0) / 1e6, vhm_device_error(dev));
         assert_int_equal(vhm_device_state(dev), VHM_DEVICE_DISCONNECTED);
         assert_null(vhm_device_conn(dev));
 }
@@ -245,8 +246,8 @@ static void reconnect_or_fail(struct vhm_device *dev) {
  * millisecond at testpmd's echo rate, so one time slice lost to another
  * process spoils it: the median of nine shrugs off four such windows.
  */
-#define WINDOW_FRAMES   3500u
-#define WINDOWS         9u
+#define WINDOW_FRAMES 3500u
+#define WINDOWS       9u
 
 /* Frames per second over `windows` runs of WINDOW_FRAMES each, their median. */
 static double throughput(struct rig *r, unsigned windows) {
@@ -356,8 +357,8 @@ static void dpdk_stop_resume_mid_stream(void **state) {
                 uint16_t avail, used;
                 assert_int_equal(vhm_guest_queue_indices(rg.g, q, &avail, &used), 0);
                 uint16_t idx = (uint16_t) vhm_device_ring_index(rg.dev, q);
-                printf("  queue %u (%s): avail %u used %u, back-end stopped at %u\n", q, q == rxq ? "rx" : "tx",
-                       avail, used, idx);
+                printf("  queue %u (%s): avail %u used %u, back-end stopped at %u\n", q, q == rxq ? "rx" : "tx", avail,
+                       used, idx);
                 assert_true((uint16_t) (avail - idx) <= num);
                 assert_int_equal(idx, used);
         }
@@ -396,7 +397,7 @@ static void dpdk_backend_restart_mid_stream(void **state) {
         int fds_before = count_open_fds();
         dpdk_rig(&rg, &be, 1);
 
-        run_or_fail(&rg, 0, 2000);      /* warm-up */
+        run_or_fail(&rg, 0, 2000); /* warm-up */
         double before = throughput(&rg, WINDOWS);
 
         /* Mid-stream: frames in the rings and in testpmd when it goes. */
@@ -424,8 +425,7 @@ static void dpdk_backend_restart_mid_stream(void **state) {
         double outage_ms = (double) (now_ns() - t_kill) / 1e6;
         assert_int_equal(vhm_device_state(rg.dev), VHM_DEVICE_RUNNING);
         assert_int_equal(vhm_device_stats(rg.dev)->connects, 2);
-        assert_int_equal(vhm_device_acked_features(rg.dev) & vhm_guest_driver_features(),
-                         vhm_guest_driver_features());
+        assert_int_equal(vhm_device_acked_features(rg.dev) & vhm_guest_driver_features(), vhm_guest_driver_features());
 
         /* Everything in flight at the kill is accounted for once later frames come back. */
         run_or_fail(&rg, 0, 1000);

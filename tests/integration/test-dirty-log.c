@@ -43,18 +43,18 @@
 #include "tests/common/real-backends.h"
 #include "daemon/guest/guest.h"
 
-#define TOTAL_FRAMES     100000u   /* over all queue pairs */
-#define HARVEST_EVERY    2000u     /* frames between two harvests */
-#define RUN_TIMEOUT_MS   120000
-#define FLOOD_MS         3000u
-#define PAGE             4096u
+#define TOTAL_FRAMES   100000u /* over all queue pairs */
+#define HARVEST_EVERY  2000u   /* frames between two harvests */
+#define RUN_TIMEOUT_MS 120000
+#define FLOOD_MS       3000u
+#define PAGE           4096u
 
 /* The guest's default 64 MiB: 16384 pages, 256 log words. */
-#define GUEST_LOG_BYTES  ((VHM_GUEST_DEFAULT_MEM / PAGE + 63) / 64 * 8)
+#define GUEST_LOG_BYTES ((VHM_GUEST_DEFAULT_MEM / PAGE + 63) / 64 * 8)
 
 /* The memory hot-added in the middle of a run: 2 MiB at 4 GiB. */
-#define HOTPLUG_GPA      (UINT64_C(4) << 30)
-#define HOTPLUG_SIZE     (UINT64_C(2) << 20)
+#define HOTPLUG_GPA       (UINT64_C(4) << 30)
+#define HOTPLUG_SIZE      (UINT64_C(2) << 20)
 #define HOTPLUG_LOG_BYTES (((HOTPLUG_GPA + HOTPLUG_SIZE) / PAGE + 63) / 64 * 8)
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -76,7 +76,7 @@ static void print_stats(const char *what, const struct vhm_guest_stats *s) {
 
 struct fixture {
         struct real_backend b;
-        pid_t tb_pid[2];           /* test back-ends, 0 once reaped */
+        pid_t tb_pid[2]; /* test back-ends, 0 once reaped */
 };
 
 static int fixture_setup(void **state) {
@@ -90,7 +90,7 @@ static int fixture_setup(void **state) {
 
 static int fixture_teardown(void **state) {
         struct fixture *f = *state;
-        stop_backend(&f->b);    /* a no-op when the test stopped it */
+        stop_backend(&f->b); /* a no-op when the test stopped it */
         for (unsigned i = 0; i < 2; i++)
                 if (f->tb_pid[i] > 0)
                         (void) tb_stop(f->tb_pid[i]);
@@ -106,8 +106,8 @@ struct rig {
         struct vhm_device *dev;
         struct vhm_logging *lg;
         unsigned nqp;
-        int hotplug_fd;            /* memory added in the middle of a run, or -1 */
-        struct real_backend *b;    /* testpmd, for diagnostics */
+        int hotplug_fd;         /* memory added in the middle of a run, or -1 */
+        struct real_backend *b; /* testpmd, for diagnostics */
 };
 
 static uint64_t net_features(unsigned nqp) {
@@ -126,7 +126,10 @@ static void rig_new(struct rig *r, unsigned nqp, const char *socket, uint64_t fe
         GD_CHECK(guest_vm_new("dirtylog", &gc, &r->g, &r->vm));
         assert_int_equal(vhm_guest_mem_size(r->g), VHM_GUEST_DEFAULT_MEM);
         struct vhm_device_config cfg = {
-                .socket = socket, .features = features, .queue_pairs = nqp, .timeout_ms = 5000,
+                .socket = socket,
+                .features = features,
+                .queue_pairs = nqp,
+                .timeout_ms = 5000,
         };
         GD_CHECK(guest_device_new(r->vm, r->g, &cfg, &r->dev, NULL));
         assert_int_equal(vhm_logging_new(r->vm, &r->lg), 0);
@@ -177,11 +180,11 @@ static void dpdk_rig(struct rig *r, struct real_backend *b, unsigned nqp, unsign
 /* ---- the migration's page sender ------------------------------------------------ */
 
 struct sender {
-        uint8_t *ever;             /* one byte per guest page: sent at least once */
+        uint8_t *ever; /* one byte per guest page: sent at least once */
         uint64_t npages;
         unsigned sends;
-        uint64_t pages_sent;       /* sum over the sends */
-        uint64_t outside;          /* dirty pages past guest memory (the device never writes there) */
+        uint64_t pages_sent; /* sum over the sends */
+        uint64_t outside;    /* dirty pages past guest memory (the device never writes there) */
 };
 
 static void sender_init(struct sender *snd, const struct rig *r) {
@@ -228,8 +231,8 @@ static void backend_diagnostics(struct rig *r) {
                 return;
         pid_t pid = r->b->pid;
         bool gone = backend_exited(r->b, 0);
-        fprintf(stderr, "testpmd (pid %d) %s; the end of its log %s:\n", (int) pid,
-                gone ? "has exited" : "is running", r->b->log);
+        fprintf(stderr, "testpmd (pid %d) %s; the end of its log %s:\n", (int) pid, gone ? "has exited" : "is running",
+                r->b->log);
         FILE *f = fopen(r->b->log, "re");
         if (!f)
                 return;
@@ -247,11 +250,11 @@ static void backend_diagnostics(struct rig *r) {
 struct harvester {
         struct vhm_logging *lg;
         struct vhm_guest *g;
-        unsigned qp;               /* whose sent frames count (or VHM_GUEST_ALL_QPS) */
-        uint64_t next;             /* harvest once this many frames were sent ... */
-        uint64_t last;             /* ... up to (excluding) this many */
+        unsigned qp;   /* whose sent frames count (or VHM_GUEST_ALL_QPS) */
+        uint64_t next; /* harvest once this many frames were sent ... */
+        uint64_t last; /* ... up to (excluding) this many */
         unsigned harvests;
-        uint64_t pages;            /* sum of the new pages of every harvest */
+        uint64_t pages; /* sum of the new pages of every harvest */
         /* Optional: right after the harvest at `send_at` frames, every dirty page is sent. */
         uint64_t send_at;
         struct sender *sender;
@@ -328,11 +331,11 @@ static void run_traffic(struct rig *r, uint64_t frames, struct harvester *h) {
 
 struct page_check {
         const struct vhm_bitmap *bm;
-        const uint8_t *only;       /* when not NULL: the pages to look at (one byte per page) */
+        const uint8_t *only; /* when not NULL: the pages to look at (one byte per page) */
         uint64_t only_npages;
-        bool quiet;                /* a page missing is expected: do not list it */
+        bool quiet; /* a page missing is expected: do not list it */
         uint64_t written;
-        uint64_t missed;           /* written, not dirty in the bitmap now */
+        uint64_t missed; /* written, not dirty in the bitmap now */
         uint64_t first_missed[8];
 };
 
@@ -387,9 +390,9 @@ static void mark_qp_pages(const struct rig *r, unsigned qp, uint32_t rx_bytes, u
         for (unsigned q = 2 * qp; q < 2 * qp + 2; q++) {
                 struct vhm_guest_queue_layout l;
                 assert_int_equal(vhm_guest_queue_layout(r->g, q, &l), 0);
-                seen[(l.used_gpa + 2) / PAGE] = 1;                            /* used->idx */
+                seen[(l.used_gpa + 2) / PAGE] = 1; /* used->idx */
                 for (uint64_t a = l.used_gpa + 4; a < l.used_gpa + 4 + 8ull * l.num; a += 8)
-                        seen[a / PAGE] = 1;                                   /* used->ring[] */
+                        seen[a / PAGE] = 1; /* used->ring[] */
                 if (!l.is_rx)
                         continue;
                 for (unsigned id = 0; id < l.num; id++) {
@@ -553,7 +556,7 @@ static int hotplug_and_resize(void *opaque) {
 struct resize_step {
         struct harvester *h;
         struct hotplug *hp;
-        uint64_t at;               /* frames of the harvester's queue pair */
+        uint64_t at; /* frames of the harvester's queue pair */
         bool done;
         uint64_t sent_then;
 };
@@ -847,7 +850,7 @@ static void dpdk_logging_off_then_on(void **state) {
         assert_int_equal(harvested, h.pages);
         assert_int_equal(h.harvests, ONOFF_FRAMES / HARVEST_EVERY);
 
-        rig_free(&r);   /* stops logging itself */
+        rig_free(&r); /* stops logging itself */
         stop_backend(b);
         assert_int_equal(count_open_fds(), fds_before);
 }
@@ -929,7 +932,10 @@ static void blocker_without_log_shmfd(void **state) {
         struct rig r;
         rig_new(&r, 1, good_sock, net_features(1));
         struct vhm_device_config cfg = {
-                .socket = bad_sock, .features = net_features(1), .queue_pairs = 1, .timeout_ms = 5000,
+                .socket = bad_sock,
+                .features = net_features(1),
+                .queue_pairs = 1,
+                .timeout_ms = 5000,
         };
         struct vhm_device *bad_dev;
         assert_int_equal(vhm_device_new(r.vm, &cfg, &bad_dev), 0);
@@ -987,12 +993,9 @@ static void blocker_without_log_shmfd(void **state) {
 int main(void) {
 #define TEST(t) cmocka_unit_test_setup_teardown(t, fixture_setup, fixture_teardown)
         const struct CMUnitTest tests[] = {
-                TEST(dpdk_one_queue_pair_zero_missed),
-                TEST(dpdk_four_queue_pairs_zero_missed),
-                TEST(dpdk_resize_mid_stream_zero_missed),
-                TEST(dpdk_rx_flood_zero_missed),
-                TEST(dpdk_logging_off_then_on),
-                TEST(virtiofsd_start_resize_stop),
+                TEST(dpdk_one_queue_pair_zero_missed),    TEST(dpdk_four_queue_pairs_zero_missed),
+                TEST(dpdk_resize_mid_stream_zero_missed), TEST(dpdk_rx_flood_zero_missed),
+                TEST(dpdk_logging_off_then_on),           TEST(virtiofsd_start_resize_stop),
                 TEST(blocker_without_log_shmfd),
         };
 #undef TEST

@@ -37,23 +37,23 @@
 #include "tests/common/guest-device.h"
 #include "daemon/guest/guest.h"
 
-#define PAGE             4096u
-#define MAX_DEVICES      2
-#define MAX_CONNECTIONS  4
-#define MAX_LOGS         16
-#define MAX_RINGS        VHM_DEVICE_MAX_QUEUES
+#define PAGE            4096u
+#define MAX_DEVICES     2
+#define MAX_CONNECTIONS 4
+#define MAX_LOGS        16
+#define MAX_RINGS       VHM_DEVICE_MAX_QUEUES
 
 /* The guest's default 64 MiB: 16384 pages, 256 log words. */
-#define GUEST_LOG_BYTES  ((VHM_GUEST_DEFAULT_MEM / PAGE + 63) / 64 * 8)
+#define GUEST_LOG_BYTES ((VHM_GUEST_DEFAULT_MEM / PAGE + 63) / 64 * 8)
 /* Memory hot-added at 4 GiB. */
-#define HOTPLUG_GPA      (UINT64_C(4) << 30)
-#define HOTPLUG_SIZE     (UINT64_C(2) << 20)
+#define HOTPLUG_GPA       (UINT64_C(4) << 30)
+#define HOTPLUG_SIZE      (UINT64_C(2) << 20)
 #define HOTPLUG_LOG_BYTES (((HOTPLUG_GPA + HOTPLUG_SIZE) / PAGE + 63) / 64 * 8)
 
-#define LOG_ALL_BIT      VHU_BIT(VHU_VF_LOG_ALL)
-#define VRING_F_LOG      0x1u
+#define LOG_ALL_BIT VHU_BIT(VHU_VF_LOG_ALL)
+#define VRING_F_LOG 0x1u
 /* F_SEAL_SHRINK | F_SEAL_GROW */
-#define SEALS_SIZE       (0x2u | 0x4u)
+#define SEALS_SIZE (0x2u | 0x4u)
 
 /* ---- reading the record --------------------------------------------------------- */
 
@@ -61,7 +61,7 @@ struct conn_record {
         unsigned log_bases;
         uint64_t log_size[MAX_LOGS];
         unsigned unsealed_logs;
-        unsigned set_features, log_all_on, log_all_off;   /* LOG_ALL switched on / off */
+        unsigned set_features, log_all_on, log_all_off; /* LOG_ALL switched on / off */
         unsigned vring_addr, vring_addr_logged;
         unsigned get_vring_base;
         /* State while reading. */
@@ -75,7 +75,7 @@ struct record {
         struct conn_record conn[MAX_CONNECTIONS];
         unsigned violations;
         unsigned faults;
-        unsigned broken;           /* rule breaks found by the reader */
+        unsigned broken; /* rule breaks found by the reader */
 };
 
 static bool field_u64(const char *line, const char *key, uint64_t *out) {
@@ -90,8 +90,8 @@ static bool field_u64(const char *line, const char *key, uint64_t *out) {
         return errno == 0 && end != p + strlen(pat);
 }
 
-__attribute__((format(printf, 3, 4)))
-static void rule_broken(struct record *rec, unsigned line_no, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static void rule_broken(struct record *rec, unsigned line_no, const char *fmt,
+                                                              ...) {
         va_list ap;
         va_start(ap, fmt);
         fprintf(stderr, "  record line %u: ", line_no);
@@ -151,7 +151,8 @@ static void read_record(const char *path, const uint64_t *used_gpa, unsigned nri
                                 c->log_all_off++;
                                 for (unsigned q = 0; q < MAX_RINGS; q++)
                                         if (c->ring_logged[q])
-                                                rule_broken(rec, line_no, "LOG_ALL dropped while ring %u still has the LOG flag", q);
+                                                rule_broken(rec, line_no,
+                                                            "LOG_ALL dropped while ring %u still has the LOG flag", q);
                         }
                         if (!was && now)
                                 c->log_all_on++;
@@ -169,15 +170,16 @@ static void read_record(const char *path, const uint64_t *used_gpa, unsigned nri
                                         rule_broken(rec, line_no, "ring %" PRIu64 " logs while LOG_ALL is off", idx);
                                 assert_true(field_u64(line, "log", &v));
                                 if (idx >= nrings || v != used_gpa[idx])
-                                        rule_broken(rec, line_no, "ring %" PRIu64 " logs at 0x%" PRIx64
-                                                    ", not at its used ring", idx, v);
+                                        rule_broken(rec, line_no,
+                                                    "ring %" PRIu64 " logs at 0x%" PRIx64 ", not at its used ring", idx,
+                                                    v);
                         }
                         c->ring_logged[idx] = flags & VRING_F_LOG;
                 } else if (is_request(line, "GET_VRING_BASE")) {
                         assert_true(field_u64(line, "index", &idx));
                         assert_true(idx < MAX_RINGS);
                         c->get_vring_base++;
-                        c->ring_logged[idx] = false;   /* a stopped ring logs nothing */
+                        c->ring_logged[idx] = false; /* a stopped ring logs nothing */
                 }
                 line = nl ? nl + 1 : NULL;
         }
@@ -324,7 +326,10 @@ static void hotplug(struct fixture *f) {
 static struct vhm_device *device_on_guest(struct fixture *f, unsigned slot, const struct backend *be,
                                           uint64_t used_gpa[2]) {
         struct vhm_device_config cfg = {
-                .socket = be->sock, .features = vhm_guest_driver_features(), .queue_pairs = 1, .timeout_ms = 5000,
+                .socket = be->sock,
+                .features = vhm_guest_driver_features(),
+                .queue_pairs = 1,
+                .timeout_ms = 5000,
         };
         GD_CHECK(guest_device_new(f->vm, f->g, &cfg, &f->dev[slot], used_gpa));
         return f->dev[slot];
@@ -454,7 +459,10 @@ static void device_added_while_logging(void **state) {
         /* Memory arrives at 4 GiB with a running NIC whose rings live there; then the NIC joins the VM's logging. */
         hotplug(f);
         struct vhm_device_config dc = {
-                .socket = be1->sock, .features = vhm_guest_driver_features(), .queue_pairs = 1, .timeout_ms = 5000,
+                .socket = be1->sock,
+                .features = vhm_guest_driver_features(),
+                .queue_pairs = 1,
+                .timeout_ms = 5000,
         };
         assert_int_equal(vhm_device_new(f->vm, &dc, &f->dev[1]), 0);
         struct vhm_device *dev1 = f->dev[1];
@@ -462,8 +470,12 @@ static void device_added_while_logging(void **state) {
                 int kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), call = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
                 assert_true(kick >= 0 && call >= 0);
                 struct vhm_queue_spec spec = {
-                        .size = 256, .desc_gpa = hot_ring(q, 0), .avail_gpa = hot_ring(q, 1), .used_gpa = hot_ring(q, 2),
-                        .kick_fd = kick, .call_fd = call,
+                        .size = 256,
+                        .desc_gpa = hot_ring(q, 0),
+                        .avail_gpa = hot_ring(q, 1),
+                        .used_gpa = hot_ring(q, 2),
+                        .kick_fd = kick,
+                        .call_fd = call,
                 };
                 DEV_CHECK(dev1, vhm_device_set_queue(dev1, q, &spec));
                 close(kick);
@@ -583,7 +595,6 @@ static void blocked_device_gets_no_log(void **state) {
         assert_int_equal(count_open_fds(), f->fds_before);
 }
 
-
 /* ---- 6: memory hot-added while logging: the grown log before the new table ------- */
 
 static void hotplug_while_logging_grows_log_before_memory_table(void **state) {
@@ -602,7 +613,7 @@ static void hotplug_while_logging_grows_log_before_memory_table(void **state) {
         fixture_release(f);
 
         struct record rec;
-        read_final_record(be, used, &rec);   /* the back-end checks every region is covered by its log */
+        read_final_record(be, used, &rec); /* the back-end checks every region is covered by its log */
         const uint64_t logs[] = { GUEST_LOG_BYTES, HOTPLUG_LOG_BYTES };
         assert_logs(be->rec, &rec, 0, logs, 2);
         /* The second table, with both regions, came after the grown log. */
@@ -657,7 +668,9 @@ static void retired_log_overflow_marks_everything(void **state) {
         struct fixture *f = *state;
         struct tb_config cfg;
         tb_config_init(&cfg);
-        enum { REFUSALS = 5 };
+        enum {
+                REFUSALS = 5
+        };
         /* SET_LOG_BASE: 1 at the start, then per round the resize's (closed) and the reconnect's. */
         for (unsigned i = 0; i < REFUSALS; i++) {
                 struct tb_fault fault = { .request = VHU_REQ_SET_LOG_BASE, .kind = TB_FAULT_CLOSE, .nth = 2 + 2 * i };
@@ -689,7 +702,7 @@ static void retired_log_overflow_marks_everything(void **state) {
                 LOG_CHECK(f->lg, vhm_logging_harvest(f->lg, &n));
                 assert_int_equal(n, npages);
                 assert_int_equal(vhm_bitmap_count(bm), npages);
-                assert_true(vhm_logging_incomplete(f->lg));   /* the device has not taken the current log */
+                assert_true(vhm_logging_incomplete(f->lg)); /* the device has not taken the current log */
         }
 
         /* Back on the current log: the next harvest is the last to mark everything. */

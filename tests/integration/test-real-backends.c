@@ -19,9 +19,9 @@
 #include "tests/common/fd-count.h"
 #include "tests/common/real-backends.h"
 
-#define MEM_SIZE   (16u << 20)
-#define RING_SIZE  256u
-#define PAGE       4096u
+#define MEM_SIZE  (16u << 20)
+#define RING_SIZE 256u
+#define PAGE      4096u
 
 /* A guest's memory and the rings in it, enough for a back-end to accept the device. */
 struct fake_vm {
@@ -32,10 +32,18 @@ struct fake_vm {
         uint64_t log_size;
 };
 
-static uint64_t ring_gpa(unsigned q) { return 0x100000 + (uint64_t) q * 4 * PAGE; }
-static uint64_t desc_gpa(unsigned q) { return ring_gpa(q); }
-static uint64_t avail_gpa(unsigned q) { return ring_gpa(q) + 16 * RING_SIZE; }
-static uint64_t used_gpa(unsigned q) { return ring_gpa(q) + 2 * PAGE; }
+static uint64_t ring_gpa(unsigned q) {
+        return 0x100000 + (uint64_t) q * 4 * PAGE;
+}
+static uint64_t desc_gpa(unsigned q) {
+        return ring_gpa(q);
+}
+static uint64_t avail_gpa(unsigned q) {
+        return ring_gpa(q) + 16 * RING_SIZE;
+}
+static uint64_t used_gpa(unsigned q) {
+        return ring_gpa(q) + 2 * PAGE;
+}
 
 static void vm_init(struct fake_vm *vm, unsigned nqueues) {
         vm->memfd = memfd_create("guest", MFD_CLOEXEC);
@@ -64,15 +72,18 @@ static void vm_free(struct fake_vm *vm, unsigned nqueues) {
 }
 
 static struct vhu_region vm_region(const struct fake_vm *vm) {
-        return (struct vhu_region) {
-                .fd = vm->memfd, .guest_phys_addr = 0, .memory_size = MEM_SIZE,
-                .userspace_addr = (uint64_t) (uintptr_t) vm->mem, .mmap_offset = 0,
+        return (struct vhu_region){
+                .fd = vm->memfd,
+                .guest_phys_addr = 0,
+                .memory_size = MEM_SIZE,
+                .userspace_addr = (uint64_t) (uintptr_t) vm->mem,
+                .mmap_offset = 0,
         };
 }
 
 static struct vhu_vring_addr vring_addr(const struct fake_vm *vm, unsigned q, bool log) {
         uint64_t base = (uint64_t) (uintptr_t) vm->mem;
-        return (struct vhu_vring_addr) {
+        return (struct vhu_vring_addr){
                 .index = q,
                 .flags = log ? VHU_VRING_F_LOG : 0,
                 .desc_user_addr = base + desc_gpa(q),
@@ -142,7 +153,8 @@ static void assert_protocol_features(const struct vhu_conn *c, uint64_t needed) 
         uint64_t offered = vhu_conn_protocol_features_offered(c);
         if ((offered & needed) != needed)
                 fail_msg("the back-end offers protocol features 0x%" PRIx64 ", these tests need 0x%" PRIx64
-                         " (missing 0x%" PRIx64 ")", offered, needed, needed & ~offered);
+                         " (missing 0x%" PRIx64 ")",
+                         offered, needed, needed & ~offered);
         uint64_t expected = vhu_protocol_features_consistent(offered & vhu_supported_protocol_features());
         if (vhu_conn_protocol_features(c) != expected)
                 fail_msg("negotiated protocol features 0x%" PRIx64 ", expected 0x%" PRIx64 " of the offer 0x%" PRIx64,
@@ -165,7 +177,8 @@ static void dpdk_full_device_lifecycle(void **state) {
          * front-end acknowledges exactly what it supports of the offer.
          */
         assert_protocol_features(c, VHU_BIT(VHU_PF_MQ) | VHU_BIT(VHU_PF_LOG_SHMFD) | VHU_BIT(VHU_PF_RARP) |
-                                    VHU_BIT(VHU_PF_REPLY_ACK) | VHU_BIT(VHU_PF_NET_MTU) | VHU_BIT(VHU_PF_BACKEND_REQ));
+                                            VHU_BIT(VHU_PF_REPLY_ACK) | VHU_BIT(VHU_PF_NET_MTU) |
+                                            VHU_BIT(VHU_PF_BACKEND_REQ));
         assert_true(vhu_conn_features(c) & VHU_BIT(VHU_VF_LOG_ALL));
         assert_non_null(vhu_conn_backend_channel(c));
 
@@ -248,7 +261,7 @@ static void virtiofsd_full_device_lifecycle(void **state) {
         struct vhu_conn *c = connect_and_negotiate(b.socket);
         /* What these tests need of virtiofsd (QEMU 7.2's offers 0x8c2b), and no RARP: it is not a NIC. */
         assert_protocol_features(c, VHU_BIT(VHU_PF_MQ) | VHU_BIT(VHU_PF_LOG_SHMFD) | VHU_BIT(VHU_PF_REPLY_ACK) |
-                                    VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIGURE_MEM_SLOTS));
+                                            VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIGURE_MEM_SLOTS));
         assert_false(vhu_conn_has_protocol_feature(c, VHU_PF_RARP));
         assert_true(vhu_conn_max_mem_slots(c) > 0);
 
@@ -261,7 +274,9 @@ static void virtiofsd_full_device_lifecycle(void **state) {
         assert_int_equal(ftruncate(extra, 1 << 20), 0);
         void *extra_map = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, extra, 0);
         struct vhu_region hot = {
-                .fd = extra, .guest_phys_addr = 0x40000000, .memory_size = 1 << 20,
+                .fd = extra,
+                .guest_phys_addr = 0x40000000,
+                .memory_size = 1 << 20,
                 .userspace_addr = (uint64_t) (uintptr_t) extra_map,
         };
         CONN_CHECK(c, vhu_add_mem_reg(c, &hot));

@@ -15,8 +15,7 @@ struct test_rng {
         uint64_t s;
 };
 
-static inline uint64_t rng_next(struct test_rng *r)
-{
+static inline uint64_t rng_next(struct test_rng *r) {
         uint64_t x = r->s;
 
         x ^= x >> 12;
@@ -27,14 +26,12 @@ static inline uint64_t rng_next(struct test_rng *r)
 }
 
 /* Uniform in [0, n), n > 0 (modulo bias is irrelevant here). */
-static inline uint64_t rng_below(struct test_rng *r, uint64_t n)
-{
+static inline uint64_t rng_below(struct test_rng *r, uint64_t n) {
         return rng_next(r) % n;
 }
 
 /* A word with each bit set with probability ppm / 1e6. */
-static inline uint64_t rng_word_density(struct test_rng *r, uint32_t ppm)
-{
+static inline uint64_t rng_word_density(struct test_rng *r, uint32_t ppm) {
         uint64_t w = 0;
 
         if (ppm >= 1000000)
@@ -47,10 +44,8 @@ static inline uint64_t rng_word_density(struct test_rng *r, uint32_t ppm)
         return w;
 }
 
-
 /* Lines of /proc/self/maps; with a needle, only lines containing it. */
-static inline int count_maps(const char *needle)
-{
+static inline int count_maps(const char *needle) {
         FILE *f = fopen("/proc/self/maps", "re");
         char line[4096];
         int n = 0;
@@ -65,9 +60,8 @@ static inline int count_maps(const char *needle)
 }
 
 /* Map a log's memfd the way a backend does after SET_LOG_BASE. */
-static inline uint8_t *backend_map(int fd, uint64_t size)
-{
-        void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+static inline uint8_t *backend_map(int fd, uint64_t size) {
+        void *p = mmap(NULL, (size_t) size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 
         return p == MAP_FAILED ? NULL : p;
 }

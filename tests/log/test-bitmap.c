@@ -13,15 +13,14 @@
 #include "log-test-util.h"
 
 /* Compare a bitmap with a reference bool array, page by page. */
-static void assert_matches(const struct vhm_bitmap *bm, const bool *ref, uint64_t npages)
-{
+static void assert_matches(const struct vhm_bitmap *bm, const bool *ref, uint64_t npages) {
         uint64_t n = 0;
 
         assert_int_equal(vhm_bitmap_npages(bm), npages);
         for (uint64_t p = 0; p < npages; p++) {
                 if (vhm_bitmap_test(bm, p) != ref[p])
-                        fail_msg("page %llu: bitmap %d, reference %d", (unsigned long long)p,
-                                 vhm_bitmap_test(bm, p), ref[p]);
+                        fail_msg("page %llu: bitmap %d, reference %d", (unsigned long long) p, vhm_bitmap_test(bm, p),
+                                 ref[p]);
                 n += ref[p];
         }
         assert_int_equal(vhm_bitmap_count(bm), n);
@@ -30,11 +29,10 @@ static void assert_matches(const struct vhm_bitmap *bm, const bool *ref, uint64_
         assert_false(vhm_bitmap_test(bm, npages + 63));
 }
 
-static void test_new_free(void **state)
-{
+static void test_new_free(void **state) {
         struct vhm_bitmap *bm = NULL;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_bitmap_new(0, &bm), 0);
         assert_non_null(bm);
         assert_int_equal(vhm_bitmap_npages(bm), 0);
@@ -52,13 +50,12 @@ static void test_new_free(void **state)
         vhm_bitmap_free(bm);
 }
 
-static void test_set_test_clear(void **state)
-{
+static void test_set_test_clear(void **state) {
         const uint64_t npages = 200;
         const uint64_t pages[] = { 0, 1, 63, 64, 65, 127, 128, 199 };
         struct vhm_bitmap *bm;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_bitmap_new(npages, &bm), 0);
         for (size_t i = 0; i < sizeof(pages) / sizeof(pages[0]); i++) {
                 assert_false(vhm_bitmap_test(bm, pages[i]));
@@ -86,14 +83,13 @@ static void test_set_test_clear(void **state)
         vhm_bitmap_free(bm);
 }
 
-static void test_ranges_random(void **state)
-{
+static void test_ranges_random(void **state) {
         const uint64_t npages = 1000; /* not a multiple of 64 */
         struct test_rng rng = { 0x5eed0001 };
         struct vhm_bitmap *bm;
         bool *ref = calloc(npages, sizeof(bool));
 
-        (void)state;
+        (void) state;
         assert_non_null(ref);
         assert_int_equal(vhm_bitmap_new(npages, &bm), 0);
 
@@ -101,7 +97,7 @@ static void test_ranges_random(void **state)
                 uint64_t first = rng_below(&rng, npages + 1);
                 uint64_t count = rng_below(&rng, 300);
                 bool fits = first + count <= npages;
-                int kind = (int)rng_below(&rng, 4);
+                int kind = (int) rng_below(&rng, 4);
                 int r;
 
                 switch (kind) {
@@ -153,11 +149,10 @@ static void test_ranges_random(void **state)
         free(ref);
 }
 
-static void test_resize(void **state)
-{
+static void test_resize(void **state) {
         struct vhm_bitmap *bm;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_bitmap_new(100, &bm), 0);
         assert_int_equal(vhm_bitmap_set(bm, 0), 0);
         assert_int_equal(vhm_bitmap_set(bm, 64), 0);
@@ -172,7 +167,7 @@ static void test_resize(void **state)
         assert_true(vhm_bitmap_test(bm, 99));
         for (uint64_t p = 100; p < 100000; p++)
                 if (vhm_bitmap_test(bm, p))
-                        fail_msg("page %llu set after grow", (unsigned long long)p);
+                        fail_msg("page %llu set after grow", (unsigned long long) p);
         assert_int_equal(vhm_bitmap_set(bm, 99999), 0);
         assert_int_equal(vhm_bitmap_set_range(bm, 1000, 5000), 0);
         assert_int_equal(vhm_bitmap_count(bm), 5004);
@@ -208,9 +203,7 @@ static void test_resize(void **state)
 }
 
 /* Collect all ranges of a bitmap and compare them with the runs of ref. */
-static void check_ranges(const struct vhm_bitmap *bm, const bool *ref, uint64_t npages,
-                         uint64_t start)
-{
+static void check_ranges(const struct vhm_bitmap *bm, const bool *ref, uint64_t npages, uint64_t start) {
         struct vhm_bitmap_iter it;
         uint64_t first, count, p = start, prev_end = 0;
         bool have_prev = false;
@@ -239,12 +232,11 @@ static void check_ranges(const struct vhm_bitmap *bm, const bool *ref, uint64_t 
         assert_false(vhm_bitmap_iter_next(&it, &first, &count));
 }
 
-static void test_iter(void **state)
-{
+static void test_iter(void **state) {
         const uint64_t sizes[] = { 1, 63, 64, 65, 130, 1000, 4096, 70001 };
         struct test_rng rng = { 0x17e4 };
 
-        (void)state;
+        (void) state;
         for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
                 uint64_t npages = sizes[s];
                 bool *ref = calloc(npages, sizeof(bool));
@@ -325,13 +317,10 @@ static void test_iter(void **state)
         }
 }
 
-int main(void)
-{
+int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_new_free),
-                cmocka_unit_test(test_set_test_clear),
-                cmocka_unit_test(test_ranges_random),
-                cmocka_unit_test(test_resize),
+                cmocka_unit_test(test_new_free),      cmocka_unit_test(test_set_test_clear),
+                cmocka_unit_test(test_ranges_random), cmocka_unit_test(test_resize),
                 cmocka_unit_test(test_iter),
         };
 

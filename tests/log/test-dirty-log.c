@@ -28,8 +28,7 @@
 #define MiB (UINT64_C(1) << 20)
 #define GiB (UINT64_C(1) << 30)
 
-static void check_size(uint64_t top, uint64_t want_pages, uint64_t want_bytes)
-{
+static void check_size(uint64_t top, uint64_t want_pages, uint64_t want_bytes) {
         struct vhm_log *log = NULL;
         struct stat st;
 
@@ -39,16 +38,15 @@ static void check_size(uint64_t top, uint64_t want_pages, uint64_t want_bytes)
         assert_int_equal(vhm_log_size_bytes(log), want_bytes);
         /* what a backend maps is exactly mmap_size = size_bytes */
         assert_int_equal(fstat(vhm_log_fd(log), &st), 0);
-        assert_int_equal((uint64_t)st.st_size, want_bytes);
+        assert_int_equal((uint64_t) st.st_size, want_bytes);
         /* the page holding the last byte below top is inside the log */
         assert_true((top - 1) / 4096 < vhm_log_npages(log));
         assert_int_equal(vhm_log_mark_page(log, (top - 1) / 4096), 0);
         vhm_log_free(log);
 }
 
-static void test_sizing(void **state)
-{
-        (void)state;
+static void test_sizing(void **state) {
+        (void) state;
         /* smallest: one page, one word */
         check_size(1, 1, 8);
         check_size(4096, 1, 8);
@@ -65,11 +63,10 @@ static void test_sizing(void **state)
         check_size(1024 * GiB, 1024 * GiB / 4096, 32 * MiB);
 }
 
-static void test_new_invalid(void **state)
-{
-        struct vhm_log *log = (struct vhm_log *)(uintptr_t)1; /* must be reset */
+static void test_new_invalid(void **state) {
+        struct vhm_log *log = (struct vhm_log *) (uintptr_t) 1; /* must be reset */
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_log_new(0, &log), -EINVAL);
         assert_null(log);
         assert_int_equal(vhm_log_new(VHM_LOG_MAX_TOP_GPA + 1, &log), -ERANGE);
@@ -79,11 +76,10 @@ static void test_new_invalid(void **state)
         vhm_log_free(NULL);
 }
 
-static void test_required_top(void **state)
-{
+static void test_required_top(void **state) {
         const struct vhm_log_extent regions[] = {
-                { 0, 3 * GiB },            /* low memory */
-                { 4 * GiB, 2 * GiB + 5 },  /* high memory, end not page aligned */
+                { 0, 3 * GiB },           /* low memory */
+                { 4 * GiB, 2 * GiB + 5 }, /* high memory, end not page aligned */
         };
         /* one ring inside memory, one whose log range ends past the last region */
         const struct vhm_log_extent rings[] = {
@@ -96,7 +92,7 @@ static void test_required_top(void **state)
         struct vhm_log *log;
         uint64_t top = 0;
 
-        (void)state;
+        (void) state;
         /* regions only */
         assert_int_equal(vhm_log_required_top(regions, 2, NULL, 0, &top), 0);
         assert_int_equal(top, 6 * GiB + 5);
@@ -129,8 +125,7 @@ static void test_required_top(void **state)
         assert_int_equal(vhm_log_required_top(regions, 2, at_end, 1, &top), -EOVERFLOW);
 }
 
-static void test_seals(void **state)
-{
+static void test_seals(void **state) {
         struct vhm_log *log;
         char path[64], target[256];
         uint64_t size;
@@ -138,7 +133,7 @@ static void test_seals(void **state)
         int fd, seals, fdflags;
         uint8_t byte = 0;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_log_new(16 * GiB, &log), 0);
         fd = vhm_log_fd(log);
         size = vhm_log_size_bytes(log);
@@ -162,16 +157,16 @@ static void test_seals(void **state)
 
         /* the seals hold */
         errno = 0;
-        assert_int_equal(ftruncate(fd, (off_t)size * 2), -1);
+        assert_int_equal(ftruncate(fd, (off_t) size * 2), -1);
         assert_int_equal(errno, EPERM);
         errno = 0;
-        assert_int_equal(ftruncate(fd, (off_t)size / 2), -1);
+        assert_int_equal(ftruncate(fd, (off_t) size / 2), -1);
         assert_int_equal(errno, EPERM);
         errno = 0;
         assert_int_equal(ftruncate(fd, 0), -1);
         assert_int_equal(errno, EPERM);
         errno = 0;
-        assert_int_equal(pwrite(fd, &byte, 1, (off_t)size), -1);
+        assert_int_equal(pwrite(fd, &byte, 1, (off_t) size), -1);
         assert_int_equal(errno, EPERM);
         errno = 0;
         assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE), -1);
@@ -179,17 +174,16 @@ static void test_seals(void **state)
         assert_int_equal(fcntl(fd, F_GET_SEALS), F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL);
 
         /* writing inside is allowed (that is what backends do) */
-        assert_int_equal(pwrite(fd, &byte, 1, (off_t)size - 1), 1);
+        assert_int_equal(pwrite(fd, &byte, 1, (off_t) size - 1), 1);
         vhm_log_free(log);
 }
 
-static void test_backend_view(void **state)
-{
+static void test_backend_view(void **state) {
         struct vhm_log *log;
         uint8_t *b;
         uint64_t size;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_log_new(65 * 4096, &log), 0); /* 65 pages, 2 words */
         size = vhm_log_size_bytes(log);
         assert_int_equal(size, 16);
@@ -226,12 +220,11 @@ static void test_backend_view(void **state)
         vhm_log_free(log);
 }
 
-static void test_no_leaks(void **state)
-{
+static void test_no_leaks(void **state) {
         const uint64_t tops[] = { 1, 4097, 64 * 4096, GiB, 64 * GiB + 12345 };
         int fds0, maps0, logmaps0;
 
-        (void)state;
+        (void) state;
         fds0 = count_open_fds();
         maps0 = count_maps(NULL);
         logmaps0 = count_maps("vhostmig-dirty-log");
@@ -245,9 +238,8 @@ static void test_no_leaks(void **state)
                 for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++)
                         assert_int_equal(vhm_log_new(tops[i], &logs[i]), 0);
                 if (round == 0) {
-                        assert_int_equal(count_open_fds(), fds0 + (int)(sizeof(tops) / sizeof(tops[0])));
-                        assert_int_equal(count_maps("vhostmig-dirty-log"),
-                                         (int)(sizeof(tops) / sizeof(tops[0])));
+                        assert_int_equal(count_open_fds(), fds0 + (int) (sizeof(tops) / sizeof(tops[0])));
+                        assert_int_equal(count_maps("vhostmig-dirty-log"), (int) (sizeof(tops) / sizeof(tops[0])));
                 }
                 for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++)
                         vhm_log_free(logs[i]);
@@ -258,13 +250,12 @@ static void test_no_leaks(void **state)
 }
 
 /* The failure path after memfd_create: mmap refused by RLIMIT_AS. */
-static void test_no_leak_on_failure(void **state)
-{
+static void test_no_leak_on_failure(void **state) {
         struct rlimit old, lim;
         struct vhm_log *log = NULL;
         int fds0 = count_open_fds(), r;
 
-        (void)state;
+        (void) state;
 #ifdef UNDER_ASAN
         skip(); /* ASan reserves terabytes of address space */
 #endif
@@ -283,8 +274,7 @@ static void test_no_leak_on_failure(void **state)
         assert_int_equal(count_maps("vhostmig-dirty-log"), 0);
 }
 
-int main(void)
-{
+int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_sizing),
                 cmocka_unit_test(test_new_invalid),

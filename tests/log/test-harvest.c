@@ -21,11 +21,12 @@
 static enum vhm_log_harvest_impl impl;
 
 static const enum vhm_log_harvest_impl all_impls[] = {
-        VHM_LOG_HARVEST_XCHG, VHM_LOG_HARVEST_CAS16, VHM_LOG_HARVEST_RTM,
+        VHM_LOG_HARVEST_XCHG,
+        VHM_LOG_HARVEST_CAS16,
+        VHM_LOG_HARVEST_RTM,
 };
 
-static struct vhm_log *new_log(uint64_t top)
-{
+static struct vhm_log *new_log(uint64_t top) {
         struct vhm_log *log;
 
         assert_int_equal(vhm_log_new(top, &log), 0);
@@ -35,8 +36,7 @@ static struct vhm_log *new_log(uint64_t top)
 }
 
 /* Run fn once per implementation this CPU supports. */
-static void for_each_impl(void (*fn)(void))
-{
+static void for_each_impl(void (*fn)(void)) {
         struct vhm_log *probe;
 
         assert_int_equal(vhm_log_new(4096, &probe), 0);
@@ -56,8 +56,7 @@ static void for_each_impl(void (*fn)(void))
         vhm_log_free(probe);
 }
 
-static uint64_t mask_below(uint64_t npages, uint64_t word)
-{
+static uint64_t mask_below(uint64_t npages, uint64_t word) {
         uint64_t lo = word * 64;
 
         if (npages >= lo + 64)
@@ -68,8 +67,7 @@ static uint64_t mask_below(uint64_t npages, uint64_t word)
 }
 
 /* Read a bitmap into words through the public API. */
-static void bitmap_words(const struct vhm_bitmap *bm, uint64_t *w, uint64_t nwords)
-{
+static void bitmap_words(const struct vhm_bitmap *bm, uint64_t *w, uint64_t nwords) {
         memset(w, 0, nwords * 8);
         for (uint64_t p = 0; p < vhm_bitmap_npages(bm) && p < nwords * 64; p++)
                 if (vhm_bitmap_test(bm, p))
@@ -81,9 +79,7 @@ static void bitmap_words(const struct vhm_bitmap *bm, uint64_t *w, uint64_t nwor
  * some bits already set; the backend writes a random pattern (including bits
  * past top inside the last word); harvest; compare with the reference.
  */
-static void run_case(struct test_rng *rng, uint64_t log_pages, uint64_t bm_pages,
-                     uint32_t log_ppm, uint32_t old_ppm)
-{
+static void run_case(struct test_rng *rng, uint64_t log_pages, uint64_t bm_pages, uint32_t log_ppm, uint32_t old_ppm) {
         struct vhm_log *log;
         struct vhm_bitmap *bm;
         uint64_t lwords, bwords, size, got, want_fresh = 0;
@@ -112,7 +108,7 @@ static void run_case(struct test_rng *rng, uint64_t log_pages, uint64_t bm_pages
                 old[w] = rng_word_density(rng, old_ppm) & mask_below(bm_pages, w);
                 for (int i = 0; i < 64; i++)
                         if (old[w] >> i & 1)
-                                assert_int_equal(vhm_bitmap_set(bm, w * 64 + (uint64_t)i), 0);
+                                assert_int_equal(vhm_bitmap_set(bm, w * 64 + (uint64_t) i), 0);
         }
         for (uint64_t w = 0; w < lwords; w++)
                 pattern[w] = rng_word_density(rng, log_ppm);
@@ -122,7 +118,7 @@ static void run_case(struct test_rng *rng, uint64_t log_pages, uint64_t bm_pages
                 uint64_t in = w < lwords ? pattern[w] & mask_below(bm_pages, w) : 0;
 
                 want[w] = old[w] | in;
-                want_fresh += (uint64_t)__builtin_popcountll(in & ~old[w]);
+                want_fresh += (uint64_t) __builtin_popcountll(in & ~old[w]);
         }
 
         got = UINT64_MAX;
@@ -132,20 +128,19 @@ static void run_case(struct test_rng *rng, uint64_t log_pages, uint64_t bm_pages
         for (uint64_t w = 0; w < bwords; w++)
                 if (have[w] != want[w])
                         fail_msg("log %llu pages, bitmap %llu: word %llu is %016llx, want %016llx",
-                                 (unsigned long long)log_pages, (unsigned long long)bm_pages,
-                                 (unsigned long long)w, (unsigned long long)have[w],
-                                 (unsigned long long)want[w]);
+                                 (unsigned long long) log_pages, (unsigned long long) bm_pages, (unsigned long long) w,
+                                 (unsigned long long) have[w], (unsigned long long) want[w]);
         {
                 uint64_t n = 0;
 
                 for (uint64_t w = 0; w < bwords; w++)
-                        n += (uint64_t)__builtin_popcountll(want[w]);
+                        n += (uint64_t) __builtin_popcountll(want[w]);
                 assert_int_equal(vhm_bitmap_count(bm), n);
         }
         /* the log is empty afterwards, all of it */
         for (uint64_t i = 0; i < size; i++)
                 if (b[i])
-                        fail_msg("log byte %llu still %02x", (unsigned long long)i, b[i]);
+                        fail_msg("log byte %llu still %02x", (unsigned long long) i, b[i]);
         /* and a second harvest finds nothing */
         assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
         assert_int_equal(got, 0);
@@ -160,11 +155,9 @@ static void run_case(struct test_rng *rng, uint64_t log_pages, uint64_t bm_pages
         free(have);
 }
 
-static void harvest_random(void)
-{
+static void harvest_random(void) {
         /* sizes around the 64-page word and the 512-page (one cache line) block */
-        const uint64_t sizes[] = { 1, 2, 63, 64, 65, 511, 512, 513, 575, 1000, 4096 * 8 + 17,
-                                   UINT64_C(1) << 18 };
+        const uint64_t sizes[] = { 1, 2, 63, 64, 65, 511, 512, 513, 575, 1000, 4096 * 8 + 17, UINT64_C(1) << 18 };
         const uint32_t ppm[] = { 0, 1000, 100000, 500000, 1000000 };
         struct test_rng rng = { 0x4a7e57 };
 
@@ -183,15 +176,13 @@ static void harvest_random(void)
         }
 }
 
-static void test_harvest_random(void **state)
-{
-        (void)state;
+static void test_harvest_random(void **state) {
+        (void) state;
         for_each_impl(harvest_random);
 }
 
 /* A bitmap larger than the log: pages past the log are not touched. */
-static void harvest_bitmap_larger(void)
-{
+static void harvest_bitmap_larger(void) {
         struct vhm_log *log;
         struct vhm_bitmap *bm;
         uint64_t got;
@@ -213,15 +204,13 @@ static void harvest_bitmap_larger(void)
         vhm_log_free(log);
 }
 
-static void test_harvest_bitmap_larger(void **state)
-{
-        (void)state;
+static void test_harvest_bitmap_larger(void **state) {
+        (void) state;
         for_each_impl(harvest_bitmap_larger);
 }
 
 /* A bitmap smaller than the log is refused and the log left alone. */
-static void harvest_bitmap_smaller(void)
-{
+static void harvest_bitmap_smaller(void) {
         struct vhm_log *log;
         struct vhm_bitmap *bm;
         uint64_t got = 77;
@@ -241,9 +230,8 @@ static void harvest_bitmap_smaller(void)
         vhm_log_free(log);
 }
 
-static void test_harvest_bitmap_smaller(void **state)
-{
-        (void)state;
+static void test_harvest_bitmap_smaller(void **state) {
+        (void) state;
         for_each_impl(harvest_bitmap_smaller);
 }
 
@@ -260,37 +248,33 @@ struct writer {
         struct vhm_log *log;
         uint64_t npages;
         uint64_t seed;
-        bool paced;            /* wait for a harvest after every few words */
-        uint64_t harvests;     /* atomic: main's harvest count */
-        bool done;             /* atomic */
-        uint64_t marked;       /* pages marked; read after join */
+        bool paced;        /* wait for a harvest after every few words */
+        uint64_t harvests; /* atomic: main's harvest count */
+        bool done;         /* atomic */
+        uint64_t marked;   /* pages marked; read after join */
 };
 
 /* Best effort: put the calling thread on its own CPU, so writer and
  * harvester really run at the same time on a busy 2-CPU machine. */
-static void pin_to_cpu(int which)
-{
+static void pin_to_cpu(int which) {
         cpu_set_t set;
         long n = sysconf(_SC_NPROCESSORS_ONLN);
 
         if (n < 2)
                 return;
         CPU_ZERO(&set);
-        CPU_SET(which % (int)n, &set);
-        (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+        CPU_SET(which % (int) n, &set);
+        (void) pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
 /* Paced mode: wait until main has finished a harvest since `since`. */
-static void wait_harvest(struct writer *w, uint64_t since)
-{
-        for (unsigned int spins = 0; __atomic_load_n(&w->harvests, __ATOMIC_ACQUIRE) == since;
-             spins++)
+static void wait_harvest(struct writer *w, uint64_t since) {
+        for (unsigned int spins = 0; __atomic_load_n(&w->harvests, __ATOMIC_ACQUIRE) == since; spins++)
                 if (spins > 1000)
                         sched_yield();
 }
 
-static void *writer_main(void *arg)
-{
+static void *writer_main(void *arg) {
         struct writer *w = arg;
         struct test_rng rng = { w->seed };
         uint64_t nwords = w->npages / 64;
@@ -318,8 +302,7 @@ static void *writer_main(void *arg)
                 }
                 if (rng_below(&rng, 8) == 0) {
                         /* two half-word ORs, like a multi-page write */
-                        if (vhm_log_mark_range(w->log, word * 64, 32) ||
-                            vhm_log_mark_range(w->log, word * 64 + 32, 32))
+                        if (vhm_log_mark_range(w->log, word * 64, 32) || vhm_log_mark_range(w->log, word * 64 + 32, 32))
                                 abort();
                         w->marked += 64;
                         continue;
@@ -327,7 +310,7 @@ static void *writer_main(void *arg)
                 for (unsigned int b = 0; b < 64; b++)
                         bits[b] = b;
                 for (unsigned int b = 63; b > 0; b--) {
-                        unsigned int j = (unsigned int)rng_below(&rng, b + 1u), t = bits[b];
+                        unsigned int j = (unsigned int) rng_below(&rng, b + 1u), t = bits[b];
 
                         bits[b] = bits[j];
                         bits[j] = t;
@@ -343,8 +326,7 @@ static void *writer_main(void *arg)
         return NULL;
 }
 
-static void run_concurrent(uint64_t npages, uint64_t seed, bool paced)
-{
+static void run_concurrent(uint64_t npages, uint64_t seed, bool paced) {
         struct writer w = { .npages = npages, .seed = seed, .paced = paced };
         struct vhm_bitmap *bm;
         pthread_t th;
@@ -370,14 +352,14 @@ static void run_concurrent(uint64_t npages, uint64_t seed, bool paced)
                 CPU_ZERO(&all);
                 for (int c = 0; c < CPU_SETSIZE; c++)
                         CPU_SET(c, &all);
-                (void)pthread_setaffinity_np(pthread_self(), sizeof(all), &all);
+                (void) pthread_setaffinity_np(pthread_self(), sizeof(all), &all);
         }
         assert_int_equal(vhm_log_harvest(w.log, bm, &got), 0);
         total += got;
 
         assert_int_equal(w.marked, npages);
-        assert_int_equal(total, npages);                 /* each page counted once */
-        assert_int_equal(vhm_bitmap_count(bm), npages);  /* and none lost */
+        assert_int_equal(total, npages);                /* each page counted once */
+        assert_int_equal(vhm_bitmap_count(bm), npages); /* and none lost */
         {
                 struct vhm_bitmap_iter it;
                 uint64_t first, count;
@@ -396,15 +378,14 @@ static void run_concurrent(uint64_t npages, uint64_t seed, bool paced)
                 assert_true(productive >= npages / 64 / 4 / 2);
         print_message("  %s %llu pages: %llu harvests, %llu took pages while the writer ran"
                       " (tx %llu committed, %llu aborted)\n",
-                      paced ? "paced" : "free ", (unsigned long long)npages, (unsigned long long)harvests,
-                      (unsigned long long)productive, (unsigned long long)st.tx_commits,
-                      (unsigned long long)st.tx_aborts);
+                      paced ? "paced" : "free ", (unsigned long long) npages, (unsigned long long) harvests,
+                      (unsigned long long) productive, (unsigned long long) st.tx_commits,
+                      (unsigned long long) st.tx_aborts);
         vhm_bitmap_free(bm);
         vhm_log_free(w.log);
 }
 
-static void harvest_concurrent(void)
-{
+static void harvest_concurrent(void) {
         /* small logs: the harvester sweeps the word being written very often */
         for (uint64_t r = 0; r < 8; r++) {
                 run_concurrent(UINT64_C(1) << 14, 0xc0ffee + r, false);
@@ -418,16 +399,14 @@ static void harvest_concurrent(void)
         run_concurrent(UINT64_C(1) << 22, 0xfeed, false);
 }
 
-static void test_harvest_concurrent(void **state)
-{
-        (void)state;
+static void test_harvest_concurrent(void **state) {
+        (void) state;
         for_each_impl(harvest_concurrent);
 }
 
 /* A harvest into a bitmap the sender clears between harvests: the union of
  * everything harvested is exactly what was written. */
-static void harvest_union_with_clearing(void)
-{
+static void harvest_union_with_clearing(void) {
         const uint64_t npages = 1 << 16;
         struct test_rng rng = { 0xa11 };
         struct vhm_log *log;
@@ -463,18 +442,16 @@ static void harvest_union_with_clearing(void)
         vhm_log_free(log);
 }
 
-static void test_harvest_union_with_clearing(void **state)
-{
-        (void)state;
+static void test_harvest_union_with_clearing(void **state) {
+        (void) state;
         for_each_impl(harvest_union_with_clearing);
 }
 
 /* Choosing an implementation; AUTO picks a real one. */
-static void test_impl_choice(void **state)
-{
+static void test_impl_choice(void **state) {
         struct vhm_log *log;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_log_new(4096, &log), 0);
         assert_int_not_equal(vhm_log_get_harvest_impl(log), VHM_LOG_HARVEST_AUTO);
         print_message("  auto picks %s\n", vhm_log_harvest_impl_name(vhm_log_get_harvest_impl(log)));
@@ -482,7 +459,7 @@ static void test_impl_choice(void **state)
         assert_int_equal(vhm_log_get_harvest_impl(log), VHM_LOG_HARVEST_XCHG);
         assert_int_equal(vhm_log_set_harvest_impl(log, VHM_LOG_HARVEST_AUTO), 0);
         assert_int_not_equal(vhm_log_get_harvest_impl(log), VHM_LOG_HARVEST_AUTO);
-        assert_int_equal(vhm_log_set_harvest_impl(log, (enum vhm_log_harvest_impl)42), -EINVAL);
+        assert_int_equal(vhm_log_set_harvest_impl(log, (enum vhm_log_harvest_impl) 42), -EINVAL);
         assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_XCHG), "xchg");
         assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_CAS16), "cas16");
         assert_string_equal(vhm_log_harvest_impl_name(VHM_LOG_HARVEST_RTM), "rtm");
@@ -492,14 +469,13 @@ static void test_impl_choice(void **state)
 
 /* With RTM, a full log is really taken by transactions (the path is
  * exercised, not just its fallback). */
-static void test_rtm_commits(void **state)
-{
+static void test_rtm_commits(void **state) {
         struct vhm_log *log;
         struct vhm_bitmap *bm;
         struct vhm_log_harvest_stats st;
         uint64_t got;
 
-        (void)state;
+        (void) state;
         assert_int_equal(vhm_log_new(UINT64_C(1) << 30, &log), 0);
         if (vhm_log_set_harvest_impl(log, VHM_LOG_HARVEST_RTM) == -EOPNOTSUPP) {
                 vhm_log_free(log);
@@ -513,8 +489,8 @@ static void test_rtm_commits(void **state)
                 vhm_bitmap_clear_all(bm);
         }
         vhm_log_get_stats(log, &st);
-        print_message("  tx %llu committed, %llu aborted\n", (unsigned long long)st.tx_commits,
-                      (unsigned long long)st.tx_aborts);
+        print_message("  tx %llu committed, %llu aborted\n", (unsigned long long) st.tx_commits,
+                      (unsigned long long) st.tx_aborts);
         assert_true(st.tx_commits > 0);
         assert_int_equal(st.harvests, 3);
         assert_int_equal(st.pages, 3 * vhm_log_npages(log));
@@ -522,8 +498,7 @@ static void test_rtm_commits(void **state)
         vhm_log_free(log);
 }
 
-int main(void)
-{
+int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_harvest_random),
                 cmocka_unit_test(test_harvest_bitmap_larger),

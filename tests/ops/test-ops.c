@@ -41,24 +41,24 @@
 #include "tests/backend/test-backend.h"
 #include "tests/common/clock.h"
 
-#define DEST            "org.vhostmig1"
-#define ROOT_PATH       "/org/vhostmig1"
-#define MANAGER         "org.vhostmig1.Manager"
-#define LOG_PATH        "/org/freedesktop/LogControl1"
-#define LOG_IFACE       "org.freedesktop.LogControl1"
-#define JOURNAL_DIR     "/run/systemd/journal"
-#define JOURNAL_SOCKET  JOURNAL_DIR "/socket"
+#define DEST           "org.vhostmig1"
+#define ROOT_PATH      "/org/vhostmig1"
+#define MANAGER        "org.vhostmig1.Manager"
+#define LOG_PATH       "/org/freedesktop/LogControl1"
+#define LOG_IFACE      "org.freedesktop.LogControl1"
+#define JOURNAL_DIR    "/run/systemd/journal"
+#define JOURNAL_SOCKET JOURNAL_DIR "/socket"
 
 static struct {
         char bus_address[512], bus_dir[512];
-        pid_t bus_pid;                  /* dbus-daemon: start-bus.sh --stop ends it */
-        char dir[64];                   /* config, log, sockets */
-        char config[128], log[128], notify_path[96];   /* a socket path fits sun_path */
-        int notify_fd;                  /* our NOTIFY_SOCKET */
-        pid_t daemon;                   /* vhostmigd, our child; -1 when not running */
+        pid_t bus_pid;                               /* dbus-daemon: start-bus.sh --stop ends it */
+        char dir[64];                                /* config, log, sockets */
+        char config[128], log[128], notify_path[96]; /* a socket path fits sun_path */
+        int notify_fd;                               /* our NOTIFY_SOCKET */
+        pid_t daemon;                                /* vhostmigd, our child; -1 when not running */
         sd_bus *c;
-        int journal_fd;                 /* bound at JOURNAL_SOCKET, or -1 */
-        unsigned journal_made;          /* directories made for it: 1 journal/, 2 systemd/ too */
+        int journal_fd;        /* bound at JOURNAL_SOCKET, or -1 */
+        unsigned journal_made; /* directories made for it: 1 journal/, 2 systemd/ too */
 } env = { .notify_fd = -1, .daemon = -1, .journal_fd = -1 };
 
 /* ---- processes ------------------------------------------------------------------------ */
@@ -331,7 +331,7 @@ static int setup(void **state) {
 
 static void remove_dir(const char *dir) {
         static const char *const files[] = { "vhostmigd.json", "vhostmigd.json.new", "vhostmigd.log", "notify",
-                                             "probe0.sock", "probe1.sock", "probe2.sock", "probe3.sock" };
+                                             "probe0.sock",    "probe1.sock",        "probe2.sock",   "probe3.sock" };
         char path[192];
         for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
                 snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
@@ -392,9 +392,9 @@ static int on_probe_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_e
 static void probe_async(unsigned n, unsigned timeout_ms, struct async_probe *p) {
         char socket[160];
         snprintf(socket, sizeof(socket), "%s/probe%u.sock", env.dir, n);
-        *p = (struct async_probe) {};
-        int r = sd_bus_call_method_async(env.c, &p->slot, DEST, ROOT_PATH, MANAGER, "Probe", on_probe_reply, p,
-                                         "sbu", socket, 1, timeout_ms);
+        *p = (struct async_probe){};
+        int r = sd_bus_call_method_async(env.c, &p->slot, DEST, ROOT_PATH, MANAGER, "Probe", on_probe_reply, p, "sbu",
+                                         socket, 1, timeout_ms);
         assert_int_equal(r >= 0, 1);
 }
 
@@ -448,7 +448,7 @@ static void sighup_reloads(void **state) {
         write_config("{\"max_probes\": 2, \"log_level\": \"debug\"}");
         reload();
         assert_log_level("debug");
-        assert_string_equal(probe_now(1), BACKEND);   /* accepted; nobody connected in 50 ms */
+        assert_string_equal(probe_now(1), BACKEND); /* accepted; nobody connected in 50 ms */
         assert_true(log_contains("max_probes 1 -> 2"));
 
         /* A bad file is refused, naming the key; everything stays as it was. */
@@ -590,7 +590,7 @@ static void log_control(void **state) {
 /* ---- the journal --------------------------------------------------------------------------- */
 
 struct journal_entry {
-        char fields[24][320];   /* "NAME=value" */
+        char fields[24][320]; /* "NAME=value" */
         unsigned n;
 };
 
@@ -681,8 +681,8 @@ static char *create_vm(const char *name) {
         int fd = sealed_memfd(size);
         sd_bus_error e = SD_BUS_ERROR_NULL;
         sd_bus_message *reply = NULL;
-        int r = sd_bus_call_method(env.c, DEST, ROOT_PATH, MANAGER, "CreateVm", &e, &reply, "sa(httt)a{sv}", name,
-                                   1, fd, (uint64_t) 0, (uint64_t) size, (uint64_t) 0, 0);
+        int r = sd_bus_call_method(env.c, DEST, ROOT_PATH, MANAGER, "CreateVm", &e, &reply, "sa(httt)a{sv}", name, 1,
+                                   fd, (uint64_t) 0, (uint64_t) size, (uint64_t) 0, 0);
         close(fd);
         const char *path = NULL;
         if (r < 0 || sd_bus_message_read(reply, "o", &path) < 0)
@@ -707,8 +707,8 @@ static pid_t add_blocking_device(const char *vm) {
         int kick2 = eventfd(0, EFD_CLOEXEC), call2 = eventfd(0, EFD_CLOEXEC);
         sd_bus_error e = SD_BUS_ERROR_NULL;
         int r = sd_bus_call_method(env.c, DEST, vm, "org.vhostmig1.Vm", "AddDevice", &e, NULL, "sa(uttthh)a{sv}",
-                                   socket, 2, 256u, ring, ring + 0x1000, ring + 0x2000, kick, call, 256u,
-                                   ring + 0x4000, ring + 0x5000, ring + 0x6000, kick2, call2, 0);
+                                   socket, 2, 256u, ring, ring + 0x1000, ring + 0x2000, kick, call, 256u, ring + 0x4000,
+                                   ring + 0x5000, ring + 0x6000, kick2, call2, 0);
         if (r < 0)
                 fail_msg("AddDevice: %s", e.message ? e.message : strerror(-r));
         sd_bus_error_free(&e);

@@ -17,16 +17,31 @@
  */
 static const char *tested_against(uint32_t request) {
         switch (request) {
-        case VHU_REQ_GET_FEATURES: case VHU_REQ_SET_FEATURES: case VHU_REQ_SET_OWNER:
-        case VHU_REQ_SET_MEM_TABLE: case VHU_REQ_SET_LOG_BASE: case VHU_REQ_SET_VRING_NUM:
-        case VHU_REQ_SET_VRING_ADDR: case VHU_REQ_SET_VRING_BASE: case VHU_REQ_GET_VRING_BASE:
-        case VHU_REQ_SET_VRING_KICK: case VHU_REQ_SET_VRING_CALL: case VHU_REQ_GET_PROTOCOL_FEATURES:
-        case VHU_REQ_SET_PROTOCOL_FEATURES: case VHU_REQ_GET_QUEUE_NUM: case VHU_REQ_SET_VRING_ENABLE:
+        case VHU_REQ_GET_FEATURES:
+        case VHU_REQ_SET_FEATURES:
+        case VHU_REQ_SET_OWNER:
+        case VHU_REQ_SET_MEM_TABLE:
+        case VHU_REQ_SET_LOG_BASE:
+        case VHU_REQ_SET_VRING_NUM:
+        case VHU_REQ_SET_VRING_ADDR:
+        case VHU_REQ_SET_VRING_BASE:
+        case VHU_REQ_GET_VRING_BASE:
+        case VHU_REQ_SET_VRING_KICK:
+        case VHU_REQ_SET_VRING_CALL:
+        case VHU_REQ_GET_PROTOCOL_FEATURES:
+        case VHU_REQ_SET_PROTOCOL_FEATURES:
+        case VHU_REQ_GET_QUEUE_NUM:
+        case VHU_REQ_SET_VRING_ENABLE:
         case VHU_REQ_SET_BACKEND_REQ_FD:
                 return "DPDK, virtiofsd";
-        case VHU_REQ_SEND_RARP: case VHU_REQ_NET_SET_MTU: case VHU_REQ_SET_STATUS: case VHU_REQ_GET_STATUS:
+        case VHU_REQ_SEND_RARP:
+        case VHU_REQ_NET_SET_MTU:
+        case VHU_REQ_SET_STATUS:
+        case VHU_REQ_GET_STATUS:
                 return "DPDK";
-        case VHU_REQ_GET_MAX_MEM_SLOTS: case VHU_REQ_ADD_MEM_REG: case VHU_REQ_REM_MEM_REG:
+        case VHU_REQ_GET_MAX_MEM_SLOTS:
+        case VHU_REQ_ADD_MEM_REG:
+        case VHU_REQ_REM_MEM_REG:
                 return "virtiofsd";
         default:
                 return "test back-end";
@@ -55,10 +70,14 @@ static void fds_text(char *buf, size_t len, unsigned min, unsigned max) {
 
 static const char *reply_text(const struct vhu_request_info *i) {
         switch (i->reply) {
-        case VHU_REPLY_ALWAYS: return "always";
-        case VHU_REPLY_IF_LOG_SHMFD: return "always (LOG_SHMFD)";
-        case VHU_REPLY_STATUS_ALWAYS: return "u64 status, always";
-        case VHU_REPLY_ACK_ONLY: return i->changes_state ? "REPLY_ACK" : "none";
+        case VHU_REPLY_ALWAYS:
+                return "always";
+        case VHU_REPLY_IF_LOG_SHMFD:
+                return "always (LOG_SHMFD)";
+        case VHU_REPLY_STATUS_ALWAYS:
+                return "u64 status, always";
+        case VHU_REPLY_ACK_ONLY:
+                return i->changes_state ? "REPLY_ACK" : "none";
         }
         return "?";
 }

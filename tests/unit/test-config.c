@@ -33,8 +33,11 @@ static void good_file(void **state) {
         struct vhostmigd_config c;
         config_defaults(&c);
         char err[256];
-        assert_int_equal(config_parse(&c, "{ \"request_timeout_ms\": 250, \"log_level\": \"debug\",\n"
-                                          "  \"monitor_interval_ms\": 50 }\n", err, sizeof(err)), 0);
+        assert_int_equal(config_parse(&c,
+                                      "{ \"request_timeout_ms\": 250, \"log_level\": \"debug\",\n"
+                                      "  \"monitor_interval_ms\": 50 }\n",
+                                      err, sizeof(err)),
+                         0);
         assert_int_equal(c.request_timeout_ms, 250);
         assert_int_equal(c.log_level, LOG_DEBUG);
         assert_int_equal(c.monitor_interval_ms, 50);
@@ -46,7 +49,9 @@ static void good_file(void **state) {
 
 static void bad_files(void **state) {
         (void) state;
-        static const struct { const char *text, *mentions; } cases[] = {
+        static const struct {
+                const char *text, *mentions;
+        } cases[] = {
                 { "{ \"request_timeout\": 5 }", "\"request_timeout\": unknown key" },
                 { "{ \"max_vms\": \"ten\" }", "\"max_vms\": expected an integer" },
                 { "{ \"max_vms\": 0 }", "\"max_vms\": 0 is out of range" },
@@ -83,7 +88,8 @@ static void bad_files(void **state) {
                 { "{\"vms\": []}", "\"vms\": expected an object of VM names" },
                 { "{\"vms\": {\"bad name\": {}}}", "\"vms\": \"bad name\" is not a VM name" },
                 { "{\"vms\": {\"a\": {\"uids\": []}}}", "\"vms.a.uids\": unknown key" },
-                { "{\"vms\": {\"a\": {\"backend_uids\": [\"root\"]}}}", "\"vms.a.backend_uids[0]\": expected an integer" },
+                { "{\"vms\": {\"a\": {\"backend_uids\": [\"root\"]}}}",
+                  "\"vms.a.backend_uids[0]\": expected an integer" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct vhostmigd_config c;
@@ -91,7 +97,8 @@ static void bad_files(void **state) {
                 char err[256] = "";
                 int r = config_parse(&c, cases[i].text, err, sizeof(err));
                 if (r >= 0 || !strstr(err, cases[i].mentions))
-                        fail_msg("\"%s\": r=%d error \"%s\", expected \"%s\"", cases[i].text, r, err, cases[i].mentions);
+                        fail_msg("\"%s\": r=%d error \"%s\", expected \"%s\"", cases[i].text, r, err,
+                                 cases[i].mentions);
                 /* A refused file changes nothing. */
                 assert_int_equal(c.max_vms, 64);
         }
@@ -107,9 +114,11 @@ static void security_keys(void **state) {
         assert_int_equal(c.max_probes, 4);
         assert_int_equal(config_backend_uids(&c, "vm0")->n, 0);
         char err[256] = "";
-        int r = config_parse(&c, "{ \"server_socket_mode\": \"0666\", \"server_socket_group\": \"root\",\n"
-                                 "  \"max_guest_phys_addr\": 1099511627776000, \"backend_uids\": [0, 1000],\n"
-                                 "  \"vms\": { \"vm1\": { \"backend_uids\": [2000] } } }", err, sizeof(err));
+        int r = config_parse(&c,
+                             "{ \"server_socket_mode\": \"0666\", \"server_socket_group\": \"root\",\n"
+                             "  \"max_guest_phys_addr\": 1099511627776000, \"backend_uids\": [0, 1000],\n"
+                             "  \"vms\": { \"vm1\": { \"backend_uids\": [2000] } } }",
+                             err, sizeof(err));
         if (r < 0)
                 fail_msg("%s", err);
         assert_int_equal(c.server_socket_mode, 0666);
@@ -184,8 +193,8 @@ static void comment_keys(void **state) {
         struct vhostmigd_config c;
         config_defaults(&c);
         char err[256] = "";
-        assert_int_equal(config_parse(&c, "{\"//\": \"why\", \"// max_vms\": [1, {}], \"max_vms\": 3}", err,
-                                      sizeof(err)), 0);
+        assert_int_equal(
+                config_parse(&c, "{\"//\": \"why\", \"// max_vms\": [1, {}], \"max_vms\": 3}", err, sizeof(err)), 0);
         assert_int_equal(c.max_vms, 3);
         assert_int_equal(config_parse(&c, "{\"/ max_vms\": 3}", err, sizeof(err)), -EINVAL);
         assert_non_null(strstr(err, "\"/ max_vms\": unknown key"));
@@ -205,8 +214,11 @@ static void diff_names_what_changed(void **state) {
         assert_string_equal(d, "");
         free(d);
         char err[256];
-        assert_int_equal(config_parse(&b, "{\"max_probes\": 2, \"log_level\": \"debug\", \"server_socket_group\": 0,"
-                                          " \"vms\": {\"vm1\": {\"backend_uids\": [7]}}}", err, sizeof(err)), 0);
+        assert_int_equal(config_parse(&b,
+                                      "{\"max_probes\": 2, \"log_level\": \"debug\", \"server_socket_group\": 0,"
+                                      " \"vms\": {\"vm1\": {\"backend_uids\": [7]}}}",
+                                      err, sizeof(err)),
+                         0);
         d = config_diff(&a, &b);
         assert_non_null(strstr(d, "max_probes 4 -> 2"));
         assert_non_null(strstr(d, "log_level \"info\" -> \"debug\""));

@@ -45,12 +45,12 @@ static int setup(void **state) {
         int fd = memfd_create("device-test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         if (fd < 0 || ftruncate(fd, MEM_SIZE) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0 ||
             vhm_vm_new("dev", &fx.vm) < 0 ||
-            vhm_vm_add_region(fx.vm, &(struct vhm_region_spec) { fd, 0, MEM_SIZE, 0 }) < 0)
+            vhm_vm_add_region(fx.vm, &(struct vhm_region_spec){ fd, 0, MEM_SIZE, 0 }) < 0)
                 return -1;
         close(fd);
         fx.kick = eventfd(0, EFD_CLOEXEC);
         fx.call = eventfd(0, EFD_CLOEXEC);
-        fx.fds_before = count_open_fds();   /* the VM's and the rings' fds included */
+        fx.fds_before = count_open_fds(); /* the VM's and the rings' fds included */
         *state = &fx;
         return 0;
 }
@@ -74,8 +74,12 @@ static struct vhm_device *new_device(struct fx *fx, bool server) {
 
 static int set_queue(struct fx *fx, struct vhm_device *dev, uint64_t desc, uint64_t avail, uint64_t used) {
         struct vhm_queue_spec q = {
-                .size = 64, .desc_gpa = desc, .avail_gpa = avail, .used_gpa = used,
-                .kick_fd = fx->kick, .call_fd = fx->call,
+                .size = 64,
+                .desc_gpa = desc,
+                .avail_gpa = avail,
+                .used_gpa = used,
+                .kick_fd = fx->kick,
+                .call_fd = fx->call,
         };
         return vhm_device_set_queue(dev, 0, &q);
 }
@@ -103,7 +107,7 @@ static void rings_must_be_aligned(void **state) {
 static void only_our_socket_is_unlinked(void **state) {
         struct fx *fx = *state;
         struct vhm_device *dev = new_device(fx, true);
-        assert_int_equal(vhm_device_connect(dev), -ETIMEDOUT);   /* nobody came, but we listen */
+        assert_int_equal(vhm_device_connect(dev), -ETIMEDOUT); /* nobody came, but we listen */
         struct stat st;
         assert_int_equal(lstat(fx->socket, &st), 0);
         assert_true(S_ISSOCK(st.st_mode));
@@ -129,7 +133,10 @@ static void only_our_socket_is_unlinked(void **state) {
 static void server_socket_mode(void **state) {
         struct fx *fx = *state;
         struct vhm_device_config cfg = {
-                .socket = fx->socket, .server = true, .queue_pairs = 1, .timeout_ms = 50,
+                .socket = fx->socket,
+                .server = true,
+                .queue_pairs = 1,
+                .timeout_ms = 50,
                 .listen = { .mode = 0666 },
         };
         struct vhm_device *dev;
@@ -146,12 +153,15 @@ static void allowed_uids_are_copied(void **state) {
         struct fx *fx = *state;
         uid_t uids[] = { 1000, 1001 };
         struct vhm_device_config cfg = {
-                .socket = fx->socket, .queue_pairs = 1, .allowed_uids = uids, .n_allowed_uids = 2,
+                .socket = fx->socket,
+                .queue_pairs = 1,
+                .allowed_uids = uids,
+                .n_allowed_uids = 2,
         };
         struct vhm_device *dev;
         assert_int_equal(vhm_device_new(fx->vm, &cfg, &dev), 0);
         assert_int_equal(vhm_device_backend_uid(dev), (uid_t) -1);
-        uids[0] = uids[1] = 0;   /* the caller's array may go */
+        uids[0] = uids[1] = 0; /* the caller's array may go */
         vhm_device_free(dev);
         cfg.allowed_uids = NULL;
         assert_int_equal(vhm_device_new(fx->vm, &cfg, &dev), -EINVAL);
@@ -197,11 +207,8 @@ static void backend_cannot_truncate_the_log(void **state) {
 int main(void) {
 #define TEST(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
         const struct CMUnitTest tests[] = {
-                TEST(rings_must_be_aligned),
-                TEST(only_our_socket_is_unlinked),
-                TEST(server_socket_mode),
-                TEST(allowed_uids_are_copied),
-                TEST(backend_cannot_truncate_the_log),
+                TEST(rings_must_be_aligned),   TEST(only_our_socket_is_unlinked),     TEST(server_socket_mode),
+                TEST(allowed_uids_are_copied), TEST(backend_cannot_truncate_the_log),
         };
 #undef TEST
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -28,10 +28,11 @@
 #include "proto/vhost-user-table.h"
 #include "tests/common/fd-count.h"
 
-#define DPDK_FEATURES  UINT64_C(0xd7c66e7cb)
+#define DPDK_FEATURES UINT64_C(0xd7c66e7cb)
 /* REPLY_ACK, LOG_SHMFD, RARP, NET_MTU, STATUS: no MQ, no channel, so negotiation is short. */
-#define TEST_PF (VHU_BIT(VHU_PF_LOG_SHMFD) | VHU_BIT(VHU_PF_RARP) | VHU_BIT(VHU_PF_REPLY_ACK) | \
-                 VHU_BIT(VHU_PF_NET_MTU) | VHU_BIT(VHU_PF_STATUS))
+#define TEST_PF                                                                                                   \
+        (VHU_BIT(VHU_PF_LOG_SHMFD) | VHU_BIT(VHU_PF_RARP) | VHU_BIT(VHU_PF_REPLY_ACK) | VHU_BIT(VHU_PF_NET_MTU) | \
+         VHU_BIT(VHU_PF_STATUS))
 
 struct fixture {
         struct vhu_conn *conn;
@@ -39,8 +40,8 @@ struct fixture {
         int fds_before;
 };
 
-static void peer_send(int peer, uint32_t request, uint32_t flags, const void *payload, uint32_t size,
-                      const int *fds, unsigned nfds) {
+static void peer_send(int peer, uint32_t request, uint32_t flags, const void *payload, uint32_t size, const int *fds,
+                      unsigned nfds) {
         struct vhu_msg m = { .hdr = { .request = request, .flags = flags, .size = size }, .nfds = nfds };
         if (size)
                 memcpy(&m.payload, payload, size);
@@ -93,8 +94,12 @@ static int setup_with(void **state, uint64_t features, uint64_t pf) {
         return 0;
 }
 
-static int setup(void **state) { return setup_with(state, DPDK_FEATURES, TEST_PF); }
-static int setup_no_ack(void **state) { return setup_with(state, DPDK_FEATURES, TEST_PF & ~VHU_BIT(VHU_PF_REPLY_ACK)); }
+static int setup(void **state) {
+        return setup_with(state, DPDK_FEATURES, TEST_PF);
+}
+static int setup_no_ack(void **state) {
+        return setup_with(state, DPDK_FEATURES, TEST_PF & ~VHU_BIT(VHU_PF_REPLY_ACK));
+}
 
 static int teardown(void **state) {
         struct fixture *f = *state;
@@ -181,11 +186,11 @@ static void no_protocol_features_means_no_get_protocol_features(void **state) {
 
 static void request_without_its_feature_is_never_sent(void **state) {
         struct fixture *f = *state;
-        assert_int_equal(vhu_get_queue_num(f->conn, &(uint64_t) { 0 }), -ENOTSUP);
+        assert_int_equal(vhu_get_queue_num(f->conn, &(uint64_t){ 0 }), -ENOTSUP);
         assert_error_mentions(f->conn, "GET_QUEUE_NUM", "MQ");
         assert_int_equal(vhu_reset_device(f->conn), -ENOTSUP);
         assert_int_equal(vhu_set_vring_endian(f->conn, 0, true), -ENOTSUP);
-        assert_int_equal(vhu_iotlb_msg(f->conn, &(struct vhu_iotlb) { .type = VHU_IOTLB_UPDATE }), -ENOTSUP);
+        assert_int_equal(vhu_iotlb_msg(f->conn, &(struct vhu_iotlb){ .type = VHU_IOTLB_UPDATE }), -ENOTSUP);
         assert_error_mentions(f->conn, "IOTLB_MSG", "ACCESS_PLATFORM");
         assert_false(peer_has_data(f->peer));
         /* The connection is still fine: refusing to send is not a failure of the link. */
@@ -237,7 +242,11 @@ static void encodes_rarp_mtu_kick_and_mem_table(void **state) {
 
         struct vhu_region regs[2] = {
                 { .fd = efd, .guest_phys_addr = 0, .memory_size = 0x100000, .userspace_addr = 0x7f0000000000 },
-                { .fd = efd, .guest_phys_addr = 0x100000, .memory_size = 0x1000, .userspace_addr = 0x7f1000000000, .mmap_offset = 0x2000 },
+                { .fd = efd,
+                  .guest_phys_addr = 0x100000,
+                  .memory_size = 0x1000,
+                  .userspace_addr = 0x7f1000000000,
+                  .mmap_offset = 0x2000 },
         };
         peer_reply_u64(f->peer, VHU_REQ_SET_MEM_TABLE, 0);
         assert_int_equal(vhu_set_mem_table(f->conn, regs, 2), 0);
@@ -254,7 +263,7 @@ static void bad_memory_tables_are_refused_before_sending(void **state) {
         struct fixture *f = *state;
         struct vhu_region regs[9];
         for (unsigned i = 0; i < 9; i++)
-                regs[i] = (struct vhu_region) { .fd = 0, .guest_phys_addr = i * 0x1000, .memory_size = 0x1000 };
+                regs[i] = (struct vhu_region){ .fd = 0, .guest_phys_addr = i * 0x1000, .memory_size = 0x1000 };
         assert_int_equal(vhu_set_mem_table(f->conn, regs, 9), -EINVAL);
         assert_int_equal(vhu_set_mem_table(f->conn, regs, 0), -EINVAL);
         regs[1].guest_phys_addr = 0x800; /* overlaps region 0 */
@@ -354,7 +363,9 @@ static void reply_with_too_many_fds(void **state) {
         memcpy(buf + sizeof(h), &v, 8);
         char control[CMSG_SPACE(sizeof(fds))] = { 0 };
         struct iovec iov = { buf, sizeof(buf) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control) };
+        struct msghdr mh = {
+                .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)
+        };
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
         cm->cmsg_level = SOL_SOCKET;
         cm->cmsg_type = SCM_RIGHTS;
@@ -679,7 +690,7 @@ static void timeout_can_be_changed(void **state) {
         uint64_t t0 = vhu_now_usec(), v;
         assert_int_equal(vhu_get_features(f->conn, &v), -ETIMEDOUT);
         uint64_t ms = (vhu_now_usec() - t0) / 1000;
-        assert_in_range(ms, 40, 250);   /* 50 ms, not the fixture's 300 */
+        assert_in_range(ms, 40, 250); /* 50 ms, not the fixture's 300 */
 }
 
 struct trace_log {
@@ -724,13 +735,14 @@ static void trace_sees_both_directions(void **state) {
  */
 #define WATCHDOG_S 10
 
-#define CHANNEL_PF (VHU_BIT(VHU_PF_REPLY_ACK) | VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIG) | \
-                    VHU_BIT(VHU_PF_BACKEND_SEND_FD) | VHU_BIT(VHU_PF_HOST_NOTIFIER))
+#define CHANNEL_PF                                                                          \
+        (VHU_BIT(VHU_PF_REPLY_ACK) | VHU_BIT(VHU_PF_BACKEND_REQ) | VHU_BIT(VHU_PF_CONFIG) | \
+         VHU_BIT(VHU_PF_BACKEND_SEND_FD) | VHU_BIT(VHU_PF_HOST_NOTIFIER))
 
 struct channel_fixture {
         struct vhu_conn *conn;
-        int peer;       /* the back-end's main socket */
-        int channel;    /* the back-end's end of the back-end channel */
+        int peer;    /* the back-end's main socket */
+        int channel; /* the back-end's end of the back-end channel */
         int fds_before;
 };
 
@@ -772,9 +784,9 @@ static void channel_teardown(struct channel_fixture *f) {
 
 struct flooder {
         int channel;
-        int reply_to;           /* >= 0: once cut off, answer GET_FEATURES here */
+        int reply_to; /* >= 0: once cut off, answer GET_FEATURES here */
         unsigned long sent;
-        int error;              /* errno that ended the flood */
+        int error; /* errno that ended the flood */
 };
 
 /*
@@ -785,7 +797,7 @@ static void *flood(void *arg) {
         struct flooder *fl = arg;
         struct vhu_hdr burst[64];
         for (unsigned i = 0; i < 64; i++)
-                burst[i] = (struct vhu_hdr) { .request = VHU_BREQ_CONFIG_CHANGE_MSG, .flags = VHU_VERSION };
+                burst[i] = (struct vhu_hdr){ .request = VHU_BREQ_CONFIG_CHANGE_MSG, .flags = VHU_VERSION };
         for (;;) {
                 ssize_t n = send(fl->channel, burst, sizeof(burst), MSG_NOSIGNAL);
                 if (n < 0) {
@@ -814,12 +826,12 @@ static void flood_with_reply_withheld_fails_at_the_timeout(void **state) {
         int r = vhu_get_features(f.conn, &v);
         uint64_t ms = (vhu_now_usec() - t0) / 1000;
         assert_int_equal(r, -ETIMEDOUT);
-        assert_in_range(ms, 150, 999);   /* the 200 ms timeout, whatever the back-end sends */
+        assert_in_range(ms, 150, 999); /* the 200 ms timeout, whatever the back-end sends */
         /* The error says both: no reply in time, and the channel was cut off as a flood. */
         assert_error_mentions(f.conn, "no reply in time", "flooded");
         assert_false(vhu_conn_is_connected(f.conn));
         assert_int_equal(pthread_join(t, NULL), 0);
-        assert_true(fl.error == EPIPE || fl.error == ECONNRESET);   /* closed on it */
+        assert_true(fl.error == EPIPE || fl.error == ECONNRESET); /* closed on it */
         channel_teardown(&f);
         alarm(0);
 }
@@ -838,7 +850,7 @@ static void flood_is_cut_off_and_the_connection_goes_on(void **state) {
         assert_int_equal(vhu_get_features(f.conn, &v), 0);
         assert_int_equal(v, DPDK_FEATURES);
         assert_int_equal(pthread_join(t, NULL), 0);
-        assert_true(fl.error == EPIPE || fl.error == ECONNRESET);   /* closed on it */
+        assert_true(fl.error == EPIPE || fl.error == ECONNRESET); /* closed on it */
         assert_true(fl.sent > VHU_BACKEND_CHANNEL_FLOOD_MAX);
         assert_true(vhu_conn_is_connected(f.conn));
         struct vhu_backend_channel *ch = vhu_conn_backend_channel(f.conn);
@@ -886,13 +898,13 @@ static void channel_serve_is_bounded(void **state) {
         assert_int_equal(vhu_backend_channel_serve(ch, 4, UINT64_MAX), 4);
         assert_int_equal(vhu_backend_channel_serve(ch, 4, vhu_deadline_after_ms(1000)), 4);
         assert_int_equal(vhu_backend_channel_serve(ch, 4, UINT64_MAX), 2);
-        assert_int_equal(vhu_backend_channel_serve(ch, 4, UINT64_MAX), 0);   /* none waiting: no wait */
+        assert_int_equal(vhu_backend_channel_serve(ch, 4, UINT64_MAX), 0); /* none waiting: no wait */
         assert_int_equal(log.config_changes, 10);
 
         /* More than a real back-end ever sends at once (in one write, to fit the socket buffer). */
         struct vhu_hdr burst[VHU_BACKEND_CHANNEL_FLOOD_MAX + 50];
         for (unsigned i = 0; i < VHU_BACKEND_CHANNEL_FLOOD_MAX + 50; i++)
-                burst[i] = (struct vhu_hdr) { .request = VHU_BREQ_CONFIG_CHANGE_MSG, .flags = VHU_VERSION };
+                burst[i] = (struct vhu_hdr){ .request = VHU_BREQ_CONFIG_CHANGE_MSG, .flags = VHU_VERSION };
         assert_int_equal(write(bfd, burst, sizeof(burst)), (ssize_t) sizeof(burst));
         /* Cut off, and it says so. */
         assert_int_equal(vhu_backend_channel_serve(ch, 100000, UINT64_MAX), -ECONNABORTED);
@@ -951,7 +963,7 @@ static void fd_on_every_reply_is_refused(void **state) {
                 }
                 close(efd);
                 expect_fatal(f, r, -EPROTO, req, "1 fds");
-                teardown((void **) &f);   /* counts fds: the one that arrived was closed */
+                teardown((void **) &f); /* counts fds: the one that arrived was closed */
         }
 }
 
@@ -1054,7 +1066,7 @@ static void connect_to_a_full_backlog_times_out(void **state) {
         /* A connection's connect is bounded by its timeout. */
         struct vhu_conn *c = NULL;
         t0 = vhu_now_usec();
-        assert_int_equal(vhu_conn_connect(l.path, &(struct vhu_conn_options) { .timeout_ms = 150 }, &c), -ETIMEDOUT);
+        assert_int_equal(vhu_conn_connect(l.path, &(struct vhu_conn_options){ .timeout_ms = 150 }, &c), -ETIMEDOUT);
         ms = (vhu_now_usec() - t0) / 1000;
         assert_in_range(ms, 140, 450);
         assert_null(c);
@@ -1081,9 +1093,9 @@ static void listen_over_a_full_listener_refuses_and_keeps_its_file(void **state)
 
         uint64_t t0 = vhu_now_usec();
         assert_int_equal(vhu_socket_listen(l.path), -EADDRINUSE);
-        assert_true(vhu_now_usec() - t0 < 1000000);   /* no waiting on a listener that never accepts */
+        assert_true(vhu_now_usec() - t0 < 1000000); /* no waiting on a listener that never accepts */
         assert_int_equal(lstat(l.path, &st1), 0);
-        assert_int_equal(st1.st_ino, st0.st_ino);    /* still the live listener's file */
+        assert_int_equal(st1.st_ino, st0.st_ino); /* still the live listener's file */
         full_listener_close(&l);
         alarm(0);
 }
@@ -1107,7 +1119,7 @@ static void listen_ex_sets_mode_and_group_and_unlinks_only_its_own_file(void **s
         gid_t gid = some_other_group();
         struct vhu_listen_options o = { .mode = 0660, .gid = gid };
         struct vhu_socket_file file = { 0 };
-        mode_t old_umask = umask(0);   /* the mode must not depend on the umask */
+        mode_t old_umask = umask(0); /* the mode must not depend on the umask */
         int l = vhu_socket_listen_ex(path, &o, &file);
         umask(old_umask);
         assert_true(l >= 0);
@@ -1133,7 +1145,7 @@ static void listen_ex_sets_mode_and_group_and_unlinks_only_its_own_file(void **s
         assert_int_equal(lstat(path, &st), 0);
         assert_int_equal(unlink(path), 0);
         assert_int_equal(vhu_socket_unlink_if_same(path, &file), -ENOENT);
-        assert_int_equal(vhu_socket_unlink_if_same(path, &(struct vhu_socket_file) { 0 }), -EINVAL);
+        assert_int_equal(vhu_socket_unlink_if_same(path, &(struct vhu_socket_file){ 0 }), -EINVAL);
         close(l);
 
         /* Still ours: removed.  Without options the mode is left as created. */
@@ -1188,7 +1200,7 @@ static void peer_credentials_name_the_peer(void **state) {
         rmdir(dir);
 }
 
-#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define T(fn)        cmocka_unit_test_setup_teardown(fn, setup, teardown)
 #define T_NO_ACK(fn) cmocka_unit_test_setup_teardown(fn, setup_no_ack, teardown)
 
 int main(void) {

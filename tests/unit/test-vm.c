@@ -64,8 +64,8 @@ static void regions_and_translation(void **state) {
         assert_int_equal(vhm_vm_new("t", &vm), 0);
         int fd = memfd_of(4 << 20);
         /* Two regions from one file: [0, 1M) at gpa 0, [2M, 4M) of the file at gpa 4G. */
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 0, 1 << 20, 0 }), 0);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 1ull << 32, 2 << 20, 2 << 20 }), 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 0, 1 << 20, 0 }), 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 1ull << 32, 2 << 20, 2 << 20 }), 0);
         close(fd); /* the VM keeps its own */
         assert_int_equal(vhm_vm_region_count(vm), 2);
         assert_int_equal(vhm_vm_memory_size(vm), 3 << 20);
@@ -75,12 +75,13 @@ static void regions_and_translation(void **state) {
         assert_non_null(p);
         memcpy(p, "vhostmig", 8);
         assert_memory_equal(vhm_vm_region(vm, 1)->host + 16, "vhostmig", 8);
-        assert_null(vhm_vm_gpa_to_host(vm, (1 << 20) - 4, 8));      /* crosses the end of region 0 */
-        assert_null(vhm_vm_gpa_to_host(vm, 1 << 20, 1));            /* hole */
-        assert_null(vhm_vm_gpa_to_host(vm, UINT64_MAX - 3, 8));     /* wrap */
+        assert_null(vhm_vm_gpa_to_host(vm, (1 << 20) - 4, 8));  /* crosses the end of region 0 */
+        assert_null(vhm_vm_gpa_to_host(vm, 1 << 20, 1));        /* hole */
+        assert_null(vhm_vm_gpa_to_host(vm, UINT64_MAX - 3, 8)); /* wrap */
         assert_null(vhm_vm_gpa_to_host(vm, 0, (1 << 20) + 1));
         assert_non_null(vhm_vm_gpa_to_host(vm, 0, 1 << 20));
-        assert_int_equal(vhm_vm_gpa_to_uaddr(vm, 0x1000, 8), (uint64_t) (uintptr_t) vhm_vm_region(vm, 0)->host + 0x1000);
+        assert_int_equal(vhm_vm_gpa_to_uaddr(vm, 0x1000, 8),
+                         (uint64_t) (uintptr_t) vhm_vm_region(vm, 0)->host + 0x1000);
 
         uint64_t gen = vhm_vm_memory_generation(vm);
         assert_int_equal(vhm_vm_remove_region(vm, 0), 0);
@@ -99,21 +100,22 @@ static void bad_memory_is_refused_with_a_reason(void **state) {
         int fd = memfd_of(1 << 20);
         int efd = eventfd(0, EFD_CLOEXEC);
 
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { -1, 0, 4096, 0 }), -EBADF);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { efd, 0, 4096, 0 }), -EINVAL);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ -1, 0, 4096, 0 }), -EBADF);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ efd, 0, 4096, 0 }), -EINVAL);
         assert_non_null(strstr(vhm_vm_error(vm), "not a memory file"));
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 0, 2 << 20, 0 }), -EINVAL);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 0, 2 << 20, 0 }), -EINVAL);
         assert_non_null(strstr(vhm_vm_error(vm), "exceeds the file"));
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 0, 4096, 1 << 20 }), -EINVAL);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 0, 100, 0 }), -EINVAL);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 0, 0, 0 }), -EINVAL);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, UINT64_MAX - 4095, 8192, 0 }), -EINVAL);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 0, 1 << 20, 0 }), 0);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 0x80000, 4096, 0 }), -EEXIST);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 0, 4096, 1 << 20 }), -EINVAL);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 0, 100, 0 }), -EINVAL);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 0, 0, 0 }), -EINVAL);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, UINT64_MAX - 4095, 8192, 0 }), -EINVAL);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 0, 1 << 20, 0 }), 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 0x80000, 4096, 0 }), -EEXIST);
         assert_non_null(strstr(vhm_vm_error(vm), "overlaps"));
         for (unsigned i = 1; i < VHM_VM_MAX_REGIONS; i++)
-                assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, (uint64_t) i << 30, 4096, 0 }), 0);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 100ull << 30, 4096, 0 }), -E2BIG);
+                assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, (uint64_t) i << 30, 4096, 0 }),
+                                 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 100ull << 30, 4096, 0 }), -E2BIG);
         assert_int_equal(vhm_vm_region_count(vm), VHM_VM_MAX_REGIONS);
         close(fd);
         close(efd);
@@ -131,7 +133,7 @@ static void unsealed_memfd_is_refused(void **state) {
         int plain = memfd_create("no-sealing", MFD_CLOEXEC);
         assert_true(plain >= 0);
         assert_int_equal(ftruncate(plain, 1 << 20), 0);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { plain, 0x100000, 1 << 20, 0 }), -EPERM);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ plain, 0x100000, 1 << 20, 0 }), -EPERM);
         printf("  refused: %s\n", vhm_vm_error(vm));
         assert_non_null(strstr(vhm_vm_error(vm), "region at 0x100000"));
         assert_non_null(strstr(vhm_vm_error(vm), "MFD_ALLOW_SEALING"));
@@ -141,16 +143,16 @@ static void unsealed_memfd_is_refused(void **state) {
         int sealable = memfd_create("sealable", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         assert_true(sealable >= 0);
         assert_int_equal(ftruncate(sealable, 1 << 20), 0);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { sealable, 0, 1 << 20, 0 }), -EPERM);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ sealable, 0, 1 << 20, 0 }), -EPERM);
         assert_int_equal(fcntl(sealable, F_ADD_SEALS, F_SEAL_GROW), 0);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { sealable, 0, 1 << 20, 0 }), -EPERM);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ sealable, 0, 1 << 20, 0 }), -EPERM);
         assert_int_equal(vhm_vm_region_count(vm), 0);
         assert_int_equal(fcntl(sealable, F_ADD_SEALS, F_SEAL_SHRINK), 0);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { sealable, 0, 1 << 20, 0 }), 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ sealable, 0, 1 << 20, 0 }), 0);
 
         /* A tmpfs file cannot be sealed: accepted, its reads are guarded. */
         int shm = tmpfs_file_of(1 << 20);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { shm, 1 << 30, 1 << 20, 0 }), 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ shm, 1 << 30, 1 << 20, 0 }), 0);
         close(plain);
         close(sealable);
         close(shm);
@@ -164,7 +166,7 @@ static void guarded_read_and_write(void **state) {
         struct vhm_vm *vm;
         assert_int_equal(vhm_vm_new("t", &vm), 0);
         int fd = memfd_of(2 << 20);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 0, 1 << 20, 0 }), 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 0, 1 << 20, 0 }), 0);
         close(fd);
 
         assert_int_equal(vhm_vm_write(vm, 0x2000, "vhostmig", 8), 0);
@@ -196,8 +198,8 @@ static void truncated_file_fails_the_read_not_the_process(void **state) {
         assert_int_equal(vhm_vm_new("t", &vm), 0);
         int shm = tmpfs_file_of(2 << 20);
         int sealed = memfd_of(1 << 20);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { shm, 0, 2 << 20, 0 }), 0);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { sealed, 1ull << 32, 1 << 20, 0 }), 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ shm, 0, 2 << 20, 0 }), 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ sealed, 1ull << 32, 1 << 20, 0 }), 0);
         close(sealed);
         assert_int_equal(vhm_vm_write(vm, 0x1000, "before", 6), 0);
 
@@ -237,8 +239,14 @@ static void earlier_handler(int sig, siginfo_t *si, void *uc) {
         _exit(42);
 }
 
-enum before_guard { DEFAULT_DISPOSITION, EARLIER_HANDLER };
-enum fault { UNGUARDED_ACCESS, SENT_SIGNAL };
+enum before_guard {
+        DEFAULT_DISPOSITION,
+        EARLIER_HANDLER
+};
+enum fault {
+        UNGUARDED_ACCESS,
+        SENT_SIGNAL
+};
 
 /*
  * In a child: SIGBUS as `before`, the guard used once (a truncated page
@@ -249,7 +257,7 @@ static int child_after_guard(enum before_guard before, enum fault fault, int shm
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
-                setrlimit(RLIMIT_CORE, &(struct rlimit) { 0, 0 });   /* an expected crash leaves no core */
+                setrlimit(RLIMIT_CORE, &(struct rlimit){ 0, 0 }); /* an expected crash leaves no core */
                 struct sigaction sa = { .sa_handler = SIG_DFL };
                 if (before == EARLIER_HANDLER) {
                         sa.sa_sigaction = earlier_handler;
@@ -263,7 +271,7 @@ static int child_after_guard(enum before_guard before, enum fault fault, int shm
                 if (fault == SENT_SIGNAL)
                         raise(SIGBUS);
                 else
-                        byte = p[0];    /* unguarded: must not be survived */
+                        byte = p[0]; /* unguarded: must not be survived */
                 _exit(0);
         }
         int status;
@@ -306,25 +314,26 @@ static void gpa_limit(void **state) {
         assert_int_equal(vhm_vm_gpa_limit(vm), VHM_VM_DEFAULT_GPA_LIMIT);
         assert_int_equal(VHM_VM_DEFAULT_GPA_LIMIT, 1ull << 40);
         int fd = memfd_of(1 << 20);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 1ull << 51, 1 << 20, 0 }), -ERANGE);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 1ull << 51, 1 << 20, 0 }), -ERANGE);
         printf("  refused: %s\n", vhm_vm_error(vm));
         assert_non_null(strstr(vhm_vm_error(vm), "0x10000000000"));
         assert_non_null(strstr(vhm_vm_error(vm), "limit"));
         /* Ending exactly at the limit is fine; one page more is not. */
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, (1ull << 40) - 4096, 8192, 0 }), -ERANGE);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, (1ull << 40) - (1 << 20), 1 << 20, 0 }), 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, (1ull << 40) - 4096, 8192, 0 }), -ERANGE);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, (1ull << 40) - (1 << 20), 1 << 20, 0 }),
+                         0);
 
-        assert_int_equal(vhm_vm_set_gpa_limit(vm, 1ull << 39), -ERANGE);   /* below what is there */
+        assert_int_equal(vhm_vm_set_gpa_limit(vm, 1ull << 39), -ERANGE); /* below what is there */
         assert_non_null(strstr(vhm_vm_error(vm), "already ends"));
         assert_int_equal(vhm_vm_set_gpa_limit(vm, 0), -EINVAL);
         assert_int_equal(vhm_vm_set_gpa_limit(vm, (1ull << 41) + 1), -EINVAL);
         assert_int_equal(vhm_vm_set_gpa_limit(vm, 1ull << 53), -EINVAL);
         assert_int_equal(vhm_vm_set_gpa_limit(vm, 1ull << 52), 0);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 1ull << 51, 1 << 20, 0 }), 0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 1ull << 51, 1 << 20, 0 }), 0);
         assert_int_equal(vhm_vm_remove_region(vm, 1ull << 51), 0);
         assert_int_equal(vhm_vm_remove_region(vm, (1ull << 40) - (1 << 20)), 0);
         assert_int_equal(vhm_vm_set_gpa_limit(vm, 1 << 30), 0);
-        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec) { fd, 1 << 30, 1 << 20, 0 }), -ERANGE);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 1 << 30, 1 << 20, 0 }), -ERANGE);
         close(fd);
         vhm_vm_free(vm);
 }
