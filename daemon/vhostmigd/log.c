@@ -133,6 +133,12 @@ static int get_log_level(sd_bus *bus, const char *path, const char *interface, c
         return sd_bus_message_append(reply, "s", config_log_level_name(daemon_log_get_level()));
 }
 
+/* A string property's new value, from root only. */
+static int read_root_string(sd_bus_message *value, const char **out, sd_bus_error *error) {
+        int r = daemon_check_root(value, error);
+        return r < 0 ? r : sd_bus_message_read(value, "s", out);
+}
+
 static int set_log_level(sd_bus *bus, const char *path, const char *interface, const char *property,
                          sd_bus_message *value, void *userdata, sd_bus_error *error) {
         (void) bus;
@@ -140,11 +146,8 @@ static int set_log_level(sd_bus *bus, const char *path, const char *interface, c
         (void) interface;
         (void) property;
         (void) userdata;
-        int r = daemon_check_root(value, error);
-        if (r < 0)
-                return r;
         const char *name;
-        r = sd_bus_message_read(value, "s", &name);
+        int r = read_root_string(value, &name, error);
         if (r < 0)
                 return r;
         int level = config_log_level_from_name(name);
@@ -179,11 +182,8 @@ static int set_log_target(sd_bus *bus, const char *path, const char *interface, 
         (void) interface;
         (void) property;
         (void) userdata;
-        int r = daemon_check_root(value, error);
-        if (r < 0)
-                return r;
         const char *name;
-        r = sd_bus_message_read(value, "s", &name);
+        int r = read_root_string(value, &name, error);
         if (r < 0)
                 return r;
         for (int t = 0; t < LOG_TARGET_MAX; t++)
