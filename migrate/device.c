@@ -13,6 +13,7 @@
 
 #include "migrate/device.h"
 #include "proto/vhost-user-frontend.h"
+#include "proto/vhost-user-table.h"
 
 /* virtio device status bits (virtio 1.x, 2.1). */
 #define STATUS_ACKNOWLEDGE 0x1u
@@ -51,6 +52,8 @@ struct vhm_device {
         bool log_sent;
         bool logging;
         bool ever_connected;
+        bool awaiting_restore; /* incoming: the rings start only from a migrated state */
+        bool released;         /* migrated away: never connects again */
 
         unsigned reconnect_delay_ms;
         struct vhm_device_stats stats;
@@ -157,6 +160,7 @@ int vhm_device_new(struct vhm_vm *vm, const struct vhm_device_config *cfg, struc
         dev->listen_fd = -1;
         dev->log_fd = -1;
         dev->reconnect_delay_ms = RECONNECT_DELAY_MIN_MS;
+        dev->awaiting_restore = cfg->incoming;
         for (unsigned q = 0; q < VHM_DEVICE_MAX_QUEUES; q++)
                 dev->queues[q].kick_fd = dev->queues[q].call_fd = -1;
         *out = dev;
@@ -532,6 +536,8 @@ static int start_rings(struct vhm_device *dev) {
 int vhm_device_start(struct vhm_device *dev) {
         /* A device whose last request was refused may be started again over the same link. */
         bool startable = dev->state == VHM_DEVICE_READY || (dev->state == VHM_DEVICE_FAILED && dev->conn);
+        if (dev->awaiting_restore)
+                return dev_fail(dev, -EBUSY, "%s: an incoming device starts from a migrated state only", dev->socket);
         if (!startable)
                 return dev_fail(dev, -EBUSY, "%s: cannot start a device that is %s", dev->socket,
                                 vhm_device_state_name(dev->state));
@@ -624,6 +630,8 @@ static int indices_from_used_rings(struct vhm_device *dev) {
 int vhm_device_reconnect(struct vhm_device *dev, unsigned timeout_ms) {
         if (dev->conn)
                 return 0;
+        if (dev->released)
+                return dev_fail(dev, -ESHUTDOWN, "%s: the device was migrated away", dev->socket);
         dev->stats.reconnect_attempts++;
         int r = connect_once(dev, timeout_ms);
         if (r < 0) {
@@ -634,6 +642,9 @@ int vhm_device_reconnect(struct vhm_device *dev, unsigned timeout_ms) {
                 return absent ? -EAGAIN : r;
         }
         dev->reconnect_delay_ms = RECONNECT_DELAY_MIN_MS;
+        /* Incoming: connected and negotiated is all it may be until restored. */
+        if (dev->awaiting_restore)
+                return 0;
         if (!dev->resume_after_reconnect) {
                 if (dev->stats.starts == 0)
                         return 0;
@@ -800,6 +811,233 @@ int vhm_device_announce(struct vhm_device *dev) {
                 return dev_fail(dev, -ENOTSUP, "%s: the guest announces itself (GUEST_ANNOUNCE)", dev->socket);
         TRY(dev, "SEND_RARP", vhu_send_rarp(dev->conn, dev->cfg.mac));
         return 0;
+}
+
+/* ---- migration: handing the rings over --------------------------------------- */
+
+/* Bits of the vhost-user link, not of the guest's driver: they do not move with the guest. */
+#define LINK_FEATURES (VHU_BIT(VHU_VF_LOG_ALL) | VHU_BIT(VHU_VF_PROTOCOL_FEATURES))
+
+int vhm_device_handoff_get(struct vhm_device *dev, struct vhm_device_handoff *out) {
+        if (dev->state != VHM_DEVICE_STOPPED || !dev->stop_complete)
+                return dev_fail(dev, -EBUSY, "%s: the rings of a device that is %s have no state to hand over",
+                                dev->socket, vhm_device_state_name(dev->state));
+        memset(out, 0, sizeof(*out));
+        out->acked_features = dev->acked_features & ~VHU_BIT(VHU_VF_LOG_ALL);
+        out->protocol_features = dev->protocol_features;
+        out->queue_pairs = dev->cfg.queue_pairs;
+        memcpy(out->mac, dev->cfg.mac, sizeof(out->mac));
+        out->mtu = dev->cfg.mtu;
+        out->nrings = queue_count(dev);
+        for (unsigned q = 0; q < out->nrings; q++) {
+                const struct vhm_queue_spec *s = &dev->queues[q];
+                out->rings[q] = (struct vhm_ring_handoff){
+                        .size = s->size,
+                        .desc_gpa = s->desc_gpa,
+                        .avail_gpa = s->avail_gpa,
+                        .used_gpa = s->used_gpa,
+                        .enabled = true, /* every ring ran until the stop */
+                        .last_avail = dev->last_avail[q],
+                };
+        }
+        return 0;
+}
+
+/* The first acked feature this device's back-end does not offer, by name. */
+static int check_features(struct vhm_device *dev, const struct vhm_device_handoff *h) {
+        uint64_t missing = h->acked_features & ~LINK_FEATURES & ~dev->features_offered;
+        if (!missing)
+                return 0;
+        unsigned bit = (unsigned) __builtin_ctzll(missing);
+        const char *name = vhu_virtio_feature_name(bit);
+        return dev_fail(dev, -ENOTSUP,
+                        "%s: the back-end does not offer %s (bit %u) that the source's guest acked (missing 0x%" PRIx64
+                        ")",
+                        dev->socket, name ? name : "a feature", bit, missing);
+}
+
+static int check_ring(struct vhm_device *dev, unsigned q, const struct vhm_ring_handoff *r) {
+        if (!is_power_of_two(r->size) || r->size > 32768)
+                return dev_fail(dev, -EINVAL, "%s: ring %u: size %u is not a power of two up to 32768", dev->socket, q,
+                                r->size);
+        if (r->last_avail > UINT16_MAX)
+                return dev_fail(dev, -EINVAL, "%s: ring %u: index %" PRIu32 " is not a split ring's", dev->socket, q,
+                                r->last_avail);
+        const struct vhm_queue_spec spec = { .desc_gpa = r->desc_gpa,
+                                             .avail_gpa = r->avail_gpa,
+                                             .used_gpa = r->used_gpa };
+        int rc = check_alignment(dev, q, &spec);
+        if (rc < 0)
+                return rc;
+        if (!vhm_vm_gpa_to_host(dev->vm, r->desc_gpa, desc_bytes(r->size)) ||
+            !vhm_vm_gpa_to_host(dev->vm, r->avail_gpa, avail_bytes(r->size)) ||
+            !vhm_vm_gpa_to_host(dev->vm, r->used_gpa, used_bytes(r->size)))
+                return dev_fail(dev, -EFAULT, "%s: ring %u: outside guest memory", dev->socket, q);
+        return 0;
+}
+
+int vhm_device_handoff_check(struct vhm_device *dev, const struct vhm_device_handoff *h) {
+        if (!dev->conn)
+                return dev_fail(dev, -ENOTCONN, "%s: the back-end is not connected", dev->socket);
+        unsigned offered_pairs = vhu_conn_queue_num(dev->conn);
+        if (h->queue_pairs > offered_pairs)
+                return dev_fail(dev, -ENOTSUP, "%s: the source device has %u queue pairs, the back-end offers %u",
+                                dev->socket, h->queue_pairs, offered_pairs);
+        if (h->queue_pairs != dev->cfg.queue_pairs || h->nrings != 2 * h->queue_pairs)
+                return dev_fail(dev, -ENOTSUP,
+                                "%s: the source device has %u queue pairs (%u rings), this one is configured with %u",
+                                dev->socket, h->queue_pairs, h->nrings, dev->cfg.queue_pairs);
+        int r = check_features(dev, h);
+        for (unsigned q = 0; r == 0 && q < h->nrings; q++)
+                r = check_ring(dev, q, &h->rings[q]);
+        return r;
+}
+
+/*
+ * The used rings, in the migrated memory, are where the back-end resumes
+ * from together with BASE: an index more than a ring ahead of its used ring
+ * is not the state of a ring (QEMU's virtio_load refuses it too).
+ */
+static int check_used_indices(struct vhm_device *dev, const struct vhm_device_handoff *h) {
+        for (unsigned q = 0; q < h->nrings; q++) {
+                uint16_t used;
+                int r = vhm_vm_load_u16_acquire(dev->vm, h->rings[q].used_gpa + 2, &used);
+                if (r < 0)
+                        return dev_fail(dev, r, "%s: ring %u: cannot read the used index: %s", dev->socket, q,
+                                        vhm_vm_error(dev->vm));
+                uint16_t ahead = (uint16_t) (h->rings[q].last_avail - used);
+                if (ahead > h->rings[q].size)
+                        return dev_fail(dev, -EINVAL, "%s: ring %u: index %" PRIu32 " is %u ahead of the used index %u",
+                                        dev->socket, q, h->rings[q].last_avail, ahead, used);
+        }
+        return 0;
+}
+
+/* The device takes the source's rings, MAC, MTU and features as its own. */
+static void adopt_handoff(struct vhm_device *dev, const struct vhm_device_handoff *h) {
+        for (unsigned q = 0; q < h->nrings; q++) {
+                const struct vhm_ring_handoff *r = &h->rings[q];
+                dev->queues[q].size = r->size;
+                dev->queues[q].desc_gpa = r->desc_gpa;
+                dev->queues[q].avail_gpa = r->avail_gpa;
+                dev->queues[q].used_gpa = r->used_gpa;
+                dev->last_avail[q] = r->last_avail;
+        }
+        dev->cfg.features = h->acked_features & ~VHU_BIT(VHU_VF_LOG_ALL);
+        memcpy(dev->cfg.mac, h->mac, sizeof(dev->cfg.mac));
+        if (h->mtu)
+                dev->cfg.mtu = h->mtu;
+}
+
+/* backend-migration-notes.md, DPDK: SET_FEATURES before any ring, the memory table before ADDR. */
+static int restore_rings(struct vhm_device *dev, const struct vhm_device_handoff *h) {
+        TRY(dev, "SET_FEATURES", vhu_set_features(dev->conn, wanted_features(dev)));
+        dev->acked_features = vhu_conn_acked_features(dev->conn);
+        int r = send_memory_table(dev);
+        if (r == 0)
+                r = send_log_base(dev);
+        if (r < 0)
+                return r;
+        if (dev->cfg.mtu && vhu_conn_has_protocol_feature(dev->conn, VHU_PF_NET_MTU))
+                TRY(dev, "NET_SET_MTU", vhu_net_set_mtu(dev->conn, dev->cfg.mtu));
+        for (unsigned q = 0; q < h->nrings; q++) {
+                r = start_ring(dev, q);
+                if (r < 0)
+                        return r;
+        }
+        if (protocol_features_acked(dev))
+                for (unsigned q = 0; q < h->nrings; q++)
+                        if (h->rings[q].enabled)
+                                TRY(dev, "SET_VRING_ENABLE", vhu_set_vring_enable(dev->conn, q, true));
+        if (vhu_conn_has_protocol_feature(dev->conn, VHU_PF_STATUS))
+                TRY(dev, "SET_STATUS",
+                    vhu_set_status(dev->conn,
+                                   STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK));
+        return 0;
+}
+
+/* Nothing half started stays: the back-end forgets the rings with the connection. */
+static void abandon_restore(struct vhm_device *dev) {
+        drop_connection(dev);
+        dev->awaiting_restore = true;
+        dev->resume_after_reconnect = false;
+}
+
+int vhm_device_restore(struct vhm_device *dev, const struct vhm_device_handoff *h) {
+        if (!dev->awaiting_restore || dev->state != VHM_DEVICE_READY || !dev->conn)
+                return dev_fail(dev, -EBUSY, "%s: cannot restore a device that is %s%s", dev->socket,
+                                vhm_device_state_name(dev->state), dev->cfg.incoming ? "" : " (not incoming)");
+        int r = vhm_device_handoff_check(dev, h);
+        if (r < 0)
+                return r;
+        uint32_t needed = (1u << h->nrings) - 1; /* nrings <= 16: checked */
+        if ((dev->queues_set & needed) != needed)
+                return dev_fail(dev, -EINVAL, "%s: not every queue's eventfds were set up (%u needed)", dev->socket,
+                                h->nrings);
+        r = check_used_indices(dev, h);
+        if (r < 0)
+                return r;
+        adopt_handoff(dev, h);
+        r = restore_rings(dev, h);
+        if (r < 0) {
+                abandon_restore(dev);
+                return r;
+        }
+        dev->awaiting_restore = false;
+        dev->state = VHM_DEVICE_RUNNING;
+        dev->resume_after_reconnect = true;
+        dev->stats.starts++;
+        return 0;
+}
+
+void vhm_device_unrestore(struct vhm_device *dev, unsigned timeout_ms) {
+        if (!dev->cfg.incoming || dev->released)
+                return;
+        abandon_restore(dev);
+        /* Best effort: a back-end not back yet is found by the next reconnect. */
+        (void) connect_once(dev, timeout_ms);
+}
+
+bool vhm_device_awaiting_restore(const struct vhm_device *dev) {
+        return dev->awaiting_restore;
+}
+
+int vhm_device_resume_after_migration(struct vhm_device *dev) {
+        switch (dev->state) {
+        case VHM_DEVICE_RUNNING:
+                return 0;
+        case VHM_DEVICE_STOPPED:
+                return vhm_device_resume(dev);
+        case VHM_DEVICE_DISCONNECTED:
+                /* The back-end left during the migration: the used rings say where to resume. */
+                dev->resume_after_reconnect = !dev->released && dev->stats.starts > 0;
+                dev->stop_complete = false;
+                return 0;
+        case VHM_DEVICE_FAILED:
+                if (!dev->conn)
+                        break;
+                /* A stop refused half-way: not every index came back, the used rings have them all. */
+                return indices_from_used_rings(dev) < 0 ? -EIO : start_rings(dev);
+        case VHM_DEVICE_READY:
+                break;
+        }
+        return dev_fail(dev, -EBUSY, "%s: cannot resume a device that is %s", dev->socket,
+                        vhm_device_state_name(dev->state));
+}
+
+void vhm_device_release(struct vhm_device *dev) {
+        dev->resume_after_reconnect = false;
+        drop_connection(dev);
+        if (dev->listen_fd >= 0) {
+                close(dev->listen_fd);
+                dev->listen_fd = -1;
+                (void) vhu_socket_unlink_if_same(dev->socket, &dev->listen_file);
+        }
+        dev->released = true;
+}
+
+bool vhm_device_released(const struct vhm_device *dev) {
+        return dev->released;
 }
 
 /* ---- observers ------------------------------------------------------------- */

@@ -64,6 +64,12 @@ struct vhm_device_config {
         unsigned n_allowed_uids;
         /* Server mode: the socket file's mode (0: as the umask makes it) and group (0 or -1: unchanged). */
         struct vhu_listen_options listen;
+        /*
+         * The destination of a migration: connect and negotiate, but the rings
+         * start only from a source's state (vhm_device_restore), never through
+         * vhm_device_start() or a reconnect before that.
+         */
+        bool incoming;
 };
 
 /* Counters and observable state, for the service layer. */
@@ -181,3 +187,73 @@ const struct vhm_device_stats *vhm_device_stats(const struct vhm_device *dev);
 void vhm_device_request_counts(const struct vhm_device *dev, uint64_t *requests, uint64_t *failures);
 /* The live connection, or NULL while disconnected (for the dirty-log layer). */
 struct vhu_conn *vhm_device_conn(const struct vhm_device *dev);
+
+/*
+ * Migration: the state of a device that the rings and guest memory do not
+ * carry.  The source takes it from a stopped device (vhm_device_handoff_get);
+ * the destination, an incoming device, starts its rings from it
+ * (vhm_device_restore).
+ */
+struct vhm_ring_handoff {
+        unsigned size;
+        uint64_t desc_gpa, avail_gpa, used_gpa;
+        bool enabled;
+        uint32_t last_avail; /* GET_VRING_BASE's answer: where the back-end resumes */
+};
+
+struct vhm_device_handoff {
+        uint64_t acked_features;    /* virtio features the guest driver acked (LOG_ALL never) */
+        uint64_t protocol_features; /* negotiated with the source's back-end (informative) */
+        unsigned queue_pairs;
+        uint8_t mac[6];
+        uint16_t mtu;
+        unsigned nrings; /* 2 * queue_pairs */
+        struct vhm_ring_handoff rings[VHM_DEVICE_MAX_QUEUES];
+};
+
+/* From a device stopped with every ring's index collected (-EBUSY otherwise). */
+int vhm_device_handoff_get(struct vhm_device *dev, struct vhm_device_handoff *out);
+
+/*
+ * Can this (connected, incoming) device take `h`: every acked feature offered
+ * by its back-end, the same number of queue pairs, rings that are valid and
+ * inside guest memory.  -ENOTSUP or -EINVAL with the reason in
+ * vhm_device_error(); the device is left as it was.
+ */
+int vhm_device_handoff_check(struct vhm_device *dev, const struct vhm_device_handoff *h);
+
+/*
+ * An incoming device, READY: starts its rings from `h` in the order DPDK
+ * needs (SET_FEATURES, memory table, per ring NUM, BASE = last_avail, ADDR,
+ * KICK, CALL, then ENABLE, STATUS).  The guest memory must be final: the
+ * back-end reads the used rings at KICK.  The queues keep their kick and call
+ * fds and take the rings' addresses and sizes from `h`; the MAC and MTU
+ * become the source's.  On failure nothing is left half started: the
+ * connection is dropped and the device waits to be restored again.
+ */
+int vhm_device_restore(struct vhm_device *dev, const struct vhm_device_handoff *h);
+
+/*
+ * Takes back a restore whose migration failed later (before it committed):
+ * the connection is dropped, one reconnect is tried (within timeout_ms), and
+ * the device is incoming again, rings not started.
+ */
+void vhm_device_unrestore(struct vhm_device *dev, unsigned timeout_ms);
+
+/* An incoming device not restored yet. */
+bool vhm_device_awaiting_restore(const struct vhm_device *dev);
+
+/*
+ * The source after a migration that did not commit: a device stopped for it
+ * runs again from the indices it stopped at; one whose back-end went away
+ * meanwhile resumes from the used rings on its next reconnect.
+ */
+int vhm_device_resume_after_migration(struct vhm_device *dev);
+
+/*
+ * The source after a committed migration: the connection is closed (the
+ * back-end sees the device go), a listening socket closed and removed, and
+ * the device never connects again (vhm_device_reconnect: -ESHUTDOWN).
+ */
+void vhm_device_release(struct vhm_device *dev);
+bool vhm_device_released(const struct vhm_device *dev);

@@ -46,6 +46,7 @@ static int make_dir(struct real_backend *b, const char *tag, const char *dir) {
         }
         snprintf(b->socket, sizeof(b->socket), "%s/sock", b->dir);
         snprintf(b->log, sizeof(b->log), "%s/log", b->dir);
+        snprintf(b->socket2, sizeof(b->socket2), "%s/sock2", b->dir);
         return 0;
 }
 
@@ -121,6 +122,10 @@ int start_testpmd_at(struct real_backend *b, const char *dir, unsigned queues, u
         if (r < 0)
                 return r;
         bool client = flags & TESTPMD_CLIENT;
+        if (client && (flags & TESTPMD_TWO_PORTS)) {
+                stop_backend(b);
+                return -EINVAL;
+        }
         if (client) {
                 b->listen_fd = vhu_socket_listen(b->socket);
                 if (b->listen_fd < 0) {
@@ -129,7 +134,7 @@ int start_testpmd_at(struct real_backend *b, const char *dir, unsigned queues, u
                         return r;
                 }
         }
-        char vdev[256], rxq[32], txq[32];
+        char vdev[256], vdev2[256], rxq[32], txq[32];
         snprintf(vdev, sizeof(vdev), "net_vhost0,iface=%s,queues=%u%s", b->socket, queues, client ? ",client=1" : "");
         /* The file prefix keeps concurrent testpmd instances' runtime files apart. */
         snprintf(b->dpdk_prefix, sizeof(b->dpdk_prefix), "vhostmig%d", (int) getpid());
@@ -150,6 +155,11 @@ int start_testpmd_at(struct real_backend *b, const char *dir, unsigned queues, u
         ARG(b->dpdk_prefix);
         ARG("--vdev");
         ARG(vdev);
+        if (flags & TESTPMD_TWO_PORTS) {
+                snprintf(vdev2, sizeof(vdev2), "net_vhost1,iface=%s,queues=%u", b->socket2, queues);
+                ARG("--vdev");
+                ARG(vdev2);
+        }
         if (flags & TESTPMD_NULL_PORT) {
                 /* io forwarding between the vhost port and a null port: a receive-ring flood. */
                 ARG("--vdev");
@@ -256,6 +266,7 @@ void stop_backend(struct real_backend *b) {
         if (b->dir[0]) {
                 char path[160];
                 unlink(b->socket);
+                unlink(b->socket2);
                 unlink(b->log);
                 snprintf(path, sizeof(path), "%s/shared", b->dir);
                 rmdir(path);

@@ -18,11 +18,18 @@ struct real_backend {
         char log[128];
         char dpdk_prefix[32]; /* testpmd's runtime directory under /var/run/dpdk */
         int listen_fd;        /* client-mode testpmd: the socket we listen on, or -1 */
+        char socket2[128];    /* TESTPMD_TWO_PORTS: the second vhost port's socket */
 };
 
 enum testpmd_flags {
         TESTPMD_NULL_PORT = 1 << 0, /* a net_null second port floods the guest's receive rings */
         TESTPMD_CLIENT = 1 << 1,    /* testpmd connects to us (b->listen_fd), like OVS dpdkvhostuserclient */
+        /*
+         * A second vhost port at b->socket2, also looped (macswap): a
+         * migration's source and destination ports on one testpmd.  Server
+         * mode only.
+         */
+        TESTPMD_TWO_PORTS = 1 << 2,
 };
 
 #define TESTPMD_BIN   "/usr/bin/dpdk-testpmd"
