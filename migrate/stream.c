@@ -1,0 +1,1015 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The migration stream: the table of record facts, framing over a
+ * non-blocking fd with deadlines and a cancel fd, the order a receiver
+ * accepts, and the typed records.  Memory stays bounded: a header is
+ * checked against the table before its payload is read, and the payload
+ * buffer never grows beyond the largest record in the table.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "migrate/stream.h"
+#include "migrate/vm.h"
+#include "proto/vhost-user-transport.h"
+#include "proto/vhost-user.h"
+
+#define PAGES_MAX_LEN  (4u + 8u * VHM_REC_MAX_PAGES_PER_BATCH + VHM_REC_PAGE_SIZE * VHM_REC_MAX_PAGES_PER_BATCH)
+#define HELLO_BASE_LEN 88u
+#define DEVICE_BASE    36u
+#define RING_LEN       36u
+/* An optional record of a type this end does not know is skipped, up to this size. */
+#define MAX_OPTIONAL_UNKNOWN (1u << 20)
+#define MAX_IOV              300u
+
+/* The table below is aligned by hand, a row a record. */
+/* clang-format off */
+#define REC(t, lo, hi, mand, from) \
+        [VHM_REC_##t] = { VHM_REC_##t, #t, (lo), (hi), (mand), VHM_REC_FROM_##from }
+
+static const struct vhm_rec_info record_table[VHM_REC_TYPE_MAX] = {
+        /*  type           min length                    max length                    mandatory sender */
+        REC(HELLO,         HELLO_BASE_LEN + 16u,         VHM_REC_HELLO_MAX_LEN,        true,  SOURCE),
+        REC(AUTH,          VHM_REC_TOKEN_LEN,            VHM_REC_TOKEN_LEN,            true,  SOURCE),
+        REC(PAGES,         4u + 8u,                      PAGES_MAX_LEN,                false, SOURCE),
+        REC(DEVICE,        DEVICE_BASE + 2u * RING_LEN,  VHM_REC_DEVICE_MAX_LEN,       false, SOURCE),
+        REC(BACKEND_STATE, 4u,                           4u + VHM_REC_MAX_BLOB_CHUNK,  false, SOURCE),
+        REC(END,           VHM_REC_END_LEN,              VHM_REC_END_LEN,              true,  SOURCE),
+        REC(COMMITTED,     0u,                           0u,                           true,  DESTINATION),
+        REC(ABORTED,       0u,                           VHM_REC_MAX_REASON,           false, DESTINATION),
+};
+/* clang-format on */
+
+const struct vhm_rec_info *vhm_rec_info(uint16_t type) {
+        if (type == 0 || type >= VHM_REC_TYPE_MAX)
+                return NULL;
+        return &record_table[type];
+}
+
+const char *vhm_rec_name(uint16_t type) {
+        const struct vhm_rec_info *info = vhm_rec_info(type);
+        return info ? info->name : "unknown";
+}
+
+/* ---- little-endian fields ---- */
+
+static void put16(uint8_t **p, uint16_t v) {
+        v = htole16(v);
+        memcpy(*p, &v, 2);
+        *p += 2;
+}
+
+static void put32(uint8_t **p, uint32_t v) {
+        v = htole32(v);
+        memcpy(*p, &v, 4);
+        *p += 4;
+}
+
+static void put64(uint8_t **p, uint64_t v) {
+        v = htole64(v);
+        memcpy(*p, &v, 8);
+        *p += 8;
+}
+
+static uint16_t get16(const uint8_t **p) {
+        uint16_t v;
+        memcpy(&v, *p, 2);
+        *p += 2;
+        return le16toh(v);
+}
+
+static uint32_t get32(const uint8_t **p) {
+        uint32_t v;
+        memcpy(&v, *p, 4);
+        *p += 4;
+        return le32toh(v);
+}
+
+static uint64_t get64(const uint8_t **p) {
+        uint64_t v;
+        memcpy(&v, *p, 8);
+        *p += 8;
+        return le64toh(v);
+}
+
+static int efail(char *err, size_t errlen, int r, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int efail(char *err, size_t errlen, int r, const char *fmt, ...) {
+        if (err && errlen) {
+                va_list ap;
+                va_start(ap, fmt);
+                vsnprintf(err, errlen, fmt, ap);
+                va_end(ap);
+        }
+        return r;
+}
+
+/* ---- HELLO ---- */
+
+static bool valid_name_char(char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+               c == '.';
+}
+
+/* 1..63 characters of [A-Za-z0-9_.-], then NULs to the end of the field. */
+static bool valid_wire_name(const char name[VHM_REC_NAME_LEN]) {
+        size_t len = strnlen(name, VHM_REC_NAME_LEN);
+        if (len == 0 || len == VHM_REC_NAME_LEN)
+                return false;
+        for (size_t i = 0; i < len; i++)
+                if (!valid_name_char(name[i]))
+                        return false;
+        for (size_t i = len; i < VHM_REC_NAME_LEN; i++)
+                if (name[i])
+                        return false;
+        return true;
+}
+
+static int check_regions(const struct vhm_rec_hello *h, char *err, size_t errlen) {
+        if (h->nregions < 1 || h->nregions > VHM_REC_MAX_REGIONS)
+                return efail(err, errlen, -EBADMSG, "HELLO: %u regions (1..%u)", h->nregions, VHM_REC_MAX_REGIONS);
+        for (uint32_t i = 0; i < h->nregions; i++) {
+                const struct vhm_rec_region *r = &h->regions[i];
+                if (r->size == 0 || (r->gpa | r->size) % VHM_REC_PAGE_SIZE)
+                        return efail(err, errlen, -EBADMSG,
+                                     "HELLO: region %u (gpa 0x%" PRIx64 ", size 0x%" PRIx64
+                                     ") is empty or not page aligned",
+                                     i, r->gpa, r->size);
+                if (r->gpa + r->size < r->gpa)
+                        return efail(err, errlen, -EBADMSG, "HELLO: region %u wraps the address space", i);
+                if (i > 0 && r->gpa < h->regions[i - 1].gpa + h->regions[i - 1].size)
+                        return efail(err, errlen, -EBADMSG,
+                                     "HELLO: region %u (gpa 0x%" PRIx64 ") is out of order or overlaps region %u", i,
+                                     r->gpa, i - 1);
+        }
+        return 0;
+}
+
+int vhm_rec_check_hello(const struct vhm_rec_hello *h, char *err, size_t errlen) {
+        if (h->version != VHM_REC_VERSION)
+                return efail(err, errlen, -EPROTONOSUPPORT, "HELLO: version %u, this end speaks %u", h->version,
+                             VHM_REC_VERSION);
+        if (h->role != VHM_REC_ROLE_SOURCE)
+                return efail(err, errlen, -EBADMSG, "HELLO: role %u is not the source's (%u)", h->role,
+                             VHM_REC_ROLE_SOURCE);
+        if (h->page_size != VHM_REC_PAGE_SIZE)
+                return efail(err, errlen, -EBADMSG, "HELLO: page size %u, expected %u", h->page_size,
+                             VHM_REC_PAGE_SIZE);
+        if (!valid_wire_name(h->vm_name))
+                return efail(err, errlen, -EBADMSG, "HELLO: the VM name is not 1..63 characters of [A-Za-z0-9_.-]");
+        return check_regions(h, err, errlen);
+}
+
+int vhm_rec_encode_hello(const struct vhm_rec_hello *h, void *buf, size_t cap) {
+        if (vhm_rec_check_hello(h, NULL, 0) < 0)
+                return -EINVAL;
+        size_t len = HELLO_BASE_LEN + 16u * h->nregions;
+        if (cap < len)
+                return -ENOBUFS;
+        uint8_t *p = buf;
+        memcpy(p, VHM_REC_MAGIC, 8);
+        p += 8;
+        put32(&p, h->version);
+        put32(&p, h->role);
+        put32(&p, h->page_size);
+        memcpy(p, h->vm_name, VHM_REC_NAME_LEN);
+        p += VHM_REC_NAME_LEN;
+        put32(&p, h->nregions);
+        for (uint32_t i = 0; i < h->nregions; i++) {
+                put64(&p, h->regions[i].gpa);
+                put64(&p, h->regions[i].size);
+        }
+        return (int) len;
+}
+
+int vhm_rec_decode_hello(const void *payload, uint32_t len, struct vhm_rec_hello *out, char *err, size_t errlen) {
+        if (len < HELLO_BASE_LEN)
+                return efail(err, errlen, -EBADMSG, "HELLO: %u bytes, shorter than its fixed part", len);
+        const uint8_t *p = payload;
+        if (memcmp(p, VHM_REC_MAGIC, 8) != 0)
+                return efail(err, errlen, -EBADMSG, "HELLO: bad magic (not a vhostmig migration stream)");
+        p += 8;
+        memset(out, 0, sizeof(*out));
+        out->version = get32(&p);
+        out->role = get32(&p);
+        out->page_size = get32(&p);
+        memcpy(out->vm_name, p, VHM_REC_NAME_LEN);
+        p += VHM_REC_NAME_LEN;
+        out->nregions = get32(&p);
+        if (out->nregions < 1 || out->nregions > VHM_REC_MAX_REGIONS)
+                return efail(err, errlen, -EBADMSG, "HELLO: %u regions (1..%u)", out->nregions, VHM_REC_MAX_REGIONS);
+        if (len != HELLO_BASE_LEN + 16u * out->nregions)
+                return efail(err, errlen, -EBADMSG, "HELLO: %u bytes for %u regions, expected %u", len, out->nregions,
+                             HELLO_BASE_LEN + 16u * out->nregions);
+        for (uint32_t i = 0; i < out->nregions; i++) {
+                out->regions[i].gpa = get64(&p);
+                out->regions[i].size = get64(&p);
+        }
+        return vhm_rec_check_hello(out, err, errlen);
+}
+
+static int region_cmp(const void *a, const void *b) {
+        const struct vhm_rec_region *x = a, *y = b;
+        return x->gpa < y->gpa ? -1 : x->gpa > y->gpa;
+}
+
+int vhm_rec_hello_from_vm(const struct vhm_vm *vm, struct vhm_rec_hello *out) {
+        memset(out, 0, sizeof(*out));
+        out->version = VHM_REC_VERSION;
+        out->role = VHM_REC_ROLE_SOURCE;
+        out->page_size = VHM_REC_PAGE_SIZE;
+        snprintf(out->vm_name, sizeof(out->vm_name), "%s", vhm_vm_name(vm));
+        unsigned n = vhm_vm_region_count(vm);
+        if (n < 1 || n > VHM_REC_MAX_REGIONS)
+                return -EINVAL;
+        out->nregions = n;
+        for (unsigned i = 0; i < n; i++) {
+                const struct vhm_region *r = vhm_vm_region(vm, i);
+                out->regions[i] = (struct vhm_rec_region){ r->guest_phys_addr, r->size };
+        }
+        qsort(out->regions, n, sizeof(out->regions[0]), region_cmp);
+        return 0;
+}
+
+int vhm_rec_hello_matches_vm(const struct vhm_rec_hello *h, const struct vhm_vm *vm, char *err, size_t errlen) {
+        struct vhm_rec_hello mine;
+        if (vhm_rec_hello_from_vm(vm, &mine) < 0)
+                return efail(err, errlen, -EINVAL, "HELLO: this VM has %u memory regions", vhm_vm_region_count(vm));
+        if (h->nregions != mine.nregions)
+                return efail(err, errlen, -EINVAL,
+                             "HELLO: layout mismatch: the source has %u memory regions, this VM %u", h->nregions,
+                             mine.nregions);
+        for (uint32_t i = 0; i < h->nregions; i++) {
+                const struct vhm_rec_region *a = &h->regions[i], *b = &mine.regions[i];
+                if (a->gpa != b->gpa || a->size != b->size)
+                        return efail(err, errlen, -EINVAL,
+                                     "HELLO: layout mismatch: region %u is 0x%" PRIx64 "+0x%" PRIx64
+                                     " on the source, 0x%" PRIx64 "+0x%" PRIx64 " here",
+                                     i, a->gpa, a->size, b->gpa, b->size);
+        }
+        return 0;
+}
+
+/* ---- AUTH, END, ABORTED ---- */
+
+int vhm_rec_decode_auth(const void *payload, uint32_t len, char token[VHM_REC_TOKEN_LEN + 1], char *err,
+                        size_t errlen) {
+        if (len != VHM_REC_TOKEN_LEN)
+                return efail(err, errlen, -EBADMSG, "AUTH: %u bytes, expected %u", len, VHM_REC_TOKEN_LEN);
+        const char *p = payload;
+        for (uint32_t i = 0; i < len; i++)
+                if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+                        return efail(err, errlen, -EBADMSG, "AUTH: the token is not %u lowercase hex characters",
+                                     VHM_REC_TOKEN_LEN);
+        memcpy(token, p, len);
+        token[len] = '\0';
+        return 0;
+}
+
+int vhm_rec_encode_end(const struct vhm_rec_end *e, void *buf, size_t cap) {
+        if (e->zero_pages > e->pages)
+                return -EINVAL;
+        if (cap < VHM_REC_END_LEN)
+                return -ENOBUFS;
+        uint8_t *p = buf;
+        put64(&p, e->pages);
+        put64(&p, e->zero_pages);
+        put64(&p, e->checksum);
+        return VHM_REC_END_LEN;
+}
+
+int vhm_rec_decode_end(const void *payload, uint32_t len, struct vhm_rec_end *out, char *err, size_t errlen) {
+        if (len != VHM_REC_END_LEN)
+                return efail(err, errlen, -EBADMSG, "END: %u bytes, expected %u", len, VHM_REC_END_LEN);
+        const uint8_t *p = payload;
+        out->pages = get64(&p);
+        out->zero_pages = get64(&p);
+        out->checksum = get64(&p);
+        if (out->zero_pages > out->pages)
+                return efail(err, errlen, -EBADMSG, "END: %" PRIu64 " zero pages of %" PRIu64 " pages sent",
+                             out->zero_pages, out->pages);
+        return 0;
+}
+
+int vhm_rec_decode_aborted(const void *payload, uint32_t len, char reason[VHM_REC_MAX_REASON + 1], char *err,
+                           size_t errlen) {
+        if (len > VHM_REC_MAX_REASON)
+                return efail(err, errlen, -EBADMSG, "ABORTED: a reason of %u bytes (at most %u)", len,
+                             VHM_REC_MAX_REASON);
+        const char *p = payload;
+        /* The peer's words end up in logs and on the bus: printable ASCII only. */
+        for (uint32_t i = 0; i < len; i++)
+                reason[i] = (p[i] >= 0x20 && p[i] < 0x7f) ? p[i] : '?';
+        reason[len] = '\0';
+        return 0;
+}
+
+/* ---- DEVICE ---- */
+
+static int check_ring(const struct vhm_rec_device *d, uint32_t i, char *err, size_t errlen) {
+        const struct vhm_rec_ring *r = &d->rings[i];
+        /* A ring the guest never set up (a queue pair it does not use) travels as all zero. */
+        if (r->size == 0 && !r->enabled && !r->desc && !r->avail && !r->used && !r->last_avail)
+                return 0;
+        if (r->size == 0 || r->size > VHM_REC_MAX_RING_SIZE || (r->size & (r->size - 1)))
+                return efail(err, errlen, -EBADMSG, "DEVICE %u: ring %u size %u is not a power of 2 up to %u", d->index,
+                             i, r->size, VHM_REC_MAX_RING_SIZE);
+        if (r->enabled > 1)
+                return efail(err, errlen, -EBADMSG, "DEVICE %u: ring %u enabled is %u (0 or 1)", d->index, i,
+                             r->enabled);
+        if (r->desc % 16 || r->avail % 2 || r->used % 4)
+                return efail(err, errlen, -EBADMSG, "DEVICE %u: ring %u addresses are misaligned", d->index, i);
+        if (r->last_avail > UINT16_MAX)
+                return efail(err, errlen, -EBADMSG, "DEVICE %u: ring %u index 0x%x does not fit 16 bits", d->index, i,
+                             r->last_avail);
+        bool packed = d->features & VHU_BIT(VHU_VF_RING_PACKED);
+        if (packed && (r->last_avail & 0x7fffu) >= r->size)
+                return efail(err, errlen, -EBADMSG, "DEVICE %u: packed ring %u index %u beyond its size %u", d->index,
+                             i, r->last_avail & 0x7fffu, r->size);
+        return 0;
+}
+
+int vhm_rec_check_device(const struct vhm_rec_device *d, char *err, size_t errlen) {
+        if (d->queue_pairs < 1 || d->queue_pairs > VHM_REC_MAX_QUEUE_PAIRS)
+                return efail(err, errlen, -EBADMSG, "DEVICE %u: %u queue pairs (1..%u)", d->index, d->queue_pairs,
+                             VHM_REC_MAX_QUEUE_PAIRS);
+        if (d->nrings != 2 * d->queue_pairs)
+                return efail(err, errlen, -EBADMSG, "DEVICE %u: %u rings for %u queue pairs", d->index, d->nrings,
+                             d->queue_pairs);
+        if (d->mtu != 0 && d->mtu < 68)
+                return efail(err, errlen, -EBADMSG, "DEVICE %u: MTU %u (0 or 68..65535)", d->index, d->mtu);
+        for (uint32_t i = 0; i < d->nrings; i++) {
+                int r = check_ring(d, i, err, errlen);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int vhm_rec_encode_device(const struct vhm_rec_device *d, void *buf, size_t cap) {
+        if (vhm_rec_check_device(d, NULL, 0) < 0)
+                return -EINVAL;
+        size_t len = DEVICE_BASE + RING_LEN * d->nrings;
+        if (cap < len)
+                return -ENOBUFS;
+        uint8_t *p = buf;
+        put32(&p, d->index);
+        put64(&p, d->features);
+        put64(&p, d->protocol_features);
+        put32(&p, d->queue_pairs);
+        memcpy(p, d->mac, 6);
+        p += 6;
+        put16(&p, d->mtu);
+        put32(&p, d->nrings);
+        for (uint32_t i = 0; i < d->nrings; i++) {
+                const struct vhm_rec_ring *r = &d->rings[i];
+                put32(&p, r->size);
+                put64(&p, r->desc);
+                put64(&p, r->avail);
+                put64(&p, r->used);
+                put32(&p, r->enabled);
+                put32(&p, r->last_avail);
+        }
+        return (int) len;
+}
+
+int vhm_rec_decode_device(const void *payload, uint32_t len, struct vhm_rec_device *out, char *err, size_t errlen) {
+        if (len < DEVICE_BASE)
+                return efail(err, errlen, -EBADMSG, "DEVICE: %u bytes, shorter than its fixed part", len);
+        const uint8_t *p = payload;
+        memset(out, 0, sizeof(*out));
+        out->index = get32(&p);
+        out->features = get64(&p);
+        out->protocol_features = get64(&p);
+        out->queue_pairs = get32(&p);
+        memcpy(out->mac, p, 6);
+        p += 6;
+        out->mtu = get16(&p);
+        out->nrings = get32(&p);
+        if (out->nrings > VHM_REC_MAX_RINGS)
+                return efail(err, errlen, -EBADMSG, "DEVICE %u: %u rings (at most %u)", out->index, out->nrings,
+                             VHM_REC_MAX_RINGS);
+        if (len != DEVICE_BASE + RING_LEN * out->nrings)
+                return efail(err, errlen, -EBADMSG, "DEVICE %u: %u bytes for %u rings, expected %u", out->index, len,
+                             out->nrings, DEVICE_BASE + RING_LEN * out->nrings);
+        for (uint32_t i = 0; i < out->nrings; i++) {
+                struct vhm_rec_ring *r = &out->rings[i];
+                r->size = get32(&p);
+                r->desc = get64(&p);
+                r->avail = get64(&p);
+                r->used = get64(&p);
+                r->enabled = get32(&p);
+                r->last_avail = get32(&p);
+        }
+        return vhm_rec_check_device(out, err, errlen);
+}
+
+/* ---- PAGES ---- */
+
+bool vhm_page_is_zero(const void *page) {
+        const uint8_t *p = page;
+        /* Equal to itself shifted by one byte and starting with 0: all zero. */
+        return p[0] == 0 && memcmp(p, p + 1, VHM_REC_PAGE_SIZE - 1) == 0;
+}
+
+static bool page_in_layout(const struct vhm_rec_hello *layout, uint64_t gpa) {
+        for (uint32_t i = 0; i < layout->nregions; i++) {
+                const struct vhm_rec_region *r = &layout->regions[i];
+                if (gpa >= r->gpa && r->size >= VHM_REC_PAGE_SIZE && gpa - r->gpa <= r->size - VHM_REC_PAGE_SIZE)
+                        return true;
+        }
+        return false;
+}
+
+int vhm_rec_decode_pages(const void *payload, uint32_t len, const struct vhm_rec_hello *layout,
+                         struct vhm_rec_pages *out, char *err, size_t errlen) {
+        if (len < 4)
+                return efail(err, errlen, -EBADMSG, "PAGES: %u bytes, no count", len);
+        const uint8_t *p = payload;
+        uint32_t count = get32(&p);
+        if (count < 1 || count > VHM_REC_MAX_PAGES_PER_BATCH)
+                return efail(err, errlen, -EBADMSG, "PAGES: count %u (1..%u)", count, VHM_REC_MAX_PAGES_PER_BATCH);
+        if (len < 4u + 8u * count)
+                return efail(err, errlen, -EBADMSG, "PAGES: %u bytes, too short for %u entries", len, count);
+        memset(out, 0, sizeof(*out));
+        out->count = count;
+        out->entries = p;
+        for (uint32_t i = 0; i < count; i++) {
+                uint64_t e = get64(&p);
+                uint64_t flags = e & VHM_REC_PAGE_FLAGS_MASK, gpa = e & ~(uint64_t) VHM_REC_PAGE_FLAGS_MASK;
+                if (flags & ~(uint64_t) VHM_REC_PAGE_ZERO)
+                        return efail(err, errlen, -EBADMSG,
+                                     "PAGES: page %u (gpa 0x%" PRIx64 ") has unknown flags 0x%" PRIx64, i, gpa, flags);
+                if (!page_in_layout(layout, gpa))
+                        return efail(err, errlen, -EBADMSG,
+                                     "PAGES: page %u at gpa 0x%" PRIx64 " is outside the memory layout", i, gpa);
+                out->zero += (flags & VHM_REC_PAGE_ZERO) != 0;
+        }
+        uint64_t expected = 4u + 8u * (uint64_t) count + (uint64_t) VHM_REC_PAGE_SIZE * (count - out->zero);
+        if (len != expected)
+                return efail(err, errlen, -EBADMSG, "PAGES: %u bytes for %u pages (%u zero), expected %" PRIu64, len,
+                             count, out->zero, expected);
+        out->data = p;
+        return 0;
+}
+
+void vhm_rec_pages_get(const struct vhm_rec_pages *pg, uint32_t i, uint64_t *gpa, const void **data) {
+        const uint8_t *p = pg->entries;
+        size_t nonzero_before = 0;
+        /* Callers walk the batch in order; this stays O(n) per lookup for random access, which nobody does. */
+        for (uint32_t k = 0; k < i; k++) {
+                const uint8_t *q = p + 8u * k;
+                nonzero_before += !(get64(&q) & VHM_REC_PAGE_ZERO);
+        }
+        const uint8_t *q = p + 8u * i;
+        uint64_t e = get64(&q);
+        *gpa = e & ~(uint64_t) VHM_REC_PAGE_FLAGS_MASK;
+        *data = (e & VHM_REC_PAGE_ZERO) ? NULL : pg->data + nonzero_before * VHM_REC_PAGE_SIZE;
+}
+
+int vhm_rec_pages_write(const struct vhm_rec_pages *pg, struct vhm_vm *vm, char *err, size_t errlen) {
+        static const uint8_t zero_page[VHM_REC_PAGE_SIZE];
+        const uint8_t *e = pg->entries, *data = pg->data;
+        for (uint32_t i = 0; i < pg->count; i++) {
+                uint64_t v = get64(&e);
+                uint64_t gpa = v & ~(uint64_t) VHM_REC_PAGE_FLAGS_MASK;
+                const void *src = zero_page;
+                if (!(v & VHM_REC_PAGE_ZERO)) {
+                        src = data;
+                        data += VHM_REC_PAGE_SIZE;
+                }
+                int r = vhm_vm_write(vm, gpa, src, VHM_REC_PAGE_SIZE);
+                if (r < 0)
+                        return efail(err, errlen, r, "PAGES: page at gpa 0x%" PRIx64 ": %s", gpa, vhm_vm_error(vm));
+        }
+        return 0;
+}
+
+/* ---- BACKEND_STATE ---- */
+
+int vhm_rec_decode_backend_state(const void *payload, uint32_t len, uint32_t *index, const void **chunk,
+                                 uint32_t *chunk_len, char *err, size_t errlen) {
+        if (len < 4 || len > 4u + VHM_REC_MAX_BLOB_CHUNK)
+                return efail(err, errlen, -EBADMSG, "BACKEND_STATE: %u bytes (4..%u)", len,
+                             4u + VHM_REC_MAX_BLOB_CHUNK);
+        const uint8_t *p = payload;
+        *index = get32(&p);
+        *chunk = p;
+        *chunk_len = len - 4;
+        return 0;
+}
+
+void vhm_rec_blob_init(struct vhm_rec_blob *b) {
+        memset(b, 0, sizeof(*b));
+}
+
+void vhm_rec_blob_free(struct vhm_rec_blob *b) {
+        free(b->data);
+        vhm_rec_blob_init(b);
+}
+
+static int blob_reserve(struct vhm_rec_blob *b, size_t need) {
+        if (need <= b->cap)
+                return 0;
+        size_t cap = b->cap ? b->cap : 65536;
+        while (cap < need)
+                cap *= 2;
+        if (cap > VHM_REC_MAX_BLOB)
+                cap = VHM_REC_MAX_BLOB;
+        uint8_t *d = realloc(b->data, cap);
+        if (!d)
+                return -ENOMEM;
+        b->data = d;
+        b->cap = cap;
+        return 0;
+}
+
+int vhm_rec_blob_append(struct vhm_rec_blob *b, uint32_t index, const void *chunk, uint32_t len, char *err,
+                        size_t errlen) {
+        if (b->complete)
+                return efail(err, errlen, -EBADMSG, "BACKEND_STATE %u: the blob of device %u is already complete",
+                             index, b->index);
+        if (b->started && index != b->index)
+                return efail(err, errlen, -EBADMSG, "BACKEND_STATE %u: arrived in the middle of device %u's blob",
+                             index, b->index);
+        b->started = true;
+        b->index = index;
+        if (len == 0) {
+                b->complete = true;
+                return 0;
+        }
+        if (len > VHM_REC_MAX_BLOB - b->len)
+                return efail(err, errlen, -EFBIG, "BACKEND_STATE %u: the blob exceeds %u bytes", index,
+                             VHM_REC_MAX_BLOB);
+        if (blob_reserve(b, b->len + len) < 0)
+                return efail(err, errlen, -ENOMEM, "BACKEND_STATE %u: out of memory", index);
+        memcpy(b->data + b->len, chunk, len);
+        b->len += len;
+        return 0;
+}
+
+/* ---- the checksum ---- */
+
+uint64_t vhm_checksum_update(uint64_t h, const void *buf, size_t len) {
+        const uint8_t *p = buf;
+        for (size_t i = 0; i + 8 <= len; i += 8) {
+                uint64_t w;
+                memcpy(&w, p + i, 8);
+                h ^= le64toh(w);
+                h *= UINT64_C(0x100000001b3);
+        }
+        return h;
+}
+
+int vhm_memory_checksum(struct vhm_vm *vm, uint64_t *out) {
+        struct vhm_rec_hello layout;
+        int r = vhm_rec_hello_from_vm(vm, &layout);
+        if (r < 0)
+                return r;
+        enum {
+                CHUNK = 1u << 16
+        };
+        uint8_t *buf = malloc(CHUNK);
+        if (!buf)
+                return -ENOMEM;
+        uint64_t h = VHM_CHECKSUM_INIT;
+        for (uint32_t i = 0; i < layout.nregions && r >= 0; i++) {
+                const struct vhm_rec_region *reg = &layout.regions[i];
+                for (uint64_t off = 0; off < reg->size && r >= 0; off += CHUNK) {
+                        size_t n = reg->size - off < CHUNK ? (size_t) (reg->size - off) : CHUNK;
+                        r = vhm_vm_read(vm, reg->gpa + off, buf, n);
+                        if (r >= 0)
+                                h = vhm_checksum_update(h, buf, n);
+                }
+        }
+        free(buf);
+        if (r < 0)
+                return r;
+        *out = h;
+        return 0;
+}
+
+/* ---- the stream ---- */
+
+enum recv_phase {
+        PHASE_FIRST,  /* nothing received */
+        PHASE_HELLO,  /* destination: HELLO received, AUTH next */
+        PHASE_BODY,   /* destination: authenticated; device state: records */
+        PHASE_CLOSED, /* after END, COMMITTED or ABORTED: nothing more */
+};
+
+struct vhm_stream {
+        int fd;
+        int cancel_fd;
+        bool is_socket;
+        bool sent_source; /* this end sent a source record: it is the source */
+        enum vhm_stream_mode mode;
+        enum recv_phase phase;
+        unsigned timeout_ms;
+        uint64_t deadline; /* absolute, over every call; UINT64_MAX: none */
+        uint64_t sent, received;
+        uint8_t *buf;
+        size_t cap;
+        char error[512];
+};
+
+static int sfail(struct vhm_stream *s, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int sfail(struct vhm_stream *s, int r, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(s->error, sizeof(s->error), fmt, ap);
+        va_end(ap);
+        return r;
+}
+
+int vhm_stream_new(int fd, unsigned timeout_ms, struct vhm_stream **out) {
+        if (fd < 0)
+                return -EBADF;
+        struct vhm_stream *s = calloc(1, sizeof(*s));
+        int flags = fcntl(fd, F_GETFL);
+        if (!s || flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+                int r = !s ? -ENOMEM : -errno;
+                free(s);
+                close(fd);
+                return r;
+        }
+        struct stat st;
+        s->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+        s->fd = fd;
+        s->cancel_fd = -1;
+        s->timeout_ms = timeout_ms;
+        s->deadline = UINT64_MAX;
+        *out = s;
+        return 0;
+}
+
+void vhm_stream_free(struct vhm_stream *s) {
+        if (!s)
+                return;
+        close(s->fd);
+        free(s->buf);
+        free(s);
+}
+
+int vhm_stream_fd(const struct vhm_stream *s) {
+        return s->fd;
+}
+
+const char *vhm_stream_error(const struct vhm_stream *s) {
+        return s->error;
+}
+
+uint64_t vhm_stream_bytes_sent(const struct vhm_stream *s) {
+        return s->sent;
+}
+
+uint64_t vhm_stream_bytes_received(const struct vhm_stream *s) {
+        return s->received;
+}
+
+void vhm_stream_set_cancel_fd(struct vhm_stream *s, int fd) {
+        s->cancel_fd = fd;
+}
+
+void vhm_stream_set_deadline(struct vhm_stream *s, uint64_t deadline_usec) {
+        s->deadline = deadline_usec ? deadline_usec : UINT64_MAX;
+}
+
+void vhm_stream_set_mode(struct vhm_stream *s, enum vhm_stream_mode mode) {
+        s->mode = mode;
+}
+
+static uint64_t call_deadline(const struct vhm_stream *s) {
+        uint64_t d = vhu_deadline_after_ms(s->timeout_ms);
+        return d < s->deadline ? d : s->deadline;
+}
+
+static bool cancelled(const struct vhm_stream *s) {
+        if (s->cancel_fd < 0)
+                return false;
+        struct pollfd p = { .fd = s->cancel_fd, .events = POLLIN };
+        return poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
+}
+
+/* Waits for the fd, the cancel fd or the deadline; `what` names the record for the error. */
+static int wait_fd(struct vhm_stream *s, short events, uint64_t deadline, const char *what) {
+        struct pollfd p[2] = { { .fd = s->fd, .events = events }, { .fd = s->cancel_fd, .events = POLLIN } };
+        int r = vhu_poll_until(p, s->cancel_fd >= 0 ? 2 : 1, deadline);
+        if (r == -ETIMEDOUT)
+                return sfail(s, r, "%s: timed out %s the peer", what, events == POLLIN ? "waiting for" : "writing to");
+        if (r < 0)
+                return sfail(s, r, "%s: poll: %s", what, strerror(-r));
+        if (s->cancel_fd >= 0 && (p[1].revents & POLLIN))
+                return sfail(s, -ECANCELED, "%s: cancelled", what);
+        return 0;
+}
+
+static ssize_t write_some(struct vhm_stream *s, struct iovec *iov, unsigned n) {
+        if (!s->is_socket)
+                return writev(s->fd, iov, (int) n);
+        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n };
+        return sendmsg(s->fd, &mh, MSG_NOSIGNAL);
+}
+
+static int write_all(struct vhm_stream *s, struct iovec *iov, unsigned n, const char *what) {
+        uint64_t deadline = call_deadline(s);
+        while (n > 0) {
+                if (iov->iov_len == 0) {
+                        iov++, n--;
+                        continue;
+                }
+                ssize_t w = write_some(s, iov, n);
+                if (w < 0 && errno == EINTR)
+                        continue;
+                if (w < 0 && errno == EAGAIN) {
+                        int r = wait_fd(s, POLLOUT, deadline, what);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (w < 0)
+                        return sfail(s, -errno, "%s: sending: %s", what, strerror(errno));
+                s->sent += (uint64_t) w;
+                for (size_t left = (size_t) w; left > 0;) {
+                        size_t k = left < iov->iov_len ? left : iov->iov_len;
+                        iov->iov_base = (uint8_t *) iov->iov_base + k;
+                        iov->iov_len -= k;
+                        left -= k;
+                        if (iov->iov_len == 0)
+                                iov++, n--;
+                }
+        }
+        return 0;
+}
+
+static int read_exact(struct vhm_stream *s, void *buf, size_t len, uint64_t deadline, const char *what) {
+        uint8_t *p = buf;
+        while (len > 0) {
+                ssize_t n = read(s->fd, p, len);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno == EAGAIN) {
+                        int r = wait_fd(s, POLLIN, deadline, what);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (n < 0)
+                        return sfail(s, -errno, "%s: receiving: %s", what, strerror(errno));
+                if (n == 0)
+                        return sfail(s, -ECONNRESET, "%s: the peer closed the stream", what);
+                s->received += (uint64_t) n;
+                p += n;
+                len -= (size_t) n;
+        }
+        return 0;
+}
+
+int vhm_stream_send_raw(struct vhm_stream *s, uint16_t type, uint16_t flags, const struct iovec *iov, unsigned n) {
+        const char *name = vhm_rec_name(type);
+        if (n > MAX_IOV)
+                return sfail(s, -EINVAL, "%s: %u pieces to send (at most %u)", name, n, MAX_IOV);
+        uint64_t total = 0;
+        for (unsigned i = 0; i < n; i++)
+                total += iov[i].iov_len;
+        if (total > UINT32_MAX)
+                return sfail(s, -EMSGSIZE, "%s: %" PRIu64 " bytes do not fit a record", name, total);
+        if (cancelled(s))
+                return sfail(s, -ECANCELED, "%s: cancelled", name);
+        uint8_t hdr[VHM_REC_HDR_SIZE], *p = hdr;
+        put16(&p, type);
+        put16(&p, flags);
+        put32(&p, (uint32_t) total);
+        struct iovec v[MAX_IOV + 1];
+        v[0] = (struct iovec){ hdr, sizeof(hdr) };
+        if (n)
+                memcpy(v + 1, iov, n * sizeof(*iov));
+        return write_all(s, v, n + 1, name);
+}
+
+int vhm_stream_sendv(struct vhm_stream *s, uint16_t type, const struct iovec *iov, unsigned n) {
+        const struct vhm_rec_info *info = vhm_rec_info(type);
+        if (!info)
+                return sfail(s, -EINVAL, "record type %u is unknown", type);
+        uint64_t total = 0;
+        for (unsigned i = 0; i < n; i++)
+                total += iov[i].iov_len;
+        if (total < info->min_len || total > info->max_len)
+                return sfail(s, -EINVAL, "%s: %" PRIu64 " bytes (%u..%u)", info->name, total, info->min_len,
+                             info->max_len);
+        int r = vhm_stream_send_raw(s, type, 0, iov, n);
+        if (r >= 0 && info->sender == VHM_REC_FROM_SOURCE)
+                s->sent_source = true;
+        return r;
+}
+
+int vhm_stream_send(struct vhm_stream *s, uint16_t type, const void *payload, uint32_t len) {
+        struct iovec v = { (void *) payload, len };
+        return vhm_stream_sendv(s, type, &v, len ? 1 : 0);
+}
+
+/* The order rules of vhm_stream_set_mode(); 0 when `type` may come now. */
+static int check_order(struct vhm_stream *s, const struct vhm_rec_info *info) {
+        const char *name = info->name;
+        if (s->phase == PHASE_CLOSED)
+                return sfail(s, -EBADMSG, "%s: received after the stream's last record", name);
+        if (s->mode == VHM_STREAM_DEVICE_STATE) {
+                if (info->type != VHM_REC_DEVICE && info->type != VHM_REC_BACKEND_STATE && info->type != VHM_REC_END)
+                        return sfail(s, -EBADMSG, "%s: not part of a device state stream", name);
+                return 0;
+        }
+        if (s->sent_source) {
+                if (info->sender != VHM_REC_FROM_DESTINATION)
+                        return sfail(s, -EBADMSG, "%s: a source's record sent to the source", name);
+                return 0;
+        }
+        if (info->sender != VHM_REC_FROM_SOURCE)
+                return sfail(s, -EBADMSG, "%s: a destination's record sent to the destination", name);
+        if (s->phase == PHASE_FIRST && info->type != VHM_REC_HELLO)
+                return sfail(s, -EBADMSG, "%s: received before HELLO", name);
+        if (s->phase == PHASE_HELLO && info->type != VHM_REC_AUTH)
+                return sfail(s, -EBADMSG, "%s: received before AUTH", name);
+        if (s->phase == PHASE_BODY && (info->type == VHM_REC_HELLO || info->type == VHM_REC_AUTH))
+                return sfail(s, -EBADMSG, "%s: received twice", name);
+        return 0;
+}
+
+static void advance_phase(struct vhm_stream *s, uint16_t type) {
+        switch (type) {
+        case VHM_REC_HELLO:
+                s->phase = PHASE_HELLO;
+                break;
+        case VHM_REC_AUTH:
+                s->phase = PHASE_BODY;
+                break;
+        case VHM_REC_END:
+        case VHM_REC_COMMITTED:
+        case VHM_REC_ABORTED:
+                s->phase = PHASE_CLOSED;
+                break;
+        default:
+                if (s->phase == PHASE_FIRST)
+                        s->phase = PHASE_BODY;
+                break;
+        }
+}
+
+/* Reads and drops an optional record of a type this end does not know. */
+static int skip_payload(struct vhm_stream *s, uint32_t len, uint64_t deadline) {
+        uint8_t scratch[4096];
+        while (len > 0) {
+                uint32_t k = len < sizeof(scratch) ? len : (uint32_t) sizeof(scratch);
+                int r = read_exact(s, scratch, k, deadline, "optional record");
+                if (r < 0)
+                        return r;
+                len -= k;
+        }
+        return 0;
+}
+
+static int read_payload(struct vhm_stream *s, const struct vhm_rec_info *info, uint32_t len, uint64_t deadline) {
+        if (len > s->cap) {
+                /* Grown to the record's length only: a table maximum, never the peer's word. */
+                uint8_t *b = realloc(s->buf, len);
+                if (!b)
+                        return sfail(s, -ENOMEM, "%s: no memory for %u bytes", info->name, len);
+                s->buf = b;
+                s->cap = len;
+        }
+        return read_exact(s, s->buf, len, deadline, info->name);
+}
+
+int vhm_stream_recv(struct vhm_stream *s, const void **payload, uint32_t *len) {
+        uint64_t deadline = call_deadline(s);
+        for (;;) {
+                if (cancelled(s))
+                        return sfail(s, -ECANCELED, "receiving: cancelled");
+                uint8_t hdr[VHM_REC_HDR_SIZE];
+                int r = read_exact(s, hdr, sizeof(hdr), deadline, "record header");
+                if (r < 0)
+                        return r;
+                const uint8_t *p = hdr;
+                uint16_t type = get16(&p), flags = get16(&p);
+                uint32_t length = get32(&p);
+                const struct vhm_rec_info *info = vhm_rec_info(type);
+                if (flags & ~VHM_REC_F_OPTIONAL)
+                        return sfail(s, -EBADMSG, "%s (type %u): unknown flags 0x%x", vhm_rec_name(type), type, flags);
+                if (!info && !(flags & VHM_REC_F_OPTIONAL))
+                        return sfail(s, -EBADMSG, "record type %u is unknown and not optional", type);
+                if (!info && length > MAX_OPTIONAL_UNKNOWN)
+                        return sfail(s, -EMSGSIZE, "optional record type %u: %u bytes (at most %u)", type, length,
+                                     MAX_OPTIONAL_UNKNOWN);
+                if (!info) {
+                        r = skip_payload(s, length, deadline);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (length < info->min_len || length > info->max_len)
+                        return sfail(s, length > info->max_len ? -EMSGSIZE : -EBADMSG, "%s: %u bytes (%u..%u)",
+                                     info->name, length, info->min_len, info->max_len);
+                r = check_order(s, info);
+                if (r < 0)
+                        return r;
+                r = read_payload(s, info, length, deadline);
+                if (r < 0)
+                        return r;
+                advance_phase(s, type);
+                *payload = s->buf;
+                *len = length;
+                return type;
+        }
+}
+
+/* ---- typed senders ---- */
+
+int vhm_stream_send_hello(struct vhm_stream *s, const struct vhm_rec_hello *h) {
+        uint8_t buf[VHM_REC_HELLO_MAX_LEN];
+        int r = vhm_rec_check_hello(h, s->error, sizeof(s->error));
+        if (r < 0)
+                return -EINVAL;
+        int len = vhm_rec_encode_hello(h, buf, sizeof(buf));
+        return vhm_stream_send(s, VHM_REC_HELLO, buf, (uint32_t) len);
+}
+
+int vhm_stream_send_auth(struct vhm_stream *s, const char *token) {
+        if (!token || strlen(token) != VHM_REC_TOKEN_LEN)
+                return sfail(s, -EINVAL, "AUTH: the token is not %u characters", VHM_REC_TOKEN_LEN);
+        return vhm_stream_send(s, VHM_REC_AUTH, token, VHM_REC_TOKEN_LEN);
+}
+
+int vhm_stream_send_pages(struct vhm_stream *s, const struct vhm_rec_page *pages, unsigned count, unsigned *zero) {
+        if (count < 1 || count > VHM_REC_MAX_PAGES_PER_BATCH)
+                return sfail(s, -EINVAL, "PAGES: count %u (1..%u)", count, VHM_REC_MAX_PAGES_PER_BATCH);
+        uint8_t head[4u + 8u * VHM_REC_MAX_PAGES_PER_BATCH], *p = head;
+        struct iovec iov[1 + VHM_REC_MAX_PAGES_PER_BATCH];
+        unsigned n = 1, zeros = 0;
+        put32(&p, count);
+        for (unsigned i = 0; i < count; i++) {
+                if (pages[i].gpa & VHM_REC_PAGE_FLAGS_MASK)
+                        return sfail(s, -EINVAL, "PAGES: gpa 0x%" PRIx64 " is not page aligned", pages[i].gpa);
+                bool is_zero = !pages[i].data || vhm_page_is_zero(pages[i].data);
+                put64(&p, pages[i].gpa | (is_zero ? VHM_REC_PAGE_ZERO : 0));
+                if (is_zero)
+                        zeros++;
+                else
+                        iov[n++] = (struct iovec){ (void *) pages[i].data, VHM_REC_PAGE_SIZE };
+        }
+        iov[0] = (struct iovec){ head, 4u + 8u * count };
+        int r = vhm_stream_sendv(s, VHM_REC_PAGES, iov, n);
+        if (r >= 0 && zero)
+                *zero = zeros;
+        return r;
+}
+
+int vhm_stream_send_device(struct vhm_stream *s, const struct vhm_rec_device *d) {
+        uint8_t buf[VHM_REC_DEVICE_MAX_LEN];
+        int r = vhm_rec_check_device(d, s->error, sizeof(s->error));
+        if (r < 0)
+                return -EINVAL;
+        int len = vhm_rec_encode_device(d, buf, sizeof(buf));
+        return vhm_stream_send(s, VHM_REC_DEVICE, buf, (uint32_t) len);
+}
+
+int vhm_stream_send_backend_state(struct vhm_stream *s, uint32_t index, const void *blob, size_t len) {
+        if (len > VHM_REC_MAX_BLOB)
+                return sfail(s, -EFBIG, "BACKEND_STATE %u: %zu bytes (at most %u)", index, len, VHM_REC_MAX_BLOB);
+        uint8_t idx[4], *p = idx;
+        put32(&p, index);
+        const uint8_t *b = blob;
+        /* Full chunks, the rest, then the empty record that ends the blob. */
+        for (size_t off = 0;;) {
+                size_t k = len - off < VHM_REC_MAX_BLOB_CHUNK ? len - off : VHM_REC_MAX_BLOB_CHUNK;
+                struct iovec iov[2] = { { idx, 4 }, { (void *) (b + off), k } };
+                int r = vhm_stream_sendv(s, VHM_REC_BACKEND_STATE, iov, k ? 2 : 1);
+                if (r < 0 || k == 0)
+                        return r;
+                off += k;
+        }
+}
+
+int vhm_stream_send_end(struct vhm_stream *s, const struct vhm_rec_end *e) {
+        uint8_t buf[VHM_REC_END_LEN];
+        int len = vhm_rec_encode_end(e, buf, sizeof(buf));
+        if (len < 0)
+                return sfail(s, len, "END: %" PRIu64 " zero pages of %" PRIu64, e->zero_pages, e->pages);
+        return vhm_stream_send(s, VHM_REC_END, buf, (uint32_t) len);
+}
+
+int vhm_stream_send_committed(struct vhm_stream *s) {
+        return vhm_stream_send(s, VHM_REC_COMMITTED, NULL, 0);
+}
+
+int vhm_stream_send_aborted(struct vhm_stream *s, const char *reason) {
+        size_t len = reason ? strnlen(reason, VHM_REC_MAX_REASON) : 0;
+        return vhm_stream_send(s, VHM_REC_ABORTED, reason, (uint32_t) len);
+}
