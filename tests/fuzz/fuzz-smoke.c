@@ -238,12 +238,60 @@ static void hostile_device_backends(void **state) {
         assert_int_equal(count_open_fds(), before);
 }
 
+/* A migration source's stream, well-behaved (committed) or mutated (refused cleanly, or still valid). */
+static void hostile_migration_sources(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        static uint8_t buf[1u << 18];
+        unsigned refused = 0;
+        for (unsigned i = 0; i < 600; i++) {
+                size_t len = fuzz_stream_sample(buf, sizeof(buf), 0x5eed + i);
+                if (i % 6 == 0) {
+                        int r = fuzz_stream_one(buf, len);
+                        if (r < FUZZ_STREAM_COMMITTED)
+                                fail_msg("input %u: a well-behaved source was not committed (%d)", i, r);
+                        continue;
+                }
+                unsigned n = 1 + (unsigned) (rnd() % 4);
+                for (unsigned k = 0; k < n && len > 1; k++) {
+                        size_t at = 1 + rnd() % (len - 1);
+                        switch (rnd() % 4) {
+                        case 0:
+                                buf[at] ^= (uint8_t) (1u << (rnd() % 8));
+                                break;
+                        case 1:
+                                len = at; /* cut short */
+                                break;
+                        case 2:
+                                buf[at] = (uint8_t) rnd();
+                                break;
+                        default: /* a 32-bit field: a length, a count, a size */
+                                if (at + 4 <= len) {
+                                        uint32_t v = (uint32_t) rnd();
+                                        memcpy(buf + at, &v, 4);
+                                }
+                                break;
+                        }
+                }
+                refused += fuzz_stream_one(buf, len) < FUZZ_STREAM_COMMITTED;
+        }
+        assert_true(refused > 300);
+        /* The wrong token stops a stream that is otherwise perfect. */
+        size_t len = fuzz_stream_sample(buf, sizeof(buf), 42);
+        uint8_t *tok = memmem(buf, len, "0123456789abcdef", 16);
+        assert_non_null(tok);
+        tok[3] = 'f';
+        assert_int_equal(fuzz_stream_one(buf, len), 1);
+        assert_int_equal(count_open_fds(), before);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(hostile_backends),
                 cmocka_unit_test(hostile_backend_requests),
                 cmocka_unit_test(hostile_peers),
                 cmocka_unit_test(hostile_device_backends),
+                cmocka_unit_test(hostile_migration_sources),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,3 +19,13 @@ int fuzz_frontend_peer_one(const uint8_t *data, size_t size);
  * succeeded.
  */
 int fuzz_device_one(const uint8_t *data, size_t size);
+
+/*
+ * A migration source that sends anything, to a destination's receive loop
+ * (the first byte's bit 0: the AUTH token is checked).  Returns the records
+ * accepted, plus FUZZ_STREAM_COMMITTED when the stream was committed.
+ */
+#define FUZZ_STREAM_COMMITTED 1000
+int fuzz_stream_one(const uint8_t *data, size_t size);
+/* A well-behaved source's stream (flags byte included) for seed; its length, at most cap. */
+size_t fuzz_stream_sample(uint8_t *buf, size_t cap, uint64_t seed);
