@@ -1,0 +1,665 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "migrate/migration.h"
+#include "migrate/stream.h"
+#include "migrate/transport.h"
+#include "proto/vhost-user-transport.h"
+
+#define DEFAULT_TIMEOUT_MS 10000u
+/* How long a failing side gives the other's last word (ABORTED, its reason). */
+#define LAST_WORD_MS 1000u
+#define PAGE         VHM_REC_PAGE_SIZE
+#define BATCH        VHM_REC_MAX_PAGES_PER_BATCH
+
+const char *vhm_migration_state_name(enum vhm_migration_state s) {
+        switch (s) {
+        case VHM_MIGRATION_NONE:
+                return "none";
+        case VHM_MIGRATION_SETUP:
+                return "setup";
+        case VHM_MIGRATION_ACTIVE:
+                return "active";
+        case VHM_MIGRATION_SWITCHOVER:
+                return "switchover";
+        case VHM_MIGRATION_POSTMIGRATE_UNKNOWN:
+                return "postmigrate-unknown";
+        case VHM_MIGRATION_COMPLETED:
+                return "completed";
+        case VHM_MIGRATION_FAILED:
+                return "failed";
+        case VHM_MIGRATION_CANCELLED:
+                return "cancelled";
+        }
+        return "unknown";
+}
+
+const char *vhm_migration_role_name(enum vhm_migration_role r) {
+        switch (r) {
+        case VHM_MIGRATION_ROLE_NONE:
+                return "none";
+        case VHM_MIGRATION_ROLE_SOURCE:
+                return "source";
+        case VHM_MIGRATION_ROLE_DESTINATION:
+                return "destination";
+        }
+        return "unknown";
+}
+
+/* ---- DEVICE records ------------------------------------------------------------ */
+
+void vhm_migration_device_record(const struct vhm_device_handoff *h, uint32_t index, struct vhm_rec_device *out) {
+        memset(out, 0, sizeof(*out));
+        out->index = index;
+        out->features = h->acked_features;
+        out->protocol_features = h->protocol_features;
+        out->queue_pairs = h->queue_pairs;
+        memcpy(out->mac, h->mac, sizeof(out->mac));
+        out->mtu = h->mtu;
+        out->nrings = h->nrings;
+        for (unsigned q = 0; q < h->nrings && q < VHM_REC_MAX_RINGS; q++)
+                out->rings[q] = (struct vhm_rec_ring){
+                        .size = h->rings[q].size,
+                        .desc = h->rings[q].desc_gpa,
+                        .avail = h->rings[q].avail_gpa,
+                        .used = h->rings[q].used_gpa,
+                        .enabled = h->rings[q].enabled,
+                        .last_avail = h->rings[q].last_avail,
+                };
+}
+
+void vhm_migration_device_handoff(const struct vhm_rec_device *rec, struct vhm_device_handoff *out) {
+        memset(out, 0, sizeof(*out));
+        out->acked_features = rec->features;
+        out->protocol_features = rec->protocol_features;
+        out->queue_pairs = rec->queue_pairs;
+        memcpy(out->mac, rec->mac, sizeof(out->mac));
+        out->mtu = rec->mtu;
+        out->nrings = rec->nrings;
+        for (unsigned q = 0; q < rec->nrings && q < VHM_DEVICE_MAX_QUEUES; q++)
+                out->rings[q] = (struct vhm_ring_handoff){
+                        .size = rec->rings[q].size,
+                        .desc_gpa = rec->rings[q].desc,
+                        .avail_gpa = rec->rings[q].avail,
+                        .used_gpa = rec->rings[q].used,
+                        .enabled = rec->rings[q].enabled != 0,
+                        .last_avail = rec->rings[q].last_avail,
+                };
+}
+
+/* ---- what both ends share ------------------------------------------------------ */
+
+struct engine {
+        struct vhm_vm *vm;
+        struct vhm_device **devs;
+        unsigned n;
+        struct vhm_stream *s;
+        struct vhm_migrate_options o;
+        struct vhm_migration_stats *st;
+        uint64_t t0_usec, down_usec;
+        bool *touched;  /* source: stopped for the migration; destination: restored */
+        bool ended;     /* source: END went out */
+        bool answered;  /* source: the destination said ABORTED */
+        int stream_err; /* the stream's own failure, 0 while it works */
+        /* Destination. */
+        struct vhm_rec_hello hello;
+        struct vhm_device_handoff *handoffs;
+        bool *seen;
+};
+
+__attribute__((format(printf, 3, 4))) static int fail(struct engine *e, int r, const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->st->error, sizeof(e->st->error), fmt, ap);
+        va_end(ap);
+        return r < 0 ? r : -EPROTO;
+}
+
+static void report(struct engine *e) {
+        if (e->s)
+                e->st->bytes_transferred = e->st->role == VHM_MIGRATION_ROLE_SOURCE ? vhm_stream_bytes_sent(e->s)
+                                                                                    : vhm_stream_bytes_received(e->s);
+        e->st->total_ms = (vhu_now_usec() - e->t0_usec) / 1000u;
+        if (e->o.progress)
+                e->o.progress(e->st, e->o.opaque);
+}
+
+static void set_state(struct engine *e, enum vhm_migration_state state) {
+        e->st->state = state;
+        report(e);
+}
+
+static bool cancelled(const struct engine *e) {
+        if (e->o.cancel_fd <= 0)
+                return false;
+        struct pollfd pfd = { .fd = e->o.cancel_fd, .events = POLLIN };
+        return poll(&pfd, 1, 0) > 0;
+}
+
+static int engine_init(struct engine *e, struct vhm_vm *vm, struct vhm_device **devs, unsigned n,
+                       const struct vhm_migrate_options *o, struct vhm_migration_stats *st,
+                       enum vhm_migration_role role) {
+        memset(e, 0, sizeof(*e));
+        memset(st, 0, sizeof(*st));
+        e->t0_usec = vhu_now_usec();
+        e->vm = vm;
+        e->devs = devs;
+        e->n = n;
+        e->st = st;
+        if (o)
+                e->o = *o;
+        if (!e->o.timeout_ms)
+                e->o.timeout_ms = DEFAULT_TIMEOUT_MS;
+        st->role = role;
+        st->state = VHM_MIGRATION_SETUP;
+        st->pages_total = vhm_vm_memory_size(vm) / PAGE;
+        e->touched = calloc(n ? n : 1, sizeof(*e->touched));
+        if (!e->touched)
+                return fail(e, -ENOMEM, "out of memory");
+        return 0;
+}
+
+static void engine_free(struct engine *e) {
+        vhm_stream_free(e->s);
+        e->s = NULL;
+        free(e->touched);
+        free(e->handoffs);
+        free(e->seen);
+}
+
+static int engine_open(struct engine *e, int fd) {
+        /* The stream takes the fd whatever happens. */
+        int r = vhm_stream_new(fd, e->o.timeout_ms, &e->s);
+        if (r < 0)
+                return fail(e, r, "cannot set up the migration stream: %s", strerror(-r));
+        if (e->o.cancel_fd > 0)
+                vhm_stream_set_cancel_fd(e->s, e->o.cancel_fd);
+        return 0;
+}
+
+/*
+ * A failure of the stream: its reason names the record and the fault; a
+ * wait is also named by what it waited for.  A cancel says so.
+ */
+static int stream_failed(struct engine *e, int r, const char *step) {
+        e->stream_err = r;
+        if (r == -ECANCELED)
+                return fail(e, r, "%s: cancelled", step);
+        if (strncmp(step, "sending ", 8) == 0)
+                return fail(e, r, "%s", vhm_stream_error(e->s));
+        return fail(e, r, "%s: %s", step, vhm_stream_error(e->s));
+}
+
+/* ---- source -------------------------------------------------------------------- */
+
+static int check_source_devices(struct engine *e) {
+        for (unsigned i = 0; i < e->n; i++) {
+                enum vhm_device_state ds = vhm_device_state(e->devs[i]);
+                if (ds != VHM_DEVICE_RUNNING && ds != VHM_DEVICE_STOPPED)
+                        return fail(e, -EBUSY, "device %u (%s) is %s: its rings have no state to migrate", i,
+                                    vhm_device_socket(e->devs[i]), vhm_device_state_name(ds));
+        }
+        return 0;
+}
+
+/* GET_VRING_BASE on every ring: from here the back-ends write no guest memory. */
+static int stop_devices(struct engine *e) {
+        if (cancelled(e))
+                return fail(e, -ECANCELED, "cancelled in setup");
+        e->down_usec = vhu_now_usec();
+        for (unsigned i = 0; i < e->n; i++) {
+                if (vhm_device_state(e->devs[i]) != VHM_DEVICE_RUNNING)
+                        continue;
+                e->touched[i] = true; /* even half stopped, it is ours to resume */
+                int r = vhm_device_stop(e->devs[i]);
+                if (r < 0)
+                        return fail(e, r, "stopping device %u: %s", i, vhm_device_error(e->devs[i]));
+        }
+        return 0;
+}
+
+static int source_setup(struct engine *e, const char *token) {
+        int r = check_source_devices(e);
+        if (r < 0)
+                return r;
+        struct vhm_rec_hello hello;
+        r = vhm_rec_hello_from_vm(e->vm, &hello);
+        if (r < 0)
+                return fail(e, r, "HELLO: the VM's memory layout cannot be described (%u regions)",
+                            vhm_vm_region_count(e->vm));
+        r = vhm_stream_send_hello(e->s, &hello);
+        if (r < 0)
+                return stream_failed(e, r, "sending HELLO");
+        r = vhm_stream_send_auth(e->s, token);
+        if (r < 0)
+                return stream_failed(e, r, "sending AUTH");
+        return stop_devices(e);
+}
+
+static int cmp_region_gpa(const void *a, const void *b) {
+        const struct vhm_region *x = *(const struct vhm_region *const *) a, *y = *(const struct vhm_region *const *) b;
+        return (x->guest_phys_addr > y->guest_phys_addr) - (x->guest_phys_addr < y->guest_phys_addr);
+}
+
+/* One batch of up to 256 pages from [gpa, gpa + bytes), read once, folded into the checksum. */
+static int send_batch(struct engine *e, uint8_t *buf, uint64_t gpa, uint64_t bytes) {
+        int r = vhm_vm_read(e->vm, gpa, buf, bytes);
+        if (r < 0)
+                return fail(e, r, "reading guest memory at 0x%" PRIx64 ": %s", gpa, vhm_vm_error(e->vm));
+        e->st->checksum = vhm_checksum_update(e->st->checksum, buf, bytes);
+        struct vhm_rec_page pages[BATCH];
+        unsigned count = (unsigned) (bytes / PAGE), zero = 0;
+        for (unsigned k = 0; k < count; k++)
+                pages[k] = (struct vhm_rec_page){ .gpa = gpa + (uint64_t) k * PAGE, .data = buf + (size_t) k * PAGE };
+        r = vhm_stream_send_pages(e->s, pages, count, &zero);
+        if (r < 0)
+                return stream_failed(e, r, "sending PAGES");
+        e->st->pages_transferred += count;
+        e->st->zero_pages += zero;
+        return 0;
+}
+
+/* Every page of every region in gpa order: the order vhm_memory_checksum() folds them in. */
+static int source_pages(struct engine *e) {
+        set_state(e, VHM_MIGRATION_ACTIVE);
+        unsigned nr = vhm_vm_region_count(e->vm);
+        const struct vhm_region *regions[VHM_VM_MAX_REGIONS];
+        for (unsigned i = 0; i < nr; i++)
+                regions[i] = vhm_vm_region(e->vm, i);
+        qsort(regions, nr, sizeof(regions[0]), cmp_region_gpa);
+        uint8_t *buf = malloc((size_t) BATCH * PAGE);
+        if (!buf)
+                return fail(e, -ENOMEM, "out of memory");
+        e->st->checksum = VHM_CHECKSUM_INIT;
+        int r = 0;
+        for (unsigned i = 0; r == 0 && i < nr; i++)
+                for (uint64_t off = 0; r == 0 && off < regions[i]->size; off += (uint64_t) BATCH * PAGE) {
+                        uint64_t left = regions[i]->size - off;
+                        r = send_batch(e, buf, regions[i]->guest_phys_addr + off,
+                                       left < (uint64_t) BATCH * PAGE ? left : (uint64_t) BATCH * PAGE);
+                        /* The stream sees a cancel only when it would block. */
+                        if (r == 0 && cancelled(e))
+                                r = fail(e, -ECANCELED, "sending PAGES: cancelled");
+                        report(e);
+                }
+        free(buf);
+        return r;
+}
+
+static int send_devices(struct engine *e) {
+        for (unsigned i = 0; i < e->n; i++) {
+                struct vhm_device_handoff h;
+                int r = vhm_device_handoff_get(e->devs[i], &h);
+                if (r < 0)
+                        return fail(e, r, "DEVICE %u: %s", i, vhm_device_error(e->devs[i]));
+                struct vhm_rec_device rec;
+                vhm_migration_device_record(&h, i, &rec);
+                r = vhm_stream_send_device(e->s, &rec);
+                if (r < 0)
+                        return stream_failed(e, r, "sending DEVICE");
+        }
+        return 0;
+}
+
+static int await_answer(struct engine *e) {
+        const void *p;
+        uint32_t len;
+        int type = vhm_stream_recv(e->s, &p, &len);
+        if (type < 0)
+                return stream_failed(e, type, "waiting for the destination's answer after END");
+        if (type == VHM_REC_COMMITTED)
+                return 0;
+        char reason[VHM_REC_MAX_REASON + 1], err[256];
+        if (type != VHM_REC_ABORTED)
+                return fail(e, -EBADMSG, "the destination answered END with %s", vhm_rec_name((uint16_t) type));
+        if (vhm_rec_decode_aborted(p, len, reason, err, sizeof(err)) < 0)
+                return fail(e, -EBADMSG, "the destination aborted: %s", err);
+        e->answered = true;
+        return fail(e, -ECONNABORTED, "the destination aborted: %s", reason);
+}
+
+static int source_switchover(struct engine *e) {
+        if (cancelled(e))
+                return fail(e, -ECANCELED, "cancelled before the switchover");
+        set_state(e, VHM_MIGRATION_SWITCHOVER);
+        int r = send_devices(e);
+        if (r < 0)
+                return r;
+        struct vhm_rec_end end = {
+                .pages = e->st->pages_transferred,
+                .zero_pages = e->st->zero_pages,
+                .checksum = e->st->checksum,
+        };
+        r = vhm_stream_send_end(e->s, &end);
+        if (r < 0)
+                return stream_failed(e, r, "sending END");
+        /* From here the destination may run the guest: the source never resumes on its own. */
+        e->ended = true;
+        return await_answer(e);
+}
+
+/*
+ * A send failed: the destination may have said why before it hung up
+ * (ABORTED: wrong token, another layout, a device it cannot take).
+ */
+static void fetch_destination_reason(struct engine *e) {
+        if (!e->s || !e->stream_err || e->stream_err == -ECANCELED || e->answered)
+                return;
+        vhm_stream_set_deadline(e->s, vhu_now_usec() + LAST_WORD_MS * 1000u);
+        const void *p;
+        uint32_t len;
+        char reason[VHM_REC_MAX_REASON + 1], err[128];
+        if (vhm_stream_recv(e->s, &p, &len) != VHM_REC_ABORTED ||
+            vhm_rec_decode_aborted(p, len, reason, err, sizeof(err)) < 0)
+                return;
+        size_t used = strlen(e->st->error);
+        snprintf(e->st->error + used, sizeof(e->st->error) - used, " (the destination aborted: %s)", reason);
+}
+
+/* Devices stopped for the migration run again from where they stopped. */
+static void rollback_source(struct engine *e) {
+        for (unsigned i = 0; i < e->n; i++) {
+                if (!e->touched[i])
+                        continue;
+                if (vhm_device_resume_after_migration(e->devs[i]) < 0) {
+                        size_t used = strlen(e->st->error);
+                        snprintf(e->st->error + used, sizeof(e->st->error) - used, "; device %u not resumed: %s", i,
+                                 vhm_device_error(e->devs[i]));
+                }
+        }
+}
+
+static void source_finish(struct engine *e, int r) {
+        if (r == 0) {
+                for (unsigned i = 0; i < e->n; i++)
+                        vhm_device_release(e->devs[i]);
+                e->st->downtime_ms = (vhu_now_usec() - e->down_usec) / 1000u;
+                set_state(e, VHM_MIGRATION_COMPLETED);
+                return;
+        }
+        if (e->ended && !e->answered) {
+                set_state(e, VHM_MIGRATION_POSTMIGRATE_UNKNOWN);
+                return;
+        }
+        if (!e->ended)
+                fetch_destination_reason(e);
+        rollback_source(e);
+        set_state(e, r == -ECANCELED ? VHM_MIGRATION_CANCELLED : VHM_MIGRATION_FAILED);
+}
+
+int vhm_migrate_to(struct vhm_vm *vm, struct vhm_logging *logging, struct vhm_device **devs, unsigned n, int fd,
+                   const char *token, const struct vhm_migrate_options *o, struct vhm_migration_stats *st) {
+        /* Stop-and-copy: the rings are stopped before the pages go, no page needs the dirty log. */
+        (void) logging;
+        struct engine e;
+        int r = engine_init(&e, vm, devs, n, o, st, VHM_MIGRATION_ROLE_SOURCE);
+        if (r == 0 && (!token || (n && !devs)))
+                r = fail(&e, -EINVAL, "no token or no devices given");
+        if (r < 0) {
+                if (fd >= 0)
+                        close(fd);
+                engine_free(&e);
+                st->state = VHM_MIGRATION_FAILED;
+                return r;
+        }
+        report(&e);
+        r = engine_open(&e, fd);
+        if (r == 0)
+                r = cancelled(&e) ? fail(&e, -ECANCELED, "cancelled in setup") : source_setup(&e, token);
+        if (r == 0)
+                r = source_pages(&e);
+        if (r == 0)
+                r = source_switchover(&e);
+        source_finish(&e, r);
+        engine_free(&e);
+        return r;
+}
+
+/* ---- destination --------------------------------------------------------------- */
+
+/* The next record, of the type wanted. */
+static int recv_record(struct engine *e, uint16_t want, const void **p, uint32_t *len) {
+        char step[64];
+        snprintf(step, sizeof(step), "waiting for %s", vhm_rec_name(want));
+        int type = vhm_stream_recv(e->s, p, len);
+        if (type < 0)
+                return stream_failed(e, type, step);
+        if (type != want)
+                return fail(e, -EBADMSG, "%s: got %s", step, vhm_rec_name((uint16_t) type));
+        return 0;
+}
+
+static int dest_hello(struct engine *e) {
+        const void *p;
+        uint32_t len;
+        char err[256];
+        int r = recv_record(e, VHM_REC_HELLO, &p, &len);
+        if (r < 0)
+                return r;
+        e->down_usec = vhu_now_usec();
+        r = vhm_rec_decode_hello(p, len, &e->hello, err, sizeof(err));
+        if (r < 0)
+                return fail(e, r, "%s", err);
+        r = vhm_rec_hello_matches_vm(&e->hello, e->vm, err, sizeof(err));
+        if (r < 0)
+                return fail(e, r, "HELLO: the source's memory layout is not this VM's: %s", err);
+        return 0;
+}
+
+static int dest_auth(struct engine *e, const char *token, uint64_t token_deadline_usec) {
+        const void *p;
+        uint32_t len;
+        char got[VHM_REC_TOKEN_LEN + 1], err[256];
+        int r = recv_record(e, VHM_REC_AUTH, &p, &len);
+        if (r < 0)
+                return r;
+        r = vhm_rec_decode_auth(p, len, got, err, sizeof(err));
+        if (r < 0)
+                return fail(e, r, "%s", err);
+        bool in_time = !token_deadline_usec || vhu_now_usec() <= token_deadline_usec;
+        bool equal = vhm_token_equal(got, token);
+        if (!equal)
+                return fail(e, -EACCES, "AUTH: wrong token");
+        if (!in_time)
+                return fail(e, -EACCES, "AUTH: the token expired");
+        return 0;
+}
+
+static int dest_setup(struct engine *e, const char *token, uint64_t token_deadline_usec) {
+        /* A source that does not show up with the token in its lifetime is not waited for. */
+        vhm_stream_set_deadline(e->s, token_deadline_usec);
+        int r = dest_hello(e);
+        if (r == 0)
+                r = dest_auth(e, token, token_deadline_usec);
+        vhm_stream_set_deadline(e->s, 0);
+        return r;
+}
+
+static int dest_pages(struct engine *e, const void *p, uint32_t len) {
+        struct vhm_rec_pages pg;
+        char err[256];
+        int r = vhm_rec_decode_pages(p, len, &e->hello, &pg, err, sizeof(err));
+        if (r == 0)
+                r = vhm_rec_pages_write(&pg, e->vm, err, sizeof(err));
+        if (r < 0)
+                return fail(e, r, "%s", err);
+        e->st->pages_transferred += pg.count;
+        e->st->zero_pages += pg.zero;
+        report(e);
+        return 0;
+}
+
+/* Can the device here take the source's?  Checked now, before anything starts. */
+static int dest_device(struct engine *e, const void *p, uint32_t len) {
+        struct vhm_rec_device rec;
+        char err[256];
+        int r = vhm_rec_decode_device(p, len, &rec, err, sizeof(err));
+        if (r < 0)
+                return fail(e, r, "%s", err);
+        if (rec.index >= e->n)
+                return fail(e, -EBADMSG, "DEVICE: device %" PRIu32 ", but the VM here has %u devices", rec.index, e->n);
+        if (e->seen[rec.index])
+                return fail(e, -EBADMSG, "DEVICE: device %" PRIu32 " twice", rec.index);
+        struct vhm_device *dev = e->devs[rec.index];
+        if (!vhm_device_awaiting_restore(dev) || vhm_device_state(dev) != VHM_DEVICE_READY)
+                return fail(e, -EBUSY, "device %" PRIu32 " (%s) is %s, not incoming and ready", rec.index,
+                            vhm_device_socket(dev), vhm_device_state_name(vhm_device_state(dev)));
+        struct vhm_device_handoff *h = &e->handoffs[rec.index];
+        vhm_migration_device_handoff(&rec, h);
+        r = vhm_device_handoff_check(dev, h);
+        if (r < 0)
+                return fail(e, r, "device %" PRIu32 " cannot take the source's: %s", rec.index, vhm_device_error(dev));
+        e->seen[rec.index] = true;
+        return 0;
+}
+
+/* PAGES and DEVICE records until END. */
+static int dest_receive(struct engine *e, struct vhm_rec_end *end) {
+        set_state(e, VHM_MIGRATION_ACTIVE);
+        for (;;) {
+                const void *p;
+                uint32_t len;
+                char err[256];
+                int type = vhm_stream_recv(e->s, &p, &len), r;
+                if (type < 0)
+                        return stream_failed(e, type, "receiving");
+                switch (type) {
+                case VHM_REC_PAGES:
+                        r = dest_pages(e, p, len);
+                        break;
+                case VHM_REC_DEVICE:
+                        r = dest_device(e, p, len);
+                        break;
+                case VHM_REC_END:
+                        r = vhm_rec_decode_end(p, len, end, err, sizeof(err));
+                        return r < 0 ? fail(e, r, "%s", err) : 0;
+                case VHM_REC_BACKEND_STATE:
+                        return fail(e, -ENOTSUP, "BACKEND_STATE: no device here can load a back-end's state");
+                default:
+                        return fail(e, -EBADMSG, "unexpected %s record", vhm_rec_name((uint16_t) type));
+                }
+                if (r < 0)
+                        return r;
+                if (cancelled(e))
+                        return fail(e, -ECANCELED, "receiving: cancelled");
+        }
+}
+
+/* What END says must be what arrived: every device, every page, the same image. */
+static int dest_check_end(struct engine *e, const struct vhm_rec_end *end) {
+        for (unsigned i = 0; i < e->n; i++)
+                if (!e->seen[i])
+                        return fail(e, -EBADMSG, "END: no DEVICE record for device %u", i);
+        if (end->pages != e->st->pages_transferred || end->zero_pages != e->st->zero_pages)
+                return fail(e, -EBADMSG,
+                            "END: the source sent %" PRIu64 " pages (%" PRIu64 " zero), %" PRIu64 " (%" PRIu64
+                            " zero) arrived",
+                            end->pages, end->zero_pages, e->st->pages_transferred, e->st->zero_pages);
+        int r = vhm_memory_checksum(e->vm, &e->st->checksum);
+        if (r < 0)
+                return fail(e, r, "END: cannot read guest memory: %s", vhm_vm_error(e->vm));
+        if (e->st->checksum != end->checksum)
+                return fail(e, -EBADMSG, "END: the memory checksum 0x%016" PRIx64 " is not the source's 0x%016" PRIx64,
+                            e->st->checksum, end->checksum);
+        return 0;
+}
+
+static int dest_switchover(struct engine *e, const struct vhm_rec_end *end) {
+        set_state(e, VHM_MIGRATION_SWITCHOVER);
+        /* Before any ring starts: a running back-end writes guest memory. */
+        int r = dest_check_end(e, end);
+        for (unsigned i = 0; r == 0 && i < e->n; i++) {
+                /* Even a restore that failed half-way is taken back (its connection is gone). */
+                e->touched[i] = true;
+                r = vhm_device_restore(e->devs[i], &e->handoffs[i]);
+                if (r < 0)
+                        return fail(e, r, "restoring device %u: %s", i, vhm_device_error(e->devs[i]));
+        }
+        if (r < 0)
+                return r;
+        r = vhm_stream_send_committed(e->s);
+        if (r < 0)
+                return stream_failed(e, r, "sending COMMITTED");
+        return 0;
+}
+
+/* After the commit: a failed announcement is reported, the migration stands. */
+static void dest_announce(struct engine *e) {
+        for (unsigned i = 0; i < e->n; i++) {
+                if (!vhm_device_needs_rarp(e->devs[i]))
+                        continue;
+                if (vhm_device_announce(e->devs[i]) == 0)
+                        e->st->rarp_sent++;
+                else
+                        snprintf(e->st->error, sizeof(e->st->error), "SEND_RARP on device %u: %s", i,
+                                 vhm_device_error(e->devs[i]));
+        }
+}
+
+/* The source is told why (when the channel still works); nothing here stays started. */
+static void dest_abort(struct engine *e, int r) {
+        /* A source that hung up or stalls hears nothing more; one that sent a bad record is told. */
+        bool channel_works = e->stream_err != -ECONNRESET && e->stream_err != -EPIPE && e->stream_err != -ETIMEDOUT;
+        if (e->s && channel_works) {
+                vhm_stream_set_cancel_fd(e->s, -1);
+                vhm_stream_set_deadline(e->s, vhu_now_usec() + LAST_WORD_MS * 1000u);
+                (void) vhm_stream_send_aborted(e->s, e->st->error);
+        }
+        for (unsigned i = 0; i < e->n; i++)
+                if (e->touched[i])
+                        vhm_device_unrestore(e->devs[i], LAST_WORD_MS);
+        set_state(e, r == -ECANCELED ? VHM_MIGRATION_CANCELLED : VHM_MIGRATION_FAILED);
+}
+
+int vhm_migrate_incoming_opts(struct vhm_vm *vm, struct vhm_device **devs, unsigned n, int fd, const char *token,
+                              uint64_t token_deadline_usec, const struct vhm_migrate_options *o,
+                              struct vhm_migration_stats *st) {
+        struct engine e;
+        int r = engine_init(&e, vm, devs, n, o, st, VHM_MIGRATION_ROLE_DESTINATION);
+        if (r == 0) {
+                e.handoffs = calloc(n ? n : 1, sizeof(*e.handoffs));
+                e.seen = calloc(n ? n : 1, sizeof(*e.seen));
+                if (!e.handoffs || !e.seen)
+                        r = fail(&e, -ENOMEM, "out of memory");
+        }
+        if (r == 0 && (!token || (n && !devs)))
+                r = fail(&e, -EINVAL, "no token or no devices given");
+        if (r < 0) {
+                if (fd >= 0)
+                        close(fd);
+                engine_free(&e);
+                st->state = VHM_MIGRATION_FAILED;
+                return r;
+        }
+        report(&e);
+        struct vhm_rec_end end;
+        r = engine_open(&e, fd);
+        if (r == 0)
+                r = dest_setup(&e, token, token_deadline_usec);
+        if (r == 0)
+                r = dest_receive(&e, &end);
+        if (r == 0)
+                r = dest_switchover(&e, &end);
+        if (r == 0) {
+                dest_announce(&e);
+                e.st->downtime_ms = (vhu_now_usec() - e.down_usec) / 1000u;
+                set_state(&e, VHM_MIGRATION_COMPLETED);
+        } else {
+                dest_abort(&e, r);
+        }
+        engine_free(&e);
+        return r;
+}
+
+int vhm_migrate_incoming(struct vhm_vm *vm, struct vhm_device **devs, unsigned n, int fd, const char *token,
+                         uint64_t token_deadline_usec, struct vhm_migration_stats *st) {
+        return vhm_migrate_incoming_opts(vm, devs, n, fd, token, token_deadline_usec, NULL, st);
+}

@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The migration engine: both ends of a stop-and-copy migration of a VM's
+ * memory and vhost-user devices over a migration stream (migrate/stream.h).
+ *
+ * Source (vhm_migrate_to), with the VMM's vCPUs already paused:
+ *   setup       HELLO (the memory layout), AUTH (the destination's token),
+ *               every ring stopped with GET_VRING_BASE;
+ *   active      every page (zero pages as flags);
+ *   switchover  a DEVICE record per device, END (counts and the checksum of
+ *               the image sent), then the destination's answer.
+ * COMMITTED: the devices are released (their back-ends see them go) and the
+ * state is completed.  A failure or a cancel before END, or an ABORTED
+ * answer: every device stopped for the migration runs again from the indices
+ * it stopped at (failed, cancelled).  END sent and no answer: the devices
+ * stay stopped and the state is postmigrate-unknown; the engine never
+ * resumes them, since the destination may be running the guest.
+ *
+ * Destination (vhm_migrate_incoming), its devices added incoming (connected,
+ * negotiated, rings not started): HELLO's layout must be the VM's, AUTH the
+ * token and in time; pages go into guest memory through vhm_vm_write; each
+ * DEVICE is checked against what its back-end offers; at END the checksum of
+ * guest memory is verified *before* any ring starts (a started back-end
+ * writes into guest memory), then every device is restored, COMMITTED is
+ * answered, and SEND_RARP goes to every device that needs it.  Any failure
+ * answers ABORTED with the reason (when the channel still works) and leaves
+ * no device started.
+ *
+ * Each call blocks until the migration ends, each wait bounded by the
+ * options' timeout; run it on the VM's worker thread.  Errors are negative
+ * errnos with the reason in the stats' error text.
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include "migrate/device.h"
+#include "migrate/stream.h"
+#include "migrate/vm.h"
+
+struct vhm_logging;
+
+enum vhm_migration_state {
+        VHM_MIGRATION_NONE,
+        VHM_MIGRATION_SETUP,
+        VHM_MIGRATION_ACTIVE,
+        VHM_MIGRATION_SWITCHOVER,
+        VHM_MIGRATION_POSTMIGRATE_UNKNOWN,
+        VHM_MIGRATION_COMPLETED,
+        VHM_MIGRATION_FAILED,
+        VHM_MIGRATION_CANCELLED,
+};
+
+enum vhm_migration_role {
+        VHM_MIGRATION_ROLE_NONE,
+        VHM_MIGRATION_ROLE_SOURCE,
+        VHM_MIGRATION_ROLE_DESTINATION,
+};
+
+/* "none", "setup", "active", "switchover", "postmigrate-unknown", "completed", "failed", "cancelled". */
+const char *vhm_migration_state_name(enum vhm_migration_state s);
+/* "none", "source", "destination". */
+const char *vhm_migration_role_name(enum vhm_migration_role r);
+
+struct vhm_migration_stats {
+        uint64_t pages_total;       /* pages of guest memory */
+        uint64_t pages_transferred; /* sent (source) or received (destination), zero pages included */
+        uint64_t zero_pages;        /* of those, sent as a flag */
+        uint64_t bytes_transferred; /* stream bytes sent (source) or received (destination) */
+        uint64_t downtime_ms;       /* rings stopped (source) or HELLO (destination) to the commit (and RARP) */
+        uint64_t total_ms;          /* the whole call */
+        uint64_t rarp_sent;         /* destination: devices announced with SEND_RARP */
+        uint64_t checksum;          /* of the memory image (END's) */
+        enum vhm_migration_state state;
+        enum vhm_migration_role role;
+        char error[512];
+};
+
+struct vhm_migrate_options {
+        /* Each send and receive (0: 10 s); also how long the source waits for the answer after END. */
+        unsigned timeout_ms;
+        /*
+         * An eventfd: once readable, the migration is cancelled in any phase
+         * before END (state cancelled, -ECANCELED).  0 or negative: none
+         * (stdin is never a cancel fd, so a zeroed struct means none).
+         */
+        int cancel_fd;
+        /*
+         * Called on the engine's thread at every state change and after every
+         * batch of pages, with the stats as they are (a copy for the caller to
+         * publish; the engine does not lock).  NULL: none.
+         */
+        void (*progress)(const struct vhm_migration_stats *st, void *opaque);
+        void *opaque;
+};
+
+/*
+ * Source.  fd is a connected stream to the destination (taken, closed when
+ * the call returns); token the destination's.  The devices must be running
+ * (or stopped with their indices), the VMM's vCPUs paused.  `logging` may be
+ * NULL (stop-and-copy needs no dirty log).  o may be NULL for the defaults.
+ * Returns 0 when the destination committed; otherwise a negative errno and
+ * st->state says what became of the source.
+ */
+int vhm_migrate_to(struct vhm_vm *vm, struct vhm_logging *logging, struct vhm_device **devs, unsigned n, int fd,
+                   const char *token, const struct vhm_migrate_options *o, struct vhm_migration_stats *st);
+
+/*
+ * Destination.  fd is the connection accepted from the source (taken);
+ * token is the one handed out, valid until token_deadline_usec
+ * (vhu_now_usec() clock; 0: no expiry), which also bounds the wait for HELLO
+ * and AUTH.  devs[i] is the device the source's device i moves to.
+ */
+int vhm_migrate_incoming(struct vhm_vm *vm, struct vhm_device **devs, unsigned n, int fd, const char *token,
+                         uint64_t token_deadline_usec, struct vhm_migration_stats *st);
+/* The same with options (cancel fd, progress, timeout); o may be NULL. */
+int vhm_migrate_incoming_opts(struct vhm_vm *vm, struct vhm_device **devs, unsigned n, int fd, const char *token,
+                              uint64_t token_deadline_usec, const struct vhm_migrate_options *o,
+                              struct vhm_migration_stats *st);
+
+/* A device's handoff as a DEVICE record (index: its place in the VM) and back. */
+void vhm_migration_device_record(const struct vhm_device_handoff *h, uint32_t index, struct vhm_rec_device *out);
+void vhm_migration_device_handoff(const struct vhm_rec_device *rec, struct vhm_device_handoff *out);

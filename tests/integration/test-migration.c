@@ -1,0 +1,775 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The migration engine (migrate/migration.h) in one process: a source VM
+ * whose synthetic guest runs traffic through DPDK testpmd, paused and
+ * migrated (stop-and-copy) to a destination VM with its own memory, whose
+ * incoming device sits on testpmd's second vhost port; the engine's two ends
+ * run on two threads over a socketpair or a unix: transport.  The destination
+ * guest then attaches to the migrated memory and goes on with the same
+ * sequence numbers: equal checksums, nothing corrupted or duplicated, no more
+ * lost than was in flight at the pause, exactly one RARP.
+ *
+ * Then the rollbacks, each leaving the source guest's traffic running: a
+ * wrong token, another memory layout, a destination back-end (the project's
+ * test back-end) lacking a feature the guest acked, the channel cut in the
+ * middle of PAGES, a cancel in setup and in active; and a destination that
+ * never answers END, which leaves the source stopped (postmigrate-unknown).
+ * No test leaves an fd behind.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "migrate/device.h"
+#include "migrate/migration.h"
+#include "migrate/stream.h"
+#include "migrate/transport.h"
+#include "migrate/vm.h"
+#include "proto/vhost-user-transport.h"
+#include "proto/vhost-user.h"
+#include "tests/common/check.h"
+#include "tests/common/clock.h"
+#include "tests/common/fd-count.h"
+#include "tests/common/guest-device.h"
+#include "tests/common/real-backends.h"
+#include "daemon/guest/guest.h"
+
+#define GUEST_MEM      (32ull << 20)
+#define RUN_TIMEOUT_MS 60000
+#define FRAMES_BEFORE  20000u
+#define FRAMES_AFTER   20000u
+#define TOKEN          "00112233445566778899aabbccddeeff"
+#define OTHER_TOKEN    "ffeeddccbbaa99887766554433221100"
+
+/* ---- the two VMs ------------------------------------------------------------------ */
+
+struct side {
+        struct vhm_guest *g;
+        struct vhm_vm *vm;
+        struct vhm_device *dev;
+        int memfd; /* destination: its own (empty) memory */
+        int efd[2 * VHM_DEVICE_MAX_QUEUES];
+        unsigned nqp;
+};
+
+static struct real_backend be;
+static pid_t tb_pid;
+static char tb_dir[64];
+static struct side src, dst;
+
+static void side_init(struct side *s) {
+        memset(s, 0, sizeof(*s));
+        s->memfd = -1;
+        for (unsigned i = 0; i < 2 * VHM_DEVICE_MAX_QUEUES; i++)
+                s->efd[i] = -1;
+}
+
+static void side_free(struct side *s) {
+        vhm_device_free(s->dev);
+        vhm_vm_free(s->vm);
+        vhm_guest_free(s->g);
+        if (s->memfd >= 0)
+                close(s->memfd);
+        for (unsigned i = 0; i < 2 * VHM_DEVICE_MAX_QUEUES; i++)
+                if (s->efd[i] >= 0)
+                        close(s->efd[i]);
+        side_init(s);
+}
+
+static uint64_t net_features(unsigned nqp) {
+        uint64_t f = vhm_guest_driver_features();
+        if (nqp > 1)
+                f |= VHU_BIT(VHU_VF_NET_MQ);
+        return f;
+}
+
+static struct vhm_guest_stats stats_of(const struct vhm_guest *g) {
+        struct vhm_guest_stats s;
+        assert_int_equal(vhm_guest_get_stats(g, VHM_GUEST_ALL_QPS, &s), 0);
+        return s;
+}
+
+static uint64_t accounted(const struct vhm_guest_stats *s) {
+        return s->received + s->lost + s->corrupted;
+}
+
+static void print_stats(const char *what, const struct vhm_guest_stats *s) {
+        printf("  %-18s sent %" PRIu64 " received %" PRIu64 " lost %" PRIu64 " corrupted %" PRIu64
+               " duplicated %" PRIu64 " rarp %" PRIu64 " other %" PRIu64 " bad_used %" PRIu64 "\n",
+               what, s->sent, s->received, s->lost, s->corrupted, s->duplicated, s->rarp_seen, s->other, s->bad_used);
+}
+
+/* The source: a guest with traffic on a running device at `socket`. */
+static void source_start(unsigned nqp, const char *socket) {
+        src.nqp = nqp;
+        struct vhm_guest_config gc = { .mem_size = GUEST_MEM, .queue_pairs = nqp };
+        GD_CHECK(guest_vm_new("source", &gc, &src.g, &src.vm));
+        struct vhm_device_config cfg = {
+                .socket = socket,
+                .features = net_features(nqp),
+                .queue_pairs = nqp,
+                .timeout_ms = 5000,
+        };
+        GD_CHECK(guest_device_new(src.vm, src.g, &cfg, &src.dev, NULL));
+        DEV_CHECK(src.dev, vhm_device_connect(src.dev));
+        DEV_CHECK(src.dev, vhm_device_start(src.dev));
+        assert_int_equal(vhm_guest_set_features(src.g, vhm_device_acked_features(src.dev)), 0);
+        for (unsigned qp = 0; qp < nqp; qp++)
+                assert_true(vhm_guest_post_rx(src.g, qp) > 0);
+}
+
+/*
+ * The destination: empty memory of mem_size (sealed, as the VM model wants a
+ * memfd), and an incoming device at `socket` whose queues have fresh eventfds
+ * and, as placeholders, the source guest's ring addresses (the DEVICE record
+ * brings the real ones).
+ */
+static void destination_new(unsigned nqp, const char *socket, uint64_t mem_size) {
+        dst.nqp = nqp;
+        dst.memfd = memfd_create("destination", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(dst.memfd >= 0);
+        assert_int_equal(ftruncate(dst.memfd, (off_t) mem_size), 0);
+        assert_int_equal(fcntl(dst.memfd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+        assert_int_equal(vhm_vm_new("destination", &dst.vm), 0);
+        struct vhm_region_spec region = { .fd = dst.memfd, .guest_phys_addr = 0, .size = mem_size };
+        if (vhm_vm_add_region(dst.vm, &region) < 0)
+                fail_msg("destination region: %s", vhm_vm_error(dst.vm));
+        struct vhm_device_config cfg = {
+                .socket = socket,
+                .features = net_features(nqp),
+                .queue_pairs = nqp,
+                .timeout_ms = 5000,
+                .incoming = true,
+        };
+        assert_int_equal(vhm_device_new(dst.vm, &cfg, &dst.dev), 0);
+        for (unsigned q = 0; q < 2 * nqp; q++) {
+                struct vhm_guest_queue_layout l;
+                assert_int_equal(vhm_guest_queue_layout(src.g, q, &l), 0);
+                dst.efd[2 * q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                dst.efd[2 * q + 1] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                struct vhm_queue_spec spec = {
+                        .size = l.num,
+                        .desc_gpa = l.desc_gpa,
+                        .avail_gpa = l.avail_gpa,
+                        .used_gpa = l.used_gpa,
+                        .kick_fd = dst.efd[2 * q],
+                        .call_fd = dst.efd[2 * q + 1],
+                };
+                DEV_CHECK(dst.dev, vhm_device_set_queue(dst.dev, q, &spec));
+        }
+        DEV_CHECK(dst.dev, vhm_device_connect(dst.dev));
+        assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_READY);
+        /* Incoming: nothing starts it but a restore. */
+        assert_int_equal(vhm_device_start(dst.dev), -EBUSY);
+        assert_true(vhm_device_awaiting_restore(dst.dev));
+}
+
+/* ---- guest traffic ------------------------------------------------------------------ */
+
+/*
+ * Transmit until `total` frames were sent on every queue pair, receiving
+ * meanwhile, with at most `window` frames in flight per queue pair: returns
+ * with frames still in flight, as a guest paused at any moment would have.
+ * Half a ring leaves room for a RARP among the echoes.
+ */
+static void drive_to(struct vhm_guest *g, unsigned nqp, uint64_t total_per_qp, unsigned window) {
+        uint64_t deadline = now_ns() + (uint64_t) RUN_TIMEOUT_MS * 1000000u;
+        for (;;) {
+                bool done = true;
+                for (unsigned qp = 0; qp < nqp; qp++) {
+                        assert_true(vhm_guest_reclaim_tx(g, qp) >= 0);
+                        assert_true(vhm_guest_poll_rx(g, qp, 0) >= 0);
+                        struct vhm_guest_stats s;
+                        assert_int_equal(vhm_guest_get_stats(g, qp, &s), 0);
+                        if (s.sent >= total_per_qp)
+                                continue;
+                        done = false;
+                        uint64_t inflight = s.sent - accounted(&s);
+                        if (inflight >= window)
+                                continue;
+                        uint64_t want = total_per_qp - s.sent;
+                        if (want > window - inflight)
+                                want = window - inflight;
+                        assert_true(vhm_guest_tx(g, qp, want > 32 ? 32 : (unsigned) want) >= 0);
+                }
+                if (done)
+                        return;
+                if (now_ns() > deadline)
+                        fail_msg("drive_to(%" PRIu64 "): stuck", total_per_qp);
+        }
+}
+
+/* Receive until every frame sent is accounted for (or the time is up), then ms more. */
+static void settle(struct vhm_guest *g, unsigned nqp, unsigned ms) {
+        uint64_t deadline = now_ns() + 10000000000u;
+        uint64_t end = 0;
+        for (;;) {
+                for (unsigned qp = 0; qp < nqp; qp++) {
+                        assert_true(vhm_guest_reclaim_tx(g, qp) >= 0);
+                        assert_true(vhm_guest_poll_rx(g, qp, 0) >= 0);
+                }
+                struct vhm_guest_stats s = stats_of(g);
+                if (!end && accounted(&s) >= s.sent)
+                        end = now_ns() + (uint64_t) ms * 1000000u;
+                if ((end && now_ns() > end) || now_ns() > deadline)
+                        return;
+        }
+}
+
+static uint64_t per_qp_sent(const struct vhm_guest *g, unsigned qp) {
+        struct vhm_guest_stats s;
+        assert_int_equal(vhm_guest_get_stats(g, qp, &s), 0);
+        return s.sent;
+}
+
+/* `frames` more frames on every queue pair, then settled. */
+static void more_traffic(struct vhm_guest *g, unsigned nqp, uint64_t frames) {
+        uint64_t target = 0;
+        for (unsigned qp = 0; qp < nqp; qp++)
+                if (per_qp_sent(g, qp) > target)
+                        target = per_qp_sent(g, qp);
+        drive_to(g, nqp, target + frames, vhm_guest_ring_size(g) / 2);
+        settle(g, nqp, 200);
+}
+
+/* What a rollback must leave: the source guest's traffic running, intact. */
+static void assert_source_runs_again(const struct vhm_guest_stats *at_pause) {
+        assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_RUNNING);
+        more_traffic(src.g, src.nqp, 5000);
+        struct vhm_guest_stats s = stats_of(src.g);
+        print_stats("source after:", &s);
+        assert_true(s.received >= at_pause->received + 5000u * src.nqp);
+        assert_true(s.lost - at_pause->lost <= at_pause->sent - accounted(at_pause));
+        assert_int_equal(s.corrupted, 0);
+        assert_int_equal(s.duplicated, 0);
+        assert_int_equal(s.bad_used, 0);
+        assert_int_equal(s.other, 0);
+        assert_int_equal(s.rarp_seen, 0);
+        assert_int_equal(accounted(&s), s.sent);
+}
+
+/* ---- the engine's two ends ------------------------------------------------------------ */
+
+struct incoming_job {
+        pthread_t thread;
+        int fd;        /* connected; or -1 with listen_fd */
+        int listen_fd; /* unix: transport: accept first */
+        const char *token;
+        struct vhm_migration_stats st;
+        int rc;
+};
+
+static void *incoming_thread(void *arg) {
+        struct incoming_job *j = arg;
+        if (j->fd < 0) {
+                j->rc = vhm_transport_accept(j->listen_fd, vhu_now_usec() + 10000000u, -1, &j->fd);
+                if (j->rc < 0) {
+                        snprintf(j->st.error, sizeof(j->st.error), "accept: %s", strerror(-j->rc));
+                        return NULL;
+                }
+        }
+        struct vhm_device *devs[] = { dst.dev };
+        j->rc = vhm_migrate_incoming(dst.vm, devs, 1, j->fd, j->token, vhu_now_usec() + 30000000u, &j->st);
+        return NULL;
+}
+
+static void incoming_start(struct incoming_job *j, int fd, int listen_fd, const char *token) {
+        memset(j, 0, sizeof(*j));
+        j->fd = fd;
+        j->listen_fd = listen_fd;
+        j->token = token;
+        assert_int_equal(pthread_create(&j->thread, NULL, incoming_thread, j), 0);
+}
+
+/* A stand-in destination: reads (up to cut_after bytes, 0: until EOF), answers nothing, closes. */
+struct silent_peer {
+        pthread_t thread;
+        int fd;
+        uint64_t cut_after, bytes;
+};
+
+static void *silent_thread(void *arg) {
+        struct silent_peer *p = arg;
+        static _Thread_local char buf[1 << 16];
+        for (;;) {
+                ssize_t k = read(p->fd, buf, sizeof(buf));
+                if (k <= 0)
+                        break;
+                p->bytes += (uint64_t) k;
+                if (p->cut_after && p->bytes >= p->cut_after)
+                        break;
+        }
+        close(p->fd);
+        return NULL;
+}
+
+static void silent_start(struct silent_peer *p, int fd, uint64_t cut_after) {
+        memset(p, 0, sizeof(*p));
+        p->fd = fd;
+        p->cut_after = cut_after;
+        assert_int_equal(pthread_create(&p->thread, NULL, silent_thread, p), 0);
+}
+
+static void make_pair(int sv[2]) {
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+}
+
+static int migrate_source(int fd, const char *token, const struct vhm_migrate_options *o,
+                          struct vhm_migration_stats *st) {
+        struct vhm_device *devs[] = { src.dev };
+        int r = vhm_migrate_to(src.vm, NULL, devs, 1, fd, token, o, st);
+        printf("  source: %s (%d) in %" PRIu64 " ms, %" PRIu64 " pages (%" PRIu64 " zero), %" PRIu64 " bytes%s%s\n",
+               vhm_migration_state_name(st->state), r, st->total_ms, st->pages_transferred, st->zero_pages,
+               st->bytes_transferred, st->error[0] ? ": " : "", st->error);
+        return r;
+}
+
+static void print_incoming(const struct incoming_job *j) {
+        printf("  destination: %s (%d), downtime %" PRIu64 " ms, rarp %" PRIu64 "%s%s\n",
+               vhm_migration_state_name(j->st.state), j->rc, j->st.downtime_ms, j->st.rarp_sent,
+               j->st.error[0] ? ": " : "", j->st.error);
+}
+
+/* ---- set-up and tear-down ----------------------------------------------------------- */
+
+static int setup(void **state) {
+        (void) state;
+        real_backend_init(&be);
+        tb_pid = 0;
+        tb_dir[0] = '\0';
+        side_init(&src);
+        side_init(&dst);
+        return 0;
+}
+
+static void stop_test_backend(void) {
+        if (tb_pid > 0)
+                (void) tb_stop(tb_pid);
+        tb_pid = 0;
+        if (tb_dir[0]) {
+                char path[96];
+                snprintf(path, sizeof(path), "%s/sock", tb_dir);
+                unlink(path);
+                rmdir(tb_dir);
+                tb_dir[0] = '\0';
+        }
+}
+
+static int teardown(void **state) {
+        (void) state;
+        (void) testpmd_cpus_restore();
+        side_free(&dst);
+        side_free(&src);
+        stop_backend(&be);
+        stop_test_backend();
+        return 0;
+}
+
+static void finish(int fds_before) {
+        side_free(&dst);
+        side_free(&src);
+        stop_backend(&be);
+        stop_test_backend();
+        assert_int_equal(count_open_fds(), fds_before);
+}
+
+static void start_dpdk(unsigned nqp, unsigned flags) {
+        assert_true(backend_available(TESTPMD_BIN));
+        assert_int_equal(testpmd_cpus_restore(), 0);
+        assert_int_equal(start_testpmd(&be, nqp, flags), 0);
+        assert_int_equal(testpmd_cpus_avoid_worker(), 0);
+}
+
+/* The project's test back-end, offering `features`, with a fault ("REQ:KIND", NULL: none). */
+static void start_test_backend_with(uint64_t features, const char *fault, char *socket, size_t len) {
+        snprintf(tb_dir, sizeof(tb_dir), "/tmp/vhostmig-migtb-XXXXXX");
+        assert_non_null(mkdtemp(tb_dir));
+        snprintf(socket, len, "%s/sock", tb_dir);
+        struct tb_config c;
+        tb_config_init(&c);
+        c.features = features;
+        c.max_connections = 0;
+        if (fault) {
+                struct tb_fault f;
+                assert_int_equal(tb_parse_fault(fault, &f), 0);
+                assert_int_equal(tb_config_add_fault(&c, &f), 0);
+        }
+        assert_int_equal(tb_spawn_listen(&c, socket, &tb_pid), 0);
+}
+
+static void start_test_backend(uint64_t features, char *socket, size_t len) {
+        start_test_backend_with(features, NULL, socket, len);
+}
+
+/* Source traffic up to the pause; returns the guest's counters at the pause. */
+static struct vhm_guest_stats run_then_pause(void) {
+        drive_to(src.g, src.nqp, FRAMES_BEFORE, vhm_guest_ring_size(src.g) / 2);
+        struct vhm_guest_stats s = stats_of(src.g);
+        printf("  paused with %" PRIu64 " of %" PRIu64 " frames in flight\n", s.sent - accounted(&s), s.sent);
+        return s;
+}
+
+/* ---- migrations with traffic ------------------------------------------------- */
+
+static bool log_mentions(const char *path, const char *needle) {
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return false;
+        char line[512];
+        bool found = false;
+        while (!found && fgets(line, sizeof(line), f))
+                found = strstr(line, needle) != NULL;
+        fclose(f);
+        return found;
+}
+
+static void migrate_with_traffic(unsigned nqp, bool unix_transport) {
+        int fds_before = count_open_fds();
+        start_dpdk(nqp, TESTPMD_TWO_PORTS);
+        source_start(nqp, be.socket);
+        destination_new(nqp, be.socket2, GUEST_MEM);
+        struct vhm_guest_stats at_pause = run_then_pause();
+
+        struct incoming_job in;
+        int fd = -1, listen_fd = -1;
+        char bound[VHM_TRANSPORT_ADDRESS_MAX] = "";
+        if (unix_transport) {
+                char address[160];
+                snprintf(address, sizeof(address), "unix:%s/migration", be.dir);
+                assert_int_equal(vhm_transport_listen(address, &listen_fd, bound, sizeof(bound)), 0);
+                incoming_start(&in, -1, listen_fd, TOKEN);
+                assert_int_equal(vhm_transport_connect(bound, vhu_now_usec() + 5000000u, -1, &fd), 0);
+        } else {
+                int sv[2];
+                make_pair(sv);
+                incoming_start(&in, sv[1], -1, TOKEN);
+                fd = sv[0];
+        }
+        struct vhm_migration_stats st;
+        uint64_t t0 = now_ns();
+        int r = migrate_source(fd, TOKEN, NULL, &st);
+        assert_int_equal(pthread_join(in.thread, NULL), 0);
+        double ms = (double) (now_ns() - t0) / 1e6;
+        print_incoming(&in);
+        if (listen_fd >= 0)
+                vhm_transport_listen_close(listen_fd, bound);
+        assert_int_equal(r, 0);
+        assert_int_equal(in.rc, 0);
+        printf("  %u queue pair(s): %.1f ms from the pause to the destination running\n", nqp, ms);
+
+        /* Both ends agree on what moved, and the source's image is what was checked. */
+        assert_int_equal(st.state, VHM_MIGRATION_COMPLETED);
+        assert_int_equal(in.st.state, VHM_MIGRATION_COMPLETED);
+        assert_int_equal(st.role, VHM_MIGRATION_ROLE_SOURCE);
+        assert_int_equal(in.st.role, VHM_MIGRATION_ROLE_DESTINATION);
+        assert_int_equal(st.pages_total, GUEST_MEM / 4096);
+        assert_int_equal(st.pages_transferred, st.pages_total);
+        assert_int_equal(in.st.pages_transferred, st.pages_total);
+        assert_int_equal(in.st.zero_pages, st.zero_pages);
+        assert_true(st.zero_pages > 0);
+        assert_int_equal(in.st.bytes_transferred, st.bytes_transferred);
+        assert_true(st.checksum == in.st.checksum);
+        uint64_t sum;
+        assert_int_equal(vhm_memory_checksum(src.vm, &sum), 0);
+        assert_true(sum == st.checksum);
+        assert_int_equal(in.st.rarp_sent, 1);
+
+        /* The source's device is gone from its back-end; the destination's runs. */
+        assert_true(vhm_device_released(src.dev));
+        assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_DISCONNECTED);
+        assert_null(vhm_device_conn(src.dev));
+        assert_int_equal(vhm_device_reconnect(src.dev, 100), -ESHUTDOWN);
+        assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_RUNNING);
+        assert_false(vhm_device_awaiting_restore(dst.dev));
+        for (unsigned q = 0; q < 2 * nqp; q++)
+                assert_int_equal(vhm_device_ring_index(dst.dev, q), vhm_device_ring_index(src.dev, q));
+
+        /* The guest, attached to the migrated memory, goes on where it paused. */
+        char err[256];
+        assert_int_equal(vhm_guest_attach(dst.memfd, &dst.g, err, sizeof(err)), 0);
+        struct vhm_guest_stats resumed = stats_of(dst.g);
+        assert_int_equal(resumed.tx_seq, at_pause.tx_seq);
+        assert_int_equal(resumed.sent, at_pause.sent);
+        more_traffic(dst.g, nqp, FRAMES_AFTER);
+        struct vhm_guest_stats s = stats_of(dst.g);
+        print_stats("destination guest:", &s);
+        uint64_t inflight = at_pause.sent - accounted(&at_pause);
+        printf("  %" PRIu64 " frames in flight at the pause, %" PRIu64 " lost\n", inflight, s.lost - at_pause.lost);
+        assert_true(s.received >= at_pause.received + (uint64_t) FRAMES_AFTER * nqp - inflight);
+        assert_true(s.lost - at_pause.lost <= inflight);
+        assert_int_equal(s.corrupted, 0);
+        assert_int_equal(s.duplicated, 0);
+        assert_int_equal(s.bad_used, 0);
+        assert_int_equal(s.other, 0);
+        assert_int_equal(s.rarp_seen, 1);
+        assert_int_equal(accounted(&s), s.sent);
+
+        /* testpmd saw the source's device go. */
+        assert_true(log_mentions(be.log, "vhost peer closed"));
+        finish(fds_before);
+}
+
+static void migrate_one_queue_pair_unix(void **state) {
+        (void) state;
+        migrate_with_traffic(1, true);
+}
+
+static void migrate_four_queue_pairs(void **state) {
+        (void) state;
+        migrate_with_traffic(4, false);
+}
+
+/* ---- the destination refuses ---------------------------------------------------- */
+
+/* A source on testpmd, a destination on the test back-end, a refusal, the source runs on. */
+static void refused(uint64_t dst_features, uint64_t dst_mem, const char *src_token, const char *why) {
+        int fds_before = count_open_fds();
+        start_dpdk(1, 0);
+        source_start(1, be.socket);
+        char socket[96];
+        start_test_backend(dst_features, socket, sizeof(socket));
+        destination_new(1, socket, dst_mem);
+        struct vhm_guest_stats at_pause = run_then_pause();
+
+        int sv[2];
+        make_pair(sv);
+        struct incoming_job in;
+        incoming_start(&in, sv[1], -1, TOKEN);
+        struct vhm_migration_stats st;
+        int r = migrate_source(sv[0], src_token, NULL, &st);
+        assert_int_equal(pthread_join(in.thread, NULL), 0);
+        print_incoming(&in);
+
+        assert_true(in.rc < 0);
+        assert_int_equal(in.st.state, VHM_MIGRATION_FAILED);
+        assert_non_null(strstr(in.st.error, why));
+        assert_true(r < 0);
+        assert_int_equal(st.state, VHM_MIGRATION_FAILED);
+        /* The source learnt why. */
+        assert_non_null(strstr(st.error, why));
+        /* Nothing started at the destination: the device still waits, connected. */
+        assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_READY);
+        assert_true(vhm_device_awaiting_restore(dst.dev));
+        assert_int_equal(vhm_device_stats(dst.dev)->starts, 0);
+
+        assert_source_runs_again(&at_pause);
+        finish(fds_before);
+}
+
+static void rollback_wrong_token(void **state) {
+        (void) state;
+        refused(TB_DEFAULT_FEATURES, GUEST_MEM, OTHER_TOKEN, "wrong token");
+}
+
+static void rollback_layout_mismatch(void **state) {
+        (void) state;
+        refused(TB_DEFAULT_FEATURES, 2 * GUEST_MEM, TOKEN, "memory layout");
+}
+
+static void rollback_missing_feature(void **state) {
+        (void) state;
+        refused(TB_DEFAULT_FEATURES & ~VHU_BIT(VHU_VF_RING_EVENT_IDX), GUEST_MEM, TOKEN, "RING_EVENT_IDX");
+}
+
+/*
+ * The destination's back-end closes the connection in the middle of the
+ * restore: the destination aborts and nothing stays started there (the
+ * device is connected again, waiting); the source runs again.
+ */
+static void rollback_restore_fails(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        start_dpdk(1, 0);
+        source_start(1, be.socket);
+        char socket[96];
+        start_test_backend_with(TB_DEFAULT_FEATURES, "SET_VRING_KICK:close", socket, sizeof(socket));
+        destination_new(1, socket, GUEST_MEM);
+        struct vhm_guest_stats at_pause = run_then_pause();
+
+        int sv[2];
+        make_pair(sv);
+        struct incoming_job in;
+        incoming_start(&in, sv[1], -1, TOKEN);
+        struct vhm_migration_stats st;
+        int r = migrate_source(sv[0], TOKEN, NULL, &st);
+        assert_int_equal(pthread_join(in.thread, NULL), 0);
+        print_incoming(&in);
+        assert_true(in.rc < 0);
+        assert_int_equal(in.st.state, VHM_MIGRATION_FAILED);
+        assert_non_null(strstr(in.st.error, "restoring device 0"));
+        assert_true(r < 0);
+        assert_int_equal(st.state, VHM_MIGRATION_FAILED);
+        assert_non_null(strstr(st.error, "restoring device 0"));
+
+        assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_READY);
+        assert_true(vhm_device_awaiting_restore(dst.dev));
+        assert_int_equal(vhm_device_stats(dst.dev)->starts, 0);
+        assert_int_equal(vhm_device_stats(dst.dev)->connects, 2);
+        assert_int_equal(vhm_device_start(dst.dev), -EBUSY);
+
+        assert_source_runs_again(&at_pause);
+        finish(fds_before);
+}
+
+/*
+ * The source's back-end goes away as its rings are stopped: the migration
+ * fails, and the device resumes from the guest's used rings once its
+ * back-end is back (the test back-end serves the next connection).
+ */
+static void rollback_source_backend_lost_at_stop(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        char socket[96];
+        start_test_backend_with(TB_DEFAULT_FEATURES, "GET_VRING_BASE:close", socket, sizeof(socket));
+        source_start(1, socket);
+        int sv[2];
+        make_pair(sv);
+        struct silent_peer peer;
+        silent_start(&peer, sv[1], 0);
+        struct vhm_migration_stats st;
+        int r = migrate_source(sv[0], TOKEN, NULL, &st);
+        assert_int_equal(pthread_join(peer.thread, NULL), 0);
+        assert_true(r < 0);
+        assert_int_equal(st.state, VHM_MIGRATION_FAILED);
+        assert_non_null(strstr(st.error, "stopping device 0"));
+        assert_int_equal(st.pages_transferred, 0);
+        assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_DISCONNECTED);
+        DEV_CHECK(src.dev, vhm_device_reconnect(src.dev, 2000));
+        assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_RUNNING);
+        assert_int_equal(vhm_device_stats(src.dev)->starts, 2);
+        finish(fds_before);
+}
+
+/* ---- the channel, cancels, no answer --------------------------------------------- */
+
+struct canceller {
+        int efd;
+        enum vhm_migration_state when;
+        uint64_t after_pages;
+        bool fired;
+};
+
+static void cancel_on_progress(const struct vhm_migration_stats *st, void *opaque) {
+        struct canceller *c = opaque;
+        if (c->fired || st->state != c->when || st->pages_transferred < c->after_pages)
+                return;
+        uint64_t one = 1;
+        assert_int_equal(write(c->efd, &one, sizeof(one)), sizeof(one));
+        c->fired = true;
+}
+
+/*
+ * A source migrating to a stand-in destination that reads (cut_after bytes,
+ * or everything) and never answers, with options o; returns the source's rc.
+ */
+static int against_silent_peer(uint64_t cut_after, const struct vhm_migrate_options *o, struct vhm_migration_stats *st,
+                               struct vhm_guest_stats *at_pause) {
+        start_dpdk(1, 0);
+        source_start(1, be.socket);
+        *at_pause = run_then_pause();
+        int sv[2];
+        make_pair(sv);
+        struct silent_peer peer;
+        silent_start(&peer, sv[1], cut_after);
+        int r = migrate_source(sv[0], TOKEN, o, st);
+        assert_int_equal(pthread_join(peer.thread, NULL), 0);
+        printf("  the stand-in destination read %" PRIu64 " bytes\n", peer.bytes);
+        return r;
+}
+
+static void rollback_channel_cut_mid_pages(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        struct vhm_migration_stats st;
+        struct vhm_guest_stats at_pause;
+        int r = against_silent_peer(256u << 10, NULL, &st, &at_pause);
+        assert_true(r < 0);
+        assert_int_equal(st.state, VHM_MIGRATION_FAILED);
+        assert_non_null(strstr(st.error, "PAGES"));
+        assert_true(st.pages_transferred < st.pages_total);
+        assert_source_runs_again(&at_pause);
+        finish(fds_before);
+}
+
+static void cancelled_in(enum vhm_migration_state when, uint64_t after_pages) {
+        int fds_before = count_open_fds();
+        struct canceller c = { .efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
+                               .when = when,
+                               .after_pages = after_pages };
+        assert_true(c.efd >= 0);
+        struct vhm_migrate_options o = { .cancel_fd = c.efd, .progress = cancel_on_progress, .opaque = &c };
+        struct vhm_migration_stats st;
+        struct vhm_guest_stats at_pause;
+        int r = against_silent_peer(0, &o, &st, &at_pause);
+        close(c.efd);
+        assert_true(c.fired);
+        assert_int_equal(r, -ECANCELED);
+        assert_int_equal(st.state, VHM_MIGRATION_CANCELLED);
+        assert_non_null(strstr(st.error, "cancelled"));
+        if (when == VHM_MIGRATION_ACTIVE)
+                assert_true(st.pages_transferred >= after_pages && st.pages_transferred < st.pages_total);
+        else
+                assert_int_equal(st.pages_transferred, 0);
+        assert_source_runs_again(&at_pause);
+        finish(fds_before);
+}
+
+static void rollback_cancel_in_setup(void **state) {
+        (void) state;
+        cancelled_in(VHM_MIGRATION_SETUP, 0);
+}
+
+static void rollback_cancel_in_active(void **state) {
+        (void) state;
+        cancelled_in(VHM_MIGRATION_ACTIVE, 2048);
+}
+
+static void no_answer_after_end(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        struct vhm_migrate_options o = { .timeout_ms = 1000 };
+        struct vhm_migration_stats st;
+        struct vhm_guest_stats at_pause;
+        uint64_t t0 = now_ms();
+        int r = against_silent_peer(0, &o, &st, &at_pause);
+        assert_true(now_ms() - t0 < 30000);
+        assert_int_equal(r, -ETIMEDOUT);
+        assert_int_equal(st.state, VHM_MIGRATION_POSTMIGRATE_UNKNOWN);
+        assert_int_equal(st.pages_transferred, st.pages_total);
+
+        /* Never resumed on its own: what the guest sends now stays in its ring. */
+        assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_STOPPED);
+        assert_false(vhm_device_released(src.dev));
+        uint16_t avail, used_before, used_after;
+        assert_int_equal(vhm_guest_queue_indices(src.g, 1, &avail, &used_before), 0);
+        assert_int_equal(vhm_guest_tx(src.g, 0, 8), 8);
+        sleep_ms(200);
+        assert_int_equal(vhm_guest_queue_indices(src.g, 1, &avail, &used_after), 0);
+        assert_int_equal(used_after, used_before);
+        finish(fds_before);
+}
+
+int main(void) {
+        setvbuf(stdout, NULL, _IONBF, 0);
+        if (testpmd_cpus_init() < 0)
+                return 1;
+#define TEST(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
+        const struct CMUnitTest tests[] = {
+                TEST(migrate_one_queue_pair_unix), TEST(migrate_four_queue_pairs),
+                TEST(rollback_wrong_token),        TEST(rollback_layout_mismatch),
+                TEST(rollback_missing_feature),    TEST(rollback_channel_cut_mid_pages),
+                TEST(rollback_cancel_in_setup),    TEST(rollback_cancel_in_active),
+                TEST(rollback_restore_fails),      TEST(rollback_source_backend_lost_at_stop),
+                TEST(no_answer_after_end),
+        };
+#undef TEST
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
