@@ -45,11 +45,15 @@
         X(VHOSTMIG_ERROR_BUSY)
 
 /* Option keys of the a{sv} arguments, and their types. */
-#define VHOSTMIG_OPTION_SERVER      "Server"     /* AddDevice: b */
-#define VHOSTMIG_OPTION_FEATURES    "Features"   /* AddDevice: t */
-#define VHOSTMIG_OPTION_QUEUE_PAIRS "QueuePairs" /* AddDevice: u */
-#define VHOSTMIG_OPTION_MAC         "Mac"        /* AddDevice: s */
-#define VHOSTMIG_OPTION_MTU         "Mtu"        /* AddDevice: q */
+#define VHOSTMIG_OPTION_SERVER           "Server"         /* AddDevice: b */
+#define VHOSTMIG_OPTION_FEATURES         "Features"       /* AddDevice: t */
+#define VHOSTMIG_OPTION_QUEUE_PAIRS      "QueuePairs"     /* AddDevice: u */
+#define VHOSTMIG_OPTION_MAC              "Mac"            /* AddDevice: s */
+#define VHOSTMIG_OPTION_MTU              "Mtu"            /* AddDevice: q */
+#define VHOSTMIG_OPTION_INCOMING         "Incoming"       /* AddDevice: b */
+#define VHOSTMIG_OPTION_LISTEN           "Listen"         /* PrepareIncoming: s */
+#define VHOSTMIG_OPTION_TOKEN_TIMEOUT_MS "TokenTimeoutMs" /* PrepareIncoming: u */
+#define VHOSTMIG_OPTION_TIMEOUT_MS       "TimeoutMs"      /* PrepareIncoming, MigrateTo: u */
 
 /* A stock dbus-daemon carries at most this many fds in one message (max_message_unix_fds). */
 #define VHOSTMIG_BUS_MAX_FDS 16
@@ -79,7 +83,17 @@
         X(CreatedTimestamp, "t")     \
         X(StateChangeTimestamp, "t") \
         X(LastError, "s")            \
-        X(LastErrorTimestamp, "t")
+        X(LastErrorTimestamp, "t")   \
+        X(MigrationState, "s")       \
+        X(Role, "s")                 \
+        X(PagesTotal, "t")           \
+        X(PagesTransferred, "t")     \
+        X(ZeroPages, "t")            \
+        X(BytesTransferred, "t")     \
+        X(DowntimeMs, "t")           \
+        X(TotalMs, "t")              \
+        X(RarpSent, "u")             \
+        X(MigrationError, "s")
 
 #define VHOSTMIG_DEVICE_PROPERTIES(X) \
         X(Socket, "s")                \
@@ -109,6 +123,19 @@
 #define VHOSTMIG_DEVICE_STATE_RUNNING      "running"
 #define VHOSTMIG_DEVICE_STATE_STOPPED      "stopped"
 #define VHOSTMIG_DEVICE_STATE_FAILED       "failed"
+
+/* The Vm's MigrationState and Role. */
+#define VHOSTMIG_MIGRATION_STATE_NONE                "none"
+#define VHOSTMIG_MIGRATION_STATE_SETUP               "setup"
+#define VHOSTMIG_MIGRATION_STATE_ACTIVE              "active"
+#define VHOSTMIG_MIGRATION_STATE_SWITCHOVER          "switchover"
+#define VHOSTMIG_MIGRATION_STATE_POSTMIGRATE_UNKNOWN "postmigrate-unknown"
+#define VHOSTMIG_MIGRATION_STATE_COMPLETED           "completed"
+#define VHOSTMIG_MIGRATION_STATE_FAILED              "failed"
+#define VHOSTMIG_MIGRATION_STATE_CANCELLED           "cancelled"
+#define VHOSTMIG_ROLE_NONE                           "none"
+#define VHOSTMIG_ROLE_SOURCE                         "source"
+#define VHOSTMIG_ROLE_DESTINATION                    "destination"
 
 /* What DirtyPages counts. */
 #define VHOSTMIG_PAGE_SIZE 4096u

@@ -80,6 +80,7 @@ struct device_object {
         char *socket;
         uint8_t mac[6];
         bool has_mac;
+        bool incoming; /* added for an incoming migration: connected, rings not started */
         /* AddDevice with fewer queues than QueuePairs need: the rest come with AddQueues (loop). */
         bool configuring;
         unsigned queues_given, queues_expected;
@@ -111,9 +112,25 @@ struct vm_loop_state {
         char last_error[512];
 };
 
+/*
+ * A VM's migration as D-Bus shows it.  Written under snap_lock by the loop
+ * (a migration begins, is cancelled) and by the worker (its progress, while
+ * the migration job runs, and its outcome): a migration is one long job, so
+ * it cannot wait for the snapshot refresh that follows a job.
+ */
+struct vm_migration_view {
+        char state[24]; /* VHOSTMIG_MIGRATION_STATE_* */
+        char role[16];  /* VHOSTMIG_ROLE_* */
+        uint64_t pages_total, pages_transferred, zero_pages, bytes_transferred;
+        uint64_t downtime_ms, total_ms;
+        uint32_t rarp_sent;
+        char error[512];
+};
+
 struct vm_view {
         struct vm_snapshot w;
         struct vm_loop_state l;
+        struct vm_migration_view m;
 };
 
 struct vm_object {
@@ -141,6 +158,13 @@ struct vm_object {
         struct vm_job *destroy_job;
         bool monitor_queued;
         bool destroying;
+
+        /* Migration (migration-object.c). */
+        struct vm_migration_view migration; /* under snap_lock */
+        bool migrating;                     /* loop: a migration job is queued or runs */
+        int migration_cancel_fd;            /* loop: the running migration's eventfd, -1 when none */
+        bool migrated_away;                 /* worker: the devices went to the destination (or may have): hands off */
+        sd_event_source *migration_timer;   /* loop: publishes progress while a migration runs */
 
         pthread_mutex_t snap_lock;
         struct vm_snapshot snap;   /* under snap_lock */

@@ -196,7 +196,8 @@ static int connect_and_start(struct vm_job *j) {
         int r = vhm_device_connect(dev);
         if (r == 0 && (r = vhm_logging_add_device(o->logging, dev)) < 0)
                 return job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", vhm_logging_error(o->logging));
-        if (r == 0 && (r = vhm_device_start(dev)) < 0)
+        /* Incoming: connected and negotiated; the migration restores and starts the rings. */
+        if (r == 0 && !j->device->incoming && (r = vhm_device_start(dev)) < 0)
                 vhm_logging_remove_device(o->logging, dev);
         if (r < 0) {
                 job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", vhm_device_error(dev));
@@ -204,7 +205,9 @@ static int connect_and_start(struct vm_job *j) {
                 return r;
         }
         j->device->worker_configuring = false;
-        daemon_log_event(LOG_INFO, VHOSTMIG_MESSAGE_DEVICE_CONNECTED, o, j->device->socket, "device running");
+        daemon_log_event(LOG_INFO, VHOSTMIG_MESSAGE_DEVICE_CONNECTED, o, j->device->socket, "%s",
+                         j->device->incoming ? "device connected, waiting for an incoming migration"
+                                             : "device running");
         return 0;
 }
 
@@ -368,6 +371,7 @@ struct add_device_options {
         uint32_t queue_pairs;
         const char *mac;
         uint16_t mtu;
+        bool incoming;
 };
 
 enum {
@@ -375,7 +379,8 @@ enum {
         OPT_FEATURES,
         OPT_QUEUE_PAIRS,
         OPT_MAC,
-        OPT_MTU
+        OPT_MTU,
+        OPT_INCOMING
 };
 static const struct bus_option add_device_options[] = {
         [OPT_SERVER] = { VHOSTMIG_OPTION_SERVER, 'b', offsetof(struct add_device_options, server) },
@@ -383,6 +388,7 @@ static const struct bus_option add_device_options[] = {
         [OPT_QUEUE_PAIRS] = { VHOSTMIG_OPTION_QUEUE_PAIRS, 'u', offsetof(struct add_device_options, queue_pairs) },
         [OPT_MAC] = { VHOSTMIG_OPTION_MAC, 's', offsetof(struct add_device_options, mac) },
         [OPT_MTU] = { VHOSTMIG_OPTION_MTU, 'q', offsetof(struct add_device_options, mtu) },
+        [OPT_INCOMING] = { VHOSTMIG_OPTION_INCOMING, 'b', offsetof(struct add_device_options, incoming) },
 };
 
 /* An a(uttthh) of queues into j's add.queues after `have` of them; `room` more at most. */
@@ -447,6 +453,7 @@ static int new_device_object(struct vm_object *o, const char *socket, const stru
         d->iface = &device_iface;
         d->vm = o;
         d->has_mac = has_mac;
+        d->incoming = opt->incoming;
         d->queues_expected = 2 * opt->queue_pairs;
         snprintf(d->loop.socket, sizeof(d->loop.socket), "%s", socket);
         d->loop.server = opt->server;
@@ -470,6 +477,7 @@ static void fill_device_config(struct vm_job *j, const struct add_device_options
                 .features = opt->features,
                 .queue_pairs = opt->queue_pairs,
                 .mtu = opt->mtu,
+                .incoming = opt->incoming,
                 .allowed_uids = j->u.add.uids.uid,
                 .n_allowed_uids = j->u.add.uids.n,
                 .listen = { .mode = cfg->server_socket_mode, .gid = cfg->server_socket_group },

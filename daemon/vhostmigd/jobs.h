@@ -60,6 +60,14 @@ struct vm_job {
                 struct {
                         uint64_t new_pages, dirty_pages;
                 } harvest;
+                struct { /* PrepareIncoming, MigrateTo */
+                        char address[128];
+                        char token[33];
+                        int listen_fd;           /* PrepareIncoming: the job's to close */
+                        int cancel_fd;           /* an eventfd the loop writes to cancel; the job's to close */
+                        uint64_t token_deadline; /* PrepareIncoming: CLOCK_MONOTONIC µs */
+                        unsigned timeout_ms;     /* how long the peer may stall the stream */
+                } migrate;
                 uint32_t sent; /* Announce */
                 uint16_t mtu;  /* SetMtu */
         } u;
@@ -92,6 +100,16 @@ void device_object_free(struct device_object *d);
 void device_array_add(struct vm_object *o, struct device_object *d);
 void device_array_remove(struct vm_object *o, struct device_object *d);
 struct device_object *device_of_vm(struct vm_object *o, const char *path);
+
+/* Migration (migration-object.c): Vm methods, and what the property table reads. */
+int method_prepare_incoming(sd_bus_message *m, void *userdata, sd_bus_error *error);
+int method_migrate_to(sd_bus_message *m, void *userdata, sd_bus_error *error);
+int method_cancel_migration(sd_bus_message *m, void *userdata, sd_bus_error *error);
+void migration_view_init(struct vm_object *o);
+/* Loop: releases what a VM's migration holds (the VM is being destroyed). */
+void migration_object_free(struct vm_object *o);
+/* Loop: asks the running migration, if any, to stop (every phase before END); false when none runs. */
+bool migration_cancel(struct vm_object *o);
 
 extern const struct prop_iface device_iface;
 extern const sd_bus_vtable device_vtable[];

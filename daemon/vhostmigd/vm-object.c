@@ -40,7 +40,17 @@
         X(CreatedTimestamp, T, l.created_usec, CHANGE)          \
         X(StateChangeTimestamp, T, l.state_change_usec, CHANGE) \
         X(LastError, S, l.last_error, CHANGE)                   \
-        X(LastErrorTimestamp, T, l.last_error_usec, CHANGE)
+        X(LastErrorTimestamp, T, l.last_error_usec, CHANGE)     \
+        X(MigrationState, S, m.state, CHANGE)                   \
+        X(Role, S, m.role, CHANGE)                              \
+        X(PagesTotal, T, m.pages_total, CHANGE)                 \
+        X(PagesTransferred, T, m.pages_transferred, CHANGE)     \
+        X(ZeroPages, T, m.zero_pages, CHANGE)                   \
+        X(BytesTransferred, T, m.bytes_transferred, CHANGE)     \
+        X(DowntimeMs, T, m.downtime_ms, CHANGE)                 \
+        X(TotalMs, T, m.total_ms, CHANGE)                       \
+        X(RarpSent, U, m.rarp_sent, CHANGE)                     \
+        X(MigrationError, S, m.error, CHANGE)
 
 #define PROPS_VIEW struct vm_view
 static const struct prop_def vm_props[] = { VM_PROPERTIES(PROPS_DEF) };
@@ -52,6 +62,7 @@ static void vm_read_view(const void *object, void *out) {
         struct vm_view *v = out;
         pthread_mutex_lock((pthread_mutex_t *) &o->snap_lock);
         v->w = o->snap;
+        v->m = o->migration;
         pthread_mutex_unlock((pthread_mutex_t *) &o->snap_lock);
         v->l = o->loop;
         /* The device list is the loop's own: D-Bus shows the devices that exist now. */
@@ -196,6 +207,7 @@ static void vm_object_free(struct vm_object *o) {
         if (!o)
                 return;
         job_free(o->destroy_job);
+        migration_object_free(o);
         vhm_logging_free(o->logging);
         free(o->path);
         free(o->name);
@@ -208,6 +220,7 @@ static int vm_object_new(struct daemon *d, const char *name, struct vhm_vm *vm, 
                 return -ENOMEM;
         o->iface = &vm_iface;
         o->daemon = d;
+        o->migration_cancel_fd = -1;
         o->name = strdup(name);
         int r = o->name ? sd_bus_path_encode(VHOSTMIG_VM_PREFIX, name, &o->path) : -ENOMEM;
         if (r >= 0)
@@ -220,6 +233,7 @@ static int vm_object_new(struct daemon *d, const char *name, struct vhm_vm *vm, 
         }
         snprintf(o->loop.name, sizeof(o->loop.name), "%s", name);
         o->loop.page_size = VHOSTMIG_PAGE_SIZE;
+        migration_view_init(o);
         o->loop.created_usec = o->loop.state_change_usec = props_now_usec();
         o->snap.memory_size = vhm_vm_memory_size(vm);
         *out = o;
@@ -292,6 +306,8 @@ void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to) {
                 }
         d->nvms--;
         (void) sd_bus_emit_properties_changed(d->bus, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "Vms", NULL);
+        /* A migration job would hold the teardown back as long as its peer stalls: cancel it. */
+        migration_cancel(o);
         /* Behind whatever the worker is doing: the teardown never races a running job. */
         struct vm_job *j = o->destroy_job;
         o->destroy_job = NULL;
@@ -443,6 +459,9 @@ static void monitor_device(struct vm_job *j, struct device_object *d, uint64_t n
 
 static void run_monitor(struct vm_job *j) {
         uint64_t now = vhu_now_usec();
+        /* Migrated devices belong to the destination now (or may): never reconnected from here. */
+        if (j->vm->migrated_away)
+                return;
         for (unsigned i = 0; i < j->vm->nrunning; i++) {
                 struct device_object *d = j->vm->running[i];
                 /* A device still waiting for its queues has no connection to check. */
@@ -525,6 +544,12 @@ static const sd_bus_vtable vm_vtable[] = {
                                 method_harvest, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Announce", SD_BUS_NO_ARGS, SD_BUS_RESULT("u", sent), method_announce,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("PrepareIncoming", SD_BUS_ARGS("a{sv}", options),
+                                SD_BUS_RESULT("s", address, "s", token), method_prepare_incoming,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("MigrateTo", SD_BUS_ARGS("s", address, "s", token, "a{sv}", options), SD_BUS_NO_RESULT,
+                                method_migrate_to, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("CancelMigration", NULL, NULL, method_cancel_migration, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };
 

@@ -1,0 +1,470 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Migration on org.vhostmig1.Vm: PrepareIncoming (destination), MigrateTo
+ * (source), CancelMigration, and the migration properties.
+ *
+ * A migration is one long job on the VM's worker (migrate/migration.h does
+ * the work).  Both methods answer as soon as the job is queued; the outcome
+ * is MigrationState and MigrationError.  While the job runs, the engine's
+ * progress goes straight into the VM's migration view (under snap_lock) and
+ * a timer on the loop publishes it, since the snapshot refresh that follows
+ * every job comes only at the end.  CancelMigration never queues behind the
+ * job: it writes the job's cancel eventfd from the loop, which every
+ * blocking step of the transport and the stream watches.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "daemon/common/cleanup.h"
+#include "daemon/vhostmigd/bus-util.h"
+#include "daemon/vhostmigd/jobs.h"
+#include "migrate/stream.h" /* before migration.h, whose prototypes name its records */
+#include "migrate/migration.h"
+#include "migrate/transport.h"
+#include "proto/vhost-user-transport.h"
+
+/* How often PropertiesChanged carries the progress of a running migration. */
+#define PROGRESS_INTERVAL_USEC 250000u
+/* Defaults: how long a token is good for, and how long the peer may stall the stream. */
+#define DEFAULT_TOKEN_TIMEOUT_MS  300000u
+#define DEFAULT_STREAM_TIMEOUT_MS 30000u
+#define MAX_TIMEOUT_MS            3600000u
+
+/* ---- the view ----------------------------------------------------------------------------- */
+
+void migration_view_init(struct vm_object *o) {
+        memset(&o->migration, 0, sizeof(o->migration));
+        snprintf(o->migration.state, sizeof(o->migration.state), "%s", VHOSTMIG_MIGRATION_STATE_NONE);
+        snprintf(o->migration.role, sizeof(o->migration.role), "%s", VHOSTMIG_ROLE_NONE);
+}
+
+/* Loop: a migration begins; the previous one's figures go. */
+static void view_begin(struct vm_object *o, const char *role) {
+        pthread_mutex_lock(&o->snap_lock);
+        migration_view_init(o);
+        snprintf(o->migration.state, sizeof(o->migration.state), "%s", VHOSTMIG_MIGRATION_STATE_SETUP);
+        snprintf(o->migration.role, sizeof(o->migration.role), "%s", role);
+        pthread_mutex_unlock(&o->snap_lock);
+}
+
+/* Worker: the engine's figures, as they are now. */
+static void view_update(struct vm_object *o, const struct vhm_migration_stats *st) {
+        pthread_mutex_lock(&o->snap_lock);
+        struct vm_migration_view *v = &o->migration;
+        snprintf(v->state, sizeof(v->state), "%s", vhm_migration_state_name(st->state));
+        v->pages_total = st->pages_total;
+        v->pages_transferred = st->pages_transferred;
+        v->zero_pages = st->zero_pages;
+        v->bytes_transferred = st->bytes_transferred;
+        v->downtime_ms = st->downtime_ms;
+        v->total_ms = st->total_ms;
+        v->rarp_sent = (uint32_t) st->rarp_sent;
+        snprintf(v->error, sizeof(v->error), "%s", st->error);
+        pthread_mutex_unlock(&o->snap_lock);
+}
+
+/* Worker: the migration failed before the engine could start (no peer, a bad address). */
+static void view_fail(struct vm_object *o, bool cancelled, const char *error) {
+        pthread_mutex_lock(&o->snap_lock);
+        snprintf(o->migration.state, sizeof(o->migration.state), "%s",
+                 cancelled ? VHOSTMIG_MIGRATION_STATE_CANCELLED : VHOSTMIG_MIGRATION_STATE_FAILED);
+        snprintf(o->migration.error, sizeof(o->migration.error), "%s", error);
+        pthread_mutex_unlock(&o->snap_lock);
+}
+
+/* Worker, from inside the engine: progress reaches D-Bus while the job runs. */
+static void on_progress(const struct vhm_migration_stats *st, void *opaque) {
+        view_update(opaque, st);
+}
+
+/* ---- the loop's part: progress timer, cancel eventfd ---------------------------------------------- */
+
+static int on_progress_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct vm_object *o = userdata;
+        vm_publish(o);
+        (void) sd_event_source_set_time(s, usec + PROGRESS_INTERVAL_USEC);
+        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+static void progress_timer_start(struct vm_object *o) {
+        if (o->migration_timer)
+                return;
+        /* Without the timer the figures still arrive at the end: not worth failing for. */
+        (void) sd_event_add_time_relative(o->daemon->event, &o->migration_timer, CLOCK_MONOTONIC,
+                                          PROGRESS_INTERVAL_USEC, 0, on_progress_timer, o);
+}
+
+/* Loop: the migration job is over (or never ran). */
+static void migration_end(struct vm_object *o) {
+        o->migrating = false;
+        o->migration_cancel_fd = -1; /* the job's own, closed with it */
+        o->migration_timer = sd_event_source_disable_unref(o->migration_timer);
+}
+
+void migration_object_free(struct vm_object *o) {
+        o->migration_timer = sd_event_source_disable_unref(o->migration_timer);
+}
+
+bool migration_cancel(struct vm_object *o) {
+        if (!o->migrating || o->migration_cancel_fd < 0)
+                return false;
+        uint64_t one = 1;
+        if (write(o->migration_cancel_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+                daemon_log(LOG_WARNING, o, NULL, "cannot cancel the migration: %m");
+        return true;
+}
+
+static void job_release_fds(struct vm_job *j) {
+        if (j->u.migrate.listen_fd >= 0)
+                vhm_transport_listen_close(j->u.migrate.listen_fd, j->u.migrate.address);
+        if (j->u.migrate.cancel_fd >= 0)
+                close(j->u.migrate.cancel_fd);
+        j->u.migrate.listen_fd = j->u.migrate.cancel_fd = -1;
+}
+
+/* ---- worker side ---------------------------------------------------------------------------------- */
+
+/* The devices the engine moves, in the order they were added. */
+static unsigned migration_devices(struct vm_object *o, struct vhm_device **devs) {
+        unsigned n = 0;
+        for (unsigned i = 0; i < o->nrunning; i++)
+                if (o->running[i]->dev && !o->running[i]->worker_configuring)
+                        devs[n++] = o->running[i]->dev;
+        return n;
+}
+
+static uint64_t deadline_after(unsigned ms) {
+        return vhu_now_usec() + (uint64_t) ms * 1000u;
+}
+
+static void run_incoming(struct vm_job *j) {
+        struct vm_object *o = j->vm;
+        struct vhm_device *devs[VHM_LOGGING_MAX_DEVICES];
+        struct vhm_migration_stats st = { .state = VHM_MIGRATION_SETUP };
+        int fd = -1;
+
+        int r = vhm_transport_accept(j->u.migrate.listen_fd, j->u.migrate.token_deadline, j->u.migrate.cancel_fd, &fd);
+        /* One peer per token: nobody else gets to connect. */
+        vhm_transport_listen_close(j->u.migrate.listen_fd, j->u.migrate.address);
+        j->u.migrate.listen_fd = -1;
+        if (r < 0) {
+                job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "no source connected to %s: %s", j->u.migrate.address,
+                         r == -ETIMEDOUT ? "the token expired" : strerror(-r));
+                view_fail(o, r == -ECANCELED, j->error);
+                return;
+        }
+        unsigned n = migration_devices(o, devs);
+        struct vhm_migrate_options opts = {
+                .timeout_ms = j->u.migrate.timeout_ms,
+                .cancel_fd = j->u.migrate.cancel_fd,
+                .progress = on_progress,
+                .opaque = o,
+        };
+        r = vhm_migrate_incoming_opts(o->vm, devs, n, fd, j->u.migrate.token, j->u.migrate.token_deadline, &opts, &st);
+        view_update(o, &st);
+        if (r < 0)
+                job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", st.error);
+}
+
+static void run_migrate_to(struct vm_job *j) {
+        struct vm_object *o = j->vm;
+        struct vhm_device *devs[VHM_LOGGING_MAX_DEVICES];
+        struct vhm_migration_stats st = { .state = VHM_MIGRATION_SETUP };
+        int fd = -1;
+
+        int r = vhm_transport_connect(j->u.migrate.address, deadline_after(j->u.migrate.timeout_ms),
+                                      j->u.migrate.cancel_fd, &fd);
+        if (r < 0) {
+                job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "cannot connect to %s: %s", j->u.migrate.address, strerror(-r));
+                view_fail(o, r == -ECANCELED, j->error);
+                return;
+        }
+        unsigned n = migration_devices(o, devs);
+        struct vhm_migrate_options opts = {
+                .timeout_ms = j->u.migrate.timeout_ms,
+                .cancel_fd = j->u.migrate.cancel_fd,
+                .progress = on_progress,
+                .opaque = o,
+        };
+        r = vhm_migrate_to(o->vm, o->logging, devs, n, fd, j->u.migrate.token, &opts, &st);
+        view_update(o, &st);
+        /* Released (completed) or left stopped (postmigrate-unknown): never reconnected or resumed here. */
+        if (st.state == VHM_MIGRATION_COMPLETED || st.state == VHM_MIGRATION_POSTMIGRATE_UNKNOWN)
+                o->migrated_away = true;
+        if (r < 0)
+                job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", st.error);
+}
+
+/* ---- loop side: the outcome ------------------------------------------------------------------------ */
+
+static void done_migration(struct vm_job *j) {
+        struct vm_object *o = j->vm;
+        bool incoming = j->ops->run == run_incoming;
+        job_release_fds(j);
+        migration_end(o);
+        struct vm_migration_view v;
+        pthread_mutex_lock(&o->snap_lock);
+        v = o->migration;
+        pthread_mutex_unlock(&o->snap_lock);
+        if (incoming && strcmp(v.state, VHOSTMIG_MIGRATION_STATE_COMPLETED) == 0)
+                for (unsigned i = 0; i < o->ndevices; i++)
+                        o->devices[i]->incoming = false;
+        daemon_log(strcmp(v.state, VHOSTMIG_MIGRATION_STATE_COMPLETED) == 0 ? LOG_NOTICE : LOG_WARNING, o, NULL,
+                   "%s migration %s%s%s", incoming ? "incoming" : "outgoing", v.state, v.error[0] ? ": " : "", v.error);
+        /* The outcome is MigrationState and MigrationError; the call was answered when it began. */
+        j->result = 0;
+}
+
+static const struct job_ops job_incoming = {
+        .name = "PrepareIncoming",
+        .run = run_incoming,
+        .done = done_migration,
+};
+
+static const struct job_ops job_migrate_to = {
+        .name = "MigrateTo",
+        .run = run_migrate_to,
+        .done = done_migration,
+};
+
+/* ---- methods ---------------------------------------------------------------------------------------- */
+
+static int check_can_migrate(struct vm_object *o, sd_bus_error *error) {
+        if (o->migrating)
+                return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE, "a migration of VM %s is already running",
+                                o->name);
+        if (o->ndevices == 0)
+                return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE, "VM %s has no devices to migrate", o->name);
+        for (unsigned i = 0; i < o->ndevices; i++)
+                if (o->devices[i]->configuring)
+                        return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE,
+                                        "device %u is configuring: AddQueues first", o->devices[i]->number);
+        return 0;
+}
+
+/* A migration job with its cancel eventfd; the caller fills the rest. */
+static int new_migration_job(struct vm_object *o, const struct job_ops *ops, unsigned timeout_ms, struct vm_job **out,
+                             sd_bus_error *error) {
+        struct vm_job *j = job_new(o, ops, NULL);
+        if (!j)
+                return -ENOMEM;
+        j->u.migrate.listen_fd = -1;
+        j->u.migrate.timeout_ms = timeout_ms ? timeout_ms : DEFAULT_STREAM_TIMEOUT_MS;
+        j->u.migrate.cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (j->u.migrate.cancel_fd < 0) {
+                int r = -errno;
+                job_free(j);
+                return bus_fail(error, SD_BUS_ERROR_NO_MEMORY, "cannot create an eventfd: %s", strerror(-r));
+        }
+        *out = j;
+        return 0;
+}
+
+static void start_migration(struct vm_object *o, struct vm_job *j, const char *role) {
+        o->migrating = true;
+        o->migration_cancel_fd = j->u.migrate.cancel_fd;
+        view_begin(o, role);
+        progress_timer_start(o);
+        job_submit(j);
+        vm_publish(o);
+}
+
+struct incoming_options {
+        const char *listen;
+        uint32_t token_timeout_ms, timeout_ms;
+};
+
+static const struct bus_option incoming_options[] = {
+        { VHOSTMIG_OPTION_LISTEN, 's', offsetof(struct incoming_options, listen) },
+        { VHOSTMIG_OPTION_TOKEN_TIMEOUT_MS, 'u', offsetof(struct incoming_options, token_timeout_ms) },
+        { VHOSTMIG_OPTION_TIMEOUT_MS, 'u', offsetof(struct incoming_options, timeout_ms) },
+};
+
+/* unix: in the daemon's runtime directory (systemd's RuntimeDirectory=), else the temporary one. */
+static int default_listen_address(struct vm_object *o, char *out, size_t len, sd_bus_error *error) {
+        static unsigned counter;
+        const char *dir = getenv("RUNTIME_DIRECTORY");
+        if (!dir || !*dir)
+                dir = getenv("TMPDIR");
+        if (!dir || !*dir)
+                dir = "/tmp";
+        int n = snprintf(out, len, "unix:%s/vhostmig-incoming-%s-%d-%u.sock", dir, o->name, (int) getpid(), counter++);
+        if (n < 0 || (size_t) n >= len || (size_t) n - 5 >= 108)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS,
+                                "no room for a socket path under %s: give the option \"Listen\"", dir);
+        return 0;
+}
+
+static int check_timeout(const char *key, uint32_t ms, sd_bus_error *error) {
+        if (ms > MAX_TIMEOUT_MS)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "%s: %u ms is more than an hour", key, ms);
+        return 0;
+}
+
+static int check_address(const char *what, const char *address, sd_bus_error *error) {
+        if (strncmp(address, "unix:", 5) != 0 && strncmp(address, "tcp:", 4) != 0)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "%s: \"%s\" is neither unix:PATH nor tcp:HOST:PORT",
+                                what, address);
+        if (strlen(address) >= sizeof(((struct vm_job *) 0)->u.migrate.address))
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "%s: longer than %zu bytes", what,
+                                sizeof(((struct vm_job *) 0)->u.migrate.address) - 1);
+        return 0;
+}
+
+static int read_incoming_options(sd_bus_message *m, struct vm_object *o, struct incoming_options *opt, char *address,
+                                 size_t len, sd_bus_error *error) {
+        int r = bus_read_options(m, incoming_options, sizeof(incoming_options) / sizeof(incoming_options[0]), opt, NULL,
+                                 error);
+        if (r >= 0)
+                r = check_timeout(VHOSTMIG_OPTION_TOKEN_TIMEOUT_MS, opt->token_timeout_ms, error);
+        if (r >= 0)
+                r = check_timeout(VHOSTMIG_OPTION_TIMEOUT_MS, opt->timeout_ms, error);
+        if (r < 0)
+                return r;
+        if (!opt->listen || !*opt->listen)
+                return default_listen_address(o, address, len, error);
+        if ((r = check_address(VHOSTMIG_OPTION_LISTEN, opt->listen, error)) < 0)
+                return r;
+        snprintf(address, len, "%s", opt->listen);
+        return 0;
+}
+
+static int prepare_incoming(sd_bus_message *m, struct vm_object *o, sd_bus_error *error) {
+        struct incoming_options opt = { 0 };
+        char address[sizeof(((struct vm_job *) 0)->u.migrate.address)];
+        char bound[sizeof(address)];
+        struct vm_job *j;
+
+        int r = read_incoming_options(m, o, &opt, address, sizeof(address), error);
+        if (r >= 0)
+                r = check_can_migrate(o, error);
+        for (unsigned i = 0; r >= 0 && i < o->ndevices; i++)
+                if (!o->devices[i]->incoming)
+                        r = bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE,
+                                     "device %u was not added for an incoming migration (AddDevice option \"%s\")",
+                                     o->devices[i]->number, VHOSTMIG_OPTION_INCOMING);
+        if (r < 0)
+                return r;
+        if ((r = new_migration_job(o, &job_incoming, opt.timeout_ms, &j, error)) < 0)
+                return r;
+        /* Listening is quick and its failure is the caller's answer: done here, on the loop. */
+        r = vhm_transport_listen(address, &j->u.migrate.listen_fd, bound, sizeof(bound));
+        if (r < 0) {
+                j->u.migrate.listen_fd = -1;
+                job_release_fds(j);
+                job_free(j);
+                return bus_fail(error, r == -EINVAL ? SD_BUS_ERROR_INVALID_ARGS : VHOSTMIG_ERROR_BACKEND,
+                                "cannot listen at %s: %s", address, strerror(-r));
+        }
+        snprintf(j->u.migrate.address, sizeof(j->u.migrate.address), "%s", bound);
+        r = vhm_token_new(j->u.migrate.token);
+        if (r < 0) {
+                job_release_fds(j);
+                job_free(j);
+                return bus_fail(error, VHOSTMIG_ERROR_BACKEND, "cannot make a token: %s", strerror(-r));
+        }
+        j->u.migrate.token_deadline = deadline_after(opt.token_timeout_ms ? opt.token_timeout_ms
+                                                                          : DEFAULT_TOKEN_TIMEOUT_MS);
+        r = sd_bus_reply_method_return(m, "ss", j->u.migrate.address, j->u.migrate.token);
+        if (r < 0) {
+                job_release_fds(j);
+                job_free(j);
+                return r;
+        }
+        daemon_log(LOG_INFO, o, NULL, "waiting for an incoming migration at %s", j->u.migrate.address);
+        start_migration(o, j, VHOSTMIG_ROLE_DESTINATION);
+        return 1;
+}
+
+int method_prepare_incoming(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct vm_object *o = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        r = prepare_incoming(m, o, error);
+        return r < 0 ? vm_refused(o, error, r) : r;
+}
+
+struct migrate_to_options {
+        uint32_t timeout_ms;
+};
+
+static const struct bus_option migrate_to_options[] = {
+        { VHOSTMIG_OPTION_TIMEOUT_MS, 'u', offsetof(struct migrate_to_options, timeout_ms) },
+};
+
+static int check_token(const char *token, sd_bus_error *error) {
+        size_t n = strlen(token);
+        if (n != 32 || strspn(token, "0123456789abcdef") != n)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS,
+                                "token: 32 lowercase hexadecimal digits expected, as PrepareIncoming returns");
+        return 0;
+}
+
+static int migrate_to(sd_bus_message *m, struct vm_object *o, sd_bus_error *error) {
+        const char *address, *token;
+        struct migrate_to_options opt = { 0 };
+        struct vm_job *j;
+
+        int r = sd_bus_message_read(m, "ss", &address, &token);
+        if (r < 0)
+                return r;
+        r = bus_read_options(m, migrate_to_options, sizeof(migrate_to_options) / sizeof(migrate_to_options[0]), &opt,
+                             NULL, error);
+        if (r >= 0)
+                r = check_timeout(VHOSTMIG_OPTION_TIMEOUT_MS, opt.timeout_ms, error);
+        if (r >= 0)
+                r = check_address("address", address, error);
+        if (r >= 0)
+                r = check_token(token, error);
+        if (r >= 0)
+                r = check_can_migrate(o, error);
+        for (unsigned i = 0; r >= 0 && i < o->ndevices; i++)
+                if (o->devices[i]->incoming)
+                        r = bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE,
+                                     "device %u waits for an incoming migration: it has nothing to send",
+                                     o->devices[i]->number);
+        if (r < 0)
+                return r;
+        if ((r = new_migration_job(o, &job_migrate_to, opt.timeout_ms, &j, error)) < 0)
+                return r;
+        snprintf(j->u.migrate.address, sizeof(j->u.migrate.address), "%s", address);
+        snprintf(j->u.migrate.token, sizeof(j->u.migrate.token), "%s", token);
+        r = sd_bus_reply_method_return(m, NULL);
+        if (r < 0) {
+                job_release_fds(j);
+                job_free(j);
+                return r;
+        }
+        daemon_log(LOG_INFO, o, NULL, "migrating to %s", address);
+        start_migration(o, j, VHOSTMIG_ROLE_SOURCE);
+        return 1;
+}
+
+int method_migrate_to(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct vm_object *o = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        r = migrate_to(m, o, error);
+        return r < 0 ? vm_refused(o, error, r) : r;
+}
+
+int method_cancel_migration(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct vm_object *o = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        if (!migration_cancel(o))
+                return vm_refused(
+                        o, error,
+                        bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE, "no migration of VM %s is running", o->name));
+        daemon_log(LOG_INFO, o, NULL, "migration cancelled by request");
+        return sd_bus_reply_method_return(m, NULL);
+}

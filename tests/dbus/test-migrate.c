@@ -1,0 +1,738 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Migration through D-Bus end to end: two hosts on one machine, each a
+ * private bus (tests/dbus/start-bus.sh, the real policy) with its own
+ * vhostmigd, and a test back-end (tests/backend) per side.  The source VM's
+ * memory holds a pattern with zero and non-zero pages; the destination VM
+ * has the same layout, empty, its device added "Incoming".
+ *
+ *   test_migration        PrepareIncoming, MigrateTo: both sides completed,
+ *                         the figures, the memory equal, the destination's
+ *                         rings restored from the source's indices, the
+ *                         source's back-end released, PropertiesChanged on
+ *                         the state changes;
+ *   test_wrong_token      the destination refuses, the source resumes;
+ *   test_cancel           CancelMigration on a destination waiting for its
+ *                         source, and on a source whose peer never reads;
+ *   test_refusals         what the methods refuse before any job.
+ *
+ * Environment (set by meson): VHOSTMIGD, START_BUS.  Needs root.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <systemd/sd-bus.h>
+
+#include "tests/backend/test-backend.h"
+#include "tests/common/clock.h"
+
+#define DEST       "org.vhostmig1"
+#define ROOT_PATH  "/org/vhostmig1"
+#define MANAGER_IF "org.vhostmig1.Manager"
+#define VM_IF      "org.vhostmig1.Vm"
+#define DEV_IF     "org.vhostmig1.Device"
+#define PROPS_IF   "org.freedesktop.DBus.Properties"
+#define ERR(name)  "org.vhostmig1.Error." name
+
+#define MEM_SIZE  (UINT64_C(2) << 20)
+#define PAGE      4096u
+#define RING_SIZE 256u
+#define RING_BASE UINT64_C(0x10000)
+#define MAC       "52:54:00:12:34:56"
+#define VM_NAME   "vm0"
+#define BAD_TOKEN "0123456789abcdef0123456789abcdef"
+
+/* How long a migration of MEM_SIZE over a Unix socket may take here, with generous slack. */
+#define MIGRATION_TIMEOUT_MS 30000u
+
+/* ---- two hosts: a bus and a daemon each -------------------------------------------------------- */
+
+struct host {
+        char name[8];
+        char dir[64];
+        char config[128], log[128];
+        char bus_address[512], bus_dir[512];
+        pid_t bus_pid, daemon;
+        sd_bus *c;
+};
+
+static struct host src, dst;
+/* The test back-ends of the running test (source, destination), stopped whatever the test's fate. */
+static pid_t backends[2];
+
+static int run_wait(char *const argv[]) {
+        pid_t pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid == 0) {
+                execv(argv[0], argv);
+                _exit(127);
+        }
+        int status;
+        while (waitpid(pid, &status, 0) < 0)
+                if (errno != EINTR)
+                        return -errno;
+        return status;
+}
+
+/* Undoes bash's printf %q for what start-bus.sh prints (backslash escapes, '...'). */
+static int shell_unquote(const char *in, char *out, size_t len) {
+        size_t n = 0;
+        for (const char *p = in; *p; p++) {
+                char c = *p;
+                if (c == '\'') {
+                        for (p++; *p && *p != '\''; p++) {
+                                if (n + 1 >= len)
+                                        return -ENOSPC;
+                                out[n++] = *p;
+                        }
+                        if (!*p)
+                                return -EINVAL;
+                        continue;
+                }
+                if (c == '\\' && !(c = *++p))
+                        return -EINVAL;
+                if (n + 1 >= len)
+                        return -ENOSPC;
+                out[n++] = c;
+        }
+        out[n] = '\0';
+        return 0;
+}
+
+/* start-bus.sh prints KEY=VALUE lines, quoted with printf %q. */
+static int bus_start(struct host *h) {
+        const char *script = getenv("START_BUS");
+        if (!script)
+                return -EINVAL;
+        char cmd[600], line[1024], value[512];
+        snprintf(cmd, sizeof(cmd), "'%s'", script);
+        FILE *p = popen(cmd, "re");
+        if (!p)
+                return -errno;
+        while (fgets(line, sizeof(line), p)) {
+                line[strcspn(line, "\n")] = '\0';
+                char *eq = strchr(line, '=');
+                if (!eq || shell_unquote(eq + 1, value, sizeof(value)) < 0)
+                        continue;
+                *eq = '\0';
+                if (strcmp(line, "BUS_ADDRESS") == 0)
+                        snprintf(h->bus_address, sizeof(h->bus_address), "%s", value);
+                else if (strcmp(line, "BUS_PID") == 0)
+                        h->bus_pid = (pid_t) atoi(value);
+                else if (strcmp(line, "BUS_DIR") == 0)
+                        snprintf(h->bus_dir, sizeof(h->bus_dir), "%s", value);
+        }
+        int status = pclose(p);
+        if (status != 0 || !h->bus_address[0] || h->bus_pid <= 0 || !h->bus_dir[0])
+                return -EIO;
+        return 0;
+}
+
+static void bus_stop(struct host *h) {
+        char pid[16];
+        snprintf(pid, sizeof(pid), "%d", (int) h->bus_pid);
+        char *argv[] = { (char *) getenv("START_BUS"), (char *) "--stop", pid, h->bus_dir, NULL };
+        (void) run_wait(argv);
+}
+
+static int bus_connect(struct host *h) {
+        int r = sd_bus_new(&h->c);
+        if (r >= 0)
+                r = sd_bus_set_address(h->c, h->bus_address);
+        if (r >= 0)
+                r = sd_bus_set_bus_client(h->c, 1);
+        if (r >= 0)
+                r = sd_bus_negotiate_fds(h->c, 1);
+        if (r >= 0)
+                r = sd_bus_start(h->c);
+        if (r >= 0)
+                r = sd_bus_set_method_call_timeout(h->c, UINT64_C(20) * 1000000u);
+        return r;
+}
+
+static bool name_owned(struct host *h) {
+        sd_bus_message *reply = NULL;
+        int v = 0;
+        if (sd_bus_call_method(h->c, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                               "NameHasOwner", NULL, &reply, "s", DEST) >= 0)
+                (void) sd_bus_message_read(reply, "b", &v);
+        sd_bus_message_unref(reply);
+        return v;
+}
+
+static int daemon_start(struct host *h) {
+        const char *bin = getenv("VHOSTMIGD");
+        if (!bin)
+                return -EINVAL;
+        fflush(stdout);
+        fflush(stderr);
+        pid_t pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid == 0) {
+                int log = open(h->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+                int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                if (log < 0 || null < 0)
+                        _exit(126);
+                dup2(null, 0);
+                dup2(log, 1);
+                dup2(log, 2);
+                close_range(3, ~0u, 0);
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                setenv("DBUS_SYSTEM_BUS_ADDRESS", h->bus_address, 1);
+                /* The default Listen address goes here. */
+                setenv("RUNTIME_DIRECTORY", h->dir, 1);
+                unsetenv("NOTIFY_SOCKET");
+                unsetenv("JOURNAL_STREAM");
+                execl(bin, "vhostmigd", "--config", h->config, (char *) NULL);
+                _exit(127);
+        }
+        h->daemon = pid;
+        uint64_t deadline = now_ms() + 10000;
+        while (!name_owned(h)) {
+                if (tb_wait_exit(pid, 1) != -ETIMEDOUT || now_ms() >= deadline) {
+                        fprintf(stderr, "vhostmigd (%s) did not start\n", h->name);
+                        return -EIO;
+                }
+                sleep_ms(20);
+        }
+        return 0;
+}
+
+static void dump_log(const struct host *h) {
+        char *text = tb_record_read(h->log);
+        if (text)
+                fprintf(stderr, "---- vhostmigd %s ----\n%s---- end ----\n", h->name, text);
+        free(text);
+}
+
+static void remove_dir(const char *dir) {
+        DIR *d = opendir(dir);
+        if (!d)
+                return;
+        struct dirent *de;
+        while ((de = readdir(d)))
+                if (de->d_name[0] != '.')
+                        (void) unlinkat(dirfd(d), de->d_name, 0);
+        closedir(d);
+        rmdir(dir);
+}
+
+static int host_setup(struct host *h, const char *name) {
+        memset(h, 0, sizeof(*h));
+        h->daemon = -1;
+        snprintf(h->name, sizeof(h->name), "%s", name);
+        snprintf(h->dir, sizeof(h->dir), "/tmp/vhostmig-mig-%s-XXXXXX", name);
+        if (!mkdtemp(h->dir))
+                return -errno;
+        snprintf(h->config, sizeof(h->config), "%s/vhostmigd.json", h->dir);
+        snprintf(h->log, sizeof(h->log), "%s/vhostmigd.log", h->dir);
+        FILE *f = fopen(h->config, "we");
+        if (!f)
+                return -errno;
+        fprintf(f, "{ \"request_timeout_ms\": 2000, \"monitor_interval_ms\": 100 }\n");
+        fclose(f);
+        int r = bus_start(h);
+        if (r >= 0)
+                r = bus_connect(h);
+        if (r >= 0)
+                r = daemon_start(h);
+        return r;
+}
+
+/* 0 when the daemon stopped cleanly (a sanitizer's report makes its exit status non-zero). */
+static int host_teardown(struct host *h) {
+        int status = 0;
+        if (h->daemon > 0) {
+                kill(h->daemon, SIGTERM);
+                status = tb_wait_exit(h->daemon, 10000);
+                if (status == -ETIMEDOUT) {
+                        kill(h->daemon, SIGKILL);
+                        waitpid(h->daemon, NULL, 0);
+                }
+                h->daemon = -1;
+        }
+        dump_log(h);
+        h->c = sd_bus_flush_close_unref(h->c);
+        if (h->bus_pid > 0)
+                bus_stop(h);
+        remove_dir(h->dir);
+        if (status != 0)
+                fprintf(stderr, "vhostmigd %s ended with wait status 0x%x\n", h->name, (unsigned) status);
+        return status == 0 ? 0 : -1;
+}
+
+static int group_setup(void **state) {
+        (void) state;
+        if (host_setup(&src, "src") < 0 || host_setup(&dst, "dst") < 0) {
+                fprintf(stderr, "cannot set up the two hosts\n");
+                return -1;
+        }
+        return 0;
+}
+
+static int group_teardown(void **state) {
+        (void) state;
+        int r = host_teardown(&src);
+        return host_teardown(&dst) < 0 || r < 0 ? -1 : 0;
+}
+
+/* ---- calls -------------------------------------------------------------------------------------- */
+
+static sd_bus_message *call(struct host *h, const char *path, const char *iface, const char *member, const char *types,
+                            ...) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        va_list ap;
+        va_start(ap, types);
+        int r = sd_bus_call_methodv(h->c, DEST, path, iface, member, &e, &reply, types, ap);
+        va_end(ap);
+        if (r < 0)
+                fail_msg("%s: %s.%s on %s failed: %s: %s", h->name, iface, member, path, e.name ? e.name : "",
+                         e.message ? e.message : strerror(-r));
+        sd_bus_error_free(&e);
+        return reply;
+}
+
+static void call_error(struct host *h, const char *error, const char *needle, const char *path, const char *member,
+                       const char *types, ...) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        va_list ap;
+        va_start(ap, types);
+        int r = sd_bus_call_methodv(h->c, DEST, path, VM_IF, member, &e, &reply, types, ap);
+        va_end(ap);
+        sd_bus_message_unref(reply);
+        if (r >= 0)
+                fail_msg("%s: %s succeeded, expected %s", h->name, member, error);
+        if (!sd_bus_error_has_name(&e, error) || (needle && (!e.message || !strstr(e.message, needle))))
+                fail_msg("%s: %s: expected %s mentioning \"%s\", got %s: %s", h->name, member, error,
+                         needle ? needle : "", e.name ? e.name : "", e.message ? e.message : "");
+        sd_bus_error_free(&e);
+}
+
+static char *get_string(struct host *h, const char *path, const char *iface, const char *prop) {
+        char *s = NULL;
+        int r = sd_bus_get_property_string(h->c, DEST, path, iface, prop, NULL, &s);
+        if (r < 0)
+                fail_msg("%s: %s.%s: %s", h->name, path, prop, strerror(-r));
+        return s;
+}
+
+static uint64_t get_u64(struct host *h, const char *path, const char *prop) {
+        uint64_t v = 0;
+        int r = sd_bus_get_property_trivial(h->c, DEST, path, VM_IF, prop, NULL, 't', &v);
+        if (r < 0)
+                fail_msg("%s: %s.%s: %s", h->name, path, prop, strerror(-r));
+        return v;
+}
+
+static uint32_t get_u32(struct host *h, const char *path, const char *prop) {
+        uint32_t v = 0;
+        int r = sd_bus_get_property_trivial(h->c, DEST, path, VM_IF, prop, NULL, 'u', &v);
+        if (r < 0)
+                fail_msg("%s: %s.%s: %s", h->name, path, prop, strerror(-r));
+        return v;
+}
+
+static bool is_final(const char *state) {
+        return strcmp(state, "completed") == 0 || strcmp(state, "failed") == 0 || strcmp(state, "cancelled") == 0 ||
+               strcmp(state, "postmigrate-unknown") == 0 || strcmp(state, "none") == 0;
+}
+
+/* The migration's final state (malloc'd), waiting for it (bounded). */
+static char *wait_final(struct host *h, const char *vm_path) {
+        uint64_t deadline = now_ms() + MIGRATION_TIMEOUT_MS;
+        for (;;) {
+                char *state = get_string(h, vm_path, VM_IF, "MigrationState");
+                if (is_final(state))
+                        return state;
+                free(state);
+                if (now_ms() >= deadline)
+                        fail_msg("%s: the migration did not end within %u ms", h->name, MIGRATION_TIMEOUT_MS);
+                /* Signals queued meanwhile are not ours to read. */
+                while (sd_bus_process(h->c, NULL) > 0)
+                        ;
+                sleep_ms(20);
+        }
+}
+
+static void assert_string_prop(struct host *h, const char *path, const char *iface, const char *prop,
+                               const char *want) {
+        char *v = get_string(h, path, iface, prop);
+        if (strcmp(v, want) != 0)
+                fail_msg("%s: %s is \"%s\", expected \"%s\"", h->name, prop, v, want);
+        free(v);
+}
+
+static void assert_error_mentions(struct host *h, const char *path, const char *needle) {
+        char *v = get_string(h, path, VM_IF, "MigrationError");
+        if (!strstr(v, needle))
+                fail_msg("%s: MigrationError \"%s\" does not mention \"%s\"", h->name, v, needle);
+        free(v);
+}
+
+/* ---- a VM on each side ---------------------------------------------------------------------------- */
+
+struct side {
+        struct host *h;
+        int memfd;
+        uint8_t *mem;
+        int kick[2], call[2];
+        char *vm_path, *dev_path;
+        struct tb_config cfg;
+        char socket[128], record[128];
+        pid_t backend;
+};
+
+static int sealed_memfd(uint64_t size) {
+        int fd = memfd_create("vhostmig-test-migrate", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd >= 0 && (ftruncate(fd, (off_t) size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)) {
+                close(fd);
+                return -1;
+        }
+        return fd;
+}
+
+/* Every third page zero, the others a pattern of their page number; the rings' pages left zero. */
+static void fill_pattern(uint8_t *mem) {
+        for (uint64_t p = 0; p < MEM_SIZE / PAGE; p++) {
+                uint64_t gpa = p * PAGE;
+                if (p % 3 == 0 || (gpa >= RING_BASE && gpa < RING_BASE + 0x8000))
+                        continue;
+                for (unsigned i = 0; i < PAGE; i += 8)
+                        memcpy(mem + gpa + i, &(uint64_t){ gpa + i + 0x5a5a000000000000ull }, 8);
+        }
+}
+
+static void side_vm(struct side *s, struct host *h, bool incoming) {
+        memset(s, 0, sizeof(*s));
+        s->h = h;
+        s->memfd = sealed_memfd(MEM_SIZE);
+        assert_true(s->memfd >= 0);
+        s->mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
+        assert_true(s->mem != MAP_FAILED);
+        if (!incoming)
+                fill_pattern(s->mem);
+        for (unsigned i = 0; i < 2; i++) {
+                s->kick[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                s->call[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                assert_true(s->kick[i] >= 0 && s->call[i] >= 0);
+        }
+        sd_bus_message *reply = call(h, ROOT_PATH, MANAGER_IF, "CreateVm", "sa(httt)a{sv}", VM_NAME, 1u, s->memfd,
+                                     UINT64_C(0), MEM_SIZE, UINT64_C(0), 0u);
+        const char *path;
+        assert_true(sd_bus_message_read(reply, "o", &path) > 0);
+        s->vm_path = strdup(path);
+        sd_bus_message_unref(reply);
+
+        tb_config_init(&s->cfg);
+        snprintf(s->socket, sizeof(s->socket), "%s/backend.sock", h->dir);
+        snprintf(s->record, sizeof(s->record), "%s/backend.rec", h->dir);
+        unlink(s->socket);
+        unlink(s->record);
+        s->cfg.record_path = s->record;
+        s->cfg.io_timeout_ms = 3000;
+        s->cfg.max_connections = 1;
+        assert_int_equal(tb_spawn_listen(&s->cfg, s->socket, &s->backend), 0);
+        backends[h == &src ? 0 : 1] = s->backend;
+
+        sd_bus_message *m = NULL;
+        int r = sd_bus_message_new_method_call(h->c, &m, DEST, s->vm_path, VM_IF, "AddDevice");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "sa(uttthh)", s->socket, 2u, RING_SIZE, RING_BASE, RING_BASE + 0x1000,
+                                          RING_BASE + 0x2000, s->kick[0], s->call[0], RING_SIZE, RING_BASE + 0x4000,
+                                          RING_BASE + 0x5000, RING_BASE + 0x6000, s->kick[1], s->call[1]);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "a{sv}", 3, "Features", "t", tb_config_features(&s->cfg), "Mac", "s", MAC,
+                                          "Incoming", "b", (int) incoming);
+        assert_true(r >= 0);
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        r = sd_bus_call(h->c, m, 0, &e, &reply);
+        sd_bus_message_unref(m);
+        if (r < 0)
+                fail_msg("%s: AddDevice: %s", h->name, e.message ? e.message : strerror(-r));
+        assert_true(sd_bus_message_read(reply, "o", &path) > 0);
+        s->dev_path = strdup(path);
+        sd_bus_message_unref(reply);
+        assert_string_prop(h, s->dev_path, DEV_IF, "State", incoming ? "ready" : "running");
+}
+
+static void side_done(struct side *s) {
+        if (s->vm_path)
+                (void) sd_bus_call_method(s->h->c, DEST, ROOT_PATH, MANAGER_IF, "DestroyVm", NULL, NULL, "s", VM_NAME);
+        if (s->backend > 0)
+                (void) tb_stop(s->backend);
+        backends[s->h == &src ? 0 : 1] = 0;
+        munmap(s->mem, MEM_SIZE);
+        close(s->memfd);
+        for (unsigned i = 0; i < 2; i++) {
+                close(s->kick[i]);
+                close(s->call[i]);
+        }
+        free(s->vm_path);
+        free(s->dev_path);
+}
+
+static void prepare_incoming(struct side *d, const char *listen, char *address, char *token) {
+        sd_bus_message *reply = listen ? call(d->h, d->vm_path, VM_IF, "PrepareIncoming", "a{sv}", 1, "Listen", "s",
+                                              listen)
+                                       : call(d->h, d->vm_path, VM_IF, "PrepareIncoming", "a{sv}", 0);
+        const char *a, *t;
+        assert_true(sd_bus_message_read(reply, "ss", &a, &t) > 0);
+        snprintf(address, 128, "%s", a);
+        snprintf(token, 33, "%s", t);
+        sd_bus_message_unref(reply);
+        assert_int_equal(strlen(token), 32);
+        assert_string_prop(d->h, d->vm_path, VM_IF, "Role", "destination");
+}
+
+static unsigned record_count(const struct side *s, const char *prefix) {
+        return (unsigned) tb_record_count(s->record, prefix);
+}
+
+/* ---- PropertiesChanged on the source VM --------------------------------------------------------- */
+
+static unsigned state_signals;
+
+static int on_properties_changed(sd_bus_message *m, void *userdata, sd_bus_error *e) {
+        (void) userdata;
+        (void) e;
+        const char *iface;
+        if (sd_bus_message_read(m, "s", &iface) < 0 || sd_bus_message_enter_container(m, 'a', "{sv}") < 0)
+                return 0;
+        while (sd_bus_message_enter_container(m, 'e', "sv") > 0) {
+                const char *name;
+                if (sd_bus_message_read(m, "s", &name) < 0)
+                        return 0;
+                if (strcmp(name, "MigrationState") == 0)
+                        state_signals++;
+                if (sd_bus_message_skip(m, "v") < 0 || sd_bus_message_exit_container(m) < 0)
+                        return 0;
+        }
+        return 0;
+}
+
+/* ---- tests --------------------------------------------------------------------------------------- */
+
+static void test_migration(void **state) {
+        (void) state;
+        struct side s, d;
+        char address[128], token[33];
+        side_vm(&s, &src, false);
+        side_vm(&d, &dst, true);
+        assert_string_prop(&src, s.vm_path, VM_IF, "MigrationState", "none");
+        assert_string_prop(&src, s.vm_path, VM_IF, "Role", "none");
+
+        sd_bus_slot *slot = NULL;
+        state_signals = 0;
+        assert_true(sd_bus_match_signal(src.c, &slot, DEST, s.vm_path, PROPS_IF, "PropertiesChanged",
+                                        on_properties_changed, NULL) >= 0);
+        prepare_incoming(&d, NULL, address, token);
+        assert_true(strncmp(address, "unix:", 5) == 0 && strstr(address, dst.dir));
+        sd_bus_message_unref(call(&src, s.vm_path, VM_IF, "MigrateTo", "ssa{sv}", address, token, 0));
+
+        char *ss = wait_final(&src, s.vm_path), *ds = wait_final(&dst, d.vm_path);
+        if (strcmp(ss, "completed") != 0 || strcmp(ds, "completed") != 0) {
+                char *se = get_string(&src, s.vm_path, VM_IF, "MigrationError");
+                char *de = get_string(&dst, d.vm_path, VM_IF, "MigrationError");
+                fail_msg("source %s (%s), destination %s (%s)", ss, se, ds, de);
+        }
+        free(ss);
+        free(ds);
+        /* Every signal of the run is read: at least setup and completed. */
+        while (sd_bus_process(src.c, NULL) > 0)
+                ;
+        assert_true(state_signals >= 2);
+        sd_bus_slot_unref(slot);
+
+        assert_string_prop(&src, s.vm_path, VM_IF, "Role", "source");
+        assert_string_prop(&src, s.vm_path, VM_IF, "MigrationError", "");
+        uint64_t pages = MEM_SIZE / PAGE;
+        assert_int_equal(get_u64(&src, s.vm_path, "PagesTotal"), pages);
+        assert_int_equal(get_u64(&src, s.vm_path, "PagesTransferred"), pages);
+        assert_int_equal(get_u64(&dst, d.vm_path, "PagesTransferred"), pages);
+        uint64_t zero = get_u64(&src, s.vm_path, "ZeroPages");
+        assert_true(zero >= pages / 3 && zero < pages);
+        assert_int_equal(get_u64(&dst, d.vm_path, "ZeroPages"), zero);
+        /* Every non-zero page's data travelled. */
+        assert_true(get_u64(&src, s.vm_path, "BytesTransferred") >= (pages - zero) * PAGE);
+        assert_true(get_u64(&dst, d.vm_path, "BytesTransferred") >= (pages - zero) * PAGE);
+        assert_true(get_u64(&src, s.vm_path, "TotalMs") >= get_u64(&src, s.vm_path, "DowntimeMs"));
+        assert_true(get_u64(&src, s.vm_path, "TotalMs") < MIGRATION_TIMEOUT_MS);
+
+        assert_memory_equal(s.mem, d.mem, MEM_SIZE);
+        /* The destination runs the rings from where the source stopped them; the source let go. */
+        assert_string_prop(&dst, d.dev_path, DEV_IF, "State", "running");
+        assert_true(record_count(&d, "SET_VRING_BASE") >= 2);
+        assert_true(record_count(&d, "SET_VRING_KICK") >= 2);
+        assert_int_equal(record_count(&d, "VIOLATION"), 0);
+        assert_int_equal(record_count(&s, "VIOLATION"), 0);
+        assert_int_equal(tb_wait_exit(s.backend, 5000) >= 0, 1);
+        s.backend = backends[0] = -1;
+        /* Announced exactly as often as the destination says. */
+        assert_int_equal(get_u32(&dst, d.vm_path, "RarpSent"), record_count(&d, "SEND_RARP"));
+        side_done(&s);
+        side_done(&d);
+}
+
+static void test_wrong_token(void **state) {
+        (void) state;
+        struct side s, d;
+        char address[128], token[33];
+        side_vm(&s, &src, false);
+        side_vm(&d, &dst, true);
+        prepare_incoming(&d, NULL, address, token);
+        assert_string_not_equal(token, BAD_TOKEN);
+        sd_bus_message_unref(call(&src, s.vm_path, VM_IF, "MigrateTo", "ssa{sv}", address, BAD_TOKEN, 0));
+        char *ss = wait_final(&src, s.vm_path), *ds = wait_final(&dst, d.vm_path);
+        assert_string_equal(ss, "failed");
+        assert_string_equal(ds, "failed");
+        free(ss);
+        free(ds);
+        assert_error_mentions(&dst, d.vm_path, "token");
+        /* The source runs again, from where it stopped; the destination never started. */
+        assert_string_prop(&src, s.dev_path, DEV_IF, "State", "running");
+        assert_string_prop(&dst, d.dev_path, DEV_IF, "State", "ready");
+        assert_int_equal(record_count(&d, "SET_VRING_KICK"), 0);
+        side_done(&s);
+        side_done(&d);
+}
+
+/* A Unix listener that accepts nothing: the source's stream fills its buffer and blocks. */
+static int silent_listener(const char *path) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        if (strlen(path) >= sizeof(sa.sun_path))
+                fail_msg("socket path %s is too long", path);
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        unlink(path);
+        if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(fd, 4) < 0)
+                fail_msg("silent listener at %s: %s", path, strerror(errno));
+        return fd;
+}
+
+static void test_cancel(void **state) {
+        (void) state;
+        struct side s, d;
+        char address[128], token[33], path[128], silent[160];
+        side_vm(&d, &dst, true);
+        /* A destination waiting for its source. */
+        prepare_incoming(&d, NULL, address, token);
+        assert_string_prop(&dst, d.vm_path, VM_IF, "MigrationState", "setup");
+        sd_bus_message_unref(call(&dst, d.vm_path, VM_IF, "CancelMigration", ""));
+        char *st = wait_final(&dst, d.vm_path);
+        assert_string_equal(st, "cancelled");
+        free(st);
+        assert_int_equal(access(address + 5, F_OK), -1); /* the socket went with it */
+        call_error(&dst, ERR("InvalidState"), "no migration", d.vm_path, "CancelMigration", "");
+        side_done(&d);
+
+        /* A source whose peer never reads: cancelled while it sends, and running again. */
+        side_vm(&s, &src, false);
+        snprintf(path, sizeof(path), "%s/silent.sock", src.dir);
+        int lfd = silent_listener(path);
+        snprintf(silent, sizeof(silent), "unix:%s", path);
+        sd_bus_message_unref(call(&src, s.vm_path, VM_IF, "MigrateTo", "ssa{sv}", silent, BAD_TOKEN, 0));
+        uint64_t deadline = now_ms() + 10000;
+        for (;;) {
+                char *v = get_string(&src, s.vm_path, VM_IF, "MigrationState");
+                bool under_way = strcmp(v, "setup") == 0 || strcmp(v, "active") == 0;
+                bool ended = is_final(v);
+                free(v);
+                if (under_way || ended || now_ms() >= deadline)
+                        break;
+                sleep_ms(10);
+        }
+        sd_bus_message_unref(call(&src, s.vm_path, VM_IF, "CancelMigration", ""));
+        st = wait_final(&src, s.vm_path);
+        assert_string_equal(st, "cancelled");
+        free(st);
+        assert_string_prop(&src, s.dev_path, DEV_IF, "State", "running");
+        close(lfd);
+        unlink(path);
+        side_done(&s);
+}
+
+static void test_refusals(void **state) {
+        (void) state;
+        struct side s, d;
+        char address[128], token[33];
+        side_vm(&s, &src, false);
+        side_vm(&d, &dst, true);
+        call_error(&src, "org.freedesktop.DBus.Error.InvalidArgs", "unix:", s.vm_path, "MigrateTo", "ssa{sv}", "ftp:x",
+                   BAD_TOKEN, 0);
+        call_error(&src, "org.freedesktop.DBus.Error.InvalidArgs", "token", s.vm_path, "MigrateTo", "ssa{sv}",
+                   "unix:/nonexistent", "short", 0);
+        call_error(&src, "org.freedesktop.DBus.Error.InvalidArgs", "Foo", s.vm_path, "MigrateTo", "ssa{sv}",
+                   "unix:/nonexistent", BAD_TOKEN, 1, "Foo", "u", 1);
+        /* The source's running device cannot be a destination, nor the reverse. */
+        call_error(&src, ERR("InvalidState"), "Incoming", s.vm_path, "PrepareIncoming", "a{sv}", 0);
+        call_error(&dst, ERR("InvalidState"), "incoming", d.vm_path, "MigrateTo", "ssa{sv}", "unix:/nonexistent",
+                   BAD_TOKEN, 0);
+        call_error(&dst, "org.freedesktop.DBus.Error.InvalidArgs", "Listen", d.vm_path, "PrepareIncoming", "a{sv}", 1,
+                   "Listen", "s", "ftp:nowhere");
+        call_error(&src, ERR("InvalidState"), "no migration", s.vm_path, "CancelMigration", "");
+        /* One migration at a time. */
+        prepare_incoming(&d, NULL, address, token);
+        call_error(&dst, ERR("InvalidState"), "already", d.vm_path, "PrepareIncoming", "a{sv}", 0);
+        /* Nobody at the address: failed, and the source untouched. */
+        sd_bus_message_unref(
+                call(&src, s.vm_path, VM_IF, "MigrateTo", "ssa{sv}", "unix:/nonexistent/sock", BAD_TOKEN, 0));
+        char *st = wait_final(&src, s.vm_path);
+        assert_string_equal(st, "failed");
+        free(st);
+        assert_error_mentions(&src, s.vm_path, "/nonexistent/sock");
+        assert_string_prop(&src, s.dev_path, DEV_IF, "State", "running");
+        sd_bus_message_unref(call(&dst, d.vm_path, VM_IF, "CancelMigration", ""));
+        free(wait_final(&dst, d.vm_path));
+        side_done(&s);
+        side_done(&d);
+}
+
+/* What a failed test left behind: its VMs and back-ends. */
+static int test_teardown(void **state) {
+        (void) state;
+        struct host *hosts[] = { &src, &dst };
+        for (unsigned i = 0; i < 2; i++) {
+                (void) sd_bus_call_method(hosts[i]->c, DEST, ROOT_PATH, MANAGER_IF, "DestroyVm", NULL, NULL, "s",
+                                          VM_NAME);
+                if (backends[i] > 0)
+                        (void) tb_stop(backends[i]);
+                backends[i] = 0;
+        }
+        return 0;
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_teardown(test_migration, test_teardown),
+                cmocka_unit_test_teardown(test_wrong_token, test_teardown),
+                cmocka_unit_test_teardown(test_cancel, test_teardown),
+                cmocka_unit_test_teardown(test_refusals, test_teardown),
+        };
+        if (getenv("TEST_FILTER"))
+                cmocka_set_test_filter(getenv("TEST_FILTER"));
+        return cmocka_run_group_tests_name("dbus-migrate", tests, group_setup, group_teardown);
+}
