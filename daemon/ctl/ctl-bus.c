@@ -400,6 +400,8 @@ static int append_device_options(sd_bus_message *m, const struct ctl_device *d) 
                 r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_MAC, "s", d->mac);
         if (r >= 0 && d->mtu)
                 r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_MTU, "q", d->mtu);
+        if (r >= 0 && d->incoming)
+                r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_INCOMING, "b", 1);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         return r;
@@ -604,5 +606,163 @@ int ctl_reconnect(const struct ctl_opts *o, const char *vm, unsigned dev) {
                 ret = call_on(&c, vm, (int) dev, "Reconnect", NULL, "");
         if (ret == EXIT_OK)
                 print_done(o, vm, (int) dev, "reconnected");
+        return ret;
+}
+
+/* ---- migration ------------------------------------------------------------------------ */
+
+#define ELEMENTS(a) (sizeof(a) / sizeof((a)[0]))
+
+/* The Vm's migration properties, in the order `migrate status` shows them. */
+static const char *const migration_props[] = {
+        "MigrationState",   "Role",       "PagesTotal", "PagesTransferred", "ZeroPages",
+        "BytesTransferred", "DowntimeMs", "TotalMs",    "RarpSent",         "MigrationError",
+};
+
+static bool is_final_state(const char *state) {
+        return streq(state, VHOSTMIG_MIGRATION_STATE_NONE) || streq(state, VHOSTMIG_MIGRATION_STATE_COMPLETED) ||
+               streq(state, VHOSTMIG_MIGRATION_STATE_FAILED) || streq(state, VHOSTMIG_MIGRATION_STATE_CANCELLED) ||
+               streq(state, VHOSTMIG_MIGRATION_STATE_POSTMIGRATE_UNKNOWN);
+}
+
+/* GetAll of the VM (no activation: it reads). */
+static int get_vm_props(struct ctl_conn *c, const char *vm, struct props *p) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_free_ char *path = vm_path(vm);
+        const struct target t = { vm, -1 };
+        if (!path)
+                return conn_oom(c);
+        int ret = conn_callv(c, &t, path, "org.freedesktop.DBus.Properties", "GetAll", &reply, "s",
+                             VHOSTMIG_VM_INTERFACE);
+        if (ret != EXIT_OK)
+                return ret;
+        int r = read_props(reply, p);
+        return r < 0 ? conn_bad_reply(c, r) : EXIT_OK;
+}
+
+static void print_migration(const struct ctl_opts *o, const char *vm, const struct props *p) {
+        if (o->json) {
+                _cleanup_(json_object_putp) json_object *j = json_object_new_object();
+                json_object_object_add(j, "vm", json_object_new_string(vm));
+                for (size_t i = 0; i < ELEMENTS(migration_props); i++)
+                        for (size_t k = 0; k < p->n; k++)
+                                if (streq(p->v[k].name, migration_props[i])) {
+                                        _cleanup_free_ char *label = prop_json_key(migration_props[i]);
+                                        if (label)
+                                                json_object_object_add(j, label, value_json(p->v[k].name, &p->v[k].v));
+                                }
+                print_json(j);
+                return;
+        }
+        for (size_t i = 0; i < ELEMENTS(migration_props); i++)
+                for (size_t k = 0; k < p->n; k++)
+                        if (streq(p->v[k].name, migration_props[i])) {
+                                _cleanup_free_ char *label = prop_label(migration_props[i]);
+                                printf("  %-24s ", label ? label : migration_props[i]);
+                                fput_value(stdout, p->v[k].name, &p->v[k].v, false);
+                                putchar('\n');
+                        }
+}
+
+int ctl_migrate_status(const struct ctl_opts *o, const char *vm) {
+        _cleanup_(conn_close) struct ctl_conn c = {};
+        _cleanup_(props_free) struct props p = {};
+        int ret = conn_open(&c, o, "migrate status", true);
+        if (ret == EXIT_OK)
+                ret = get_vm_props(&c, vm, &p);
+        if (ret == EXIT_OK)
+                print_migration(o, vm, &p);
+        return ret;
+}
+
+int ctl_migrate_incoming(const struct ctl_opts *o, const char *vm, const char *listen) {
+        _cleanup_(conn_close) struct ctl_conn c = {};
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        const char *address, *token;
+        int r, ret;
+
+        if ((ret = conn_open(&c, o, "migrate incoming", false)) != EXIT_OK)
+                return ret;
+        ret = listen ? call_on(&c, vm, -1, "PrepareIncoming", &reply, "a{sv}", 1, VHOSTMIG_OPTION_LISTEN, "s", listen)
+                     : call_on(&c, vm, -1, "PrepareIncoming", &reply, "a{sv}", 0);
+        if (ret != EXIT_OK)
+                return ret;
+        if ((r = sd_bus_message_read(reply, "ss", &address, &token)) < 0)
+                return conn_bad_reply(&c, r);
+        if (o->json) {
+                _cleanup_(json_object_putp) json_object *j = json_object_new_object();
+                json_object_object_add(j, "address", json_object_new_string(address));
+                json_object_object_add(j, "token", json_object_new_string(token));
+                print_json(j);
+        } else if (o->quiet)
+                printf("%s %s\n", address, token);
+        else
+                printf("%-9s %s\n%-9s %s\n", "Address:", address, "Token:", token);
+        return EXIT_OK;
+}
+
+/* Waits for MigrationState to reach a final state, reading it on every PropertiesChanged. */
+static int wait_migration(struct ctl_conn *c, const char *vm, struct props *p) {
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
+        _cleanup_free_ char *path = vm_path(vm);
+        if (!path)
+                return conn_oom(c);
+        int r = sd_bus_match_signal(c->bus, &slot, VHOSTMIG_BUS_NAME, path, "org.freedesktop.DBus.Properties",
+                                    "PropertiesChanged", NULL, NULL);
+        if (r < 0) {
+                cli_error("%s: cannot watch the VM: %s", c->verb, strerror(-r));
+                return EXIT_FAILED;
+        }
+        for (;;) {
+                /* Read after the match is in place: no change slips between the two. */
+                props_free(p);
+                int ret = get_vm_props(c, vm, p);
+                if (ret != EXIT_OK)
+                        return ret;
+                if (is_final_state(prop_str(p, "MigrationState")))
+                        return EXIT_OK;
+                do
+                        r = sd_bus_process(c->bus, NULL);
+                while (r > 0);
+                if (r >= 0)
+                        r = sd_bus_wait(c->bus, UINT64_MAX);
+                if (r < 0 && r != -EINTR) {
+                        cli_error("%s: lost the bus: %s", c->verb, strerror(-r));
+                        return EXIT_FAILED;
+                }
+        }
+}
+
+int ctl_migrate_start(const struct ctl_opts *o, const char *vm, const char *to, const char *token, bool wait) {
+        _cleanup_(conn_close) struct ctl_conn c = {};
+        _cleanup_(props_free) struct props p = {};
+        int ret = conn_open(&c, o, "migrate start", false);
+        if (ret == EXIT_OK)
+                ret = call_on(&c, vm, -1, "MigrateTo", NULL, "ssa{sv}", to, token, 0);
+        if (ret != EXIT_OK)
+                return ret;
+        if (!wait) {
+                print_done(o, vm, -1, "started");
+                return EXIT_OK;
+        }
+        if ((ret = wait_migration(&c, vm, &p)) != EXIT_OK)
+                return ret;
+        print_migration(o, vm, &p);
+        const char *state = prop_str(&p, "MigrationState");
+        if (streq(state, VHOSTMIG_MIGRATION_STATE_COMPLETED))
+                return EXIT_OK;
+        if (!o->json)
+                cli_error("migrate start: migration %s%s%s", state, *prop_str(&p, "MigrationError") ? ": " : "",
+                          prop_str(&p, "MigrationError"));
+        return EXIT_FAILED;
+}
+
+int ctl_migrate_cancel(const struct ctl_opts *o, const char *vm) {
+        _cleanup_(conn_close) struct ctl_conn c = {};
+        int ret = conn_open(&c, o, "migrate cancel", false);
+        if (ret == EXIT_OK)
+                ret = call_on(&c, vm, -1, "CancelMigration", NULL, "");
+        if (ret == EXIT_OK)
+                print_done(o, vm, -1, "cancelled");
         return ret;
 }

@@ -66,6 +66,7 @@ struct ctl_device {
         uint32_t queue_pairs;
         const char *mac;   /* xx:xx:xx:xx:xx:xx, or NULL: none */
         uint16_t mtu;      /* 0: unset */
+        bool incoming;     /* connect and negotiate only, for an incoming migration */
         unsigned n_queues; /* 2 * queue_pairs */
         struct ctl_queue queues[VHM_DEVICE_MAX_QUEUES];
 };
@@ -89,3 +90,10 @@ int ctl_logging_harvest(const struct ctl_opts *o, const char *vm);
 /* dev < 0: every device of the VM. */
 int ctl_announce(const struct ctl_opts *o, const char *vm, int dev);
 int ctl_reconnect(const struct ctl_opts *o, const char *vm, unsigned dev);
+
+/* Migration: PrepareIncoming (listen NULL: the daemon's default), MigrateTo, the migration properties, Cancel. */
+int ctl_migrate_incoming(const struct ctl_opts *o, const char *vm, const char *listen);
+/* wait: until MigrationState is final; EXIT_FAILED unless it is "completed". */
+int ctl_migrate_start(const struct ctl_opts *o, const char *vm, const char *to, const char *token, bool wait);
+int ctl_migrate_status(const struct ctl_opts *o, const char *vm);
+int ctl_migrate_cancel(const struct ctl_opts *o, const char *vm);

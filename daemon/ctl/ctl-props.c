@@ -650,3 +650,7 @@ void print_probe(bool json, const char *socket, const struct vhm_probe_result *r
         else
                 print_probe_text(socket, r);
 }
+
+char *prop_json_key(const char *name) {
+        return snake_case(name);
+}

@@ -90,6 +90,8 @@ json_object *value_names_json(const char *name, const struct value *v);
 int props_to_json(const struct props *p, json_object *o, const char *skip);
 void print_json(json_object *o);
 
+/* "memory_size" for "MemorySize", as --json names it; malloc'd, NULL when out of memory. */
+char *prop_json_key(const char *name);
 /* "Memory size:" for "MemorySize"; malloc'd, NULL when out of memory. */
 char *prop_label(const char *name);
 /* Every property but `skip`, one "  Label: value" each, feature names wrapped at the terminal's width. */

@@ -48,6 +48,11 @@ enum {
         OPT_MTU,
         OPT_QUEUE,
         OPT_EVENTFDS,
+        OPT_INCOMING,
+        OPT_LISTEN,
+        OPT_TO,
+        OPT_TOKEN,
+        OPT_WAIT,
 };
 
 /* Taken before the command and by every command, anywhere among its arguments. */
@@ -568,6 +573,9 @@ static int device_add_option(struct parse *p, struct device_args *a, int c, char
         case OPT_EVENTFDS:
                 a->eventfds = true;
                 return EXIT_OK;
+        case OPT_INCOMING:
+                d->incoming = true;
+                return EXIT_OK;
         default:
                 return option_error(p, c, argv);
         }
@@ -606,6 +614,7 @@ static int verb_device_add(struct parse *p, int argc, char **argv) {
                                                  { "mtu", required_argument, NULL, OPT_MTU },
                                                  { "queue", required_argument, NULL, OPT_QUEUE },
                                                  { "eventfds", no_argument, NULL, OPT_EVENTFDS },
+                                                 { "incoming", no_argument, NULL, OPT_INCOMING },
                                                  {} };
         struct device_args a = { .dev = { .features = DEFAULT_FEATURES, .queue_pairs = 1 } };
         int c, ret = EXIT_OK;
@@ -702,6 +711,79 @@ static int verb_watch(struct parse *p, int argc, char **argv) {
         return ctl_watch(p->o, argc - optind == 1 ? argv[optind] : NULL);
 }
 
+/* ---- migrate ---------------------------------------------------------------------- */
+
+/* What the daemon checks too, told before anything is sent. */
+static int check_migrate_address(const char *verb, const char *option, const char *address) {
+        if (strncmp(address, "unix:", 5) != 0 && strncmp(address, "tcp:", 4) != 0)
+                return cli_command_usage_error(verb, "%s '%s' is neither unix:PATH nor tcp:HOST:PORT", option, address);
+        return EXIT_OK;
+}
+
+static int verb_migrate_incoming(struct parse *p, int argc, char **argv) {
+        static const struct option options[] = { COMMON_OPTIONS,
+                                                 { "listen", required_argument, NULL, OPT_LISTEN },
+                                                 {} };
+        const char *listen = NULL;
+        int c, ret = EXIT_OK;
+
+        options_begin();
+        while ((c = next_option(p, argc, argv, options)) >= 0)
+                listen = optarg;
+        if (p->stop)
+                return p->ret;
+        if (argc - optind != 1)
+                return cli_command_usage_error(p->name, "%s", "takes exactly one VM");
+        if (listen && (ret = check_migrate_address(p->name, "--listen", listen)) != EXIT_OK)
+                return ret;
+        if ((ret = check_vm_name(p->name, argv[optind])) != EXIT_OK)
+                return ret;
+        return ctl_migrate_incoming(p->o, argv[optind], listen);
+}
+
+static int verb_migrate_start(struct parse *p, int argc, char **argv) {
+        static const struct option options[] = { COMMON_OPTIONS,
+                                                 { "to", required_argument, NULL, OPT_TO },
+                                                 { "token", required_argument, NULL, OPT_TOKEN },
+                                                 { "wait", no_argument, NULL, OPT_WAIT },
+                                                 {} };
+        const char *to = NULL, *token = NULL;
+        bool wait = false;
+        int c, ret;
+
+        options_begin();
+        while ((c = next_option(p, argc, argv, options)) >= 0) {
+                if (c == OPT_TO)
+                        to = optarg;
+                else if (c == OPT_TOKEN)
+                        token = optarg;
+                else
+                        wait = true;
+        }
+        if (p->stop)
+                return p->ret;
+        if (argc - optind != 1)
+                return cli_command_usage_error(p->name, "%s", "takes exactly one VM");
+        if (!to || !token)
+                return cli_command_usage_error(p->name, "%s",
+                                               "give the destination with --to ADDR and --token TOKEN, as "
+                                               "'migrate incoming' printed them there");
+        if ((ret = check_migrate_address(p->name, "--to", to)) != EXIT_OK)
+                return ret;
+        if (strlen(token) != 32 || strspn(token, "0123456789abcdef") != 32)
+                return cli_command_usage_error(p->name, "invalid --token '%s' (32 lowercase hex digits)", token);
+        if ((ret = check_vm_name(p->name, argv[optind])) != EXIT_OK)
+                return ret;
+        return ctl_migrate_start(p->o, argv[optind], to, token, wait);
+}
+
+static int verb_migrate_status(struct parse *p, int argc, char **argv) {
+        return run_on_vm(p, argc, argv, ctl_migrate_status);
+}
+static int verb_migrate_cancel(struct parse *p, int argc, char **argv) {
+        return run_on_vm(p, argc, argv, ctl_migrate_cancel);
+}
+
 static int verb_help_cmd(struct parse *p, int argc, char **argv);
 
 /* ---- the verbs --------------------------------------------------------------------- */
@@ -742,7 +824,9 @@ static const struct verb verbs[] = {
           "                          guest-physical DESC, AVAIL and USED addresses, and the\n"
           "                          numbers of two inherited eventfds KICKFD and CALLFD\n"
           "     --eventfds           Make fresh eventfds (QUEUE without KICKFD:CALLFD); the device\n"
-          "                          runs but nothing kicks it: for trying a back-end only\n",
+          "                          runs but nothing kicks it: for trying a back-end only\n"
+          "     --incoming           Connect and negotiate only: the rings start when an incoming\n"
+          "                          migration restores them ('migrate incoming')\n",
           true },
         { "device", "remove", verb_device_remove, "VM N", "Stop and disconnect a device", NULL },
         { "logging", "start", verb_logging_start, "VM", "Switch dirty logging on", NULL },
@@ -750,6 +834,19 @@ static const struct verb verbs[] = {
         { "logging", "harvest", verb_logging_harvest, "VM", "Collect the dirty log into the migration bitmap", NULL },
         { "announce", NULL, verb_announce, "VM [N]", "Send RARP announcements (SEND_RARP)", NULL },
         { "reconnect", NULL, verb_reconnect, "VM N", "Reconnect a device to its back-end now", NULL },
+        { "migrate", "incoming", verb_migrate_incoming, "VM [--listen ADDR]",
+          "Wait for a migration into VM; print the address and token",
+          "     --listen=ADDR        unix:PATH or tcp:HOST:PORT (PORT 0: any) (default: a unix\n"
+          "                          socket the daemon picks)\n"
+          "The VM's devices must have been added with 'device add --incoming'.\n" },
+        { "migrate", "start", verb_migrate_start, "VM --to ADDR --token TOKEN [--wait]",
+          "Migrate VM to the vhostmigd at ADDR (the VMM paused the vCPUs)",
+          "     --to=ADDR            The address 'migrate incoming' printed at the destination\n"
+          "     --token=TOKEN        The token it printed\n"
+          "     --wait               Wait until the migration ends and show it; exit 1 unless it\n"
+          "                          completed\n" },
+        { "migrate", "status", verb_migrate_status, "VM", "Show the state and figures of VM's migration", NULL },
+        { "migrate", "cancel", verb_migrate_cancel, "VM", "Cancel VM's migration (any phase before END)", NULL },
         { "watch", NULL, verb_watch, "[VM]", "Print changes as they happen, until interrupted", NULL },
         { "help", NULL, verb_help_cmd, "[COMMAND]", "Show the help of vhostmigctl or of one command", NULL },
 };
@@ -810,9 +907,10 @@ static const struct verb *find_verb(int argc, char **argv, int *ret) {
                 *ret = cli_usage_error("unknown command '%s'", name);
         else if (!sub)
                 *ret = cli_usage_error("missing %s command (%s)", name,
-                                       strcmp(name, "vm") == 0       ? "create, destroy"
-                                       : strcmp(name, "device") == 0 ? "add, remove"
-                                                                     : "start, stop, harvest");
+                                       strcmp(name, "vm") == 0        ? "create, destroy"
+                                       : strcmp(name, "device") == 0  ? "add, remove"
+                                       : strcmp(name, "migrate") == 0 ? "incoming, start, status, cancel"
+                                                                      : "start, stop, harvest");
         else
                 *ret = cli_usage_error("unknown command '%s %s'", name, sub);
         return NULL;

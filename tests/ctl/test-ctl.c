@@ -402,6 +402,13 @@ static void test_usage_errors(void **state) {
                 ARGS("device", "add", "vm0", "/x", "--queue-pairs", "9"),
                 ARGS("help", "nosuch"),
                 ARGS("--bus-address", "nocolon", "status"),
+                ARGS("migrate"),
+                ARGS("migrate", "start", "vm0"),
+                ARGS("migrate", "start", "vm0", "--token", "0123456789abcdef0123456789abcdef"),
+                ARGS("migrate", "start", "vm0", "--to", "ftp:x", "--token", "0123456789abcdef0123456789abcdef"),
+                ARGS("migrate", "start", "vm0", "--to", "unix:/x", "--token", "short"),
+                ARGS("migrate", "incoming", "vm0", "--listen", "ftp:x"),
+                ARGS("migrate", "status"),
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct run *r = expect_as(0, 2, cases[i]);
@@ -449,6 +456,8 @@ static void test_not_running(void **state) {
                 ARGS("announce", "vm0"),
                 ARGS("reconnect", "vm0", "0"),
                 ARGS("device", "remove", "vm0", "0"),
+                ARGS("migrate", "status", "vm0"),
+                ARGS("migrate", "cancel", "vm0"),
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 r = expect_as(0, 7, cases[i]);
@@ -645,6 +654,9 @@ static void test_not_found(void **state) {
                 ARGS("device", "remove", "nosuch", "0"),
                 ARGS("device", "remove", "vm1", "7"),
                 ARGS("reconnect", "vm1", "7"),
+                ARGS("migrate", "status", "nosuch"),
+                ARGS("migrate", "cancel", "nosuch"),
+                ARGS("migrate", "incoming", "nosuch"),
         };
         json_object_put(expect_json(0, json_type_object, "vm", "create", "vm1", "--memory", mem));
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -657,6 +669,66 @@ static void test_not_found(void **state) {
         free(r);
         json_object_put(expect_json(0, json_type_object, "vm", "destroy", "vm1"));
         free(mem);
+}
+
+/* Two VMs of one daemon, the second the first's destination: the migrate verbs end to end. */
+static void test_migrate(void **state) {
+        (void) state;
+        char *mem = memory_arg(), *mem2 = NULL, path2[sizeof(env.mem) + 8];
+        snprintf(path2, sizeof(path2), "%s-dst", env.mem);
+        int fd = open(path2, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        assert_true(fd >= 0 && ftruncate(fd, MEM_SIZE) == 0);
+        close(fd);
+        assert_true(asprintf(&mem2, "%s:0:%u", path2, MEM_SIZE) > 0);
+
+        json_object_put(expect_json(0, json_type_object, "vm", "create", "vms", "--memory", mem));
+        json_object_put(expect_json(0, json_type_object, "vm", "create", "vmd", "--memory", mem2));
+        json_object_put(expect_json(0, json_type_object, "device", "add", "vms", env.socket, "--eventfds", "--queue",
+                                    QUEUE(1), "--queue", QUEUE(2)));
+        json_object *j = expect_json(0, json_type_object, "show", "vms");
+        assert_field_string(j, "migration_state", "none");
+        assert_field_string(j, "role", "none");
+        json_object_put(j);
+        json_object_put(expect_json(0, json_type_object, "device", "add", "vmd", env.socket2, "--eventfds", "--queue",
+                                    QUEUE(1), "--queue", QUEUE(2), "--incoming"));
+
+        j = expect_json(0, json_type_object, "migrate", "incoming", "vmd");
+        char *address = strdup(json_object_get_string(field(j, "address", json_type_string)));
+        char *token = strdup(json_object_get_string(field(j, "token", json_type_string)));
+        json_object_put(j);
+        assert_true(strncmp(address, "unix:", 5) == 0);
+        assert_int_equal(strlen(token), 32);
+        j = expect_json(0, json_type_object, "migrate", "status", "vmd");
+        assert_field_string(j, "role", "destination");
+        json_object_put(j);
+
+        j = expect_json(0, json_type_object, "migrate", "start", "vms", "--to", address, "--token", token, "--wait");
+        assert_field_string(j, "vm", "vms");
+        assert_field_string(j, "migration_state", "completed");
+        assert_field_string(j, "role", "source");
+        assert_field_int(j, "pages_total", MEM_SIZE / 4096);
+        assert_field_int(j, "pages_transferred", MEM_SIZE / 4096);
+        field(j, "zero_pages", json_type_int);
+        field(j, "bytes_transferred", json_type_int);
+        field(j, "downtime_ms", json_type_int);
+        assert_field_string(j, "migration_error", "");
+        json_object_put(j);
+        struct run *r = expect(0, "migrate", "status", "vmd");
+        assert_non_null(strstr(r->out, "completed"));
+        assert_non_null(strstr(r->out, "destination"));
+        free(r);
+        /* Nothing left to cancel; nor to start again from a used token. */
+        r = expect(1, "migrate", "cancel", "vms");
+        assert_error(r, "no migration");
+        free(r);
+
+        json_object_put(expect_json(0, json_type_object, "vm", "destroy", "vms"));
+        json_object_put(expect_json(0, json_type_object, "vm", "destroy", "vmd"));
+        unlink(path2);
+        free(address);
+        free(token);
+        free(mem);
+        free(mem2);
 }
 
 static void test_watch(void **state) {
@@ -724,7 +796,7 @@ int main(void) {
         const struct CMUnitTest daemon[] = {
                 cmocka_unit_test(test_probe),        cmocka_unit_test(test_status_and_list),
                 cmocka_unit_test(test_vm_lifecycle), cmocka_unit_test(test_not_found),
-                cmocka_unit_test(test_watch),
+                cmocka_unit_test(test_watch),        cmocka_unit_test(test_migrate),
         };
         int failed = cmocka_run_group_tests_name("ctl-offline", offline, group_setup_offline, group_teardown);
         failed += cmocka_run_group_tests_name("ctl-daemon", daemon, group_setup_daemon, group_teardown);
