@@ -93,6 +93,7 @@
         X(DowntimeMs, "t")           \
         X(TotalMs, "t")              \
         X(RarpSent, "u")             \
+        X(MigrationChecksum, "t")    \
         X(MigrationError, "s")
 
 #define VHOSTMIG_DEVICE_PROPERTIES(X) \

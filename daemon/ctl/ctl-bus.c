@@ -615,8 +615,8 @@ int ctl_reconnect(const struct ctl_opts *o, const char *vm, unsigned dev) {
 
 /* The Vm's migration properties, in the order `migrate status` shows them. */
 static const char *const migration_props[] = {
-        "MigrationState",   "Role",       "PagesTotal", "PagesTransferred", "ZeroPages",
-        "BytesTransferred", "DowntimeMs", "TotalMs",    "RarpSent",         "MigrationError",
+        "MigrationState", "Role",    "PagesTotal", "PagesTransferred",  "ZeroPages",      "BytesTransferred",
+        "DowntimeMs",     "TotalMs", "RarpSent",   "MigrationChecksum", "MigrationError",
 };
 
 static bool is_final_state(const char *state) {

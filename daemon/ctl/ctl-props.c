@@ -268,6 +268,7 @@ enum kind {
         KIND_FEATURES,
         KIND_PROTOCOL_FEATURES,
         KIND_TIMESTAMP, /* µs since the epoch, 0 = never (systemd's ...Timestamp) */
+        KIND_CHECKSUM,  /* a 64-bit hash: hex, as every checksum is compared by eye */
 };
 
 static enum kind prop_kind(const char *name, const struct value *v) {
@@ -281,6 +282,8 @@ static enum kind prop_kind(const char *name, const struct value *v) {
                 return KIND_FEATURES;
         if (streq(name, "ProtocolFeatures") || streq(name, "AckedProtocolFeatures"))
                 return KIND_PROTOCOL_FEATURES;
+        if (has_suffix(name, "Checksum"))
+                return KIND_CHECKSUM;
         return KIND_PLAIN;
 }
 
@@ -378,7 +381,9 @@ void fput_value(FILE *f, const char *name, const struct value *v, bool quoted) {
                         vhu_format_features(names, sizeof(names), v->num, kind == KIND_PROTOCOL_FEATURES, " ");
                         fprintf(f, " (%s)", names);
                 }
-        } else if (strlen(v->type) == 1 && strchr("yqut", v->type[0]))
+        } else if (kind == KIND_CHECKSUM)
+                fprintf(f, "0x%016" PRIx64, v->num);
+        else if (strlen(v->type) == 1 && strchr("yqut", v->type[0]))
                 fprintf(f, "%" PRIu64, v->num);
         else if (v->str && streq(v->type, "o"))
                 fput_element(f, v->str, true, quoted);

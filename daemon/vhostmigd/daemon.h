@@ -124,6 +124,7 @@ struct vm_migration_view {
         uint64_t pages_total, pages_transferred, zero_pages, bytes_transferred;
         uint64_t downtime_ms, total_ms;
         uint32_t rarp_sent;
+        uint64_t checksum; /* of the final memory image the migration carried (END's) */
         char error[512];
 };
 

@@ -65,6 +65,7 @@ static void view_update(struct vm_object *o, const struct vhm_migration_stats *s
         v->downtime_ms = st->downtime_ms;
         v->total_ms = st->total_ms;
         v->rarp_sent = (uint32_t) st->rarp_sent;
+        v->checksum = st->checksum;
         snprintf(v->error, sizeof(v->error), "%s", st->error);
         pthread_mutex_unlock(&o->snap_lock);
 }

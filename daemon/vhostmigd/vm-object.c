@@ -50,6 +50,7 @@
         X(DowntimeMs, T, m.downtime_ms, CHANGE)                 \
         X(TotalMs, T, m.total_ms, CHANGE)                       \
         X(RarpSent, U, m.rarp_sent, CHANGE)                     \
+        X(MigrationChecksum, T, m.checksum, CHANGE)             \
         X(MigrationError, S, m.error, CHANGE)
 
 #define PROPS_VIEW struct vm_view

@@ -508,6 +508,18 @@ static void prepare_incoming(struct side *d, const char *listen, char *address, 
         assert_string_prop(d->h, d->vm_path, VM_IF, "Role", "destination");
 }
 
+/* The stream's checksum (docs/migration.md): 64-bit FNV-1a over little-endian 8-byte words, in gpa order. */
+static uint64_t memory_checksum(const uint8_t *mem, uint64_t size) {
+        uint64_t h = UINT64_C(0xcbf29ce484222325);
+        for (uint64_t i = 0; i < size; i += 8) {
+                uint64_t w = 0;
+                for (unsigned b = 0; b < 8; b++)
+                        w |= (uint64_t) mem[i + b] << (8 * b);
+                h = (h ^ w) * UINT64_C(0x100000001b3);
+        }
+        return h;
+}
+
 static unsigned record_count(const struct side *s, const char *prefix) {
         return (unsigned) tb_record_count(s->record, prefix);
 }
@@ -544,6 +556,8 @@ static void test_migration(void **state) {
         side_vm(&d, &dst, true);
         assert_string_prop(&src, s.vm_path, VM_IF, "MigrationState", "none");
         assert_string_prop(&src, s.vm_path, VM_IF, "Role", "none");
+        assert_int_equal(get_u64(&src, s.vm_path, "MigrationChecksum"), 0);
+        assert_int_equal(get_u64(&dst, d.vm_path, "MigrationChecksum"), 0);
 
         sd_bus_slot *slot = NULL;
         state_signals = 0;
@@ -583,6 +597,10 @@ static void test_migration(void **state) {
         assert_true(get_u64(&src, s.vm_path, "TotalMs") < MIGRATION_TIMEOUT_MS);
 
         assert_memory_equal(s.mem, d.mem, MEM_SIZE);
+        /* Both ends name the image that travelled, and it is the memory's. */
+        uint64_t sum = memory_checksum(s.mem, MEM_SIZE);
+        assert_int_equal(get_u64(&src, s.vm_path, "MigrationChecksum"), sum);
+        assert_int_equal(get_u64(&dst, d.vm_path, "MigrationChecksum"), sum);
         /* The destination runs the rings from where the source stopped them; the source let go. */
         assert_string_prop(&dst, d.dev_path, DEV_IF, "State", "running");
         assert_true(record_count(&d, "SET_VRING_BASE") >= 2);
