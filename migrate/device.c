@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,7 +135,8 @@ const char *vhm_device_state_name(enum vhm_device_state s) {
 
 static bool valid_config(const struct vhm_device_config *cfg) {
         return cfg && cfg->socket && *cfg->socket && cfg->queue_pairs >= 1 &&
-               cfg->queue_pairs <= VHM_DEVICE_MAX_QUEUE_PAIRS && (cfg->allowed_uids || !cfg->n_allowed_uids);
+               cfg->queue_pairs <= VHM_DEVICE_MAX_QUEUE_PAIRS && (cfg->allowed_uids || !cfg->n_allowed_uids) &&
+               (unsigned) cfg->type < VHM_DEVICE_TYPE_MAX;
 }
 
 int vhm_device_new(struct vhm_vm *vm, const struct vhm_device_config *cfg, struct vhm_device **out) {
@@ -769,7 +772,7 @@ void vhm_device_blockers(const struct vhm_device *dev, struct vhm_blockers *out)
                 memset(out, 0, sizeof(*out));
                 return;
         }
-        vhm_backend_blockers(dev->features_offered, dev->protocol_features, out);
+        vhm_device_type_blockers(dev->cfg.type, dev->features_offered, dev->protocol_features, out);
 }
 
 /* ---- settings that can change while running ----------------------------- */
@@ -1083,4 +1086,204 @@ unsigned vhm_device_ring_index(const struct vhm_device *dev, unsigned queue) {
 void vhm_device_request_counts(const struct vhm_device *dev, uint64_t *requests, uint64_t *failures) {
         *requests = dev->requests_closed + (dev->conn ? vhu_conn_requests(dev->conn) : 0);
         *failures = dev->request_failures_closed + (dev->conn ? vhu_conn_request_failures(dev->conn) : 0);
+}
+
+enum vhm_device_type vhm_device_type(const struct vhm_device *dev) {
+        return dev->cfg.type;
+}
+
+/* ---- migration: the back-end's own state ------------------------------------- */
+
+bool vhm_device_has_state_transfer(const struct vhm_device *dev) {
+        return dev->conn && vhu_conn_has_protocol_feature(dev->conn, VHU_PF_DEVICE_STATE);
+}
+
+static uint64_t state_deadline(const struct vhm_device *dev) {
+        return vhu_deadline_after_ms(dev->cfg.timeout_ms ? dev->cfg.timeout_ms : VHU_DEFAULT_TIMEOUT_MS);
+}
+
+/* Waits for fd to be ready for `events` until the deadline: 0, or -ETIMEDOUT / -errno. */
+static int wait_state_fd(int fd, short events, uint64_t deadline) {
+        for (;;) {
+                uint64_t now = vhu_now_usec();
+                if (now >= deadline)
+                        return -ETIMEDOUT;
+                uint64_t left_ms = (deadline - now + 999) / 1000;
+                struct pollfd pfd = { .fd = fd, .events = events };
+                int r = poll(&pfd, 1, left_ms > 60000 ? 60000 : (int) left_ms);
+                if (r > 0)
+                        return 0;
+                if (r < 0 && errno != EINTR)
+                        return -errno;
+        }
+}
+
+struct state_buf {
+        uint8_t *data;
+        size_t len, cap;
+};
+
+static int state_buf_grow(struct state_buf *b) {
+        size_t cap = b->cap ? 2 * b->cap : 65536;
+        if (cap > VHM_DEVICE_STATE_MAX)
+                cap = VHM_DEVICE_STATE_MAX;
+        uint8_t *d = realloc(b->data, cap);
+        if (!d)
+                return -ENOMEM;
+        b->data = d;
+        b->cap = cap;
+        return 0;
+}
+
+/* The back-end's blob to EOF, at most VHM_DEVICE_STATE_MAX bytes (one more is an error). */
+static int read_state(struct vhm_device *dev, int fd, struct state_buf *b) {
+        uint64_t deadline = state_deadline(dev);
+        for (;;) {
+                if (b->len == b->cap && b->cap < VHM_DEVICE_STATE_MAX && state_buf_grow(b) < 0)
+                        return dev_fail(dev, -ENOMEM, "%s: device state: out of memory", dev->socket);
+                uint8_t extra;
+                bool full = b->len == b->cap;
+                ssize_t n = full ? read(fd, &extra, 1) : read(fd, b->data + b->len, b->cap - b->len);
+                if (n == 0)
+                        return 0;
+                if (n > 0 && full)
+                        return dev_fail(dev, -EFBIG, "%s: device state: the back-end sent more than %u bytes",
+                                        dev->socket, VHM_DEVICE_STATE_MAX);
+                if (n > 0) {
+                        b->len += (size_t) n;
+                        continue;
+                }
+                if (errno == EINTR)
+                        continue;
+                int r = errno == EAGAIN ? wait_state_fd(fd, POLLIN, deadline) : -errno;
+                if (r < 0)
+                        return dev_fail(dev, r, "%s: device state: reading the back-end's state: %s", dev->socket,
+                                        r == -ETIMEDOUT ? "not complete in time" : strerror(-r));
+        }
+}
+
+/* A pipe for the transfer; both ends non-blocking, close-on-exec. */
+static int state_pipe(struct vhm_device *dev, int p[2]) {
+        if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+                return dev_fail(dev, -errno, "%s: device state: pipe: %s", dev->socket, strerror(errno));
+        return 0;
+}
+
+/* The end we keep: ours, or the one the back-end returned (then it must be used, spec). */
+static int state_channel(int ours, int theirs) {
+        if (theirs < 0)
+                return ours;
+        close(ours);
+        (void) fcntl(theirs, F_SETFL, fcntl(theirs, F_GETFL) | O_NONBLOCK);
+        return theirs;
+}
+
+static bool state_ready(struct vhm_device *dev, const char *what) {
+        if (vhm_device_has_state_transfer(dev))
+                return true;
+        dev_fail(dev, -ENOTSUP, "%s: %s: the back-end did not negotiate DEVICE_STATE", dev->socket, what);
+        return false;
+}
+
+int vhm_device_save_state(struct vhm_device *dev, uint8_t **blob, size_t *len) {
+        *blob = NULL;
+        *len = 0;
+        if (!state_ready(dev, "saving the device state"))
+                return -ENOTSUP;
+        /* The specification's stopped phase: "the vhost-user device is suspended". */
+        if (dev->state != VHM_DEVICE_STOPPED || !dev->stop_complete)
+                return dev_fail(dev, -EBUSY, "%s: saving the device state of a device that is %s, not stopped",
+                                dev->socket, vhm_device_state_name(dev->state));
+        int p[2], theirs = -1;
+        int r = state_pipe(dev, p);
+        if (r < 0)
+                return r;
+        r = vhu_set_device_state_fd(dev->conn, VHU_TRANSFER_SAVE, VHU_TRANSFER_STOPPED, p[1], &theirs);
+        /* The back-end holds its own copy: ours must go for its close to be our EOF. */
+        close(p[1]);
+        if (r < 0) {
+                close(p[0]);
+                return request_failed(dev, r, "SET_DEVICE_STATE_FD");
+        }
+        int fd = state_channel(p[0], theirs);
+        struct state_buf b = { 0 };
+        r = read_state(dev, fd, &b);
+        close(fd);
+        if (r < 0) {
+                free(b.data);
+                return r;
+        }
+        r = vhu_check_device_state(dev->conn);
+        if (r < 0) {
+                free(b.data);
+                return request_failed(dev, r, "CHECK_DEVICE_STATE");
+        }
+        *blob = b.data;
+        *len = b.len;
+        return 0;
+}
+
+/*
+ * Writes the blob; a back-end that closed its end makes EPIPE, not a SIGPIPE
+ * that would kill a process that did not ignore it: the signal is blocked in
+ * this thread while writing and a pending one taken back.
+ */
+static int write_state(struct vhm_device *dev, int fd, const uint8_t *blob, size_t len) {
+        sigset_t pipe_set, old, pending;
+        sigemptyset(&pipe_set);
+        sigaddset(&pipe_set, SIGPIPE);
+        sigpending(&pending);
+        bool was_pending = sigismember(&pending, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+        uint64_t deadline = state_deadline(dev);
+        size_t done = 0;
+        int r = 0;
+        while (done < len && r == 0) {
+                ssize_t n = write(fd, blob + done, len - done);
+                if (n > 0)
+                        done += (size_t) n;
+                else if (n < 0 && errno == EAGAIN)
+                        r = wait_state_fd(fd, POLLOUT, deadline);
+                else if (n < 0 && errno != EINTR)
+                        r = -errno;
+        }
+        sigpending(&pending);
+        if (!was_pending && sigismember(&pending, SIGPIPE)) {
+                struct timespec zero = { 0, 0 };
+                (void) sigtimedwait(&pipe_set, NULL, &zero);
+        }
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (r < 0)
+                return dev_fail(dev, r, "%s: device state: writing %zu bytes to the back-end: %s (%zu written)",
+                                dev->socket, len, r == -ETIMEDOUT ? "not taken in time" : strerror(-r), done);
+        return 0;
+}
+
+int vhm_device_load_state(struct vhm_device *dev, const void *blob, size_t len) {
+        if (!state_ready(dev, "loading the device state"))
+                return -ENOTSUP;
+        if (!dev->awaiting_restore || dev->state != VHM_DEVICE_READY)
+                return dev_fail(dev, -EBUSY, "%s: loading the device state of a device that is %s%s", dev->socket,
+                                vhm_device_state_name(dev->state), dev->awaiting_restore ? "" : " (already restored)");
+        if (len > VHM_DEVICE_STATE_MAX)
+                return dev_fail(dev, -EFBIG, "%s: device state of %zu bytes (at most %u)", dev->socket, len,
+                                VHM_DEVICE_STATE_MAX);
+        int p[2], theirs = -1;
+        int r = state_pipe(dev, p);
+        if (r < 0)
+                return r;
+        r = vhu_set_device_state_fd(dev->conn, VHU_TRANSFER_LOAD, VHU_TRANSFER_STOPPED, p[0], &theirs);
+        close(p[0]);
+        if (r < 0) {
+                close(p[1]);
+                return request_failed(dev, r, "SET_DEVICE_STATE_FD");
+        }
+        int fd = state_channel(p[1], theirs);
+        r = write_state(dev, fd, blob, len);
+        /* Our close is the back-end's EOF: the whole state is in. */
+        close(fd);
+        if (r < 0)
+                return r;
+        TRY(dev, "CHECK_DEVICE_STATE", vhu_check_device_state(dev->conn));
+        return 0;
 }

@@ -70,6 +70,12 @@ struct vhm_device_config {
          * vhm_device_start() or a reconnect before that.
          */
         bool incoming;
+        /*
+         * What the back-end serves (default net).  fs and other keep state
+         * outside the rings: a migration blocker unless the back-end
+         * negotiates DEVICE_STATE (vhm_device_blockers).
+         */
+        enum vhm_device_type type;
 };
 
 /* Counters and observable state, for the service layer. */
@@ -257,3 +263,30 @@ int vhm_device_resume_after_migration(struct vhm_device *dev);
  */
 void vhm_device_release(struct vhm_device *dev);
 bool vhm_device_released(const struct vhm_device *dev);
+
+enum vhm_device_type vhm_device_type(const struct vhm_device *dev);
+
+/*
+ * The back-end's own state (DEVICE_STATE protocol feature, negotiated now):
+ * what the rings do not carry, as an opaque blob of at most VHM_DEVICE_STATE_MAX
+ * bytes.
+ */
+#define VHM_DEVICE_STATE_MAX (16u << 20)
+bool vhm_device_has_state_transfer(const struct vhm_device *dev);
+
+/*
+ * Source, a device stopped with every ring's index collected:
+ * SET_DEVICE_STATE_FD (save, stopped) with a pipe's write end (or the fd the
+ * back-end returns), the blob read to EOF within the request timeout, then
+ * CHECK_DEVICE_STATE.  *blob is malloc'd (NULL when empty).  The device stays
+ * stopped and may still resume.
+ */
+int vhm_device_save_state(struct vhm_device *dev, uint8_t **blob, size_t *len);
+
+/*
+ * Destination, an incoming device not restored yet: SET_DEVICE_STATE_FD
+ * (load, stopped), the blob written and the pipe closed, CHECK_DEVICE_STATE.
+ * Before vhm_device_restore(), as the specification wants the state in
+ * before the rings start.
+ */
+int vhm_device_load_state(struct vhm_device *dev, const void *blob, size_t len);

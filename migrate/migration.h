@@ -118,6 +118,32 @@ int vhm_migrate_incoming_opts(struct vhm_vm *vm, struct vhm_device **devs, unsig
                               uint64_t token_deadline_usec, const struct vhm_migrate_options *o,
                               struct vhm_migration_stats *st);
 
+/*
+ * VMM-carried device state, for a VMM that migrates guest memory itself: the
+ * same DEVICE and BACKEND_STATE records as the daemon-to-daemon stream
+ * (stream mode VHM_STREAM_DEVICE_STATE), closed by an END with no pages, into
+ * and out of an fd the VMM gives (a pipe, socket, file or memfd; taken,
+ * closed when the call returns; a file is written and read from its offset).
+ *
+ * Save, the VMM's vCPUs paused: every running device is stopped
+ * (GET_VRING_BASE), then DEVICE (and BACKEND_STATE where the back-end
+ * negotiated DEVICE_STATE) per device, then END.  On success the devices stay
+ * stopped with their indices (the VMM may still resume them with
+ * vhm_device_resume_after_migration, or release them once the destination
+ * runs); on failure those it stopped run again.  State completed or failed,
+ * role source.
+ *
+ * Load, devices added incoming and guest memory final: every device's DEVICE
+ * record is checked against its back-end's offer, its BACKEND_STATE loaded,
+ * then every device restored and SEND_RARP sent where needed (rarp_sent).
+ * The records end with END or at the end of the fd.  On failure no device is
+ * left started.  Role destination.
+ */
+int vhm_migration_save_device_state(struct vhm_device **devs, unsigned n, int fd, const struct vhm_migrate_options *o,
+                                    struct vhm_migration_stats *st);
+int vhm_migration_load_device_state(struct vhm_device **devs, unsigned n, int fd, const struct vhm_migrate_options *o,
+                                    struct vhm_migration_stats *st);
+
 /* A device's handoff as a DEVICE record (index: its place in the VM) and back. */
 void vhm_migration_device_record(const struct vhm_device_handoff *h, uint32_t index, struct vhm_rec_device *out);
 void vhm_migration_device_handoff(const struct vhm_rec_device *rec, struct vhm_device_handoff *out);
