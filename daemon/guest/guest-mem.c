@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "daemon/guest/guest-internal.h"
+#include "migrate/stream.h"
 
 #define PAGE VHM_GUEST_PAGE_SIZE
 
@@ -171,8 +172,8 @@ static void bind_queues(struct vhm_guest *g, const struct vhm_layout *lay) {
         }
 }
 
-/* Eventfds are per process (a migrated guest gets new ones), so they are
- * host-side and made fresh on create and attach. */
+/* Eventfds are host-side, not in guest memory: made fresh on create and on
+ * a plain attach; an incoming VMM's attach takes the ones its front-end has. */
 static int make_eventfds(struct vhm_guest *g) {
         for (unsigned q = 0; q < 2 * g->nqp; q++) {
                 g->vq[q].kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -183,6 +184,22 @@ static int make_eventfds(struct vhm_guest *g) {
                         return -errno;
         }
         return 0;
+}
+
+/* An fd the caller says is an eventfd: /proc names what it really is (when
+ * /proc is there to ask). */
+static int check_eventfd(int fd) {
+        char link[32], target[64];
+        ssize_t n;
+
+        if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+                return -EBADF;
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+        n = readlink(link, target, sizeof(target) - 1);
+        if (n < 0)
+                return 0;
+        target[n] = '\0';
+        return strcmp(target, "anon_inode:[eventfd]") == 0 ? 0 : -EBADF;
 }
 
 static int alloc_written(struct vhm_guest *g) {
@@ -454,7 +471,45 @@ static int check_queues(struct vhm_guest *g, char *err, size_t errlen) {
         return 0;
 }
 
+/* The front-end's eventfds, duplicated, in place of new ones. */
+static int dup_eventfds(struct vhm_guest *g, const int *kick_fds, const int *call_fds, char *err, size_t errlen) {
+        for (unsigned q = 0; q < 2 * g->nqp; q++) {
+                if (check_eventfd(kick_fds[q]) < 0 || check_eventfd(call_fds[q]) < 0)
+                        return reject(err, errlen, -EBADF, "queue %u: kick fd %d or call fd %d is not an eventfd", q,
+                                      kick_fds[q], call_fds[q]);
+                g->vq[q].kick_fd = fcntl(kick_fds[q], F_DUPFD_CLOEXEC, 0);
+                if (g->vq[q].kick_fd < 0)
+                        return reject(err, errlen, -errno, "cannot duplicate eventfds: %s", strerror(errno));
+                g->vq[q].call_fd = fcntl(call_fds[q], F_DUPFD_CLOEXEC, 0);
+                if (g->vq[q].call_fd < 0)
+                        return reject(err, errlen, -errno, "cannot duplicate eventfds: %s", strerror(errno));
+        }
+        return 0;
+}
+
+/* What the guest needs beyond its memory: eventfds (given or new) and the page record. */
+static int attach_host_side(struct vhm_guest *g, const int *kick_fds, const int *call_fds, unsigned nqueues, char *err,
+                            size_t errlen) {
+        int rc;
+
+        if (kick_fds && nqueues != 2 * g->nqp)
+                return reject(err, errlen, -EBADMSG, "the migrated guest has %u queues, %u eventfd pairs were given",
+                              2 * g->nqp, nqueues);
+        if (kick_fds)
+                rc = dup_eventfds(g, kick_fds, call_fds, err, errlen);
+        else if ((rc = make_eventfds(g)) < 0)
+                reject(err, errlen, rc, "eventfd: %s", strerror(-rc));
+        if (rc >= 0 && (rc = alloc_written(g)) < 0)
+                reject(err, errlen, rc, "%s", strerror(-rc));
+        return rc;
+}
+
 int vhm_guest_attach(int memfd, struct vhm_guest **out, char *err, size_t errlen) {
+        return vhm_guest_attach_eventfds(memfd, NULL, NULL, 0, out, err, errlen);
+}
+
+int vhm_guest_attach_eventfds(int memfd, const int *kick_fds, const int *call_fds, unsigned nqueues,
+                              struct vhm_guest **out, char *err, size_t errlen) {
         struct vhm_layout lay;
         struct vhm_guest *g;
         int rc;
@@ -463,6 +518,8 @@ int vhm_guest_attach(int memfd, struct vhm_guest **out, char *err, size_t errlen
                 err[0] = '\0';
         if (memfd < 0)
                 return reject(err, errlen, -EBADF, "invalid memfd");
+        if (!kick_fds != !call_fds)
+                return reject(err, errlen, -EINVAL, "kick and call eventfds go together");
         g = guest_alloc();
         if (!g)
                 return reject(err, errlen, -ENOMEM, "out of memory");
@@ -477,17 +534,102 @@ int vhm_guest_attach(int memfd, struct vhm_guest **out, char *err, size_t errlen
         }
         if (rc >= 0) {
                 cache_config(g);
-                rc = make_eventfds(g);
-                if (rc >= 0)
-                        rc = alloc_written(g);
-                if (rc < 0)
-                        reject(err, errlen, rc, "%s", strerror(-rc));
+                rc = attach_host_side(g, kick_fds, call_fds, nqueues, err, errlen);
         }
         if (rc < 0) {
                 vhm_guest_free(g);
                 return rc;
         }
         *out = g;
+        return 0;
+}
+
+/* ---------------------------------------------------------------- planning */
+
+int vhm_guest_plan_queue_layout(const struct vhm_guest_config *cfg, unsigned queue,
+                                struct vhm_guest_queue_layout *out) {
+        struct vhm_guest_config c;
+        struct vhm_layout lay;
+        int rc = config_defaults(cfg, &c);
+
+        if (rc == 0)
+                rc = vhm_layout_compute(c.queue_pairs, c.ring_size, &lay);
+        if (rc < 0)
+                return rc;
+        if (lay.total > c.mem_size)
+                return -ENOSPC;
+        if (queue >= 2 * c.queue_pairs)
+                return -EINVAL;
+        memset(out, 0, sizeof(*out));
+        out->index = queue;
+        out->num = c.ring_size;
+        out->is_rx = !(queue & 1);
+        out->desc_gpa = lay.desc[queue];
+        out->avail_gpa = lay.avail[queue];
+        out->used_gpa = lay.used[queue];
+        out->used_len = 6 + 8 * c.ring_size;
+        out->buf_gpa = lay.bufs[queue];
+        out->buf_size = VHM_GUEST_BUF_SIZE;
+        out->kick_fd = -1;
+        out->call_fd = -1;
+        return 0;
+}
+
+/* ---------------------------------------------------------------- checksum */
+
+struct span {
+        uint64_t start, end;
+};
+
+static int cmp_span(const void *a, const void *b) {
+        const struct span *x = a, *y = b;
+
+        return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* The device's pages: each used ring (pages of its own, up to the buffers)
+ * and the RX buffers right after it; sorted, page-aligned, disjoint. */
+static unsigned device_spans(const struct vhm_guest *g, struct span *sp) {
+        uint64_t bufs_len = align_up((uint64_t) VHM_GUEST_BUF_SIZE * g->num, PAGE);
+        unsigned n = 0;
+
+        for (unsigned q = 0; q < 2 * g->nqp; q++) {
+                const struct vhm_guest_vq *vq = &g->vq[q];
+
+                sp[n].start = vq->used_gpa;
+                sp[n++].end = vq->is_rx ? vq->buf_gpa + bufs_len : vq->buf_gpa;
+        }
+        qsort(sp, n, sizeof(*sp), cmp_span);
+        return n;
+}
+
+static uint64_t fold_zeroes(uint64_t h, uint64_t len) {
+        static const uint8_t zero[PAGE];
+
+        for (uint64_t off = 0; off < len; off += PAGE)
+                h = vhm_checksum_update(h, zero, len - off < PAGE ? (size_t) (len - off) : PAGE);
+        return h;
+}
+
+int vhm_guest_checksum(const struct vhm_guest *g, unsigned flags, uint64_t *out) {
+        struct span sp[VHM_GUEST_MAX_QUEUES];
+        unsigned n = 0;
+        uint64_t h = VHM_CHECKSUM_INIT, pos = 0;
+
+        if (flags & ~VHM_GUEST_CHECKSUM_DRIVER)
+                return -EINVAL;
+        if (flags & VHM_GUEST_CHECKSUM_DRIVER)
+                n = device_spans(g, sp);
+        for (unsigned i = 0; i <= n; i++) {
+                uint64_t next = i < n ? sp[i].start : g->size;
+
+                h = vhm_checksum_update(h, g->base + pos, (size_t) (next - pos));
+                if (i < n) {
+                        h = fold_zeroes(h, sp[i].end - sp[i].start);
+                        pos = sp[i].end;
+                }
+        }
+        *out = h;
         return 0;
 }
 

@@ -111,10 +111,30 @@ int vhm_guest_create(const struct vhm_guest_config *cfg, struct vhm_guest **out)
  * Resume a guest from existing memory (e.g. a migrated copy).  memfd is
  * duplicated, the caller keeps its own descriptor.  The memory is untrusted:
  * a state area that is not ours or is inconsistent is rejected with -EBADMSG
- * and a reason in err (if err is not NULL).  New kick/call eventfds are made.
+ * and a reason in err (if err is not NULL).  New kick/call eventfds are made
+ * (vhm_guest_attach_eventfds takes given ones).
  * The guest tries to seal the memfd against shrinking (ignored if it cannot).
  */
 int vhm_guest_attach(int memfd, struct vhm_guest **out, char *err, size_t errlen);
+
+/*
+ * vhm_guest_attach for the destination of a migration, with the eventfds its
+ * front-end already holds: the VMM handed kick_fds[q] and call_fds[q] over
+ * for every queue q < nqueues (AddDevice) before the memory arrived, and the
+ * back-end restored there kicks and calls those, so the resumed driver must
+ * use the same ones.  nqueues must be twice the migrated guest's queue pairs
+ * (else -EBADMSG, with the reason); an fd that is not an open eventfd is
+ * -EBADF.  They are duplicated: the caller keeps its own.
+ */
+int vhm_guest_attach_eventfds(int memfd, const int *kick_fds, const int *call_fds, unsigned nqueues,
+                              struct vhm_guest **out, char *err, size_t errlen);
+
+/*
+ * Where a guest created with cfg (NULL: defaults) keeps queue `queue`: the
+ * guest-physical fields of vhm_guest_queue_layout(), user addresses 0 and fds
+ * -1.  An incoming VMM tells its front-end this before the memory exists.
+ */
+int vhm_guest_plan_queue_layout(const struct vhm_guest_config *cfg, unsigned queue, struct vhm_guest_queue_layout *out);
 
 void vhm_guest_free(struct vhm_guest *g); /* NULL is fine */
 
@@ -185,6 +205,23 @@ int vhm_guest_run_until(struct vhm_guest *g, unsigned qp, uint64_t target_frames
                         const struct vhm_guest_run_opts *opts);
 
 int vhm_guest_get_stats(const struct vhm_guest *g, unsigned qp, struct vhm_guest_stats *out);
+
+/* --- the memory image's checksum ------------------------------------------ */
+
+/*
+ * The checksum of the whole guest memory exactly as the migration stream
+ * computes it for a VM of one region at gpa 0 (vhm_memory_checksum: 64-bit
+ * FNV-1a over little-endian 8-byte words, migrate/stream.h), so it compares
+ * with a VM's MigrationChecksum while nothing writes the memory.
+ *
+ * With VHM_GUEST_CHECKSUM_DRIVER the bytes a device may write (every used
+ * ring's pages and the RX buffers) count as zeroes: the image of what only
+ * the driver writes.  A destination back-end runs (and writes) before the
+ * guest learns that its migration completed; this image still equals the
+ * source's after the switchover, until the driver itself runs again.
+ */
+#define VHM_GUEST_CHECKSUM_DRIVER 0x1u
+int vhm_guest_checksum(const struct vhm_guest *g, unsigned flags, uint64_t *out);
 
 /* --- pages the device must have written (host-side record) ---------------- */
 

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -26,6 +27,8 @@
 #include "daemon/guest/guest-internal.h"
 #include "daemon/guest/guest.h"
 #include "loopback.h"
+#include "migrate/stream.h"
+#include "migrate/vm.h"
 
 #define SMALL_MEM      (4ull << 20)
 #define RUN_TIMEOUT_MS 30000
@@ -91,11 +94,12 @@ static int run_stepped(struct vhm_guest *g, unsigned qp, uint64_t n, struct lb_d
         return vhm_guest_run_until(g, qp, n, timeout, &o);
 }
 
-/* A migrated image: a fresh memfd holding a byte copy of guest memory. */
+/* A migrated image: a fresh memfd (sealable, as a VMM makes it) holding a
+ * byte copy of guest memory. */
 static int copy_memory(const struct vhm_guest *g) {
         const uint8_t *p = vhm_guest_mem_base(g);
         uint64_t size = vhm_guest_mem_size(g), off = 0;
-        int fd = memfd_create("vhm-test-copy", MFD_CLOEXEC);
+        int fd = memfd_create("vhm-test-copy", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 
         assert_true(fd >= 0);
         assert_int_equal(ftruncate(fd, (off_t) size), 0);
@@ -769,6 +773,196 @@ static void test_attach_valid(void **state) {
         vhm_guest_free(g);
 }
 
+/* The eventfds an incoming VMM gave its front-end before the memory came:
+ * the attached driver kicks and waits on those very ones. */
+struct efds {
+        unsigned n;
+        int kick[VHM_GUEST_MAX_QUEUES];
+        int call[VHM_GUEST_MAX_QUEUES];
+};
+
+static void efds_new(struct efds *e, unsigned nqueues) {
+        e->n = nqueues;
+        for (unsigned q = 0; q < nqueues; q++) {
+                e->kick[q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                e->call[q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                assert_true(e->kick[q] >= 0 && e->call[q] >= 0);
+        }
+}
+
+static void efds_close(struct efds *e) {
+        for (unsigned q = 0; q < e->n; q++) {
+                close(e->kick[q]);
+                close(e->call[q]);
+        }
+}
+
+static uint64_t efd_read(int fd) {
+        uint64_t v = 0;
+
+        if (read(fd, &v, sizeof(v)) != sizeof(v))
+                assert_int_equal(errno, EAGAIN);
+        return v;
+}
+
+static void test_attach_given_eventfds(void **state) {
+        struct vhm_guest *g = mk_guest(2, 64, 0, SMALL_MEM), *g2 = NULL;
+        struct lb_dev *d = mk_dev(g, NULL), *d2;
+        struct vhm_guest_queue_layout l;
+        struct efds e;
+        char err[256];
+        uint64_t one = 1;
+        int fd;
+
+        (void) state;
+        assert_int_equal(run_stepped(g, VHM_GUEST_ALL_QPS, 100, d, RUN_TIMEOUT_MS), 0);
+        lb_free(d);
+        fd = copy_memory(g);
+        vhm_guest_free(g);
+        efds_new(&e, 4);
+        assert_int_equal(vhm_guest_attach_eventfds(fd, e.kick, e.call, e.n, &g2, err, sizeof(err)), 0);
+        close(fd);
+        /* Duplicates (ours to close), of the same eventfds: a kick is seen on
+         * the VMM's fd, a call made on the VMM's fd reaches the driver's. */
+        assert_int_equal(vhm_guest_queue_layout(g2, 3, &l), 0);
+        assert_true(l.kick_fd != e.kick[3] && l.call_fd != e.call[3]);
+        assert_int_equal(efd_read(e.kick[3]), 0);
+        assert_true(vhm_guest_post_rx(g2, 1) >= 0);
+        assert_int_equal(vhm_guest_tx(g2, 1, 5), 5);
+        assert_true(efd_read(e.kick[3]) > 0);
+        assert_int_equal(write(e.call[2], &one, sizeof(one)), sizeof(one));
+        assert_int_equal(vhm_guest_queue_layout(g2, 2, &l), 0);
+        assert_int_equal(efd_read(l.call_fd), 1);
+        /* A device thread waking on kicks, a driver sleeping on calls: both
+         * through the VMM's eventfds, the sequence goes on. */
+        d2 = mk_dev(g2, &(struct lb_config){ .wait_kick = true });
+        assert_int_equal(lb_start(d2), 0);
+        struct vhm_guest_run_opts o = { .flags = VHM_GUEST_RUN_WAIT_CALL };
+        assert_int_equal(vhm_guest_run_until(g2, VHM_GUEST_ALL_QPS, 1000, RUN_TIMEOUT_MS, &o), 0);
+        lb_stop(d2);
+        assert_int_equal(lb_error(d2), 0);
+        assert_clean(g2, 0, 1100);
+        assert_clean(g2, 1, 1105);
+        lb_free(d2);
+        vhm_guest_free(g2);
+        efds_close(&e);
+}
+
+static void test_attach_eventfds_rejects(void **state) {
+        struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM), *out = NULL;
+        struct efds e;
+        char err[256];
+        int fd = copy_memory(g), p[2];
+
+        (void) state;
+        vhm_guest_free(g);
+        efds_new(&e, 4);
+        assert_int_equal(vhm_guest_attach_eventfds(fd, e.kick, e.call, 4, &out, err, sizeof(err)), -EBADMSG);
+        assert_non_null(strstr(err, "2 queues, 4 eventfd pairs"));
+        assert_int_equal(vhm_guest_attach_eventfds(fd, e.kick, NULL, 2, &out, err, sizeof(err)), -EINVAL);
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        int kick[2] = { e.kick[0], p[0] }, call[2] = { e.call[0], -1 };
+        assert_int_equal(vhm_guest_attach_eventfds(fd, kick, e.call, 2, &out, err, sizeof(err)), -EBADF);
+        assert_non_null(strstr(err, "queue 1"));
+        assert_int_equal(vhm_guest_attach_eventfds(fd, e.kick, call, 2, &out, err, sizeof(err)), -EBADF);
+        assert_null(out);
+        close(p[0]);
+        close(p[1]);
+        close(fd);
+        efds_close(&e);
+}
+
+/* What an incoming VMM announces before the memory exists is where the guest keeps its rings. */
+static void test_plan_queue_layout(void **state) {
+        struct vhm_guest_config c = { .mem_size = 16ull << 20, .queue_pairs = 3, .ring_size = 512 };
+        struct vhm_guest *g = NULL;
+        struct vhm_guest_queue_layout want, got;
+
+        (void) state;
+        assert_int_equal(vhm_guest_create(&c, &g), 0);
+        for (unsigned q = 0; q < 6; q++) {
+                assert_int_equal(vhm_guest_queue_layout(g, q, &want), 0);
+                assert_int_equal(vhm_guest_plan_queue_layout(&c, q, &got), 0);
+                assert_int_equal(got.index, q);
+                assert_int_equal(got.num, want.num);
+                assert_int_equal(got.is_rx, want.is_rx);
+                assert_int_equal(got.desc_gpa, want.desc_gpa);
+                assert_int_equal(got.avail_gpa, want.avail_gpa);
+                assert_int_equal(got.used_gpa, want.used_gpa);
+                assert_int_equal(got.used_len, want.used_len);
+                assert_int_equal(got.buf_gpa, want.buf_gpa);
+                assert_int_equal(got.kick_fd, -1);
+                assert_int_equal(got.desc_uaddr, 0);
+        }
+        assert_int_equal(vhm_guest_plan_queue_layout(&c, 6, &got), -EINVAL);
+        c.mem_size = 1ull << 20;
+        assert_int_equal(vhm_guest_plan_queue_layout(&c, 0, &got), -ENOSPC);
+        c.ring_size = 500;
+        assert_int_equal(vhm_guest_plan_queue_layout(&c, 0, &got), -EINVAL);
+        vhm_guest_free(g);
+}
+
+/* The migration stream's checksum of the same memory, through a VM model. */
+static uint64_t stream_checksum(const struct vhm_guest *g) {
+        struct vhm_region_spec r = { .fd = vhm_guest_mem_fd(g), .size = vhm_guest_mem_size(g) };
+        struct vhm_vm *vm = NULL;
+        uint64_t sum = 0;
+
+        assert_int_equal(vhm_vm_new("checksum", &vm), 0);
+        if (vhm_vm_add_region(vm, &r) < 0)
+                fail_msg("add_region: %s", vhm_vm_error(vm));
+        assert_int_equal(vhm_memory_checksum(vm, &sum), 0);
+        vhm_vm_free(vm);
+        return sum;
+}
+
+static uint64_t csum(const struct vhm_guest *g, unsigned flags) {
+        uint64_t v = 0;
+
+        assert_int_equal(vhm_guest_checksum(g, flags, &v), 0);
+        return v;
+}
+
+/* Full image: the stream's checksum.  Driver image: what a destination
+ * back-end writes before the guest resumes (used rings, RX buffers) does not
+ * change it; the driver's own progress does. */
+static void test_checksum(void **state) {
+        const struct lb_config slow = { .max_per_step = 7 };
+        struct vhm_guest *g = mk_guest(2, 256, 300, 0), *g2 = NULL;
+        struct lb_dev *d = mk_dev(g, &slow), *d2;
+        uint64_t full, driver, v;
+        char err[256];
+        int fd;
+
+        (void) state;
+        assert_int_equal(vhm_guest_checksum(g, 0x2, &v), -EINVAL);
+        assert_int_equal(vhm_guest_post_rx(g, 0), 256);
+        assert_int_equal(vhm_guest_tx(g, 0, 100), 100);
+        assert_int_equal(lb_step(d), 7);
+        full = csum(g, 0);
+        driver = csum(g, VHM_GUEST_CHECKSUM_DRIVER);
+        assert_true(full == stream_checksum(g));
+        assert_true(full != driver);
+        fd = copy_memory(g);
+        assert_int_equal(vhm_guest_attach(fd, &g2, err, sizeof(err)), 0);
+        close(fd);
+        assert_true(csum(g2, 0) == full);
+        assert_true(csum(g2, VHM_GUEST_CHECKSUM_DRIVER) == driver);
+        d2 = mk_dev(g2, &slow);
+        for (unsigned q = 0; q < 4; q++)
+                lb_set_base(d2, q, lb_get_base(d, q));
+        assert_int_equal(lb_step(d2), 7);
+        assert_true(csum(g2, 0) != full);
+        assert_true(csum(g2, VHM_GUEST_CHECKSUM_DRIVER) == driver);
+        assert_true(csum(g2, 0) == stream_checksum(g2));
+        assert_true(vhm_guest_poll_rx(g2, 0, 0) > 0);
+        assert_true(csum(g2, VHM_GUEST_CHECKSUM_DRIVER) != driver);
+        lb_free(d2);
+        vhm_guest_free(g2);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
 /* ---------------------------------------------------------------- pages */
 
 static int count_page(uint64_t page, void *opaque) {
@@ -856,6 +1050,10 @@ static const struct CMUnitTest attach_tests[] = {
         T(test_attach_rejects_corruption),
         T(test_attach_bad_files),
         T(test_attach_valid),
+        T(test_attach_given_eventfds),
+        T(test_attach_eventfds_rejects),
+        T(test_plan_queue_layout),
+        T(test_checksum),
 };
 
 static const struct CMUnitTest page_tests[] = {
