@@ -1092,6 +1092,10 @@ enum vhm_device_type vhm_device_type(const struct vhm_device *dev) {
         return dev->cfg.type;
 }
 
+struct vhm_vm *vhm_device_vm(const struct vhm_device *dev) {
+        return dev->vm;
+}
+
 /* ---- migration: the back-end's own state ------------------------------------- */
 
 bool vhm_device_has_state_transfer(const struct vhm_device *dev) {

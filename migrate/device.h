@@ -265,6 +265,7 @@ void vhm_device_release(struct vhm_device *dev);
 bool vhm_device_released(const struct vhm_device *dev);
 
 enum vhm_device_type vhm_device_type(const struct vhm_device *dev);
+struct vhm_vm *vhm_device_vm(const struct vhm_device *dev);
 
 /*
  * The back-end's own state (DEVICE_STATE protocol feature, negotiated now):

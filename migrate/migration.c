@@ -105,14 +105,17 @@ struct engine {
         struct vhm_migrate_options o;
         struct vhm_migration_stats *st;
         uint64_t t0_usec, down_usec;
-        bool *touched;  /* source: stopped for the migration; destination: restored */
-        bool ended;     /* source: END went out */
-        bool answered;  /* source: the destination said ABORTED */
-        int stream_err; /* the stream's own failure, 0 while it works */
+        bool *touched;    /* source: stopped for the migration; destination: restored */
+        bool ended;       /* source: END went out */
+        bool answered;    /* source: the destination said ABORTED */
+        int stream_err;   /* the stream's own failure, 0 while it works */
+        bool vmm_carried; /* device state through a VMM's fd: no answer, no pages */
         /* Destination. */
         struct vhm_rec_hello hello;
         struct vhm_device_handoff *handoffs;
         bool *seen;
+        bool *loaded;             /* the back-end's state (BACKEND_STATE) went in */
+        struct vhm_rec_blob blob; /* the one arriving */
 };
 
 __attribute__((format(printf, 3, 4))) static int fail(struct engine *e, int r, const char *fmt, ...) {
@@ -173,6 +176,8 @@ static void engine_free(struct engine *e) {
         free(e->touched);
         free(e->handoffs);
         free(e->seen);
+        free(e->loaded);
+        vhm_rec_blob_free(&e->blob);
 }
 
 static int engine_open(struct engine *e, int fd) {
@@ -206,6 +211,10 @@ static int check_source_devices(struct engine *e) {
                 if (ds != VHM_DEVICE_RUNNING && ds != VHM_DEVICE_STOPPED)
                         return fail(e, -EBUSY, "device %u (%s) is %s: its rings have no state to migrate", i,
                                     vhm_device_socket(e->devs[i]), vhm_device_state_name(ds));
+                char why[VHM_BLOCKER_LEN];
+                if (vhm_device_state_blocker(vhm_device_type(e->devs[i]), vhm_device_protocol_features(e->devs[i]), why,
+                                             sizeof(why)))
+                        return fail(e, -ENOTSUP, "device %u (%s): %s", i, vhm_device_socket(e->devs[i]), why);
         }
         return 0;
 }
@@ -294,6 +303,20 @@ static int source_pages(struct engine *e) {
         return r;
 }
 
+/* Where the back-end negotiated DEVICE_STATE, its blob follows its DEVICE record. */
+static int send_backend_state(struct engine *e, unsigned i) {
+        if (!vhm_device_has_state_transfer(e->devs[i]))
+                return 0;
+        uint8_t *blob;
+        size_t len;
+        int r = vhm_device_save_state(e->devs[i], &blob, &len);
+        if (r < 0)
+                return fail(e, r, "BACKEND_STATE %u: %s", i, vhm_device_error(e->devs[i]));
+        r = vhm_stream_send_backend_state(e->s, i, blob, len);
+        free(blob);
+        return r < 0 ? stream_failed(e, r, "sending BACKEND_STATE") : 0;
+}
+
 static int send_devices(struct engine *e) {
         for (unsigned i = 0; i < e->n; i++) {
                 struct vhm_device_handoff h;
@@ -305,6 +328,9 @@ static int send_devices(struct engine *e) {
                 r = vhm_stream_send_device(e->s, &rec);
                 if (r < 0)
                         return stream_failed(e, r, "sending DEVICE");
+                r = send_backend_state(e, i);
+                if (r < 0)
+                        return r;
         }
         return 0;
 }
@@ -497,6 +523,29 @@ static int dest_pages(struct engine *e, const void *p, uint32_t len) {
         return 0;
 }
 
+/*
+ * A back-end that keeps its own state needs it from the source's back-end: a
+ * device of such a type migrates only where both negotiated DEVICE_STATE,
+ * and a state the source sends must have somewhere to go.
+ */
+static int dest_state_check(struct engine *e, uint32_t index, const struct vhm_rec_device *rec) {
+        struct vhm_device *dev = e->devs[index];
+        char why[VHM_BLOCKER_LEN];
+        if (vhm_device_state_blocker(vhm_device_type(dev), vhm_device_protocol_features(dev), why, sizeof(why)))
+                return fail(e, -ENOTSUP, "device %" PRIu32 " (%s): %s", index, vhm_device_socket(dev), why);
+        bool source_state = rec->protocol_features & VHU_BIT(VHU_PF_DEVICE_STATE);
+        if (vhm_device_type_needs_state(vhm_device_type(dev)) && !source_state)
+                return fail(e, -ENOTSUP,
+                            "device %" PRIu32 " (%s): %s: the source's back-end did not negotiate DEVICE_STATE", index,
+                            vhm_device_socket(dev), vhm_device_type_name(vhm_device_type(dev)));
+        if (source_state && !vhm_device_has_state_transfer(dev))
+                return fail(e, -ENOTSUP,
+                            "device %" PRIu32 " (%s): the source's back-end sends its own state (DEVICE_STATE) and "
+                            "this back-end does not offer DEVICE_STATE to load it",
+                            index, vhm_device_socket(dev));
+        return 0;
+}
+
 /* Can the device here take the source's?  Checked now, before anything starts. */
 static int dest_device(struct engine *e, const void *p, uint32_t len) {
         struct vhm_rec_device rec;
@@ -517,7 +566,40 @@ static int dest_device(struct engine *e, const void *p, uint32_t len) {
         r = vhm_device_handoff_check(dev, h);
         if (r < 0)
                 return fail(e, r, "device %" PRIu32 " cannot take the source's: %s", rec.index, vhm_device_error(dev));
+        r = dest_state_check(e, rec.index, &rec);
+        if (r < 0)
+                return r;
         e->seen[rec.index] = true;
+        return 0;
+}
+
+/* One chunk of a device's BACKEND_STATE; the whole blob goes into its back-end at once. */
+static int dest_backend_state(struct engine *e, const void *p, uint32_t len) {
+        uint32_t index, chunk_len;
+        const void *chunk;
+        char err[256];
+        int r = vhm_rec_decode_backend_state(p, len, &index, &chunk, &chunk_len, err, sizeof(err));
+        if (r == 0)
+                r = vhm_rec_blob_append(&e->blob, index, chunk, chunk_len, err, sizeof(err));
+        if (r < 0)
+                return fail(e, r, "%s", err);
+        if (index >= e->n || !e->seen[index] || e->loaded[index])
+                return fail(e, -EBADMSG, "BACKEND_STATE %" PRIu32 ": %s", index,
+                            index >= e->n     ? "no such device here"
+                            : !e->seen[index] ? "before the device's DEVICE record"
+                                              : "the device's state came twice");
+        if (!(e->handoffs[index].protocol_features & VHU_BIT(VHU_PF_DEVICE_STATE)))
+                return fail(e, -EBADMSG,
+                            "BACKEND_STATE %" PRIu32 ": the source's back-end did not negotiate DEVICE_STATE", index);
+        if (!e->blob.complete)
+                return 0;
+        /* Loaded before any ring starts; a failed migration takes the device back (unrestore). */
+        e->touched[index] = true;
+        r = vhm_device_load_state(e->devs[index], e->blob.data, e->blob.len);
+        if (r < 0)
+                return fail(e, r, "loading device %" PRIu32 "'s state: %s", index, vhm_device_error(e->devs[index]));
+        e->loaded[index] = true;
+        vhm_rec_blob_free(&e->blob);
         return 0;
 }
 
@@ -542,7 +624,8 @@ static int dest_receive(struct engine *e, struct vhm_rec_end *end) {
                         r = vhm_rec_decode_end(p, len, end, err, sizeof(err));
                         return r < 0 ? fail(e, r, "%s", err) : 0;
                 case VHM_REC_BACKEND_STATE:
-                        return fail(e, -ENOTSUP, "BACKEND_STATE: no device here can load a back-end's state");
+                        r = dest_backend_state(e, p, len);
+                        break;
                 default:
                         return fail(e, -EBADMSG, "unexpected %s record", vhm_rec_name((uint16_t) type));
                 }
@@ -554,16 +637,29 @@ static int dest_receive(struct engine *e, struct vhm_rec_end *end) {
 }
 
 /* What END says must be what arrived: every device, every page, the same image. */
-static int dest_check_end(struct engine *e, const struct vhm_rec_end *end) {
-        for (unsigned i = 0; i < e->n; i++)
+/* Every device's DEVICE record came, and its back-end's state where the source has one. */
+static int dest_check_devices(struct engine *e) {
+        if (e->blob.started)
+                return fail(e, -EBADMSG, "END: device %" PRIu32 "'s BACKEND_STATE is not complete", e->blob.index);
+        for (unsigned i = 0; i < e->n; i++) {
                 if (!e->seen[i])
                         return fail(e, -EBADMSG, "END: no DEVICE record for device %u", i);
+                if ((e->handoffs[i].protocol_features & VHU_BIT(VHU_PF_DEVICE_STATE)) && !e->loaded[i])
+                        return fail(e, -EBADMSG, "END: no BACKEND_STATE for device %u, whose back-end has one", i);
+        }
+        return 0;
+}
+
+static int dest_check_end(struct engine *e, const struct vhm_rec_end *end) {
+        int r = dest_check_devices(e);
+        if (r < 0)
+                return r;
         if (end->pages != e->st->pages_transferred || end->zero_pages != e->st->zero_pages)
                 return fail(e, -EBADMSG,
                             "END: the source sent %" PRIu64 " pages (%" PRIu64 " zero), %" PRIu64 " (%" PRIu64
                             " zero) arrived",
                             end->pages, end->zero_pages, e->st->pages_transferred, e->st->zero_pages);
-        int r = vhm_memory_checksum(e->vm, &e->st->checksum);
+        r = vhm_memory_checksum(e->vm, &e->st->checksum);
         if (r < 0)
                 return fail(e, r, "END: cannot read guest memory: %s", vhm_vm_error(e->vm));
         if (e->st->checksum != end->checksum)
@@ -572,17 +668,23 @@ static int dest_check_end(struct engine *e, const struct vhm_rec_end *end) {
         return 0;
 }
 
+static int dest_restore(struct engine *e) {
+        for (unsigned i = 0; i < e->n; i++) {
+                /* Even a restore that failed half-way is taken back (its connection is gone). */
+                e->touched[i] = true;
+                int r = vhm_device_restore(e->devs[i], &e->handoffs[i]);
+                if (r < 0)
+                        return fail(e, r, "restoring device %u: %s", i, vhm_device_error(e->devs[i]));
+        }
+        return 0;
+}
+
 static int dest_switchover(struct engine *e, const struct vhm_rec_end *end) {
         set_state(e, VHM_MIGRATION_SWITCHOVER);
         /* Before any ring starts: a running back-end writes guest memory. */
         int r = dest_check_end(e, end);
-        for (unsigned i = 0; r == 0 && i < e->n; i++) {
-                /* Even a restore that failed half-way is taken back (its connection is gone). */
-                e->touched[i] = true;
-                r = vhm_device_restore(e->devs[i], &e->handoffs[i]);
-                if (r < 0)
-                        return fail(e, r, "restoring device %u: %s", i, vhm_device_error(e->devs[i]));
-        }
+        if (r == 0)
+                r = dest_restore(e);
         if (r < 0)
                 return r;
         r = vhm_stream_send_committed(e->s);
@@ -608,7 +710,7 @@ static void dest_announce(struct engine *e) {
 static void dest_abort(struct engine *e, int r) {
         /* A source that hung up or stalls hears nothing more; one that sent a bad record is told. */
         bool channel_works = e->stream_err != -ECONNRESET && e->stream_err != -EPIPE && e->stream_err != -ETIMEDOUT;
-        if (e->s && channel_works) {
+        if (e->s && channel_works && !e->vmm_carried) {
                 vhm_stream_set_cancel_fd(e->s, -1);
                 vhm_stream_set_deadline(e->s, vhu_now_usec() + LAST_WORD_MS * 1000u);
                 (void) vhm_stream_send_aborted(e->s, e->st->error);
@@ -619,17 +721,23 @@ static void dest_abort(struct engine *e, int r) {
         set_state(e, r == -ECANCELED ? VHM_MIGRATION_CANCELLED : VHM_MIGRATION_FAILED);
 }
 
+static int dest_alloc(struct engine *e) {
+        unsigned k = e->n ? e->n : 1;
+        e->handoffs = calloc(k, sizeof(*e->handoffs));
+        e->seen = calloc(k, sizeof(*e->seen));
+        e->loaded = calloc(k, sizeof(*e->loaded));
+        if (!e->handoffs || !e->seen || !e->loaded)
+                return fail(e, -ENOMEM, "out of memory");
+        return 0;
+}
+
 int vhm_migrate_incoming_opts(struct vhm_vm *vm, struct vhm_device **devs, unsigned n, int fd, const char *token,
                               uint64_t token_deadline_usec, const struct vhm_migrate_options *o,
                               struct vhm_migration_stats *st) {
         struct engine e;
         int r = engine_init(&e, vm, devs, n, o, st, VHM_MIGRATION_ROLE_DESTINATION);
-        if (r == 0) {
-                e.handoffs = calloc(n ? n : 1, sizeof(*e.handoffs));
-                e.seen = calloc(n ? n : 1, sizeof(*e.seen));
-                if (!e.handoffs || !e.seen)
-                        r = fail(&e, -ENOMEM, "out of memory");
-        }
+        if (r == 0)
+                r = dest_alloc(&e);
         if (r == 0 && (!token || (n && !devs)))
                 r = fail(&e, -EINVAL, "no token or no devices given");
         if (r < 0) {
@@ -662,4 +770,129 @@ int vhm_migrate_incoming_opts(struct vhm_vm *vm, struct vhm_device **devs, unsig
 int vhm_migrate_incoming(struct vhm_vm *vm, struct vhm_device **devs, unsigned n, int fd, const char *token,
                          uint64_t token_deadline_usec, struct vhm_migration_stats *st) {
         return vhm_migrate_incoming_opts(vm, devs, n, fd, token, token_deadline_usec, NULL, st);
+}
+
+/* ---- VMM-carried device state ------------------------------------------------------ */
+
+static int carried_begin(struct engine *e, struct vhm_device **devs, unsigned n, int fd,
+                         const struct vhm_migrate_options *o, struct vhm_migration_stats *st,
+                         enum vhm_migration_role role) {
+        memset(e, 0, sizeof(*e));
+        e->st = st;
+        int r;
+        if (!n || !devs) {
+                memset(st, 0, sizeof(*st));
+                st->role = role;
+                r = fail(e, -EINVAL, "no devices given");
+        } else {
+                /* The devices' VM, for the engine's bookkeeping: guest memory is the VMM's to carry. */
+                r = engine_init(e, vhm_device_vm(devs[0]), devs, n, o, st, role);
+                st->pages_total = 0;
+        }
+        e->vmm_carried = true;
+        if (r == 0 && role == VHM_MIGRATION_ROLE_DESTINATION)
+                r = dest_alloc(e);
+        if (r < 0) {
+                if (fd >= 0)
+                        close(fd);
+                return r;
+        }
+        r = engine_open(e, fd);
+        if (r == 0)
+                vhm_stream_set_mode(e->s, VHM_STREAM_DEVICE_STATE);
+        return r;
+}
+
+int vhm_migration_save_device_state(struct vhm_device **devs, unsigned n, int fd, const struct vhm_migrate_options *o,
+                                    struct vhm_migration_stats *st) {
+        struct engine e;
+        int r = carried_begin(&e, devs, n, fd, o, st, VHM_MIGRATION_ROLE_SOURCE);
+        if (r == 0)
+                report(&e);
+        if (r == 0)
+                r = check_source_devices(&e);
+        if (r == 0)
+                r = stop_devices(&e);
+        if (r == 0) {
+                set_state(&e, VHM_MIGRATION_SWITCHOVER);
+                r = send_devices(&e);
+        }
+        if (r == 0) {
+                /* No pages: the VMM carries guest memory.  END says the records are complete. */
+                struct vhm_rec_end end = { 0 };
+                r = vhm_stream_send_end(e.s, &end);
+                if (r < 0)
+                        r = stream_failed(&e, r, "sending END");
+        }
+        if (r == 0) {
+                /* Stopped with their indices: the VMM decides whether they run here again. */
+                e.st->downtime_ms = e.down_usec ? (vhu_now_usec() - e.down_usec) / 1000u : 0;
+                set_state(&e, VHM_MIGRATION_COMPLETED);
+        } else {
+                rollback_source(&e);
+                set_state(&e, r == -ECANCELED ? VHM_MIGRATION_CANCELLED : VHM_MIGRATION_FAILED);
+        }
+        engine_free(&e);
+        return r;
+}
+
+/* DEVICE and BACKEND_STATE records until END, or the end of the fd once everything came. */
+static int carried_receive(struct engine *e) {
+        for (;;) {
+                const void *p;
+                uint32_t len;
+                char err[256];
+                int type = vhm_stream_recv(e->s, &p, &len), r;
+                if (type == -ECONNRESET)
+                        return 0;
+                if (type < 0)
+                        return stream_failed(e, type, "reading the device state");
+                struct vhm_rec_end end;
+                switch (type) {
+                case VHM_REC_DEVICE:
+                        r = dest_device(e, p, len);
+                        break;
+                case VHM_REC_BACKEND_STATE:
+                        r = dest_backend_state(e, p, len);
+                        break;
+                case VHM_REC_END:
+                        r = vhm_rec_decode_end(p, len, &end, err, sizeof(err));
+                        if (r < 0)
+                                return fail(e, r, "%s", err);
+                        if (end.pages)
+                                return fail(e, -EBADMSG, "END: %" PRIu64 " pages in a device state stream", end.pages);
+                        return 0;
+                default:
+                        return fail(e, -EBADMSG, "unexpected %s record", vhm_rec_name((uint16_t) type));
+                }
+                if (r < 0)
+                        return r;
+                report(e);
+        }
+}
+
+int vhm_migration_load_device_state(struct vhm_device **devs, unsigned n, int fd, const struct vhm_migrate_options *o,
+                                    struct vhm_migration_stats *st) {
+        struct engine e;
+        int r = carried_begin(&e, devs, n, fd, o, st, VHM_MIGRATION_ROLE_DESTINATION);
+        if (r == 0) {
+                e.down_usec = vhu_now_usec();
+                report(&e);
+                r = carried_receive(&e);
+        }
+        if (r == 0) {
+                set_state(&e, VHM_MIGRATION_SWITCHOVER);
+                r = dest_check_devices(&e);
+        }
+        if (r == 0)
+                r = dest_restore(&e);
+        if (r == 0) {
+                dest_announce(&e);
+                e.st->downtime_ms = (vhu_now_usec() - e.down_usec) / 1000u;
+                set_state(&e, VHM_MIGRATION_COMPLETED);
+        } else {
+                dest_abort(&e, r);
+        }
+        engine_free(&e);
+        return r;
 }

@@ -30,6 +30,8 @@ int tb_config_check(const struct tb_config *cfg, const char **why) {
                 w = "max_mem_slots must be 1..512";
         else if (cfg->log_reply_size != 0 && cfg->log_reply_size != 8 && cfg->log_reply_size != 16)
                 w = "log_reply_size must be 0, 8 or 16";
+        else if (cfg->device_state_size > TB_MAX_DEVICE_STATE)
+                w = "device_state_size must be at most 32 MiB";
         else if (cfg->nfaults > TB_MAX_FAULTS || cfg->nbackend_reqs > TB_MAX_BACKEND_REQS)
                 w = "too many faults or back-end requests";
         if (why)
@@ -58,6 +60,8 @@ uint64_t tb_config_protocol_features(const struct tb_config *cfg) {
                 f &= ~VHU_BIT(VHU_PF_REPLY_ACK);
         if (cfg->no_mq)
                 f &= ~VHU_BIT(VHU_PF_MQ);
+        if (cfg->no_device_state)
+                f &= ~VHU_BIT(VHU_PF_DEVICE_STATE);
         return f;
 }
 
@@ -232,4 +236,26 @@ int tb_parse_backend_req(const char *spec, struct tb_backend_req *req) {
         }
         *req = r;
         return 0;
+}
+
+/* xorshift32: every byte depends on the seed and the position, so a shifted or cut blob shows. */
+void tb_device_state_fill(uint32_t seed, void *buf, size_t len) {
+        uint32_t x = seed ? seed : 0x9e3779b9u;
+        uint8_t *p = buf;
+        for (size_t i = 0; i < len; i++) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                p[i] = (uint8_t) x;
+        }
+}
+
+uint64_t tb_device_state_hash(const void *buf, size_t len) {
+        const uint8_t *p = buf;
+        uint64_t h = UINT64_C(0xcbf29ce484222325);
+        for (size_t i = 0; i < len; i++) {
+                h ^= p[i];
+                h *= UINT64_C(0x100000001b3);
+        }
+        return h;
 }

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "proto/vhost-user.h"
@@ -15,6 +17,9 @@ struct tb_server {
         unsigned counts[VHU_REQ_MAX];
         bool fired[TB_MAX_FAULTS];
         unsigned connections;
+        /* The back-end's own state (DEVICE_STATE): it outlives connections, as a device's would. */
+        uint8_t *state;
+        size_t state_len;
 };
 
 int tb_server_init(struct tb_server *srv, const struct tb_config *cfg);

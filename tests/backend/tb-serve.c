@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,19 @@ struct tb_ring {
         struct vhu_vring_addr addr;
         bool has_addr, enabled, started;
         int kick_fd, call_fd, err_fd;
+};
+
+/* One SET_DEVICE_STATE_FD transfer, run by a thread as real back-ends do (the pipe may be full). */
+struct tb_transfer {
+        bool active;
+        pthread_t thread;
+        int fd;
+        uint32_t direction;
+        unsigned timeout_ms;
+        uint8_t *data; /* save: a copy of the state; load: what arrived */
+        size_t len, cap;
+        int result; /* 0 or a negative errno */
+        char why[128];
 };
 
 struct tb_conn {
@@ -75,6 +90,8 @@ struct tb_conn {
 
         uint8_t config[VHU_MAX_CONFIG_SIZE];
         int64_t next_session;
+
+        struct tb_transfer transfer;
 
         const char *end_reason;
 };
@@ -191,7 +208,10 @@ static int conn_init(struct tb_conn *c, struct tb_server *srv, int sock) {
         return 0;
 }
 
+static void finish_transfer(struct tb_conn *c);
+
 static void conn_fini(struct tb_conn *c) {
+        finish_transfer(c);
         reset_rings(c);
         for (unsigned i = 0; c->regions && i < c->nslots; i++)
                 drop_region(&c->regions[i]);
@@ -840,18 +860,152 @@ static uint64_t h_get_shared_object(struct tb_conn *c, struct vhu_msg *m, struct
         return 0;
 }
 
+/* ---------------------------------------------------------------- device state */
+
+/* Waits for fd to be ready until the deadline: 0, or -ETIMEDOUT / -errno. */
+static int transfer_wait(int fd, short events, uint64_t deadline) {
+        for (;;) {
+                uint64_t now = vhu_now_usec();
+                if (now >= deadline)
+                        return -ETIMEDOUT;
+                struct pollfd p = { .fd = fd, .events = events };
+                int r = poll(&p, 1, (int) ((deadline - now + 999) / 1000));
+                if (r > 0)
+                        return 0;
+                if (r < 0 && errno != EINTR)
+                        return -errno;
+        }
+}
+
+static int transfer_save(struct tb_transfer *t, uint64_t deadline) {
+        for (size_t done = 0; done < t->len;) {
+                ssize_t n = write(t->fd, t->data + done, t->len - done);
+                if (n > 0)
+                        done += (size_t) n;
+                else if (n < 0 && errno == EAGAIN) {
+                        int r = transfer_wait(t->fd, POLLOUT, deadline);
+                        if (r < 0)
+                                return r;
+                } else if (n < 0 && errno != EINTR)
+                        return -errno;
+        }
+        return 0;
+}
+
+static int transfer_load(struct tb_transfer *t, uint64_t deadline) {
+        for (;;) {
+                if (t->len == t->cap) {
+                        if (t->cap >= TB_MAX_DEVICE_STATE)
+                                return -EFBIG;
+                        size_t cap = t->cap ? 2 * t->cap : 65536;
+                        uint8_t *d = realloc(t->data, cap);
+                        if (!d)
+                                return -ENOMEM;
+                        t->data = d;
+                        t->cap = cap;
+                }
+                ssize_t n = read(t->fd, t->data + t->len, t->cap - t->len);
+                if (n == 0)
+                        return 0;
+                if (n > 0)
+                        t->len += (size_t) n;
+                else if (errno == EAGAIN) {
+                        int r = transfer_wait(t->fd, POLLIN, deadline);
+                        if (r < 0)
+                                return r;
+                } else if (errno != EINTR)
+                        return -errno;
+        }
+}
+
+static void *transfer_thread(void *arg) {
+        struct tb_transfer *t = arg;
+        /* A front-end that stops reading gives EPIPE here, not a SIGPIPE for the whole back-end. */
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
+        uint64_t deadline = vhu_deadline_after_ms(t->timeout_ms);
+        t->result = t->direction == VHU_TRANSFER_SAVE ? transfer_save(t, deadline) : transfer_load(t, deadline);
+        if (t->result < 0)
+                snprintf(t->why, sizeof(t->why), "%s after %zu bytes", strerror(-t->result), t->len);
+        /* The writer's close is the reader's EOF (spec). */
+        close(t->fd);
+        t->fd = -1;
+        return NULL;
+}
+
+/* Waits for the transfer under way; its buffer is the caller's to keep or free. */
+static bool join_transfer(struct tb_conn *c) {
+        if (!c->transfer.active)
+                return false;
+        pthread_join(c->transfer.thread, NULL);
+        c->transfer.active = false;
+        return true;
+}
+
+static void finish_transfer(struct tb_conn *c) {
+        if (join_transfer(c))
+                free(c->transfer.data);
+        memset(&c->transfer, 0, sizeof(c->transfer));
+}
+
 static uint64_t h_set_device_state_fd(struct tb_conn *c, struct vhu_msg *m, struct vhu_msg *reply) {
         const struct vhu_device_state *ds = &m->payload.device_state;
-        if (ds->direction > VHU_TRANSFER_LOAD || ds->phase != VHU_TRANSFER_STOPPED)
+        set_u64(reply, VHU_DEVICE_STATE_NOFD_MASK | 1u);
+        if (ds->direction > VHU_TRANSFER_LOAD || ds->phase != VHU_TRANSFER_STOPPED) {
                 violation(c, "SET_DEVICE_STATE_FD: direction %u phase %u", ds->direction, ds->phase);
+                return 1;
+        }
+        if (m->nfds < 1)
+                return 1;
+        /* A transfer the front-end never checked ends here. */
+        finish_transfer(c);
+        struct tb_transfer *t = &c->transfer;
+        t->direction = ds->direction;
+        t->timeout_ms = c->cfg->io_timeout_ms;
+        if (t->direction == VHU_TRANSFER_SAVE && c->srv->state_len) {
+                t->data = malloc(c->srv->state_len);
+                if (!t->data)
+                        return 1;
+                memcpy(t->data, c->srv->state, c->srv->state_len);
+                t->len = t->cap = c->srv->state_len;
+        }
+        t->fd = take_fd(m, 0);
+        if (pthread_create(&t->thread, NULL, transfer_thread, t) != 0) {
+                close_fd(&t->fd);
+                finish_transfer(c);
+                return 1;
+        }
+        t->active = true;
         set_u64(reply, VHU_DEVICE_STATE_NOFD_MASK);
         return 0;
 }
 
 static uint64_t h_check_device_state(struct tb_conn *c, struct vhu_msg *m, struct vhu_msg *reply) {
-        (void) c;
         (void) m;
-        set_u64(reply, 0);
+        set_u64(reply, 1);
+        if (!join_transfer(c)) {
+                violation(c, "CHECK_DEVICE_STATE without a transfer");
+                return 0;
+        }
+        struct tb_transfer *t = &c->transfer;
+        const char *dir = t->direction == VHU_TRANSFER_SAVE ? "saved" : "loaded";
+        if (t->result < 0) {
+                tb_record(c->srv, "DEVICE_STATE failed %s %s", dir, t->why);
+        } else {
+                tb_record(c->srv, "DEVICE_STATE %s bytes=%zu hash=0x%016" PRIx64, dir, t->len,
+                          tb_device_state_hash(t->data, t->len));
+                if (t->direction == VHU_TRANSFER_LOAD) {
+                        /* What was loaded is the back-end's state from now on. */
+                        free(c->srv->state);
+                        c->srv->state = t->data;
+                        c->srv->state_len = t->len;
+                        t->data = NULL;
+                }
+                set_u64(reply, 0);
+        }
+        finish_transfer(c);
         return 0;
 }
 
@@ -1730,15 +1884,29 @@ int tb_server_init(struct tb_server *srv, const struct tb_config *cfg) {
         srv->cfg = cfg;
         if (tb_config_check(cfg, NULL) < 0)
                 return -EINVAL;
+        if (cfg->device_state_size) {
+                srv->state = malloc(cfg->device_state_size);
+                if (!srv->state)
+                        return -ENOMEM;
+                srv->state_len = cfg->device_state_size;
+                tb_device_state_fill(cfg->device_state_seed, srv->state, srv->state_len);
+        }
         if (cfg->record_path) {
                 srv->rec = fopen(cfg->record_path, "ae");
-                if (!srv->rec)
-                        return -errno;
+                if (!srv->rec) {
+                        int r = -errno;
+                        free(srv->state);
+                        srv->state = NULL;
+                        return r;
+                }
         }
         return 0;
 }
 
 void tb_server_fini(struct tb_server *srv) {
+        free(srv->state);
+        srv->state = NULL;
+        srv->state_len = 0;
         if (srv->rec)
                 fclose(srv->rec);
         srv->rec = NULL;

@@ -48,6 +48,17 @@
  *   SET_STATUS status=0x..   IOTLB_MSG iova= size= uaddr= perm= type=
  *   CLOSE_CRYPTO_SESSION session=N   GET_SHARED_OBJECT uuid=<hex>
  *   SET_DEVICE_STATE_FD direction=N phase=N
+ *
+ * The back-end's own state (DEVICE_STATE, offered unless no_device_state): a
+ * blob of device_state_size bytes (tb_device_state_fill with
+ * device_state_seed), kept by the serving process across connections.
+ * SET_DEVICE_STATE_FD starts the transfer on the fd it carries (save: the
+ * blob written and the fd closed; load: read to EOF, at most
+ * TB_MAX_DEVICE_STATE bytes); CHECK_DEVICE_STATE waits for it to end and
+ * records it, a loaded blob becoming the back-end's state:
+ *   DEVICE_STATE saved bytes=N hash=0x<16 hex>
+ *   DEVICE_STATE loaded bytes=N hash=0x<16 hex>   (tb_device_state_hash)
+ *   DEVICE_STATE failed <direction> <why>          (CHECK_DEVICE_STATE answers 1)
  */
 #pragma once
 
@@ -58,6 +69,7 @@
 #define TB_MAX_FAULTS       32
 #define TB_MAX_BACKEND_REQS 16
 #define TB_MAX_MEM_SLOTS    512
+#define TB_MAX_DEVICE_STATE (32u << 20)
 
 /* Defaults. */
 /* DPDK 22.11's offer (0xd7c66e7cb) without VIRTIO_NET_F_GUEST_ANNOUNCE. */
@@ -143,7 +155,12 @@ struct tb_config {
         bool no_rarp;
         bool no_reply_ack;
         bool no_mq;
-        bool no_log_all; /* clears VHOST_F_LOG_ALL (bit 26) */
+        bool no_log_all;      /* clears VHOST_F_LOG_ALL (bit 26) */
+        bool no_device_state; /* clears DEVICE_STATE (protocol feature 19) */
+
+        /* The back-end's own state at start: this many bytes (0..TB_MAX_DEVICE_STATE) from this seed. */
+        size_t device_state_size;
+        uint32_t device_state_seed;
 
         const char *record_path; /* NULL: no record */
         bool verbose;            /* also copy the record to stderr */
@@ -254,6 +271,10 @@ int tb_drop_privileges(const struct tb_config *cfg);
 int tb_stop(pid_t pid);
 /* Waits up to timeout_ms for the child to exit on its own: its wait status, or -ETIMEDOUT. */
 int tb_wait_exit(pid_t pid, unsigned timeout_ms);
+
+/* The blob a back-end with device_state_seed starts with, and the hash its record lines show (FNV-1a 64). */
+void tb_device_state_fill(uint32_t seed, void *buf, size_t len);
+uint64_t tb_device_state_hash(const void *buf, size_t len);
 
 /* Reading a record file (for tests).  Lines are compared without their newline. */
 char *tb_record_read(const char *path);                        /* malloc'd, NULL if absent */

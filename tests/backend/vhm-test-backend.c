@@ -42,6 +42,9 @@ static void usage(FILE *out) {
                 "  --features HEX             virtio features offered (default 0x%llx)\n"
                 "  --protocol-features HEX    protocol features offered (default 0x%llx)\n"
                 "  --no-protocol-features --no-log-shmfd --no-rarp --no-reply-ack --no-mq --no-log-all\n"
+                "  --no-device-state\n"
+                "  --device-state-size N      the back-end's own state (DEVICE_STATE): N bytes (default 0)\n"
+                "  --device-state-seed N      ... made from this seed (default 0)\n"
                 "  --queues N                 GET_QUEUE_NUM (default %u)\n"
                 "  --max-mem-slots N          GET_MAX_MEM_SLOTS (default %u)\n"
                 "  --log-reply-size N         SET_LOG_BASE reply payload: 0, 8 or 16 (default %u)\n"
@@ -115,6 +118,9 @@ enum {
         OPT_NO_REPLY_ACK,
         OPT_NO_MQ,
         OPT_NO_LOG_ALL,
+        OPT_NO_DEVICE_STATE,
+        OPT_DEVICE_STATE_SIZE,
+        OPT_DEVICE_STATE_SEED,
         OPT_QUEUES,
         OPT_MAX_MEM_SLOTS,
         OPT_LOG_REPLY_SIZE,
@@ -144,6 +150,9 @@ static const struct option options[] = {
         { "no-reply-ack", no_argument, NULL, OPT_NO_REPLY_ACK },
         { "no-mq", no_argument, NULL, OPT_NO_MQ },
         { "no-log-all", no_argument, NULL, OPT_NO_LOG_ALL },
+        { "no-device-state", no_argument, NULL, OPT_NO_DEVICE_STATE },
+        { "device-state-size", required_argument, NULL, OPT_DEVICE_STATE_SIZE },
+        { "device-state-seed", required_argument, NULL, OPT_DEVICE_STATE_SEED },
         { "queues", required_argument, NULL, OPT_QUEUES },
         { "max-mem-slots", required_argument, NULL, OPT_MAX_MEM_SLOTS },
         { "log-reply-size", required_argument, NULL, OPT_LOG_REPLY_SIZE },
@@ -230,6 +239,19 @@ int main(int argc, char **argv) {
                         break;
                 case OPT_NO_LOG_ALL:
                         cfg.no_log_all = true;
+                        break;
+                case OPT_NO_DEVICE_STATE:
+                        cfg.no_device_state = true;
+                        break;
+                case OPT_DEVICE_STATE_SIZE:
+                        if (parse_number("device-state-size", optarg, TB_MAX_DEVICE_STATE, &v) < 0)
+                                return 2;
+                        cfg.device_state_size = (size_t) v;
+                        break;
+                case OPT_DEVICE_STATE_SEED:
+                        if (parse_number("device-state-seed", optarg, UINT32_MAX, &v) < 0)
+                                return 2;
+                        cfg.device_state_seed = (uint32_t) v;
                         break;
                 case OPT_QUEUES:
                         if (parse_number("queues", optarg, 128, &v) < 0)
