@@ -51,6 +51,7 @@
 #define VHOSTMIG_OPTION_MAC              "Mac"            /* AddDevice: s */
 #define VHOSTMIG_OPTION_MTU              "Mtu"            /* AddDevice: q */
 #define VHOSTMIG_OPTION_INCOMING         "Incoming"       /* AddDevice: b */
+#define VHOSTMIG_OPTION_TYPE             "Type"           /* AddDevice: s, one of VHOSTMIG_DEVICE_TYPE_* */
 #define VHOSTMIG_OPTION_LISTEN           "Listen"         /* PrepareIncoming: s */
 #define VHOSTMIG_OPTION_TOKEN_TIMEOUT_MS "TokenTimeoutMs" /* PrepareIncoming: u */
 #define VHOSTMIG_OPTION_TIMEOUT_MS       "TimeoutMs"      /* PrepareIncoming, MigrateTo: u */
@@ -99,6 +100,7 @@
 #define VHOSTMIG_DEVICE_PROPERTIES(X) \
         X(Socket, "s")                \
         X(Server, "b")                \
+        X(Type, "s")                  \
         X(State, "s")                 \
         X(Features, "t")              \
         X(AckedFeatures, "t")         \
@@ -124,6 +126,12 @@
 #define VHOSTMIG_DEVICE_STATE_RUNNING      "running"
 #define VHOSTMIG_DEVICE_STATE_STOPPED      "stopped"
 #define VHOSTMIG_DEVICE_STATE_FAILED       "failed"
+
+/* AddDevice's Type and the device's Type property: what the back-end serves. */
+#define VHOSTMIG_DEVICE_TYPE_NET   "net"
+#define VHOSTMIG_DEVICE_TYPE_FS    "fs"
+#define VHOSTMIG_DEVICE_TYPE_BLK   "blk"
+#define VHOSTMIG_DEVICE_TYPE_OTHER "other"
 
 /* The Vm's MigrationState and Role. */
 #define VHOSTMIG_MIGRATION_STATE_NONE                "none"

@@ -7,6 +7,7 @@
  * --json, changes included.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -402,6 +403,8 @@ static int append_device_options(sd_bus_message *m, const struct ctl_device *d) 
                 r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_MTU, "q", d->mtu);
         if (r >= 0 && d->incoming)
                 r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_INCOMING, "b", 1);
+        if (r >= 0 && d->type)
+                r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_TYPE, "s", d->type);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         return r;
@@ -765,4 +768,57 @@ int ctl_migrate_cancel(const struct ctl_opts *o, const char *vm) {
         if (ret == EXIT_OK)
                 print_done(o, vm, -1, "cancelled");
         return ret;
+}
+
+/*
+ * The state file: created (0600) or truncated for a save, read for a load.
+ * *created: a save made it, so that a failed save leaves nothing behind.
+ */
+static int open_state_file(const char *verb, const char *file, bool save, int *fd, bool *created) {
+        *created = false;
+        if (save) {
+                *fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0600);
+                *created = *fd >= 0;
+                if (*fd < 0 && errno == EEXIST)
+                        *fd = open(file, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
+        } else
+                *fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (*fd < 0) {
+                cli_error("%s: cannot open %s: %s", verb, file, strerror(errno));
+                return EXIT_FAILED;
+        }
+        return EXIT_OK;
+}
+
+/* SaveDeviceState / LoadDeviceState: the call returns when the state is written or loaded. */
+static int device_state(const struct ctl_opts *o, const char *verb, const char *method, bool save, const char *vm,
+                        const char *file) {
+        _cleanup_(conn_close) struct ctl_conn c = {};
+        _cleanup_(props_free) struct props p = {};
+        _cleanup_close_ int fd = -1;
+        bool created = false;
+        const struct target t = { vm, -1 };
+        /* The daemon and the VM first: "not running" and "not found" touch no file. */
+        int ret = conn_open(&c, o, verb, false);
+        if (ret == EXIT_OK)
+                ret = conn_callv(&c, &t, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "GetVm", NULL, "s", vm);
+        if (ret == EXIT_OK)
+                ret = open_state_file(verb, file, save, &fd, &created);
+        if (ret == EXIT_OK)
+                ret = call_on(&c, vm, -1, method, NULL, "ha{sv}", fd, 0);
+        if (ret != EXIT_OK && created)
+                (void) unlink(file);
+        if (ret == EXIT_OK)
+                ret = get_vm_props(&c, vm, &p);
+        if (ret == EXIT_OK && (o->json || !o->quiet))
+                print_migration(o, vm, &p);
+        return ret;
+}
+
+int ctl_migrate_save_state(const struct ctl_opts *o, const char *vm, const char *file) {
+        return device_state(o, "migrate save-state", "SaveDeviceState", true, vm, file);
+}
+
+int ctl_migrate_load_state(const struct ctl_opts *o, const char *vm, const char *file) {
+        return device_state(o, "migrate load-state", "LoadDeviceState", false, vm, file);
 }

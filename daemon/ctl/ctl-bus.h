@@ -67,6 +67,7 @@ struct ctl_device {
         const char *mac;   /* xx:xx:xx:xx:xx:xx, or NULL: none */
         uint16_t mtu;      /* 0: unset */
         bool incoming;     /* connect and negotiate only, for an incoming migration */
+        const char *type;  /* VHOSTMIG_DEVICE_TYPE_*, or NULL: the daemon's default (net) */
         unsigned n_queues; /* 2 * queue_pairs */
         struct ctl_queue queues[VHM_DEVICE_MAX_QUEUES];
 };
@@ -97,3 +98,6 @@ int ctl_migrate_incoming(const struct ctl_opts *o, const char *vm, const char *l
 int ctl_migrate_start(const struct ctl_opts *o, const char *vm, const char *to, const char *token, bool wait);
 int ctl_migrate_status(const struct ctl_opts *o, const char *vm);
 int ctl_migrate_cancel(const struct ctl_opts *o, const char *vm);
+/* SaveDeviceState into FILE (created 0600 or truncated), LoadDeviceState from FILE; the figures shown after. */
+int ctl_migrate_save_state(const struct ctl_opts *o, const char *vm, const char *file);
+int ctl_migrate_load_state(const struct ctl_opts *o, const char *vm, const char *file);

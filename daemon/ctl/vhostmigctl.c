@@ -53,6 +53,7 @@ enum {
         OPT_TO,
         OPT_TOKEN,
         OPT_WAIT,
+        OPT_TYPE,
 };
 
 /* Taken before the command and by every command, anywhere among its arguments. */
@@ -538,6 +539,18 @@ static int parse_queue(struct device_args *a, const char *spec, struct ctl_queue
         return check_eventfd(spec, "CALLFD", f[5], &q->call_fd);
 }
 
+/* What the daemon checks too (AddDevice's "Type"), told before anything is sent. */
+static int parse_device_type(const char *s, const char **type) {
+        static const char *const types[] = { VHOSTMIG_DEVICE_TYPE_NET, VHOSTMIG_DEVICE_TYPE_FS,
+                                             VHOSTMIG_DEVICE_TYPE_BLK, VHOSTMIG_DEVICE_TYPE_OTHER };
+        for (size_t i = 0; i < ELEMENTSOF(types); i++)
+                if (strcmp(s, types[i]) == 0) {
+                        *type = types[i];
+                        return EXIT_OK;
+                }
+        return cli_command_usage_error("device add", "invalid --type '%s' (net, fs, blk or other)", s);
+}
+
 static int device_add_option(struct parse *p, struct device_args *a, int c, char **argv) {
         struct ctl_device *d = &a->dev;
         uint32_t v;
@@ -576,6 +589,8 @@ static int device_add_option(struct parse *p, struct device_args *a, int c, char
         case OPT_INCOMING:
                 d->incoming = true;
                 return EXIT_OK;
+        case OPT_TYPE:
+                return parse_device_type(optarg, &d->type);
         default:
                 return option_error(p, c, argv);
         }
@@ -615,6 +630,7 @@ static int verb_device_add(struct parse *p, int argc, char **argv) {
                                                  { "queue", required_argument, NULL, OPT_QUEUE },
                                                  { "eventfds", no_argument, NULL, OPT_EVENTFDS },
                                                  { "incoming", no_argument, NULL, OPT_INCOMING },
+                                                 { "type", required_argument, NULL, OPT_TYPE },
                                                  {} };
         struct device_args a = { .dev = { .features = DEFAULT_FEATURES, .queue_pairs = 1 } };
         int c, ret = EXIT_OK;
@@ -784,6 +800,24 @@ static int verb_migrate_cancel(struct parse *p, int argc, char **argv) {
         return run_on_vm(p, argc, argv, ctl_migrate_cancel);
 }
 
+/* "migrate save-state VM FILE", "migrate load-state VM FILE". */
+static int run_on_state_file(struct parse *p, int argc, char **argv,
+                             int (*run)(const struct ctl_opts *o, const char *vm, const char *file)) {
+        int ret = parse_positional(p, argc, argv, 2, 2, "a VM and a FILE");
+        if (ret != EXIT_OK || p->stop)
+                return ret;
+        if (!*argv[optind + 1])
+                return cli_command_usage_error(p->name, "%s", "the FILE name is empty");
+        ret = check_vm_name(p->name, argv[optind]);
+        return ret != EXIT_OK ? ret : run(p->o, argv[optind], argv[optind + 1]);
+}
+static int verb_migrate_save_state(struct parse *p, int argc, char **argv) {
+        return run_on_state_file(p, argc, argv, ctl_migrate_save_state);
+}
+static int verb_migrate_load_state(struct parse *p, int argc, char **argv) {
+        return run_on_state_file(p, argc, argv, ctl_migrate_load_state);
+}
+
 static int verb_help_cmd(struct parse *p, int argc, char **argv);
 
 /* ---- the verbs --------------------------------------------------------------------- */
@@ -826,7 +860,10 @@ static const struct verb verbs[] = {
           "     --eventfds           Make fresh eventfds (QUEUE without KICKFD:CALLFD); the device\n"
           "                          runs but nothing kicks it: for trying a back-end only\n"
           "     --incoming           Connect and negotiate only: the rings start when an incoming\n"
-          "                          migration restores them ('migrate incoming')\n",
+          "                          migration restores them ('migrate incoming', 'migrate\n"
+          "                          load-state')\n"
+          "     --type=TYPE          What the back-end serves: net (default), fs, blk or other; fs\n"
+          "                          and other migrate only if the back-end offers DEVICE_STATE\n",
           true },
         { "device", "remove", verb_device_remove, "VM N", "Stop and disconnect a device", NULL },
         { "logging", "start", verb_logging_start, "VM", "Switch dirty logging on", NULL },
@@ -847,6 +884,16 @@ static const struct verb verbs[] = {
           "                          completed\n" },
         { "migrate", "status", verb_migrate_status, "VM", "Show the state and figures of VM's migration", NULL },
         { "migrate", "cancel", verb_migrate_cancel, "VM", "Cancel VM's migration (any phase before END)", NULL },
+        { "migrate", "save-state", verb_migrate_save_state, "VM FILE",
+          "Stop VM's devices and write their state to FILE (the VMM migrates the memory)",
+          "FILE is created (mode 0600) or truncated. The devices stay stopped: the VMM\n"
+          "releases them (vm destroy) once the destination runs.\n",
+          true },
+        { "migrate", "load-state", verb_migrate_load_state, "VM FILE",
+          "Restore VM's devices from a state FILE and start them",
+          "The VM's memory must hold the migrated guest and its devices must have been added\n"
+          "with 'device add --incoming'. SEND_RARP follows where the guest needs it.\n",
+          true },
         { "watch", NULL, verb_watch, "[VM]", "Print changes as they happen, until interrupted", NULL },
         { "help", NULL, verb_help_cmd, "[COMMAND]", "Show the help of vhostmigctl or of one command", NULL },
 };
@@ -907,10 +954,11 @@ static const struct verb *find_verb(int argc, char **argv, int *ret) {
                 *ret = cli_usage_error("unknown command '%s'", name);
         else if (!sub)
                 *ret = cli_usage_error("missing %s command (%s)", name,
-                                       strcmp(name, "vm") == 0        ? "create, destroy"
-                                       : strcmp(name, "device") == 0  ? "add, remove"
-                                       : strcmp(name, "migrate") == 0 ? "incoming, start, status, cancel"
-                                                                      : "start, stop, harvest");
+                                       strcmp(name, "vm") == 0       ? "create, destroy"
+                                       : strcmp(name, "device") == 0 ? "add, remove"
+                                       : strcmp(name, "migrate") == 0
+                                               ? "incoming, start, status, cancel, save-state, load-state"
+                                               : "start, stop, harvest");
         else
                 *ret = cli_usage_error("unknown command '%s %s'", name, sub);
         return NULL;

@@ -60,6 +60,7 @@ struct device_snapshot {
 struct device_loop_state {
         char socket[108];
         bool server;
+        char type[8]; /* vhm_device_type_name(): "net", "fs", "blk", "other" */
         char mac[18]; /* "" when none was given */
         uint64_t created_usec, state_change_usec, last_error_usec;
         char last_error[384];
@@ -165,6 +166,7 @@ struct vm_object {
         bool migrating;                     /* loop: a migration job is queued or runs */
         int migration_cancel_fd;            /* loop: the running migration's eventfd, -1 when none */
         bool migrated_away;                 /* worker: the devices went to the destination (or may have): hands off */
+        bool departed;                      /* loop: the same, known when the MigrateTo job is done */
         sd_event_source *migration_timer;   /* loop: publishes progress while a migration runs */
 
         pthread_mutex_t snap_lock;

@@ -28,6 +28,7 @@
 #define DEVICE_PROPERTIES(X)                                           \
         X(Socket, S, l.socket, CONST)                                  \
         X(Server, B, l.server, CONST)                                  \
+        X(Type, S, l.type, CONST)                                      \
         X(State, S, w.state, CHANGE)                                   \
         X(Features, T, w.features, CHANGE)                             \
         X(AckedFeatures, T, w.acked_features, CHANGE)                  \
@@ -372,6 +373,7 @@ struct add_device_options {
         const char *mac;
         uint16_t mtu;
         bool incoming;
+        const char *type;
 };
 
 enum {
@@ -380,7 +382,8 @@ enum {
         OPT_QUEUE_PAIRS,
         OPT_MAC,
         OPT_MTU,
-        OPT_INCOMING
+        OPT_INCOMING,
+        OPT_TYPE
 };
 static const struct bus_option add_device_options[] = {
         [OPT_SERVER] = { VHOSTMIG_OPTION_SERVER, 'b', offsetof(struct add_device_options, server) },
@@ -389,6 +392,7 @@ static const struct bus_option add_device_options[] = {
         [OPT_MAC] = { VHOSTMIG_OPTION_MAC, 's', offsetof(struct add_device_options, mac) },
         [OPT_MTU] = { VHOSTMIG_OPTION_MTU, 'q', offsetof(struct add_device_options, mtu) },
         [OPT_INCOMING] = { VHOSTMIG_OPTION_INCOMING, 'b', offsetof(struct add_device_options, incoming) },
+        [OPT_TYPE] = { VHOSTMIG_OPTION_TYPE, 's', offsetof(struct add_device_options, type) },
 };
 
 /* An a(uttthh) of queues into j's add.queues after `have` of them; `room` more at most. */
@@ -421,7 +425,7 @@ static int read_queues(sd_bus_message *m, struct vm_job *j, unsigned room, sd_bu
 
 /* The options, checked; `nqueues` given decide QueuePairs when the options do not. */
 static int check_add_options(struct add_device_options *opt, uint32_t given, unsigned nqueues, uint8_t mac[6],
-                             sd_bus_error *error) {
+                             enum vhm_device_type *type, sd_bus_error *error) {
         char why[128];
         if (!(given & (1u << OPT_QUEUE_PAIRS))) {
                 if (nqueues % 2)
@@ -440,11 +444,16 @@ static int check_add_options(struct add_device_options *opt, uint32_t given, uns
                 return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "Mtu: %s", why);
         if ((given & (1u << OPT_MAC)) && validate_mac(opt->mac, mac, why, sizeof(why)) < 0)
                 return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "Mac: %s", why);
+        *type = VHM_DEVICE_TYPE_NET;
+        if ((given & (1u << OPT_TYPE)) && vhm_device_type_from_name(opt->type, type) < 0)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS,
+                                "%s: \"%s\" is none of \"net\", \"fs\", \"blk\", \"other\"", VHOSTMIG_OPTION_TYPE,
+                                opt->type);
         return 0;
 }
 
 static int new_device_object(struct vm_object *o, const char *socket, const struct add_device_options *opt,
-                             bool has_mac, struct device_object **out) {
+                             bool has_mac, enum vhm_device_type type, struct device_object **out) {
         struct device_object *d = calloc(1, sizeof(*d));
         if (!d || !(d->socket = strdup(socket))) {
                 free(d);
@@ -457,6 +466,7 @@ static int new_device_object(struct vm_object *o, const char *socket, const stru
         d->queues_expected = 2 * opt->queue_pairs;
         snprintf(d->loop.socket, sizeof(d->loop.socket), "%s", socket);
         d->loop.server = opt->server;
+        snprintf(d->loop.type, sizeof(d->loop.type), "%s", vhm_device_type_name(type));
         if (has_mac)
                 snprintf(d->loop.mac, sizeof(d->loop.mac), "%s", opt->mac);
         snprintf(d->snap.state, sizeof(d->snap.state), "%s", VHOSTMIG_DEVICE_STATE_DISCONNECTED);
@@ -464,7 +474,7 @@ static int new_device_object(struct vm_object *o, const char *socket, const stru
         return 0;
 }
 
-static void fill_device_config(struct vm_job *j, const struct add_device_options *opt) {
+static void fill_device_config(struct vm_job *j, const struct add_device_options *opt, enum vhm_device_type type) {
         struct vm_object *o = j->vm;
         struct device_object *d = j->device;
         const struct vhostmigd_config *cfg = &o->daemon->cfg;
@@ -478,6 +488,7 @@ static void fill_device_config(struct vm_job *j, const struct add_device_options
                 .queue_pairs = opt->queue_pairs,
                 .mtu = opt->mtu,
                 .incoming = opt->incoming,
+                .type = type,
                 .allowed_uids = j->u.add.uids.uid,
                 .n_allowed_uids = j->u.add.uids.n,
                 .listen = { .mode = cfg->server_socket_mode, .gid = cfg->server_socket_group },
@@ -505,19 +516,20 @@ static int add_device(sd_bus_message *m, struct vm_object *o, sd_bus_error *erro
         struct add_device_options opt = { .features = UINT64_MAX };
         uint32_t given = 0;
         uint8_t mac[6] = { 0 };
+        enum vhm_device_type type = VHM_DEVICE_TYPE_NET;
         if (r >= 0)
                 r = bus_read_options(m, add_device_options, sizeof(add_device_options) / sizeof(add_device_options[0]),
                                      &opt, &given, error);
         if (r >= 0)
-                r = check_add_options(&opt, given, j->u.add.n, mac, error);
+                r = check_add_options(&opt, given, j->u.add.n, mac, &type, error);
         if (r >= 0)
-                r = new_device_object(o, socket, &opt, given & (1u << OPT_MAC), &j->device);
+                r = new_device_object(o, socket, &opt, given & (1u << OPT_MAC), type, &j->device);
         if (r < 0) {
                 job_free(j);
                 return r;
         }
         memcpy(j->device->mac, mac, sizeof(mac));
-        fill_device_config(j, &opt);
+        fill_device_config(j, &opt, type);
         j->device->queues_given = j->u.add.n;
         j->u.add.last = j->u.add.n == j->device->queues_expected;
         o->devices_adding++;

@@ -60,10 +60,12 @@ struct vm_job {
                 struct {
                         uint64_t new_pages, dirty_pages;
                 } harvest;
-                struct { /* PrepareIncoming, MigrateTo */
+                struct {                  /* PrepareIncoming, MigrateTo, SaveDeviceState, LoadDeviceState */
+                        bool destination; /* PrepareIncoming, LoadDeviceState */
                         char address[128];
                         char token[33];
                         int listen_fd;           /* PrepareIncoming: the job's to close */
+                        int state_fd;            /* Save/LoadDeviceState: the caller's fd (a copy), the engine's */
                         int cancel_fd;           /* an eventfd the loop writes to cancel; the job's to close */
                         uint64_t token_deadline; /* PrepareIncoming: CLOCK_MONOTONIC µs */
                         unsigned timeout_ms;     /* how long the peer may stall the stream */
@@ -105,6 +107,8 @@ struct device_object *device_of_vm(struct vm_object *o, const char *path);
 int method_prepare_incoming(sd_bus_message *m, void *userdata, sd_bus_error *error);
 int method_migrate_to(sd_bus_message *m, void *userdata, sd_bus_error *error);
 int method_cancel_migration(sd_bus_message *m, void *userdata, sd_bus_error *error);
+int method_save_device_state(sd_bus_message *m, void *userdata, sd_bus_error *error);
+int method_load_device_state(sd_bus_message *m, void *userdata, sd_bus_error *error);
 void migration_view_init(struct vm_object *o);
 /* Loop: releases what a VM's migration holds (the VM is being destroyed). */
 void migration_object_free(struct vm_object *o);

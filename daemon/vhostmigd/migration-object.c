@@ -1,11 +1,17 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Migration on org.vhostmig1.Vm: PrepareIncoming (destination), MigrateTo
- * (source), CancelMigration, and the migration properties.
+ * (source), CancelMigration, SaveDeviceState and LoadDeviceState (the
+ * device state of a VMM that migrates guest memory itself), and the
+ * migration properties.
  *
  * A migration is one long job on the VM's worker (migrate/migration.h does
- * the work).  Both methods answer as soon as the job is queued; the outcome
- * is MigrationState and MigrationError.  While the job runs, the engine's
+ * the work).  PrepareIncoming and MigrateTo answer as soon as the job is
+ * queued, since a migration may take longer than any D-Bus call may wait;
+ * the outcome is MigrationState and MigrationError.  Save/LoadDeviceState
+ * move only the devices' records through an fd, which is quick, and answer
+ * when the job is done: the VMM must know the state is complete (or
+ * loaded) before it carries on.  While the job runs, the engine's
  * progress goes straight into the VM's migration view (under snap_lock) and
  * a timer on the loop publishes it, since the snapshot refresh that follows
  * every job comes only at the end.  CancelMigration never queues behind the
@@ -13,6 +19,7 @@
  * blocking step of the transport and the stream watches.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,7 +133,9 @@ static void job_release_fds(struct vm_job *j) {
                 vhm_transport_listen_close(j->u.migrate.listen_fd, j->u.migrate.address);
         if (j->u.migrate.cancel_fd >= 0)
                 close(j->u.migrate.cancel_fd);
-        j->u.migrate.listen_fd = j->u.migrate.cancel_fd = -1;
+        if (j->u.migrate.state_fd >= 0)
+                close(j->u.migrate.state_fd);
+        j->u.migrate.listen_fd = j->u.migrate.cancel_fd = j->u.migrate.state_fd = -1;
 }
 
 /* ---- worker side ---------------------------------------------------------------------------------- */
@@ -142,6 +151,16 @@ static unsigned migration_devices(struct vm_object *o, struct vhm_device **devs)
 
 static uint64_t deadline_after(unsigned ms) {
         return vhu_now_usec() + (uint64_t) ms * 1000u;
+}
+
+/* The engine's options for a job: its stream timeout and cancel eventfd, progress into the view. */
+static struct vhm_migrate_options job_options(struct vm_job *j) {
+        return (struct vhm_migrate_options){
+                .timeout_ms = j->u.migrate.timeout_ms,
+                .cancel_fd = j->u.migrate.cancel_fd,
+                .progress = on_progress,
+                .opaque = j->vm,
+        };
 }
 
 static void run_incoming(struct vm_job *j) {
@@ -161,12 +180,7 @@ static void run_incoming(struct vm_job *j) {
                 return;
         }
         unsigned n = migration_devices(o, devs);
-        struct vhm_migrate_options opts = {
-                .timeout_ms = j->u.migrate.timeout_ms,
-                .cancel_fd = j->u.migrate.cancel_fd,
-                .progress = on_progress,
-                .opaque = o,
-        };
+        struct vhm_migrate_options opts = job_options(j);
         r = vhm_migrate_incoming_opts(o->vm, devs, n, fd, j->u.migrate.token, j->u.migrate.token_deadline, &opts, &st);
         view_update(o, &st);
         if (r < 0)
@@ -187,12 +201,7 @@ static void run_migrate_to(struct vm_job *j) {
                 return;
         }
         unsigned n = migration_devices(o, devs);
-        struct vhm_migrate_options opts = {
-                .timeout_ms = j->u.migrate.timeout_ms,
-                .cancel_fd = j->u.migrate.cancel_fd,
-                .progress = on_progress,
-                .opaque = o,
-        };
+        struct vhm_migrate_options opts = job_options(j);
         r = vhm_migrate_to(o->vm, o->logging, devs, n, fd, j->u.migrate.token, &opts, &st);
         view_update(o, &st);
         /* Released (completed) or left stopped (postmigrate-unknown): never reconnected or resumed here. */
@@ -202,24 +211,74 @@ static void run_migrate_to(struct vm_job *j) {
                 job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", st.error);
 }
 
+/*
+ * VMM-carried device state.  The fd is the engine's (it closes it); the
+ * stats' figures go to the view as for a migration.
+ */
+static void run_save_state(struct vm_job *j) {
+        struct vm_object *o = j->vm;
+        struct vhm_device *devs[VHM_LOGGING_MAX_DEVICES];
+        struct vhm_migration_stats st = { .state = VHM_MIGRATION_SETUP, .role = VHM_MIGRATION_ROLE_SOURCE };
+        unsigned n = migration_devices(o, devs);
+        struct vhm_migrate_options opts = job_options(j);
+        int fd = j->u.migrate.state_fd;
+        j->u.migrate.state_fd = -1;
+        int r = vhm_migration_save_device_state(devs, n, fd, &opts, &st);
+        view_update(o, &st);
+        if (r < 0)
+                job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", st.error);
+}
+
+static void run_load_state(struct vm_job *j) {
+        struct vm_object *o = j->vm;
+        struct vhm_device *devs[VHM_LOGGING_MAX_DEVICES];
+        struct vhm_migration_stats st = { .state = VHM_MIGRATION_SETUP, .role = VHM_MIGRATION_ROLE_DESTINATION };
+        unsigned n = migration_devices(o, devs);
+        struct vhm_migrate_options opts = job_options(j);
+        int fd = j->u.migrate.state_fd;
+        j->u.migrate.state_fd = -1;
+        int r = vhm_migration_load_device_state(devs, n, fd, &opts, &st);
+        view_update(o, &st);
+        if (r < 0)
+                job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", st.error);
+}
+
 /* ---- loop side: the outcome ------------------------------------------------------------------------ */
 
-static void done_migration(struct vm_job *j) {
+static bool state_is(const struct vm_migration_view *v, const char *state) {
+        return strcmp(v->state, state) == 0;
+}
+
+/* Every kind: the fds go, the destination's devices are no longer incoming once it completed. */
+static void migration_job_done(struct vm_job *j, struct vm_migration_view *v) {
         struct vm_object *o = j->vm;
-        bool incoming = j->ops->run == run_incoming;
         job_release_fds(j);
         migration_end(o);
-        struct vm_migration_view v;
         pthread_mutex_lock(&o->snap_lock);
-        v = o->migration;
+        *v = o->migration;
         pthread_mutex_unlock(&o->snap_lock);
-        if (incoming && strcmp(v.state, VHOSTMIG_MIGRATION_STATE_COMPLETED) == 0)
+        if (j->u.migrate.destination && state_is(v, VHOSTMIG_MIGRATION_STATE_COMPLETED))
                 for (unsigned i = 0; i < o->ndevices; i++)
                         o->devices[i]->incoming = false;
-        daemon_log(strcmp(v.state, VHOSTMIG_MIGRATION_STATE_COMPLETED) == 0 ? LOG_NOTICE : LOG_WARNING, o, NULL,
-                   "%s migration %s%s%s", incoming ? "incoming" : "outgoing", v.state, v.error[0] ? ": " : "", v.error);
+        daemon_log(state_is(v, VHOSTMIG_MIGRATION_STATE_COMPLETED) ? LOG_NOTICE : LOG_WARNING, o, NULL, "%s %s%s%s",
+                   j->ops->name, v->state, v->error[0] ? ": " : "", v->error);
+}
+
+static void done_migration(struct vm_job *j) {
+        struct vm_migration_view v;
+        migration_job_done(j, &v);
+        /* The devices are the destination's now, or may be: no second migration from here. */
+        if (!j->u.migrate.destination && (state_is(&v, VHOSTMIG_MIGRATION_STATE_COMPLETED) ||
+                                          state_is(&v, VHOSTMIG_MIGRATION_STATE_POSTMIGRATE_UNKNOWN)))
+                j->vm->departed = true;
         /* The outcome is MigrationState and MigrationError; the call was answered when it began. */
         j->result = 0;
+}
+
+/* Save/LoadDeviceState: the call's answer is the outcome (jobs.c answers with the job's error). */
+static void done_device_state(struct vm_job *j) {
+        struct vm_migration_view v;
+        migration_job_done(j, &v);
 }
 
 static const struct job_ops job_incoming = {
@@ -234,12 +293,27 @@ static const struct job_ops job_migrate_to = {
         .done = done_migration,
 };
 
+static const struct job_ops job_save_state = {
+        .name = "SaveDeviceState",
+        .run = run_save_state,
+        .done = done_device_state,
+};
+
+static const struct job_ops job_load_state = {
+        .name = "LoadDeviceState",
+        .run = run_load_state,
+        .done = done_device_state,
+};
+
 /* ---- methods ---------------------------------------------------------------------------------------- */
 
 static int check_can_migrate(struct vm_object *o, sd_bus_error *error) {
         if (o->migrating)
                 return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE, "a migration of VM %s is already running",
                                 o->name);
+        if (o->departed)
+                return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE,
+                                "VM %s migrated away: its devices are the destination's, or may be", o->name);
         if (o->ndevices == 0)
                 return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE, "VM %s has no devices to migrate", o->name);
         for (unsigned i = 0; i < o->ndevices; i++)
@@ -255,7 +329,8 @@ static int new_migration_job(struct vm_object *o, const struct job_ops *ops, uns
         struct vm_job *j = job_new(o, ops, NULL);
         if (!j)
                 return -ENOMEM;
-        j->u.migrate.listen_fd = -1;
+        j->u.migrate.listen_fd = j->u.migrate.state_fd = -1;
+        j->u.migrate.destination = ops == &job_incoming || ops == &job_load_state;
         j->u.migrate.timeout_ms = timeout_ms ? timeout_ms : DEFAULT_STREAM_TIMEOUT_MS;
         j->u.migrate.cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (j->u.migrate.cancel_fd < 0) {
@@ -468,4 +543,99 @@ int method_cancel_migration(sd_bus_message *m, void *userdata, sd_bus_error *err
                         bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE, "no migration of VM %s is running", o->name));
         daemon_log(LOG_INFO, o, NULL, "migration cancelled by request");
         return sd_bus_reply_method_return(m, NULL);
+}
+
+/* ---- SaveDeviceState, LoadDeviceState --------------------------------------------------------------- */
+
+struct state_options {
+        uint32_t timeout_ms;
+};
+
+static const struct bus_option state_options[] = {
+        { VHOSTMIG_OPTION_TIMEOUT_MS, 'u', offsetof(struct state_options, timeout_ms) },
+};
+
+/*
+ * The caller's fd, a copy of our own (the message's goes with it, the
+ * engine closes what it is given): open for writing (save) or reading (load).
+ */
+static int read_state_fd(sd_bus_message *m, bool save, int *out, sd_bus_error *error) {
+        int fd;
+        int r = sd_bus_message_read(m, "h", &fd);
+        if (r < 0)
+                return r;
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "fd: %s", strerror(errno));
+        if (save && (flags & O_ACCMODE) == O_RDONLY)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "fd: open read-only, the state is written into it");
+        if (!save && (flags & O_ACCMODE) == O_WRONLY)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "fd: open write-only, the state is read from it");
+        *out = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (*out < 0)
+                return bus_fail(error, SD_BUS_ERROR_LIMITS_EXCEEDED, "fd: cannot keep a copy: %s", strerror(errno));
+        return 0;
+}
+
+/* Save: devices that run (or stopped for a migration); load: devices waiting for one. */
+static int check_state_devices(struct vm_object *o, bool save, sd_bus_error *error) {
+        for (unsigned i = 0; i < o->ndevices; i++) {
+                struct device_object *d = o->devices[i];
+                if (save && d->incoming)
+                        return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE,
+                                        "device %u waits for an incoming migration: it has no state to save",
+                                        d->number);
+                if (!save && !d->incoming)
+                        return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE,
+                                        "device %u was not added for an incoming migration (AddDevice option \"%s\")",
+                                        d->number, VHOSTMIG_OPTION_INCOMING);
+        }
+        return 0;
+}
+
+static int device_state(sd_bus_message *m, struct vm_object *o, bool save, sd_bus_error *error) {
+        struct state_options opt = { 0 };
+        int fd = -1;
+        struct vm_job *j;
+
+        int r = read_state_fd(m, save, &fd, error);
+        if (r >= 0)
+                r = bus_read_options(m, state_options, sizeof(state_options) / sizeof(state_options[0]), &opt, NULL,
+                                     error);
+        if (r >= 0)
+                r = check_timeout(VHOSTMIG_OPTION_TIMEOUT_MS, opt.timeout_ms, error);
+        if (r >= 0)
+                r = check_can_migrate(o, error);
+        if (r >= 0)
+                r = check_state_devices(o, save, error);
+        if (r >= 0)
+                r = new_migration_job(o, save ? &job_save_state : &job_load_state, opt.timeout_ms, &j, error);
+        if (r < 0) {
+                if (fd >= 0)
+                        close(fd);
+                return r;
+        }
+        j->u.migrate.state_fd = fd;
+        j->call = sd_bus_message_ref(m);
+        daemon_log(LOG_INFO, o, NULL, "%s the device state", save ? "saving" : "loading");
+        start_migration(o, j, save ? VHOSTMIG_ROLE_SOURCE : VHOSTMIG_ROLE_DESTINATION);
+        return 1;
+}
+
+int method_save_device_state(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct vm_object *o = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        r = device_state(m, o, true, error);
+        return r < 0 ? vm_refused(o, error, r) : r;
+}
+
+int method_load_device_state(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct vm_object *o = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        r = device_state(m, o, false, error);
+        return r < 0 ? vm_refused(o, error, r) : r;
 }

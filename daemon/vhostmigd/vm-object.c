@@ -551,6 +551,10 @@ static const sd_bus_vtable vm_vtable[] = {
         SD_BUS_METHOD_WITH_ARGS("MigrateTo", SD_BUS_ARGS("s", address, "s", token, "a{sv}", options), SD_BUS_NO_RESULT,
                                 method_migrate_to, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("CancelMigration", NULL, NULL, method_cancel_migration, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("SaveDeviceState", SD_BUS_ARGS("h", fd, "a{sv}", options), SD_BUS_NO_RESULT,
+                                method_save_device_state, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("LoadDeviceState", SD_BUS_ARGS("h", fd, "a{sv}", options), SD_BUS_NO_RESULT,
+                                method_load_device_state, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };
 

@@ -48,7 +48,7 @@ expect() {
   fi
 }
 
-expect "vhostmigctl " "probe status list show vm device logging announce reconnect watch help"
+expect "vhostmigctl " "probe status list show vm device logging announce reconnect migrate watch help"
 expect "vhostmigctl lo" "logging"
 expect "vhostmigctl logging " "start stop harvest"
 expect "vhostmigctl vm " "create destroy"
@@ -57,6 +57,21 @@ expect "vhostmigctl show " "vm0 vm-db"
 expect "vhostmigctl --json logging harvest vm-" "vm-db"
 expect "vhostmigctl show vm0 " ""
 expect "vhostmigctl status --no" "--no-legend"
+expect "vhostmigctl help " "probe status list show vm device logging announce reconnect migrate watch"
+expect "vhostmigctl migrate " "incoming start status cancel save-state load-state"
+expect "vhostmigctl migrate s" "start status save-state"
+expect "vhostmigctl migrate start " "vm0 vm-db"
+expect "vhostmigctl migrate start vm0 --" "--help --json --quiet --no-legend --host --bus-address --version --to --token --wait"
+expect "vhostmigctl migrate incoming vm0 --l" "--listen"
+expect "vhostmigctl migrate incoming --listen tcp:0:4444 " "vm0 vm-db"
+expect "vhostmigctl migrate start --to unix:/x --token abc " "vm0 vm-db"
+expect "vhostmigctl migrate start vm0 --to " ""
+expect "vhostmigctl migrate status vm0 " ""
+expect "vhostmigctl migrate load-state " "vm0 vm-db"
+expect "vhostmigctl device add vm0 /tmp/s --i" "--incoming"
+expect "vhostmigctl device add vm0 /tmp/s --t" "--type"
+expect "vhostmigctl device add vm0 /tmp/s --type " "net fs blk other"
+expect "vhostmigctl device add --type fs " "vm0 vm-db"
 
 # The VM names come from the bus the command line names.
 : >"$work/calls"

@@ -409,6 +409,11 @@ static void test_usage_errors(void **state) {
                 ARGS("migrate", "start", "vm0", "--to", "unix:/x", "--token", "short"),
                 ARGS("migrate", "incoming", "vm0", "--listen", "ftp:x"),
                 ARGS("migrate", "status"),
+                ARGS("migrate", "save-state", "vm0"),
+                ARGS("migrate", "load-state", "vm0", "/x", "/y"),
+                ARGS("migrate", "save-state", "vm0", ""),
+                ARGS("migrate", "nosuch", "vm0"),
+                ARGS("device", "add", "vm0", "/x", "--type", "scsi", "--eventfds", "--queue", "256:0:0x1000:0x2000"),
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct run *r = expect_as(0, 2, cases[i]);
@@ -458,6 +463,8 @@ static void test_not_running(void **state) {
                 ARGS("device", "remove", "vm0", "0"),
                 ARGS("migrate", "status", "vm0"),
                 ARGS("migrate", "cancel", "vm0"),
+                ARGS("migrate", "save-state", "vm0", "/nonexistent/vhostmig-state"),
+                ARGS("migrate", "load-state", "vm0", "/nonexistent/vhostmig-state"),
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 r = expect_as(0, 7, cases[i]);
@@ -480,6 +487,9 @@ static void test_host(void **state) {
         assert_error(r, "exclude");
         free(r);
         r = expect(2, "-H", "somehost", "device", "add", "vm0", "/x", "--eventfds", "--queue", "256:0:0x1000:0x2000");
+        assert_error(r, "-H");
+        free(r);
+        r = expect(2, "-H", "somehost", "migrate", "save-state", "vm0", "/tmp/x");
         assert_error(r, "-H");
         free(r);
         env.bus_up = up;
@@ -657,6 +667,7 @@ static void test_not_found(void **state) {
                 ARGS("migrate", "status", "nosuch"),
                 ARGS("migrate", "cancel", "nosuch"),
                 ARGS("migrate", "incoming", "nosuch"),
+                ARGS("migrate", "load-state", "nosuch", "/dev/null"),
         };
         json_object_put(expect_json(0, json_type_object, "vm", "create", "vm1", "--memory", mem));
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -731,6 +742,83 @@ static void test_migrate(void **state) {
         free(mem2);
 }
 
+/* A file the size of guest memory, for a second VM; *arg is its --memory. */
+static void second_memory(char *path, size_t len, const char *suffix, char **arg) {
+        snprintf(path, len, "%s-%s", env.mem, suffix);
+        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        assert_true(fd >= 0 && ftruncate(fd, MEM_SIZE) == 0);
+        close(fd);
+        assert_true(asprintf(arg, "%s:0:%u", path, MEM_SIZE) > 0);
+}
+
+static void copy_file(const char *from, const char *to) {
+        static char buf[MEM_SIZE];
+        int in = open(from, O_RDONLY | O_CLOEXEC), out = open(to, O_WRONLY | O_CLOEXEC);
+        assert_true(in >= 0 && out >= 0);
+        assert_int_equal(read(in, buf, sizeof(buf)), sizeof(buf));
+        assert_int_equal(write(out, buf, sizeof(buf)), sizeof(buf));
+        close(in);
+        close(out);
+}
+
+/* The same two VMs, the VMM carrying the memory: save-state, the file, load-state. */
+static void test_migrate_state(void **state) {
+        (void) state;
+        char *mem = memory_arg(), *mem2 = NULL, path2[sizeof(env.mem) + 8], file[sizeof(env.dir) + 16];
+        second_memory(path2, sizeof(path2), "st", &mem2);
+        snprintf(file, sizeof(file), "%s/vms.state", env.dir);
+        unlink(file);
+
+        json_object_put(expect_json(0, json_type_object, "vm", "create", "vms", "--memory", mem));
+        json_object_put(expect_json(0, json_type_object, "vm", "create", "vmd", "--memory", mem2));
+        json_object_put(expect_json(0, json_type_object, "device", "add", "vms", env.socket, "--eventfds", "--queue",
+                                    QUEUE(1), "--queue", QUEUE(2), "--type", "net"));
+        json_object_put(expect_json(0, json_type_object, "device", "add", "vmd", env.socket2, "--eventfds", "--queue",
+                                    QUEUE(1), "--queue", QUEUE(2), "--incoming"));
+
+        /* A VM with nothing to save leaves no file behind. */
+        struct run *r = expect(1, "migrate", "save-state", "vmd", file);
+        assert_error(r, "incoming");
+        free(r);
+        assert_int_equal(access(file, F_OK), -1);
+
+        json_object *j = expect_json(0, json_type_object, "migrate", "save-state", "vms", file);
+        assert_field_string(j, "vm", "vms");
+        assert_field_string(j, "migration_state", "completed");
+        assert_field_string(j, "role", "source");
+        assert_field_string(j, "migration_error", "");
+        json_object_put(j);
+        struct stat st;
+        assert_int_equal(stat(file, &st), 0);
+        assert_true(st.st_size > 0);
+        assert_int_equal(st.st_mode & 0777, 0600);
+
+        r = expect(5, "migrate", "load-state", "nosuch", file);
+        free(r);
+        r = expect(1, "migrate", "load-state", "vmd", "/nonexistent/vhostmig-state");
+        assert_error(r, "/nonexistent/vhostmig-state");
+        free(r);
+        copy_file(env.mem, path2); /* the VMM carries the memory */
+        r = expect(0, "migrate", "load-state", "vmd", file);
+        assert_non_null(strstr(r->out, "completed"));
+        assert_non_null(strstr(r->out, "destination"));
+        free(r);
+        j = expect_json(0, json_type_object, "show", "vmd");
+        assert_field_string(j, "migration_state", "completed");
+        json_object_put(j);
+        /* Loaded once: the device no longer waits for a state. */
+        r = expect(1, "migrate", "load-state", "vmd", file);
+        assert_error(r, "Incoming");
+        free(r);
+
+        json_object_put(expect_json(0, json_type_object, "vm", "destroy", "vms"));
+        json_object_put(expect_json(0, json_type_object, "vm", "destroy", "vmd"));
+        unlink(file);
+        unlink(path2);
+        free(mem);
+        free(mem2);
+}
+
 static void test_watch(void **state) {
         (void) state;
         char *mem = memory_arg();
@@ -794,9 +882,10 @@ int main(void) {
                 cmocka_unit_test(test_host),
         };
         const struct CMUnitTest daemon[] = {
-                cmocka_unit_test(test_probe),        cmocka_unit_test(test_status_and_list),
-                cmocka_unit_test(test_vm_lifecycle), cmocka_unit_test(test_not_found),
-                cmocka_unit_test(test_watch),        cmocka_unit_test(test_migrate),
+                cmocka_unit_test(test_probe),         cmocka_unit_test(test_status_and_list),
+                cmocka_unit_test(test_vm_lifecycle),  cmocka_unit_test(test_not_found),
+                cmocka_unit_test(test_watch),         cmocka_unit_test(test_migrate),
+                cmocka_unit_test(test_migrate_state),
         };
         int failed = cmocka_run_group_tests_name("ctl-offline", offline, group_setup_offline, group_teardown);
         failed += cmocka_run_group_tests_name("ctl-daemon", daemon, group_setup_daemon, group_teardown);

@@ -1345,6 +1345,7 @@ static void test_every_method_and_property(void **state) {
         assert_record_has(&be, "SET_PROTOCOL_FEATURES", pf_text);
         assert_int_equal(prop_u(dev, DEV_IF, "QueuePairs"), 1);
         assert_prop_s(dev, DEV_IF, "Mac", MAC);
+        assert_prop_s(dev, DEV_IF, "Type", "net"); /* the default */
         assert_int_equal(prop_q(dev, DEV_IF, "Mtu"), 1500);
         assert_record_has(&be, "NET_SET_MTU", "mtu=1500");
         uint32_t rings[MAX_QUEUES];
@@ -1615,6 +1616,14 @@ static void test_bad_arguments(void **state) {
         bad.extra_key = "Mac";
         bad.extra_value = MAC;
         send_error(add_device_msg(vm, &bad), "AddDevice with Mac twice", SD_BUS_ERROR_INVALID_ARGS, "\"Mac\"", "twice");
+        /* Type: one of the four names, nothing else (not even a different case). */
+        bad = da;
+        bad.extra_key = "Type";
+        bad.extra_type = "s";
+        bad.extra_value = "scsi";
+        send_error(add_device_msg(vm, &bad), "AddDevice with Type scsi", SD_BUS_ERROR_INVALID_ARGS, "Type", "\"scsi\"");
+        bad.extra_value = "NET";
+        send_error(add_device_msg(vm, &bad), "AddDevice with Type NET", SD_BUS_ERROR_INVALID_ARGS, "Type", "\"NET\"");
         call_error(SD_BUS_ERROR_INVALID_ARGS, "options: unknown key \"LibvirtDomain\"", NULL, ROOT_PATH, MANAGER_IF,
                    "CreateVm", "sa(httt)a{sv}", "opts", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 1u,
                    "LibvirtDomain", "s", "x");

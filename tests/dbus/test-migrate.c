@@ -14,7 +14,12 @@
  *   test_wrong_token      the destination refuses, the source resumes;
  *   test_cancel           CancelMigration on a destination waiting for its
  *                         source, and on a source whose peer never reads;
- *   test_refusals         what the methods refuse before any job.
+ *   test_refusals         what the methods refuse before any job;
+ *   test_device_state     SaveDeviceState on the source into a file, the
+ *                         memory copied by the test (the VMM), a garbage
+ *                         state refused, LoadDeviceState on the destination
+ *                         from the file: rings restored from the source's
+ *                         indices, RARP, the source released by DestroyVm.
  *
  * Environment (set by meson): VHOSTMIGD, START_BUS.  Needs root.
  */
@@ -37,6 +42,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -611,6 +617,13 @@ static void test_migration(void **state) {
         s.backend = backends[0] = -1;
         /* Announced exactly as often as the destination says. */
         assert_int_equal(get_u32(&dst, d.vm_path, "RarpSent"), record_count(&d, "SEND_RARP"));
+        /* The source's devices are the destination's now: refused up front, not on the worker. */
+        call_error(&src, ERR("InvalidState"), "migrated away", s.vm_path, "MigrateTo", "ssa{sv}", address, token, 0);
+        int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        call_error(&src, ERR("InvalidState"), "migrated away", s.vm_path, "SaveDeviceState", "ha{sv}", fd, 0);
+        close(fd);
+        assert_string_prop(&src, s.vm_path, VM_IF, "MigrationState", "completed");
         side_done(&s);
         side_done(&d);
 }
@@ -729,6 +742,106 @@ static void test_refusals(void **state) {
         side_done(&d);
 }
 
+static void ring_indices(struct host *h, const char *dev_path, uint32_t out[2]) {
+        sd_bus_message *reply = NULL;
+        const void *v;
+        size_t size;
+        int r = sd_bus_get_property(h->c, DEST, dev_path, DEV_IF, "RingIndices", NULL, &reply, "au");
+        if (r >= 0)
+                r = sd_bus_message_read_array(reply, 'u', &v, &size);
+        if (r < 0 || size != 2 * sizeof(uint32_t))
+                fail_msg("%s: RingIndices: %s", h->name, r < 0 ? strerror(-r) : "not two rings");
+        memcpy(out, v, 2 * sizeof(uint32_t));
+        sd_bus_message_unref(reply);
+}
+
+static int open_state(const char *path, int flags) {
+        int fd = open(path, flags | O_CLOEXEC, 0600);
+        if (fd < 0)
+                fail_msg("%s: %s", path, strerror(errno));
+        return fd;
+}
+
+static void test_device_state(void **state) {
+        (void) state;
+        struct side s, d;
+        char file[160], garbage[160];
+        uint32_t src_rings[2], dst_rings[2];
+        side_vm(&s, &src, false);
+        side_vm(&d, &dst, true);
+        snprintf(file, sizeof(file), "%s/vm0.devstate", src.dir);
+        snprintf(garbage, sizeof(garbage), "%s/garbage.devstate", dst.dir);
+
+        /* What each end refuses before any job. */
+        int fd = open_state(file, O_RDONLY | O_CREAT);
+        call_error(&src, "org.freedesktop.DBus.Error.InvalidArgs", "read-only", s.vm_path, "SaveDeviceState", "ha{sv}",
+                   fd, 0);
+        close(fd);
+        fd = open_state(file, O_RDWR);
+        call_error(&dst, ERR("InvalidState"), "incoming", d.vm_path, "SaveDeviceState", "ha{sv}", fd, 0);
+        call_error(&src, ERR("InvalidState"), "Incoming", s.vm_path, "LoadDeviceState", "ha{sv}", fd, 0);
+        call_error(&src, "org.freedesktop.DBus.Error.InvalidArgs", "Foo", s.vm_path, "SaveDeviceState", "ha{sv}", fd, 1,
+                   "Foo", "u", 1);
+        close(fd);
+
+        /* The source: stopped, its state in the file. */
+        fd = open_state(file, O_WRONLY | O_TRUNC);
+        sd_bus_message_unref(call(&src, s.vm_path, VM_IF, "SaveDeviceState", "ha{sv}", fd, 0));
+        close(fd);
+        assert_string_prop(&src, s.vm_path, VM_IF, "MigrationState", "completed");
+        assert_string_prop(&src, s.vm_path, VM_IF, "Role", "source");
+        assert_string_prop(&src, s.dev_path, DEV_IF, "State", "stopped");
+        assert_true(record_count(&s, "GET_VRING_BASE") >= 2);
+        ring_indices(&src, s.dev_path, src_rings);
+        struct stat st;
+        assert_int_equal(stat(file, &st), 0);
+        assert_true(st.st_size > 0);
+
+        /* The VMM carries the memory itself. */
+        memcpy(d.mem, s.mem, MEM_SIZE);
+
+        /* Not a state: refused, and nothing started at the destination. */
+        fd = open_state(garbage, O_WRONLY | O_CREAT | O_TRUNC);
+        assert_int_equal(write(fd, "not a migration stream, nothing like one", 40), 40);
+        close(fd);
+        fd = open_state(garbage, O_RDONLY);
+        call_error(&dst, ERR("Backend"), NULL, d.vm_path, "LoadDeviceState", "ha{sv}", fd, 0);
+        close(fd);
+        assert_string_prop(&dst, d.vm_path, VM_IF, "MigrationState", "failed");
+        assert_string_prop(&dst, d.dev_path, DEV_IF, "State", "ready");
+        assert_int_equal(record_count(&d, "SET_VRING_KICK"), 0);
+
+        /* The destination: restored from the source's indices, running, announced. */
+        fd = open_state(file, O_RDONLY);
+        sd_bus_message_unref(call(&dst, d.vm_path, VM_IF, "LoadDeviceState", "ha{sv}", fd, 0));
+        close(fd);
+        assert_string_prop(&dst, d.vm_path, VM_IF, "MigrationState", "completed");
+        assert_string_prop(&dst, d.vm_path, VM_IF, "Role", "destination");
+        assert_string_prop(&dst, d.vm_path, VM_IF, "MigrationError", "");
+        assert_string_prop(&dst, d.dev_path, DEV_IF, "State", "running");
+        ring_indices(&dst, d.dev_path, dst_rings);
+        assert_memory_equal(src_rings, dst_rings, sizeof(src_rings));
+        assert_true(record_count(&d, "SET_VRING_BASE") >= 2);
+        assert_int_equal(get_u32(&dst, d.vm_path, "RarpSent"), record_count(&d, "SEND_RARP"));
+        assert_int_equal(record_count(&d, "VIOLATION"), 0);
+        assert_int_equal(record_count(&s, "VIOLATION"), 0);
+        /* Once is all: the devices are no longer waiting for a state. */
+        fd = open_state(file, O_RDONLY);
+        call_error(&dst, ERR("InvalidState"), "Incoming", d.vm_path, "LoadDeviceState", "ha{sv}", fd, 0);
+        close(fd);
+
+        /* The VMM lets the source go: its back-end sees the device leave. */
+        sd_bus_message_unref(call(&src, ROOT_PATH, MANAGER_IF, "DestroyVm", "s", VM_NAME));
+        assert_int_equal(tb_wait_exit(s.backend, 5000) >= 0, 1);
+        s.backend = backends[0] = -1;
+        free(s.vm_path);
+        s.vm_path = NULL;
+        unlink(file);
+        unlink(garbage);
+        side_done(&s);
+        side_done(&d);
+}
+
 /* What a failed test left behind: its VMs and back-ends. */
 static int test_teardown(void **state) {
         (void) state;
@@ -749,6 +862,7 @@ int main(void) {
                 cmocka_unit_test_teardown(test_wrong_token, test_teardown),
                 cmocka_unit_test_teardown(test_cancel, test_teardown),
                 cmocka_unit_test_teardown(test_refusals, test_teardown),
+                cmocka_unit_test_teardown(test_device_state, test_teardown),
         };
         if (getenv("TEST_FILTER"))
                 cmocka_set_test_filter(getenv("TEST_FILTER"));
