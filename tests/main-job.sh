@@ -10,7 +10,14 @@
 #      with logging switched on, harvested and off from outside while frames
 #      flow, and once with --json; each run ends with Announce (the RARP must
 #      come back) and DestroyVm, and must lose, damage or repeat no frame;
-#   5. stop everything by pid, print a summary, clean up (also on failure).
+#   5. a migration between two hosts: a second private bus with a second
+#      vhostmigd (host B); vhostmig-guest --incoming on B (testpmd's second
+#      vhost port) prints an address and token, vhostmig-guest --migrate-to on
+#      A (the first port) runs traffic, pauses and migrates; the guest goes on
+#      at B with the same sequence numbers.  The verdict: checksums equal, no
+#      more frames lost than were in flight at the switchover, one RARP at the
+#      destination, the downtime;
+#   6. stop everything by pid, print a summary, clean up (also on failure).
 # Exit status 0 when every step passed.
 set -euo pipefail
 
@@ -27,6 +34,10 @@ pid=            # testpmd
 daemon_pid=
 guest_pid=
 BUS_PID='' BUS_DIR='' BUS_ADDRESS=''
+# host B, for the migration
+daemon2_pid=
+dst_guest_pid=
+BUS2_PID='' BUS2_DIR='' BUS2_ADDRESS=''
 
 # stop_pid PID NAME: TERM, wait up to 5 s, then KILL.  Returns the exit status
 # when it is our child and exited on TERM, 0 otherwise.
@@ -48,10 +59,13 @@ stop_pid() {
 cleanup() {
   set +e
   stop_pid "$guest_pid" vhostmig-guest
+  stop_pid "$dst_guest_pid" "vhostmig-guest --incoming"
   stop_pid "$daemon_pid" vhostmigd
+  stop_pid "$daemon2_pid" "vhostmigd (host B)"
   stop_pid "$pid" testpmd
   exec 3>&- 2>/dev/null
   [ -n "$BUS_PID" ] && "$top/tests/dbus/start-bus.sh" --stop "$BUS_PID" "$BUS_DIR"
+  [ -n "$BUS2_PID" ] && "$top/tests/dbus/start-bus.sh" --stop "$BUS2_PID" "$BUS2_DIR"
   rm -rf "$work" "/var/run/dpdk/$prefix"
 }
 trap cleanup EXIT
@@ -76,17 +90,22 @@ run_step() {
 }
 
 # ---- 1. the back-end and the probe --------------------------------------------
-# testpmd exits at EOF on stdin: feed it from a fifo we keep open.
+# testpmd exits at EOF on stdin: feed it from a fifo we keep open.  Two vhost
+# ports, each looped on itself: dpdk.sock for host A's guests (and the
+# migration's source), dpdk-dst.sock for the migration's destination on host B.
 mkfifo "$work/stdin"
 stdbuf -oL dpdk-testpmd --no-huge -m 1024 --no-pci --file-prefix "$prefix" \
-  --vdev "net_vhost0,iface=$work/dpdk.sock,queues=1" -- \
-  --no-mlockall --total-num-mbufs=4096 --forward-mode=macswap --port-topology=loop -a \
+  --vdev "net_vhost0,iface=$work/dpdk.sock,queues=1" \
+  --vdev "net_vhost1,iface=$work/dpdk-dst.sock,queues=1" -- \
+  --no-mlockall --total-num-mbufs=8192 --forward-mode=macswap --port-topology=loop -a \
   <"$work/stdin" >"$work/testpmd.log" 2>&1 &
 pid=$!
 exec 3>"$work/stdin"
 
-for _ in $(seq 200); do [ -S "$work/dpdk.sock" ] && break; sleep 0.1; done
-[ -S "$work/dpdk.sock" ] || { echo "testpmd did not start:"; cat "$work/testpmd.log"; exit 1; }
+for _ in $(seq 200); do [ -S "$work/dpdk.sock" ] && [ -S "$work/dpdk-dst.sock" ] && break; sleep 0.1; done
+if ! [ -S "$work/dpdk.sock" ] || ! [ -S "$work/dpdk-dst.sock" ]; then
+  echo "testpmd did not start:"; cat "$work/testpmd.log"; exit 1
+fi
 # The socket exists before the port starts: wait until testpmd forwards (its
 # log is line-buffered through stdbuf) so that nothing races its start-up.
 for _ in $(seq 200); do grep -q "Press enter to exit" "$work/testpmd.log" && break; sleep 0.1; done
@@ -217,13 +236,119 @@ else
   record FAIL "guest --json"
 fi
 
+# ---- 5. a migration between two hosts -------------------------------------------
+# start_host_b: a second private bus and a second vhostmigd on it.
+start_host_b() {
+  local vars owned=false
+  vars=$("$top/tests/dbus/start-bus.sh") || return 1
+  # shellcheck disable=SC2001 # only the names at the start of each line
+  eval "$(sed 's/^BUS_/BUS2_/' <<<"$vars")"
+  mkdir -p "$work/hostb"
+  DBUS_SYSTEM_BUS_ADDRESS=$BUS2_ADDRESS RUNTIME_DIRECTORY=$work/hostb "$daemon" >"$work/vhostmigd-b.log" 2>&1 &
+  daemon2_pid=$!
+  for _ in $(seq 100); do
+    kill -0 "$daemon2_pid" 2>/dev/null || break
+    if [ "$(busctl --address="$BUS2_ADDRESS" call org.freedesktop.DBus /org/freedesktop/DBus \
+             org.freedesktop.DBus NameHasOwner s org.vhostmig1 2>/dev/null)" = "b true" ]; then owned=true; break; fi
+    sleep 0.1
+  done
+  $owned || { echo "vhostmigd on host B did not take org.vhostmig1:"; cat "$work/vhostmigd-b.log"; return 1; }
+  echo "host B: bus $BUS2_ADDRESS (dbus-daemon pid $BUS2_PID), vhostmigd pid $daemon2_pid"
+}
+
+# json_get FILE-LINE EXPR...: fields of one JSON object (python3: no jq needed).
+json_get() {
+  python3 -c 'import json,sys
+o = json.loads(sys.argv[1])
+for path in sys.argv[2:]:
+    v = o
+    for k in path.split("."):
+        v = v.get(k) if isinstance(v, dict) else None
+    print("" if v is None else (str(v).lower() if isinstance(v, bool) else v))' "$@"
+}
+
+# migration_verdict SRC-JSON DST-JSON: one line for the summary; 0 when it passes.
+migration_verdict() {
+  local src=$1 dst=$2 f
+  mapfile -t f < <(json_get "$src" pass migration.state migration.checksum migration.memory_checksum \
+                     migration.driver_checksum migration.frames_in_flight migration.downtime_ms)
+  local s_pass=${f[0]} s_state=${f[1]} s_sum=${f[2]} s_mem=${f[3]} s_drv=${f[4]} in_flight=${f[5]} s_down=${f[6]}
+  mapfile -t f < <(json_get "$dst" pass migration.state migration.checksum migration.driver_checksum \
+                     frames.lost frames.corrupted frames.duplicated migration.rarp_seen_after migration.rarp_sent \
+                     migration.downtime_ms migration.pages migration.zero_pages frames.received)
+  local d_pass=${f[0]} d_state=${f[1]} d_sum=${f[2]} d_drv=${f[3]} lost=${f[4]} corrupted=${f[5]} dup=${f[6]}
+  local rarp_seen=${f[7]} rarp_sent=${f[8]} d_down=${f[9]} pages=${f[10]} zero=${f[11]} received=${f[12]}
+  local ok=true sums
+  if [ -n "$s_sum" ] && [ "$s_sum" = "$d_sum" ] && [ "$s_sum" = "$s_mem" ] && [ -n "$s_drv" ] && [ "$s_drv" = "$d_drv" ]; then
+    sums="checksum equal ($d_sum, driver image $d_drv)"
+  else
+    sums="checksums DIFFER (source $s_sum memory $s_mem driver $s_drv, destination $d_sum driver $d_drv)"; ok=false
+  fi
+  [ "$s_pass" = true ] && [ "$d_pass" = true ] && [ "$s_state" = completed ] && [ "$d_state" = completed ] || ok=false
+  [ "${lost:-1}" -le "${in_flight:-0}" ] && [ "$corrupted" = 0 ] && [ "$dup" = 0 ] || ok=false
+  [ "$rarp_seen" = 1 ] || ok=false
+  migration_line="migration A -> B ($s_state/$d_state): $sums; $lost frames lost at the switchover, $in_flight were in flight; $corrupted corrupted, $dup duplicated, $received received in all; RARP seen at the destination: $rarp_seen ($rarp_sent sent); downtime $d_down ms (source $s_down ms); $pages pages, $zero zero"
+  $ok
+}
+
+echo
+echo "== migration: host A -> host B, ${seconds} s of traffic before and after"
+migration_line="migration A -> B: not run"
+if start_host_b; then
+  record PASS "host B: a second bus and vhostmigd"
+  "$guest" --incoming --name main-migrated --socket "$work/dpdk-dst.sock" --seconds "$seconds" \
+    --listen "unix:$work/hostb/incoming.sock" --bus-address "$BUS2_ADDRESS" --json \
+    >"$work/dst.json" 2>"$work/dst.err" &
+  dst_guest_pid=$!
+  for _ in $(seq 100); do [ -s "$work/dst.json" ] && break; kill -0 "$dst_guest_pid" 2>/dev/null || break; sleep 0.1; done
+  incoming=$(head -n 1 "$work/dst.json" 2>/dev/null || true)
+  address='' token=''
+  if [ -n "$incoming" ]; then
+    address=$(json_get "$incoming" address 2>/dev/null || true)
+    token=$(json_get "$incoming" token 2>/dev/null || true)
+  fi
+  echo "destination (host B) waits at $address"
+  src_rc=0
+  if [ -n "$address" ] && [ -n "$token" ]; then
+    "$guest" --name main-migrated --socket "$work/dpdk.sock" --migrate-to "$address" --token "$token" \
+      --migrate-after "$seconds" --bus-address "$BUS_ADDRESS" --json >"$work/src.json" 2>"$work/src.err" || src_rc=$?
+  else
+    echo "the destination printed no address and token"; src_rc=1
+    stop_pid "$dst_guest_pid" "vhostmig-guest --incoming" || true
+  fi
+  dst_rc=0
+  wait "$dst_guest_pid" || dst_rc=$?
+  dst_guest_pid=
+  echo "-- source (host A), exit status $src_rc:"; cat "$work/src.err"; tail -n 1 "$work/src.json" 2>/dev/null || true
+  echo "-- destination (host B), exit status $dst_rc:"; cat "$work/dst.err"; tail -n 1 "$work/dst.json" 2>/dev/null || true
+  src_out=$(tail -n 1 "$work/src.json" 2>/dev/null || true)
+  dst_out=$(tail -n 1 "$work/dst.json" 2>/dev/null || true)
+  if [ "$src_rc" -eq 0 ] && [ "$dst_rc" -eq 0 ] && migration_verdict "$src_out" "$dst_out"; then
+    record PASS "$migration_line"
+  else
+    [ -n "$src_out" ] && [ -n "$dst_out" ] && { migration_verdict "$src_out" "$dst_out" || true; }
+    record FAIL "$migration_line (guests' exit status: source $src_rc, destination $dst_rc)"
+  fi
+  released=$(json_get "${src_out:-null}" migration.source_device_state 2>/dev/null || true)
+  if [ "$released" = disconnected ]; then
+    record PASS "the source's device released at the commit (State disconnected)"
+  else
+    record FAIL "the source's device after the migration: '${released:-unknown}', not released"
+  fi
+else
+  record FAIL "host B did not start"
+fi
+
 echo
 echo "== after the guests: no VM left"
 vms=$(bus get-property org.vhostmig1 /org/vhostmig1 org.vhostmig1.Manager Vms)
-echo "Manager.Vms: $vms"
-if [ "$vms" = "ao 0" ]; then record PASS "every VM destroyed"; else record FAIL "VMs left: $vms"; fi
+vms_b=$( [ -n "$BUS2_ADDRESS" ] && busctl --address="$BUS2_ADDRESS" get-property org.vhostmig1 /org/vhostmig1 \
+           org.vhostmig1.Manager Vms 2>/dev/null || echo "ao 0")
+echo "Manager.Vms: host A $vms, host B $vms_b"
+if [ "$vms" = "ao 0" ] && [ "$vms_b" = "ao 0" ]; then record PASS "every VM destroyed, on both hosts"
+else record FAIL "VMs left: host A $vms, host B $vms_b"; fi
 
-# ---- 5. stop by pid ---------------------------------------------------------------
+# ---- 6. stop by pid ---------------------------------------------------------------
 echo
 echo "== stopping vhostmigd (SIGTERM)"
 if stop_pid "$daemon_pid" vhostmigd; then
@@ -232,8 +357,17 @@ else
   record FAIL "vhostmigd stop (exit status $?)"
 fi
 daemon_pid=
+if [ -n "$daemon2_pid" ]; then
+  if stop_pid "$daemon2_pid" "vhostmigd (host B)"; then
+    record PASS "vhostmigd on host B stopped on SIGTERM, exit status 0"
+  else
+    record FAIL "vhostmigd on host B stop (exit status $?)"
+  fi
+  daemon2_pid=
+fi
 echo "-- vhostmigd log:"
 cat "$work/vhostmigd.log"
+if [ -s "$work/vhostmigd-b.log" ]; then echo "-- vhostmigd (host B) log:"; cat "$work/vhostmigd-b.log"; fi
 
 echo
 echo "== summary"

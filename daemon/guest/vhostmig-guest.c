@@ -6,8 +6,14 @@
  * daemon over D-Bus (CreateVm, AddDevice), drives sequence-numbered traffic
  * through the back-end, optionally with dirty logging on, announces the VM
  * with SEND_RARP, destroys the VM and prints a verdict.
+ *
+ * It also migrates: --migrate-to pauses the guest after some traffic and has
+ * the daemon send it (Vm.MigrateTo); --incoming makes empty memory, has the
+ * daemon wait for it (Vm.PrepareIncoming) and resumes the guest on what
+ * arrived, with the same sequence numbers.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
@@ -17,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +49,10 @@
 #define STALL_MS     10000 /* no progress for this long: the back-end stalled */
 #define RARP_WAIT_MS 3000
 #define DRAIN_MS     1000
+#define POLL_MS      20    /* how often a running migration's state is read */
+#define CANCEL_MS    10000 /* after CancelMigration, how long for a final state */
+/* Frames per queue pair sent just before the pause, so that some are in flight. */
+#define PAUSE_BURST 32u
 
 enum {
         EXIT_PASS = 0,
@@ -66,6 +78,12 @@ static struct {
         bool json;
         double timeout; /* seconds, for each D-Bus method call */
         bool busy_poll;
+        /* migration */
+        bool incoming;
+        const char *listen;
+        const char *migrate_to;
+        const char *token;
+        double migrate_after;
 } arg = {
         .queue_pairs = 1,
         .ring_size = VHM_GUEST_DEFAULT_RING,
@@ -74,11 +92,37 @@ static struct {
         .frame_len = VHM_GUEST_DEFAULT_FRAME,
         .harvest_ms = 100,
         .timeout = 60,
+        .migrate_after = 2,
 };
 
 static volatile sig_atomic_t interrupted;
 
 /* ---- run state ---------------------------------------------------------------- */
+
+/* A migration of this guest, as the daemon reports it (the VM's properties). */
+struct migration {
+        bool started;          /* MigrateTo accepted, or PrepareIncoming answered */
+        char *address, *token; /* incoming: PrepareIncoming's answer */
+        char *state, *role, *error;
+        uint64_t pages_total, pages, zero_pages, bytes, downtime_ms, total_ms, checksum;
+        uint32_t rarp_sent;
+        /* The guest's own view: its statistics at the switchover (the source's
+         * pause, the destination's attach) and checksums of its memory. */
+        bool have_switch;
+        struct vhm_guest_stats at_switch;
+        bool have_memory_checksum; /* source: the whole image, after it left */
+        uint64_t memory_checksum;
+        bool have_driver_checksum; /* both: the driver's image at the switchover */
+        uint64_t driver_checksum;
+        char *device_state; /* source: its device once the guest left */
+};
+
+/* What an incoming guest's front-end is given before the memory arrives. */
+struct incoming {
+        int memfd;
+        int kick[VHM_GUEST_MAX_QUEUES];
+        int call[VHM_GUEST_MAX_QUEUES];
+};
 
 struct run {
         sd_bus *bus;
@@ -112,6 +156,9 @@ struct run {
         bool rarp_expected;
         bool announced;
         uint32_t rarp_sent;
+
+        struct incoming in;
+        struct migration m;
 
         /* failures, in words; the verdict fails when there is any */
         char *errors[16];
@@ -188,6 +235,19 @@ static void help(void) {
                "      --busy-poll        never sleep on the call eventfds\n"
                "      --json             print the verdict as JSON on stdout (progress\n"
                "                         goes to stderr)\n"
+               "\n"
+               "Migration (stop-and-copy through vhostmigd, Vm.PrepareIncoming and Vm.MigrateTo):\n"
+               "      --incoming         destination: empty memory and eventfds, the VM and its\n"
+               "                         device in incoming mode; prints the address and token\n"
+               "                         to give the source (one JSON line with --json), waits\n"
+               "                         for the migration, then resumes the guest on the memory\n"
+               "                         that arrived with the same sequence numbers, --seconds\n"
+               "      --listen ADDR      where the destination listens: unix:PATH or\n"
+               "                         tcp:HOST:PORT (default: the daemon's choice)\n"
+               "      --migrate-to ADDR  source: traffic for --migrate-after seconds, pause the\n"
+               "                         guest with frames in flight, MigrateTo, wait for the end\n"
+               "      --token TOKEN      the token the destination printed\n"
+               "      --migrate-after S  seconds of traffic before the pause (default 2)\n"
                "  -h, --help             this text\n"
                "\n"
                "With more than one queue pair, VIRTIO_NET_F_MQ is requested as well as the\n"
@@ -201,10 +261,22 @@ static void help(void) {
                "never back at the end), corrupted, duplicated, the RARP seen, harvests and\n"
                "dirty pages.\n"
                "\n"
+               "With a migration the verdict adds its state, downtime, pages, zero pages and\n"
+               "the memory checksum.  The source passes when the migration completed and its\n"
+               "memory's checksum is the migration's; frames in flight at the pause left\n"
+               "with the guest.  If the migration failed the source resumes here for\n"
+               "--seconds.  The destination passes when the migration completed, no more\n"
+               "frames were lost than were in flight at the switchover, and exactly one RARP\n"
+               "came back if the device negotiated RARP (none otherwise).  Both print the\n"
+               "checksum of the driver's image at the switchover (memory without the used\n"
+               "rings and RX buffers, which a restored back-end writes at once): equal at\n"
+               "both ends.  An interrupted wait cancels the migration.\n"
+               "\n"
                "Exit status: 0 when no frame was lost, corrupted or duplicated, the device\n"
                "broke no ring rule, the RARP came back when expected, the dirty log covered\n"
-               "the back-end's writes (with --log) and every D-Bus call succeeded; 1\n"
-               "otherwise (also when interrupted); 2 for usage errors.\n",
+               "the back-end's writes (with --log), a migration completed (with --incoming or\n"
+               "--migrate-to) and every D-Bus call succeeded; 1 otherwise (also when\n"
+               "interrupted); 2 for usage errors.\n",
                VHM_GUEST_MAX_QP, VHM_GUEST_MAX_RING, VHM_GUEST_DEFAULT_RING, VHM_GUEST_MIN_FRAME, VHM_GUEST_MAX_FRAME,
                VHM_GUEST_DEFAULT_FRAME);
 }
@@ -252,6 +324,25 @@ static bool is_pow2(unsigned v) {
         return v && !(v & (v - 1));
 }
 
+static bool migration_address_valid(const char *s) {
+        return (strncmp(s, "unix:", 5) == 0 && s[5]) || (strncmp(s, "tcp:", 4) == 0 && s[4]);
+}
+
+/* The migration options' rules; -1 when they hold, as parse_args returns. */
+static int check_migration_args(bool have_frames, bool have_after) {
+        if (arg.incoming && arg.migrate_to)
+                return cli_usage_error("--incoming and --migrate-to exclude each other");
+        if (arg.listen && !arg.incoming)
+                return cli_usage_error("--listen goes with --incoming");
+        if ((arg.token || have_after) && !arg.migrate_to)
+                return cli_usage_error("--token and --migrate-after go with --migrate-to");
+        if (arg.migrate_to && !arg.token)
+                return cli_usage_error("--migrate-to needs --token (PrepareIncoming's, printed by the destination)");
+        if ((arg.incoming || arg.migrate_to) && (arg.log || have_frames))
+                return cli_usage_error("--log and --frames do not go with a migration");
+        return -1;
+}
+
 static int parse_args(int argc, char **argv) {
         enum {
                 OPT_SERVER = 0x100,
@@ -261,6 +352,11 @@ static int parse_args(int argc, char **argv) {
                 OPT_JSON,
                 OPT_TIMEOUT,
                 OPT_BUSY_POLL,
+                OPT_INCOMING,
+                OPT_LISTEN,
+                OPT_MIGRATE_TO,
+                OPT_TOKEN,
+                OPT_MIGRATE_AFTER,
         };
         static const struct option options[] = { { "name", required_argument, NULL, 'n' },
                                                  { "socket", required_argument, NULL, 's' },
@@ -277,9 +373,14 @@ static int parse_args(int argc, char **argv) {
                                                  { "timeout", required_argument, NULL, OPT_TIMEOUT },
                                                  { "busy-poll", no_argument, NULL, OPT_BUSY_POLL },
                                                  { "json", no_argument, NULL, OPT_JSON },
+                                                 { "incoming", no_argument, NULL, OPT_INCOMING },
+                                                 { "listen", required_argument, NULL, OPT_LISTEN },
+                                                 { "migrate-to", required_argument, NULL, OPT_MIGRATE_TO },
+                                                 { "token", required_argument, NULL, OPT_TOKEN },
+                                                 { "migrate-after", required_argument, NULL, OPT_MIGRATE_AFTER },
                                                  { "help", no_argument, NULL, 'h' },
                                                  {} };
-        bool have_frames = false, have_seconds = false;
+        bool have_frames = false, have_seconds = false, have_after = false;
         int c;
 
         snprintf(arg.name, sizeof(arg.name), "guest-%d", (int) getpid());
@@ -352,6 +453,30 @@ static int parse_args(int argc, char **argv) {
                 case OPT_JSON:
                         arg.json = true;
                         break;
+                case OPT_INCOMING:
+                        arg.incoming = true;
+                        break;
+                case OPT_LISTEN:
+                        if (!migration_address_valid(optarg))
+                                return cli_usage_error("invalid --listen '%s': unix:PATH or tcp:HOST:PORT", optarg);
+                        arg.listen = optarg;
+                        break;
+                case OPT_MIGRATE_TO:
+                        if (!migration_address_valid(optarg))
+                                return cli_usage_error("invalid --migrate-to '%s': unix:PATH or tcp:HOST:PORT", optarg);
+                        arg.migrate_to = optarg;
+                        break;
+                case OPT_TOKEN:
+                        if (strlen(optarg) != 32 || strspn(optarg, "0123456789abcdef") != 32)
+                                return cli_usage_error("invalid --token: the 32 lowercase hex digits the "
+                                                       "destination printed");
+                        arg.token = optarg;
+                        break;
+                case OPT_MIGRATE_AFTER:
+                        if (parse_seconds(optarg, &arg.migrate_after) < 0)
+                                return cli_usage_error("invalid --migrate-after '%s'", optarg);
+                        have_after = true;
+                        break;
                 case 'h':
                         help();
                         exit(EXIT_PASS);
@@ -367,7 +492,7 @@ static int parse_args(int argc, char **argv) {
                 return cli_usage_error("--frames and --seconds exclude each other");
         if (have_frames)
                 arg.seconds = 0;
-        return -1;
+        return check_migration_args(have_frames, have_after);
 }
 
 /* ---- D-Bus helpers ------------------------------------------------------------ */
@@ -459,13 +584,43 @@ static int vm_call(struct run *r, const char *method, sd_bus_message **reply) {
 
 /* ---- the VM and its device ------------------------------------------------------ */
 
+static struct vhm_guest_config guest_config(void) {
+        return (struct vhm_guest_config){
+                .mem_size = arg.mem_size,
+                .queue_pairs = arg.queue_pairs,
+                .ring_size = arg.ring_size,
+                .frame_len = arg.frame_len,
+        };
+}
+
+/* Until an incoming guest arrives, its memory and eventfds are the VMM's alone. */
+static int guest_mem_fd(const struct run *r) {
+        return r->g ? vhm_guest_mem_fd(r->g) : r->in.memfd;
+}
+
+static uint64_t guest_mem_size(const struct run *r) {
+        return r->g ? vhm_guest_mem_size(r->g) : arg.mem_size;
+}
+
+static int guest_queue_layout(const struct run *r, unsigned q, struct vhm_guest_queue_layout *l) {
+        if (r->g)
+                return vhm_guest_queue_layout(r->g, q, l);
+        struct vhm_guest_config c = guest_config();
+        int rc = vhm_guest_plan_queue_layout(&c, q, l);
+        if (rc >= 0) {
+                l->kick_fd = r->in.kick[q];
+                l->call_fd = r->in.call[q];
+        }
+        return rc;
+}
+
 static int create_vm(struct run *r) {
         _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         const char *path;
         int rc = sd_bus_call_method(r->bus, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "CreateVm", &e, &reply,
-                                    "sa(httt)a{sv}", arg.name, 1, vhm_guest_mem_fd(r->g), (uint64_t) 0,
-                                    vhm_guest_mem_size(r->g), (uint64_t) 0, 0);
+                                    "sa(httt)a{sv}", arg.name, 1, guest_mem_fd(r), (uint64_t) 0, guest_mem_size(r),
+                                    (uint64_t) 0, 0);
         if (rc < 0) {
                 bus_error(r, "CreateVm", &e, rc);
                 return rc;
@@ -496,7 +651,7 @@ static int append_queues(struct run *r, sd_bus_message *m, unsigned first, unsig
         int rc = sd_bus_message_open_container(m, 'a', "(uttthh)");
         for (unsigned q = first; rc >= 0 && q < first + n; q++) {
                 struct vhm_guest_queue_layout l;
-                rc = vhm_guest_queue_layout(r->g, q, &l);
+                rc = guest_queue_layout(r, q, &l);
                 if (rc >= 0)
                         rc = sd_bus_message_append(m, "(uttthh)", (uint32_t) l.num, l.desc_gpa, l.avail_gpa, l.used_gpa,
                                                    l.kick_fd, l.call_fd);
@@ -504,23 +659,32 @@ static int append_queues(struct run *r, sd_bus_message *m, unsigned first, unsig
         return rc < 0 ? rc : sd_bus_message_close_container(m);
 }
 
+/* The options: an incoming device gets its MAC from the source's DEVICE record. */
+static int append_device_options(struct run *r, sd_bus_message *m) {
+        uint8_t mac[6];
+        char macs[18];
+        if (arg.incoming)
+                return sd_bus_message_append(m, "a{sv}", 4, VHOSTMIG_OPTION_SERVER, "b", (int) arg.server,
+                                             VHOSTMIG_OPTION_FEATURES, "t", wanted_features(),
+                                             VHOSTMIG_OPTION_QUEUE_PAIRS, "u", (uint32_t) arg.queue_pairs,
+                                             VHOSTMIG_OPTION_INCOMING, "b", 1);
+        vhm_guest_mac(r->g, mac);
+        format_mac(mac, macs);
+        return sd_bus_message_append(m, "a{sv}", 4, VHOSTMIG_OPTION_SERVER, "b", (int) arg.server,
+                                     VHOSTMIG_OPTION_FEATURES, "t", wanted_features(), VHOSTMIG_OPTION_QUEUE_PAIRS, "u",
+                                     (uint32_t) arg.queue_pairs, VHOSTMIG_OPTION_MAC, "s", macs);
+}
+
 /* AddDevice with the first queues (as many as one message carries fds for) and the options. */
 static int add_device_message(struct run *r, unsigned nqueues, sd_bus_message **out) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        uint8_t mac[6];
-        char macs[18];
-        vhm_guest_mac(r->g, mac);
-        format_mac(mac, macs);
         int rc = sd_bus_message_new_method_call(r->bus, &m, BUS_NAME, r->vm_path, VM_IFACE, "AddDevice");
         if (rc >= 0)
                 rc = sd_bus_message_append(m, "s", arg.socket);
         if (rc >= 0)
                 rc = append_queues(r, m, 0, nqueues);
         if (rc >= 0)
-                rc = sd_bus_message_append(m, "a{sv}", 4, VHOSTMIG_OPTION_SERVER, "b", (int) arg.server,
-                                           VHOSTMIG_OPTION_FEATURES, "t", wanted_features(),
-                                           VHOSTMIG_OPTION_QUEUE_PAIRS, "u", (uint32_t) arg.queue_pairs,
-                                           VHOSTMIG_OPTION_MAC, "s", macs);
+                rc = append_device_options(r, m);
         if (rc >= 0)
                 *out = TAKE_PTR(m);
         return rc;
@@ -686,7 +850,8 @@ static int stop_logging(struct run *r) {
 
 static struct vhm_guest_stats stats(const struct run *r) {
         struct vhm_guest_stats s = { 0 };
-        (void) vhm_guest_get_stats(r->g, VHM_GUEST_ALL_QPS, &s);
+        if (r->g) /* an incoming guest that never arrived has none */
+                (void) vhm_guest_get_stats(r->g, VHM_GUEST_ALL_QPS, &s);
         return s;
 }
 
@@ -751,13 +916,13 @@ static void drain(struct run *r, unsigned ms) {
 
 /* run_until() in chunks, so that time-limited runs stop at a chunk boundary
  * with nothing in flight. */
-static int traffic(struct run *r) {
+static int traffic(struct run *r, double seconds) {
         struct vhm_guest_run_opts opts = {
                 .flags = arg.busy_poll ? 0 : VHM_GUEST_RUN_WAIT_CALL,
                 .step = step,
                 .opaque = r,
         };
-        uint64_t deadline = r->t_start_ns + (uint64_t) (arg.seconds * 1e9);
+        uint64_t deadline = r->t_start_ns + (uint64_t) (seconds * 1e9);
         uint64_t done = 0; /* per queue pair */
         int rc = 0;
 
@@ -868,6 +1033,329 @@ static void destroy_vm(struct run *r) {
         sd_bus_error_free(&e);
 }
 
+/* ---- migration ------------------------------------------------------------------------ */
+
+static bool final_state(const char *s) {
+        return strcmp(s, VHOSTMIG_MIGRATION_STATE_COMPLETED) == 0 || strcmp(s, VHOSTMIG_MIGRATION_STATE_FAILED) == 0 ||
+               strcmp(s, VHOSTMIG_MIGRATION_STATE_CANCELLED) == 0 ||
+               strcmp(s, VHOSTMIG_MIGRATION_STATE_POSTMIGRATE_UNKNOWN) == 0;
+}
+
+static bool migration_completed(const struct run *r) {
+        return r->m.state && strcmp(r->m.state, VHOSTMIG_MIGRATION_STATE_COMPLETED) == 0;
+}
+
+static int get_u32(struct run *r, const char *path, const char *iface, const char *prop, uint32_t *out) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        int rc = sd_bus_get_property_trivial(r->bus, BUS_NAME, path, iface, prop, &e, 'u', out);
+        return rc < 0 ? property_failed(r, iface, prop, &e, rc) : rc;
+}
+
+/* Every migration property of the VM, into r->m. */
+static int read_migration(struct run *r) {
+        struct migration *m = &r->m;
+        free(m->state);
+        free(m->role);
+        free(m->error);
+        m->state = m->role = m->error = NULL;
+        if (get_string(r, r->vm_path, VM_IFACE, "MigrationState", &m->state) < 0 ||
+            get_string(r, r->vm_path, VM_IFACE, "Role", &m->role) < 0 ||
+            get_string(r, r->vm_path, VM_IFACE, "MigrationError", &m->error) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "PagesTotal", &m->pages_total) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "PagesTransferred", &m->pages) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "ZeroPages", &m->zero_pages) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "BytesTransferred", &m->bytes) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "DowntimeMs", &m->downtime_ms) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "TotalMs", &m->total_ms) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "MigrationChecksum", &m->checksum) < 0 ||
+            get_u32(r, r->vm_path, VM_IFACE, "RarpSent", &m->rarp_sent) < 0)
+                return -EIO;
+        return 0;
+}
+
+static void print_migration_progress(struct run *r, const char *state, uint64_t t0) {
+        uint64_t done = 0, total = 0;
+        (void) sd_bus_get_property_trivial(r->bus, BUS_NAME, r->vm_path, VM_IFACE, "PagesTransferred", NULL, 't',
+                                           &done);
+        (void) sd_bus_get_property_trivial(r->bus, BUS_NAME, r->vm_path, VM_IFACE, "PagesTotal", NULL, 't', &total);
+        if (arg.incoming && strcmp(state, VHOSTMIG_MIGRATION_STATE_SETUP) == 0)
+                fprintf(progress_out(), "[%6.1fs] migration %s: waiting for the source at %s\n",
+                        (double) (now_ns() - t0) / 1e9, state, r->m.address);
+        else
+                fprintf(progress_out(), "[%6.1fs] migration %s: %" PRIu64 " of %" PRIu64 " pages\n",
+                        (double) (now_ns() - t0) / 1e9, state, done, total);
+        fflush(progress_out());
+}
+
+/* An interrupted wait cancels the migration (before END it rolls back) and waits for its end. */
+static void cancel_migration(struct run *r, uint64_t *deadline_ns) {
+        if (*deadline_ns)
+                return;
+        fprintf(stderr, "vhostmig-guest: interrupted: CancelMigration\n");
+        (void) vm_call(r, "CancelMigration", NULL);
+        *deadline_ns = now_ns() + (uint64_t) CANCEL_MS * 1000000u;
+}
+
+/* Polls MigrationState until it is final; progress once a second. */
+static int wait_migration(struct run *r) {
+        uint64_t t0 = now_ns(), next = t0 + 1000000000u, cancel_deadline = 0;
+        for (;;) {
+                char *state = NULL;
+                if (get_string(r, r->vm_path, VM_IFACE, "MigrationState", &state) < 0)
+                        return -EIO;
+                bool done = final_state(state);
+                if (!done && now_ns() >= next) {
+                        print_migration_progress(r, state, t0);
+                        next += 1000000000u;
+                }
+                free(state);
+                if (done)
+                        return read_migration(r);
+                if (interrupted)
+                        cancel_migration(r, &cancel_deadline);
+                if (cancel_deadline && now_ns() >= cancel_deadline) {
+                        add_error(r, "the migration did not end within %d ms of CancelMigration", CANCEL_MS);
+                        return -ETIMEDOUT;
+                }
+                usleep(POLL_MS * 1000);
+        }
+}
+
+static void migration_free(struct migration *m) {
+        free(m->address);
+        free(m->token);
+        free(m->state);
+        free(m->role);
+        free(m->error);
+        free(m->device_state);
+}
+
+static void report_unfinished(struct run *r) {
+        add_error(r, "migration %s%s%s", r->m.state ? r->m.state : "unknown", r->m.error && r->m.error[0] ? ": " : "",
+                  r->m.error ? r->m.error : "");
+}
+
+/* The vCPU pauses mid-stream: a last burst goes out and nothing waits for it. */
+static void pause_with_frames_in_flight(struct run *r) {
+        for (unsigned qp = 0; qp < arg.queue_pairs; qp++) {
+                (void) vhm_guest_reclaim_tx(r->g, qp);
+                (void) vhm_guest_poll_rx(r->g, qp, 0);
+                (void) vhm_guest_post_rx(r->g, qp);
+                (void) vhm_guest_tx(r->g, qp, PAUSE_BURST < arg.ring_size / 2 ? PAUSE_BURST : arg.ring_size / 2);
+        }
+        r->t_end_ns = now_ns();
+        r->m.at_switch = stats(r);
+        r->m.have_switch = true;
+}
+
+static int migrate_to(struct run *r) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        int rc = sd_bus_message_new_method_call(r->bus, &m, BUS_NAME, r->vm_path, VM_IFACE, "MigrateTo");
+        if (rc >= 0)
+                rc = sd_bus_message_append(m, "ssa{sv}", arg.migrate_to, arg.token, 0);
+        if (rc < 0) {
+                add_error(r, "MigrateTo: %s", strerror(-rc));
+                return rc;
+        }
+        if ((rc = call_checked(r, "MigrateTo", m, NULL)) < 0)
+                return rc;
+        r->m.started = true;
+        return 0;
+}
+
+/* The source's memory no longer changes: its whole image is what END carried. */
+static void source_checksums(struct run *r) {
+        struct migration *m = &r->m;
+        if (vhm_guest_checksum(r->g, 0, &m->memory_checksum) < 0 ||
+            vhm_guest_checksum(r->g, VHM_GUEST_CHECKSUM_DRIVER, &m->driver_checksum) < 0)
+                return;
+        m->have_memory_checksum = m->have_driver_checksum = true;
+        if (m->memory_checksum != m->checksum)
+                add_error(r, "the guest's memory checksum 0x%016" PRIx64 " is not the migration's 0x%016" PRIx64,
+                          m->memory_checksum, m->checksum);
+}
+
+/* Released: the source back-end saw the device go.  The device's snapshot
+ * follows the migration's end by a moment, so the state is polled briefly. */
+static void check_source_released(struct run *r) {
+        uint64_t end = now_ns() + (uint64_t) RARP_WAIT_MS * 1000000u;
+        for (;;) {
+                free(r->m.device_state);
+                r->m.device_state = NULL;
+                if (get_string(r, r->dev_path, DEVICE_IFACE, "State", &r->m.device_state) < 0)
+                        return;
+                if (strcmp(r->m.device_state, "disconnected") == 0)
+                        return;
+                if (now_ns() >= end)
+                        break;
+                usleep(POLL_MS * 1000);
+        }
+        add_error(r, "after the migration the source's device is '%s', not released ('disconnected')",
+                  r->m.device_state);
+}
+
+/*
+ * Source: traffic, the pause, MigrateTo, its end.  Completed: the guest lives
+ * on at the destination.  Failed or cancelled: the daemon resumed the devices
+ * where they stopped and the guest runs on here for --seconds, which shows
+ * that nothing beyond what was in flight got lost.
+ */
+static int run_source(struct run *r) {
+        fprintf(progress_out(), "Traffic: %.1f s on %u queue pair(s), then migration to %s\n", arg.migrate_after,
+                arg.queue_pairs, arg.migrate_to);
+        int rc = traffic(r, arg.migrate_after);
+        if (rc < 0)
+                return rc;
+        pause_with_frames_in_flight(r);
+        struct vhm_guest_stats *p = &r->m.at_switch;
+        fprintf(progress_out(), "Paused: sent %" PRIu64 " received %" PRIu64 ", %" PRIu64 " in flight; MigrateTo %s\n",
+                p->sent, p->received, p->sent - accounted(p), arg.migrate_to);
+        if ((rc = migrate_to(r)) < 0 || (rc = wait_migration(r)) < 0)
+                return rc;
+        if (migration_completed(r)) {
+                source_checksums(r);
+                check_source_released(r);
+                return 0;
+        }
+        report_unfinished(r);
+        if (strcmp(r->m.state, VHOSTMIG_MIGRATION_STATE_POSTMIGRATE_UNKNOWN) == 0 || interrupted)
+                return -EIO;
+        fprintf(progress_out(), "Resumed here: %.1f s of traffic\n", arg.seconds);
+        r->t_start_ns = now_ns();
+        rc = traffic(r, arg.seconds);
+        drain(r, DRAIN_MS);
+        return rc;
+}
+
+/* ---- incoming ------------------------------------------------------------------------- */
+
+static void incoming_init(struct incoming *in) {
+        in->memfd = -1;
+        for (unsigned q = 0; q < VHM_GUEST_MAX_QUEUES; q++)
+                in->kick[q] = in->call[q] = -1;
+}
+
+static void incoming_close(struct incoming *in) {
+        if (in->memfd >= 0)
+                close(in->memfd);
+        for (unsigned q = 0; q < VHM_GUEST_MAX_QUEUES; q++) {
+                if (in->kick[q] >= 0)
+                        close(in->kick[q]);
+                if (in->call[q] >= 0)
+                        close(in->call[q]);
+        }
+        incoming_init(in);
+}
+
+/* Empty memory (sealed against shrinking, as CreateVm wants) and the eventfds. */
+static int incoming_new(struct incoming *in) {
+        incoming_init(in);
+        in->memfd = memfd_create("vhm-guest-incoming", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (in->memfd < 0 || ftruncate(in->memfd, (off_t) arg.mem_size) < 0 ||
+            fcntl(in->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
+                return -errno;
+        for (unsigned q = 0; q < 2 * arg.queue_pairs; q++) {
+                in->kick[q] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+                in->call[q] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+                if (in->kick[q] < 0 || in->call[q] < 0)
+                        return -errno;
+        }
+        return 0;
+}
+
+static int prepare_incoming(struct run *r) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        const char *address, *token;
+        int rc = sd_bus_message_new_method_call(r->bus, &m, BUS_NAME, r->vm_path, VM_IFACE, "PrepareIncoming");
+        if (rc >= 0)
+                rc = arg.listen ? sd_bus_message_append(m, "a{sv}", 1, VHOSTMIG_OPTION_LISTEN, "s", arg.listen)
+                                : sd_bus_message_append(m, "a{sv}", 0);
+        if (rc < 0) {
+                add_error(r, "PrepareIncoming: %s", strerror(-rc));
+                return rc;
+        }
+        if ((rc = call_checked(r, "PrepareIncoming", m, &reply)) < 0)
+                return rc;
+        rc = sd_bus_message_read(reply, "ss", &address, &token);
+        if (rc >= 0 && (!(r->m.address = strdup(address)) || !(r->m.token = strdup(token))))
+                rc = -ENOMEM;
+        if (rc < 0) {
+                add_error(r, "PrepareIncoming: bad reply: %s", strerror(-rc));
+                return rc;
+        }
+        r->m.started = true;
+        return 0;
+}
+
+/* The source needs these two: one line, JSON with --json. */
+static void print_incoming(const struct run *r) {
+        if (arg.json) {
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "vm", json_object_new_string(r->vm_path));
+                json_object_object_add(o, "address", json_object_new_string(r->m.address));
+                json_object_object_add(o, "token", json_object_new_string(r->m.token));
+                puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+                json_object_put(o);
+        } else {
+                printf("Incoming migration: address %s token %s\n", r->m.address, r->m.token);
+        }
+        fflush(stdout);
+}
+
+/* The migrated guest, on the memory that arrived and the eventfds the device already has. */
+static int attach_migrated(struct run *r) {
+        char err[256];
+        int rc = vhm_guest_attach_eventfds(r->in.memfd, r->in.kick, r->in.call, 2 * arg.queue_pairs, &r->g, err,
+                                           sizeof(err));
+        if (rc < 0) {
+                add_error(r, "cannot resume the migrated guest: %s", err);
+                return rc;
+        }
+        /* Before the driver runs: the device may have written since the switchover, the driver not. */
+        if (vhm_guest_checksum(r->g, VHM_GUEST_CHECKSUM_DRIVER, &r->m.driver_checksum) >= 0)
+                r->m.have_driver_checksum = true;
+        r->m.at_switch = stats(r);
+        r->m.have_switch = true;
+        if (vhm_guest_queue_pairs(r->g) != arg.queue_pairs || vhm_guest_ring_size(r->g) != arg.ring_size) {
+                add_error(r, "the migrated guest has %u queue pair(s) of %u, this one was prepared for %u of %u",
+                          vhm_guest_queue_pairs(r->g), vhm_guest_ring_size(r->g), arg.queue_pairs, arg.ring_size);
+                return -EBADMSG;
+        }
+        return 0;
+}
+
+/*
+ * Destination: PrepareIncoming, the wait, then the guest where it paused:
+ * the same sequence numbers, for --seconds.  Frames in flight at the pause
+ * come back or count as lost at the switchover.
+ */
+static int run_incoming(struct run *r) {
+        int rc = prepare_incoming(r);
+        if (rc < 0)
+                return rc;
+        print_incoming(r);
+        if ((rc = wait_migration(r)) < 0)
+                return rc;
+        if (!migration_completed(r)) {
+                report_unfinished(r);
+                return -EIO;
+        }
+        if ((rc = attach_migrated(r)) < 0 || (rc = configure_driver(r)) < 0)
+                return rc;
+        struct vhm_guest_stats *p = &r->m.at_switch;
+        fprintf(progress_out(),
+                "Resumed: sent %" PRIu64 " received %" PRIu64 ", %" PRIu64 " in flight; traffic %.1f s on %u queue "
+                "pair(s)\n",
+                p->sent, p->received, p->sent - accounted(p), arg.seconds, arg.queue_pairs);
+        r->t_start_ns = r->last_progress_ns = now_ns();
+        r->next_progress_ns = r->t_start_ns + 1000000000u;
+        r->last_progress_sent = p->sent;
+        rc = traffic(r, arg.seconds);
+        if (rc >= 0)
+                drain(r, DRAIN_MS);
+        return rc;
+}
+
 /* ---- verdict -------------------------------------------------------------------------- */
 
 struct verdict {
@@ -877,20 +1365,82 @@ struct verdict {
         double seconds;
         double rate;
         bool rarp_ok;
+        /* migration: frames in flight at the switchover, and the RARPs seen after it */
+        uint64_t in_flight;
+        uint64_t rarp_after;
         bool pass;
 };
+
+/*
+ * With a migration the guest's life spans two VMMs.  The source's frames in
+ * flight at the pause left with the guest: not missing here.  The
+ * destination counts every frame since the guest began: at most those in
+ * flight at the switchover may be lost, and exactly one RARP (the daemon's
+ * SEND_RARP) must come back when the device negotiated it, none otherwise.
+ */
+static void verdict_migration(const struct run *r, struct verdict *v) {
+        const struct vhm_guest_stats *p = &r->m.at_switch;
+        bool completed = migration_completed(r);
+        if (!r->m.have_switch)
+                return;
+        v->in_flight = p->sent - accounted(p);
+        if (arg.migrate_to) {
+                if (completed)
+                        v->lost = v->s.lost;
+                v->rarp_ok = true;
+                return;
+        }
+        v->rarp_after = v->s.rarp_seen - p->rarp_seen;
+        v->rarp_ok = v->rarp_after == (r->rarp_expected ? 1u : 0u);
+        v->rate = v->seconds > 0 ? (double) (v->s.received - p->received) / v->seconds : 0;
+}
 
 static struct verdict verdict(const struct run *r) {
         struct verdict v = { .s = stats(r) };
         uint64_t acc = accounted(&v.s);
+        bool migrating = arg.incoming || arg.migrate_to;
         v.missing = v.s.sent > acc ? v.s.sent - acc : 0;
         v.lost = v.s.lost + v.missing;
         v.seconds = r->t_end_ns > r->t_start_ns ? (double) (r->t_end_ns - r->t_start_ns) / 1e9 : 0;
         v.rate = v.seconds > 0 ? (double) v.s.received / v.seconds : 0;
         v.rarp_ok = !r->rarp_expected || v.s.rarp_seen > 0;
-        v.pass = !interrupted && r->n_errors == 0 && v.lost == 0 && v.s.corrupted == 0 && v.s.duplicated == 0 &&
-                 v.s.bad_used == 0 && v.rarp_ok;
+        verdict_migration(r, &v);
+        v.pass = !interrupted && r->n_errors == 0 && v.lost <= (arg.incoming ? v.in_flight : 0) && v.s.corrupted == 0 &&
+                 v.s.duplicated == 0 && v.s.bad_used == 0 && v.rarp_ok && (!migrating || migration_completed(r));
         return v;
+}
+
+static void print_migration_text(const struct run *r, const struct verdict *v) {
+        const struct migration *m = &r->m;
+        printf("%-22s %s, %s", "Migration:", m->state ? m->state : "not started",
+               arg.incoming ? "destination" : "source");
+        if (arg.incoming && m->address)
+                printf(", listened at %s", m->address);
+        else if (arg.migrate_to)
+                printf(", to %s", arg.migrate_to);
+        printf("\n");
+        if (m->error && m->error[0])
+                printf("%-22s %s\n", "Migration error:", m->error);
+        if (!m->state)
+                return;
+        printf("%-22s %" PRIu64 " ms (total %" PRIu64 " ms)\n", "Downtime:", m->downtime_ms, m->total_ms);
+        printf("%-22s %" PRIu64 " of %" PRIu64 " (%" PRIu64 " zero), %" PRIu64 " bytes\n", "Pages:", m->pages,
+               m->pages_total, m->zero_pages, m->bytes);
+        printf("%-22s 0x%016" PRIx64, "Checksum:", m->checksum);
+        if (m->have_memory_checksum)
+                printf(" (the guest's memory: 0x%016" PRIx64 ", %s)", m->memory_checksum,
+                       m->memory_checksum == m->checksum ? "equal" : "DIFFERENT");
+        printf("\n");
+        if (m->have_driver_checksum)
+                printf("%-22s 0x%016" PRIx64 " (the driver's image at the switchover)\n",
+                       "Driver checksum:", m->driver_checksum);
+        if (m->have_switch)
+                printf("%-22s %" PRIu64 " frames in flight%s\n", "Switchover:", v->in_flight,
+                       arg.incoming ? ", at most these may be lost" : "");
+        if (arg.incoming)
+                printf("%-22s %" PRIu32 "\n", "RARP sent:", m->rarp_sent);
+        if (m->device_state)
+                printf("%-22s %s\n", "Source device:", m->device_state);
 }
 
 static void print_text(const struct run *r, const struct verdict *v) {
@@ -914,7 +1464,13 @@ static void print_text(const struct run *r, const struct verdict *v) {
         if (v->s.bad_used || v->s.other)
                 printf("%-22s %" PRIu64 " bad used entries, %" PRIu64 " other frames\n", "Also:", v->s.bad_used,
                        v->s.other);
-        if (!r->announced)
+        if (arg.incoming && r->m.have_switch)
+                printf("%-22s %" PRIu64 " after the switchover (%s)\n", "RARP seen:", v->rarp_after,
+                       r->rarp_expected ? "exactly 1 expected"
+                                        : "none expected: no RARP or the guest announces itself");
+        else if (arg.migrate_to)
+                printf("%-22s %" PRIu64 " (a migration's RARP is the destination's)\n", "RARP seen:", v->s.rarp_seen);
+        else if (!r->announced)
                 printf("%-22s %" PRIu64 " (not announced)\n", "RARP seen:", v->s.rarp_seen);
         else if (r->rarp_expected)
                 printf("%-22s %" PRIu64 " (%" PRIu32 " sent by Announce)\n", "RARP seen:", v->s.rarp_seen,
@@ -922,6 +1478,8 @@ static void print_text(const struct run *r, const struct verdict *v) {
         else
                 printf("%-22s %" PRIu64 " (not expected: the device has no RARP or the guest announces itself)\n",
                        "RARP seen:", v->s.rarp_seen);
+        if (arg.incoming || arg.migrate_to)
+                print_migration_text(r, v);
         if (arg.log) {
                 printf("%-22s %" PRIu64 " (the VM counts %" PRIu64 "), %" PRIu64 " new pages found\n",
                        "Harvests:", r->harvests, r->vm_harvests, r->new_pages);
@@ -951,6 +1509,33 @@ static json_object *hex_json(uint64_t v) {
 
 static json_object *u64_json(uint64_t v) {
         return json_object_new_int64(v > INT64_MAX ? INT64_MAX : (int64_t) v);
+}
+
+static json_object *migration_json(const struct run *r, const struct verdict *v) {
+        const struct migration *m = &r->m;
+        if (!arg.incoming && !arg.migrate_to)
+                return NULL;
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "state", m->state ? json_object_new_string(m->state) : NULL);
+        json_object_object_add(o, "role", json_object_new_string(arg.incoming ? "destination" : "source"));
+        json_object_object_add(o, "address",
+                               json_object_new_string(arg.incoming ? (m->address ? m->address : "") : arg.migrate_to));
+        json_object_object_add(o, "error", json_object_new_string(m->error ? m->error : ""));
+        json_object_object_add(o, "downtime_ms", u64_json(m->downtime_ms));
+        json_object_object_add(o, "total_ms", u64_json(m->total_ms));
+        json_object_object_add(o, "pages", u64_json(m->pages));
+        json_object_object_add(o, "pages_total", u64_json(m->pages_total));
+        json_object_object_add(o, "zero_pages", u64_json(m->zero_pages));
+        json_object_object_add(o, "bytes", u64_json(m->bytes));
+        json_object_object_add(o, "checksum", m->state ? hex_json(m->checksum) : NULL);
+        json_object_object_add(o, "memory_checksum", m->have_memory_checksum ? hex_json(m->memory_checksum) : NULL);
+        json_object_object_add(o, "driver_checksum", m->have_driver_checksum ? hex_json(m->driver_checksum) : NULL);
+        json_object_object_add(o, "frames_in_flight", u64_json(v->in_flight));
+        json_object_object_add(o, "rarp_sent", u64_json(m->rarp_sent));
+        json_object_object_add(o, "rarp_seen_after", u64_json(v->rarp_after));
+        json_object_object_add(o, "source_device_state",
+                               m->device_state ? json_object_new_string(m->device_state) : NULL);
+        return o;
 }
 
 static void print_json(const struct run *r, const struct verdict *v) {
@@ -997,6 +1582,7 @@ static void print_json(const struct run *r, const struct verdict *v) {
         json_object_object_add(l, "device_written_pages", u64_json(r->written_pages));
         json_object_object_add(l, "checked", json_object_new_boolean(r->log_checked));
         json_object_object_add(o, "log", l);
+        json_object_object_add(o, "migration", migration_json(r, v));
 
         json_object *e = json_object_new_array();
         for (unsigned i = 0; i < r->n_errors; i++)
@@ -1031,36 +1617,49 @@ static int install_signals(void) {
  * first step that fails (or an interruption) ends it; the failure is in r's
  * errors, which the verdict reports.
  */
+static void start_clock(struct run *r) {
+        r->t_start_ns = now_ns();
+        r->last_progress_ns = r->t_start_ns;
+        r->next_progress_ns = r->t_start_ns + 1000000000u;
+        r->next_harvest_ns = r->t_start_ns + (uint64_t) arg.harvest_ms * 1000000u;
+}
+
 static void run_steps(struct run *r) {
         if (bus_connect(r) < 0 || interrupted)
                 return;
         if (create_vm(r) < 0 || interrupted)
                 return;
         if (!arg.json)
-                printf("VM %s created: %s, %" PRIu64 " MiB of guest memory\n", arg.name, r->vm_path,
-                       vhm_guest_mem_size(r->g) >> 20);
+                printf("VM %s created: %s, %" PRIu64 " MiB of %s guest memory\n", arg.name, r->vm_path,
+                       guest_mem_size(r) >> 20, arg.incoming ? "empty" : "");
         if (add_device(r) < 0 || interrupted)
                 return;
+        if (arg.incoming) {
+                (void) run_incoming(r);
+                return;
+        }
         if (configure_driver(r) < 0 || interrupted)
                 return;
         if (!arg.json)
                 printf("Device %s running on %s: features 0x%" PRIx64 ", protocol features 0x%" PRIx64 "\n",
                        r->dev_path, arg.socket, r->acked_features, r->acked_protocol_features);
+        if (arg.migrate_to) {
+                start_clock(r);
+                (void) run_source(r);
+                return;
+        }
 
         if (arg.log && start_logging(r) < 0)
                 return;
 
-        r->t_start_ns = now_ns();
-        r->last_progress_ns = r->t_start_ns;
-        r->next_progress_ns = r->t_start_ns + 1000000000u;
-        r->next_harvest_ns = r->t_start_ns + (uint64_t) arg.harvest_ms * 1000000u;
+        start_clock(r);
         if (arg.frames)
                 fprintf(progress_out(), "Traffic: %" PRIu64 " frames per queue pair on %u queue pair(s)%s\n",
                         arg.frames, arg.queue_pairs, arg.log ? ", dirty logging on" : "");
         else
                 fprintf(progress_out(), "Traffic: %.1f s on %u queue pair(s)%s\n", arg.seconds, arg.queue_pairs,
                         arg.log ? ", dirty logging on" : "");
-        int rc = traffic(r);
+        int rc = traffic(r, arg.seconds);
         /* The last partial second, unless it was a short run's only output. */
         if (now_ns() - r->last_progress_ns > 200000000u || r->last_progress_ns == r->t_start_ns)
                 print_progress(r, now_ns());
@@ -1086,13 +1685,17 @@ int main(int argc, char **argv) {
                 return EXIT_FAIL;
         }
 
-        struct vhm_guest_config gc = {
-                .mem_size = arg.mem_size,
-                .queue_pairs = arg.queue_pairs,
-                .ring_size = arg.ring_size,
-                .frame_len = arg.frame_len,
-        };
-        rc = vhm_guest_create(&gc, &r.g);
+        struct vhm_guest_config gc = guest_config();
+        struct vhm_guest_queue_layout plan;
+        incoming_init(&r.in);
+        /* An incoming guest exists once it arrived; the layout it will have must fit already. */
+        if (arg.incoming && (rc = vhm_guest_plan_queue_layout(&gc, 0, &plan)) >= 0 && (rc = incoming_new(&r.in)) < 0) {
+                fprintf(stderr, "vhostmig-guest: cannot make the incoming memory and eventfds: %s\n", strerror(-rc));
+                incoming_close(&r.in);
+                return EXIT_FAIL;
+        }
+        if (!arg.incoming)
+                rc = vhm_guest_create(&gc, &r.g);
         if (rc < 0) {
                 /* Memory too small for the rings, most likely. */
                 fprintf(stderr,
@@ -1128,5 +1731,7 @@ int main(int argc, char **argv) {
         free(r.dev_path);
         sd_bus_flush_close_unref(r.bus);
         vhm_guest_free(r.g);
+        incoming_close(&r.in);
+        migration_free(&r.m);
         return v.pass ? EXIT_PASS : EXIT_FAIL;
 }
