@@ -801,7 +801,8 @@ void vhm_device_disconnect(struct vhm_device *dev) {
 /* ---- announce ------------------------------------------------------------ */
 
 bool vhm_device_needs_rarp(const struct vhm_device *dev) {
-        return (dev->protocol_features & VHU_BIT(VHU_PF_RARP)) &&
+        /* A RARP announces a network interface: other devices have nothing to announce. */
+        return dev->cfg.type == VHM_DEVICE_TYPE_NET && (dev->protocol_features & VHU_BIT(VHU_PF_RARP)) &&
                !(dev->acked_features & VHU_BIT(VHU_VF_NET_GUEST_ANNOUNCE));
 }
 

@@ -171,7 +171,10 @@ uint16_t vhm_device_mtu(const struct vhm_device *dev);
 /* Drops the connection on purpose (the rings resume on the next reconnect if they ran). */
 void vhm_device_disconnect(struct vhm_device *dev);
 
-/* SEND_RARP with the configured MAC, when RARP was negotiated and the guest does not announce itself. */
+/*
+ * SEND_RARP with the configured MAC, when RARP was negotiated and the guest
+ * does not announce itself; needs_rarp: that, and the device is a net device.
+ */
 int vhm_device_announce(struct vhm_device *dev);
 bool vhm_device_needs_rarp(const struct vhm_device *dev);
 

@@ -14,12 +14,19 @@
  * test back-end) lacking a feature the guest acked, the channel cut in the
  * middle of PAGES, a cancel in setup and in active; and a destination that
  * never answers END, which leaves the source stopped (postmigrate-unknown).
- * No test leaves an fd behind.
+ *
+ * Then two devices in one VM (one on testpmd with traffic, one on the test
+ * back-end carrying its own state), the destination's back-end killed in
+ * the middle of the stream, GUEST_ANNOUNCE (no RARP), the back-end's state
+ * (BACKEND_STATE) between two test back-ends and the fs blocker, and the
+ * VMM-carried variant: device state saved into a memfd and loaded by
+ * another VM.  No test leaves an fd behind.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,12 +62,20 @@ struct side {
         struct vhm_guest *g;
         struct vhm_vm *vm;
         struct vhm_device *dev;
-        int memfd; /* destination: its own (empty) memory */
+        struct vhm_device *dev2; /* a second device: the guest's queue pair 1 */
+        int memfd;               /* destination: its own (empty) memory */
         int efd[2 * VHM_DEVICE_MAX_QUEUES];
         unsigned nqp;
 };
 
+/* Test back-ends of the tests that need two, each with a record. */
+struct tbe {
+        pid_t pid;
+        char dir[64], socket[96], record[96];
+};
+
 static struct real_backend be;
+static struct tbe tbs[2];
 static pid_t tb_pid;
 static char tb_dir[64];
 static struct side src, dst;
@@ -73,6 +88,7 @@ static void side_init(struct side *s) {
 }
 
 static void side_free(struct side *s) {
+        vhm_device_free(s->dev2);
         vhm_device_free(s->dev);
         vhm_vm_free(s->vm);
         vhm_guest_free(s->g);
@@ -107,17 +123,19 @@ static void print_stats(const char *what, const struct vhm_guest_stats *s) {
                what, s->sent, s->received, s->lost, s->corrupted, s->duplicated, s->rarp_seen, s->other, s->bad_used);
 }
 
-/* The source: a guest with traffic on a running device at `socket`. */
-static void source_start(unsigned nqp, const char *socket) {
+/* A net device's configuration: what the tests change (type, features) they change in a copy. */
+static struct vhm_device_config net_config(unsigned nqp) {
+        return (struct vhm_device_config){ .features = net_features(nqp), .queue_pairs = nqp, .timeout_ms = 5000 };
+}
+
+/* The source: a guest with traffic on a running device at `socket`, configured as base says. */
+static void source_start_cfg(const char *socket, const struct vhm_device_config *base) {
+        unsigned nqp = base->queue_pairs;
         src.nqp = nqp;
         struct vhm_guest_config gc = { .mem_size = GUEST_MEM, .queue_pairs = nqp };
         GD_CHECK(guest_vm_new("source", &gc, &src.g, &src.vm));
-        struct vhm_device_config cfg = {
-                .socket = socket,
-                .features = net_features(nqp),
-                .queue_pairs = nqp,
-                .timeout_ms = 5000,
-        };
+        struct vhm_device_config cfg = *base;
+        cfg.socket = socket;
         GD_CHECK(guest_device_new(src.vm, src.g, &cfg, &src.dev, NULL));
         DEV_CHECK(src.dev, vhm_device_connect(src.dev));
         DEV_CHECK(src.dev, vhm_device_start(src.dev));
@@ -126,13 +144,19 @@ static void source_start(unsigned nqp, const char *socket) {
                 assert_true(vhm_guest_post_rx(src.g, qp) > 0);
 }
 
+static void source_start(unsigned nqp, const char *socket) {
+        struct vhm_device_config cfg = net_config(nqp);
+        source_start_cfg(socket, &cfg);
+}
+
 /*
  * The destination: empty memory of mem_size (sealed, as the VM model wants a
  * memfd), and an incoming device at `socket` whose queues have fresh eventfds
  * and, as placeholders, the source guest's ring addresses (the DEVICE record
  * brings the real ones).
  */
-static void destination_new(unsigned nqp, const char *socket, uint64_t mem_size) {
+static void destination_new_cfg(const char *socket, uint64_t mem_size, const struct vhm_device_config *base) {
+        unsigned nqp = base->queue_pairs;
         dst.nqp = nqp;
         dst.memfd = memfd_create("destination", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         assert_true(dst.memfd >= 0);
@@ -142,13 +166,9 @@ static void destination_new(unsigned nqp, const char *socket, uint64_t mem_size)
         struct vhm_region_spec region = { .fd = dst.memfd, .guest_phys_addr = 0, .size = mem_size };
         if (vhm_vm_add_region(dst.vm, &region) < 0)
                 fail_msg("destination region: %s", vhm_vm_error(dst.vm));
-        struct vhm_device_config cfg = {
-                .socket = socket,
-                .features = net_features(nqp),
-                .queue_pairs = nqp,
-                .timeout_ms = 5000,
-                .incoming = true,
-        };
+        struct vhm_device_config cfg = *base;
+        cfg.socket = socket;
+        cfg.incoming = true;
         assert_int_equal(vhm_device_new(dst.vm, &cfg, &dst.dev), 0);
         for (unsigned q = 0; q < 2 * nqp; q++) {
                 struct vhm_guest_queue_layout l;
@@ -170,6 +190,11 @@ static void destination_new(unsigned nqp, const char *socket, uint64_t mem_size)
         /* Incoming: nothing starts it but a restore. */
         assert_int_equal(vhm_device_start(dst.dev), -EBUSY);
         assert_true(vhm_device_awaiting_restore(dst.dev));
+}
+
+static void destination_new(unsigned nqp, const char *socket, uint64_t mem_size) {
+        struct vhm_device_config cfg = net_config(nqp);
+        destination_new_cfg(socket, mem_size, &cfg);
 }
 
 /* ---- guest traffic ------------------------------------------------------------------ */
@@ -263,6 +288,7 @@ struct incoming_job {
         int fd;        /* connected; or -1 with listen_fd */
         int listen_fd; /* unix: transport: accept first */
         const char *token;
+        const struct vhm_migrate_options *o; /* NULL: the defaults */
         struct vhm_migration_stats st;
         int rc;
 };
@@ -276,8 +302,9 @@ static void *incoming_thread(void *arg) {
                         return NULL;
                 }
         }
-        struct vhm_device *devs[] = { dst.dev };
-        j->rc = vhm_migrate_incoming(dst.vm, devs, 1, j->fd, j->token, vhu_now_usec() + 30000000u, &j->st);
+        struct vhm_device *devs[] = { dst.dev, dst.dev2 };
+        j->rc = vhm_migrate_incoming_opts(dst.vm, devs, dst.dev2 ? 2 : 1, j->fd, j->token, vhu_now_usec() + 30000000u,
+                                          j->o, &j->st);
         return NULL;
 }
 
@@ -324,8 +351,8 @@ static void make_pair(int sv[2]) {
 
 static int migrate_source(int fd, const char *token, const struct vhm_migrate_options *o,
                           struct vhm_migration_stats *st) {
-        struct vhm_device *devs[] = { src.dev };
-        int r = vhm_migrate_to(src.vm, NULL, devs, 1, fd, token, o, st);
+        struct vhm_device *devs[] = { src.dev, src.dev2 };
+        int r = vhm_migrate_to(src.vm, NULL, devs, src.dev2 ? 2 : 1, fd, token, o, st);
         printf("  source: %s (%d) in %" PRIu64 " ms, %" PRIu64 " pages (%" PRIu64 " zero), %" PRIu64 " bytes%s%s\n",
                vhm_migration_state_name(st->state), r, st->total_ms, st->pages_transferred, st->zero_pages,
                st->bytes_transferred, st->error[0] ? ": " : "", st->error);
@@ -343,6 +370,7 @@ static void print_incoming(const struct incoming_job *j) {
 static int setup(void **state) {
         (void) state;
         real_backend_init(&be);
+        memset(tbs, 0, sizeof(tbs));
         tb_pid = 0;
         tb_dir[0] = '\0';
         side_init(&src);
@@ -363,21 +391,46 @@ static void stop_test_backend(void) {
         }
 }
 
-static int teardown(void **state) {
-        (void) state;
+static void tbe_start(struct tbe *t, struct tb_config *c) {
+        memset(t, 0, sizeof(*t));
+        snprintf(t->dir, sizeof(t->dir), "/tmp/vhostmig-migtb-XXXXXX");
+        assert_non_null(mkdtemp(t->dir));
+        snprintf(t->socket, sizeof(t->socket), "%s/sock", t->dir);
+        snprintf(t->record, sizeof(t->record), "%s/record", t->dir);
+        c->record_path = t->record;
+        c->max_connections = 0;
+        assert_int_equal(tb_spawn_listen(c, t->socket, &t->pid), 0);
+}
+
+static void tbe_stop(struct tbe *t) {
+        if (t->pid > 0)
+                (void) tb_stop(t->pid);
+        if (t->dir[0]) {
+                unlink(t->socket);
+                unlink(t->record);
+                rmdir(t->dir);
+        }
+        memset(t, 0, sizeof(*t));
+}
+
+static void stop_all(void) {
         (void) testpmd_cpus_restore();
         side_free(&dst);
         side_free(&src);
         stop_backend(&be);
         stop_test_backend();
+        tbe_stop(&tbs[0]);
+        tbe_stop(&tbs[1]);
+}
+
+static int teardown(void **state) {
+        (void) state;
+        stop_all();
         return 0;
 }
 
 static void finish(int fds_before) {
-        side_free(&dst);
-        side_free(&src);
-        stop_backend(&be);
-        stop_test_backend();
+        stop_all();
         assert_int_equal(count_open_fds(), fds_before);
 }
 
@@ -757,18 +810,446 @@ static void no_answer_after_end(void **state) {
         finish(fds_before);
 }
 
+/* ---- two devices, a killed back-end, announcements ------------------------------------ */
+
+/*
+ * A device of vm on the guest's queue pair `qp` (the layout of `layout`'s
+ * rings), with the guest's own eventfds, or fresh ones kept in efd[0..3].
+ */
+static struct vhm_device *device_on(struct vhm_vm *vm, const struct vhm_guest *layout, unsigned qp, const char *socket,
+                                    const struct vhm_device_config *base, int *efd) {
+        struct vhm_device_config cfg = *base;
+        cfg.socket = socket;
+        cfg.queue_pairs = 1;
+        struct vhm_device *dev;
+        assert_int_equal(vhm_device_new(vm, &cfg, &dev), 0);
+        for (unsigned q = 0; q < 2; q++) {
+                struct vhm_guest_queue_layout l;
+                assert_int_equal(vhm_guest_queue_layout(layout, 2 * qp + q, &l), 0);
+                if (efd) {
+                        l.kick_fd = efd[2 * q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                        l.call_fd = efd[2 * q + 1] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                }
+                struct vhm_queue_spec spec = {
+                        .size = l.num,
+                        .desc_gpa = l.desc_gpa,
+                        .avail_gpa = l.avail_gpa,
+                        .used_gpa = l.used_gpa,
+                        .kick_fd = l.kick_fd,
+                        .call_fd = l.call_fd,
+                };
+                DEV_CHECK(dev, vhm_device_set_queue(dev, q, &spec));
+        }
+        return dev;
+}
+
+/* A source guest of two queue pairs: a net device with traffic on pair 0 at socket1, another (cfg2) on pair 1. */
+static void source_two_devices(const char *socket1, const char *socket2, const struct vhm_device_config *cfg2) {
+        src.nqp = 1; /* the pair with traffic */
+        struct vhm_guest_config gc = { .mem_size = GUEST_MEM, .queue_pairs = 2 };
+        GD_CHECK(guest_vm_new("source", &gc, &src.g, &src.vm));
+        struct vhm_device_config cfg = net_config(1);
+        cfg.socket = socket1;
+        GD_CHECK(guest_device_new(src.vm, src.g, &cfg, &src.dev, NULL));
+        src.dev2 = device_on(src.vm, src.g, 1, socket2, cfg2, NULL);
+        DEV_CHECK(src.dev, vhm_device_connect(src.dev));
+        DEV_CHECK(src.dev, vhm_device_start(src.dev));
+        DEV_CHECK(src.dev2, vhm_device_connect(src.dev2));
+        DEV_CHECK(src.dev2, vhm_device_start(src.dev2));
+        assert_int_equal(vhm_guest_set_features(src.g, vhm_device_acked_features(src.dev)), 0);
+        assert_true(vhm_guest_post_rx(src.g, 0) > 0);
+}
+
+static void destination_two_devices(const char *socket1, const char *socket2, const struct vhm_device_config *cfg2) {
+        destination_new(1, socket1, GUEST_MEM);
+        struct vhm_device_config c = *cfg2;
+        c.incoming = true;
+        dst.dev2 = device_on(dst.vm, src.g, 1, socket2, &c, &dst.efd[2 * VHM_DEVICE_MAX_QUEUES - 4]);
+        DEV_CHECK(dst.dev2, vhm_device_connect(dst.dev2));
+}
+
+/* One migration over a socketpair; both ends' results. */
+static void migrate_pair(struct incoming_job *in, const struct vhm_migrate_options *dst_o,
+                         struct vhm_migration_stats *st, int *r) {
+        int sv[2];
+        make_pair(sv);
+        incoming_start(in, sv[1], -1, TOKEN);
+        in->o = dst_o;
+        *r = migrate_source(sv[0], TOKEN, NULL, st);
+        assert_int_equal(pthread_join(in->thread, NULL), 0);
+        print_incoming(in);
+}
+
+/* The record line a test back-end writes for a blob of `len` bytes made from `seed`. */
+static void state_line(char *buf, size_t size, const char *what, uint32_t seed, size_t len) {
+        uint8_t *blob = malloc(len ? len : 1);
+        assert_non_null(blob);
+        tb_device_state_fill(seed, blob, len);
+        snprintf(buf, size, "DEVICE_STATE %s bytes=%zu hash=0x%016" PRIx64, what, len, tb_device_state_hash(blob, len));
+        free(blob);
+}
+
+/* The source's back-end saved the blob of (seed, len) and the destination's loaded it, byte for byte. */
+static void assert_state_moved(const struct tbe *from, const struct tbe *to, uint32_t seed, size_t len) {
+        char line[128];
+        state_line(line, sizeof(line), "saved", seed, len);
+        assert_true(tb_record_contains(from->record, line));
+        state_line(line, sizeof(line), "loaded", seed, len);
+        assert_true(tb_record_contains(to->record, line));
+        assert_int_equal(tb_record_count(to->record, "VIOLATION"), 0);
+        assert_int_equal(tb_record_count(from->record, "VIOLATION"), 0);
+}
+
+static struct vhm_device_config fs_config(void) {
+        struct vhm_device_config c = net_config(1);
+        c.type = VHM_DEVICE_TYPE_FS;
+        return c;
+}
+
+static void start_state_backends(uint32_t seed, size_t len) {
+        struct tb_config c;
+        tb_config_init(&c);
+        c.device_state_size = len;
+        c.device_state_seed = seed;
+        tbe_start(&tbs[0], &c);
+        tb_config_init(&c);
+        tbe_start(&tbs[1], &c);
+}
+
+/*
+ * Two devices in one VM: a net device with traffic through testpmd and an
+ * fs device on the test back-end whose state (3 MiB, several BACKEND_STATE
+ * chunks) moves to the destination's test back-end.
+ */
+static void migrate_two_devices_with_traffic(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        const size_t blob_len = (3u << 20) + 5;
+        start_dpdk(1, TESTPMD_TWO_PORTS);
+        start_state_backends(7, blob_len);
+        struct vhm_device_config fs = fs_config();
+        source_two_devices(be.socket, tbs[0].socket, &fs);
+        destination_two_devices(be.socket2, tbs[1].socket, &fs);
+        struct vhm_guest_stats at_pause = run_then_pause();
+
+        struct incoming_job in;
+        struct vhm_migration_stats st;
+        int r;
+        migrate_pair(&in, NULL, &st, &r);
+        assert_int_equal(r, 0);
+        assert_int_equal(in.rc, 0);
+        assert_int_equal(st.state, VHM_MIGRATION_COMPLETED);
+        assert_int_equal(in.st.state, VHM_MIGRATION_COMPLETED);
+        assert_true(st.checksum == in.st.checksum);
+        /* The net device is announced; the fs device has nothing to announce. */
+        assert_int_equal(in.st.rarp_sent, 1);
+        assert_int_equal(tb_record_count(tbs[1].record, "SEND_RARP"), 0);
+        assert_state_moved(&tbs[0], &tbs[1], 7, blob_len);
+
+        struct vhm_device *s[] = { src.dev, src.dev2 }, *d[] = { dst.dev, dst.dev2 };
+        for (unsigned i = 0; i < 2; i++) {
+                assert_true(vhm_device_released(s[i]));
+                assert_int_equal(vhm_device_state(d[i]), VHM_DEVICE_RUNNING);
+                for (unsigned q = 0; q < 2; q++)
+                        assert_int_equal(vhm_device_ring_index(d[i], q), vhm_device_ring_index(s[i], q));
+        }
+
+        char err[256];
+        assert_int_equal(vhm_guest_attach(dst.memfd, &dst.g, err, sizeof(err)), 0);
+        more_traffic(dst.g, 1, FRAMES_AFTER);
+        struct vhm_guest_stats g = stats_of(dst.g);
+        print_stats("destination guest:", &g);
+        uint64_t inflight = at_pause.sent - accounted(&at_pause);
+        assert_true(g.received >= at_pause.received + FRAMES_AFTER - inflight);
+        assert_true(g.lost - at_pause.lost <= inflight);
+        assert_int_equal(g.corrupted, 0);
+        assert_int_equal(g.duplicated, 0);
+        assert_int_equal(g.bad_used, 0);
+        assert_int_equal(g.rarp_seen, 1);
+        assert_int_equal(accounted(&g), g.sent);
+        finish(fds_before);
+}
+
+struct killer {
+        pid_t pid;
+        uint64_t after_pages;
+        bool fired;
+};
+
+static void kill_on_progress(const struct vhm_migration_stats *st, void *opaque) {
+        struct killer *k = opaque;
+        if (k->fired || st->state != VHM_MIGRATION_ACTIVE || st->pages_transferred < k->after_pages)
+                return;
+        assert_int_equal(kill(k->pid, SIGKILL), 0);
+        k->fired = true;
+}
+
+/*
+ * The destination's back-end is killed while the pages arrive: the
+ * destination cannot restore its device and aborts, nothing stays started
+ * there, and the source's traffic goes on.
+ */
+static void rollback_destination_backend_killed(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        start_dpdk(1, 0);
+        source_start(1, be.socket);
+        struct tb_config c;
+        tb_config_init(&c);
+        tbe_start(&tbs[0], &c);
+        destination_new(1, tbs[0].socket, GUEST_MEM);
+        struct vhm_guest_stats at_pause = run_then_pause();
+
+        struct killer k = { .pid = tbs[0].pid, .after_pages = 2048 };
+        struct vhm_migrate_options o = { .progress = kill_on_progress, .opaque = &k };
+        struct incoming_job in;
+        struct vhm_migration_stats st;
+        int r;
+        migrate_pair(&in, &o, &st, &r);
+        assert_true(k.fired);
+        assert_true(in.rc < 0);
+        assert_int_equal(in.st.state, VHM_MIGRATION_FAILED);
+        assert_non_null(strstr(in.st.error, "device 0"));
+        assert_true(r < 0);
+        assert_int_equal(st.state, VHM_MIGRATION_FAILED);
+        assert_non_null(strstr(st.error, "the destination aborted"));
+        assert_int_equal(vhm_device_stats(dst.dev)->starts, 0);
+        assert_true(vhm_device_awaiting_restore(dst.dev));
+        assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_DISCONNECTED);
+        assert_source_runs_again(&at_pause);
+        finish(fds_before);
+}
+
+/* A guest that announces itself (GUEST_ANNOUNCE acked) gets no RARP at the destination. */
+static void guest_announce_means_no_rarp(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        struct tb_config c;
+        tb_config_init(&c);
+        c.features |= VHU_BIT(VHU_VF_NET_GUEST_ANNOUNCE);
+        tbe_start(&tbs[0], &c);
+        tb_config_init(&c);
+        c.features |= VHU_BIT(VHU_VF_NET_GUEST_ANNOUNCE);
+        tbe_start(&tbs[1], &c);
+        struct vhm_device_config cfg = net_config(1);
+        cfg.features |= VHU_BIT(VHU_VF_NET_GUEST_ANNOUNCE);
+        source_start_cfg(tbs[0].socket, &cfg);
+        assert_true(vhm_device_acked_features(src.dev) & VHU_BIT(VHU_VF_NET_GUEST_ANNOUNCE));
+        destination_new_cfg(tbs[1].socket, GUEST_MEM, &cfg);
+
+        struct incoming_job in;
+        struct vhm_migration_stats st;
+        int r;
+        migrate_pair(&in, NULL, &st, &r);
+        assert_int_equal(r, 0);
+        assert_int_equal(in.rc, 0);
+        assert_int_equal(in.st.state, VHM_MIGRATION_COMPLETED);
+        assert_true(vhm_device_acked_features(dst.dev) & VHU_BIT(VHU_VF_NET_GUEST_ANNOUNCE));
+        assert_false(vhm_device_needs_rarp(dst.dev));
+        assert_int_equal(in.st.rarp_sent, 0);
+        assert_int_equal(tb_record_count(tbs[1].record, "SEND_RARP"), 0);
+        /* RARP itself was negotiated: only the guest's announcing kept it back. */
+        assert_true(vhm_device_protocol_features(dst.dev) & VHU_BIT(VHU_PF_RARP));
+        finish(fds_before);
+}
+
+/* ---- the back-end's own state, the fs blocker ---------------------------------------- */
+
+/* Where a line starting with `prefix` first appears in a record, or -1. */
+static long record_offset(const char *path, const char *prefix) {
+        char *text = tb_record_read(path);
+        assert_non_null(text);
+        long at = -1;
+        for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+                if (strncmp(line, prefix, strlen(prefix)) == 0) {
+                        at = line - text;
+                        break;
+                }
+        free(text);
+        return at;
+}
+
+/*
+ * An fs device between two test back-ends that offer DEVICE_STATE: its
+ * state (2.5 MiB) is loaded into the destination's back-end byte for byte,
+ * before the first ring is started there.
+ */
+static void backend_state_between_test_backends(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        const size_t blob_len = (5u << 19) + 3;
+        start_state_backends(11, blob_len);
+        struct vhm_device_config fs = fs_config();
+        source_start_cfg(tbs[0].socket, &fs);
+        destination_new_cfg(tbs[1].socket, GUEST_MEM, &fs);
+        assert_true(vhm_device_has_state_transfer(src.dev));
+        assert_true(vhm_device_has_state_transfer(dst.dev));
+
+        struct incoming_job in;
+        struct vhm_migration_stats st;
+        int r;
+        migrate_pair(&in, NULL, &st, &r);
+        assert_int_equal(r, 0);
+        assert_int_equal(in.rc, 0);
+        assert_int_equal(in.st.rarp_sent, 0);
+        assert_true(in.st.bytes_transferred > blob_len);
+        assert_state_moved(&tbs[0], &tbs[1], 11, blob_len);
+        assert_true(
+                tb_record_contains(tbs[0].record, "SET_DEVICE_STATE_FD flags=0x1 size=8 fds=1 direction=0 phase=0"));
+        long loaded = record_offset(tbs[1].record, "DEVICE_STATE loaded");
+        long kick = record_offset(tbs[1].record, "SET_VRING_KICK");
+        assert_true(loaded >= 0 && kick > loaded);
+        assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_RUNNING);
+        finish(fds_before);
+}
+
+/* An fs device whose back-end has no DEVICE_STATE does not migrate: the source never stops it. */
+static void fs_without_device_state_is_refused(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        struct tb_config c;
+        tb_config_init(&c);
+        c.no_device_state = true;
+        tbe_start(&tbs[0], &c);
+        struct vhm_device_config fs = fs_config();
+        source_start_cfg(tbs[0].socket, &fs);
+        struct vhm_blockers b;
+        vhm_device_blockers(src.dev, &b);
+        assert_int_equal(b.n, 1);
+        assert_string_equal(
+                b.reason[0],
+                "vhost-user-fs: the back-end keeps state outside the rings and does not offer DEVICE_STATE");
+
+        int sv[2];
+        make_pair(sv);
+        struct silent_peer peer;
+        silent_start(&peer, sv[1], 0);
+        struct vhm_migration_stats st;
+        int r = migrate_source(sv[0], TOKEN, NULL, &st);
+        assert_int_equal(pthread_join(peer.thread, NULL), 0);
+        assert_int_equal(r, -ENOTSUP);
+        assert_int_equal(st.state, VHM_MIGRATION_FAILED);
+        assert_non_null(strstr(st.error, "vhost-user-fs: the back-end keeps state outside the rings"));
+        assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_RUNNING);
+        assert_int_equal(vhm_device_stats(src.dev)->stops, 0);
+        finish(fds_before);
+}
+
+/* The source's back-end sends its state; a destination back-end that cannot load it refuses; the source resumes. */
+static void destination_without_device_state_refuses(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        struct tb_config c;
+        tb_config_init(&c);
+        c.device_state_size = 4096;
+        tbe_start(&tbs[0], &c);
+        tb_config_init(&c);
+        c.no_device_state = true;
+        tbe_start(&tbs[1], &c);
+        struct vhm_device_config fs = fs_config();
+        source_start_cfg(tbs[0].socket, &fs);
+        destination_new_cfg(tbs[1].socket, GUEST_MEM, &fs);
+
+        struct incoming_job in;
+        struct vhm_migration_stats st;
+        int r;
+        migrate_pair(&in, NULL, &st, &r);
+        assert_true(in.rc < 0);
+        assert_non_null(strstr(in.st.error, "does not offer DEVICE_STATE"));
+        assert_true(r < 0);
+        assert_int_equal(st.state, VHM_MIGRATION_FAILED);
+        assert_non_null(strstr(st.error, "does not offer DEVICE_STATE"));
+        assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_RUNNING);
+        assert_int_equal(vhm_device_stats(dst.dev)->starts, 0);
+        assert_int_equal(tb_record_count(tbs[1].record, "SET_DEVICE_STATE_FD"), 0);
+        finish(fds_before);
+}
+
+/* ---- VMM-carried device state --------------------------------------------------------- */
+
+/* What a VMM that migrates memory itself does with it: the same bytes in the destination's memory. */
+static void copy_guest_memory(void) {
+        int from = vhm_guest_mem_fd(src.g);
+        static uint8_t buf[1 << 20];
+        for (off_t off = 0; off < (off_t) GUEST_MEM; off += (off_t) sizeof(buf)) {
+                assert_int_equal(pread(from, buf, sizeof(buf), off), sizeof(buf));
+                assert_int_equal(pwrite(dst.memfd, buf, sizeof(buf), off), sizeof(buf));
+        }
+}
+
+/*
+ * Save/LoadDeviceState through a memfd between two VMs: DEVICE and
+ * BACKEND_STATE records out of the source, into the destination's incoming
+ * device, then SEND_RARP.
+ */
+static void device_state_through_memfd(void **state) {
+        (void) state;
+        int fds_before = count_open_fds();
+        const size_t blob_len = 100000;
+        start_state_backends(5, blob_len);
+        source_start(1, tbs[0].socket);
+        destination_new(1, tbs[1].socket, GUEST_MEM);
+        int m = memfd_create("device-state", MFD_CLOEXEC);
+        assert_true(m >= 0);
+
+        struct vhm_device *s[] = { src.dev }, *d[] = { dst.dev };
+        struct vhm_migration_stats saved, loaded;
+        assert_int_equal(vhm_migration_save_device_state(s, 1, fcntl(m, F_DUPFD_CLOEXEC, 3), NULL, &saved), 0);
+        printf("  saved %" PRIu64 " bytes: %s\n", saved.bytes_transferred, vhm_migration_state_name(saved.state));
+        assert_int_equal(saved.state, VHM_MIGRATION_COMPLETED);
+        assert_int_equal(saved.role, VHM_MIGRATION_ROLE_SOURCE);
+        assert_int_equal(saved.pages_transferred, 0);
+        assert_true(saved.bytes_transferred > blob_len);
+        /* Stopped with its indices, not released: the VMM decides what becomes of it. */
+        assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_STOPPED);
+        assert_false(vhm_device_released(src.dev));
+        /* The stream's own records: a DEVICE record first. */
+        uint8_t hdr[VHM_REC_HDR_SIZE];
+        assert_int_equal(pread(m, hdr, sizeof(hdr), 0), sizeof(hdr));
+        assert_int_equal(hdr[0] | hdr[1] << 8, VHM_REC_DEVICE);
+
+        copy_guest_memory();
+        assert_int_equal(lseek(m, 0, SEEK_SET), 0);
+        assert_int_equal(vhm_migration_load_device_state(d, 1, fcntl(m, F_DUPFD_CLOEXEC, 3), NULL, &loaded), 0);
+        close(m);
+        printf("  loaded %" PRIu64 " bytes: %s%s%s\n", loaded.bytes_transferred, vhm_migration_state_name(loaded.state),
+               loaded.error[0] ? ": " : "", loaded.error);
+        assert_int_equal(loaded.state, VHM_MIGRATION_COMPLETED);
+        assert_int_equal(loaded.role, VHM_MIGRATION_ROLE_DESTINATION);
+        assert_int_equal(loaded.bytes_transferred, saved.bytes_transferred);
+        assert_int_equal(loaded.rarp_sent, 1);
+        assert_int_equal(tb_record_count(tbs[1].record, "SEND_RARP"), 1);
+        assert_state_moved(&tbs[0], &tbs[1], 5, blob_len);
+        assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_RUNNING);
+        for (unsigned q = 0; q < 2; q++)
+                assert_int_equal(vhm_device_ring_index(dst.dev, q), vhm_device_ring_index(src.dev, q));
+        finish(fds_before);
+}
+
 int main(void) {
         setvbuf(stdout, NULL, _IONBF, 0);
         if (testpmd_cpus_init() < 0)
                 return 1;
 #define TEST(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
         const struct CMUnitTest tests[] = {
-                TEST(migrate_one_queue_pair_unix), TEST(migrate_four_queue_pairs),
-                TEST(rollback_wrong_token),        TEST(rollback_layout_mismatch),
-                TEST(rollback_missing_feature),    TEST(rollback_channel_cut_mid_pages),
-                TEST(rollback_cancel_in_setup),    TEST(rollback_cancel_in_active),
-                TEST(rollback_restore_fails),      TEST(rollback_source_backend_lost_at_stop),
+                TEST(migrate_one_queue_pair_unix),
+                TEST(migrate_four_queue_pairs),
+                TEST(rollback_wrong_token),
+                TEST(rollback_layout_mismatch),
+                TEST(rollback_missing_feature),
+                TEST(rollback_channel_cut_mid_pages),
+                TEST(rollback_cancel_in_setup),
+                TEST(rollback_cancel_in_active),
+                TEST(rollback_restore_fails),
+                TEST(rollback_source_backend_lost_at_stop),
                 TEST(no_answer_after_end),
+                TEST(migrate_two_devices_with_traffic),
+                TEST(rollback_destination_backend_killed),
+                TEST(guest_announce_means_no_rarp),
+                TEST(backend_state_between_test_backends),
+                TEST(fs_without_device_state_is_refused),
+                TEST(destination_without_device_state_refuses),
+                TEST(device_state_through_memfd),
         };
 #undef TEST
         return cmocka_run_group_tests(tests, NULL, NULL);
