@@ -102,8 +102,13 @@ static void job_done(struct worker_job *base) {
                 device_object_free(j->device);
                 j->device = NULL;
         }
-        answer(j);
+        /*
+         * What changed is published before the answer: a caller that reads a
+         * property (StateChangeTimestamp, say) once its call returned sees it
+         * changed no later than the return.
+         */
         if (!j->ops->releases_vm)
                 vm_publish(o);
+        answer(j);
         job_free(j);
 }
