@@ -7,8 +7,12 @@
  *   setup       HELLO (the memory layout), AUTH (the destination's token),
  *               every ring stopped with GET_VRING_BASE;
  *   active      every page (zero pages as flags);
- *   switchover  a DEVICE record per device, END (counts and the checksum of
- *               the image sent), then the destination's answer.
+ *   switchover  a DEVICE record per device, each followed by the back-end's
+ *               own state (BACKEND_STATE) where it negotiated DEVICE_STATE,
+ *               END (counts and the checksum of the image sent), then the
+ *               destination's answer.
+ * A device whose type keeps state outside the rings (fs, other) without
+ * DEVICE_STATE is refused before anything stops (vhm_device_state_blocker).
  * COMMITTED: the devices are released (their back-ends see them go) and the
  * state is completed.  A failure or a cancel before END, or an ABORTED
  * answer: every device stopped for the migration runs again from the indices
@@ -19,7 +23,9 @@
  * Destination (vhm_migrate_incoming), its devices added incoming (connected,
  * negotiated, rings not started): HELLO's layout must be the VM's, AUTH the
  * token and in time; pages go into guest memory through vhm_vm_write; each
- * DEVICE is checked against what its back-end offers; at END the checksum of
+ * DEVICE is checked against what its back-end offers (and its type's need
+ * for DEVICE_STATE); a BACKEND_STATE is loaded into the device's back-end as
+ * soon as it is complete, before any ring starts; at END the checksum of
  * guest memory is verified *before* any ring starts (a started back-end
  * writes into guest memory), then every device is restored, COMMITTED is
  * answered, and SEND_RARP goes to every device that needs it.  Any failure
