@@ -1210,6 +1210,7 @@ static int run_source(struct run *r) {
         struct vhm_guest_stats *p = &r->m.at_switch;
         fprintf(progress_out(), "Paused: sent %" PRIu64 " received %" PRIu64 ", %" PRIu64 " in flight; MigrateTo %s\n",
                 p->sent, p->received, p->sent - accounted(p), arg.migrate_to);
+        fflush(progress_out());
         if ((rc = migrate_to(r)) < 0 || (rc = wait_migration(r)) < 0)
                 return rc;
         if (migration_completed(r)) {
@@ -1221,8 +1222,12 @@ static int run_source(struct run *r) {
         if (strcmp(r->m.state, VHOSTMIG_MIGRATION_STATE_POSTMIGRATE_UNKNOWN) == 0 || interrupted)
                 return -EIO;
         fprintf(progress_out(), "Resumed here: %.1f s of traffic\n", arg.seconds);
+        fflush(progress_out());
+        /* The rate is over the whole run, the attempt included. */
+        uint64_t t0 = r->t_start_ns;
         r->t_start_ns = now_ns();
         rc = traffic(r, arg.seconds);
+        r->t_start_ns = t0;
         drain(r, DRAIN_MS);
         return rc;
 }
@@ -1347,6 +1352,7 @@ static int run_incoming(struct run *r) {
                 "Resumed: sent %" PRIu64 " received %" PRIu64 ", %" PRIu64 " in flight; traffic %.1f s on %u queue "
                 "pair(s)\n",
                 p->sent, p->received, p->sent - accounted(p), arg.seconds, arg.queue_pairs);
+        fflush(progress_out());
         r->t_start_ns = r->last_progress_ns = now_ns();
         r->next_progress_ns = r->t_start_ns + 1000000000u;
         r->last_progress_sent = p->sent;
@@ -1457,7 +1463,9 @@ static void print_text(const struct run *r, const struct verdict *v) {
         printf("%-22s %" PRIu64 "\n", "Frames sent:", v->s.sent);
         printf("%-22s %" PRIu64 "\n", "Frames received:", v->s.received);
         printf("%-22s %" PRIu64, "Frames lost:", v->lost);
-        if (v->missing)
+        if (v->missing && arg.migrate_to && migration_completed(r))
+                printf(" (%" PRIu64 " in flight left with the guest)", v->missing);
+        else if (v->missing)
                 printf(" (%" PRIu64 " never came back)", v->missing);
         printf("\n%-22s %" PRIu64 "\n", "Frames corrupted:", v->s.corrupted);
         printf("%-22s %" PRIu64 "\n", "Frames duplicated:", v->s.duplicated);
@@ -1630,8 +1638,8 @@ static void run_steps(struct run *r) {
         if (create_vm(r) < 0 || interrupted)
                 return;
         if (!arg.json)
-                printf("VM %s created: %s, %" PRIu64 " MiB of %s guest memory\n", arg.name, r->vm_path,
-                       guest_mem_size(r) >> 20, arg.incoming ? "empty" : "");
+                printf("VM %s created: %s, %" PRIu64 " MiB of %sguest memory\n", arg.name, r->vm_path,
+                       guest_mem_size(r) >> 20, arg.incoming ? "empty " : "");
         if (add_device(r) < 0 || interrupted)
                 return;
         if (arg.incoming) {
