@@ -308,11 +308,14 @@ static void *incoming_thread(void *arg) {
         return NULL;
 }
 
-static void incoming_start(struct incoming_job *j, int fd, int listen_fd, const char *token) {
+/* `o` (NULL: the defaults) is set before the thread starts: it reads it at once. */
+static void incoming_start(struct incoming_job *j, int fd, int listen_fd, const char *token,
+                           const struct vhm_migrate_options *o) {
         memset(j, 0, sizeof(*j));
         j->fd = fd;
         j->listen_fd = listen_fd;
         j->token = token;
+        j->o = o;
         assert_int_equal(pthread_create(&j->thread, NULL, incoming_thread, j), 0);
 }
 
@@ -498,12 +501,12 @@ static void migrate_with_traffic(unsigned nqp, bool unix_transport) {
                 char address[160];
                 snprintf(address, sizeof(address), "unix:%s/migration", be.dir);
                 assert_int_equal(vhm_transport_listen(address, &listen_fd, bound, sizeof(bound)), 0);
-                incoming_start(&in, -1, listen_fd, TOKEN);
+                incoming_start(&in, -1, listen_fd, TOKEN, NULL);
                 assert_int_equal(vhm_transport_connect(bound, vhu_now_usec() + 5000000u, -1, &fd), 0);
         } else {
                 int sv[2];
                 make_pair(sv);
-                incoming_start(&in, sv[1], -1, TOKEN);
+                incoming_start(&in, sv[1], -1, TOKEN, NULL);
                 fd = sv[0];
         }
         struct vhm_migration_stats st;
@@ -595,7 +598,7 @@ static void refused(uint64_t dst_features, uint64_t dst_mem, const char *src_tok
         int sv[2];
         make_pair(sv);
         struct incoming_job in;
-        incoming_start(&in, sv[1], -1, TOKEN);
+        incoming_start(&in, sv[1], -1, TOKEN, NULL);
         struct vhm_migration_stats st;
         int r = migrate_source(sv[0], src_token, NULL, &st);
         assert_int_equal(pthread_join(in.thread, NULL), 0);
@@ -650,7 +653,7 @@ static void rollback_restore_fails(void **state) {
         int sv[2];
         make_pair(sv);
         struct incoming_job in;
-        incoming_start(&in, sv[1], -1, TOKEN);
+        incoming_start(&in, sv[1], -1, TOKEN, NULL);
         struct vhm_migration_stats st;
         int r = migrate_source(sv[0], TOKEN, NULL, &st);
         assert_int_equal(pthread_join(in.thread, NULL), 0);
@@ -873,8 +876,7 @@ static void migrate_pair(struct incoming_job *in, const struct vhm_migrate_optio
                          struct vhm_migration_stats *st, int *r) {
         int sv[2];
         make_pair(sv);
-        incoming_start(in, sv[1], -1, TOKEN);
-        in->o = dst_o;
+        incoming_start(in, sv[1], -1, TOKEN, dst_o);
         *r = migrate_source(sv[0], TOKEN, NULL, st);
         assert_int_equal(pthread_join(in->thread, NULL), 0);
         print_incoming(in);
