@@ -432,9 +432,19 @@ static int teardown(void **state) {
         return 0;
 }
 
-static void finish(int fds_before) {
+/* What a test must give back: fds, and the mappings of guest memory and logs. */
+struct baseline {
+        int fds, mappings;
+};
+
+static struct baseline baseline_now(void) {
+        return (struct baseline){ .fds = count_open_fds(), .mappings = count_shared_mappings() };
+}
+
+static void finish(struct baseline before) {
         stop_all();
-        assert_int_equal(count_open_fds(), fds_before);
+        assert_int_equal(count_open_fds(), before.fds);
+        assert_int_equal(count_shared_mappings(), before.mappings);
 }
 
 static void start_dpdk(unsigned nqp, unsigned flags) {
@@ -488,7 +498,7 @@ static bool log_mentions(const char *path, const char *needle) {
 }
 
 static void migrate_with_traffic(unsigned nqp, bool unix_transport) {
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         start_dpdk(nqp, TESTPMD_TWO_PORTS);
         source_start(nqp, be.socket);
         destination_new(nqp, be.socket2, GUEST_MEM);
@@ -570,7 +580,7 @@ static void migrate_with_traffic(unsigned nqp, bool unix_transport) {
 
         /* testpmd saw the source's device go. */
         assert_true(log_mentions(be.log, "vhost peer closed"));
-        finish(fds_before);
+        finish(before);
 }
 
 static void migrate_one_queue_pair_unix(void **state) {
@@ -587,7 +597,7 @@ static void migrate_four_queue_pairs(void **state) {
 
 /* A source on testpmd, a destination on the test back-end, a refusal, the source runs on. */
 static void refused(uint64_t dst_features, uint64_t dst_mem, const char *src_token, const char *why) {
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         start_dpdk(1, 0);
         source_start(1, be.socket);
         char socket[96];
@@ -617,7 +627,7 @@ static void refused(uint64_t dst_features, uint64_t dst_mem, const char *src_tok
         assert_int_equal(vhm_device_stats(dst.dev)->starts, 0);
 
         assert_source_runs_again(&at_pause);
-        finish(fds_before);
+        finish(before);
 }
 
 static void rollback_wrong_token(void **state) {
@@ -642,7 +652,7 @@ static void rollback_missing_feature(void **state) {
  */
 static void rollback_restore_fails(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         start_dpdk(1, 0);
         source_start(1, be.socket);
         char socket[96];
@@ -672,7 +682,7 @@ static void rollback_restore_fails(void **state) {
         assert_int_equal(vhm_device_start(dst.dev), -EBUSY);
 
         assert_source_runs_again(&at_pause);
-        finish(fds_before);
+        finish(before);
 }
 
 /*
@@ -682,7 +692,7 @@ static void rollback_restore_fails(void **state) {
  */
 static void rollback_source_backend_lost_at_stop(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         char socket[96];
         start_test_backend_with(TB_DEFAULT_FEATURES, "GET_VRING_BASE:close", socket, sizeof(socket));
         source_start(1, socket);
@@ -701,7 +711,7 @@ static void rollback_source_backend_lost_at_stop(void **state) {
         DEV_CHECK(src.dev, vhm_device_reconnect(src.dev, 2000));
         assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_RUNNING);
         assert_int_equal(vhm_device_stats(src.dev)->starts, 2);
-        finish(fds_before);
+        finish(before);
 }
 
 /* ---- the channel, cancels, no answer --------------------------------------------- */
@@ -743,7 +753,7 @@ static int against_silent_peer(uint64_t cut_after, const struct vhm_migrate_opti
 
 static void rollback_channel_cut_mid_pages(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         struct vhm_migration_stats st;
         struct vhm_guest_stats at_pause;
         int r = against_silent_peer(256u << 10, NULL, &st, &at_pause);
@@ -752,11 +762,11 @@ static void rollback_channel_cut_mid_pages(void **state) {
         assert_non_null(strstr(st.error, "PAGES"));
         assert_true(st.pages_transferred < st.pages_total);
         assert_source_runs_again(&at_pause);
-        finish(fds_before);
+        finish(before);
 }
 
 static void cancelled_in(enum vhm_migration_state when, uint64_t after_pages) {
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         struct canceller c = { .efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
                                .when = when,
                                .after_pages = after_pages };
@@ -775,7 +785,7 @@ static void cancelled_in(enum vhm_migration_state when, uint64_t after_pages) {
         else
                 assert_int_equal(st.pages_transferred, 0);
         assert_source_runs_again(&at_pause);
-        finish(fds_before);
+        finish(before);
 }
 
 static void rollback_cancel_in_setup(void **state) {
@@ -790,7 +800,7 @@ static void rollback_cancel_in_active(void **state) {
 
 static void no_answer_after_end(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         struct vhm_migrate_options o = { .timeout_ms = 1000 };
         struct vhm_migration_stats st;
         struct vhm_guest_stats at_pause;
@@ -810,7 +820,7 @@ static void no_answer_after_end(void **state) {
         sleep_ms(200);
         assert_int_equal(vhm_guest_queue_indices(src.g, 1, &avail, &used_after), 0);
         assert_int_equal(used_after, used_before);
-        finish(fds_before);
+        finish(before);
 }
 
 /* ---- two devices, a killed back-end, announcements ------------------------------------ */
@@ -925,7 +935,7 @@ static void start_state_backends(uint32_t seed, size_t len) {
  */
 static void migrate_two_devices_with_traffic(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         const size_t blob_len = (3u << 20) + 5;
         start_dpdk(1, TESTPMD_TWO_PORTS);
         start_state_backends(7, blob_len);
@@ -969,7 +979,7 @@ static void migrate_two_devices_with_traffic(void **state) {
         assert_int_equal(g.bad_used, 0);
         assert_int_equal(g.rarp_seen, 1);
         assert_int_equal(accounted(&g), g.sent);
-        finish(fds_before);
+        finish(before);
 }
 
 struct killer {
@@ -993,7 +1003,7 @@ static void kill_on_progress(const struct vhm_migration_stats *st, void *opaque)
  */
 static void rollback_destination_backend_killed(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         start_dpdk(1, 0);
         source_start(1, be.socket);
         struct tb_config c;
@@ -1019,13 +1029,13 @@ static void rollback_destination_backend_killed(void **state) {
         assert_true(vhm_device_awaiting_restore(dst.dev));
         assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_DISCONNECTED);
         assert_source_runs_again(&at_pause);
-        finish(fds_before);
+        finish(before);
 }
 
 /* A guest that announces itself (GUEST_ANNOUNCE acked) gets no RARP at the destination. */
 static void guest_announce_means_no_rarp(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         struct tb_config c;
         tb_config_init(&c);
         c.features |= VHU_BIT(VHU_VF_NET_GUEST_ANNOUNCE);
@@ -1052,7 +1062,7 @@ static void guest_announce_means_no_rarp(void **state) {
         assert_int_equal(tb_record_count(tbs[1].record, "SEND_RARP"), 0);
         /* RARP itself was negotiated: only the guest's announcing kept it back. */
         assert_true(vhm_device_protocol_features(dst.dev) & VHU_BIT(VHU_PF_RARP));
-        finish(fds_before);
+        finish(before);
 }
 
 /* ---- the back-end's own state, the fs blocker ---------------------------------------- */
@@ -1078,7 +1088,7 @@ static long record_offset(const char *path, const char *prefix) {
  */
 static void backend_state_between_test_backends(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         const size_t blob_len = (5u << 19) + 3;
         start_state_backends(11, blob_len);
         struct vhm_device_config fs = fs_config();
@@ -1102,13 +1112,13 @@ static void backend_state_between_test_backends(void **state) {
         long kick = record_offset(tbs[1].record, "SET_VRING_KICK");
         assert_true(loaded >= 0 && kick > loaded);
         assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_RUNNING);
-        finish(fds_before);
+        finish(before);
 }
 
 /* An fs device whose back-end has no DEVICE_STATE does not migrate: the source never stops it. */
 static void fs_without_device_state_is_refused(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         struct tb_config c;
         tb_config_init(&c);
         c.no_device_state = true;
@@ -1134,13 +1144,13 @@ static void fs_without_device_state_is_refused(void **state) {
         assert_non_null(strstr(st.error, "vhost-user-fs: the back-end keeps state outside the rings"));
         assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_RUNNING);
         assert_int_equal(vhm_device_stats(src.dev)->stops, 0);
-        finish(fds_before);
+        finish(before);
 }
 
 /* The source's back-end sends its state; a destination back-end that cannot load it refuses; the source resumes. */
 static void destination_without_device_state_refuses(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         struct tb_config c;
         tb_config_init(&c);
         c.device_state_size = 4096;
@@ -1164,7 +1174,7 @@ static void destination_without_device_state_refuses(void **state) {
         assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_RUNNING);
         assert_int_equal(vhm_device_stats(dst.dev)->starts, 0);
         assert_int_equal(tb_record_count(tbs[1].record, "SET_DEVICE_STATE_FD"), 0);
-        finish(fds_before);
+        finish(before);
 }
 
 /* ---- VMM-carried device state --------------------------------------------------------- */
@@ -1186,7 +1196,7 @@ static void copy_guest_memory(void) {
  */
 static void device_state_through_memfd(void **state) {
         (void) state;
-        int fds_before = count_open_fds();
+        struct baseline before = baseline_now();
         const size_t blob_len = 100000;
         start_state_backends(5, blob_len);
         source_start(1, tbs[0].socket);
@@ -1225,7 +1235,7 @@ static void device_state_through_memfd(void **state) {
         assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_RUNNING);
         for (unsigned q = 0; q < 2; q++)
                 assert_int_equal(vhm_device_ring_index(dst.dev, q), vhm_device_ring_index(src.dev, q));
-        finish(fds_before);
+        finish(before);
 }
 
 int main(void) {
