@@ -37,6 +37,7 @@
 #include <json-c/json.h>
 
 #include "tests/common/clock.h"
+#include "tests/common/private-bus.h"
 #include "tests/backend/test-backend.h"
 
 #define NOBODY   65534
@@ -52,10 +53,8 @@ struct run {
 };
 
 static struct {
-        char bus_address[512];
-        char bus_pid[16];
-        char bus_dir[512];
-        bool bus_up;
+        struct private_bus bus;
+        bool bus_up; /* started; while set, vhostmigctl is run with --bus-address */
         pid_t daemon;
         char dir[64];
         char config[128];
@@ -85,7 +84,7 @@ static void child_exec(const char *const *args, uid_t uid, int out, int err) {
         argv[n++] = getenv("VHOSTMIGCTL");
         if (env.bus_up) {
                 argv[n++] = "--bus-address";
-                argv[n++] = env.bus_address;
+                argv[n++] = env.bus.address;
         }
         for (unsigned i = 0; args[i] && n < 63; i++)
                 argv[n++] = args[i];
@@ -205,42 +204,9 @@ static void assert_error(const struct run *r, const char *needle) {
 
 /* ---- the bus and the daemon --------------------------------------------------------------- */
 
-/* Undoes bash's printf %q for the simple values start-bus.sh prints. */
-static void unquote(const char *in, char *out, size_t len) {
-        size_t n = 0;
-        for (const char *p = in; *p && n + 1 < len; p++) {
-                if (*p == '\'')
-                        continue;
-                if (*p == '\\' && p[1])
-                        p++;
-                out[n++] = *p;
-        }
-        out[n] = '\0';
-}
-
 static int bus_start(void) {
-        char cmd[1024], line[1024];
-        snprintf(cmd, sizeof(cmd), "'%s'", getenv("START_BUS"));
-        FILE *p = popen(cmd, "re");
-        if (!p)
-                return -errno;
-        while (fgets(line, sizeof(line), p)) {
-                line[strcspn(line, "\n")] = '\0';
-                char *eq = strchr(line, '=');
-                if (!eq)
-                        continue;
-                *eq = '\0';
-                if (strcmp(line, "BUS_ADDRESS") == 0)
-                        unquote(eq + 1, env.bus_address, sizeof(env.bus_address));
-                else if (strcmp(line, "BUS_PID") == 0)
-                        unquote(eq + 1, env.bus_pid, sizeof(env.bus_pid));
-                else if (strcmp(line, "BUS_DIR") == 0)
-                        unquote(eq + 1, env.bus_dir, sizeof(env.bus_dir));
-        }
-        if (pclose(p) != 0 || !env.bus_address[0] || !env.bus_pid[0] || !env.bus_dir[0]) {
-                fprintf(stderr, "start-bus.sh failed\n");
+        if (private_bus_start(&env.bus, false) < 0)
                 return -EIO;
-        }
         env.bus_up = true;
         return 0;
 }
@@ -248,13 +214,7 @@ static int bus_start(void) {
 static void bus_stop(void) {
         if (!env.bus_up)
                 return;
-        pid_t pid = fork();
-        if (pid == 0) {
-                execl(getenv("START_BUS"), "start-bus.sh", "--stop", env.bus_pid, env.bus_dir, (char *) NULL);
-                _exit(127);
-        }
-        if (pid > 0)
-                waitpid(pid, NULL, 0);
+        (void) private_bus_stop(&env.bus);
         env.bus_up = false;
 }
 
@@ -281,7 +241,7 @@ static int daemon_start(void) {
                 dup2(log, 2);
                 close_range(3, ~0u, 0);
                 prctl(PR_SET_PDEATHSIG, SIGKILL);
-                setenv("DBUS_SYSTEM_BUS_ADDRESS", env.bus_address, 1);
+                setenv("DBUS_SYSTEM_BUS_ADDRESS", env.bus.address, 1);
                 unsetenv("NOTIFY_SOCKET");
                 execl(getenv("VHOSTMIGD"), "vhostmigd", "--config", env.config, (char *) NULL);
                 _exit(127);
@@ -639,10 +599,10 @@ static void test_vm_lifecycle(void **state) {
         json_object_put(j);
 
         /* Access denied: a local user may read but not change. */
-        r = expect_as(NOBODY, 4, ARGS("--bus-address", env.bus_address, "vm", "destroy", "vm0"));
+        r = expect_as(NOBODY, 4, ARGS("--bus-address", env.bus.address, "vm", "destroy", "vm0"));
         assert_error(r, "access denied");
         free(r);
-        r = expect_as(NOBODY, 0, ARGS("--bus-address", env.bus_address, "list", "-q"));
+        r = expect_as(NOBODY, 0, ARGS("--bus-address", env.bus.address, "list", "-q"));
         free(r);
 
         j = expect_json(0, json_type_object, "vm", "destroy", "vm0");

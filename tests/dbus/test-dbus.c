@@ -47,6 +47,7 @@
 
 #include "tests/common/clock.h"
 #include "tests/common/fd-count.h"
+#include "tests/common/private-bus.h"
 #include "proto/vhost-user.h"
 #include "proto/vhost-user-table.h"
 #include "tests/backend/test-backend.h"
@@ -68,6 +69,8 @@
 #define MONITOR_INTERVAL_MS 100u
 #define SERVER_SOCKET_MODE  0660u
 #define SERVER_SOCKET_GROUP "nogroup"
+/* Every method call of the tests' clients. */
+#define CALL_TIMEOUT_USEC (UINT64_C(10) * 1000000u)
 
 /* Guest memory: one memfd region at GPA 0; rings from 64 KiB on, 16 KiB apart (at most 32). */
 #define MEM_SIZE    (UINT64_C(2) << 20)
@@ -113,60 +116,13 @@ static int wait_child(pid_t pid, unsigned timeout_ms) {
         return tb_wait_exit(pid, timeout_ms ? timeout_ms : 1);
 }
 
-static void describe_status(int status, char *buf, size_t len) {
-        if (status < 0)
-                snprintf(buf, len, "%s", strerror(-status));
-        else if (WIFEXITED(status))
-                snprintf(buf, len, "exit status %d", WEXITSTATUS(status));
-        else if (WIFSIGNALED(status))
-                snprintf(buf, len, "killed by signal %d", WTERMSIG(status));
-        else
-                snprintf(buf, len, "wait status 0x%x", (unsigned) status);
-}
-
-/* Undoes bash's printf %q (backslash escapes, '...' quoting), as start-bus.sh prints. */
-static int shell_unquote(const char *in, char *out, size_t len) {
-        size_t n = 0;
-        for (const char *p = in; *p; p++) {
-                char c = *p;
-                if (c == '$' && p[1] == '\'')
-                        return -EINVAL;
-                if (c == '\'') {
-                        for (p++; *p && *p != '\''; p++) {
-                                if (n + 1 >= len)
-                                        return -ENOSPC;
-                                out[n++] = *p;
-                        }
-                        if (!*p)
-                                return -EINVAL;
-                        continue;
-                }
-                if (c == '\\') {
-                        if (!*++p)
-                                return -EINVAL;
-                        c = *p;
-                }
-                if (n + 1 >= len)
-                        return -ENOSPC;
-                out[n++] = c;
-        }
-        out[n] = '\0';
-        return 0;
-}
-
 /* ---- the environment: a private bus, the daemon, a root client ---------------------------- */
-
-struct bus_proc {
-        char address[512];
-        pid_t pid; /* dbus-daemon (not our child: start-bus.sh stops it) */
-        char dir[512];
-};
 
 #define MAX_BACKENDS 16
 #define MAX_SLOTS    16
 
 static struct {
-        struct bus_proc bus;
+        struct private_bus bus;
         bool bus_up;
         pid_t daemon; /* vhostmigd, our child; -1 when not running */
         char dir[64]; /* config, daemon log, sockets, records */
@@ -176,111 +132,6 @@ static struct {
         pid_t backends[MAX_BACKENDS];  /* test back-ends of the running test */
         sd_bus_slot *slots[MAX_SLOTS]; /* its matches and pending calls */
 } env;
-
-static int run_wait(char *const argv[]) {
-        pid_t pid = fork();
-        if (pid < 0)
-                return -errno;
-        if (pid == 0) {
-                execv(argv[0], argv);
-                _exit(127);
-        }
-        int status;
-        while (waitpid(pid, &status, 0) < 0)
-                if (errno != EINTR)
-                        return -errno;
-        return status;
-}
-
-static int bus_start(bool permissive, struct bus_proc *b) {
-        const char *script = getenv("START_BUS");
-        if (!script) {
-                fprintf(stderr, "START_BUS is not set (run the test with meson test)\n");
-                return -EINVAL;
-        }
-        char cmd[1024];
-        snprintf(cmd, sizeof(cmd), "'%s'%s", script, permissive ? " --permissive" : "");
-        FILE *p = popen(cmd, "re");
-        if (!p) {
-                fprintf(stderr, "popen %s: %m\n", cmd);
-                return -errno;
-        }
-        memset(b, 0, sizeof(*b));
-        char line[1024], value[512];
-        bool bad = false;
-        while (fgets(line, sizeof(line), p)) {
-                line[strcspn(line, "\n")] = '\0';
-                char *eq = strchr(line, '=');
-                if (!eq || shell_unquote(eq + 1, value, sizeof(value)) < 0) {
-                        fprintf(stderr, "start-bus.sh: cannot parse \"%s\"\n", line);
-                        bad = true;
-                        continue;
-                }
-                *eq = '\0';
-                if (strcmp(line, "BUS_ADDRESS") == 0)
-                        snprintf(b->address, sizeof(b->address), "%s", value);
-                else if (strcmp(line, "BUS_PID") == 0)
-                        b->pid = (pid_t) atoi(value);
-                else if (strcmp(line, "BUS_DIR") == 0)
-                        snprintf(b->dir, sizeof(b->dir), "%s", value);
-        }
-        int status = pclose(p);
-        if (status != 0 || bad || !b->address[0] || b->pid <= 0 || !b->dir[0]) {
-                char why[64];
-                describe_status(status, why, sizeof(why));
-                fprintf(stderr, "start-bus.sh%s failed (%s)\n", permissive ? " --permissive" : "", why);
-                if (b->pid > 0 && b->dir[0]) {
-                        char pid[16];
-                        snprintf(pid, sizeof(pid), "%d", (int) b->pid);
-                        char *argv[] = { (char *) script, (char *) "--stop", pid, b->dir, NULL };
-                        (void) run_wait(argv);
-                }
-                return -EIO;
-        }
-        return 0;
-}
-
-static void bus_stop(struct bus_proc *b) {
-        char pid[16];
-        snprintf(pid, sizeof(pid), "%d", (int) b->pid);
-        char *argv[] = { (char *) getenv("START_BUS"), (char *) "--stop", pid, b->dir, NULL };
-        int status = run_wait(argv);
-        if (status != 0)
-                fprintf(stderr, "start-bus.sh --stop %s %s failed\n", pid, b->dir);
-}
-
-static int bus_connect(const char *address, sd_bus **out) {
-        sd_bus *b = NULL;
-        int r = sd_bus_new(&b);
-        if (r >= 0)
-                r = sd_bus_set_address(b, address);
-        if (r >= 0)
-                r = sd_bus_set_bus_client(b, 1);
-        if (r >= 0)
-                r = sd_bus_negotiate_fds(b, 1);
-        if (r >= 0)
-                r = sd_bus_start(b);
-        if (r >= 0)
-                r = sd_bus_set_method_call_timeout(b, UINT64_C(10) * 1000000u);
-        if (r < 0) {
-                sd_bus_flush_close_unref(b);
-                return r;
-        }
-        *out = b;
-        return 0;
-}
-
-static int name_has_owner(sd_bus *b, bool *has) {
-        sd_bus_message *reply = NULL;
-        int v = 0;
-        int r = sd_bus_call_method(b, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                                   "NameHasOwner", NULL, &reply, "s", DEST);
-        if (r >= 0)
-                r = sd_bus_message_read(reply, "b", &v);
-        sd_bus_message_unref(reply);
-        *has = v;
-        return r < 0 ? r : 0;
-}
 
 static void dump_daemon_log(void) {
         FILE *f = fopen(env.daemon_log, "re");
@@ -327,7 +178,7 @@ static int daemon_start(void) {
         uint64_t deadline = now_ms() + 10000;
         for (;;) {
                 bool has = false;
-                if (name_has_owner(env.c, &has) == 0 && has)
+                if (private_bus_name_has_owner(env.c, DEST, &has) == 0 && has)
                         return 0;
                 int status = wait_child(pid, 0);
                 if (status >= 0) {
@@ -412,10 +263,10 @@ static int group_setup(bool permissive) {
                 REQUEST_TIMEOUT_MS, MONITOR_INTERVAL_MS, SERVER_SOCKET_MODE, SERVER_SOCKET_GROUP);
         fclose(f);
 
-        if (bus_start(permissive, &env.bus) < 0)
+        if (private_bus_start(&env.bus, permissive) < 0)
                 return -1;
         env.bus_up = true;
-        int r = bus_connect(env.bus.address, &env.c);
+        int r = private_bus_connect(env.bus.address, CALL_TIMEOUT_USEC, &env.c);
         if (r < 0) {
                 fprintf(stderr, "cannot connect to %s: %s\n", env.bus.address, strerror(-r));
                 return -1;
@@ -443,7 +294,7 @@ static int group_teardown(void **state) {
         dump_daemon_log();
         env.c = sd_bus_flush_close_unref(env.c);
         if (env.bus_up)
-                bus_stop(&env.bus);
+                (void) private_bus_stop(&env.bus);
         env.bus_up = false;
         remove_dir_files(env.dir);
         return 0;
@@ -1765,7 +1616,7 @@ static void child_expect_call_denied(sd_bus *b, bool policy_bus, const char *pat
 /* Runs in a child as uid/gid 65534: what it may do works, the rest is refused. */
 static int nonroot_checks(const char *vm_path, bool policy_bus) {
         sd_bus *b = NULL;
-        int r = bus_connect(env.bus.address, &b);
+        int r = private_bus_connect(env.bus.address, CALL_TIMEOUT_USEC, &b);
         if (r < 0) {
                 CHILD_FAIL("cannot connect to the bus: %s", strerror(-r));
                 return child_failures;
@@ -2442,7 +2293,7 @@ static void test_daemon_exits_cleanly(void **state) {
         /* Its name went with it. */
         bool has = true;
         uint64_t deadline = now_ms() + 2000;
-        while (name_has_owner(env.c, &has) == 0 && has && now_ms() < deadline)
+        while (private_bus_name_has_owner(env.c, DEST, &has) == 0 && has && now_ms() < deadline)
                 sleep_ms(20);
         assert_false(has);
 }

@@ -51,6 +51,7 @@
 
 #include "tests/backend/test-backend.h"
 #include "tests/common/clock.h"
+#include "tests/common/private-bus.h"
 
 #define DEST       "org.vhostmig1"
 #define ROOT_PATH  "/org/vhostmig1"
@@ -70,6 +71,8 @@
 
 /* How long a migration of MEM_SIZE over a Unix socket may take here, with generous slack. */
 #define MIGRATION_TIMEOUT_MS 30000u
+/* Every method call of the test's clients. */
+#define CALL_TIMEOUT_USEC (UINT64_C(20) * 1000000u)
 
 /* ---- two hosts: a bus and a daemon each -------------------------------------------------------- */
 
@@ -77,115 +80,14 @@ struct host {
         char name[8];
         char dir[64];
         char config[128], log[128];
-        char bus_address[512], bus_dir[512];
-        pid_t bus_pid, daemon;
+        struct private_bus bus;
+        pid_t daemon;
         sd_bus *c;
 };
 
 static struct host src, dst;
 /* The test back-ends of the running test (source, destination), stopped whatever the test's fate. */
 static pid_t backends[2];
-
-static int run_wait(char *const argv[]) {
-        pid_t pid = fork();
-        if (pid < 0)
-                return -errno;
-        if (pid == 0) {
-                execv(argv[0], argv);
-                _exit(127);
-        }
-        int status;
-        while (waitpid(pid, &status, 0) < 0)
-                if (errno != EINTR)
-                        return -errno;
-        return status;
-}
-
-/* Undoes bash's printf %q for what start-bus.sh prints (backslash escapes, '...'). */
-static int shell_unquote(const char *in, char *out, size_t len) {
-        size_t n = 0;
-        for (const char *p = in; *p; p++) {
-                char c = *p;
-                if (c == '\'') {
-                        for (p++; *p && *p != '\''; p++) {
-                                if (n + 1 >= len)
-                                        return -ENOSPC;
-                                out[n++] = *p;
-                        }
-                        if (!*p)
-                                return -EINVAL;
-                        continue;
-                }
-                if (c == '\\' && !(c = *++p))
-                        return -EINVAL;
-                if (n + 1 >= len)
-                        return -ENOSPC;
-                out[n++] = c;
-        }
-        out[n] = '\0';
-        return 0;
-}
-
-/* start-bus.sh prints KEY=VALUE lines, quoted with printf %q. */
-static int bus_start(struct host *h) {
-        const char *script = getenv("START_BUS");
-        if (!script)
-                return -EINVAL;
-        char cmd[600], line[1024], value[512];
-        snprintf(cmd, sizeof(cmd), "'%s'", script);
-        FILE *p = popen(cmd, "re");
-        if (!p)
-                return -errno;
-        while (fgets(line, sizeof(line), p)) {
-                line[strcspn(line, "\n")] = '\0';
-                char *eq = strchr(line, '=');
-                if (!eq || shell_unquote(eq + 1, value, sizeof(value)) < 0)
-                        continue;
-                *eq = '\0';
-                if (strcmp(line, "BUS_ADDRESS") == 0)
-                        snprintf(h->bus_address, sizeof(h->bus_address), "%s", value);
-                else if (strcmp(line, "BUS_PID") == 0)
-                        h->bus_pid = (pid_t) atoi(value);
-                else if (strcmp(line, "BUS_DIR") == 0)
-                        snprintf(h->bus_dir, sizeof(h->bus_dir), "%s", value);
-        }
-        int status = pclose(p);
-        if (status != 0 || !h->bus_address[0] || h->bus_pid <= 0 || !h->bus_dir[0])
-                return -EIO;
-        return 0;
-}
-
-static void bus_stop(struct host *h) {
-        char pid[16];
-        snprintf(pid, sizeof(pid), "%d", (int) h->bus_pid);
-        char *argv[] = { (char *) getenv("START_BUS"), (char *) "--stop", pid, h->bus_dir, NULL };
-        (void) run_wait(argv);
-}
-
-static int bus_connect(struct host *h) {
-        int r = sd_bus_new(&h->c);
-        if (r >= 0)
-                r = sd_bus_set_address(h->c, h->bus_address);
-        if (r >= 0)
-                r = sd_bus_set_bus_client(h->c, 1);
-        if (r >= 0)
-                r = sd_bus_negotiate_fds(h->c, 1);
-        if (r >= 0)
-                r = sd_bus_start(h->c);
-        if (r >= 0)
-                r = sd_bus_set_method_call_timeout(h->c, UINT64_C(20) * 1000000u);
-        return r;
-}
-
-static bool name_owned(struct host *h) {
-        sd_bus_message *reply = NULL;
-        int v = 0;
-        if (sd_bus_call_method(h->c, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                               "NameHasOwner", NULL, &reply, "s", DEST) >= 0)
-                (void) sd_bus_message_read(reply, "b", &v);
-        sd_bus_message_unref(reply);
-        return v;
-}
 
 static int daemon_start(struct host *h) {
         const char *bin = getenv("VHOSTMIGD");
@@ -206,7 +108,7 @@ static int daemon_start(struct host *h) {
                 dup2(log, 2);
                 close_range(3, ~0u, 0);
                 prctl(PR_SET_PDEATHSIG, SIGKILL);
-                setenv("DBUS_SYSTEM_BUS_ADDRESS", h->bus_address, 1);
+                setenv("DBUS_SYSTEM_BUS_ADDRESS", h->bus.address, 1);
                 /* The default Listen address goes here. */
                 setenv("RUNTIME_DIRECTORY", h->dir, 1);
                 unsetenv("NOTIFY_SOCKET");
@@ -216,14 +118,16 @@ static int daemon_start(struct host *h) {
         }
         h->daemon = pid;
         uint64_t deadline = now_ms() + 10000;
-        while (!name_owned(h)) {
+        for (;;) {
+                bool owned;
+                if (private_bus_name_has_owner(h->c, DEST, &owned) == 0 && owned)
+                        return 0;
                 if (tb_wait_exit(pid, 1) != -ETIMEDOUT || now_ms() >= deadline) {
                         fprintf(stderr, "vhostmigd (%s) did not start\n", h->name);
                         return -EIO;
                 }
                 sleep_ms(20);
         }
-        return 0;
 }
 
 static void dump_log(const struct host *h) {
@@ -259,9 +163,9 @@ static int host_setup(struct host *h, const char *name) {
                 return -errno;
         fprintf(f, "{ \"request_timeout_ms\": 2000, \"monitor_interval_ms\": 100 }\n");
         fclose(f);
-        int r = bus_start(h);
+        int r = private_bus_start(&h->bus, false);
         if (r >= 0)
-                r = bus_connect(h);
+                r = private_bus_connect(h->bus.address, CALL_TIMEOUT_USEC, &h->c);
         if (r >= 0)
                 r = daemon_start(h);
         return r;
@@ -281,8 +185,8 @@ static int host_teardown(struct host *h) {
         }
         dump_log(h);
         h->c = sd_bus_flush_close_unref(h->c);
-        if (h->bus_pid > 0)
-                bus_stop(h);
+        if (h->bus.pid > 0)
+                (void) private_bus_stop(&h->bus);
         remove_dir(h->dir);
         if (status != 0)
                 fprintf(stderr, "vhostmigd %s ended with wait status 0x%x\n", h->name, (unsigned) status);

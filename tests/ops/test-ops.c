@@ -40,6 +40,7 @@
 #include "daemon/vhostmigd/messages.h"
 #include "tests/backend/test-backend.h"
 #include "tests/common/clock.h"
+#include "tests/common/private-bus.h"
 
 #define DEST           "org.vhostmig1"
 #define ROOT_PATH      "/org/vhostmig1"
@@ -50,8 +51,7 @@
 #define JOURNAL_SOCKET JOURNAL_DIR "/socket"
 
 static struct {
-        char bus_address[512], bus_dir[512];
-        pid_t bus_pid;                               /* dbus-daemon: start-bus.sh --stop ends it */
+        struct private_bus bus;                      /* the private bus: private_bus_stop() ends it */
         char dir[64];                                /* config, log, sockets */
         char config[128], log[128], notify_path[96]; /* a socket path fits sun_path */
         int notify_fd;                               /* our NOTIFY_SOCKET */
@@ -62,67 +62,6 @@ static struct {
 } env = { .notify_fd = -1, .daemon = -1, .journal_fd = -1 };
 
 /* ---- processes ------------------------------------------------------------------------ */
-
-static int run_wait(char *const argv[]) {
-        pid_t pid = fork();
-        if (pid < 0)
-                return -errno;
-        if (pid == 0) {
-                execv(argv[0], argv);
-                _exit(127);
-        }
-        int status;
-        while (waitpid(pid, &status, 0) < 0)
-                if (errno != EINTR)
-                        return -errno;
-        return status;
-}
-
-/* start-bus.sh prints NAME=VALUE lines, VALUE quoted with printf %q (only backslashes here). */
-static void unquote(char *s) {
-        char *w = s;
-        for (char *r = s; *r; r++) {
-                if (*r == '\\' && r[1])
-                        r++;
-                *w++ = *r;
-        }
-        *w = '\0';
-}
-
-static int bus_start(void) {
-        const char *script = getenv("START_BUS");
-        if (!script)
-                return -EINVAL;
-        char cmd[1024];
-        snprintf(cmd, sizeof(cmd), "'%s'", script);
-        FILE *p = popen(cmd, "re");
-        if (!p)
-                return -errno;
-        char line[1024];
-        while (fgets(line, sizeof(line), p)) {
-                line[strcspn(line, "\n")] = '\0';
-                char *eq = strchr(line, '=');
-                if (!eq)
-                        continue;
-                *eq++ = '\0';
-                unquote(eq);
-                if (strcmp(line, "BUS_ADDRESS") == 0)
-                        snprintf(env.bus_address, sizeof(env.bus_address), "%s", eq);
-                else if (strcmp(line, "BUS_PID") == 0)
-                        env.bus_pid = (pid_t) atoi(eq);
-                else if (strcmp(line, "BUS_DIR") == 0)
-                        snprintf(env.bus_dir, sizeof(env.bus_dir), "%s", eq);
-        }
-        int status = pclose(p);
-        return status == 0 && env.bus_address[0] && env.bus_pid > 0 && env.bus_dir[0] ? 0 : -EIO;
-}
-
-static void bus_stop(void) {
-        char pid[16];
-        snprintf(pid, sizeof(pid), "%d", (int) env.bus_pid);
-        char *argv[] = { (char *) getenv("START_BUS"), (char *) "--stop", pid, env.bus_dir, NULL };
-        (void) run_wait(argv);
-}
 
 static void dump_log(void) {
         FILE *f = fopen(env.log, "re");
@@ -175,7 +114,7 @@ static void daemon_start(const char *const *extra) {
                 dup2(log, 1);
                 dup2(log, 2);
                 prctl(PR_SET_PDEATHSIG, SIGKILL);
-                setenv("DBUS_SYSTEM_BUS_ADDRESS", env.bus_address, 1);
+                setenv("DBUS_SYSTEM_BUS_ADDRESS", env.bus.address, 1);
                 setenv("NOTIFY_SOCKET", env.notify_path, 1);
                 unsetenv("JOURNAL_STREAM");
                 unsetenv("WATCHDOG_USEC");
@@ -193,17 +132,14 @@ static void daemon_stop(void) {
         if (env.daemon < 0)
                 return;
         kill(env.daemon, SIGTERM);
-        int status = 0;
-        uint64_t deadline = now_ms() + 10000;
-        pid_t r;
-        while ((r = waitpid(env.daemon, &status, WNOHANG)) == 0 && now_ms() < deadline)
-                sleep_ms(10);
-        if (r == 0) {
+        int status = tb_wait_exit(env.daemon, 10000);
+        bool timed_out = status == -ETIMEDOUT;
+        if (timed_out) {
                 kill(env.daemon, SIGKILL);
                 waitpid(env.daemon, &status, 0);
         }
         env.daemon = -1;
-        if (r == 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        if (timed_out || status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
                 dump_log();
                 fail_msg("vhostmigd did not exit cleanly on SIGTERM (status 0x%x)", status);
         }
@@ -259,22 +195,6 @@ static void drain_notify(void) {
 
 /* ---- D-Bus ---------------------------------------------------------------------------- */
 
-static sd_bus *bus_connect(void) {
-        sd_bus *b = NULL;
-        int r = sd_bus_new(&b);
-        if (r >= 0)
-                r = sd_bus_set_address(b, env.bus_address);
-        if (r >= 0)
-                r = sd_bus_set_bus_client(b, 1);
-        if (r >= 0)
-                r = sd_bus_negotiate_fds(b, 1);
-        if (r >= 0)
-                r = sd_bus_start(b);
-        if (r < 0)
-                fail_msg("cannot connect to %s: %s", env.bus_address, strerror(-r));
-        return b;
-}
-
 static char *get_string(const char *path, const char *iface, const char *name) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
         char *s = NULL;
@@ -321,11 +241,13 @@ static int setup(void **state) {
         snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", env.notify_path);
         if (env.notify_fd < 0 || bind(env.notify_fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
                 return -1;
-        if (bus_start() < 0) {
+        if (private_bus_start(&env.bus, false) < 0) {
                 fprintf(stderr, "cannot start a private bus (START_BUS)\n");
                 return -1;
         }
-        env.c = bus_connect();
+        int r = private_bus_connect(env.bus.address, 0, &env.c);
+        if (r < 0)
+                fail_msg("cannot connect to %s: %s", env.bus.address, strerror(-r));
         return 0;
 }
 
@@ -350,7 +272,7 @@ static int teardown(void **state) {
         }
         journal_unbind();
         env.c = sd_bus_flush_close_unref(env.c);
-        bus_stop();
+        (void) private_bus_stop(&env.bus);
         if (env.notify_fd >= 0)
                 close(env.notify_fd);
         env.notify_fd = -1;
@@ -525,8 +447,7 @@ static void unprivileged_set_is_denied(void) {
                         _exit(2);
                 sd_bus *b = NULL;
                 sd_bus_error e = SD_BUS_ERROR_NULL;
-                if (sd_bus_new(&b) < 0 || sd_bus_set_address(b, env.bus_address) < 0 ||
-                    sd_bus_set_bus_client(b, 1) < 0 || sd_bus_start(b) < 0)
+                if (private_bus_connect(env.bus.address, 0, &b) < 0)
                         _exit(3);
                 const char *err = set_string(b, "LogLevel", "debug", &e);
                 /* Reading stays open to everyone. */
