@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "migrate/stream.h"
+#include "migrate/tls.h"
 #include "migrate/vm.h"
 #include "proto/vhost-user-transport.h"
 #include "proto/vhost-user.h"
@@ -611,7 +612,8 @@ struct vhm_stream {
         int fd;
         int cancel_fd;
         bool is_socket;
-        bool sent_source; /* this end sent a source record: it is the source */
+        struct vhm_tls *tls; /* NULL: plain */
+        bool sent_source;    /* this end sent a source record: it is the source */
         enum vhm_stream_mode mode;
         enum recv_phase phase;
         unsigned timeout_ms;
@@ -655,6 +657,7 @@ int vhm_stream_new(int fd, unsigned timeout_ms, struct vhm_stream **out) {
 void vhm_stream_free(struct vhm_stream *s) {
         if (!s)
                 return;
+        vhm_tls_free(s->tls);
         close(s->fd);
         free(s->buf);
         free(s);
@@ -713,58 +716,102 @@ static int wait_fd(struct vhm_stream *s, short events, uint64_t deadline, const 
         return 0;
 }
 
-static ssize_t write_some(struct vhm_stream *s, struct iovec *iov, unsigned n) {
-        if (!s->is_socket)
-                return writev(s->fd, iov, (int) n);
+/*
+ * The channel under the records: the fd itself, or a TLS session over it.
+ * Each call moves what it can without waiting: -EAGAIN, and *events says
+ * what to poll for.
+ */
+static ssize_t chan_write(struct vhm_stream *s, struct iovec *iov, unsigned n, short *events) {
+        *events = POLLOUT;
+        if (s->tls) {
+                ssize_t w = vhm_tls_writev(s->tls, iov, n, s->error, sizeof(s->error));
+                *events = vhm_tls_events(s->tls);
+                return w;
+        }
         struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n };
-        return sendmsg(s->fd, &mh, MSG_NOSIGNAL);
+        ssize_t w = s->is_socket ? sendmsg(s->fd, &mh, MSG_NOSIGNAL) : writev(s->fd, iov, (int) n);
+        return w < 0 ? -errno : w;
+}
+
+static int chan_flush(struct vhm_stream *s, short *events) {
+        if (!s->tls)
+                return 0;
+        int r = vhm_tls_flush(s->tls, s->error, sizeof(s->error));
+        *events = vhm_tls_events(s->tls);
+        return r;
+}
+
+static ssize_t chan_read(struct vhm_stream *s, void *buf, size_t len, short *events) {
+        *events = POLLIN;
+        if (s->tls) {
+                ssize_t n = vhm_tls_read(s->tls, buf, len, s->error, sizeof(s->error));
+                *events = vhm_tls_events(s->tls);
+                return n;
+        }
+        ssize_t n = read(s->fd, buf, len);
+        return n < 0 ? -errno : n;
+}
+
+/* An error of the channel: a TLS one already has its words in s->error, prefixed here by the record. */
+static int chan_failed(struct vhm_stream *s, int r, const char *what, const char *dir) {
+        if (s->tls) {
+                char tls_err[sizeof(s->error)];
+                snprintf(tls_err, sizeof(tls_err), "%s", s->error);
+                return sfail(s, r, "%s: %s", what, tls_err);
+        }
+        return sfail(s, r, "%s: %s: %s", what, dir, strerror(-r));
+}
+
+static void advance_iov(struct iovec **iov, unsigned *n, size_t w) {
+        while (w > 0) {
+                size_t k = w < (*iov)->iov_len ? w : (*iov)->iov_len;
+                (*iov)->iov_base = (uint8_t *) (*iov)->iov_base + k;
+                (*iov)->iov_len -= k;
+                w -= k;
+                if ((*iov)->iov_len == 0)
+                        (*iov)++, (*n)--;
+        }
 }
 
 static int write_all(struct vhm_stream *s, struct iovec *iov, unsigned n, const char *what) {
         uint64_t deadline = call_deadline(s);
-        while (n > 0) {
-                if (iov->iov_len == 0) {
+        short events;
+        for (;;) {
+                while (n > 0 && iov->iov_len == 0)
                         iov++, n--;
+                ssize_t w = n > 0 ? chan_write(s, iov, n, &events) : chan_flush(s, &events);
+                if (w == -EINTR)
                         continue;
-                }
-                ssize_t w = write_some(s, iov, n);
-                if (w < 0 && errno == EINTR)
-                        continue;
-                if (w < 0 && errno == EAGAIN) {
-                        int r = wait_fd(s, POLLOUT, deadline, what);
+                if (w == -EAGAIN) {
+                        int r = wait_fd(s, events, deadline, what);
                         if (r < 0)
                                 return r;
                         continue;
                 }
                 if (w < 0)
-                        return sfail(s, -errno, "%s: sending: %s", what, strerror(errno));
+                        return chan_failed(s, (int) w, what, "sending");
+                if (n == 0)
+                        return 0;
                 s->sent += (uint64_t) w;
-                for (size_t left = (size_t) w; left > 0;) {
-                        size_t k = left < iov->iov_len ? left : iov->iov_len;
-                        iov->iov_base = (uint8_t *) iov->iov_base + k;
-                        iov->iov_len -= k;
-                        left -= k;
-                        if (iov->iov_len == 0)
-                                iov++, n--;
-                }
+                advance_iov(&iov, &n, (size_t) w);
         }
-        return 0;
 }
 
 static int read_exact(struct vhm_stream *s, void *buf, size_t len, uint64_t deadline, const char *what) {
         uint8_t *p = buf;
+        short events;
         while (len > 0) {
-                ssize_t n = read(s->fd, p, len);
-                if (n < 0 && errno == EINTR)
+                ssize_t n = chan_read(s, p, len, &events);
+                if (n == -EINTR)
                         continue;
-                if (n < 0 && errno == EAGAIN) {
-                        int r = wait_fd(s, POLLIN, deadline, what);
+                if (n == -EAGAIN) {
+                        int r = wait_fd(s, events, deadline, what);
                         if (r < 0)
                                 return r;
                         continue;
                 }
                 if (n < 0)
-                        return sfail(s, -errno, "%s: receiving: %s", what, strerror(errno));
+                        return chan_failed(s, (int) n, what, "receiving");
                 if (n == 0)
                         return sfail(s, -ECONNRESET, "%s: the peer closed the stream", what);
                 s->received += (uint64_t) n;
@@ -772,6 +819,27 @@ static int read_exact(struct vhm_stream *s, void *buf, size_t len, uint64_t dead
                 len -= (size_t) n;
         }
         return 0;
+}
+
+/*
+ * TLS where the stream crosses hosts: on a TCP socket the handshake runs
+ * with the token as key, bounded like any call (the timeout, the deadline,
+ * the cancel fd); on anything else (a Unix socket, checked by SO_PEERCRED at
+ * accept; a pipe; a file) the stream stays plain.
+ */
+int vhm_stream_secure(struct vhm_stream *s, bool server, const char *token, const char *id) {
+        if (s->tls)
+                return sfail(s, -EALREADY, "TLS: the stream is already secured");
+        if (s->sent || s->received)
+                return sfail(s, -EINVAL, "TLS: records already went in clear");
+        if (!vhm_tls_fd_is_tcp(s->fd))
+                return 0;
+        return vhm_tls_handshake(s->fd, server ? VHM_TLS_SERVER : VHM_TLS_CLIENT, token, id, call_deadline(s),
+                                 s->cancel_fd, &s->tls, s->error, sizeof(s->error));
+}
+
+bool vhm_stream_is_tls(const struct vhm_stream *s) {
+        return s->tls != NULL;
 }
 
 int vhm_stream_send_raw(struct vhm_stream *s, uint16_t type, uint16_t flags, const struct iovec *iov, unsigned n) {

@@ -214,6 +214,18 @@ const char *vhm_stream_error(const struct vhm_stream *s);
 uint64_t vhm_stream_bytes_sent(const struct vhm_stream *s);
 uint64_t vhm_stream_bytes_received(const struct vhm_stream *s);
 
+/*
+ * Secures a stream that crosses hosts, before its first record: on a TCP
+ * socket, TLS 1.3 with the token (32 hex characters) as pre-shared key and
+ * `id` (NULL: a random one) as the client's identity (migrate/tls.h); the
+ * handshake is bounded like any call (timeout, deadline, cancel fd) and a
+ * failure names its cause ("TLS: ...").  On a Unix socket, pipe or file it
+ * does nothing: those never leave the host.  server: the accepting end.
+ */
+int vhm_stream_secure(struct vhm_stream *s, bool server, const char *token, const char *id);
+/* True once vhm_stream_secure() ran TLS on the stream. */
+bool vhm_stream_is_tls(const struct vhm_stream *s);
+
 /* A wake fd (eventfd): while it is readable, every blocking call fails with -ECANCELED. */
 void vhm_stream_set_cancel_fd(struct vhm_stream *s, int fd);
 /* An absolute deadline (vhu_now_usec() clock) over every call as well; 0: none. */

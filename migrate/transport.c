@@ -184,6 +184,23 @@ static int wait_or_cancel(int fd, short events, uint64_t deadline_usec, int canc
         return 0;
 }
 
+/*
+ * A Unix peer must run as the daemon's uid or as root: the socket file's
+ * mode keeps others out, and this holds even where the directory does not.
+ */
+static bool peer_allowed(int fd) {
+        int domain = 0;
+        socklen_t dl = sizeof(domain);
+        if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) < 0 || domain != AF_UNIX)
+                return true; /* tcp: the TLS handshake proves the token instead */
+        uid_t uid;
+        gid_t gid;
+        pid_t pid;
+        if (vhu_socket_peer_cred(fd, &uid, &gid, &pid) < 0)
+                return false;
+        return uid == 0 || uid == geteuid();
+}
+
 int vhm_transport_accept(int listen_fd, uint64_t deadline_usec, int cancel_fd, int *fd) {
         for (;;) {
                 int r = wait_or_cancel(listen_fd, POLLIN, deadline_usec, cancel_fd);
@@ -194,6 +211,11 @@ int vhm_transport_accept(int listen_fd, uint64_t deadline_usec, int cancel_fd, i
                         continue;
                 if (c < 0)
                         return -errno;
+                if (!peer_allowed(c)) {
+                        /* Dropped unheard; the wait goes on for the real source until the deadline. */
+                        close(c);
+                        continue;
+                }
                 set_nodelay(c); /* fails harmlessly on a Unix socket */
                 *fd = c;
                 return 0;

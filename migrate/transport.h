@@ -24,7 +24,12 @@
 int vhm_transport_listen(const char *address, int *listen_fd, char *bound, size_t bound_len);
 /* Closes a listener and, for unix:PATH, removes its socket file. */
 void vhm_transport_listen_close(int listen_fd, const char *bound);
-/* One connection within the deadline: -ETIMEDOUT, -ECANCELED. */
+/*
+ * One connection within the deadline: -ETIMEDOUT, -ECANCELED.  On a Unix
+ * listener a peer whose uid (SO_PEERCRED) is neither the daemon's nor root
+ * is closed unheard and the wait goes on.  A TCP connection still needs
+ * vhm_stream_secure() (TLS with the token) before its first record.
+ */
 int vhm_transport_accept(int listen_fd, uint64_t deadline_usec, int cancel_fd, int *fd);
 /* A non-blocking connect bounded by the deadline: -ECONNREFUSED / -ENOENT when nobody listens. */
 int vhm_transport_connect(const char *address, uint64_t deadline_usec, int cancel_fd, int *fd);

@@ -11,7 +11,7 @@ cd "$top"
 
 packages=(
   meson ninja-build pkg-config gcc clang clang-format
-  libsystemd-dev libjson-c-dev libvirt-dev libcmocka-dev libxml2-dev
+  libsystemd-dev libjson-c-dev libvirt-dev libcmocka-dev libxml2-dev libgnutls28-dev
   dpdk-dev qemu-system-common dbus systemd
   python3 util-linux libclang-rt-14-dev
 )

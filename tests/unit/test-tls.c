@@ -1,0 +1,437 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * TLS between hosts (migrate/tls.c through vhm_stream_secure): records both
+ * ways over loopback TCP, nothing of the token on the wire, a wrong token
+ * refused on both ends in words, silent, garbage-sending and plain peers
+ * failing within the bound, cancel in the handshake, Unix sockets plain and
+ * their peers checked by uid.  No fd is left open.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "migrate/stream.h"
+#include "migrate/tls.h"
+#include "migrate/transport.h"
+#include "proto/vhost-user-transport.h"
+#include "tests/common/fd-count.h"
+
+#define TIMEOUT_MS 3000u
+#define SHORT_MS   300u
+
+static const char TOKEN[] = "00112233445566778899aabbccddeeff";
+static const char OTHER[] = "00112233445566778899aabbccddeef0";
+
+/* A connected loopback TCP pair: c (the source's end) and a (the destination's). */
+static void tcp_pair(int *c, int *a) {
+        char bound[VHM_TRANSPORT_ADDRESS_MAX];
+        int lfd;
+        assert_int_equal(vhm_transport_listen("tcp:127.0.0.1:0", &lfd, bound, sizeof(bound)), 0);
+        uint64_t deadline = vhu_now_usec() + 2000000u;
+        assert_int_equal(vhm_transport_connect(bound, deadline, -1, c), 0);
+        assert_int_equal(vhm_transport_accept(lfd, deadline, -1, a), 0);
+        vhm_transport_listen_close(lfd, bound);
+}
+
+/* One end's handshake, run on a thread so that both ends can run at once. */
+struct side {
+        int fd;
+        bool server;
+        const char *token, *id;
+        unsigned timeout_ms;
+        int cancel_fd;
+        struct vhm_stream *s;
+        int rc;
+        char err[512];
+        uint64_t took_usec;
+        pthread_t th;
+};
+
+static void *side_run(void *arg) {
+        struct side *x = arg;
+        uint64_t t0 = vhu_now_usec();
+        x->rc = vhm_stream_new(x->fd, x->timeout_ms, &x->s);
+        if (x->rc == 0) {
+                if (x->cancel_fd >= 0)
+                        vhm_stream_set_cancel_fd(x->s, x->cancel_fd);
+                x->rc = vhm_stream_secure(x->s, x->server, x->token, x->id);
+                snprintf(x->err, sizeof(x->err), "%s", vhm_stream_error(x->s));
+        }
+        x->took_usec = vhu_now_usec() - t0;
+        return NULL;
+}
+
+static void side_start(struct side *x, int fd, bool server, const char *token, unsigned timeout_ms) {
+        *x = (struct side){ .fd = fd, .server = server, .token = token, .timeout_ms = timeout_ms, .cancel_fd = -1 };
+}
+
+static void side_spawn(struct side *x) {
+        assert_int_equal(pthread_create(&x->th, NULL, side_run, x), 0);
+}
+
+static void side_join(struct side *x) {
+        assert_int_equal(pthread_join(x->th, NULL), 0);
+}
+
+static void assert_err(const struct side *x, int rc, const char *words) {
+        if (x->rc != rc || !strstr(x->err, words))
+                fail_msg("%s: got %d \"%s\", wanted %d \"%s\"", x->server ? "server" : "client", x->rc, x->err, rc,
+                         words);
+}
+
+static struct vhm_rec_hello sample_hello(void) {
+        struct vhm_rec_hello h = { .version = VHM_REC_VERSION, .role = VHM_REC_ROLE_SOURCE, .page_size = 4096 };
+        snprintf(h.vm_name, sizeof(h.vm_name), "vm-tls");
+        h.nregions = 1;
+        h.regions[0] = (struct vhm_rec_region){ .gpa = 0, .size = 1u << 20 };
+        return h;
+}
+
+static void handshake_pair(struct side *cl, struct side *sv, const char *ctoken, const char *stoken) {
+        int c, a;
+        tcp_pair(&c, &a);
+        side_start(cl, c, false, ctoken, TIMEOUT_MS);
+        side_start(sv, a, true, stoken, TIMEOUT_MS);
+        cl->id = "mig-test-1";
+        side_spawn(sv);
+        side_spawn(cl);
+        side_join(sv);
+        side_join(cl);
+}
+
+static void records_both_ways(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        struct side cl, sv;
+        handshake_pair(&cl, &sv, TOKEN, TOKEN);
+        assert_int_equal(cl.rc, 0);
+        assert_int_equal(sv.rc, 0);
+        assert_true(vhm_stream_is_tls(cl.s) && vhm_stream_is_tls(sv.s));
+
+        /* Source to destination: HELLO, AUTH, a full batch of pages (larger than a TLS record), END. */
+        struct vhm_rec_hello h = sample_hello();
+        assert_int_equal(vhm_stream_send_hello(cl.s, &h), 0);
+        assert_int_equal(vhm_stream_send_auth(cl.s, TOKEN), 0);
+        static uint8_t data[VHM_REC_MAX_PAGES_PER_BATCH][4096];
+        struct vhm_rec_page pages[VHM_REC_MAX_PAGES_PER_BATCH];
+        for (unsigned i = 0; i < VHM_REC_MAX_PAGES_PER_BATCH; i++) {
+                memset(data[i], (int) (i % 251) + 1, sizeof(data[i]));
+                pages[i] = (struct vhm_rec_page){ .gpa = (uint64_t) i * 4096u, .data = data[i] };
+        }
+        assert_int_equal(vhm_stream_send_pages(cl.s, pages, VHM_REC_MAX_PAGES_PER_BATCH, NULL), 0);
+
+        const void *p;
+        uint32_t len;
+        assert_int_equal(vhm_stream_recv(sv.s, &p, &len), VHM_REC_HELLO);
+        assert_int_equal(vhm_stream_recv(sv.s, &p, &len), VHM_REC_AUTH);
+        assert_int_equal(vhm_stream_recv(sv.s, &p, &len), VHM_REC_PAGES);
+        struct vhm_rec_pages pg;
+        char err[256];
+        assert_int_equal(vhm_rec_decode_pages(p, len, &h, &pg, err, sizeof(err)), 0);
+        assert_int_equal(pg.count, VHM_REC_MAX_PAGES_PER_BATCH);
+        for (uint32_t i = 0; i < pg.count; i++) {
+                uint64_t gpa;
+                const void *d;
+                vhm_rec_pages_get(&pg, i, &gpa, &d);
+                assert_int_equal(gpa, (uint64_t) i * 4096u);
+                assert_memory_equal(d, data[i], 4096);
+        }
+        /* And back: the destination's answer. */
+        assert_int_equal(vhm_stream_send_committed(sv.s), 0);
+        assert_int_equal(vhm_stream_recv(cl.s, &p, &len), VHM_REC_COMMITTED);
+
+        /* A clean close reads as the peer closing, not as a cut. */
+        vhm_stream_free(cl.s);
+        assert_int_equal(vhm_stream_recv(sv.s, &p, &len), -ECONNRESET);
+        assert_non_null(strstr(vhm_stream_error(sv.s), "closed"));
+        vhm_stream_free(sv.s);
+        assert_int_equal(count_open_fds(), before);
+}
+
+/* The server learns the client's migration id; the token never crosses the wire, the id does. */
+struct raw_tls {
+        int fd;
+        enum vhm_tls_role role;
+        const char *token, *id;
+        struct vhm_tls *t;
+        int rc;
+        char err[256];
+        pthread_t th;
+};
+
+static void *raw_tls_run(void *arg) {
+        struct raw_tls *x = arg;
+        x->rc = vhm_tls_handshake(x->fd, x->role, x->token, x->id, vhu_now_usec() + 500000u, -1, &x->t, x->err,
+                                  sizeof(x->err));
+        return NULL;
+}
+
+static bool contains(const uint8_t *hay, size_t n, const void *needle, size_t k) {
+        return memmem(hay, n, needle, k) != NULL;
+}
+
+static void identity_not_token(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        int c, a;
+        tcp_pair(&c, &a);
+        struct raw_tls cl = { .fd = c, .role = VHM_TLS_CLIENT, .token = TOKEN, .id = "mig-4242" };
+        assert_int_equal(pthread_create(&cl.th, NULL, raw_tls_run, &cl), 0);
+        /* Read the ClientHello as an eavesdropper would, then say nothing: the client gives up in time. */
+        uint8_t hello[4096];
+        size_t n = 0;
+        struct pollfd pf = { .fd = a, .events = POLLIN };
+        while (n < sizeof(hello) && poll(&pf, 1, 200) > 0) {
+                ssize_t k = read(a, hello + n, sizeof(hello) - n);
+                if (k <= 0)
+                        break;
+                n += (size_t) k;
+        }
+        assert_int_equal(pthread_join(cl.th, NULL), 0);
+        assert_int_equal(cl.rc, -ETIMEDOUT);
+        assert_non_null(strstr(cl.err, "TLS: handshake timed out"));
+        assert_true(n > 100 && hello[0] == 0x16); /* a TLS handshake record */
+        const uint8_t key[] = { 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
+                                0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff };
+        assert_true(contains(hello, n, "mig-4242", 8));
+        assert_false(contains(hello, n, TOKEN, 32));
+        assert_false(contains(hello, n, key, sizeof(key)));
+        close(a);
+        close(c);
+
+        /* A real pair: the server reports the id and what was negotiated. */
+        tcp_pair(&c, &a);
+        struct raw_tls sc = { .fd = c, .role = VHM_TLS_CLIENT, .token = TOKEN, .id = "mig-77" };
+        struct raw_tls ss = { .fd = a, .role = VHM_TLS_SERVER, .token = TOKEN };
+        assert_int_equal(pthread_create(&ss.th, NULL, raw_tls_run, &ss), 0);
+        assert_int_equal(pthread_create(&sc.th, NULL, raw_tls_run, &sc), 0);
+        assert_int_equal(pthread_join(ss.th, NULL), 0);
+        assert_int_equal(pthread_join(sc.th, NULL), 0);
+        assert_int_equal(ss.rc, 0);
+        assert_int_equal(sc.rc, 0);
+        assert_string_equal(vhm_tls_peer_id(ss.t), "mig-77");
+        char desc[128];
+        vhm_tls_describe(ss.t, desc, sizeof(desc));
+        assert_string_equal(desc, "TLS1.3 ECDHE-PSK X25519 AES-128-GCM");
+        vhm_tls_free(ss.t);
+        vhm_tls_free(sc.t);
+        close(a);
+        close(c);
+        assert_int_equal(count_open_fds(), before);
+}
+
+static void wrong_token(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        struct side cl, sv;
+        handshake_pair(&cl, &sv, OTHER, TOKEN);
+        assert_err(&sv, -EACCES, "TLS: the peer does not hold the token (illegal parameter)");
+        assert_err(&cl, -EACCES, "TLS: the peer does not hold the token (illegal parameter)");
+        /* Refused at once by the alert, not by a timeout. */
+        assert_true(cl.took_usec < 1000000u && sv.took_usec < 1000000u);
+        assert_false(vhm_stream_is_tls(cl.s) || vhm_stream_is_tls(sv.s));
+        vhm_stream_free(cl.s);
+        vhm_stream_free(sv.s);
+
+        /* A token that is not 32 hex characters is refused before anything is sent. */
+        int c, a;
+        tcp_pair(&c, &a);
+        struct vhm_stream *s;
+        assert_int_equal(vhm_stream_new(c, TIMEOUT_MS, &s), 0);
+        assert_int_equal(vhm_stream_secure(s, false, "not-a-token", NULL), -EINVAL);
+        assert_non_null(strstr(vhm_stream_error(s), "32 hex"));
+        vhm_stream_free(s);
+        close(a);
+        assert_int_equal(count_open_fds(), before);
+}
+
+/* One end against a raw peer that does `act` on its fd; the end must fail with rc and words, in time. */
+static void against_raw(bool server, void (*act)(int fd), int rc, const char *words) {
+        int c, a;
+        tcp_pair(&c, &a);
+        struct side x;
+        side_start(&x, server ? a : c, server, TOKEN, SHORT_MS);
+        side_spawn(&x);
+        act(server ? c : a);
+        side_join(&x);
+        assert_err(&x, rc, words);
+        assert_true(x.took_usec < 5u * SHORT_MS * 1000u);
+        vhm_stream_free(x.s);
+        close(server ? c : a);
+}
+
+static void act_silent(int fd) {
+        (void) fd;
+}
+
+static void act_garbage(int fd) {
+        uint8_t junk[512];
+        for (size_t i = 0; i < sizeof(junk); i++)
+                junk[i] = (uint8_t) (i * 37u + 11u);
+        assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t) sizeof(junk));
+}
+
+static void act_http(int fd) {
+        const char req[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_int_equal(write(fd, req, sizeof(req) - 1), (ssize_t) sizeof(req) - 1);
+}
+
+/* A plain Migration I source: HELLO straight away, in clear. */
+static void act_plain_records(int fd) {
+        int dup_fd = dup(fd);
+        struct vhm_stream *s;
+        assert_int_equal(vhm_stream_new(dup_fd, SHORT_MS, &s), 0);
+        struct vhm_rec_hello h = sample_hello();
+        assert_int_equal(vhm_stream_send_hello(s, &h), 0);
+        vhm_stream_free(s);
+}
+
+static void act_close(int fd) {
+        shutdown(fd, SHUT_RDWR);
+}
+
+static void hostile_peers(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        against_raw(true, act_silent, -ETIMEDOUT, "TLS: handshake timed out");
+        against_raw(false, act_silent, -ETIMEDOUT, "TLS: handshake timed out");
+        against_raw(true, act_garbage, -EPROTO, "TLS: the peer does not speak TLS 1.3");
+        against_raw(false, act_garbage, -EPROTO, "TLS: the peer does not speak TLS 1.3");
+        against_raw(true, act_http, -EPROTO, "TLS: the peer does not speak TLS 1.3");
+        against_raw(true, act_plain_records, -EPROTO, "TLS: the peer does not speak TLS 1.3");
+        against_raw(true, act_close, -ECONNRESET, "TLS: the peer closed the connection");
+        against_raw(false, act_close, -ECONNRESET, "TLS: the peer closed the connection");
+        assert_int_equal(count_open_fds(), before);
+}
+
+/* A TLS source against a plain (Migration I) destination: both sides fail, neither hangs. */
+static void tls_to_plain(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        int c, a;
+        tcp_pair(&c, &a);
+        struct side cl;
+        side_start(&cl, c, false, TOKEN, SHORT_MS);
+        side_spawn(&cl);
+        struct vhm_stream *plain;
+        assert_int_equal(vhm_stream_new(a, SHORT_MS, &plain), 0);
+        const void *p;
+        uint32_t len;
+        assert_true(vhm_stream_recv(plain, &p, &len) < 0);
+        vhm_stream_free(plain);
+        side_join(&cl);
+        assert_true(cl.rc == -ECONNRESET || cl.rc == -ETIMEDOUT);
+        assert_non_null(strstr(cl.err, "TLS: "));
+        vhm_stream_free(cl.s);
+        assert_int_equal(count_open_fds(), before);
+}
+
+static void cancel_handshake(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        int c, a;
+        tcp_pair(&c, &a);
+        int efd = eventfd(0, EFD_CLOEXEC);
+        assert_true(efd >= 0);
+        struct side x;
+        side_start(&x, a, true, TOKEN, 0); /* no timeout: only the cancel ends it */
+        x.cancel_fd = efd;
+        side_spawn(&x);
+        usleep(100000);
+        uint64_t one = 1;
+        assert_int_equal(write(efd, &one, sizeof(one)), (ssize_t) sizeof(one));
+        side_join(&x);
+        assert_err(&x, -ECANCELED, "TLS: handshake cancelled");
+        assert_true(x.took_usec < 2000000u);
+        vhm_stream_free(x.s);
+        close(c);
+
+        /* The deadline of the stream bounds the handshake as well (a peer that never answers). */
+        tcp_pair(&c, &a);
+        struct vhm_stream *s;
+        assert_int_equal(vhm_stream_new(c, 0, &s), 0);
+        vhm_stream_set_deadline(s, vhu_now_usec() + 200000u);
+        uint64_t t0 = vhu_now_usec();
+        assert_int_equal(vhm_stream_secure(s, false, TOKEN, NULL), -ETIMEDOUT);
+        assert_true(vhu_now_usec() - t0 < 2000000u);
+        vhm_stream_free(s);
+        close(a);
+        close(efd);
+        assert_int_equal(count_open_fds(), before);
+}
+
+/* unix: stays plain; a peer of another uid is dropped at accept. */
+static void unix_plain_and_peer_uid(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        char dir[] = "/tmp/vhm-tls-XXXXXX", addr[256], bound[VHM_TRANSPORT_ADDRESS_MAX];
+        assert_non_null(mkdtemp(dir));
+        snprintf(addr, sizeof(addr), "unix:%s/mig.sock", dir);
+        int lfd, c, a;
+        assert_int_equal(vhm_transport_listen(addr, &lfd, bound, sizeof(bound)), 0);
+        uint64_t deadline = vhu_now_usec() + 2000000u;
+        assert_int_equal(vhm_transport_connect(addr, deadline, -1, &c), 0);
+        assert_int_equal(vhm_transport_accept(lfd, deadline, -1, &a), 0);
+        struct vhm_stream *sc, *sa;
+        assert_int_equal(vhm_stream_new(c, TIMEOUT_MS, &sc), 0);
+        assert_int_equal(vhm_stream_new(a, TIMEOUT_MS, &sa), 0);
+        assert_int_equal(vhm_stream_secure(sc, false, TOKEN, NULL), 0);
+        assert_int_equal(vhm_stream_secure(sa, true, TOKEN, NULL), 0);
+        assert_false(vhm_stream_is_tls(sc) || vhm_stream_is_tls(sa));
+        vhm_stream_free(sc);
+        vhm_stream_free(sa);
+
+        if (geteuid() == 0) {
+                /* A child as nobody connects (the socket opened to it for the test): it is closed unheard. */
+                assert_int_equal(chmod(addr + 5, 0666), 0);
+                assert_int_equal(chmod(dir, 0755), 0);
+                pid_t pid = fork();
+                assert_true(pid >= 0);
+                if (pid == 0) {
+                        int fd;
+                        if (setgid(65534) < 0 || setuid(65534) < 0)
+                                _exit(2);
+                        if (vhm_transport_connect(addr, vhu_now_usec() + 1000000u, -1, &fd) < 0)
+                                _exit(3);
+                        char b;
+                        struct pollfd pf = { .fd = fd, .events = POLLIN };
+                        /* Closed by the listener: EOF (0) well before 2 s. */
+                        _exit(poll(&pf, 1, 2000) == 1 && read(fd, &b, 1) == 0 ? 0 : 4);
+                }
+                assert_int_equal(vhm_transport_accept(lfd, vhu_now_usec() + 500000u, -1, &a), -ETIMEDOUT);
+                int status;
+                assert_int_equal(waitpid(pid, &status, 0), pid);
+                assert_true(WIFEXITED(status));
+                assert_int_equal(WEXITSTATUS(status), 0);
+        }
+        vhm_transport_listen_close(lfd, bound);
+        assert_int_equal(rmdir(dir), 0);
+        assert_int_equal(count_open_fds(), before);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(records_both_ways),
+                cmocka_unit_test(identity_not_token),
+                cmocka_unit_test(wrong_token),
+                cmocka_unit_test(hostile_peers),
+                cmocka_unit_test(tls_to_plain),
+                cmocka_unit_test(cancel_handshake),
+                cmocka_unit_test(unix_plain_and_peer_uid),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
