@@ -163,7 +163,7 @@ void vhm_log_get_stats(const struct vhm_log *log, struct vhm_log_harvest_stats *
         *stats = log->stats;
 }
 
-int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *pages_harvested) {
+static int harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *pages_harvested, bool detached) {
         uint64_t fresh, n = log->nwords;
 
         if (into->npages < log->npages)
@@ -174,7 +174,10 @@ int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *page
         if (into->npages < n * 64)
                 n--;
 
-        fresh = vhm_log_priv_harvest(log->impl, log->words, into->words, n, &log->stats);
+        if (detached)
+                fresh = vhm_log_priv_harvest_detached(log->words, into->words, n);
+        else
+                fresh = vhm_log_priv_harvest(log->impl, log->words, into->words, n, &log->stats);
 
         if (n < log->nwords && __atomic_load_n(&log->words[n], __ATOMIC_RELAXED)) {
                 uint64_t v = VHM_LOG_TO_CPU(__atomic_exchange_n(&log->words[n], 0, __ATOMIC_RELAXED));
@@ -193,6 +196,14 @@ int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *page
         if (pages_harvested)
                 *pages_harvested = fresh;
         return 0;
+}
+
+int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *pages_harvested) {
+        return harvest(log, into, pages_harvested, false);
+}
+
+int vhm_log_harvest_detached(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *pages_harvested) {
+        return harvest(log, into, pages_harvested, true);
 }
 
 int vhm_log_mark_page(struct vhm_log *log, uint64_t page) {

@@ -95,15 +95,39 @@ uint64_t vhm_log_npages(const struct vhm_log *log);
 int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *pages_harvested);
 
 /*
+ * Harvest a DETACHED log: one no back-end writes any more.  The same result
+ * as vhm_log_harvest, with plain loads and stores instead of atomics (no
+ * locked instruction at any density), so it is faster on dense logs; the log
+ * is all clear afterwards, ready to be handed out again.
+ *
+ * This serves double-buffered logging: two logs of the same size, one given
+ * to the back-ends; to harvest, SET_LOG_BASE the other (all clear) to every
+ * device, then harvest the old one with this call, and swap roles next time.
+ *
+ * SAFETY RULE: call it only when every back-end that was given this log has
+ * acknowledged SET_LOG_BASE of another log AND is known to write no page to
+ * the old log after that acknowledgement, i.e. switches logs under the locks
+ * its queues write under.  DPDK's vhost library does (SET_LOG_BASE runs with
+ * every ring's access_lock held and replies before unlocking), and so does
+ * virtiofsd 7.2 (its dispatch write lock); generic libvhost-user does not
+ * (no lock: a queue thread may still OR into the old log), nor does a
+ * back-end not known.  A bit a back-end sets during this call may be lost,
+ * and a page with it.  When in doubt, use vhm_log_harvest: it is always safe.
+ * Returns 0 or -ERANGE, as vhm_log_harvest.
+ */
+int vhm_log_harvest_detached(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *pages_harvested);
+
+/*
  * How the harvest takes bits out of the log.  Each log starts with AUTO,
  * which picks the fastest the CPU supports (RTM, then CAS16, then XCHG);
  * choosing one explicitly is for tests and benchmarks.
  *   XCHG   one 8-byte __atomic_exchange_n(word, 0) per non-zero word.
  *          Portable; the reference.
- *   CAS16  x86-64 with cmpxchg16b: one 16-byte compare-exchange against the
- *          value just read, per non-zero aligned word pair (retried with the
- *          value it returns until it succeeds).  Half the locked
- *          instructions on dense logs.
+ *   CAS16  x86-64 with cmpxchg16b: per aligned word pair with both words
+ *          non-zero, one 16-byte compare-exchange against the value just
+ *          read (retried with the value it returns until it succeeds); a
+ *          pair with one non-zero word takes one exchange.  The fewest
+ *          locked instructions at every density.
  *   RTM    x86-64 with working TSX: one hardware transaction per 1 KiB chunk
  *          with dirty lines reads, merges and zeroes them; a transaction a
  *          backend's write conflicts with aborts and that chunk is redone

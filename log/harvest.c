@@ -17,9 +17,15 @@
  *          exchange with 0.  Portable.  On x86 a locked instruction costs
  *          ~20 cycles, so a full log runs at ~8 bytes per 20 cycles, well
  *          below memory bandwidth.
- *   CAS16  x86-64: per non-zero 16-byte pair, lock cmpxchg16b of the value
- *          just read against 0 (retried with the value it returns until it
- *          succeeds): half the locked instructions of XCHG.
+ *   CAS16  x86-64: per 16-byte pair with both words non-zero, lock
+ *          cmpxchg16b of the value just read against 0 (retried with the
+ *          value it returns until it succeeds); a pair with one non-zero
+ *          word takes one exchange.  Half the locked instructions of XCHG
+ *          on dense logs, no more than XCHG on sparse ones.
+ *
+ * The detached harvest (vhm_log_harvest_detached) shares the scan but takes
+ * lines with plain loads and stores: the caller guarantees no back-end
+ * writes that log any more.
  *   RTM    x86-64 with usable TSX: per 16-line (1 KiB) chunk that has a
  *          non-zero line, one hardware transaction reads, merges and zeroes
  *          every non-zero line of the chunk.  The transaction is atomic
@@ -49,6 +55,7 @@
 #define CHUNK_LINES          16
 #define CHUNK_WORDS          (CHUNK_LINES * LINE_WORDS)
 #define RTM_MAX_ABORT_STREAK 16
+#define PREFETCH_CHUNKS      4 /* chunks ahead: 4 KiB, past what the atomics hold up */
 
 VHM_FORCE_INLINE uint64_t rd(const uint64_t *p) {
         return __atomic_load_n(p, __ATOMIC_RELAXED);
@@ -85,6 +92,18 @@ VHM_FORCE_INLINE uint64_t chunk_or(const uint64_t *l) {
         }
         a |= b | c | d;
         return a[0] | a[1];
+}
+
+/*
+ * A locked instruction waits for every earlier load, and later loads wait for
+ * it: without this, each chunk's misses start only after the previous chunk's
+ * atomics, and a sparse log (a few exchanges per chunk) runs at memory latency
+ * instead of bandwidth.  Prefetches issued before the atomics are in flight
+ * while they run.
+ */
+VHM_FORCE_INLINE void prefetch_chunk(const uint64_t *c) {
+        for (unsigned int k = 0; k < CHUNK_WORDS; k += LINE_WORDS)
+                __builtin_prefetch(&c[k], 0, 3);
 }
 
 /* OR v (already in CPU bit order) into a bitmap word; bits new to it. */
@@ -137,23 +156,39 @@ VHM_FORCE_INLINE bool cas16_zero(uint64_t *p, uint64_t *lo, uint64_t *hi) {
         return ok;
 }
 
+/*
+ * Per aligned pair, the atomic that fits what was read: a pair with one
+ * non-zero word costs one 8-byte exchange (sparse logs); a pair with two
+ * costs one 16-byte compare-exchange instead of two exchanges (dense logs).
+ * A locked instruction costs the same whatever its width, so this is the
+ * fewest locked instructions at every density.
+ */
+VHM_FORCE_INLINE uint64_t take_pair_cas16(uint64_t *l, uint64_t *b) {
+        uint64_t lo = rd(&l[0]), hi = rd(&l[1]);
+
+        if (!hi)
+                return take_word_xchg(&l[0], &b[0]);
+        if (!lo)
+                return take_word_xchg(&l[1], &b[1]);
+        while (!cas16_zero(l, &lo, &hi))
+                ;
+        return merge(&b[0], VHM_LOG_TO_CPU(lo)) + merge(&b[1], VHM_LOG_TO_CPU(hi));
+}
+
 VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b) {
         uint64_t fresh = 0;
 
-        for (unsigned int j = 0; j < LINE_WORDS; j += 2) {
-                uint64_t lo = rd(&l[j]), hi = rd(&l[j + 1]);
-
-                if (!(lo | hi))
-                        continue;
-                while (!cas16_zero(&l[j], &lo, &hi))
-                        ;
-                fresh += merge(&b[j], lo) + merge(&b[j + 1], hi);
-        }
+        for (unsigned int j = 0; j < LINE_WORDS; j += 2)
+                fresh += take_pair_cas16(&l[j], &b[j]);
         return fresh;
 }
 
 #else
 /* Never called off x86-64 (CAS16 is refused there); keeps body_lines whole. */
+VHM_FORCE_INLINE uint64_t take_pair_cas16(uint64_t *l, uint64_t *b) {
+        return take_word_xchg(&l[0], &b[0]) + take_word_xchg(&l[1], &b[1]);
+}
+
 VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b) {
         return take_line_xchg(l, b);
 }
@@ -170,6 +205,8 @@ VHM_FORCE_INLINE uint64_t body_lines(uint64_t *log, uint64_t *bm, uint64_t n, bo
         for (; i + CHUNK_WORDS <= n; i += CHUNK_WORDS) {
                 if (__builtin_expect(chunk_or(&log[i]) == 0, 1))
                         continue;
+                if (i + (PREFETCH_CHUNKS + 1) * CHUNK_WORDS <= n)
+                        prefetch_chunk(&log[i + PREFETCH_CHUNKS * CHUNK_WORDS]);
                 for (unsigned int k = 0; k < CHUNK_WORDS; k += LINE_WORDS) {
                         uint64_t *l = &log[i + k], *b = &bm[i + k];
 
@@ -184,6 +221,41 @@ VHM_FORCE_INLINE uint64_t body_lines(uint64_t *log, uint64_t *bm, uint64_t n, bo
         return fresh + tail_xchg(log, bm, i, n);
 }
 
+/*
+ * A detached log (see vhm_log_harvest_detached): no back-end writes it any
+ * more, so each non-empty line is read, merged and zeroed with plain loads
+ * and stores: no locked instruction at any density.
+ */
+VHM_FORCE_INLINE uint64_t take_line_plain(uint64_t *l, uint64_t *b) {
+        uint64_t fresh = 0;
+
+        for (unsigned int j = 0; j < LINE_WORDS; j++)
+                fresh += merge(&b[j], VHM_LOG_TO_CPU(l[j]));
+        memset(l, 0, LINE_WORDS * sizeof(l[0]));
+        return fresh;
+}
+
+VHM_FORCE_INLINE uint64_t body_plain(uint64_t *log, uint64_t *bm, uint64_t n) {
+        uint64_t fresh = 0, i = 0;
+
+        for (; i + CHUNK_WORDS <= n; i += CHUNK_WORDS) {
+                if (__builtin_expect(chunk_or(&log[i]) == 0, 1))
+                        continue;
+                for (unsigned int k = 0; k < CHUNK_WORDS; k += LINE_WORDS)
+                        if (line_or(&log[i + k]))
+                                fresh += take_line_plain(&log[i + k], &bm[i + k]);
+        }
+        for (; i < n; i++) {
+                fresh += merge(&bm[i], VHM_LOG_TO_CPU(log[i]));
+                log[i] = 0;
+        }
+        return fresh;
+}
+
+static uint64_t harvest_plain_generic(uint64_t *log, uint64_t *bm, uint64_t n) {
+        return body_plain(log, bm, n);
+}
+
 static uint64_t harvest_xchg_generic(uint64_t *log, uint64_t *bm, uint64_t n) {
         return body_lines(log, bm, n, false);
 }
@@ -191,6 +263,10 @@ static uint64_t harvest_xchg_generic(uint64_t *log, uint64_t *bm, uint64_t n) {
 #if HAVE_X86_64
 TARGET_POPCNT static uint64_t harvest_xchg_popcnt(uint64_t *log, uint64_t *bm, uint64_t n) {
         return body_lines(log, bm, n, false);
+}
+
+TARGET_POPCNT static uint64_t harvest_plain_popcnt(uint64_t *log, uint64_t *bm, uint64_t n) {
+        return body_plain(log, bm, n);
 }
 
 TARGET_POPCNT static uint64_t harvest_cas16(uint64_t *log, uint64_t *bm, uint64_t n) {
@@ -276,4 +352,12 @@ uint64_t vhm_log_priv_harvest(enum vhm_log_harvest_impl impl, uint64_t *log, uin
         (void) stats;
         return harvest_xchg_generic(log, bm, n);
 #endif
+}
+
+uint64_t vhm_log_priv_harvest_detached(uint64_t *log, uint64_t *bm, uint64_t n) {
+#if HAVE_X86_64
+        if (vhm_log_priv_cpu()->popcnt)
+                return harvest_plain_popcnt(log, bm, n);
+#endif
+        return harvest_plain_generic(log, bm, n);
 }

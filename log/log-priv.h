@@ -51,6 +51,9 @@ const struct vhm_log_cpu *vhm_log_priv_cpu(void);
 uint64_t vhm_log_priv_harvest(enum vhm_log_harvest_impl impl, uint64_t *log, uint64_t *bm, uint64_t n,
                               struct vhm_log_harvest_stats *stats);
 
+/* The same for a log no back-end writes any more: plain loads and stores. */
+uint64_t vhm_log_priv_harvest_detached(uint64_t *log, uint64_t *bm, uint64_t n);
+
 /*
  * The log is byte-oriented (page p is bit p % 8 of byte p / 8); the bitmap
  * is word-oriented (bit p % 64 of word p / 64).  On little-endian hosts the

@@ -17,8 +17,14 @@
 #include "log/dirty-log.h"
 #include "log-test-util.h"
 
-/* The implementation under test; every test runs once per available one. */
+/* The implementation under test; every test runs once per available one,
+ * then once more harvesting detached logs (vhm_log_harvest_detached). */
 static enum vhm_log_harvest_impl impl;
+static bool detached;
+
+static int do_harvest(struct vhm_log *log, struct vhm_bitmap *bm, uint64_t *got) {
+        return detached ? vhm_log_harvest_detached(log, bm, got) : vhm_log_harvest(log, bm, got);
+}
 
 static const enum vhm_log_harvest_impl all_impls[] = {
         VHM_LOG_HARVEST_XCHG,
@@ -54,6 +60,11 @@ static void for_each_impl(void (*fn)(void)) {
                 fn();
         }
         vhm_log_free(probe);
+        impl = VHM_LOG_HARVEST_XCHG;
+        detached = true;
+        print_message("  [detached]\n");
+        fn();
+        detached = false;
 }
 
 static uint64_t mask_below(uint64_t npages, uint64_t word) {
@@ -122,7 +133,7 @@ static void run_case(struct test_rng *rng, uint64_t log_pages, uint64_t bm_pages
         }
 
         got = UINT64_MAX;
-        assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+        assert_int_equal(do_harvest(log, bm, &got), 0);
         assert_int_equal(got, want_fresh);
         bitmap_words(bm, have, bwords);
         for (uint64_t w = 0; w < bwords; w++)
@@ -142,9 +153,9 @@ static void run_case(struct test_rng *rng, uint64_t log_pages, uint64_t bm_pages
                 if (b[i])
                         fail_msg("log byte %llu still %02x", (unsigned long long) i, b[i]);
         /* and a second harvest finds nothing */
-        assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+        assert_int_equal(do_harvest(log, bm, &got), 0);
         assert_int_equal(got, 0);
-        assert_int_equal(vhm_log_harvest(log, bm, NULL), 0);
+        assert_int_equal(do_harvest(log, bm, NULL), 0);
 
         vhm_bitmap_free(bm);
         munmap(b, size);
@@ -192,7 +203,7 @@ static void harvest_bitmap_larger(void) {
         assert_int_equal(vhm_bitmap_set_range(bm, 1024, 500), 0); /* past the log */
         assert_int_equal(vhm_bitmap_set(bm, 99999), 0);
         assert_int_equal(vhm_log_mark_range(log, 0, 1024), 0); /* the whole log memory */
-        assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+        assert_int_equal(do_harvest(log, bm, &got), 0);
         assert_int_equal(got, 1024);
         assert_int_equal(vhm_bitmap_count(bm), 1024 + 500 + 1);
         assert_true(vhm_bitmap_test(bm, 1023));
@@ -218,12 +229,12 @@ static void harvest_bitmap_smaller(void) {
         log = new_log(1000 * 4096);
         assert_int_equal(vhm_bitmap_new(999, &bm), 0);
         assert_int_equal(vhm_log_mark_page(log, 5), 0);
-        assert_int_equal(vhm_log_harvest(log, bm, &got), -ERANGE);
+        assert_int_equal(do_harvest(log, bm, &got), -ERANGE);
         assert_int_equal(got, 77);
         assert_int_equal(vhm_bitmap_count(bm), 0);
         /* grown to fit, the page is still there */
         assert_int_equal(vhm_bitmap_resize(bm, 1000), 0);
-        assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+        assert_int_equal(do_harvest(log, bm, &got), 0);
         assert_int_equal(got, 1);
         assert_true(vhm_bitmap_test(bm, 5));
         vhm_bitmap_free(bm);
@@ -236,22 +247,33 @@ static void test_harvest_bitmap_smaller(void **state) {
 }
 
 /*
- * Concurrency: a writer thread marks every page of the log exactly once, in
- * an order that keeps hammering the same words (random word order, random
- * bit order inside each word, some words by whole-word OR), while the main
- * thread harvests in a loop.  After the writer stops and a final harvest, the
- * bitmap must hold exactly every page: a lost page (a bit set between a read
- * and a clear) would be missing, and since each page is marked once it could
- * not be re-marked later to hide the loss.
+ * Concurrency: a writer thread marks a random set of pages (each page with
+ * probability ppm / 1e6, so harvests run at that density), each exactly
+ * once, in an order that keeps hammering the same words (random word order,
+ * random bit order inside each word, full words sometimes by whole-word OR),
+ * while the main thread harvests in a loop.  After the writer stops and a
+ * final harvest, the bitmap must hold exactly the pages marked: a lost page
+ * (a bit set between a read and a clear) would be missing, and since each
+ * page is marked once it could not be re-marked later to hide the loss.
+ *
+ * Detached mode is double-buffered logging done by the rule of
+ * vhm_log_harvest_detached: the writer marks each word under a lock (a
+ * back-end's queue lock), the harvester switches the writer to the other log
+ * under that lock (SET_LOG_BASE and its reply), then harvests the old log
+ * with plain loads and stores.
  */
 struct writer {
-        struct vhm_log *log;
+        struct vhm_log *logs[2];
+        pthread_mutex_t lock; /* detached mode: the "queue lock" */
+        unsigned int active;  /* detached mode: the log the writer uses; under lock */
         uint64_t npages;
         uint64_t seed;
+        uint32_t ppm;
         bool paced;        /* wait for a harvest after every few words */
         uint64_t harvests; /* atomic: main's harvest count */
         bool done;         /* atomic */
         uint64_t marked;   /* pages marked; read after join */
+        uint64_t *want;    /* the pages marked, as bitmap words */
 };
 
 /* Best effort: put the calling thread on its own CPU, so writer and
@@ -274,12 +296,39 @@ static void wait_harvest(struct writer *w, uint64_t since) {
                         sched_yield();
 }
 
+/* Mark the pages of mask in word `word`, in a random order. */
+static void mark_word(struct writer *w, struct vhm_log *log, struct test_rng *rng, uint64_t word, uint64_t mask) {
+        unsigned int bits[64];
+
+        if (mask == ~UINT64_C(0) && rng_below(rng, 8) == 0) {
+                /* two half-word ORs, like a multi-page write */
+                if (vhm_log_mark_range(log, word * 64, 32) || vhm_log_mark_range(log, word * 64 + 32, 32))
+                        abort();
+                w->marked += 64;
+                return;
+        }
+        for (unsigned int b = 0; b < 64; b++)
+                bits[b] = b;
+        for (unsigned int b = 63; b > 0; b--) {
+                unsigned int j = (unsigned int) rng_below(rng, b + 1u), t = bits[b];
+
+                bits[b] = bits[j];
+                bits[j] = t;
+        }
+        for (unsigned int b = 0; b < 64; b++) {
+                if (!(mask >> bits[b] & 1))
+                        continue;
+                if (vhm_log_mark_page(log, word * 64 + bits[b]))
+                        abort();
+                w->marked++;
+        }
+}
+
 static void *writer_main(void *arg) {
         struct writer *w = arg;
         struct test_rng rng = { w->seed };
         uint64_t nwords = w->npages / 64;
         uint64_t *order = malloc(nwords * sizeof(uint64_t));
-        unsigned int bits[64];
         uint64_t seen = __atomic_load_n(&w->harvests, __ATOMIC_ACQUIRE);
 
         pin_to_cpu(1);
@@ -294,52 +343,60 @@ static void *writer_main(void *arg) {
                 order[j] = t;
         }
         for (uint64_t i = 0; i < nwords; i++) {
-                uint64_t word = order[i];
+                uint64_t word = order[i], mask = rng_word_density(&rng, w->ppm);
 
                 if (w->paced && i % 4 == 0) {
                         wait_harvest(w, seen);
                         seen = __atomic_load_n(&w->harvests, __ATOMIC_ACQUIRE);
                 }
-                if (rng_below(&rng, 8) == 0) {
-                        /* two half-word ORs, like a multi-page write */
-                        if (vhm_log_mark_range(w->log, word * 64, 32) || vhm_log_mark_range(w->log, word * 64 + 32, 32))
-                                abort();
-                        w->marked += 64;
-                        continue;
-                }
-                for (unsigned int b = 0; b < 64; b++)
-                        bits[b] = b;
-                for (unsigned int b = 63; b > 0; b--) {
-                        unsigned int j = (unsigned int) rng_below(&rng, b + 1u), t = bits[b];
-
-                        bits[b] = bits[j];
-                        bits[j] = t;
-                }
-                for (unsigned int b = 0; b < 64; b++) {
-                        if (vhm_log_mark_page(w->log, word * 64 + bits[b]))
-                                abort();
-                        w->marked++;
-                }
+                w->want[word] = mask;
+                if (pthread_mutex_lock(&w->lock))
+                        abort();
+                mark_word(w, w->logs[w->active], &rng, word, mask);
+                pthread_mutex_unlock(&w->lock);
         }
         free(order);
         __atomic_store_n(&w->done, true, __ATOMIC_RELEASE);
         return NULL;
 }
 
-static void run_concurrent(uint64_t npages, uint64_t seed, bool paced) {
-        struct writer w = { .npages = npages, .seed = seed, .paced = paced };
+/* One harvest.  Detached: switch the writer to the other log under its
+ * lock, then harvest the one it left. */
+static uint64_t harvest_round(struct writer *w, struct vhm_bitmap *bm, bool is_detached) {
+        uint64_t got;
+        unsigned int old;
+
+        if (!is_detached) {
+                assert_int_equal(vhm_log_harvest(w->logs[0], bm, &got), 0);
+                return got;
+        }
+        assert_int_equal(pthread_mutex_lock(&w->lock), 0);
+        old = w->active;
+        w->active = !old;
+        assert_int_equal(pthread_mutex_unlock(&w->lock), 0);
+        assert_int_equal(vhm_log_harvest_detached(w->logs[old], bm, &got), 0);
+        return got;
+}
+
+static void run_concurrent(uint64_t npages, uint64_t seed, uint32_t ppm, bool paced) {
+        struct writer w = { .npages = npages, .seed = seed, .ppm = ppm, .paced = paced };
         struct vhm_bitmap *bm;
         pthread_t th;
-        uint64_t total = 0, got, harvests = 0, productive = 0;
-        struct vhm_log_harvest_stats st;
+        uint64_t total = 0, harvests = 0, productive = 0, want_pages = 0;
+        struct vhm_log_harvest_stats st[2] = { 0 };
 
-        w.log = new_log(npages * 4096);
+        w.logs[0] = new_log(npages * 4096);
+        w.logs[1] = new_log(npages * 4096);
+        w.want = calloc(npages / 64, sizeof(uint64_t));
+        assert_non_null(w.want);
+        assert_int_equal(pthread_mutex_init(&w.lock, NULL), 0);
         assert_int_equal(vhm_bitmap_new(npages, &bm), 0);
         pin_to_cpu(0);
         assert_int_equal(pthread_create(&th, NULL, writer_main, &w), 0);
 
         while (!__atomic_load_n(&w.done, __ATOMIC_ACQUIRE)) {
-                assert_int_equal(vhm_log_harvest(w.log, bm, &got), 0);
+                uint64_t got = harvest_round(&w, bm, detached);
+
                 total += got;
                 harvests++;
                 productive += got != 0;
@@ -354,49 +411,54 @@ static void run_concurrent(uint64_t npages, uint64_t seed, bool paced) {
                         CPU_SET(c, &all);
                 (void) pthread_setaffinity_np(pthread_self(), sizeof(all), &all);
         }
-        assert_int_equal(vhm_log_harvest(w.log, bm, &got), 0);
-        total += got;
+        /* the writer is gone: both logs are quiet now */
+        total += harvest_round(&w, bm, detached);
+        total += harvest_round(&w, bm, detached);
 
-        assert_int_equal(w.marked, npages);
-        assert_int_equal(total, npages);                /* each page counted once */
-        assert_int_equal(vhm_bitmap_count(bm), npages); /* and none lost */
-        {
-                struct vhm_bitmap_iter it;
-                uint64_t first, count;
-
-                vhm_bitmap_iter_init(&it, bm, 0);
-                assert_true(vhm_bitmap_iter_next(&it, &first, &count));
-                assert_int_equal(first, 0);
-                assert_int_equal(count, npages);
-        }
-        vhm_log_get_stats(w.log, &st);
-        assert_int_equal(st.harvests, harvests + 1);
-        assert_int_equal(st.pages, npages);
+        for (uint64_t i = 0; i < npages / 64; i++)
+                want_pages += (uint64_t) __builtin_popcountll(w.want[i]);
+        assert_int_equal(w.marked, want_pages);
+        assert_int_equal(total, want_pages);                /* each page counted once */
+        assert_int_equal(vhm_bitmap_count(bm), want_pages); /* and none lost */
+        for (uint64_t p = 0; p < npages; p++)
+                if (vhm_bitmap_test(bm, p) != (bool) (w.want[p / 64] >> (p % 64) & 1))
+                        fail_msg("page %llu: harvested %d, marked %d", (unsigned long long) p, vhm_bitmap_test(bm, p),
+                                 (int) (w.want[p / 64] >> (p % 64) & 1));
+        vhm_log_get_stats(w.logs[0], &st[0]);
+        vhm_log_get_stats(w.logs[1], &st[1]);
+        assert_int_equal(st[0].harvests + st[1].harvests, harvests + 2);
+        assert_int_equal(st[0].pages + st[1].pages, want_pages);
         /* paced: the writer waited for a harvest every 4 words, so many
          * harvests took pages while it was still writing */
-        if (paced)
+        if (paced && ppm >= 100000)
                 assert_true(productive >= npages / 64 / 4 / 2);
-        print_message("  %s %llu pages: %llu harvests, %llu took pages while the writer ran"
+        print_message("  %s %6.2f%% of %llu pages: %llu harvests, %llu took pages while the writer ran"
                       " (tx %llu committed, %llu aborted)\n",
-                      paced ? "paced" : "free ", (unsigned long long) npages, (unsigned long long) harvests,
-                      (unsigned long long) productive, (unsigned long long) st.tx_commits,
-                      (unsigned long long) st.tx_aborts);
+                      paced ? "paced" : "free ", ppm / 1e4, (unsigned long long) npages, (unsigned long long) harvests,
+                      (unsigned long long) productive, (unsigned long long) (st[0].tx_commits + st[1].tx_commits),
+                      (unsigned long long) (st[0].tx_aborts + st[1].tx_aborts));
         vhm_bitmap_free(bm);
-        vhm_log_free(w.log);
+        vhm_log_free(w.logs[0]);
+        vhm_log_free(w.logs[1]);
+        pthread_mutex_destroy(&w.lock);
+        free(w.want);
 }
 
 static void harvest_concurrent(void) {
-        /* small logs: the harvester sweeps the word being written very often */
-        for (uint64_t r = 0; r < 8; r++) {
-                run_concurrent(UINT64_C(1) << 14, 0xc0ffee + r, false);
-                run_concurrent(UINT64_C(1) << 14, 0xc0ffee + r, true);
-        }
-        for (uint64_t r = 0; r < 2; r++) {
-                run_concurrent(UINT64_C(1) << 18, 0xbeef + r, false);
-                run_concurrent(UINT64_C(1) << 18, 0xbeef + r, true);
+        /* the bench's densities: 0.1 %, 10 % and every page */
+        static const uint32_t ppm[] = { 1000, 100000, 1000000 };
+
+        for (size_t d = 0; d < sizeof(ppm) / sizeof(ppm[0]); d++) {
+                /* small logs: the harvester sweeps the word being written very often */
+                for (uint64_t r = 0; r < 4; r++) {
+                        run_concurrent(UINT64_C(1) << 14, 0xc0ffee + r, ppm[d], false);
+                        run_concurrent(UINT64_C(1) << 14, 0xc0ffee + r, ppm[d], true);
+                }
+                run_concurrent(UINT64_C(1) << 18, 0xbeef, ppm[d], false);
+                run_concurrent(UINT64_C(1) << 18, 0xbeef, ppm[d], true);
         }
         /* a 16 GiB guest's log */
-        run_concurrent(UINT64_C(1) << 22, 0xfeed, false);
+        run_concurrent(UINT64_C(1) << 22, 0xfeed, 1000000, false);
 }
 
 static void test_harvest_concurrent(void **state) {
@@ -425,7 +487,7 @@ static void harvest_union_with_clearing(void) {
                         assert_int_equal(vhm_log_mark_page(log, p), 0);
                         assert_int_equal(vhm_bitmap_set(ref, p), 0);
                 }
-                assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+                assert_int_equal(do_harvest(log, bm, &got), 0);
                 assert_int_equal(got, vhm_bitmap_count(bm)); /* bm was empty */
                 vhm_bitmap_iter_init(&it, bm, 0);
                 while (vhm_bitmap_iter_next(&it, &first, &count)) {
@@ -484,7 +546,7 @@ static void test_rtm_commits(void **state) {
         assert_int_equal(vhm_bitmap_new(vhm_log_npages(log), &bm), 0);
         for (int round = 0; round < 3; round++) {
                 assert_int_equal(vhm_log_mark_range(log, 0, vhm_log_npages(log)), 0);
-                assert_int_equal(vhm_log_harvest(log, bm, &got), 0);
+                assert_int_equal(do_harvest(log, bm, &got), 0);
                 assert_int_equal(vhm_bitmap_count(bm), vhm_log_npages(log));
                 vhm_bitmap_clear_all(bm);
         }
