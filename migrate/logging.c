@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 
 #include "log/dirty-log.h"
 #include "migrate/logging.h"
@@ -20,6 +23,16 @@
  */
 #define MAX_RETIRED_LOGS 4
 
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "a VMM bitmap's byte N / 8, bit N % 8 is read as 64-bit word N / 64, bit N % 64: little-endian only"
+#endif
+
+/* A VMM's dirty bitmap, mapped shared: the VMM ORs bits in, harvests take them out atomically. */
+struct vmm_bitmap {
+        uint64_t *words;
+        uint64_t nwords;
+};
+
 struct vhm_logging {
         struct vhm_vm *vm;
         struct vhm_device *devices[VHM_LOGGING_MAX_DEVICES];
@@ -28,6 +41,8 @@ struct vhm_logging {
         struct vhm_log *retired[MAX_RETIRED_LOGS];
         unsigned nretired;
         struct vhm_bitmap *bitmap;
+        struct vmm_bitmap vmm[VHM_LOGGING_MAX_BITMAPS];
+        unsigned nvmm;
         bool active;
         /*
          * A log a device may still have written to was freed (every retired
@@ -70,6 +85,8 @@ void vhm_logging_free(struct vhm_logging *l) {
         if (l->active)
                 (void) vhm_logging_stop(l);
         free_logs(l);
+        for (unsigned i = 0; i < l->nvmm; i++)
+                munmap(l->vmm[i].words, l->vmm[i].nwords * sizeof(uint64_t));
         vhm_bitmap_free(l->bitmap);
         free(l);
 }
@@ -192,6 +209,14 @@ static void leave_device(struct vhm_device *dev) {
         (void) vhm_device_set_log(dev, -1, 0);
 }
 
+/* Bits from before logging describe nothing a migration needs: round 0 reads every page after this. */
+static void clear_vmm_bitmaps(struct vhm_logging *l) {
+        for (unsigned i = 0; i < l->nvmm; i++)
+                for (uint64_t w = 0; w < l->vmm[i].nwords; w++)
+                        if (__atomic_load_n(&l->vmm[i].words[w], __ATOMIC_RELAXED))
+                                (void) __atomic_exchange_n(&l->vmm[i].words[w], 0, __ATOMIC_ACQ_REL);
+}
+
 int vhm_logging_start(struct vhm_logging *l) {
         if (l->active)
                 return 0;
@@ -211,6 +236,7 @@ int vhm_logging_start(struct vhm_logging *l) {
                         return r;
                 }
         }
+        clear_vmm_bitmaps(l);
         l->active = true;
         return 0;
 }
@@ -284,6 +310,46 @@ static void free_retired(struct vhm_logging *l) {
         l->nretired = 0;
 }
 
+/* The bits of one word taken out of a VMM bitmap, into the migration bitmap. */
+static uint64_t merge_word(struct vhm_bitmap *bm, uint64_t w, uint64_t bits) {
+        uint64_t npages = vhm_bitmap_npages(bm), fresh = 0;
+        while (bits) {
+                uint64_t page = w * 64 + (uint64_t) __builtin_ctzll(bits);
+                bits &= bits - 1;
+                if (page < npages && !vhm_bitmap_test(bm, page)) {
+                        (void) vhm_bitmap_set(bm, page);
+                        fresh++;
+                }
+        }
+        return fresh;
+}
+
+/*
+ * Plain reads find the non-zero words; only an atomic exchange takes bits
+ * out, so a bit the VMM sets meanwhile is taken now or stays for the next
+ * harvest.  log/'s harvest works on its own logs only, so this is a word
+ * loop of its own.
+ */
+static void harvest_vmm_bitmaps(struct vhm_logging *l, uint64_t *new_pages) {
+        *new_pages = 0;
+        uint64_t span_words = ((vhm_vm_top_gpa(l->vm) + VHM_PAGE_SIZE - 1) / VHM_PAGE_SIZE + 63) / 64;
+        for (unsigned i = 0; i < l->nvmm; i++) {
+                const struct vmm_bitmap *b = &l->vmm[i];
+                for (uint64_t w = 0; w < b->nwords; w++) {
+                        if (!__atomic_load_n(&b->words[w], __ATOMIC_RELAXED))
+                                continue;
+                        uint64_t bits = __atomic_exchange_n(&b->words[w], 0, __ATOMIC_ACQ_REL);
+                        *new_pages += merge_word(l->bitmap, w, bits);
+                }
+                if (b->nwords < span_words) {
+                        /* Memory past the VMM's bitmap was added: what its vCPUs write there is unknown. */
+                        l->incomplete = true;
+                        log_fail(l, 0, "VMM dirty bitmap %u no longer covers guest memory: every page counts as dirty",
+                                 i);
+                }
+        }
+}
+
 int vhm_logging_harvest(struct vhm_logging *l, uint64_t *new_pages) {
         uint64_t total = 0, n;
         if (!l->log)
@@ -300,6 +366,8 @@ int vhm_logging_harvest(struct vhm_logging *l, uint64_t *new_pages) {
                         return log_fail(l, r, "harvest (retired log): %s", strerror(-r));
                 total += n;
         }
+        harvest_vmm_bitmaps(l, &n);
+        total += n;
         if (l->incomplete) {
                 /* Pages were lost with a freed log: only resending everything is safe. */
                 total = vhm_bitmap_npages(l->bitmap);
@@ -367,4 +435,47 @@ int vhm_logging_memory_changed(struct vhm_logging *l) {
                         first_error = log_fail(l, r, "%s", vhm_device_error(l->devices[i]));
         }
         return first_error;
+}
+
+/* ---- VMM dirty bitmaps ---------------------------------------------------------------- */
+
+unsigned vhm_logging_bitmap_sources(const struct vhm_logging *l) {
+        return l->nvmm;
+}
+
+/* A memfd the VMM cannot shrink under our mapping, large enough for `need` bytes. */
+static int check_bitmap_fd(struct vhm_logging *l, int memfd, uint64_t need) {
+        int seals = fcntl(memfd, F_GET_SEALS);
+        if (seals < 0)
+                return log_fail(l, -EINVAL, "the dirty bitmap is not a memfd (F_GET_SEALS: %s)", strerror(errno));
+        if (!(seals & F_SEAL_SHRINK))
+                return log_fail(l, -EPERM, "the dirty bitmap's memfd must be sealed against shrinking (F_SEAL_SHRINK)");
+        if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
+                return log_fail(l, -EPERM, "the dirty bitmap's memfd is sealed against writing: harvests clear it");
+        struct stat sb;
+        if (fstat(memfd, &sb) < 0)
+                return log_fail(l, -errno, "the dirty bitmap: fstat: %s", strerror(errno));
+        if ((uint64_t) sb.st_size < need)
+                return log_fail(l, -ERANGE,
+                                "the dirty bitmap is %" PRIu64 " bytes; guest memory up to 0x%" PRIx64
+                                " needs %" PRIu64,
+                                (uint64_t) sb.st_size, vhm_vm_top_gpa(l->vm), need);
+        return 0;
+}
+
+int vhm_logging_add_bitmap(struct vhm_logging *l, int memfd) {
+        if (l->nvmm >= VHM_LOGGING_MAX_BITMAPS)
+                return log_fail(l, -E2BIG, "a VM has at most %u VMM dirty bitmaps", VHM_LOGGING_MAX_BITMAPS);
+        uint64_t top = vhm_vm_top_gpa(l->vm);
+        if (!top)
+                return log_fail(l, -EINVAL, "the VM has no memory for a dirty bitmap to cover");
+        uint64_t npages = (top + VHM_PAGE_SIZE - 1) / VHM_PAGE_SIZE, nwords = (npages + 63) / 64;
+        int r = check_bitmap_fd(l, memfd, nwords * sizeof(uint64_t));
+        if (r < 0)
+                return r;
+        void *p = mmap(NULL, nwords * sizeof(uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+        if (p == MAP_FAILED)
+                return log_fail(l, -errno, "cannot map the dirty bitmap: %s", strerror(errno));
+        l->vmm[l->nvmm++] = (struct vmm_bitmap){ .words = p, .nwords = nwords };
+        return 0;
 }

@@ -16,6 +16,8 @@
 #include "migrate/vm.h"
 
 #define VHM_LOGGING_MAX_DEVICES 32
+/* VMM dirty bitmaps a VM may have. */
+#define VHM_LOGGING_MAX_BITMAPS 8
 
 struct vhm_logging;
 
@@ -46,7 +48,8 @@ int vhm_logging_stop(struct vhm_logging *l);
 bool vhm_logging_active(const struct vhm_logging *l);
 
 /*
- * Fetch-and-clears the log (and any log retired by a resize) into the bitmap.
+ * Fetch-and-clears the log (and any log retired by a resize) and every VMM
+ * bitmap into the migration bitmap.
  * While the log is incomplete (below), every page of the bitmap is set and
  * *new_pages is the bitmap's size.
  */
@@ -66,6 +69,22 @@ int vhm_logging_resize(struct vhm_logging *l);
  * is tried.
  */
 int vhm_logging_memory_changed(struct vhm_logging *l);
+
+/*
+ * A VMM's dirty bitmap (pages its vCPUs write while logging is on), in the
+ * vhost log's format: bit N (byte N / 8, bit N % 8) is guest-physical page
+ * N of 4 KiB.  It must be a memfd sealed against shrinking, writable, and
+ * cover the VM's guest-physical span (every region's end); otherwise -EINVAL,
+ * -EPERM or -ERANGE with the reason in vhm_logging_error().  memfd stays the
+ * caller's (the logging keeps a shared mapping of it).  Every harvest takes
+ * its bits out atomically (a bit the VMM sets meanwhile stays for the next)
+ * and merges them into the migration bitmap; logging start clears it.  A
+ * bitmap no longer covering the span (memory added) makes each harvest mark
+ * every page.
+ */
+int vhm_logging_add_bitmap(struct vhm_logging *l, int memfd);
+/* How many VMM bitmaps are registered. */
+unsigned vhm_logging_bitmap_sources(const struct vhm_logging *l);
 
 /* The current log's size in bytes (0 when not logging). */
 uint64_t vhm_logging_log_size(const struct vhm_logging *l);

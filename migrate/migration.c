@@ -9,12 +9,19 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "migrate/logging.h"
 #include "migrate/migration.h"
 #include "migrate/stream.h"
 #include "migrate/transport.h"
 #include "proto/vhost-user-transport.h"
 
 #define DEFAULT_TIMEOUT_MS 10000u
+/* Live defaults, as QEMU's. */
+#define DEFAULT_MAX_DOWNTIME_MS  300u
+#define DEFAULT_MAX_ROUNDS       30u
+#define DEFAULT_PAUSE_TIMEOUT_MS 10000u
+/* A round that moved less than this says little about the bandwidth: the last estimate stands. */
+#define MIN_MEASURED_BYTES (1u << 20)
 /* How long a failing side gives the other's last word (ABORTED, its reason). */
 #define LAST_WORD_MS 1000u
 #define PAGE         VHM_REC_PAGE_SIZE
@@ -30,6 +37,8 @@ const char *vhm_migration_state_name(enum vhm_migration_state s) {
                 return "active";
         case VHM_MIGRATION_SWITCHOVER:
                 return "switchover";
+        case VHM_MIGRATION_PRE_SWITCHOVER:
+                return "pre-switchover";
         case VHM_MIGRATION_POSTMIGRATE_UNKNOWN:
                 return "postmigrate-unknown";
         case VHM_MIGRATION_COMPLETED:
@@ -110,6 +119,10 @@ struct engine {
         bool answered;    /* source: the destination said ABORTED */
         int stream_err;   /* the stream's own failure, 0 while it works */
         bool vmm_carried; /* device state through a VMM's fd: no answer, no pages */
+        /* Source, live. */
+        struct vhm_logging *logging;
+        bool started_logging;             /* switched on by the engine: switched off again at the end */
+        uint64_t round_usec, round_bytes; /* the round in progress: its start, stream bytes at its start */
         /* Destination. */
         struct vhm_rec_hello hello;
         struct vhm_device_handoff *handoffs;
@@ -161,6 +174,12 @@ static int engine_init(struct engine *e, struct vhm_vm *vm, struct vhm_device **
                 e->o = *o;
         if (!e->o.timeout_ms)
                 e->o.timeout_ms = DEFAULT_TIMEOUT_MS;
+        if (!e->o.max_downtime_ms)
+                e->o.max_downtime_ms = DEFAULT_MAX_DOWNTIME_MS;
+        if (!e->o.max_rounds)
+                e->o.max_rounds = DEFAULT_MAX_ROUNDS;
+        if (!e->o.pause_timeout_ms)
+                e->o.pause_timeout_ms = DEFAULT_PAUSE_TIMEOUT_MS;
         st->role = role;
         st->state = VHM_MIGRATION_SETUP;
         st->pages_total = vhm_vm_memory_size(vm) / PAGE;
@@ -235,7 +254,7 @@ static int stop_devices(struct engine *e) {
         return 0;
 }
 
-static int source_setup(struct engine *e, const char *token) {
+static int send_hello_auth(struct engine *e, const char *token) {
         int r = check_source_devices(e);
         if (r < 0)
                 return r;
@@ -250,7 +269,12 @@ static int source_setup(struct engine *e, const char *token) {
         r = vhm_stream_send_auth(e->s, token);
         if (r < 0)
                 return stream_failed(e, r, "sending AUTH");
-        return stop_devices(e);
+        return 0;
+}
+
+static int source_setup(struct engine *e, const char *token) {
+        int r = send_hello_auth(e, token);
+        return r < 0 ? r : stop_devices(e);
 }
 
 static int cmp_region_gpa(const void *a, const void *b) {
@@ -403,8 +427,20 @@ static void rollback_source(struct engine *e) {
         }
 }
 
+/* Logging as it was before the call (best effort: the devices are stopped or about to run again). */
+static void logging_back(struct engine *e) {
+        if (e->started_logging && vhm_logging_stop(e->logging) < 0) {
+                size_t used = strlen(e->st->error);
+                snprintf(e->st->error + used, sizeof(e->st->error) - used, "%sswitching dirty logging off: %s",
+                         used ? "; " : "", vhm_logging_error(e->logging));
+        }
+        e->started_logging = false;
+}
+
 static void source_finish(struct engine *e, int r) {
         if (r == 0) {
+                /* The rings are stopped: logging goes off with no request, before the devices go. */
+                logging_back(e);
                 for (unsigned i = 0; i < e->n; i++)
                         vhm_device_release(e->devs[i]);
                 e->st->downtime_ms = (vhu_now_usec() - e->down_usec) / 1000u;
@@ -417,16 +453,262 @@ static void source_finish(struct engine *e, int r) {
         }
         if (!e->ended)
                 fetch_destination_reason(e);
+        /* Resumed first, then logging off on running rings: the path a running VM's logging takes. */
         rollback_source(e);
+        logging_back(e);
         set_state(e, r == -ECANCELED ? VHM_MIGRATION_CANCELLED : VHM_MIGRATION_FAILED);
+}
+
+/* ---- source, live (pre-copy) ----------------------------------------------------------- */
+
+static uint64_t per_second(uint64_t amount, uint64_t usec) {
+        return (uint64_t) ((unsigned __int128) amount * 1000000u / (usec ? usec : 1));
+}
+
+/* Sleeps until the round's bytes fit max_bandwidth; a cancel ends the wait. */
+static int throttle(struct engine *e) {
+        uint64_t sent = vhm_stream_bytes_sent(e->s) - e->round_bytes;
+        uint64_t due = e->round_usec + (uint64_t) ((unsigned __int128) sent * 1000000u / e->o.max_bandwidth);
+        uint64_t now = vhu_now_usec();
+        if (now >= due)
+                return 0;
+        struct pollfd pfd = { .fd = e->o.cancel_fd > 0 ? e->o.cancel_fd : -1, .events = POLLIN };
+        if (poll(&pfd, 1, (int) ((due - now + 999) / 1000)) > 0)
+                return fail(e, -ECANCELED, "sending PAGES: cancelled");
+        return 0;
+}
+
+/* After each batch: the cancel (the stream sees one only when it would block), the limit, the progress. */
+static int batch_done(struct engine *e, uint64_t pages, bool limited) {
+        e->st->pages_remaining -= pages < e->st->pages_remaining ? pages : e->st->pages_remaining;
+        if (cancelled(e))
+                return fail(e, -ECANCELED, "sending PAGES: cancelled");
+        int r = limited && e->o.max_bandwidth ? throttle(e) : 0;
+        report(e);
+        return r;
+}
+
+/* The pages of [first, first + count) that lie in guest memory; gaps and ring logs past memory are no pages. */
+static int send_range(struct engine *e, uint8_t *buf, uint64_t first, uint64_t count, bool limited) {
+        for (unsigned i = 0; i < vhm_vm_region_count(e->vm); i++) {
+                const struct vhm_region *rg = vhm_vm_region(e->vm, i);
+                uint64_t lo = rg->guest_phys_addr / PAGE, hi = (rg->guest_phys_addr + rg->size) / PAGE;
+                lo = lo > first ? lo : first;
+                hi = hi < first + count ? hi : first + count;
+                for (uint64_t p = lo; p < hi;) {
+                        uint64_t k = hi - p < BATCH ? hi - p : BATCH;
+                        int r = send_batch(e, buf, p * PAGE, k * PAGE);
+                        if (r == 0)
+                                r = batch_done(e, k, limited);
+                        if (r < 0)
+                                return r;
+                        p += k;
+                }
+        }
+        return 0;
+}
+
+/* Every page the migration bitmap holds, each taken out before it is read. */
+static int send_dirty(struct engine *e, uint8_t *buf, bool limited) {
+        struct vhm_bitmap *bm = vhm_logging_bitmap(e->logging);
+        struct vhm_bitmap_iter it;
+        uint64_t first, count;
+        vhm_bitmap_iter_init(&it, bm, 0);
+        while (vhm_bitmap_iter_next(&it, &first, &count)) {
+                /* A write after the read below is in a dirty source, for the next harvest. */
+                (void) vhm_bitmap_clear_range(bm, first, count);
+                int r = send_range(e, buf, first, count, limited);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int harvest(struct engine *e, uint64_t *fresh) {
+        int r = vhm_logging_harvest(e->logging, fresh);
+        if (r < 0)
+                return fail(e, r, "harvesting the dirty sources: %s", vhm_logging_error(e->logging));
+        e->st->pages_remaining = vhm_bitmap_count(vhm_logging_bitmap(e->logging));
+        return 0;
+}
+
+/* The round's bandwidth and dirty rate, what is left, and what sending it would take. */
+static int round_end(struct engine *e) {
+        uint64_t usec = vhu_now_usec() - e->round_usec, bytes = vhm_stream_bytes_sent(e->s) - e->round_bytes, fresh;
+        if (bytes >= MIN_MEASURED_BYTES || !e->st->bandwidth)
+                e->st->bandwidth = per_second(bytes, usec);
+        int r = harvest(e, &fresh);
+        if (r < 0)
+                return r;
+        e->st->dirty_rate = per_second(fresh, usec);
+        uint64_t left = e->st->pages_remaining * PAGE;
+        e->st->expected_downtime_ms = !left ? 0
+                                      : !e->st->bandwidth
+                                              ? UINT64_MAX
+                                              : (uint64_t) ((unsigned __int128) left * 1000u / e->st->bandwidth);
+        report(e);
+        return 0;
+}
+
+static int not_converged(struct engine *e) {
+        return fail(e, -ETIMEDOUT,
+                    "pre-copy did not converge in %u rounds: the guest and its back-ends dirty %" PRIu64
+                    " pages/s (%.1f MB/s) and the migration moves %.1f MB/s, so the %" PRIu64
+                    " pages left would take %" PRIu64 " ms, more than the maximum downtime of %u ms",
+                    e->o.max_rounds, e->st->dirty_rate, (double) e->st->dirty_rate * PAGE / 1e6,
+                    (double) e->st->bandwidth / 1e6, e->st->pages_remaining, e->st->expected_downtime_ms,
+                    e->o.max_downtime_ms);
+}
+
+/* Round 0 sends every page, each later one what became dirty, until the rest fits the downtime. */
+static int precopy_rounds(struct engine *e, uint8_t *buf) {
+        for (unsigned round = 0;; round++) {
+                e->st->round = round;
+                e->round_usec = vhu_now_usec();
+                e->round_bytes = vhm_stream_bytes_sent(e->s);
+                int r = round ? send_dirty(e, buf, true)
+                              : send_range(e, buf, 0, (vhm_vm_top_gpa(e->vm) + PAGE - 1) / PAGE, true);
+                if (r == 0)
+                        r = round_end(e);
+                if (r < 0)
+                        return r;
+                if (e->st->expected_downtime_ms <= e->o.max_downtime_ms)
+                        return 0;
+                if (round + 1 >= e->o.max_rounds)
+                        return e->o.force_switchover ? 0 : not_converged(e);
+        }
+}
+
+static int precopy(struct engine *e) {
+        /* Whatever was logged before round 0 is read by it anyway. */
+        uint64_t fresh;
+        int r = harvest(e, &fresh);
+        if (r < 0)
+                return r;
+        vhm_bitmap_clear_all(vhm_logging_bitmap(e->logging));
+        e->st->pages_remaining = e->st->pages_total;
+        set_state(e, VHM_MIGRATION_ACTIVE);
+        uint8_t *buf = malloc((size_t) BATCH * PAGE);
+        if (!buf)
+                return fail(e, -ENOMEM, "out of memory");
+        r = precopy_rounds(e, buf);
+        free(buf);
+        return r;
+}
+
+/* A MigrateContinue left from an earlier migration must not count as this one's pause. */
+static void drain_continue(struct engine *e) {
+        uint64_t v;
+        struct pollfd pfd = { .fd = e->o.continue_fd, .events = POLLIN };
+        if (e->o.continue_fd > 0 && poll(&pfd, 1, 0) > 0 && read(e->o.continue_fd, &v, sizeof(v)) < 0)
+                v = 0;
+}
+
+static int live_setup(struct engine *e, const char *token) {
+        if (!e->logging)
+                return fail(e, -EINVAL, "a live migration needs the VM's dirty logging");
+        if (vhm_logging_bitmap_sources(e->logging) && e->o.continue_fd <= 0)
+                return fail(
+                        e, -EINVAL,
+                        "the VM has a VMM dirty bitmap: a live migration needs the continue fd for the VMM's pause");
+        int r = send_hello_auth(e, token);
+        if (r < 0)
+                return r;
+        drain_continue(e);
+        if (!vhm_logging_active(e->logging)) {
+                r = vhm_logging_start(e->logging);
+                if (r < 0)
+                        return fail(e, r, "switching dirty logging on: %s", vhm_logging_error(e->logging));
+                e->started_logging = true;
+        }
+        e->st->setup_ms = (vhu_now_usec() - e->t0_usec) / 1000u;
+        return 0;
+}
+
+/*
+ * The VMM pauses its vCPUs (they write memory no back-end logs) and says so
+ * on continue_fd; without a VMM dirty source only the back-ends write, and
+ * stopping their rings is the pause.
+ */
+static int await_pause(struct engine *e) {
+        set_state(e, VHM_MIGRATION_PRE_SWITCHOVER);
+        if (!vhm_logging_bitmap_sources(e->logging))
+                return 0;
+        uint64_t deadline = vhu_now_usec() + (uint64_t) e->o.pause_timeout_ms * 1000u;
+        struct pollfd pfd[2] = {
+                { .fd = e->o.cancel_fd > 0 ? e->o.cancel_fd : -1, .events = POLLIN },
+                { .fd = e->o.continue_fd, .events = POLLIN },
+        };
+        for (;;) {
+                uint64_t now = vhu_now_usec();
+                if (now >= deadline)
+                        return fail(e, -ETIMEDOUT,
+                                    "pre-switchover: the VMM did not pause its vCPUs within %u ms (no MigrateContinue)",
+                                    e->o.pause_timeout_ms);
+                int k = poll(pfd, 2, (int) ((deadline - now + 999) / 1000));
+                if (k < 0 && errno != EINTR)
+                        return fail(e, -errno, "pre-switchover: waiting for the VMM: %s", strerror(errno));
+                if (k > 0 && pfd[0].revents)
+                        return fail(e, -ECANCELED, "pre-switchover: cancelled");
+                if (k > 0 && (pfd[1].revents & POLLIN)) {
+                        drain_continue(e);
+                        return 0;
+                }
+                if (k > 0 && pfd[1].revents)
+                        return fail(e, -EBADF, "pre-switchover: the continue fd failed (revents 0x%x)", pfd[1].revents);
+        }
+}
+
+/* Rings stopped, a last harvest, the last pages unthrottled, and the checksum of the whole image. */
+static int live_last_pages(struct engine *e) {
+        if (cancelled(e))
+                return fail(e, -ECANCELED, "pre-switchover: cancelled");
+        int r = stop_devices(e);
+        if (r < 0)
+                return r;
+        set_state(e, VHM_MIGRATION_SWITCHOVER);
+        uint64_t fresh;
+        r = harvest(e, &fresh);
+        if (r < 0)
+                return r;
+        uint8_t *buf = malloc((size_t) BATCH * PAGE);
+        if (!buf)
+                return fail(e, -ENOMEM, "out of memory");
+        r = send_dirty(e, buf, false);
+        free(buf);
+        if (r < 0)
+                return r;
+        /* Over the whole memory: a page written and never marked dirty makes the destination's differ. */
+        r = vhm_memory_checksum(e->vm, &e->st->checksum);
+        if (r < 0)
+                return fail(e, r, "END: cannot read guest memory: %s", vhm_vm_error(e->vm));
+        return 0;
+}
+
+static int source_live(struct engine *e, const char *token) {
+        int r = live_setup(e, token);
+        if (r == 0)
+                r = precopy(e);
+        if (r == 0)
+                r = await_pause(e);
+        if (r == 0)
+                r = live_last_pages(e);
+        return r;
+}
+
+static int source_stop_and_copy(struct engine *e, const char *token) {
+        int r = source_setup(e, token);
+        if (r == 0)
+                r = source_pages(e);
+        return r;
 }
 
 int vhm_migrate_to(struct vhm_vm *vm, struct vhm_logging *logging, struct vhm_device **devs, unsigned n, int fd,
                    const char *token, const struct vhm_migrate_options *o, struct vhm_migration_stats *st) {
-        /* Stop-and-copy: the rings are stopped before the pages go, no page needs the dirty log. */
-        (void) logging;
         struct engine e;
         int r = engine_init(&e, vm, devs, n, o, st, VHM_MIGRATION_ROLE_SOURCE);
+        /* Stop-and-copy stops the rings before the pages go: no page needs the dirty log. */
+        e.logging = e.o.live ? logging : NULL;
         if (r == 0 && (!token || (n && !devs)))
                 r = fail(&e, -EINVAL, "no token or no devices given");
         if (r < 0) {
@@ -438,10 +720,10 @@ int vhm_migrate_to(struct vhm_vm *vm, struct vhm_logging *logging, struct vhm_de
         }
         report(&e);
         r = engine_open(&e, fd);
+        if (r == 0 && cancelled(&e))
+                r = fail(&e, -ECANCELED, "cancelled in setup");
         if (r == 0)
-                r = cancelled(&e) ? fail(&e, -ECANCELED, "cancelled in setup") : source_setup(&e, token);
-        if (r == 0)
-                r = source_pages(&e);
+                r = e.o.live ? source_live(&e, token) : source_stop_and_copy(&e, token);
         if (r == 0)
                 r = source_switchover(&e);
         source_finish(&e, r);

@@ -32,12 +32,29 @@
  * answers ABORTED with the reason (when the channel still works) and leaves
  * no device started.
  *
+ * Live (options' live): logging is switched on (and off again at the end
+ * when the engine switched it on), HELLO and AUTH go out, then pre-copy
+ * rounds run while the guest and its back-ends keep writing: round 0 sends
+ * every page, each later round harvests the dirty sources (the vhost log
+ * and the VMM's bitmaps) and sends what became dirty, throttled to
+ * max_bandwidth.  Once the dirty rest fits max_downtime_ms at the bandwidth
+ * the last round measured, the source enters pre-switchover (and waits for
+ * the VMM's pause on continue_fd where the VMM has a dirty bitmap), then
+ * stops the rings, harvests a last time, sends the last pages, and END with
+ * the checksum of the whole memory: a page written but never marked dirty
+ * makes the destination's checksum differ and the migration fail.  After
+ * max_rounds without converging the migration fails with the dirty rate and
+ * the bandwidth in the reason (or switches over with force_switchover).  A
+ * failure or a cancel in any phase before END leaves the rings running as
+ * they were and logging as it was before the call.
+ *
  * Each call blocks until the migration ends, each wait bounded by the
  * options' timeout; run it on the VM's worker thread.  Errors are negative
  * errnos with the reason in the stats' error text.
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "migrate/device.h"
@@ -51,6 +68,8 @@ enum vhm_migration_state {
         VHM_MIGRATION_SETUP,
         VHM_MIGRATION_ACTIVE,
         VHM_MIGRATION_SWITCHOVER,
+        /* Live: the engine waits for the VMM to pause its vCPUs (continue_fd). */
+        VHM_MIGRATION_PRE_SWITCHOVER,
         VHM_MIGRATION_POSTMIGRATE_UNKNOWN,
         VHM_MIGRATION_COMPLETED,
         VHM_MIGRATION_FAILED,
@@ -63,7 +82,10 @@ enum vhm_migration_role {
         VHM_MIGRATION_ROLE_DESTINATION,
 };
 
-/* "none", "setup", "active", "switchover", "postmigrate-unknown", "completed", "failed", "cancelled". */
+/*
+ * "none", "setup", "active", "switchover", "pre-switchover", "postmigrate-unknown", "completed", "failed",
+ * "cancelled".
+ */
 const char *vhm_migration_state_name(enum vhm_migration_state s);
 /* "none", "source", "destination". */
 const char *vhm_migration_role_name(enum vhm_migration_role r);
@@ -77,6 +99,13 @@ struct vhm_migration_stats {
         uint64_t total_ms;          /* the whole call */
         uint64_t rarp_sent;         /* destination: devices announced with SEND_RARP */
         uint64_t checksum;          /* of the memory image (END's) */
+        /* Live (pre-copy) only; 0 otherwise. */
+        uint64_t round;                /* the pre-copy round in progress or last done (0: every page) */
+        uint64_t pages_remaining;      /* dirty pages still to send */
+        uint64_t dirty_rate;           /* pages/s the guest and back-ends dirtied during the last round */
+        uint64_t bandwidth;            /* bytes/s the stream moved during the last round that measured it */
+        uint64_t expected_downtime_ms; /* pages_remaining at that bandwidth */
+        uint64_t setup_ms;             /* the call's start to the first page */
         enum vhm_migration_state state;
         enum vhm_migration_role role;
         char error[512];
@@ -98,6 +127,25 @@ struct vhm_migrate_options {
          */
         void (*progress)(const struct vhm_migration_stats *st, void *opaque);
         void *opaque;
+
+        /*
+         * Source only.  live: pre-copy while the guest runs (needs the VM's
+         * logging); false: stop-and-copy, the fields below unused.
+         */
+        bool live;
+        unsigned max_downtime_ms; /* switch over once the rest fits this (0: 300) */
+        uint64_t max_bandwidth;   /* bytes/s during the rounds (0: unlimited); the switchover is not limited */
+        unsigned max_rounds;      /* pre-copy rounds, round 0 included (0: 30) */
+        bool force_switchover;    /* after max_rounds switch over anyway instead of failing */
+        /*
+         * An eventfd the daemon writes when the VMM has paused its vCPUs
+         * (MigrateContinue).  Waited for in pre-switchover when the VM has a
+         * VMM dirty bitmap (vhm_logging_add_bitmap), at most pause_timeout_ms
+         * (0: 10 s); the wait timing out fails the migration and the source
+         * runs on.  Required then; unused otherwise.
+         */
+        int continue_fd;
+        unsigned pause_timeout_ms;
 };
 
 /*

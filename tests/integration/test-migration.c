@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "migrate/device.h"
+#include "migrate/logging.h"
 #include "migrate/migration.h"
 #include "migrate/stream.h"
 #include "migrate/transport.h"
@@ -64,6 +65,10 @@ struct side {
         struct vhm_device *dev;
         struct vhm_device *dev2; /* a second device: the guest's queue pair 1 */
         int memfd;               /* destination: its own (empty) memory */
+        struct vhm_logging *lg;  /* source, live: the VM's logging */
+        int bitmap_fd;           /* source, live: the VMM's dirty bitmap */
+        uint8_t *bitmap;         /* its mapping, where the test plays the VMM */
+        size_t bitmap_len;
         int efd[2 * VHM_DEVICE_MAX_QUEUES];
         unsigned nqp;
 };
@@ -83,11 +88,17 @@ static struct side src, dst;
 static void side_init(struct side *s) {
         memset(s, 0, sizeof(*s));
         s->memfd = -1;
+        s->bitmap_fd = -1;
         for (unsigned i = 0; i < 2 * VHM_DEVICE_MAX_QUEUES; i++)
                 s->efd[i] = -1;
 }
 
 static void side_free(struct side *s) {
+        vhm_logging_free(s->lg);
+        if (s->bitmap)
+                munmap(s->bitmap, s->bitmap_len);
+        if (s->bitmap_fd >= 0)
+                close(s->bitmap_fd);
         vhm_device_free(s->dev2);
         vhm_device_free(s->dev);
         vhm_vm_free(s->vm);
@@ -497,6 +508,28 @@ static bool log_mentions(const char *path, const char *needle) {
         return found;
 }
 
+/* The guest, attached to the migrated memory, goes on where it paused: nothing corrupted, one RARP. */
+static void assert_destination_goes_on(const struct vhm_guest_stats *at_pause, unsigned nqp) {
+        char err[256];
+        assert_int_equal(vhm_guest_attach(dst.memfd, &dst.g, err, sizeof(err)), 0);
+        struct vhm_guest_stats resumed = stats_of(dst.g);
+        assert_int_equal(resumed.tx_seq, at_pause->tx_seq);
+        assert_int_equal(resumed.sent, at_pause->sent);
+        more_traffic(dst.g, nqp, FRAMES_AFTER);
+        struct vhm_guest_stats s = stats_of(dst.g);
+        print_stats("destination guest:", &s);
+        uint64_t inflight = at_pause->sent - accounted(at_pause);
+        printf("  %" PRIu64 " frames in flight at the pause, %" PRIu64 " lost\n", inflight, s.lost - at_pause->lost);
+        assert_true(s.received >= at_pause->received + (uint64_t) FRAMES_AFTER * nqp - inflight);
+        assert_true(s.lost - at_pause->lost <= inflight);
+        assert_int_equal(s.corrupted, 0);
+        assert_int_equal(s.duplicated, 0);
+        assert_int_equal(s.bad_used, 0);
+        assert_int_equal(s.other, 0);
+        assert_int_equal(s.rarp_seen, 1);
+        assert_int_equal(accounted(&s), s.sent);
+}
+
 static void migrate_with_traffic(unsigned nqp, bool unix_transport) {
         struct baseline before = baseline_now();
         start_dpdk(nqp, TESTPMD_TWO_PORTS);
@@ -558,25 +591,7 @@ static void migrate_with_traffic(unsigned nqp, bool unix_transport) {
         for (unsigned q = 0; q < 2 * nqp; q++)
                 assert_int_equal(vhm_device_ring_index(dst.dev, q), vhm_device_ring_index(src.dev, q));
 
-        /* The guest, attached to the migrated memory, goes on where it paused. */
-        char err[256];
-        assert_int_equal(vhm_guest_attach(dst.memfd, &dst.g, err, sizeof(err)), 0);
-        struct vhm_guest_stats resumed = stats_of(dst.g);
-        assert_int_equal(resumed.tx_seq, at_pause.tx_seq);
-        assert_int_equal(resumed.sent, at_pause.sent);
-        more_traffic(dst.g, nqp, FRAMES_AFTER);
-        struct vhm_guest_stats s = stats_of(dst.g);
-        print_stats("destination guest:", &s);
-        uint64_t inflight = at_pause.sent - accounted(&at_pause);
-        printf("  %" PRIu64 " frames in flight at the pause, %" PRIu64 " lost\n", inflight, s.lost - at_pause.lost);
-        assert_true(s.received >= at_pause.received + (uint64_t) FRAMES_AFTER * nqp - inflight);
-        assert_true(s.lost - at_pause.lost <= inflight);
-        assert_int_equal(s.corrupted, 0);
-        assert_int_equal(s.duplicated, 0);
-        assert_int_equal(s.bad_used, 0);
-        assert_int_equal(s.other, 0);
-        assert_int_equal(s.rarp_seen, 1);
-        assert_int_equal(accounted(&s), s.sent);
+        assert_destination_goes_on(&at_pause, nqp);
 
         /* testpmd saw the source's device go. */
         assert_true(log_mentions(be.log, "vhost peer closed"));
@@ -591,6 +606,289 @@ static void migrate_one_queue_pair_unix(void **state) {
 static void migrate_four_queue_pairs(void **state) {
         (void) state;
         migrate_with_traffic(4, false);
+}
+
+/* ---- live migration (pre-copy) ---------------------------------------------------- */
+
+/*
+ * The test plays the source guest's VMM: its vCPUs (the synthetic driver,
+ * driven on this thread while the engine's rounds run on another) write the
+ * state area, the rings and the TX buffers, and the VMM marks those pages in
+ * its dirty bitmap; RX buffers are the back-end's to log.  A "workload" may
+ * write (and mark) more.
+ */
+#define WORKLOAD_GPA  (20ull << 20)
+#define FORGOTTEN_GPA (GUEST_MEM - 4096)
+
+struct live_run {
+        pthread_t thread;
+        struct vhm_migrate_options o;
+        struct vhm_migration_stats st;
+        int rc;
+        int state; /* atomic: the engine's last state */
+        int continue_fd;
+        uint64_t workload_bytes; /* written and marked on every step (heavy dirtying) */
+        uint64_t burst_bytes;    /* written and marked once in round 0 */
+        bool burst_done;
+        bool never_continue;  /* a VMM that never calls MigrateContinue */
+        bool forget_one_page; /* a VMM that writes a page at the pause without marking it */
+        int fd;
+};
+
+static void vmm_mark(uint64_t gpa, uint64_t len) {
+        for (uint64_t p = gpa / 4096; p <= (gpa + len - 1) / 4096; p++)
+                __atomic_fetch_or(&src.bitmap[p / 8], (uint8_t) (1u << (p % 8)), __ATOMIC_RELEASE);
+}
+
+/* Every page the driver writes: everything below the first ring (its state), the rings, the TX buffers. */
+static void vmm_mark_driver(void) {
+        uint64_t lowest = GUEST_MEM;
+        for (unsigned q = 0; q < 2 * src.nqp; q++) {
+                struct vhm_guest_queue_layout l;
+                assert_int_equal(vhm_guest_queue_layout(src.g, q, &l), 0);
+                lowest = l.desc_gpa < lowest ? l.desc_gpa : lowest;
+                vmm_mark(l.desc_gpa, 16u * l.num);
+                vmm_mark(l.avail_gpa, 6u + 2u * l.num);
+                vmm_mark(l.used_gpa, l.used_len);
+                if (!l.is_rx)
+                        vmm_mark(l.buf_gpa, (uint64_t) l.num * l.buf_size);
+        }
+        vmm_mark(0, lowest);
+}
+
+static void vmm_write(uint64_t gpa, uint64_t len, uint8_t seed, bool mark) {
+        static uint8_t chunk[1 << 16];
+        for (uint64_t off = 0; off < len; off += sizeof(chunk)) {
+                memset(chunk, seed + (uint8_t) (off >> 16), sizeof(chunk));
+                uint64_t k = len - off < sizeof(chunk) ? len - off : sizeof(chunk);
+                assert_int_equal(vhm_vm_write(src.vm, gpa + off, chunk, k), 0);
+        }
+        if (mark)
+                vmm_mark(gpa, len);
+}
+
+/* One step of full-speed traffic on every queue pair, at most half a ring in flight. */
+static void traffic_step(unsigned window) {
+        for (unsigned qp = 0; qp < src.nqp; qp++) {
+                assert_true(vhm_guest_reclaim_tx(src.g, qp) >= 0);
+                assert_true(vhm_guest_poll_rx(src.g, qp, 0) >= 0);
+                struct vhm_guest_stats s;
+                assert_int_equal(vhm_guest_get_stats(src.g, qp, &s), 0);
+                uint64_t inflight = s.sent - accounted(&s);
+                if (inflight < window)
+                        assert_true(vhm_guest_tx(src.g, qp,
+                                                 window - inflight > 32 ? 32 : (unsigned) (window - inflight)) >= 0);
+        }
+}
+
+static void live_progress(const struct vhm_migration_stats *st, void *opaque) {
+        struct live_run *run = opaque;
+        __atomic_store_n(&run->state, (int) st->state, __ATOMIC_RELEASE);
+}
+
+static void *live_thread(void *arg) {
+        struct live_run *run = arg;
+        struct vhm_device *devs[] = { src.dev };
+        run->rc = vhm_migrate_to(src.vm, src.lg, devs, 1, run->fd, TOKEN, &run->o, &run->st);
+        __atomic_store_n(&run->state, -1, __ATOMIC_RELEASE);
+        return NULL;
+}
+
+/* Logging for the source VM, and the VMM's dirty bitmap registered with it. */
+static void source_live_logging(void) {
+        assert_int_equal(vhm_logging_new(src.vm, &src.lg), 0);
+        assert_int_equal(vhm_logging_add_device(src.lg, src.dev), 0);
+        src.bitmap_len = GUEST_MEM / 4096 / 8;
+        src.bitmap_fd = memfd_create("vmm-dirty", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(src.bitmap_fd >= 0);
+        assert_int_equal(ftruncate(src.bitmap_fd, (off_t) src.bitmap_len), 0);
+        /* Refused until sealed: the VMM could shrink it under the harvest. */
+        assert_int_equal(vhm_logging_add_bitmap(src.lg, src.bitmap_fd), -EPERM);
+        assert_non_null(strstr(vhm_logging_error(src.lg), "F_SEAL_SHRINK"));
+        assert_int_equal(fcntl(src.bitmap_fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+        src.bitmap = mmap(NULL, src.bitmap_len, PROT_READ | PROT_WRITE, MAP_SHARED, src.bitmap_fd, 0);
+        assert_true(src.bitmap != MAP_FAILED);
+        LOG_CHECK(src.lg, vhm_logging_add_bitmap(src.lg, src.bitmap_fd));
+        assert_int_equal(vhm_logging_bitmap_sources(src.lg), 1);
+}
+
+/*
+ * The guest runs at full speed while the engine copies; at pre-switchover the
+ * VMM pauses it (the counters at that moment are returned) and continues.
+ */
+static struct vhm_guest_stats live_drive(struct live_run *run) {
+        unsigned window = vhm_guest_ring_size(src.g) / 2;
+        uint64_t deadline = now_ns() + (uint64_t) RUN_TIMEOUT_MS * 1000000u;
+        struct vhm_guest_stats at_pause = { 0 };
+        bool paused = false;
+        for (int state; (state = __atomic_load_n(&run->state, __ATOMIC_ACQUIRE)) != -1;) {
+                assert_true(now_ns() < deadline);
+                if (paused)
+                        continue;
+                if (state == VHM_MIGRATION_PRE_SWITCHOVER && !run->never_continue) {
+                        vmm_mark_driver();
+                        at_pause = stats_of(src.g);
+                        if (run->forget_one_page)
+                                vmm_write(FORGOTTEN_GPA, 8, 0x5a, false);
+                        uint64_t one = 1;
+                        assert_int_equal(write(run->continue_fd, &one, sizeof(one)), (ssize_t) sizeof(one));
+                        paused = true;
+                        continue;
+                }
+                traffic_step(window);
+                vmm_mark_driver();
+                if (state == VHM_MIGRATION_ACTIVE && run->burst_bytes && !run->burst_done) {
+                        vmm_write(WORKLOAD_GPA, run->burst_bytes, 0x11, true);
+                        run->burst_done = true;
+                }
+                if (state == VHM_MIGRATION_ACTIVE && run->workload_bytes)
+                        vmm_write(WORKLOAD_GPA, run->workload_bytes, (uint8_t) now_ns(), true);
+        }
+        assert_int_equal(pthread_join(run->thread, NULL), 0);
+        printf("  source: %s (%d) round %" PRIu64 ", %" PRIu64 " pages (%" PRIu64 " zero), %" PRIu64
+               " pages/s dirtied, %" PRIu64 " B/s, expected downtime %" PRIu64 " ms, setup %" PRIu64
+               " ms, downtime %" PRIu64 " ms%s%s\n",
+               vhm_migration_state_name(run->st.state), run->rc, run->st.round, run->st.pages_transferred,
+               run->st.zero_pages, run->st.dirty_rate, run->st.bandwidth, run->st.expected_downtime_ms,
+               run->st.setup_ms, run->st.downtime_ms, run->st.error[0] ? ": " : "", run->st.error);
+        return paused ? at_pause : stats_of(src.g);
+}
+
+/* A source with traffic, logging and a VMM bitmap; a destination; the live migration between them. */
+static struct vhm_guest_stats live_migrate(unsigned nqp, struct live_run *run, struct incoming_job *in) {
+        start_dpdk(nqp, TESTPMD_TWO_PORTS);
+        source_start(nqp, be.socket);
+        source_live_logging();
+        destination_new(nqp, be.socket2, GUEST_MEM);
+        more_traffic(src.g, nqp, 2000);
+        int sv[2];
+        make_pair(sv);
+        incoming_start(in, sv[1], -1, TOKEN, NULL);
+        run->fd = sv[0];
+        run->continue_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        assert_true(run->continue_fd >= 0);
+        run->o.live = true;
+        run->o.continue_fd = run->continue_fd;
+        run->o.progress = live_progress;
+        run->o.opaque = run;
+        run->state = VHM_MIGRATION_SETUP;
+        assert_int_equal(pthread_create(&run->thread, NULL, live_thread, run), 0);
+        struct vhm_guest_stats at_pause = live_drive(run);
+        assert_int_equal(pthread_join(in->thread, NULL), 0);
+        print_incoming(in);
+        close(run->continue_fd);
+        return at_pause;
+}
+
+static void assert_live_completed(const struct live_run *run, const struct incoming_job *in,
+                                  const struct vhm_guest_stats *at_pause, unsigned nqp) {
+        assert_int_equal(run->rc, 0);
+        assert_int_equal(in->rc, 0);
+        assert_int_equal(run->st.state, VHM_MIGRATION_COMPLETED);
+        assert_true(run->st.checksum == in->st.checksum);
+        assert_int_equal(in->st.pages_transferred, run->st.pages_transferred);
+        /* Round 0 alone is every page: the rounds after it and the last pages come on top. */
+        assert_true(run->st.pages_transferred > run->st.pages_total);
+        assert_true(run->st.bandwidth > 0);
+        assert_int_equal(in->st.rarp_sent, 1);
+        assert_false(vhm_logging_active(src.lg));
+        assert_int_equal(vhm_device_state(dst.dev), VHM_DEVICE_RUNNING);
+        assert_destination_goes_on(at_pause, nqp);
+}
+
+/* What a failed live migration leaves: the source's rings running, logging off. */
+static void assert_live_rolled_back(const struct live_run *run, const struct incoming_job *in,
+                                    const struct vhm_guest_stats *at_pause, const char *why) {
+        assert_true(run->rc < 0);
+        assert_true(in->rc < 0);
+        assert_int_equal(run->st.state, VHM_MIGRATION_FAILED);
+        if (!strstr(run->st.error, why))
+                fail_msg("the reason \"%s\" does not say \"%s\"", run->st.error, why);
+        assert_false(vhm_logging_active(src.lg));
+        assert_source_runs_again(at_pause);
+}
+
+static void live_converges(unsigned nqp) {
+        struct baseline before = baseline_now();
+        struct live_run run = { 0 };
+        struct incoming_job in;
+        struct vhm_guest_stats at_pause = live_migrate(nqp, &run, &in);
+        assert_live_completed(&run, &in, &at_pause, nqp);
+        finish(before);
+}
+
+static void live_one_queue_pair(void **state) {
+        (void) state;
+        live_converges(1);
+}
+
+static void live_four_queue_pairs(void **state) {
+        (void) state;
+        live_converges(4);
+}
+
+/* A limited bandwidth and 4 MiB the guest wrote during round 0: round 1 is needed. */
+static void live_limited_bandwidth_needs_rounds(void **state) {
+        (void) state;
+        struct baseline before = baseline_now();
+        struct live_run run = { .o.max_bandwidth = 8u << 20, .burst_bytes = 4u << 20 };
+        struct incoming_job in;
+        struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
+        assert_live_completed(&run, &in, &at_pause, 1);
+        assert_true(run.st.round >= 1);
+        /* Throttled: no round moved much faster than the limit. */
+        assert_true(run.st.bandwidth <= (9u << 20));
+        finish(before);
+}
+
+/* 8 MiB rewritten on every step at 4 MiB/s: two rounds cannot converge. */
+static void live_does_not_converge(void **state) {
+        (void) state;
+        struct baseline before = baseline_now();
+        struct live_run run = { .o.max_bandwidth = 4u << 20, .o.max_rounds = 2, .workload_bytes = 8u << 20 };
+        struct incoming_job in;
+        struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
+        assert_live_rolled_back(&run, &in, &at_pause, "did not converge in 2 rounds");
+        assert_non_null(strstr(run.st.error, "pages/s"));
+        assert_non_null(strstr(run.st.error, "MB/s"));
+        assert_true(run.st.dirty_rate > 0);
+        assert_int_equal(run.st.round, 1);
+        finish(before);
+}
+
+static void live_forced_switchover(void **state) {
+        (void) state;
+        struct baseline before = baseline_now();
+        struct live_run run = {
+                .o.max_bandwidth = 4u << 20, .o.max_rounds = 2, .o.force_switchover = true, .workload_bytes = 8u << 20
+        };
+        struct incoming_job in;
+        struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
+        assert_true(run.st.expected_downtime_ms > 300);
+        assert_live_completed(&run, &in, &at_pause, 1);
+        finish(before);
+}
+
+static void live_vmm_never_continues(void **state) {
+        (void) state;
+        struct baseline before = baseline_now();
+        struct live_run run = { .o.pause_timeout_ms = 500, .never_continue = true };
+        struct incoming_job in;
+        struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
+        assert_live_rolled_back(&run, &in, &at_pause, "did not pause its vCPUs within 500 ms");
+        finish(before);
+}
+
+/* The VMM writes a page at the pause and forgets to mark it: END's checksum refuses the migration. */
+static void live_unmarked_page_is_caught(void **state) {
+        (void) state;
+        struct baseline before = baseline_now();
+        struct live_run run = { .forget_one_page = true };
+        struct incoming_job in;
+        struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
+        assert_live_rolled_back(&run, &in, &at_pause, "checksum");
+        assert_non_null(strstr(in.st.error, "checksum"));
+        finish(before);
 }
 
 /* ---- the destination refuses ---------------------------------------------------- */
@@ -1246,6 +1544,13 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 TEST(migrate_one_queue_pair_unix),
                 TEST(migrate_four_queue_pairs),
+                TEST(live_one_queue_pair),
+                TEST(live_four_queue_pairs),
+                TEST(live_limited_bandwidth_needs_rounds),
+                TEST(live_does_not_converge),
+                TEST(live_forced_switchover),
+                TEST(live_vmm_never_continues),
+                TEST(live_unmarked_page_is_caught),
                 TEST(rollback_wrong_token),
                 TEST(rollback_layout_mismatch),
                 TEST(rollback_missing_feature),
