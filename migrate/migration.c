@@ -254,6 +254,20 @@ static int stop_devices(struct engine *e) {
         return 0;
 }
 
+/*
+ * A tcp: stream becomes TLS 1.3 with the one-time token as pre-shared key (a
+ * peer without the token fails the handshake, nothing crosses in clear);
+ * vhm_stream_secure leaves any other stream as it is.
+ */
+static int secure_stream(struct engine *e, bool server, const char *token) {
+        int r = vhm_stream_secure(e->s, server, token, NULL);
+        if (r < 0) {
+                e->stream_err = r;
+                return fail(e, r, "%s", vhm_stream_error(e->s));
+        }
+        return 0;
+}
+
 static int send_hello_auth(struct engine *e, const char *token) {
         int r = check_source_devices(e);
         if (r < 0)
@@ -263,6 +277,10 @@ static int send_hello_auth(struct engine *e, const char *token) {
         if (r < 0)
                 return fail(e, r, "HELLO: the VM's memory layout cannot be described (%u regions)",
                             vhm_vm_region_count(e->vm));
+        /* Over tcp: TLS 1.3 keyed by the token before anything else goes out; unix: stays plain. */
+        r = secure_stream(e, false, token);
+        if (r < 0)
+                return r;
         r = vhm_stream_send_hello(e->s, &hello);
         if (r < 0)
                 return stream_failed(e, r, "sending HELLO");
@@ -784,7 +802,9 @@ static int dest_auth(struct engine *e, const char *token, uint64_t token_deadlin
 static int dest_setup(struct engine *e, const char *token, uint64_t token_deadline_usec) {
         /* A source that does not show up with the token in its lifetime is not waited for. */
         vhm_stream_set_deadline(e->s, token_deadline_usec);
-        int r = dest_hello(e);
+        int r = secure_stream(e, true, token);
+        if (r == 0)
+                r = dest_hello(e);
         if (r == 0)
                 r = dest_auth(e, token, token_deadline_usec);
         vhm_stream_set_deadline(e->s, 0);

@@ -530,7 +530,8 @@ static void assert_destination_goes_on(const struct vhm_guest_stats *at_pause, u
         assert_int_equal(accounted(&s), s.sent);
 }
 
-static void migrate_with_traffic(unsigned nqp, bool unix_transport) {
+/* How the two ends meet: a socketpair, or a transport address they listen on and connect to. */
+static void migrate_with_traffic(unsigned nqp, const char *transport) {
         struct baseline before = baseline_now();
         start_dpdk(nqp, TESTPMD_TWO_PORTS);
         source_start(nqp, be.socket);
@@ -540,9 +541,12 @@ static void migrate_with_traffic(unsigned nqp, bool unix_transport) {
         struct incoming_job in;
         int fd = -1, listen_fd = -1;
         char bound[VHM_TRANSPORT_ADDRESS_MAX] = "";
-        if (unix_transport) {
+        if (transport) {
                 char address[160];
-                snprintf(address, sizeof(address), "unix:%s/migration", be.dir);
+                if (strcmp(transport, "unix") == 0)
+                        snprintf(address, sizeof(address), "unix:%s/migration", be.dir);
+                else
+                        snprintf(address, sizeof(address), "tcp:127.0.0.1:0");
                 assert_int_equal(vhm_transport_listen(address, &listen_fd, bound, sizeof(bound)), 0);
                 incoming_start(&in, -1, listen_fd, TOKEN, NULL);
                 assert_int_equal(vhm_transport_connect(bound, vhu_now_usec() + 5000000u, -1, &fd), 0);
@@ -600,12 +604,18 @@ static void migrate_with_traffic(unsigned nqp, bool unix_transport) {
 
 static void migrate_one_queue_pair_unix(void **state) {
         (void) state;
-        migrate_with_traffic(1, true);
+        migrate_with_traffic(1, "unix");
+}
+
+/* tcp: runs TLS 1.3 keyed by the token; the migration is the same. */
+static void migrate_one_queue_pair_tcp_tls(void **state) {
+        (void) state;
+        migrate_with_traffic(1, "tcp");
 }
 
 static void migrate_four_queue_pairs(void **state) {
         (void) state;
-        migrate_with_traffic(4, false);
+        migrate_with_traffic(4, NULL);
 }
 
 /* ---- live migration (pre-copy) ---------------------------------------------------- */
@@ -894,7 +904,8 @@ static void live_unmarked_page_is_caught(void **state) {
 /* ---- the destination refuses ---------------------------------------------------- */
 
 /* A source on testpmd, a destination on the test back-end, a refusal, the source runs on. */
-static void refused(uint64_t dst_features, uint64_t dst_mem, const char *src_token, const char *why) {
+/* A refused migration over a socketpair, or over tcp: (then TLS) when `tcp`. */
+static void refused_over(bool tcp, uint64_t dst_features, uint64_t dst_mem, const char *src_token, const char *why) {
         struct baseline before = baseline_now();
         start_dpdk(1, 0);
         source_start(1, be.socket);
@@ -903,14 +914,25 @@ static void refused(uint64_t dst_features, uint64_t dst_mem, const char *src_tok
         destination_new(1, socket, dst_mem);
         struct vhm_guest_stats at_pause = run_then_pause();
 
-        int sv[2];
-        make_pair(sv);
         struct incoming_job in;
-        incoming_start(&in, sv[1], -1, TOKEN, NULL);
+        int fd = -1, listen_fd = -1;
+        char bound[VHM_TRANSPORT_ADDRESS_MAX] = "";
+        if (tcp) {
+                assert_int_equal(vhm_transport_listen("tcp:127.0.0.1:0", &listen_fd, bound, sizeof(bound)), 0);
+                incoming_start(&in, -1, listen_fd, TOKEN, NULL);
+                assert_int_equal(vhm_transport_connect(bound, vhu_now_usec() + 5000000u, -1, &fd), 0);
+        } else {
+                int sv[2];
+                make_pair(sv);
+                incoming_start(&in, sv[1], -1, TOKEN, NULL);
+                fd = sv[0];
+        }
         struct vhm_migration_stats st;
-        int r = migrate_source(sv[0], src_token, NULL, &st);
+        int r = migrate_source(fd, src_token, NULL, &st);
         assert_int_equal(pthread_join(in.thread, NULL), 0);
         print_incoming(&in);
+        if (listen_fd >= 0)
+                vhm_transport_listen_close(listen_fd, bound);
 
         assert_true(in.rc < 0);
         assert_int_equal(in.st.state, VHM_MIGRATION_FAILED);
@@ -928,9 +950,19 @@ static void refused(uint64_t dst_features, uint64_t dst_mem, const char *src_tok
         finish(before);
 }
 
+static void refused(uint64_t dst_features, uint64_t dst_mem, const char *src_token, const char *why) {
+        refused_over(false, dst_features, dst_mem, src_token, why);
+}
+
 static void rollback_wrong_token(void **state) {
         (void) state;
         refused(TB_DEFAULT_FEATURES, GUEST_MEM, OTHER_TOKEN, "wrong token");
+}
+
+/* Over tcp: the token is TLS's pre-shared key: a source without it fails the handshake, before HELLO. */
+static void rollback_wrong_token_tls(void **state) {
+        (void) state;
+        refused_over(true, TB_DEFAULT_FEATURES, GUEST_MEM, OTHER_TOKEN, "does not hold the token");
 }
 
 static void rollback_layout_mismatch(void **state) {
@@ -1543,6 +1575,7 @@ int main(void) {
 #define TEST(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
         const struct CMUnitTest tests[] = {
                 TEST(migrate_one_queue_pair_unix),
+                TEST(migrate_one_queue_pair_tcp_tls),
                 TEST(migrate_four_queue_pairs),
                 TEST(live_one_queue_pair),
                 TEST(live_four_queue_pairs),
@@ -1552,6 +1585,7 @@ int main(void) {
                 TEST(live_vmm_never_continues),
                 TEST(live_unmarked_page_is_caught),
                 TEST(rollback_wrong_token),
+                TEST(rollback_wrong_token_tls),
                 TEST(rollback_layout_mismatch),
                 TEST(rollback_missing_feature),
                 TEST(rollback_channel_cut_mid_pages),
