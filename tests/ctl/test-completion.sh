@@ -13,12 +13,12 @@ completion=$1
 work=$(mktemp -d /tmp/vhostmig-completion-XXXXXX)
 trap 'rm -rf -- "$work"' EXIT
 
-cat >"$work/vhostmigctl" <<'STUB'
+cat >"$work/vhostmigctl" <<'STANDIN'
 #!/usr/bin/env bash
 printf '%s\n' "$*" >>"${0%/*}/calls"
 [[ " $* " == *" list -q "* ]] && printf 'vm0    2M  1  off  yes\nvm-db  1G  0  on   no\n'
 exit 0
-STUB
+STANDIN
 chmod +x "$work/vhostmigctl"
 PATH=$work:$PATH
 
