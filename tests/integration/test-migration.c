@@ -530,7 +530,39 @@ static void assert_destination_goes_on(const struct vhm_guest_stats *at_pause, u
         assert_int_equal(accounted(&s), s.sent);
 }
 
-/* How the two ends meet: a socketpair, or a transport address they listen on and connect to. */
+/* How the two ends meet: a socketpair (NULL), or "unix" / "tcp" (TLS): a listener and a connection. */
+struct link {
+        int listen_fd;
+        char bound[VHM_TRANSPORT_ADDRESS_MAX];
+};
+
+/* Starts the destination on its end of the link; returns the source's fd. */
+static int link_up(struct link *l, const char *transport, struct incoming_job *in) {
+        *l = (struct link){ .listen_fd = -1 };
+        if (!transport) {
+                int sv[2];
+                make_pair(sv);
+                incoming_start(in, sv[1], -1, TOKEN, NULL);
+                return sv[0];
+        }
+        char address[160];
+        if (strcmp(transport, "unix") == 0)
+                snprintf(address, sizeof(address), "unix:%s/migration", be.dir);
+        else
+                snprintf(address, sizeof(address), "tcp:127.0.0.1:0");
+        assert_int_equal(vhm_transport_listen(address, &l->listen_fd, l->bound, sizeof(l->bound)), 0);
+        incoming_start(in, -1, l->listen_fd, TOKEN, NULL);
+        int fd = -1;
+        assert_int_equal(vhm_transport_connect(l->bound, vhu_now_usec() + 5000000u, -1, &fd), 0);
+        return fd;
+}
+
+static void link_down(struct link *l) {
+        if (l->listen_fd >= 0)
+                vhm_transport_listen_close(l->listen_fd, l->bound);
+        l->listen_fd = -1;
+}
+
 static void migrate_with_traffic(unsigned nqp, const char *transport) {
         struct baseline before = baseline_now();
         start_dpdk(nqp, TESTPMD_TWO_PORTS);
@@ -539,31 +571,15 @@ static void migrate_with_traffic(unsigned nqp, const char *transport) {
         struct vhm_guest_stats at_pause = run_then_pause();
 
         struct incoming_job in;
-        int fd = -1, listen_fd = -1;
-        char bound[VHM_TRANSPORT_ADDRESS_MAX] = "";
-        if (transport) {
-                char address[160];
-                if (strcmp(transport, "unix") == 0)
-                        snprintf(address, sizeof(address), "unix:%s/migration", be.dir);
-                else
-                        snprintf(address, sizeof(address), "tcp:127.0.0.1:0");
-                assert_int_equal(vhm_transport_listen(address, &listen_fd, bound, sizeof(bound)), 0);
-                incoming_start(&in, -1, listen_fd, TOKEN, NULL);
-                assert_int_equal(vhm_transport_connect(bound, vhu_now_usec() + 5000000u, -1, &fd), 0);
-        } else {
-                int sv[2];
-                make_pair(sv);
-                incoming_start(&in, sv[1], -1, TOKEN, NULL);
-                fd = sv[0];
-        }
+        struct link link;
+        int fd = link_up(&link, transport, &in);
         struct vhm_migration_stats st;
         uint64_t t0 = now_ns();
         int r = migrate_source(fd, TOKEN, NULL, &st);
         assert_int_equal(pthread_join(in.thread, NULL), 0);
         double ms = (double) (now_ns() - t0) / 1e6;
         print_incoming(&in);
-        if (listen_fd >= 0)
-                vhm_transport_listen_close(listen_fd, bound);
+        link_down(&link);
         assert_int_equal(r, 0);
         assert_int_equal(in.rc, 0);
         printf("  %u queue pair(s): %.1f ms from the pause to the destination running\n", nqp, ms);
@@ -915,24 +931,13 @@ static void refused_over(bool tcp, uint64_t dst_features, uint64_t dst_mem, cons
         struct vhm_guest_stats at_pause = run_then_pause();
 
         struct incoming_job in;
-        int fd = -1, listen_fd = -1;
-        char bound[VHM_TRANSPORT_ADDRESS_MAX] = "";
-        if (tcp) {
-                assert_int_equal(vhm_transport_listen("tcp:127.0.0.1:0", &listen_fd, bound, sizeof(bound)), 0);
-                incoming_start(&in, -1, listen_fd, TOKEN, NULL);
-                assert_int_equal(vhm_transport_connect(bound, vhu_now_usec() + 5000000u, -1, &fd), 0);
-        } else {
-                int sv[2];
-                make_pair(sv);
-                incoming_start(&in, sv[1], -1, TOKEN, NULL);
-                fd = sv[0];
-        }
+        struct link link;
+        int fd = link_up(&link, tcp ? "tcp" : NULL, &in);
         struct vhm_migration_stats st;
         int r = migrate_source(fd, src_token, NULL, &st);
         assert_int_equal(pthread_join(in.thread, NULL), 0);
         print_incoming(&in);
-        if (listen_fd >= 0)
-                vhm_transport_listen_close(listen_fd, bound);
+        link_down(&link);
 
         assert_true(in.rc < 0);
         assert_int_equal(in.st.state, VHM_MIGRATION_FAILED);
