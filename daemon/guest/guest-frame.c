@@ -122,9 +122,15 @@ static bool data_frame_intact(const struct vhm_guest *g, unsigned qp, const uint
         return get16(pl + VHM_PL_QP) == qp;
 }
 
-void vhm_count_corrupted(struct vhm_gstate_qp *s) {
+static void count_corrupted(struct vhm_gstate_qp *s) {
         s->corrupted++;
         s->corrupt_credit++;
+}
+
+/* The counters are one struct in the state area: marked as one. */
+void vhm_count_corrupted(struct vhm_guest *g, unsigned qp) {
+        count_corrupted(&g->st->qp[qp]);
+        vhm_dirty_ptr(g, &g->st->qp[qp], sizeof(g->st->qp[qp]));
 }
 
 /* Sequence numbers skipped by an intact frame.  A corrupted frame came back
@@ -141,7 +147,7 @@ static void count_gap(struct vhm_gstate_qp *s, uint64_t gap) {
  * (or came back corrupted), a step back means this one was seen before. */
 static void account_seq(struct vhm_gstate_qp *s, uint64_t seq) {
         if (seq >= s->tx_seq) {
-                vhm_count_corrupted(s); /* never sent: not ours */
+                count_corrupted(s); /* never sent: not ours */
         } else if (seq >= s->rx_expected) {
                 count_gap(s, seq - s->rx_expected);
                 s->received++;
@@ -151,12 +157,12 @@ static void account_seq(struct vhm_gstate_qp *s, uint64_t seq) {
         }
 }
 
-void vhm_rx_account(struct vhm_guest *g, unsigned qp, const uint8_t *frame, uint32_t len) {
-        struct vhm_gstate_qp *s = &g->st->qp[qp];
+static void rx_classify(const struct vhm_guest *g, struct vhm_gstate_qp *s, unsigned qp, const uint8_t *frame,
+                        uint32_t len) {
         uint16_t type;
 
         if (len < VHM_ETH_HLEN) {
-                vhm_count_corrupted(s);
+                count_corrupted(s);
                 return;
         }
         type = ethertype(frame);
@@ -172,10 +178,18 @@ void vhm_rx_account(struct vhm_guest *g, unsigned qp, const uint8_t *frame, uint
                 return;
         }
         if (!data_frame_intact(g, qp, frame, len)) {
-                vhm_count_corrupted(s);
+                count_corrupted(s);
                 return;
         }
         account_seq(s, get64(frame + VHM_ETH_HLEN + VHM_PL_SEQ));
+}
+
+/* Every frame changes some counter of its queue pair: one mark for them all. */
+void vhm_rx_account(struct vhm_guest *g, unsigned qp, const uint8_t *frame, uint32_t len) {
+        struct vhm_gstate_qp *s = &g->st->qp[qp];
+
+        rx_classify(g, s, qp, frame, len);
+        vhm_dirty_ptr(g, s, sizeof(*s));
 }
 
 /* Sequence numbers that have come back one way or another: intact, written

@@ -5,9 +5,11 @@
  */
 #pragma once
 
+#include <endian.h>
 #include <linux/virtio_ring.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "daemon/guest/guest.h"
 
@@ -119,7 +121,53 @@ struct vhm_guest {
         struct vhm_guest_vq vq[VHM_GUEST_MAX_QUEUES];
         uint8_t *written; /* device-written page bitmap, host memory */
         size_t npages;
+        /* The VMM's dirty bitmap (vhost log format), shared with the daemon:
+         * NULL until vhm_guest_dirty_bitmap() made it. */
+        uint64_t *dirty;
+        size_t dirty_bytes;
+        int dirty_fd;
 };
+
+/*
+ * The driver writes guest memory only through these, so that every page it
+ * writes is marked in the VMM's dirty bitmap (when there is one): a store the
+ * bitmap does not see is a page a live migration would leave stale.  One
+ * atomic OR per page touched, relaxed: the daemon takes each word with an
+ * atomic exchange, and a locked OR also orders the store before the mark.
+ */
+static inline void vhm_dirty_gpa(const struct vhm_guest *g, uint64_t gpa, uint64_t len) {
+        uint64_t last;
+
+        if (!g->dirty || !len)
+                return;
+        last = (gpa + len - 1) / VHM_GUEST_PAGE_SIZE;
+        for (uint64_t p = gpa / VHM_GUEST_PAGE_SIZE; p <= last && p < g->npages; p++)
+                __atomic_fetch_or(&g->dirty[p / 64], htole64(1ull << (p % 64)), __ATOMIC_RELAXED);
+}
+
+static inline void vhm_dirty_ptr(const struct vhm_guest *g, const void *p, size_t len) {
+        vhm_dirty_gpa(g, (uint64_t) ((const uint8_t *) p - g->base), len);
+}
+
+/* Store a value into guest memory and mark its page. */
+#define VHM_GSET(g, lvalue, value)                           \
+        do {                                                 \
+                __typeof__(lvalue) *vhm_p_ = &(lvalue);      \
+                *vhm_p_ = (value);                           \
+                vhm_dirty_ptr((g), vhm_p_, sizeof(*vhm_p_)); \
+        } while (0)
+
+/* An atomic 16-bit store (ring indices and flags) into guest memory, marked. */
+static inline void vhm_gstore16(const struct vhm_guest *g, uint16_t *p, uint16_t v, int order) {
+        __atomic_store_n(p, v, order);
+        vhm_dirty_ptr(g, p, sizeof(*p));
+}
+
+/* Bytes into guest memory, marked. */
+static inline void vhm_gwrite(const struct vhm_guest *g, void *dst, const void *src, size_t len) {
+        memcpy(dst, src, len);
+        vhm_dirty_ptr(g, dst, len);
+}
 
 /* guest-mem.c */
 int vhm_layout_compute(unsigned nqp, unsigned num, struct vhm_layout *lay);
@@ -130,7 +178,7 @@ unsigned vhm_hdr_len(uint64_t features);
 uint32_t vhm_fnv1a(uint32_t h, const uint8_t *p, size_t n);
 void vhm_frame_build(uint8_t *frame, unsigned len, const uint8_t dst[6], const uint8_t src[6], unsigned qp,
                      uint64_t seq);
-void vhm_count_corrupted(struct vhm_gstate_qp *s);
+void vhm_count_corrupted(struct vhm_guest *g, unsigned qp);
 uint64_t vhm_accounted(const struct vhm_gstate_qp *s);
 void vhm_rx_account(struct vhm_guest *g, unsigned qp, const uint8_t *frame, uint32_t len);
 

@@ -108,7 +108,7 @@ static void apply_features(struct vhm_guest *g, uint64_t features) {
 int vhm_guest_set_features(struct vhm_guest *g, uint64_t acked) {
         if (!vhm_features_ok(acked))
                 return -ENOTSUP;
-        g->st->features = acked;
+        VHM_GSET(g, g->st->features, acked);
         apply_features(g, acked);
         return 0;
 }
@@ -116,7 +116,7 @@ int vhm_guest_set_features(struct vhm_guest *g, uint64_t acked) {
 int vhm_guest_set_frame_len(struct vhm_guest *g, unsigned frame_len) {
         if (frame_len < VHM_GUEST_MIN_FRAME || frame_len > VHM_GUEST_MAX_FRAME)
                 return -EINVAL;
-        g->st->frame_len = frame_len;
+        VHM_GSET(g, g->st->frame_len, frame_len);
         g->frame_len = frame_len;
         return 0;
 }
@@ -127,6 +127,7 @@ static struct vhm_guest *guest_alloc(void) {
         if (!g)
                 return NULL;
         g->memfd = -1;
+        g->dirty_fd = -1;
         for (unsigned q = 0; q < VHM_GUEST_MAX_QUEUES; q++) {
                 g->vq[q].kick_fd = -1;
                 g->vq[q].call_fd = -1;
@@ -145,6 +146,10 @@ void vhm_guest_free(struct vhm_guest *g) {
         }
         if (g->base)
                 munmap(g->base, g->size);
+        if (g->dirty)
+                munmap(g->dirty, g->dirty_bytes);
+        if (g->dirty_fd >= 0)
+                close(g->dirty_fd);
         if (g->memfd >= 0)
                 close(g->memfd);
         free(g->written);
@@ -261,7 +266,9 @@ static int create_memfd(struct vhm_guest *g) {
         return 0;
 }
 
-/* Every descriptor starts free; the stack is filled so id 0 pops first. */
+/* Every descriptor starts free; the stack is filled so id 0 pops first.
+ * Creation writes memory directly: no dirty bitmap exists before the guest
+ * does, and a migration's first round sends every page anyway. */
 static void init_queue(struct vhm_guest *g, struct vhm_guest_vq *vq) {
         for (unsigned i = 0; i < g->num; i++) {
                 vq->free_stack[i] = (uint16_t) (g->num - 1 - i);
@@ -740,4 +747,58 @@ int vhm_guest_for_each_device_written_page(const struct vhm_guest *g, int (*cb)(
 void vhm_guest_reset_device_written_pages(struct vhm_guest *g) {
         for (size_t i = 0; i < (g->npages + 7) / 8; i++)
                 __atomic_store_n(&g->written[i], 0, __ATOMIC_RELAXED);
+}
+
+/* ---------------------------------------------------------------- dirty bitmap */
+
+/* One bit per page in u64 words, as AddDirtyBitmap wants it: sealed against
+ * shrinking so the daemon's mapping can never fault, and growing so its size
+ * stays the one both sides mapped. */
+static int dirty_bitmap_make(struct vhm_guest *g) {
+        size_t bytes = (g->npages + 63) / 64 * 8;
+        void *p;
+        int fd;
+
+        fd = memfd_create("vhm-guest-dirty", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0)
+                return -errno;
+        if (ftruncate(fd, (off_t) bytes) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+                int rc = -errno;
+
+                close(fd);
+                return rc;
+        }
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+                int rc = -errno;
+
+                close(fd);
+                return rc;
+        }
+        g->dirty_fd = fd;
+        g->dirty_bytes = bytes;
+        /* Published last: a marker sees either no bitmap or a whole one. */
+        __atomic_store_n(&g->dirty, (uint64_t *) p, __ATOMIC_RELEASE);
+        return 0;
+}
+
+int vhm_guest_dirty_bitmap(struct vhm_guest *g) {
+        if (!g->dirty) {
+                int rc = dirty_bitmap_make(g);
+
+                if (rc < 0)
+                        return rc;
+        }
+        return g->dirty_fd;
+}
+
+bool vhm_guest_page_dirty(const struct vhm_guest *g, uint64_t page) {
+        if (!g->dirty || page >= g->npages)
+                return false;
+        return le64toh(__atomic_load_n(&g->dirty[page / 64], __ATOMIC_RELAXED)) & (1ull << (page % 64));
+}
+
+void vhm_guest_clear_dirty(struct vhm_guest *g) {
+        for (size_t i = 0; g->dirty && i < g->dirty_bytes / 8; i++)
+                __atomic_store_n(&g->dirty[i], 0, __ATOMIC_RELAXED);
 }

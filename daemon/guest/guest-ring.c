@@ -64,8 +64,8 @@ static int desc_get(const struct vhm_guest *g, struct vhm_guest_vq *vq) {
         id = vq->free_stack[n - 1];
         if (id >= g->num || vq->owner[id] != VHM_DESC_FREE)
                 return -EBADMSG;
-        vq->owner[id] = VHM_DESC_POSTED;
-        vq->st->num_free = (uint16_t) (n - 1);
+        VHM_GSET(g, vq->owner[id], VHM_DESC_POSTED);
+        VHM_GSET(g, vq->st->num_free, (uint16_t) (n - 1));
         return (int) id;
 }
 
@@ -79,23 +79,24 @@ static void desc_put(const struct vhm_guest *g, struct vhm_guest_vq *vq, uint32_
 
         if (n >= g->num)
                 return; /* cannot happen while owner bytes are sane */
-        vq->free_stack[n] = (uint16_t) id;
-        vq->owner[id] = VHM_DESC_FREE;
-        vq->st->num_free = (uint16_t) (n + 1);
+        VHM_GSET(g, vq->free_stack[n], (uint16_t) id);
+        VHM_GSET(g, vq->owner[id], VHM_DESC_FREE);
+        VHM_GSET(g, vq->st->num_free, (uint16_t) (n + 1));
 }
 
 /* Descriptor contents are rewritten on every post, so the descriptor table
  * never has to be trusted or validated. */
 static void avail_add(const struct vhm_guest *g, struct vhm_guest_vq *vq, unsigned id, uint32_t len, uint16_t flags) {
-        struct vring_desc *d = &vq->desc[id];
+        struct vring_desc d = {
+                .addr = htole64(vq->buf_gpa + (uint64_t) id * VHM_GUEST_BUF_SIZE),
+                .len = htole32(len),
+                .flags = htole16(flags),
+        };
         uint16_t a = vq->st->next_avail;
 
-        d->addr = htole64(vq->buf_gpa + (uint64_t) id * VHM_GUEST_BUF_SIZE);
-        d->len = htole32(len);
-        d->flags = htole16(flags);
-        d->next = 0;
-        vq->avail->ring[a & (g->num - 1)] = htole16((uint16_t) id);
-        vq->st->next_avail = (uint16_t) (a + 1);
+        VHM_GSET(g, vq->desc[id], d);
+        VHM_GSET(g, vq->avail->ring[a & (g->num - 1)], htole16((uint16_t) id));
+        VHM_GSET(g, vq->st->next_avail, (uint16_t) (a + 1));
 }
 
 /* ---------------------------------------------------------------- notifications */
@@ -120,9 +121,9 @@ static void set_calls(const struct vhm_guest *g, struct vhm_guest_vq *vq, bool o
         uint16_t flags = on || g->event_idx ? 0 : VRING_AVAIL_F_NO_INTERRUPT;
 
         vq->calls_off = !on;
-        __atomic_store_n(&vq->avail->flags, htole16(flags), __ATOMIC_RELAXED);
+        vhm_gstore16(g, &vq->avail->flags, htole16(flags), __ATOMIC_RELAXED);
         if (on && g->event_idx)
-                __atomic_store_n(used_event(g, vq), htole16(vq->st->last_used), __ATOMIC_RELAXED);
+                vhm_gstore16(g, used_event(g, vq), htole16(vq->st->last_used), __ATOMIC_RELAXED);
 }
 
 static void set_calls_qps(struct vhm_guest *g, unsigned first, unsigned last, bool on) {
@@ -145,7 +146,7 @@ static void publish(const struct vhm_guest *g, struct vhm_guest_vq *vq, uint16_t
 
         if (new_idx == old_idx)
                 return;
-        __atomic_store_n(&vq->avail->idx, htole16(new_idx), __ATOMIC_RELEASE);
+        vhm_gstore16(g, &vq->avail->idx, htole16(new_idx), __ATOMIC_RELEASE);
         /* Store-load ordering: the device must see the new idx or we must see
          * its request for a kick; a release store alone does not order it
          * before the following load of used->flags / avail_event. */
@@ -155,6 +156,10 @@ static void publish(const struct vhm_guest *g, struct vhm_guest_vq *vq, uint16_t
 }
 
 /* ---------------------------------------------------------------- used ring */
+
+static void count_bad_used(struct vhm_guest *g, unsigned qp) {
+        VHM_GSET(g, g->st->qp[qp].bad_used, g->st->qp[qp].bad_used + 1);
+}
 
 typedef void (*used_fn)(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq, uint32_t id, uint32_t len);
 
@@ -173,7 +178,7 @@ static int used_consume(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *v
         unsigned inflight = (uint16_t) (vq->st->next_avail - last);
 
         if (pending > inflight) {
-                g->st->qp[qp].bad_used++;
+                count_bad_used(g, qp);
                 return -EPROTO;
         }
         if (budget && pending > budget)
@@ -187,10 +192,10 @@ static int used_consume(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *v
         }
         if (pending) {
                 vhm_mark_written(g, vq->used_gpa + offsetof(struct vring_used, idx), 2);
-                vq->st->last_used = (uint16_t) (last + pending);
+                VHM_GSET(g, vq->st->last_used, (uint16_t) (last + pending));
                 /* Ask for a call on the next entry, unless busy polling. */
                 if (g->event_idx && !vq->calls_off)
-                        __atomic_store_n(used_event(g, vq), htole16(vq->st->last_used), __ATOMIC_RELAXED);
+                        vhm_gstore16(g, used_event(g, vq), htole16(vq->st->last_used), __ATOMIC_RELAXED);
         }
         return (int) pending;
 }
@@ -198,7 +203,7 @@ static int used_consume(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *v
 static void tx_done(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq, uint32_t id, uint32_t len) {
         (void) len; /* the device writes nothing into a TX buffer */
         if (!desc_is_posted(g, vq, id)) {
-                g->st->qp[qp].bad_used++;
+                count_bad_used(g, qp);
                 return;
         }
         desc_put(g, vq, id);
@@ -219,18 +224,18 @@ static void rx_done(struct vhm_guest *g, unsigned qp, struct vhm_guest_vq *vq, u
         const uint8_t *buf;
 
         if (!desc_is_posted(g, vq, id)) {
-                g->st->qp[qp].bad_used++;
+                count_bad_used(g, qp);
                 return;
         }
         buf = vq->bufs + (uint64_t) id * VHM_GUEST_BUF_SIZE;
         if (len > VHM_GUEST_BUF_SIZE || len < g->hdr_len) {
-                g->st->qp[qp].bad_used++;
+                count_bad_used(g, qp);
         } else {
                 vhm_mark_written(g, vq->buf_gpa + (uint64_t) id * VHM_GUEST_BUF_SIZE, len);
                 if (rx_header_ok(g, buf))
                         vhm_rx_account(g, qp, buf + g->hdr_len, len - g->hdr_len);
                 else
-                        vhm_count_corrupted(&g->st->qp[qp]);
+                        vhm_count_corrupted(g, qp);
         }
         desc_put(g, vq, id);
 }
@@ -273,8 +278,9 @@ int vhm_guest_tx(struct vhm_guest *g, unsigned qp, unsigned count) {
 
                 memset(buf, 0, g->hdr_len); /* no offloads requested */
                 vhm_frame_build(buf + g->hdr_len, g->frame_len, g->dst_mac, g->mac, qp, s->tx_seq);
-                s->tx_seq++;
-                s->sent++;
+                vhm_dirty_ptr(g, buf, g->hdr_len + g->frame_len);
+                VHM_GSET(g, s->tx_seq, s->tx_seq + 1);
+                VHM_GSET(g, s->sent, s->sent + 1);
                 avail_add(g, vq, (unsigned) id, g->hdr_len + g->frame_len, 0);
                 sent++;
         }
@@ -336,11 +342,12 @@ static bool has_used(struct vhm_guest_vq *vq) {
         return load_acquire16(&vq->used->idx) != vq->st->last_used;
 }
 
-/* Sleep until a call eventfd fires (1 ms at most, so a device that never
- * signals only slows us down).  Drain first, then re-check the rings: a
- * used entry published before the drain would otherwise be slept through. */
-static void wait_calls(struct vhm_guest *g, unsigned first, unsigned last) {
-        struct pollfd pfd[VHM_GUEST_MAX_QUEUES];
+/* Sleep until a call eventfd (or the caller's wake fd) fires (1 ms at most,
+ * so a device that never signals only slows us down).  Drain first, then
+ * re-check the rings: a used entry published before the drain would
+ * otherwise be slept through. */
+static void wait_calls(struct vhm_guest *g, unsigned first, unsigned last, int wake_fd) {
+        struct pollfd pfd[VHM_GUEST_MAX_QUEUES + 1];
         unsigned n = 0;
         uint64_t v;
 
@@ -348,6 +355,10 @@ static void wait_calls(struct vhm_guest *g, unsigned first, unsigned last) {
                 if (read(g->vq[q].call_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
                         return; /* never sleep on a broken fd */
                 pfd[n].fd = g->vq[q].call_fd;
+                pfd[n++].events = POLLIN;
+        }
+        if (wake_fd >= 0) {
+                pfd[n].fd = wake_fd;
                 pfd[n++].events = POLLIN;
         }
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -423,7 +434,7 @@ static int run_loop(struct vhm_guest *g, unsigned first, unsigned last, const ui
                 if (timeout_ms >= 0 && now_ms() >= deadline)
                         return -ETIMEDOUT;
                 if (!work && (opts->flags & VHM_GUEST_RUN_WAIT_CALL))
-                        wait_calls(g, first, last);
+                        wait_calls(g, first, last, opts->flags & VHM_GUEST_RUN_WAKE_FD ? opts->wake_fd : -1);
         }
 }
 

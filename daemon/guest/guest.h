@@ -92,9 +92,14 @@ struct vhm_guest_stats {
 
 /* Flags for vhm_guest_run_opts. */
 #define VHM_GUEST_RUN_WAIT_CALL 0x1u /* sleep on the call eventfds when idle */
+#define VHM_GUEST_RUN_WAKE_FD   0x2u /* ... and wake when wake_fd is readable */
 
 struct vhm_guest_run_opts {
         unsigned flags;
+        /* With VHM_GUEST_RUN_WAKE_FD, an fd served by step (e.g. a bus
+         * connection): an idle loop wakes as soon as it is readable, so that
+         * step sees its messages at once rather than after the nap. */
+        int wake_fd;
         unsigned burst; /* frames per transmit call; 0 -> 32 */
         /* Called once per loop iteration (e.g. an in-process test device);
          * a negative return stops the run and is returned. */
@@ -243,3 +248,24 @@ int vhm_guest_for_each_device_written_page(const struct vhm_guest *g, int (*cb)(
                                            void *opaque);
 
 void vhm_guest_reset_device_written_pages(struct vhm_guest *g);
+
+/* --- the VMM's dirty bitmap (pages the driver writes) ---------------------- */
+
+/*
+ * The bitmap a VMM registers with Vm.AddDirtyBitmap for a live migration:
+ * a memfd in the vhost log format (bit N of the little-endian u64 words =
+ * guest page N of 4 KiB), ceil(pages / 64) words, sealed against shrinking
+ * and growing.  Made on the first call; returns its fd (owned by the guest,
+ * the same one every call) or a negative errno.  From then on every store
+ * the driver makes into guest memory (buffers, descriptors, avail rings,
+ * its state area) sets its page's bit with an atomic OR; the daemon clears
+ * them.  Pages the device writes (used rings, RX buffers) are the device's
+ * dirty log's business, not this bitmap's.
+ */
+int vhm_guest_dirty_bitmap(struct vhm_guest *g);
+
+/* Whether page's bit is set (false without a bitmap). */
+bool vhm_guest_page_dirty(const struct vhm_guest *g, uint64_t page);
+
+/* Clear every bit, as a harvest would (tests). */
+void vhm_guest_clear_dirty(struct vhm_guest *g);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Unit tests of the synthetic guest against the in-process loopback device.
- * Usage: test-guest [traffic|notify|faults|migrate|attach|pages]  (no
+ * Usage: test-guest [traffic|notify|faults|migrate|attach|pages|dirty]  (no
  * argument runs every group).  Every test checks that it leaves the process
  * with exactly the file descriptors it found.
  */
@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1015,6 +1016,191 @@ static void test_device_written_pages(void **state) {
         vhm_guest_free(g);
 }
 
+/* ---------------------------------------------------------------- dirty bitmap */
+
+static void test_dirty_bitmap_fd(void **state) {
+        struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
+        size_t np = vhm_guest_npages(g);
+        struct stat sb;
+        int fd;
+
+        (void) state;
+        /* No bitmap yet: the driver marks nothing and nothing reads as dirty. */
+        assert_int_equal(vhm_guest_tx(g, 0, 4), 4);
+        assert_false(vhm_guest_page_dirty(g, 0));
+        fd = vhm_guest_dirty_bitmap(g);
+        assert_true(fd >= 0);
+        assert_int_equal(vhm_guest_dirty_bitmap(g), fd);
+        assert_int_equal(fstat(fd, &sb), 0);
+        assert_int_equal(sb.st_size, (off_t) ((np + 63) / 64 * 8));
+        /* What AddDirtyBitmap requires: sealed against shrinking, writable. */
+        assert_true(fcntl(fd, F_GET_SEALS) & F_SEAL_SHRINK);
+        assert_int_equal(fcntl(fd, F_GETFL) & O_ACCMODE, O_RDWR);
+        for (size_t p = 0; p < np; p++)
+                assert_false(vhm_guest_page_dirty(g, p));
+        assert_false(vhm_guest_page_dirty(g, np)); /* beyond memory */
+        vhm_guest_free(g);
+}
+
+/* The device's pages: used rings (pages of their own) and RX buffers. */
+static bool device_page(struct vhm_guest *g, uint64_t page) {
+        struct vhm_guest_queue_layout l;
+        uint64_t gpa = page * 4096;
+
+        for (unsigned q = 0; q < 2 * vhm_guest_queue_pairs(g); q++) {
+                assert_int_equal(vhm_guest_queue_layout(g, q, &l), 0);
+                if (gpa >= l.used_gpa && gpa < l.buf_gpa)
+                        return true;
+                if (l.is_rx && gpa >= l.buf_gpa && gpa < l.buf_gpa + (uint64_t) l.num * l.buf_size)
+                        return true;
+        }
+        return false;
+}
+
+/* Every page that differs from before, except the device's, must be marked;
+ * returns how many differ (so a test can insist that something was written). */
+static size_t assert_changes_marked(struct vhm_guest *g, const uint8_t *before, bool skip_device) {
+        const uint8_t *m = vhm_guest_mem_base(g);
+        size_t changed = 0;
+
+        for (size_t p = 0; p < vhm_guest_npages(g); p++) {
+                if (memcmp(m + p * 4096, before + p * 4096, 4096) == 0 || (skip_device && device_page(g, p)))
+                        continue;
+                changed++;
+                if (!vhm_guest_page_dirty(g, p))
+                        fail_msg("page %zu was written but is not marked dirty", p);
+        }
+        return changed;
+}
+
+static uint8_t *snapshot(struct vhm_guest *g, uint8_t *buf) {
+        vhm_guest_clear_dirty(g);
+        memcpy(buf, vhm_guest_mem_base(g), vhm_guest_mem_size(g));
+        return buf;
+}
+
+static void assert_page_marked(struct vhm_guest *g, uint64_t gpa, const char *what) {
+        if (!vhm_guest_page_dirty(g, gpa / 4096))
+                fail_msg("%s (gpa 0x%llx) not marked", what, (unsigned long long) gpa);
+}
+
+/* Each driver operation alone (the device stepped only in between): every
+ * page it changed is marked, and the pages it must write are. */
+static void test_dirty_each_write(void **state) {
+        struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
+        struct lb_dev *d = mk_dev(g, NULL);
+        uint8_t *before = malloc(vhm_guest_mem_size(g));
+        struct vhm_guest_queue_layout rx, tx;
+
+        (void) state;
+        assert_non_null(before);
+        assert_true(vhm_guest_dirty_bitmap(g) >= 0);
+        assert_int_equal(vhm_guest_queue_layout(g, 0, &rx), 0);
+        assert_int_equal(vhm_guest_queue_layout(g, 1, &tx), 0);
+
+        /* The state area: features and frame length. */
+        snapshot(g, before);
+        assert_int_equal(vhm_guest_set_features(g, vhm_guest_driver_features()), 0);
+        assert_true(assert_changes_marked(g, before, false) > 0);
+        assert_page_marked(g, 0, "state area (features)");
+        snapshot(g, before);
+        assert_int_equal(vhm_guest_set_frame_len(g, 200), 0);
+        assert_true(assert_changes_marked(g, before, false) > 0);
+        assert_page_marked(g, 0, "state area (frame length)");
+
+        /* RX buffers posted: descriptors, avail entries and idx, free stack. */
+        snapshot(g, before);
+        assert_int_equal(vhm_guest_post_rx(g, 0), 64);
+        assert_true(assert_changes_marked(g, before, false) > 0);
+        assert_page_marked(g, rx.desc_gpa, "RX descriptors");
+        assert_page_marked(g, rx.avail_gpa, "RX avail ring");
+        assert_page_marked(g, 0, "state area (RX free stack)");
+
+        /* Frames sent: buffers, descriptors, avail ring, sequence numbers. */
+        snapshot(g, before);
+        assert_int_equal(vhm_guest_tx(g, 0, 40), 40);
+        assert_true(assert_changes_marked(g, before, false) > 0);
+        assert_page_marked(g, tx.buf_gpa, "first TX buffer");
+        assert_page_marked(g, tx.buf_gpa + 39ull * tx.buf_size, "last TX buffer");
+        assert_page_marked(g, tx.desc_gpa, "TX descriptors");
+        assert_page_marked(g, tx.avail_gpa, "TX avail ring");
+        assert_page_marked(g, 0, "state area (sequence numbers)");
+
+        /* The device echoes; then the driver takes back and receives. */
+        assert_int_equal(lb_step(d), 40);
+        snapshot(g, before);
+        assert_int_equal(vhm_guest_reclaim_tx(g, 0), 40);
+        assert_true(assert_changes_marked(g, before, false) > 0);
+        assert_page_marked(g, 0, "state area (TX free stack, last used)");
+        snapshot(g, before);
+        assert_int_equal(vhm_guest_poll_rx(g, 0, 0), 40);
+        assert_true(assert_changes_marked(g, before, false) > 0);
+        assert_page_marked(g, 0, "state area (RX counters)");
+        assert_page_marked(g, rx.avail_gpa, "RX avail ring (re-posted)");
+        assert_clean(g, 0, 40);
+        free(before);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+/* Whole runs, notifications switched on and off, faults counted: outside the
+ * device's pages nothing changes unmarked. */
+static void check_run_marked(unsigned nqp, bool event_idx, bool wait_call) {
+        struct vhm_guest *g = mk_guest(nqp, 128, 0, SMALL_MEM);
+        struct lb_config c = { .event_idx = event_idx };
+        struct lb_dev *d;
+        uint8_t *before = malloc(vhm_guest_mem_size(g));
+        struct vhm_guest_run_opts o = { .step = lb_step, .flags = wait_call ? VHM_GUEST_RUN_WAIT_CALL : 0 };
+        struct vhm_guest_stats s;
+
+        assert_non_null(before);
+        if (event_idx)
+                assert_int_equal(vhm_guest_set_features(g, vhm_guest_driver_features()), 0);
+        d = mk_dev(g, &c);
+        o.opaque = d;
+        assert_true(vhm_guest_dirty_bitmap(g) >= 0);
+        assert_int_equal(lb_inject(d, 0, LB_FAULT_CORRUPT, 100), 0);
+        assert_int_equal(lb_inject(d, nqp - 1, LB_FAULT_DUP, 200), 0);
+        assert_int_equal(lb_inject(d, 0, LB_FAULT_RARP, 300), 0);
+        snapshot(g, before);
+        assert_int_equal(vhm_guest_run_until(g, VHM_GUEST_ALL_QPS, 1000, RUN_TIMEOUT_MS, &o), 0);
+        assert_true(assert_changes_marked(g, before, true) > 0);
+        assert_int_equal(vhm_guest_get_stats(g, VHM_GUEST_ALL_QPS, &s), 0);
+        assert_int_equal(s.corrupted, 1);
+        assert_int_equal(s.duplicated, 1);
+        assert_int_equal(s.rarp_seen, 1);
+        free(before);
+        lb_free(d);
+        vhm_guest_free(g);
+}
+
+static void test_dirty_runs(void **state) {
+        (void) state;
+        check_run_marked(1, false, false);
+        check_run_marked(4, true, false);
+        check_run_marked(2, true, true);
+}
+
+/* The bits a harvest clears are set again by the next writes only. */
+static void test_dirty_cleared_and_remarked(void **state) {
+        struct vhm_guest *g = mk_guest(1, 64, 0, SMALL_MEM);
+        struct vhm_guest_queue_layout tx;
+
+        (void) state;
+        assert_true(vhm_guest_dirty_bitmap(g) >= 0);
+        assert_int_equal(vhm_guest_queue_layout(g, 1, &tx), 0);
+        assert_int_equal(vhm_guest_tx(g, 0, 1), 1);
+        assert_true(vhm_guest_page_dirty(g, tx.buf_gpa / 4096));
+        vhm_guest_clear_dirty(g);
+        for (size_t p = 0; p < vhm_guest_npages(g); p++)
+                assert_false(vhm_guest_page_dirty(g, p));
+        /* The second descriptor's buffer shares the first one's page. */
+        assert_int_equal(vhm_guest_tx(g, 0, 1), 1);
+        assert_true(vhm_guest_page_dirty(g, tx.buf_gpa / 4096));
+        assert_false(vhm_guest_page_dirty(g, (tx.buf_gpa + 2ull * tx.buf_size) / 4096));
+        vhm_guest_free(g);
+}
+
 /* ---------------------------------------------------------------- main */
 
 static const struct CMUnitTest traffic_tests[] = {
@@ -1060,6 +1246,13 @@ static const struct CMUnitTest page_tests[] = {
         T(test_device_written_pages),
 };
 
+static const struct CMUnitTest dirty_tests[] = {
+        T(test_dirty_bitmap_fd),
+        T(test_dirty_each_write),
+        T(test_dirty_runs),
+        T(test_dirty_cleared_and_remarked),
+};
+
 static bool wanted(int argc, char **argv, const char *group) {
         return argc < 2 || strcmp(argv[1], group) == 0;
 }
@@ -1079,5 +1272,7 @@ int main(int argc, char **argv) {
                 failed += cmocka_run_group_tests_name("attach", attach_tests, NULL, NULL);
         if (wanted(argc, argv, "pages"))
                 failed += cmocka_run_group_tests_name("pages", page_tests, NULL, NULL);
+        if (wanted(argc, argv, "dirty"))
+                failed += cmocka_run_group_tests_name("dirty", dirty_tests, NULL, NULL);
         return failed ? 1 : 0;
 }
