@@ -14,6 +14,7 @@ packages=(
   libsystemd-dev libjson-c-dev libvirt-dev libcmocka-dev libxml2-dev libgnutls28-dev
   dpdk-dev qemu-system-common dbus systemd
   python3 util-linux libclang-rt-14-dev
+  libvirt-daemon libvirt-clients
 )
 
 install_missing() {

@@ -45,6 +45,10 @@ void config_defaults(struct vhostmigd_config *cfg) {
                 /* Owner and group: a back-end of the socket's group may connect. */
                 .server_socket_mode = 0660,
                 .server_socket_group = (gid_t) -1,
+                .libvirt = { .keepalive_interval_s = 5,
+                             .keepalive_count = 5,
+                             .reconnect_min_ms = 500,
+                             .reconnect_max_ms = 30000 },
         };
 }
 
@@ -56,7 +60,8 @@ enum key_kind {
         KEY_MODE,
         KEY_GROUP,
         KEY_UIDS,
-        KEY_VMS
+        KEY_VMS,
+        KEY_LIBVIRT
 };
 
 struct key {
@@ -81,6 +86,7 @@ static const struct key keys[] = {
         KEY("server_socket_group", KEY_GROUP, server_socket_group, 0, 0),
         KEY("backend_uids", KEY_UIDS, backend_uids, 0, UINT32_MAX - 1),
         KEY("vms", KEY_VMS, vm_policies, 0, 0),
+        KEY("libvirt", KEY_LIBVIRT, libvirt, 0, 0),
 };
 
 /* Where a key's value goes in the configuration. */
@@ -253,11 +259,69 @@ static int set_vms(const struct key *k, json_object *v, struct vhostmigd_config 
         return 0;
 }
 
+/* The keys of "libvirt" that are numbers, with their bounds. */
+#define LIBVIRT_KEY(n, field, lo, hi) \
+        { "libvirt." n, KEY_UINT, offsetof(struct config_libvirt, field), lo, hi }
+static const struct key libvirt_keys[] = {
+        /* libvirt closes a connection after interval x count seconds without an answer; 0 would turn keepalive off. */
+        LIBVIRT_KEY("keepalive_interval_s", keepalive_interval_s, 1, 3600),
+        LIBVIRT_KEY("keepalive_count", keepalive_count, 1, 100),
+        LIBVIRT_KEY("reconnect_min_ms", reconnect_min_ms, 10, 600000),
+        LIBVIRT_KEY("reconnect_max_ms", reconnect_max_ms, 10, 3600000),
+};
+
+/* null turns the watcher off, as an absent key does; a URI is libvirt's to judge when it connects. */
+static int set_libvirt_uri(json_object *v, struct config_libvirt *lv, char *error, size_t len) {
+        if (json_object_is_type(v, json_type_null)) {
+                lv->uri[0] = '\0';
+                return 0;
+        }
+        const char *uri = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+        if (!uri || !*uri || strlen(uri) >= sizeof(lv->uri))
+                return key_error(error, len, "\"libvirt.uri\": expected a libvirt URI (1..%zu characters) or null",
+                                 sizeof(lv->uri) - 1);
+        snprintf(lv->uri, sizeof(lv->uri), "%s", uri);
+        return 0;
+}
+
+static int set_libvirt_key(const char *name, json_object *v, struct config_libvirt *lv, char *error, size_t len) {
+        if (strcmp(name, "uri") == 0)
+                return set_libvirt_uri(v, lv, error, len);
+        for (size_t i = 0; i < sizeof(libvirt_keys) / sizeof(libvirt_keys[0]); i++) {
+                const struct key *k = &libvirt_keys[i];
+                if (strcmp(k->name + strlen("libvirt."), name) != 0)
+                        continue;
+                uint64_t n;
+                int r = read_integer(k->name, v, k->min, k->max, &n, error, len);
+                if (r == 0)
+                        *(unsigned *) ((char *) lv + k->offset) = (unsigned) n;
+                return r;
+        }
+        return key_error(error, len, "\"libvirt.%s\": unknown key", name);
+}
+
+static int set_libvirt(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
+        if (!json_object_is_type(v, json_type_object))
+                return key_error(error, len, "\"%s\": expected an object", k->name);
+        struct config_libvirt lv = cfg->libvirt;
+        json_object_object_foreach(v, name, value) {
+                int r = set_libvirt_key(name, value, &lv, error, len);
+                if (r < 0)
+                        return r;
+        }
+        if (lv.reconnect_min_ms > lv.reconnect_max_ms)
+                return key_error(error, len,
+                                 "\"libvirt.reconnect_min_ms\": %u is above \"libvirt.reconnect_max_ms\" %u",
+                                 lv.reconnect_min_ms, lv.reconnect_max_ms);
+        cfg->libvirt = lv;
+        return 0;
+}
+
 typedef int (*key_setter)(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len);
 
 static const key_setter setters[] = {
         [KEY_UINT] = set_uint,   [KEY_GPA] = set_gpa,   [KEY_LEVEL] = set_level, [KEY_MODE] = set_mode,
-        [KEY_GROUP] = set_group, [KEY_UIDS] = set_uids, [KEY_VMS] = set_vms,
+        [KEY_GROUP] = set_group, [KEY_UIDS] = set_uids, [KEY_VMS] = set_vms,     [KEY_LIBVIRT] = set_libvirt,
 };
 
 /*
@@ -398,6 +462,16 @@ static json_object *uid_list_to_json(const struct config_uid_list *list) {
         return a;
 }
 
+static json_object *libvirt_to_json(const struct config_libvirt *lv) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "uri", lv->uri[0] ? json_object_new_string(lv->uri) : NULL);
+        for (size_t i = 0; i < sizeof(libvirt_keys) / sizeof(libvirt_keys[0]); i++)
+                json_object_object_add(
+                        o, libvirt_keys[i].name + strlen("libvirt."),
+                        json_object_new_int64(*(const unsigned *) ((const char *) lv + libvirt_keys[i].offset)));
+        return o;
+}
+
 static json_object *config_to_object(const struct vhostmigd_config *cfg) {
         json_object *o = json_object_new_object();
         char mode[8];
@@ -421,6 +495,7 @@ static json_object *config_to_object(const struct vhostmigd_config *cfg) {
                 json_object_object_add(vms, cfg->vm_policies[i].name, vm);
         }
         json_object_object_add(o, "vms", vms);
+        json_object_object_add(o, "libvirt", libvirt_to_json(&cfg->libvirt));
         return o;
 }
 

@@ -35,6 +35,18 @@ struct config_vm_policy {
         struct config_uid_list backend_uids;
 };
 
+/*
+ * "libvirt": { "uri": ..., "keepalive_interval_s": ..., ... }: the event
+ * watcher (libvirt-watch.h).  Read at start only: a reload keeps the
+ * running watcher and says that a restart applies the change.
+ */
+#define CONFIG_LIBVIRT_URI_MAX 256
+struct config_libvirt {
+        char uri[CONFIG_LIBVIRT_URI_MAX]; /* "" (null in the file): the watcher is off */
+        unsigned keepalive_interval_s, keepalive_count;
+        unsigned reconnect_min_ms, reconnect_max_ms;
+};
+
 struct vhostmigd_config {
         unsigned request_timeout_ms;  /* per vhost-user request */
         unsigned monitor_interval_ms; /* how often connections are checked, reconnections tried */
@@ -49,6 +61,7 @@ struct vhostmigd_config {
         struct config_uid_list backend_uids;
         struct config_vm_policy vm_policies[CONFIG_MAX_VM_POLICIES];
         unsigned n_vm_policies;
+        struct config_libvirt libvirt;
 };
 
 void config_defaults(struct vhostmigd_config *cfg);

@@ -18,6 +18,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "daemon/vhostmigd/daemon.h"
+#include "daemon/vhostmigd/libvirt-glue.h"
 
 /* ---- the probe pool ------------------------------------------------------------------ */
 
@@ -111,6 +112,8 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
                 return 0;
         d->shutting_down = true;
         sd_notify(false, "STOPPING=1\nSTATUS=Releasing every device");
+        /* No domain event may act on a VM while every VM is being released. */
+        daemon_libvirt_stop();
         daemon_log(LOG_INFO, NULL, NULL, "shutting down: stopping logging and releasing %u VM(s)",
                    d->nvms + d->vms_tearing_down);
         /* Each VM's worker stops logging and releases its devices; the last one ends the loop. */
@@ -128,6 +131,12 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
 
 /* ---- reload (SIGHUP) ----------------------------------------------------------------- */
 
+static bool libvirt_changed(const struct config_libvirt *a, const struct config_libvirt *b) {
+        return strcmp(a->uri, b->uri) != 0 || a->keepalive_interval_s != b->keepalive_interval_s ||
+               a->keepalive_count != b->keepalive_count || a->reconnect_min_ms != b->reconnect_min_ms ||
+               a->reconnect_max_ms != b->reconnect_max_ms;
+}
+
 /*
  * What a reload changes: limits and defaults for what comes next.  Running
  * VMs and devices keep what they were created with (their request timeout,
@@ -139,6 +148,10 @@ static void apply_config(struct daemon *d, const struct vhostmigd_config *next) 
         if (next->log_level != d->cfg.log_level)
                 daemon_log_set_level(next->log_level);
         bool interval_changed = next->monitor_interval_ms != d->cfg.monitor_interval_ms;
+        /* The watcher's connection outlives reloads: restarting it could wait on libvirtd from the loop. */
+        if (libvirt_changed(&d->cfg.libvirt, &next->libvirt))
+                daemon_log(LOG_NOTICE, NULL, NULL,
+                           "reload: the \"libvirt\" settings changed; they take effect when vhostmigd restarts");
         d->cfg = *next;
         if (interval_changed) {
                 int r = sd_event_source_set_time_relative(d->monitor, (uint64_t) d->cfg.monitor_interval_ms * 1000u);
@@ -316,6 +329,7 @@ static void daemon_free(struct daemon *d) {
         if (!d)
                 return;
         bool clean = !d->vms && d->vms_tearing_down == 0;
+        daemon_libvirt_stop();
         if (clean)
                 stop_probe_pool(d);
         d->shutdown_timer = sd_event_source_unref(d->shutdown_timer);
@@ -359,6 +373,7 @@ static int run(struct daemon *d) {
                 r = setup_bus(d);
         if (r < 0)
                 return r;
+        daemon_libvirt_start(d);
         sd_notify(false, "READY=1");
         daemon_update_status(d);
         daemon_log(LOG_INFO, NULL, NULL, "vhostmigd %s ready on %s", VHOSTMIG_VERSION, VHOSTMIG_BUS_NAME);

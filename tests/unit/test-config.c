@@ -90,6 +90,20 @@ static void bad_files(void **state) {
                 { "{\"vms\": {\"a\": {\"uids\": []}}}", "\"vms.a.uids\": unknown key" },
                 { "{\"vms\": {\"a\": {\"backend_uids\": [\"root\"]}}}",
                   "\"vms.a.backend_uids[0]\": expected an integer" },
+                { "{\"libvirt\": \"qemu:///system\"}", "\"libvirt\": expected an object" },
+                { "{\"libvirt\": {\"url\": \"qemu:///system\"}}", "\"libvirt.url\": unknown key" },
+                { "{\"libvirt\": {\"uri\": \"\"}}", "\"libvirt.uri\": expected a libvirt URI" },
+                { "{\"libvirt\": {\"uri\": 5}}", "\"libvirt.uri\": expected a libvirt URI" },
+                { "{\"libvirt\": {\"keepalive_interval_s\": 0}}",
+                  "\"libvirt.keepalive_interval_s\": 0 is out of range" },
+                { "{\"libvirt\": {\"keepalive_count\": 0}}", "\"libvirt.keepalive_count\": 0 is out of range" },
+                { "{\"libvirt\": {\"reconnect_min_ms\": \"1s\"}}",
+                  "\"libvirt.reconnect_min_ms\": expected an integer" },
+                { "{\"libvirt\": {\"reconnect_max_ms\": 3600001}}",
+                  "\"libvirt.reconnect_max_ms\": 3600001 is out of range" },
+                { "{\"libvirt\": {\"reconnect_min_ms\": 5000, \"reconnect_max_ms\": 1000}}",
+                  "\"libvirt.reconnect_min_ms\": 5000 is above \"libvirt.reconnect_max_ms\" 1000" },
+                { "{\"libvirt\": {\"uri\": \"test:///default\", \"uri\": null}}", "\"uri\": duplicate key" },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct vhostmigd_config c;
@@ -204,6 +218,44 @@ static void comment_keys(void **state) {
         assert_non_null(strstr(err, "is not a VM name"));
 }
 
+/* The watcher is off unless a URI is given; its settings keep their defaults where the file is silent. */
+static void libvirt_keys(void **state) {
+        (void) state;
+        struct vhostmigd_config c;
+        config_defaults(&c);
+        assert_string_equal(c.libvirt.uri, "");
+        assert_int_equal(c.libvirt.keepalive_interval_s, 5);
+        assert_int_equal(c.libvirt.keepalive_count, 5);
+        assert_int_equal(c.libvirt.reconnect_min_ms, 500);
+        assert_int_equal(c.libvirt.reconnect_max_ms, 30000);
+        char err[256] = "";
+        if (config_parse(&c, "{\"libvirt\": {\"uri\": \"qemu:///system\", \"keepalive_count\": 3}}", err, sizeof(err)) <
+            0)
+                fail_msg("%s", err);
+        assert_string_equal(c.libvirt.uri, "qemu:///system");
+        assert_int_equal(c.libvirt.keepalive_count, 3);
+        assert_int_equal(c.libvirt.reconnect_max_ms, 30000);
+        char *json = config_to_json(&c);
+        assert_non_null(strstr(json, "\"uri\":\"qemu:///system\""));
+        assert_non_null(strstr(json, "\"keepalive_count\":3"));
+        free(json);
+        /* A refused libvirt section leaves the one before it whole. */
+        assert_int_equal(config_parse(&c, "{\"libvirt\": {\"uri\": \"test:///default\", \"reconnect_min_ms\": 1}}", err,
+                                      sizeof(err)),
+                         -ERANGE);
+        assert_string_equal(c.libvirt.uri, "qemu:///system");
+        /* null turns it off again. */
+        assert_int_equal(config_parse(&c, "{\"libvirt\": {\"uri\": null}}", err, sizeof(err)), 0);
+        assert_string_equal(c.libvirt.uri, "");
+        struct vhostmigd_config d;
+        config_defaults(&d);
+        assert_int_equal(config_parse(&d, "{\"libvirt\": {\"uri\": \"test:///default\"}}", err, sizeof(err)), 0);
+        char *diff = config_diff(&c, &d);
+        assert_non_null(strstr(diff, "libvirt {\"uri\":null,"));
+        assert_non_null(strstr(diff, "-> {\"uri\":\"test:///default\","));
+        free(diff);
+}
+
 /* A reload logs what it changed. */
 static void diff_names_what_changed(void **state) {
         (void) state;
@@ -258,6 +310,7 @@ int main(void) {
                 cmocka_unit_test(log_levels),
                 cmocka_unit_test(comment_keys),
                 cmocka_unit_test(diff_names_what_changed),
+                cmocka_unit_test(libvirt_keys),
                 cmocka_unit_test(example_is_the_defaults),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
