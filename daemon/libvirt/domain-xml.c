@@ -244,6 +244,12 @@ static int parse_domain(const xmlNode *root, struct vhm_domain_xml *dx, char *er
         return parse_devices(child(root, "devices"), dx, error, error_len);
 }
 
+/* libxml2 reports some errors (encoding conversion) on stderr whatever the parse options say. */
+static void silent(void *ctx, const char *msg, ...) {
+        (void) ctx;
+        (void) msg;
+}
+
 static void libxml_error(xmlParserCtxt *ctxt, char *error, size_t error_len) {
         const xmlError *e = xmlCtxtGetLastError(ctxt);
         if (!e || !e->message) {
@@ -263,6 +269,10 @@ int vhm_domain_xml_parse(const char *buf, size_t len, struct vhm_domain_xml **ou
         xmlParserCtxt *ctxt = xmlNewParserCtxt();
         if (!ctxt)
                 return -ENOMEM;
+        /* The hook's stderr is what libvirt shows the operator: only our own lines go there. */
+        xmlGenericErrorFunc old_handler = xmlGenericError;
+        void *old_context = xmlGenericErrorContext;
+        xmlSetGenericErrorFunc(NULL, silent);
         /* No network, no DTD, entities left as they are, libxml2's own limits (no XML_PARSE_HUGE). */
         xmlDoc *doc = xmlCtxtReadMemory(ctxt, buf, (int) len, "domain.xml", NULL,
                                         XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
@@ -282,6 +292,7 @@ int vhm_domain_xml_parse(const char *buf, size_t len, struct vhm_domain_xml **ou
         }
         xmlFreeDoc(doc);
         xmlFreeParserCtxt(ctxt);
+        xmlSetGenericErrorFunc(old_context, old_handler);
         if (r == -ENOMEM)
                 set_error(error, error_len, "out of memory parsing the domain XML");
         if (r < 0) {
