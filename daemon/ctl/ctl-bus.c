@@ -13,10 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "daemon/common/cli-util.h"
 #include "ctl-conn.h"
 #include "ctl-props.h"
+#include "ctl-progress.h"
 
 /* ---- status, list, show ---------------------------------------------------------- */
 
@@ -618,9 +620,17 @@ int ctl_reconnect(const struct ctl_opts *o, const char *vm, unsigned dev) {
 
 /* The Vm's migration properties, in the order `migrate status` shows them. */
 static const char *const migration_props[] = {
-        "MigrationState", "Role",    "PagesTotal", "PagesTransferred",  "ZeroPages",      "BytesTransferred",
-        "DowntimeMs",     "TotalMs", "RarpSent",   "MigrationChecksum", "MigrationError",
+        "MigrationState", "Role",       "DirtyBitmaps",     "Round",     "PagesTotal",        "PagesTransferred",
+        "PagesRemaining", "ZeroPages",  "BytesTransferred", "DirtyRate", "Bandwidth",         "ExpectedDowntimeMs",
+        "SetupMs",        "DowntimeMs", "TotalMs",          "RarpSent",  "MigrationChecksum", "MigrationError",
 };
+
+static bool is_migration_prop(const char *name) {
+        for (size_t i = 0; i < ELEMENTS(migration_props); i++)
+                if (streq(name, migration_props[i]))
+                        return true;
+        return false;
+}
 
 static bool is_final_state(const char *state) {
         return streq(state, VHOSTMIG_MIGRATION_STATE_NONE) || streq(state, VHOSTMIG_MIGRATION_STATE_COMPLETED) ||
@@ -643,25 +653,35 @@ static int get_vm_props(struct ctl_conn *c, const char *vm, struct props *p) {
         return r < 0 ? conn_bad_reply(c, r) : EXIT_OK;
 }
 
+/* {"vm": VM, ["event": EVENT,] and the migration properties present}, one line. */
+static void print_migration_json(const char *vm, const char *event, const struct props *p) {
+        _cleanup_(json_object_putp) json_object *j = json_object_new_object();
+        json_object_object_add(j, "vm", json_object_new_string(vm));
+        if (event)
+                json_object_object_add(j, "event", json_object_new_string(event));
+        for (size_t i = 0; i < ELEMENTS(migration_props); i++)
+                for (size_t k = 0; k < p->n; k++)
+                        if (streq(p->v[k].name, migration_props[i])) {
+                                _cleanup_free_ char *label = prop_json_key(migration_props[i]);
+                                if (label)
+                                        json_object_object_add(j, label, value_json(p->v[k].name, &p->v[k].v));
+                        }
+        print_json(j);
+        fflush(stdout);
+}
+
 static void print_migration(const struct ctl_opts *o, const char *vm, const struct props *p) {
         if (o->json) {
-                _cleanup_(json_object_putp) json_object *j = json_object_new_object();
-                json_object_object_add(j, "vm", json_object_new_string(vm));
-                for (size_t i = 0; i < ELEMENTS(migration_props); i++)
-                        for (size_t k = 0; k < p->n; k++)
-                                if (streq(p->v[k].name, migration_props[i])) {
-                                        _cleanup_free_ char *label = prop_json_key(migration_props[i]);
-                                        if (label)
-                                                json_object_object_add(j, label, value_json(p->v[k].name, &p->v[k].v));
-                                }
-                print_json(j);
+                print_migration_json(vm, NULL, p);
                 return;
         }
         for (size_t i = 0; i < ELEMENTS(migration_props); i++)
                 for (size_t k = 0; k < p->n; k++)
                         if (streq(p->v[k].name, migration_props[i])) {
                                 _cleanup_free_ char *label = prop_label(migration_props[i]);
-                                printf("  %-24s ", label ? label : migration_props[i]);
+                                char text[64];
+                                snprintf(text, sizeof(text), "%s:", label ? label : migration_props[i]);
+                                printf("  %-24s ", text);
                                 fput_value(stdout, p->v[k].name, &p->v[k].v, false);
                                 putchar('\n');
                         }
@@ -704,60 +724,250 @@ int ctl_migrate_incoming(const struct ctl_opts *o, const char *vm, const char *l
         return EXIT_OK;
 }
 
-/* Waits for MigrationState to reach a final state, reading it on every PropertiesChanged. */
-static int wait_migration(struct ctl_conn *c, const char *vm, struct props *p) {
-        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *slot = NULL;
-        _cleanup_free_ char *path = vm_path(vm);
-        if (!path)
-                return conn_oom(c);
-        int r = sd_bus_match_signal(c->bus, &slot, VHOSTMIG_BUS_NAME, path, "org.freedesktop.DBus.Properties",
-                                    "PropertiesChanged", NULL, NULL);
-        if (r < 0) {
-                cli_error("%s: cannot watch the VM: %s", c->verb, strerror(-r));
-                return EXIT_FAILED;
+/* ---- migrate start --wait: progress from PropertiesChanged ------------------------------- */
+
+/* What the wait knows and how it prints; the callbacks' userdata. */
+struct waiter {
+        const struct ctl_opts *o;
+        struct ctl_conn *c;
+        const char *vm;
+        bool live;
+        bool tty;            /* stdout is a terminal: one line redrawn in place */
+        struct props props;  /* the VM's, as the last GetAll and the signals since say */
+        bool refresh;        /* a property was invalidated: GetAll again */
+        bool daemon_gone;    /* vhostmigd left the bus */
+        bool drawn;          /* a progress line is on the terminal, the cursor at its end */
+        char last_state[32]; /* of the last line printed (not a terminal) */
+};
+
+static struct ctl_progress progress_of(const struct waiter *w) {
+        const struct props *p = &w->props;
+        return (struct ctl_progress){
+                .state = prop_str(p, "MigrationState"),
+                .live = w->live,
+                .page_size = prop_num(p, "PageSize"),
+                .round = prop_num(p, "Round"),
+                .pages_total = prop_num(p, "PagesTotal"),
+                .pages_transferred = prop_num(p, "PagesTransferred"),
+                .pages_remaining = prop_num(p, "PagesRemaining"),
+                .zero_pages = prop_num(p, "ZeroPages"),
+                .dirty_rate = prop_num(p, "DirtyRate"),
+                .bandwidth = prop_num(p, "Bandwidth"),
+                .expected_downtime_ms = prop_num(p, "ExpectedDowntimeMs"),
+                .downtime_ms = prop_num(p, "DowntimeMs"),
+                .total_ms = prop_num(p, "TotalMs"),
+                .rarp_sent = prop_num(p, "RarpSent"),
+                .checksum = prop_num(p, "MigrationChecksum"),
+        };
+}
+
+/* One update: a JSON line, the terminal's line redrawn, or a line when the state changed. */
+static void show_progress(struct waiter *w) {
+        struct ctl_progress pr = progress_of(w);
+        char line[512];
+
+        if (w->o->json) {
+                print_migration_json(w->vm, "progress", &w->props);
+                return;
         }
-        for (;;) {
-                /* Read after the match is in place: no change slips between the two. */
-                props_free(p);
-                int ret = get_vm_props(c, vm, p);
-                if (ret != EXIT_OK)
-                        return ret;
-                if (is_final_state(prop_str(p, "MigrationState")))
-                        return EXIT_OK;
-                do
-                        r = sd_bus_process(c->bus, NULL);
-                while (r > 0);
-                if (r >= 0)
-                        r = sd_bus_wait(c->bus, UINT64_MAX);
+        if (w->o->quiet)
+                return;
+        if (w->tty) {
+                /* One column spare: a line that fills the last one wraps on some terminals. */
+                ctl_progress_line(line, sizeof(line), &pr, cli_columns() - 1);
+                printf("\r%s\033[K", line);
+                w->drawn = true;
+        } else if (!streq(w->last_state, pr.state)) {
+                ctl_progress_line(line, sizeof(line), &pr, 0);
+                puts(line);
+                snprintf(w->last_state, sizeof(w->last_state), "%s", pr.state);
+        }
+        fflush(stdout);
+}
+
+/* The end: the result object, or the summary line (after the progress line on a terminal). */
+static void show_result(struct waiter *w) {
+        struct ctl_progress pr = progress_of(w);
+        char line[512];
+
+        if (w->o->json) {
+                print_migration_json(w->vm, "result", &w->props);
+                return;
+        }
+        if (w->drawn)
+                putchar('\n');
+        ctl_progress_summary(line, sizeof(line), &pr);
+        puts(line);
+        fflush(stdout);
+}
+
+static int on_vm_changed(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct waiter *w = userdata;
+        _cleanup_(props_free) struct props changed = {};
+        _cleanup_(strv_freep) char **invalidated = NULL;
+        const char *iface;
+        bool migration = false;
+        int r;
+
+        (void) error;
+        if ((r = sd_bus_message_read_basic(m, 's', &iface)) < 0 || (r = read_props(m, &changed)) < 0 ||
+            (r = sd_bus_message_read_strv(m, &invalidated)) < 0) {
+                /* Not as documented: read everything again rather than show a half-read change. */
+                w->refresh = true;
+                return 0;
+        }
+        if (!streq(iface, VHOSTMIG_VM_INTERFACE))
+                return 0;
+        for (size_t i = 0; i < changed.n; i++)
+                migration = migration || is_migration_prop(changed.v[i].name);
+        if (props_merge(&w->props, &changed) < 0 || (invalidated && *invalidated))
+                w->refresh = true;
+        else if (migration)
+                show_progress(w);
+        return 0;
+}
+
+static int on_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct waiter *w = userdata;
+        const char *name, *old_owner, *new_owner;
+
+        (void) error;
+        if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) >= 0 && streq(name, VHOSTMIG_BUS_NAME) &&
+            !*new_owner)
+                w->daemon_gone = true;
+        return 0;
+}
+
+/* The matches, in place before MigrateTo so that no change of the migration is missed. */
+static int wait_subscribe(struct waiter *w, sd_bus_slot **changed, sd_bus_slot **owner) {
+        _cleanup_free_ char *path = vm_path(w->vm);
+        if (!path)
+                return -ENOMEM;
+        int r = sd_bus_match_signal(w->c->bus, changed, VHOSTMIG_BUS_NAME, path, "org.freedesktop.DBus.Properties",
+                                    "PropertiesChanged", on_vm_changed, w);
+        if (r >= 0)
+                r = sd_bus_add_match(w->c->bus, owner,
+                                     "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
+                                     "interface='org.freedesktop.DBus',member='NameOwnerChanged',"
+                                     "arg0='" VHOSTMIG_BUS_NAME "'",
+                                     on_owner_changed, w);
+        return r;
+}
+
+static int wait_refresh(struct waiter *w) {
+        props_free(&w->props);
+        w->refresh = false;
+        int ret = get_vm_props(w->c, w->vm, &w->props);
+        if (ret == EXIT_OK)
+                show_progress(w);
+        return ret;
+}
+
+/*
+ * Until MigrationState is final: GetAll once (after MigrateTo answered, so
+ * that the state is this migration's), then every PropertiesChanged the
+ * daemon sends, dispatched as they come; no polling.
+ */
+static int wait_migration(struct waiter *w) {
+        int ret = wait_refresh(w), r = 0;
+
+        while (ret == EXIT_OK && !is_final_state(prop_str(&w->props, "MigrationState"))) {
+                if (w->daemon_gone) {
+                        cli_error("%s: vhostmigd left the bus while the migration ran", w->c->verb);
+                        return EXIT_FAILED;
+                }
+                if (w->refresh) {
+                        ret = wait_refresh(w);
+                        continue;
+                }
+                r = sd_bus_process(w->c->bus, NULL);
+                if (r == 0)
+                        r = sd_bus_wait(w->c->bus, UINT64_MAX);
                 if (r < 0 && r != -EINTR) {
-                        cli_error("%s: lost the bus: %s", c->verb, strerror(-r));
+                        cli_error("%s: lost the bus: %s", w->c->verb, strerror(-r));
                         return EXIT_FAILED;
                 }
         }
+        return ret;
 }
 
-int ctl_migrate_start(const struct ctl_opts *o, const char *vm, const char *to, const char *token, bool wait) {
+/* ---- migrate start, continue ------------------------------------------------------------ */
+
+/* The a{sv} of MigrateTo: only what was given, so that the daemon's defaults apply to the rest. */
+static int append_migrate_options(sd_bus_message *m, const struct ctl_migrate *mo) {
+        int r = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (r >= 0 && mo->live)
+                r = sd_bus_message_append(m, "{sv}", "Live", "b", 1);
+        if (r >= 0 && mo->has_max_downtime)
+                r = sd_bus_message_append(m, "{sv}", "MaxDowntimeMs", "u", mo->max_downtime_ms);
+        if (r >= 0 && mo->has_max_bandwidth)
+                r = sd_bus_message_append(m, "{sv}", "MaxBandwidth", "t", mo->max_bandwidth);
+        if (r >= 0 && mo->has_max_rounds)
+                r = sd_bus_message_append(m, "{sv}", "MaxRounds", "u", mo->max_rounds);
+        if (r >= 0 && mo->force_switchover)
+                r = sd_bus_message_append(m, "{sv}", "ForceSwitchover", "b", 1);
+        if (r >= 0 && mo->has_pause_timeout)
+                r = sd_bus_message_append(m, "{sv}", "PauseTimeoutMs", "u", mo->pause_timeout_ms);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        return r;
+}
+
+static int call_migrate_to(struct ctl_conn *c, const char *vm, const struct ctl_migrate *mo) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_free_ char *path = vm_path(vm);
+        const struct target t = { vm, -1 };
+
+        if (!path)
+                return conn_oom(c);
+        int r = conn_new_call(c, &m, path, VHOSTMIG_VM_INTERFACE, "MigrateTo");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "ss", mo->to, mo->token);
+        if (r >= 0)
+                r = append_migrate_options(m, mo);
+        if (r < 0)
+                return build_failed(c, "MigrateTo", r);
+        return conn_call(c, &t, m, NULL);
+}
+
+int ctl_migrate_start(const struct ctl_opts *o, const char *vm, const struct ctl_migrate *mo) {
         _cleanup_(conn_close) struct ctl_conn c = {};
-        _cleanup_(props_free) struct props p = {};
-        int ret = conn_open(&c, o, "migrate start", false);
-        if (ret == EXIT_OK)
-                ret = call_on(&c, vm, -1, "MigrateTo", NULL, "ssa{sv}", to, token, 0);
-        if (ret != EXIT_OK)
-                return ret;
-        if (!wait) {
-                print_done(o, vm, -1, "started");
-                return EXIT_OK;
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *changed = NULL, *owner = NULL;
+        struct waiter w = { .o = o, .c = &c, .vm = vm, .live = mo->live, .tty = isatty(STDOUT_FILENO) == 1 };
+        int r, ret = conn_open(&c, o, "migrate start", false);
+
+        if (ret == EXIT_OK && mo->wait && (r = wait_subscribe(&w, &changed, &owner)) < 0) {
+                cli_error("migrate start: cannot watch the VM: %s", strerror(-r));
+                ret = EXIT_FAILED;
         }
-        if ((ret = wait_migration(&c, vm, &p)) != EXIT_OK)
+        if (ret == EXIT_OK)
+                ret = call_migrate_to(&c, vm, mo);
+        if (ret == EXIT_OK && !mo->wait)
+                print_done(o, vm, -1, "started");
+        if (ret != EXIT_OK || !mo->wait)
                 return ret;
-        print_migration(o, vm, &p);
-        const char *state = prop_str(&p, "MigrationState");
-        if (streq(state, VHOSTMIG_MIGRATION_STATE_COMPLETED))
-                return EXIT_OK;
-        if (!o->json)
-                cli_error("migrate start: migration %s%s%s", state, *prop_str(&p, "MigrationError") ? ": " : "",
-                          prop_str(&p, "MigrationError"));
-        return EXIT_FAILED;
+        ret = wait_migration(&w);
+        if (ret == EXIT_OK) {
+                show_result(&w);
+                const char *state = prop_str(&w.props, "MigrationState"), *error = prop_str(&w.props, "MigrationError");
+                if (!streq(state, VHOSTMIG_MIGRATION_STATE_COMPLETED)) {
+                        cli_error("migrate start: migration %s%s%s", state, *error ? ": " : "", error);
+                        ret = EXIT_FAILED;
+                }
+        } else if (w.drawn)
+                putchar('\n');
+        props_free(&w.props);
+        return ret;
+}
+
+int ctl_migrate_continue(const struct ctl_opts *o, const char *vm) {
+        _cleanup_(conn_close) struct ctl_conn c = {};
+        int ret = conn_open(&c, o, "migrate continue", false);
+        if (ret == EXIT_OK)
+                ret = call_on(&c, vm, -1, "MigrateContinue", NULL, "a{sv}", 0);
+        if (ret == EXIT_OK)
+                print_done(o, vm, -1, "continued");
+        return ret;
 }
 
 int ctl_migrate_cancel(const struct ctl_opts *o, const char *vm) {

@@ -94,8 +94,19 @@ int ctl_reconnect(const struct ctl_opts *o, const char *vm, unsigned dev);
 
 /* Migration: PrepareIncoming (listen NULL: the daemon's default), MigrateTo, the migration properties, Cancel. */
 int ctl_migrate_incoming(const struct ctl_opts *o, const char *vm, const char *listen);
-/* wait: until MigrationState is final; EXIT_FAILED unless it is "completed". */
-int ctl_migrate_start(const struct ctl_opts *o, const char *vm, const char *to, const char *token, bool wait);
+/* MigrateTo's arguments and options; a tuning value is sent only when given (else the daemon's default). */
+struct ctl_migrate {
+        const char *to, *token;
+        bool wait; /* until MigrationState is final, with progress; EXIT_FAILED unless "completed" */
+        bool live;
+        bool force_switchover;
+        bool has_max_downtime, has_max_bandwidth, has_max_rounds, has_pause_timeout;
+        uint32_t max_downtime_ms, max_rounds, pause_timeout_ms;
+        uint64_t max_bandwidth; /* bytes/s, 0: unlimited */
+};
+int ctl_migrate_start(const struct ctl_opts *o, const char *vm, const struct ctl_migrate *m);
+/* MigrateContinue: the VMM paused its vCPUs, the source leaves pre-switchover. */
+int ctl_migrate_continue(const struct ctl_opts *o, const char *vm);
 int ctl_migrate_status(const struct ctl_opts *o, const char *vm);
 int ctl_migrate_cancel(const struct ctl_opts *o, const char *vm);
 /* SaveDeviceState into FILE (created 0600 or truncated), LoadDeviceState from FILE; the figures shown after. */

@@ -49,6 +49,37 @@ void props_free(struct props *p) {
         *p = (struct props){};
 }
 
+static void prop_free_value(struct value *v) {
+        free(v->str);
+        strv_free(v->strv);
+        free(v->nums);
+        *v = (struct value){};
+}
+
+int props_merge(struct props *into, struct props *from) {
+        for (size_t i = 0; i < from->n; i++) {
+                struct prop *src = &from->v[i], *dst = NULL;
+                for (size_t k = 0; k < into->n && !dst; k++)
+                        if (streq(into->v[k].name, src->name))
+                                dst = &into->v[k];
+                if (!dst) {
+                        struct prop *grown = realloc(into->v, (into->n + 1) * sizeof(*into->v));
+                        if (!grown)
+                                return -ENOMEM;
+                        into->v = grown;
+                        dst = &into->v[into->n++];
+                        *dst = (struct prop){ .name = src->name };
+                        src->name = NULL;
+                } else
+                        prop_free_value(&dst->v);
+                /* The value moves: `from` keeps nothing that `into` owns. */
+                dst->v = src->v;
+                src->v = (struct value){};
+        }
+        props_free(from);
+        return 0;
+}
+
 static const struct value *props_get(const struct props *p, const char *name) {
         for (size_t i = 0; i < p->n; i++)
                 if (streq(p->v[i].name, name))
@@ -269,7 +300,16 @@ enum kind {
         KIND_PROTOCOL_FEATURES,
         KIND_TIMESTAMP, /* µs since the epoch, 0 = never (systemd's ...Timestamp) */
         KIND_CHECKSUM,  /* a 64-bit hash: hex, as every checksum is compared by eye */
+        KIND_MS,        /* a duration named ...Ms: "45 ms" */
+        KIND_PAGE_RATE, /* pages/s (DirtyRate) */
+        KIND_BYTE_RATE, /* bytes/s (Bandwidth) */
 };
+
+/* "DowntimeMs", not "Items": the name ends in a word "Ms". */
+static bool is_ms_name(const char *name) {
+        size_t n = strlen(name);
+        return n > 2 && has_suffix(name, "Ms") && name[n - 3] >= 'a' && name[n - 3] <= 'z';
+}
 
 static enum kind prop_kind(const char *name, const struct value *v) {
         if (!streq(v->type, "t"))
@@ -284,6 +324,12 @@ static enum kind prop_kind(const char *name, const struct value *v) {
                 return KIND_PROTOCOL_FEATURES;
         if (has_suffix(name, "Checksum"))
                 return KIND_CHECKSUM;
+        if (is_ms_name(name))
+                return KIND_MS;
+        if (streq(name, "DirtyRate"))
+                return KIND_PAGE_RATE;
+        if (streq(name, "Bandwidth"))
+                return KIND_BYTE_RATE;
         return KIND_PLAIN;
 }
 
@@ -383,6 +429,14 @@ void fput_value(FILE *f, const char *name, const struct value *v, bool quoted) {
                 }
         } else if (kind == KIND_CHECKSUM)
                 fprintf(f, "0x%016" PRIx64, v->num);
+        else if (kind == KIND_MS)
+                fprintf(f, "%" PRIu64 " ms", v->num);
+        else if (kind == KIND_PAGE_RATE)
+                fprintf(f, "%" PRIu64 " pages/s", v->num);
+        else if (kind == KIND_BYTE_RATE && v->num >= 1024)
+                fprintf(f, "%" PRIu64 " B/s (%.1f MiB/s)", v->num, (double) v->num / 1048576.0);
+        else if (kind == KIND_BYTE_RATE)
+                fprintf(f, "%" PRIu64 " B/s", v->num);
         else if (strlen(v->type) == 1 && strchr("yqut", v->type[0]))
                 fprintf(f, "%" PRIu64, v->num);
         else if (v->str && streq(v->type, "o"))
@@ -515,6 +569,8 @@ static const struct {
         { "CreatedTimestamp", "Created" },
         { "StateChangeTimestamp", "State changed" },
         { "QueuePairs", "Queue pairs" },
+        { "TotalMs", "Total time" },
+        { "SetupMs", "Setup time" },
 };
 
 char *prop_label(const char *name) {
@@ -522,11 +578,16 @@ char *prop_label(const char *name) {
                 if (streq(name, label_overrides[i].name))
                         return strdup(label_overrides[i].label);
 
-        /* "MemorySize" -> "Memory size"; "LastErrorTimestamp" -> "Last error at". */
+        /*
+         * "MemorySize" -> "Memory size"; "LastErrorTimestamp" -> "Last error
+         * at"; "DowntimeMs" -> "Downtime" (the value says "ms").
+         */
         size_t len = strlen(name);
         bool timestamp = has_suffix(name, "Timestamp") && len > strlen("Timestamp");
         if (timestamp)
                 len -= strlen("Timestamp");
+        else if (is_ms_name(name))
+                len -= strlen("Ms");
         char *s = malloc(2 * len + sizeof(" at")), *p = s;
         if (!s)
                 return NULL;

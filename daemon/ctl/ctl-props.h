@@ -51,6 +51,8 @@ struct objects {
 };
 
 void props_free(struct props *p);
+/* Moves every property of `from` into `into`, replacing those of the same name; `from` ends empty.  0 or -ENOMEM. */
+int props_merge(struct props *into, struct props *from);
 void objects_free(struct objects *o);
 void strv_free(char **l);
 static inline void strv_freep(char ***l) {

@@ -54,6 +54,12 @@ enum {
         OPT_TOKEN,
         OPT_WAIT,
         OPT_TYPE,
+        OPT_LIVE,
+        OPT_MAX_DOWNTIME,
+        OPT_MAX_BANDWIDTH,
+        OPT_MAX_ROUNDS,
+        OPT_FORCE_SWITCHOVER,
+        OPT_PAUSE_TIMEOUT,
 };
 
 /* Taken before the command and by every command, anywhere among its arguments. */
@@ -68,7 +74,8 @@ enum {
 
 #define COMMON_HELP                                                                                  \
         "  -h --help               Show this help\n"                                                 \
-        "     --json               Print one JSON document (watch: one object a line)\n"             \
+        "     --json               Print one JSON document (watch, migrate start --wait: one\n"      \
+        "                          object a line)\n"                                                 \
         "  -q --quiet              Print only what was asked for; no legend (implies --no-legend)\n" \
         "     --no-legend          No column headers and hints (for scripts)\n"                      \
         "  -H --host=[USER@]HOST   Talk to vhostmigd on HOST, over ssh\n"                            \
@@ -757,40 +764,115 @@ static int verb_migrate_incoming(struct parse *p, int argc, char **argv) {
         return ctl_migrate_incoming(p->o, argv[optind], listen);
 }
 
+/* The limits of MigrateTo's options (docs/dbus-api.md), told before anything is sent. */
+#define MAX_DOWNTIME_MS_MAX  3600000u
+#define MAX_ROUNDS_MAX       10000u
+#define PAUSE_TIMEOUT_MS_MAX 3600000u
+
+static int parse_migrate_u32(const char *verb, const char *option, const char *s, uint32_t max, uint32_t *ret) {
+        if (!isdigit((unsigned char) s[0]) || parse_u32_range(s, 1, max, ret) < 0)
+                return cli_command_usage_error(verb, "invalid %s '%s' (1..%" PRIu32 ")", option, s, max);
+        return EXIT_OK;
+}
+
+/*
+ * One option of migrate start.  *live_only names the first option that
+ * needs --live, checked once all are read (the order on the line is free).
+ */
+static int migrate_start_option(struct parse *p, struct ctl_migrate *m, int c, char **argv, const char **live_only) {
+        const char *opt = NULL;
+        int ret = EXIT_OK;
+
+        switch (c) {
+        case OPT_TO:
+                m->to = optarg;
+                return EXIT_OK;
+        case OPT_TOKEN:
+                m->token = optarg;
+                return EXIT_OK;
+        case OPT_WAIT:
+                m->wait = true;
+                return EXIT_OK;
+        case OPT_LIVE:
+                m->live = true;
+                return EXIT_OK;
+        case OPT_MAX_DOWNTIME:
+                opt = "--max-downtime";
+                m->has_max_downtime = true;
+                ret = parse_migrate_u32(p->name, opt, optarg, MAX_DOWNTIME_MS_MAX, &m->max_downtime_ms);
+                break;
+        case OPT_MAX_BANDWIDTH:
+                opt = "--max-bandwidth";
+                m->has_max_bandwidth = true;
+                if (cli_parse_u64(optarg, true, &m->max_bandwidth) < 0)
+                        ret = cli_command_usage_error(
+                                p->name, "invalid --max-bandwidth '%s' (bytes/s, with K, M or G: powers of 1024)",
+                                optarg);
+                break;
+        case OPT_MAX_ROUNDS:
+                opt = "--max-rounds";
+                m->has_max_rounds = true;
+                ret = parse_migrate_u32(p->name, opt, optarg, MAX_ROUNDS_MAX, &m->max_rounds);
+                break;
+        case OPT_FORCE_SWITCHOVER:
+                opt = "--force-switchover";
+                m->force_switchover = true;
+                break;
+        case OPT_PAUSE_TIMEOUT:
+                opt = "--pause-timeout";
+                m->has_pause_timeout = true;
+                ret = parse_migrate_u32(p->name, opt, optarg, PAUSE_TIMEOUT_MS_MAX, &m->pause_timeout_ms);
+                break;
+        default:
+                return option_error(p, c, argv);
+        }
+        if (!*live_only)
+                *live_only = opt;
+        return ret;
+}
+
 static int verb_migrate_start(struct parse *p, int argc, char **argv) {
         static const struct option options[] = { COMMON_OPTIONS,
                                                  { "to", required_argument, NULL, OPT_TO },
                                                  { "token", required_argument, NULL, OPT_TOKEN },
                                                  { "wait", no_argument, NULL, OPT_WAIT },
+                                                 { "live", no_argument, NULL, OPT_LIVE },
+                                                 { "max-downtime", required_argument, NULL, OPT_MAX_DOWNTIME },
+                                                 { "max-bandwidth", required_argument, NULL, OPT_MAX_BANDWIDTH },
+                                                 { "max-rounds", required_argument, NULL, OPT_MAX_ROUNDS },
+                                                 { "force-switchover", no_argument, NULL, OPT_FORCE_SWITCHOVER },
+                                                 { "pause-timeout", required_argument, NULL, OPT_PAUSE_TIMEOUT },
                                                  {} };
-        const char *to = NULL, *token = NULL;
-        bool wait = false;
-        int c, ret;
+        struct ctl_migrate m = {};
+        const char *live_only = NULL;
+        int c, ret = EXIT_OK;
 
         options_begin();
-        while ((c = next_option(p, argc, argv, options)) >= 0) {
-                if (c == OPT_TO)
-                        to = optarg;
-                else if (c == OPT_TOKEN)
-                        token = optarg;
-                else
-                        wait = true;
-        }
+        while (ret == EXIT_OK && (c = next_option(p, argc, argv, options)) >= 0)
+                ret = migrate_start_option(p, &m, c, argv, &live_only);
         if (p->stop)
                 return p->ret;
+        if (ret != EXIT_OK)
+                return ret;
         if (argc - optind != 1)
                 return cli_command_usage_error(p->name, "%s", "takes exactly one VM");
-        if (!to || !token)
+        if (!m.to || !m.token)
                 return cli_command_usage_error(p->name, "%s",
                                                "give the destination with --to ADDR and --token TOKEN, as "
                                                "'migrate incoming' printed them there");
-        if ((ret = check_migrate_address(p->name, "--to", to)) != EXIT_OK)
+        if (live_only && !m.live)
+                return cli_command_usage_error(p->name, "%s tunes a live migration: it needs --live", live_only);
+        if ((ret = check_migrate_address(p->name, "--to", m.to)) != EXIT_OK)
                 return ret;
-        if (strlen(token) != 32 || strspn(token, "0123456789abcdef") != 32)
-                return cli_command_usage_error(p->name, "invalid --token '%s' (32 lowercase hex digits)", token);
+        if (strlen(m.token) != 32 || strspn(m.token, "0123456789abcdef") != 32)
+                return cli_command_usage_error(p->name, "invalid --token '%s' (32 lowercase hex digits)", m.token);
         if ((ret = check_vm_name(p->name, argv[optind])) != EXIT_OK)
                 return ret;
-        return ctl_migrate_start(p->o, argv[optind], to, token, wait);
+        return ctl_migrate_start(p->o, argv[optind], &m);
+}
+
+static int verb_migrate_continue(struct parse *p, int argc, char **argv) {
+        return run_on_vm(p, argc, argv, ctl_migrate_continue);
 }
 
 static int verb_migrate_status(struct parse *p, int argc, char **argv) {
@@ -876,12 +958,27 @@ static const struct verb verbs[] = {
           "     --listen=ADDR        unix:PATH or tcp:HOST:PORT (PORT 0: any) (default: a unix\n"
           "                          socket the daemon picks)\n"
           "The VM's devices must have been added with 'device add --incoming'.\n" },
-        { "migrate", "start", verb_migrate_start, "VM --to ADDR --token TOKEN [--wait]",
-          "Migrate VM to the vhostmigd at ADDR (the VMM paused the vCPUs)",
+        { "migrate", "start", verb_migrate_start, "VM --to ADDR --token TOKEN [--live [LIVE OPTIONS]] [--wait]",
+          "Migrate VM to the vhostmigd at ADDR",
           "     --to=ADDR            The address 'migrate incoming' printed at the destination\n"
           "     --token=TOKEN        The token it printed\n"
-          "     --wait               Wait until the migration ends and show it; exit 1 unless it\n"
-          "                          completed\n" },
+          "     --live               Pre-copy while the guest runs (default: stop-and-copy, the\n"
+          "                          VMM paused the vCPUs before)\n"
+          "     --wait               Show the progress until the migration ends, then a summary;\n"
+          "                          exit 1 unless it completed (--json: one object a line)\n"
+          "Live options (only with --live):\n"
+          "     --max-downtime=MS    Switch over once the rest fits MS at the measured bandwidth\n"
+          "                          (1..3600000, default 300)\n"
+          "     --max-bandwidth=BYTES\n"
+          "                          Bytes/s during the rounds, K, M or G binary (default 0:\n"
+          "                          unlimited)\n"
+          "     --max-rounds=N       Rounds, the full pass included (1..10000, default 30)\n"
+          "     --force-switchover   Switch over after N rounds anyway (default: fail, naming\n"
+          "                          the dirty rate and the bandwidth)\n"
+          "     --pause-timeout=MS   How long pre-switchover waits for the VMM's 'migrate\n"
+          "                          continue' (1..3600000, default 10000)\n" },
+        { "migrate", "continue", verb_migrate_continue, "VM",
+          "The VMM paused the vCPUs: leave pre-switchover (MigrateContinue)", NULL },
         { "migrate", "status", verb_migrate_status, "VM", "Show the state and figures of VM's migration", NULL },
         { "migrate", "cancel", verb_migrate_cancel, "VM", "Cancel VM's migration (any phase before END)", NULL },
         { "migrate", "save-state", verb_migrate_save_state, "VM FILE",
@@ -957,7 +1054,7 @@ static const struct verb *find_verb(int argc, char **argv, int *ret) {
                                        strcmp(name, "vm") == 0       ? "create, destroy"
                                        : strcmp(name, "device") == 0 ? "add, remove"
                                        : strcmp(name, "migrate") == 0
-                                               ? "incoming, start, status, cancel, save-state, load-state"
+                                               ? "incoming, start, continue, status, cancel, save-state, load-state"
                                                : "start, stop, harvest");
         else
                 *ret = cli_usage_error("unknown command '%s %s'", name, sub);

@@ -382,6 +382,63 @@ static void test_usage_errors(void **state) {
         }
 }
 
+#define TOKEN "0123456789abcdef0123456789abcdef"
+#define START "migrate", "start", "vm0", "--to", "unix:/x", "--token", TOKEN
+
+/* The options of a live migration: each refused without --live, naming itself, and out of range. */
+static void test_live_usage_errors(void **state) {
+        (void) state;
+        const struct {
+                const char *const *args;
+                const char *needle;
+        } cases[] = {
+                { ARGS(START, "--max-downtime", "100"), "--max-downtime tunes a live migration: it needs --live" },
+                { ARGS(START, "--max-bandwidth", "1M"), "--max-bandwidth tunes a live migration" },
+                { ARGS("migrate", "start", "--max-rounds", "3", "vm0", "--to", "unix:/x", "--token", TOKEN),
+                  "--max-rounds tunes" },
+                { ARGS(START, "--force-switchover"), "--force-switchover tunes" },
+                { ARGS(START, "--pause-timeout", "100", "--wait"), "--pause-timeout tunes" },
+                { ARGS(START, "--live", "--max-downtime", "0"), "invalid --max-downtime '0' (1..3600000)" },
+                { ARGS(START, "--live", "--max-downtime", "3600001"), "invalid --max-downtime" },
+                { ARGS(START, "--live", "--max-rounds", "10001"), "invalid --max-rounds '10001' (1..10000)" },
+                { ARGS(START, "--live", "--max-rounds", "-1"), "invalid --max-rounds" },
+                { ARGS(START, "--live", "--max-bandwidth", "1X"), "invalid --max-bandwidth '1X'" },
+                { ARGS(START, "--live", "--max-bandwidth", "-5"), "invalid --max-bandwidth" },
+                { ARGS(START, "--live", "--max-bandwidth", "99999999999999999999"), "invalid --max-bandwidth" },
+                { ARGS(START, "--live", "--pause-timeout", "soon"), "invalid --pause-timeout" },
+                { ARGS(START, "--live", "--max-rounds"), "needs a value" },
+                { ARGS(START, "--live=yes"), "--live" },
+                { ARGS("migrate", "continue"), "exactly one VM" },
+                { ARGS("migrate", "continue", "vm0", "vm1"), "exactly one VM" },
+                { ARGS("migrate", "continue", "bad/name"), "invalid VM name" },
+                { ARGS("migrate", "continue", "vm0", "--live"), "unrecognized option '--live'" },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct run *r = expect_as(0, 2, cases[i].args);
+                assert_error(r, cases[i].needle);
+                assert_error(r, "Try 'vhostmigctl migrate ");
+                assert_string_equal(r->out, "");
+                free(r);
+        }
+        /* Every option in its valid form parses: the call then finds no daemon (7). */
+        struct run *r = expect(7, START, "--live", "--max-downtime", "3600000", "--max-bandwidth", "1G", "--max-rounds",
+                               "1", "--force-switchover", "--pause-timeout", "500", "--wait");
+        assert_error(r, "not running");
+        free(r);
+        r = expect(7, START, "--live", "--max-bandwidth", "0", "--max-rounds", "10000", "--max-downtime", "1");
+        free(r);
+        r = expect(7, "migrate", "continue", "vm0");
+        assert_error(r, "not running");
+        free(r);
+        r = expect(0, "migrate", "start", "--help");
+        assert_non_null(strstr(r->out, "--max-bandwidth=BYTES"));
+        assert_non_null(strstr(r->out, "--pause-timeout=MS"));
+        free(r);
+        r = expect(0, "help", "migrate", "continue");
+        assert_non_null(strstr(r->out, "MigrateContinue"));
+        free(r);
+}
+
 static void test_help(void **state) {
         (void) state;
         struct run *r = expect(0, "--help");
@@ -642,6 +699,54 @@ static void test_not_found(void **state) {
         free(mem);
 }
 
+/* The keys of every migrate start --wait --json line (vhostmigctl(1)); live ones only with `live`. */
+static void assert_migration_keys(json_object *j, bool live) {
+        static const char *const ints[] = { "pages_total", "pages_transferred", "zero_pages", "bytes_transferred",
+                                            "downtime_ms", "total_ms",          "rarp_sent",  "migration_checksum" };
+        static const char *const live_ints[] = { "round",     "pages_remaining",      "dirty_rate",
+                                                 "bandwidth", "expected_downtime_ms", "setup_ms" };
+        field(j, "vm", json_type_string);
+        field(j, "migration_state", json_type_string);
+        field(j, "role", json_type_string);
+        field(j, "migration_error", json_type_string);
+        for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+                field(j, ints[i], json_type_int);
+        for (size_t i = 0; live && i < sizeof(live_ints) / sizeof(live_ints[0]); i++)
+                field(j, live_ints[i], json_type_int);
+}
+
+/*
+ * migrate start --wait --json: JSON Lines, every line an object with the
+ * migration's keys, "progress" updates and one "result" last.  Returns
+ * the result (the caller puts it); *updates: how many progress lines.
+ */
+static json_object *expect_migration_lines(const char *out, bool live, unsigned *updates) {
+        char *copy = strdup(out), *save = NULL;
+        json_object *result = NULL;
+        assert_non_null(copy);
+        *updates = 0;
+        for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                json_object *j = json_tokener_parse(line);
+                if (!j || !json_object_is_type(j, json_type_object))
+                        fail_msg("migrate start --wait --json printed a line that is no JSON object: \"%s\"", line);
+                if (result)
+                        fail_msg("a line after the result: \"%s\"", line);
+                assert_migration_keys(j, live);
+                const char *event = json_object_get_string(field(j, "event", json_type_string));
+                if (strcmp(event, "result") == 0)
+                        result = j;
+                else {
+                        assert_string_equal(event, "progress");
+                        (*updates)++;
+                        json_object_put(j);
+                }
+        }
+        free(copy);
+        if (!result)
+                fail_msg("no result line in \"%s\"", out);
+        return result;
+}
+
 /* Two VMs of one daemon, the second the first's destination: the migrate verbs end to end. */
 static void test_migrate(void **state) {
         (void) state;
@@ -673,7 +778,11 @@ static void test_migrate(void **state) {
         assert_field_string(j, "role", "destination");
         json_object_put(j);
 
-        j = expect_json(0, json_type_object, "migrate", "start", "vms", "--to", address, "--token", token, "--wait");
+        struct run *r = expect(0, "--json", "migrate", "start", "vms", "--to", address, "--token", token, "--wait");
+        unsigned updates;
+        j = expect_migration_lines(r->out, false, &updates);
+        free(r);
+        assert_true(updates >= 1); /* at least the state read once the call returned */
         assert_field_string(j, "vm", "vms");
         assert_field_string(j, "migration_state", "completed");
         assert_field_string(j, "role", "source");
@@ -684,7 +793,7 @@ static void test_migrate(void **state) {
         field(j, "downtime_ms", json_type_int);
         assert_field_string(j, "migration_error", "");
         json_object_put(j);
-        struct run *r = expect(0, "migrate", "status", "vmd");
+        r = expect(0, "migrate", "status", "vmd");
         assert_non_null(strstr(r->out, "completed"));
         assert_non_null(strstr(r->out, "destination"));
         free(r);
@@ -779,6 +888,76 @@ static void test_migrate_state(void **state) {
         free(mem2);
 }
 
+/* A source "vms" and its destination "vmd" (memory file path2), waiting: the address and token. */
+struct pair {
+        char *mem, *mem2, path2[sizeof(env.mem) + 8];
+        char *address, *token;
+};
+
+static void pair_setup(struct pair *p, const char *suffix) {
+        p->mem = memory_arg();
+        second_memory(p->path2, sizeof(p->path2), suffix, &p->mem2);
+        json_object_put(expect_json(0, json_type_object, "vm", "create", "vms", "--memory", p->mem));
+        json_object_put(expect_json(0, json_type_object, "vm", "create", "vmd", "--memory", p->mem2));
+        json_object_put(expect_json(0, json_type_object, "device", "add", "vms", env.socket, "--eventfds", "--queue",
+                                    QUEUE(1), "--queue", QUEUE(2)));
+        json_object_put(expect_json(0, json_type_object, "device", "add", "vmd", env.socket2, "--eventfds", "--queue",
+                                    QUEUE(1), "--queue", QUEUE(2), "--incoming"));
+        json_object *j = expect_json(0, json_type_object, "migrate", "incoming", "vmd");
+        p->address = strdup(json_object_get_string(field(j, "address", json_type_string)));
+        p->token = strdup(json_object_get_string(field(j, "token", json_type_string)));
+        json_object_put(j);
+}
+
+static void pair_teardown(struct pair *p) {
+        json_object_put(expect_json(0, json_type_object, "vm", "destroy", "vms"));
+        json_object_put(expect_json(0, json_type_object, "vm", "destroy", "vmd"));
+        unlink(p->path2);
+        free(p->mem);
+        free(p->mem2);
+        free(p->address);
+        free(p->token);
+}
+
+static bool starts_with_state(const char *line) {
+        static const char *const states[] = { "setup ", "active ",   "pre-switchover ",     "switchover ", "completed",
+                                              "failed", "cancelled", "postmigrate-unknown", "none" };
+        for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+                if (strncmp(line, states[i], strlen(states[i])) == 0)
+                        return true;
+        return false;
+}
+
+/* --wait into a pipe: one line per state (no \r, no terminal codes), then the summary line. */
+static void test_migrate_wait_text(void **state) {
+        (void) state;
+        struct pair p;
+        pair_setup(&p, "tx");
+        struct run *r = expect(0, "migrate", "start", "vms", "--to", p.address, "--token", p.token, "--wait");
+        assert_null(strchr(r->out, '\r'));
+        assert_null(strchr(r->out, '\033'));
+        unsigned n = 0, states = 0;
+        char *save = NULL, *last = NULL;
+        for (char *line = strtok_r(r->out, "\n", &save); line; line = strtok_r(NULL, "\n", &save), n++) {
+                if (!starts_with_state(line))
+                        fail_msg("a line that starts with no state: \"%s\"", line);
+                if (last) {
+                        /* Every line before the summary is a progress line: "STATE  DONE/TOTAL MiB". */
+                        assert_non_null(strstr(last, "/2.0 MiB"));
+                        states++;
+                }
+                last = line;
+        }
+        assert_true(states >= 1);
+        assert_non_null(last);
+        if (strncmp(last, "completed in ", strlen("completed in ")) != 0 || !strstr(last, ": downtime ") ||
+            !strstr(last, " ms, 512 pages (") || !strstr(last, " zero), 1 round, ") || !strstr(last, "RARP") ||
+            !strstr(last, ", checksum 0x"))
+                fail_msg("not the summary line: \"%s\"", last);
+        free(r);
+        pair_teardown(&p);
+}
+
 static void test_watch(void **state) {
         (void) state;
         char *mem = memory_arg();
@@ -836,16 +1015,15 @@ int main(void) {
                 return 77;
         }
         const struct CMUnitTest offline[] = {
-                cmocka_unit_test(test_usage_errors),
-                cmocka_unit_test(test_help),
-                cmocka_unit_test(test_not_running),
+                cmocka_unit_test(test_usage_errors), cmocka_unit_test(test_live_usage_errors),
+                cmocka_unit_test(test_help),         cmocka_unit_test(test_not_running),
                 cmocka_unit_test(test_host),
         };
         const struct CMUnitTest daemon[] = {
                 cmocka_unit_test(test_probe),         cmocka_unit_test(test_status_and_list),
                 cmocka_unit_test(test_vm_lifecycle),  cmocka_unit_test(test_not_found),
                 cmocka_unit_test(test_watch),         cmocka_unit_test(test_migrate),
-                cmocka_unit_test(test_migrate_state),
+                cmocka_unit_test(test_migrate_state), cmocka_unit_test(test_migrate_wait_text),
         };
         int failed = cmocka_run_group_tests_name("ctl-offline", offline, group_setup_offline, group_teardown);
         failed += cmocka_run_group_tests_name("ctl-daemon", daemon, group_setup_daemon, group_teardown);
