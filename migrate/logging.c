@@ -36,8 +36,13 @@ struct vmm_bitmap {
 struct vhm_logging {
         struct vhm_vm *vm;
         struct vhm_device *devices[VHM_LOGGING_MAX_DEVICES];
+        /* devices[i]'s back-end switches logs under its queue locks (vhm_logging_set_log_switch_locked) */
+        bool switch_locked[VHM_LOGGING_MAX_DEVICES];
         unsigned ndevices;
         struct vhm_log *log;
+        /* Double-buffered harvests: the all-clear log the next one hands out (same size as log). */
+        struct vhm_log *spare;
+        uint64_t switched_harvests;
         struct vhm_log *retired[MAX_RETIRED_LOGS];
         unsigned nretired;
         struct vhm_bitmap *bitmap;
@@ -74,6 +79,8 @@ int vhm_logging_new(struct vhm_vm *vm, struct vhm_logging **out) {
 static void free_logs(struct vhm_logging *l) {
         vhm_log_free(l->log);
         l->log = NULL;
+        vhm_log_free(l->spare);
+        l->spare = NULL;
         for (unsigned i = 0; i < l->nretired; i++)
                 vhm_log_free(l->retired[i]);
         l->nretired = 0;
@@ -268,6 +275,7 @@ int vhm_logging_add_device(struct vhm_logging *l, struct vhm_device *dev) {
         for (unsigned i = 0; i < l->ndevices; i++)
                 if (l->devices[i] == dev)
                         return log_fail(l, -EEXIST, "%s: already added", vhm_device_socket(dev));
+        l->switch_locked[l->ndevices] = false;
         l->devices[l->ndevices++] = dev;
         if (!l->active)
                 return 0;
@@ -289,6 +297,8 @@ void vhm_logging_remove_device(struct vhm_logging *l, struct vhm_device *dev) {
                 if (l->active)
                         leave_device(dev);
                 memmove(&l->devices[i], &l->devices[i + 1], (l->ndevices - i - 1) * sizeof(l->devices[0]));
+                memmove(&l->switch_locked[i], &l->switch_locked[i + 1],
+                        (l->ndevices - i - 1) * sizeof(l->switch_locked[0]));
                 l->ndevices--;
                 return;
         }
@@ -350,15 +360,89 @@ static void harvest_vmm_bitmaps(struct vhm_logging *l, uint64_t *new_pages) {
         }
 }
 
+/*
+ * A log some device may still write to after it was replaced: kept and
+ * harvested (atomically) until every device has acknowledged the current one.
+ */
+static void retire_log(struct vhm_logging *l, struct vhm_log *old) {
+        if (l->nretired < MAX_RETIRED_LOGS) {
+                l->retired[l->nretired++] = old;
+                return;
+        }
+        /* No slot left: a page written there from now on is unknown. Never silently. */
+        vhm_log_free(old);
+        l->incomplete = true;
+        size_t used = strlen(l->error);
+        snprintf(l->error + used, sizeof(l->error) - used,
+                 "; every retired-log slot is taken, so the"
+                 " dirty log is incomplete until every device takes the current log: every page"
+                 " counts as dirty");
+}
+
+/*
+ * Double-buffered only where it cannot lose a page: every device declared to
+ * switch logs under its queue locks, each on the current log now (so each
+ * will answer the next SET_LOG_BASE only once it writes the new log), and no
+ * older log still around.
+ */
+static bool can_switch(const struct vhm_logging *l, bool settled) {
+        if (!l->active || !l->ndevices || !settled || l->nretired || l->incomplete)
+                return false;
+        for (unsigned i = 0; i < l->ndevices; i++)
+                if (!l->switch_locked[i])
+                        return false;
+        return true;
+}
+
+/*
+ * Hands every device the spare (all clear) log, then reads the one they left
+ * with plain loads and stores: once they all answered, none writes it.  If
+ * one did not take the spare, the old log is taken atomically instead and
+ * retired.  Returns 1 when the harvest switched, 0 when it did not (the
+ * spare could not be allocated: the caller harvests atomically), or a
+ * negative errno.
+ */
+static int switch_and_harvest(struct vhm_logging *l, uint64_t *n) {
+        if (!l->spare && vhm_log_new(vhm_log_npages(l->log) * VHM_PAGE_SIZE, &l->spare) < 0)
+                return 0;
+        bool all_moved = true;
+        for (unsigned i = 0; i < l->ndevices; i++)
+                if (vhm_device_set_log(l->devices[i], vhm_log_fd(l->spare), vhm_log_size_bytes(l->spare)) < 0) {
+                        all_moved = false;
+                        log_fail(l, -EIO, "%s", vhm_device_error(l->devices[i]));
+                }
+        struct vhm_log *old = l->log;
+        l->log = l->spare;
+        l->spare = NULL;
+        int r;
+        if (all_moved) {
+                r = vhm_log_harvest_detached(old, l->bitmap, n);
+                l->spare = old; /* all clear again: the next harvest hands it out */
+                l->switched_harvests++;
+        } else {
+                r = vhm_log_harvest(old, l->bitmap, n);
+                retire_log(l, old);
+        }
+        return r < 0 ? log_fail(l, r, "harvest: %s", strerror(-r)) : 1;
+}
+
 int vhm_logging_harvest(struct vhm_logging *l, uint64_t *new_pages) {
         uint64_t total = 0, n;
         if (!l->log)
                 return log_fail(l, -ENODATA, "logging is off");
         /* Looked at first: what a back-end wrote before acknowledging is in this harvest. */
         bool settled = all_on_current_log(l);
-        int r = vhm_log_harvest(l->log, l->bitmap, &n);
+        int r = can_switch(l, settled) ? switch_and_harvest(l, &n) : 0;
         if (r < 0)
-                return log_fail(l, r, "harvest: %s", strerror(-r));
+                return r;
+        if (r == 0) {
+                r = vhm_log_harvest(l->log, l->bitmap, &n);
+                if (r < 0)
+                        return log_fail(l, r, "harvest: %s", strerror(-r));
+        } else {
+                /* A device that did not take the spare left a retired log behind, to keep. */
+                settled = l->nretired == 0;
+        }
         total += n;
         for (unsigned i = 0; i < l->nretired; i++) {
                 r = vhm_log_harvest(l->retired[i], l->bitmap, &n);
@@ -406,23 +490,16 @@ int vhm_logging_resize(struct vhm_logging *l) {
                 }
         struct vhm_log *old = l->log;
         l->log = fresh;
+        /* The spare has the old size: the next double-buffered harvest makes one of the new. */
+        vhm_log_free(l->spare);
+        l->spare = NULL;
         /* Only then the old one: harvested last, freed unless a device may still write to it. */
         uint64_t n;
         (void) vhm_log_harvest(old, l->bitmap, &n);
-        if (all_moved) {
+        if (all_moved)
                 vhm_log_free(old);
-        } else if (l->nretired < MAX_RETIRED_LOGS) {
-                l->retired[l->nretired++] = old;
-        } else {
-                /* No slot left: a page written there from now on is unknown. Never silently. */
-                vhm_log_free(old);
-                l->incomplete = true;
-                size_t used = strlen(l->error);
-                snprintf(l->error + used, sizeof(l->error) - used,
-                         "; every retired-log slot is taken, so the"
-                         " dirty log is incomplete until every device takes the current log: every page"
-                         " counts as dirty");
-        }
+        else
+                retire_log(l, old);
         return all_moved ? 0 : -EIO;
 }
 
@@ -438,6 +515,20 @@ int vhm_logging_memory_changed(struct vhm_logging *l) {
 }
 
 /* ---- VMM dirty bitmaps ---------------------------------------------------------------- */
+
+int vhm_logging_set_log_switch_locked(struct vhm_logging *l, struct vhm_device *dev, bool locked) {
+        for (unsigned i = 0; i < l->ndevices; i++) {
+                if (l->devices[i] == dev) {
+                        l->switch_locked[i] = locked;
+                        return 0;
+                }
+        }
+        return log_fail(l, -ENOENT, "%s: not a device of this VM's logging", vhm_device_socket(dev));
+}
+
+uint64_t vhm_logging_switched_harvests(const struct vhm_logging *l) {
+        return l->switched_harvests;
+}
 
 unsigned vhm_logging_bitmap_sources(const struct vhm_logging *l) {
         return l->nvmm;

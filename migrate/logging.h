@@ -86,6 +86,31 @@ int vhm_logging_add_bitmap(struct vhm_logging *l, int memfd);
 /* How many VMM bitmaps are registered. */
 unsigned vhm_logging_bitmap_sources(const struct vhm_logging *l);
 
+/*
+ * Double-buffered harvests.  A back-end that switches logs under the locks
+ * its queues write the log under writes nothing to the old log once it has
+ * answered SET_LOG_BASE: DPDK's vhost library (SET_LOG_BASE runs with every
+ * ring's access_lock held and is answered before they are released) and
+ * virtiofsd 7.2 (under its dispatch write lock).  When every device of the
+ * VM is declared so, connected and on the current log, each harvest hands
+ * every device a second, all-clear log of the same size and then reads the
+ * one they left with plain loads and stores (vhm_log_harvest_detached): no
+ * locked instruction per dirty word, at the price of one SET_LOG_BASE round
+ * trip per device and harvest and a second log in memory.  A device that
+ * does not take the new log leaves the old one retired and harvested
+ * atomically, as after a failed resize; harvests then stay atomic until
+ * every device is on the current log again.
+ *
+ * Off for every device until declared: a back-end that swaps its log pointer
+ * without a lock (generic libvhost-user) may OR into the old log after its
+ * answer, and that page would be lost.  The caller declares it from its own
+ * configuration; nothing a back-end says is trusted for it.  Returns 0, or
+ * -ENOENT when dev was not added.
+ */
+int vhm_logging_set_log_switch_locked(struct vhm_logging *l, struct vhm_device *dev, bool locked);
+/* Harvests that switched logs (double-buffered), since the logging was created. */
+uint64_t vhm_logging_switched_harvests(const struct vhm_logging *l);
+
 /* The current log's size in bytes (0 when not logging). */
 uint64_t vhm_logging_log_size(const struct vhm_logging *l);
 /* The current log's fd (-1 when not logging); the logging keeps it. */

@@ -445,10 +445,17 @@ static void report(const char *what, uint64_t frames, unsigned harvests, uint64_
 /* The sender sends everything at this harvest: 10,000 frames (dozens of ring cycles) follow it. */
 #define SEND_AT (TOTAL_FRAMES - 5 * HARVEST_EVERY)
 
-static void zero_missed_pages(struct real_backend *b, unsigned nqp) {
+/*
+ * switched: testpmd is declared to switch logs under its queue locks, so
+ * every harvest is double-buffered (SET_LOG_BASE to the other log, then the
+ * old one read without atomics) while frames flow.
+ */
+static void zero_missed_pages(struct real_backend *b, unsigned nqp, bool switched) {
         int fds_before = count_open_fds();
         struct rig r;
         dpdk_rig(&r, b, nqp, 0);
+        if (switched)
+                LOG_CHECK(r.lg, vhm_logging_set_log_switch_locked(r.lg, r.dev, true));
         struct sender snd;
         sender_init(&snd, &r);
 
@@ -473,7 +480,11 @@ static void zero_missed_pages(struct real_backend *b, unsigned nqp) {
         struct page_check c = check_record(&r);
         uint64_t lost = missed_over_run(&r, &snd);
         uint64_t harvested = pages_ever_harvested(&snd, bm);
-        report(nqp == 1 ? "1 queue pair" : "4 queue pairs", s.sent, h.harvests, c.written, harvested, c.missed);
+        report(nqp == 1 ? (switched ? "1 queue pair, double-buffered" : "1 queue pair")
+                        : (switched ? "4 queue pairs, double-buffered" : "4 queue pairs"),
+               s.sent, h.harvests, c.written, harvested, c.missed);
+        /* Every harvest switched logs, or none did (the device is testpmd's, connected throughout). */
+        assert_int_equal(vhm_logging_switched_harvests(r.lg), switched ? h.harvests : 0);
         assert_int_equal(c.missed, 0);
         assert_int_equal(lost, 0);
         assert_int_equal(c.written, expected_pages(&r, ECHO_RX_BYTES));
@@ -497,11 +508,19 @@ static void zero_missed_pages(struct real_backend *b, unsigned nqp) {
 }
 
 static void dpdk_one_queue_pair_zero_missed(void **state) {
-        zero_missed_pages(&((struct fixture *) *state)->b, 1);
+        zero_missed_pages(&((struct fixture *) *state)->b, 1, false);
 }
 
 static void dpdk_four_queue_pairs_zero_missed(void **state) {
-        zero_missed_pages(&((struct fixture *) *state)->b, 4);
+        zero_missed_pages(&((struct fixture *) *state)->b, 4, false);
+}
+
+static void dpdk_one_queue_pair_double_buffered_zero_missed(void **state) {
+        zero_missed_pages(&((struct fixture *) *state)->b, 1, true);
+}
+
+static void dpdk_four_queue_pairs_double_buffered_zero_missed(void **state) {
+        zero_missed_pages(&((struct fixture *) *state)->b, 4, true);
 }
 
 /* ---- 3: the log grows in the middle of the stream ----------------------------- */
@@ -993,10 +1012,15 @@ static void blocker_without_log_shmfd(void **state) {
 int main(void) {
 #define TEST(t) cmocka_unit_test_setup_teardown(t, fixture_setup, fixture_teardown)
         const struct CMUnitTest tests[] = {
-                TEST(dpdk_one_queue_pair_zero_missed),    TEST(dpdk_four_queue_pairs_zero_missed),
-                TEST(dpdk_resize_mid_stream_zero_missed), TEST(dpdk_rx_flood_zero_missed),
-                TEST(dpdk_logging_off_then_on),           TEST(virtiofsd_start_resize_stop),
+                TEST(dpdk_one_queue_pair_zero_missed),
+                TEST(dpdk_four_queue_pairs_zero_missed),
+                TEST(dpdk_resize_mid_stream_zero_missed),
+                TEST(dpdk_rx_flood_zero_missed),
+                TEST(dpdk_logging_off_then_on),
+                TEST(virtiofsd_start_resize_stop),
                 TEST(blocker_without_log_shmfd),
+                TEST(dpdk_one_queue_pair_double_buffered_zero_missed),
+                TEST(dpdk_four_queue_pairs_double_buffered_zero_missed),
         };
 #undef TEST
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "migrate/blockers.h"
@@ -722,6 +723,149 @@ static void retired_log_overflow_marks_everything(void **state) {
         assert_int_equal(count_open_fds(), f->fds_before);
 }
 
+/* ---- 8: double-buffered harvests ---------------------------------------------------- */
+
+/* The inode of the VM's current log: which of the two logs the devices have. */
+static ino_t current_log(struct fixture *f) {
+        struct stat st;
+        assert_int_equal(fstat(vhm_logging_log_fd(f->lg), &st), 0);
+        return st.st_ino;
+}
+
+/* A page marked in the current log the way a back-end does it, through a mapping of its own. */
+static void backend_marks(struct fixture *f, uint64_t page) {
+        size_t size = vhm_logging_log_size(f->lg);
+        uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, vhm_logging_log_fd(f->lg), 0);
+        assert_true(m != MAP_FAILED);
+        __atomic_fetch_or(&m[page / 8], (uint8_t) (1u << (page % 8)), __ATOMIC_RELEASE);
+        munmap(m, size);
+}
+
+/* Harvests into a cleared bitmap: exactly `page` must come out (or nothing for UINT64_MAX). */
+static void harvest_expect(struct fixture *f, uint64_t page) {
+        struct vhm_bitmap *bm = vhm_logging_bitmap(f->lg);
+        uint64_t n = 99;
+        vhm_bitmap_clear_all(bm);
+        LOG_CHECK(f->lg, vhm_logging_harvest(f->lg, &n));
+        assert_int_equal(n, page == UINT64_MAX ? 0 : 1);
+        assert_int_equal(vhm_bitmap_count(bm), n);
+        if (n)
+                assert_true(vhm_bitmap_test(bm, page));
+}
+
+/*
+ * Undeclared, a harvest sends nothing.  Declared, each harvest hands the
+ * device the other log (one SET_LOG_BASE, same size, the two logs in turn)
+ * and what the back-end marked in the log it left is harvested; the log it
+ * gets back is all clear.
+ */
+static void double_buffered_harvests_alternate_logs(void **state) {
+        struct fixture *f = *state;
+        struct backend *be = spawn_default_backend(f);
+        vm_new(f);
+        uint64_t used[2];
+        struct vhm_device *dev = running_device(f, 0, be, used);
+        LOG_CHECK(f->lg, vhm_logging_start(f->lg));
+        ino_t first = current_log(f);
+
+        backend_marks(f, 7);
+        harvest_expect(f, 7);
+        harvest_expect(f, UINT64_MAX);
+        assert_int_equal(current_log(f), first);
+        assert_int_equal(vhm_logging_switched_harvests(f->lg), 0);
+
+        LOG_CHECK(f->lg, vhm_logging_set_log_switch_locked(f->lg, dev, true));
+        ino_t second = 0;
+        for (unsigned i = 0; i < 4; i++) {
+                uint64_t page = 100 + i * 1000;
+                backend_marks(f, page);
+                harvest_expect(f, page);
+                /* The device moved: A, B, A, B. */
+                assert_true(vhm_device_log_acknowledged(dev, vhm_logging_log_fd(f->lg)));
+                if (i == 0)
+                        second = current_log(f);
+                assert_int_equal(current_log(f), i % 2 ? first : second);
+        }
+        assert_true(second != first);
+        /* The log handed out last came back clear: nothing is harvested twice. */
+        harvest_expect(f, UINT64_MAX);
+        assert_int_equal(vhm_logging_switched_harvests(f->lg), 5);
+
+        LOG_CHECK(f->lg, vhm_logging_set_log_switch_locked(f->lg, dev, false));
+        harvest_expect(f, UINT64_MAX);
+        assert_int_equal(vhm_logging_switched_harvests(f->lg), 5);
+        LOG_CHECK(f->lg, vhm_logging_stop(f->lg));
+        fixture_release(f);
+
+        struct record rec;
+        read_final_record(be, used, &rec);
+        assert_int_equal(rec.connections, 1);
+        /* Logging start, then one per switched harvest. */
+        const uint64_t logs[] = { GUEST_LOG_BYTES, GUEST_LOG_BYTES, GUEST_LOG_BYTES,
+                                  GUEST_LOG_BYTES, GUEST_LOG_BYTES, GUEST_LOG_BYTES };
+        assert_logs(be->rec, &rec, 0, logs, 6);
+        printf("  double-buffered: %u SET_LOG_BASE for 5 switched harvests and 3 atomic ones\n", rec.conn[0].log_bases);
+        assert_int_equal(count_open_fds(), f->fds_before);
+}
+
+/*
+ * The back-end goes away instead of answering the switch: the log it had
+ * may still hold pages (or, for a back-end not gone, still take them), so
+ * it is taken atomically and kept; harvests stay atomic until the device is
+ * back on the current log, then switch again.  No page is lost.
+ */
+static void double_buffered_switch_refused(void **state) {
+        struct fixture *f = *state;
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.max_connections = 2;
+        /* SET_LOG_BASE 1: logging start; 2: the first switch, closed instead of answered. */
+        struct tb_fault fault = { .request = VHU_REQ_SET_LOG_BASE, .kind = TB_FAULT_CLOSE, .nth = 2 };
+        assert_int_equal(tb_config_add_fault(&cfg, &fault), 0);
+        struct backend *be = spawn_backend(f, &cfg);
+        vm_new(f);
+        uint64_t used[2];
+        struct vhm_device *dev = running_device(f, 0, be, used);
+        LOG_CHECK(f->lg, vhm_logging_start(f->lg));
+        LOG_CHECK(f->lg, vhm_logging_set_log_switch_locked(f->lg, dev, true));
+
+        backend_marks(f, 42);
+        harvest_expect(f, 42);
+        assert_int_equal(vhm_device_state(dev), VHM_DEVICE_DISCONNECTED);
+        assert_int_equal(vhm_logging_switched_harvests(f->lg), 0);
+        /* Disconnected: not on the current log, so nothing switches. */
+        backend_marks(f, 43);
+        harvest_expect(f, 43);
+        assert_int_equal(vhm_logging_switched_harvests(f->lg), 0);
+
+        reconnect_device(dev);
+        assert_true(vhm_device_log_acknowledged(dev, vhm_logging_log_fd(f->lg)));
+        /* This harvest takes the retired log a last time and frees it; the next one switches. */
+        backend_marks(f, 44);
+        harvest_expect(f, 44);
+        assert_int_equal(vhm_logging_switched_harvests(f->lg), 0);
+        backend_marks(f, 45);
+        harvest_expect(f, 45);
+        assert_int_equal(vhm_logging_switched_harvests(f->lg), 1);
+        LOG_CHECK(f->lg, vhm_logging_stop(f->lg));
+        /* Only a device of the VM's logging can be declared. */
+        vhm_logging_remove_device(f->lg, dev);
+        assert_int_equal(vhm_logging_set_log_switch_locked(f->lg, dev, true), -ENOENT);
+        assert_non_null(strstr(vhm_logging_error(f->lg), be->sock));
+        fixture_release(f);
+
+        struct record rec;
+        read_final_record(be, used, &rec);
+        assert_int_equal(rec.connections, 2);
+        assert_int_equal(rec.faults, 1);
+        const uint64_t logs0[] = { GUEST_LOG_BYTES, GUEST_LOG_BYTES };
+        assert_logs(be->rec, &rec, 0, logs0, 2);
+        /* The reconnect's log, then the switch. */
+        const uint64_t logs1[] = { GUEST_LOG_BYTES, GUEST_LOG_BYTES };
+        assert_logs(be->rec, &rec, 1, logs1, 2);
+        assert_int_equal(count_open_fds(), f->fds_before);
+}
+
 #define TEST(t) cmocka_unit_test_setup_teardown(t, fixture_setup, fixture_teardown)
 
 int main(void) {
@@ -733,6 +877,8 @@ int main(void) {
                 TEST(blocked_device_gets_no_log),
                 TEST(hotplug_while_logging_grows_log_before_memory_table),
                 TEST(retired_log_overflow_marks_everything),
+                TEST(double_buffered_harvests_alternate_logs),
+                TEST(double_buffered_switch_refused),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
