@@ -370,7 +370,7 @@ static void wait_calls(struct vhm_guest *g, unsigned first, unsigned last, int w
 
 /* One round on one queue pair: reclaim, receive, then transmit while fewer
  * than a ring of frames is in flight.  Returns the work done. */
-static int run_once(struct vhm_guest *g, unsigned qp, uint64_t goal, unsigned burst) {
+static int run_once(struct vhm_guest *g, unsigned qp, uint64_t goal, unsigned burst, unsigned window) {
         struct vhm_gstate_qp *s = &g->st->qp[qp];
         uint64_t inflight, want;
         int done, rx, tx = 0;
@@ -382,10 +382,10 @@ static int run_once(struct vhm_guest *g, unsigned qp, uint64_t goal, unsigned bu
         if (rx < 0)
                 return rx;
         inflight = s->tx_seq - vhm_accounted(s);
-        if (s->tx_seq < goal && inflight < g->num) {
+        if (s->tx_seq < goal && inflight < window) {
                 want = goal - s->tx_seq;
-                if (want > g->num - inflight)
-                        want = g->num - inflight;
+                if (want > window - inflight)
+                        want = window - inflight;
                 if (want > burst)
                         want = burst;
                 tx = vhm_guest_tx(g, qp, (unsigned) want);
@@ -396,12 +396,12 @@ static int run_once(struct vhm_guest *g, unsigned qp, uint64_t goal, unsigned bu
 }
 
 static int run_round(struct vhm_guest *g, unsigned first, unsigned last, const uint64_t *goal, unsigned burst,
-                     bool *finished) {
+                     unsigned window, bool *finished) {
         int work = 0;
 
         *finished = true;
         for (unsigned qp = first; qp < last; qp++) {
-                int rc = run_once(g, qp, goal[qp], burst);
+                int rc = run_once(g, qp, goal[qp], burst, window);
 
                 if (rc < 0)
                         return rc;
@@ -415,11 +415,12 @@ static int run_round(struct vhm_guest *g, unsigned first, unsigned last, const u
 static int run_loop(struct vhm_guest *g, unsigned first, unsigned last, const uint64_t *goal, int timeout_ms,
                     const struct vhm_guest_run_opts *opts) {
         unsigned burst = opts->burst ? opts->burst : DEFAULT_BURST;
+        unsigned window = opts->window && opts->window < g->num ? opts->window : g->num;
         int64_t deadline = now_ms() + timeout_ms;
 
         for (;;) {
                 bool finished;
-                int work = run_round(g, first, last, goal, burst, &finished);
+                int work = run_round(g, first, last, goal, burst, window, &finished);
 
                 if (work < 0)
                         return work;

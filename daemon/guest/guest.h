@@ -101,6 +101,10 @@ struct vhm_guest_run_opts {
          * step sees its messages at once rather than after the nap. */
         int wake_fd;
         unsigned burst; /* frames per transmit call; 0 -> 32 */
+        /* Frames in flight per queue pair at most; 0 (or more than a ring)
+         * -> the ring size.  Less leaves RX buffers free for what the device
+         * adds on its own, such as a RARP after a migration's switchover. */
+        unsigned window;
         /* Called once per loop iteration (e.g. an in-process test device);
          * a negative return stops the run and is returned. */
         int (*step)(void *opaque);

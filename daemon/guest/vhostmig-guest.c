@@ -53,6 +53,17 @@
 #define CANCEL_MS    10000 /* after CancelMigration, how long for a final state */
 /* Frames per queue pair sent just before the pause, so that some are in flight. */
 #define PAUSE_BURST 32u
+#define LIVE_MAX_S  86400.0 /* a live migration's traffic ends with the migration, not a clock */
+#define LIVE_BUS_NS 500000u /* the bus is served this often from a busy traffic loop */
+
+/* The live-migration contract's names (org.vhostmig1, docs/dbus-api.md). */
+#define MIG_STATE_PRE_SWITCHOVER "pre-switchover"
+#define KEY_LIVE                 "Live"
+#define KEY_MAX_DOWNTIME_MS      "MaxDowntimeMs"
+#define KEY_MAX_BANDWIDTH        "MaxBandwidth"
+#define KEY_MAX_ROUNDS           "MaxRounds"
+#define KEY_FORCE_SWITCHOVER     "ForceSwitchover"
+#define KEY_PAUSE_TIMEOUT_MS     "PauseTimeoutMs"
 
 enum {
         EXIT_PASS = 0,
@@ -84,6 +95,14 @@ static struct {
         const char *migrate_to;
         const char *token;
         double migrate_after;
+        /* live migration (MigrateTo "Live" and its tuning; 0: the daemon's default) */
+        bool live;
+        unsigned max_downtime_ms;
+        uint64_t max_bandwidth;
+        bool have_max_bandwidth;
+        unsigned max_rounds;
+        bool force_switchover;
+        unsigned pause_timeout_ms;
 } arg = {
         .queue_pairs = 1,
         .ring_size = VHM_GUEST_DEFAULT_RING,
@@ -115,6 +134,25 @@ struct migration {
         bool have_driver_checksum; /* both: the driver's image at the switchover */
         uint64_t driver_checksum;
         char *device_state; /* source: its device once the guest left */
+        /* Live: the pre-copy figures (final properties) and the pause. */
+        uint64_t round, pages_remaining, dirty_rate, bandwidth, expected_downtime_ms, setup_ms;
+        uint32_t dirty_bitmaps;
+        bool paused;         /* the guest paused at pre-switchover */
+        bool continued;      /* MigrateContinue answered */
+        uint64_t pause_ns;   /* when it paused */
+        uint64_t resumed_ns; /* source: when a failed migration let it run again */
+};
+
+/* What the bus told the traffic loop while a live migration runs. */
+struct live {
+        sd_bus_slot *match;
+        sd_bus_slot *call;    /* MigrateTo, while it is answered */
+        char *state;          /* the latest MigrationState */
+        bool state_stale;     /* invalidated: read it again */
+        bool call_failed;     /* MigrateTo refused (the error is in the run's) */
+        bool over;            /* the migration ended: the loop no longer watches it */
+        uint64_t next_bus_ns; /* when the traffic loop serves the bus next */
+        uint64_t round, pages_remaining, dirty_rate, bandwidth, expected_downtime_ms;
 };
 
 /* What an incoming guest's front-end is given before the memory arrives. */
@@ -159,6 +197,7 @@ struct run {
 
         struct incoming in;
         struct migration m;
+        struct live live;
 
         /* failures, in words; the verdict fails when there is any */
         char *errors[16];
@@ -248,6 +287,19 @@ static void help(void) {
                "                         guest with frames in flight, MigrateTo, wait for the end\n"
                "      --token TOKEN      the token the destination printed\n"
                "      --migrate-after S  seconds of traffic before the pause (default 2)\n"
+               "\n"
+               "Live migration (the source; MigrateTo with \"Live\"):\n"
+               "      --live             register a dirty bitmap (AddDirtyBitmap) and mark every\n"
+               "                         page the driver writes; after --migrate-after seconds\n"
+               "                         MigrateTo runs live while traffic goes on at full\n"
+               "                         speed; at \"pre-switchover\" the guest pauses (no TX,\n"
+               "                         no RX, no memory writes), calls MigrateContinue and\n"
+               "                         waits for the end\n"
+               "      --max-downtime MS  switch over when the rest fits MS (daemon default 300)\n"
+               "      --max-bandwidth B  bytes/s during the rounds, K/M/G suffix; 0 unlimited\n"
+               "      --max-rounds N     rounds before giving up (daemon default 30)\n"
+               "      --force-switchover switch over after --max-rounds anyway\n"
+               "      --pause-timeout MS how long the daemon waits for MigrateContinue\n"
                "  -h, --help             this text\n"
                "\n"
                "With more than one queue pair, VIRTIO_NET_F_MQ is requested as well as the\n"
@@ -329,7 +381,16 @@ static bool migration_address_valid(const char *s) {
 }
 
 /* The migration options' rules; -1 when they hold, as parse_args returns. */
-static int check_migration_args(bool have_frames, bool have_after) {
+static int check_live_args(bool have_tuning) {
+        if (arg.live && !arg.migrate_to)
+                return cli_usage_error("--live goes with --migrate-to");
+        if (have_tuning && !arg.live)
+                return cli_usage_error("--max-downtime, --max-bandwidth, --max-rounds, --force-switchover and "
+                                       "--pause-timeout need --live");
+        return -1;
+}
+
+static int check_migration_args(bool have_frames, bool have_after, bool have_tuning) {
         if (arg.incoming && arg.migrate_to)
                 return cli_usage_error("--incoming and --migrate-to exclude each other");
         if (arg.listen && !arg.incoming)
@@ -340,7 +401,50 @@ static int check_migration_args(bool have_frames, bool have_after) {
                 return cli_usage_error("--migrate-to needs --token (PrepareIncoming's, printed by the destination)");
         if ((arg.incoming || arg.migrate_to) && (arg.log || have_frames))
                 return cli_usage_error("--log and --frames do not go with a migration");
-        return -1;
+        return check_live_args(have_tuning);
+}
+
+/* getopt values of the live options. */
+enum {
+        OPT_LIVE = 0x200,
+        OPT_MAX_DOWNTIME,
+        OPT_MAX_BANDWIDTH,
+        OPT_MAX_ROUNDS,
+        OPT_FORCE_SWITCHOVER,
+        OPT_PAUSE_TIMEOUT,
+};
+
+/* The live options; 1 when c was one of them, 0 when not, -1 on a usage error. */
+static int parse_live_option(int c, const char *v, bool *have_tuning) {
+        switch (c) {
+        case OPT_LIVE:
+                arg.live = true;
+                return 1;
+        case OPT_MAX_DOWNTIME:
+                if (parse_unsigned(v, 1, 3600000, &arg.max_downtime_ms) < 0)
+                        return cli_usage_error("invalid --max-downtime '%s': 1..3600000 ms", v), -1;
+                break;
+        case OPT_MAX_BANDWIDTH:
+                if (parse_size(v, &arg.max_bandwidth) < 0)
+                        return cli_usage_error("invalid --max-bandwidth '%s': bytes/s with K/M/G", v), -1;
+                arg.have_max_bandwidth = true;
+                break;
+        case OPT_MAX_ROUNDS:
+                if (parse_unsigned(v, 1, 10000, &arg.max_rounds) < 0)
+                        return cli_usage_error("invalid --max-rounds '%s': 1..10000", v), -1;
+                break;
+        case OPT_FORCE_SWITCHOVER:
+                arg.force_switchover = true;
+                break;
+        case OPT_PAUSE_TIMEOUT:
+                if (parse_unsigned(v, 1, 3600000, &arg.pause_timeout_ms) < 0)
+                        return cli_usage_error("invalid --pause-timeout '%s': 1..3600000 ms", v), -1;
+                break;
+        default:
+                return 0;
+        }
+        *have_tuning = true;
+        return 1;
 }
 
 static int parse_args(int argc, char **argv) {
@@ -378,13 +482,24 @@ static int parse_args(int argc, char **argv) {
                                                  { "migrate-to", required_argument, NULL, OPT_MIGRATE_TO },
                                                  { "token", required_argument, NULL, OPT_TOKEN },
                                                  { "migrate-after", required_argument, NULL, OPT_MIGRATE_AFTER },
+                                                 { "live", no_argument, NULL, OPT_LIVE },
+                                                 { "max-downtime", required_argument, NULL, OPT_MAX_DOWNTIME },
+                                                 { "max-bandwidth", required_argument, NULL, OPT_MAX_BANDWIDTH },
+                                                 { "max-rounds", required_argument, NULL, OPT_MAX_ROUNDS },
+                                                 { "force-switchover", no_argument, NULL, OPT_FORCE_SWITCHOVER },
+                                                 { "pause-timeout", required_argument, NULL, OPT_PAUSE_TIMEOUT },
                                                  { "help", no_argument, NULL, 'h' },
                                                  {} };
-        bool have_frames = false, have_seconds = false, have_after = false;
-        int c;
+        bool have_frames = false, have_seconds = false, have_after = false, have_tuning = false;
+        int c, live;
 
         snprintf(arg.name, sizeof(arg.name), "guest-%d", (int) getpid());
         while ((c = getopt_long(argc, argv, "n:s:q:r:m:f:t:l:h", options, NULL)) >= 0) {
+                if ((live = parse_live_option(c, optarg, &have_tuning)) != 0) {
+                        if (live < 0)
+                                return EXIT_USAGE;
+                        continue;
+                }
                 switch (c) {
                 case 'n':
                         if (!vm_name_valid(optarg))
@@ -492,7 +607,7 @@ static int parse_args(int argc, char **argv) {
                 return cli_usage_error("--frames and --seconds exclude each other");
         if (have_frames)
                 arg.seconds = 0;
-        return check_migration_args(have_frames, have_after);
+        return check_migration_args(have_frames, have_after, have_tuning);
 }
 
 /* ---- D-Bus helpers ------------------------------------------------------------ */
@@ -566,8 +681,8 @@ static int vm_call(struct run *r, const char *method, sd_bus_message **reply) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
         sd_bus_message *m = NULL, *rep = NULL;
         int rc = sd_bus_message_new_method_call(r->bus, &m, BUS_NAME, r->vm_path, VM_IFACE, method);
-        /* StartLogging takes options (none are needed here). */
-        if (rc >= 0 && strcmp(method, "StartLogging") == 0)
+        /* StartLogging and MigrateContinue take options (none are needed here). */
+        if (rc >= 0 && (strcmp(method, "StartLogging") == 0 || strcmp(method, "MigrateContinue") == 0))
                 rc = sd_bus_message_append(m, "a{sv}", 0);
         if (rc >= 0)
                 rc = sd_bus_call(r->bus, m, call_timeout_usec(), &e, &rep);
@@ -872,11 +987,21 @@ static void print_progress(struct run *r, uint64_t now) {
                         s.duplicated);
         if (r->logging)
                 fprintf(f, " harvests %" PRIu64 " dirty pages %" PRIu64, r->harvests, r->dirty_pages);
+        if (r->live.state)
+                fprintf(f,
+                        "; migration %s round %" PRIu64 ", %" PRIu64 " pages to go, dirty %" PRIu64
+                        " pages/s, %.1f MB/s",
+                        r->live.state, r->live.round, r->live.pages_remaining, r->live.dirty_rate,
+                        (double) r->live.bandwidth / 1e6);
         fputc('\n', f);
         fflush(f);
         r->last_progress_ns = now;
         r->last_progress_sent = s.sent;
 }
+
+/* Live migration: the bus served from the traffic loop (below). */
+#define LIVE_STOP (-EALREADY) /* step's return: the guest must stop for the migration */
+static int live_step(struct run *r, uint64_t now);
 
 /* Called by vhm_guest_run_until() on every loop iteration. */
 static int step(void *opaque) {
@@ -886,6 +1011,12 @@ static int step(void *opaque) {
         if (interrupted)
                 return -EINTR;
         now = now_ns();
+        if (arg.live) {
+                int rc = live_step(r, now);
+
+                if (rc < 0)
+                        return rc;
+        }
         if (r->logging && now >= r->next_harvest_ns) {
                 if (harvest(r) < 0)
                         return -EIO;
@@ -922,6 +1053,15 @@ static int traffic(struct run *r, double seconds) {
                 .step = step,
                 .opaque = r,
         };
+        /* A live source pauses with frames in flight, and the destination's
+         * back-end adds a RARP to their echoes: leave it RX buffers. */
+        if (arg.live)
+                opts.window = arg.ring_size - arg.ring_size / 8;
+        /* A live source also wakes for the bus: pre-switchover cannot wait. */
+        if (arg.live && !arg.busy_poll) {
+                opts.flags |= VHM_GUEST_RUN_WAKE_FD;
+                opts.wake_fd = sd_bus_get_fd(r->bus);
+        }
         uint64_t deadline = r->t_start_ns + (uint64_t) (seconds * 1e9);
         uint64_t done = 0; /* per queue pair */
         int rc = 0;
@@ -943,6 +1083,9 @@ static int traffic(struct run *r, double seconds) {
         }
         /* Only frames transmitted during the run count for the rate. */
         r->t_end_ns = now_ns();
+        /* Paused for the migration: a vCPU that stopped writes nothing more. */
+        if (rc == LIVE_STOP)
+                return rc;
         if (rc == -EINTR || interrupted) {
                 drain(r, DRAIN_MS);
                 return -EINTR;
@@ -1194,13 +1337,249 @@ static void check_source_released(struct run *r) {
                   r->m.device_state);
 }
 
+/* ---- live migration -------------------------------------------------------------------- */
+
+/* One entry of a PropertiesChanged's a{sv}: the ones the loop follows. */
+static int live_read_entry(struct live *l, sd_bus_message *m) {
+        static const struct {
+                const char *name;
+                size_t off;
+        } figures[] = {
+                { "Round", offsetof(struct live, round) },
+                { "PagesRemaining", offsetof(struct live, pages_remaining) },
+                { "DirtyRate", offsetof(struct live, dirty_rate) },
+                { "Bandwidth", offsetof(struct live, bandwidth) },
+                { "ExpectedDowntimeMs", offsetof(struct live, expected_downtime_ms) },
+        };
+        const char *name, *v;
+        int rc = sd_bus_message_read(m, "s", &name);
+
+        if (rc < 0)
+                return rc;
+        if (strcmp(name, "MigrationState") == 0) {
+                if ((rc = sd_bus_message_read(m, "v", "s", &v)) < 0)
+                        return rc;
+                free(l->state);
+                l->state = strdup(v);
+                l->state_stale = !l->state;
+                return 0;
+        }
+        for (size_t i = 0; i < sizeof(figures) / sizeof(figures[0]); i++)
+                if (strcmp(name, figures[i].name) == 0)
+                        return sd_bus_message_read(m, "v", "t", (uint64_t *) ((char *) l + figures[i].off));
+        return sd_bus_message_skip(m, "v");
+}
+
+static int live_read_invalidated(struct live *l, sd_bus_message *m) {
+        const char *name;
+        int rc = sd_bus_message_enter_container(m, 'a', "s");
+
+        while (rc > 0 && (rc = sd_bus_message_read(m, "s", &name)) > 0)
+                if (strcmp(name, "MigrationState") == 0)
+                        l->state_stale = true;
+        return rc < 0 ? rc : sd_bus_message_exit_container(m);
+}
+
+/* PropertiesChanged of the VM: the migration's state and figures, as they happen. */
+static int on_vm_properties(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        struct live *l = &((struct run *) userdata)->live;
+        const char *iface;
+        int rc = sd_bus_message_read(m, "s", &iface);
+
+        (void) ret_error;
+        if (rc < 0 || strcmp(iface, VM_IFACE) != 0)
+                return 0;
+        rc = sd_bus_message_enter_container(m, 'a', "{sv}");
+        while (rc > 0 && (rc = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                rc = live_read_entry(l, m);
+                if (rc >= 0)
+                        rc = sd_bus_message_exit_container(m);
+        }
+        if (rc >= 0)
+                rc = sd_bus_message_exit_container(m);
+        if (rc >= 0)
+                rc = live_read_invalidated(l, m);
+        /* A signal we cannot read: ask for the state instead of guessing it. */
+        if (rc < 0)
+                l->state_stale = true;
+        return 0;
+}
+
+static int live_watch(struct run *r) {
+        int rc = sd_bus_match_signal(r->bus, &r->live.match, BUS_NAME, r->vm_path, "org.freedesktop.DBus.Properties",
+                                     "PropertiesChanged", on_vm_properties, r);
+        if (rc < 0)
+                add_error(r, "cannot watch %s's properties: %s", r->vm_path, strerror(-rc));
+        return rc;
+}
+
+/* The guest's dirty bitmap, registered once: from here on the daemon merges it. */
+static int add_dirty_bitmap(struct run *r) {
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        int fd = vhm_guest_dirty_bitmap(r->g), rc;
+
+        if (fd < 0) {
+                add_error(r, "cannot make the dirty bitmap: %s", strerror(-fd));
+                return fd;
+        }
+        rc = sd_bus_call_method(r->bus, BUS_NAME, r->vm_path, VM_IFACE, "AddDirtyBitmap", &e, NULL, "ha{sv}", fd, 0);
+        if (rc < 0) {
+                bus_error(r, "AddDirtyBitmap", &e, rc);
+                return rc;
+        }
+        if ((rc = get_u32(r, r->vm_path, VM_IFACE, "DirtyBitmaps", &r->m.dirty_bitmaps)) < 0)
+                return rc;
+        if (r->m.dirty_bitmaps != 1) {
+                add_error(r, "after AddDirtyBitmap the VM has %" PRIu32 " dirty bitmaps, not 1", r->m.dirty_bitmaps);
+                return -EIO;
+        }
+        return 0;
+}
+
+static int on_migrate_to_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        struct run *r = userdata;
+        const sd_bus_error *e = sd_bus_message_get_error(m);
+
+        (void) ret_error;
+        if (e) {
+                bus_error(r, "MigrateTo", e, -sd_bus_message_get_errno(m));
+                r->live.call_failed = true;
+        }
+        return 0;
+}
+
+/* "Live" and the tuning the user gave (the rest are the daemon's defaults). */
+static int append_live_options(sd_bus_message *m) {
+        int rc = sd_bus_message_open_container(m, 'a', "{sv}");
+
+        if (rc >= 0)
+                rc = sd_bus_message_append(m, "{sv}", KEY_LIVE, "b", 1);
+        if (rc >= 0 && arg.max_downtime_ms)
+                rc = sd_bus_message_append(m, "{sv}", KEY_MAX_DOWNTIME_MS, "u", (uint32_t) arg.max_downtime_ms);
+        if (rc >= 0 && arg.have_max_bandwidth)
+                rc = sd_bus_message_append(m, "{sv}", KEY_MAX_BANDWIDTH, "t", arg.max_bandwidth);
+        if (rc >= 0 && arg.max_rounds)
+                rc = sd_bus_message_append(m, "{sv}", KEY_MAX_ROUNDS, "u", (uint32_t) arg.max_rounds);
+        if (rc >= 0 && arg.force_switchover)
+                rc = sd_bus_message_append(m, "{sv}", KEY_FORCE_SWITCHOVER, "b", 1);
+        if (rc >= 0 && arg.pause_timeout_ms)
+                rc = sd_bus_message_append(m, "{sv}", KEY_PAUSE_TIMEOUT_MS, "u", (uint32_t) arg.pause_timeout_ms);
+        return rc < 0 ? rc : sd_bus_message_close_container(m);
+}
+
+/* MigrateTo without waiting for its answer: the traffic loop must not stop for it. */
+static int migrate_to_live(struct run *r) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        int rc = sd_bus_message_new_method_call(r->bus, &m, BUS_NAME, r->vm_path, VM_IFACE, "MigrateTo");
+
+        if (rc >= 0)
+                rc = sd_bus_message_append(m, "ss", arg.migrate_to, arg.token);
+        if (rc >= 0)
+                rc = append_live_options(m);
+        if (rc >= 0)
+                rc = sd_bus_call_async(r->bus, &r->live.call, m, on_migrate_to_reply, r, call_timeout_usec());
+        if (rc < 0) {
+                add_error(r, "MigrateTo: %s", strerror(-rc));
+                return rc;
+        }
+        r->m.started = true;
+        fprintf(progress_out(), "[%6.1fs] MigrateTo %s, live, traffic goes on\n",
+                (double) (now_ns() - r->t_start_ns) / 1e9, arg.migrate_to);
+        fflush(progress_out());
+        return 0;
+}
+
+/* The state the signals said, or (invalidated, or once a second in case a
+ * signal went missing) the property itself. */
+static int live_refresh_state(struct run *r) {
+        char *state = NULL;
+
+        if (get_string(r, r->vm_path, VM_IFACE, "MigrationState", &state) < 0)
+                return -EIO;
+        free(r->live.state);
+        r->live.state = state;
+        r->live.state_stale = false;
+        return 0;
+}
+
+/* The guest stops for the migration: the VMM must pause, or it is over. */
+static bool live_must_stop(const struct run *r) {
+        const char *st = r->live.state;
+
+        if (r->live.call_failed)
+                return true;
+        return r->m.started && st && (strcmp(st, MIG_STATE_PRE_SWITCHOVER) == 0 || final_state(st));
+}
+
+static int live_step(struct run *r, uint64_t now) {
+        int rc;
+
+        if (r->live.over)
+                return 0;
+        if (!r->m.started && now >= r->t_start_ns + (uint64_t) (arg.migrate_after * 1e9) && migrate_to_live(r) < 0)
+                return -EIO;
+        /* A read attempt per loop turn would cost the traffic a syscall per burst. */
+        if (now < r->live.next_bus_ns)
+                return 0;
+        r->live.next_bus_ns = now + LIVE_BUS_NS;
+        while ((rc = sd_bus_process(r->bus, NULL)) > 0)
+                ;
+        if (rc < 0) {
+                add_error(r, "the bus connection failed: %s", strerror(-rc));
+                return -EIO;
+        }
+        if (r->m.started && (r->live.state_stale || now >= r->next_progress_ns) && live_refresh_state(r) < 0)
+                return -EIO;
+        return live_must_stop(r) ? LIVE_STOP : 0;
+}
+
+/* What a paused vCPU leaves behind: its counters, frames still out. Then the daemon may switch over. */
+static int live_pause(struct run *r) {
+        struct vhm_guest_stats *p = &r->m.at_switch;
+
+        r->m.pause_ns = now_ns();
+        *p = stats(r);
+        r->m.have_switch = r->m.paused = true;
+        fprintf(progress_out(),
+                "[%6.1fs] Paused at pre-switchover (round %" PRIu64 "): sent %" PRIu64 " received %" PRIu64 ", %" PRIu64
+                " in flight; MigrateContinue\n",
+                (double) (r->m.pause_ns - r->t_start_ns) / 1e9, r->live.round, p->sent, p->received,
+                p->sent - accounted(p));
+        fflush(progress_out());
+        if (vm_call(r, "MigrateContinue", NULL) < 0)
+                return -EIO;
+        r->m.continued = true;
+        return 0;
+}
+
+/* The pre-copy figures as the daemon left them: the final properties. */
+static int read_live_figures(struct run *r) {
+        struct migration *m = &r->m;
+
+        if (get_u64(r, r->vm_path, VM_IFACE, "Round", &m->round) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "PagesRemaining", &m->pages_remaining) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "DirtyRate", &m->dirty_rate) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "Bandwidth", &m->bandwidth) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "ExpectedDowntimeMs", &m->expected_downtime_ms) < 0 ||
+            get_u64(r, r->vm_path, VM_IFACE, "SetupMs", &m->setup_ms) < 0)
+                return -EIO;
+        return 0;
+}
+
+static void live_free(struct live *l) {
+        sd_bus_slot_unref(l->match);
+        sd_bus_slot_unref(l->call);
+        free(l->state);
+        memset(l, 0, sizeof(*l));
+}
+
 /*
  * Source: traffic, the pause, MigrateTo, its end.  Completed: the guest lives
  * on at the destination.  Failed or cancelled: the daemon resumed the devices
  * where they stopped and the guest runs on here for --seconds, which shows
  * that nothing beyond what was in flight got lost.
  */
-static int run_source(struct run *r) {
+static int run_source_stop_and_copy(struct run *r) {
         fprintf(progress_out(), "Traffic: %.1f s on %u queue pair(s), then migration to %s\n", arg.migrate_after,
                 arg.queue_pairs, arg.migrate_to);
         int rc = traffic(r, arg.migrate_after);
@@ -1211,7 +1590,46 @@ static int run_source(struct run *r) {
         fprintf(progress_out(), "Paused: sent %" PRIu64 " received %" PRIu64 ", %" PRIu64 " in flight; MigrateTo %s\n",
                 p->sent, p->received, p->sent - accounted(p), arg.migrate_to);
         fflush(progress_out());
-        if ((rc = migrate_to(r)) < 0 || (rc = wait_migration(r)) < 0)
+        if ((rc = migrate_to(r)) < 0)
+                return rc;
+        return wait_migration(r);
+}
+
+/*
+ * Live: the bitmap registered, traffic at full speed with the bus served in
+ * the same loop, MigrateTo after --migrate-after seconds, and the pause only
+ * when the daemon reaches pre-switchover.  The migration may also end before
+ * that (no convergence, a cancel): then the guest never paused.
+ */
+static int run_source_live(struct run *r) {
+        int rc;
+
+        if ((rc = add_dirty_bitmap(r)) < 0 || (rc = live_watch(r)) < 0)
+                return rc;
+        fprintf(progress_out(),
+                "Traffic: %u queue pair(s), dirty bitmap registered; live migration to %s after %.1f s\n",
+                arg.queue_pairs, arg.migrate_to, arg.migrate_after);
+        rc = traffic(r, LIVE_MAX_S);
+        if (rc != LIVE_STOP && !r->m.started)
+                return rc < 0 ? rc : -EIO;
+        if (rc == LIVE_STOP && r->live.call_failed)
+                return -EIO;
+        /* The guest broke down mid-migration (a stalled back-end): no point going on. */
+        if (rc != LIVE_STOP && !interrupted)
+                (void) vm_call(r, "CancelMigration", NULL);
+        if (rc == LIVE_STOP && strcmp(r->live.state, MIG_STATE_PRE_SWITCHOVER) == 0 && (rc = live_pause(r)) < 0)
+                return rc;
+        rc = wait_migration(r);
+        r->live.over = true;
+        if (rc >= 0)
+                rc = read_live_figures(r);
+        return rc;
+}
+
+static int run_source(struct run *r) {
+        int rc = arg.live ? run_source_live(r) : run_source_stop_and_copy(r);
+
+        if (rc < 0)
                 return rc;
         if (migration_completed(r)) {
                 source_checksums(r);
@@ -1221,8 +1639,10 @@ static int run_source(struct run *r) {
         report_unfinished(r);
         if (strcmp(r->m.state, VHOSTMIG_MIGRATION_STATE_POSTMIGRATE_UNKNOWN) == 0 || interrupted)
                 return -EIO;
-        fprintf(progress_out(), "Resumed here: %.1f s of traffic\n", arg.seconds);
+        fprintf(progress_out(), "%s here: %.1f s of traffic\n", arg.live && !r->m.paused ? "Going on" : "Resumed",
+                arg.seconds);
         fflush(progress_out());
+        r->m.resumed_ns = now_ns();
         /* The rate is over the whole run, the attempt included. */
         uint64_t t0 = r->t_start_ns;
         r->t_start_ns = now_ns();
@@ -1416,6 +1836,22 @@ static struct verdict verdict(const struct run *r) {
         return v;
 }
 
+/* The pre-copy as the daemon measured it, and the guest's pause. */
+static void print_live_text(const struct migration *m) {
+        printf("%-22s %" PRIu64 " round(s) after the full pass, %" PRIu64 " pages remaining at the end, setup %" PRIu64
+               " ms\n",
+               "Pre-copy:", m->round, m->pages_remaining, m->setup_ms);
+        printf("%-22s dirty rate %" PRIu64 " pages/s, bandwidth %.1f MB/s, expected downtime %" PRIu64 " ms\n", "",
+               m->dirty_rate, (double) m->bandwidth / 1e6, m->expected_downtime_ms);
+        if (m->paused)
+                printf("%-22s at pre-switchover, MigrateContinue %s\n",
+                       "Guest paused:", m->continued ? "answered" : "FAILED");
+        else
+                printf("%-22s never (the migration ended before pre-switchover)\n", "Guest paused:");
+        if (m->resumed_ns)
+                printf("%-22s here, after the migration failed\n", "Guest resumed:");
+}
+
 static void print_migration_text(const struct run *r, const struct verdict *v) {
         const struct migration *m = &r->m;
         printf("%-22s %s, %s", "Migration:", m->state ? m->state : "not started",
@@ -1432,6 +1868,8 @@ static void print_migration_text(const struct run *r, const struct verdict *v) {
         printf("%-22s %" PRIu64 " ms (total %" PRIu64 " ms)\n", "Downtime:", m->downtime_ms, m->total_ms);
         printf("%-22s %" PRIu64 " of %" PRIu64 " (%" PRIu64 " zero), %" PRIu64 " bytes\n", "Pages:", m->pages,
                m->pages_total, m->zero_pages, m->bytes);
+        if (arg.live)
+                print_live_text(m);
         printf("%-22s 0x%016" PRIx64, "Checksum:", m->checksum);
         if (m->have_memory_checksum)
                 printf(" (the guest's memory: 0x%016" PRIx64 ", %s)", m->memory_checksum,
@@ -1519,6 +1957,24 @@ static json_object *u64_json(uint64_t v) {
         return json_object_new_int64(v > INT64_MAX ? INT64_MAX : (int64_t) v);
 }
 
+/* The pre-copy figures (final properties) and the pause; null when not live. */
+static json_object *live_json(const struct migration *m) {
+        if (!arg.live)
+                return NULL;
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "rounds", u64_json(m->round));
+        json_object_object_add(o, "pages_remaining", u64_json(m->pages_remaining));
+        json_object_object_add(o, "dirty_rate", u64_json(m->dirty_rate));
+        json_object_object_add(o, "bandwidth", u64_json(m->bandwidth));
+        json_object_object_add(o, "expected_downtime_ms", u64_json(m->expected_downtime_ms));
+        json_object_object_add(o, "setup_ms", u64_json(m->setup_ms));
+        json_object_object_add(o, "dirty_bitmaps", u64_json(m->dirty_bitmaps));
+        json_object_object_add(o, "paused", json_object_new_boolean(m->paused));
+        json_object_object_add(o, "continued", json_object_new_boolean(m->continued));
+        json_object_object_add(o, "resumed", json_object_new_boolean(m->resumed_ns != 0));
+        return o;
+}
+
 static json_object *migration_json(const struct run *r, const struct verdict *v) {
         const struct migration *m = &r->m;
         if (!arg.incoming && !arg.migrate_to)
@@ -1543,6 +1999,7 @@ static json_object *migration_json(const struct run *r, const struct verdict *v)
         json_object_object_add(o, "rarp_seen_after", u64_json(v->rarp_after));
         json_object_object_add(o, "source_device_state",
                                m->device_state ? json_object_new_string(m->device_state) : NULL);
+        json_object_object_add(o, "live", live_json(m));
         return o;
 }
 
@@ -1737,6 +2194,7 @@ int main(int argc, char **argv) {
                 free(r.errors[i]);
         free(r.vm_path);
         free(r.dev_path);
+        live_free(&r.live);
         sd_bus_flush_close_unref(r.bus);
         vhm_guest_free(r.g);
         incoming_close(&r.in);

@@ -1201,12 +1201,59 @@ static void test_dirty_cleared_and_remarked(void **state) {
         vhm_guest_free(g);
 }
 
+/* ---------------------------------------------------------------- window */
+
+struct window_probe {
+        struct vhm_guest *g;
+        struct lb_dev *d;
+        uint64_t max_in_flight;
+};
+
+/* Between the guest's turns: how many frames are out, then the device's turn. */
+static int window_step(void *opaque) {
+        struct window_probe *w = opaque;
+        struct vhm_guest_stats s;
+
+        assert_int_equal(vhm_guest_get_stats(w->g, 0, &s), 0);
+        if (s.sent - s.received > w->max_in_flight)
+                w->max_in_flight = s.sent - s.received;
+        return lb_step(w->d);
+}
+
+static uint64_t max_in_flight(unsigned window) {
+        struct window_probe w = { .g = mk_guest(1, 64, 0, SMALL_MEM) };
+        struct vhm_guest_run_opts o = { .step = window_step, .opaque = &w, .burst = 64, .window = window };
+
+        w.d = mk_dev(w.g, NULL);
+        assert_int_equal(vhm_guest_run_until(w.g, 0, 2000, RUN_TIMEOUT_MS, &o), 0);
+        assert_clean(w.g, 0, 2000);
+        lb_free(w.d);
+        vhm_guest_free(w.g);
+        return w.max_in_flight;
+}
+
+/* The window bounds the frames in flight; 0 or more than a ring is the ring. */
+static void test_window(void **state) {
+        (void) state;
+        assert_int_equal(max_in_flight(0), 64);
+        assert_int_equal(max_in_flight(1000), 64);
+        assert_int_equal(max_in_flight(56), 56);
+        assert_int_equal(max_in_flight(5), 5);
+}
+
 /* ---------------------------------------------------------------- main */
 
 static const struct CMUnitTest traffic_tests[] = {
-        T(test_create_layout),     T(test_create_rejects),         T(test_10k_1qp),
-        T(test_10k_4qp),           T(test_10k_4qp_event_idx_busy), T(test_10k_4qp_wait_call),
-        T(test_10k_4qp_event_idx), T(test_stepped_frame_sizes),    T(test_legacy_header),
+        T(test_create_layout),
+        T(test_create_rejects),
+        T(test_10k_1qp),
+        T(test_10k_4qp),
+        T(test_10k_4qp_event_idx_busy),
+        T(test_10k_4qp_wait_call),
+        T(test_10k_4qp_event_idx),
+        T(test_stepped_frame_sizes),
+        T(test_legacy_header),
+        T(test_window),
 };
 
 static const struct CMUnitTest notify_tests[] = {
