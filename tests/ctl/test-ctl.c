@@ -29,9 +29,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -937,24 +939,97 @@ static void test_migrate_wait_text(void **state) {
         assert_null(strchr(r->out, '\r'));
         assert_null(strchr(r->out, '\033'));
         unsigned n = 0, states = 0;
-        char *save = NULL, *last = NULL;
+        char *save = NULL, *last = NULL, *prev = NULL;
         for (char *line = strtok_r(r->out, "\n", &save); line; line = strtok_r(NULL, "\n", &save), n++) {
                 if (!starts_with_state(line))
                         fail_msg("a line that starts with no state: \"%s\"", line);
                 if (last) {
                         /* Every line before the summary is a progress line: "STATE  DONE/TOTAL MiB". */
-                        assert_non_null(strstr(last, "/2.0 MiB"));
+                        double done, total;
+                        char end[8];
+                        if (sscanf(last, "%*s %lf/%lf %7s", &done, &total, end) != 3 || strcmp(end, "MiB") != 0)
+                                fail_msg("not a progress line: \"%s\"", last);
                         states++;
+                        prev = last;
                 }
                 last = line;
         }
         assert_true(states >= 1);
         assert_non_null(last);
+        /* The final state shows before the summary, with everything sent (the total is known by then). */
+        assert_string_equal(prev, "completed  2.0/2.0 MiB");
         if (strncmp(last, "completed in ", strlen("completed in ")) != 0 || !strstr(last, ": downtime ") ||
             !strstr(last, " ms, 512 pages (") || !strstr(last, " zero), 1 round, ") || !strstr(last, "RARP") ||
             !strstr(last, ", checksum 0x"))
                 fail_msg("not the summary line: \"%s\"", last);
         free(r);
+        pair_teardown(&p);
+}
+
+/* Runs vhostmigctl ARGS with stdout on a pseudo-terminal `cols` wide (stderr: /dev/null); what it wrote. */
+static char *run_on_pty(unsigned short cols, const char *const *args) {
+        int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        assert_true(master >= 0);
+        assert_int_equal(grantpt(master), 0);
+        assert_int_equal(unlockpt(master), 0);
+        struct winsize ws = { .ws_row = 24, .ws_col = cols };
+        assert_int_equal(ioctl(master, TIOCSWINSZ, &ws), 0);
+        int slave = open(ptsname(master), O_RDWR | O_NOCTTY | O_CLOEXEC);
+        assert_true(slave >= 0);
+        struct termios t;
+        assert_int_equal(tcgetattr(slave, &t), 0);
+        t.c_oflag &= ~(tcflag_t) OPOST; /* the bytes as written, no \r added before \n */
+        assert_int_equal(tcsetattr(slave, TCSANOW, &t), 0);
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                int null = open("/dev/null", O_WRONLY);
+                child_exec(args, 0, slave, null);
+        }
+        close(slave);
+        char *buf = calloc(1, 65536);
+        assert_non_null(buf);
+        uint64_t deadline = now_ms() + RUN_MS;
+        /* EIO once the child closed the last slave fd. */
+        while (now_ms() < deadline) {
+                struct pollfd p = { master, POLLIN, 0 };
+                if (poll(&p, 1, 100) > 0 && !drain(master, buf, 65536))
+                        break;
+        }
+        close(master);
+        int status = tb_wait_exit(pid, 5000);
+        assert_true(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        return buf;
+}
+
+/*
+ * --wait on an 80-column terminal: the line redrawn in place (\r, then
+ * clear to the end of the line), never wider than 79, then a newline and
+ * the summary.
+ */
+static void test_migrate_wait_terminal(void **state) {
+        (void) state;
+        struct pair p;
+        pair_setup(&p, "tt");
+        char *out = run_on_pty(80, ARGS("migrate", "start", "vms", "--to", p.address, "--token", p.token, "--wait"));
+        if (out[0] != '\r' || !strstr(out, "\033[K"))
+                fail_msg("no line redrawn in place: \"%s\"", out);
+        char *nl = strchr(out, '\n');
+        assert_non_null(nl);
+        /* Before the newline: progress lines only, each "\rLINE\033[K". */
+        *nl = 0;
+        char *save = NULL;
+        for (char *draw = strtok_r(out, "\r", &save); draw; draw = strtok_r(NULL, "\r", &save)) {
+                char *clear = strstr(draw, "\033[K");
+                assert_non_null(clear);
+                assert_string_equal(clear, "\033[K");
+                assert_true(clear - draw <= 79);
+                assert_true(starts_with_state(draw));
+        }
+        if (strncmp(nl + 1, "completed in ", strlen("completed in ")) != 0 || !strstr(nl + 1, ", checksum 0x"))
+                fail_msg("no summary after the progress line: \"%s\"", nl + 1);
+        free(out);
         pair_teardown(&p);
 }
 
@@ -1020,10 +1095,15 @@ int main(void) {
                 cmocka_unit_test(test_host),
         };
         const struct CMUnitTest daemon[] = {
-                cmocka_unit_test(test_probe),         cmocka_unit_test(test_status_and_list),
-                cmocka_unit_test(test_vm_lifecycle),  cmocka_unit_test(test_not_found),
-                cmocka_unit_test(test_watch),         cmocka_unit_test(test_migrate),
-                cmocka_unit_test(test_migrate_state), cmocka_unit_test(test_migrate_wait_text),
+                cmocka_unit_test(test_probe),
+                cmocka_unit_test(test_status_and_list),
+                cmocka_unit_test(test_vm_lifecycle),
+                cmocka_unit_test(test_not_found),
+                cmocka_unit_test(test_watch),
+                cmocka_unit_test(test_migrate),
+                cmocka_unit_test(test_migrate_state),
+                cmocka_unit_test(test_migrate_wait_text),
+                cmocka_unit_test(test_migrate_wait_terminal),
         };
         int failed = cmocka_run_group_tests_name("ctl-offline", offline, group_setup_offline, group_teardown);
         failed += cmocka_run_group_tests_name("ctl-daemon", daemon, group_setup_daemon, group_teardown);
