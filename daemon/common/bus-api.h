@@ -45,16 +45,22 @@
         X(VHOSTMIG_ERROR_BUSY)
 
 /* Option keys of the a{sv} arguments, and their types. */
-#define VHOSTMIG_OPTION_SERVER           "Server"         /* AddDevice: b */
-#define VHOSTMIG_OPTION_FEATURES         "Features"       /* AddDevice: t */
-#define VHOSTMIG_OPTION_QUEUE_PAIRS      "QueuePairs"     /* AddDevice: u */
-#define VHOSTMIG_OPTION_MAC              "Mac"            /* AddDevice: s */
-#define VHOSTMIG_OPTION_MTU              "Mtu"            /* AddDevice: q */
-#define VHOSTMIG_OPTION_INCOMING         "Incoming"       /* AddDevice: b */
-#define VHOSTMIG_OPTION_TYPE             "Type"           /* AddDevice: s, one of VHOSTMIG_DEVICE_TYPE_* */
-#define VHOSTMIG_OPTION_LISTEN           "Listen"         /* PrepareIncoming: s */
-#define VHOSTMIG_OPTION_TOKEN_TIMEOUT_MS "TokenTimeoutMs" /* PrepareIncoming: u */
-#define VHOSTMIG_OPTION_TIMEOUT_MS       "TimeoutMs"      /* PrepareIncoming, MigrateTo: u */
+#define VHOSTMIG_OPTION_SERVER           "Server"          /* AddDevice: b */
+#define VHOSTMIG_OPTION_FEATURES         "Features"        /* AddDevice: t */
+#define VHOSTMIG_OPTION_QUEUE_PAIRS      "QueuePairs"      /* AddDevice: u */
+#define VHOSTMIG_OPTION_MAC              "Mac"             /* AddDevice: s */
+#define VHOSTMIG_OPTION_MTU              "Mtu"             /* AddDevice: q */
+#define VHOSTMIG_OPTION_INCOMING         "Incoming"        /* AddDevice: b */
+#define VHOSTMIG_OPTION_TYPE             "Type"            /* AddDevice: s, one of VHOSTMIG_DEVICE_TYPE_* */
+#define VHOSTMIG_OPTION_LISTEN           "Listen"          /* PrepareIncoming: s */
+#define VHOSTMIG_OPTION_TOKEN_TIMEOUT_MS "TokenTimeoutMs"  /* PrepareIncoming: u */
+#define VHOSTMIG_OPTION_TIMEOUT_MS       "TimeoutMs"       /* PrepareIncoming, MigrateTo: u */
+#define VHOSTMIG_OPTION_LIVE             "Live"            /* MigrateTo: b */
+#define VHOSTMIG_OPTION_MAX_DOWNTIME_MS  "MaxDowntimeMs"   /* MigrateTo: u (needs Live) */
+#define VHOSTMIG_OPTION_MAX_BANDWIDTH    "MaxBandwidth"    /* MigrateTo: t, bytes/s (needs Live) */
+#define VHOSTMIG_OPTION_MAX_ROUNDS       "MaxRounds"       /* MigrateTo: u (needs Live) */
+#define VHOSTMIG_OPTION_FORCE_SWITCHOVER "ForceSwitchover" /* MigrateTo: b (needs Live) */
+#define VHOSTMIG_OPTION_PAUSE_TIMEOUT_MS "PauseTimeoutMs"  /* MigrateTo: u (needs Live) */
 
 /* A stock dbus-daemon carries at most this many fds in one message (max_message_unix_fds). */
 #define VHOSTMIG_BUS_MAX_FDS 16
@@ -95,7 +101,14 @@
         X(TotalMs, "t")              \
         X(RarpSent, "u")             \
         X(MigrationChecksum, "t")    \
-        X(MigrationError, "s")
+        X(MigrationError, "s")       \
+        X(DirtyBitmaps, "u")         \
+        X(Round, "t")                \
+        X(PagesRemaining, "t")       \
+        X(DirtyRate, "t")            \
+        X(Bandwidth, "t")            \
+        X(ExpectedDowntimeMs, "t")   \
+        X(SetupMs, "t")
 
 #define VHOSTMIG_DEVICE_PROPERTIES(X) \
         X(Socket, "s")                \
@@ -138,6 +151,7 @@
 #define VHOSTMIG_MIGRATION_STATE_SETUP               "setup"
 #define VHOSTMIG_MIGRATION_STATE_ACTIVE              "active"
 #define VHOSTMIG_MIGRATION_STATE_SWITCHOVER          "switchover"
+#define VHOSTMIG_MIGRATION_STATE_PRE_SWITCHOVER      "pre-switchover"
 #define VHOSTMIG_MIGRATION_STATE_POSTMIGRATE_UNKNOWN "postmigrate-unknown"
 #define VHOSTMIG_MIGRATION_STATE_COMPLETED           "completed"
 #define VHOSTMIG_MIGRATION_STATE_FAILED              "failed"

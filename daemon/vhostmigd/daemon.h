@@ -102,6 +102,7 @@ struct vm_snapshot {
         bool logging;
         bool log_incomplete; /* a log was lost: harvests resend everything */
         uint64_t log_size, dirty_pages;
+        uint32_t dirty_bitmaps; /* VMM dirty bitmaps registered (AddDirtyBitmap) */
 };
 
 struct vm_loop_state {
@@ -126,6 +127,8 @@ struct vm_migration_view {
         uint64_t downtime_ms, total_ms;
         uint32_t rarp_sent;
         uint64_t checksum; /* of the final memory image the migration carried (END's) */
+        /* Live pre-copy (0 otherwise), as the engine's stats name them. */
+        uint64_t round, pages_remaining, dirty_rate, bandwidth, expected_downtime_ms, setup_ms;
         char error[512];
 };
 
@@ -165,9 +168,19 @@ struct vm_object {
         struct vm_migration_view migration; /* under snap_lock */
         bool migrating;                     /* loop: a migration job is queued or runs */
         int migration_cancel_fd;            /* loop: the running migration's eventfd, -1 when none */
+        int migration_continue_fd;          /* loop: its MigrateContinue eventfd (the job's), -1 when none */
         bool migrated_away;                 /* worker: the devices went to the destination (or may have): hands off */
         bool departed;                      /* loop: the same, known when the MigrateTo job is done */
         sd_event_source *migration_timer;   /* loop: publishes progress while a migration runs */
+        /*
+         * The worker writes migration_wake_fd when MigrationState changes, so
+         * that the loop publishes it at once rather than at the next tick
+         * (still no more often than the throttle allows).  Both loop-owned,
+         * -1 / NULL while no migration runs.
+         */
+        int migration_wake_fd;
+        sd_event_source *migration_wake;
+        uint64_t migration_published_usec; /* loop: CLOCK_MONOTONIC of the last progress publish */
 
         pthread_mutex_t snap_lock;
         struct vm_snapshot snap;   /* under snap_lock */

@@ -64,12 +64,18 @@ struct vm_job {
                         bool destination; /* PrepareIncoming, LoadDeviceState */
                         char address[128];
                         char token[33];
-                        int listen_fd;           /* PrepareIncoming: the job's to close */
-                        int state_fd;            /* Save/LoadDeviceState: the caller's fd (a copy), the engine's */
-                        int cancel_fd;           /* an eventfd the loop writes to cancel; the job's to close */
+                        int listen_fd;   /* PrepareIncoming: the job's to close */
+                        int state_fd;    /* Save/LoadDeviceState: the caller's fd (a copy), the engine's */
+                        int cancel_fd;   /* an eventfd the loop writes to cancel; the job's to close */
+                        int continue_fd; /* MigrateTo: the eventfd MigrateContinue writes; the job's */
+                        /* MigrateTo: live pre-copy and its tuning (0: the engine's defaults). */
+                        bool live, force_switchover;
+                        unsigned max_downtime_ms, max_rounds, pause_timeout_ms;
+                        uint64_t max_bandwidth;
                         uint64_t token_deadline; /* PrepareIncoming: CLOCK_MONOTONIC µs */
                         unsigned timeout_ms;     /* how long the peer may stall the stream */
                 } migrate;
+                int bitmap_fd; /* AddDirtyBitmap: a copy of the caller's memfd, the job's to close */
                 uint32_t sent; /* Announce */
                 uint16_t mtu;  /* SetMtu */
         } u;
@@ -107,6 +113,7 @@ struct device_object *device_of_vm(struct vm_object *o, const char *path);
 int method_prepare_incoming(sd_bus_message *m, void *userdata, sd_bus_error *error);
 int method_migrate_to(sd_bus_message *m, void *userdata, sd_bus_error *error);
 int method_cancel_migration(sd_bus_message *m, void *userdata, sd_bus_error *error);
+int method_migrate_continue(sd_bus_message *m, void *userdata, sd_bus_error *error);
 int method_save_device_state(sd_bus_message *m, void *userdata, sd_bus_error *error);
 int method_load_device_state(sd_bus_message *m, void *userdata, sd_bus_error *error);
 void migration_view_init(struct vm_object *o);

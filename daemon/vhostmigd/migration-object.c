@@ -16,13 +16,23 @@
  * a timer on the loop publishes it, since the snapshot refresh that follows
  * every job comes only at the end.  CancelMigration never queues behind the
  * job: it writes the job's cancel eventfd from the loop, which every
- * blocking step of the transport and the stream watches.
+ * blocking step of the transport and the stream watches.  MigrateContinue
+ * (the VMM paused its vCPUs in pre-switchover) writes the job's continue
+ * eventfd the same way.
+ *
+ * Throttle: the migration figures change after every batch of pages, far
+ * more often than any client wants PropertiesChanged.  They are published
+ * at most once per PROGRESS_INTERVAL_USEC; a change of MigrationState wakes
+ * the loop through an eventfd and is published at once when the interval
+ * allows it, else by the timer when the interval ends, so a state (the VMM
+ * waits for "pre-switchover") reaches the bus within one interval.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <syslog.h>
@@ -36,12 +46,13 @@
 #include "migrate/transport.h"
 #include "proto/vhost-user-transport.h"
 
-/* How often PropertiesChanged carries the progress of a running migration. */
-#define PROGRESS_INTERVAL_USEC 250000u
+/* PropertiesChanged for a running migration: at most once per interval (10 a second). */
+#define PROGRESS_INTERVAL_USEC 100000u
 /* Defaults: how long a token is good for, and how long the peer may stall the stream. */
 #define DEFAULT_TOKEN_TIMEOUT_MS  300000u
 #define DEFAULT_STREAM_TIMEOUT_MS 30000u
 #define MAX_TIMEOUT_MS            3600000u
+#define MAX_ROUNDS                10000u
 
 /* ---- the view ----------------------------------------------------------------------------- */
 
@@ -73,6 +84,12 @@ static void view_update(struct vm_object *o, const struct vhm_migration_stats *s
         v->total_ms = st->total_ms;
         v->rarp_sent = (uint32_t) st->rarp_sent;
         v->checksum = st->checksum;
+        v->round = st->round;
+        v->pages_remaining = st->pages_remaining;
+        v->dirty_rate = st->dirty_rate;
+        v->bandwidth = st->bandwidth;
+        v->expected_downtime_ms = st->expected_downtime_ms;
+        v->setup_ms = st->setup_ms;
         snprintf(v->error, sizeof(v->error), "%s", st->error);
         pthread_mutex_unlock(&o->snap_lock);
 }
@@ -86,37 +103,100 @@ static void view_fail(struct vm_object *o, bool cancelled, const char *error) {
         pthread_mutex_unlock(&o->snap_lock);
 }
 
-/* Worker, from inside the engine: progress reaches D-Bus while the job runs. */
+/* Worker, from inside the engine: progress reaches D-Bus while the job runs; a new state at once. */
 static void on_progress(const struct vhm_migration_stats *st, void *opaque) {
-        view_update(opaque, st);
+        struct vm_object *o = opaque;
+        pthread_mutex_lock(&o->snap_lock);
+        bool new_state = strcmp(o->migration.state, vhm_migration_state_name(st->state)) != 0;
+        pthread_mutex_unlock(&o->snap_lock);
+        view_update(o, st);
+        /* What the engine did to logging and the devices (a live migration switches logging on) shows too. */
+        if (new_state)
+                vm_refresh(o);
+        /* Set before the job was queued and closed only after it is done: the worker may write it. */
+        uint64_t one = 1;
+        if (new_state && o->migration_wake_fd >= 0 && write(o->migration_wake_fd, &one, sizeof(one)) < 0 &&
+            errno != EAGAIN)
+                daemon_log(LOG_DEBUG, o, NULL, "cannot wake the loop for a migration state: %m");
 }
 
 /* ---- the loop's part: progress timer, cancel eventfd ---------------------------------------------- */
 
-static int on_progress_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        struct vm_object *o = userdata;
-        vm_publish(o);
-        (void) sd_event_source_set_time(s, usec + PROGRESS_INTERVAL_USEC);
-        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+static uint64_t loop_now(struct vm_object *o) {
+        uint64_t now = 0;
+        (void) sd_event_now(o->daemon->event, CLOCK_MONOTONIC, &now);
+        return now;
 }
 
-static void progress_timer_start(struct vm_object *o) {
+/* The next tick one interval after this publish: two progress publishes are never closer. */
+static void progress_publish(struct vm_object *o) {
+        uint64_t now = loop_now(o);
+        vm_publish(o);
+        o->migration_published_usec = now;
+        if (o->migration_timer) {
+                (void) sd_event_source_set_time(o->migration_timer, now + PROGRESS_INTERVAL_USEC);
+                (void) sd_event_source_set_enabled(o->migration_timer, SD_EVENT_ONESHOT);
+        }
+}
+
+static int on_progress_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        (void) s;
+        (void) usec;
+        progress_publish(userdata);
+        return 0;
+}
+
+/* A new MigrationState: now if the throttle allows it, else the pending tick carries it. */
+static int on_migration_wake(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        (void) s;
+        (void) revents;
+        struct vm_object *o = userdata;
+        uint64_t v;
+        if (read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                daemon_log(LOG_DEBUG, o, NULL, "migration wake-up: %m");
+        if (loop_now(o) >= o->migration_published_usec + PROGRESS_INTERVAL_USEC)
+                progress_publish(o);
+        return 0;
+}
+
+static void progress_watch_stop(struct vm_object *o) {
+        o->migration_timer = sd_event_source_disable_unref(o->migration_timer);
+        o->migration_wake = sd_event_source_disable_unref(o->migration_wake);
+        if (o->migration_wake_fd >= 0)
+                close(o->migration_wake_fd);
+        o->migration_wake_fd = -1;
+}
+
+/*
+ * Without the timer the figures still arrive at the end, and without the
+ * wake-up a new state at the next tick: neither is worth failing the
+ * migration for.
+ */
+static void progress_watch_start(struct vm_object *o) {
         if (o->migration_timer)
                 return;
-        /* Without the timer the figures still arrive at the end: not worth failing for. */
+        o->migration_published_usec = loop_now(o);
+        /* Accuracy 1 ms: sd-event's default (0: 250 ms) would stretch the interval as it likes. */
         (void) sd_event_add_time_relative(o->daemon->event, &o->migration_timer, CLOCK_MONOTONIC,
-                                          PROGRESS_INTERVAL_USEC, 0, on_progress_timer, o);
+                                          PROGRESS_INTERVAL_USEC, 1000, on_progress_timer, o);
+        o->migration_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (o->migration_wake_fd >= 0 && sd_event_add_io(o->daemon->event, &o->migration_wake, o->migration_wake_fd,
+                                                         EPOLLIN, on_migration_wake, o) < 0) {
+                close(o->migration_wake_fd);
+                o->migration_wake_fd = -1;
+        }
 }
 
 /* Loop: the migration job is over (or never ran). */
 static void migration_end(struct vm_object *o) {
         o->migrating = false;
-        o->migration_cancel_fd = -1; /* the job's own, closed with it */
-        o->migration_timer = sd_event_source_disable_unref(o->migration_timer);
+        o->migration_cancel_fd = -1;   /* the job's own, closed with it */
+        o->migration_continue_fd = -1; /* the same */
+        progress_watch_stop(o);
 }
 
 void migration_object_free(struct vm_object *o) {
-        o->migration_timer = sd_event_source_disable_unref(o->migration_timer);
+        progress_watch_stop(o);
 }
 
 bool migration_cancel(struct vm_object *o) {
@@ -135,7 +215,9 @@ static void job_release_fds(struct vm_job *j) {
                 close(j->u.migrate.cancel_fd);
         if (j->u.migrate.state_fd >= 0)
                 close(j->u.migrate.state_fd);
-        j->u.migrate.listen_fd = j->u.migrate.cancel_fd = j->u.migrate.state_fd = -1;
+        if (j->u.migrate.continue_fd >= 0)
+                close(j->u.migrate.continue_fd);
+        j->u.migrate.listen_fd = j->u.migrate.cancel_fd = j->u.migrate.state_fd = j->u.migrate.continue_fd = -1;
 }
 
 /* ---- worker side ---------------------------------------------------------------------------------- */
@@ -153,13 +235,20 @@ static uint64_t deadline_after(unsigned ms) {
         return vhu_now_usec() + (uint64_t) ms * 1000u;
 }
 
-/* The engine's options for a job: its stream timeout and cancel eventfd, progress into the view. */
+/* The engine's options for a job: its stream timeout, eventfds and live tuning, progress into the view. */
 static struct vhm_migrate_options job_options(struct vm_job *j) {
         return (struct vhm_migrate_options){
                 .timeout_ms = j->u.migrate.timeout_ms,
                 .cancel_fd = j->u.migrate.cancel_fd,
                 .progress = on_progress,
                 .opaque = j->vm,
+                .live = j->u.migrate.live,
+                .max_downtime_ms = j->u.migrate.max_downtime_ms,
+                .max_bandwidth = j->u.migrate.max_bandwidth,
+                .max_rounds = j->u.migrate.max_rounds,
+                .force_switchover = j->u.migrate.force_switchover,
+                .continue_fd = j->u.migrate.continue_fd,
+                .pause_timeout_ms = j->u.migrate.pause_timeout_ms,
         };
 }
 
@@ -329,12 +418,19 @@ static int new_migration_job(struct vm_object *o, const struct job_ops *ops, uns
         struct vm_job *j = job_new(o, ops, NULL);
         if (!j)
                 return -ENOMEM;
-        j->u.migrate.listen_fd = j->u.migrate.state_fd = -1;
+        j->u.migrate.listen_fd = j->u.migrate.state_fd = j->u.migrate.continue_fd = -1;
         j->u.migrate.destination = ops == &job_incoming || ops == &job_load_state;
         j->u.migrate.timeout_ms = timeout_ms ? timeout_ms : DEFAULT_STREAM_TIMEOUT_MS;
         j->u.migrate.cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (j->u.migrate.cancel_fd < 0) {
                 int r = -errno;
+                job_free(j);
+                return bus_fail(error, SD_BUS_ERROR_NO_MEMORY, "cannot create an eventfd: %s", strerror(-r));
+        }
+        /* Only a source has a VMM to wait for; the engine reads it only when live. */
+        if (ops == &job_migrate_to && (j->u.migrate.continue_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+                int r = -errno;
+                job_release_fds(j);
                 job_free(j);
                 return bus_fail(error, SD_BUS_ERROR_NO_MEMORY, "cannot create an eventfd: %s", strerror(-r));
         }
@@ -345,8 +441,9 @@ static int new_migration_job(struct vm_object *o, const struct job_ops *ops, uns
 static void start_migration(struct vm_object *o, struct vm_job *j, const char *role) {
         o->migrating = true;
         o->migration_cancel_fd = j->u.migrate.cancel_fd;
+        o->migration_continue_fd = j->u.migrate.continue_fd;
         view_begin(o, role);
-        progress_timer_start(o);
+        progress_watch_start(o);
         job_submit(j);
         vm_publish(o);
 }
@@ -469,11 +566,81 @@ int method_prepare_incoming(sd_bus_message *m, void *userdata, sd_bus_error *err
 
 struct migrate_to_options {
         uint32_t timeout_ms;
+        bool live, force_switchover;
+        uint32_t max_downtime_ms, max_rounds, pause_timeout_ms;
+        uint64_t max_bandwidth;
 };
 
-static const struct bus_option migrate_to_options[] = {
-        { VHOSTMIG_OPTION_TIMEOUT_MS, 'u', offsetof(struct migrate_to_options, timeout_ms) },
+/* The rows from OPT_MAX_DOWNTIME on tune a live migration: they need "Live" true. */
+enum {
+        OPT_TIMEOUT,
+        OPT_LIVE,
+        OPT_MAX_DOWNTIME,
+        OPT_MAX_BANDWIDTH,
+        OPT_MAX_ROUNDS,
+        OPT_FORCE,
+        OPT_PAUSE_TIMEOUT
 };
+#define OPT(row, key, type, field) [row] = { key, type, offsetof(struct migrate_to_options, field) }
+static const struct bus_option migrate_to_options[] = {
+        OPT(OPT_TIMEOUT, VHOSTMIG_OPTION_TIMEOUT_MS, 'u', timeout_ms),
+        OPT(OPT_LIVE, VHOSTMIG_OPTION_LIVE, 'b', live),
+        OPT(OPT_MAX_DOWNTIME, VHOSTMIG_OPTION_MAX_DOWNTIME_MS, 'u', max_downtime_ms),
+        OPT(OPT_MAX_BANDWIDTH, VHOSTMIG_OPTION_MAX_BANDWIDTH, 't', max_bandwidth),
+        OPT(OPT_MAX_ROUNDS, VHOSTMIG_OPTION_MAX_ROUNDS, 'u', max_rounds),
+        OPT(OPT_FORCE, VHOSTMIG_OPTION_FORCE_SWITCHOVER, 'b', force_switchover),
+        OPT(OPT_PAUSE_TIMEOUT, VHOSTMIG_OPTION_PAUSE_TIMEOUT_MS, 'u', pause_timeout_ms),
+};
+#undef OPT
+#define N_MIGRATE_TO_OPTIONS (sizeof(migrate_to_options) / sizeof(migrate_to_options[0]))
+
+static int check_range(const char *key, uint32_t given, uint32_t v, uint32_t min, uint32_t max, sd_bus_error *error) {
+        if (given && (v < min || v > max))
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "options: \"%s\" must be %u..%u, not %u", key, min,
+                                max, v);
+        return 0;
+}
+
+static int read_migrate_to_options(sd_bus_message *m, struct migrate_to_options *opt, sd_bus_error *error) {
+        uint32_t given = 0;
+        int r = bus_read_options(m, migrate_to_options, N_MIGRATE_TO_OPTIONS, opt, &given, error);
+        if (r < 0)
+                return r;
+        /* Tuning a stop-and-copy would be silently ignored: the caller meant something else. */
+        for (unsigned i = OPT_MAX_DOWNTIME; i < N_MIGRATE_TO_OPTIONS && !opt->live; i++)
+                if (given & (1u << i))
+                        return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "options: \"%s\" needs \"%s\"",
+                                        migrate_to_options[i].key, VHOSTMIG_OPTION_LIVE);
+#define GIVEN(row) (given & (1u << (row)))
+        r = check_timeout(VHOSTMIG_OPTION_TIMEOUT_MS, opt->timeout_ms, error);
+        if (r >= 0)
+                r = check_range(VHOSTMIG_OPTION_MAX_DOWNTIME_MS, GIVEN(OPT_MAX_DOWNTIME), opt->max_downtime_ms, 1,
+                                MAX_TIMEOUT_MS, error);
+        if (r >= 0)
+                r = check_range(VHOSTMIG_OPTION_MAX_ROUNDS, GIVEN(OPT_MAX_ROUNDS), opt->max_rounds, 1, MAX_ROUNDS,
+                                error);
+        if (r >= 0)
+                r = check_range(VHOSTMIG_OPTION_PAUSE_TIMEOUT_MS, GIVEN(OPT_PAUSE_TIMEOUT), opt->pause_timeout_ms, 1,
+                                MAX_TIMEOUT_MS, error);
+#undef GIVEN
+        return r;
+}
+
+/* Live pre-copy needs the dirty log, which a blocked VM cannot have: say why, as StartLogging does. */
+static int check_can_log(struct vm_object *o, sd_bus_error *error) {
+        pthread_mutex_lock(&o->snap_lock);
+        bool blocked = o->snap.blocked;
+        char reasons[1024] = "";
+        size_t used = 0;
+        for (unsigned i = 0; i < o->snap.blockers.n && used < sizeof(reasons); i++)
+                used += (size_t) snprintf(reasons + used, sizeof(reasons) - used, "%s%s", i ? "; " : "",
+                                          o->snap.blockers.v[i]);
+        pthread_mutex_unlock(&o->snap_lock);
+        if (blocked)
+                return bus_fail(error, VHOSTMIG_ERROR_MIGRATION_BLOCKED,
+                                "a live migration needs dirty logging, and VM %s cannot log: %s", o->name, reasons);
+        return 0;
+}
 
 static int check_token(const char *token, sd_bus_error *error) {
         size_t n = strlen(token);
@@ -491,10 +658,7 @@ static int migrate_to(sd_bus_message *m, struct vm_object *o, sd_bus_error *erro
         int r = sd_bus_message_read(m, "ss", &address, &token);
         if (r < 0)
                 return r;
-        r = bus_read_options(m, migrate_to_options, sizeof(migrate_to_options) / sizeof(migrate_to_options[0]), &opt,
-                             NULL, error);
-        if (r >= 0)
-                r = check_timeout(VHOSTMIG_OPTION_TIMEOUT_MS, opt.timeout_ms, error);
+        r = read_migrate_to_options(m, &opt, error);
         if (r >= 0)
                 r = check_address("address", address, error);
         if (r >= 0)
@@ -506,19 +670,27 @@ static int migrate_to(sd_bus_message *m, struct vm_object *o, sd_bus_error *erro
                         r = bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE,
                                      "device %u waits for an incoming migration: it has nothing to send",
                                      o->devices[i]->number);
+        if (r >= 0 && opt.live)
+                r = check_can_log(o, error);
         if (r < 0)
                 return r;
         if ((r = new_migration_job(o, &job_migrate_to, opt.timeout_ms, &j, error)) < 0)
                 return r;
         snprintf(j->u.migrate.address, sizeof(j->u.migrate.address), "%s", address);
         snprintf(j->u.migrate.token, sizeof(j->u.migrate.token), "%s", token);
+        j->u.migrate.live = opt.live;
+        j->u.migrate.max_downtime_ms = opt.max_downtime_ms;
+        j->u.migrate.max_bandwidth = opt.max_bandwidth;
+        j->u.migrate.max_rounds = opt.max_rounds;
+        j->u.migrate.force_switchover = opt.force_switchover;
+        j->u.migrate.pause_timeout_ms = opt.pause_timeout_ms;
         r = sd_bus_reply_method_return(m, NULL);
         if (r < 0) {
                 job_release_fds(j);
                 job_free(j);
                 return r;
         }
-        daemon_log(LOG_INFO, o, NULL, "migrating to %s", address);
+        daemon_log(LOG_INFO, o, NULL, "migrating to %s%s", address, opt.live ? " (live)" : "");
         start_migration(o, j, VHOSTMIG_ROLE_SOURCE);
         return 1;
 }
@@ -543,6 +715,40 @@ int method_cancel_migration(sd_bus_message *m, void *userdata, sd_bus_error *err
                         bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE, "no migration of VM %s is running", o->name));
         daemon_log(LOG_INFO, o, NULL, "migration cancelled by request");
         return sd_bus_reply_method_return(m, NULL);
+}
+
+/*
+ * The VMM paused its vCPUs: the engine may leave pre-switchover.  Written
+ * from the loop like a cancel, never queued behind the migration job, which
+ * is the one waiting for it.
+ */
+static int migrate_continue(sd_bus_message *m, struct vm_object *o, sd_bus_error *error) {
+        int r = bus_read_options(m, NULL, 0, NULL, NULL, error);
+        if (r < 0)
+                return r;
+        pthread_mutex_lock(&o->snap_lock);
+        char state[sizeof(o->migration.state)];
+        memcpy(state, o->migration.state, sizeof(state));
+        pthread_mutex_unlock(&o->snap_lock);
+        if (!o->migrating || o->migration_continue_fd < 0 ||
+            strcmp(state, VHOSTMIG_MIGRATION_STATE_PRE_SWITCHOVER) != 0)
+                return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE,
+                                "VM %s is not in pre-switchover (MigrationState \"%s\"): nothing waits for the VMM",
+                                o->name, state);
+        uint64_t one = 1;
+        if (write(o->migration_continue_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+                return bus_fail(error, SD_BUS_ERROR_FAILED, "cannot signal the migration: %s", strerror(errno));
+        daemon_log(LOG_INFO, o, NULL, "the VMM paused: switching over");
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+int method_migrate_continue(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct vm_object *o = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        r = migrate_continue(m, o, error);
+        return r < 0 ? vm_refused(o, error, r) : r;
 }
 
 /* ---- SaveDeviceState, LoadDeviceState --------------------------------------------------------------- */

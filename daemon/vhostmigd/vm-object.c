@@ -12,6 +12,7 @@
  * PropertiesChanged for what differs (props.h).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,33 +26,40 @@
 /* ---- properties ------------------------------------------------------------------------ */
 
 /* The table of org.vhostmig1.Vm's properties: name, D-Bus type, field of struct vm_view, const or not. */
-#define VM_PROPERTIES(X)                                        \
-        X(Name, S, l.name, CONST)                               \
-        X(MemorySize, T, w.memory_size, CHANGE)                 \
-        X(PageSize, U, l.page_size, CONST)                      \
-        X(Devices, AO, l.devices, CHANGE)                       \
-        X(MigrationBlocked, B, w.blocked, CHANGE)               \
-        X(MigrationBlockers, AS, w.blockers, CHANGE)            \
-        X(Logging, B, w.logging, CHANGE)                        \
-        X(LogIncomplete, B, w.log_incomplete, CHANGE)           \
-        X(LogSize, T, w.log_size, CHANGE)                       \
-        X(DirtyPages, T, w.dirty_pages, CHANGE)                 \
-        X(Harvests, T, l.harvests, CHANGE)                      \
-        X(CreatedTimestamp, T, l.created_usec, CHANGE)          \
-        X(StateChangeTimestamp, T, l.state_change_usec, CHANGE) \
-        X(LastError, S, l.last_error, CHANGE)                   \
-        X(LastErrorTimestamp, T, l.last_error_usec, CHANGE)     \
-        X(MigrationState, S, m.state, CHANGE)                   \
-        X(Role, S, m.role, CHANGE)                              \
-        X(PagesTotal, T, m.pages_total, CHANGE)                 \
-        X(PagesTransferred, T, m.pages_transferred, CHANGE)     \
-        X(ZeroPages, T, m.zero_pages, CHANGE)                   \
-        X(BytesTransferred, T, m.bytes_transferred, CHANGE)     \
-        X(DowntimeMs, T, m.downtime_ms, CHANGE)                 \
-        X(TotalMs, T, m.total_ms, CHANGE)                       \
-        X(RarpSent, U, m.rarp_sent, CHANGE)                     \
-        X(MigrationChecksum, T, m.checksum, CHANGE)             \
-        X(MigrationError, S, m.error, CHANGE)
+#define VM_PROPERTIES(X)                                         \
+        X(Name, S, l.name, CONST)                                \
+        X(MemorySize, T, w.memory_size, CHANGE)                  \
+        X(PageSize, U, l.page_size, CONST)                       \
+        X(Devices, AO, l.devices, CHANGE)                        \
+        X(MigrationBlocked, B, w.blocked, CHANGE)                \
+        X(MigrationBlockers, AS, w.blockers, CHANGE)             \
+        X(Logging, B, w.logging, CHANGE)                         \
+        X(LogIncomplete, B, w.log_incomplete, CHANGE)            \
+        X(LogSize, T, w.log_size, CHANGE)                        \
+        X(DirtyPages, T, w.dirty_pages, CHANGE)                  \
+        X(Harvests, T, l.harvests, CHANGE)                       \
+        X(CreatedTimestamp, T, l.created_usec, CHANGE)           \
+        X(StateChangeTimestamp, T, l.state_change_usec, CHANGE)  \
+        X(LastError, S, l.last_error, CHANGE)                    \
+        X(LastErrorTimestamp, T, l.last_error_usec, CHANGE)      \
+        X(MigrationState, S, m.state, CHANGE)                    \
+        X(Role, S, m.role, CHANGE)                               \
+        X(PagesTotal, T, m.pages_total, CHANGE)                  \
+        X(PagesTransferred, T, m.pages_transferred, CHANGE)      \
+        X(ZeroPages, T, m.zero_pages, CHANGE)                    \
+        X(BytesTransferred, T, m.bytes_transferred, CHANGE)      \
+        X(DowntimeMs, T, m.downtime_ms, CHANGE)                  \
+        X(TotalMs, T, m.total_ms, CHANGE)                        \
+        X(RarpSent, U, m.rarp_sent, CHANGE)                      \
+        X(MigrationChecksum, T, m.checksum, CHANGE)              \
+        X(MigrationError, S, m.error, CHANGE)                    \
+        X(DirtyBitmaps, U, w.dirty_bitmaps, CHANGE)              \
+        X(Round, T, m.round, CHANGE)                             \
+        X(PagesRemaining, T, m.pages_remaining, CHANGE)          \
+        X(DirtyRate, T, m.dirty_rate, CHANGE)                    \
+        X(Bandwidth, T, m.bandwidth, CHANGE)                     \
+        X(ExpectedDowntimeMs, T, m.expected_downtime_ms, CHANGE) \
+        X(SetupMs, T, m.setup_ms, CHANGE)
 
 #define PROPS_VIEW struct vm_view
 static const struct prop_def vm_props[] = { VM_PROPERTIES(PROPS_DEF) };
@@ -111,6 +119,7 @@ static void vm_snapshot_fill(struct vm_object *o, struct vm_snapshot *s) {
         s->log_size = vhm_logging_log_size(o->logging);
         struct vhm_bitmap *bm = vhm_logging_bitmap(o->logging);
         s->dirty_pages = bm ? vhm_bitmap_count(bm) : 0;
+        s->dirty_bitmaps = vhm_logging_bitmap_sources(o->logging);
 }
 
 /* Whether the VM can migrate changed: say so once, with the reasons. */
@@ -221,7 +230,7 @@ static int vm_object_new(struct daemon *d, const char *name, struct vhm_vm *vm, 
                 return -ENOMEM;
         o->iface = &vm_iface;
         o->daemon = d;
-        o->migration_cancel_fd = -1;
+        o->migration_cancel_fd = o->migration_continue_fd = o->migration_wake_fd = -1;
         o->name = strdup(name);
         int r = o->name ? sd_bus_path_encode(VHOSTMIG_VM_PREFIX, name, &o->path) : -ENOMEM;
         if (r >= 0)
@@ -430,6 +439,29 @@ static const struct job_ops job_announce = {
         .reply = reply_announce,
 };
 
+/*
+ * A VMM dirty bitmap.  The logging maps it (the mapping is what it keeps),
+ * so the job's copy of the fd goes as soon as that is done.  The logging
+ * exists from CreateVm on, so a bitmap may come before StartLogging or any
+ * device; logging start (StartLogging or a live MigrateTo) clears it.
+ */
+static void run_add_bitmap(struct vm_job *j) {
+        int r = vhm_logging_add_bitmap(j->vm->logging, j->u.bitmap_fd);
+        close(j->u.bitmap_fd);
+        j->u.bitmap_fd = -1;
+        if (r == -E2BIG)
+                job_fail(j, r, VHOSTMIG_ERROR_LIMITS_EXCEEDED, "%s", vhm_logging_error(j->vm->logging));
+        else if (r == -EINVAL || r == -EPERM || r == -ERANGE || r == -EACCES)
+                job_fail(j, r, SD_BUS_ERROR_INVALID_ARGS, "memfd: %s", vhm_logging_error(j->vm->logging));
+        else if (r < 0)
+                job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", vhm_logging_error(j->vm->logging));
+}
+
+static const struct job_ops job_add_bitmap = {
+        .name = "AddDirtyBitmap",
+        .run = run_add_bitmap,
+};
+
 /* Connection checks and reconnection attempts with each device's back-off. */
 static void monitor_device(struct vm_job *j, struct device_object *d, uint64_t now) {
         uint64_t channel_failures = vhm_device_stats(d->dev)->channel_failures;
@@ -514,6 +546,54 @@ static int method_start_logging(sd_bus_message *m, void *userdata, sd_bus_error 
         return queue_job(m, o, &job_start_logging);
 }
 
+/* The caller's memfd, a copy of our own: the message's goes with it. */
+static int read_bitmap_fd(sd_bus_message *m, int *out, sd_bus_error *error) {
+        int fd;
+        int r = sd_bus_message_read(m, "h", &fd);
+        if (r < 0)
+                return r;
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "memfd: %s", strerror(errno));
+        if ((flags & O_ACCMODE) == O_RDONLY)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS,
+                                "memfd: open read-only, and harvests clear the bits they take");
+        *out = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (*out < 0)
+                return bus_fail(error, SD_BUS_ERROR_LIMITS_EXCEEDED, "memfd: cannot keep a copy: %s", strerror(errno));
+        return 0;
+}
+
+static int add_dirty_bitmap(sd_bus_message *m, struct vm_object *o, sd_bus_error *error) {
+        int fd = -1;
+        int r = read_bitmap_fd(m, &fd, error);
+        if (r >= 0)
+                r = bus_read_options(m, NULL, 0, NULL, NULL, error);
+        /* The engine reads the bitmaps while it migrates: the set stays as it was when the migration began. */
+        if (r >= 0 && o->migrating)
+                r = bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE, "a migration of VM %s is running", o->name);
+        struct vm_job *j = r >= 0 ? job_new(o, &job_add_bitmap, m) : NULL;
+        if (r >= 0 && !j)
+                r = -ENOMEM;
+        if (r < 0) {
+                if (fd >= 0)
+                        close(fd);
+                return r;
+        }
+        j->u.bitmap_fd = fd;
+        job_submit(j);
+        return 1;
+}
+
+static int method_add_dirty_bitmap(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct vm_object *o = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        r = add_dirty_bitmap(m, o, error);
+        return r < 0 ? vm_refused(o, error, r) : r;
+}
+
 static int method_simple(sd_bus_message *m, struct vm_object *o, const struct job_ops *ops, sd_bus_error *error) {
         int r = daemon_check_root(m, error);
         return r < 0 ? r : queue_job(m, o, ops);
@@ -551,6 +631,10 @@ static const sd_bus_vtable vm_vtable[] = {
         SD_BUS_METHOD_WITH_ARGS("MigrateTo", SD_BUS_ARGS("s", address, "s", token, "a{sv}", options), SD_BUS_NO_RESULT,
                                 method_migrate_to, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("CancelMigration", NULL, NULL, method_cancel_migration, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("MigrateContinue", SD_BUS_ARGS("a{sv}", options), SD_BUS_NO_RESULT,
+                                method_migrate_continue, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("AddDirtyBitmap", SD_BUS_ARGS("h", memfd, "a{sv}", options), SD_BUS_NO_RESULT,
+                                method_add_dirty_bitmap, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("SaveDeviceState", SD_BUS_ARGS("h", fd, "a{sv}", options), SD_BUS_NO_RESULT,
                                 method_save_device_state, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("LoadDeviceState", SD_BUS_ARGS("h", fd, "a{sv}", options), SD_BUS_NO_RESULT,

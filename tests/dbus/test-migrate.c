@@ -19,7 +19,24 @@
  *                         memory copied by the test (the VMM), a garbage
  *                         state refused, LoadDeviceState on the destination
  *                         from the file: rings restored from the source's
- *                         indices, RARP, the source released by DestroyVm.
+ *                         indices, RARP, the source released by DestroyVm;
+ *   test_live             a live migration of a VM whose VMM (the test)
+ *                         registered a dirty bitmap, writes and marks pages
+ *                         during the rounds, sees "pre-switchover" through
+ *                         PropertiesChanged and calls MigrateContinue: equal
+ *                         memory and checksums, the progress figures, and
+ *                         PropertiesChanged throttled to 10 a second;
+ *   test_live_no_continue a VMM that never continues: failed, the source
+ *                         running, logging off as it was;
+ *   test_live_cancel      CancelMigration during the rounds (to a peer that
+ *                         never reads, and rounds that never converge, where
+ *                         PropertiesChanged stays under 10 a second) and
+ *                         during pre-switchover: the source runs, logging
+ *                         off; MigrateContinue and AddDirtyBitmap refused
+ *                         in the rounds;
+ *   test_live_options     MigrateTo's live options refused, naming the key;
+ *   test_dirty_bitmap     AddDirtyBitmap's refusals (unsealed, read-only,
+ *                         too small, a 9th) leaving no fd in the daemon.
  *
  * Environment (set by meson): VHOSTMIGD, START_BUS.  Needs root.
  */
@@ -33,6 +50,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -418,16 +436,27 @@ static void prepare_incoming(struct side *d, const char *listen, char *address, 
         assert_string_prop(d->h, d->vm_path, VM_IF, "Role", "destination");
 }
 
-/* The stream's checksum (docs/migration.md): 64-bit FNV-1a over little-endian 8-byte words, in gpa order. */
-static uint64_t memory_checksum(const uint8_t *mem, uint64_t size) {
-        uint64_t h = UINT64_C(0xcbf29ce484222325);
-        for (uint64_t i = 0; i < size; i += 8) {
-                uint64_t w = 0;
-                for (unsigned b = 0; b < 8; b++)
-                        w |= (uint64_t) mem[i + b] << (8 * b);
-                h = (h ^ w) * UINT64_C(0x100000001b3);
-        }
-        return h;
+/* The fds the daemon holds (its /proc/PID/fd entries). */
+static int daemon_fd_count(const struct host *h) {
+        char dir[64];
+        snprintf(dir, sizeof(dir), "/proc/%d/fd", (int) h->daemon);
+        DIR *d = opendir(dir);
+        if (!d)
+                return -1;
+        int n = 0;
+        for (struct dirent *de; (de = readdir(d));)
+                n += de->d_name[0] != '.';
+        closedir(d);
+        return n;
+}
+
+/* The same count again, given a moment to settle (a job's fd is closed on the worker, after the answer). */
+static int daemon_fd_count_settled(const struct host *h, int expected, unsigned timeout_ms) {
+        uint64_t deadline = now_ms() + timeout_ms;
+        int n;
+        while ((n = daemon_fd_count(h)) != expected && now_ms() < deadline)
+                sleep_ms(20);
+        return n;
 }
 
 static unsigned record_count(const struct side *s, const char *prefix) {
@@ -507,9 +536,12 @@ static void test_migration(void **state) {
         assert_true(get_u64(&src, s.vm_path, "TotalMs") < MIGRATION_TIMEOUT_MS);
 
         assert_memory_equal(s.mem, d.mem, MEM_SIZE);
-        /* Both ends name the image that travelled, and it is the memory's. */
-        uint64_t sum = memory_checksum(s.mem, MEM_SIZE);
-        assert_int_equal(get_u64(&src, s.vm_path, "MigrationChecksum"), sum);
+        /*
+         * Both ends name the image that travelled (the algorithm is the
+         * stream's, tested with it in tests/unit/test-stream).
+         */
+        uint64_t sum = get_u64(&src, s.vm_path, "MigrationChecksum");
+        assert_true(sum != 0);
         assert_int_equal(get_u64(&dst, d.vm_path, "MigrationChecksum"), sum);
         /* The destination runs the rings from where the source stopped them; the source let go. */
         assert_string_prop(&dst, d.dev_path, DEV_IF, "State", "running");
@@ -746,6 +778,434 @@ static void test_device_state(void **state) {
         side_done(&d);
 }
 
+/* ---- live migration: the test plays the VMM ------------------------------------------------------ */
+
+#define BITMAP_BYTES ((MEM_SIZE / PAGE + 63) / 64 * 8)
+/* Pages the VMM writes while the rounds run: clear of the rings. */
+#define VMM_FIRST_PAGE 64u
+#define VMM_PAGES      256u
+
+/* A memfd bitmap as the contract wants it (sealed against shrinking), mapped. */
+static int vmm_bitmap(uint64_t size, uint64_t **words) {
+        int fd = memfd_create("vhostmig-test-bitmap", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, (off_t) size), 0);
+        assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+        if (words) {
+                *words = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+                assert_true(*words != MAP_FAILED);
+        }
+        return fd;
+}
+
+static void add_bitmap(struct side *s, int fd) {
+        sd_bus_message_unref(call(s->h, s->vm_path, VM_IF, "AddDirtyBitmap", "ha{sv}", fd, 0));
+}
+
+/* The VMM's vCPU writes a page and marks it, as the contract says (atomic OR). */
+static void vmm_write(struct side *s, uint64_t *words, uint64_t page, uint64_t value) {
+        for (unsigned i = 0; i < PAGE; i += 8)
+                memcpy(s->mem + page * PAGE + i, &value, 8);
+        __atomic_fetch_or(&words[page / 64], UINT64_C(1) << (page % 64), __ATOMIC_RELAXED);
+}
+
+/* What the source VM's PropertiesChanged said during a live migration. */
+struct live_watch {
+        unsigned signals;    /* PropertiesChanged on the Vm interface */
+        unsigned figures;    /* of those, with a progress figure in them */
+        bool pre_switchover; /* MigrationState "pre-switchover" was seen */
+        char last_state[32]; /* the last MigrationState seen */
+};
+
+static int on_live_changed(sd_bus_message *m, void *userdata, sd_bus_error *e) {
+        (void) e;
+        struct live_watch *w = userdata;
+        const char *iface;
+        if (sd_bus_message_read(m, "s", &iface) < 0 || strcmp(iface, VM_IF) != 0 ||
+            sd_bus_message_enter_container(m, 'a', "{sv}") < 0)
+                return 0;
+        w->signals++;
+        bool figure = false;
+        while (sd_bus_message_enter_container(m, 'e', "sv") > 0) {
+                const char *name, *v;
+                if (sd_bus_message_read(m, "s", &name) < 0)
+                        return 0;
+                if (strcmp(name, "MigrationState") == 0) {
+                        if (sd_bus_message_read(m, "v", "s", &v) < 0)
+                                return 0;
+                        snprintf(w->last_state, sizeof(w->last_state), "%s", v);
+                        w->pre_switchover |= strcmp(v, "pre-switchover") == 0;
+                } else if (sd_bus_message_skip(m, "v") < 0) {
+                        return 0;
+                }
+                figure |= strcmp(name, "PagesTransferred") == 0 || strcmp(name, "PagesRemaining") == 0;
+                if (sd_bus_message_exit_container(m) < 0)
+                        return 0;
+        }
+        w->figures += figure;
+        return 0;
+}
+
+/* Reads what arrived, waiting at most `ms` for something. */
+static void pump(struct host *h, unsigned ms) {
+        while (sd_bus_process(h->c, NULL) > 0)
+                ;
+        (void) sd_bus_wait(h->c, (uint64_t) ms * 1000u);
+        while (sd_bus_process(h->c, NULL) > 0)
+                ;
+}
+
+/* Waits (bounded) until the source's signals showed `state` or a final state; true for `state`. */
+static bool watch_until(struct host *h, struct live_watch *w, const char *state, unsigned timeout_ms) {
+        uint64_t deadline = now_ms() + timeout_ms;
+        while (strcmp(w->last_state, state) != 0 && !is_final(w->last_state) && now_ms() < deadline)
+                pump(h, 20);
+        return strcmp(w->last_state, state) == 0;
+}
+
+static void migrate_live(struct side *s, const char *address, const char *token, uint64_t bandwidth,
+                         uint32_t pause_timeout_ms) {
+        sd_bus_message_unref(call(s->h, s->vm_path, VM_IF, "MigrateTo", "ssa{sv}", address, token, 3, "Live", "b", 1,
+                                  "MaxBandwidth", "t", bandwidth, "PauseTimeoutMs", "u", pause_timeout_ms));
+}
+
+static void test_live(void **state) {
+        (void) state;
+        struct side s, d;
+        char address[128], token[33];
+        uint64_t *words;
+        side_vm(&s, &src, false);
+        side_vm(&d, &dst, true);
+        int bfd = vmm_bitmap(BITMAP_BYTES, &words);
+        /* Before logging and before the migration: the logging takes it in now and clears it at the start. */
+        add_bitmap(&s, bfd);
+        assert_int_equal(get_u32(&src, s.vm_path, "DirtyBitmaps"), 1);
+        assert_int_equal(get_u64(&src, s.vm_path, "Round"), 0);
+
+        struct live_watch w = { 0 };
+        sd_bus_slot *slot = NULL;
+        assert_true(sd_bus_match_signal(src.c, &slot, DEST, s.vm_path, PROPS_IF, "PropertiesChanged", on_live_changed,
+                                        &w) >= 0);
+        prepare_incoming(&d, NULL, address, token);
+        /* About 1.4 MB of non-zero pages at 1 MB/s: round 0 alone lasts over a second. */
+        uint64_t t0 = now_ms();
+        migrate_live(&s, address, token, UINT64_C(1) << 20, 20000);
+        uint64_t value = 1;
+        /*
+         * The vCPU runs until the VMM sees pre-switchover (or the migration
+         * ended), dirtying about 100 pages (400 KB) a second: less than the
+         * bandwidth, so the rounds converge.
+         */
+        while (!w.pre_switchover && !is_final(w.last_state) && now_ms() < t0 + MIGRATION_TIMEOUT_MS) {
+                vmm_write(&s, words, VMM_FIRST_PAGE + value % VMM_PAGES, value);
+                value++;
+                pump(&src, 10);
+        }
+        if (!w.pre_switchover)
+                fail_msg("pre-switchover never reached the bus (last state \"%s\")", w.last_state);
+        /* The vCPUs are paused: nothing writes any more. */
+        sd_bus_message_unref(call(&src, s.vm_path, VM_IF, "MigrateContinue", "a{sv}", 0));
+        char *ss = wait_final(&src, s.vm_path), *ds = wait_final(&dst, d.vm_path);
+        uint64_t elapsed = now_ms() - t0;
+        if (strcmp(ss, "completed") != 0 || strcmp(ds, "completed") != 0) {
+                char *se = get_string(&src, s.vm_path, VM_IF, "MigrationError");
+                char *de = get_string(&dst, d.vm_path, VM_IF, "MigrationError");
+                fail_msg("source %s (%s), destination %s (%s)", ss, se, ds, de);
+        }
+        free(ss);
+        free(ds);
+        pump(&src, 50);
+        sd_bus_slot_unref(slot);
+
+        /* Every page the VMM wrote arrived, because it marked it. */
+        assert_memory_equal(s.mem, d.mem, MEM_SIZE);
+        /* Both ends agree on the image (END's checksum, checked by the destination). */
+        uint64_t sum = get_u64(&src, s.vm_path, "MigrationChecksum");
+        assert_true(sum != 0);
+        assert_int_equal(get_u64(&dst, d.vm_path, "MigrationChecksum"), sum);
+        /* Pages dirtied during round 0 needed a round of their own. */
+        uint64_t round = get_u64(&src, s.vm_path, "Round"), bandwidth = get_u64(&src, s.vm_path, "Bandwidth");
+        uint64_t setup = get_u64(&src, s.vm_path, "SetupMs"), total = get_u64(&src, s.vm_path, "TotalMs");
+        printf("live: %" PRIu64 " ms, round %" PRIu64 ", bandwidth %" PRIu64 " B/s, setup %" PRIu64
+               " ms, %u PropertiesChanged (%u with figures)\n",
+               elapsed, round, bandwidth, setup, w.signals, w.figures);
+        assert_true(round >= 1);
+        assert_true(bandwidth > 0 && bandwidth <= 2 * (UINT64_C(1) << 20));
+        assert_true(setup <= total);
+        assert_true(get_u64(&src, s.vm_path, "PagesTransferred") > MEM_SIZE / PAGE);
+        /* Throttled: 10 a second over the run, plus the start, the end and scheduling slack. */
+        assert_true(w.figures >= 3);
+        if (w.signals > elapsed / 100 + 6)
+                fail_msg("%u PropertiesChanged in %" PRIu64 " ms: more than 10 a second", w.signals, elapsed);
+        assert_string_prop(&src, s.vm_path, VM_IF, "MigrationState", "completed");
+        munmap(words, BITMAP_BYTES);
+        close(bfd);
+        side_done(&s);
+        side_done(&d);
+}
+
+static bool get_bool(struct host *h, const char *path, const char *prop) {
+        int v = 0;
+        int r = sd_bus_get_property_trivial(h->c, DEST, path, VM_IF, prop, NULL, 'b', &v);
+        if (r < 0)
+                fail_msg("%s: %s.%s: %s", h->name, path, prop, strerror(-r));
+        return v;
+}
+
+static void test_live_no_continue(void **state) {
+        (void) state;
+        struct side s, d;
+        char address[128], token[33];
+        side_vm(&s, &src, false);
+        side_vm(&d, &dst, true);
+        int bfd = vmm_bitmap(BITMAP_BYTES, NULL);
+        add_bitmap(&s, bfd);
+        assert_false(get_bool(&src, s.vm_path, "Logging"));
+        prepare_incoming(&d, NULL, address, token);
+        migrate_live(&s, address, token, 0, 300);
+        char *ss = wait_final(&src, s.vm_path);
+        assert_string_equal(ss, "failed");
+        free(ss);
+        assert_error_mentions(&src, s.vm_path, "MigrateContinue");
+        /* The source runs on, and logging is off again, as it was. */
+        assert_string_prop(&src, s.dev_path, DEV_IF, "State", "running");
+        assert_false(get_bool(&src, s.vm_path, "Logging"));
+        free(wait_final(&dst, d.vm_path));
+        assert_string_prop(&dst, d.dev_path, DEV_IF, "State", "ready");
+        close(bfd);
+        side_done(&s);
+        side_done(&d);
+}
+
+/*
+ * A vCPU of the VMM that keeps marking every page dirty (a thread: the
+ * rounds never see a harvest without it, however the test is scheduled).
+ */
+struct marker {
+        uint64_t *words;
+        bool stop;
+        pthread_t thread;
+};
+
+static void *marker_run(void *opaque) {
+        struct marker *m = opaque;
+        while (!__atomic_load_n(&m->stop, __ATOMIC_RELAXED)) {
+                for (unsigned w = 0; w < BITMAP_BYTES / 8; w++)
+                        __atomic_fetch_or(&m->words[w], ~UINT64_C(0), __ATOMIC_RELAXED);
+                usleep(1000);
+        }
+        return NULL;
+}
+
+/* Reads the signals for `ms`. */
+static void pump_for(struct host *h, unsigned ms) {
+        uint64_t until = now_ms() + ms;
+        while (now_ms() < until)
+                pump(h, 10);
+}
+
+/* Cancelled in the phase the signals showed: the source runs, logging off as before. */
+static void cancel_now(struct side *s) {
+        sd_bus_message_unref(call(s->h, s->vm_path, VM_IF, "CancelMigration", ""));
+        char *st = wait_final(s->h, s->vm_path);
+        assert_string_equal(st, "cancelled");
+        free(st);
+        assert_string_prop(s->h, s->dev_path, DEV_IF, "State", "running");
+        assert_false(get_bool(s->h, s->vm_path, "Logging"));
+}
+
+/*
+ * Rounds that never converge (the VMM keeps all 2 MB dirty, and 1 ms of
+ * bandwidth carries far less): the engine reports after every batch, some 50 times
+ * a second, and the bus must see at most 10.  Then cancelled in the rounds.
+ */
+static void live_cancel_active(struct side *s, struct live_watch *w, uint64_t *words, const char *address,
+                               const char *token) {
+        sd_bus_message_unref(call(s->h, s->vm_path, VM_IF, "MigrateTo", "ssa{sv}", address, token, 4, "Live", "b", 1,
+                                  "MaxBandwidth", "t", UINT64_C(50) << 20, "MaxDowntimeMs", "u", 1, "MaxRounds", "u",
+                                  10000));
+        /* Busy from the start: round 0 alone would converge. */
+        struct marker mk = { .words = words };
+        assert_int_equal(pthread_create(&mk.thread, NULL, marker_run, &mk), 0);
+        pump_for(s->h, 300);
+        if (strcmp(w->last_state, "active") != 0)
+                fail_msg("not in the rounds after 300 ms (last state \"%s\")", w->last_state);
+        unsigned before = w->signals;
+        uint64_t t0 = now_ms(), round0 = get_u64(s->h, s->vm_path, "Round");
+        pump_for(s->h, 1500);
+        uint64_t elapsed = now_ms() - t0, rounds = get_u64(s->h, s->vm_path, "Round") - round0;
+        unsigned n = w->signals - before;
+        printf("rounds: %" PRIu64 " in %" PRIu64 " ms, %u PropertiesChanged\n", rounds, elapsed, n);
+        /* The figures moved all along (many rounds), yet at most 10 signals a second, with slack for timing. */
+        assert_true(rounds >= 5);
+        assert_true(n >= 3);
+        if (n > elapsed / 100 + 2)
+                fail_msg("%u PropertiesChanged in %" PRIu64 " ms: more than 10 a second", n, elapsed);
+        /* Cancelled while the rounds run. */
+        assert_string_prop(s->h, s->vm_path, VM_IF, "MigrationState", "active");
+        cancel_now(s);
+        __atomic_store_n(&mk.stop, true, __ATOMIC_RELAXED);
+        pthread_join(mk.thread, NULL);
+}
+
+/*
+ * A live migration to a peer that never reads stays in the rounds (round 0
+ * blocked on a full socket): what belongs to other states is refused there,
+ * then it is cancelled.
+ */
+static void live_cancel_stuck(void) {
+        struct side s;
+        char path[128], silent[160];
+        side_vm(&s, &src, false);
+        int bfd = vmm_bitmap(BITMAP_BYTES, NULL);
+        add_bitmap(&s, bfd);
+        close(bfd);
+        snprintf(path, sizeof(path), "%s/silent.sock", src.dir);
+        int lfd = silent_listener(path);
+        snprintf(silent, sizeof(silent), "unix:%s", path);
+        migrate_live(&s, silent, BAD_TOKEN, 0, 20000);
+        uint64_t deadline = now_ms() + 10000;
+        char *v;
+        while (strcmp((v = get_string(&src, s.vm_path, VM_IF, "MigrationState")), "active") != 0 && !is_final(v) &&
+               now_ms() < deadline) {
+                free(v);
+                sleep_ms(10);
+        }
+        if (strcmp(v, "active") != 0)
+                fail_msg("a live migration to a silent peer is \"%s\", not active", v);
+        free(v);
+        assert_true(get_bool(&src, s.vm_path, "Logging"));
+        call_error(&src, ERR("InvalidState"), "pre-switchover", s.vm_path, "MigrateContinue", "a{sv}", 0);
+        bfd = vmm_bitmap(BITMAP_BYTES, NULL);
+        call_error(&src, ERR("InvalidState"), "migration", s.vm_path, "AddDirtyBitmap", "ha{sv}", bfd, 0);
+        close(bfd);
+        assert_int_equal(get_u32(&src, s.vm_path, "DirtyBitmaps"), 1);
+        cancel_now(&s);
+        close(lfd);
+        unlink(path);
+        side_done(&s);
+}
+
+static void test_live_cancel(void **state) {
+        (void) state;
+        char address[128], token[33];
+        live_cancel_stuck();
+        for (unsigned in_pause = 0; in_pause < 2; in_pause++) {
+                struct side s, d;
+                uint64_t *words;
+                side_vm(&s, &src, false);
+                side_vm(&d, &dst, true);
+                call_error(&src, ERR("InvalidState"), "pre-switchover", s.vm_path, "MigrateContinue", "a{sv}", 0);
+                int bfd = vmm_bitmap(BITMAP_BYTES, &words);
+                add_bitmap(&s, bfd);
+                struct live_watch w = { 0 };
+                sd_bus_slot *slot = NULL;
+                assert_true(sd_bus_match_signal(src.c, &slot, DEST, s.vm_path, PROPS_IF, "PropertiesChanged",
+                                                on_live_changed, &w) >= 0);
+                prepare_incoming(&d, NULL, address, token);
+                if (!in_pause) {
+                        live_cancel_active(&s, &w, words, address, token);
+                } else {
+                        /* The VMM never pauses: cancelled while the engine waits for it. */
+                        migrate_live(&s, address, token, 0, 20000);
+                        if (!watch_until(&src, &w, "pre-switchover", MIGRATION_TIMEOUT_MS))
+                                fail_msg("never saw \"pre-switchover\" (last state \"%s\")", w.last_state);
+                        cancel_now(&s);
+                }
+                sd_bus_slot_unref(slot);
+                free(wait_final(&dst, d.vm_path));
+                munmap(words, BITMAP_BYTES);
+                close(bfd);
+                side_done(&s);
+                side_done(&d);
+        }
+}
+
+static void test_live_options(void **state) {
+        (void) state;
+        struct side s;
+        const char *invalid = "org.freedesktop.DBus.Error.InvalidArgs";
+        side_vm(&s, &src, false);
+        const char *a = "unix:/nonexistent/sock";
+        call_error(&src, invalid, "Live", s.vm_path, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 1, "Live", "u", 1);
+        call_error(&src, invalid, "MaxBandwidth", s.vm_path, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 2, "Live", "b", 1,
+                   "MaxBandwidth", "u", 1);
+        call_error(&src, invalid, "options: \"MaxRounds\" needs \"Live\"", s.vm_path, "MigrateTo", "ssa{sv}", a,
+                   BAD_TOKEN, 1, "MaxRounds", "u", 5);
+        call_error(&src, invalid, "\"PauseTimeoutMs\" needs", s.vm_path, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 2,
+                   "Live", "b", 0, "PauseTimeoutMs", "u", 100);
+        call_error(&src, invalid, "ForceSwitchover", s.vm_path, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 1,
+                   "ForceSwitchover", "b", 1);
+        call_error(&src, invalid, "MaxRounds", s.vm_path, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 2, "Live", "b", 1,
+                   "MaxRounds", "u", 0);
+        call_error(&src, invalid, "MaxRounds", s.vm_path, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 2, "Live", "b", 1,
+                   "MaxRounds", "u", 10001);
+        call_error(&src, invalid, "MaxDowntimeMs", s.vm_path, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 2, "Live", "b", 1,
+                   "MaxDowntimeMs", "u", 0);
+        call_error(&src, invalid, "PauseTimeoutMs", s.vm_path, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 2, "Live", "b", 1,
+                   "PauseTimeoutMs", "u", 3600001);
+        call_error(&src, invalid, "Foo", s.vm_path, "MigrateContinue", "a{sv}", 1, "Foo", "u", 1);
+        /* Nothing began. */
+        assert_string_prop(&src, s.vm_path, VM_IF, "MigrationState", "none");
+        /* In range, and the migration runs (and fails: nobody is there). */
+        sd_bus_message_unref(call(&src, s.vm_path, VM_IF, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 5, "Live", "b", 1,
+                                  "MaxRounds", "u", 10000, "MaxDowntimeMs", "u", 1, "ForceSwitchover", "b", 1,
+                                  "MaxBandwidth", "t", UINT64_C(0)));
+        char *st = wait_final(&src, s.vm_path);
+        assert_string_equal(st, "failed");
+        free(st);
+        assert_string_prop(&src, s.dev_path, DEV_IF, "State", "running");
+        side_done(&s);
+}
+
+static void test_dirty_bitmap(void **state) {
+        (void) state;
+        struct side s;
+        const char *invalid = "org.freedesktop.DBus.Error.InvalidArgs";
+        side_vm(&s, &src, false);
+        const int fds_before = daemon_fd_count(&src);
+        assert_true(fds_before > 0);
+
+        int fd = memfd_create("unsealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0 && ftruncate(fd, BITMAP_BYTES) == 0);
+        call_error(&src, invalid, "F_SEAL_SHRINK", s.vm_path, "AddDirtyBitmap", "ha{sv}", fd, 0);
+        close(fd);
+
+        fd = vmm_bitmap(BITMAP_BYTES, NULL);
+        char proc[64];
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+        int ro = open(proc, O_RDONLY | O_CLOEXEC);
+        assert_true(ro >= 0);
+        call_error(&src, invalid, "read-only", s.vm_path, "AddDirtyBitmap", "ha{sv}", ro, 0);
+        close(ro);
+        call_error(&src, invalid, "Foo", s.vm_path, "AddDirtyBitmap", "ha{sv}", fd, 1, "Foo", "u", 1);
+        close(fd);
+
+        fd = vmm_bitmap(BITMAP_BYTES - 8, NULL);
+        call_error(&src, invalid, "bytes", s.vm_path, "AddDirtyBitmap", "ha{sv}", fd, 0);
+        close(fd);
+        int pipefd[2];
+        assert_int_equal(pipe2(pipefd, O_CLOEXEC), 0);
+        call_error(&src, invalid, "memfd", s.vm_path, "AddDirtyBitmap", "ha{sv}", pipefd[1], 0);
+        close(pipefd[0]);
+        close(pipefd[1]);
+        assert_int_equal(get_u32(&src, s.vm_path, "DirtyBitmaps"), 0);
+
+        /* Eight, each kept as a mapping only; the ninth is one too many. */
+        for (unsigned i = 0; i < 8; i++) {
+                fd = vmm_bitmap(BITMAP_BYTES, NULL);
+                add_bitmap(&s, fd);
+                close(fd);
+        }
+        assert_int_equal(get_u32(&src, s.vm_path, "DirtyBitmaps"), 8);
+        fd = vmm_bitmap(BITMAP_BYTES, NULL);
+        call_error(&src, ERR("LimitsExceeded"), "8", s.vm_path, "AddDirtyBitmap", "ha{sv}", fd, 0);
+        close(fd);
+        assert_int_equal(get_u32(&src, s.vm_path, "DirtyBitmaps"), 8);
+        assert_int_equal(daemon_fd_count_settled(&src, fds_before, 3000), fds_before);
+        side_done(&s);
+}
+
 /* What a failed test left behind: its VMs and back-ends. */
 static int test_teardown(void **state) {
         (void) state;
@@ -767,6 +1227,11 @@ int main(void) {
                 cmocka_unit_test_teardown(test_cancel, test_teardown),
                 cmocka_unit_test_teardown(test_refusals, test_teardown),
                 cmocka_unit_test_teardown(test_device_state, test_teardown),
+                cmocka_unit_test_teardown(test_live, test_teardown),
+                cmocka_unit_test_teardown(test_live_no_continue, test_teardown),
+                cmocka_unit_test_teardown(test_live_cancel, test_teardown),
+                cmocka_unit_test_teardown(test_live_options, test_teardown),
+                cmocka_unit_test_teardown(test_dirty_bitmap, test_teardown),
         };
         if (getenv("TEST_FILTER"))
                 cmocka_set_test_filter(getenv("TEST_FILTER"));
