@@ -10,13 +10,16 @@
 #      with logging switched on, harvested and off from outside while frames
 #      flow, and once with --json; each run ends with Announce (the RARP must
 #      come back) and DestroyVm, and must lose, damage or repeat no frame;
-#   5. a migration between two hosts: a second private bus with a second
+#   5. a live migration between two hosts: a second private bus with a second
 #      vhostmigd (host B); vhostmig-guest --incoming on B (testpmd's second
-#      vhost port) prints an address and token, vhostmig-guest --migrate-to on
-#      A (the first port) runs traffic, pauses and migrates; the guest goes on
-#      at B with the same sequence numbers.  The verdict: checksums equal, no
-#      more frames lost than were in flight at the switchover, one RARP at the
-#      destination, the downtime;
+#      vhost port) prints an address and token, vhostmig-guest --migrate-to
+#      --live on A (the first port) registers its dirty bitmap and runs
+#      traffic, MigrateTo runs live while frames flow through A's back-end, the
+#      guest pauses at pre-switchover and calls MigrateContinue; the guest goes
+#      on at B with the same sequence numbers, through B's back-end.  The
+#      verdict: rounds, pages, dirty rate, bandwidth, downtime, checksums
+#      equal, no more frames lost at the switchover than were in flight at the
+#      pause, one RARP at the destination;
 #   6. stop everything by pid, print a summary, clean up (also on failure).
 # Exit status 0 when every step passed.
 set -euo pipefail
@@ -271,8 +274,11 @@ for path in sys.argv[2:]:
 migration_verdict() {
   local src=$1 dst=$2 f
   mapfile -t f < <(json_get "$src" pass migration.state migration.checksum migration.memory_checksum \
-                     migration.driver_checksum migration.frames_in_flight migration.downtime_ms)
+                     migration.driver_checksum migration.frames_in_flight migration.downtime_ms \
+                     migration.live.rounds migration.live.dirty_rate migration.live.bandwidth \
+                     migration.live.paused migration.live.continued frames.received)
   local s_pass=${f[0]} s_state=${f[1]} s_sum=${f[2]} s_mem=${f[3]} s_drv=${f[4]} in_flight=${f[5]} s_down=${f[6]}
+  local rounds=${f[7]} dirty_rate=${f[8]} bandwidth=${f[9]} paused=${f[10]} continued=${f[11]} s_received=${f[12]}
   mapfile -t f < <(json_get "$dst" pass migration.state migration.checksum migration.driver_checksum \
                      frames.lost frames.corrupted frames.duplicated migration.rarp_seen_after migration.rarp_sent \
                      migration.downtime_ms migration.pages migration.zero_pages frames.received)
@@ -287,12 +293,13 @@ migration_verdict() {
   [ "$s_pass" = true ] && [ "$d_pass" = true ] && [ "$s_state" = completed ] && [ "$d_state" = completed ] || ok=false
   [ "${lost:-1}" -le "${in_flight:-0}" ] && [ "$corrupted" = 0 ] && [ "$dup" = 0 ] || ok=false
   [ "$rarp_seen" = 1 ] || ok=false
-  migration_line="migration A -> B ($s_state/$d_state): $sums; $lost frames lost at the switchover, $in_flight were in flight; $corrupted corrupted, $dup duplicated, $received received in all; RARP seen at the destination: $rarp_seen ($rarp_sent sent); downtime $d_down ms (source $s_down ms); $pages pages, $zero zero"
+  [ "$paused" = true ] && [ "$continued" = true ] || ok=false
+  migration_line="live migration A -> B ($s_state/$d_state): ${rounds:-?} round(s) after the full pass, $pages pages ($zero zero), dirty rate ${dirty_rate:-?} pages/s, bandwidth $(awk -v b="${bandwidth:-0}" 'BEGIN { printf "%.1f", b / 1e6 }') MB/s, downtime $d_down ms (source $s_down ms); paused at pre-switchover: $paused; $sums; $lost frames lost at the switchover of $in_flight in flight at the pause; $corrupted corrupted, $dup duplicated; $s_received received at A, $received in all at B; RARP seen at the destination: $rarp_seen ($rarp_sent sent)"
   $ok
 }
 
 echo
-echo "== migration: host A -> host B, ${seconds} s of traffic before and after"
+echo "== live migration: host A -> host B, traffic before, during and ${seconds} s after"
 migration_line="migration A -> B: not run"
 if start_host_b; then
   record PASS "host B: a second bus and vhostmigd"
@@ -310,8 +317,8 @@ if start_host_b; then
   echo "destination (host B) waits at $address"
   src_rc=0
   if [ -n "$address" ] && [ -n "$token" ]; then
-    "$guest" --name main-migrated --socket "$work/dpdk.sock" --migrate-to "$address" --token "$token" \
-      --migrate-after "$seconds" --bus-address "$BUS_ADDRESS" --json >"$work/src.json" 2>"$work/src.err" || src_rc=$?
+    "$guest" --name main-migrated --socket "$work/dpdk.sock" --migrate-to "$address" --token "$token" --live \
+      --migrate-after 1 --bus-address "$BUS_ADDRESS" --json >"$work/src.json" 2>"$work/src.err" || src_rc=$?
   else
     echo "the destination printed no address and token"; src_rc=1
     stop_pid "$dst_guest_pid" "vhostmig-guest --incoming" || true
