@@ -35,6 +35,7 @@
  *                         off; MigrateContinue and AddDirtyBitmap refused
  *                         in the rounds;
  *   test_live_options     MigrateTo's live options refused, naming the key;
+ *                         Live on a VM that cannot log: MigrationBlocked;
  *   test_dirty_bitmap     AddDirtyBitmap's refusals (unsealed, read-only,
  *                         too small, a 9th) leaving no fd in the daemon.
  *
@@ -354,7 +355,8 @@ static void fill_pattern(uint8_t *mem) {
         }
 }
 
-static void side_vm(struct side *s, struct host *h, bool incoming) {
+/* A VM with one device served by a test back-end; `no_log_all`: a back-end that cannot log (a blocker). */
+static void side_vm_with(struct side *s, struct host *h, bool incoming, bool no_log_all) {
         memset(s, 0, sizeof(*s));
         s->h = h;
         s->memfd = sealed_memfd(MEM_SIZE);
@@ -383,6 +385,7 @@ static void side_vm(struct side *s, struct host *h, bool incoming) {
         s->cfg.record_path = s->record;
         s->cfg.io_timeout_ms = 3000;
         s->cfg.max_connections = 1;
+        s->cfg.no_log_all = no_log_all;
         assert_int_equal(tb_spawn_listen(&s->cfg, s->socket, &s->backend), 0);
         backends[h == &src ? 0 : 1] = s->backend;
 
@@ -405,6 +408,10 @@ static void side_vm(struct side *s, struct host *h, bool incoming) {
         s->dev_path = strdup(path);
         sd_bus_message_unref(reply);
         assert_string_prop(h, s->dev_path, DEV_IF, "State", incoming ? "ready" : "running");
+}
+
+static void side_vm(struct side *s, struct host *h, bool incoming) {
+        side_vm_with(s, h, incoming, false);
 }
 
 static void side_done(struct side *s) {
@@ -1147,6 +1154,16 @@ static void test_live_options(void **state) {
         call_error(&src, invalid, "Foo", s.vm_path, "MigrateContinue", "a{sv}", 1, "Foo", "u", 1);
         /* Nothing began. */
         assert_string_prop(&src, s.vm_path, VM_IF, "MigrationState", "none");
+        side_done(&s);
+
+        /* A VM that cannot log cannot migrate live: the blockers are named (stop-and-copy still can). */
+        side_vm_with(&s, &src, false, true);
+        assert_true(get_bool(&src, s.vm_path, "MigrationBlocked"));
+        call_error(&src, ERR("MigrationBlocked"), "LOG_ALL", s.vm_path, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 1, "Live",
+                   "b", 1);
+        assert_string_prop(&src, s.vm_path, VM_IF, "MigrationState", "none");
+        side_done(&s);
+        side_vm(&s, &src, false);
         /* In range, and the migration runs (and fails: nobody is there). */
         sd_bus_message_unref(call(&src, s.vm_path, VM_IF, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 5, "Live", "b", 1,
                                   "MaxRounds", "u", 10000, "MaxDowntimeMs", "u", 1, "ForceSwitchover", "b", 1,
