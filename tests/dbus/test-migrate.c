@@ -968,8 +968,27 @@ static void test_live_no_continue(void **state) {
         int bfd = vmm_bitmap(BITMAP_BYTES, NULL);
         add_bitmap(&s, bfd);
         assert_false(get_bool(&src, s.vm_path, "Logging"));
+        struct live_watch w = { 0 };
+        sd_bus_slot *slot = NULL;
+        assert_true(sd_bus_match_signal(src.c, &slot, DEST, s.vm_path, PROPS_IF, "PropertiesChanged", on_live_changed,
+                                        &w) >= 0);
         prepare_incoming(&d, NULL, address, token);
-        migrate_live(&s, address, token, 0, 300);
+        migrate_live(&s, address, token, 0, 1000);
+        /* The state reaches the bus within 100 ms of the daemon's view having it (a property read shows that). */
+        uint64_t seen = 0, deadline = now_ms() + MIGRATION_TIMEOUT_MS;
+        while (!w.pre_switchover && !is_final(w.last_state) && now_ms() < deadline) {
+                char *v = get_string(&src, s.vm_path, VM_IF, "MigrationState");
+                if (!seen && strcmp(v, "pre-switchover") == 0)
+                        seen = now_ms();
+                free(v);
+                pump(&src, 2);
+        }
+        assert_true(w.pre_switchover);
+        uint64_t latency = seen ? now_ms() - seen : 0;
+        printf("pre-switchover: signalled %" PRIu64 " ms after a read showed it\n", latency);
+        if (latency > 100 + 100)
+                fail_msg("pre-switchover reached the bus %" PRIu64 " ms after the daemon had it", latency);
+        sd_bus_slot_unref(slot);
         char *ss = wait_final(&src, s.vm_path);
         assert_string_equal(ss, "failed");
         free(ss);
