@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -113,12 +114,19 @@ struct engine {
         struct vhm_stream *s;
         struct vhm_migrate_options o;
         struct vhm_migration_stats *st;
-        uint64_t t0_usec, down_usec;
-        bool *touched;    /* source: stopped for the migration; destination: restored */
-        bool ended;       /* source: END went out */
-        bool answered;    /* source: the destination said ABORTED */
-        int stream_err;   /* the stream's own failure, 0 while it works */
-        bool vmm_carried; /* device state through a VMM's fd: no answer, no pages */
+        uint64_t t0_usec;
+        /*
+         * The source's pause, where the downtime starts: the call (stop-and-copy,
+         * the vCPUs are paused already), the VMM's continue or, with no VMM
+         * dirty source, pre-switchover (live).  The destination: END's arrival.
+         */
+        uint64_t down_usec;
+        uint64_t source_down_usec; /* destination: END's part, the source's pause to END */
+        bool *touched;             /* source: stopped for the migration; destination: restored */
+        bool ended;                /* source: END went out */
+        bool answered;             /* source: the destination said ABORTED */
+        int stream_err;            /* the stream's own failure, 0 while it works */
+        bool vmm_carried;          /* device state through a VMM's fd: no answer, no pages */
         /* Source, live. */
         struct vhm_logging *logging;
         bool started_logging;             /* switched on by the engine: switched off again at the end */
@@ -129,6 +137,13 @@ struct engine {
         bool *seen;
         bool *loaded;             /* the back-end's state (BACKEND_STATE) went in */
         struct vhm_rec_blob blob; /* the one arriving */
+        /*
+         * The hash of every page as it was written (in gpa order over the
+         * layout), so END's checksum needs no second pass over guest memory:
+         * nothing else writes it before a ring starts.  NULL: read at END.
+         */
+        uint64_t *page_hash;
+        uint8_t *hashed; /* a bit per page: its hash is in page_hash */
 };
 
 __attribute__((format(printf, 3, 4))) static int fail(struct engine *e, int r, const char *fmt, ...) {
@@ -196,6 +211,8 @@ static void engine_free(struct engine *e) {
         free(e->handoffs);
         free(e->seen);
         free(e->loaded);
+        free(e->page_hash);
+        free(e->hashed);
         vhm_rec_blob_free(&e->blob);
 }
 
@@ -242,7 +259,8 @@ static int check_source_devices(struct engine *e) {
 static int stop_devices(struct engine *e) {
         if (cancelled(e))
                 return fail(e, -ECANCELED, "cancelled in setup");
-        e->down_usec = vhu_now_usec();
+        if (!e->down_usec)
+                e->down_usec = vhu_now_usec();
         for (unsigned i = 0; i < e->n; i++) {
                 if (vhm_device_state(e->devs[i]) != VHM_DEVICE_RUNNING)
                         continue;
@@ -300,16 +318,23 @@ static int cmp_region_gpa(const void *a, const void *b) {
         return (x->guest_phys_addr > y->guest_phys_addr) - (x->guest_phys_addr < y->guest_phys_addr);
 }
 
-/* One batch of up to 256 pages from [gpa, gpa + bytes), read once, folded into the checksum. */
+/*
+ * One batch of up to 256 pages from [gpa, gpa + bytes), read with one guarded
+ * copy; one pass over each page gives its hash (folded into the checksum)
+ * and whether it is zero (sent as a flag).
+ */
 static int send_batch(struct engine *e, uint8_t *buf, uint64_t gpa, uint64_t bytes) {
         int r = vhm_vm_read(e->vm, gpa, buf, bytes);
         if (r < 0)
                 return fail(e, r, "reading guest memory at 0x%" PRIx64 ": %s", gpa, vhm_vm_error(e->vm));
-        e->st->checksum = vhm_checksum_update(e->st->checksum, buf, bytes);
         struct vhm_rec_page pages[BATCH];
         unsigned count = (unsigned) (bytes / PAGE), zero = 0;
-        for (unsigned k = 0; k < count; k++)
-                pages[k] = (struct vhm_rec_page){ .gpa = gpa + (uint64_t) k * PAGE, .data = buf + (size_t) k * PAGE };
+        for (unsigned k = 0; k < count; k++) {
+                bool is_zero;
+                const uint8_t *data = buf + (size_t) k * PAGE;
+                e->st->checksum = vhm_checksum_fold(e->st->checksum, vhm_checksum_page(data, &is_zero));
+                pages[k] = (struct vhm_rec_page){ .gpa = gpa + (uint64_t) k * PAGE, .data = is_zero ? NULL : data };
+        }
         r = vhm_stream_send_pages(e->s, pages, count, &zero);
         if (r < 0)
                 return stream_failed(e, r, "sending PAGES");
@@ -383,8 +408,11 @@ static int await_answer(struct engine *e) {
         int type = vhm_stream_recv(e->s, &p, &len);
         if (type < 0)
                 return stream_failed(e, type, "waiting for the destination's answer after END");
-        if (type == VHM_REC_COMMITTED)
+        if (type == VHM_REC_COMMITTED) {
+                /* The destination runs the guest: the downtime ends here (its RARP follows at once). */
+                e->st->downtime_ms = (vhu_now_usec() - e->down_usec) / 1000u;
                 return 0;
+        }
         char reason[VHM_REC_MAX_REASON + 1], err[256];
         if (type != VHM_REC_ABORTED)
                 return fail(e, -EBADMSG, "the destination answered END with %s", vhm_rec_name((uint16_t) type));
@@ -405,6 +433,7 @@ static int source_switchover(struct engine *e) {
                 .pages = e->st->pages_transferred,
                 .zero_pages = e->st->zero_pages,
                 .checksum = e->st->checksum,
+                .downtime_usec = vhu_now_usec() - e->down_usec,
         };
         r = vhm_stream_send_end(e->s, &end);
         if (r < 0)
@@ -461,11 +490,12 @@ static void source_finish(struct engine *e, int r) {
                 logging_back(e);
                 for (unsigned i = 0; i < e->n; i++)
                         vhm_device_release(e->devs[i]);
-                e->st->downtime_ms = (vhu_now_usec() - e->down_usec) / 1000u;
                 set_state(e, VHM_MIGRATION_COMPLETED);
                 return;
         }
         if (e->ended && !e->answered) {
+                /* The rings stay stopped, nothing can dirty a page: logging goes off as in every outcome. */
+                logging_back(e);
                 set_state(e, VHM_MIGRATION_POSTMIGRATE_UNKNOWN);
                 return;
         }
@@ -650,8 +680,10 @@ static int live_setup(struct engine *e, const char *token) {
  */
 static int await_pause(struct engine *e) {
         set_state(e, VHM_MIGRATION_PRE_SWITCHOVER);
-        if (!vhm_logging_bitmap_sources(e->logging))
+        if (!vhm_logging_bitmap_sources(e->logging)) {
+                e->down_usec = vhu_now_usec(); /* stopping the rings is the pause */
                 return 0;
+        }
         uint64_t deadline = vhu_now_usec() + (uint64_t) e->o.pause_timeout_ms * 1000u;
         struct pollfd pfd[2] = {
                 { .fd = e->o.cancel_fd > 0 ? e->o.cancel_fd : -1, .events = POLLIN },
@@ -670,6 +702,7 @@ static int await_pause(struct engine *e) {
                         return fail(e, -ECANCELED, "pre-switchover: cancelled");
                 if (k > 0 && (pfd[1].revents & POLLIN)) {
                         drain_continue(e);
+                        e->down_usec = vhu_now_usec(); /* the VMM has paused its vCPUs */
                         return 0;
                 }
                 if (k > 0 && pfd[1].revents)
@@ -737,6 +770,8 @@ int vhm_migrate_to(struct vhm_vm *vm, struct vhm_logging *logging, struct vhm_de
                 return r;
         }
         report(&e);
+        if (!e.o.live)
+                e.down_usec = e.t0_usec; /* the VMM paused its vCPUs before the call */
         r = engine_open(&e, fd);
         if (r == 0 && cancelled(&e))
                 r = fail(&e, -ECANCELED, "cancelled in setup");
@@ -750,6 +785,78 @@ int vhm_migrate_to(struct vhm_vm *vm, struct vhm_logging *logging, struct vhm_de
 }
 
 /* ---- destination --------------------------------------------------------------- */
+
+/* A page's place in the layout's order (the decoder checked it lies inside). */
+static uint64_t page_index(const struct vhm_rec_hello *layout, uint64_t gpa) {
+        uint64_t base = 0;
+        for (uint32_t i = 0; i < layout->nregions; i++) {
+                const struct vhm_rec_region *r = &layout->regions[i];
+                if (gpa >= r->gpa && gpa - r->gpa < r->size)
+                        return base + (gpa - r->gpa) / PAGE;
+                base += r->size / PAGE;
+        }
+        return base;
+}
+
+/* Without memory for the table (8 bytes a page) END reads guest memory instead. */
+static void dest_hash_alloc(struct engine *e) {
+        uint64_t n = e->st->pages_total;
+        e->page_hash = n ? malloc(n * sizeof(*e->page_hash)) : NULL;
+        e->hashed = n ? calloc((n + 7) / 8, 1) : NULL;
+        if (!e->page_hash || !e->hashed) {
+                free(e->page_hash);
+                free(e->hashed);
+                e->page_hash = NULL;
+                e->hashed = NULL;
+        }
+}
+
+/* The hashes of a batch just written, from the record (still in cache): what guest memory now holds. */
+static void dest_hash_pages(struct engine *e, const struct vhm_rec_pages *pg) {
+        static const uint8_t zero_page[PAGE];
+        if (!e->page_hash)
+                return;
+        uint64_t zero_hash = vhm_checksum_page(zero_page, NULL);
+        const uint8_t *data = pg->data;
+        for (uint32_t i = 0; i < pg->count; i++) {
+                uint64_t v;
+                memcpy(&v, pg->entries + 8u * i, sizeof(v));
+                v = le64toh(v);
+                uint64_t k = page_index(&e->hello, v & ~(uint64_t) VHM_REC_PAGE_FLAGS_MASK);
+                if (k >= e->st->pages_total)
+                        continue;
+                if (v & VHM_REC_PAGE_ZERO) {
+                        e->page_hash[k] = zero_hash;
+                } else {
+                        e->page_hash[k] = vhm_checksum_page(data, NULL);
+                        data += PAGE;
+                }
+                e->hashed[k / 8] |= (uint8_t) (1u << (k % 8));
+        }
+}
+
+/* The checksum of guest memory from the table; a page that never arrived is read. */
+static int dest_checksum(struct engine *e, uint64_t *out) {
+        if (!e->page_hash)
+                return vhm_memory_checksum(e->vm, out);
+        uint8_t page[PAGE];
+        uint64_t h = VHM_CHECKSUM_INIT, k = 0;
+        for (uint32_t i = 0; i < e->hello.nregions; i++) {
+                const struct vhm_rec_region *rg = &e->hello.regions[i];
+                for (uint64_t off = 0; off < rg->size; off += PAGE, k++) {
+                        uint64_t ph = e->page_hash[k];
+                        if (!(e->hashed[k / 8] & (1u << (k % 8)))) {
+                                int r = vhm_vm_read(e->vm, rg->gpa + off, page, PAGE);
+                                if (r < 0)
+                                        return r;
+                                ph = vhm_checksum_page(page, NULL);
+                        }
+                        h = vhm_checksum_fold(h, ph);
+                }
+        }
+        *out = h;
+        return 0;
+}
 
 /* The next record, of the type wanted. */
 static int recv_record(struct engine *e, uint16_t want, const void **p, uint32_t *len) {
@@ -770,13 +877,13 @@ static int dest_hello(struct engine *e) {
         int r = recv_record(e, VHM_REC_HELLO, &p, &len);
         if (r < 0)
                 return r;
-        e->down_usec = vhu_now_usec();
         r = vhm_rec_decode_hello(p, len, &e->hello, err, sizeof(err));
         if (r < 0)
                 return fail(e, r, "%s", err);
         r = vhm_rec_hello_matches_vm(&e->hello, e->vm, err, sizeof(err));
         if (r < 0)
                 return fail(e, r, "HELLO: the source's memory layout is not this VM's: %s", err);
+        dest_hash_alloc(e);
         return 0;
 }
 
@@ -819,6 +926,7 @@ static int dest_pages(struct engine *e, const void *p, uint32_t len) {
                 r = vhm_rec_pages_write(&pg, e->vm, err, sizeof(err));
         if (r < 0)
                 return fail(e, r, "%s", err);
+        dest_hash_pages(e, &pg);
         e->st->pages_transferred += pg.count;
         e->st->zero_pages += pg.zero;
         report(e);
@@ -923,7 +1031,9 @@ static int dest_receive(struct engine *e, struct vhm_rec_end *end) {
                         r = dest_device(e, p, len);
                         break;
                 case VHM_REC_END:
+                        e->down_usec = vhu_now_usec();
                         r = vhm_rec_decode_end(p, len, end, err, sizeof(err));
+                        e->source_down_usec = end->downtime_usec;
                         return r < 0 ? fail(e, r, "%s", err) : 0;
                 case VHM_REC_BACKEND_STATE:
                         r = dest_backend_state(e, p, len);
@@ -961,7 +1071,7 @@ static int dest_check_end(struct engine *e, const struct vhm_rec_end *end) {
                             "END: the source sent %" PRIu64 " pages (%" PRIu64 " zero), %" PRIu64 " (%" PRIu64
                             " zero) arrived",
                             end->pages, end->zero_pages, e->st->pages_transferred, e->st->zero_pages);
-        r = vhm_memory_checksum(e->vm, &e->st->checksum);
+        r = dest_checksum(e, &e->st->checksum);
         if (r < 0)
                 return fail(e, r, "END: cannot read guest memory: %s", vhm_vm_error(e->vm));
         if (e->st->checksum != end->checksum)
@@ -1060,7 +1170,8 @@ int vhm_migrate_incoming_opts(struct vhm_vm *vm, struct vhm_device **devs, unsig
                 r = dest_switchover(&e, &end);
         if (r == 0) {
                 dest_announce(&e);
-                e.st->downtime_ms = (vhu_now_usec() - e.down_usec) / 1000u;
+                /* The source's part (its pause to END) and this end's (END to running and RARP). */
+                e.st->downtime_ms = (e.source_down_usec + vhu_now_usec() - e.down_usec) / 1000u;
                 set_state(&e, VHM_MIGRATION_COMPLETED);
         } else {
                 dest_abort(&e, r);

@@ -46,7 +46,8 @@
  * max_rounds without converging the migration fails with the dirty rate and
  * the bandwidth in the reason (or switches over with force_switchover).  A
  * failure or a cancel in any phase before END leaves the rings running as
- * they were and logging as it was before the call.
+ * they were and logging as it was before the call; postmigrate-unknown
+ * leaves the rings stopped and logging off where the engine switched it on.
  *
  * Each call blocks until the migration ends, each wait bounded by the
  * options' timeout; run it on the VM's worker thread.  Errors are negative
@@ -95,10 +96,16 @@ struct vhm_migration_stats {
         uint64_t pages_transferred; /* sent (source) or received (destination), zero pages included */
         uint64_t zero_pages;        /* of those, sent as a flag */
         uint64_t bytes_transferred; /* stream bytes sent (source) or received (destination) */
-        uint64_t downtime_ms;       /* rings stopped (source) or HELLO (destination) to the commit (and RARP) */
-        uint64_t total_ms;          /* the whole call */
-        uint64_t rarp_sent;         /* destination: devices announced with SEND_RARP */
-        uint64_t checksum;          /* of the memory image (END's) */
+        /*
+         * From the source's pause (stop-and-copy: the call; live: the VMM's
+         * continue, or pre-switchover without a VMM bitmap) to the guest
+         * running on the destination: the source counts to COMMITTED, the
+         * destination adds END's to-END part and its own, to running plus RARP.
+         */
+        uint64_t downtime_ms;
+        uint64_t total_ms;  /* the whole call */
+        uint64_t rarp_sent; /* destination: devices announced with SEND_RARP */
+        uint64_t checksum;  /* of the memory image (END's) */
         /* Live (pre-copy) only; 0 otherwise. */
         uint64_t round;                /* the pre-copy round in progress or last done (0: every page) */
         uint64_t pages_remaining;      /* dirty pages still to send */

@@ -44,7 +44,7 @@ enum vhm_rec_type {
 };
 
 #define VHM_REC_MAGIC               "VHMIGRAT" /* 8 bytes on the wire, no NUL */
-#define VHM_REC_VERSION             1u
+#define VHM_REC_VERSION             2u         /* 2: the page checksum, END's downtime */
 #define VHM_REC_ROLE_SOURCE         0u
 #define VHM_REC_PAGE_SIZE           4096u
 #define VHM_REC_MAX_REGIONS         8u
@@ -117,6 +117,11 @@ struct vhm_rec_end {
         uint64_t pages;      /* pages sent (zero pages included) */
         uint64_t zero_pages; /* of which were zero */
         uint64_t checksum;   /* vhm_memory_checksum() of the final image */
+        /*
+         * Microseconds from the source's pause to END going out: the
+         * destination adds its own part (END to running) for the downtime.
+         */
+        uint64_t downtime_usec;
 };
 
 /* One page to send: data NULL (or all zero) travels as the ZERO flag. */
@@ -166,7 +171,7 @@ int vhm_rec_check_device(const struct vhm_rec_device *d, char *err, size_t errle
 /* Encoders into a buffer: the payload's length, or -ENOBUFS / -EINVAL. */
 #define VHM_REC_HELLO_MAX_LEN  (88u + 16u * VHM_REC_MAX_REGIONS)
 #define VHM_REC_DEVICE_MAX_LEN (36u + 36u * VHM_REC_MAX_RINGS)
-#define VHM_REC_END_LEN        24u
+#define VHM_REC_END_LEN        32u
 int vhm_rec_encode_hello(const struct vhm_rec_hello *h, void *buf, size_t cap);
 int vhm_rec_encode_device(const struct vhm_rec_device *d, void *buf, size_t cap);
 int vhm_rec_encode_end(const struct vhm_rec_end *e, void *buf, size_t cap);
@@ -190,12 +195,17 @@ int vhm_rec_blob_append(struct vhm_rec_blob *b, uint32_t index, const void *chun
 /* ---- the checksum of a memory image ---- */
 
 /*
- * 64-bit FNV-1a over little-endian 8-byte words, over every region in gpa
- * order, read through vhm_vm_read so a truncated file is an error (-EIO,
+ * Page by page in gpa order: each 4096-byte page hashed by four multiply-xor
+ * lanes over its little-endian 8-byte words (vhm_checksum_page), the page
+ * hashes folded in order (vhm_checksum_fold).  vhm_memory_checksum reads
+ * every region through vhm_vm_read so a truncated file is an error (-EIO,
  * reason in vhm_vm_error()) rather than a SIGBUS.
  */
 #define VHM_CHECKSUM_INIT UINT64_C(0xcbf29ce484222325)
-/* Folds len bytes (a multiple of 8) into h. */
+/* A page's hash; *zero (may be NULL) says whether it is all zero. */
+uint64_t vhm_checksum_page(const void *page, bool *zero);
+uint64_t vhm_checksum_fold(uint64_t h, uint64_t page_hash);
+/* Folds len bytes into h: whole pages, so split a buffer only at page boundaries (a shorter tail goes by words). */
 uint64_t vhm_checksum_update(uint64_t h, const void *buf, size_t len);
 int vhm_memory_checksum(struct vhm_vm *vm, uint64_t *out);
 

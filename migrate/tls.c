@@ -23,6 +23,8 @@
 
 #define KEY_LEN    16u    /* the token's 32 hex characters */
 #define RECORD_MAX 16384u /* TLS's largest plaintext record */
+/* What one recv takes from the socket: many records, where gnutls would make two calls a record. */
+#define PULL_BUF (256u << 10)
 
 const char vhm_tls_priority[] = "NONE:+VERS-TLS1.3:+ECDHE-PSK:+GROUP-X25519:+AES-128-GCM:+AEAD:+SIGN-ALL:+COMP-NULL";
 
@@ -36,6 +38,9 @@ struct vhm_tls {
         bool in_flight; /* a record was queued by a send that returned AGAIN */
         size_t staged;
         uint8_t stage[RECORD_MAX];
+        int fd;
+        uint8_t *pull; /* bytes received, not yet taken by gnutls */
+        size_t pull_pos, pull_len;
 };
 
 static int tfail(char *err, size_t errlen, int r, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -105,6 +110,52 @@ static int server_key(gnutls_session_t session, const gnutls_datum_t *username, 
         return 0;
 }
 
+/*
+ * gnutls reads a record's header, then its body: two recv calls a 16 KiB
+ * record.  This takes what the socket holds in one call and serves gnutls
+ * from it.  gnutls reports EAGAIN only once this buffer is empty, so a
+ * caller that polls the socket after EAGAIN never waits on bytes held here.
+ */
+static ssize_t pull(gnutls_transport_ptr_t ptr, void *data, size_t len) {
+        struct vhm_tls *t = ptr;
+        if (t->pull_pos == t->pull_len) {
+                ssize_t n = recv(t->fd, t->pull, PULL_BUF, 0);
+                if (n < 0) {
+                        gnutls_transport_set_errno(t->session, errno);
+                        return -1;
+                }
+                if (n == 0)
+                        return 0;
+                t->pull_pos = 0;
+                t->pull_len = (size_t) n;
+        }
+        size_t k = t->pull_len - t->pull_pos < len ? t->pull_len - t->pull_pos : len;
+        memcpy(data, t->pull + t->pull_pos, k);
+        t->pull_pos += k;
+        return (ssize_t) k;
+}
+
+/* gnutls's own wait (its handshake timeout): what is held here counts as readable. */
+static int pull_timeout(gnutls_transport_ptr_t ptr, unsigned ms) {
+        struct vhm_tls *t = ptr;
+        if (t->pull_pos < t->pull_len)
+                return 1;
+        struct pollfd p = { .fd = t->fd, .events = POLLIN };
+        int r = poll(&p, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int) ms);
+        if (r < 0)
+                gnutls_transport_set_errno(t->session, errno);
+        return r;
+}
+
+static ssize_t push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int n) {
+        struct vhm_tls *t = ptr;
+        struct msghdr mh = { .msg_iov = (struct iovec *) iov, .msg_iovlen = (size_t) n };
+        ssize_t w = sendmsg(t->fd, &mh, MSG_NOSIGNAL);
+        if (w < 0)
+                gnutls_transport_set_errno(t->session, errno);
+        return w;
+}
+
 static int make_client(struct vhm_tls *t, const char *id) {
         char rnd[VHM_TLS_ID_MAX + 1];
         if (!id) {
@@ -149,6 +200,7 @@ void vhm_tls_free(struct vhm_tls *t) {
                 gnutls_psk_free_server_credentials(t->scred);
         gnutls_memset(t->key, 0, sizeof(t->key));
         gnutls_memset(t->stage, 0, t->staged);
+        free(t->pull);
         free(t);
 }
 
@@ -216,7 +268,14 @@ static int setup(struct vhm_tls *t, int fd, enum vhm_tls_role role, const char *
         gnutls_session_set_ptr(t->session, t);
         if (gnutls_priority_set_direct(t->session, vhm_tls_priority, NULL) < 0)
                 return -EINVAL;
-        gnutls_transport_set_int(t->session, fd);
+        t->fd = fd;
+        t->pull = malloc(PULL_BUF);
+        if (!t->pull)
+                return -ENOMEM;
+        gnutls_transport_set_ptr(t->session, t);
+        gnutls_transport_set_pull_function(t->session, pull);
+        gnutls_transport_set_pull_timeout_function(t->session, pull_timeout);
+        gnutls_transport_set_vec_push_function(t->session, push);
         /* GnuTLS's own bound as well (its default is none); ours is the poll's deadline. */
         uint64_t now = vhu_now_usec(), left_ms = deadline > now ? (deadline - now) / 1000u + 1 : 1;
         bool bounded = deadline && deadline != UINT64_MAX && left_ms < UINT32_MAX;
@@ -313,6 +372,22 @@ ssize_t vhm_tls_writev(struct vhm_tls *t, const struct iovec *iov, unsigned n, c
                 const uint8_t *p = iov[i].iov_base;
                 size_t left = iov[i].iov_len;
                 while (left > 0) {
+                        if (t->staged == 0 && left >= RECORD_MAX) {
+                                /* A whole record straight from the caller's memory: no staging copy. */
+                                ssize_t rc = gnutls_record_send(t->session, p, RECORD_MAX);
+                                if (rc < 0 && rc != GNUTLS_E_AGAIN && rc != GNUTLS_E_INTERRUPTED)
+                                        return taken > 0 ? (ssize_t) taken : io_error(t, rc, "sending", err, errlen);
+                                p += RECORD_MAX;
+                                left -= RECORD_MAX;
+                                taken += RECORD_MAX;
+                                if (rc < 0) {
+                                        /* Encrypted and queued in gnutls: the next call sends it with NULL, 0. */
+                                        t->in_flight = true;
+                                        (void) io_error(t, rc, "sending", err, errlen);
+                                        return (ssize_t) taken;
+                                }
+                                continue;
+                        }
                         if (t->staged == RECORD_MAX) {
                                 int r = push_stage(t, err, errlen);
                                 if (r < 0)

@@ -659,6 +659,13 @@ struct live_run {
         bool never_continue;  /* a VMM that never calls MigrateContinue */
         bool forget_one_page; /* a VMM that writes a page at the pause without marking it */
         int fd;
+        const char *transport; /* NULL: a socketpair; "unix", "tcp" (TLS) */
+        bool silent;           /* the destination reads everything and never answers */
+        /* The operator's cancel: written once the engine reports cancel_when with cancel_after_pages sent. */
+        int cancel_fd;
+        enum vhm_migration_state cancel_when;
+        uint64_t cancel_after_pages;
+        bool cancel_fired;
 };
 
 static void vmm_mark(uint64_t gpa, uint64_t len) {
@@ -710,6 +717,12 @@ static void traffic_step(unsigned window) {
 static void live_progress(const struct vhm_migration_stats *st, void *opaque) {
         struct live_run *run = opaque;
         __atomic_store_n(&run->state, (int) st->state, __ATOMIC_RELEASE);
+        if (run->cancel_fd > 0 && !run->cancel_fired && st->state == run->cancel_when &&
+            st->pages_transferred >= run->cancel_after_pages) {
+                uint64_t one = 1;
+                assert_int_equal(write(run->cancel_fd, &one, sizeof(one)), (ssize_t) sizeof(one));
+                run->cancel_fired = true;
+        }
 }
 
 static void *live_thread(void *arg) {
@@ -787,21 +800,34 @@ static struct vhm_guest_stats live_migrate(unsigned nqp, struct live_run *run, s
         source_live_logging();
         destination_new(nqp, be.socket2, GUEST_MEM);
         more_traffic(src.g, nqp, 2000);
-        int sv[2];
-        make_pair(sv);
-        incoming_start(in, sv[1], -1, TOKEN, NULL);
-        run->fd = sv[0];
+        struct link link = { .listen_fd = -1 };
+        struct silent_peer peer;
+        if (run->silent) {
+                int sv[2];
+                make_pair(sv);
+                silent_start(&peer, sv[1], 0);
+                run->fd = sv[0];
+        } else {
+                run->fd = link_up(&link, run->transport, in);
+        }
         run->continue_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         assert_true(run->continue_fd >= 0);
         run->o.live = true;
+        run->o.cancel_fd = run->cancel_fd;
         run->o.continue_fd = run->continue_fd;
         run->o.progress = live_progress;
         run->o.opaque = run;
         run->state = VHM_MIGRATION_SETUP;
         assert_int_equal(pthread_create(&run->thread, NULL, live_thread, run), 0);
         struct vhm_guest_stats at_pause = live_drive(run);
-        assert_int_equal(pthread_join(in->thread, NULL), 0);
-        print_incoming(in);
+        if (run->silent) {
+                assert_int_equal(pthread_join(peer.thread, NULL), 0);
+                memset(in, 0, sizeof(*in));
+        } else {
+                assert_int_equal(pthread_join(in->thread, NULL), 0);
+                print_incoming(in);
+        }
+        link_down(&link);
         close(run->continue_fd);
         return at_pause;
 }
@@ -822,16 +848,24 @@ static void assert_live_completed(const struct live_run *run, const struct incom
         assert_destination_goes_on(at_pause, nqp);
 }
 
-/* What a failed live migration leaves: the source's rings running, logging off. */
-static void assert_live_rolled_back(const struct live_run *run, const struct incoming_job *in,
-                                    const struct vhm_guest_stats *at_pause, const char *why) {
+/* What a failed or cancelled live migration leaves: the source's rings running, logging off. */
+static void assert_live_ended(const struct live_run *run, const struct incoming_job *in,
+                              const struct vhm_guest_stats *at_pause, enum vhm_migration_state state, const char *why) {
         assert_true(run->rc < 0);
         assert_true(in->rc < 0);
-        assert_int_equal(run->st.state, VHM_MIGRATION_FAILED);
+        assert_int_equal(run->st.state, state);
+        /* The destination tore down: nothing of it runs. */
+        assert_int_not_equal(in->st.state, VHM_MIGRATION_COMPLETED);
+        assert_int_not_equal(vhm_device_state(dst.dev), VHM_DEVICE_RUNNING);
         if (!strstr(run->st.error, why))
                 fail_msg("the reason \"%s\" does not say \"%s\"", run->st.error, why);
         assert_false(vhm_logging_active(src.lg));
         assert_source_runs_again(at_pause);
+}
+
+static void assert_live_rolled_back(const struct live_run *run, const struct incoming_job *in,
+                                    const struct vhm_guest_stats *at_pause, const char *why) {
+        assert_live_ended(run, in, at_pause, VHM_MIGRATION_FAILED, why);
 }
 
 static void live_converges(unsigned nqp) {
@@ -914,6 +948,67 @@ static void live_unmarked_page_is_caught(void **state) {
         struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
         assert_live_rolled_back(&run, &in, &at_pause, "checksum");
         assert_non_null(strstr(in.st.error, "checksum"));
+        finish(before);
+}
+
+/* Live over tcp: (TLS 1.3 keyed by the token) with traffic through DPDK. */
+static void live_tcp_tls(void **state) {
+        (void) state;
+        struct baseline before = baseline_now();
+        struct live_run run = { .transport = "tcp" };
+        struct incoming_job in;
+        struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
+        assert_live_completed(&run, &in, &at_pause, 1);
+        finish(before);
+}
+
+/* A cancel in a phase of a live migration; the rounds last (4 MiB/s for 32 MiB), the VMM may never continue. */
+static void live_cancelled_in(enum vhm_migration_state when, uint64_t after_pages, bool never_continue) {
+        struct baseline before = baseline_now();
+        struct live_run run = { .cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
+                                .cancel_when = when,
+                                .cancel_after_pages = after_pages,
+                                .never_continue = never_continue };
+        assert_true(run.cancel_fd >= 0);
+        if (when == VHM_MIGRATION_ACTIVE)
+                run.o.max_bandwidth = 4u << 20;
+        struct incoming_job in;
+        uint64_t t0 = now_ms();
+        struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
+        close(run.cancel_fd);
+        assert_true(run.cancel_fired);
+        assert_int_equal(run.rc, -ECANCELED);
+        /* Not the pause's timeout (10 s) nor the whole round: the cancel ended it. */
+        assert_true(now_ms() - t0 < 6000);
+        assert_non_null(strstr(run.st.error, "cancelled"));
+        if (when == VHM_MIGRATION_ACTIVE)
+                assert_true(run.st.pages_transferred >= after_pages && run.st.pages_transferred < run.st.pages_total);
+        assert_live_ended(&run, &in, &at_pause, VHM_MIGRATION_CANCELLED, "cancelled");
+        finish(before);
+}
+
+static void live_cancel_in_rounds(void **state) {
+        (void) state;
+        live_cancelled_in(VHM_MIGRATION_ACTIVE, 1024, false);
+}
+
+static void live_cancel_in_pre_switchover(void **state) {
+        (void) state;
+        live_cancelled_in(VHM_MIGRATION_PRE_SWITCHOVER, 0, true);
+}
+
+/* END went out and no answer came: the rings stay stopped and the engine's logging is off all the same. */
+static void live_no_answer_after_end_logging_off(void **state) {
+        (void) state;
+        struct baseline before = baseline_now();
+        struct live_run run = { .silent = true, .o.timeout_ms = 1000 };
+        struct incoming_job in;
+        (void) live_migrate(1, &run, &in);
+        assert_int_equal(run.rc, -ETIMEDOUT);
+        assert_int_equal(run.st.state, VHM_MIGRATION_POSTMIGRATE_UNKNOWN);
+        assert_false(vhm_logging_active(src.lg));
+        assert_int_equal(vhm_device_state(src.dev), VHM_DEVICE_STOPPED);
+        assert_false(vhm_device_released(src.dev));
         finish(before);
 }
 
@@ -1589,6 +1684,10 @@ int main(void) {
                 TEST(live_forced_switchover),
                 TEST(live_vmm_never_continues),
                 TEST(live_unmarked_page_is_caught),
+                TEST(live_tcp_tls),
+                TEST(live_cancel_in_rounds),
+                TEST(live_cancel_in_pre_switchover),
+                TEST(live_no_answer_after_end_logging_off),
                 TEST(rollback_wrong_token),
                 TEST(rollback_wrong_token_tls),
                 TEST(rollback_layout_mismatch),
