@@ -1033,6 +1033,57 @@ static void test_migrate_wait_terminal(void **state) {
         pair_teardown(&p);
 }
 
+/*
+ * A live migration between the two VMs, --wait --json: the live figures on
+ * every line, then in migrate status and show; migrate continue outside
+ * pre-switchover is refused.
+ */
+static void test_migrate_live(void **state) {
+        (void) state;
+        struct pair p;
+        pair_setup(&p, "lv");
+        struct run *r = expect(0, "--json", "migrate", "start", "vms", "--to", p.address, "--token", p.token, "--live",
+                               "--max-rounds", "5", "--max-downtime", "1000", "--max-bandwidth", "1G",
+                               "--pause-timeout", "2000", "--wait");
+        unsigned updates;
+        json_object *j = expect_migration_lines(r->out, true, &updates);
+        free(r);
+        assert_true(updates >= 1);
+        assert_field_string(j, "migration_state", "completed");
+        assert_field_string(j, "role", "source");
+        assert_field_int(j, "pages_total", MEM_SIZE / 4096);
+        assert_true(json_object_get_int64(field(j, "pages_transferred", json_type_int)) >= MEM_SIZE / 4096);
+        assert_true(json_object_get_int64(field(j, "round", json_type_int)) <= 4);
+        assert_field_string(j, "migration_error", "");
+        json_object_put(j);
+
+        j = expect_json(0, json_type_object, "migrate", "status", "vms");
+        assert_migration_keys(j, true);
+        field(j, "dirty_bitmaps", json_type_int);
+        json_object_put(j);
+        r = expect(0, "migrate", "status", "vms");
+        assert_non_null(strstr(r->out, "Round:"));
+        assert_non_null(strstr(r->out, "Pages remaining:"));
+        assert_non_null(strstr(r->out, "Dirty rate:"));
+        assert_non_null(strstr(r->out, " pages/s"));
+        assert_non_null(strstr(r->out, "Bandwidth:"));
+        assert_non_null(strstr(r->out, " B/s"));
+        assert_non_null(strstr(r->out, "Expected downtime:"));
+        assert_non_null(strstr(r->out, "Setup time:"));
+        assert_non_null(strstr(r->out, "Downtime:"));
+        free(r);
+        r = expect(0, "show", "vms");
+        assert_non_null(strstr(r->out, "Expected downtime:"));
+        assert_non_null(strstr(r->out, "Dirty bitmaps:"));
+        free(r);
+
+        /* Nothing waits in pre-switchover. */
+        r = expect(1, "migrate", "continue", "vms");
+        assert_error(r, "migrate continue");
+        free(r);
+        pair_teardown(&p);
+}
+
 static void test_watch(void **state) {
         (void) state;
         char *mem = memory_arg();
@@ -1104,6 +1155,7 @@ int main(void) {
                 cmocka_unit_test(test_migrate_state),
                 cmocka_unit_test(test_migrate_wait_text),
                 cmocka_unit_test(test_migrate_wait_terminal),
+                cmocka_unit_test(test_migrate_live),
         };
         int failed = cmocka_run_group_tests_name("ctl-offline", offline, group_setup_offline, group_teardown);
         failed += cmocka_run_group_tests_name("ctl-daemon", daemon, group_setup_daemon, group_teardown);
