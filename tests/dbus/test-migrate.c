@@ -26,6 +26,8 @@
  *                         PropertiesChanged and calls MigrateContinue: equal
  *                         memory and checksums, the progress figures, and
  *                         PropertiesChanged throttled to 10 a second;
+ *   test_live_testpmd     the same through DPDK testpmd (one testpmd, a
+ *                         vhost port for each end);
  *   test_live_no_continue a VMM that never continues: failed, the source
  *                         running, logging off as it was;
  *   test_live_cancel      CancelMigration during the rounds (to a peer that
@@ -70,6 +72,8 @@
 
 #include "tests/backend/test-backend.h"
 #include "tests/common/clock.h"
+#include "tests/common/fd-count.h"
+#include "tests/common/real-backends.h"
 #include "tests/common/private-bus.h"
 
 #define DEST       "org.vhostmig1"
@@ -87,6 +91,8 @@
 #define MAC       "52:54:00:12:34:56"
 #define VM_NAME   "vm0"
 #define BAD_TOKEN "0123456789abcdef0123456789abcdef"
+/* What the test's device acks of DPDK's offer: VERSION_1, PROTOCOL_FEATURES, LOG_ALL, MAC. */
+#define REAL_FEATURES ((UINT64_C(1) << 32) | (UINT64_C(1) << 30) | (UINT64_C(1) << 26) | (UINT64_C(1) << 5))
 
 /* How long a migration of MEM_SIZE over a Unix socket may take here, with generous slack. */
 #define MIGRATION_TIMEOUT_MS 30000u
@@ -107,6 +113,8 @@ struct host {
 static struct host src, dst;
 /* The test back-ends of the running test (source, destination), stopped whatever the test's fate. */
 static pid_t backends[2];
+/* The testpmd of the running test, if any, stopped whatever the test's fate. */
+static struct real_backend *testpmd;
 
 static int daemon_start(struct host *h) {
         const char *bin = getenv("VHOSTMIGD");
@@ -355,8 +363,11 @@ static void fill_pattern(uint8_t *mem) {
         }
 }
 
-/* A VM with one device served by a test back-end; `no_log_all`: a back-end that cannot log (a blocker). */
-static void side_vm_with(struct side *s, struct host *h, bool incoming, bool no_log_all) {
+/*
+ * A VM with one device served by a test back-end (`no_log_all`: one that
+ * cannot log, a blocker), or by the back-end already listening at `socket`.
+ */
+static void side_vm_at(struct side *s, struct host *h, bool incoming, bool no_log_all, const char *socket) {
         memset(s, 0, sizeof(*s));
         s->h = h;
         s->memfd = sealed_memfd(MEM_SIZE);
@@ -378,6 +389,11 @@ static void side_vm_with(struct side *s, struct host *h, bool incoming, bool no_
         sd_bus_message_unref(reply);
 
         tb_config_init(&s->cfg);
+        uint64_t features = socket ? REAL_FEATURES : tb_config_features(&s->cfg);
+        if (socket) {
+                snprintf(s->socket, sizeof(s->socket), "%s", socket);
+                goto add;
+        }
         snprintf(s->socket, sizeof(s->socket), "%s/backend.sock", h->dir);
         snprintf(s->record, sizeof(s->record), "%s/backend.rec", h->dir);
         unlink(s->socket);
@@ -389,6 +405,7 @@ static void side_vm_with(struct side *s, struct host *h, bool incoming, bool no_
         assert_int_equal(tb_spawn_listen(&s->cfg, s->socket, &s->backend), 0);
         backends[h == &src ? 0 : 1] = s->backend;
 
+add:;
         sd_bus_message *m = NULL;
         int r = sd_bus_message_new_method_call(h->c, &m, DEST, s->vm_path, VM_IF, "AddDevice");
         if (r >= 0)
@@ -396,8 +413,8 @@ static void side_vm_with(struct side *s, struct host *h, bool incoming, bool no_
                                           RING_BASE + 0x2000, s->kick[0], s->call[0], RING_SIZE, RING_BASE + 0x4000,
                                           RING_BASE + 0x5000, RING_BASE + 0x6000, s->kick[1], s->call[1]);
         if (r >= 0)
-                r = sd_bus_message_append(m, "a{sv}", 3, "Features", "t", tb_config_features(&s->cfg), "Mac", "s", MAC,
-                                          "Incoming", "b", (int) incoming);
+                r = sd_bus_message_append(m, "a{sv}", 3, "Features", "t", features, "Mac", "s", MAC, "Incoming", "b",
+                                          (int) incoming);
         assert_true(r >= 0);
         sd_bus_error e = SD_BUS_ERROR_NULL;
         r = sd_bus_call(h->c, m, 0, &e, &reply);
@@ -411,7 +428,7 @@ static void side_vm_with(struct side *s, struct host *h, bool incoming, bool no_
 }
 
 static void side_vm(struct side *s, struct host *h, bool incoming) {
-        side_vm_with(s, h, incoming, false);
+        side_vm_at(s, h, incoming, false, NULL);
 }
 
 static void side_done(struct side *s) {
@@ -443,18 +460,8 @@ static void prepare_incoming(struct side *d, const char *listen, char *address, 
         assert_string_prop(d->h, d->vm_path, VM_IF, "Role", "destination");
 }
 
-/* The fds the daemon holds (its /proc/PID/fd entries). */
 static int daemon_fd_count(const struct host *h) {
-        char dir[64];
-        snprintf(dir, sizeof(dir), "/proc/%d/fd", (int) h->daemon);
-        DIR *d = opendir(dir);
-        if (!d)
-                return -1;
-        int n = 0;
-        for (struct dirent *de; (de = readdir(d));)
-                n += de->d_name[0] != '.';
-        closedir(d);
-        return n;
+        return count_process_fds(h->daemon);
 }
 
 /* The same count again, given a moment to settle (a job's fd is closed on the worker, after the answer). */
@@ -951,6 +958,63 @@ static void test_live(void **state) {
         side_done(&d);
 }
 
+/*
+ * The same live migration through DPDK: one testpmd with two vhost ports,
+ * the source's device on the first, the destination's on the second.
+ */
+static void test_live_testpmd(void **state) {
+        (void) state;
+        struct real_backend be;
+        struct side s, d;
+        char address[128], token[33];
+        uint64_t *words;
+        real_backend_init(&be);
+        assert_true(backend_available(TESTPMD_BIN));
+        assert_int_equal(start_testpmd(&be, 1, TESTPMD_TWO_PORTS), 0);
+        testpmd = &be;
+        side_vm_at(&s, &src, false, false, be.socket);
+        side_vm_at(&d, &dst, true, false, be.socket2);
+        int bfd = vmm_bitmap(BITMAP_BYTES, &words);
+        add_bitmap(&s, bfd);
+        struct live_watch w = { 0 };
+        sd_bus_slot *slot = NULL;
+        assert_true(sd_bus_match_signal(src.c, &slot, DEST, s.vm_path, PROPS_IF, "PropertiesChanged", on_live_changed,
+                                        &w) >= 0);
+        prepare_incoming(&d, NULL, address, token);
+        uint64_t t0 = now_ms(), value = 1;
+        migrate_live(&s, address, token, UINT64_C(1) << 20, 20000);
+        while (!w.pre_switchover && !is_final(w.last_state) && now_ms() < t0 + MIGRATION_TIMEOUT_MS) {
+                vmm_write(&s, words, VMM_FIRST_PAGE + value % VMM_PAGES, value);
+                value++;
+                pump(&src, 10);
+        }
+        if (!w.pre_switchover)
+                fail_msg("pre-switchover never reached the bus (last state \"%s\")", w.last_state);
+        sd_bus_message_unref(call(&src, s.vm_path, VM_IF, "MigrateContinue", "a{sv}", 0));
+        char *ss = wait_final(&src, s.vm_path), *ds = wait_final(&dst, d.vm_path);
+        if (strcmp(ss, "completed") != 0 || strcmp(ds, "completed") != 0) {
+                char *se = get_string(&src, s.vm_path, VM_IF, "MigrationError");
+                char *de = get_string(&dst, d.vm_path, VM_IF, "MigrationError");
+                fail_msg("source %s (%s), destination %s (%s)", ss, se, ds, de);
+        }
+        free(ss);
+        free(ds);
+        sd_bus_slot_unref(slot);
+        assert_memory_equal(s.mem, d.mem, MEM_SIZE);
+        uint64_t sum = get_u64(&src, s.vm_path, "MigrationChecksum");
+        assert_true(sum != 0);
+        assert_int_equal(get_u64(&dst, d.vm_path, "MigrationChecksum"), sum);
+        assert_true(get_u64(&src, s.vm_path, "Round") >= 1);
+        assert_true(get_u64(&src, s.vm_path, "Bandwidth") > 0);
+        assert_string_prop(&dst, d.dev_path, DEV_IF, "State", "running");
+        munmap(words, BITMAP_BYTES);
+        close(bfd);
+        side_done(&s);
+        side_done(&d);
+        stop_backend(&be);
+        testpmd = NULL;
+}
+
 static bool get_bool(struct host *h, const char *path, const char *prop) {
         int v = 0;
         int r = sd_bus_get_property_trivial(h->c, DEST, path, VM_IF, prop, NULL, 'b', &v);
@@ -1176,7 +1240,7 @@ static void test_live_options(void **state) {
         side_done(&s);
 
         /* A VM that cannot log cannot migrate live: the blockers are named (stop-and-copy still can). */
-        side_vm_with(&s, &src, false, true);
+        side_vm_at(&s, &src, false, true, NULL);
         assert_true(get_bool(&src, s.vm_path, "MigrationBlocked"));
         call_error(&src, ERR("MigrationBlocked"), "LOG_ALL", s.vm_path, "MigrateTo", "ssa{sv}", a, BAD_TOKEN, 1, "Live",
                    "b", 1);
@@ -1253,6 +1317,9 @@ static int test_teardown(void **state) {
                         (void) tb_stop(backends[i]);
                 backends[i] = 0;
         }
+        if (testpmd)
+                stop_backend(testpmd);
+        testpmd = NULL;
         return 0;
 }
 
@@ -1264,6 +1331,7 @@ int main(void) {
                 cmocka_unit_test_teardown(test_refusals, test_teardown),
                 cmocka_unit_test_teardown(test_device_state, test_teardown),
                 cmocka_unit_test_teardown(test_live, test_teardown),
+                cmocka_unit_test_teardown(test_live_testpmd, test_teardown),
                 cmocka_unit_test_teardown(test_live_no_continue, test_teardown),
                 cmocka_unit_test_teardown(test_live_cancel, test_teardown),
                 cmocka_unit_test_teardown(test_live_options, test_teardown),
