@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1042,6 +1044,174 @@ void vhm_device_release(struct vhm_device *dev) {
 
 bool vhm_device_released(const struct vhm_device *dev) {
         return dev->released;
+}
+
+/* ---- restart: saving and adopting a connection ----------------------------- */
+
+int vhm_device_save(const struct vhm_device *dev, struct vhm_device_saved *out) {
+        bool settled = dev->state == VHM_DEVICE_READY || dev->state == VHM_DEVICE_RUNNING ||
+                       dev->state == VHM_DEVICE_STOPPED;
+        if (!dev->conn || !settled)
+                return -EBUSY;
+        *out = (struct vhm_device_saved){
+                .state = dev->state,
+                .features_offered = dev->features_offered,
+                .acked_features = dev->acked_features,
+                .protocol_features = dev->protocol_features,
+                .protocol_features_offered = dev->protocol_features_offered,
+                .queue_pairs = dev->cfg.queue_pairs,
+                .backend_uid = dev->backend_uid,
+                .logging = dev->logging,
+                .log_acknowledged = dev->log_fd >= 0 && dev->log_sent,
+                .stop_complete = dev->stop_complete,
+                .mtu = dev->cfg.mtu,
+        };
+        memcpy(out->last_avail, dev->last_avail, sizeof(out->last_avail));
+        return 0;
+}
+
+struct vhu_conn *vhm_device_take_conn(struct vhm_device *dev) {
+        struct vhu_conn *conn = dev->conn;
+        if (!conn)
+                return NULL;
+        dev->requests_closed += vhu_conn_requests(conn);
+        dev->request_failures_closed += vhu_conn_request_failures(conn);
+        dev->conn = NULL;
+        dev->resume_after_reconnect = false;
+        dev->state = VHM_DEVICE_DISCONNECTED;
+        return conn;
+}
+
+static bool adoptable_state(enum vhm_device_state s) {
+        return s == VHM_DEVICE_READY || s == VHM_DEVICE_RUNNING || s == VHM_DEVICE_STOPPED;
+}
+
+/* The connection negotiated what the record says it did. */
+static int check_negotiated(struct vhm_device *dev, struct vhu_conn *conn, const struct vhm_device_saved *s) {
+        if (!vhu_conn_is_connected(conn))
+                return dev_fail(dev, -ENOTCONN, "%s: the connection to adopt is closed", dev->socket);
+        if (vhu_conn_features(conn) != s->features_offered || vhu_conn_protocol_features(conn) != s->protocol_features)
+                return dev_fail(dev, -EINVAL,
+                                "%s: the connection negotiated features 0x%" PRIx64 " and protocol features 0x%" PRIx64
+                                ", the saved device 0x%" PRIx64 " and 0x%" PRIx64,
+                                dev->socket, vhu_conn_features(conn), vhu_conn_protocol_features(conn),
+                                s->features_offered, s->protocol_features);
+        if (s->state != VHM_DEVICE_READY && vhu_conn_acked_features(conn) != s->acked_features)
+                return dev_fail(dev, -EINVAL,
+                                "%s: the connection acked features 0x%" PRIx64 ", the saved device 0x%" PRIx64,
+                                dev->socket, vhu_conn_acked_features(conn), s->acked_features);
+        return 0;
+}
+
+/* The record fits this device: its state, its queues, its log. */
+static int check_saved(struct vhm_device *dev, const struct vhm_device_adoption *a, const struct vhm_device_saved *s) {
+        if (dev->conn || dev->released)
+                return dev_fail(dev, -EBUSY, "%s: only a device that was never connected can adopt", dev->socket);
+        if (!a->conn)
+                return dev_fail(dev, -EINVAL, "%s: no connection to adopt", dev->socket);
+        if (!adoptable_state(s->state))
+                return dev_fail(dev, -EINVAL, "%s: cannot adopt a device that was %s", dev->socket,
+                                vhm_device_state_name(s->state));
+        if (s->queue_pairs != dev->cfg.queue_pairs)
+                return dev_fail(dev, -EINVAL, "%s: the saved device has %u queue pairs, this one %u", dev->socket,
+                                s->queue_pairs, dev->cfg.queue_pairs);
+        unsigned nq = queue_count(dev);
+        uint32_t needed = (nq >= 32) ? UINT32_MAX : (1u << nq) - 1;
+        if (s->state != VHM_DEVICE_READY && (dev->queues_set & needed) != needed)
+                return dev_fail(dev, -EINVAL, "%s: not every queue was set up before adopting (%u needed)", dev->socket,
+                                nq);
+        for (unsigned q = 0; q < nq; q++)
+                if (s->last_avail[q] > UINT16_MAX)
+                        return dev_fail(dev, -EINVAL, "%s: queue %u: saved index %u is not a ring index", dev->socket,
+                                        q, s->last_avail[q]);
+        if ((s->logging || s->log_acknowledged) && a->log_fd < 0)
+                return dev_fail(dev, -EINVAL, "%s: the saved device logs, but no log came with it", dev->socket);
+        return check_negotiated(dev, a->conn, s);
+}
+
+/* The peer of the adopted connection is the back-end that negotiated it. */
+static int check_adopted_peer(struct vhm_device *dev, struct vhu_conn *conn, const struct vhm_device_saved *s) {
+        uid_t uid;
+        char why[160];
+        int r = vhu_socket_peer_cred(vhu_conn_fd(conn), &uid, NULL, NULL);
+        if (r < 0)
+                return dev_fail(dev, r, "%s: cannot tell who the peer is (SO_PEERCRED): %s", dev->socket, strerror(-r));
+        if (s->backend_uid != (uid_t) -1 && uid != s->backend_uid)
+                return dev_fail(dev, -EPERM, "%s: the adopted peer runs as uid %u, the back-end was uid %u",
+                                dev->socket, (unsigned) uid, (unsigned) s->backend_uid);
+        dev->backend_uid = s->backend_uid;
+        if (peer_refusal(dev, uid, 0, why, sizeof(why)))
+                return dev_fail(dev, -EPERM, "%s: refused the adopted peer: %s", dev->socket, why);
+        return 0;
+}
+
+/* A server-mode device's listening socket: ours only when bound at the device's path. */
+static int adopt_listener(struct vhm_device *dev, int fd) {
+        struct sockaddr_un sa;
+        socklen_t len = sizeof(sa);
+        struct stat st;
+        if (!dev->cfg.server)
+                return dev_fail(dev, -EINVAL, "%s: a client-mode device has no listening socket", dev->socket);
+        if (getsockname(fd, (struct sockaddr *) &sa, &len) < 0 || sa.sun_family != AF_UNIX ||
+            len <= offsetof(struct sockaddr_un, sun_path) ||
+            strncmp(sa.sun_path, dev->socket, sizeof(sa.sun_path)) != 0)
+                return dev_fail(dev, -EINVAL, "%s: the listening socket to adopt is not bound there", dev->socket);
+        if (lstat(dev->socket, &st) < 0 || !S_ISSOCK(st.st_mode))
+                return dev_fail(dev, -ENOENT, "%s: the listening socket's file is gone", dev->socket);
+        dev->listen_file = (struct vhu_socket_file){ .dev = st.st_dev, .ino = st.st_ino, .valid = true };
+        dev->listen_fd = fd;
+        return 0;
+}
+
+/* Everything was checked: the device takes the record's state as its own. */
+static void take_saved(struct vhm_device *dev, const struct vhm_device_saved *s) {
+        dev->state = s->state;
+        dev->features_offered = s->features_offered;
+        dev->acked_features = s->acked_features;
+        dev->protocol_features = s->protocol_features;
+        dev->protocol_features_offered = s->protocol_features_offered;
+        dev->logging = s->logging;
+        dev->log_sent = s->log_acknowledged;
+        dev->stop_complete = s->stop_complete;
+        dev->resume_after_reconnect = s->state == VHM_DEVICE_RUNNING;
+        dev->memory_generation = vhm_vm_memory_generation(dev->vm);
+        dev->ever_connected = true;
+        dev->cfg.mtu = s->mtu;
+        memcpy(dev->last_avail, s->last_avail, sizeof(dev->last_avail));
+        if (s->state != VHM_DEVICE_READY)
+                dev->stats.starts++;
+}
+
+static void refuse_adoption(const struct vhm_device_adoption *a) {
+        vhu_conn_free(a->conn);
+        if (a->listen_fd >= 0)
+                close(a->listen_fd);
+}
+
+int vhm_device_adopt(struct vhm_device *dev, const struct vhm_device_adoption *a,
+                     const struct vhm_device_saved *saved) {
+        int r = check_saved(dev, a, saved);
+        if (r == 0)
+                r = check_adopted_peer(dev, a->conn, saved);
+        int log_fd = -1;
+        if (r == 0 && a->log_fd >= 0 && (log_fd = fcntl(a->log_fd, F_DUPFD_CLOEXEC, 3)) < 0)
+                r = dev_fail(dev, -EBADF, "%s: invalid log fd", dev->socket);
+        if (r == 0 && a->listen_fd >= 0)
+                r = adopt_listener(dev, a->listen_fd);
+        if (r < 0) {
+                if (log_fd >= 0)
+                        close(log_fd);
+                refuse_adoption(a);
+                return r;
+        }
+        if (dev->log_fd >= 0)
+                close(dev->log_fd);
+        dev->log_fd = log_fd;
+        dev->log_size = log_fd >= 0 ? a->log_size : 0;
+        dev->conn = a->conn;
+        take_saved(dev, saved);
+        dev->stats.connects++;
+        return 0;
 }
 
 /* ---- observers ------------------------------------------------------------- */

@@ -267,6 +267,63 @@ int vhm_device_resume_after_migration(struct vhm_device *dev);
 void vhm_device_release(struct vhm_device *dev);
 bool vhm_device_released(const struct vhm_device *dev);
 
+/*
+ * Restart without disturbing the back-ends.  What a connection negotiated and
+ * where its rings are, beyond what the device's configuration and queues
+ * (vhm_device_set_queue) say: enough for a new process to adopt the same
+ * connection (vhm_device_adopt) without sending the back-end one request.
+ */
+struct vhm_device_saved {
+        enum vhm_device_state state; /* READY, RUNNING or STOPPED */
+        uint64_t features_offered, acked_features;
+        uint64_t protocol_features, protocol_features_offered;
+        unsigned queue_pairs;
+        uid_t backend_uid;
+        bool logging;          /* LOG_ALL and the rings' LOG flag are on */
+        bool log_acknowledged; /* the back-end answered SET_LOG_BASE for the VM's current log */
+        bool stop_complete;    /* STOPPED: every index came from GET_VRING_BASE */
+        uint16_t mtu;
+        unsigned last_avail[VHM_DEVICE_MAX_QUEUES];
+};
+
+/*
+ * The saved form of a connected device that is READY, RUNNING or STOPPED
+ * (-EBUSY with the reason otherwise: a device in the middle of a failure or
+ * without a back-end has no connection worth keeping).
+ */
+int vhm_device_save(const struct vhm_device *dev, struct vhm_device_saved *out);
+
+/*
+ * Hands the live connection to the caller without a word to the back-end
+ * (for a process that takes over, or a test playing one): the device becomes
+ * DISCONNECTED and forgets the rings were running, so freeing it sends
+ * nothing.  NULL when not connected.
+ */
+struct vhu_conn *vhm_device_take_conn(struct vhm_device *dev);
+
+/*
+ * A new device (same configuration, every queue set with the same layout and
+ * eventfds) adopts `conn`, a connection its previous owner negotiated, in the
+ * state `saved` describes: no request is sent; the back-end goes on as if
+ * nothing happened.  `conn` must agree with `saved` (features, protocol
+ * features, acked features), its peer must be the saved back-end's uid, and
+ * logging needs the log it was acknowledged for (log_fd, duplicated; -1
+ * without).  The listening socket of a server-mode device is adopted too
+ * (listen_fd, taken; -1 in client mode or to listen again later).
+ *
+ * Takes conn and listen_fd in every case: on refusal (-EINVAL, -EPERM,
+ * -EBUSY, with the reason in vhm_device_error()) both are closed, so the
+ * back-end sees the connection end rather than a half-used one, and the
+ * device stays DISCONNECTED, untouched otherwise.
+ */
+struct vhm_device_adoption {
+        struct vhu_conn *conn;
+        int listen_fd;
+        int log_fd;
+        uint64_t log_size;
+};
+int vhm_device_adopt(struct vhm_device *dev, const struct vhm_device_adoption *a, const struct vhm_device_saved *saved);
+
 enum vhm_device_type vhm_device_type(const struct vhm_device *dev);
 struct vhm_vm *vhm_device_vm(const struct vhm_device *dev);
 

@@ -1,0 +1,254 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Adoption of a live back-end connection (migrate/device.h,
+ * vhm_device_adopt): what a restarted vhostmigd does with the connections it
+ * kept in systemd's fd store.  Against the project's test back-end, which
+ * records every request: a device saved and handed over is adopted by a new
+ * device with not one request sent, in the state it was in (running, logging,
+ * on the same log), and its connection then serves requests as before; a
+ * record that does not fit the connection is refused and the connection
+ * closed, so the back-end sees a clean end and nothing leaks.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log/dirty-log.h"
+#include "migrate/device.h"
+#include "migrate/vm.h"
+#include "proto/vhost-user-frontend.h"
+#include "tests/backend/test-backend.h"
+#include "tests/common/check.h"
+#include "tests/common/clock.h"
+#include "tests/common/fd-count.h"
+#include "tests/common/guest-device.h"
+#include "daemon/guest/guest.h"
+
+#define QUEUE_PAIRS 2
+
+struct fx {
+        char dir[64], socket[128], record[128];
+        pid_t pid;
+        struct vhm_guest *g;
+        struct vhm_vm *vm;
+        struct vhm_device *old, *dev;
+        struct vhm_log *log;
+        int fds_before;
+};
+
+static struct fx fx;
+
+static int setup(void **state) {
+        (void) state;
+        memset(&fx, 0, sizeof(fx));
+        fx.pid = -1;
+        fx.fds_before = count_open_fds();
+        snprintf(fx.dir, sizeof(fx.dir), "/tmp/vhostmig-adopt-XXXXXX");
+        if (!mkdtemp(fx.dir))
+                return -1;
+        snprintf(fx.socket, sizeof(fx.socket), "%s/sock", fx.dir);
+        snprintf(fx.record, sizeof(fx.record), "%s/record", fx.dir);
+        return 0;
+}
+
+static int teardown(void **state) {
+        (void) state;
+        vhm_device_free(fx.dev);
+        vhm_device_free(fx.old);
+        vhm_log_free(fx.log);
+        vhm_vm_free(fx.vm);
+        vhm_guest_free(fx.g);
+        if (fx.pid > 0)
+                (void) tb_stop(fx.pid);
+        unlink(fx.socket);
+        unlink(fx.record);
+        rmdir(fx.dir);
+        return 0;
+}
+
+static struct vhm_device *new_device(void) {
+        struct vhm_device_config cfg = {
+                .socket = fx.socket,
+                .timeout_ms = 3000,
+                .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
+                .queue_pairs = QUEUE_PAIRS,
+                .mtu = 1500,
+        };
+        struct vhm_device *dev = NULL;
+        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &dev, NULL));
+        return dev;
+}
+
+/* A test back-end serving one connection, a guest and a device running and logging on it. */
+static void running_logging_device(void) {
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.record_path = fx.record;
+        cfg.io_timeout_ms = 3000;
+        int r = tb_spawn_listen(&cfg, fx.socket, &fx.pid);
+        if (r < 0)
+                fail_msg("tb_spawn_listen(%s): %s", fx.socket, strerror(-r));
+        struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = QUEUE_PAIRS, .ring_size = 64 };
+        GD_CHECK(guest_vm_new("adopt", &gc, &fx.g, &fx.vm));
+        fx.old = new_device();
+        DEV_CHECK(fx.old, vhm_device_connect(fx.old));
+        DEV_CHECK(fx.old, vhm_device_start(fx.old));
+        assert_int_equal(vhm_log_new(vhm_vm_top_gpa(fx.vm), &fx.log), 0);
+        DEV_CHECK(fx.old, vhm_device_set_log(fx.old, vhm_log_fd(fx.log), vhm_log_size_bytes(fx.log)));
+        DEV_CHECK(fx.old, vhm_device_set_logging(fx.old, true));
+}
+
+/* Requests the back-end has received so far: one record line each, other lines aside. */
+static unsigned requests_recorded(void) {
+        static const char *const not_requests[] = { "VIOLATION", "BACKEND", "FAULT", "CONNECT", "DISCONNECT",
+                                                    "LISTEN",    "ACCEPT",  "EOF",   "CLOSED" };
+        char *rec = tb_record_read(fx.record);
+        assert_non_null(rec);
+        unsigned n = 0;
+        for (char *line = strtok(rec, "\n"); line; line = strtok(NULL, "\n")) {
+                bool other = false;
+                for (size_t i = 0; i < sizeof(not_requests) / sizeof(not_requests[0]); i++)
+                        other |= strncmp(line, not_requests[i], strlen(not_requests[i])) == 0;
+                n += !other && strstr(line, " flags=0x") != NULL;
+        }
+        free(rec);
+        return n;
+}
+
+/* The old device hands over: saved, its connection taken, freed (which sends nothing). */
+static struct vhu_conn *hand_over(struct vhm_device_saved *saved) {
+        DEV_CHECK(fx.old, vhm_device_save(fx.old, saved));
+        struct vhu_conn *conn = vhm_device_take_conn(fx.old);
+        assert_non_null(conn);
+        assert_int_equal(vhm_device_state(fx.old), VHM_DEVICE_DISCONNECTED);
+        vhm_device_free(fx.old);
+        fx.old = NULL;
+        return conn;
+}
+
+static void adopt_running_logging_device_sends_nothing(void **state) {
+        (void) state;
+        running_logging_device();
+        uint64_t acked = vhm_device_acked_features(fx.old);
+        struct vhm_device_saved saved;
+        struct vhu_conn *conn = hand_over(&saved);
+        assert_int_equal(saved.state, VHM_DEVICE_RUNNING);
+        assert_true(saved.logging && saved.log_acknowledged);
+        unsigned before = requests_recorded();
+
+        fx.dev = new_device();
+        struct vhm_device_adoption a = {
+                .conn = conn, .listen_fd = -1, .log_fd = vhm_log_fd(fx.log), .log_size = vhm_log_size_bytes(fx.log)
+        };
+        DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &saved));
+        assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
+        assert_true(vhm_device_logging(fx.dev));
+        assert_true(vhm_device_log_acknowledged(fx.dev, vhm_log_fd(fx.log)));
+        assert_int_equal(vhm_device_acked_features(fx.dev), acked);
+        /* The same log handed over again by the logging layer: already acknowledged, so no SET_LOG_BASE. */
+        DEV_CHECK(fx.dev, vhm_device_set_log(fx.dev, vhm_log_fd(fx.log), vhm_log_size_bytes(fx.log)));
+        sleep_ms(100);
+        assert_int_equal(requests_recorded(), before);
+
+        /* The adopted connection is the live one: it stops the rings (GET_VRING_BASE answered). */
+        DEV_CHECK(fx.dev, vhm_device_stop(fx.dev));
+        assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_STOPPED);
+        assert_true(requests_recorded() > before);
+        assert_int_equal(tb_record_count(fx.record, "VIOLATION"), 0);
+        vhm_device_free(fx.dev);
+        fx.dev = NULL;
+        assert_tb_exits_cleanly(&fx.pid, 3000);
+}
+
+/* A refused adoption closes the connection: the back-end (one connection to serve) exits cleanly. */
+static void refused(struct vhm_device_saved *saved, struct vhu_conn *conn, int err, const char *why) {
+        unsigned before = requests_recorded();
+        fx.dev = new_device();
+        struct vhm_device_adoption a = {
+                .conn = conn, .listen_fd = -1, .log_fd = vhm_log_fd(fx.log), .log_size = vhm_log_size_bytes(fx.log)
+        };
+        assert_int_equal(vhm_device_adopt(fx.dev, &a, saved), err);
+        printf("  refused: %s\n", vhm_device_error(fx.dev));
+        assert_non_null(strstr(vhm_device_error(fx.dev), why));
+        assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_DISCONNECTED);
+        assert_int_equal(requests_recorded(), before);
+        vhm_device_free(fx.dev);
+        fx.dev = NULL;
+        vhm_log_free(fx.log);
+        fx.log = NULL;
+        vhm_vm_free(fx.vm);
+        fx.vm = NULL;
+        vhm_guest_free(fx.g);
+        fx.g = NULL;
+        assert_tb_exits_cleanly(&fx.pid, 3000);
+        assert_int_equal(count_open_fds(), fx.fds_before);
+}
+
+static void adopt_refuses_other_queue_pairs(void **state) {
+        (void) state;
+        running_logging_device();
+        struct vhm_device_saved saved;
+        struct vhu_conn *conn = hand_over(&saved);
+        saved.queue_pairs = 1;
+        refused(&saved, conn, -EINVAL, "queue pairs");
+}
+
+static void adopt_refuses_other_features(void **state) {
+        (void) state;
+        running_logging_device();
+        struct vhm_device_saved saved;
+        struct vhu_conn *conn = hand_over(&saved);
+        saved.protocol_features ^= 1;
+        refused(&saved, conn, -EINVAL, "negotiated features");
+}
+
+static void adopt_refuses_another_backend_uid(void **state) {
+        (void) state;
+        running_logging_device();
+        struct vhm_device_saved saved;
+        struct vhu_conn *conn = hand_over(&saved);
+        saved.backend_uid = 4242;
+        refused(&saved, conn, -EPERM, "uid 4242");
+}
+
+static void adopt_refuses_logging_without_log(void **state) {
+        (void) state;
+        running_logging_device();
+        struct vhm_device_saved saved;
+        struct vhu_conn *conn = hand_over(&saved);
+        unsigned before = requests_recorded();
+        fx.dev = new_device();
+        struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = -1 };
+        assert_int_equal(vhm_device_adopt(fx.dev, &a, &saved), -EINVAL);
+        assert_non_null(strstr(vhm_device_error(fx.dev), "no log came with it"));
+        assert_int_equal(requests_recorded(), before);
+        vhm_device_free(fx.dev);
+        fx.dev = NULL;
+        assert_tb_exits_cleanly(&fx.pid, 3000);
+}
+
+static void save_refuses_a_disconnected_device(void **state) {
+        (void) state;
+        struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = QUEUE_PAIRS, .ring_size = 64 };
+        GD_CHECK(guest_vm_new("adopt", &gc, &fx.g, &fx.vm));
+        fx.dev = new_device();
+        struct vhm_device_saved saved;
+        assert_int_equal(vhm_device_save(fx.dev, &saved), -EBUSY);
+        assert_null(vhm_device_take_conn(fx.dev));
+}
+
+#define TEST(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                TEST(adopt_running_logging_device_sends_nothing),
+                TEST(adopt_refuses_other_queue_pairs),
+                TEST(adopt_refuses_other_features),
+                TEST(adopt_refuses_another_backend_uid),
+                TEST(adopt_refuses_logging_without_log),
+                TEST(save_refuses_a_disconnected_device),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
