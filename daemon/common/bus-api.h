@@ -61,6 +61,7 @@
 #define VHOSTMIG_OPTION_MAX_ROUNDS       "MaxRounds"       /* MigrateTo: u (needs Live) */
 #define VHOSTMIG_OPTION_FORCE_SWITCHOVER "ForceSwitchover" /* MigrateTo: b (needs Live) */
 #define VHOSTMIG_OPTION_PAUSE_TIMEOUT_MS "PauseTimeoutMs"  /* MigrateTo: u (needs Live) */
+#define VHOSTMIG_OPTION_LIBVIRT_DOMAIN   "LibvirtDomain"   /* CreateVm: s, a libvirt domain's UUID or name */
 
 /* A stock dbus-daemon carries at most this many fds in one message (max_message_unix_fds). */
 #define VHOSTMIG_BUS_MAX_FDS 16
@@ -73,7 +74,11 @@
  */
 #define VHOSTMIG_MANAGER_PROPERTIES(X) \
         X(Version, "s")                \
-        X(Vms, "ao")
+        X(Vms, "ao")                   \
+        X(LibvirtUri, "s")             \
+        X(LibvirtConnection, "s")      \
+        X(LibvirtLastError, "s")       \
+        X(LibvirtLastErrorTimestamp, "t")
 
 #define VHOSTMIG_VM_PROPERTIES(X)    \
         X(Name, "s")                 \
@@ -108,7 +113,9 @@
         X(DirtyRate, "t")            \
         X(Bandwidth, "t")            \
         X(ExpectedDowntimeMs, "t")   \
-        X(SetupMs, "t")
+        X(SetupMs, "t")              \
+        X(LibvirtDomain, "s")        \
+        X(LibvirtDowntimeMs, "t")
 
 #define VHOSTMIG_DEVICE_PROPERTIES(X) \
         X(Socket, "s")                \

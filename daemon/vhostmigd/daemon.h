@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <systemd/sd-bus.h>
@@ -112,6 +113,9 @@ struct vm_loop_state {
         uint64_t harvests;
         uint64_t created_usec, state_change_usec, last_error_usec;
         char last_error[512];
+        /* The libvirt domain it is bound to (CreateVm's LibvirtDomain): a lowercase UUID, a name, or "". */
+        char libvirt_domain[256];
+        uint64_t libvirt_downtime_ms; /* the last JOB_COMPLETED's downtime libvirt reported */
 };
 
 /*
@@ -181,6 +185,13 @@ struct vm_object {
         int migration_wake_fd;
         sd_event_source *migration_wake;
         uint64_t migration_published_usec; /* loop: CLOCK_MONOTONIC of the last progress publish */
+        /*
+         * Loop: an Announce sent frames after the last completed incoming
+         * migration, identified by its checksum: the destination's
+         * RESUMED_MIGRATED need not announce again.
+         */
+        bool announced_after_migration;
+        uint64_t announced_checksum;
 
         pthread_mutex_t snap_lock;
         struct vm_snapshot snap;   /* under snap_lock */
@@ -212,8 +223,22 @@ int manager_register(struct daemon *d);
 int daemon_check_root(sd_bus_message *m, sd_bus_error *error);
 
 /* VMs (vm-object.c). */
-int vm_object_create(struct daemon *d, const char *name, struct vhm_vm *vm, struct vm_object **out);
+/* `libvirt_domain`: the domain it is bound to (validated, a UUID in lowercase), or "". */
+int vm_object_create(struct daemon *d, const char *name, const char *libvirt_domain, struct vhm_vm *vm,
+                     struct vm_object **out);
 void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to);
 struct vm_object *vm_object_by_name(struct daemon *d, const char *name);
 int vm_objects_register(struct daemon *d);
 void vm_object_queue_monitor(struct vm_object *o);
+/* Loop: an Announce or a Harvest for the daemon itself (no caller); -ENOMEM, or 0 once queued. */
+int vm_object_announce(struct vm_object *o);
+int vm_object_harvest(struct vm_object *o);
+/* Loop: true when the VM is bound to libvirt domain `uuid` or `name` (either may be NULL). */
+bool vm_object_bound_to(const struct vm_object *o, const char *uuid, const char *name);
+
+/*
+ * Loop (migration-object.c): what MigrateContinue does, for the daemon
+ * itself: 0 when the migration was waiting in pre-switchover and was told
+ * to go on, else -ESRCH (or another negative errno) with `why` saying why not.
+ */
+int migration_continue(struct vm_object *o, char *why, size_t len);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* org.vhostmig1.Manager: creating and destroying VMs, probing back-ends; who may call what. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include "daemon/common/validate.h"
 #include "daemon/vhostmigd/bus-util.h"
 #include "daemon/vhostmigd/daemon.h"
+#include "daemon/vhostmigd/libvirt-glue.h"
 #include "migrate/probe.h"
 
 /* ---- access ---------------------------------------------------------------------- */
@@ -69,15 +71,82 @@ static int check_create(struct daemon *d, const char *name, sd_bus_error *error)
         return 0;
 }
 
-/* The VM's memory from the regions; the options after them (none is defined yet). */
-static int read_vm(sd_bus_message *m, struct daemon *d, struct vhm_vm *vm, sd_bus_error *error) {
+/* ---- libvirt domains --------------------------------------------------------------------- */
+
+#define UUID_LEN 36
+
+static bool uuid_dash_at(size_t i) {
+        return i == 8 || i == 13 || i == 18 || i == 23;
+}
+
+/* Only hex digits and dashes, 32 or more: meant as a UUID, so it must be one. */
+static bool looks_like_uuid(const char *s) {
+        size_t n = strlen(s);
+        return n >= 32 && strspn(s, "0123456789abcdefABCDEF-") == n;
+}
+
+static int canonical_uuid(const char *s, char *out, char *why, size_t len) {
+        if (strlen(s) != UUID_LEN) {
+                snprintf(why, len, "\"%s\" is not a UUID (8-4-4-4-12 hex digits)", s);
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < UUID_LEN; i++) {
+                if (uuid_dash_at(i) != (s[i] == '-')) {
+                        snprintf(why, len, "\"%s\" is not a UUID (8-4-4-4-12 hex digits)", s);
+                        return -EINVAL;
+                }
+                out[i] = (char) (s[i] >= 'A' && s[i] <= 'F' ? s[i] - 'A' + 'a' : s[i]);
+        }
+        out[UUID_LEN] = '\0';
+        return 0;
+}
+
+/*
+ * A libvirt domain as CreateVm and ReleaseDomain take it: a UUID (stored in
+ * lowercase, libvirt's form, so that events match whatever case was given)
+ * or a name (1..255 bytes, no control characters).
+ */
+static int canonical_domain(const char *s, char out[256], char *why, size_t len) {
+        if (looks_like_uuid(s))
+                return canonical_uuid(s, out, why, len);
+        size_t n = strlen(s);
+        if (n == 0 || n > 255) {
+                snprintf(why, len, "a domain name is 1..255 bytes, got %zu", n);
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char) s[i] < 0x20 || s[i] == 0x7f) {
+                        snprintf(why, len, "a domain name is printable: byte %zu is 0x%02x", i, (unsigned char) s[i]);
+                        return -EINVAL;
+                }
+        memcpy(out, s, n + 1);
+        return 0;
+}
+
+struct create_options {
+        const char *libvirt_domain;
+};
+
+static const struct bus_option create_options[] = {
+        { VHOSTMIG_OPTION_LIBVIRT_DOMAIN, 's', offsetof(struct create_options, libvirt_domain) },
+};
+
+/* The VM's memory from the regions; the options after them. */
+static int read_vm(sd_bus_message *m, struct daemon *d, struct vhm_vm *vm, char libvirt_domain[256],
+                   sd_bus_error *error) {
         /* The configuration checked the limit: this cannot fail, but say so if it does. */
         int r = vhm_vm_set_gpa_limit(vm, d->cfg.max_guest_phys_addr);
         if (r < 0)
                 return bus_fail(error, SD_BUS_ERROR_FAILED, "max_guest_phys_addr: %s", vhm_vm_error(vm));
         r = read_regions(m, vm, error);
+        struct create_options opt = { 0 };
         if (r >= 0)
-                r = bus_read_options(m, NULL, 0, NULL, NULL, error);
+                r = bus_read_options(m, create_options, 1, &opt, NULL, error);
+        char why[160];
+        libvirt_domain[0] = '\0';
+        if (r >= 0 && opt.libvirt_domain && canonical_domain(opt.libvirt_domain, libvirt_domain, why, sizeof(why)) < 0)
+                r = bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "options: \"%s\": %s", VHOSTMIG_OPTION_LIBVIRT_DOMAIN,
+                             why);
         return r;
 }
 
@@ -98,15 +167,17 @@ static int method_create_vm(sd_bus_message *m, void *userdata, sd_bus_error *err
         if (r < 0)
                 return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "name: \"%s\": %s", name, strerror(-r));
         struct vm_object *o = NULL;
-        r = read_vm(m, d, vm, error);
+        char domain[256];
+        r = read_vm(m, d, vm, domain, error);
         if (r >= 0)
-                r = vm_object_create(d, name, vm, &o);
+                r = vm_object_create(d, name, domain, vm, &o);
         if (r < 0) {
                 vhm_vm_free(vm);
                 return r;
         }
-        daemon_log_event(LOG_INFO, VHOSTMIG_MESSAGE_VM_CREATED, o, NULL, "VM created with %u region(s), %llu bytes",
-                         vhm_vm_region_count(vm), (unsigned long long) vhm_vm_memory_size(vm));
+        daemon_log_event(LOG_INFO, VHOSTMIG_MESSAGE_VM_CREATED, o, NULL, "VM created with %u region(s), %llu bytes%s%s",
+                         vhm_vm_region_count(vm), (unsigned long long) vhm_vm_memory_size(vm),
+                         domain[0] ? ", bound to libvirt domain " : "", domain);
         return sd_bus_reply_method_return(m, "o", o->path);
 }
 
@@ -124,6 +195,37 @@ static int method_destroy_vm(sd_bus_message *m, void *userdata, sd_bus_error *er
                 return bus_fail(error, VHOSTMIG_ERROR_NO_SUCH_VM, "no VM named \"%s\"", name);
         vm_object_destroy(o, m);
         return 1;
+}
+
+/*
+ * libvirt's hook on "release end": every VM bound to that domain goes, as
+ * with DestroyVm.  The VMs leave the bus at once; their devices are
+ * released behind whatever their workers are doing.
+ */
+static int method_release_domain(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        struct daemon *d = userdata;
+        int r = daemon_check_root(m, error);
+        if (r < 0)
+                return r;
+        const char *domain;
+        r = sd_bus_message_read(m, "s", &domain);
+        if (r >= 0)
+                r = bus_read_options(m, NULL, 0, NULL, NULL, error);
+        if (r < 0)
+                return r;
+        char canonical[256], why[160];
+        if (canonical_domain(domain, canonical, why, sizeof(why)) < 0)
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "domain: %s", why);
+        uint32_t released = 0;
+        for (struct vm_object *o = d->vms, *next; o; o = next) {
+                next = o->next;
+                if (!vm_object_bound_to(o, canonical, canonical))
+                        continue;
+                daemon_log(LOG_NOTICE, o, NULL, "released: libvirt domain %s is gone (ReleaseDomain)", canonical);
+                vm_object_destroy(o, NULL);
+                released++;
+        }
+        return sd_bus_reply_method_return(m, "u", released);
 }
 
 /* Open to everyone, like the properties: the path of a VM by its name. */
@@ -254,16 +356,41 @@ static int prop_vms(sd_bus *b, const char *p, const char *i, const char *prop, s
         return r < 0 ? r : sd_bus_message_close_container(reply);
 }
 
+/* The libvirt watcher's connection (libvirt-glue.c), read afresh on every get. */
+static int prop_libvirt(sd_bus *b, const char *p, const char *i, const char *prop, sd_bus_message *reply, void *u,
+                        sd_bus_error *e) {
+        (void) b;
+        (void) p;
+        (void) i;
+        (void) u;
+        (void) e;
+        struct daemon_libvirt_status s;
+        daemon_libvirt_status(&s);
+        if (strcmp(prop, "LibvirtUri") == 0)
+                return sd_bus_message_append(reply, "s", s.uri);
+        if (strcmp(prop, "LibvirtConnection") == 0)
+                return sd_bus_message_append(reply, "s", s.connection);
+        if (strcmp(prop, "LibvirtLastError") == 0)
+                return sd_bus_message_append(reply, "s", s.last_error);
+        return sd_bus_message_append(reply, "t", s.last_error_usec);
+}
+
 static const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_PROPERTY("Version", "s", prop_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Vms", "ao", prop_vms, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("LibvirtUri", "s", prop_libvirt, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("LibvirtConnection", "s", prop_libvirt, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("LibvirtLastError", "s", prop_libvirt, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("LibvirtLastErrorTimestamp", "t", prop_libvirt, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_METHOD_WITH_ARGS("CreateVm", SD_BUS_ARGS("s", name, "a(httt)", regions, "a{sv}", options),
                                 SD_BUS_RESULT("o", vm), method_create_vm, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DestroyVm", SD_BUS_ARGS("s", name), SD_BUS_NO_RESULT, method_destroy_vm,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("GetVm", SD_BUS_ARGS("s", name), SD_BUS_RESULT("o", vm), method_get_vm,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ReleaseDomain", SD_BUS_ARGS("s", domain, "a{sv}", options),
+                                SD_BUS_RESULT("u", released), method_release_domain, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Probe", SD_BUS_ARGS("s", socket, "b", server, "u", timeout_ms),
                                 SD_BUS_RESULT("t", features, "t", protocol_features, "t", negotiated_protocol_features,
                                               "u", queue_pairs, "t", max_mem_slots, "b", migratable, "as", blockers),

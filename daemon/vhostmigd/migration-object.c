@@ -722,22 +722,36 @@ int method_cancel_migration(sd_bus_message *m, void *userdata, sd_bus_error *err
  * from the loop like a cancel, never queued behind the migration job, which
  * is the one waiting for it.
  */
-static int migrate_continue(sd_bus_message *m, struct vm_object *o, sd_bus_error *error) {
-        int r = bus_read_options(m, NULL, 0, NULL, NULL, error);
-        if (r < 0)
-                return r;
+int migration_continue(struct vm_object *o, char *why, size_t len) {
         pthread_mutex_lock(&o->snap_lock);
         char state[sizeof(o->migration.state)];
         memcpy(state, o->migration.state, sizeof(state));
         pthread_mutex_unlock(&o->snap_lock);
         if (!o->migrating || o->migration_continue_fd < 0 ||
-            strcmp(state, VHOSTMIG_MIGRATION_STATE_PRE_SWITCHOVER) != 0)
-                return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE,
-                                "VM %s is not in pre-switchover (MigrationState \"%s\"): nothing waits for the VMM",
-                                o->name, state);
+            strcmp(state, VHOSTMIG_MIGRATION_STATE_PRE_SWITCHOVER) != 0) {
+                snprintf(why, len, "VM %s is not in pre-switchover (MigrationState \"%s\"): nothing waits for the VMM",
+                         o->name, state);
+                return -ESRCH;
+        }
         uint64_t one = 1;
-        if (write(o->migration_continue_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-                return bus_fail(error, SD_BUS_ERROR_FAILED, "cannot signal the migration: %s", strerror(errno));
+        if (write(o->migration_continue_fd, &one, sizeof(one)) < 0 && errno != EAGAIN) {
+                int r = -errno;
+                snprintf(why, len, "cannot signal the migration: %s", strerror(-r));
+                return r;
+        }
+        return 0;
+}
+
+static int migrate_continue(sd_bus_message *m, struct vm_object *o, sd_bus_error *error) {
+        int r = bus_read_options(m, NULL, 0, NULL, NULL, error);
+        if (r < 0)
+                return r;
+        char why[256];
+        r = migration_continue(o, why, sizeof(why));
+        if (r == -ESRCH)
+                return bus_fail(error, VHOSTMIG_ERROR_INVALID_STATE, "%s", why);
+        if (r < 0)
+                return bus_fail(error, SD_BUS_ERROR_FAILED, "%s", why);
         daemon_log(LOG_INFO, o, NULL, "the VMM paused: switching over");
         return sd_bus_reply_method_return(m, NULL);
 }

@@ -59,7 +59,9 @@
         X(DirtyRate, T, m.dirty_rate, CHANGE)                    \
         X(Bandwidth, T, m.bandwidth, CHANGE)                     \
         X(ExpectedDowntimeMs, T, m.expected_downtime_ms, CHANGE) \
-        X(SetupMs, T, m.setup_ms, CHANGE)
+        X(SetupMs, T, m.setup_ms, CHANGE)                        \
+        X(LibvirtDomain, S, l.libvirt_domain, CONST)             \
+        X(LibvirtDowntimeMs, T, l.libvirt_downtime_ms, CHANGE)
 
 #define PROPS_VIEW struct vm_view
 static const struct prop_def vm_props[] = { VM_PROPERTIES(PROPS_DEF) };
@@ -250,11 +252,13 @@ static int vm_object_new(struct daemon *d, const char *name, struct vhm_vm *vm, 
         return 0;
 }
 
-int vm_object_create(struct daemon *d, const char *name, struct vhm_vm *vm, struct vm_object **out) {
+int vm_object_create(struct daemon *d, const char *name, const char *libvirt_domain, struct vhm_vm *vm,
+                     struct vm_object **out) {
         struct vm_object *o;
         int r = vm_object_new(d, name, vm, &o);
         if (r < 0)
                 return r;
+        snprintf(o->loop.libvirt_domain, sizeof(o->loop.libvirt_domain), "%s", libvirt_domain);
         pthread_mutex_init(&o->snap_lock, NULL);
         char thread_name[16];
         snprintf(thread_name, sizeof(thread_name), "vm-%.12s", name);
@@ -429,6 +433,24 @@ static void run_announce(struct vm_job *j) {
         }
 }
 
+/* Frames sent after a completed incoming migration: libvirt's RESUMED_MIGRATED need not announce again. */
+static void done_announce(struct vm_job *j) {
+        struct vm_object *o = j->vm;
+        if (j->result < 0 || j->u.sent == 0)
+                return;
+        pthread_mutex_lock(&o->snap_lock);
+        bool after = strcmp(o->migration.role, VHOSTMIG_ROLE_DESTINATION) == 0 &&
+                     strcmp(o->migration.state, VHOSTMIG_MIGRATION_STATE_COMPLETED) == 0;
+        uint64_t checksum = o->migration.checksum;
+        pthread_mutex_unlock(&o->snap_lock);
+        if (!after)
+                return;
+        o->announced_after_migration = true;
+        o->announced_checksum = checksum;
+        if (!j->call)
+                daemon_log(LOG_INFO, o, NULL, "announced on %u device(s)", j->u.sent);
+}
+
 static int reply_announce(struct vm_job *j) {
         return sd_bus_reply_method_return(j->call, "u", j->u.sent);
 }
@@ -436,6 +458,7 @@ static int reply_announce(struct vm_job *j) {
 static const struct job_ops job_announce = {
         .name = "Announce",
         .run = run_announce,
+        .done = done_announce,
         .reply = reply_announce,
 };
 
@@ -521,6 +544,33 @@ void vm_object_queue_monitor(struct vm_object *o) {
                 return;
         o->monitor_queued = true;
         job_submit(j);
+}
+
+/* ---- what the daemon asks of a VM itself (libvirt's events) ------------------------------------ */
+
+static int queue_internal(struct vm_object *o, const struct job_ops *ops) {
+        if (o->destroying)
+                return -ESRCH;
+        struct vm_job *j = job_new(o, ops, NULL);
+        if (!j)
+                return -ENOMEM;
+        job_submit(j);
+        return 0;
+}
+
+int vm_object_announce(struct vm_object *o) {
+        return queue_internal(o, &job_announce);
+}
+
+int vm_object_harvest(struct vm_object *o) {
+        return queue_internal(o, &job_harvest);
+}
+
+bool vm_object_bound_to(const struct vm_object *o, const char *uuid, const char *name) {
+        const char *bound = o->loop.libvirt_domain;
+        if (!bound[0] || o->destroying)
+                return false;
+        return (uuid && strcmp(bound, uuid) == 0) || (name && strcmp(bound, name) == 0);
 }
 
 /* ---- methods ----------------------------------------------------------------------------------- */

@@ -1475,9 +1475,9 @@ static void test_bad_arguments(void **state) {
         send_error(add_device_msg(vm, &bad), "AddDevice with Type scsi", SD_BUS_ERROR_INVALID_ARGS, "Type", "\"scsi\"");
         bad.extra_value = "NET";
         send_error(add_device_msg(vm, &bad), "AddDevice with Type NET", SD_BUS_ERROR_INVALID_ARGS, "Type", "\"NET\"");
-        call_error(SD_BUS_ERROR_INVALID_ARGS, "options: unknown key \"LibvirtDomain\"", NULL, ROOT_PATH, MANAGER_IF,
-                   "CreateVm", "sa(httt)a{sv}", "opts", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 1u,
-                   "LibvirtDomain", "s", "x");
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "options: unknown key \"Libvirt\"", NULL, ROOT_PATH, MANAGER_IF,
+                   "CreateVm", "sa(httt)a{sv}", "opts", 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 1u, "Libvirt",
+                   "s", "x");
         call_error(SD_BUS_ERROR_INVALID_ARGS, "options: unknown key \"Rate\"", NULL, vm, VM_IF, "StartLogging", "a{sv}",
                    1u, "Rate", "u", 5u);
         assert_int_equal(prop_strv_length(ROOT_PATH, MANAGER_IF, "Vms"), 1);
@@ -2675,6 +2675,112 @@ static void test_frozen_api(void **state) {
         guest_fini(&g);
 }
 
+/* CreateVm with LibvirtDomain (err: the expected InvalidArgs needle, or NULL for success). */
+static char *create_bound(const char *name, int memfd, const char *domain, const char *err) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        int r = sd_bus_call_method(env.c, DEST, ROOT_PATH, MANAGER_IF, "CreateVm", &e, &reply, "sa(httt)a{sv}", name,
+                                   1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0), 1u, "LibvirtDomain", "s", domain);
+        char *path = NULL;
+        if (err)
+                check_error(r, &e, "CreateVm with a bad LibvirtDomain", SD_BUS_ERROR_INVALID_ARGS, "LibvirtDomain",
+                            err);
+        else if (r < 0)
+                fail_msg("CreateVm(%s, LibvirtDomain %s): %s", name, domain, error_text(&e, r));
+        else {
+                const char *p;
+                assert_true(sd_bus_message_read(reply, "o", &p) > 0);
+                path = strdup(p);
+        }
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(reply);
+        return path;
+}
+
+static uint32_t release_domain(const char *domain) {
+        sd_bus_message *reply = call(ROOT_PATH, MANAGER_IF, "ReleaseDomain", "sa{sv}", domain, 0u);
+        uint32_t n = 0;
+        assert_true(sd_bus_message_read(reply, "u", &n) > 0);
+        sd_bus_message_unref(reply);
+        return n;
+}
+
+static void assert_no_vm(const char *name) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        int r = sd_bus_call_method(env.c, DEST, ROOT_PATH, MANAGER_IF, "GetVm", &e, &reply, "s", name);
+        check_error(r, &e, name, ERR("NoSuchVm"), NULL, NULL);
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(reply);
+}
+
+/*
+ * LibvirtDomain binds a VM to a domain (a UUID canonicalised, or a name);
+ * ReleaseDomain destroys the VMs bound that way and no other.  Without a
+ * libvirt URI the watcher is "disabled".
+ */
+static void test_libvirt_domains(void **state) {
+        (void) state;
+        char *uri = prop_s(ROOT_PATH, MANAGER_IF, "LibvirtUri");
+        char *conn = prop_s(ROOT_PATH, MANAGER_IF, "LibvirtConnection");
+        assert_string_equal(uri, "");
+        assert_string_equal(conn, "disabled");
+        free(uri);
+        free(conn);
+
+        int memfd = sealed_memfd("vhostmig-test-libvirt", MEM_SIZE);
+        assert_true(memfd >= 0);
+        /* Refusals leave nothing behind. */
+        create_bound("lv-bad", memfd, "1b4e28ba-2fa1-11d2-883f-0016d3cca42", "not a UUID");
+        create_bound("lv-bad", memfd, "1b4e28ba2fa111d2883f0016d3cca427ab", "not a UUID");
+        create_bound("lv-bad", memfd, "", "1..255 bytes");
+        create_bound("lv-bad", memfd, "tab\there", "printable");
+        char longname[300];
+        memset(longname, 'n', sizeof(longname) - 1);
+        longname[sizeof(longname) - 1] = '\0';
+        create_bound("lv-bad", memfd, longname, "1..255 bytes");
+        assert_int_equal(prop_strv_length(ROOT_PATH, MANAGER_IF, "Vms"), 0);
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "domain", "not a UUID", ROOT_PATH, MANAGER_IF, "ReleaseDomain", "sa{sv}",
+                   "0123456789abcdef0123456789abcdef", 0u);
+        call_error(SD_BUS_ERROR_INVALID_ARGS, "unknown key \"Force\"", NULL, ROOT_PATH, MANAGER_IF, "ReleaseDomain",
+                   "sa{sv}", "web", 1u, "Force", "b", 1);
+
+        char *by_uuid = create_bound("lv-uuid", memfd, "1B4E28BA-2FA1-11D2-883F-0016D3CCA427", NULL);
+        char *by_uuid2 = create_bound("lv-uuid2", memfd, "1b4e28ba-2fa1-11d2-883f-0016d3cca427", NULL);
+        char *by_name = create_bound("lv-name", memfd, "web-1", NULL);
+        char *other = create_vm("lv-other", memfd, MEM_SIZE);
+        char *d = prop_s(by_uuid, VM_IF, "LibvirtDomain");
+        assert_string_equal(d, "1b4e28ba-2fa1-11d2-883f-0016d3cca427");
+        free(d);
+        d = prop_s(by_name, VM_IF, "LibvirtDomain");
+        assert_string_equal(d, "web-1");
+        free(d);
+        d = prop_s(other, VM_IF, "LibvirtDomain");
+        assert_string_equal(d, "");
+        free(d);
+        assert_int_equal(prop_t(by_uuid, VM_IF, "LibvirtDowntimeMs"), 0);
+
+        /* The name of a domain bound by UUID matches nothing, and the other way round. */
+        assert_int_equal(release_domain("nobody"), 0);
+        assert_int_equal(release_domain("1b4e28ba-2fa1-11d2-883f-0016d3cca428"), 0);
+        assert_int_equal(release_domain("1b4e28ba-2FA1-11d2-883f-0016d3cca427"), 2);
+        assert_no_vm("lv-uuid");
+        assert_no_vm("lv-uuid2");
+        assert_int_equal(prop_strv_length(ROOT_PATH, MANAGER_IF, "Vms"), 2);
+        assert_int_equal(release_domain("web-1"), 1);
+        assert_no_vm("lv-name");
+        assert_int_equal(release_domain("web-1"), 0);
+        char *name = prop_s(other, VM_IF, "Name");
+        assert_string_equal(name, "lv-other");
+        free(name);
+        destroy_vm("lv-other");
+        close(memfd);
+        free(by_uuid);
+        free(by_uuid2);
+        free(by_name);
+        free(other);
+}
+
 #define TEST(f) cmocka_unit_test_setup_teardown(f, test_setup, test_teardown)
 
 int main(void) {
@@ -2682,6 +2788,7 @@ int main(void) {
                 TEST(test_every_method_and_property),
                 TEST(test_signals),
                 TEST(test_bad_arguments),
+                TEST(test_libvirt_domains),
                 TEST(test_frozen_api),
                 TEST(test_nonroot_refused_by_policy),
                 TEST(test_hung_backend),
