@@ -4,10 +4,15 @@
  * and a private bus: it connects, logs the lifecycle events virsh causes
  * with the domain's name and UUID, keeps answering D-Bus while libvirtd is
  * killed, reconnects when libvirtd is back and hears events again, and
- * stops promptly.  Processes are started and stopped by pid.
+ * stops promptly.  VMs bound to domains (by UUID, by name) hear their
+ * domain's events and act on them: the events the test driver cannot
+ * produce reach the daemon's watcher through its own registered callbacks,
+ * delivered by the preloaded inject-events module.  ReleaseDomain and the
+ * Manager's libvirt properties, during an outage and after.  Processes are
+ * started and stopped by pid.
  *
- * Environment (set by meson): VHOSTMIGD, START_BUS.  Skipped, saying so,
- * without libvirtd or virsh.
+ * Environment (set by meson): VHOSTMIGD, INJECT, START_BUS.  Skipped, saying
+ * so, without libvirtd or virsh.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,7 +24,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,6 +36,7 @@
 #include <libvirt/libvirt.h>
 
 #include "daemon/common/bus-api.h"
+#include "tests/backend/test-backend.h"
 #include "tests/common/private-bus.h"
 #include "tests/libvirt-watch/libvirtd-fixture.h"
 
@@ -36,7 +45,7 @@ struct env {
         struct private_bus bus;
         sd_bus *client;
         pid_t daemon;
-        char config[300], log[300];
+        char config[300], log[300], fifo[300];
 };
 
 static uint64_t now_ms(void) {
@@ -118,6 +127,18 @@ static int start_daemon(struct env *e) {
                 dup2(log, 2);
                 prctl(PR_SET_PDEATHSIG, SIGKILL);
                 setenv("DBUS_SYSTEM_BUS_ADDRESS", e->bus.address, 1);
+                /* The events the test driver cannot produce come through the watcher's own callbacks. */
+                const char *inject = getenv("INJECT");
+                if (inject) {
+                        setenv("LD_PRELOAD", inject, 1);
+                        setenv("VHOSTMIG_INJECT_FIFO", e->fifo, 1);
+                        /* A sanitized daemon: its runtime need not come first for a module preloaded for a test. */
+                        char asan[512];
+                        const char *was = getenv("ASAN_OPTIONS");
+                        snprintf(asan, sizeof(asan), "%s%sverify_asan_link_order=0", was ? was : "",
+                                 was && was[0] ? ":" : "");
+                        setenv("ASAN_OPTIONS", asan, 1);
+                }
                 unsetenv("NOTIFY_SOCKET");
                 unsetenv("JOURNAL_STREAM");
                 execl(bin, "vhostmigd", "--config", e->config, (char *) NULL);
@@ -162,6 +183,9 @@ static int setup(void **state) {
         int r = libvirtd_fixture_start(&e->libvirtd);
         snprintf(e->config, sizeof(e->config), "%s/vhostmigd.json", e->libvirtd.dir);
         snprintf(e->log, sizeof(e->log), "%s/vhostmigd.log", e->libvirtd.dir);
+        snprintf(e->fifo, sizeof(e->fifo), "%s/inject.fifo", e->libvirtd.dir);
+        if (r == 0 && mkfifo(e->fifo, 0600) < 0)
+                r = -errno;
         if (r == 0)
                 r = write_config(e);
         if (r == 0)
@@ -249,9 +273,339 @@ static void daemon_follows_libvirtd(void **state) {
         assert_true(now_ms() - t0 < 3000);
 }
 
+/* ---- VMs bound to domains ------------------------------------------------------------------- */
+
+#define MEM_SIZE (UINT64_C(2) << 20)
+#define MAC      "52:54:00:12:34:56"
+
+/* The watcher's callbacks, called in vhostmigd by the preloaded module (inject-events.c). */
+static void inject(const struct env *e, const char *fmt, ...) {
+        char line[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(line, sizeof(line), fmt, ap);
+        va_end(ap);
+        int fd = open(e->fifo, O_WRONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        size_t n = strlen(line);
+        assert_int_equal(write(fd, line, n), (ssize_t) n);
+        assert_int_equal(write(fd, "\n", 1), 1);
+        close(fd);
+}
+
+static char *manager_prop(struct env *e, const char *name) {
+        char *v = NULL;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r = sd_bus_get_property_string(e->client, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE,
+                                           name, &error, &v);
+        if (r < 0)
+                fail_msg("Manager.%s: %s", name, error.message ? error.message : strerror(-r));
+        sd_bus_error_free(&error);
+        return v;
+}
+
+static uint64_t prop_t(struct env *e, const char *path, const char *iface, const char *name) {
+        uint64_t v = 0;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r = sd_bus_get_property_trivial(e->client, VHOSTMIG_BUS_NAME, path, iface, name, &error, 't', &v);
+        if (r < 0)
+                fail_msg("%s.%s: %s", path, name, error.message ? error.message : strerror(-r));
+        sd_bus_error_free(&error);
+        return v;
+}
+
+static void wait_manager_prop(struct env *e, const char *name, const char *want, unsigned timeout_ms) {
+        uint64_t end = now_ms() + timeout_ms;
+        for (;;) {
+                char *v = manager_prop(e, name);
+                bool ok = strcmp(v, want) == 0;
+                if (!ok && now_ms() >= end)
+                        fail_msg("Manager.%s is \"%s\", not \"%s\" after %u ms", name, v, want, timeout_ms);
+                free(v);
+                if (ok)
+                        return;
+                sleep_ms(20);
+        }
+}
+
+static void wait_prop_t(struct env *e, const char *path, const char *iface, const char *name, uint64_t want) {
+        uint64_t end = now_ms() + 5000, v;
+        while ((v = prop_t(e, path, iface, name)) != want && now_ms() < end)
+                sleep_ms(20);
+        if (v != want)
+                fail_msg("%s.%s is %llu, not %llu", path, name, (unsigned long long) v, (unsigned long long) want);
+}
+
+static int sealed_memfd(void) {
+        int fd = memfd_create("vhostmig-test-libvirt", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, (off_t) MEM_SIZE), 0);
+        assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+        return fd;
+}
+
+/* CreateVm bound to `domain` ("" unbound): its path (malloc'd). */
+static char *create_vm(struct env *e, const char *name, int memfd, const char *domain) {
+        sd_bus_message *m = NULL, *reply = NULL;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r = sd_bus_message_new_method_call(e->client, &m, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH,
+                                               VHOSTMIG_MANAGER_INTERFACE, "CreateVm");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "sa(httt)", name, 1u, memfd, UINT64_C(0), MEM_SIZE, UINT64_C(0));
+        if (r >= 0 && domain[0])
+                r = sd_bus_message_append(m, "a{sv}", 1u, VHOSTMIG_OPTION_LIBVIRT_DOMAIN, "s", domain);
+        else if (r >= 0)
+                r = sd_bus_message_append(m, "a{sv}", 0u);
+        if (r >= 0)
+                r = sd_bus_call(e->client, m, 0, &error, &reply);
+        const char *path = NULL;
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "o", &path);
+        if (r < 0)
+                fail_msg("CreateVm(%s): %s", name, error.message ? error.message : strerror(-r));
+        char *p = strdup(path);
+        sd_bus_error_free(&error);
+        sd_bus_message_unref(m);
+        sd_bus_message_unref(reply);
+        return p;
+}
+
+/* One queue pair in the VM's memory, its eventfds, the MAC: the test back-end's offer. */
+static void add_device(struct env *e, const char *vm, const char *socket, int fds[4]) {
+        for (int i = 0; i < 4; i++) {
+                fds[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                assert_true(fds[i] >= 0);
+        }
+        sd_bus_message *m = NULL, *reply = NULL;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r = sd_bus_message_new_method_call(e->client, &m, VHOSTMIG_BUS_NAME, vm, VHOSTMIG_VM_INTERFACE,
+                                               "AddDevice");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "sa(uttthh)a{sv}", socket, 2u, 256u, UINT64_C(0x100000),
+                                          UINT64_C(0x101000), UINT64_C(0x102000), fds[0], fds[1], 256u,
+                                          UINT64_C(0x110000), UINT64_C(0x111000), UINT64_C(0x112000), fds[2], fds[3],
+                                          1u, VHOSTMIG_OPTION_MAC, "s", MAC);
+        if (r >= 0)
+                r = sd_bus_call(e->client, m, 0, &error, &reply);
+        if (r < 0)
+                fail_msg("AddDevice(%s): %s", socket, error.message ? error.message : strerror(-r));
+        sd_bus_error_free(&error);
+        sd_bus_message_unref(m);
+        sd_bus_message_unref(reply);
+}
+
+static void vm_call(struct env *e, const char *vm, const char *method) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        int r = strcmp(method, "StartLogging") == 0
+                        ? sd_bus_call_method(e->client, VHOSTMIG_BUS_NAME, vm, VHOSTMIG_VM_INTERFACE, method, &error,
+                                             &reply, "a{sv}", 0u)
+                        : sd_bus_call_method(e->client, VHOSTMIG_BUS_NAME, vm, VHOSTMIG_VM_INTERFACE, method, &error,
+                                             &reply, "");
+        if (r < 0)
+                fail_msg("%s on %s: %s", method, vm, error.message ? error.message : strerror(-r));
+        sd_bus_error_free(&error);
+        sd_bus_message_unref(reply);
+}
+
+static bool vm_exists(struct env *e, const char *name) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        int r = sd_bus_call_method(e->client, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE,
+                                   "GetVm", &error, &reply, "s", name);
+        if (r < 0 && !sd_bus_error_has_name(&error, VHOSTMIG_ERROR_NO_SUCH_VM))
+                fail_msg("GetVm(%s): %s", name, error.message ? error.message : strerror(-r));
+        sd_bus_error_free(&error);
+        sd_bus_message_unref(reply);
+        return r >= 0;
+}
+
+static void wait_vm_gone(struct env *e, const char *name) {
+        uint64_t end = now_ms() + 5000;
+        while (vm_exists(e, name) && now_ms() < end)
+                sleep_ms(20);
+        if (vm_exists(e, name))
+                fail_msg("VM %s still exists", name);
+}
+
+static uint32_t release_domain(struct env *e, const char *domain) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        uint32_t n = 0;
+        int r = sd_bus_call_method(e->client, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE,
+                                   "ReleaseDomain", &error, &reply, "sa{sv}", domain, 0u);
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "u", &n);
+        if (r < 0)
+                fail_msg("ReleaseDomain(%s): %s", domain, error.message ? error.message : strerror(-r));
+        sd_bus_error_free(&error);
+        sd_bus_message_unref(reply);
+        return n;
+}
+
+/* Lines of the test back-end's record that contain `needle`. */
+static unsigned record_count(const char *record, const char *needle) {
+        char *text = tb_record_read(record);
+        unsigned n = 0;
+        for (const char *p = text; p && (p = strstr(p, needle)); p++)
+                n++;
+        free(text);
+        return n;
+}
+
+static void wait_record(const struct env *e, const char *record, const char *needle, unsigned want) {
+        uint64_t end = now_ms() + 5000;
+        while (record_count(record, needle) < want && now_ms() < end)
+                sleep_ms(20);
+        unsigned n = record_count(record, needle);
+        if (n != want) {
+                char *log = read_log(e), *rec = tb_record_read(record);
+                fprintf(stderr, "---- vhostmigd ----\n%s---- back-end record ----\n%s----\n", log ? log : "",
+                        rec ? rec : "");
+                free(log);
+                free(rec);
+                fail_msg("%u lines with \"%s\" in the back-end's record, expected %u", n, needle, want);
+        }
+}
+
+static char *upper(const char *s) {
+        char *u = strdup(s);
+        for (char *p = u; *p; p++)
+                if (*p >= 'a' && *p <= 'z')
+                        *p = (char) (*p - 'a' + 'A');
+        return u;
+}
+
+/*
+ * A VM bound by UUID with a device on the test back-end, one bound by name,
+ * one unbound: each reaction on the bound VMs, logged with the domain's
+ * name and UUID; the unbound VM untouched.
+ */
+static void bound_vms_follow_their_domain(void **state) {
+        struct env *e = *state;
+        if (!e)
+                skip();
+        wait_log(e, 10000, "libvirt: connected to", e->libvirtd.uri, NULL);
+        char *v = manager_prop(e, "LibvirtUri");
+        assert_string_equal(v, e->libvirtd.uri);
+        free(v);
+        wait_manager_prop(e, "LibvirtConnection", "connected", 1000);
+
+        char uuid[VIR_UUID_STRING_BUFLEN], nuuid[VIR_UUID_STRING_BUFLEN], who[160], nwho[160];
+        assert_int_equal(libvirtd_fixture_define_vhostuser_domain(&e->libvirtd, "vhm-lv-b", uuid), 0);
+        assert_int_equal(libvirtd_fixture_define_vhostuser_domain(&e->libvirtd, "vhm-lv-n", nuuid), 0);
+        snprintf(who, sizeof(who), "domain vhm-lv-b (%s)", uuid);
+        snprintf(nwho, sizeof(nwho), "domain vhm-lv-n (%s)", nuuid);
+
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        char socket[300], record[300];
+        snprintf(socket, sizeof(socket), "%s/tb.sock", e->libvirtd.dir);
+        snprintf(record, sizeof(record), "%s/tb.rec", e->libvirtd.dir);
+        cfg.record_path = record;
+        cfg.io_timeout_ms = 3000;
+        cfg.max_connections = 1;
+        pid_t tb = -1;
+        assert_int_equal(tb_spawn_listen(&cfg, socket, &tb), 0);
+
+        int memfd = sealed_memfd(), fds[4];
+        char *uuid_upper = upper(uuid);
+        char *b1 = create_vm(e, "b1", memfd, uuid_upper);
+        char *n1 = create_vm(e, "n1", memfd, "vhm-lv-n");
+        char *other = create_vm(e, "other", memfd, "");
+        add_device(e, b1, socket, fds);
+
+        /* virsh's events reach the bound VM, named both ways. */
+        assert_int_equal(libvirtd_fixture_virsh_run(&e->libvirtd, "suspend", "vhm-lv-b", NULL), 0);
+        wait_log(e, 5000, "b1: libvirt:", who, "lifecycle suspended (paused)", "nothing to do", NULL);
+        assert_int_equal(libvirtd_fixture_virsh_run(&e->libvirtd, "resume", "vhm-lv-b", NULL), 0);
+        wait_log(e, 5000, "b1: libvirt:", who, "lifecycle resumed (unpaused)", NULL);
+
+        /* RESUMED_MIGRATED: SEND_RARP on the device. */
+        inject(e, "lifecycle vhm-lv-b %d %d", VIR_DOMAIN_EVENT_RESUMED, VIR_DOMAIN_EVENT_RESUMED_MIGRATED);
+        wait_log(e, 5000, "b1: libvirt:", who, "resumed (migrated)", "announcing (SEND_RARP)", NULL);
+        wait_record(e, record, "mac=" MAC, 1);
+
+        /* SUSPENDED_MIGRATED without a migration: nothing continues, and the log says why. */
+        inject(e, "lifecycle vhm-lv-b %d %d", VIR_DOMAIN_EVENT_SUSPENDED, VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED);
+        wait_log(e, 5000, "b1: libvirt:", who, "suspended (migrated)", "nothing to continue", NULL);
+
+        /* MIGRATION_ITERATION: a harvest only while logging. */
+        inject(e, "iteration vhm-lv-b 1");
+        wait_log(e, 5000, "b1: libvirt:", who, "no harvest: dirty logging is off", NULL);
+        vm_call(e, b1, "StartLogging");
+        uint64_t harvests = prop_t(e, b1, VHOSTMIG_VM_INTERFACE, "Harvests");
+        inject(e, "iteration vhm-lv-b 2");
+        wait_prop_t(e, b1, VHOSTMIG_VM_INTERFACE, "Harvests", harvests + 1);
+        wait_log(e, 5000, "b1: libvirt:", who, "migration iteration 2", "harvesting", NULL);
+
+        /* JOB_COMPLETED: the downtime recorded. */
+        inject(e, "job vhm-lv-b 42");
+        wait_prop_t(e, b1, VHOSTMIG_VM_INTERFACE, "LibvirtDowntimeMs", 42);
+        wait_log(e, 5000, "b1: libvirt:", who, "downtime 42 ms recorded", NULL);
+
+        /* STOPPED_MIGRATED on the domain bound by name: that VM goes, the others stay. */
+        inject(e, "lifecycle vhm-lv-n %d %d", VIR_DOMAIN_EVENT_STOPPED, VIR_DOMAIN_EVENT_STOPPED_MIGRATED);
+        wait_log(e, 5000, "n1: libvirt:", nwho, "stopped (migrated)", "releasing", NULL);
+        wait_vm_gone(e, "n1");
+        assert_true(vm_exists(e, "b1"));
+        assert_true(vm_exists(e, "other"));
+
+        /* ReleaseDomain: by name nothing (b1 is bound by UUID), by UUID b1 and its device; "other" stays. */
+        assert_int_equal(release_domain(e, "vhm-lv-b"), 0);
+        assert_int_equal(release_domain(e, uuid), 1);
+        assert_false(vm_exists(e, "b1"));
+        assert_true(vm_exists(e, "other"));
+        /* The device was released: the back-end's only connection closed and it ended cleanly. */
+        int status = tb_wait_exit(tb, 5000);
+        assert_true(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        tb = -1;
+
+        /* CRASHED on a domain nothing is bound to any more: logged, nothing else. */
+        inject(e, "lifecycle vhm-lv-b %d %d", VIR_DOMAIN_EVENT_CRASHED, VIR_DOMAIN_EVENT_CRASHED_PANICKED);
+        wait_log(e, 5000, who, "crashed", "no VM is bound to it (would release)", NULL);
+        assert_true(vm_exists(e, "other"));
+
+        for (int i = 0; i < 4; i++)
+                close(fds[i]);
+        close(memfd);
+        free(uuid_upper);
+        free(b1);
+        free(n1);
+        free(other);
+}
+
+/* LibvirtConnection and LibvirtLastError follow libvirtd going away and coming back. */
+static void manager_properties_follow_libvirtd(void **state) {
+        struct env *e = *state;
+        if (!e)
+                skip();
+        wait_manager_prop(e, "LibvirtConnection", "connected", 10000);
+        char *err = manager_prop(e, "LibvirtLastError");
+        assert_string_equal(err, "");
+        free(err);
+        assert_int_equal(prop_t(e, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "LibvirtLastErrorTimestamp"), 0);
+
+        assert_int_equal(libvirtd_fixture_kill(&e->libvirtd, SIGKILL), 0);
+        wait_manager_prop(e, "LibvirtConnection", "disconnected", 5000);
+        err = manager_prop(e, "LibvirtLastError");
+        assert_true(err[0] != '\0');
+        free(err);
+        assert_true(prop_t(e, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "LibvirtLastErrorTimestamp") > 0);
+
+        assert_int_equal(libvirtd_fixture_restart(&e->libvirtd), 0);
+        wait_manager_prop(e, "LibvirtConnection", "connected", 5000);
+        /* The last error stays, for the operator who asks why the connection was lost. */
+        err = manager_prop(e, "LibvirtLastError");
+        assert_true(err[0] != '\0');
+        free(err);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(daemon_follows_libvirtd, setup, teardown),
+                cmocka_unit_test_setup_teardown(bound_vms_follow_their_domain, setup, teardown),
+                cmocka_unit_test_setup_teardown(manager_properties_follow_libvirtd, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
