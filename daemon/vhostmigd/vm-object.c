@@ -197,10 +197,16 @@ void vm_publish(struct vm_object *o) {
 
 /* A method refused on the loop: `error` (set) is the caller's answer and becomes the VM's LastError. */
 int vm_refused(struct vm_object *o, const sd_bus_error *error, int r) {
-        if (sd_bus_error_is_set(error)) {
-                vm_set_last_error(o, error->message ? error->message : error->name);
+        if (!sd_bus_error_is_set(error))
+                return r;
+        vm_set_last_error(o, error->message ? error->message : error->name);
+        /*
+         * While a migration publishes its progress, refused calls do not add
+         * signals of their own (a caller could otherwise defeat the throttle):
+         * the next tick carries LastError, and a read shows it at once.
+         */
+        if (!o->migration_timer)
                 vm_publish(o);
-        }
         return r;
 }
 
