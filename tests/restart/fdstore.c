@@ -84,6 +84,8 @@ static bool already_kept(const struct fdstore *st, const char *name, int fd) {
 static void handle(struct fdstore *st, const char *msg, const int *fds, size_t nfds) {
         char name[256] = "stored";
         (void) field(msg, "FDNAME=", name, sizeof(name));
+        if (strstr(msg, "READY=1"))
+                st->ready++;
         if (strstr(msg, "FDSTOREREMOVE=1")) {
                 for (size_t i = st->n; i-- > 0;)
                         if (strcmp(st->names[i], name) == 0) {

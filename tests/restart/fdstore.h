@@ -21,6 +21,7 @@ struct fdstore {
         int fds[FDSTORE_MAX];
         char *names[FDSTORE_MAX];
         unsigned messages, stored, removed, refused;
+        unsigned ready; /* READY=1 notifications */
 };
 
 /* Binds path (removed first) and listens for notifications. */
