@@ -32,10 +32,70 @@ static int status_not_running(const struct ctl_opts *o) {
         return EXIT_NOT_RUNNING;
 }
 
-static void status_json(const struct props *p) {
+/* The Manager's libvirt watcher, read out of the properties, which then show without it. */
+struct libvirt_status {
+        char *uri, *connection, *last_error;
+        uint64_t last_error_usec;
+};
+
+static void libvirt_status_free(struct libvirt_status *l) {
+        free(l->uri);
+        free(l->connection);
+        free(l->last_error);
+}
+
+static char *strdup_or_empty(const char *s) {
+        return strdup(s ? s : "");
+}
+
+static int libvirt_status_take(struct props *p, struct libvirt_status *l) {
+        const char *connection = prop_str(p, "LibvirtConnection");
+        l->uri = strdup_or_empty(prop_str(p, "LibvirtUri"));
+        /* A daemon older than the watcher has none of them: it cannot watch libvirt. */
+        l->connection = strdup_or_empty(connection ? connection : "disabled");
+        l->last_error = strdup_or_empty(prop_str(p, "LibvirtLastError"));
+        l->last_error_usec = prop_num(p, "LibvirtLastErrorTimestamp");
+        if (!l->uri || !l->connection || !l->last_error)
+                return -ENOMEM;
+        size_t kept = 0;
+        for (size_t i = 0; i < p->n; i++) {
+                if (strncmp(p->v[i].name, "Libvirt", strlen("Libvirt")) != 0) {
+                        p->v[kept++] = p->v[i];
+                        continue;
+                }
+                free(p->v[i].name);
+                free(p->v[i].v.str);
+                strv_free(p->v[i].v.strv);
+                free(p->v[i].v.nums);
+        }
+        p->n = kept;
+        return 0;
+}
+
+static json_object *libvirt_json(const struct libvirt_status *l) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "uri", json_object_new_string(l->uri));
+        json_object_object_add(o, "connection", json_object_new_string(l->connection));
+        json_object_object_add(o, "last_error", json_object_new_string(l->last_error));
+        json_object_object_add(o, "last_error_timestamp", json_object_new_int64((int64_t) l->last_error_usec));
+        return o;
+}
+
+/* "connected (qemu:///system)", "disabled"; the last error while it is not connected. */
+static void libvirt_text(const struct libvirt_status *l) {
+        printf("  %-24s %s", "Libvirt:", l->connection);
+        if (l->uri[0])
+                printf(" (%s)", l->uri);
+        putchar('\n');
+        if (!streq(l->connection, "connected") && l->last_error[0])
+                printf("  %-24s %s\n", "Libvirt error:", l->last_error);
+}
+
+static void status_json(const struct props *p, const struct libvirt_status *l) {
         _cleanup_(json_object_putp) json_object *j = json_object_new_object();
         json_object_object_add(j, "running", json_object_new_boolean(true));
         (void) props_to_json(p, j, "Vms");
+        json_object_object_add(j, "libvirt", libvirt_json(l));
         json_object_object_add(j, "vms", json_object_new_int64((int64_t) strv_length(prop_strv(p, "Vms"))));
         json_object *objects = json_object_new_array();
         for (char **v = prop_strv(p, "Vms"); v && *v; v++)
@@ -44,11 +104,12 @@ static void status_json(const struct props *p) {
         print_json(j);
 }
 
-static void status_text(const struct props *p) {
+static void status_text(const struct props *p, const struct libvirt_status *l) {
         char **vms = prop_strv(p, "Vms");
 
         printf("  %-24s yes\n", "Running:");
         print_props_text(p, "Vms");
+        libvirt_text(l);
         printf("  %-24s %zu", "VMs:", strv_length(vms));
         for (char **v = vms; v && *v; v++) {
                 _cleanup_free_ char *name = short_object(*v);
@@ -79,11 +140,14 @@ int ctl_status(const struct ctl_opts *o) {
                 return conn_failed(&c, NULL, &e, r);
         if ((r = read_props(reply, &p)) < 0)
                 return conn_bad_reply(&c, r);
-        if (o->json)
-                status_json(&p);
-        else
-                status_text(&p);
-        return EXIT_OK;
+        struct libvirt_status l = {};
+        r = libvirt_status_take(&p, &l);
+        if (r >= 0 && o->json)
+                status_json(&p, &l);
+        else if (r >= 0)
+                status_text(&p, &l);
+        libvirt_status_free(&l);
+        return r < 0 ? conn_oom(&c) : EXIT_OK;
 }
 
 static int get_managed_objects(struct ctl_conn *c, struct objects *out) {

@@ -540,7 +540,21 @@ static void test_status_and_list(void **state) {
         assert_field_true(j, "running");
         field(j, "version", json_type_string);
         assert_field_int(j, "vms", 0);
+        /* No libvirt.uri: the watcher is off, in one object rather than loose properties. */
+        json_object *lv = field(j, "libvirt", json_type_object);
+        assert_field_string(lv, "uri", "");
+        assert_field_string(lv, "connection", "disabled");
+        assert_field_string(lv, "last_error", "");
+        assert_field_int(lv, "last_error_timestamp", 0);
+        assert_null(json_object_object_get(j, "libvirt_connection"));
         json_object_put(j);
+        struct run *st = expect(0, "status");
+        char line[64];
+        snprintf(line, sizeof(line), "  %-24s %s\n", "Libvirt:", "disabled");
+        if (!strstr(st->out, line))
+                fail_msg("status has no line \"%s\":\n%s", line, st->out);
+        assert_null(strstr(st->out, "Libvirt connection"));
+        free(st);
         j = expect_json(0, json_type_array, "list");
         assert_int_equal(json_object_array_length(j), 0);
         json_object_put(j);
