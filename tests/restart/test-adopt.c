@@ -162,13 +162,18 @@ static void adopt_running_logging_device_sends_nothing(void **state) {
         assert_tb_exits_cleanly(&fx.pid, 3000);
 }
 
-/* A refused adoption closes the connection: the back-end (one connection to serve) exits cleanly. */
-static void refused(struct vhm_device_saved *saved, struct vhu_conn *conn, int err, const char *why) {
+/*
+ * A refused adoption closes the connection (the back-end, one connection to
+ * serve, exits cleanly) and the listening socket that came with it.
+ */
+static void refused_with(struct vhm_device_saved *saved, struct vhu_conn *conn, int listen_fd, int err,
+                         const char *why) {
         unsigned before = requests_recorded();
         fx.dev = new_device();
-        struct vhm_device_adoption a = {
-                .conn = conn, .listen_fd = -1, .log_fd = vhm_log_fd(fx.log), .log_size = vhm_log_size_bytes(fx.log)
-        };
+        struct vhm_device_adoption a = { .conn = conn,
+                                         .listen_fd = listen_fd,
+                                         .log_fd = vhm_log_fd(fx.log),
+                                         .log_size = vhm_log_size_bytes(fx.log) };
         assert_int_equal(vhm_device_adopt(fx.dev, &a, saved), err);
         printf("  refused: %s\n", vhm_device_error(fx.dev));
         assert_non_null(strstr(vhm_device_error(fx.dev), why));
@@ -184,6 +189,10 @@ static void refused(struct vhm_device_saved *saved, struct vhu_conn *conn, int e
         fx.g = NULL;
         assert_tb_exits_cleanly(&fx.pid, 3000);
         assert_int_equal(count_open_fds(), fx.fds_before);
+}
+
+static void refused(struct vhm_device_saved *saved, struct vhu_conn *conn, int err, const char *why) {
+        refused_with(saved, conn, -1, err, why);
 }
 
 static void adopt_refuses_other_queue_pairs(void **state) {
@@ -211,6 +220,19 @@ static void adopt_refuses_another_backend_uid(void **state) {
         struct vhu_conn *conn = hand_over(&saved);
         saved.backend_uid = 4242;
         refused(&saved, conn, -EPERM, "uid 4242");
+}
+
+static void adopt_refuses_a_listener_for_a_client_device(void **state) {
+        (void) state;
+        running_logging_device();
+        struct vhm_device_saved saved;
+        struct vhu_conn *conn = hand_over(&saved);
+        char path[160];
+        snprintf(path, sizeof(path), "%s/other.sock", fx.dir);
+        int listen_fd = vhu_socket_listen_ex(path, NULL, NULL);
+        assert_true(listen_fd >= 0);
+        unlink(path);
+        refused_with(&saved, conn, listen_fd, -EINVAL, "a client-mode device has no listening socket");
 }
 
 static void adopt_refuses_logging_without_log(void **state) {
@@ -247,6 +269,7 @@ int main(void) {
                 TEST(adopt_refuses_other_queue_pairs),
                 TEST(adopt_refuses_other_features),
                 TEST(adopt_refuses_another_backend_uid),
+                TEST(adopt_refuses_a_listener_for_a_client_device),
                 TEST(adopt_refuses_logging_without_log),
                 TEST(save_refuses_a_disconnected_device),
         };
