@@ -33,10 +33,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "daemon/common/bus-api.h"
 #include "tests/backend/test-backend.h"
 #include "tests/common/clock.h"
 #include "tests/common/private-bus.h"
@@ -593,6 +595,70 @@ static void test_down_refuse(void **state) {
         free(dev);
 }
 
+/* CreateVm of 2 MiB of sealed memfd, bound to `domain` ("" unbound). */
+static void create_bound_vm(const char *name, const char *domain) {
+        int fd = memfd_create("vhostmig-test-hook", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, 2 << 20), 0);
+        assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+        sd_bus_message *m = NULL, *reply = NULL;
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        int r = sd_bus_message_new_method_call(env.c, &m, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH,
+                                               VHOSTMIG_MANAGER_INTERFACE, "CreateVm");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "sa(httt)", name, 1u, fd, UINT64_C(0), UINT64_C(2) << 20, UINT64_C(0));
+        if (r >= 0)
+                r = domain[0] ? sd_bus_message_append(m, "a{sv}", 1u, "LibvirtDomain", "s", domain)
+                              : sd_bus_message_append(m, "a{sv}", 0u);
+        if (r >= 0)
+                r = sd_bus_call(env.c, m, 0, &e, &reply);
+        if (r < 0)
+                fail_msg("CreateVm(%s): %s", name, e.message ? e.message : strerror(-r));
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(m);
+        sd_bus_message_unref(reply);
+        close(fd);
+}
+
+static bool vm_exists(const char *name) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        int r = sd_bus_call_method(env.c, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "GetVm",
+                                   &e, &reply, "s", name);
+        if (r < 0 && !sd_bus_error_has_name(&e, VHOSTMIG_ERROR_NO_SUCH_VM))
+                fail_msg("GetVm(%s): %s", name, e.message ? e.message : strerror(-r));
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(reply);
+        return r >= 0;
+}
+
+/* release end: the VMs bound to the domain, by its UUID (any case) and by its name, go; another stays. */
+static void test_release_end(void **state) {
+        (void) state;
+        create_bound_vm("by-uuid", "6C9D8D3A-4D1E-4F4B-9D0E-1B6A0E2C7F11");
+        create_bound_vm("by-name", "vm1");
+        create_bound_vm("unbound", "");
+        create_bound_vm("elsewhere", "vm2");
+        char *xml = domain_xml(MEM_SHARED, "");
+        struct hook_run res;
+        run_hook(&res, "release", "end", xml, 0);
+        assert_exit(&res, 0);
+        assert_non_null(strstr(res.err, "released 2 VM(s) of domain vm1"));
+        assert_false(vm_exists("by-uuid"));
+        assert_false(vm_exists("by-name"));
+        assert_true(vm_exists("unbound"));
+        assert_true(vm_exists("elsewhere"));
+        /* Nothing left to release: quiet, exit 0. */
+        run_hook(&res, "release", "end", xml, 0);
+        assert_exit(&res, 0);
+        assert_string_equal(res.err, "");
+        free(xml);
+        for (const char *const *n = (const char *const[]){ "unbound", "elsewhere", NULL }; *n; n++)
+                assert_int_equal(sd_bus_call_method(env.c, VHOSTMIG_BUS_NAME, VHOSTMIG_ROOT_PATH,
+                                                    VHOSTMIG_MANAGER_INTERFACE, "DestroyVm", NULL, NULL, "s", *n),
+                                 1);
+}
+
 static void test_down_release(void **state) {
         (void) state;
         char *xml = domain_xml(MEM_SHARED, "");
@@ -613,6 +679,7 @@ int main(void) {
                 cmocka_unit_test_setup(test_no_vhost_user, test_setup),
                 cmocka_unit_test_setup(test_several_one_bad, test_setup),
                 cmocka_unit_test_setup(test_bad_input, test_setup),
+                cmocka_unit_test_setup(test_release_end, test_setup),
         };
         const struct CMUnitTest down[] = {
                 cmocka_unit_test_setup(test_down_allow, test_setup),
