@@ -575,6 +575,48 @@ static void bound_vms_follow_their_domain(void **state) {
         free(other);
 }
 
+/* `vhostmigctl [--json] status` on the test's bus: its standard output (malloc'd). */
+static char *ctl_status(const struct env *e, bool json) {
+        const char *ctl = getenv("VHOSTMIGCTL");
+        assert_non_null(ctl);
+        int out[2];
+        assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+        fflush(NULL);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                dup2(out[1], 1);
+                execl(ctl, "vhostmigctl", "--bus-address", e->bus.address, json ? "--json" : "status",
+                      json ? "status" : (char *) NULL, (char *) NULL);
+                _exit(127);
+        }
+        close(out[1]);
+        char *text = calloc(1, 65536);
+        size_t used = 0;
+        for (ssize_t n; text && used < 65535 && (n = read(out[0], text + used, 65535 - used)) > 0;)
+                used += (size_t) n;
+        close(out[0]);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        return text;
+}
+
+/* vhostmigctl status shows the connection while the watcher is connected, and then while it is not. */
+static void ctl_status_shows(const struct env *e, const char *connection) {
+        char line[700], *text = ctl_status(e, false);
+        snprintf(line, sizeof(line), "  %-24s %s (%s)\n", "Libvirt:", connection, e->libvirtd.uri);
+        if (!strstr(text, line))
+                fail_msg("vhostmigctl status has no line \"%s\":\n%s", line, text);
+        free(text);
+        text = ctl_status(e, true);
+        char json[600];
+        snprintf(json, sizeof(json), "\"connection\":\"%s\"", connection);
+        if (!strstr(text, "\"libvirt\":{") || !strstr(text, json))
+                fail_msg("vhostmigctl --json status has no libvirt %s:\n%s", json, text);
+        free(text);
+}
+
 /* LibvirtConnection and LibvirtLastError follow libvirtd going away and coming back. */
 static void manager_properties_follow_libvirtd(void **state) {
         struct env *e = *state;
@@ -585,9 +627,11 @@ static void manager_properties_follow_libvirtd(void **state) {
         assert_string_equal(err, "");
         free(err);
         assert_int_equal(prop_t(e, VHOSTMIG_ROOT_PATH, VHOSTMIG_MANAGER_INTERFACE, "LibvirtLastErrorTimestamp"), 0);
+        ctl_status_shows(e, "connected");
 
         assert_int_equal(libvirtd_fixture_kill(&e->libvirtd, SIGKILL), 0);
         wait_manager_prop(e, "LibvirtConnection", "disconnected", 5000);
+        ctl_status_shows(e, "disconnected");
         err = manager_prop(e, "LibvirtLastError");
         assert_true(err[0] != '\0');
         free(err);
