@@ -371,7 +371,7 @@ static char *create_vm(struct env *e, const char *name, int memfd, const char *d
 }
 
 /* One queue pair in the VM's memory, its eventfds, the MAC: the test back-end's offer. */
-static void add_device(struct env *e, const char *vm, const char *socket, int fds[4]) {
+static void add_device_as(struct env *e, const char *vm, const char *socket, int fds[4], bool incoming) {
         for (int i = 0; i < 4; i++) {
                 fds[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
                 assert_true(fds[i] >= 0);
@@ -384,7 +384,8 @@ static void add_device(struct env *e, const char *vm, const char *socket, int fd
                 r = sd_bus_message_append(m, "sa(uttthh)a{sv}", socket, 2u, 256u, UINT64_C(0x100000),
                                           UINT64_C(0x101000), UINT64_C(0x102000), fds[0], fds[1], 256u,
                                           UINT64_C(0x110000), UINT64_C(0x111000), UINT64_C(0x112000), fds[2], fds[3],
-                                          1u, VHOSTMIG_OPTION_MAC, "s", MAC);
+                                          2u, VHOSTMIG_OPTION_MAC, "s", MAC, VHOSTMIG_OPTION_INCOMING, "b",
+                                          (int) incoming);
         if (r >= 0)
                 r = sd_bus_call(e->client, m, 0, &error, &reply);
         if (r < 0)
@@ -392,6 +393,39 @@ static void add_device(struct env *e, const char *vm, const char *socket, int fd
         sd_bus_error_free(&error);
         sd_bus_message_unref(m);
         sd_bus_message_unref(reply);
+}
+
+static void add_device(struct env *e, const char *vm, const char *socket, int fds[4]) {
+        add_device_as(e, vm, socket, fds, false);
+}
+
+static char *vm_prop_s(struct env *e, const char *vm, const char *name) {
+        char *v = NULL;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r = sd_bus_get_property_string(e->client, VHOSTMIG_BUS_NAME, vm, VHOSTMIG_VM_INTERFACE, name, &error, &v);
+        if (r < 0)
+                fail_msg("%s.%s: %s", vm, name, error.message ? error.message : strerror(-r));
+        sd_bus_error_free(&error);
+        return v;
+}
+
+/* Waits for MigrationState `want`; fails, naming the state and error, on another final one or after 20 s. */
+static void wait_migration_state(struct env *e, const char *vm, const char *want) {
+        uint64_t end = now_ms() + 20000;
+        for (;;) {
+                char *v = vm_prop_s(e, vm, "MigrationState");
+                bool ok = strcmp(v, want) == 0;
+                bool final = strcmp(v, "completed") == 0 || strcmp(v, "failed") == 0 || strcmp(v, "cancelled") == 0 ||
+                             strcmp(v, "postmigrate-unknown") == 0;
+                if (!ok && (final || now_ms() >= end)) {
+                        char *err = vm_prop_s(e, vm, "MigrationError");
+                        fail_msg("%s: MigrationState \"%s\" (%s), waiting for \"%s\"", vm, v, err, want);
+                }
+                free(v);
+                if (ok)
+                        return;
+                sleep_ms(20);
+        }
 }
 
 static void vm_call(struct env *e, const char *vm, const char *method) {
@@ -575,6 +609,101 @@ static void bound_vms_follow_their_domain(void **state) {
         free(other);
 }
 
+/* A sealed memfd bitmap in the vhost log format for 2 MiB of guest memory (a VMM's, AddDirtyBitmap). */
+static int vmm_bitmap(void) {
+        int fd = memfd_create("vhostmig-test-bitmap", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, (off_t) (MEM_SIZE / 4096 / 8)), 0);
+        assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+        return fd;
+}
+
+/*
+ * A live migration between two VMs of the one daemon, each on its own test
+ * back-end: the source, bound to one domain, has a VMM dirty bitmap, so it
+ * waits in pre-switchover for the VMM's pause, which here is libvirt's
+ * SUSPENDED_MIGRATED; the destination, bound to another, sees
+ * RESUMED_MIGRATED after the migration sent its RARP and announces nothing
+ * more; STOPPED_MIGRATED then releases the source.
+ */
+static void migration_follows_libvirt(void **state) {
+        struct env *e = *state;
+        if (!e)
+                skip();
+        wait_log(e, 10000, "libvirt: connected to", e->libvirtd.uri, NULL);
+        char suuid[VIR_UUID_STRING_BUFLEN], duuid[VIR_UUID_STRING_BUFLEN], swho[160], dwho[160];
+        assert_int_equal(libvirtd_fixture_define_vhostuser_domain(&e->libvirtd, "vhm-lv-src", suuid), 0);
+        assert_int_equal(libvirtd_fixture_define_vhostuser_domain(&e->libvirtd, "vhm-lv-dst", duuid), 0);
+        snprintf(swho, sizeof(swho), "domain vhm-lv-src (%s)", suuid);
+        snprintf(dwho, sizeof(dwho), "domain vhm-lv-dst (%s)", duuid);
+
+        struct tb_config cfg[2];
+        char socket[2][300], record[2][300];
+        pid_t tb[2];
+        for (int i = 0; i < 2; i++) {
+                tb_config_init(&cfg[i]);
+                snprintf(socket[i], sizeof(socket[i]), "%s/tb%d.sock", e->libvirtd.dir, i);
+                snprintf(record[i], sizeof(record[i]), "%s/tb%d.rec", e->libvirtd.dir, i);
+                cfg[i].record_path = record[i];
+                cfg[i].io_timeout_ms = 3000;
+                cfg[i].max_connections = 1;
+                assert_int_equal(tb_spawn_listen(&cfg[i], socket[i], &tb[i]), 0);
+        }
+        int smem = sealed_memfd(), dmem = sealed_memfd(), sfds[4], dfds[4];
+        char *src = create_vm(e, "src", smem, suuid);
+        char *dst = create_vm(e, "dst", dmem, "vhm-lv-dst");
+        add_device_as(e, src, socket[0], sfds, false);
+        add_device_as(e, dst, socket[1], dfds, true);
+        int bfd = vmm_bitmap();
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        assert_int_equal(sd_bus_call_method(e->client, VHOSTMIG_BUS_NAME, src, VHOSTMIG_VM_INTERFACE, "AddDirtyBitmap",
+                                            &error, NULL, "ha{sv}", bfd, 0u),
+                         1);
+        assert_int_equal(sd_bus_call_method(e->client, VHOSTMIG_BUS_NAME, dst, VHOSTMIG_VM_INTERFACE, "PrepareIncoming",
+                                            &error, &reply, "a{sv}", 0u),
+                         1);
+        const char *address, *token;
+        assert_true(sd_bus_message_read(reply, "ss", &address, &token) > 0);
+        int r = sd_bus_call_method(e->client, VHOSTMIG_BUS_NAME, src, VHOSTMIG_VM_INTERFACE, "MigrateTo", &error, NULL,
+                                   "ssa{sv}", address, token, 2u, "Live", "b", 1, "PauseTimeoutMs", "u", 20000u);
+        if (r < 0)
+                fail_msg("MigrateTo: %s", error.message);
+        sd_bus_message_unref(reply);
+
+        /* Nothing pauses the guest but libvirt: the source waits. */
+        wait_migration_state(e, src, "pre-switchover");
+        inject(e, "lifecycle vhm-lv-src %d %d", VIR_DOMAIN_EVENT_SUSPENDED, VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED);
+        wait_log(e, 5000, "src: libvirt:", swho, "suspended (migrated)", "switching over (MigrateContinue)", NULL);
+        wait_migration_state(e, src, "completed");
+        wait_migration_state(e, dst, "completed");
+        wait_record(e, record[1], "mac=" MAC, 1);
+
+        /* The destination's RARP went with the migration: RESUMED_MIGRATED sends no other. */
+        inject(e, "lifecycle vhm-lv-dst %d %d", VIR_DOMAIN_EVENT_RESUMED, VIR_DOMAIN_EVENT_RESUMED_MIGRATED);
+        wait_log(e, 5000, "dst: libvirt:", dwho, "resumed (migrated)", "no announcement: already sent", NULL);
+        /* Whatever the source's domain says now, the incoming VM is not its business. */
+        inject(e, "lifecycle vhm-lv-src %d %d", VIR_DOMAIN_EVENT_STOPPED, VIR_DOMAIN_EVENT_STOPPED_MIGRATED);
+        wait_log(e, 5000, "src: libvirt:", swho, "stopped (migrated)", "releasing", NULL);
+        wait_vm_gone(e, "src");
+        assert_true(vm_exists(e, "dst"));
+        wait_record(e, record[1], "mac=" MAC, 1);
+
+        sd_bus_error_free(&error);
+        assert_int_equal(release_domain(e, "vhm-lv-dst"), 1);
+        for (int i = 0; i < 2; i++)
+                (void) tb_stop(tb[i]);
+        for (int i = 0; i < 4; i++) {
+                close(sfds[i]);
+                close(dfds[i]);
+        }
+        close(bfd);
+        close(smem);
+        close(dmem);
+        free(src);
+        free(dst);
+}
+
 /* `vhostmigctl [--json] status` on the test's bus: its standard output (malloc'd). */
 static char *ctl_status(const struct env *e, bool json) {
         const char *ctl = getenv("VHOSTMIGCTL");
@@ -649,6 +778,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(daemon_follows_libvirtd, setup, teardown),
                 cmocka_unit_test_setup_teardown(bound_vms_follow_their_domain, setup, teardown),
+                cmocka_unit_test_setup_teardown(migration_follows_libvirt, setup, teardown),
                 cmocka_unit_test_setup_teardown(manager_properties_follow_libvirtd, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
