@@ -320,8 +320,10 @@ static int cmp_region_gpa(const void *a, const void *b) {
 
 /*
  * One batch of up to 256 pages from [gpa, gpa + bytes), read with one guarded
- * copy; one pass over each page gives its hash (folded into the checksum)
- * and whether it is zero (sent as a flag).
+ * copy.  Stop-and-copy: one pass over each page gives its hash (folded into
+ * the checksum) and whether it is zero (sent as a flag).  Live: the checksum
+ * is taken over the whole memory at the switchover, so the rounds only test
+ * for zero (vhm_stream_send_pages, which stops at the first non-zero byte).
  */
 static int send_batch(struct engine *e, uint8_t *buf, uint64_t gpa, uint64_t bytes) {
         int r = vhm_vm_read(e->vm, gpa, buf, bytes);
@@ -330,9 +332,10 @@ static int send_batch(struct engine *e, uint8_t *buf, uint64_t gpa, uint64_t byt
         struct vhm_rec_page pages[BATCH];
         unsigned count = (unsigned) (bytes / PAGE), zero = 0;
         for (unsigned k = 0; k < count; k++) {
-                bool is_zero;
+                bool is_zero = false;
                 const uint8_t *data = buf + (size_t) k * PAGE;
-                e->st->checksum = vhm_checksum_fold(e->st->checksum, vhm_checksum_page(data, &is_zero));
+                if (!e->o.live)
+                        e->st->checksum = vhm_checksum_fold(e->st->checksum, vhm_checksum_page(data, &is_zero));
                 pages[k] = (struct vhm_rec_page){ .gpa = gpa + (uint64_t) k * PAGE, .data = is_zero ? NULL : data };
         }
         r = vhm_stream_send_pages(e->s, pages, count, &zero);

@@ -43,7 +43,7 @@
  * sent; the guest's size is out of the downtime.
  *
  * Usage: bench-migration [--quick] [--mem MiB] [--runs N] [--downtime-runs N] [--downtime-mem MiB]
- *                        [--dirty-mbs MB/s]
+ *                        [--dirty-mbs MB/s] [--throughput-only]
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -619,6 +619,7 @@ static int downtime(uint64_t mem_mib, unsigned runs) {
 
 int main(int argc, char **argv) {
         uint64_t mem_mib = 1024, dt_mem_mib = 64, dirty_mbs = 100;
+        bool throughput_only = false;
         unsigned runs = 3, dt_runs = 7;
         for (int i = 1; i < argc; i++) {
                 if (!strcmp(argv[i], "--quick")) {
@@ -631,6 +632,8 @@ int main(int argc, char **argv) {
                         dt_mem_mib = strtoull(argv[++i], NULL, 10);
                 } else if (!strcmp(argv[i], "--mem") && i + 1 < argc) {
                         mem_mib = strtoull(argv[++i], NULL, 10);
+                } else if (!strcmp(argv[i], "--throughput-only")) {
+                        throughput_only = true;
                 } else if (!strcmp(argv[i], "--dirty-mbs") && i + 1 < argc) {
                         dirty_mbs = strtoull(argv[++i], NULL, 10);
                 } else if (!strcmp(argv[i], "--runs") && i + 1 < argc) {
@@ -638,7 +641,7 @@ int main(int argc, char **argv) {
                 } else {
                         fprintf(stderr,
                                 "usage: %s [--quick] [--mem MiB] [--runs N] [--downtime-runs N] [--downtime-mem MiB] "
-                                "[--dirty-mbs MB/s]\n",
+                                "[--dirty-mbs MB/s] [--throughput-only]\n",
                                 argv[0]);
                         return 2;
                 }
@@ -686,12 +689,12 @@ int main(int argc, char **argv) {
                 printf("%-18s %8.3f %10.0f %11.3f %8.2f %11.3f %8.2f\n", names[a], rs, (double) mem_mib / rs, ss,
                        rs / ss, ps, rs / ps);
         }
-        if (status == 0)
+        if (status == 0 && !throughput_only)
                 status = under_traffic(unix_addr, &src, &dst, size, dirty_mbs, runs);
         rmdir(dir);
         vm_mem_free(&src, size);
         vm_mem_free(&dst, size);
-        if (status == 0)
+        if (status == 0 && !throughput_only)
                 status = downtime(dt_mem_mib, dt_runs);
         return status;
 }
