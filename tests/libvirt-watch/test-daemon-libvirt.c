@@ -279,6 +279,7 @@ static void daemon_follows_libvirtd(void **state) {
 #define MAC      "52:54:00:12:34:56"
 
 /* The watcher's callbacks, called in vhostmigd by the preloaded module (inject-events.c). */
+static void inject(const struct env *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void inject(const struct env *e, const char *fmt, ...) {
         char line[512];
         va_list ap;
