@@ -115,15 +115,34 @@ struct receiver {
         struct vhm_migration_stats st;
         uint64_t bytes;
         uint64_t end_ns; /* vhm_migrate_incoming returned: running (and RARP sent) */
+        double cpu;      /* the thread's CPU seconds (user and system) */
         int rc;
 };
 
+/* CPU seconds this thread ran: what a run costs whatever else the machine runs. */
+static double thread_cpu(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+/* The last run_with()'s CPU seconds, sending and receiving end. */
+static double last_cpu_src, last_cpu_dst;
+
+static void *receive_timed(struct receiver *rx, int fd);
+
 static void *receive(void *arg) {
         struct receiver *rx = arg;
+        double c0 = thread_cpu();
         int fd;
         rx->rc = vhm_transport_accept(rx->listen_fd, vhu_now_usec() + 10000000u, -1, &fd);
-        if (rx->rc < 0)
-                return NULL;
+        if (rx->rc == 0)
+                receive_timed(rx, fd);
+        rx->cpu = thread_cpu() - c0;
+        return NULL;
+}
+
+static void *receive_timed(struct receiver *rx, int fd) {
         if (rx->migrate) {
                 rx->rc = vhm_migrate_incoming(rx->vm, NULL, 0, fd, TOKEN, 0, &rx->st);
                 rx->end_ns = now_ns();
@@ -180,6 +199,7 @@ static double run_with(const char *address, enum mode mode, struct vm_mem *src, 
         }
         int fd = -1;
         uint64_t t0 = now_ns();
+        double c0 = thread_cpu();
         r = vhm_transport_connect(bound, vhu_now_usec() + 10000000u, -1, &fd);
         struct vhm_migration_stats st;
         struct vhm_migrate_options mode_o = { .live = mode == PRE_COPY };
@@ -189,8 +209,10 @@ static double run_with(const char *address, enum mode mode, struct vm_mem *src, 
                 r = raw_send(fd, src->map, size);
                 close(fd);
         }
+        last_cpu_src = thread_cpu() - c0;
         pthread_join(rx.thread, NULL);
         double secs = (double) (now_ns() - t0) / 1e9;
+        last_cpu_dst = rx.cpu;
         vhm_transport_listen_close(rx.listen_fd, bound);
         if (r < 0 || rx.rc < 0) {
                 fprintf(stderr, "%s %s: %s / %s\n", address, migrate ? "migration" : "raw",
@@ -220,6 +242,25 @@ static int cmp_double(const void *a, const void *b) {
 static double median(double *v, unsigned n) {
         qsort(v, n, sizeof(*v), cmp_double);
         return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/*
+ * CPU seconds of each end (median), whatever else shares the machine; the
+ * busier end bounds a pipelined copy where each end has its own CPU (two
+ * hosts), so raw's busier end over the engine's is the ratio it would reach.
+ */
+static void print_cpu(const char *const names[2], double cpu[2][3][2], uint64_t mem_mib) {
+        printf("\nCPU seconds per end (median): sending / receiving; bound = raw's busier end / the engine's\n");
+        printf("%-18s %15s %15s %8s %15s %8s\n", "transport", "raw", "stop-copy", "bound", "pre-copy", "bound");
+        for (unsigned a = 0; a < 2; a++) {
+                double busy[3];
+                for (unsigned m = 0; m < 3; m++)
+                        busy[m] = cpu[a][m][0] > cpu[a][m][1] ? cpu[a][m][0] : cpu[a][m][1];
+                printf("%-18s %7.3f/%-7.3f %7.3f/%-7.3f %8.2f %7.3f/%-7.3f %8.2f\n", names[a], cpu[a][RAW][0],
+                       cpu[a][RAW][1], cpu[a][STOP_COPY][0], cpu[a][STOP_COPY][1], busy[RAW] / busy[STOP_COPY],
+                       cpu[a][PRE_COPY][0], cpu[a][PRE_COPY][1], busy[RAW] / busy[PRE_COPY]);
+        }
+        printf("(%" PRIu64 " MiB each)\n", mem_mib);
 }
 
 /* ---- the guest under traffic ----------------------------------------------------------- */
@@ -672,23 +713,32 @@ int main(int argc, char **argv) {
                runs);
         printf("%-18s %8s %10s %11s %8s %11s %8s\n", "transport", "raw s", "raw MiB/s", "stop-copy s", "ratio",
                "pre-copy s", "ratio");
+        double cpu_med[2][3][2];
         /* Warm-up, not counted: the engine's own mappings of both guests fault their pages in once. */
         int status = run_once(unix_addr, STOP_COPY, &src, &dst, size) < 0;
         for (unsigned a = 0; status == 0 && a < 2; a++) {
-                double raw[MAX_RUNS], sc[MAX_RUNS], pc[MAX_RUNS];
+                double raw[MAX_RUNS], sc[MAX_RUNS], pc[MAX_RUNS], cpu[3][2][MAX_RUNS];
                 for (unsigned i = 0; i < runs; i++) {
                         raw[i] = run_once(addresses[a], RAW, &src, &dst, size);
+                        cpu[RAW][0][i] = last_cpu_src, cpu[RAW][1][i] = last_cpu_dst;
                         sc[i] = run_once(addresses[a], STOP_COPY, &src, &dst, size);
+                        cpu[STOP_COPY][0][i] = last_cpu_src, cpu[STOP_COPY][1][i] = last_cpu_dst;
                         pc[i] = run_once(addresses[a], PRE_COPY, &src, &dst, size);
+                        cpu[PRE_COPY][0][i] = last_cpu_src, cpu[PRE_COPY][1][i] = last_cpu_dst;
                         if (raw[i] < 0 || sc[i] < 0 || pc[i] < 0)
                                 status = 1;
                 }
                 if (status)
                         break;
+                for (unsigned m = 0; m < 3; m++)
+                        for (unsigned e = 0; e < 2; e++)
+                                cpu_med[a][m][e] = median(cpu[m][e], runs);
                 double rs = median(raw, runs), ss = median(sc, runs), ps = median(pc, runs);
                 printf("%-18s %8.3f %10.0f %11.3f %8.2f %11.3f %8.2f\n", names[a], rs, (double) mem_mib / rs, ss,
                        rs / ss, ps, rs / ps);
         }
+        if (status == 0)
+                print_cpu(names, cpu_med, mem_mib);
         if (status == 0 && !throughput_only)
                 status = under_traffic(unix_addr, &src, &dst, size, dirty_mbs, runs);
         rmdir(dir);
