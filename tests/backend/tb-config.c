@@ -144,6 +144,8 @@ static const char *const fault_names[TB_FAULT_KIND_COUNT] = {
         [TB_FAULT_FLOOD_CHANNEL] = "flood-channel",
         [TB_FAULT_CHANNEL_HALF_HEADER] = "channel-half-header",
         [TB_FAULT_TRUNCATE_MEMORY] = "truncate-memory",
+        [TB_FAULT_DIE] = "die",
+        [TB_FAULT_NOTIFY] = "notify",
 };
 
 const char *tb_fault_kind_name(enum tb_fault_kind kind) {

@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "proto/vhost-user-table.h"
@@ -1727,6 +1728,15 @@ static void withhold_reply(struct tb_conn *c, enum tb_fault_kind kind, struct vh
         }
 }
 
+/* notify: the test hears of the request (SIGUSR1) and has `value` ms to act before the answer. */
+static void notify_parent(const struct tb_fault *f) {
+        (void) kill(getppid(), SIGUSR1);
+        uint64_t ms = f->has_value ? f->value : 200;
+        struct timespec ts = { .tv_sec = (time_t) (ms / 1000u), .tv_nsec = (long) (ms % 1000u) * 1000000L };
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
 /* Returns false when the connection must end (c->end_reason says why). */
 static bool serve_message(struct tb_conn *c) {
         struct vhu_msg m;
@@ -1773,6 +1783,12 @@ static bool serve_message(struct tb_conn *c) {
                 tb_record(c->srv, "FAULT %s %s", tb_fault_kind_name(fault->kind), info->name);
         check_rules(c, info, &m);
 
+        if (fault && fault->kind == TB_FAULT_DIE)
+                _exit(fault->has_value ? (int) fault->value : 1); /* the record line is already flushed */
+        if (fault && fault->kind == TB_FAULT_NOTIFY) {
+                notify_parent(fault);
+                fault = NULL; /* answered as usual */
+        }
         if (fault && fault->kind == TB_FAULT_CLOSE) {
                 vhu_msg_close_fds(&m);
                 c->end_reason = "fault close";

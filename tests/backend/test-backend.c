@@ -840,6 +840,65 @@ static void assert_stops_promptly(struct fx *f) {
         assert_true(vhu_now_usec() - t0 < 1000000);
 }
 
+/* die: the serving process exits with the status given, its record line written first. */
+static void test_fault_die(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        struct fx f;
+
+        config_fault(&cfg, "SET_VRING_NUM:die=3:2");
+        cfg.max_connections = 0;
+        fx_start(&f, &cfg);
+        negotiate(f.fd, PF_BASIC);
+        struct vhu_vring_state vs = { .index = 0, .num = 256 };
+        assert_int_equal(acked(f.fd, VHU_REQ_SET_VRING_NUM, &vs, sizeof(vs), NULL, 0), 0);
+        assert_int_equal(send_req(f.fd, VHU_REQ_SET_VRING_NUM, VHU_FLAG_NEED_REPLY, &vs, sizeof(vs), NULL, 0), 0);
+        expect_closed(f.fd);
+        /* Not one more connection: the process is gone, though it would serve until killed. */
+        int status = tb_wait_exit(f.pid, IO_MS);
+        f.pid = -1;
+        assert_true(status >= 0 && WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 3);
+        assert_recorded(&f, "FAULT die SET_VRING_NUM\n");
+        assert_false(tb_record_contains(f.rec, "CLOSED"));
+        fx_stop(&f);
+}
+
+static volatile sig_atomic_t usr1_seen;
+
+static void on_usr1(int sig) {
+        (void) sig;
+        usr1_seen = 1;
+}
+
+/* notify: SIGUSR1 reaches the test before the answer, which comes the given delay later, unchanged. */
+static void test_fault_notify(void **state) {
+        (void) state;
+        struct tb_config cfg;
+        struct fx f;
+        struct sigaction sa = { .sa_handler = on_usr1 }, old;
+
+        assert_int_equal(sigaction(SIGUSR1, &sa, &old), 0);
+        usr1_seen = 0;
+        config_fault(&cfg, "SET_VRING_NUM:notify=300");
+        fx_start(&f, &cfg);
+        negotiate(f.fd, PF_BASIC);
+        struct vhu_vring_state vs = { .index = 0, .num = 256 };
+        uint64_t t0 = vhu_now_usec();
+        assert_int_equal(acked(f.fd, VHU_REQ_SET_VRING_NUM, &vs, sizeof(vs), NULL, 0), 0);
+        assert_true(vhu_now_usec() - t0 >= 300000u);
+        assert_true(usr1_seen);
+        assert_recorded(&f, "FAULT notify SET_VRING_NUM\n");
+        /* Answered as usual: the state changed and the connection goes on. */
+        t0 = vhu_now_usec();
+        assert_int_equal(acked(f.fd, VHU_REQ_SET_VRING_NUM, &vs, sizeof(vs), NULL, 0), 0);
+        assert_true(vhu_now_usec() - t0 < 300000u);
+        assert_recorded(&f, "SET_VRING_NUM flags=0x9 size=8 fds=0 index=0 num=256\nFAULT notify SET_VRING_NUM\n");
+        assert_no_violation(&f);
+        fx_stop(&f);
+        assert_int_equal(sigaction(SIGUSR1, &old, NULL), 0);
+}
+
 static void test_fault_flood_channel(void **state) {
         (void) state;
         struct tb_config cfg;
@@ -1376,6 +1435,8 @@ int main(void) {
                 cmocka_unit_test(test_fault_close_nth_then_reconnect),
                 cmocka_unit_test(test_fault_kinds),
                 cmocka_unit_test(test_fault_hang_and_nack),
+                cmocka_unit_test(test_fault_die),
+                cmocka_unit_test(test_fault_notify),
                 cmocka_unit_test(test_unknown_request_closes),
                 cmocka_unit_test(test_violations),
                 cmocka_unit_test(test_log_base_reply),

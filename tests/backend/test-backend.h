@@ -15,7 +15,7 @@
  * so several back-ends or connections may share one file):
  *   CONNECTION <n> OPEN                    (n counts from 1 per serving process)
  *   <REQUEST_NAME> flags=0x.. size=N fds=N [key=value ...]
- *   FAULT <kind> <REQUEST_NAME>
+ *   FAULT <kind> <REQUEST_NAME>            (die: written before the process exits)
  *   VIOLATION <text>
  *   BACKEND_SENT <name> flags=0x.. size=N fds=N
  *   BACKEND_REPLY <name> <status>          (<status> is the u64 in decimal,
@@ -114,6 +114,21 @@ enum tb_fault_kind {
          * path then reads guest memory that may be gone.
          */
         TB_FAULT_TRUNCATE_MEMORY,
+        /*
+         * The serving process exits at once (_exit(value), default 1) without
+         * answering or closing anything, as a crashed back-end: its socket
+         * and channel close with it.  For spawned back-ends and the program
+         * only (a test calling tb_serve_fd in-process would exit too).
+         */
+        TB_FAULT_DIE,
+        /*
+         * Tell the test that the request arrived: SIGUSR1 to the parent
+         * process (the test that spawned the back-end), then answer as usual
+         * `value` ms later (default 200), so that what the test does on the
+         * signal (cut a channel, cancel, kill a process) happens while the
+         * front-end is at that very request.
+         */
+        TB_FAULT_NOTIFY,
         TB_FAULT_KIND_COUNT
 };
 
