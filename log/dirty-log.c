@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log/dirty-log.h"
@@ -92,6 +93,58 @@ fail_errno:
         if (log->fd >= 0)
                 close(log->fd);
         free(log);
+        return r;
+}
+
+/* The fd is a memfd sealed as vhm_log_new seals it, of the size a log of npages has. */
+static int check_adopted_memfd(int fd, uint64_t bytes) {
+        const int seals = F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL;
+        struct stat st;
+        int have = fcntl(fd, F_GET_SEALS);
+
+        if (have < 0 || (have & seals) != seals || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+                return -EINVAL;
+        if ((uint64_t) st.st_size != bytes)
+                return -EMSGSIZE;
+        return 0;
+}
+
+int vhm_log_adopt(int fd, uint64_t top_gpa, struct vhm_log **out) {
+        struct vhm_log *log = NULL;
+        int r = -EINVAL;
+
+        if (out)
+                *out = NULL;
+        if (fd < 0)
+                return -EINVAL;
+        if (!out || top_gpa == 0)
+                r = -EINVAL;
+        else if (top_gpa > VHM_LOG_MAX_TOP_GPA)
+                r = -ERANGE;
+        else if (!(log = calloc(1, sizeof(*log))))
+                r = -ENOMEM;
+        if (!log)
+                goto fail;
+        log->npages = (top_gpa + VHM_PAGE_SIZE - 1) >> VHM_PAGE_SHIFT;
+        log->nwords = (log->npages + 63) / 64;
+        size_t bytes = (size_t) log->nwords * sizeof(uint64_t);
+        r = check_adopted_memfd(fd, bytes);
+        if (r < 0)
+                goto fail;
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+                r = -errno;
+                goto fail;
+        }
+        log->fd = fd;
+        log->words = p;
+        log->impl = best_impl();
+        *out = log;
+        return 0;
+
+fail:
+        free(log);
+        close(fd);
         return r;
 }
 

@@ -57,6 +57,18 @@ int vhm_log_required_top(const struct vhm_log_extent *regions, size_t nregions, 
  */
 int vhm_log_new(uint64_t top_gpa, struct vhm_log **out);
 
+/*
+ * Take back a log a previous process created (kept across a restart): fd is
+ * its memfd, top_gpa what it was created for.  The memfd must be sealed as
+ * vhm_log_new seals it (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL: no
+ * back-end mapping it can have it shrunk under it) and exactly
+ * ceil(ceil(top_gpa / 4096) / 64) * 8 bytes long.  Its bits are kept: pages
+ * logged before the restart are harvested after it.  Takes fd in every case
+ * (closed on failure).  Returns 0, -EINVAL (bad arguments, not a memfd,
+ * other seals), -EMSGSIZE (another size), -ERANGE, or an mmap errno.
+ */
+int vhm_log_adopt(int fd, uint64_t top_gpa, struct vhm_log **out);
+
 /* Unmap, close and free; NULL is allowed.  The caller must have made every
  * backend drop the log first (SET_LOG_BASE with the next log, acknowledged). */
 void vhm_log_free(struct vhm_log *log);

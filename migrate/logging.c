@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "log/dirty-log.h"
 #include "migrate/logging.h"
@@ -84,6 +85,16 @@ static void free_logs(struct vhm_logging *l) {
         for (unsigned i = 0; i < l->nretired; i++)
                 vhm_log_free(l->retired[i]);
         l->nretired = 0;
+}
+
+void vhm_logging_free_for_handover(struct vhm_logging *l) {
+        if (!l)
+                return;
+        free_logs(l);
+        for (unsigned i = 0; i < l->nvmm; i++)
+                munmap(l->vmm[i].words, l->vmm[i].nwords * sizeof(uint64_t));
+        vhm_bitmap_free(l->bitmap);
+        free(l);
 }
 
 void vhm_logging_free(struct vhm_logging *l) {
@@ -246,6 +257,56 @@ int vhm_logging_start(struct vhm_logging *l) {
         clear_vmm_bitmaps(l);
         l->active = true;
         return 0;
+}
+
+/* Each connected device logs into the log the new process took back. */
+static int check_adopted_devices(struct vhm_logging *l, const struct vhm_log *log) {
+        for (unsigned i = 0; i < l->ndevices; i++) {
+                struct vhm_device *dev = l->devices[i];
+                if (!vhm_device_conn(dev))
+                        continue;
+                if (!vhm_device_logging(dev) || !vhm_device_log_acknowledged(dev, vhm_log_fd(log)))
+                        return log_fail(l, -EINVAL, "%s: was not logging into the dirty log taken back",
+                                        vhm_device_socket(dev));
+        }
+        return 0;
+}
+
+int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, bool pages_lost) {
+        if (l->active) {
+                if (log_fd >= 0)
+                        close(log_fd);
+                return log_fail(l, -EBUSY, "logging is on already: no log to take back");
+        }
+        struct vhm_log *log;
+        int r = vhm_log_adopt(log_fd, top_gpa, &log);
+        if (r < 0)
+                return log_fail(l, r, "the dirty log to take back for 0x%" PRIx64 " bytes of guest memory: %s", top_gpa,
+                                r == -EMSGSIZE ? "not of that size" : strerror(-r));
+        uint64_t need;
+        r = required_top(l, &need);
+        if (r == 0 && vhm_log_npages(log) < (need + VHM_PAGE_SIZE - 1) / VHM_PAGE_SIZE)
+                r = log_fail(l, -ERANGE, "the dirty log taken back covers 0x%" PRIx64 " bytes, the VM needs 0x%" PRIx64,
+                             top_gpa, need);
+        if (r == 0)
+                r = check_adopted_devices(l, log);
+        uint64_t npages = vhm_log_npages(log);
+        if (r == 0 &&
+            (r = l->bitmap ? (vhm_bitmap_npages(l->bitmap) >= npages ? 0 : vhm_bitmap_resize(l->bitmap, npages))
+                           : vhm_bitmap_new(npages, &l->bitmap)) < 0)
+                log_fail(l, r, "cannot allocate the migration bitmap: %s", strerror(-r));
+        if (r < 0) {
+                vhm_log_free(log);
+                return r;
+        }
+        l->log = log;
+        l->active = true;
+        l->incomplete = pages_lost;
+        return 0;
+}
+
+bool vhm_logging_holds_pages(const struct vhm_logging *l) {
+        return l->nretired > 0 || l->incomplete || (l->bitmap && vhm_bitmap_count(l->bitmap) > 0);
 }
 
 int vhm_logging_stop(struct vhm_logging *l) {

@@ -43,6 +43,33 @@ void vhm_logging_blockers(const struct vhm_logging *l, struct vhm_blockers *out)
  * the reasons in vhm_logging_error().
  */
 int vhm_logging_start(struct vhm_logging *l);
+/*
+ * Restart: logging goes on over the log a previous process started, taken
+ * back from its memfd (log_fd, taken in every case; top_gpa what the log
+ * was created for), without a request to any back-end.  Every connected
+ * device must have been adopted logging and acknowledging that log
+ * (vhm_device_adopt); a disconnected one gets it when it reconnects.  The
+ * log's bits stay for the next harvest.  pages_lost: the previous process
+ * held harvested pages no migration had taken yet (or logs a device might
+ * still write), which died with it, so every harvest marks every page until
+ * every device takes a new log (as after a lost retired log).  The VMM
+ * bitmaps are added afterwards (vhm_logging_add_bitmap) and not cleared.
+ * -EBUSY when logging is on already, -EINVAL / -ERANGE with the reason.
+ */
+int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, bool pages_lost);
+/*
+ * Whether a restart would lose pages (vhm_logging_adopt's pages_lost): the
+ * migration bitmap holds pages, or a retired log is still harvested.
+ */
+bool vhm_logging_holds_pages(const struct vhm_logging *l);
+
+/*
+ * A process handing its VM over to its successor (a restart): frees the
+ * logging without a request to any device and without a harvest, so the
+ * log's bits stay for the successor (vhm_logging_adopt) to find.
+ */
+void vhm_logging_free_for_handover(struct vhm_logging *l);
+
 /* Undoes start in reverse; the devices keep running.  A final harvest keeps what was logged. */
 int vhm_logging_stop(struct vhm_logging *l);
 bool vhm_logging_active(const struct vhm_logging *l);

@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "proto/vhost-user-frontend.h"
@@ -872,4 +875,127 @@ int vhu_negotiate(struct vhu_conn *c, const struct vhu_negotiation *n) {
                         return r;
         }
         return vhu_set_owner(c);
+}
+
+/* ---- adoption ---------------------------------------------------------- */
+
+void vhu_conn_get_negotiated(const struct vhu_conn *c, struct vhu_conn_negotiated *out) {
+        *out = (struct vhu_conn_negotiated){
+                .features = c->features,
+                .acked_features = c->acked_features,
+                .protocol_features_offered = c->protocol_features_offered,
+                .protocol_features = c->protocol_features,
+                .queue_num = c->queue_num,
+                .max_mem_slots = c->max_mem_slots,
+                .channel_fd = vhu_backend_channel_is_open(c->channel) ? vhu_backend_channel_fd(c->channel) : -1,
+        };
+}
+
+__attribute__((format(printf, 3, 4))) static int refuse(char *why, size_t len, const char *fmt, ...) {
+        if (why && len) {
+                va_list ap;
+                va_start(ap, fmt);
+                vsnprintf(why, len, fmt, ap);
+                va_end(ap);
+        }
+        return -EINVAL;
+}
+
+/* A connected Unix stream socket, or why not. */
+static int check_stream_socket(int fd, const char *what, char *why, size_t len) {
+        int domain = 0, type = 0;
+        socklen_t sl = sizeof(domain), tl = sizeof(type);
+        struct sockaddr_un peer;
+        socklen_t pl = sizeof(peer);
+        if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &sl) < 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || domain != AF_UNIX || type != SOCK_STREAM) {
+                refuse(why, len, "%s: not a Unix stream socket", what);
+                return -ENOTSOCK;
+        }
+        if (getpeername(fd, (struct sockaddr *) &peer, &pl) < 0) {
+                refuse(why, len, "%s: not connected", what);
+                return -ENOTCONN;
+        }
+        return 0;
+}
+
+/* What a real negotiation could have produced (vhu_negotiate's rules). */
+static int check_negotiated(const struct vhu_conn_negotiated *n, char *why, size_t len) {
+        bool has_pf = n->features & VHU_BIT(VHU_VF_PROTOCOL_FEATURES);
+        if (n->acked_features & ~n->features)
+                return refuse(why, len, "acked features 0x%" PRIx64 " were not offered (0x%" PRIx64 ")",
+                              n->acked_features, n->features);
+        if (!has_pf && (n->protocol_features_offered || n->protocol_features))
+                return refuse(why, len, "protocol features without PROTOCOL_FEATURES offered");
+        if (n->protocol_features & ~(n->protocol_features_offered & vhu_supported_protocol_features()))
+                return refuse(why, len, "protocol features 0x%" PRIx64 " were not offered (0x%" PRIx64 ") or supported",
+                              n->protocol_features, n->protocol_features_offered);
+        if (n->queue_num == 0 || (n->queue_num > 1 && !(n->protocol_features & VHU_BIT(VHU_PF_MQ))))
+                return refuse(why, len, "%u queue pairs without MQ", n->queue_num);
+        if (n->max_mem_slots && !(n->protocol_features & VHU_BIT(VHU_PF_CONFIGURE_MEM_SLOTS)))
+                return refuse(why, len, "memory slots without CONFIGURE_MEM_SLOTS");
+        if ((n->channel_fd >= 0) != !!(n->protocol_features & VHU_BIT(VHU_PF_BACKEND_REQ)))
+                return refuse(why, len, "a back-end channel %s BACKEND_REQ negotiated",
+                              n->channel_fd >= 0 ? "without" : "missing with");
+        return 0;
+}
+
+/*
+ * Our end of the channel back as a vhu_backend_channel.  The channel's
+ * constructor only makes a new socketpair, so one is made and its end
+ * replaced in place by the adopted fd (dup3 keeps the number the channel
+ * holds); the unused end is closed.
+ */
+static int adopt_channel(struct vhu_conn *c, const struct vhu_conn_negotiated *n) {
+        int unused;
+        int r = vhu_fd_prepare(n->channel_fd);
+        if (r < 0)
+                return r;
+        r = vhu_backend_channel_new(n->backend_handlers, n->backend_userdata, n->protocol_features, &unused,
+                                    &c->channel);
+        if (r < 0)
+                return r;
+        close(unused);
+        if (dup3(n->channel_fd, vhu_backend_channel_fd(c->channel), O_CLOEXEC) < 0) {
+                r = -errno;
+                vhu_backend_channel_free(c->channel);
+                c->channel = NULL;
+                return r;
+        }
+        close(n->channel_fd);
+        return 0;
+}
+
+int vhu_conn_adopt(int fd, const struct vhu_conn_negotiated *n, const struct vhu_conn_options *opts,
+                   struct vhu_conn **out, char *why, size_t why_len) {
+        int channel_fd = n ? n->channel_fd : -1;
+        int r = n ? check_stream_socket(fd, "the connection", why, why_len) : -EINVAL;
+        if (r == 0 && channel_fd >= 0)
+                r = check_stream_socket(channel_fd, "the back-end channel", why, why_len);
+        if (r == 0)
+                r = check_negotiated(n, why, why_len);
+        if (r == 0)
+                r = vhu_conn_new(fd, opts, out);
+        else if (fd >= 0)
+                close(fd);
+        if (r == 0 && channel_fd >= 0 && (r = adopt_channel(*out, n)) < 0) {
+                refuse(why, why_len, "the back-end channel: %s", strerror(-r));
+                vhu_conn_free(*out);
+                *out = NULL;
+        }
+        if (r < 0) {
+                /* Every failure above left the channel's fd open (adopt_channel closes it only on success). */
+                if (channel_fd >= 0)
+                        close(channel_fd);
+                return r;
+        }
+        struct vhu_conn *c = *out;
+        c->features_known = true;
+        c->features = n->features;
+        c->acked_features = n->acked_features;
+        c->protocol_features_offered = n->protocol_features_offered;
+        c->protocol_features = n->protocol_features;
+        c->queue_num = n->queue_num;
+        c->max_mem_slots = n->max_mem_slots;
+        return 0;
 }

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "proto/vhost-user.h"
@@ -83,6 +84,42 @@ bool vhu_conn_has_protocol_feature(const struct vhu_conn *c, unsigned bit);
 unsigned vhu_conn_queue_num(const struct vhu_conn *c);     /* queue pairs; 1 without MQ */
 uint64_t vhu_conn_max_mem_slots(const struct vhu_conn *c); /* 0 without CONFIGURE_MEM_SLOTS */
 struct vhu_backend_channel *vhu_conn_backend_channel(const struct vhu_conn *c);
+
+/*
+ * Taking over a connection another process negotiated (a restarted
+ * vhostmigd; see migrate/device.h, vhm_device_adopt).  vhu_conn_negotiated
+ * says what was negotiated; vhu_conn_adopt wraps the socket and our end of
+ * the back-end channel as a connection in that state without sending a
+ * single message, so the back-end cannot tell the owner changed.
+ */
+struct vhu_conn_negotiated {
+        uint64_t features; /* offered by the back-end */
+        uint64_t acked_features;
+        uint64_t protocol_features_offered;
+        uint64_t protocol_features; /* negotiated */
+        unsigned queue_num;         /* 1 without MQ */
+        uint64_t max_mem_slots;     /* 0 without CONFIGURE_MEM_SLOTS */
+        /* Our end of the back-end channel: -1 exactly when BACKEND_REQ was not negotiated. */
+        int channel_fd;
+        /* For the channel's requests, as in struct vhu_negotiation; NULL refuses them all. */
+        const struct vhu_backend_handlers *backend_handlers;
+        void *backend_userdata;
+};
+
+/*
+ * What c negotiated; out->channel_fd is the connection's own (-1 without a
+ * channel): duplicate it to keep it past the connection.
+ */
+void vhu_conn_get_negotiated(const struct vhu_conn *c, struct vhu_conn_negotiated *out);
+
+/*
+ * fd (a connected Unix stream socket) and n->channel_fd as a connection that
+ * negotiated *n.  Takes both fds in every case: on refusal (-EINVAL, -ENOTSOCK,
+ * -ENOTCONN, with why in `why` when not NULL) both are closed, so the
+ * back-end sees its connection end rather than a half-used one.
+ */
+int vhu_conn_adopt(int fd, const struct vhu_conn_negotiated *n, const struct vhu_conn_options *opts,
+                   struct vhu_conn **out, char *why, size_t why_len);
 
 /*
  * Round trip that proves the back-end processed everything sent before it:

@@ -1,0 +1,381 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * A restart's adoption through fds alone, as a new vhostmigd process does it
+ * with what it finds in the fd store: the back-end connection and our end of
+ * its back-end channel wrapped as a negotiated connection
+ * (vhu_conn_adopt), the dirty log taken back from its memfd (vhm_log_adopt)
+ * and logging going on over it (vhm_logging_adopt).  Against the project's
+ * test back-end, which records every request: not one request is sent, the
+ * channel is the same socket, the pages logged before the restart are the
+ * pages the first harvest after it finds; what cannot be trusted is refused
+ * with its reason and leaves no fd behind.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log/dirty-log.h"
+#include "migrate/device.h"
+#include "migrate/logging.h"
+#include "migrate/vm.h"
+#include "proto/vhost-user-frontend.h"
+#include "tests/backend/test-backend.h"
+#include "tests/common/check.h"
+#include "tests/common/clock.h"
+#include "tests/common/fd-count.h"
+#include "tests/common/guest-device.h"
+#include "daemon/guest/guest.h"
+
+#define QUEUE_PAIRS 2
+#define PAGE        4096u
+
+struct fx {
+        char dir[64], socket[128], record[128];
+        pid_t pid;
+        struct vhm_guest *g;
+        struct vhm_vm *vm;
+        struct vhm_device *old, *dev;
+        struct vhm_logging *old_logging, *logging;
+        int fds_before;
+};
+
+static struct fx fx;
+
+static int setup(void **state) {
+        (void) state;
+        memset(&fx, 0, sizeof(fx));
+        fx.pid = -1;
+        fx.fds_before = count_open_fds();
+        snprintf(fx.dir, sizeof(fx.dir), "/tmp/vhostmig-adoptfd-XXXXXX");
+        if (!mkdtemp(fx.dir))
+                return -1;
+        snprintf(fx.socket, sizeof(fx.socket), "%s/sock", fx.dir);
+        snprintf(fx.record, sizeof(fx.record), "%s/record", fx.dir);
+        return 0;
+}
+
+static int teardown(void **state) {
+        (void) state;
+        vhm_logging_free(fx.logging);
+        vhm_logging_free(fx.old_logging);
+        vhm_device_free(fx.dev);
+        vhm_device_free(fx.old);
+        vhm_vm_free(fx.vm);
+        vhm_guest_free(fx.g);
+        if (fx.pid > 0)
+                (void) tb_stop(fx.pid);
+        unlink(fx.socket);
+        unlink(fx.record);
+        rmdir(fx.dir);
+        return 0;
+}
+
+static struct vhm_device *new_device(void) {
+        struct vhm_device_config cfg = {
+                .socket = fx.socket,
+                .timeout_ms = 3000,
+                .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
+                .queue_pairs = QUEUE_PAIRS,
+                .mtu = 1500,
+        };
+        struct vhm_device *dev = NULL;
+        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &dev, NULL));
+        return dev;
+}
+
+/* The previous process: a device running on the test back-end, logging through a vhm_logging. */
+static void previous_process(void) {
+        struct tb_config cfg;
+        tb_config_init(&cfg);
+        cfg.record_path = fx.record;
+        cfg.io_timeout_ms = 3000;
+        int r = tb_spawn_listen(&cfg, fx.socket, &fx.pid);
+        if (r < 0)
+                fail_msg("tb_spawn_listen(%s): %s", fx.socket, strerror(-r));
+        struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = QUEUE_PAIRS, .ring_size = 64 };
+        GD_CHECK(guest_vm_new("adoptfd", &gc, &fx.g, &fx.vm));
+        fx.old = new_device();
+        DEV_CHECK(fx.old, vhm_device_connect(fx.old));
+        DEV_CHECK(fx.old, vhm_device_start(fx.old));
+        assert_int_equal(vhm_logging_new(fx.vm, &fx.old_logging), 0);
+        LOG_CHECK(fx.old_logging, vhm_logging_add_device(fx.old_logging, fx.old));
+        LOG_CHECK(fx.old_logging, vhm_logging_start(fx.old_logging));
+}
+
+/* Requests the back-end has received so far (lines naming their flags). */
+static unsigned requests_recorded(void) {
+        char *rec = tb_record_read(fx.record);
+        assert_non_null(rec);
+        unsigned n = 0;
+        for (char *line = strtok(rec, "\n"); line; line = strtok(NULL, "\n"))
+                n += strncmp(line, "VIOLATION", 9) != 0 && strstr(line, " flags=0x") != NULL;
+        free(rec);
+        return n;
+}
+
+/* A back-end's writes into the log: the pages' bits ORed into the shared memory. */
+static void backend_logs(int log_fd, uint64_t size, const uint64_t *pages, unsigned n) {
+        uint8_t *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, log_fd, 0);
+        assert_true(p != MAP_FAILED);
+        for (unsigned i = 0; i < n; i++)
+                __atomic_fetch_or(&p[pages[i] / 8], (uint8_t) (1u << (pages[i] % 8)), __ATOMIC_RELAXED);
+        munmap(p, size);
+}
+
+static ino_t inode(int fd) {
+        struct stat st;
+        assert_int_equal(fstat(fd, &st), 0);
+        return st.st_ino;
+}
+
+/* What the previous process leaves in the store, the fds as duplicates (the store keeps its own). */
+struct kept {
+        struct vhm_device_saved saved;
+        struct vhu_conn_negotiated negotiated;
+        int conn_fd, log_fd;
+        uint64_t log_size;
+        ino_t channel_ino;
+};
+
+/* The previous process ends (as after SIGKILL: nothing sent); the store holds what it kept. */
+static void previous_process_ends(struct kept *k) {
+        DEV_CHECK(fx.old, vhm_device_save(fx.old, &k->saved));
+        k->log_size = vhm_logging_log_size(fx.old_logging);
+        k->log_fd = fcntl(vhm_logging_log_fd(fx.old_logging), F_DUPFD_CLOEXEC, 3);
+        assert_true(k->log_fd >= 0);
+        struct vhu_conn *conn = vhm_device_take_conn(fx.old);
+        assert_non_null(conn);
+        vhu_conn_get_negotiated(conn, &k->negotiated);
+        assert_true(k->negotiated.channel_fd >= 0);
+        k->channel_ino = inode(k->negotiated.channel_fd);
+        k->negotiated.channel_fd = fcntl(k->negotiated.channel_fd, F_DUPFD_CLOEXEC, 3);
+        k->conn_fd = fcntl(vhu_conn_fd(conn), F_DUPFD_CLOEXEC, 3);
+        assert_true(k->conn_fd >= 0 && k->negotiated.channel_fd >= 0);
+        vhu_conn_free(conn);
+        /* As after SIGKILL or a handover: no request, no harvest taking bits out of the log. */
+        vhm_logging_free_for_handover(fx.old_logging);
+        fx.old_logging = NULL;
+        vhm_device_free(fx.old);
+        fx.old = NULL;
+}
+
+static void restart_adopts_connection_channel_and_log(void **state) {
+        (void) state;
+        previous_process();
+        static const uint64_t pages[] = { 0, 1, 7, 300, 1025, 2047 };
+        backend_logs(vhm_logging_log_fd(fx.old_logging), vhm_logging_log_size(fx.old_logging), pages, 2);
+        struct kept k;
+        previous_process_ends(&k);
+        unsigned before = requests_recorded();
+        /* The back-end goes on logging while nobody owns the log. */
+        backend_logs(k.log_fd, k.log_size, pages + 2, 4);
+
+        struct vhu_conn *conn = NULL;
+        char why[256] = "";
+        int r = vhu_conn_adopt(k.conn_fd, &k.negotiated, NULL, &conn, why, sizeof(why));
+        if (r < 0)
+                fail_msg("vhu_conn_adopt: %s", why);
+        assert_int_equal(inode(vhu_backend_channel_fd(vhu_conn_backend_channel(conn))), k.channel_ino);
+        fx.dev = new_device();
+        struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = k.log_fd, .log_size = k.log_size };
+        DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &k.saved));
+        assert_int_equal(vhm_logging_new(fx.vm, &fx.logging), 0);
+        LOG_CHECK(fx.logging, vhm_logging_add_device(fx.logging, fx.dev));
+        LOG_CHECK(fx.logging, vhm_logging_adopt(fx.logging, k.log_fd, k.log_size * 8 * PAGE, false));
+        assert_true(vhm_logging_active(fx.logging));
+        assert_int_equal(vhm_logging_log_size(fx.logging), k.log_size);
+
+        uint64_t found = 0;
+        LOG_CHECK(fx.logging, vhm_logging_harvest(fx.logging, &found));
+        assert_int_equal(found, sizeof(pages) / sizeof(pages[0]));
+        for (size_t i = 0; i < sizeof(pages) / sizeof(pages[0]); i++)
+                assert_true(vhm_bitmap_test(vhm_logging_bitmap(fx.logging), pages[i]));
+        sleep_ms(100);
+        assert_int_equal(requests_recorded(), before);
+
+        /* The adopted connection is the live one; logging ends over it. */
+        LOG_CHECK(fx.logging, vhm_logging_stop(fx.logging));
+        DEV_CHECK(fx.dev, vhm_device_stop(fx.dev));
+        assert_true(requests_recorded() > before);
+        assert_int_equal(tb_record_count(fx.record, "VIOLATION"), 0);
+        vhm_logging_free(fx.logging);
+        fx.logging = NULL;
+        vhm_device_free(fx.dev);
+        fx.dev = NULL;
+        assert_tb_exits_cleanly(&fx.pid, 3000);
+        vhm_vm_free(fx.vm);
+        fx.vm = NULL;
+        vhm_guest_free(fx.g);
+        fx.g = NULL;
+        assert_int_equal(count_open_fds(), fx.fds_before);
+}
+
+/* Pages harvested before the restart died with the previous process: every page is dirty then. */
+static void restart_after_a_harvest_marks_every_page(void **state) {
+        (void) state;
+        previous_process();
+        static const uint64_t page = 42;
+        backend_logs(vhm_logging_log_fd(fx.old_logging), vhm_logging_log_size(fx.old_logging), &page, 1);
+        LOG_CHECK(fx.old_logging, vhm_logging_harvest(fx.old_logging, NULL));
+        bool lost = vhm_logging_holds_pages(fx.old_logging);
+        assert_true(lost);
+        struct kept k;
+        previous_process_ends(&k);
+        struct vhu_conn *conn = NULL;
+        assert_int_equal(vhu_conn_adopt(k.conn_fd, &k.negotiated, NULL, &conn, NULL, 0), 0);
+        fx.dev = new_device();
+        struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = k.log_fd, .log_size = k.log_size };
+        DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &k.saved));
+        assert_int_equal(vhm_logging_new(fx.vm, &fx.logging), 0);
+        LOG_CHECK(fx.logging, vhm_logging_add_device(fx.logging, fx.dev));
+        LOG_CHECK(fx.logging, vhm_logging_adopt(fx.logging, k.log_fd, k.log_size * 8 * PAGE, lost));
+        uint64_t found = 0;
+        LOG_CHECK(fx.logging, vhm_logging_harvest(fx.logging, &found));
+        assert_int_equal(found, vhm_bitmap_npages(vhm_logging_bitmap(fx.logging)));
+        assert_true(vhm_bitmap_test(vhm_logging_bitmap(fx.logging), page));
+}
+
+/* A log that is not ours in the way vhm_log_new makes it is refused, its fd closed. */
+static void log_adopt_refuses_what_it_cannot_trust(void **state) {
+        (void) state;
+        struct vhm_log *log = (struct vhm_log *) 1;
+        int fd = memfd_create("not-sealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, 4096), 0);
+        assert_int_equal(vhm_log_adopt(fd, 4096u * 8 * PAGE, &log), -EINVAL);
+        assert_null(log);
+        assert_int_equal(count_open_fds(), fx.fds_before);
+
+        fd = memfd_create("other-size", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, 4096), 0);
+        assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL), 0);
+        assert_int_equal(vhm_log_adopt(fd, 8192u * 8 * PAGE, &log), -EMSGSIZE);
+        assert_int_equal(count_open_fds(), fx.fds_before);
+
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        close(sv[1]);
+        assert_int_equal(vhm_log_adopt(sv[0], PAGE, &log), -EINVAL);
+        assert_int_equal(count_open_fds(), fx.fds_before);
+
+        fd = memfd_create("sealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, 8), 0);
+        assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL), 0);
+        assert_int_equal(vhm_log_adopt(fd, 64u * PAGE, &log), 0);
+        assert_int_equal(vhm_log_fd(log), fd);
+        assert_int_equal(vhm_log_size_bytes(log), 8);
+        vhm_log_free(log);
+        assert_int_equal(count_open_fds(), fx.fds_before);
+}
+
+/* A connection record that no negotiation could produce is refused, both fds closed. */
+static void conn_adopt_refuses_what_it_cannot_trust(void **state) {
+        (void) state;
+        struct {
+                struct vhu_conn_negotiated n;
+                bool channel;
+                const char *why;
+        } cases[] = {
+                { { .features = 1, .acked_features = 3, .queue_num = 1, .channel_fd = -1 }, false, "were not offered" },
+                { { .queue_num = 1, .protocol_features = 1, .protocol_features_offered = 1, .channel_fd = -1 },
+                  false,
+                  "without PROTOCOL_FEATURES" },
+                { { .features = VHU_BIT(VHU_VF_PROTOCOL_FEATURES), .queue_num = 2, .channel_fd = -1 },
+                  false,
+                  "without MQ" },
+                { { .features = VHU_BIT(VHU_VF_PROTOCOL_FEATURES), .queue_num = 1 }, true, "without BACKEND_REQ" },
+                { { .features = VHU_BIT(VHU_VF_PROTOCOL_FEATURES),
+                    .protocol_features = VHU_BIT(VHU_PF_BACKEND_REQ),
+                    .protocol_features_offered = VHU_BIT(VHU_PF_BACKEND_REQ),
+                    .queue_num = 1,
+                    .channel_fd = -1 },
+                  false,
+                  "missing with BACKEND_REQ" },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                int sv[2], ch[2] = { -1, -1 };
+                assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+                if (cases[i].channel)
+                        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ch), 0);
+                cases[i].n.channel_fd = ch[0];
+                struct vhu_conn *c = NULL;
+                char why[256] = "";
+                assert_int_equal(vhu_conn_adopt(sv[0], &cases[i].n, NULL, &c, why, sizeof(why)), -EINVAL);
+                printf("  refused: %s\n", why);
+                assert_non_null(strstr(why, cases[i].why));
+                /* The peer sees the end of its connection, not a half-used one. */
+                char b;
+                assert_int_equal(read(sv[1], &b, 1), 0);
+                close(sv[1]);
+                if (ch[1] >= 0)
+                        close(ch[1]);
+                assert_int_equal(count_open_fds(), fx.fds_before);
+        }
+        /* Not a socket at all. */
+        int p[2];
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        close(p[1]);
+        struct vhu_conn_negotiated n = { .queue_num = 1, .channel_fd = -1 };
+        struct vhu_conn *c = NULL;
+        char why[256] = "";
+        assert_int_equal(vhu_conn_adopt(p[0], &n, NULL, &c, why, sizeof(why)), -ENOTSOCK);
+        assert_non_null(strstr(why, "not a Unix stream socket"));
+        assert_int_equal(count_open_fds(), fx.fds_before);
+}
+
+/* Logging goes on only over the log the adopted devices were acknowledging. */
+static void logging_adopt_refuses_a_log_the_device_was_not_on(void **state) {
+        (void) state;
+        previous_process();
+        struct kept k;
+        previous_process_ends(&k);
+        struct vhu_conn *conn = NULL;
+        assert_int_equal(vhu_conn_adopt(k.conn_fd, &k.negotiated, NULL, &conn, NULL, 0), 0);
+        fx.dev = new_device();
+        struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = k.log_fd, .log_size = k.log_size };
+        DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &k.saved));
+        close(k.log_fd);
+        struct vhm_log *other;
+        assert_int_equal(vhm_log_new(k.log_size * 8 * PAGE, &other), 0);
+        int other_fd = fcntl(vhm_log_fd(other), F_DUPFD_CLOEXEC, 3);
+        vhm_log_free(other);
+        assert_int_equal(vhm_logging_new(fx.vm, &fx.logging), 0);
+        LOG_CHECK(fx.logging, vhm_logging_add_device(fx.logging, fx.dev));
+        unsigned before = requests_recorded();
+        assert_int_equal(vhm_logging_adopt(fx.logging, other_fd, k.log_size * 8 * PAGE, false), -EINVAL);
+        printf("  refused: %s\n", vhm_logging_error(fx.logging));
+        assert_non_null(strstr(vhm_logging_error(fx.logging), "was not logging into the dirty log taken back"));
+        assert_false(vhm_logging_active(fx.logging));
+        assert_int_equal(requests_recorded(), before);
+        vhm_logging_free(fx.logging);
+        fx.logging = NULL;
+        vhm_device_free(fx.dev);
+        fx.dev = NULL;
+        assert_tb_exits_cleanly(&fx.pid, 3000);
+        vhm_vm_free(fx.vm);
+        fx.vm = NULL;
+        vhm_guest_free(fx.g);
+        fx.g = NULL;
+        assert_int_equal(count_open_fds(), fx.fds_before);
+}
+
+#define TEST(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                TEST(restart_adopts_connection_channel_and_log),
+                TEST(restart_after_a_harvest_marks_every_page),
+                TEST(log_adopt_refuses_what_it_cannot_trust),
+                TEST(conn_adopt_refuses_what_it_cannot_trust),
+                TEST(logging_adopt_refuses_a_log_the_device_was_not_on),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
