@@ -8,12 +8,22 @@
 #
 #   tests/stress.sh [BUILD_DIR]     (VHOSTMIG_STRESS_VMS, VHOSTMIG_STRESS_SECONDS)
 #
+# The ping-pong's long run (tests/stress/pingpong.c: live migrations of one
+# VM between two vhostmigd, A -> B -> A ..., traffic through DPDK all along;
+# the suite runs 6 of them as the test stress-pingpong):
+#
+#   tests/stress.sh BUILD_DIR pingpong [MIGRATIONS]     (default 100)
+#
 # Everything it starts is stopped by pid; its files live in one temporary
 # directory, removed at the end.
 set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${1:-build}
+if [ "${2:-}" = pingpong ]; then
+  exec env VHOSTMIGD="$build/daemon/vhostmigd/vhostmigd" START_BUS="$top/tests/dbus/start-bus.sh" \
+    "$build/tests/stress/stress-pingpong" --migrations "${3:-100}"
+fi
 vms=${VHOSTMIG_STRESS_VMS:-4}
 seconds=${VHOSTMIG_STRESS_SECONDS:-8}
 ctl="$build/daemon/ctl/vhostmigctl"
