@@ -898,6 +898,15 @@ static void live_limited_bandwidth_needs_rounds(void **state) {
         assert_true(run.st.round >= 1);
         /* Throttled: no round moved much faster than the limit. */
         assert_true(run.st.bandwidth <= (9u << 20));
+        /*
+         * Both ends count the downtime from the source's pause (the rounds took
+         * seconds before it): they differ only by END's and COMMITTED's transit
+         * and the RARP.
+         */
+        printf("  downtime: source %" PRIu64 " ms, destination %" PRIu64 " ms, total %" PRIu64 " ms\n",
+               run.st.downtime_ms, in.st.downtime_ms, run.st.total_ms);
+        assert_true(run.st.total_ms > run.st.downtime_ms + 500);
+        assert_true(in.st.downtime_ms + 100 >= run.st.downtime_ms && in.st.downtime_ms <= run.st.downtime_ms + 100);
         finish(before);
 }
 
