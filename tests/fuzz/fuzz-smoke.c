@@ -6,6 +6,7 @@
  * negotiation and the typed requests.  Deterministic (fixed seed); it checks
  * that no fd is left open, and the sanitizer build checks memory.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -13,7 +14,11 @@
 #include <cmocka.h>
 
 #include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "migrate/migration.h"
 
 #include "proto/vhost-user.h"
 #include "proto/vhost-user-table.h"
@@ -285,6 +290,183 @@ static void hostile_migration_sources(void **state) {
         assert_int_equal(count_open_fds(), before);
 }
 
+/* Flips, overwrites or cuts a few bytes past the first `keep` (flag bytes the caller chose). */
+static size_t mutate_bytes(uint8_t *buf, size_t len, size_t keep) {
+        unsigned n = 1 + (unsigned) (rnd() % 4);
+        for (unsigned k = 0; k < n && len > keep; k++) {
+                size_t at = keep + rnd() % (len - keep);
+                switch (rnd() % 3) {
+                case 0:
+                        buf[at] ^= (uint8_t) (1u << (rnd() % 8));
+                        break;
+                case 1:
+                        buf[at] = (uint8_t) rnd();
+                        break;
+                default:
+                        len = at;
+                        break;
+                }
+        }
+        return len;
+}
+
+/* A destination that answers a source: its word is taken for what it says, garbage is refused. */
+static void hostile_destinations(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        struct vhm_migration_stats st;
+        uint8_t buf[256];
+        size_t len = fuzz_stream_source_sample(buf, sizeof(buf), FUZZ_ANSWER_COMMITTED);
+        assert_int_equal(fuzz_stream_source_one(buf, len, &st), 0);
+        assert_int_equal(st.state, VHM_MIGRATION_COMPLETED);
+        assert_true(st.pages_transferred == 24);
+
+        len = fuzz_stream_source_sample(buf, sizeof(buf), FUZZ_ANSWER_ABORTED);
+        assert_int_equal(fuzz_stream_source_one(buf, len, &st), -ECONNABORTED);
+        assert_non_null(strstr(st.error, "fewer queue pairs"));
+
+        /* ABORTED before anything arrived, then gone: the source fails in setup and says why. */
+        len = fuzz_stream_source_sample(buf, sizeof(buf), FUZZ_ANSWER_EARLY);
+        assert_true(fuzz_stream_source_one(buf, len, &st) < 0);
+        assert_int_equal(st.state, VHM_MIGRATION_FAILED);
+
+        /* No answer at all after END: the source cannot know, and does not resume. */
+        uint8_t silent = 0;
+        assert_true(fuzz_stream_source_one(&silent, 1, &st) < 0);
+        assert_int_equal(st.state, VHM_MIGRATION_POSTMIGRATE_UNKNOWN);
+
+        unsigned committed = 0, refused = 0;
+        for (unsigned i = 0; i < 300; i++) {
+                len = fuzz_stream_source_sample(buf, sizeof(buf), (enum fuzz_answer)(i % 3));
+                len = mutate_bytes(buf, len, 0); /* the flags byte too: when the answer comes */
+                int r = fuzz_stream_source_one(buf, len, &st);
+                committed += r == 0;
+                refused += r < 0;
+        }
+        assert_true(committed > 0 && refused > 100);
+        assert_int_equal(count_open_fds(), before);
+}
+
+static size_t put_breq(uint8_t *buf, size_t at, uint32_t request, uint32_t flags, uint32_t size) {
+        struct vhu_hdr h = { request, flags, size };
+        memcpy(buf + at, &h, sizeof(h));
+        memset(buf + at + sizeof(h), 0, size);
+        return at + sizeof(h) + size;
+}
+
+/* Every back-end request once, answered, a host notifier with its fd. */
+static size_t channel_script(uint8_t *buf) {
+        static const uint32_t sizes[] = { 0, 32, 0, 24, 8, 8, 16, 16, 16 };
+        size_t len = 3;
+        buf[0] = 0;    /* every handler accepts */
+        buf[1] = 0x04; /* the third message (the host notifier) carries an fd */
+        buf[2] = 0;
+        for (uint32_t req = 1; req < VHU_BREQ_MAX; req++)
+                len = put_breq(buf, len, req, VHU_VERSION | VHU_FLAG_NEED_REPLY, sizes[req]);
+        return len;
+}
+
+static void hostile_backend_channels(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        uint8_t buf[512];
+        size_t len = channel_script(buf);
+        assert_int_equal(fuzz_backend_channel_one(buf, len), VHU_BREQ_MAX - 1);
+        /* Served in budgets instead of one by one: the same. */
+        buf[0] = 0x80;
+        assert_int_equal(fuzz_backend_channel_one(buf, len), VHU_BREQ_MAX - 1);
+        /* An fd on a request that takes none closes the channel before any handler sees it. */
+        buf[0] = 0;
+        buf[1] = 0x01;
+        assert_int_equal(fuzz_backend_channel_one(buf, len), 0);
+        unsigned deep = 0;
+        for (unsigned i = 0; i < 3000; i++) {
+                len = channel_script(buf);
+                buf[0] = (uint8_t) rnd();
+                buf[1] = (uint8_t) rnd();
+                buf[2] = (uint8_t) rnd() & (uint8_t) rnd();
+                len = mutate_bytes(buf, len, 3);
+                deep += fuzz_backend_channel_one(buf, len) > 2;
+        }
+        assert_true(deep > 0);
+        assert_int_equal(count_open_fds(), before);
+}
+
+/* The example configuration, then mutations of it: accepted or refused, never half-applied. */
+static void hostile_configs(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        const char *path = getenv("VHOSTMIGD_EXAMPLE");
+        assert_non_null(path);
+        static uint8_t example[16384], buf[16384];
+        FILE *f = fopen(path, "re");
+        assert_non_null(f);
+        size_t len = fread(example, 1, sizeof(example), f);
+        fclose(f);
+        assert_int_equal(fuzz_config_one(example, len), 1);
+        unsigned accepted = 0, refused = 0;
+        for (unsigned i = 0; i < 1500; i++) {
+                memcpy(buf, example, len);
+                size_t n = mutate_bytes(buf, len, 0);
+                if (fuzz_config_one(buf, n))
+                        accepted++;
+                else
+                        refused++;
+        }
+        /* Comments and strings take many mutations and stay valid; the rest are refused. */
+        assert_true(accepted > 50 && refused > 50);
+        assert_int_equal(count_open_fds(), before);
+}
+
+static size_t put_option(uint8_t *buf, size_t at, uint8_t key, uint8_t type, const void *value, size_t vlen) {
+        buf[at] = key;
+        buf[at + 1] = type;
+        memcpy(buf + at + 2, value, vlen);
+        return at + 2 + vlen;
+}
+
+/* AddDevice's options: a good a{sv} read whole, every rule broken refused, random ones either. */
+static void hostile_bus_options(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        uint8_t buf[256];
+        uint64_t qp = 4, features = UINT64_C(1) << 32;
+        uint8_t mac[] = "\x11"
+                        "52:54:00:00:00:01";
+        /* Key and type indices as fuzz-bus-options.c numbers them: QueuePairs u, Features t, Mac s. */
+        size_t len = put_option(buf, 0, 2, 2, &qp, 8);
+        len = put_option(buf, len, 1, 1, &features, 8);
+        len = put_option(buf, len, 3, 3, mac, sizeof(mac) - 1);
+        assert_int_equal(fuzz_bus_options_one(buf, len), 1);
+        /* The same key twice, and QueuePairs as a t. */
+        size_t twice = put_option(buf, len, 2, 2, &qp, 8);
+        assert_int_equal(fuzz_bus_options_one(buf, twice), 0);
+        assert_int_equal(fuzz_bus_options_one((const uint8_t *) "\x02\x01"
+                                                                "abcdefgh",
+                                              10),
+                         0);
+        /* An unknown key. */
+        assert_int_equal(fuzz_bus_options_one((const uint8_t *) "\xe0\x04Nope\x02"
+                                                                "abcdefgh",
+                                              15),
+                         0);
+        unsigned outcome[3] = { 0 };
+        for (unsigned i = 0; i < 3000; i++) {
+                size_t n = 1 + rnd() % 48;
+                for (size_t k = 0; k < n; k++)
+                        buf[k] = (uint8_t) rnd();
+                /* Mostly known keys and their own types, so that some inputs are accepted. */
+                if (i % 2)
+                        for (size_t k = 0; k + 1 < n; k += 10) {
+                                buf[k] %= 7;
+                                buf[k + 1] = (uint8_t) "\x00\x01\x02\x03\x04\x00\x03"[buf[k]];
+                        }
+                outcome[fuzz_bus_options_one(buf, n) + 1]++;
+        }
+        assert_true(outcome[1] > 0 && outcome[2] > 0);
+        assert_int_equal(count_open_fds(), before);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(hostile_backends),
@@ -292,6 +474,10 @@ int main(void) {
                 cmocka_unit_test(hostile_peers),
                 cmocka_unit_test(hostile_device_backends),
                 cmocka_unit_test(hostile_migration_sources),
+                cmocka_unit_test(hostile_destinations),
+                cmocka_unit_test(hostile_backend_channels),
+                cmocka_unit_test(hostile_configs),
+                cmocka_unit_test(hostile_bus_options),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
