@@ -866,6 +866,47 @@ static void double_buffered_switch_refused(void **state) {
         assert_int_equal(count_open_fds(), f->fds_before);
 }
 
+/*
+ * A resize between double-buffered harvests: the grown log goes to the
+ * device, the spare of the old size is dropped, and the next switch hands
+ * out a spare of the new size.  A page marked in the old log before the
+ * resize and one marked high in the grown log are both harvested.
+ */
+static void double_buffered_across_resize(void **state) {
+        struct fixture *f = *state;
+        struct backend *be = spawn_default_backend(f);
+        vm_new(f);
+        uint64_t used[2];
+        struct vhm_device *dev = running_device(f, 0, be, used);
+        LOG_CHECK(f->lg, vhm_logging_start(f->lg));
+        LOG_CHECK(f->lg, vhm_logging_set_log_switch_locked(f->lg, dev, true));
+        harvest_expect(f, UINT64_MAX);
+        assert_int_equal(vhm_logging_switched_harvests(f->lg), 1);
+
+        backend_marks(f, 9);
+        hotplug(f);
+        LOG_CHECK(f->lg, vhm_logging_memory_changed(f->lg));
+        assert_int_equal(vhm_logging_log_size(f->lg), HOTPLUG_LOG_BYTES);
+        /* The resize harvested the old log into the bitmap already. */
+        assert_true(vhm_bitmap_test(vhm_logging_bitmap(f->lg), 9));
+
+        uint64_t high = HOTPLUG_GPA / PAGE + 3;
+        backend_marks(f, high);
+        harvest_expect(f, high);
+        assert_int_equal(vhm_logging_switched_harvests(f->lg), 2);
+        assert_int_equal(vhm_logging_log_size(f->lg), HOTPLUG_LOG_BYTES);
+        harvest_expect(f, UINT64_MAX);
+        LOG_CHECK(f->lg, vhm_logging_stop(f->lg));
+        fixture_release(f);
+
+        struct record rec;
+        read_final_record(be, used, &rec); /* the back-end checks every region is covered by its log */
+        const uint64_t logs[] = { GUEST_LOG_BYTES, GUEST_LOG_BYTES, HOTPLUG_LOG_BYTES, HOTPLUG_LOG_BYTES,
+                                  HOTPLUG_LOG_BYTES };
+        assert_logs(be->rec, &rec, 0, logs, 5);
+        assert_int_equal(count_open_fds(), f->fds_before);
+}
+
 #define TEST(t) cmocka_unit_test_setup_teardown(t, fixture_setup, fixture_teardown)
 
 int main(void) {
@@ -879,6 +920,7 @@ int main(void) {
                 TEST(retired_log_overflow_marks_everything),
                 TEST(double_buffered_harvests_alternate_logs),
                 TEST(double_buffered_switch_refused),
+                TEST(double_buffered_across_resize),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
