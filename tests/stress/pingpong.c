@@ -554,13 +554,27 @@ static int resume_at(struct end *dst, struct guest *gu, uint64_t driver_sum, boo
 
 /* After the switchover: traffic, the RARP, and what was lost against what was in flight. */
 static int check_after(struct guest *gu, const struct vhm_guest_stats *at, struct hop *hop) {
-        struct vhm_guest_run_opts opts = { .flags = VHM_GUEST_RUN_WAIT_CALL, .window = RING_SIZE - RING_SIZE / 8 };
+        /*
+         * More than were in flight at the pause (at most the pre-copy's window
+         * and the burst): when every one of them was lost, new frames still go
+         * out and their echoes tell the loss; and RX buffers stay free for the
+         * RARP.
+         */
+        struct vhm_guest_run_opts opts = { .flags = VHM_GUEST_RUN_WAIT_CALL, .window = RING_SIZE - 16 };
         uint64_t rarp_deadline = now_ms() + RARP_WAIT_MS;
         int r = traffic(gu, arg.traffic_ms, &opts);
         while (r >= 0 && hop->rarp_expected && guest_stats(gu).rarp_seen == at->rarp_seen && now_ms() < rarp_deadline)
                 r = traffic(gu, 20, &opts);
-        if (r < 0)
-                return fail("traffic after the switchover: %s", strerror(-r));
+        if (r < 0) {
+                struct vhm_guest_stats now = guest_stats(gu);
+                uint16_t avail[2] = { 0 }, used[2] = { 0 };
+                for (unsigned q = 0; q < 2; q++)
+                        (void) vhm_guest_queue_indices(gu->g, q, &avail[q], &used[q]);
+                return fail("traffic after the switchover: %s: %" PRIu64 " sent since the pause, %" PRIu64
+                            " received, %" PRIu64 " not back; RX avail %u used %u, TX avail %u used %u",
+                            strerror(-r), now.sent - at->sent, now.received - at->received, now.sent - accounted(&now),
+                            avail[0], used[0], avail[1], used[1]);
+        }
         drain(gu);
         struct vhm_guest_stats s = guest_stats(gu);
         uint64_t lost_now = s.lost + (s.sent - accounted(&s));
