@@ -732,8 +732,12 @@ static int live_last_pages(struct engine *e) {
         free(buf);
         if (r < 0)
                 return r;
-        /* Over the whole memory: a page written and never marked dirty makes the destination's differ. */
-        r = vhm_memory_checksum(e->vm, &e->st->checksum);
+        /*
+         * Over the whole memory: a page written and never marked dirty makes the
+         * destination's differ.  Inside the downtime, so on every CPU there is.
+         */
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        r = vhm_memory_checksum_threads(e->vm, cpus > 1 ? (unsigned) cpus : 1u, &e->st->checksum);
         if (r < 0)
                 return fail(e, r, "END: cannot read guest memory: %s", vhm_vm_error(e->vm));
         return 0;

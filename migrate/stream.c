@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -650,6 +651,96 @@ int vhm_memory_checksum(struct vhm_vm *vm, uint64_t *out) {
                 return r;
         *out = h;
         return 0;
+}
+
+/*
+ * The same checksum with the page hashes taken by several threads, each over
+ * its own slice of pages, then folded in order on the caller's thread: the
+ * source's pass over the whole memory sits inside the downtime.
+ */
+struct ck_slice {
+        pthread_t thread;
+        struct vhm_vm *vm;
+        const struct vhm_rec_hello *layout;
+        uint64_t first, end; /* page indices in the layout's order */
+        uint64_t *hash;      /* the whole table; this slice writes [first, end) */
+        int r;
+};
+
+/* The gpa of the layout's page k (k is below the layout's page count). */
+static uint64_t ck_page_gpa(const struct vhm_rec_hello *layout, uint64_t k, uint64_t *left_in_region) {
+        for (uint32_t i = 0;; i++) {
+                uint64_t n = layout->regions[i].size / VHM_REC_PAGE_SIZE;
+                if (k < n || i + 1 == layout->nregions) {
+                        *left_in_region = n - k;
+                        return layout->regions[i].gpa + k * VHM_REC_PAGE_SIZE;
+                }
+                k -= n;
+        }
+}
+
+static void *ck_slice_run(void *arg) {
+        enum {
+                CHUNK_PAGES = 16
+        };
+        struct ck_slice *c = arg;
+        uint8_t *buf = malloc((size_t) CHUNK_PAGES * VHM_REC_PAGE_SIZE);
+        c->r = buf ? 0 : -ENOMEM;
+        for (uint64_t k = c->first; c->r == 0 && k < c->end;) {
+                uint64_t left, gpa = ck_page_gpa(c->layout, k, &left);
+                uint64_t n = c->end - k < left ? c->end - k : left;
+                n = n < CHUNK_PAGES ? n : CHUNK_PAGES;
+                c->r = vhm_vm_read(c->vm, gpa, buf, n * VHM_REC_PAGE_SIZE);
+                for (uint64_t j = 0; c->r == 0 && j < n; j++)
+                        c->hash[k + j] = vhm_checksum_page(buf + j * VHM_REC_PAGE_SIZE, NULL);
+                k += n;
+        }
+        free(buf);
+        return NULL;
+}
+
+int vhm_memory_checksum_threads(struct vhm_vm *vm, unsigned threads, uint64_t *out) {
+        struct vhm_rec_hello layout;
+        int r = vhm_rec_hello_from_vm(vm, &layout);
+        if (r < 0)
+                return r;
+        uint64_t pages = 0;
+        for (uint32_t i = 0; i < layout.nregions; i++)
+                pages += layout.regions[i].size / VHM_REC_PAGE_SIZE;
+        threads = threads < 1 ? 1 : threads > VHM_CHECKSUM_MAX_THREADS ? VHM_CHECKSUM_MAX_THREADS : threads;
+        uint64_t *hash = malloc((pages ? pages : 1) * sizeof(*hash));
+        if (!hash || threads == 1 || pages < threads) {
+                free(hash);
+                return vhm_memory_checksum(vm, out);
+        }
+        struct ck_slice c[VHM_CHECKSUM_MAX_THREADS];
+        unsigned started = 0;
+        for (unsigned t = 0; t < threads; t++) {
+                c[t] = (struct ck_slice){ .vm = vm,
+                                          .layout = &layout,
+                                          .first = pages * t / threads,
+                                          .end = pages * (t + 1) / threads,
+                                          .hash = hash };
+                /* Slice 0 runs on this thread; a thread that cannot start has its slice run here too. */
+                if (t > 0 && pthread_create(&c[t].thread, NULL, ck_slice_run, &c[t]) == 0)
+                        started |= 1u << t;
+        }
+        for (unsigned t = 0; t < threads; t++)
+                if (!(started & (1u << t)))
+                        ck_slice_run(&c[t]);
+        for (unsigned t = 0; t < threads; t++) {
+                if (started & (1u << t))
+                        pthread_join(c[t].thread, NULL);
+                if (c[t].r < 0 && r == 0)
+                        r = c[t].r;
+        }
+        uint64_t h = VHM_CHECKSUM_INIT;
+        for (uint64_t k = 0; r == 0 && k < pages; k++)
+                h = vhm_checksum_fold(h, hash[k]);
+        free(hash);
+        if (r == 0)
+                *out = h;
+        return r;
 }
 
 /* ---- the stream ---- */

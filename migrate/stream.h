@@ -208,6 +208,13 @@ uint64_t vhm_checksum_fold(uint64_t h, uint64_t page_hash);
 /* Folds len bytes into h: whole pages, so split a buffer only at page boundaries (a shorter tail goes by words). */
 uint64_t vhm_checksum_update(uint64_t h, const void *buf, size_t len);
 int vhm_memory_checksum(struct vhm_vm *vm, uint64_t *out);
+/*
+ * The same value, the pages hashed by up to `threads` threads (at most 8),
+ * each over a slice, folded in order on the caller's thread; 8 bytes a page
+ * of memory for the hashes (without it, or with one thread, as above).
+ */
+#define VHM_CHECKSUM_MAX_THREADS 8u
+int vhm_memory_checksum_threads(struct vhm_vm *vm, unsigned threads, uint64_t *out);
 
 /* ---- the stream ---- */
 

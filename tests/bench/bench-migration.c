@@ -263,6 +263,36 @@ static void print_cpu(const char *const names[2], double cpu[2][3][2], uint64_t 
         printf("(%" PRIu64 " MiB each)\n", mem_mib);
 }
 
+/*
+ * The source's checksum of the whole memory at a live switchover (inside the
+ * downtime): one thread against one per CPU, the same value, medians.
+ */
+static int checksum_pass(struct vm_mem *src, uint64_t mem_mib, unsigned runs) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        unsigned n = cpus > 1 ? (unsigned) cpus : 1u;
+        double one[MAX_RUNS], all[MAX_RUNS];
+        for (unsigned i = 0; i < runs; i++) {
+                uint64_t a, b, t0 = now_ns();
+                int r = vhm_memory_checksum(src->vm, &a);
+                uint64_t t1 = now_ns();
+                if (r == 0)
+                        r = vhm_memory_checksum_threads(src->vm, n, &b);
+                uint64_t t2 = now_ns();
+                if (r < 0 || a != b) {
+                        fprintf(stderr, "checksum: %s\n", r < 0 ? strerror(-r) : "the threaded value differs");
+                        return 1;
+                }
+                one[i] = (double) (t1 - t0) / 1e6;
+                all[i] = (double) (t2 - t1) / 1e6;
+        }
+        double m1 = median(one, runs), mn = median(all, runs);
+        printf("\nchecksum of the %" PRIu64
+               " MiB guest (the live switchover's pass): 1 thread %.1f ms, %u threads %.1f ms"
+               " (x%.2f)\n",
+               mem_mib, m1, n, mn, m1 / mn);
+        return 0;
+}
+
 /* ---- the guest under traffic ----------------------------------------------------------- */
 
 static void sleep_ns(uint64_t ns) {
@@ -739,6 +769,8 @@ int main(int argc, char **argv) {
         }
         if (status == 0)
                 print_cpu(names, cpu_med, mem_mib);
+        if (status == 0)
+                status = checksum_pass(&src, mem_mib, runs);
         if (status == 0 && !throughput_only)
                 status = under_traffic(unix_addr, &src, &dst, size, dirty_mbs, runs);
         rmdir(dir);

@@ -789,6 +789,28 @@ static struct vhm_vm *sample_vm(const char *name) {
         return vm;
 }
 
+/* Memory cut under the threaded checksum: -EIO from a slice's thread, no SIGBUS, nothing left behind. */
+static void threaded_checksum_of_truncated_memory(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        int fd = open("/dev/shm", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        if (fd < 0)
+                skip();
+        assert_int_equal(ftruncate(fd, 1 << 20), 0);
+        struct vhm_vm *vm;
+        assert_int_equal(vhm_vm_new("cut", &vm), 0);
+        struct vhm_region_spec spec = { fd, 0, 1 << 20, 0 };
+        assert_int_equal(vhm_vm_add_region(vm, &spec), 0);
+        uint64_t sum = 0;
+        assert_int_equal(vhm_memory_checksum_threads(vm, 4, &sum), 0);
+        /* The last quarter (the last slice's thread) is gone. */
+        assert_int_equal(ftruncate(fd, 3 << 18), 0);
+        assert_int_equal(vhm_memory_checksum_threads(vm, 4, &sum), -EIO);
+        vhm_vm_free(vm);
+        close(fd);
+        assert_int_equal(count_open_fds(), before);
+}
+
 /* Any one word changed, anywhere in a page, changes its hash; buffers split at pages fold alike. */
 static void page_checksum_sees_every_word(void **state) {
         (void) state;
@@ -863,6 +885,12 @@ static void checksum_and_pages_into_a_vm(void **state) {
         uint64_t src_sum, dst_sum;
         assert_int_equal(vhm_memory_checksum(src, &src_sum), 0);
         assert_int_not_equal(src_sum, sum);
+        /* The threaded pass gives the same value however the 24 pages are sliced (across both regions). */
+        for (unsigned t = 1; t <= 9; t++) {
+                uint64_t threaded = 0;
+                assert_int_equal(vhm_memory_checksum_threads(src, t, &threaded), 0);
+                assert_int_equal(threaded, src_sum);
+        }
 
         /* Every page over a stream, written at the destination; the checksums agree. */
         struct pair p;
@@ -1100,6 +1128,7 @@ int main(void) {
                 cmocka_unit_test(truncated_and_garbage),
                 cmocka_unit_test(stall_and_cancel),
                 cmocka_unit_test(page_checksum_sees_every_word),
+                cmocka_unit_test(threaded_checksum_of_truncated_memory),
                 cmocka_unit_test(checksum_and_pages_into_a_vm),
                 cmocka_unit_test(unix_transport),
                 cmocka_unit_test(tcp_transport),
