@@ -30,6 +30,9 @@ static void detect(struct vhm_log_cpu *c) {
                 return;
         c->popcnt = cx & bit_POPCNT;
         c->cx16 = cx & bit_CMPXCHG16B;
+        /* the builtin also checks that the OS saves the AVX state */
+        __builtin_cpu_init();
+        c->avx2 = c->popcnt && __builtin_cpu_supports("avx2");
         if (__get_cpuid_max(0, NULL) < 7)
                 return;
         __cpuid_count(7, 0, a, b, cx, d);
@@ -44,10 +47,17 @@ static void detect(struct vhm_log_cpu *c) {
 #endif
 
 static struct vhm_log_cpu cpu_features;
+static bool avx2_present;
 static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 
 static void detect_once(void) {
         detect(&cpu_features);
+        avx2_present = cpu_features.avx2;
+}
+
+void vhm_log_priv_use_avx2(bool use) {
+        (void) vhm_log_priv_cpu();
+        cpu_features.avx2 = use && avx2_present;
 }
 
 const struct vhm_log_cpu *vhm_log_priv_cpu(void) {

@@ -40,8 +40,15 @@ struct vhm_log_cpu {
         bool popcnt;
         bool cx16; /* lock cmpxchg16b */
         bool rtm;  /* TSX RTM present, not always-abort, and a probe committed */
+        bool avx2; /* and popcnt: the harvest's non-zero word masks, 4 words per compare */
 };
 const struct vhm_log_cpu *vhm_log_priv_cpu(void);
+/*
+ * For log/'s tests: false makes the harvest build its masks with SSE2 where
+ * the CPU has AVX2, so both paths are tested on one machine; true restores
+ * what the CPU has.  Not thread-safe: call with no harvest running.
+ */
+void vhm_log_priv_use_avx2(bool use);
 
 /*
  * Harvest log words [0, n) into bm words [0, n) with the given
