@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# A `meson test --wrapper` for tests/run.sh test-valgrind: runs a test
+# program under valgrind memcheck, and the vhostmigd it starts as well: the
+# tests start the daemon from $VHOSTMIGD, which is pointed at a shim that
+# execs valgrind on the real binary (same pid, so the tests' signals and
+# waits reach it).  A test script runs as it is; the daemon it starts is
+# still covered.  Programs exec'd by a test (testpmd, dbus-daemon,
+# virtiofsd) are not followed.  Every valgrind run writes
+# $VALGRIND_LOG_DIR/PID.log, which test-valgrind reads afterwards.
+set -uo pipefail
+: "${VALGRIND_LOG_DIR:?VALGRIND_LOG_DIR must name a directory for the logs}"
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+vg=(valgrind --tool=memcheck --error-exitcode=99 --leak-check=full
+    --errors-for-leak-kinds=definite --show-leak-kinds=definite
+    --track-origins=yes --num-callers=40
+    --suppressions="$top/tests/valgrind.supp"
+    --log-file="$VALGRIND_LOG_DIR/%p.log")
+
+shim=$(mktemp -d /tmp/vhostmig-valgrind-XXXXXX)
+trap 'rm -rf "$shim"' EXIT
+if [ -n "${VHOSTMIGD:-}" ]; then
+  {
+    echo '#!/bin/sh'
+    printf 'exec'
+    printf ' %q' "${vg[@]}" "$VHOSTMIGD"
+    printf ' "$@"\n'
+  } >"$shim/vhostmigd"
+  chmod +x "$shim/vhostmigd"
+  export VHOSTMIGD=$shim/vhostmigd
+fi
+
+if [ "$(head -c4 "$1" 2>/dev/null)" = $'\x7fELF' ]; then
+  "${vg[@]}" "$@"
+else
+  "$@"
+fi
