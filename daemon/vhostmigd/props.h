@@ -14,7 +14,9 @@
  *
  * There is one getter per D-Bus type; each finds its row by the property's
  * name, copies the view (under the snapshot lock) and appends the field at
- * the row's offset.  A new property is one row and a field.
+ * the row's offset.  Within one GetAll or GetManagedObjects an object's view
+ * is copied once and serves all its properties.  A new property is one row
+ * and a field.
  *
  * Every object whose vtable comes from here starts with a pointer to its
  * struct prop_iface: the getters reach the interface through it.

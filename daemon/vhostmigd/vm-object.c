@@ -702,6 +702,14 @@ static const sd_bus_vtable vm_vtable[] = {
 
 static struct vm_object *vm_from_path(struct daemon *d, const char *path) {
         _cleanup_free_ char *name = NULL;
+        /*
+         * A VM's path is one label below the prefix.  sd_bus_path_decode()
+         * takes the rest of a deeper path as a name, and the fallback asks
+         * for every device's path: each would scan all VMs for nothing.
+         */
+        const char *rest = path + strlen(VHOSTMIG_VM_PREFIX);
+        if (strncmp(path, VHOSTMIG_VM_PREFIX, strlen(VHOSTMIG_VM_PREFIX)) == 0 && *rest == '/' && strchr(rest + 1, '/'))
+                return NULL;
         if (sd_bus_path_decode(path, VHOSTMIG_VM_PREFIX, &name) <= 0)
                 return NULL;
         return vm_object_by_name(d, name);
