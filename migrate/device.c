@@ -729,19 +729,11 @@ static int relog_rings(struct vhm_device *dev) {
         return 0;
 }
 
-int vhm_device_set_logging(struct vhm_device *dev, bool on) {
-        if (on && !(dev->features_offered & VHU_BIT(VHU_VF_LOG_ALL)) && dev->ever_connected)
-                return dev_fail(dev, -ENOTSUP, "%s: the back-end cannot log (no LOG_ALL)", dev->socket);
-        if (on && dev->log_fd < 0)
-                return dev_fail(dev, -EINVAL, "%s: no dirty log was given", dev->socket);
-        dev->logging = on;
-        /* A device that is not running picks this up when its rings start. */
-        if (dev->state != VHM_DEVICE_RUNNING)
-                return 0;
+/* On: LOG_ALL first, then the rings.  Off: rings first, then LOG_ALL. */
+static int send_logging(struct vhm_device *dev, bool on) {
         int r = send_log_base(dev);
         if (r < 0)
                 return r;
-        /* On: LOG_ALL first, then the rings.  Off: rings first, then LOG_ALL. */
         if (on)
                 TRY(dev, "SET_FEATURES", vhu_set_features(dev->conn, wanted_features(dev)));
         r = relog_rings(dev);
@@ -751,6 +743,45 @@ int vhm_device_set_logging(struct vhm_device *dev, bool on) {
                 TRY(dev, "SET_FEATURES", vhu_set_features(dev->conn, wanted_features(dev)));
         dev->acked_features = vhu_conn_acked_features(dev->conn);
         return confirm(dev);
+}
+
+/*
+ * The back-end refused a step of logging's start over a link that still
+ * works: its rings never stopped.  It is put back as it was (rings without
+ * the log flag, then no LOG_ALL) and runs on, the refusal kept as the error,
+ * so that a migration failing there leaves the device as any rollback does.
+ * A lost link is a lost back-end: reconnecting finds it again.
+ */
+static int logging_refused(struct vhm_device *dev, int err) {
+        dev->logging = false;
+        if (dev->state != VHM_DEVICE_FAILED || !dev->conn)
+                return err;
+        char why[sizeof(dev->error)];
+        uint32_t request = dev->error_request;
+        memcpy(why, dev->error, sizeof(why));
+        dev->state = VHM_DEVICE_RUNNING;
+        if (send_logging(dev, false) < 0) {
+                char undo[sizeof(dev->error)];
+                memcpy(undo, dev->error, sizeof(undo));
+                snprintf(dev->error, sizeof(dev->error), "%.200s; undoing it: %.160s", why, undo);
+                return err;
+        }
+        memcpy(dev->error, why, sizeof(why));
+        dev->error_request = request;
+        return err;
+}
+
+int vhm_device_set_logging(struct vhm_device *dev, bool on) {
+        if (on && !(dev->features_offered & VHU_BIT(VHU_VF_LOG_ALL)) && dev->ever_connected)
+                return dev_fail(dev, -ENOTSUP, "%s: the back-end cannot log (no LOG_ALL)", dev->socket);
+        if (on && dev->log_fd < 0)
+                return dev_fail(dev, -EINVAL, "%s: no dirty log was given", dev->socket);
+        dev->logging = on;
+        /* A device that is not running picks this up when its rings start. */
+        if (dev->state != VHM_DEVICE_RUNNING)
+                return 0;
+        int r = send_logging(dev, on);
+        return r < 0 && on ? logging_refused(dev, r) : r;
 }
 
 bool vhm_device_logging(const struct vhm_device *dev) {
@@ -815,7 +846,15 @@ int vhm_device_announce(struct vhm_device *dev) {
                 return dev_fail(dev, -ENOTSUP, "%s: the back-end did not negotiate RARP", dev->socket);
         if (dev->acked_features & VHU_BIT(VHU_VF_NET_GUEST_ANNOUNCE))
                 return dev_fail(dev, -ENOTSUP, "%s: the guest announces itself (GUEST_ANNOUNCE)", dev->socket);
-        TRY(dev, "SEND_RARP", vhu_send_rarp(dev->conn, dev->cfg.mac));
+        enum vhm_device_state was = dev->state;
+        int r = vhu_send_rarp(dev->conn, dev->cfg.mac);
+        if (r < 0) {
+                request_failed(dev, r, "SEND_RARP");
+                /* A refused announcement changes no ring: the device runs on as it was. */
+                if (dev->conn)
+                        dev->state = was;
+                return r;
+        }
         return 0;
 }
 
@@ -1212,6 +1251,30 @@ int vhm_device_adopt(struct vhm_device *dev, const struct vhm_device_adoption *a
         take_saved(dev, saved);
         dev->stats.connects++;
         return 0;
+}
+
+const struct vhm_device_config *vhm_device_get_config(const struct vhm_device *dev) {
+        return &dev->cfg;
+}
+
+int vhm_device_get_queue(const struct vhm_device *dev, unsigned index, struct vhm_queue_spec *out) {
+        if (index >= queue_count(dev))
+                return -EINVAL;
+        *out = dev->queues[index];
+        if (!(dev->queues_set & (1u << index)))
+                out->kick_fd = out->call_fd = -1;
+        return 0;
+}
+
+void vhm_device_free_for_handover(struct vhm_device *dev) {
+        if (!dev)
+                return;
+        vhu_conn_free(vhm_device_take_conn(dev));
+        /* The successor listens on the same file: closing our fd must not take it away. */
+        if (dev->listen_fd >= 0)
+                close(dev->listen_fd);
+        dev->listen_fd = -1;
+        vhm_device_free(dev);
 }
 
 /* ---- observers ------------------------------------------------------------- */

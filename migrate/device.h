@@ -324,6 +324,21 @@ struct vhm_device_adoption {
 };
 int vhm_device_adopt(struct vhm_device *dev, const struct vhm_device_adoption *a, const struct vhm_device_saved *saved);
 
+/*
+ * What a restart keeps of a device besides its record: the configuration it
+ * was made with (socket, allowed_uids: the device's own copies) and queue
+ * `index` as vhm_device_set_queue took it, its kick and call fds the
+ * device's own (-1 when the queue was not set; -EINVAL past the last queue).
+ */
+const struct vhm_device_config *vhm_device_get_config(const struct vhm_device *dev);
+int vhm_device_get_queue(const struct vhm_device *dev, unsigned index, struct vhm_queue_spec *out);
+/*
+ * A process handing the device over to its successor (a restart): frees it
+ * without a request, and leaves the listening socket's file in place (the
+ * successor adopts the listener kept in the fd store).
+ */
+void vhm_device_free_for_handover(struct vhm_device *dev);
+
 enum vhm_device_type vhm_device_type(const struct vhm_device *dev);
 struct vhm_vm *vhm_device_vm(const struct vhm_device *dev);
 

@@ -47,6 +47,22 @@ int vhu_backend_channel_new(const struct vhu_backend_handlers *handlers, void *u
         return 0;
 }
 
+int vhu_backend_channel_adopt(int fd, const struct vhu_backend_handlers *handlers, void *userdata,
+                              uint64_t protocol_features, struct vhu_backend_channel **out) {
+        int r = vhu_fd_prepare(fd);
+        struct vhu_backend_channel *ch = r < 0 ? NULL : calloc(1, sizeof(*ch));
+        if (!ch) {
+                close(fd);
+                return r < 0 ? r : -ENOMEM;
+        }
+        ch->fd = fd;
+        ch->handlers = handlers ? handlers : &no_handlers;
+        ch->userdata = userdata;
+        ch->protocol_features = protocol_features;
+        *out = ch;
+        return 0;
+}
+
 void vhu_backend_channel_free(struct vhu_backend_channel *ch) {
         if (!ch)
                 return;

@@ -37,6 +37,12 @@ struct vhu_backend_handlers {
  * back-end.  `protocol_features` are the negotiated ones: a request whose
  * feature was not negotiated is a protocol error.
  */
+/*
+ * The same over our end of a channel that exists already (a restart taking
+ * a connection over): fd is taken in every case, closed on failure.
+ */
+int vhu_backend_channel_adopt(int fd, const struct vhu_backend_handlers *handlers, void *userdata,
+                              uint64_t protocol_features, struct vhu_backend_channel **out);
 int vhu_backend_channel_new(const struct vhu_backend_handlers *handlers, void *userdata, uint64_t protocol_features,
                             int *backend_fd, struct vhu_backend_channel **out);
 void vhu_backend_channel_free(struct vhu_backend_channel *ch);

@@ -940,30 +940,10 @@ static int check_negotiated(const struct vhu_conn_negotiated *n, char *why, size
         return 0;
 }
 
-/*
- * Our end of the channel back as a vhu_backend_channel.  The channel's
- * constructor only makes a new socketpair, so one is made and its end
- * replaced in place by the adopted fd (dup3 keeps the number the channel
- * holds); the unused end is closed.
- */
+/* Our end of the channel back as a vhu_backend_channel (n->channel_fd taken). */
 static int adopt_channel(struct vhu_conn *c, const struct vhu_conn_negotiated *n) {
-        int unused;
-        int r = vhu_fd_prepare(n->channel_fd);
-        if (r < 0)
-                return r;
-        r = vhu_backend_channel_new(n->backend_handlers, n->backend_userdata, n->protocol_features, &unused,
-                                    &c->channel);
-        if (r < 0)
-                return r;
-        close(unused);
-        if (dup3(n->channel_fd, vhu_backend_channel_fd(c->channel), O_CLOEXEC) < 0) {
-                r = -errno;
-                vhu_backend_channel_free(c->channel);
-                c->channel = NULL;
-                return r;
-        }
-        close(n->channel_fd);
-        return 0;
+        return vhu_backend_channel_adopt(n->channel_fd, n->backend_handlers, n->backend_userdata, n->protocol_features,
+                                         &c->channel);
 }
 
 int vhu_conn_adopt(int fd, const struct vhu_conn_negotiated *n, const struct vhu_conn_options *opts,
@@ -978,13 +958,18 @@ int vhu_conn_adopt(int fd, const struct vhu_conn_negotiated *n, const struct vhu
                 r = vhu_conn_new(fd, opts, out);
         else if (fd >= 0)
                 close(fd);
-        if (r == 0 && channel_fd >= 0 && (r = adopt_channel(*out, n)) < 0) {
-                refuse(why, why_len, "the back-end channel: %s", strerror(-r));
-                vhu_conn_free(*out);
-                *out = NULL;
+        if (r == 0 && channel_fd >= 0) {
+                /* adopt_channel takes the fd whatever happens. */
+                r = adopt_channel(*out, n);
+                channel_fd = -1;
+                if (r < 0) {
+                        refuse(why, why_len, "the back-end channel: %s", strerror(-r));
+                        vhu_conn_free(*out);
+                        *out = NULL;
+                }
         }
         if (r < 0) {
-                /* Every failure above left the channel's fd open (adopt_channel closes it only on success). */
+                /* A failure before adopt_channel left the channel's fd open. */
                 if (channel_fd >= 0)
                         close(channel_fd);
                 return r;

@@ -21,6 +21,8 @@
 
 struct vm_object;
 struct vm_job;
+struct restart;
+struct restart_vm;
 
 struct daemon {
         sd_event *event;
@@ -40,6 +42,8 @@ struct daemon {
         const char *config_path; /* as given; NULL: the default, which may be missing */
         /* Started probe workers; those at nprobe_workers and above are retired by the monitor once idle. */
         bool probe_worker_started[CONFIG_MAX_PROBES];
+        /* Restart survival (restart.c): the fd store and the state in it. */
+        struct restart *restart;
 };
 
 /*
@@ -94,6 +98,7 @@ struct device_object {
         struct device_loop_state loop; /* loop only */
         struct device_view published;  /* loop only */
         bool removed;
+        unsigned sid; /* names its fds in the fd store (restart.c); set before its first job */
 };
 
 struct vm_snapshot {
@@ -197,6 +202,9 @@ struct vm_object {
         struct vm_snapshot snap;   /* under snap_lock */
         struct vm_loop_state loop; /* loop only */
         struct vm_view published;  /* loop only */
+
+        struct restart_vm *restart; /* restart.c: what the fd store holds of this VM */
+        bool worker_stopped;        /* handed over: the worker was stopped already */
 };
 
 /* Messages (log.c): to the journal under systemd, else to stderr; messages above `level` are dropped. */
@@ -233,6 +241,23 @@ void vm_object_queue_monitor(struct vm_object *o);
 /* Loop: an Announce or a Harvest for the daemon itself (no caller); -ENOMEM, or 0 once queued. */
 int vm_object_announce(struct vm_object *o);
 int vm_object_harvest(struct vm_object *o);
+/* Loop, after CreateVm: its worker captures it for the fd store (restart.c). */
+void vm_object_queue_capture(struct vm_object *o);
+/* Loop, restart: the restored VM's views published as they are now (its worker is idle). */
+void vm_object_restored(struct vm_object *o);
+/*
+ * Loop, restart: a migration under way ended with the previous process: a
+ * source's devices resume from the used rings (as after a reconnect), a
+ * destination's incoming devices are dropped.
+ */
+void vm_object_after_failed_migration(struct vm_object *o, bool destination);
+/* Loop: the VM freed without a request (its devices and log for the next process), unpublished. */
+void vm_object_hand_over(struct vm_object *o);
+/* Loop, restart: a device made from its saved configuration (not published yet), or -errno. */
+int device_object_restore(struct vm_object *o, const struct vhm_device_config *cfg, unsigned sid, unsigned number,
+                          uint64_t created_usec, struct device_object **out);
+/* Loop, restart: published (ok) with its number, or freed without a request. */
+void device_object_restored(struct vm_object *o, struct device_object *d, bool ok);
 /* Loop: true when the VM is bound to libvirt domain `uuid` or `name` (either may be NULL). */
 bool vm_object_bound_to(const struct vm_object *o, const char *uuid, const char *name);
 

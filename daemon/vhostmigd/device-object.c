@@ -21,6 +21,7 @@
 #include "daemon/common/validate.h"
 #include "daemon/vhostmigd/bus-util.h"
 #include "daemon/vhostmigd/jobs.h"
+#include "daemon/vhostmigd/restart.h"
 
 /* ---- properties ------------------------------------------------------------------------ */
 
@@ -364,6 +365,90 @@ static const struct job_ops job_device_announce = {
 };
 static const struct job_ops job_set_mtu = { .name = "SetMtu", .run = run_set_mtu, .device_method = true };
 
+/* ---- restart (restart.c) -------------------------------------------------------------------------- */
+
+int device_object_restore(struct vm_object *o, const struct vhm_device_config *cfg, unsigned sid, unsigned number,
+                          uint64_t created_usec, struct device_object **out) {
+        struct device_object *d = calloc(1, sizeof(*d));
+        if (!d || !(d->socket = strdup(cfg->socket))) {
+                free(d);
+                return -ENOMEM;
+        }
+        d->iface = &device_iface;
+        d->vm = o;
+        d->sid = sid;
+        d->number = number;
+        memcpy(d->mac, cfg->mac, sizeof(d->mac));
+        d->has_mac = memcmp(cfg->mac, (const uint8_t[6]){ 0 }, 6) != 0;
+        d->incoming = cfg->incoming;
+        d->queues_given = d->queues_expected = 2 * cfg->queue_pairs;
+        snprintf(d->loop.socket, sizeof(d->loop.socket), "%s", cfg->socket);
+        d->loop.server = cfg->server;
+        snprintf(d->loop.type, sizeof(d->loop.type), "%s", vhm_device_type_name(cfg->type));
+        if (d->has_mac)
+                snprintf(d->loop.mac, sizeof(d->loop.mac), "%02x:%02x:%02x:%02x:%02x:%02x", cfg->mac[0], cfg->mac[1],
+                         cfg->mac[2], cfg->mac[3], cfg->mac[4], cfg->mac[5]);
+        d->loop.created_usec = d->loop.state_change_usec = created_usec;
+        struct vhm_device_config c = *cfg;
+        c.socket = d->socket;
+        int r = vhm_device_new(o->vm, &c, &d->dev);
+        if (r < 0) {
+                device_object_free(d);
+                return r;
+        }
+        *out = d;
+        return 0;
+}
+
+void device_object_restored(struct vm_object *o, struct device_object *d, bool ok) {
+        if (!ok) {
+                vhm_logging_remove_device(o->logging, d->dev);
+                vhm_device_free_for_handover(d->dev);
+                device_object_free(d);
+                return;
+        }
+        running_add(o, d);
+        snprintf(d->path, sizeof(d->path), "%s" VHOSTMIG_DEVICE_INFIX "%u", o->path, d->number);
+        device_array_add(o, d);
+}
+
+/* A source resumes its devices from the used rings, as after a back-end reconnect. */
+static void run_resume_after_restart(struct vm_job *j) {
+        struct vm_object *o = j->vm;
+        for (unsigned i = 0; i < o->nrunning; i++) {
+                struct device_object *d = o->running[i];
+                vhm_device_disconnect(d->dev);
+                if (vhm_device_reconnect(d->dev, j->timeout_ms) < 0)
+                        daemon_log(LOG_WARNING, o, d->socket, "restart: resuming after the migration: %s",
+                                   vhm_device_error(d->dev));
+        }
+}
+
+static const struct job_ops job_resume_after_restart = {
+        .name = "restart",
+        .run = run_resume_after_restart,
+};
+
+void vm_object_after_failed_migration(struct vm_object *o, bool destination) {
+        if (!destination) {
+                struct vm_job *j = job_new(o, &job_resume_after_restart, NULL);
+                if (j)
+                        job_submit(j);
+                return;
+        }
+        /* The incoming devices go, as RemoveDevice takes them. */
+        for (unsigned i = o->ndevices; i-- > 0;) {
+                struct device_object *d = o->devices[i];
+                struct vm_job *j = d->incoming ? job_new(o, &job_remove_device, NULL) : NULL;
+                if (!j)
+                        continue;
+                device_unpublish(d);
+                j->device = d;
+                j->free_device = true;
+                job_submit(j);
+        }
+}
+
 /* ---- AddDevice ------------------------------------------------------------------------------------ */
 
 struct add_device_options {
@@ -461,6 +546,7 @@ static int new_device_object(struct vm_object *o, const char *socket, const stru
         }
         d->iface = &device_iface;
         d->vm = o;
+        d->sid = restart_vm_next_sid(o);
         d->has_mac = has_mac;
         d->incoming = opt->incoming;
         d->queues_expected = 2 * opt->queue_pairs;

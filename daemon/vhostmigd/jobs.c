@@ -11,6 +11,7 @@
 #include <syslog.h>
 
 #include "daemon/vhostmigd/jobs.h"
+#include "daemon/vhostmigd/restart.h"
 
 static void job_run(struct worker_job *base);
 static void job_done(struct worker_job *base);
@@ -52,8 +53,10 @@ int job_fail(struct vm_job *j, int err, const char *error_name, const char *fmt,
 static void job_run(struct worker_job *base) {
         struct vm_job *j = (struct vm_job *) base;
         j->ops->run(j);
-        if (!j->ops->releases_vm)
-                vm_refresh(j->vm);
+        if (j->ops->releases_vm)
+                return;
+        vm_refresh(j->vm);
+        restart_capture(j->vm);
 }
 
 /* A method's outcome is the object's LastError: a failure sets it, a success clears it. */
@@ -107,8 +110,10 @@ static void job_done(struct worker_job *base) {
          * property (StateChangeTimestamp, say) once its call returned sees it
          * changed no later than the return.
          */
-        if (!j->ops->releases_vm)
+        if (!j->ops->releases_vm) {
                 vm_publish(o);
+                restart_vm_changed(o);
+        }
         answer(j);
         job_free(j);
 }

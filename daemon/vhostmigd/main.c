@@ -19,6 +19,7 @@
 
 #include "daemon/vhostmigd/daemon.h"
 #include "daemon/vhostmigd/libvirt-glue.h"
+#include "daemon/vhostmigd/restart.h"
 
 /* ---- the probe pool ------------------------------------------------------------------ */
 
@@ -104,6 +105,18 @@ static uint64_t shutdown_budget_usec(const struct daemon *d) {
         return (2 * (uint64_t) d->cfg.request_timeout_ms + 1000) * 1000;
 }
 
+/*
+ * SIGTERM with the fd store in use: the VMs stay as they are (rings running,
+ * logging on) for the next process, which takes them over from the store.
+ */
+static int hand_over(struct daemon *d) {
+        sd_notify(false, "STOPPING=1\nSTATUS=Handing every VM over to the next start");
+        daemon_libvirt_stop();
+        daemon_log(LOG_INFO, NULL, NULL, "shutting down: %u VM(s) kept in the fd store for the next start", d->nvms);
+        restart_handover(d);
+        return sd_event_exit(d->event, 0);
+}
+
 static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         (void) s;
         (void) si;
@@ -111,6 +124,8 @@ static int on_terminate(sd_event_source *s, const struct signalfd_siginfo *si, v
         if (d->shutting_down)
                 return 0;
         d->shutting_down = true;
+        if (restart_keeps_vms(d))
+                return hand_over(d);
         sd_notify(false, "STOPPING=1\nSTATUS=Releasing every device");
         /* No domain event may act on a VM while every VM is being released. */
         daemon_libvirt_stop();
@@ -229,6 +244,12 @@ static int setup_bus(struct daemon *d) {
                 daemon_log(LOG_ERR, NULL, NULL, "cannot set up the D-Bus objects: %s", strerror(-r));
                 return r;
         }
+        /* The VMs a previous process left are there before anyone can call. */
+        r = restart_restore(d);
+        if (r < 0) {
+                daemon_log(LOG_ERR, NULL, NULL, "cannot restore the saved state: %s", strerror(-r));
+                return r;
+        }
         r = sd_bus_request_name(d->bus, VHOSTMIG_BUS_NAME, 0);
         if (r < 0)
                 daemon_log(LOG_ERR, NULL, NULL, "cannot own %s: %s", VHOSTMIG_BUS_NAME, strerror(-r));
@@ -334,6 +355,7 @@ static void daemon_free(struct daemon *d) {
                 stop_probe_pool(d);
         d->shutdown_timer = sd_event_source_unref(d->shutdown_timer);
         d->monitor = sd_event_source_unref(d->monitor);
+        restart_free(d);
         d->bus = sd_bus_flush_close_unref(d->bus);
         d->event = sd_event_unref(d->event);
         if (clean)
@@ -369,6 +391,8 @@ static int run(struct daemon *d) {
                                                                                  : "");
 
         r = setup_loop(d);
+        if (r >= 0 && (r = restart_new(d)) < 0)
+                daemon_log(LOG_ERR, NULL, NULL, "cannot set up the fd store: %s", strerror(-r));
         if (r >= 0)
                 r = setup_bus(d);
         if (r < 0)

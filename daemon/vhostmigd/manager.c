@@ -175,6 +175,7 @@ static int method_create_vm(sd_bus_message *m, void *userdata, sd_bus_error *err
                 vhm_vm_free(vm);
                 return r;
         }
+        vm_object_queue_capture(o);
         daemon_log_event(LOG_INFO, VHOSTMIG_MESSAGE_VM_CREATED, o, NULL, "VM created with %u region(s), %llu bytes%s%s",
                          vhm_vm_region_count(vm), (unsigned long long) vhm_vm_memory_size(vm),
                          domain[0] ? ", bound to libvirt domain " : "", domain);

@@ -41,6 +41,7 @@
 #include "daemon/common/cleanup.h"
 #include "daemon/vhostmigd/bus-util.h"
 #include "daemon/vhostmigd/jobs.h"
+#include "daemon/vhostmigd/restart.h"
 #include "migrate/stream.h" /* before migration.h, whose prototypes name its records */
 #include "migrate/migration.h"
 #include "migrate/transport.h"
@@ -446,6 +447,8 @@ static void start_migration(struct vm_object *o, struct vm_job *j, const char *r
         progress_watch_start(o);
         job_submit(j);
         vm_publish(o);
+        /* A restart while it runs ends it failed: the state says it was under way. */
+        restart_changed(o->daemon);
 }
 
 struct incoming_options {

@@ -37,8 +37,13 @@ int state_store_new(struct state_store **out) {
         struct state_store *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
-        const char *e = getenv("NOTIFY_SOCKET");
-        s->enabled = e && *e;
+        /*
+         * $FDSTORE (systemd 254 and later, or the unit) says the manager keeps
+         * fds: a NOTIFY_SOCKET alone may be a reader that never takes them, and
+         * a full datagram queue would block every notification.
+         */
+        const char *e = getenv("NOTIFY_SOCKET"), *max = getenv("FDSTORE");
+        s->enabled = e && *e && max && strtoul(max, NULL, 10) > 0;
         *out = s;
         return 0;
 }

@@ -17,8 +17,10 @@
  * The body names every fd it relies on, with its kind ("fds": {name: kind}),
  * so that a restart can check each one before trusting any of it.
  *
- * Without NOTIFY_SOCKET (not started by systemd or a supervisor speaking its
- * protocol) a store is disabled and every call returns 0 at once.
+ * Without NOTIFY_SOCKET and $FDSTORE (the number of fds the manager keeps,
+ * set by systemd 254 and later, or by the unit; not started by systemd or a
+ * supervisor speaking its protocol) a store is disabled and every call
+ * returns 0 at once.
  */
 #pragma once
 
@@ -40,7 +42,7 @@
 
 struct state_store;
 
-/* Enabled when NOTIFY_SOCKET is set. */
+/* Enabled when NOTIFY_SOCKET is set and $FDSTORE is a positive number. */
 int state_store_new(struct state_store **out);
 void state_store_free(struct state_store *s);
 bool state_store_enabled(const struct state_store *s);

@@ -21,6 +21,7 @@
 #include "daemon/common/cleanup.h"
 #include "daemon/vhostmigd/bus-util.h"
 #include "daemon/vhostmigd/jobs.h"
+#include "daemon/vhostmigd/restart.h"
 #include "proto/vhost-user-transport.h"
 
 /* ---- properties ------------------------------------------------------------------------ */
@@ -226,6 +227,7 @@ static void vm_object_free(struct vm_object *o) {
                 return;
         job_free(o->destroy_job);
         migration_object_free(o);
+        restart_vm_free(o);
         vhm_logging_free(o->logging);
         free(o->path);
         free(o->name);
@@ -243,6 +245,8 @@ static int vm_object_new(struct daemon *d, const char *name, struct vhm_vm *vm, 
         int r = o->name ? sd_bus_path_encode(VHOSTMIG_VM_PREFIX, name, &o->path) : -ENOMEM;
         if (r >= 0)
                 r = vhm_logging_new(vm, &o->logging);
+        if (r >= 0)
+                r = restart_vm_new(o);
         if (r >= 0 && !(o->destroy_job = job_new(o, &job_destroy, NULL)))
                 r = -ENOMEM;
         if (r < 0) {
@@ -296,6 +300,7 @@ static int teardown_vm(sd_event_source *s, void *userdata) {
                 device_object_free(o->devices[i]);
         pthread_mutex_destroy(&o->snap_lock);
         daemon_log_event(LOG_INFO, VHOSTMIG_MESSAGE_VM_DESTROYED, o, NULL, "VM destroyed");
+        restart_vm_gone(o);
         vm_object_free(o);
         daemon_update_status(d);
         /* Exit once the last VM is released, not the first. */
@@ -339,6 +344,7 @@ void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to) {
 
 static void run_destroy(struct vm_job *j) {
         struct vm_object *o = j->vm;
+        restart_vm_released(o);
         vhm_logging_free(o->logging); /* stops logging first */
         o->logging = NULL;
         for (unsigned i = 0; i < o->nrunning; i++) {
@@ -476,7 +482,11 @@ static const struct job_ops job_announce = {
  */
 static void run_add_bitmap(struct vm_job *j) {
         int r = vhm_logging_add_bitmap(j->vm->logging, j->u.bitmap_fd);
-        close(j->u.bitmap_fd);
+        /* The logging keeps its mapping only; a successor after a restart needs the memfd itself. */
+        if (r >= 0)
+                restart_bitmap_added(j->vm, j->u.bitmap_fd);
+        else
+                close(j->u.bitmap_fd);
         j->u.bitmap_fd = -1;
         if (r == -E2BIG)
                 job_fail(j, r, VHOSTMIG_ERROR_LIMITS_EXCEEDED, "%s", vhm_logging_error(j->vm->logging));
@@ -550,6 +560,56 @@ void vm_object_queue_monitor(struct vm_object *o) {
                 return;
         o->monitor_queued = true;
         job_submit(j);
+}
+
+/* ---- restart (restart.c) ------------------------------------------------------------------------ */
+
+/* Nothing to do: the capture after every job is the point (the VM's memory goes to the fd store). */
+static void run_capture(struct vm_job *j) {
+        (void) j;
+}
+
+static const struct job_ops job_capture = {
+        .name = "capture",
+        .run = run_capture,
+};
+
+void vm_object_queue_capture(struct vm_object *o) {
+        struct vm_job *j = restart_enabled(o->daemon) ? job_new(o, &job_capture, NULL) : NULL;
+        if (j)
+                job_submit(j);
+}
+
+void vm_object_restored(struct vm_object *o) {
+        vm_refresh(o);
+        vm_read_view(o, &o->published);
+        for (unsigned i = 0; i < o->ndevices; i++)
+                device_iface.read_view(o->devices[i], &o->devices[i]->published);
+}
+
+void vm_object_hand_over(struct vm_object *o) {
+        struct daemon *d = o->daemon;
+        if (!o->worker_stopped)
+                worker_stop(&o->worker);
+        for (struct vm_object **p = &d->vms; *p; p = &(*p)->next)
+                if (*p == o) {
+                        *p = o->next;
+                        break;
+                }
+        d->nvms--;
+        vhm_logging_free_for_handover(o->logging);
+        o->logging = NULL;
+        for (unsigned i = 0; i < o->nrunning; i++) {
+                vhm_device_free_for_handover(o->running[i]->dev);
+                o->running[i]->dev = NULL;
+        }
+        o->nrunning = 0;
+        for (unsigned i = 0; i < o->ndevices; i++)
+                device_object_free(o->devices[i]);
+        vhm_vm_free(o->vm);
+        o->vm = NULL;
+        pthread_mutex_destroy(&o->snap_lock);
+        vm_object_free(o);
 }
 
 /* ---- what the daemon asks of a VM itself (libvirt's events) ------------------------------------ */

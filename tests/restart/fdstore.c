@@ -189,5 +189,7 @@ int fdstore_pass(const struct fdstore *st) {
                 setenv("LISTEN_PID", pid, 1);
         }
         setenv("NOTIFY_SOCKET", st->path, 1);
+        /* As systemd 254 and later say the store's size (FileDescriptorStoreMax=). */
+        setenv("FDSTORE", "1024", 1);
         return 0;
 }

@@ -36,7 +36,8 @@ unsigned fdstore_count(const struct fdstore *st, const char *name);
 int fdstore_fd(const struct fdstore *st, const char *name);
 /*
  * In a child about to exec: the kept fds as 3.., LISTEN_FDS, LISTEN_FDNAMES
- * and LISTEN_PID (this process) set, NOTIFY_SOCKET pointing at the store;
+ * and LISTEN_PID (this process) set, NOTIFY_SOCKET pointing at the store,
+ * FDSTORE its size;
  * every other fd above 2 closed.  Async-signal-safe enough for after fork()
  * in a single-threaded parent.
  */

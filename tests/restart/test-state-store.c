@@ -43,6 +43,7 @@ static int setup(void **state) {
         if (fdstore_open(&fx.store, fx.path) < 0)
                 return -1;
         setenv("NOTIFY_SOCKET", fx.path, 1);
+        setenv("FDSTORE", "1024", 1);
         return state_store_new(&fx.s);
 }
 
@@ -51,6 +52,7 @@ static int teardown(void **state) {
         state_store_free(fx.s);
         fdstore_close(&fx.store);
         unsetenv("NOTIFY_SOCKET");
+        unsetenv("FDSTORE");
         rmdir(fx.dir);
         return 0;
 }
@@ -259,8 +261,14 @@ static void names(void **state) {
 
 static void disabled_without_notify_socket(void **state) {
         (void) state;
-        unsetenv("NOTIFY_SOCKET");
+        /* A NOTIFY_SOCKET without $FDSTORE: a manager that keeps no fds. */
         struct state_store *s2;
+        unsetenv("FDSTORE");
+        assert_int_equal(state_store_new(&s2), 0);
+        assert_false(state_store_enabled(s2));
+        state_store_free(s2);
+        setenv("FDSTORE", "1024", 1);
+        unsetenv("NOTIFY_SOCKET");
         assert_int_equal(state_store_new(&s2), 0);
         assert_false(state_store_enabled(s2));
         json_object *body = json_object_new_object();

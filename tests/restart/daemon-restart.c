@@ -1,0 +1,779 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * vhostmigd restarted while a VM runs, end to end: this program is the
+ * service manager (tests/restart/fdstore.h: NOTIFY_SOCKET keeping FDSTORE
+ * fds by name, LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID on each start), the
+ * VMM and the guest (the synthetic guest library: it keeps its memory and
+ * eventfds whatever the daemon does), on a private bus, with DPDK testpmd as
+ * the back-end echoing the guest's verified frames.
+ *
+ * Dirty logging on, then 10 restarts, by SIGKILL and SIGTERM in turn; while
+ * the daemon is gone the guest's traffic goes on.  After each start:
+ * GetManagedObjects equal to before (minus the documented counters and
+ * timestamps), Logging still on, no request sent to the back-end by the new
+ * process (the device's Requests 0), and the first Harvest finds the pages
+ * the back-end dirtied meanwhile.  At the end: not a frame lost, corrupted
+ * or repeated.  Then the states it must refuse (corrupt, another version):
+ * one line saying so, no VM, the store emptied and every fd it held closed.
+ *
+ * Environment (set by meson): VHOSTMIGD, START_BUS.  Needs root and
+ * dpdk-testpmd (exit 77 when it is missing).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+#include <systemd/sd-bus.h>
+
+#include "daemon/guest/guest.h"
+#include "tests/common/clock.h"
+#include "tests/common/fd-count.h"
+#include "tests/common/private-bus.h"
+#include "tests/common/real-backends.h"
+#include "tests/restart/fdstore.h"
+
+#define DEST       "org.vhostmig1"
+#define ROOT_PATH  "/org/vhostmig1"
+#define MANAGER_IF "org.vhostmig1.Manager"
+#define VM_IF      "org.vhostmig1.Vm"
+#define DEV_IF     "org.vhostmig1.Device"
+#define VM_NAME    "restarted"
+#define RESTARTS   10
+#define MEM_SIZE   (UINT64_C(16) << 20)
+#define RING_SIZE  256u
+#define TRAFFIC_MS 300u
+#define STALL_MS   10000
+#define START_MS   10000u
+#define STOP_MS    10000u
+#define CALL_USEC  (UINT64_C(30) * 1000000u)
+
+static struct {
+        char dir[64], config[128], log[128], notify[128];
+        struct private_bus bus;
+        sd_bus *c;
+        struct fdstore store;
+        pid_t daemon;
+        struct real_backend testpmd;
+        struct vhm_guest *g;
+        char *vm_path, *dev_path;
+        /*
+         * The store takes notifications in on a thread of its own, as a
+         * service manager does at any time: the daemon's sendmsg blocks once
+         * a datagram socket's queue is full (net.unix.max_dgram_qlen).
+         */
+        pthread_t receiver;
+        pthread_mutex_t lock; /* t.store */
+        bool receiving, stop_receiving;
+} t = { .daemon = -1, .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static void *receive_loop(void *arg) {
+        (void) arg;
+        while (!__atomic_load_n(&t.stop_receiving, __ATOMIC_RELAXED)) {
+                pthread_mutex_lock(&t.lock);
+                (void) fdstore_receive(&t.store, 0);
+                pthread_mutex_unlock(&t.lock);
+                usleep(500);
+        }
+        return NULL;
+}
+
+__attribute__((format(printf, 1, 2))) static int fail(const char *fmt, ...) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "daemon-restart: ");
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        va_end(ap);
+        return -EIO;
+}
+
+static int bus_fail(const char *what, const sd_bus_error *e, int r) {
+        return fail("%s: %s", what, e && e->message ? e->message : strerror(-r));
+}
+
+static void dump_log(void) {
+        FILE *f = fopen(t.log, "re");
+        char line[1024];
+        if (!f)
+                return;
+        fprintf(stderr, "---- vhostmigd ----\n");
+        while (fgets(line, sizeof(line), f))
+                fputs(line, stderr);
+        fprintf(stderr, "---- end ----\n");
+        fclose(f);
+}
+
+/* ---- the daemon, as a service manager runs it --------------------------------------------------- */
+
+static void exec_daemon(const char *bin) {
+        int log = open(t.log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (log < 0 || null < 0 || dup2(null, 0) < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0)
+                _exit(126);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        /* The store's fds as 3.., LISTEN_* and NOTIFY_SOCKET; every other fd closed. */
+        if (fdstore_pass(&t.store) < 0)
+                _exit(126);
+        setenv("DBUS_SYSTEM_BUS_ADDRESS", t.bus.address, 1);
+        setenv("RUNTIME_DIRECTORY", t.dir, 1);
+        unsetenv("JOURNAL_STREAM");
+        unsetenv("WATCHDOG_USEC");
+        execl(bin, "vhostmigd", "--config", t.config, (char *) NULL);
+        _exit(127);
+}
+
+/* Takes in the daemon's notifications (fds kept, removed) until none comes for a while. */
+static void receive_notifications(void) {
+        for (;;) {
+                pthread_mutex_lock(&t.lock);
+                unsigned before = t.store.messages;
+                pthread_mutex_unlock(&t.lock);
+                sleep_ms(100);
+                pthread_mutex_lock(&t.lock);
+                bool quiet = t.store.messages == before;
+                pthread_mutex_unlock(&t.lock);
+                if (quiet)
+                        return;
+        }
+}
+
+static size_t store_size(void) {
+        pthread_mutex_lock(&t.lock);
+        size_t n = t.store.n;
+        pthread_mutex_unlock(&t.lock);
+        return n;
+}
+
+static int daemon_start(void) {
+        const char *bin = getenv("VHOSTMIGD");
+        if (!bin)
+                return fail("VHOSTMIGD is not set (run the program with meson test)");
+        fflush(stdout);
+        fflush(stderr);
+        /* The child copies the store as it is: not while the receiver changes it. */
+        pthread_mutex_lock(&t.lock);
+        t.store.ready = 0;
+        pid_t pid = fork();
+        if (pid == 0)
+                exec_daemon(bin);
+        pthread_mutex_unlock(&t.lock);
+        if (pid < 0)
+                return -errno;
+        t.daemon = pid;
+        uint64_t deadline = now_ms() + START_MS;
+        for (;;) {
+                bool owned = false;
+                pthread_mutex_lock(&t.lock);
+                bool ready = t.store.ready > 0;
+                pthread_mutex_unlock(&t.lock);
+                if (private_bus_name_has_owner(t.c, DEST, &owned) == 0 && owned && ready)
+                        return 0;
+                sleep_ms(10);
+                if (waitpid(pid, NULL, WNOHANG) == pid) {
+                        t.daemon = -1;
+                        return fail("vhostmigd exited while starting");
+                }
+                if (now_ms() >= deadline)
+                        return fail("vhostmigd did not start within %u ms", START_MS);
+        }
+}
+
+/* SIGKILL or SIGTERM; the exit status (SIGTERM must give 0). */
+static int daemon_stop(int sig) {
+        int status = 0;
+        if (t.daemon <= 0)
+                return 0;
+        kill(t.daemon, sig);
+        uint64_t deadline = now_ms() + STOP_MS;
+        while (waitpid(t.daemon, &status, WNOHANG) != t.daemon) {
+                if (now_ms() >= deadline) {
+                        kill(t.daemon, SIGKILL);
+                        waitpid(t.daemon, NULL, 0);
+                        t.daemon = -1;
+                        return fail("vhostmigd did not exit within %u ms of signal %d", STOP_MS, sig);
+                }
+                sleep_ms(10);
+        }
+        t.daemon = -1;
+        receive_notifications();
+        if (sig == SIGTERM && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+                return fail("vhostmigd did not exit 0 on SIGTERM (status 0x%x)", status);
+        return 0;
+}
+
+/* ---- the VM --------------------------------------------------------------------------------------- */
+
+static int get_u64(const char *path, const char *iface, const char *prop, uint64_t *out) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        int r = sd_bus_get_property_trivial(t.c, DEST, path, iface, prop, &e, 't', out);
+        if (r < 0)
+                r = bus_fail(prop, &e, r);
+        sd_bus_error_free(&e);
+        return r;
+}
+
+static int get_bool(const char *path, const char *iface, const char *prop, bool *out) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        int v = 0;
+        int r = sd_bus_get_property_trivial(t.c, DEST, path, iface, prop, &e, 'b', &v);
+        if (r < 0)
+                r = bus_fail(prop, &e, r);
+        *out = v;
+        sd_bus_error_free(&e);
+        return r;
+}
+
+static int call(const char *path, const char *iface, const char *method, sd_bus_message **reply, const char *types,
+                ...) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        sd_bus_message *m = NULL;
+        int r = sd_bus_message_new_method_call(t.c, &m, DEST, path, iface, method);
+        if (r >= 0 && types) {
+                va_list ap;
+                va_start(ap, types);
+                r = sd_bus_message_appendv(m, types, ap);
+                va_end(ap);
+        }
+        if (r >= 0 && (r = sd_bus_call(t.c, m, CALL_USEC, &e, reply)) < 0)
+                r = bus_fail(method, &e, r);
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(m);
+        return r;
+}
+
+static int read_path(sd_bus_message *reply, char **out) {
+        const char *p;
+        int r = sd_bus_message_read(reply, "o", &p);
+        if (r >= 0 && !(*out = strdup(p)))
+                r = -ENOMEM;
+        sd_bus_message_unref(reply);
+        return r < 0 ? fail("a bad reply: %s", strerror(-r)) : 0;
+}
+
+static int add_device(void) {
+        sd_bus_message *m = NULL, *reply = NULL;
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        uint8_t mac[6];
+        char macs[18];
+        vhm_guest_mac(t.g, mac);
+        snprintf(macs, sizeof(macs), "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+        int r = sd_bus_message_new_method_call(t.c, &m, DEST, t.vm_path, VM_IF, "AddDevice");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", t.testpmd.socket);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "(uttthh)");
+        for (unsigned q = 0; r >= 0 && q < 2; q++) {
+                struct vhm_guest_queue_layout l;
+                r = vhm_guest_queue_layout(t.g, q, &l);
+                if (r >= 0)
+                        r = sd_bus_message_append(m, "(uttthh)", (uint32_t) l.num, l.desc_gpa, l.avail_gpa, l.used_gpa,
+                                                  l.kick_fd, l.call_fd);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "a{sv}", 3, "Features", "t", vhm_guest_driver_features(), "QueuePairs",
+                                          "u", 1u, "Mac", "s", macs);
+        if (r >= 0 && (r = sd_bus_call(t.c, m, CALL_USEC, &e, &reply)) < 0)
+                r = bus_fail("AddDevice", &e, r);
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(m);
+        return r < 0 ? r : read_path(reply, &t.dev_path);
+}
+
+/* The guest on testpmd: CreateVm, AddDevice, the driver on what was negotiated, a VMM bitmap, logging on. */
+static int start_vm(void) {
+        struct vhm_guest_config cfg = { .mem_size = MEM_SIZE, .queue_pairs = 1, .ring_size = RING_SIZE };
+        sd_bus_message *reply = NULL;
+        uint64_t features = 0;
+        int r = vhm_guest_create(&cfg, &t.g);
+        if (r < 0)
+                return fail("the guest: %s", strerror(-r));
+        r = call(ROOT_PATH, MANAGER_IF, "CreateVm", &reply, "sa(httt)a{sv}", VM_NAME, 1, vhm_guest_mem_fd(t.g),
+                 UINT64_C(0), MEM_SIZE, UINT64_C(0), 0);
+        if (r < 0 || (r = read_path(reply, &t.vm_path)) < 0 || (r = add_device()) < 0)
+                return r;
+        if ((r = get_u64(t.dev_path, DEV_IF, "AckedFeatures", &features)) < 0)
+                return r;
+        if ((r = vhm_guest_set_features(t.g, features)) < 0)
+                return fail("the driver cannot use features 0x%" PRIx64 ": %s", features, strerror(-r));
+        if ((r = call(t.vm_path, VM_IF, "AddDirtyBitmap", NULL, "ha{sv}", vhm_guest_dirty_bitmap(t.g), 0)) < 0)
+                return r;
+        return call(t.vm_path, VM_IF, "StartLogging", NULL, "a{sv}", 0);
+}
+
+static struct vhm_guest_stats guest_stats(void) {
+        struct vhm_guest_stats s = { 0 };
+        (void) vhm_guest_get_stats(t.g, VHM_GUEST_ALL_QPS, &s);
+        return s;
+}
+
+static int traffic(unsigned ms) {
+        struct vhm_guest_run_opts opts = { .flags = VHM_GUEST_RUN_WAIT_CALL };
+        uint64_t end = now_ms() + ms;
+        int r = 0;
+        while (r >= 0 && now_ms() < end)
+                r = vhm_guest_run_until(t.g, VHM_GUEST_ALL_QPS, 256, STALL_MS, &opts);
+        return r < 0 ? fail("traffic: %s", strerror(-r)) : 0;
+}
+
+/* Receives until everything sent is accounted for. */
+static void drain(void) {
+        uint64_t end = now_ms() + 2000;
+        for (;;) {
+                (void) vhm_guest_reclaim_tx(t.g, 0);
+                (void) vhm_guest_poll_rx(t.g, 0, 0);
+                struct vhm_guest_stats s = guest_stats();
+                if (s.received + s.lost + s.corrupted >= s.sent || now_ms() >= end)
+                        return;
+                usleep(200);
+        }
+}
+
+/* ---- what D-Bus shows: GetManagedObjects as text, minus what a restart resets ------------------------- */
+
+/*
+ * Counters of the process and the times they count from (docs/vhostmigd.8,
+ * RESTART): the rest must be equal.
+ */
+static bool volatile_property(const char *name) {
+        /*
+         * LogIncomplete: the pages a harvest took and no migration has yet
+         * die with the process, so the next one counts every page dirty.
+         */
+        static const char *const names[] = { "Requests",     "RequestFailures", "Harvests",
+                                             "DirtyPages",   "LastError",       "LastErrorTimestamp",
+                                             "Reconnects",   "RefusedPeers",    "StateChangeTimestamp",
+                                             "LogIncomplete" };
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+                if (strcmp(name, names[i]) == 0)
+                        return true;
+        return false;
+}
+
+static int append(char **buf, size_t *len, FILE *f, sd_bus_message *m);
+
+/* A variant's value as text, recursively (containers included). */
+static int append_value(FILE *f, sd_bus_message *m) {
+        char type;
+        const char *contents;
+        int r = sd_bus_message_peek_type(m, &type, &contents);
+        if (r <= 0)
+                return r;
+        if (type == 'a' || type == 'v' || type == 'r' || type == 'e') {
+                r = sd_bus_message_enter_container(m, type, contents);
+                fputc('[', f);
+                while (r >= 0 && (r = append_value(f, m)) > 0)
+                        fputc(',', f);
+                fputc(']', f);
+                return r < 0 ? r : sd_bus_message_exit_container(m) < 0 ? -EIO : 1;
+        }
+        union {
+                uint8_t y;
+                int b;
+                int16_t n;
+                uint16_t q;
+                int32_t i;
+                uint32_t u;
+                int64_t x;
+                uint64_t t;
+                double d;
+                const char *s;
+        } v;
+        r = sd_bus_message_read_basic(m, type, &v);
+        if (r <= 0)
+                return r;
+        switch (type) {
+        case 'y':
+                fprintf(f, "%u", v.y);
+                break;
+        case 'b':
+                fprintf(f, "%s", v.b ? "true" : "false");
+                break;
+        case 'n':
+                fprintf(f, "%d", v.n);
+                break;
+        case 'q':
+                fprintf(f, "%u", v.q);
+                break;
+        case 'i':
+                fprintf(f, "%d", v.i);
+                break;
+        case 'u':
+                fprintf(f, "%u", v.u);
+                break;
+        case 'x':
+                fprintf(f, "%" PRId64, v.x);
+                break;
+        case 't':
+                fprintf(f, "%" PRIu64, v.t);
+                break;
+        case 'd':
+                fprintf(f, "%g", v.d);
+                break;
+        case 'h':
+                fprintf(f, "fd");
+                break;
+        default:
+                fprintf(f, "\"%s\"", v.s);
+                break;
+        }
+        return 1;
+}
+
+/* a{oa{sa{sv}}}: each object, interface and property on a line of its own, volatile ones left out. */
+static int append(char **buf, size_t *len, FILE *f, sd_bus_message *m) {
+        (void) buf;
+        (void) len;
+        const char *path, *iface, *prop;
+        int r = sd_bus_message_enter_container(m, 'a', "{oa{sa{sv}}}");
+        while (r >= 0 && (r = sd_bus_message_enter_container(m, 'e', "oa{sa{sv}}")) > 0) {
+                r = sd_bus_message_read(m, "o", &path);
+                if (r >= 0)
+                        r = sd_bus_message_enter_container(m, 'a', "{sa{sv}}");
+                while (r >= 0 && (r = sd_bus_message_enter_container(m, 'e', "sa{sv}")) > 0) {
+                        r = sd_bus_message_read(m, "s", &iface);
+                        if (r >= 0)
+                                r = sd_bus_message_enter_container(m, 'a', "{sv}");
+                        while (r >= 0 && (r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
+                                r = sd_bus_message_read(m, "s", &prop);
+                                if (r >= 0 && volatile_property(prop))
+                                        r = sd_bus_message_skip(m, "v");
+                                else if (r >= 0) {
+                                        fprintf(f, "%s %s.%s = ", path, iface, prop);
+                                        r = append_value(f, m);
+                                        fputc('\n', f);
+                                }
+                                if (r >= 0)
+                                        r = sd_bus_message_exit_container(m);
+                        }
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
+                }
+                if (r >= 0)
+                        r = sd_bus_message_exit_container(m);
+                if (r >= 0)
+                        r = sd_bus_message_exit_container(m);
+        }
+        return r;
+}
+
+/* GetManagedObjects as sorted-by-server text (malloc'd). */
+static int managed_objects(char **out) {
+        sd_bus_message *reply = NULL;
+        int r = call(ROOT_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", &reply, NULL);
+        if (r < 0)
+                return r;
+        size_t len = 0;
+        FILE *f = open_memstream(out, &len);
+        if (!f) {
+                sd_bus_message_unref(reply);
+                return -ENOMEM;
+        }
+        r = append(out, &len, f, reply);
+        fclose(f);
+        sd_bus_message_unref(reply);
+        return r < 0 ? fail("GetManagedObjects: %s", strerror(-r)) : 0;
+}
+
+/* Line by line: the daemon lists objects and properties in one order each time. */
+static int compare_objects(const char *before, const char *after, unsigned n) {
+        if (strcmp(before, after) == 0)
+                return 0;
+        const char *a = before, *b = after;
+        while (*a && *b) {
+                size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+                if (la != lb || strncmp(a, b, la) != 0)
+                        return fail("restart %u: GetManagedObjects differs:\n  before: %.*s\n  after:  %.*s", n,
+                                    (int) la, a, (int) lb, b);
+                a += la + (a[la] == '\n');
+                b += lb + (b[lb] == '\n');
+        }
+        return fail("restart %u: GetManagedObjects differs in length", n);
+}
+
+/* ---- one restart ------------------------------------------------------------------------------------ */
+
+/* After a start: the same objects, logging on, nothing asked of the back-end, the pages it wrote found. */
+static int check_after_start(const char *before, unsigned n) {
+        char *after = NULL;
+        bool logging = false;
+        uint64_t requests = UINT64_MAX, new_pages = 0, dirty = 0;
+        sd_bus_message *reply = NULL;
+        int r = managed_objects(&after);
+        if (r >= 0)
+                r = compare_objects(before, after, n);
+        free(after);
+        if (r >= 0 && (r = get_bool(t.vm_path, VM_IF, "Logging", &logging)) >= 0 && !logging)
+                r = fail("restart %u: logging is off", n);
+        /* Before the harvest: a double-buffered harvest sends the back-end its next log. */
+        if (r >= 0 && (r = get_u64(t.dev_path, DEV_IF, "Requests", &requests)) >= 0 && requests != 0)
+                r = fail("restart %u: the new process sent the back-end %" PRIu64 " request(s)", n, requests);
+        if (r >= 0)
+                r = call(t.vm_path, VM_IF, "Harvest", &reply, NULL);
+        if (r >= 0 && sd_bus_message_read(reply, "tt", &new_pages, &dirty) < 0)
+                r = fail("Harvest: a bad reply");
+        sd_bus_message_unref(reply);
+        if (r >= 0 && (new_pages == 0 || dirty == 0))
+                r = fail("restart %u: the harvest found %" PRIu64 " new page(s), %" PRIu64 " dirty", n, new_pages,
+                         dirty);
+        if (r >= 0)
+                printf("restart %2u (%s): objects equal, logging on, 0 requests, harvest %" PRIu64
+                       " new page(s), %" PRIu64 " dirty; store %zu fd(s)\n",
+                       n, n % 2 ? "SIGKILL" : "SIGTERM", new_pages, dirty, store_size());
+        return r;
+}
+
+static int restart_once(unsigned n) {
+        char *before = NULL;
+        int r = traffic(TRAFFIC_MS);
+        if (r >= 0)
+                r = managed_objects(&before);
+        if (r >= 0)
+                r = daemon_stop(n % 2 ? SIGKILL : SIGTERM);
+        /* The back-end and the guest do not notice: traffic flows while no daemon runs. */
+        if (r >= 0)
+                r = traffic(TRAFFIC_MS);
+        if (r >= 0)
+                r = daemon_start();
+        if (r >= 0)
+                r = check_after_start(before, n);
+        free(before);
+        return r;
+}
+
+/* ---- states that must be refused ---------------------------------------------------------------------- */
+
+/* The stored state's text (the newest slot), or NULL. */
+static char *stored_state(int *slot_fd) {
+        int fd = fdstore_fd(&t.store, "state.b") >= 0 && fdstore_fd(&t.store, "state.a") < 0
+                         ? fdstore_fd(&t.store, "state.b")
+                         : fdstore_fd(&t.store, "state.a");
+        if (fd < 0)
+                fd = fdstore_fd(&t.store, "state.b");
+        *slot_fd = fd;
+        if (fd < 0)
+                return NULL;
+        off_t size = lseek(fd, 0, SEEK_END);
+        char *text = size > 0 ? calloc(1, (size_t) size + 1) : NULL;
+        if (text && pread(fd, text, (size_t) size, 0) != size) {
+                free(text);
+                text = NULL;
+        }
+        return text;
+}
+
+/* Replaces the state's memfd in the store by one holding `text`, sealed as the daemon seals it. */
+static int replace_state(int slot_fd, const char *text) {
+        int fd = memfd_create("spoilt-state", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t) strlen(text) ||
+            fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
+                return fail("the spoilt state: %s", strerror(errno));
+        for (size_t i = 0; i < t.store.n; i++)
+                if (t.store.fds[i] == slot_fd) {
+                        close(t.store.fds[i]);
+                        t.store.fds[i] = fd;
+                        return 0;
+                }
+        close(fd);
+        return fail("the state is not in the store");
+}
+
+static bool log_has(const char *needle) {
+        FILE *f = fopen(t.log, "re");
+        char line[2048];
+        bool found = false;
+        while (f && !found && fgets(line, sizeof(line), f))
+                found = strstr(line, needle) != NULL;
+        if (f)
+                fclose(f);
+        return found;
+}
+
+/*
+ * The daemon stopped by SIGKILL, its state spoilt by `spoil`, started again:
+ * the refusal logged, no VM, every fd the store held removed and closed.
+ */
+static int refused(const char *what, void (*spoil)(json_object *env, char **text), int fds_before) {
+        int slot_fd = -1;
+        int r = daemon_stop(SIGKILL);
+        pthread_mutex_lock(&t.lock);
+        char *text = r >= 0 ? stored_state(&slot_fd) : NULL;
+        if (r >= 0 && !text)
+                r = fail("%s: no state in the store", what);
+        json_object *env = text ? json_tokener_parse(text) : NULL;
+        char *spoilt = NULL;
+        if (r >= 0 && !env)
+                r = fail("%s: the stored state is not JSON", what);
+        if (r >= 0) {
+                spoil(env, &spoilt);
+                r = replace_state(slot_fd, spoilt);
+        }
+        pthread_mutex_unlock(&t.lock);
+        json_object_put(env);
+        free(spoilt);
+        free(text);
+        truncate(t.log, 0);
+        if (r >= 0)
+                r = daemon_start();
+        receive_notifications();
+        char **vms = NULL;
+        if (r >= 0 && !log_has("the saved state is refused"))
+                r = fail("%s: no line saying the state was refused", what);
+        if (r >= 0 && (r = sd_bus_get_property_strv(t.c, DEST, ROOT_PATH, MANAGER_IF, "Vms", NULL, &vms)) < 0)
+                r = fail("Vms: %s", strerror(-r));
+        if (r >= 0 && vms && vms[0])
+                r = fail("%s: VM %s after the refusal", what, vms[0]);
+        for (size_t i = 0; vms && vms[i]; i++)
+                free(vms[i]);
+        free(vms);
+        if (r >= 0 && store_size() != 0)
+                r = fail("%s: the store still holds %zu fd(s)", what, store_size());
+        if (r >= 0 && count_open_fds() != fds_before)
+                r = fail("%s: this process has %d fds open, %d before the VM", what, count_open_fds(), fds_before);
+        if (r >= 0)
+                printf("%s: refused (\"the saved state is refused\"), no VM, the store emptied, fds back to %d\n", what,
+                       fds_before);
+        return r;
+}
+
+static void spoil_body(json_object *env, char **text) {
+        json_object *body = NULL;
+        (void) json_object_object_get_ex(env, "body", &body);
+        char *b = strdup(json_object_get_string(body));
+        char *p = b ? strstr(b, "\"vms\"") : NULL;
+        if (p)
+                p[1] = 'V'; /* the checksum no longer matches */
+        json_object_object_add(env, "body", json_object_new_string(b ? b : ""));
+        free(b);
+        *text = strdup(json_object_to_json_string_ext(env, JSON_C_TO_STRING_PLAIN));
+}
+
+static void spoil_version(json_object *env, char **text) {
+        json_object_object_add(env, "version", json_object_new_int(2));
+        *text = strdup(json_object_to_json_string_ext(env, JSON_C_TO_STRING_PLAIN));
+}
+
+/* A VM of memory alone, for a state with a VM in it again. */
+static int memory_only_vm(void) {
+        sd_bus_message *reply = NULL;
+        int fd = memfd_create("vhm-restart-mem", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0 || ftruncate(fd, 2u << 20) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
+                return fail("memory: %s", strerror(errno));
+        int r = call(ROOT_PATH, MANAGER_IF, "CreateVm", &reply, "sa(httt)a{sv}", "memory-only", 1, fd, UINT64_C(0),
+                     UINT64_C(2) << 20, UINT64_C(0), 0);
+        close(fd);
+        sd_bus_message_unref(reply);
+        /* Its worker keeps the memory in the store, then the loop publishes. */
+        sleep_ms(200);
+        receive_notifications();
+        return r;
+}
+
+/* ---- the run ---------------------------------------------------------------------------------------------- */
+
+static int setup(void) {
+        static const char config[] = "{ \"request_timeout_ms\": 5000, \"monitor_interval_ms\": 100 }\n";
+        snprintf(t.dir, sizeof(t.dir), "/tmp/vhostmig-drestart-XXXXXX");
+        if (!mkdtemp(t.dir))
+                return fail("mkdtemp: %s", strerror(errno));
+        snprintf(t.config, sizeof(t.config), "%s/vhostmigd.json", t.dir);
+        snprintf(t.log, sizeof(t.log), "%s/vhostmigd.log", t.dir);
+        snprintf(t.notify, sizeof(t.notify), "%s/notify", t.dir);
+        FILE *f = fopen(t.config, "we");
+        if (!f || fputs(config, f) < 0 || fclose(f) != 0)
+                return fail("the configuration: %s", strerror(errno));
+        int r = fdstore_open(&t.store, t.notify);
+        if (r < 0)
+                return fail("the notify socket: %s", strerror(-r));
+        if ((r = private_bus_start(&t.bus, false)) < 0 || (r = private_bus_connect(t.bus.address, CALL_USEC, &t.c)) < 0)
+                return fail("the private bus: %s", strerror(-r));
+        if ((r = pthread_create(&t.receiver, NULL, receive_loop, NULL)) != 0)
+                return fail("the receiver thread: %s", strerror(r));
+        t.receiving = true;
+        return 0;
+}
+
+static void cleanup(void) {
+        (void) daemon_stop(SIGKILL);
+        if (t.receiving) {
+                __atomic_store_n(&t.stop_receiving, true, __ATOMIC_RELAXED);
+                pthread_join(t.receiver, NULL);
+        }
+        vhm_guest_free(t.g);
+        free(t.vm_path);
+        free(t.dev_path);
+        stop_backend(&t.testpmd);
+        t.c = sd_bus_flush_close_unref(t.c);
+        (void) private_bus_stop(&t.bus);
+        fdstore_close(&t.store);
+        unlink(t.config);
+        unlink(t.log);
+        rmdir(t.dir);
+}
+
+static int run(void) {
+        int fds_before = count_open_fds();
+        int r = daemon_start();
+        if (r >= 0 && (r = start_testpmd(&t.testpmd, 1, 0)) < 0)
+                r = fail("testpmd did not start: %s", strerror(-r));
+        if (r >= 0)
+                r = testpmd_cpus_avoid_worker();
+        int fds_with_testpmd = count_open_fds();
+        if (r >= 0)
+                r = start_vm();
+        for (unsigned n = 1; r >= 0 && n <= RESTARTS; n++)
+                r = restart_once(n);
+        if (r >= 0) {
+                r = traffic(TRAFFIC_MS);
+                drain();
+        }
+        struct vhm_guest_stats s = t.g ? guest_stats() : (struct vhm_guest_stats){ 0 };
+        printf("%u restarts: %" PRIu64 " frames sent, %" PRIu64 " received, %" PRIu64 " lost, %" PRIu64
+               " corrupted, %" PRIu64 " duplicated\n",
+               RESTARTS, s.sent, s.received, s.lost, s.corrupted, s.duplicated);
+        if (r >= 0 &&
+            (s.received == 0 || s.lost || s.corrupted || s.duplicated || s.received + s.lost + s.corrupted != s.sent))
+                r = fail("the guest's traffic was disturbed");
+        (void) fds_before;
+        (void) fds_with_testpmd;
+        /* The refusals: this process's fds as they are without the store's. */
+        if (r >= 0)
+                r = refused("a corrupt state", spoil_body, count_open_fds() - (int) store_size());
+        if (r >= 0)
+                r = memory_only_vm();
+        if (r >= 0)
+                r = refused("a state of another version", spoil_version, count_open_fds() - (int) store_size());
+        return r;
+}
+
+int main(void) {
+        if (!backend_available(TESTPMD_BIN)) {
+                printf("daemon-restart: %s is not installed: skipped\n", TESTPMD_BIN);
+                return 77;
+        }
+        real_backend_init(&t.testpmd);
+        int r = testpmd_cpus_init();
+        if (r >= 0)
+                r = setup();
+        if (r >= 0)
+                r = run();
+        if (r < 0)
+                dump_log();
+        cleanup();
+        printf("daemon-restart: %s\n", r >= 0 ? "PASS" : "FAIL");
+        return r >= 0 ? 0 : 1;
+}
