@@ -1111,7 +1111,8 @@ int restart_restore(struct daemon *d) {
         json_object *body = state_restored_body(x.st);
         d->restart->next_id = rd_hex(&x.rd, body, "next_id");
         json_object *vms = rd_get(&x.rd, body, "vms", json_type_array);
-        for (size_t i = 0; !x.rd.why[0] && i < json_object_array_length(vms); i++) {
+        /* The daemon's list is newest first, as the state: made oldest first, each put in front. */
+        for (size_t i = json_object_array_length(vms); !x.rd.why[0] && i-- > 0;) {
                 x.taken.nstored = 0;
                 (void) restore_vm(&x, json_object_array_get_idx(vms, i));
         }
