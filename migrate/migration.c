@@ -127,6 +127,14 @@ struct engine {
         bool answered;             /* source: the destination said ABORTED */
         int stream_err;            /* the stream's own failure, 0 while it works */
         bool vmm_carried;          /* device state through a VMM's fd: no answer, no pages */
+        /*
+         * Where the migration is, for the error text beside the phase: the
+         * round or device at work ("round 3: ", "device 0: "); the
+         * destination's restore; the last record the destination took.
+         */
+        char at[32];
+        bool restoring;
+        uint16_t last_record;
         /* Source, live. */
         struct vhm_logging *logging;
         bool started_logging;             /* switched on by the engine: switched off again at the end */
@@ -146,10 +154,19 @@ struct engine {
         uint8_t *hashed; /* a bit per page: its hash is in page_hash */
 };
 
+/* The phase a failure names: the state it came in, or the destination's restore. */
+static const char *phase(const struct engine *e) {
+        if (e->restoring)
+                return "restore";
+        return e->st->state == VHM_MIGRATION_NONE ? "setup" : vhm_migration_state_name(e->st->state);
+}
+
+/* Every failure's text starts with its phase, so an operator knows how far the migration got. */
 __attribute__((format(printf, 3, 4))) static int fail(struct engine *e, int r, const char *fmt, ...) {
+        int used = snprintf(e->st->error, sizeof(e->st->error), "%s: ", phase(e));
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(e->st->error, sizeof(e->st->error), fmt, ap);
+        vsnprintf(e->st->error + used, sizeof(e->st->error) - (size_t) used, fmt, ap);
         va_end(ap);
         return r < 0 ? r : -EPROTO;
 }
@@ -227,16 +244,20 @@ static int engine_open(struct engine *e, int fd) {
 }
 
 /*
- * A failure of the stream: its reason names the record and the fault; a
- * wait is also named by what it waited for.  A cancel says so.
+ * A wait on the stream failed: named by what it waited for, then the
+ * stream's reason.  A cancel says so.
  */
 static int stream_failed(struct engine *e, int r, const char *step) {
         e->stream_err = r;
         if (r == -ECANCELED)
-                return fail(e, r, "%s: cancelled", step);
-        if (strncmp(step, "sending ", 8) == 0)
-                return fail(e, r, "%s", vhm_stream_error(e->s));
-        return fail(e, r, "%s: %s", step, vhm_stream_error(e->s));
+                return fail(e, r, "%s%s: cancelled", e->at, step);
+        return fail(e, r, "%s%s: %s", e->at, step, vhm_stream_error(e->s));
+}
+
+/* A record did not go out: the stream's reason names it ("PAGES: sending: ...", "PAGES: cancelled"). */
+static int send_failed(struct engine *e, int r) {
+        e->stream_err = r;
+        return fail(e, r, "%s%s", e->at, vhm_stream_error(e->s));
 }
 
 /* ---- source -------------------------------------------------------------------- */
@@ -258,7 +279,7 @@ static int check_source_devices(struct engine *e) {
 /* GET_VRING_BASE on every ring: from here the back-ends write no guest memory. */
 static int stop_devices(struct engine *e) {
         if (cancelled(e))
-                return fail(e, -ECANCELED, "cancelled in setup");
+                return fail(e, -ECANCELED, "cancelled before stopping the rings (GET_VRING_BASE)");
         if (!e->down_usec)
                 e->down_usec = vhu_now_usec();
         for (unsigned i = 0; i < e->n; i++) {
@@ -301,10 +322,10 @@ static int send_hello_auth(struct engine *e, const char *token) {
                 return r;
         r = vhm_stream_send_hello(e->s, &hello);
         if (r < 0)
-                return stream_failed(e, r, "sending HELLO");
+                return send_failed(e, r);
         r = vhm_stream_send_auth(e->s, token);
         if (r < 0)
-                return stream_failed(e, r, "sending AUTH");
+                return send_failed(e, r);
         return 0;
 }
 
@@ -328,7 +349,8 @@ static int cmp_region_gpa(const void *a, const void *b) {
 static int send_batch(struct engine *e, uint8_t *buf, uint64_t gpa, uint64_t bytes) {
         int r = vhm_vm_read(e->vm, gpa, buf, bytes);
         if (r < 0)
-                return fail(e, r, "reading guest memory at 0x%" PRIx64 ": %s", gpa, vhm_vm_error(e->vm));
+                return fail(e, r, "%sPAGES: reading guest memory at 0x%" PRIx64 ": %s", e->at, gpa,
+                            vhm_vm_error(e->vm));
         struct vhm_rec_page pages[BATCH];
         unsigned count = (unsigned) (bytes / PAGE), zero = 0;
         for (unsigned k = 0; k < count; k++) {
@@ -340,7 +362,7 @@ static int send_batch(struct engine *e, uint8_t *buf, uint64_t gpa, uint64_t byt
         }
         r = vhm_stream_send_pages(e->s, pages, count, &zero);
         if (r < 0)
-                return stream_failed(e, r, "sending PAGES");
+                return send_failed(e, r);
         e->st->pages_transferred += count;
         e->st->zero_pages += zero;
         return 0;
@@ -366,7 +388,7 @@ static int source_pages(struct engine *e) {
                                        left < (uint64_t) BATCH * PAGE ? left : (uint64_t) BATCH * PAGE);
                         /* The stream sees a cancel only when it would block. */
                         if (r == 0 && cancelled(e))
-                                r = fail(e, -ECANCELED, "sending PAGES: cancelled");
+                                r = fail(e, -ECANCELED, "PAGES: cancelled");
                         report(e);
                 }
         free(buf);
@@ -381,27 +403,30 @@ static int send_backend_state(struct engine *e, unsigned i) {
         size_t len;
         int r = vhm_device_save_state(e->devs[i], &blob, &len);
         if (r < 0)
-                return fail(e, r, "BACKEND_STATE %u: %s", i, vhm_device_error(e->devs[i]));
+                return fail(e, r, "%sBACKEND_STATE: saving the back-end's state: %s", e->at,
+                            vhm_device_error(e->devs[i]));
         r = vhm_stream_send_backend_state(e->s, i, blob, len);
         free(blob);
-        return r < 0 ? stream_failed(e, r, "sending BACKEND_STATE") : 0;
+        return r < 0 ? send_failed(e, r) : 0;
 }
 
 static int send_devices(struct engine *e) {
         for (unsigned i = 0; i < e->n; i++) {
+                snprintf(e->at, sizeof(e->at), "device %u: ", i);
                 struct vhm_device_handoff h;
                 int r = vhm_device_handoff_get(e->devs[i], &h);
                 if (r < 0)
-                        return fail(e, r, "DEVICE %u: %s", i, vhm_device_error(e->devs[i]));
+                        return fail(e, r, "%sDEVICE: %s", e->at, vhm_device_error(e->devs[i]));
                 struct vhm_rec_device rec;
                 vhm_migration_device_record(&h, i, &rec);
                 r = vhm_stream_send_device(e->s, &rec);
                 if (r < 0)
-                        return stream_failed(e, r, "sending DEVICE");
+                        return send_failed(e, r);
                 r = send_backend_state(e, i);
                 if (r < 0)
                         return r;
         }
+        e->at[0] = '\0';
         return 0;
 }
 
@@ -420,14 +445,14 @@ static int await_answer(struct engine *e) {
         if (type != VHM_REC_ABORTED)
                 return fail(e, -EBADMSG, "the destination answered END with %s", vhm_rec_name((uint16_t) type));
         if (vhm_rec_decode_aborted(p, len, reason, err, sizeof(err)) < 0)
-                return fail(e, -EBADMSG, "the destination aborted: %s", err);
+                return fail(e, -EBADMSG, "END: the destination aborted: %s", err);
         e->answered = true;
-        return fail(e, -ECONNABORTED, "the destination aborted: %s", reason);
+        return fail(e, -ECONNABORTED, "END: the destination aborted: %s", reason);
 }
 
 static int source_switchover(struct engine *e) {
         if (cancelled(e))
-                return fail(e, -ECANCELED, "cancelled before the switchover");
+                return fail(e, -ECANCELED, "cancelled before the DEVICE records");
         set_state(e, VHM_MIGRATION_SWITCHOVER);
         int r = send_devices(e);
         if (r < 0)
@@ -440,7 +465,7 @@ static int source_switchover(struct engine *e) {
         };
         r = vhm_stream_send_end(e->s, &end);
         if (r < 0)
-                return stream_failed(e, r, "sending END");
+                return send_failed(e, r);
         /* From here the destination may run the guest: the source never resumes on its own. */
         e->ended = true;
         return await_answer(e);
@@ -525,7 +550,7 @@ static int throttle(struct engine *e) {
                 return 0;
         struct pollfd pfd = { .fd = e->o.cancel_fd > 0 ? e->o.cancel_fd : -1, .events = POLLIN };
         if (poll(&pfd, 1, (int) ((due - now + 999) / 1000)) > 0)
-                return fail(e, -ECANCELED, "sending PAGES: cancelled");
+                return fail(e, -ECANCELED, "%sPAGES: cancelled", e->at);
         return 0;
 }
 
@@ -533,7 +558,7 @@ static int throttle(struct engine *e) {
 static int batch_done(struct engine *e, uint64_t pages, bool limited) {
         e->st->pages_remaining -= pages < e->st->pages_remaining ? pages : e->st->pages_remaining;
         if (cancelled(e))
-                return fail(e, -ECANCELED, "sending PAGES: cancelled");
+                return fail(e, -ECANCELED, "%sPAGES: cancelled", e->at);
         int r = limited && e->o.max_bandwidth ? throttle(e) : 0;
         report(e);
         return r;
@@ -578,7 +603,7 @@ static int send_dirty(struct engine *e, uint8_t *buf, bool limited) {
 static int harvest(struct engine *e, uint64_t *fresh) {
         int r = vhm_logging_harvest(e->logging, fresh);
         if (r < 0)
-                return fail(e, r, "harvesting the dirty sources: %s", vhm_logging_error(e->logging));
+                return fail(e, r, "%sharvesting the dirty sources: %s", e->at, vhm_logging_error(e->logging));
         e->st->pages_remaining = vhm_bitmap_count(vhm_logging_bitmap(e->logging));
         return 0;
 }
@@ -615,6 +640,7 @@ static int not_converged(struct engine *e) {
 static int precopy_rounds(struct engine *e, uint8_t *buf) {
         for (unsigned round = 0;; round++) {
                 e->st->round = round;
+                snprintf(e->at, sizeof(e->at), "round %u: ", round);
                 e->round_usec = vhu_now_usec();
                 e->round_bytes = vhm_stream_bytes_sent(e->s);
                 int r = round ? send_dirty(e, buf, true)
@@ -624,10 +650,15 @@ static int precopy_rounds(struct engine *e, uint8_t *buf) {
                 if (r < 0)
                         return r;
                 if (e->st->expected_downtime_ms <= e->o.max_downtime_ms)
-                        return 0;
-                if (round + 1 >= e->o.max_rounds)
-                        return e->o.force_switchover ? 0 : not_converged(e);
+                        break;
+                if (round + 1 >= e->o.max_rounds) {
+                        if (!e->o.force_switchover)
+                                return not_converged(e);
+                        break;
+                }
         }
+        e->at[0] = '\0';
+        return 0;
 }
 
 static int precopy(struct engine *e) {
@@ -695,32 +726,30 @@ static int await_pause(struct engine *e) {
         for (;;) {
                 uint64_t now = vhu_now_usec();
                 if (now >= deadline)
-                        return fail(e, -ETIMEDOUT,
-                                    "pre-switchover: the VMM did not pause its vCPUs within %u ms (no MigrateContinue)",
+                        return fail(e, -ETIMEDOUT, "the VMM did not pause its vCPUs within %u ms (no MigrateContinue)",
                                     e->o.pause_timeout_ms);
                 int k = poll(pfd, 2, (int) ((deadline - now + 999) / 1000));
                 if (k < 0 && errno != EINTR)
-                        return fail(e, -errno, "pre-switchover: waiting for the VMM: %s", strerror(errno));
+                        return fail(e, -errno, "waiting for the VMM's pause: %s", strerror(errno));
                 if (k > 0 && pfd[0].revents)
-                        return fail(e, -ECANCELED, "pre-switchover: cancelled");
+                        return fail(e, -ECANCELED, "waiting for the VMM's pause: cancelled");
                 if (k > 0 && (pfd[1].revents & POLLIN)) {
                         drain_continue(e);
                         e->down_usec = vhu_now_usec(); /* the VMM has paused its vCPUs */
                         return 0;
                 }
                 if (k > 0 && pfd[1].revents)
-                        return fail(e, -EBADF, "pre-switchover: the continue fd failed (revents 0x%x)", pfd[1].revents);
+                        return fail(e, -EBADF, "the continue fd failed (revents 0x%x)", pfd[1].revents);
         }
 }
 
 /* Rings stopped, a last harvest, the last pages unthrottled, and the checksum of the whole image. */
 static int live_last_pages(struct engine *e) {
-        if (cancelled(e))
-                return fail(e, -ECANCELED, "pre-switchover: cancelled");
         int r = stop_devices(e);
         if (r < 0)
                 return r;
         set_state(e, VHM_MIGRATION_SWITCHOVER);
+        snprintf(e->at, sizeof(e->at), "the last pages: ");
         uint64_t fresh;
         r = harvest(e, &fresh);
         if (r < 0)
@@ -732,6 +761,7 @@ static int live_last_pages(struct engine *e) {
         free(buf);
         if (r < 0)
                 return r;
+        e->at[0] = '\0';
         /*
          * Over the whole memory: a page written and never marked dirty makes the
          * destination's differ.  Inside the downtime, so on every CPU there is.
@@ -781,7 +811,7 @@ int vhm_migrate_to(struct vhm_vm *vm, struct vhm_logging *logging, struct vhm_de
                 e.down_usec = e.t0_usec; /* the VMM paused its vCPUs before the call */
         r = engine_open(&e, fd);
         if (r == 0 && cancelled(&e))
-                r = fail(&e, -ECANCELED, "cancelled in setup");
+                r = fail(&e, -ECANCELED, "cancelled before HELLO");
         if (r == 0)
                 r = e.o.live ? source_live(&e, token) : source_stop_and_copy(&e, token);
         if (r == 0)
@@ -874,6 +904,7 @@ static int recv_record(struct engine *e, uint16_t want, const void **p, uint32_t
                 return stream_failed(e, type, step);
         if (type != want)
                 return fail(e, -EBADMSG, "%s: got %s", step, vhm_rec_name((uint16_t) type));
+        e->last_record = want;
         return 0;
 }
 
@@ -1014,7 +1045,8 @@ static int dest_backend_state(struct engine *e, const void *p, uint32_t len) {
         e->touched[index] = true;
         r = vhm_device_load_state(e->devs[index], e->blob.data, e->blob.len);
         if (r < 0)
-                return fail(e, r, "loading device %" PRIu32 "'s state: %s", index, vhm_device_error(e->devs[index]));
+                return fail(e, r, "BACKEND_STATE %" PRIu32 ": loading device %" PRIu32 "'s state: %s", index, index,
+                            vhm_device_error(e->devs[index]));
         e->loaded[index] = true;
         vhm_rec_blob_free(&e->blob);
         return 0;
@@ -1027,9 +1059,12 @@ static int dest_receive(struct engine *e, struct vhm_rec_end *end) {
                 const void *p;
                 uint32_t len;
                 char err[256];
+                char step[64];
+                snprintf(step, sizeof(step), "waiting for a record after %s", vhm_rec_name(e->last_record));
                 int type = vhm_stream_recv(e->s, &p, &len), r;
                 if (type < 0)
-                        return stream_failed(e, type, "receiving");
+                        return stream_failed(e, type, step);
+                e->last_record = (uint16_t) type;
                 switch (type) {
                 case VHM_REC_PAGES:
                         r = dest_pages(e, p, len);
@@ -1051,7 +1086,7 @@ static int dest_receive(struct engine *e, struct vhm_rec_end *end) {
                 if (r < 0)
                         return r;
                 if (cancelled(e))
-                        return fail(e, -ECANCELED, "receiving: cancelled");
+                        return fail(e, -ECANCELED, "after %s: cancelled", vhm_rec_name((uint16_t) type));
         }
 }
 
@@ -1088,6 +1123,7 @@ static int dest_check_end(struct engine *e, const struct vhm_rec_end *end) {
 }
 
 static int dest_restore(struct engine *e) {
+        e->restoring = true;
         for (unsigned i = 0; i < e->n; i++) {
                 /* Even a restore that failed half-way is taken back (its connection is gone). */
                 e->touched[i] = true;
@@ -1095,6 +1131,7 @@ static int dest_restore(struct engine *e) {
                 if (r < 0)
                         return fail(e, r, "restoring device %u: %s", i, vhm_device_error(e->devs[i]));
         }
+        e->restoring = false;
         return 0;
 }
 
@@ -1108,7 +1145,7 @@ static int dest_switchover(struct engine *e, const struct vhm_rec_end *end) {
                 return r;
         r = vhm_stream_send_committed(e->s);
         if (r < 0)
-                return stream_failed(e, r, "sending COMMITTED");
+                return send_failed(e, r);
         return 0;
 }
 
@@ -1242,7 +1279,7 @@ int vhm_migration_save_device_state(struct vhm_device **devs, unsigned n, int fd
                 struct vhm_rec_end end = { 0 };
                 r = vhm_stream_send_end(e.s, &end);
                 if (r < 0)
-                        r = stream_failed(&e, r, "sending END");
+                        r = send_failed(&e, r);
         }
         if (r == 0) {
                 /* Stopped with their indices: the VMM decides whether they run here again. */
