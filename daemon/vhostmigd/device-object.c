@@ -341,6 +341,7 @@ static void run_reconnect(struct vm_job *j) {
         struct vhm_device *dev = job_device(j);
         if (!dev)
                 return;
+        restart_device_dropping_connection(j->vm, j->device);
         vhm_device_disconnect(dev);
         device_call_result(j, dev, vhm_device_reconnect(dev, j->timeout_ms));
 }
@@ -417,6 +418,7 @@ static void run_resume_after_restart(struct vm_job *j) {
         struct vm_object *o = j->vm;
         for (unsigned i = 0; i < o->nrunning; i++) {
                 struct device_object *d = o->running[i];
+                restart_device_dropping_connection(o, d);
                 vhm_device_disconnect(d->dev);
                 if (vhm_device_reconnect(d->dev, j->timeout_ms) < 0)
                         daemon_log(LOG_WARNING, o, d->socket, "restart: resuming after the migration: %s",

@@ -281,7 +281,8 @@ void restart_bitmap_added(struct vm_object *o, int fd) {
 
 struct capture {
         struct vm_object *o;
-        json_object *fds; /* name: kind */
+        json_object *fds;  /* name: kind */
+        json_object *ofds; /* the same for fds a successor can do without (connections) */
         bool failed;
 };
 
@@ -336,8 +337,12 @@ static const char *keep_new(struct capture *c, ssize_t i, const char *base, int 
         return e->name;
 }
 
-/* The stored name of the object's fd `fd` known as `base`, keeping it first when it is new; NULL on failure. */
-static const char *capture_fd(struct capture *c, const char *base, int fd, const char *kind) {
+/*
+ * The stored name of the object's fd `fd` known as `base`, keeping it first
+ * when it is new; NULL on failure.  optional: a successor can do without it
+ * (a back-end connection: the device connects again).
+ */
+static const char *capture_fd(struct capture *c, const char *base, int fd, const char *kind, bool optional) {
         struct restart_vm *rv = c->o->restart;
         struct stat st;
         if (fd < 0 || fstat(fd, &st) < 0)
@@ -352,13 +357,19 @@ static const char *capture_fd(struct capture *c, const char *base, int fd, const
                 name = rv->stored[i].name;
         } else
                 name = keep_new(c, i, base, fd, &st);
-        if (name && add(c->fds, name, json_object_new_string(kind)) < 0)
+        if (name && add(optional ? c->ofds : c->fds, name, json_object_new_string(kind)) < 0)
                 c->failed = true;
         return name;
 }
 
 static int add_fd(struct capture *c, json_object *o, const char *key, const char *base, int fd, const char *kind) {
-        const char *name = capture_fd(c, base, fd, kind);
+        const char *name = capture_fd(c, base, fd, kind, false);
+        return name ? add(o, key, json_object_new_string(name)) : 0;
+}
+
+static int add_optional_fd(struct capture *c, json_object *o, const char *key, const char *base, int fd,
+                           const char *kind) {
+        const char *name = capture_fd(c, base, fd, kind, true);
         return name ? add(o, key, json_object_new_string(name)) : 0;
 }
 
@@ -483,10 +494,10 @@ static int capture_connection(struct capture *c, const struct device_object *d, 
         if (r >= 0)
                 r = state_store_fd_name(base, sizeof(base), "vm.%s.dev.%u.conn", c->o->name, d->sid);
         if (r >= 0)
-                r = add_fd(c, j, "conn", base, vhu_conn_fd(conn), STATE_STORE_KIND_UNIX);
+                r = add_optional_fd(c, j, "conn", base, vhu_conn_fd(conn), STATE_STORE_KIND_UNIX);
         if (r >= 0 && n.channel_fd >= 0 &&
             (r = state_store_fd_name(base, sizeof(base), "vm.%s.dev.%u.channel", c->o->name, d->sid)) >= 0)
-                r = add_fd(c, j, "channel", base, n.channel_fd, STATE_STORE_KIND_UNIX);
+                r = add_optional_fd(c, j, "channel", base, n.channel_fd, STATE_STORE_KIND_UNIX);
         return r;
 }
 
@@ -506,7 +517,7 @@ static json_object *capture_device(struct capture *c, const struct device_object
         int lfd = vhm_device_listen_fd(d->dev);
         if (r >= 0 && lfd >= 0 &&
             (r = state_store_fd_name(base, sizeof(base), "vm.%s.dev.%u.listen", c->o->name, d->sid)) >= 0)
-                r = add_fd(c, j, "listen", base, lfd, STATE_STORE_KIND_UNIX);
+                r = add_optional_fd(c, j, "listen", base, lfd, STATE_STORE_KIND_UNIX);
         if (r < 0) {
                 json_object_put(j);
                 c->failed = true;
@@ -541,7 +552,7 @@ static json_object *capture_bitmaps(struct capture *c) {
                 char base[NAME_MAX_LEN];
                 const char *name = NULL;
                 if (state_store_fd_name(base, sizeof(base), "vm.%s.bitmap.%u", o->name, i) >= 0)
-                        name = capture_fd(c, base, rv->bitmap_fds[i], STATE_STORE_KIND_MEMFD);
+                        name = capture_fd(c, base, rv->bitmap_fds[i], STATE_STORE_KIND_MEMFD, false);
                 if (!name || push(a, json_object_new_string(name)) < 0)
                         c->failed = true;
         }
@@ -575,7 +586,8 @@ static json_object *capture_vm(struct capture *c) {
         struct vm_object *o = c->o;
         json_object *w = json_object_new_object();
         c->fds = json_object_new_object();
-        int r = w && c->fds ? add_hex(w, "gpa_limit", vhm_vm_gpa_limit(o->vm)) : -ENOMEM;
+        c->ofds = json_object_new_object();
+        int r = w && c->fds && c->ofds ? add_hex(w, "gpa_limit", vhm_vm_gpa_limit(o->vm)) : -ENOMEM;
         if (r >= 0)
                 r = add(w, "regions", capture_regions(c));
         if (r >= 0)
@@ -584,7 +596,10 @@ static json_object *capture_vm(struct capture *c) {
                 r = add(w, "devices", capture_devices(c));
         if (r >= 0)
                 r = add(w, "fds", json_object_get(c->fds));
+        if (r >= 0)
+                r = add(w, "optional_fds", json_object_get(c->ofds));
         json_object_put(c->fds);
+        json_object_put(c->ofds);
         if (r < 0) {
                 json_object_put(w);
                 return NULL;
@@ -710,9 +725,9 @@ static json_object *loop_vm(struct vm_object *o) {
         return j;
 }
 
-static int merge_fds(json_object *into, json_object *w) {
+static int merge_fds(json_object *into, json_object *w, const char *key) {
         json_object *fds = NULL;
-        if (!json_object_object_get_ex(w, "fds", &fds))
+        if (!json_object_object_get_ex(w, key, &fds))
                 return 0;
         json_object_object_foreach(fds, name, kind) {
                 if (add(into, name, json_object_get(kind)) < 0)
@@ -726,7 +741,8 @@ static json_object *compose(struct daemon *d) {
         json_object *body = json_object_new_object();
         json_object *vms = json_object_new_array();
         json_object *fds = json_object_new_object();
-        int r = body && vms && fds ? 0 : -ENOMEM;
+        json_object *ofds = json_object_new_object();
+        int r = body && vms && fds && ofds ? 0 : -ENOMEM;
         for (struct vm_object *o = d->vms; r >= 0 && o; o = o->next) {
                 struct restart_vm *rv = o->restart;
                 pthread_mutex_lock(&o->snap_lock);
@@ -741,7 +757,9 @@ static json_object *compose(struct daemon *d) {
                         continue; /* its worker has not captured it yet */
                 r = push(vms, loop_vm(o));
                 if (r >= 0)
-                        r = merge_fds(fds, rv->current);
+                        r = merge_fds(fds, rv->current, "fds");
+                if (r >= 0)
+                        r = merge_fds(ofds, rv->current, "optional_fds");
         }
         if (r >= 0)
                 r = add_hex(body, "next_id", __atomic_load_n(&rs->next_id, __ATOMIC_RELAXED));
@@ -753,6 +771,10 @@ static json_object *compose(struct daemon *d) {
                 r = add(body, "fds", fds);
         else
                 json_object_put(fds);
+        if (r >= 0)
+                r = add(body, "optional_fds", ofds);
+        else
+                json_object_put(ofds);
         if (r < 0) {
                 json_object_put(body);
                 return NULL;
@@ -1159,4 +1181,30 @@ void restart_vm_changed(struct vm_object *o) {
         pthread_mutex_unlock(&o->snap_lock);
         if (changed)
                 restart_changed(o->daemon);
+}
+
+/*
+ * The store's copy of a connection would keep it open for the back-end
+ * after the device drops it, and a back-end serving one connection at a
+ * time would never take the next: it goes now.  The published state may
+ * still name it; a successor finding it gone connects again.
+ */
+void restart_device_dropping_connection(struct vm_object *o, const struct device_object *d) {
+        struct restart_vm *rv = o->restart;
+        if (!restart_enabled(o->daemon))
+                return;
+        char conn[NAME_MAX_LEN], channel[NAME_MAX_LEN];
+        if (state_store_fd_name(conn, sizeof(conn), "vm.%s.dev.%u.conn", o->name, d->sid) < 0 ||
+            state_store_fd_name(channel, sizeof(channel), "vm.%s.dev.%u.channel", o->name, d->sid) < 0)
+                return;
+        size_t kept = 0;
+        for (size_t i = 0; i < rv->nstored; i++) {
+                struct stored_fd *e = &rv->stored[i];
+                if (strcmp(e->base, conn) == 0 || strcmp(e->base, channel) == 0) {
+                        (void) state_store_forget_fd(o->daemon->restart->store, e->name);
+                        continue;
+                }
+                rv->stored[kept++] = *e;
+        }
+        rv->nstored = kept;
 }

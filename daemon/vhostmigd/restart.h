@@ -26,6 +26,7 @@
 #include <json-c/json.h>
 
 struct daemon;
+struct device_object;
 struct vm_object;
 
 /* Worker-owned and loop-owned restart data of one VM (restart.c). */
@@ -43,6 +44,8 @@ void restart_vm_free(struct vm_object *o);
 void restart_capture(struct vm_object *o);
 /* Worker, DestroyVm: every fd the VM kept is to go from the store. */
 void restart_vm_released(struct vm_object *o);
+/* Worker: the device is about to close its back-end connection itself (a reconnect): the store lets it go now. */
+void restart_device_dropping_connection(struct vm_object *o, const struct device_object *d);
 /* Worker, AddDirtyBitmap succeeded: the VMM's bitmap memfd (taken) is kept for a successor. */
 void restart_bitmap_added(struct vm_object *o, int fd);
 

@@ -323,18 +323,29 @@ static ssize_t find_name(char **names, size_t n, const char *name) {
         return -1;
 }
 
-/* Every fd the body names is there, once, and of its kind. */
-static int check_fds(json_object *body, int *fds, char **names, size_t n, char *why, size_t why_len) {
-        json_object_object_foreach(json_object_object_get(body, "fds"), name, kind) {
+/* Every fd the map names is there (when not optional), once, and of its kind. */
+static int check_map(json_object *map, bool optional, int *fds, char **names, size_t n, char *why, size_t why_len) {
+        if (!json_object_is_type(map, json_type_object)) {
+                if (optional && !map)
+                        return 0;
+                snprintf(why, why_len, "the state's \"%s\" is not an object", optional ? "optional_fds" : "fds");
+                return -EBADF;
+        }
+        json_object_object_foreach(map, name, kind) {
                 ssize_t i = find_name(names, n, name);
                 const char *k = json_object_is_type(kind, json_type_string) ? json_object_get_string(kind) : "";
-                const char *bad = i < 0 ? "is missing from the store" : wrong_kind(fds[i], k);
+                const char *bad = i < 0 ? (optional ? NULL : "is missing from the store") : wrong_kind(fds[i], k);
                 if (bad) {
                         snprintf(why, why_len, "fd \"%s\" (%s) %s", name, k, bad);
                         return -EBADF;
                 }
         }
         return 0;
+}
+
+static int check_fds(json_object *body, int *fds, char **names, size_t n, char *why, size_t why_len) {
+        int r = check_map(json_object_object_get(body, "fds"), false, fds, names, n, why, why_len);
+        return r < 0 ? r : check_map(json_object_object_get(body, "optional_fds"), true, fds, names, n, why, why_len);
 }
 
 /* The newest of the (at most two) states stored, parsed; its index in *slot. */

@@ -15,7 +15,9 @@
  * valid states and the higher generation wins.
  *
  * The body names every fd it relies on, with its kind ("fds": {name: kind}),
- * so that a restart can check each one before trusting any of it.
+ * so that a restart can check each one before trusting any of it; fds it can
+ * do without ("optional_fds": {name: kind}, a back-end connection say) are
+ * checked when they are there.
  *
  * Without NOTIFY_SOCKET and $FDSTORE (the number of fds the manager keeps,
  * set by systemd 254 and later, or by the unit; not started by systemd or a

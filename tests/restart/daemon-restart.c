@@ -34,6 +34,8 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -74,7 +76,7 @@ static struct {
         char *vm_path, *dev_path;
         /* The VM on the test back-end: its memory and eventfds (no guest drives it). */
         pid_t tb;
-        char tb_socket[128], tb_record[128];
+        char tb_socket[128], tb_record[128], *tb_vm_path, *tb_dev_path;
         int tb_fds[5];
         /*
          * The store takes notifications in on a thread of its own, as a
@@ -344,6 +346,7 @@ static int start_tb_vm(void) {
         snprintf(t.tb_socket, sizeof(t.tb_socket), "%s/tb.sock", t.dir);
         snprintf(t.tb_record, sizeof(t.tb_record), "%s/tb.record", t.dir);
         tc.record_path = t.tb_record;
+        tc.max_connections = 0; /* a device resumed after an interrupted migration comes back */
         int r = tb_spawn_listen(&tc, t.tb_socket, &t.tb);
         if (r < 0)
                 return fail("the test back-end: %s", strerror(-r));
@@ -382,10 +385,13 @@ static int start_tb_vm(void) {
                 r = bus_fail("AddDevice (test back-end)", &e, r);
         sd_bus_error_free(&e);
         sd_bus_message_unref(m);
-        sd_bus_message_unref(reply);
+        if (r >= 0)
+                r = read_path(reply, &t.tb_dev_path);
+        else
+                sd_bus_message_unref(reply);
         if (r >= 0)
                 r = call(vm_path, VM_IF, "StartLogging", NULL, "a{sv}", 0);
-        free(vm_path);
+        t.tb_vm_path = vm_path;
         return r;
 }
 
@@ -642,6 +648,71 @@ static int restart_once(unsigned n) {
         return r;
 }
 
+/* ---- a migration the daemon was running when it died ------------------------------------------------ */
+
+static int get_string(const char *path, const char *iface, const char *prop, char *buf, size_t len) {
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        char *v = NULL;
+        int r = sd_bus_get_property_string(t.c, DEST, path, iface, prop, &e, &v);
+        if (r < 0)
+                r = bus_fail(prop, &e, r);
+        else
+                snprintf(buf, len, "%s", v);
+        free(v);
+        sd_bus_error_free(&e);
+        return r;
+}
+
+/*
+ * The test back-end's VM migrates (stop and copy) to a destination that
+ * never answers: its rings stopped, the daemon is killed.  The new process
+ * says the migration failed and resumes the device from its used rings, on a
+ * new connection (as after a back-end restart).
+ */
+static int interrupted_migration(void) {
+        char dest[96], state[32] = "", role[32] = "", dev_state[32] = "";
+        snprintf(dest, sizeof(dest), "%s/nobody.sock", t.dir);
+        int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", dest);
+        if (lfd < 0 || bind(lfd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(lfd, 4) < 0)
+                return fail("the silent destination: %s", strerror(errno));
+        char address[140];
+        snprintf(address, sizeof(address), "unix:%s", dest);
+        int r = call(t.tb_vm_path, VM_IF, "MigrateTo", NULL, "ssa{sv}", address, "00000000000000000000000000000000", 0);
+        /* Until the rings are stopped: the back-end answered GET_VRING_BASE for both. */
+        for (uint64_t end = now_ms() + 5000; r >= 0 && tb_record_count(t.tb_record, "GET_VRING_BASE") < 2;) {
+                if (now_ms() >= end)
+                        r = fail("the migration did not stop the rings");
+                sleep_ms(20);
+        }
+        if (r >= 0)
+                r = daemon_stop(SIGKILL);
+        if (r >= 0)
+                r = daemon_start();
+        if (r >= 0)
+                r = get_string(t.tb_vm_path, VM_IF, "MigrationState", state, sizeof(state));
+        if (r >= 0)
+                r = get_string(t.tb_vm_path, VM_IF, "Role", role, sizeof(role));
+        if (r >= 0 && (strcmp(state, "failed") != 0 || strcmp(role, "source") != 0))
+                r = fail("after the restart the migration is %s as %s, not failed as source", state, role);
+        for (uint64_t end = now_ms() + 5000; r >= 0;) {
+                r = get_string(t.tb_dev_path, DEV_IF, "State", dev_state, sizeof(dev_state));
+                if (r < 0 ||
+                    (strcmp(dev_state, "running") == 0 && tb_record_count(t.tb_record, "CONNECTION 2 OPEN") == 1))
+                        break;
+                if (now_ms() >= end)
+                        r = fail("the device is %s after the restart, not running on a new connection", dev_state);
+                sleep_ms(20);
+        }
+        close(lfd);
+        unlink(dest);
+        if (r >= 0)
+                printf("a migration under way at SIGKILL: failed as source after the restart, the device running "
+                       "again on a new connection\n");
+        return r;
+}
+
 /* ---- states that must be refused ---------------------------------------------------------------------- */
 
 /* The stored state's text (the newest slot), or NULL. */
@@ -730,12 +801,20 @@ static int refused(const char *what, void (*spoil)(json_object *env, char **text
         free(vms);
         if (r >= 0 && store_size() != 0)
                 r = fail("%s: the store still holds %zu fd(s)", what, store_size());
-        /* The connection ends once no process holds it, and nothing was sent on it. */
+        /* The last connection ends once no process holds it, and nothing was sent on it. */
+        char closed[48];
+        unsigned last = 0;
+        for (char open[48];; last++) {
+                snprintf(open, sizeof(open), "CONNECTION %u OPEN", last + 1);
+                if (t.tb <= 0 || tb_record_count(t.tb_record, open) == 0)
+                        break;
+        }
+        snprintf(closed, sizeof(closed), "CONNECTION %u CLOSED", last);
         for (uint64_t end = now_ms() + 2000;
-             r >= 0 && t.tb > 0 && tb_record_count(t.tb_record, "CONNECTION 1 CLOSED") == 0 && now_ms() < end;)
+             r >= 0 && t.tb > 0 && tb_record_count(t.tb_record, closed) == 0 && now_ms() < end;)
                 sleep_ms(20);
-        if (r >= 0 && t.tb > 0 && tb_record_count(t.tb_record, "CONNECTION 1 CLOSED") != 1)
-                r = fail("%s: the test back-end's connection is not closed", what);
+        if (r >= 0 && t.tb > 0 && tb_record_count(t.tb_record, closed) != 1)
+                r = fail("%s: the test back-end's connection is not closed (no \"%s\")", what, closed);
         if (r >= 0 && t.tb > 0 && tb_requests() != tb_before)
                 r = fail("%s: the test back-end got %u request(s)", what, tb_requests() - tb_before);
         if (r >= 0 && count_open_fds() != fds_before)
@@ -816,6 +895,8 @@ static void cleanup(void) {
         vhm_guest_free(t.g);
         free(t.vm_path);
         free(t.dev_path);
+        free(t.tb_vm_path);
+        free(t.tb_dev_path);
         stop_backend(&t.testpmd);
         if (t.tb > 0)
                 (void) tb_stop(t.tb);
@@ -850,6 +931,8 @@ static int run(void) {
                 r = traffic(TRAFFIC_MS);
                 drain();
         }
+        if (r >= 0)
+                r = interrupted_migration();
         struct vhm_guest_stats s = t.g ? guest_stats() : (struct vhm_guest_stats){ 0 };
         printf("%u restarts: %" PRIu64 " frames sent, %" PRIu64 " received, %" PRIu64 " lost, %" PRIu64
                " corrupted, %" PRIu64 " duplicated\n",

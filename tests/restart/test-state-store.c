@@ -224,6 +224,49 @@ static void missing_fd_refused(void **state) {
         refused(-1, NULL, -1, -EBADF, "\"vm.a.dev0.conn\" (unix-stream) is missing");
 }
 
+/* An fd the state can do without ("optional_fds"): its absence is no reason to refuse, its kind still is. */
+static void optional_fd_may_be_missing(void **state) {
+        (void) state;
+        json_object *body = save_vm();
+        json_object *ofds = json_object_new_object();
+        json_object_object_add(ofds, "vm.a.dev0.channel", json_object_new_string(STATE_STORE_KIND_UNIX));
+        json_object_object_add(ofds, "vm.a.dev0.q0.kick", json_object_new_string(STATE_STORE_KIND_UNIX));
+        json_object_object_add(body, "optional_fds", ofds);
+        assert_int_equal(state_store_publish(fx.s, body), 0);
+        while (fdstore_receive(&fx.store, 200) > 0)
+                ;
+        /* The kick eventfd named as a socket: refused, whether optional or not. */
+        int fds[8];
+        char *names[8];
+        size_t n = handed(fds, names);
+        struct state_store *s2;
+        assert_int_equal(state_store_new(&s2), 0);
+        struct state_restored *r = (void *) 1;
+        assert_int_equal(state_store_restore_fds(s2, fds, names, n, &r, fx.why, sizeof(fx.why)), -EBADF);
+        assert_non_null(strstr(fx.why, "\"vm.a.dev0.q0.kick\" (unix-stream) is not a Unix stream socket"));
+        state_store_free(s2);
+        fdstore_receive(&fx.store, 200);
+        assert_int_equal(fx.store.n, 0);
+        json_object_put(body);
+
+        /* Only the channel, which was never stored: the state is trusted. */
+        body = save_vm();
+        ofds = json_object_new_object();
+        json_object_object_add(ofds, "vm.a.dev0.channel", json_object_new_string(STATE_STORE_KIND_UNIX));
+        json_object_object_add(body, "optional_fds", ofds);
+        assert_int_equal(state_store_publish(fx.s, body), 0);
+        while (fdstore_receive(&fx.store, 200) > 0)
+                ;
+        n = handed(fds, names);
+        assert_int_equal(state_store_new(&s2), 0);
+        assert_int_equal(state_store_restore_fds(s2, fds, names, n, &r, fx.why, sizeof(fx.why)), 0);
+        assert_non_null(r);
+        assert_int_equal(state_restored_take_fd(r, "vm.a.dev0.channel"), -ENOENT);
+        state_restored_free(s2, r);
+        state_store_free(s2);
+        json_object_put(body);
+}
+
 static void wrong_kind_refused(void **state) {
         (void) state;
         json_object_put(save_vm());
@@ -295,6 +338,7 @@ int main(void) {
                 TEST(nothing_stored_is_a_first_start),
                 TEST(names),
                 TEST(disabled_without_notify_socket),
+                TEST(optional_fd_may_be_missing),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
