@@ -115,6 +115,19 @@ VHM_FORCE_INLINE void prefetch_chunk(const uint64_t *c) {
                 __builtin_prefetch(&c[k], 0, 3);
 }
 
+/*
+ * The same for the bitmap, for writing.  A locked instruction also waits
+ * until every earlier store has left the store buffer, so a merge into a
+ * bitmap line not yet owned made the next exchange wait for that line:
+ * at 0.1 % dirty one memory latency per dirty word, in series.  Owned
+ * ahead, the merges do not hold the exchanges up (measured on the AMD EPYC:
+ * 0.1 % about 10 to 30 % faster, under load the most; 10 and 100 % level).
+ */
+VHM_FORCE_INLINE void prefetch_chunk_write(const uint64_t *c) {
+        for (unsigned int k = 0; k < CHUNK_WORDS; k += LINE_WORDS)
+                __builtin_prefetch(&c[k], 1, 3);
+}
+
 /* OR v (already in CPU bit order) into a bitmap word; bits new to it. */
 VHM_FORCE_INLINE uint64_t merge(uint64_t *bw, uint64_t v) {
         uint64_t b = *bw;
@@ -303,8 +316,10 @@ VHM_FORCE_INLINE uint64_t body_lines(uint64_t *log, uint64_t *bm, uint64_t n, bo
         for (; i + CHUNK_WORDS <= n; i += CHUNK_WORDS) {
                 if (__builtin_expect(chunk_or(&log[i]) == 0, 1))
                         continue;
-                if (i + (PREFETCH_CHUNKS + 1) * CHUNK_WORDS <= n)
+                if (i + (PREFETCH_CHUNKS + 1) * CHUNK_WORDS <= n) {
                         prefetch_chunk(&log[i + PREFETCH_CHUNKS * CHUNK_WORDS]);
+                        prefetch_chunk_write(&bm[i + PREFETCH_CHUNKS * CHUNK_WORDS]);
+                }
                 for (unsigned int h = 0; h < CHUNK_WORDS; h += 64) {
                         uint64_t *l = &log[i + h], *b = &bm[i + h];
                         uint64_t mask = nonzero_mask(l, avx2);
@@ -358,6 +373,11 @@ VHM_FORCE_INLINE uint64_t body_plain(uint64_t *log, uint64_t *bm, uint64_t n, bo
         for (; i + CHUNK_WORDS <= n; i += CHUNK_WORDS) {
                 if (__builtin_expect(chunk_or(&log[i]) == 0, 1))
                         continue;
+                /* without locked instructions too, the stores wait less for lines owned ahead */
+                if (i + (PREFETCH_CHUNKS + 1) * CHUNK_WORDS <= n) {
+                        prefetch_chunk_write(&log[i + PREFETCH_CHUNKS * CHUNK_WORDS]);
+                        prefetch_chunk_write(&bm[i + PREFETCH_CHUNKS * CHUNK_WORDS]);
+                }
                 for (unsigned int h = 0; h < CHUNK_WORDS; h += 64)
                         fresh += take_mask_plain(&log[i + h], &bm[i + h], nonzero_mask(&log[i + h], avx2));
         }
