@@ -326,14 +326,18 @@ static int start_vm(void) {
 
 /* ---- the VM on the test back-end -------------------------------------------------------------------- */
 
-/* Requests the test back-end has received (its record's lines naming their flags). */
-static unsigned tb_requests(void) {
-        char *rec = tb_record_read(t.tb_record);
+/* Requests a test back-end has received (its record's lines naming their flags). */
+static unsigned requests_in(const char *record) {
+        char *rec = tb_record_read(record);
         unsigned n = 0;
         for (char *line = rec ? strtok(rec, "\n") : NULL; line; line = strtok(NULL, "\n"))
                 n += strncmp(line, "VIOLATION", 9) != 0 && strstr(line, " flags=0x") != NULL;
         free(rec);
         return n;
+}
+
+static unsigned tb_requests(void) {
+        return requests_in(t.tb_record);
 }
 
 /* Memory, eventfds and a device on the test back-end in the planned ring layout; logging on. */
@@ -713,6 +717,115 @@ static int interrupted_migration(void) {
         return r;
 }
 
+/*
+ * A VM waiting for an incoming migration (PrepareIncoming, its device added
+ * with Incoming on a test back-end of its own) when the daemon is killed: the
+ * new process says the migration failed as destination and drops the
+ * incoming device, whose connection the back-end sees end without a request.
+ */
+static int interrupted_incoming(void) {
+        struct vhm_guest_config cfg = { .mem_size = MEM_SIZE, .queue_pairs = 1, .ring_size = RING_SIZE };
+        char socket[96], record[96], state[32] = "", role[32] = "";
+        struct tb_config tc;
+        pid_t tb = -1;
+        int fds[5] = { -1, -1, -1, -1, -1 };
+        char *vm_path = NULL, **devices = NULL;
+        sd_bus_message *m = NULL, *reply = NULL;
+        snprintf(socket, sizeof(socket), "%s/tb-in.sock", t.dir);
+        snprintf(record, sizeof(record), "%s/tb-in.record", t.dir);
+        tb_config_init(&tc);
+        tc.record_path = record;
+        int r = tb_spawn_listen(&tc, socket, &tb);
+        if (r < 0)
+                return fail("the incoming test back-end: %s", strerror(-r));
+        fds[0] = memfd_create("vhm-restart-in", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fds[0] < 0 || ftruncate(fds[0], (off_t) MEM_SIZE) < 0 ||
+            fcntl(fds[0], F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
+                r = fail("memory: %s", strerror(errno));
+        for (unsigned i = 1; r >= 0 && i < 5; i++)
+                if ((fds[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
+                        r = fail("eventfd: %s", strerror(errno));
+        if (r >= 0)
+                r = call(ROOT_PATH, MANAGER_IF, "CreateVm", &reply, "sa(httt)a{sv}", "incoming", 1, fds[0], UINT64_C(0),
+                         MEM_SIZE, UINT64_C(0), 0);
+        if (r >= 0)
+                r = read_path(reply, &vm_path);
+        if (r >= 0)
+                r = sd_bus_message_new_method_call(t.c, &m, DEST, vm_path, VM_IF, "AddDevice");
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", socket);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, 'a', "(uttthh)");
+        for (unsigned q = 0; r >= 0 && q < 2; q++) {
+                struct vhm_guest_queue_layout l;
+                r = vhm_guest_plan_queue_layout(&cfg, q, &l);
+                if (r >= 0)
+                        r = sd_bus_message_append(m, "(uttthh)", (uint32_t) l.num, l.desc_gpa, l.avail_gpa, l.used_gpa,
+                                                  fds[1 + q], fds[3 + q]);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "a{sv}", 2, "QueuePairs", "u", 1u, "Incoming", "b", 1);
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        reply = NULL;
+        if (r >= 0 && (r = sd_bus_call(t.c, m, CALL_USEC, &e, &reply)) < 0)
+                r = bus_fail("AddDevice (incoming)", &e, r);
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(m);
+        sd_bus_message_unref(reply);
+        reply = NULL;
+        if (r >= 0)
+                r = call(vm_path, VM_IF, "PrepareIncoming", &reply, "a{sv}", 0);
+        sd_bus_message_unref(reply);
+        unsigned requests = 0;
+        if (r >= 0) {
+                /* The last capture (the device connected) and the migration's start published. */
+                sleep_ms(300);
+                receive_notifications();
+                requests = requests_in(record);
+                r = daemon_stop(SIGKILL);
+        }
+        if (r >= 0)
+                r = daemon_start();
+        if (r >= 0)
+                r = get_string(vm_path, VM_IF, "MigrationState", state, sizeof(state));
+        if (r >= 0)
+                r = get_string(vm_path, VM_IF, "Role", role, sizeof(role));
+        if (r >= 0 && (strcmp(state, "failed") != 0 || strcmp(role, "destination") != 0))
+                r = fail("after the restart the incoming migration is %s as %s, not failed as destination", state,
+                         role);
+        for (uint64_t end = now_ms() + 3000; r >= 0 && tb_record_count(record, "CONNECTION 1 CLOSED") == 0;) {
+                if (now_ms() >= end)
+                        r = fail("the incoming device's connection is still open after the restart");
+                sleep_ms(20);
+        }
+        if (r >= 0 && requests_in(record) != requests)
+                r = fail("the incoming device's back-end got requests after the restart");
+        if (r >= 0 && (r = sd_bus_get_property_strv(t.c, DEST, vm_path, VM_IF, "Devices", NULL, &devices)) < 0)
+                r = fail("Devices: %s", strerror(-r));
+        if (r >= 0 && devices && devices[0])
+                r = fail("the incoming device %s is still there after the restart", devices[0]);
+        for (size_t i = 0; devices && devices[i]; i++)
+                free(devices[i]);
+        free(devices);
+        if (vm_path)
+                (void) call(ROOT_PATH, MANAGER_IF, "DestroyVm", NULL, "s", "incoming");
+        free(vm_path);
+        for (unsigned i = 0; i < 5; i++)
+                if (fds[i] >= 0)
+                        close(fds[i]);
+        (void) tb_stop(tb);
+        unlink(socket);
+        unlink(record);
+        if (r >= 0) {
+                receive_notifications();
+                printf("an incoming migration under way at SIGKILL: failed as destination after the restart, the "
+                       "incoming device dropped, its connection closed without a request\n");
+        }
+        return r;
+}
+
 /* ---- states that must be refused ---------------------------------------------------------------------- */
 
 /* The stored state's text (the newest slot), or NULL. */
@@ -933,6 +1046,8 @@ static int run(void) {
         }
         if (r >= 0)
                 r = interrupted_migration();
+        if (r >= 0)
+                r = interrupted_incoming();
         struct vhm_guest_stats s = t.g ? guest_stats() : (struct vhm_guest_stats){ 0 };
         printf("%u restarts: %" PRIu64 " frames sent, %" PRIu64 " received, %" PRIu64 " lost, %" PRIu64
                " corrupted, %" PRIu64 " duplicated\n",
