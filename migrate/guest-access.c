@@ -99,7 +99,14 @@ static int install(void) {
 enum access {
         ACCESS_READ,
         ACCESS_WRITE,
-        ACCESS_LOAD_U16_ACQUIRE
+        ACCESS_LOAD_U16_ACQUIRE,
+        ACCESS_CALL,
+};
+
+/* What vhm_guarded_call runs over the armed range. */
+struct call {
+        void (*fn)(const void *guest, size_t len, void *arg);
+        void *arg;
 };
 
 /*
@@ -132,6 +139,9 @@ static int guarded(enum access op, volatile void *guest, void *local, size_t len
         case ACCESS_LOAD_U16_ACQUIRE:
                 *(uint16_t *) local = __atomic_load_n((const uint16_t *) guest, __ATOMIC_ACQUIRE);
                 break;
+        case ACCESS_CALL:
+                ((struct call *) local)->fn((const void *) guest, len, ((struct call *) local)->arg);
+                break;
         }
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
         armed = g.outer;
@@ -150,4 +160,10 @@ int vhm_guarded_load_u16_acquire(const volatile uint16_t *src, uint16_t *out) {
         if ((uintptr_t) src % sizeof(uint16_t))
                 return -EINVAL;
         return guarded(ACCESS_LOAD_U16_ACQUIRE, (volatile void *) src, out, sizeof(*out));
+}
+
+int vhm_guarded_call(const volatile void *guest, size_t len, void (*fn)(const void *guest, size_t len, void *arg),
+                     void *arg) {
+        struct call c = { fn, arg };
+        return guarded(ACCESS_CALL, (volatile void *) guest, &c, len);
 }

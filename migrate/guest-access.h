@@ -27,3 +27,12 @@ int vhm_guarded_read(void *dst, const volatile void *src, size_t len);
 int vhm_guarded_write(volatile void *dst, const void *src, size_t len);
 /* An acquire load of a 2-aligned u16 in guest memory (ring indices); 0 or -EIO. */
 int vhm_guarded_load_u16_acquire(const volatile uint16_t *src, uint16_t *out);
+/*
+ * Runs fn over guest memory [guest, guest+len) with that range armed: one
+ * pass that reads guest memory in place (a hash, a zero test) instead of a
+ * copy first.  A fault there cuts fn short wherever it is and -EIO is
+ * returned, so fn must only compute: no allocation, lock, I/O or anything
+ * else that would be left half done.
+ */
+int vhm_guarded_call(const volatile void *guest, size_t len, void (*fn)(const void *guest, size_t len, void *arg),
+                     void *arg);

@@ -339,28 +339,56 @@ static int cmp_region_gpa(const void *a, const void *b) {
         return (x->guest_phys_addr > y->guest_phys_addr) - (x->guest_phys_addr < y->guest_phys_addr);
 }
 
+/* What one pass over a batch of guest memory finds, page by page. */
+struct batch_scan {
+        bool hash; /* stop-and-copy: each page's hash as well */
+        bool zero[BATCH];
+        uint64_t hashes[BATCH];
+};
+
+/* Under the guard (vhm_vm_visit): reads only, so a fault can cut it anywhere. */
+static void scan_pages(const void *p, size_t len, void *arg) {
+        struct batch_scan *b = arg;
+        const uint8_t *page = p;
+        for (size_t k = 0; k < len / PAGE; k++, page += PAGE) {
+                if (b->hash)
+                        b->hashes[k] = vhm_checksum_page(page, &b->zero[k]);
+                else
+                        b->zero[k] = vhm_page_is_zero(page);
+        }
+}
+
+/* Under the guard (vhm_vm_visit): the hashes of a run of pages, in order. */
+static void hash_run(const void *p, size_t len, void *arg) {
+        uint64_t *out = arg;
+        for (size_t off = 0; off < len; off += PAGE)
+                *out++ = vhm_checksum_page((const uint8_t *) p + off, NULL);
+}
+
 /*
- * One batch of up to 256 pages from [gpa, gpa + bytes), read with one guarded
- * copy.  Stop-and-copy: one pass over each page gives its hash (folded into
- * the checksum) and whether it is zero (sent as a flag).  Live: the checksum
- * is taken over the whole memory at the switchover, so the rounds only test
- * for zero (vhm_stream_send_pages, which stops at the first non-zero byte).
+ * One batch of up to 256 pages from [gpa, gpa + bytes), without a copy in
+ * user space: one guarded pass over guest memory in place, then the kernel
+ * copies the data pages from the mapping into the socket (the stream).
+ * Stop-and-copy: that pass gives each page's hash (folded into the checksum)
+ * and whether it is zero (sent as a flag).  Live: the checksum is taken over
+ * the whole memory at the switchover, so the rounds only test for zero,
+ * which stops at a data page's first non-zero byte.
  */
-static int send_batch(struct engine *e, uint8_t *buf, uint64_t gpa, uint64_t bytes) {
-        int r = vhm_vm_read(e->vm, gpa, buf, bytes);
+static int send_batch(struct engine *e, uint64_t gpa, uint64_t bytes) {
+        struct batch_scan scan = { .hash = !e->o.live };
+        int r = vhm_vm_visit(e->vm, gpa, bytes, scan_pages, &scan);
         if (r < 0)
                 return fail(e, r, "%sPAGES: reading guest memory at 0x%" PRIx64 ": %s", e->at, gpa,
                             vhm_vm_error(e->vm));
-        struct vhm_rec_page pages[BATCH];
+        struct vhm_rec_vm_page pages[BATCH];
         unsigned count = (unsigned) (bytes / PAGE), zero = 0;
         for (unsigned k = 0; k < count; k++) {
-                bool is_zero = false;
-                const uint8_t *data = buf + (size_t) k * PAGE;
-                if (!e->o.live)
-                        e->st->checksum = vhm_checksum_fold(e->st->checksum, vhm_checksum_page(data, &is_zero));
-                pages[k] = (struct vhm_rec_page){ .gpa = gpa + (uint64_t) k * PAGE, .data = is_zero ? NULL : data };
+                if (scan.hash)
+                        e->st->checksum = vhm_checksum_fold(e->st->checksum, scan.hashes[k]);
+                pages[k] = (struct vhm_rec_vm_page){ .gpa = gpa + (uint64_t) k * PAGE, .zero = scan.zero[k] };
+                zero += scan.zero[k];
         }
-        r = vhm_stream_send_pages(e->s, pages, count, &zero);
+        r = vhm_stream_send_vm_pages(e->s, e->vm, pages, count);
         if (r < 0)
                 return send_failed(e, r);
         e->st->pages_transferred += count;
@@ -376,22 +404,18 @@ static int source_pages(struct engine *e) {
         for (unsigned i = 0; i < nr; i++)
                 regions[i] = vhm_vm_region(e->vm, i);
         qsort(regions, nr, sizeof(regions[0]), cmp_region_gpa);
-        uint8_t *buf = malloc((size_t) BATCH * PAGE);
-        if (!buf)
-                return fail(e, -ENOMEM, "out of memory");
         e->st->checksum = VHM_CHECKSUM_INIT;
         int r = 0;
         for (unsigned i = 0; r == 0 && i < nr; i++)
                 for (uint64_t off = 0; r == 0 && off < regions[i]->size; off += (uint64_t) BATCH * PAGE) {
                         uint64_t left = regions[i]->size - off;
-                        r = send_batch(e, buf, regions[i]->guest_phys_addr + off,
+                        r = send_batch(e, regions[i]->guest_phys_addr + off,
                                        left < (uint64_t) BATCH * PAGE ? left : (uint64_t) BATCH * PAGE);
                         /* The stream sees a cancel only when it would block. */
                         if (r == 0 && cancelled(e))
                                 r = fail(e, -ECANCELED, "PAGES: cancelled");
                         report(e);
                 }
-        free(buf);
         return r;
 }
 
@@ -565,7 +589,7 @@ static int batch_done(struct engine *e, uint64_t pages, bool limited) {
 }
 
 /* The pages of [first, first + count) that lie in guest memory; gaps and ring logs past memory are no pages. */
-static int send_range(struct engine *e, uint8_t *buf, uint64_t first, uint64_t count, bool limited) {
+static int send_range(struct engine *e, uint64_t first, uint64_t count, bool limited) {
         for (unsigned i = 0; i < vhm_vm_region_count(e->vm); i++) {
                 const struct vhm_region *rg = vhm_vm_region(e->vm, i);
                 uint64_t lo = rg->guest_phys_addr / PAGE, hi = (rg->guest_phys_addr + rg->size) / PAGE;
@@ -573,7 +597,7 @@ static int send_range(struct engine *e, uint8_t *buf, uint64_t first, uint64_t c
                 hi = hi < first + count ? hi : first + count;
                 for (uint64_t p = lo; p < hi;) {
                         uint64_t k = hi - p < BATCH ? hi - p : BATCH;
-                        int r = send_batch(e, buf, p * PAGE, k * PAGE);
+                        int r = send_batch(e, p * PAGE, k * PAGE);
                         if (r == 0)
                                 r = batch_done(e, k, limited);
                         if (r < 0)
@@ -585,7 +609,7 @@ static int send_range(struct engine *e, uint8_t *buf, uint64_t first, uint64_t c
 }
 
 /* Every page the migration bitmap holds, each taken out before it is read. */
-static int send_dirty(struct engine *e, uint8_t *buf, bool limited) {
+static int send_dirty(struct engine *e, bool limited) {
         struct vhm_bitmap *bm = vhm_logging_bitmap(e->logging);
         struct vhm_bitmap_iter it;
         uint64_t first, count;
@@ -593,7 +617,7 @@ static int send_dirty(struct engine *e, uint8_t *buf, bool limited) {
         while (vhm_bitmap_iter_next(&it, &first, &count)) {
                 /* A write after the read below is in a dirty source, for the next harvest. */
                 (void) vhm_bitmap_clear_range(bm, first, count);
-                int r = send_range(e, buf, first, count, limited);
+                int r = send_range(e, first, count, limited);
                 if (r < 0)
                         return r;
         }
@@ -637,14 +661,13 @@ static int not_converged(struct engine *e) {
 }
 
 /* Round 0 sends every page, each later one what became dirty, until the rest fits the downtime. */
-static int precopy_rounds(struct engine *e, uint8_t *buf) {
+static int precopy_rounds(struct engine *e) {
         for (unsigned round = 0;; round++) {
                 e->st->round = round;
                 snprintf(e->at, sizeof(e->at), "round %u: ", round);
                 e->round_usec = vhu_now_usec();
                 e->round_bytes = vhm_stream_bytes_sent(e->s);
-                int r = round ? send_dirty(e, buf, true)
-                              : send_range(e, buf, 0, (vhm_vm_top_gpa(e->vm) + PAGE - 1) / PAGE, true);
+                int r = round ? send_dirty(e, true) : send_range(e, 0, (vhm_vm_top_gpa(e->vm) + PAGE - 1) / PAGE, true);
                 if (r == 0)
                         r = round_end(e);
                 if (r < 0)
@@ -670,12 +693,7 @@ static int precopy(struct engine *e) {
         vhm_bitmap_clear_all(vhm_logging_bitmap(e->logging));
         e->st->pages_remaining = e->st->pages_total;
         set_state(e, VHM_MIGRATION_ACTIVE);
-        uint8_t *buf = malloc((size_t) BATCH * PAGE);
-        if (!buf)
-                return fail(e, -ENOMEM, "out of memory");
-        r = precopy_rounds(e, buf);
-        free(buf);
-        return r;
+        return precopy_rounds(e);
 }
 
 /* A MigrateContinue left from an earlier migration must not count as this one's pause. */
@@ -754,11 +772,7 @@ static int live_last_pages(struct engine *e) {
         r = harvest(e, &fresh);
         if (r < 0)
                 return r;
-        uint8_t *buf = malloc((size_t) BATCH * PAGE);
-        if (!buf)
-                return fail(e, -ENOMEM, "out of memory");
-        r = send_dirty(e, buf, false);
-        free(buf);
+        r = send_dirty(e, false);
         if (r < 0)
                 return r;
         e->at[0] = '\0';
@@ -848,28 +862,40 @@ static void dest_hash_alloc(struct engine *e) {
         }
 }
 
-/* The hashes of a batch just written, from the record (still in cache): what guest memory now holds. */
-static void dest_hash_pages(struct engine *e, const struct vhm_rec_pages *pg) {
+/*
+ * The hashes of a batch just received, read back from guest memory while
+ * the pages are still in cache (a run of consecutive pages at a time): what
+ * guest memory now holds.
+ */
+static int dest_hash_pages(struct engine *e, const struct vhm_rec_pages *pg) {
         static const uint8_t zero_page[PAGE];
         if (!e->page_hash)
-                return;
+                return 0;
         uint64_t zero_hash = vhm_checksum_page(zero_page, NULL);
-        const uint8_t *data = pg->data;
-        for (uint32_t i = 0; i < pg->count; i++) {
-                uint64_t v;
-                memcpy(&v, pg->entries + 8u * i, sizeof(v));
+        for (uint32_t i = 0; i < pg->count;) {
+                uint64_t v, gpa, k, n = 1;
+                memcpy(&v, pg->entries + 8u * i++, sizeof(v));
                 v = le64toh(v);
-                uint64_t k = page_index(&e->hello, v & ~(uint64_t) VHM_REC_PAGE_FLAGS_MASK);
-                if (k >= e->st->pages_total)
-                        continue;
+                gpa = v & ~(uint64_t) VHM_REC_PAGE_FLAGS_MASK;
+                k = page_index(&e->hello, gpa);
                 if (v & VHM_REC_PAGE_ZERO) {
                         e->page_hash[k] = zero_hash;
                 } else {
-                        e->page_hash[k] = vhm_checksum_page(data, NULL);
-                        data += PAGE;
+                        /* The run: the next entries are the next pages, with data, in the same region. */
+                        for (uint64_t w; i < pg->count; i++, n++) {
+                                memcpy(&w, pg->entries + 8u * i, sizeof(w));
+                                if (le64toh(w) != gpa + n * PAGE || page_index(&e->hello, gpa + n * PAGE) != k + n)
+                                        break;
+                        }
+                        int r = vhm_vm_visit(e->vm, gpa, n * PAGE, hash_run, &e->page_hash[k]);
+                        if (r < 0)
+                                return fail(e, r, "PAGES: reading back guest memory at 0x%" PRIx64 ": %s", gpa,
+                                            vhm_vm_error(e->vm));
                 }
-                e->hashed[k / 8] |= (uint8_t) (1u << (k % 8));
+                for (uint64_t j = k; j < k + n; j++)
+                        e->hashed[j / 8] |= (uint8_t) (1u << (j % 8));
         }
+        return 0;
 }
 
 /* The checksum of guest memory from the table; a page that never arrived is read. */
@@ -956,17 +982,13 @@ static int dest_setup(struct engine *e, const char *token, uint64_t token_deadli
         return r;
 }
 
-static int dest_pages(struct engine *e, const void *p, uint32_t len) {
-        struct vhm_rec_pages pg;
-        char err[256];
-        int r = vhm_rec_decode_pages(p, len, &e->hello, &pg, err, sizeof(err));
-        if (r == 0)
-                r = vhm_rec_pages_write(&pg, e->vm, err, sizeof(err));
+/* A batch the stream checked and read into guest memory (vhm_stream_recv_vm). */
+static int dest_pages(struct engine *e, const struct vhm_rec_pages *pg) {
+        int r = dest_hash_pages(e, pg);
         if (r < 0)
-                return fail(e, r, "%s", err);
-        dest_hash_pages(e, &pg);
-        e->st->pages_transferred += pg.count;
-        e->st->zero_pages += pg.zero;
+                return r;
+        e->st->pages_transferred += pg->count;
+        e->st->zero_pages += pg->zero;
         report(e);
         return 0;
 }
@@ -1061,13 +1083,14 @@ static int dest_receive(struct engine *e, struct vhm_rec_end *end) {
                 char err[256];
                 char step[64];
                 snprintf(step, sizeof(step), "waiting for a record after %s", vhm_rec_name(e->last_record));
-                int type = vhm_stream_recv(e->s, &p, &len), r;
+                struct vhm_rec_pages pg;
+                int type = vhm_stream_recv_vm(e->s, e->vm, &e->hello, &p, &len, &pg), r;
                 if (type < 0)
                         return stream_failed(e, type, step);
                 e->last_record = (uint16_t) type;
                 switch (type) {
                 case VHM_REC_PAGES:
-                        r = dest_pages(e, p, len);
+                        r = dest_pages(e, &pg);
                         break;
                 case VHM_REC_DEVICE:
                         r = dest_device(e, p, len);

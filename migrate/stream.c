@@ -33,6 +33,8 @@
 /* An optional record of a type this end does not know is skipped, up to this size. */
 #define MAX_OPTIONAL_UNKNOWN (1u << 20)
 #define MAX_IOV              300u
+/* TLS: the guest pages staged at a time, through one guarded copy (one batch). */
+#define BOUNCE_SIZE ((size_t) VHM_REC_PAGE_SIZE * VHM_REC_MAX_PAGES_PER_BATCH)
 
 /* The table below is aligned by hand, a row a record. */
 /* clang-format off */
@@ -434,6 +436,29 @@ static bool page_in_layout(const struct vhm_rec_hello *layout, uint64_t gpa) {
         return false;
 }
 
+/* The entries of pg (count set): flags, every gpa in the layout, the record's length exact; counts the zero pages. */
+static int check_page_list(struct vhm_rec_pages *pg, uint32_t len, const struct vhm_rec_hello *layout, char *err,
+                           size_t errlen) {
+        const uint8_t *p = pg->entries;
+        pg->zero = 0;
+        for (uint32_t i = 0; i < pg->count; i++) {
+                uint64_t e = get64(&p);
+                uint64_t flags = e & VHM_REC_PAGE_FLAGS_MASK, gpa = e & ~(uint64_t) VHM_REC_PAGE_FLAGS_MASK;
+                if (flags & ~(uint64_t) VHM_REC_PAGE_ZERO)
+                        return efail(err, errlen, -EBADMSG,
+                                     "PAGES: page %u (gpa 0x%" PRIx64 ") has unknown flags 0x%" PRIx64, i, gpa, flags);
+                if (!page_in_layout(layout, gpa))
+                        return efail(err, errlen, -EBADMSG,
+                                     "PAGES: page %u at gpa 0x%" PRIx64 " is outside the memory layout", i, gpa);
+                pg->zero += (flags & VHM_REC_PAGE_ZERO) != 0;
+        }
+        uint64_t expected = 4u + 8u * (uint64_t) pg->count + (uint64_t) VHM_REC_PAGE_SIZE * (pg->count - pg->zero);
+        if (len != expected)
+                return efail(err, errlen, -EBADMSG, "PAGES: %u bytes for %u pages (%u zero), expected %" PRIu64, len,
+                             pg->count, pg->zero, expected);
+        return 0;
+}
+
 int vhm_rec_decode_pages(const void *payload, uint32_t len, const struct vhm_rec_hello *layout,
                          struct vhm_rec_pages *out, char *err, size_t errlen) {
         if (len < 4)
@@ -447,22 +472,10 @@ int vhm_rec_decode_pages(const void *payload, uint32_t len, const struct vhm_rec
         memset(out, 0, sizeof(*out));
         out->count = count;
         out->entries = p;
-        for (uint32_t i = 0; i < count; i++) {
-                uint64_t e = get64(&p);
-                uint64_t flags = e & VHM_REC_PAGE_FLAGS_MASK, gpa = e & ~(uint64_t) VHM_REC_PAGE_FLAGS_MASK;
-                if (flags & ~(uint64_t) VHM_REC_PAGE_ZERO)
-                        return efail(err, errlen, -EBADMSG,
-                                     "PAGES: page %u (gpa 0x%" PRIx64 ") has unknown flags 0x%" PRIx64, i, gpa, flags);
-                if (!page_in_layout(layout, gpa))
-                        return efail(err, errlen, -EBADMSG,
-                                     "PAGES: page %u at gpa 0x%" PRIx64 " is outside the memory layout", i, gpa);
-                out->zero += (flags & VHM_REC_PAGE_ZERO) != 0;
-        }
-        uint64_t expected = 4u + 8u * (uint64_t) count + (uint64_t) VHM_REC_PAGE_SIZE * (count - out->zero);
-        if (len != expected)
-                return efail(err, errlen, -EBADMSG, "PAGES: %u bytes for %u pages (%u zero), expected %" PRIu64, len,
-                             count, out->zero, expected);
-        out->data = p;
+        int r = check_page_list(out, len, layout, err, errlen);
+        if (r < 0)
+                return r;
+        out->data = p + 8u * count;
         return 0;
 }
 
@@ -679,23 +692,23 @@ static uint64_t ck_page_gpa(const struct vhm_rec_hello *layout, uint64_t k, uint
         }
 }
 
+/* Under the guard (vhm_vm_visit): the hashes of a run of pages, in order. */
+static void ck_hash_run(const void *p, size_t len, void *arg) {
+        uint64_t *out = arg;
+        for (size_t off = 0; off < len; off += VHM_REC_PAGE_SIZE)
+                *out++ = vhm_checksum_page((const uint8_t *) p + off, NULL);
+}
+
+/* The slice's pages hashed in place, a region's part at a time: no copy out of guest memory. */
 static void *ck_slice_run(void *arg) {
-        enum {
-                CHUNK_PAGES = 16
-        };
         struct ck_slice *c = arg;
-        uint8_t *buf = malloc((size_t) CHUNK_PAGES * VHM_REC_PAGE_SIZE);
-        c->r = buf ? 0 : -ENOMEM;
+        c->r = 0;
         for (uint64_t k = c->first; c->r == 0 && k < c->end;) {
                 uint64_t left, gpa = ck_page_gpa(c->layout, k, &left);
                 uint64_t n = c->end - k < left ? c->end - k : left;
-                n = n < CHUNK_PAGES ? n : CHUNK_PAGES;
-                c->r = vhm_vm_read(c->vm, gpa, buf, n * VHM_REC_PAGE_SIZE);
-                for (uint64_t j = 0; c->r == 0 && j < n; j++)
-                        c->hash[k + j] = vhm_checksum_page(buf + j * VHM_REC_PAGE_SIZE, NULL);
+                c->r = vhm_vm_visit(c->vm, gpa, n * VHM_REC_PAGE_SIZE, ck_hash_run, &c->hash[k]);
                 k += n;
         }
-        free(buf);
         return NULL;
 }
 
@@ -765,6 +778,7 @@ struct vhm_stream {
         uint64_t sent, received;
         uint8_t *buf;
         size_t cap;
+        uint8_t *bounce; /* TLS: guest pages copied out through the guard, then encrypted */
         char error[512];
 };
 
@@ -804,6 +818,7 @@ void vhm_stream_free(struct vhm_stream *s) {
         vhm_tls_free(s->tls);
         close(s->fd);
         free(s->buf);
+        free(s->bounce);
         free(s);
 }
 
@@ -1088,20 +1103,12 @@ static int skip_payload(struct vhm_stream *s, uint32_t len, uint64_t deadline) {
         return 0;
 }
 
-static int read_payload(struct vhm_stream *s, const struct vhm_rec_info *info, uint32_t len, uint64_t deadline) {
-        if (len > s->cap) {
-                /* Grown to the record's length only: a table maximum, never the peer's word. */
-                uint8_t *b = realloc(s->buf, len);
-                if (!b)
-                        return sfail(s, -ENOMEM, "%s: no memory for %u bytes", info->name, len);
-                s->buf = b;
-                s->cap = len;
-        }
-        return read_exact(s, s->buf, len, deadline, info->name);
-}
-
-int vhm_stream_recv(struct vhm_stream *s, const void **payload, uint32_t *len) {
-        uint64_t deadline = call_deadline(s);
+/*
+ * The next record's header, checked against the table and the order;
+ * optional unknown records are skipped.  Returns the type, *info its facts.
+ */
+static int recv_header(struct vhm_stream *s, uint64_t deadline, const struct vhm_rec_info **info_out,
+                       uint32_t *length_out) {
         for (;;) {
                 if (cancelled(s))
                         return sfail(s, -ECANCELED, "receiving: cancelled");
@@ -1132,14 +1139,165 @@ int vhm_stream_recv(struct vhm_stream *s, const void **payload, uint32_t *len) {
                 r = check_order(s, info);
                 if (r < 0)
                         return r;
-                r = read_payload(s, info, length, deadline);
-                if (r < 0)
-                        return r;
-                advance_phase(s, type);
-                *payload = s->buf;
-                *len = length;
+                *info_out = info;
+                *length_out = length;
                 return type;
         }
+}
+
+int vhm_stream_recv(struct vhm_stream *s, const void **payload, uint32_t *len) {
+        return vhm_stream_recv_vm(s, NULL, NULL, payload, len, NULL);
+}
+
+/* Reads into iov[0..n) (advanced as it goes), like read_exact. */
+static int read_exactv(struct vhm_stream *s, struct iovec *iov, unsigned n, uint64_t deadline, const char *what) {
+        for (;;) {
+                while (n > 0 && iov->iov_len == 0)
+                        iov++, n--;
+                if (n == 0)
+                        return 0;
+                ssize_t k = readv(s->fd, iov, (int) n);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0 && errno == EAGAIN) {
+                        int r = wait_fd(s, POLLIN, deadline, what);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (k < 0)
+                        return sfail(s, -errno, "%s: receiving: %m", what);
+                if (k == 0)
+                        return sfail(s, -ECONNRESET, "%s: the peer closed the stream", what);
+                s->received += (uint64_t) k;
+                advance_iov(&iov, &n, (size_t) k);
+        }
+}
+
+static int grow_buf(struct vhm_stream *s, size_t len, const char *what) {
+        if (len <= s->cap)
+                return 0;
+        /* Grown to the record's length only: a table maximum, never the peer's word. */
+        uint8_t *b = realloc(s->buf, len);
+        if (!b)
+                return sfail(s, -ENOMEM, "%s: no memory for %zu bytes", what, len);
+        s->buf = b;
+        s->cap = len;
+        return 0;
+}
+
+/*
+ * A run of data pages, [gpa, gpa + len) in one region, from the stream into
+ * guest memory: a plain stream lets the kernel copy into the mapping (a page
+ * that is gone fails it with EFAULT, named as the guarded path names it);
+ * over TLS the decrypted bytes go in through one guarded write.
+ */
+static int recv_run(struct vhm_stream *s, struct vhm_vm *vm, uint64_t gpa, size_t len, uint64_t deadline) {
+        struct iovec v;
+        int r = vhm_vm_kernel_iov(vm, gpa, len, &v);
+        if (r < 0)
+                return sfail(s, r, "PAGES: %s", vhm_vm_error(vm));
+        if (s->tls) {
+                uint8_t *tmp = s->buf + 4u + 8u * VHM_REC_MAX_PAGES_PER_BATCH;
+                for (size_t off = 0; off < len;) {
+                        size_t k = len - off < BOUNCE_SIZE ? len - off : BOUNCE_SIZE;
+                        r = read_exact(s, tmp, k, deadline, "PAGES");
+                        if (r == 0 && vhm_vm_write(vm, gpa + off, tmp, k) < 0)
+                                r = sfail(s, -EIO, "PAGES: %s", vhm_vm_error(vm));
+                        if (r < 0)
+                                return r;
+                        off += k;
+                }
+                return 0;
+        }
+        r = read_exactv(s, &v, 1, deadline, "PAGES");
+        if (r == -EFAULT)
+                return sfail(s, vhm_vm_kernel_io_failed(vm, gpa, len, "PAGES: receiving"), "PAGES: %s",
+                             vhm_vm_error(vm));
+        return r;
+}
+
+/*
+ * A PAGES record's data straight into guest memory, in the record's order
+ * (a gpa listed twice ends as its last entry says): runs of consecutive
+ * data pages in one read each, zero pages zeroed.
+ */
+static int recv_page_data(struct vhm_stream *s, struct vhm_vm *vm, const struct vhm_rec_pages *pg, uint64_t deadline) {
+        static const uint8_t zero_page[VHM_REC_PAGE_SIZE];
+        const uint8_t *e = pg->entries;
+        for (uint32_t i = 0; i < pg->count;) {
+                uint64_t v = get64(&e);
+                uint64_t gpa = v & ~(uint64_t) VHM_REC_PAGE_FLAGS_MASK;
+                size_t len = VHM_REC_PAGE_SIZE;
+                i++;
+                if (v & VHM_REC_PAGE_ZERO) {
+                        if (vhm_vm_write(vm, gpa, zero_page, len) < 0)
+                                return sfail(s, -EIO, "PAGES: %s", vhm_vm_error(vm));
+                        continue;
+                }
+                /* The run goes on while the next entry is the next page, with data, in the same region. */
+                while (i < pg->count) {
+                        const uint8_t *q = e;
+                        if (get64(&q) != gpa + len || !vhm_vm_gpa_to_host(vm, gpa, len + VHM_REC_PAGE_SIZE))
+                                break;
+                        e = q;
+                        len += VHM_REC_PAGE_SIZE;
+                        i++;
+                }
+                int r = recv_run(s, vm, gpa, len, deadline);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* PAGES into guest memory: the count and the page list first, every gpa checked, then the data in place. */
+static int recv_pages_vm(struct vhm_stream *s, struct vhm_vm *vm, const struct vhm_rec_hello *layout, uint32_t length,
+                         uint64_t deadline, struct vhm_rec_pages *pg) {
+        size_t head_max = 4u + 8u * VHM_REC_MAX_PAGES_PER_BATCH;
+        int r = grow_buf(s, head_max + (s->tls ? BOUNCE_SIZE : 0), "PAGES");
+        if (r == 0)
+                r = read_exact(s, s->buf, 4, deadline, "PAGES");
+        if (r < 0)
+                return r;
+        const uint8_t *p = s->buf;
+        uint32_t count = get32(&p);
+        if (count < 1 || count > VHM_REC_MAX_PAGES_PER_BATCH)
+                return sfail(s, -EBADMSG, "PAGES: count %u (1..%u)", count, VHM_REC_MAX_PAGES_PER_BATCH);
+        if (length < 4u + 8u * count)
+                return sfail(s, -EBADMSG, "PAGES: %u bytes, too short for %u entries", length, count);
+        r = read_exact(s, s->buf + 4, 8u * count, deadline, "PAGES");
+        if (r < 0)
+                return r;
+        *pg = (struct vhm_rec_pages){ .count = count, .entries = s->buf + 4 };
+        r = check_page_list(pg, length, layout, s->error, sizeof(s->error));
+        if (r < 0)
+                return r;
+        return recv_page_data(s, vm, pg, deadline);
+}
+
+int vhm_stream_recv_vm(struct vhm_stream *s, struct vhm_vm *vm, const struct vhm_rec_hello *layout,
+                       const void **payload, uint32_t *len, struct vhm_rec_pages *pg) {
+        uint64_t deadline = call_deadline(s);
+        const struct vhm_rec_info *info = NULL;
+        uint32_t length = 0;
+        int type = recv_header(s, deadline, &info, &length), r;
+        if (type < 0)
+                return type;
+        if (type == VHM_REC_PAGES && vm && layout && pg) {
+                r = recv_pages_vm(s, vm, layout, length, deadline, pg);
+                length = 4u + 8u * (pg->count);
+        } else {
+                r = grow_buf(s, length, info->name);
+                if (r == 0)
+                        r = read_exact(s, s->buf, length, deadline, info->name);
+        }
+        if (r < 0)
+                return r;
+        advance_phase(s, (uint16_t) type);
+        *payload = s->buf;
+        *len = length;
+        return type;
 }
 
 /* ---- typed senders ---- */
@@ -1182,6 +1340,64 @@ int vhm_stream_send_pages(struct vhm_stream *s, const struct vhm_rec_page *pages
         int r = vhm_stream_sendv(s, VHM_REC_PAGES, iov, n);
         if (r >= 0 && zero)
                 *zero = zeros;
+        return r;
+}
+
+/* Over TLS the runs are copied out through the guard first: GnuTLS reads them in user space. */
+static int stage_runs(struct vhm_stream *s, struct vhm_vm *vm, struct iovec *iov, const uint64_t *gpa, unsigned n) {
+        if (!s->bounce && !(s->bounce = malloc(BOUNCE_SIZE)))
+                return sfail(s, -ENOMEM, "PAGES: out of memory");
+        size_t off = 0;
+        for (unsigned i = 1; i < n; i++) {
+                if (vhm_vm_read(vm, gpa[i], s->bounce + off, iov[i].iov_len) < 0)
+                        return sfail(s, -EIO, "PAGES: %s", vhm_vm_error(vm));
+                iov[i].iov_base = s->bounce + off;
+                off += iov[i].iov_len;
+        }
+        return 0;
+}
+
+/* The runs that failed with EFAULT: the page that is gone, named as the guarded path names it. */
+static int runs_failed(struct vhm_stream *s, struct vhm_vm *vm, const struct iovec *iov, const uint64_t *gpa,
+                       unsigned n) {
+        for (unsigned i = 1; i < n; i++) {
+                int r = vhm_vm_kernel_io_failed(vm, gpa[i], iov[i].iov_len, "PAGES: sending");
+                if (r == -EIO)
+                        return sfail(s, r, "PAGES: %s", vhm_vm_error(vm));
+        }
+        return sfail(s, -EFAULT, "PAGES: sending: %s", strerror(EFAULT));
+}
+
+int vhm_stream_send_vm_pages(struct vhm_stream *s, struct vhm_vm *vm, const struct vhm_rec_vm_page *pages,
+                             unsigned count) {
+        if (count < 1 || count > VHM_REC_MAX_PAGES_PER_BATCH)
+                return sfail(s, -EINVAL, "PAGES: count %u (1..%u)", count, VHM_REC_MAX_PAGES_PER_BATCH);
+        uint8_t head[4u + 8u * VHM_REC_MAX_PAGES_PER_BATCH], *p = head;
+        struct iovec iov[1 + VHM_REC_MAX_PAGES_PER_BATCH];
+        uint64_t gpa[1 + VHM_REC_MAX_PAGES_PER_BATCH];
+        unsigned n = 1;
+        put32(&p, count);
+        for (unsigned i = 0; i < count; i++) {
+                if (pages[i].gpa & VHM_REC_PAGE_FLAGS_MASK)
+                        return sfail(s, -EINVAL, "PAGES: gpa 0x%" PRIx64 " is not page aligned", pages[i].gpa);
+                put64(&p, pages[i].gpa | (pages[i].zero ? VHM_REC_PAGE_ZERO : 0));
+                if (pages[i].zero)
+                        continue;
+                struct iovec v;
+                if (vhm_vm_kernel_iov(vm, pages[i].gpa, VHM_REC_PAGE_SIZE, &v) < 0)
+                        return sfail(s, -EFAULT, "PAGES: %s", vhm_vm_error(vm));
+                if (n > 1 && (uint8_t *) iov[n - 1].iov_base + iov[n - 1].iov_len == v.iov_base &&
+                    gpa[n - 1] + iov[n - 1].iov_len == pages[i].gpa)
+                        iov[n - 1].iov_len += VHM_REC_PAGE_SIZE; /* the next page of the same region: one piece */
+                else
+                        gpa[n] = pages[i].gpa, iov[n++] = v;
+        }
+        iov[0] = (struct iovec){ head, 4u + 8u * count };
+        int r = s->tls ? stage_runs(s, vm, iov, gpa, n) : 0;
+        if (r == 0)
+                r = vhm_stream_sendv(s, VHM_REC_PAGES, iov, n);
+        if (r == -EFAULT && !s->tls)
+                return runs_failed(s, vm, iov, gpa, n);
         return r;
 }
 

@@ -279,12 +279,36 @@ int vhm_stream_send_raw(struct vhm_stream *s, uint16_t type, uint16_t flags, con
  * when the peer closed, -ETIMEDOUT, -ECANCELED, -EBADMSG (refused record).
  */
 int vhm_stream_recv(struct vhm_stream *s, const void **payload, uint32_t *len);
+/*
+ * The same, but PAGES goes straight into `vm`: the count and page list are
+ * read and checked against `layout` (every gpa inside, the length exact)
+ * before any data, then each run of data pages is read in place (plain: the
+ * kernel's copy; TLS: one guarded write) and zero pages are zeroed, in the
+ * record's order.  *pg describes the batch (data NULL); *payload and *len
+ * are its count and page list.  A page no longer backed: -EIO and the
+ * guarded path's reason.  Other records as vhm_stream_recv (pg untouched).
+ */
+int vhm_stream_recv_vm(struct vhm_stream *s, struct vhm_vm *vm, const struct vhm_rec_hello *layout,
+                       const void **payload, uint32_t *len, struct vhm_rec_pages *pg);
 
 /* Typed senders; each checks its record first. */
 int vhm_stream_send_hello(struct vhm_stream *s, const struct vhm_rec_hello *h);
 int vhm_stream_send_auth(struct vhm_stream *s, const char *token);
 /* 1..256 pages; a page whose data is NULL or all zero goes as a ZERO flag.  *zero (may be NULL) counts them. */
 int vhm_stream_send_pages(struct vhm_stream *s, const struct vhm_rec_page *pages, unsigned count, unsigned *zero);
+/* A page of guest memory to send: its gpa and whether the caller found it all zero (sent as the flag). */
+struct vhm_rec_vm_page {
+        uint64_t gpa;
+        bool zero;
+};
+/*
+ * 1..256 pages of `vm` without a copy in user space: on a plain stream the
+ * kernel copies them from the VM's mapping (vhm_vm_kernel_iov); over TLS
+ * they go through one guarded copy.  A page that is no longer backed fails
+ * with -EIO and the guarded path's reason; the stream is then unusable.
+ */
+int vhm_stream_send_vm_pages(struct vhm_stream *s, struct vhm_vm *vm, const struct vhm_rec_vm_page *pages,
+                             unsigned count);
 int vhm_stream_send_device(struct vhm_stream *s, const struct vhm_rec_device *d);
 /* The whole blob of one device in chunks of at most 1 MiB, then the empty record. */
 int vhm_stream_send_backend_state(struct vhm_stream *s, uint32_t index, const void *blob, size_t len);

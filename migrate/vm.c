@@ -288,3 +288,38 @@ int vhm_vm_load_u16_acquire(struct vhm_vm *vm, uint64_t gpa, uint16_t *out) {
         int r = vhm_guarded_load_u16_acquire((const volatile uint16_t *) (const void *) p, out);
         return r < 0 ? access_failed(vm, r, gpa, "load") : 0;
 }
+
+int vhm_vm_visit(struct vhm_vm *vm, uint64_t gpa, size_t len, void (*fn)(const void *p, size_t len, void *arg),
+                 void *arg) {
+        const uint8_t *p = host_or_fail(vm, gpa, len, "read");
+        if (!p)
+                return -EFAULT;
+        int r = vhm_guarded_call(p, len, fn, arg);
+        return r < 0 ? access_failed(vm, r, gpa, "read") : 0;
+}
+
+int vhm_vm_kernel_iov(struct vhm_vm *vm, uint64_t gpa, size_t len, struct iovec *out) {
+        uint8_t *p = host_or_fail(vm, gpa, len, "copy");
+        if (!p)
+                return -EFAULT;
+        *out = (struct iovec){ p, len };
+        return 0;
+}
+
+static void touch(const void *p, size_t len, void *arg) {
+        (void) len;
+        *(uint8_t *) arg = *(const volatile uint8_t *) p;
+}
+
+int vhm_vm_kernel_io_failed(struct vhm_vm *vm, uint64_t gpa, size_t len, const char *what) {
+        /* The kernel does not say where: the first page a guarded read finds gone. */
+        for (uint64_t off = 0; off < len; off += PAGE_SIZE) {
+                uint8_t byte;
+                const uint8_t *p = host_or_fail(vm, gpa + off, 1, what);
+                if (!p)
+                        return -EFAULT;
+                if (vhm_guarded_call(p, 1, touch, &byte) < 0)
+                        return access_failed(vm, -EIO, gpa + off, what);
+        }
+        return vm_fail(vm, -EFAULT, "%s of %zu bytes at 0x%" PRIx64 ": bad address", what, len, gpa);
+}

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #define VHM_VM_MAX_REGIONS 8
 #define VHM_VM_NAME_MAX    64
@@ -84,6 +85,30 @@ int vhm_vm_read(struct vhm_vm *vm, uint64_t gpa, void *buf, size_t len);
 int vhm_vm_write(struct vhm_vm *vm, uint64_t gpa, const void *buf, size_t len);
 /* An acquire load of the u16 at a 2-aligned gpa (a ring index), -EINVAL when misaligned. */
 int vhm_vm_load_u16_acquire(struct vhm_vm *vm, uint64_t gpa, uint16_t *out);
+
+/*
+ * Reads [gpa, gpa+len) (within one region) in place: fn gets the host
+ * address with the range guarded (vhm_guarded_call), so a hash or a zero
+ * test needs no copy first.  fn must only compute: a fault cuts it short
+ * and the call fails with -EIO and the reason of vhm_vm_read.
+ */
+int vhm_vm_visit(struct vhm_vm *vm, uint64_t gpa, size_t len, void (*fn)(const void *p, size_t len, void *arg),
+                 void *arg);
+
+/*
+ * For the kernel's copies only: an iovec over [gpa, gpa+len) (within one
+ * region) for sendmsg/writev/recvmsg/readv straight from or into guest
+ * memory.  The kernel's copies are fault-safe: where memory is no longer
+ * backed they fail with EFAULT (or stop short) instead of raising SIGBUS.
+ * Never dereferenced in user space.  -EFAULT with a reason when outside.
+ */
+int vhm_vm_kernel_iov(struct vhm_vm *vm, uint64_t gpa, size_t len, struct iovec *out);
+/*
+ * After a kernel copy over [gpa, gpa+len) failed with EFAULT: -EIO and the
+ * guarded path's reason ("guest memory is no longer backed") naming the
+ * first page that is gone (-EFAULT and "bad address" if every page reads).
+ */
+int vhm_vm_kernel_io_failed(struct vhm_vm *vm, uint64_t gpa, size_t len, const char *what);
 
 /*
  * Host pointer for [gpa, gpa+len) when it lies within one region, else NULL.

@@ -43,7 +43,7 @@
  * sent; the guest's size is out of the downtime.
  *
  * Usage: bench-migration [--quick] [--mem MiB] [--runs N] [--downtime-runs N] [--downtime-mem MiB]
- *                        [--dirty-mbs MB/s] [--throughput-only]
+ *                        [--dirty-mbs MB/s] [--throughput-only] [--only unix|tcp]
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -202,7 +202,14 @@ static double run_with(const char *address, enum mode mode, struct vm_mem *src, 
         double c0 = thread_cpu();
         r = vhm_transport_connect(bound, vhu_now_usec() + 10000000u, -1, &fd);
         struct vhm_migration_stats st;
-        struct vhm_migrate_options mode_o = { .live = mode == PRE_COPY };
+        /*
+         * Pre-copy: round 0, a round that finds nothing dirty, the switchover,
+         * forced at the latest after those two: this measures throughput, not
+         * convergence.
+         */
+        struct vhm_migrate_options mode_o = { .live = mode == PRE_COPY,
+                                              .max_rounds = 2,
+                                              .force_switchover = mode == PRE_COPY };
         if (r == 0 && migrate) {
                 r = vhm_migrate_to(src->vm, src->lg, NULL, 0, fd, TOKEN, o ? o : &mode_o, &st);
         } else if (r == 0) {
@@ -691,6 +698,7 @@ static int downtime(uint64_t mem_mib, unsigned runs) {
 int main(int argc, char **argv) {
         uint64_t mem_mib = 1024, dt_mem_mib = 64, dirty_mbs = 100;
         bool throughput_only = false;
+        int only = -1; /* --only unix|tcp: that transport alone */
         unsigned runs = 3, dt_runs = 7;
         for (int i = 1; i < argc; i++) {
                 if (!strcmp(argv[i], "--quick")) {
@@ -705,6 +713,9 @@ int main(int argc, char **argv) {
                         mem_mib = strtoull(argv[++i], NULL, 10);
                 } else if (!strcmp(argv[i], "--throughput-only")) {
                         throughput_only = true;
+                } else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
+                        i++;
+                        only = !strcmp(argv[i], "unix") ? 0 : !strcmp(argv[i], "tcp") ? 1 : -2;
                 } else if (!strcmp(argv[i], "--dirty-mbs") && i + 1 < argc) {
                         dirty_mbs = strtoull(argv[++i], NULL, 10);
                 } else if (!strcmp(argv[i], "--runs") && i + 1 < argc) {
@@ -712,12 +723,12 @@ int main(int argc, char **argv) {
                 } else {
                         fprintf(stderr,
                                 "usage: %s [--quick] [--mem MiB] [--runs N] [--downtime-runs N] [--downtime-mem MiB] "
-                                "[--dirty-mbs MB/s] [--throughput-only]\n",
+                                "[--dirty-mbs MB/s] [--throughput-only] [--only unix|tcp]\n",
                                 argv[0]);
                         return 2;
                 }
         }
-        if (!mem_mib || !runs || runs > MAX_RUNS || !dt_mem_mib || !dt_runs || dt_runs > MAX_RUNS)
+        if (!mem_mib || !runs || runs > MAX_RUNS || !dt_mem_mib || !dt_runs || dt_runs > MAX_RUNS || only == -2)
                 return 2;
         setvbuf(stdout, NULL, _IONBF, 0);
         print_cpu_model();
@@ -747,6 +758,10 @@ int main(int argc, char **argv) {
         /* Warm-up, not counted: the engine's own mappings of both guests fault their pages in once. */
         int status = run_once(unix_addr, STOP_COPY, &src, &dst, size) < 0;
         for (unsigned a = 0; status == 0 && a < 2; a++) {
+                if (only >= 0 && a != (unsigned) only) {
+                        memset(cpu_med[a], 0, sizeof(cpu_med[a]));
+                        continue;
+                }
                 double raw[MAX_RUNS], sc[MAX_RUNS], pc[MAX_RUNS], cpu[3][2][MAX_RUNS];
                 for (unsigned i = 0; i < runs; i++) {
                         raw[i] = run_once(addresses[a], RAW, &src, &dst, size);

@@ -5,7 +5,9 @@
  * thread writes it into a socket and closes it.  The destination's receive
  * loop parses HELLO, AUTH, PAGES, DEVICE, BACKEND_STATE and END against a
  * small VM (two sealed memfd regions: 64 KiB at 0, 32 KiB at 1 MiB), writes
- * pages through vhm_vm_write, assembles blobs, checks END's checksum and
+ * pages through vhm_vm_write or, as the engine does, has the stream read
+ * them in place (vhm_stream_recv_vm; the first byte's second bit picks),
+ * assembles blobs, checks END's checksum and
  * answers COMMITTED or ABORTED, as vhostmigd's destination does.  Whatever
  * the bytes: no crash, no hang, no leaked fd or memory, and memory bounded
  * by the record table (a PAGES batch, a 16 MiB blob).
@@ -95,6 +97,9 @@ struct dest {
         struct vhm_rec_hello layout;
         struct vhm_rec_blob blob;
         bool strict_token;
+        bool in_place;               /* PAGES through vhm_stream_recv_vm once HELLO is in */
+        bool have_layout;            /* HELLO decoded and matching */
+        struct vhm_rec_pages landed; /* the batch vhm_stream_recv_vm wrote (count 0: none) */
         bool device_seen[MAX_DEVICES];
         uint64_t pages;
         char err[512];
@@ -153,13 +158,20 @@ static int on_record(struct dest *d, int type, const void *p, uint32_t len) {
         switch (type) {
         case VHM_REC_HELLO:
                 r = vhm_rec_decode_hello(p, len, &d->layout, d->err, sizeof(d->err));
-                return r < 0 ? r : vhm_rec_hello_matches_vm(&d->layout, d->vm, d->err, sizeof(d->err));
+                if (r == 0)
+                        r = vhm_rec_hello_matches_vm(&d->layout, d->vm, d->err, sizeof(d->err));
+                d->have_layout = r == 0;
+                return r;
         case VHM_REC_AUTH:
                 r = vhm_rec_decode_auth(p, len, token, d->err, sizeof(d->err));
                 if (r == 0 && d->strict_token && !vhm_token_equal(token, fuzz_token))
                         r = -EACCES;
                 return r;
         case VHM_REC_PAGES:
+                if (d->landed.count) {
+                        d->pages += d->landed.count;
+                        return 0;
+                }
                 r = vhm_rec_decode_pages(p, len, &d->layout, &pg, d->err, sizeof(d->err));
                 if (r == 0)
                         r = vhm_rec_pages_write(&pg, d->vm, d->err, sizeof(d->err));
@@ -179,7 +191,7 @@ static int on_record(struct dest *d, int type, const void *p, uint32_t len) {
 }
 
 int fuzz_stream_one(const uint8_t *data, size_t size) {
-        struct dest d = { .strict_token = size > 0 && (data[0] & 1) };
+        struct dest d = { .strict_token = size > 0 && (data[0] & 1), .in_place = size > 0 && (data[0] & 2) };
         int sv[2], accepted = 0;
         if (size > 0)
                 data++, size--;
@@ -199,7 +211,9 @@ int fuzz_stream_one(const uint8_t *data, size_t size) {
         for (;;) {
                 const void *p;
                 uint32_t len;
-                int type = vhm_stream_recv(s, &p, &len);
+                d.landed.count = 0;
+                int type = d.in_place && d.have_layout ? vhm_stream_recv_vm(s, d.vm, &d.layout, &p, &len, &d.landed)
+                                                       : vhm_stream_recv(s, &p, &len);
                 if (type < 0) {
                         vhm_stream_send_aborted(s, vhm_stream_error(s));
                         break;

@@ -941,6 +941,175 @@ static void checksum_and_pages_into_a_vm(void **state) {
         assert_int_equal(count_open_fds(), before);
 }
 
+static uint64_t sample_gpa(unsigned i) {
+        return i < 16 ? 0x1000u * i : (1u << 20) + 0x1000u * (i - 16);
+}
+
+/*
+ * Pages sent from guest memory and received into it without a copy in user
+ * space (vhm_stream_send_vm_pages, vhm_stream_recv_vm): the same image at
+ * both ends, zero pages zeroed, a gpa listed twice ending as its last entry
+ * says, across both regions.
+ */
+static void vm_pages_in_place(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        struct vhm_vm *src = sample_vm("src"), *dst = sample_vm("dst");
+        static uint8_t page[4096];
+        for (unsigned i = 0; i < 24; i++) {
+                memset(page, i % 3 ? (int) (i + 1) : 0, sizeof(page));
+                assert_int_equal(vhm_vm_write(src, sample_gpa(i), page, sizeof(page)), 0);
+        }
+        /* The destination holds data where the source's zero pages and page 1 go. */
+        memset(page, 0xee, sizeof(page));
+        assert_int_equal(vhm_vm_write(dst, 0, page, sizeof(page)), 0);
+        assert_int_equal(vhm_vm_write(dst, 0x3000, page, sizeof(page)), 0);
+        /* Page 1 first as a zero page, then with its data: the data must win. */
+        struct vhm_rec_vm_page pages[25] = { { sample_gpa(1), true } };
+        for (unsigned i = 0; i < 24; i++)
+                pages[i + 1] = (struct vhm_rec_vm_page){ sample_gpa(i), i % 3 == 0 };
+        struct vhm_rec_hello h;
+        assert_int_equal(vhm_rec_hello_from_vm(src, &h), 0);
+        struct pair p;
+        pair_open(&p, TIMEOUT_MS);
+        char token[33];
+        assert_int_equal(vhm_token_new(token), 0);
+        S_CHECK(p.src, vhm_stream_send_hello(p.src, &h));
+        S_CHECK(p.src, vhm_stream_send_auth(p.src, token));
+        S_CHECK(p.src, vhm_stream_send_vm_pages(p.src, src, pages, 25));
+        const void *pl;
+        uint32_t len;
+        struct vhm_rec_pages pg = { 0 };
+        assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg), VHM_REC_HELLO);
+        assert_int_equal(pg.count, 0);
+        assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg), VHM_REC_AUTH);
+        assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg), VHM_REC_PAGES);
+        assert_int_equal(pg.count, 25);
+        assert_int_equal(pg.zero, 9);
+        assert_null(pg.data);
+        assert_int_equal(len, 4u + 8u * 25u);
+        assert_int_equal(vhm_stream_bytes_received(p.dst), vhm_stream_bytes_sent(p.src));
+        uint64_t src_sum, dst_sum;
+        assert_int_equal(vhm_memory_checksum(src, &src_sum), 0);
+        assert_int_equal(vhm_memory_checksum(dst, &dst_sum), 0);
+        assert_int_equal(dst_sum, src_sum);
+
+        /* A page outside the receiver's layout is refused before any data is read into memory. */
+        struct vhm_rec_hello small = h;
+        small.regions[1].size = 4096;
+        struct vhm_rec_vm_page far = { (1u << 20) + 0x2000, false };
+        memset(page, 0x55, sizeof(page));
+        assert_int_equal(vhm_vm_write(src, far.gpa, page, sizeof(page)), 0);
+        S_CHECK(p.src, vhm_stream_send_vm_pages(p.src, src, &far, 1));
+        assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &small, &pl, &len, &pg), -EBADMSG);
+        assert_error_names(vhm_stream_error(p.dst), "outside the memory layout");
+        assert_int_equal(vhm_vm_read(dst, far.gpa, page, sizeof(page)), 0);
+        assert_int_equal(page[0], 0);
+        /* Unaligned and too many pages are the sender's mistakes, refused before anything goes out. */
+        struct vhm_rec_vm_page odd = { 0x10, false };
+        assert_int_equal(vhm_stream_send_vm_pages(p.src, src, &odd, 1), -EINVAL);
+        assert_int_equal(vhm_stream_send_vm_pages(p.src, src, pages, 0), -EINVAL);
+        struct vhm_rec_vm_page outside = { 0x80000, false };
+        assert_int_equal(vhm_stream_send_vm_pages(p.src, src, &outside, 1), -EFAULT);
+        assert_error_names(vhm_stream_error(p.src), "outside guest memory");
+        pair_close(&p);
+        vhm_vm_free(src);
+        vhm_vm_free(dst);
+        assert_int_equal(count_open_fds(), before);
+}
+
+/* Touches every page, the last first; keeps the first byte. */
+static void read_first_byte(const void *p, size_t len, void *arg) {
+        const volatile uint8_t *b = p;
+        for (size_t off = len; off >= 4096; off -= 4096)
+                (void) b[off - 4096];
+        *(uint8_t *) arg = b[0];
+}
+
+/* A VM of 1 MiB in a tmpfs file (it cannot be sealed), cut to its first half; NULL when there is no /dev/shm. */
+static struct vhm_vm *cut_vm(const char *name, int *fd) {
+        *fd = open("/dev/shm", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        if (*fd < 0)
+                return NULL;
+        assert_int_equal(ftruncate(*fd, 1 << 20), 0);
+        struct vhm_vm *vm;
+        assert_int_equal(vhm_vm_new(name, &vm), 0);
+        struct vhm_region_spec spec = { *fd, 0, 1 << 20, 0 };
+        assert_int_equal(vhm_vm_add_region(vm, &spec), 0);
+        assert_int_equal(ftruncate(*fd, 1 << 19), 0);
+        return vm;
+}
+
+/*
+ * Memory cut under the kernel's copies and the guarded pass: every call
+ * fails with -EIO and the guarded path's reason, no SIGBUS, nothing left
+ * open; memory still backed works as before.
+ */
+static void vm_pages_of_truncated_memory(void **state) {
+        (void) state;
+        int before = count_open_fds(), fd_src, fd_dst;
+        struct vhm_vm *src = cut_vm("cut-src", &fd_src);
+        if (!src)
+                skip();
+        struct vhm_vm *dst = cut_vm("cut-dst", &fd_dst);
+        uint8_t byte = 1;
+        assert_int_equal(vhm_vm_visit(src, 0x1000, 4096, read_first_byte, &byte), 0);
+        assert_int_equal(byte, 0);
+        assert_int_equal(vhm_vm_visit(src, 0x7f000, 0x2000, read_first_byte, &byte), -EIO);
+        assert_error_names(vhm_vm_error(src), "no longer backed");
+        assert_int_equal(vhm_vm_visit(src, 0xff000, 0x2000, read_first_byte, &byte), -EFAULT);
+        struct iovec v;
+        assert_int_equal(vhm_vm_kernel_iov(src, 0xff000, 0x2000, &v), -EFAULT);
+
+        struct vhm_rec_hello h;
+        assert_int_equal(vhm_rec_hello_from_vm(src, &h), 0);
+        struct pair p;
+        pair_open(&p, TIMEOUT_MS);
+        char token[33];
+        assert_int_equal(vhm_token_new(token), 0);
+        S_CHECK(p.src, vhm_stream_send_hello(p.src, &h));
+        S_CHECK(p.src, vhm_stream_send_auth(p.src, token));
+        const void *pl;
+        uint32_t len;
+        struct vhm_rec_pages pg;
+        assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg), VHM_REC_HELLO);
+        assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg), VHM_REC_AUTH);
+        /* Sending: the page past the cut is named. */
+        struct vhm_rec_vm_page gone[2] = { { 0x7f000, false }, { 0x80000, false } };
+        assert_int_equal(vhm_stream_send_vm_pages(p.src, src, gone, 2), -EIO);
+        assert_error_names(vhm_stream_error(p.src), "no longer backed");
+        assert_error_names(vhm_stream_error(p.src), "0x80000");
+        pair_close(&p);
+
+        /* Receiving into the cut: a sound sender, a destination whose memory is gone. */
+        struct vhm_vm *whole = sample_vm("whole");
+        struct vhm_rec_hello wh;
+        assert_int_equal(vhm_rec_hello_from_vm(whole, &wh), 0);
+        h.regions[0].size = 1 << 20;
+        pair_open(&p, TIMEOUT_MS);
+        S_CHECK(p.src, vhm_stream_send_hello(p.src, &h));
+        S_CHECK(p.src, vhm_stream_send_auth(p.src, token));
+        uint8_t data[4096];
+        memset(data, 0x5a, sizeof(data));
+        struct vhm_rec_page into[2] = { { 0x1000, data }, { 0x90000, data } };
+        S_CHECK(p.src, vhm_stream_send_pages(p.src, into, 2, NULL));
+        assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg), VHM_REC_HELLO);
+        assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg), VHM_REC_AUTH);
+        assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg), -EIO);
+        assert_error_names(vhm_stream_error(p.dst), "no longer backed");
+        assert_error_names(vhm_stream_error(p.dst), "0x90000");
+        /* The page before the cut went in. */
+        assert_int_equal(vhm_vm_read(dst, 0x1000, data, sizeof(data)), 0);
+        assert_int_equal(data[0], 0x5a);
+        pair_close(&p);
+        vhm_vm_free(whole);
+        vhm_vm_free(src);
+        vhm_vm_free(dst);
+        close(fd_src);
+        close(fd_dst);
+        assert_int_equal(count_open_fds(), before);
+}
+
 /* ---- transports ---- */
 
 static void exchange(int a, int b) {
@@ -1130,6 +1299,8 @@ int main(void) {
                 cmocka_unit_test(page_checksum_sees_every_word),
                 cmocka_unit_test(threaded_checksum_of_truncated_memory),
                 cmocka_unit_test(checksum_and_pages_into_a_vm),
+                cmocka_unit_test(vm_pages_in_place),
+                cmocka_unit_test(vm_pages_of_truncated_memory),
                 cmocka_unit_test(unix_transport),
                 cmocka_unit_test(tcp_transport),
                 cmocka_unit_test(bad_addresses),
