@@ -629,8 +629,14 @@ void restart_capture(struct vm_object *o) {
                 rv->stored[i].seen = false;
         struct capture c = { .o = o };
         json_object *w = capture_vm(&c);
-        if (!w)
-                return; /* without memory: every fd stays stored, the next job tries again */
+        if (!w || c.failed) {
+                /*
+                 * An fd not kept (the store refused it, no memory): the state
+                 * published stays, naming what is stored; the next job tries again.
+                 */
+                json_object_put(w);
+                return;
+        }
         drop_unseen(o);
         uint64_t h = fnv(json_object_to_json_string_ext(w, JSON_C_TO_STRING_PLAIN));
         pthread_mutex_lock(&o->snap_lock);
