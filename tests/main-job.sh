@@ -193,7 +193,7 @@ run_step "guest traffic, logging off, Announce" \
 echo
 echo "== vhostmig-guest: ${seconds} s of traffic, dirty logging on (harvest every 100 ms)"
 run_step "guest traffic, logging on, harvests, Announce" \
-  "$guest" --name main-log --socket "$work/dpdk.sock" --seconds "$seconds" --log --harvest-ms 100
+  "$guest" --name main-log --socket "$work/dpdk.sock" --seconds "$seconds" --log --harvest-ms 100 --log-switch-locked
 
 echo
 echo "== vhostmig-guest: traffic while logging is switched on and off from outside"
@@ -231,7 +231,7 @@ fi
 
 echo
 echo "== vhostmig-guest --json: 20000 frames, logging on"
-if out=$("$guest" --name main-json --socket "$work/dpdk.sock" --frames 20000 --log --json 2>/dev/null); then
+if out=$("$guest" --name main-json --socket "$work/dpdk.sock" --frames 20000 --log --log-switch-locked --json 2>/dev/null); then
   echo "$out"
   record PASS "guest --json"
 else
@@ -303,7 +303,7 @@ echo "== live migration: host A -> host B, traffic before, during and ${seconds}
 migration_line="migration A -> B: not run"
 if start_host_b; then
   record PASS "host B: a second bus and vhostmigd"
-  "$guest" --incoming --name main-migrated --socket "$work/dpdk-dst.sock" --seconds "$seconds" \
+  "$guest" --incoming --name main-migrated --socket "$work/dpdk-dst.sock" --seconds "$seconds" --log-switch-locked \
     --listen "unix:$work/hostb/incoming.sock" --bus-address "$BUS2_ADDRESS" --json \
     >"$work/dst.json" 2>"$work/dst.err" &
   dst_guest_pid=$!
@@ -318,7 +318,7 @@ if start_host_b; then
   src_rc=0
   if [ -n "$address" ] && [ -n "$token" ]; then
     "$guest" --name main-migrated --socket "$work/dpdk.sock" --migrate-to "$address" --token "$token" --live \
-      --migrate-after 1 --bus-address "$BUS_ADDRESS" --json >"$work/src.json" 2>"$work/src.err" || src_rc=$?
+      --log-switch-locked --migrate-after 1 --bus-address "$BUS_ADDRESS" --json >"$work/src.json" 2>"$work/src.err" || src_rc=$?
   else
     echo "the destination printed no address and token"; src_rc=1
     stop_pid "$dst_guest_pid" "vhostmig-guest --incoming" || true

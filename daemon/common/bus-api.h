@@ -52,6 +52,7 @@
 #define VHOSTMIG_OPTION_MTU              "Mtu"             /* AddDevice: q */
 #define VHOSTMIG_OPTION_INCOMING         "Incoming"        /* AddDevice: b */
 #define VHOSTMIG_OPTION_TYPE             "Type"            /* AddDevice: s, one of VHOSTMIG_DEVICE_TYPE_* */
+#define VHOSTMIG_OPTION_SWITCH_LOCKED    "LogSwitchLocked" /* AddDevice: b */
 #define VHOSTMIG_OPTION_LISTEN           "Listen"          /* PrepareIncoming: s */
 #define VHOSTMIG_OPTION_TOKEN_TIMEOUT_MS "TokenTimeoutMs"  /* PrepareIncoming: u */
 #define VHOSTMIG_OPTION_TIMEOUT_MS       "TimeoutMs"       /* PrepareIncoming, MigrateTo: u */
@@ -121,6 +122,7 @@
         X(Socket, "s")                \
         X(Server, "b")                \
         X(Type, "s")                  \
+        X(LogSwitchLocked, "b")       \
         X(State, "s")                 \
         X(Features, "t")              \
         X(AckedFeatures, "t")         \

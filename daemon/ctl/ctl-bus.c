@@ -471,6 +471,8 @@ static int append_device_options(sd_bus_message *m, const struct ctl_device *d) 
                 r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_INCOMING, "b", 1);
         if (r >= 0 && d->type)
                 r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_TYPE, "s", d->type);
+        if (r >= 0 && d->log_switch_locked)
+                r = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_SWITCH_LOCKED, "b", 1);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         return r;

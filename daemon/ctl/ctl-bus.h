@@ -70,6 +70,8 @@ struct ctl_device {
         const char *type;  /* VHOSTMIG_DEVICE_TYPE_*, or NULL: the daemon's default (net) */
         unsigned n_queues; /* 2 * queue_pairs */
         struct ctl_queue queues[VHM_DEVICE_MAX_QUEUES];
+        /* --log-switch-locked: the back-end switches logs under its queue locks */
+        bool log_switch_locked;
 };
 
 /* Read-only: these never start vhostmigd through bus activation. */

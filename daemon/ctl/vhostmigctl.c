@@ -54,6 +54,7 @@ enum {
         OPT_TOKEN,
         OPT_WAIT,
         OPT_TYPE,
+        OPT_LOG_SWITCH_LOCKED,
         OPT_LIVE,
         OPT_MAX_DOWNTIME,
         OPT_MAX_BANDWIDTH,
@@ -598,6 +599,9 @@ static int device_add_option(struct parse *p, struct device_args *a, int c, char
                 return EXIT_OK;
         case OPT_TYPE:
                 return parse_device_type(optarg, &d->type);
+        case OPT_LOG_SWITCH_LOCKED:
+                d->log_switch_locked = true;
+                return EXIT_OK;
         default:
                 return option_error(p, c, argv);
         }
@@ -638,6 +642,7 @@ static int verb_device_add(struct parse *p, int argc, char **argv) {
                                                  { "eventfds", no_argument, NULL, OPT_EVENTFDS },
                                                  { "incoming", no_argument, NULL, OPT_INCOMING },
                                                  { "type", required_argument, NULL, OPT_TYPE },
+                                                 { "log-switch-locked", no_argument, NULL, OPT_LOG_SWITCH_LOCKED },
                                                  {} };
         struct device_args a = { .dev = { .features = DEFAULT_FEATURES, .queue_pairs = 1 } };
         int c, ret = EXIT_OK;
@@ -945,7 +950,10 @@ static const struct verb verbs[] = {
           "                          migration restores them ('migrate incoming', 'migrate\n"
           "                          load-state')\n"
           "     --type=TYPE          What the back-end serves: net (default), fs, blk or other; fs\n"
-          "                          and other migrate only if the back-end offers DEVICE_STATE\n",
+          "                          and other migrate only if the back-end offers DEVICE_STATE\n"
+          "     --log-switch-locked  The back-end takes SET_LOG_BASE under its queue locks (DPDK,\n"
+          "                          OVS-DPDK): harvests switch logs, no atomics. Never for\n"
+          "                          libvhost-user back-ends: they would lose dirty pages\n",
           true },
         { "device", "remove", verb_device_remove, "VM N", "Stop and disconnect a device", NULL },
         { "logging", "start", verb_logging_start, "VM", "Switch dirty logging on", NULL },

@@ -89,6 +89,7 @@ static struct {
         bool json;
         double timeout; /* seconds, for each D-Bus method call */
         bool busy_poll;
+        bool log_switch_locked; /* AddDevice's LogSwitchLocked */
         /* migration */
         bool incoming;
         const char *listen;
@@ -272,6 +273,10 @@ static void help(void) {
                "                         the system bus, or $DBUS_SYSTEM_BUS_ADDRESS)\n"
                "      --timeout S        timeout of each D-Bus method call (default 60)\n"
                "      --busy-poll        never sleep on the call eventfds\n"
+               "      --log-switch-locked\n"
+               "                         declare the back-end to switch logs under its queue\n"
+               "                         locks (AddDevice's LogSwitchLocked): harvests hand it\n"
+               "                         a fresh log; DPDK only, never libvhost-user\n"
                "      --json             print the verdict as JSON on stdout (progress\n"
                "                         goes to stderr)\n"
                "\n"
@@ -461,6 +466,7 @@ static int parse_args(int argc, char **argv) {
                 OPT_MIGRATE_TO,
                 OPT_TOKEN,
                 OPT_MIGRATE_AFTER,
+                OPT_LOG_SWITCH_LOCKED,
         };
         static const struct option options[] = { { "name", required_argument, NULL, 'n' },
                                                  { "socket", required_argument, NULL, 's' },
@@ -476,6 +482,7 @@ static int parse_args(int argc, char **argv) {
                                                  { "bus-address", required_argument, NULL, OPT_BUS_ADDRESS },
                                                  { "timeout", required_argument, NULL, OPT_TIMEOUT },
                                                  { "busy-poll", no_argument, NULL, OPT_BUSY_POLL },
+                                                 { "log-switch-locked", no_argument, NULL, OPT_LOG_SWITCH_LOCKED },
                                                  { "json", no_argument, NULL, OPT_JSON },
                                                  { "incoming", no_argument, NULL, OPT_INCOMING },
                                                  { "listen", required_argument, NULL, OPT_LISTEN },
@@ -570,6 +577,9 @@ static int parse_args(int argc, char **argv) {
                         break;
                 case OPT_INCOMING:
                         arg.incoming = true;
+                        break;
+                case OPT_LOG_SWITCH_LOCKED:
+                        arg.log_switch_locked = true;
                         break;
                 case OPT_LISTEN:
                         if (!migration_address_valid(optarg))
@@ -778,16 +788,21 @@ static int append_queues(struct run *r, sd_bus_message *m, unsigned first, unsig
 static int append_device_options(struct run *r, sd_bus_message *m) {
         uint8_t mac[6];
         char macs[18];
-        if (arg.incoming)
-                return sd_bus_message_append(m, "a{sv}", 4, VHOSTMIG_OPTION_SERVER, "b", (int) arg.server,
-                                             VHOSTMIG_OPTION_FEATURES, "t", wanted_features(),
-                                             VHOSTMIG_OPTION_QUEUE_PAIRS, "u", (uint32_t) arg.queue_pairs,
-                                             VHOSTMIG_OPTION_INCOMING, "b", 1);
-        vhm_guest_mac(r->g, mac);
-        format_mac(mac, macs);
-        return sd_bus_message_append(m, "a{sv}", 4, VHOSTMIG_OPTION_SERVER, "b", (int) arg.server,
-                                     VHOSTMIG_OPTION_FEATURES, "t", wanted_features(), VHOSTMIG_OPTION_QUEUE_PAIRS, "u",
-                                     (uint32_t) arg.queue_pairs, VHOSTMIG_OPTION_MAC, "s", macs);
+        int rc = sd_bus_message_open_container(m, 'a', "{sv}");
+        if (rc >= 0)
+                rc = sd_bus_message_append(m, "{sv}{sv}{sv}", VHOSTMIG_OPTION_SERVER, "b", (int) arg.server,
+                                           VHOSTMIG_OPTION_FEATURES, "t", wanted_features(),
+                                           VHOSTMIG_OPTION_QUEUE_PAIRS, "u", (uint32_t) arg.queue_pairs);
+        if (rc >= 0 && arg.incoming)
+                rc = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_INCOMING, "b", 1);
+        if (rc >= 0 && !arg.incoming) {
+                vhm_guest_mac(r->g, mac);
+                format_mac(mac, macs);
+                rc = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_MAC, "s", macs);
+        }
+        if (rc >= 0 && arg.log_switch_locked)
+                rc = sd_bus_message_append(m, "{sv}", VHOSTMIG_OPTION_SWITCH_LOCKED, "b", 1);
+        return rc < 0 ? rc : sd_bus_message_close_container(m);
 }
 
 /* AddDevice with the first queues (as many as one message carries fds for) and the options. */

@@ -67,6 +67,8 @@ struct device_loop_state {
         bool server;
         char type[8]; /* vhm_device_type_name(): "net", "fs", "blk", "other" */
         char mac[18]; /* "" when none was given */
+        /* AddDevice's LogSwitchLocked; set before the device's first job, which reads it */
+        bool log_switch_locked;
         uint64_t created_usec, state_change_usec, last_error_usec;
         char last_error[384];
 };

@@ -30,6 +30,7 @@
         X(Socket, S, l.socket, CONST)                                  \
         X(Server, B, l.server, CONST)                                  \
         X(Type, S, l.type, CONST)                                      \
+        X(LogSwitchLocked, B, l.log_switch_locked, CONST)              \
         X(State, S, w.state, CHANGE)                                   \
         X(Features, T, w.features, CHANGE)                             \
         X(AckedFeatures, T, w.acked_features, CHANGE)                  \
@@ -198,6 +199,9 @@ static int connect_and_start(struct vm_job *j) {
         int r = vhm_device_connect(dev);
         if (r == 0 && (r = vhm_logging_add_device(o->logging, dev)) < 0)
                 return job_fail(j, r, VHOSTMIG_ERROR_BACKEND, "%s", vhm_logging_error(o->logging));
+        /* Joining the logging declares nothing: the operator's word comes after it. */
+        if (r == 0)
+                (void) vhm_logging_set_log_switch_locked(o->logging, dev, j->device->loop.log_switch_locked);
         /* Incoming: connected and negotiated; the migration restores and starts the rings. */
         if (r == 0 && !j->device->incoming && (r = vhm_device_start(dev)) < 0)
                 vhm_logging_remove_device(o->logging, dev);
@@ -461,6 +465,7 @@ struct add_device_options {
         uint16_t mtu;
         bool incoming;
         const char *type;
+        bool log_switch_locked;
 };
 
 enum {
@@ -470,7 +475,8 @@ enum {
         OPT_MAC,
         OPT_MTU,
         OPT_INCOMING,
-        OPT_TYPE
+        OPT_TYPE,
+        OPT_LOG_SWITCH_LOCKED
 };
 static const struct bus_option add_device_options[] = {
         [OPT_SERVER] = { VHOSTMIG_OPTION_SERVER, 'b', offsetof(struct add_device_options, server) },
@@ -480,6 +486,8 @@ static const struct bus_option add_device_options[] = {
         [OPT_MTU] = { VHOSTMIG_OPTION_MTU, 'q', offsetof(struct add_device_options, mtu) },
         [OPT_INCOMING] = { VHOSTMIG_OPTION_INCOMING, 'b', offsetof(struct add_device_options, incoming) },
         [OPT_TYPE] = { VHOSTMIG_OPTION_TYPE, 's', offsetof(struct add_device_options, type) },
+        [OPT_LOG_SWITCH_LOCKED] = { VHOSTMIG_OPTION_SWITCH_LOCKED, 'b',
+                                    offsetof(struct add_device_options, log_switch_locked) },
 };
 
 /* An a(uttthh) of queues into j's add.queues after `have` of them; `room` more at most. */
@@ -554,6 +562,7 @@ static int new_device_object(struct vm_object *o, const char *socket, const stru
         d->queues_expected = 2 * opt->queue_pairs;
         snprintf(d->loop.socket, sizeof(d->loop.socket), "%s", socket);
         d->loop.server = opt->server;
+        d->loop.log_switch_locked = opt->log_switch_locked;
         snprintf(d->loop.type, sizeof(d->loop.type), "%s", vhm_device_type_name(type));
         if (has_mac)
                 snprintf(d->loop.mac, sizeof(d->loop.mac), "%s", opt->mac);

@@ -707,6 +707,7 @@ struct device_args {
         uint16_t mtu;
         const struct queue_arg *q;
         unsigned nq;
+        bool log_switch_locked;
         /* One more option of type "s" (a bad one, for the tests of option checking). */
         const char *extra_key, *extra_type, *extra_value;
 };
@@ -745,6 +746,8 @@ static sd_bus_message *add_device_message(sd_bus *bus, const char *vm_path, cons
                 APPEND_OPTION(m, r, "Mac", "s", a->mac);
         if (a->mtu)
                 APPEND_OPTION(m, r, "Mtu", "q", a->mtu);
+        if (a->log_switch_locked)
+                APPEND_OPTION(m, r, "LogSwitchLocked", "b", 1);
         if (a->extra_key)
                 APPEND_OPTION(m, r, a->extra_key, a->extra_type, a->extra_value);
         if (r >= 0)
@@ -1315,6 +1318,66 @@ static void test_every_method_and_property(void **state) {
         prop_error(vm, VM_IF, "Name", SD_BUS_ERROR_UNKNOWN_OBJECT);
 
         free(dev);
+        free(vm);
+        guest_fini(&g);
+}
+
+/*
+ * LogSwitchLocked: a device declared to switch logs under its queue locks
+ * gets a fresh log with every harvest (double-buffered), one left undeclared
+ * does not (atomic harvests); a wrong type is refused naming the key.
+ */
+static void test_log_switch_locked(void **state) {
+        (void) state;
+        struct guest g;
+        guest_init(&g, 2);
+        char *vm = create_vm("switch", g.memfd, MEM_SIZE);
+
+        struct backend be;
+        backend_init(&be, "switch");
+        backend_listen(&be);
+        struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), &g);
+        struct device_args bad = da;
+        bad.extra_key = "LogSwitchLocked";
+        bad.extra_type = "s";
+        bad.extra_value = "true";
+        send_error(add_device_msg(vm, &bad), "AddDevice with LogSwitchLocked as a string", SD_BUS_ERROR_INVALID_ARGS,
+                   "options: \"LogSwitchLocked\" must be of type b, got s", NULL);
+
+        da.log_switch_locked = true;
+        char *dev = add_device(vm, &da, 0);
+        assert_true(prop_b(dev, DEV_IF, "LogSwitchLocked"));
+        sd_bus_message_unref(call(vm, VM_IF, "StartLogging", "a{sv}", 0u));
+        assert_int_equal(tb_record_count(be.record, "SET_LOG_BASE"), 1);
+        /* Each harvest hands the back-end the other log: a SET_LOG_BASE per harvest. */
+        sd_bus_message_unref(call(vm, VM_IF, "Harvest", NULL));
+        assert_int_equal(tb_record_count(be.record, "SET_LOG_BASE"), 2);
+        sd_bus_message_unref(call(vm, VM_IF, "Harvest", NULL));
+        assert_int_equal(tb_record_count(be.record, "SET_LOG_BASE"), 3);
+        assert_prop_t(vm, VM_IF, "Harvests", 2);
+        sd_bus_message_unref(call(vm, VM_IF, "StopLogging", NULL));
+        sd_bus_message_unref(call(vm, VM_IF, "RemoveDevice", "o", dev));
+        backend_wait_exit(&be, 5000);
+        assert_no_violation(&be);
+        free(dev);
+
+        /* Undeclared (the default): the harvest is atomic, the log stays. */
+        struct backend plain;
+        backend_init(&plain, "switch-not");
+        backend_listen(&plain);
+        da = std_device(plain.socket, false, tb_config_features(&plain.cfg), &g);
+        dev = add_device(vm, &da, 1);
+        assert_false(prop_b(dev, DEV_IF, "LogSwitchLocked"));
+        sd_bus_message_unref(call(vm, VM_IF, "StartLogging", "a{sv}", 0u));
+        sd_bus_message_unref(call(vm, VM_IF, "Harvest", NULL));
+        assert_int_equal(tb_record_count(plain.record, "SET_LOG_BASE"), 1);
+        sd_bus_message_unref(call(vm, VM_IF, "StopLogging", NULL));
+        sd_bus_message_unref(call(vm, VM_IF, "RemoveDevice", "o", dev));
+        backend_wait_exit(&plain, 5000);
+        assert_no_violation(&plain);
+        free(dev);
+
+        destroy_vm("switch");
         free(vm);
         guest_fini(&g);
 }
@@ -2786,6 +2849,7 @@ static void test_libvirt_domains(void **state) {
 int main(void) {
         const struct CMUnitTest policy[] = {
                 TEST(test_every_method_and_property),
+                TEST(test_log_switch_locked),
                 TEST(test_signals),
                 TEST(test_bad_arguments),
                 TEST(test_libvirt_domains),
