@@ -102,17 +102,35 @@ __attribute__((format(printf, 3, 4))) static int key_error(char *error, size_t l
         return -EINVAL;
 }
 
+/*
+ * A key or value as the file wrote it goes into an error as a JSON string
+ * (escaped by json-c), never as it is: a newline or control character in it
+ * would otherwise start a line of its own in the log, written by whoever
+ * wrote the file.
+ */
+#define QUOTED_MAX 160
+static const char *quoted(const char *s, char buf[static QUOTED_MAX]) {
+        json_object *str = json_object_new_string(s);
+        const char *q = str ? json_object_to_json_string_ext(str,
+                                                             JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+                            : NULL;
+        snprintf(buf, QUOTED_MAX, "%s", q ? q : "(a key that could not be quoted: out of memory)");
+        json_object_put(str);
+        return buf;
+}
+
 static int read_integer(const char *name, json_object *v, uint64_t min, uint64_t max, uint64_t *out, char *error,
                         size_t len) {
+        char q[QUOTED_MAX];
         if (!json_object_is_type(v, json_type_int))
-                return key_error(error, len, "\"%s\": expected an integer, got %s", name,
+                return key_error(error, len, "%s: expected an integer, got %s", quoted(name, q),
                                  json_type_to_name(json_object_get_type(v)));
         /* json-c keeps integers as int64 or uint64; a negative one is below every minimum here. */
         errno = 0;
         int64_t s = json_object_get_int64(v);
         uint64_t u = s < 0 ? 0 : json_object_get_uint64(v);
         if (s < 0 || errno || u < min || u > max) {
-                snprintf(error, len, "\"%s\": %s is out of range %" PRIu64 "..%" PRIu64, name,
+                snprintf(error, len, "%s: %s is out of range %" PRIu64 "..%" PRIu64, quoted(name, q),
                          json_object_to_json_string(v), min, max);
                 return -ERANGE;
         }
@@ -183,10 +201,11 @@ static int set_group(const struct key *k, json_object *v, struct vhostmigd_confi
         if (!name || !*name || strlen(name) >= sizeof(cfg->server_socket_group_name))
                 return key_error(error, len, "\"%s\": expected a group name or a gid", k->name);
         struct group grp, *found = NULL;
+        char q[QUOTED_MAX];
         char buf[4096];
         int r = getgrnam_r(name, &grp, buf, sizeof(buf), &found);
         if (r != 0 || !found)
-                return key_error(error, len, "\"%s\": no group named \"%s\"%s%s", k->name, name, r ? ": " : "",
+                return key_error(error, len, "\"%s\": no group named %s%s%s", k->name, quoted(name, q), r ? ": " : "",
                                  r ? strerror(r) : "");
         *(gid_t *) field_of(cfg, k) = found->gr_gid;
         snprintf(cfg->server_socket_group_name, sizeof(cfg->server_socket_group_name), "%s", name);
@@ -225,15 +244,18 @@ static bool valid_vm_name(const char *s) {
 }
 
 static int read_vm_policy(const char *vm, json_object *v, struct config_vm_policy *out, char *error, size_t len) {
-        char where[128];
+        char where[128], q[QUOTED_MAX];
         if (!valid_vm_name(vm))
-                return key_error(error, len, "\"vms\": \"%s\" is not a VM name (1..63 of A-Z a-z 0-9 _ . -)", vm);
+                return key_error(error, len, "\"vms\": %s is not a VM name (1..63 of A-Z a-z 0-9 _ . -)",
+                                 quoted(vm, q));
         if (!json_object_is_type(v, json_type_object))
                 return key_error(error, len, "\"vms.%s\": expected an object", vm);
         snprintf(out->name, sizeof(out->name), "%s", vm);
         json_object_object_foreach(v, key, value) {
-                if (strcmp(key, "backend_uids") != 0)
-                        return key_error(error, len, "\"vms.%s.%s\": unknown key", vm, key);
+                if (strcmp(key, "backend_uids") != 0) {
+                        snprintf(where, sizeof(where), "vms.%s.%s", vm, key);
+                        return key_error(error, len, "%s: unknown key", quoted(where, q));
+                }
                 snprintf(where, sizeof(where), "vms.%s.backend_uids", vm);
                 int r = read_uid_list(where, value, &out->backend_uids, error, len);
                 if (r < 0)
@@ -297,7 +319,9 @@ static int set_libvirt_key(const char *name, json_object *v, struct config_libvi
                         *(unsigned *) ((char *) lv + k->offset) = (unsigned) n;
                 return r;
         }
-        return key_error(error, len, "\"libvirt.%s\": unknown key", name);
+        char where[QUOTED_MAX], q[QUOTED_MAX];
+        snprintf(where, sizeof(where), "libvirt.%s", name);
+        return key_error(error, len, "%s: unknown key", quoted(where, q));
 }
 
 static int set_libvirt(const struct key *k, json_object *v, struct vhostmigd_config *cfg, char *error, size_t len) {
@@ -341,7 +365,8 @@ static int apply_key(struct vhostmigd_config *cfg, const char *name, json_object
                 if (strcmp(k->name, name) == 0)
                         return setters[k->kind](k, v, cfg, error, len);
         }
-        return key_error(error, len, "\"%s\": unknown key", name);
+        char q[QUOTED_MAX];
+        return key_error(error, len, "%s: unknown key", quoted(name, q));
 }
 
 /*
@@ -382,8 +407,9 @@ static int parse_document(const char *text, json_object **out, char *error, size
                         dup = duplicate_key(tok);
         }
         int r = 0;
+        char q[QUOTED_MAX];
         if (dup)
-                r = key_error(error, len, "\"%s\": duplicate key at byte %zu", dup, i - 1);
+                r = key_error(error, len, "%s: duplicate key at byte %zu", quoted(dup, q), i - 1);
         else if (!obj || jerr != json_tokener_success)
                 r = key_error(error, len, "invalid JSON at byte %zu: %s", obj ? i - 1 : i,
                               jerr == json_tokener_continue ? "unexpected end of input"

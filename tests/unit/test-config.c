@@ -300,6 +300,34 @@ static void example_is_the_defaults(void **state) {
         free(d);
 }
 
+/*
+ * A key or value the file spells with control characters is quoted escaped
+ * (as a JSON string) in the refusal, so a file cannot write lines of its own
+ * into the log: each case names where the text goes and how it must read.
+ */
+static void refusals_quote_escaped(void **state) {
+        (void) state;
+        const struct {
+                const char *text, *mentions;
+        } cases[] = {
+                { "{\"max_vms\\n<3>forged\": 1}", "\"max_vms\\n<3>forged\": unknown key" },
+                { "{\"a\\r\\u001b[2J\": 1}", "\"a\\r\\u001b[2J\": unknown key" },
+                { "{\"libvirt\": {\"u\\nri\": 1}}", "\"libvirt.u\\nri\": unknown key" },
+                { "{\"vms\": {\"a\": {\"x\\ny\": 1}}}", "\"vms.a.x\\ny\": unknown key" },
+                { "{\"vms\": {\"a\\nb\": {}}}", "\"vms\": \"a\\nb\" is not a VM name" },
+                { "{\"server_socket_group\": \"no\\nsuch\"}", "no group named \"no\\nsuch\"" },
+                { "{\"k\\n\": 1, \"k\\n\": 2}", "\"k\\n\": duplicate key" },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                struct vhostmigd_config c;
+                config_defaults(&c);
+                char err[256] = "";
+                int r = config_parse(&c, cases[i].text, err, sizeof(err));
+                if (r >= 0 || !strstr(err, cases[i].mentions) || strpbrk(err, "\n\r\x1b"))
+                        fail_msg("%s: got %d \"%s\", wanted it escaped: %s", cases[i].text, r, err, cases[i].mentions);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(defaults_without_a_file),
@@ -309,6 +337,7 @@ int main(void) {
                 cmocka_unit_test(file_errors_name_the_file),
                 cmocka_unit_test(log_levels),
                 cmocka_unit_test(comment_keys),
+                cmocka_unit_test(refusals_quote_escaped),
                 cmocka_unit_test(diff_names_what_changed),
                 cmocka_unit_test(libvirt_keys),
                 cmocka_unit_test(example_is_the_defaults),
