@@ -590,6 +590,7 @@ int vhm_rec_blob_append(struct vhm_rec_blob *b, uint32_t index, const void *chun
 
 #define CK_PRIME UINT64_C(0x9e3779b97f4a7c15) /* odd: a multiplication by it is a bijection */
 #define CK_WORDS (VHM_REC_PAGE_SIZE / 8u)
+#define CK_LANES 8u /* accumulators: two AVX2 vectors, four SSE2 ones */
 
 static uint64_t ck_mix(uint64_t h, uint64_t v) {
         h = (h ^ v) * CK_PRIME;
@@ -597,27 +598,133 @@ static uint64_t ck_mix(uint64_t h, uint64_t v) {
 }
 
 /*
- * Four independent multiply-xor lanes over the page's words: the lanes'
- * multiplications overlap, so a page is hashed at memory speed where a
- * single chain (FNV-1a) waits for every multiplication in turn.  Each step
- * is a bijection of its lane, so a page that differs in one word always
- * hashes differently.  The OR of the words says whether the page is zero.
+ * The page hash (stream version 3): word i of the page, x, becomes
+ *
+ *     y = x ^ (i + 1) * CK_PRIME          a key per position: words swapped differ
+ *     y.hi += lo32(y.lo * y.lo)           Feistel round: the low half into the high
+ *     y.lo ^= hi32(y.hi * y.hi)           and the new high half back into the low
+ *
+ * and is added into lane i % 8; the eight lanes are folded by ck_mix.  Both
+ * rounds use only 32x32->64 multiplies, which SSE2 and AVX2 do four lanes at
+ * a time (pmuludq), where the previous 64-bit multiply chains ran on the one
+ * scalar multiplier.  Each round is a bijection of the word (a Feistel round
+ * is, whatever its function), a lane is a sum, and ck_mix is a bijection of
+ * each lane given the others: a page that differs in one word always hashes
+ * differently.  Several words changed are caught by the squares'
+ * nonlinearity (not a guarantee, as no 64-bit hash gives one).  The OR of
+ * the words says whether the page is zero, in the same pass.
  */
-uint64_t vhm_checksum_page(const void *page, bool *zero) {
-        const uint8_t *p = page;
-        uint64_t a = 1, b = 2, c = 3, d = 4, any = 0;
-        for (unsigned i = 0; i < CK_WORDS; i += 4) {
-                uint64_t w[4];
-                memcpy(w, p + 8u * i, sizeof(w));
-                a = (a ^ le64toh(w[0])) * CK_PRIME;
-                b = (b ^ le64toh(w[1])) * CK_PRIME;
-                c = (c ^ le64toh(w[2])) * CK_PRIME;
-                d = (d ^ le64toh(w[3])) * CK_PRIME;
-                any |= w[0] | w[1] | w[2] | w[3];
-        }
+static inline uint64_t ck_word(uint64_t x, uint64_t key) {
+        uint64_t y = x ^ key;
+        y += ((uint64_t) (uint32_t) y * (uint32_t) y) << 32;
+        y ^= ((y >> 32) * (y >> 32)) >> 32;
+        return y;
+}
+
+static uint64_t ck_finish(const uint64_t acc[CK_LANES], uint64_t any, bool *zero) {
+        uint64_t h = 0;
+        for (unsigned j = 0; j < CK_LANES; j++)
+                h = ck_mix(h, acc[j]);
         if (zero)
                 *zero = any == 0;
-        return ck_mix(ck_mix(ck_mix(ck_mix(0, a), b), c), d);
+        return h;
+}
+
+/* The definition, word by word: any CPU, and the reference the vector versions are tested against. */
+static uint64_t ck_page_scalar(const void *page, bool *zero) {
+        const uint8_t *p = page;
+        uint64_t acc[CK_LANES] = { 0 }, any = 0;
+        for (unsigned i = 0; i < CK_WORDS; i++) {
+                uint64_t x;
+                memcpy(&x, p + 8u * i, 8);
+                x = le64toh(x);
+                acc[i % CK_LANES] += ck_word(x, (i + 1) * CK_PRIME);
+                any |= x;
+        }
+        return ck_finish(acc, any, zero);
+}
+
+#if defined(__x86_64__) && __BYTE_ORDER == __LITTLE_ENDIAN
+#include <immintrin.h>
+
+#define CK_KEY_STEP (CK_LANES * CK_PRIME) /* the key of a lane's next word */
+
+static inline __m128i ck_step128(__m128i acc, __m128i x, __m128i key) {
+        __m128i y = _mm_xor_si128(x, key);
+        y = _mm_add_epi64(y, _mm_slli_epi64(_mm_mul_epu32(y, y), 32));
+        __m128i hi = _mm_srli_epi64(y, 32);
+        y = _mm_xor_si128(y, _mm_srli_epi64(_mm_mul_epu32(hi, hi), 32));
+        return _mm_add_epi64(acc, y);
+}
+
+/* SSE2, which every x86-64 has: lanes 2j and 2j+1 in vector j. */
+static uint64_t ck_page_sse2(const void *page, bool *zero) {
+        const uint8_t *p = page;
+        __m128i acc[4], key[4], any = _mm_setzero_si128();
+        const __m128i step = _mm_set1_epi64x((long long) CK_KEY_STEP);
+        for (unsigned j = 0; j < 4; j++) {
+                acc[j] = _mm_setzero_si128();
+                key[j] = _mm_set_epi64x((long long) ((2 * j + 2) * CK_PRIME), (long long) ((2 * j + 1) * CK_PRIME));
+        }
+        for (unsigned i = 0; i < CK_WORDS; i += CK_LANES)
+                for (unsigned j = 0; j < 4; j++) {
+                        __m128i x = _mm_loadu_si128((const __m128i *) (p + 8u * i + 16u * j));
+                        acc[j] = ck_step128(acc[j], x, key[j]);
+                        any = _mm_or_si128(any, x);
+                        key[j] = _mm_add_epi64(key[j], step);
+                }
+        uint64_t lanes[CK_LANES], o[2];
+        for (unsigned j = 0; j < 4; j++)
+                _mm_storeu_si128((__m128i *) (lanes + 2 * j), acc[j]);
+        _mm_storeu_si128((__m128i *) o, any);
+        return ck_finish(lanes, o[0] | o[1], zero);
+}
+
+static inline __attribute__((target("avx2"))) __m256i ck_step256(__m256i acc, __m256i x, __m256i key) {
+        __m256i y = _mm256_xor_si256(x, key);
+        y = _mm256_add_epi64(y, _mm256_slli_epi64(_mm256_mul_epu32(y, y), 32));
+        __m256i hi = _mm256_srli_epi64(y, 32);
+        y = _mm256_xor_si256(y, _mm256_srli_epi64(_mm256_mul_epu32(hi, hi), 32));
+        return _mm256_add_epi64(acc, y);
+}
+
+/* AVX2: lanes 0-3 in one vector, 4-7 in the other. */
+static __attribute__((target("avx2"))) uint64_t ck_page_avx2(const void *page, bool *zero) {
+        const uint8_t *p = page;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, any = a0;
+        __m256i k0 = _mm256_set_epi64x((long long) (4 * CK_PRIME), (long long) (3 * CK_PRIME),
+                                       (long long) (2 * CK_PRIME), (long long) CK_PRIME);
+        __m256i k1 = _mm256_add_epi64(k0, _mm256_set1_epi64x((long long) (4 * CK_PRIME)));
+        const __m256i step = _mm256_set1_epi64x((long long) CK_KEY_STEP);
+        for (unsigned i = 0; i < CK_WORDS; i += CK_LANES) {
+                __m256i x0 = _mm256_loadu_si256((const __m256i *) (p + 8u * i));
+                __m256i x1 = _mm256_loadu_si256((const __m256i *) (p + 8u * i + 32));
+                a0 = ck_step256(a0, x0, k0);
+                a1 = ck_step256(a1, x1, k1);
+                any = _mm256_or_si256(any, _mm256_or_si256(x0, x1));
+                k0 = _mm256_add_epi64(k0, step);
+                k1 = _mm256_add_epi64(k1, step);
+        }
+        uint64_t lanes[CK_LANES];
+        _mm256_storeu_si256((__m256i *) lanes, a0);
+        _mm256_storeu_si256((__m256i *) (lanes + 4), a1);
+        return ck_finish(lanes, _mm256_testz_si256(any, any) ? 0 : 1, zero);
+}
+#endif
+
+uint64_t vhm_checksum_page_impl(const void *page, bool *zero, enum vhm_checksum_impl impl) {
+#if defined(__x86_64__) && __BYTE_ORDER == __LITTLE_ENDIAN
+        if (impl == VHM_CHECKSUM_AVX2 && __builtin_cpu_supports("avx2"))
+                return ck_page_avx2(page, zero);
+        if (impl != VHM_CHECKSUM_SCALAR)
+                return ck_page_sse2(page, zero);
+#endif
+        (void) impl;
+        return ck_page_scalar(page, zero);
+}
+
+uint64_t vhm_checksum_page(const void *page, bool *zero) {
+        return vhm_checksum_page_impl(page, zero, VHM_CHECKSUM_AVX2);
 }
 
 uint64_t vhm_checksum_fold(uint64_t h, uint64_t page_hash) {

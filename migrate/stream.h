@@ -44,7 +44,7 @@ enum vhm_rec_type {
 };
 
 #define VHM_REC_MAGIC               "VHMIGRAT" /* 8 bytes on the wire, no NUL */
-#define VHM_REC_VERSION             2u         /* 2: the page checksum, END's downtime */
+#define VHM_REC_VERSION             3u         /* 3: the page hash on 32-bit multiplies */
 #define VHM_REC_ROLE_SOURCE         0u
 #define VHM_REC_PAGE_SIZE           4096u
 #define VHM_REC_MAX_REGIONS         8u
@@ -195,15 +195,24 @@ int vhm_rec_blob_append(struct vhm_rec_blob *b, uint32_t index, const void *chun
 /* ---- the checksum of a memory image ---- */
 
 /*
- * Page by page in gpa order: each 4096-byte page hashed by four multiply-xor
- * lanes over its little-endian 8-byte words (vhm_checksum_page), the page
- * hashes folded in order (vhm_checksum_fold).  vhm_memory_checksum reads
+ * Page by page in gpa order: each 4096-byte page hashed over its
+ * little-endian 8-byte words, each word keyed by its position, put through
+ * two Feistel rounds of 32x32->64 squares and summed into eight lanes
+ * (vhm_checksum_page; stream.c has the construction), the page hashes
+ * folded in order by a 64-bit multiply-xor (vhm_checksum_fold).  vhm_memory_checksum reads
  * every region through vhm_vm_read so a truncated file is an error (-EIO,
  * reason in vhm_vm_error()) rather than a SIGBUS.
  */
 #define VHM_CHECKSUM_INIT UINT64_C(0xcbf29ce484222325)
-/* A page's hash; *zero (may be NULL) says whether it is all zero. */
+/* A page's hash; *zero (may be NULL) says whether it is all zero.  Any one word changed changes it. */
 uint64_t vhm_checksum_page(const void *page, bool *zero);
+/* The same value by a given implementation (AVX2 falls back to SSE2 on a CPU without it): tests, benchmarks. */
+enum vhm_checksum_impl {
+        VHM_CHECKSUM_SCALAR,
+        VHM_CHECKSUM_SSE2,
+        VHM_CHECKSUM_AVX2,
+};
+uint64_t vhm_checksum_page_impl(const void *page, bool *zero, enum vhm_checksum_impl impl);
 uint64_t vhm_checksum_fold(uint64_t h, uint64_t page_hash);
 /* Folds len bytes into h: whole pages, so split a buffer only at page boundaries (a shorter tail goes by words). */
 uint64_t vhm_checksum_update(uint64_t h, const void *buf, size_t len);

@@ -219,8 +219,10 @@ int vhm_guest_get_stats(const struct vhm_guest *g, unsigned qp, struct vhm_guest
 
 /*
  * The checksum of the whole guest memory exactly as the migration stream
- * computes it for a VM of one region at gpa 0 (vhm_memory_checksum: 64-bit
- * FNV-1a over little-endian 8-byte words, migrate/stream.h), so it compares
+ * computes it for a VM of one region at gpa 0 (vhm_memory_checksum: each
+ * page's little-endian 8-byte words keyed by position through two Feistel
+ * rounds of 32-bit squares into eight summed lanes, the page hashes folded
+ * in order by a 64-bit multiply-xor, migrate/stream.h), so it compares
  * with a VM's MigrationChecksum while nothing writes the memory.
  *
  * With VHM_GUEST_CHECKSUM_DRIVER the bytes a device may write (every used

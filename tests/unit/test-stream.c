@@ -811,6 +811,59 @@ static void threaded_checksum_of_truncated_memory(void **state) {
         assert_int_equal(count_open_fds(), before);
 }
 
+/*
+ * Every implementation of the page hash gives the same value and the same
+ * zero answer (the two ends may run different CPUs), on pages of every kind;
+ * a word written to each of many values, anywhere, changes the hash, and so
+ * do two words swapped (a key per position).
+ */
+static void page_checksum_implementations_agree(void **state) {
+        (void) state;
+        static uint8_t page[4096];
+        uint64_t x = 0x243f6a8885a308d3u;
+        for (unsigned kind = 0; kind < 4; kind++) {
+                for (size_t i = 0; i < sizeof(page); i += 8) {
+                        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                        uint64_t w = kind == 0 ? 0 : kind == 1 ? x : kind == 2 ? ~UINT64_C(0) : (i / 8) << 32;
+                        memcpy(page + i, &w, 8);
+                }
+                bool z0, z1, z2;
+                uint64_t h = vhm_checksum_page_impl(page, &z0, VHM_CHECKSUM_SCALAR);
+                assert_int_equal(vhm_checksum_page_impl(page, &z1, VHM_CHECKSUM_SSE2), h);
+                assert_int_equal(vhm_checksum_page_impl(page, &z2, VHM_CHECKSUM_AVX2), h);
+                assert_int_equal(vhm_checksum_page(page, NULL), h);
+                assert_true(z0 == (kind == 0) && z1 == z0 && z2 == z0);
+        }
+        uint64_t h = vhm_checksum_page(page, NULL);
+        for (unsigned w = 0; w < 512; w++) {
+                uint64_t old;
+                memcpy(&old, page + 8u * w, 8);
+                for (unsigned k = 0; k < 16; k++) {
+                        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                        uint64_t v = k == 0     ? old + 1
+                                     : k == 1   ? old ^ (UINT64_C(1) << 63)
+                                     : k == 2   ? ~old
+                                     : x == old ? x + 1
+                                                : x;
+                        memcpy(page + 8u * w, &v, 8);
+                        assert_int_not_equal(vhm_checksum_page_impl(page, NULL, VHM_CHECKSUM_SCALAR), h);
+                        assert_int_not_equal(vhm_checksum_page(page, NULL), h);
+                }
+                memcpy(page + 8u * w, &old, 8);
+        }
+        for (unsigned w = 0; w + 8 < 512; w += 37) { /* the same lane, 8 words apart */
+                uint64_t a, b;
+                memcpy(&a, page + 8u * w, 8);
+                memcpy(&b, page + 8u * (w + 8), 8);
+                memcpy(page + 8u * w, &b, 8);
+                memcpy(page + 8u * (w + 8), &a, 8);
+                assert_int_not_equal(vhm_checksum_page(page, NULL), h);
+                memcpy(page + 8u * w, &a, 8);
+                memcpy(page + 8u * (w + 8), &b, 8);
+        }
+        assert_int_equal(vhm_checksum_page(page, NULL), h);
+}
+
 /* Any one word changed, anywhere in a page, changes its hash; buffers split at pages fold alike. */
 static void page_checksum_sees_every_word(void **state) {
         (void) state;
@@ -1297,6 +1350,7 @@ int main(void) {
                 cmocka_unit_test(truncated_and_garbage),
                 cmocka_unit_test(stall_and_cancel),
                 cmocka_unit_test(page_checksum_sees_every_word),
+                cmocka_unit_test(page_checksum_implementations_agree),
                 cmocka_unit_test(threaded_checksum_of_truncated_memory),
                 cmocka_unit_test(checksum_and_pages_into_a_vm),
                 cmocka_unit_test(vm_pages_in_place),
