@@ -3,11 +3,33 @@
  * Migration bitmap: plain uint64_t words, one bit per 4 KiB guest page.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "log/bitmap.h"
 #include "log/log-priv.h"
+
+#define BITMAP_MEMFD_NAME "vhostmig-migration-bitmap"
+/* A memfd bitmap's size never changes under its mapping: a resize makes a new one. */
+#define BITMAP_SEALS (F_SEAL_SHRINK | F_SEAL_GROW)
+
+/*
+ * Every bitmap is allocated as one of these, so that a bitmap kept in a
+ * memfd (to outlive the process) needs no field in the layout log/'s
+ * harvest loops share (log-priv.h).
+ */
+struct bitmap_box {
+        struct vhm_bitmap bm;
+        int fd; /* -1: words are malloc'd; else a MAP_SHARED mapping of this memfd */
+};
+
+static struct bitmap_box *box_of(const struct vhm_bitmap *bm) {
+        return (struct bitmap_box *) ((char *) bm - offsetof(struct bitmap_box, bm));
+}
 
 static uint64_t words_for(uint64_t npages) {
         return (npages + 63) / 64;
@@ -16,6 +38,10 @@ static uint64_t words_for(uint64_t npages) {
 /* calloc(0) may return NULL; always keep one word so words is never NULL. */
 static size_t alloc_words(uint64_t nwords) {
         return nwords ? (size_t) nwords : 1;
+}
+
+static size_t memfd_bytes(uint64_t nwords) {
+        return alloc_words(nwords) * sizeof(uint64_t);
 }
 
 int vhm_bitmap_new(uint64_t npages, struct vhm_bitmap **out) {
@@ -27,25 +53,156 @@ int vhm_bitmap_new(uint64_t npages, struct vhm_bitmap **out) {
         if (npages > VHM_BITMAP_MAX_PAGES)
                 return -ERANGE;
 
-        bm = calloc(1, sizeof(*bm));
-        if (!bm)
+        struct bitmap_box *box = calloc(1, sizeof(*box));
+        if (!box)
                 return -ENOMEM;
+        box->fd = -1;
+        bm = &box->bm;
         bm->npages = npages;
         bm->nwords = words_for(npages);
         bm->words = calloc(alloc_words(bm->nwords), sizeof(uint64_t));
         if (!bm->words) {
-                free(bm);
+                free(box);
                 return -ENOMEM;
         }
         *out = bm;
         return 0;
 }
 
+/* A new sealed memfd of nwords words (at least one), all clear, mapped shared. */
+static int memfd_words(uint64_t nwords, int *fd_out, uint64_t **words_out) {
+        size_t bytes = memfd_bytes(nwords);
+        int fd = memfd_create(BITMAP_MEMFD_NAME, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        int r = 0;
+
+        if (fd < 0)
+                return -errno;
+        if (ftruncate(fd, (off_t) bytes) < 0 || fcntl(fd, F_ADD_SEALS, BITMAP_SEALS) < 0)
+                r = -errno;
+        void *p = r < 0 ? MAP_FAILED : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (r == 0 && p == MAP_FAILED)
+                r = -errno;
+        if (r < 0) {
+                close(fd);
+                return r;
+        }
+        *fd_out = fd;
+        *words_out = p;
+        return 0;
+}
+
+/* A box around words already mapped from fd. */
+static int box_mapped(uint64_t npages, int fd, uint64_t *words, struct vhm_bitmap **out) {
+        struct bitmap_box *box = calloc(1, sizeof(*box));
+
+        if (!box)
+                return -ENOMEM;
+        box->fd = fd;
+        box->bm = (struct vhm_bitmap){ .npages = npages, .nwords = words_for(npages), .words = words };
+        *out = &box->bm;
+        return 0;
+}
+
+int vhm_bitmap_new_memfd(uint64_t npages, struct vhm_bitmap **out) {
+        uint64_t *words;
+        int fd, r;
+
+        if (!out)
+                return -EINVAL;
+        *out = NULL;
+        if (npages > VHM_BITMAP_MAX_PAGES)
+                return -ERANGE;
+        r = memfd_words(words_for(npages), &fd, &words);
+        if (r < 0)
+                return r;
+        r = box_mapped(npages, fd, words, out);
+        if (r < 0) {
+                munmap(words, memfd_bytes(words_for(npages)));
+                close(fd);
+        }
+        return r;
+}
+
+/* What vhm_bitmap_new_memfd makes: a memfd sealed against resizing, writable, of the size npages need. */
+static int check_adopted(int fd, uint64_t npages) {
+        struct stat st;
+        int seals = fcntl(fd, F_GET_SEALS);
+
+        if (seals < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+                return -EINVAL;
+        if ((seals & BITMAP_SEALS) != BITMAP_SEALS || (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)))
+                return -EPERM;
+        if ((uint64_t) st.st_size != memfd_bytes(words_for(npages)))
+                return -EMSGSIZE;
+        return 0;
+}
+
+int vhm_bitmap_adopt(int fd, uint64_t npages, struct vhm_bitmap **out) {
+        uint64_t nwords = words_for(npages);
+        int r = -EINVAL;
+
+        if (out)
+                *out = NULL;
+        if (fd < 0)
+                return -EINVAL;
+        if (out)
+                r = npages > VHM_BITMAP_MAX_PAGES ? -ERANGE : check_adopted(fd, npages);
+        void *p = r < 0 ? MAP_FAILED : mmap(NULL, memfd_bytes(nwords), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (r == 0 && p == MAP_FAILED)
+                r = -errno;
+        if (r == 0 && (r = box_mapped(npages, fd, p, out)) < 0)
+                munmap(p, memfd_bytes(nwords));
+        if (r < 0) {
+                close(fd);
+                return r;
+        }
+        /* Pages past the end do not exist: the invariant holds whatever the memfd held there. */
+        if (nwords)
+                (*out)->words[nwords - 1] &= vhm_last_word_mask(npages);
+        else
+                (*out)->words[0] = 0;
+        return 0;
+}
+
+int vhm_bitmap_set_memfd(struct vhm_bitmap *bm, bool memfd) {
+        struct bitmap_box *box = box_of(bm);
+        size_t bytes = memfd_bytes(bm->nwords);
+        uint64_t *words;
+        int fd = -1;
+
+        if (memfd == (box->fd >= 0))
+                return 0;
+        if (memfd) {
+                int r = memfd_words(bm->nwords, &fd, &words);
+                if (r < 0)
+                        return r;
+        } else if (!(words = malloc(bytes)))
+                return -ENOMEM;
+        memcpy(words, bm->words, bytes);
+        if (box->fd >= 0) {
+                munmap(bm->words, bytes);
+                close(box->fd);
+        } else
+                free(bm->words);
+        box->fd = fd;
+        bm->words = words;
+        return 0;
+}
+
+int vhm_bitmap_fd(const struct vhm_bitmap *bm) {
+        return box_of(bm)->fd;
+}
+
 void vhm_bitmap_free(struct vhm_bitmap *bm) {
         if (!bm)
                 return;
-        free(bm->words);
-        free(bm);
+        struct bitmap_box *box = box_of(bm);
+        if (box->fd >= 0) {
+                munmap(bm->words, memfd_bytes(bm->nwords));
+                close(box->fd);
+        } else
+                free(bm->words);
+        free(box);
 }
 
 uint64_t vhm_bitmap_npages(const struct vhm_bitmap *bm) {
@@ -163,6 +320,25 @@ void vhm_bitmap_clear_all(struct vhm_bitmap *bm) {
         memset(bm->words, 0, alloc_words(bm->nwords) * sizeof(uint64_t));
 }
 
+/*
+ * A memfd bitmap is sealed against resizing (whoever holds the fd relies on
+ * its size), so it moves to a new memfd: a new fd, which a caller keeping
+ * the fd elsewhere must keep instead of the old one.
+ */
+static int remap_memfd(struct vhm_bitmap *bm, uint64_t nwords) {
+        uint64_t *words;
+        int fd, r = memfd_words(nwords, &fd, &words);
+
+        if (r < 0)
+                return r;
+        memcpy(words, bm->words, (size_t) (nwords < bm->nwords ? nwords : bm->nwords) * sizeof(uint64_t));
+        munmap(bm->words, memfd_bytes(bm->nwords));
+        close(box_of(bm)->fd);
+        box_of(bm)->fd = fd;
+        bm->words = words;
+        return 0;
+}
+
 int vhm_bitmap_resize(struct vhm_bitmap *bm, uint64_t npages) {
         uint64_t nwords;
 
@@ -170,7 +346,11 @@ int vhm_bitmap_resize(struct vhm_bitmap *bm, uint64_t npages) {
                 return -ERANGE;
         nwords = words_for(npages);
 
-        if (nwords != bm->nwords) {
+        if (nwords != bm->nwords && box_of(bm)->fd >= 0) {
+                int r = remap_memfd(bm, nwords);
+                if (r < 0)
+                        return r;
+        } else if (nwords != bm->nwords) {
                 uint64_t *nw = realloc(bm->words, alloc_words(nwords) * sizeof(uint64_t));
 
                 if (!nw)

@@ -31,7 +31,40 @@ struct vhm_bitmap;
  * or -ENOMEM. */
 int vhm_bitmap_new(uint64_t npages, struct vhm_bitmap **out);
 
-/* Free a bitmap; NULL is allowed. */
+/*
+ * The same, kept in a memfd (MFD_CLOEXEC, sealed F_SEAL_SHRINK |
+ * F_SEAL_GROW, mapped shared) so that it can outlive the process: a
+ * successor takes it back with vhm_bitmap_adopt.  The memfd is
+ * ceil(npages / 64) * 8 bytes (8 for 0 pages).  Returns 0, -EINVAL, -ERANGE
+ * or the errno of memfd_create / ftruncate / fcntl / mmap, negated.
+ */
+int vhm_bitmap_new_memfd(uint64_t npages, struct vhm_bitmap **out);
+
+/*
+ * Take back a bitmap vhm_bitmap_new_memfd made (in another process): fd is
+ * its memfd, npages what it covered.  The memfd must be sealed against
+ * shrinking and growing, not against writing, and of exactly the size
+ * npages need; its bits are kept (bits past npages are cleared).  Takes fd
+ * in every case (closed on failure).  Returns 0, -EINVAL (bad arguments, not
+ * a memfd), -EPERM (other seals), -EMSGSIZE (another size), -ERANGE, or the
+ * errno of mmap.
+ */
+int vhm_bitmap_adopt(int fd, uint64_t npages, struct vhm_bitmap **out);
+
+/* The memfd of a bitmap made by vhm_bitmap_new_memfd or vhm_bitmap_adopt
+ * (owned by the bitmap), -1 for one made by vhm_bitmap_new.  A resize that
+ * changes the number of words moves the bitmap to a new memfd. */
+int vhm_bitmap_fd(const struct vhm_bitmap *bm);
+
+/*
+ * Move a bitmap's bits into a new memfd (memfd true, as vhm_bitmap_new_memfd
+ * makes) or back into malloc'd memory (false), so that it holds an fd only
+ * while it must outlive the process.  A no-op when it is so already.
+ * Returns 0, or -ENOMEM / a memfd errno (the bitmap is unchanged then).
+ */
+int vhm_bitmap_set_memfd(struct vhm_bitmap *bm, bool memfd);
+
+/* Free a bitmap (unmapping and closing its memfd); NULL is allowed. */
 void vhm_bitmap_free(struct vhm_bitmap *bm);
 
 /* Number of pages the bitmap covers. */
@@ -57,9 +90,11 @@ uint64_t vhm_bitmap_count(const struct vhm_bitmap *bm);
 void vhm_bitmap_clear_all(struct vhm_bitmap *bm);
 
 /* Change the number of pages.  Growing keeps every bit and adds clear pages
- * (memory hot-add); shrinking drops the pages at and past the new end.
- * Returns 0, -ERANGE (npages > VHM_BITMAP_MAX_PAGES) or -ENOMEM (the bitmap
- * is unchanged then). */
+ * (memory hot-add); shrinking drops the pages at and past the new end.  A
+ * memfd bitmap whose word count changes moves to a new memfd (vhm_bitmap_fd
+ * changes; the old one is closed).  Returns 0, -ERANGE (npages >
+ * VHM_BITMAP_MAX_PAGES) or -ENOMEM / a memfd errno (the bitmap is unchanged
+ * then). */
 int vhm_bitmap_resize(struct vhm_bitmap *bm, uint64_t npages);
 
 /*

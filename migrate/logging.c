@@ -174,6 +174,26 @@ static int required_top(struct vhm_logging *l, uint64_t *top) {
         return 0;
 }
 
+/*
+ * A migration bitmap of at least npages.  It lives in a memfd so that the
+ * pages harvested into it and not yet sent can outlive the process (a
+ * restart keeps it in the fd store: vhm_logging_bitmap_fd).
+ */
+static int ensure_bitmap(struct vhm_logging *l, uint64_t npages) {
+        if (!l->bitmap)
+                return vhm_bitmap_new_memfd(npages, &l->bitmap);
+        int r = vhm_bitmap_set_memfd(l->bitmap, true);
+        if (r < 0)
+                return r;
+        return vhm_bitmap_npages(l->bitmap) >= npages ? 0 : vhm_bitmap_resize(l->bitmap, npages);
+}
+
+/* Logging is off: a restart keeps the bitmap only with the log, so no fd is held for it. */
+static void bitmap_off(struct vhm_logging *l) {
+        if (l->bitmap)
+                (void) vhm_bitmap_set_memfd(l->bitmap, false);
+}
+
 /* A new log covering the current layout, and a bitmap at least as large. */
 static int allocate_log(struct vhm_logging *l, struct vhm_log **out) {
         uint64_t top;
@@ -190,8 +210,7 @@ static int allocate_log(struct vhm_logging *l, struct vhm_log **out) {
         }
         l->alloc_failure[0] = '\0';
         uint64_t npages = vhm_log_npages(*out);
-        r = l->bitmap ? (vhm_bitmap_npages(l->bitmap) >= npages ? 0 : vhm_bitmap_resize(l->bitmap, npages))
-                      : vhm_bitmap_new(npages, &l->bitmap);
+        r = ensure_bitmap(l, npages);
         if (r < 0) {
                 vhm_log_free(*out);
                 *out = NULL;
@@ -242,8 +261,10 @@ int vhm_logging_start(struct vhm_logging *l) {
         if (r < 0)
                 return r;
         r = allocate_log(l, &l->log);
-        if (r < 0)
+        if (r < 0) {
+                bitmap_off(l);
                 return r;
+        }
         for (unsigned i = 0; i < l->ndevices; i++) {
                 r = join_device(l, l->devices[i]);
                 if (r < 0) {
@@ -251,6 +272,7 @@ int vhm_logging_start(struct vhm_logging *l) {
                         for (unsigned j = i + 1; j-- > 0;)
                                 leave_device(l->devices[j]);
                         free_logs(l);
+                        bitmap_off(l);
                         return r;
                 }
         }
@@ -272,17 +294,43 @@ static int check_adopted_devices(struct vhm_logging *l, const struct vhm_log *lo
         return 0;
 }
 
-int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, bool pages_lost) {
+/* The migration bitmap a previous process kept (fd taken), covering at least the log's npages. */
+static int adopt_bitmap(struct vhm_logging *l, int fd, uint64_t pages, uint64_t npages) {
+        struct vhm_bitmap *bm;
+        int r = vhm_bitmap_adopt(fd, pages, &bm);
+        if (r < 0)
+                return log_fail(l, r, "the migration bitmap to take back for %" PRIu64 " pages: %s", pages,
+                                r == -EMSGSIZE ? "not of that size"
+                                : r == -EPERM  ? "not sealed against resizing, or sealed against writing"
+                                               : strerror(-r));
+        if (vhm_bitmap_npages(bm) < npages) {
+                vhm_bitmap_free(bm);
+                return log_fail(l, -ERANGE,
+                                "the migration bitmap taken back covers %" PRIu64 " pages, the log %" PRIu64, pages,
+                                npages);
+        }
+        vhm_bitmap_free(l->bitmap);
+        l->bitmap = bm;
+        return 0;
+}
+
+int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, int bitmap_fd, uint64_t bitmap_pages,
+                      bool pages_lost) {
         if (l->active) {
                 if (log_fd >= 0)
                         close(log_fd);
+                if (bitmap_fd >= 0)
+                        close(bitmap_fd);
                 return log_fail(l, -EBUSY, "logging is on already: no log to take back");
         }
         struct vhm_log *log;
         int r = vhm_log_adopt(log_fd, top_gpa, &log);
-        if (r < 0)
+        if (r < 0) {
+                if (bitmap_fd >= 0)
+                        close(bitmap_fd);
                 return log_fail(l, r, "the dirty log to take back for 0x%" PRIx64 " bytes of guest memory: %s", top_gpa,
                                 r == -EMSGSIZE ? "not of that size" : strerror(-r));
+        }
         uint64_t need;
         r = required_top(l, &need);
         if (r == 0 && vhm_log_npages(log) < (need + VHM_PAGE_SIZE - 1) / VHM_PAGE_SIZE)
@@ -291,12 +339,15 @@ int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, bool 
         if (r == 0)
                 r = check_adopted_devices(l, log);
         uint64_t npages = vhm_log_npages(log);
-        if (r == 0 &&
-            (r = l->bitmap ? (vhm_bitmap_npages(l->bitmap) >= npages ? 0 : vhm_bitmap_resize(l->bitmap, npages))
-                           : vhm_bitmap_new(npages, &l->bitmap)) < 0)
+        if (r == 0 && bitmap_fd >= 0)
+                r = adopt_bitmap(l, bitmap_fd, bitmap_pages, npages);
+        else if (bitmap_fd >= 0)
+                close(bitmap_fd);
+        if (r == 0 && (r = ensure_bitmap(l, npages)) < 0)
                 log_fail(l, r, "cannot allocate the migration bitmap: %s", strerror(-r));
         if (r < 0) {
                 vhm_log_free(log);
+                bitmap_off(l);
                 return r;
         }
         l->log = log;
@@ -306,7 +357,12 @@ int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, bool 
 }
 
 bool vhm_logging_holds_pages(const struct vhm_logging *l) {
-        return l->nretired > 0 || l->incomplete || (l->bitmap && vhm_bitmap_count(l->bitmap) > 0);
+        /* The migration bitmap is not among them: its memfd outlives the process. */
+        return l->nretired > 0 || l->incomplete;
+}
+
+int vhm_logging_bitmap_fd(const struct vhm_logging *l) {
+        return l->bitmap ? vhm_bitmap_fd(l->bitmap) : -1;
 }
 
 int vhm_logging_stop(struct vhm_logging *l) {
@@ -323,6 +379,7 @@ int vhm_logging_stop(struct vhm_logging *l) {
         /* What the back-ends logged until now still counts. */
         (void) vhm_logging_harvest(l, NULL);
         free_logs(l);
+        bitmap_off(l);
         l->active = false;
         l->incomplete = false;
         return first_error;

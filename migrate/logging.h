@@ -49,19 +49,33 @@ int vhm_logging_start(struct vhm_logging *l);
  * was created for), without a request to any back-end.  Every connected
  * device must have been adopted logging and acknowledging that log
  * (vhm_device_adopt); a disconnected one gets it when it reconnects.  The
- * log's bits stay for the next harvest.  pages_lost: the previous process
- * held harvested pages no migration had taken yet (or logs a device might
- * still write), which died with it, so every harvest marks every page until
- * every device takes a new log (as after a lost retired log).  The VMM
- * bitmaps are added afterwards (vhm_logging_add_bitmap) and not cleared.
- * -EBUSY when logging is on already, -EINVAL / -ERANGE with the reason.
+ * log's bits stay for the next harvest.
+ *
+ * bitmap_fd (taken in every case; -1 when the previous process kept none)
+ * is the previous process's migration bitmap (vhm_logging_bitmap_fd),
+ * covering bitmap_pages pages: the pages harvested and not yet sent, kept
+ * (vhm_bitmap_adopt's checks; it must cover the log).
+ *
+ * pages_lost: the previous process held pages that died with it (a retired
+ * log a device might still write, an incomplete log; without bitmap_fd, any
+ * harvested page), so every harvest marks every page until every device
+ * takes a new log (as after a lost retired log).  The VMM bitmaps are added
+ * afterwards (vhm_logging_add_bitmap) and not cleared.  -EBUSY when logging
+ * is on already, -EINVAL / -EPERM / -EMSGSIZE / -ERANGE with the reason.
  */
-int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, bool pages_lost);
+int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, int bitmap_fd, uint64_t bitmap_pages,
+                      bool pages_lost);
 /*
- * Whether a restart would lose pages (vhm_logging_adopt's pages_lost): the
- * migration bitmap holds pages, or a retired log is still harvested.
+ * Whether a restart would lose pages (vhm_logging_adopt's pages_lost) even
+ * with the migration bitmap kept: a retired log is still harvested, or the
+ * log is incomplete already.
  */
 bool vhm_logging_holds_pages(const struct vhm_logging *l);
+/*
+ * The migration bitmap's memfd (-1 before logging first started); the
+ * logging keeps it.  A resize of the log may move the bitmap to a new memfd.
+ */
+int vhm_logging_bitmap_fd(const struct vhm_logging *l);
 
 /*
  * A process handing its VM over to its successor (a restart): frees the

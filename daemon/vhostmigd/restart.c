@@ -8,7 +8,7 @@
  *             "next_device_number", "next_sid", "migrating", "role",
  *             "devices": [{"sid", "number", "created_usec"}]   (the loop's)
  *             "w": {"gpa_limit", "regions": [{"gpa", "size", "offset", "fd"}],
- *                   "logging", "log": {"fd", "size"}, "pages_lost",
+ *                   "logging", "log": {"fd", "size", "bitmap", "bitmap_pages"}, "pages_lost",
  *                   "bitmaps": [fd name],
  *                   "devices": [{"sid", "config": {...}, "queues": [{"size",
  *                                "desc", "avail", "used", "kick", "call"}],
@@ -559,6 +559,21 @@ static json_object *capture_bitmaps(struct capture *c) {
         return a;
 }
 
+/* The pages harvested and not yet sent: their memfd, so that a restart keeps them. */
+static int capture_migration_bitmap(struct capture *c, json_object *log) {
+        struct vm_object *o = c->o;
+        int fd = vhm_logging_bitmap_fd(o->logging);
+        char base[NAME_MAX_LEN];
+        if (fd < 0)
+                return 0;
+        int r = state_store_fd_name(base, sizeof(base), "vm.%s.dirty", o->name);
+        if (r >= 0)
+                r = add_hex(log, "bitmap_pages", vhm_bitmap_npages(vhm_logging_bitmap(o->logging)));
+        if (r >= 0)
+                r = add_fd(c, log, "bitmap", base, fd, STATE_STORE_KIND_MEMFD);
+        return r;
+}
+
 static int capture_logging(struct capture *c, json_object *w) {
         struct vm_object *o = c->o;
         bool on = vhm_logging_active(o->logging) && vhm_logging_log_fd(o->logging) >= 0;
@@ -576,6 +591,8 @@ static int capture_logging(struct capture *c, json_object *w) {
                 r = add_hex(log, "size", vhm_logging_log_size(o->logging));
         if (r >= 0)
                 r = add_fd(c, log, "fd", base, vhm_logging_log_fd(o->logging), STATE_STORE_KIND_MEMFD);
+        if (r >= 0)
+                r = capture_migration_bitmap(c, log);
         if (r >= 0)
                 return add(w, "log", log);
         json_object_put(log);
@@ -998,19 +1015,40 @@ static int restore_device(struct restoring *x, struct vm_object *o, json_object 
         return r;
 }
 
-/* Logging goes on over the log (fd, taken) where it was on. */
+/*
+ * Logging goes on over the log (fd, taken) with the migration bitmap kept
+ * beside it.  A state without that bitmap (an older daemon's) said in
+ * "pages_lost" whether harvested pages died with it.
+ */
+static void restore_log(struct restoring *x, struct vm_object *o, json_object *w, int fd, uint64_t size) {
+        json_object *log = NULL;
+        (void) json_object_object_get_ex(w, "log", &log);
+        bool kept = log && json_object_object_get_ex(log, "bitmap", NULL);
+        int dirty_fd = kept ? take(x, rd_fdname(log, "bitmap")) : -1;
+        uint64_t dirty_pages = kept ? rd_hex(&x->rd, log, "bitmap_pages") : 0;
+        const char *missing = fd < 0                 ? "the log is missing"
+                              : kept && dirty_fd < 0 ? "the migration bitmap is missing"
+                                                     : NULL;
+        if (missing) {
+                close_fd(fd);
+                close_fd(dirty_fd);
+                if (!x->rd.why[0])
+                        snprintf(x->rd.why, sizeof(x->rd.why), "logging: %s", missing);
+                return;
+        }
+        /* What the log was made for: its bits cover size * 8 pages. */
+        int r = vhm_logging_adopt(o->logging, fd, size * 8 * VHOSTMIG_PAGE_SIZE, dirty_fd, dirty_pages,
+                                  rd_bool(&x->rd, w, "pages_lost"));
+        if (r < 0 && !x->rd.why[0])
+                snprintf(x->rd.why, sizeof(x->rd.why), "logging: %s", vhm_logging_error(o->logging));
+}
+
+/* Logging goes on where it was on (fd: the log, taken), the VMM bitmaps added back. */
 static int restore_logging(struct restoring *x, struct vm_object *o, json_object *w, int fd, uint64_t size) {
         if (!rd_bool(&x->rd, w, "logging"))
                 close_fd(fd);
-        else {
-                /* What the log was made for: its bits cover size * 8 pages. */
-                int r = fd < 0 ? -EBADF
-                               : vhm_logging_adopt(o->logging, fd, size * 8 * VHOSTMIG_PAGE_SIZE,
-                                                   rd_bool(&x->rd, w, "pages_lost"));
-                if (r < 0 && !x->rd.why[0])
-                        snprintf(x->rd.why, sizeof(x->rd.why), "logging: %s",
-                                 fd < 0 ? "the log is missing" : vhm_logging_error(o->logging));
-        }
+        else
+                restore_log(x, o, w, fd, size);
         json_object *bitmaps = rd_get(&x->rd, w, "bitmaps", json_type_array);
         for (size_t i = 0; !x->rd.why[0] && i < json_object_array_length(bitmaps); i++) {
                 int bfd = take(x, json_object_get_string(json_object_array_get_idx(bitmaps, i)));

@@ -1,16 +1,21 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Unit tests for log/bitmap.{h,c}: the migration bitmap. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "log/bitmap.h"
 #include "log-test-util.h"
+#include "tests/common/fd-count.h"
 
 /* Compare a bitmap with a reference bool array, page by page. */
 static void assert_matches(const struct vhm_bitmap *bm, const bool *ref, uint64_t npages) {
@@ -317,11 +322,146 @@ static void test_iter(void **state) {
         }
 }
 
+/* A duplicate of a memfd bitmap's fd: what a restart keeps in the fd store. */
+static int kept_fd(const struct vhm_bitmap *bm) {
+        int fd = fcntl(vhm_bitmap_fd(bm), F_DUPFD_CLOEXEC, 3);
+
+        assert_true(fd >= 0);
+        return fd;
+}
+
+/* A memfd bitmap outlives its first owner: another takes its bits back, a resize moves them to a new memfd. */
+static void test_memfd_adopt(void **state) {
+        struct vhm_bitmap *bm = NULL, *back = NULL;
+        int fds = count_open_fds();
+
+        (void) state;
+        assert_int_equal(vhm_bitmap_new_memfd(1000, &bm), 0);
+        assert_true(vhm_bitmap_fd(bm) >= 0);
+        assert_int_equal(vhm_bitmap_set_range(bm, 3, 70), 0);
+        assert_int_equal(vhm_bitmap_set(bm, 999), 0);
+        int fd = kept_fd(bm);
+        vhm_bitmap_free(bm);
+
+        assert_int_equal(vhm_bitmap_adopt(fd, 1000, &back), 0);
+        assert_int_equal(vhm_bitmap_fd(back), fd);
+        assert_int_equal(vhm_bitmap_count(back), 71);
+        assert_true(vhm_bitmap_test(back, 3) && vhm_bitmap_test(back, 72) && vhm_bitmap_test(back, 999));
+        assert_false(vhm_bitmap_test(back, 2) || vhm_bitmap_test(back, 73));
+
+        /* Growing: a new memfd with every bit, the old one closed. */
+        assert_int_equal(vhm_bitmap_resize(back, 5000), 0);
+        assert_int_not_equal(vhm_bitmap_fd(back), -1);
+        assert_int_equal(vhm_bitmap_count(back), 71);
+        assert_true(vhm_bitmap_test(back, 999));
+        struct stat st;
+        assert_int_equal(fstat(vhm_bitmap_fd(back), &st), 0);
+        assert_int_equal(st.st_size, (5000 + 63) / 64 * 8);
+        assert_int_equal(fcntl(vhm_bitmap_fd(back), F_GET_SEALS) & (F_SEAL_SHRINK | F_SEAL_GROW),
+                         F_SEAL_SHRINK | F_SEAL_GROW);
+        fd = kept_fd(back);
+        vhm_bitmap_free(back);
+        assert_int_equal(vhm_bitmap_adopt(fd, 5000, &back), 0);
+        assert_int_equal(vhm_bitmap_count(back), 71);
+        vhm_bitmap_free(back);
+
+        /* A heap bitmap has no fd; its bits move into a memfd and back. */
+        assert_int_equal(vhm_bitmap_new(130, &bm), 0);
+        assert_int_equal(vhm_bitmap_fd(bm), -1);
+        assert_int_equal(vhm_bitmap_set_range(bm, 60, 70), 0);
+        assert_int_equal(vhm_bitmap_set_memfd(bm, true), 0);
+        assert_true(vhm_bitmap_fd(bm) >= 0);
+        assert_int_equal(vhm_bitmap_set_memfd(bm, true), 0);
+        assert_int_equal(vhm_bitmap_count(bm), 70);
+        fd = kept_fd(bm);
+        assert_int_equal(vhm_bitmap_set_memfd(bm, false), 0);
+        assert_int_equal(vhm_bitmap_fd(bm), -1);
+        assert_int_equal(vhm_bitmap_count(bm), 70);
+        assert_true(vhm_bitmap_test(bm, 60) && vhm_bitmap_test(bm, 129) && !vhm_bitmap_test(bm, 59));
+        vhm_bitmap_free(bm);
+        assert_int_equal(vhm_bitmap_adopt(fd, 130, &back), 0);
+        assert_int_equal(vhm_bitmap_count(back), 70);
+        vhm_bitmap_free(back);
+        assert_int_equal(count_open_fds(), fds);
+}
+
+/* Bits past the pages the bitmap covers are not pages: cleared when taken back. */
+static void test_memfd_adopt_clears_past_the_end(void **state) {
+        struct vhm_bitmap *bm = NULL;
+
+        (void) state;
+        assert_int_equal(vhm_bitmap_new_memfd(100, &bm), 0);
+        int fd = kept_fd(bm);
+        uint64_t *w = mmap(NULL, 16, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        assert_true(w != MAP_FAILED);
+        w[1] = ~UINT64_C(0); /* pages 64..127: only 64..99 exist */
+        munmap(w, 16);
+        vhm_bitmap_free(bm);
+        assert_int_equal(vhm_bitmap_adopt(fd, 100, &bm), 0);
+        assert_int_equal(vhm_bitmap_count(bm), 36);
+        vhm_bitmap_free(bm);
+}
+
+/* A sealed memfd of size bytes with the given seals. */
+static int memfd_sealed(size_t size, int seals) {
+        int fd = memfd_create("test-bitmap", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, (off_t) size), 0);
+        if (seals)
+                assert_int_equal(fcntl(fd, F_ADD_SEALS, seals), 0);
+        return fd;
+}
+
+/* What was not made by vhm_bitmap_new_memfd for these pages is refused, its fd closed, nothing left. */
+static void test_memfd_adopt_refusals(void **state) {
+        struct vhm_bitmap *bm = (struct vhm_bitmap *) 1;
+        const int resize = F_SEAL_SHRINK | F_SEAL_GROW;
+        int fds = count_open_fds();
+        struct {
+                int fd;
+                uint64_t npages;
+                int err;
+        } cases[] = {
+                { memfd_sealed(16, 0), 100, -EPERM },                     /* not sealed */
+                { memfd_sealed(16, F_SEAL_SHRINK), 100, -EPERM },         /* may grow */
+                { memfd_sealed(16, resize | F_SEAL_WRITE), 100, -EPERM }, /* harvests could not write */
+                { memfd_sealed(16, resize), 200, -EMSGSIZE },             /* another size */
+                { memfd_sealed(16, resize), 64, -EMSGSIZE },
+                { memfd_sealed(16, resize), VHM_BITMAP_MAX_PAGES + 1, -ERANGE },
+        };
+
+        (void) state;
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                bm = (struct vhm_bitmap *) 1;
+                assert_int_equal(vhm_bitmap_adopt(cases[i].fd, cases[i].npages, &bm), cases[i].err);
+                assert_null(bm);
+                assert_true(fcntl(cases[i].fd, F_GETFD) < 0 && errno == EBADF);
+        }
+        /* Not a memfd. */
+        int p[2];
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        close(p[1]);
+        assert_int_equal(vhm_bitmap_adopt(p[0], 64, &bm), -EINVAL);
+        assert_true(fcntl(p[0], F_GETFD) < 0);
+        /* No out: the fd is still taken. */
+        int fd = memfd_sealed(16, resize);
+        assert_int_equal(vhm_bitmap_adopt(fd, 100, NULL), -EINVAL);
+        assert_true(fcntl(fd, F_GETFD) < 0);
+        assert_int_equal(vhm_bitmap_adopt(-1, 100, &bm), -EINVAL);
+        assert_int_equal(count_open_fds(), fds);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_new_free),      cmocka_unit_test(test_set_test_clear),
-                cmocka_unit_test(test_ranges_random), cmocka_unit_test(test_resize),
+                cmocka_unit_test(test_new_free),
+                cmocka_unit_test(test_set_test_clear),
+                cmocka_unit_test(test_ranges_random),
+                cmocka_unit_test(test_resize),
                 cmocka_unit_test(test_iter),
+                cmocka_unit_test(test_memfd_adopt),
+                cmocka_unit_test(test_memfd_adopt_clears_past_the_end),
+                cmocka_unit_test(test_memfd_adopt_refusals),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

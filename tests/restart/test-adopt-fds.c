@@ -138,8 +138,8 @@ static ino_t inode(int fd) {
 struct kept {
         struct vhm_device_saved saved;
         struct vhu_conn_negotiated negotiated;
-        int conn_fd, log_fd;
-        uint64_t log_size;
+        int conn_fd, log_fd, bitmap_fd;
+        uint64_t log_size, bitmap_pages;
         ino_t channel_ino;
 };
 
@@ -149,6 +149,9 @@ static void previous_process_ends(struct kept *k) {
         k->log_size = vhm_logging_log_size(fx.old_logging);
         k->log_fd = fcntl(vhm_logging_log_fd(fx.old_logging), F_DUPFD_CLOEXEC, 3);
         assert_true(k->log_fd >= 0);
+        k->bitmap_pages = vhm_bitmap_npages(vhm_logging_bitmap(fx.old_logging));
+        k->bitmap_fd = fcntl(vhm_logging_bitmap_fd(fx.old_logging), F_DUPFD_CLOEXEC, 3);
+        assert_true(k->bitmap_fd >= 0);
         struct vhu_conn *conn = vhm_device_take_conn(fx.old);
         assert_non_null(conn);
         vhu_conn_get_negotiated(conn, &k->negotiated);
@@ -187,7 +190,8 @@ static void restart_adopts_connection_channel_and_log(void **state) {
         DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &k.saved));
         assert_int_equal(vhm_logging_new(fx.vm, &fx.logging), 0);
         LOG_CHECK(fx.logging, vhm_logging_add_device(fx.logging, fx.dev));
-        LOG_CHECK(fx.logging, vhm_logging_adopt(fx.logging, k.log_fd, k.log_size * 8 * PAGE, false));
+        LOG_CHECK(fx.logging,
+                  vhm_logging_adopt(fx.logging, k.log_fd, k.log_size * 8 * PAGE, k.bitmap_fd, k.bitmap_pages, false));
         assert_true(vhm_logging_active(fx.logging));
         assert_int_equal(vhm_logging_log_size(fx.logging), k.log_size);
 
@@ -216,29 +220,85 @@ static void restart_adopts_connection_channel_and_log(void **state) {
         assert_int_equal(count_open_fds(), fx.fds_before);
 }
 
-/* Pages harvested before the restart died with the previous process: every page is dirty then. */
-static void restart_after_a_harvest_marks_every_page(void **state) {
+/* The previous process's device and logging taken over, logging adopted with what it kept. */
+static int adopt_all(struct kept *k, int bitmap_fd, uint64_t bitmap_pages, bool lost) {
+        struct vhu_conn *conn = NULL;
+        assert_int_equal(vhu_conn_adopt(k->conn_fd, &k->negotiated, NULL, &conn, NULL, 0), 0);
+        fx.dev = new_device();
+        struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = k->log_fd, .log_size = k->log_size };
+        DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &k->saved));
+        assert_int_equal(vhm_logging_new(fx.vm, &fx.logging), 0);
+        LOG_CHECK(fx.logging, vhm_logging_add_device(fx.logging, fx.dev));
+        return vhm_logging_adopt(fx.logging, k->log_fd, k->log_size * 8 * PAGE, bitmap_fd, bitmap_pages, lost);
+}
+
+/*
+ * Pages a harvest took (and no migration sent yet) are in the migration
+ * bitmap's memfd: the successor finds them there, the pages sent since not,
+ * and the pages logged later in the log; nothing else counts as dirty.
+ */
+static void restart_after_a_harvest_keeps_its_pages(void **state) {
+        (void) state;
+        previous_process();
+        static const uint64_t harvested[] = { 42, 50 }, later[] = { 43 }, meanwhile[] = { 44, 42 };
+        backend_logs(vhm_logging_log_fd(fx.old_logging), vhm_logging_log_size(fx.old_logging), harvested, 2);
+        LOG_CHECK(fx.old_logging, vhm_logging_harvest(fx.old_logging, NULL));
+        /* A migration sent page 50: it is clean again. */
+        assert_int_equal(vhm_bitmap_clear(vhm_logging_bitmap(fx.old_logging), 50), 0);
+        backend_logs(vhm_logging_log_fd(fx.old_logging), vhm_logging_log_size(fx.old_logging), later, 1);
+        assert_false(vhm_logging_holds_pages(fx.old_logging));
+        struct kept k;
+        previous_process_ends(&k);
+        ino_t bitmap_ino = inode(k.bitmap_fd);
+        backend_logs(k.log_fd, k.log_size, meanwhile, 2);
+        LOG_CHECK(fx.logging, adopt_all(&k, k.bitmap_fd, k.bitmap_pages, false));
+        const struct vhm_bitmap *bm = vhm_logging_bitmap(fx.logging);
+        assert_int_equal(inode(vhm_logging_bitmap_fd(fx.logging)), bitmap_ino);
+        assert_int_equal(vhm_bitmap_count(bm), 1);
+        uint64_t found = 0;
+        LOG_CHECK(fx.logging, vhm_logging_harvest(fx.logging, &found));
+        assert_false(vhm_logging_incomplete(fx.logging));
+        assert_int_equal(found, 2); /* 43 and 44; 42 was dirty already */
+        assert_int_equal(vhm_bitmap_count(bm), 3);
+        assert_true(vhm_bitmap_test(bm, 42) && vhm_bitmap_test(bm, 43) && vhm_bitmap_test(bm, 44));
+        assert_false(vhm_bitmap_test(bm, 50));
+        /* Logging off: the pages stay, the memfd goes (nothing to keep for a restart). */
+        LOG_CHECK(fx.logging, vhm_logging_stop(fx.logging));
+        assert_int_equal(vhm_logging_bitmap_fd(fx.logging), -1);
+        assert_int_equal(vhm_bitmap_count(vhm_logging_bitmap(fx.logging)), 3);
+}
+
+/* A state from before the bitmap was kept said pages were lost: every page is dirty then. */
+static void restart_without_the_bitmap_marks_every_page(void **state) {
         (void) state;
         previous_process();
         static const uint64_t page = 42;
         backend_logs(vhm_logging_log_fd(fx.old_logging), vhm_logging_log_size(fx.old_logging), &page, 1);
         LOG_CHECK(fx.old_logging, vhm_logging_harvest(fx.old_logging, NULL));
-        bool lost = vhm_logging_holds_pages(fx.old_logging);
-        assert_true(lost);
         struct kept k;
         previous_process_ends(&k);
-        struct vhu_conn *conn = NULL;
-        assert_int_equal(vhu_conn_adopt(k.conn_fd, &k.negotiated, NULL, &conn, NULL, 0), 0);
-        fx.dev = new_device();
-        struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = k.log_fd, .log_size = k.log_size };
-        DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &k.saved));
-        assert_int_equal(vhm_logging_new(fx.vm, &fx.logging), 0);
-        LOG_CHECK(fx.logging, vhm_logging_add_device(fx.logging, fx.dev));
-        LOG_CHECK(fx.logging, vhm_logging_adopt(fx.logging, k.log_fd, k.log_size * 8 * PAGE, lost));
+        close(k.bitmap_fd);
+        LOG_CHECK(fx.logging, adopt_all(&k, -1, 0, true));
         uint64_t found = 0;
         LOG_CHECK(fx.logging, vhm_logging_harvest(fx.logging, &found));
         assert_int_equal(found, vhm_bitmap_npages(vhm_logging_bitmap(fx.logging)));
         assert_true(vhm_bitmap_test(vhm_logging_bitmap(fx.logging), page));
+}
+
+/* A kept bitmap that does not fit the log is refused; every fd it was given is closed. */
+static void restart_refuses_a_bitmap_that_does_not_fit(void **state) {
+        (void) state;
+        previous_process();
+        struct kept k;
+        previous_process_ends(&k);
+        /* Of another size than it says: refused before it is mapped. */
+        assert_int_equal(adopt_all(&k, k.bitmap_fd, k.bitmap_pages + 64, false), -EMSGSIZE);
+        printf("  refused: %s\n", vhm_logging_error(fx.logging));
+        assert_non_null(strstr(vhm_logging_error(fx.logging), "migration bitmap"));
+        assert_false(vhm_logging_active(fx.logging));
+        /* Both fds given were closed (the device keeps its own copy of the log). */
+        assert_true(fcntl(k.bitmap_fd, F_GETFD) < 0 && errno == EBADF);
+        assert_true(fcntl(k.log_fd, F_GETFD) < 0 && errno == EBADF);
 }
 
 /* A log that is not ours in the way vhm_log_new makes it is refused, its fd closed. */
@@ -350,7 +410,9 @@ static void logging_adopt_refuses_a_log_the_device_was_not_on(void **state) {
         assert_int_equal(vhm_logging_new(fx.vm, &fx.logging), 0);
         LOG_CHECK(fx.logging, vhm_logging_add_device(fx.logging, fx.dev));
         unsigned before = requests_recorded();
-        assert_int_equal(vhm_logging_adopt(fx.logging, other_fd, k.log_size * 8 * PAGE, false), -EINVAL);
+        assert_int_equal(
+                vhm_logging_adopt(fx.logging, other_fd, k.log_size * 8 * PAGE, k.bitmap_fd, k.bitmap_pages, false),
+                -EINVAL);
         printf("  refused: %s\n", vhm_logging_error(fx.logging));
         assert_non_null(strstr(vhm_logging_error(fx.logging), "was not logging into the dirty log taken back"));
         assert_false(vhm_logging_active(fx.logging));
@@ -372,7 +434,9 @@ static void logging_adopt_refuses_a_log_the_device_was_not_on(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 TEST(restart_adopts_connection_channel_and_log),
-                TEST(restart_after_a_harvest_marks_every_page),
+                TEST(restart_after_a_harvest_keeps_its_pages),
+                TEST(restart_without_the_bitmap_marks_every_page),
+                TEST(restart_refuses_a_bitmap_that_does_not_fit),
                 TEST(log_adopt_refuses_what_it_cannot_trust),
                 TEST(conn_adopt_refuses_what_it_cannot_trust),
                 TEST(logging_adopt_refuses_a_log_the_device_was_not_on),
