@@ -17,6 +17,10 @@ vg=(valgrind --tool=memcheck --error-exitcode=99 --leak-check=full
     --suppressions="$top/tests/valgrind.supp"
     --log-file="$VALGRIND_LOG_DIR/%p.log")
 
+# The tests' own deadlines, as meson's timeouts, are 10 times longer under
+# memcheck (tests/common/clock.h, scaled_ms()).
+export VHOSTMIG_TEST_TIME_SCALE=${VHOSTMIG_TEST_TIME_SCALE:-10}
+
 shim=$(mktemp -d /tmp/vhostmig-valgrind-XXXXXX)
 trap 'rm -rf "$shim"' EXIT
 if [ -n "${VHOSTMIGD:-}" ]; then

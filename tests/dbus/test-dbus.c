@@ -113,7 +113,7 @@ static void strv_free(char **l) {
 /* Waits up to timeout_ms (0: just looks) for a child: its wait status, or -ETIMEDOUT (still running). */
 static int wait_child(pid_t pid, unsigned timeout_ms) {
         /* tb_wait_exit takes 0 as "no deadline": the shortest real one instead. */
-        return tb_wait_exit(pid, timeout_ms ? timeout_ms : 1);
+        return tb_wait_exit(pid, timeout_ms ? (unsigned) scaled_ms(timeout_ms) : 1);
 }
 
 /* ---- the environment: a private bus, the daemon, a root client ---------------------------- */
@@ -175,7 +175,7 @@ static int daemon_start(void) {
         env.daemon = pid;
 
         /* Ready once it owns its name (bounded; it must not die on the way). */
-        uint64_t deadline = now_ms() + 10000;
+        uint64_t deadline = now_ms() + scaled_ms(10000);
         for (;;) {
                 bool has = false;
                 if (private_bus_name_has_owner(env.c, DEST, &has) == 0 && has)
@@ -223,7 +223,7 @@ static int daemon_fd_count(void) {
 
 /* The daemon's fd count once it has settled at `expected` (teardown is deferred), or where it stayed. */
 static int daemon_fd_count_settled(int expected, unsigned timeout_ms) {
-        uint64_t deadline = now_ms() + timeout_ms;
+        uint64_t deadline = now_ms() + scaled_ms(timeout_ms);
         for (;;) {
                 int n = daemon_fd_count();
                 if (n == expected || now_ms() >= deadline)
@@ -486,7 +486,7 @@ static void pump(unsigned wait_ms) {
 }
 
 static void wait_async(struct async_call *a, unsigned timeout_ms, const char *what) {
-        uint64_t deadline = now_ms() + timeout_ms;
+        uint64_t deadline = now_ms() + scaled_ms(timeout_ms);
         while (!a->done) {
                 if (now_ms() >= deadline)
                         fail_msg("%s: no reply within %u ms", what, timeout_ms);
@@ -841,7 +841,7 @@ static void backend_connect(struct backend *b) {
 
 /* It served its connections and must exit by itself, cleanly (its record is then complete). */
 static void backend_wait_exit(struct backend *b, unsigned timeout_ms) {
-        int status = tb_wait_exit(b->pid, timeout_ms);
+        int status = tb_wait_exit(b->pid, (unsigned) scaled_ms(timeout_ms));
         if (status == -ETIMEDOUT)
                 fail_msg("the test back-end at %s did not exit within %u ms", b->socket, timeout_ms);
         untrack_backend(b->pid);
@@ -1047,7 +1047,7 @@ static void dump_signals(void) {
 
 /* Waits (bounded) for `member` on `path` naming `name` (a changed property of iface, or an interface). */
 static void expect_signal(const char *member, const char *path, const char *iface, const char *name) {
-        uint64_t deadline = now_ms() + 3000;
+        uint64_t deadline = now_ms() + scaled_ms(3000);
         for (;;) {
                 pump(0);
                 if (signal_seen(member, path, iface, name))
@@ -1840,7 +1840,7 @@ static void test_nonroot_refused_by_daemon(void **state) {
 
 /* Polls a device's State until it reads `want` (the monitor runs every 100 ms here). */
 static bool wait_state(const char *dev, const char *want, unsigned timeout_ms) {
-        uint64_t deadline = now_ms() + timeout_ms;
+        uint64_t deadline = now_ms() + scaled_ms(timeout_ms);
         do {
                 char *state = prop_s(dev, DEV_IF, "State");
                 bool match = strcmp(state, want) == 0;
@@ -1900,7 +1900,7 @@ static void test_automatic_reconnect(void **state) {
 
 /* Polls a device's LastError until it mentions `needle`: the text, or NULL. */
 static char *wait_last_error(const char *dev, const char *needle, unsigned timeout_ms) {
-        uint64_t deadline = now_ms() + timeout_ms;
+        uint64_t deadline = now_ms() + scaled_ms(timeout_ms);
         for (;;) {
                 char *e = prop_s(dev, DEV_IF, "LastError");
                 if (strstr(e, needle))
@@ -2006,7 +2006,7 @@ static void test_channel_flood_while_running(void **state) {
         backend_listen(&be);
         struct device_args da = std_device(be.socket, false, tb_config_features(&be.cfg), &g);
         char *dev = add_device(vm, &da, 0);
-        uint64_t deadline = now_ms() + 5000;
+        uint64_t deadline = now_ms() + scaled_ms(5000);
         while (!record_has(&be, "BACKEND_FLOOD", "channel write failed") && now_ms() < deadline) {
                 FAST("State during a channel flood", assert_prop_s(dev, DEV_IF, "State", "running"));
                 sleep_ms(50);
@@ -2019,7 +2019,7 @@ static void test_channel_flood_while_running(void **state) {
         sd_bus_message_unref(call(dev, DEV_IF, "SetMtu", "q", (uint16_t) 1400));
         assert_record_has(&be, "NET_SET_MTU", "mtu=1400");
         assert_prop_s(dev, DEV_IF, "State", "running");
-        deadline = now_ms() + 2000;
+        deadline = now_ms() + scaled_ms(2000);
         while (!daemon_log_has("flooded") && now_ms() < deadline)
                 sleep_ms(20);
         if (!daemon_log_has("flooded")) {
@@ -2070,7 +2070,7 @@ static void test_impostor_refused(void **state) {
         if (!wait_state(dev, "disconnected", 3000))
                 fail_msg("the device did not notice that its back-end was gone");
         backend_listen(&evil);
-        uint64_t deadline = now_ms() + 5000;
+        uint64_t deadline = now_ms() + scaled_ms(5000);
         while (prop_t(dev, DEV_IF, "RefusedPeers") == 0 && now_ms() < deadline)
                 pump(20);
         if (prop_t(dev, DEV_IF, "RefusedPeers") == 0)
@@ -2247,7 +2247,7 @@ static void test_probes_do_not_queue(void **state) {
                 fail_msg("Probe of a flooding back-end: expected %s, got \"%s\": %s", ERR("Backend"),
                          flooded.error_name[0] ? flooded.error_name : "(success)", flooded.error_message);
         uint64_t took = flooded.done_ms - flooded.sent_ms;
-        if (took > 2 * FLOOD_PROBE_TIMEOUT_MS + 500)
+        if (took > 2 * FLOOD_PROBE_TIMEOUT_MS + scaled_ms(500))
                 fail_msg("Probe of a flooding back-end ended after %" PRIu64 " ms; its timeout was %u ms", took,
                          FLOOD_PROBE_TIMEOUT_MS);
         /* Its worker is free again: a probe of a healthy back-end runs now, while the others still hang. */
@@ -2355,7 +2355,7 @@ static void test_daemon_exits_cleanly(void **state) {
         }
         /* Its name went with it. */
         bool has = true;
-        uint64_t deadline = now_ms() + 2000;
+        uint64_t deadline = now_ms() + scaled_ms(2000);
         while (private_bus_name_has_owner(env.c, DEST, &has) == 0 && has && now_ms() < deadline)
                 sleep_ms(20);
         assert_false(has);
@@ -2524,7 +2524,7 @@ static void test_shutdown_during_destroy(void **state) {
         if (r < 0)
                 fail_msg("DestroyVm message: %s", strerror(-r));
         send_async(m, &destroy);
-        uint64_t deadline = now_ms() + 5000;
+        uint64_t deadline = now_ms() + scaled_ms(5000);
         while (!record_has(&be, "FAULT hang", "GET_VRING_BASE") && now_ms() < deadline)
                 sleep_ms(10);
         assert_record_has(&be, "FAULT hang", "GET_VRING_BASE");

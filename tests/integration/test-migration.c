@@ -217,7 +217,7 @@ static void destination_new(unsigned nqp, const char *socket, uint64_t mem_size)
  * Half a ring leaves room for a RARP among the echoes.
  */
 static void drive_to(struct vhm_guest *g, unsigned nqp, uint64_t total_per_qp, unsigned window) {
-        uint64_t deadline = now_ns() + (uint64_t) RUN_TIMEOUT_MS * 1000000u;
+        uint64_t deadline = now_ns() + scaled_ms(RUN_TIMEOUT_MS) * 1000000u;
         for (;;) {
                 bool done = true;
                 for (unsigned qp = 0; qp < nqp; qp++) {
@@ -245,7 +245,7 @@ static void drive_to(struct vhm_guest *g, unsigned nqp, uint64_t total_per_qp, u
 
 /* Receive until every frame sent is accounted for (or the time is up), then ms more. */
 static void settle(struct vhm_guest *g, unsigned nqp, unsigned ms) {
-        uint64_t deadline = now_ns() + 10000000000u;
+        uint64_t deadline = now_ns() + scaled_ms(10000) * 1000000u;
         uint64_t end = 0;
         for (;;) {
                 for (unsigned qp = 0; qp < nqp; qp++) {
@@ -313,15 +313,15 @@ struct incoming_job {
 static void *incoming_thread(void *arg) {
         struct incoming_job *j = arg;
         if (j->fd < 0) {
-                j->rc = vhm_transport_accept(j->listen_fd, vhu_now_usec() + 10000000u, -1, &j->fd);
+                j->rc = vhm_transport_accept(j->listen_fd, vhu_now_usec() + scaled_ms(10000) * 1000u, -1, &j->fd);
                 if (j->rc < 0) {
                         snprintf(j->st.error, sizeof(j->st.error), "accept: %s", strerror(-j->rc));
                         return NULL;
                 }
         }
         struct vhm_device *devs[] = { dst.dev, dst.dev2 };
-        j->rc = vhm_migrate_incoming_opts(dst.vm, devs, dst.dev2 ? 2 : 1, j->fd, j->token, vhu_now_usec() + 30000000u,
-                                          j->o, &j->st);
+        j->rc = vhm_migrate_incoming_opts(dst.vm, devs, dst.dev2 ? 2 : 1, j->fd, j->token,
+                                          vhu_now_usec() + scaled_ms(30000) * 1000u, j->o, &j->st);
         return NULL;
 }
 
@@ -672,6 +672,7 @@ struct live_run {
         enum vhm_migration_state cancel_when;
         uint64_t cancel_after_pages;
         bool cancel_fired;
+        bool timed_out; /* the drive's deadline passed: the link was cut to end both ends */
 };
 
 static void vmm_mark(uint64_t gpa, uint64_t len) {
@@ -763,11 +764,19 @@ static void source_live_logging(void) {
  */
 static struct vhm_guest_stats live_drive(struct live_run *run) {
         unsigned window = vhm_guest_ring_size(src.g) / 2;
-        uint64_t deadline = now_ns() + (uint64_t) RUN_TIMEOUT_MS * 1000000u;
+        uint64_t deadline = now_ns() + scaled_ms(RUN_TIMEOUT_MS) * 1000000u;
         struct vhm_guest_stats at_pause = { 0 };
         bool paused = false;
         for (int state; (state = __atomic_load_n(&run->state, __ATOMIC_ACQUIRE)) != -1;) {
-                assert_true(now_ns() < deadline);
+                /*
+                 * Failing here would leave both ends' threads writing into
+                 * the VMs teardown frees: cut the link so that they fail at
+                 * once, and fail when live_migrate() has joined them.
+                 */
+                if (!run->timed_out && now_ns() >= deadline) {
+                        run->timed_out = true;
+                        shutdown(run->fd, SHUT_RDWR);
+                }
                 if (paused)
                         continue;
                 if (state == VHM_MIGRATION_PRE_SWITCHOVER && !run->never_continue) {
@@ -835,6 +844,9 @@ static struct vhm_guest_stats live_migrate(unsigned nqp, struct live_run *run, s
         }
         link_down(&link);
         close(run->continue_fd);
+        if (run->timed_out)
+                fail_msg("the live migration had not ended after %" PRIu64 " ms (source: %s, destination: %s)",
+                         scaled_ms(RUN_TIMEOUT_MS), run->st.error, in->st.error);
         return at_pause;
 }
 

@@ -170,6 +170,8 @@ static int stop_daemon(struct env *e, unsigned timeout_ms) {
         return -ETIMEDOUT;
 }
 
+static int teardown(void **state);
+
 static int setup(void **state) {
         *state = NULL;
         if (!libvirtd_fixture_binary() || !libvirtd_fixture_virsh()) {
@@ -195,9 +197,14 @@ static int setup(void **state) {
         if (r == 0)
                 r = start_daemon(e);
         *state = e;
-        if (r < 0)
+        if (r < 0) {
                 fprintf(stderr, "set-up failed: %s\n", strerror(-r));
-        return r < 0 ? -1 : 0;
+                /* cmocka runs no teardown after a failed setup: what was started stops here. */
+                teardown(state);
+                *state = NULL;
+                return -1;
+        }
+        return 0;
 }
 
 static int teardown(void **state) {
