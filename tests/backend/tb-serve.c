@@ -945,9 +945,10 @@ static bool join_transfer(struct tb_conn *c) {
         return true;
 }
 
+/* The buffer is the transfer's whether or not its thread still had to be joined (CHECK joins first). */
 static void finish_transfer(struct tb_conn *c) {
-        if (join_transfer(c))
-                free(c->transfer.data);
+        join_transfer(c);
+        free(c->transfer.data);
         memset(&c->transfer, 0, sizeof(c->transfer));
 }
 
