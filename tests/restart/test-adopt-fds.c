@@ -31,92 +31,32 @@
 #include "tests/common/fd-count.h"
 #include "tests/common/guest-device.h"
 #include "daemon/guest/guest.h"
+#include "tests/restart/restart-fixture.h"
 
-#define QUEUE_PAIRS 2
-#define PAGE        4096u
-
-struct fx {
-        char dir[64], socket[128], record[128];
-        pid_t pid;
-        struct vhm_guest *g;
-        struct vhm_vm *vm;
-        struct vhm_device *old, *dev;
-        struct vhm_logging *old_logging, *logging;
-        int fds_before;
-};
-
-static struct fx fx;
+/* The previous process's logging and the adopting one's. */
+static struct vhm_logging *fx_old_logging, *fx_logging;
+#define PAGE 4096u
 
 static int setup(void **state) {
         (void) state;
-        memset(&fx, 0, sizeof(fx));
-        fx.pid = -1;
-        fx.fds_before = count_open_fds();
-        snprintf(fx.dir, sizeof(fx.dir), "/tmp/vhostmig-adoptfd-XXXXXX");
-        if (!mkdtemp(fx.dir))
-                return -1;
-        snprintf(fx.socket, sizeof(fx.socket), "%s/sock", fx.dir);
-        snprintf(fx.record, sizeof(fx.record), "%s/record", fx.dir);
-        return 0;
+        return restart_fx_setup("adoptfd");
 }
 
 static int teardown(void **state) {
         (void) state;
-        vhm_logging_free(fx.logging);
-        vhm_logging_free(fx.old_logging);
-        vhm_device_free(fx.dev);
-        vhm_device_free(fx.old);
-        vhm_vm_free(fx.vm);
-        vhm_guest_free(fx.g);
-        if (fx.pid > 0)
-                (void) tb_stop(fx.pid);
-        unlink(fx.socket);
-        unlink(fx.record);
-        rmdir(fx.dir);
+        vhm_logging_free(fx_logging);
+        vhm_logging_free(fx_old_logging);
+        fx_logging = fx_old_logging = NULL;
+        restart_fx_teardown();
         return 0;
-}
-
-static struct vhm_device *new_device(void) {
-        struct vhm_device_config cfg = {
-                .socket = fx.socket,
-                .timeout_ms = 3000,
-                .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
-                .queue_pairs = QUEUE_PAIRS,
-                .mtu = 1500,
-        };
-        struct vhm_device *dev = NULL;
-        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &dev, NULL));
-        return dev;
 }
 
 /* The previous process: a device running on the test back-end, logging through a vhm_logging. */
 static void previous_process(void) {
-        struct tb_config cfg;
-        tb_config_init(&cfg);
-        cfg.record_path = fx.record;
-        cfg.io_timeout_ms = 3000;
-        int r = tb_spawn_listen(&cfg, fx.socket, &fx.pid);
-        if (r < 0)
-                fail_msg("tb_spawn_listen(%s): %s", fx.socket, strerror(-r));
-        struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = QUEUE_PAIRS, .ring_size = 64 };
-        GD_CHECK(guest_vm_new("adoptfd", &gc, &fx.g, &fx.vm));
-        fx.old = new_device();
-        DEV_CHECK(fx.old, vhm_device_connect(fx.old));
-        DEV_CHECK(fx.old, vhm_device_start(fx.old));
-        assert_int_equal(vhm_logging_new(fx.vm, &fx.old_logging), 0);
-        LOG_CHECK(fx.old_logging, vhm_logging_add_device(fx.old_logging, fx.old));
-        LOG_CHECK(fx.old_logging, vhm_logging_start(fx.old_logging));
-}
-
-/* Requests the back-end has received so far (lines naming their flags). */
-static unsigned requests_recorded(void) {
-        char *rec = tb_record_read(fx.record);
-        assert_non_null(rec);
-        unsigned n = 0;
-        for (char *line = strtok(rec, "\n"); line; line = strtok(NULL, "\n"))
-                n += strncmp(line, "VIOLATION", 9) != 0 && strstr(line, " flags=0x") != NULL;
-        free(rec);
-        return n;
+        restart_fx_running_device("adoptfd");
+        assert_int_equal(vhm_logging_new(fx.vm, &fx_old_logging), 0);
+        LOG_CHECK(fx_old_logging, vhm_logging_add_device(fx_old_logging, fx.old));
+        LOG_CHECK(fx_old_logging, vhm_logging_start(fx_old_logging));
 }
 
 /* A back-end's writes into the log: the pages' bits ORed into the shared memory. */
@@ -146,11 +86,11 @@ struct kept {
 /* The previous process ends (as after SIGKILL: nothing sent); the store holds what it kept. */
 static void previous_process_ends(struct kept *k) {
         DEV_CHECK(fx.old, vhm_device_save(fx.old, &k->saved));
-        k->log_size = vhm_logging_log_size(fx.old_logging);
-        k->log_fd = fcntl(vhm_logging_log_fd(fx.old_logging), F_DUPFD_CLOEXEC, 3);
+        k->log_size = vhm_logging_log_size(fx_old_logging);
+        k->log_fd = fcntl(vhm_logging_log_fd(fx_old_logging), F_DUPFD_CLOEXEC, 3);
         assert_true(k->log_fd >= 0);
-        k->bitmap_pages = vhm_bitmap_npages(vhm_logging_bitmap(fx.old_logging));
-        k->bitmap_fd = fcntl(vhm_logging_bitmap_fd(fx.old_logging), F_DUPFD_CLOEXEC, 3);
+        k->bitmap_pages = vhm_bitmap_npages(vhm_logging_bitmap(fx_old_logging));
+        k->bitmap_fd = fcntl(vhm_logging_bitmap_fd(fx_old_logging), F_DUPFD_CLOEXEC, 3);
         assert_true(k->bitmap_fd >= 0);
         struct vhu_conn *conn = vhm_device_take_conn(fx.old);
         assert_non_null(conn);
@@ -162,8 +102,8 @@ static void previous_process_ends(struct kept *k) {
         assert_true(k->conn_fd >= 0 && k->negotiated.channel_fd >= 0);
         vhu_conn_free(conn);
         /* As after SIGKILL or a handover: no request, no harvest taking bits out of the log. */
-        vhm_logging_free_for_handover(fx.old_logging);
-        fx.old_logging = NULL;
+        vhm_logging_free_for_handover(fx_old_logging);
+        fx_old_logging = NULL;
         vhm_device_free(fx.old);
         fx.old = NULL;
 }
@@ -172,10 +112,10 @@ static void restart_adopts_connection_channel_and_log(void **state) {
         (void) state;
         previous_process();
         static const uint64_t pages[] = { 0, 1, 7, 300, 1025, 2047 };
-        backend_logs(vhm_logging_log_fd(fx.old_logging), vhm_logging_log_size(fx.old_logging), pages, 2);
+        backend_logs(vhm_logging_log_fd(fx_old_logging), vhm_logging_log_size(fx_old_logging), pages, 2);
         struct kept k;
         previous_process_ends(&k);
-        unsigned before = requests_recorded();
+        unsigned before = restart_fx_requests_recorded();
         /* The back-end goes on logging while nobody owns the log. */
         backend_logs(k.log_fd, k.log_size, pages + 2, 4);
 
@@ -185,31 +125,31 @@ static void restart_adopts_connection_channel_and_log(void **state) {
         if (r < 0)
                 fail_msg("vhu_conn_adopt: %s", why);
         assert_int_equal(inode(vhu_backend_channel_fd(vhu_conn_backend_channel(conn))), k.channel_ino);
-        fx.dev = new_device();
+        fx.dev = restart_fx_new_device();
         struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = k.log_fd, .log_size = k.log_size };
         DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &k.saved));
-        assert_int_equal(vhm_logging_new(fx.vm, &fx.logging), 0);
-        LOG_CHECK(fx.logging, vhm_logging_add_device(fx.logging, fx.dev));
-        LOG_CHECK(fx.logging,
-                  vhm_logging_adopt(fx.logging, k.log_fd, k.log_size * 8 * PAGE, k.bitmap_fd, k.bitmap_pages, false));
-        assert_true(vhm_logging_active(fx.logging));
-        assert_int_equal(vhm_logging_log_size(fx.logging), k.log_size);
+        assert_int_equal(vhm_logging_new(fx.vm, &fx_logging), 0);
+        LOG_CHECK(fx_logging, vhm_logging_add_device(fx_logging, fx.dev));
+        LOG_CHECK(fx_logging,
+                  vhm_logging_adopt(fx_logging, k.log_fd, k.log_size * 8 * PAGE, k.bitmap_fd, k.bitmap_pages, false));
+        assert_true(vhm_logging_active(fx_logging));
+        assert_int_equal(vhm_logging_log_size(fx_logging), k.log_size);
 
         uint64_t found = 0;
-        LOG_CHECK(fx.logging, vhm_logging_harvest(fx.logging, &found));
+        LOG_CHECK(fx_logging, vhm_logging_harvest(fx_logging, &found));
         assert_int_equal(found, sizeof(pages) / sizeof(pages[0]));
         for (size_t i = 0; i < sizeof(pages) / sizeof(pages[0]); i++)
-                assert_true(vhm_bitmap_test(vhm_logging_bitmap(fx.logging), pages[i]));
+                assert_true(vhm_bitmap_test(vhm_logging_bitmap(fx_logging), pages[i]));
         sleep_ms(100);
-        assert_int_equal(requests_recorded(), before);
+        assert_int_equal(restart_fx_requests_recorded(), before);
 
         /* The adopted connection is the live one; logging ends over it. */
-        LOG_CHECK(fx.logging, vhm_logging_stop(fx.logging));
+        LOG_CHECK(fx_logging, vhm_logging_stop(fx_logging));
         DEV_CHECK(fx.dev, vhm_device_stop(fx.dev));
-        assert_true(requests_recorded() > before);
+        assert_true(restart_fx_requests_recorded() > before);
         assert_int_equal(tb_record_count(fx.record, "VIOLATION"), 0);
-        vhm_logging_free(fx.logging);
-        fx.logging = NULL;
+        vhm_logging_free(fx_logging);
+        fx_logging = NULL;
         vhm_device_free(fx.dev);
         fx.dev = NULL;
         assert_tb_exits_cleanly(&fx.pid, 3000);
@@ -224,12 +164,12 @@ static void restart_adopts_connection_channel_and_log(void **state) {
 static int adopt_all(struct kept *k, int bitmap_fd, uint64_t bitmap_pages, bool lost) {
         struct vhu_conn *conn = NULL;
         assert_int_equal(vhu_conn_adopt(k->conn_fd, &k->negotiated, NULL, &conn, NULL, 0), 0);
-        fx.dev = new_device();
+        fx.dev = restart_fx_new_device();
         struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = k->log_fd, .log_size = k->log_size };
         DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &k->saved));
-        assert_int_equal(vhm_logging_new(fx.vm, &fx.logging), 0);
-        LOG_CHECK(fx.logging, vhm_logging_add_device(fx.logging, fx.dev));
-        return vhm_logging_adopt(fx.logging, k->log_fd, k->log_size * 8 * PAGE, bitmap_fd, bitmap_pages, lost);
+        assert_int_equal(vhm_logging_new(fx.vm, &fx_logging), 0);
+        LOG_CHECK(fx_logging, vhm_logging_add_device(fx_logging, fx.dev));
+        return vhm_logging_adopt(fx_logging, k->log_fd, k->log_size * 8 * PAGE, bitmap_fd, bitmap_pages, lost);
 }
 
 /*
@@ -241,31 +181,31 @@ static void restart_after_a_harvest_keeps_its_pages(void **state) {
         (void) state;
         previous_process();
         static const uint64_t harvested[] = { 42, 50 }, later[] = { 43 }, meanwhile[] = { 44, 42 };
-        backend_logs(vhm_logging_log_fd(fx.old_logging), vhm_logging_log_size(fx.old_logging), harvested, 2);
-        LOG_CHECK(fx.old_logging, vhm_logging_harvest(fx.old_logging, NULL));
+        backend_logs(vhm_logging_log_fd(fx_old_logging), vhm_logging_log_size(fx_old_logging), harvested, 2);
+        LOG_CHECK(fx_old_logging, vhm_logging_harvest(fx_old_logging, NULL));
         /* A migration sent page 50: it is clean again. */
-        assert_int_equal(vhm_bitmap_clear(vhm_logging_bitmap(fx.old_logging), 50), 0);
-        backend_logs(vhm_logging_log_fd(fx.old_logging), vhm_logging_log_size(fx.old_logging), later, 1);
-        assert_false(vhm_logging_holds_pages(fx.old_logging));
+        assert_int_equal(vhm_bitmap_clear(vhm_logging_bitmap(fx_old_logging), 50), 0);
+        backend_logs(vhm_logging_log_fd(fx_old_logging), vhm_logging_log_size(fx_old_logging), later, 1);
+        assert_false(vhm_logging_holds_pages(fx_old_logging));
         struct kept k;
         previous_process_ends(&k);
         ino_t bitmap_ino = inode(k.bitmap_fd);
         backend_logs(k.log_fd, k.log_size, meanwhile, 2);
-        LOG_CHECK(fx.logging, adopt_all(&k, k.bitmap_fd, k.bitmap_pages, false));
-        const struct vhm_bitmap *bm = vhm_logging_bitmap(fx.logging);
-        assert_int_equal(inode(vhm_logging_bitmap_fd(fx.logging)), bitmap_ino);
+        LOG_CHECK(fx_logging, adopt_all(&k, k.bitmap_fd, k.bitmap_pages, false));
+        const struct vhm_bitmap *bm = vhm_logging_bitmap(fx_logging);
+        assert_int_equal(inode(vhm_logging_bitmap_fd(fx_logging)), bitmap_ino);
         assert_int_equal(vhm_bitmap_count(bm), 1);
         uint64_t found = 0;
-        LOG_CHECK(fx.logging, vhm_logging_harvest(fx.logging, &found));
-        assert_false(vhm_logging_incomplete(fx.logging));
+        LOG_CHECK(fx_logging, vhm_logging_harvest(fx_logging, &found));
+        assert_false(vhm_logging_incomplete(fx_logging));
         assert_int_equal(found, 2); /* 43 and 44; 42 was dirty already */
         assert_int_equal(vhm_bitmap_count(bm), 3);
         assert_true(vhm_bitmap_test(bm, 42) && vhm_bitmap_test(bm, 43) && vhm_bitmap_test(bm, 44));
         assert_false(vhm_bitmap_test(bm, 50));
         /* Logging off: the pages stay, the memfd goes (nothing to keep for a restart). */
-        LOG_CHECK(fx.logging, vhm_logging_stop(fx.logging));
-        assert_int_equal(vhm_logging_bitmap_fd(fx.logging), -1);
-        assert_int_equal(vhm_bitmap_count(vhm_logging_bitmap(fx.logging)), 3);
+        LOG_CHECK(fx_logging, vhm_logging_stop(fx_logging));
+        assert_int_equal(vhm_logging_bitmap_fd(fx_logging), -1);
+        assert_int_equal(vhm_bitmap_count(vhm_logging_bitmap(fx_logging)), 3);
 }
 
 /* A state from before the bitmap was kept said pages were lost: every page is dirty then. */
@@ -273,16 +213,16 @@ static void restart_without_the_bitmap_marks_every_page(void **state) {
         (void) state;
         previous_process();
         static const uint64_t page = 42;
-        backend_logs(vhm_logging_log_fd(fx.old_logging), vhm_logging_log_size(fx.old_logging), &page, 1);
-        LOG_CHECK(fx.old_logging, vhm_logging_harvest(fx.old_logging, NULL));
+        backend_logs(vhm_logging_log_fd(fx_old_logging), vhm_logging_log_size(fx_old_logging), &page, 1);
+        LOG_CHECK(fx_old_logging, vhm_logging_harvest(fx_old_logging, NULL));
         struct kept k;
         previous_process_ends(&k);
         close(k.bitmap_fd);
-        LOG_CHECK(fx.logging, adopt_all(&k, -1, 0, true));
+        LOG_CHECK(fx_logging, adopt_all(&k, -1, 0, true));
         uint64_t found = 0;
-        LOG_CHECK(fx.logging, vhm_logging_harvest(fx.logging, &found));
-        assert_int_equal(found, vhm_bitmap_npages(vhm_logging_bitmap(fx.logging)));
-        assert_true(vhm_bitmap_test(vhm_logging_bitmap(fx.logging), page));
+        LOG_CHECK(fx_logging, vhm_logging_harvest(fx_logging, &found));
+        assert_int_equal(found, vhm_bitmap_npages(vhm_logging_bitmap(fx_logging)));
+        assert_true(vhm_bitmap_test(vhm_logging_bitmap(fx_logging), page));
 }
 
 /* A kept bitmap that does not fit the log is refused; every fd it was given is closed. */
@@ -293,9 +233,9 @@ static void restart_refuses_a_bitmap_that_does_not_fit(void **state) {
         previous_process_ends(&k);
         /* Of another size than it says: refused before it is mapped. */
         assert_int_equal(adopt_all(&k, k.bitmap_fd, k.bitmap_pages + 64, false), -EMSGSIZE);
-        printf("  refused: %s\n", vhm_logging_error(fx.logging));
-        assert_non_null(strstr(vhm_logging_error(fx.logging), "migration bitmap"));
-        assert_false(vhm_logging_active(fx.logging));
+        printf("  refused: %s\n", vhm_logging_error(fx_logging));
+        assert_non_null(strstr(vhm_logging_error(fx_logging), "migration bitmap"));
+        assert_false(vhm_logging_active(fx_logging));
         /* Both fds given were closed (the device keeps its own copy of the log). */
         assert_true(fcntl(k.bitmap_fd, F_GETFD) < 0 && errno == EBADF);
         assert_true(fcntl(k.log_fd, F_GETFD) < 0 && errno == EBADF);
@@ -399,7 +339,7 @@ static void logging_adopt_refuses_a_log_the_device_was_not_on(void **state) {
         previous_process_ends(&k);
         struct vhu_conn *conn = NULL;
         assert_int_equal(vhu_conn_adopt(k.conn_fd, &k.negotiated, NULL, &conn, NULL, 0), 0);
-        fx.dev = new_device();
+        fx.dev = restart_fx_new_device();
         struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = k.log_fd, .log_size = k.log_size };
         DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &k.saved));
         close(k.log_fd);
@@ -407,18 +347,18 @@ static void logging_adopt_refuses_a_log_the_device_was_not_on(void **state) {
         assert_int_equal(vhm_log_new(k.log_size * 8 * PAGE, &other), 0);
         int other_fd = fcntl(vhm_log_fd(other), F_DUPFD_CLOEXEC, 3);
         vhm_log_free(other);
-        assert_int_equal(vhm_logging_new(fx.vm, &fx.logging), 0);
-        LOG_CHECK(fx.logging, vhm_logging_add_device(fx.logging, fx.dev));
-        unsigned before = requests_recorded();
+        assert_int_equal(vhm_logging_new(fx.vm, &fx_logging), 0);
+        LOG_CHECK(fx_logging, vhm_logging_add_device(fx_logging, fx.dev));
+        unsigned before = restart_fx_requests_recorded();
         assert_int_equal(
-                vhm_logging_adopt(fx.logging, other_fd, k.log_size * 8 * PAGE, k.bitmap_fd, k.bitmap_pages, false),
+                vhm_logging_adopt(fx_logging, other_fd, k.log_size * 8 * PAGE, k.bitmap_fd, k.bitmap_pages, false),
                 -EINVAL);
-        printf("  refused: %s\n", vhm_logging_error(fx.logging));
-        assert_non_null(strstr(vhm_logging_error(fx.logging), "was not logging into the dirty log taken back"));
-        assert_false(vhm_logging_active(fx.logging));
-        assert_int_equal(requests_recorded(), before);
-        vhm_logging_free(fx.logging);
-        fx.logging = NULL;
+        printf("  refused: %s\n", vhm_logging_error(fx_logging));
+        assert_non_null(strstr(vhm_logging_error(fx_logging), "was not logging into the dirty log taken back"));
+        assert_false(vhm_logging_active(fx_logging));
+        assert_int_equal(restart_fx_requests_recorded(), before);
+        vhm_logging_free(fx_logging);
+        fx_logging = NULL;
         vhm_device_free(fx.dev);
         fx.dev = NULL;
         assert_tb_exits_cleanly(&fx.pid, 3000);

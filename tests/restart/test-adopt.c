@@ -25,96 +25,32 @@
 #include "tests/common/fd-count.h"
 #include "tests/common/guest-device.h"
 #include "daemon/guest/guest.h"
+#include "tests/restart/restart-fixture.h"
 
-#define QUEUE_PAIRS 2
+#define QUEUE_PAIRS RESTART_FX_QUEUE_PAIRS
 
-struct fx {
-        char dir[64], socket[128], record[128];
-        pid_t pid;
-        struct vhm_guest *g;
-        struct vhm_vm *vm;
-        struct vhm_device *old, *dev;
-        struct vhm_log *log;
-        int fds_before;
-};
-
-static struct fx fx;
+/* The log the previous process's device writes. */
+static struct vhm_log *fx_log;
 
 static int setup(void **state) {
         (void) state;
-        memset(&fx, 0, sizeof(fx));
-        fx.pid = -1;
-        fx.fds_before = count_open_fds();
-        snprintf(fx.dir, sizeof(fx.dir), "/tmp/vhostmig-adopt-XXXXXX");
-        if (!mkdtemp(fx.dir))
-                return -1;
-        snprintf(fx.socket, sizeof(fx.socket), "%s/sock", fx.dir);
-        snprintf(fx.record, sizeof(fx.record), "%s/record", fx.dir);
-        return 0;
+        return restart_fx_setup("adopt");
 }
 
 static int teardown(void **state) {
         (void) state;
-        vhm_device_free(fx.dev);
-        vhm_device_free(fx.old);
-        vhm_log_free(fx.log);
-        vhm_vm_free(fx.vm);
-        vhm_guest_free(fx.g);
-        if (fx.pid > 0)
-                (void) tb_stop(fx.pid);
-        unlink(fx.socket);
-        unlink(fx.record);
-        rmdir(fx.dir);
+        vhm_log_free(fx_log);
+        fx_log = NULL;
+        restart_fx_teardown();
         return 0;
-}
-
-static struct vhm_device *new_device(void) {
-        struct vhm_device_config cfg = {
-                .socket = fx.socket,
-                .timeout_ms = 3000,
-                .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
-                .queue_pairs = QUEUE_PAIRS,
-                .mtu = 1500,
-        };
-        struct vhm_device *dev = NULL;
-        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &dev, NULL));
-        return dev;
 }
 
 /* A test back-end serving one connection, a guest and a device running and logging on it. */
 static void running_logging_device(void) {
-        struct tb_config cfg;
-        tb_config_init(&cfg);
-        cfg.record_path = fx.record;
-        cfg.io_timeout_ms = 3000;
-        int r = tb_spawn_listen(&cfg, fx.socket, &fx.pid);
-        if (r < 0)
-                fail_msg("tb_spawn_listen(%s): %s", fx.socket, strerror(-r));
-        struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = QUEUE_PAIRS, .ring_size = 64 };
-        GD_CHECK(guest_vm_new("adopt", &gc, &fx.g, &fx.vm));
-        fx.old = new_device();
-        DEV_CHECK(fx.old, vhm_device_connect(fx.old));
-        DEV_CHECK(fx.old, vhm_device_start(fx.old));
-        assert_int_equal(vhm_log_new(vhm_vm_top_gpa(fx.vm), &fx.log), 0);
-        DEV_CHECK(fx.old, vhm_device_set_log(fx.old, vhm_log_fd(fx.log), vhm_log_size_bytes(fx.log)));
+        restart_fx_running_device("adopt");
+        assert_int_equal(vhm_log_new(vhm_vm_top_gpa(fx.vm), &fx_log), 0);
+        DEV_CHECK(fx.old, vhm_device_set_log(fx.old, vhm_log_fd(fx_log), vhm_log_size_bytes(fx_log)));
         DEV_CHECK(fx.old, vhm_device_set_logging(fx.old, true));
-}
-
-/* Requests the back-end has received so far: one record line each, other lines aside. */
-static unsigned requests_recorded(void) {
-        static const char *const not_requests[] = { "VIOLATION", "BACKEND", "FAULT", "CONNECT", "DISCONNECT",
-                                                    "LISTEN",    "ACCEPT",  "EOF",   "CLOSED" };
-        char *rec = tb_record_read(fx.record);
-        assert_non_null(rec);
-        unsigned n = 0;
-        for (char *line = strtok(rec, "\n"); line; line = strtok(NULL, "\n")) {
-                bool other = false;
-                for (size_t i = 0; i < sizeof(not_requests) / sizeof(not_requests[0]); i++)
-                        other |= strncmp(line, not_requests[i], strlen(not_requests[i])) == 0;
-                n += !other && strstr(line, " flags=0x") != NULL;
-        }
-        free(rec);
-        return n;
 }
 
 /* The old device hands over: saved, its connection taken, freed (which sends nothing). */
@@ -136,26 +72,26 @@ static void adopt_running_logging_device_sends_nothing(void **state) {
         struct vhu_conn *conn = hand_over(&saved);
         assert_int_equal(saved.state, VHM_DEVICE_RUNNING);
         assert_true(saved.logging && saved.log_acknowledged);
-        unsigned before = requests_recorded();
+        unsigned before = restart_fx_requests_recorded();
 
-        fx.dev = new_device();
+        fx.dev = restart_fx_new_device();
         struct vhm_device_adoption a = {
-                .conn = conn, .listen_fd = -1, .log_fd = vhm_log_fd(fx.log), .log_size = vhm_log_size_bytes(fx.log)
+                .conn = conn, .listen_fd = -1, .log_fd = vhm_log_fd(fx_log), .log_size = vhm_log_size_bytes(fx_log)
         };
         DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &saved));
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
         assert_true(vhm_device_logging(fx.dev));
-        assert_true(vhm_device_log_acknowledged(fx.dev, vhm_log_fd(fx.log)));
+        assert_true(vhm_device_log_acknowledged(fx.dev, vhm_log_fd(fx_log)));
         assert_int_equal(vhm_device_acked_features(fx.dev), acked);
         /* The same log handed over again by the logging layer: already acknowledged, so no SET_LOG_BASE. */
-        DEV_CHECK(fx.dev, vhm_device_set_log(fx.dev, vhm_log_fd(fx.log), vhm_log_size_bytes(fx.log)));
+        DEV_CHECK(fx.dev, vhm_device_set_log(fx.dev, vhm_log_fd(fx_log), vhm_log_size_bytes(fx_log)));
         sleep_ms(100);
-        assert_int_equal(requests_recorded(), before);
+        assert_int_equal(restart_fx_requests_recorded(), before);
 
         /* The adopted connection is the live one: it stops the rings (GET_VRING_BASE answered). */
         DEV_CHECK(fx.dev, vhm_device_stop(fx.dev));
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_STOPPED);
-        assert_true(requests_recorded() > before);
+        assert_true(restart_fx_requests_recorded() > before);
         assert_int_equal(tb_record_count(fx.record, "VIOLATION"), 0);
         vhm_device_free(fx.dev);
         fx.dev = NULL;
@@ -168,21 +104,21 @@ static void adopt_running_logging_device_sends_nothing(void **state) {
  */
 static void refused_with(struct vhm_device_saved *saved, struct vhu_conn *conn, int listen_fd, int err,
                          const char *why) {
-        unsigned before = requests_recorded();
-        fx.dev = new_device();
+        unsigned before = restart_fx_requests_recorded();
+        fx.dev = restart_fx_new_device();
         struct vhm_device_adoption a = { .conn = conn,
                                          .listen_fd = listen_fd,
-                                         .log_fd = vhm_log_fd(fx.log),
-                                         .log_size = vhm_log_size_bytes(fx.log) };
+                                         .log_fd = vhm_log_fd(fx_log),
+                                         .log_size = vhm_log_size_bytes(fx_log) };
         assert_int_equal(vhm_device_adopt(fx.dev, &a, saved), err);
         printf("  refused: %s\n", vhm_device_error(fx.dev));
         assert_non_null(strstr(vhm_device_error(fx.dev), why));
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_DISCONNECTED);
-        assert_int_equal(requests_recorded(), before);
+        assert_int_equal(restart_fx_requests_recorded(), before);
         vhm_device_free(fx.dev);
         fx.dev = NULL;
-        vhm_log_free(fx.log);
-        fx.log = NULL;
+        vhm_log_free(fx_log);
+        fx_log = NULL;
         vhm_vm_free(fx.vm);
         fx.vm = NULL;
         vhm_guest_free(fx.g);
@@ -240,12 +176,12 @@ static void adopt_refuses_logging_without_log(void **state) {
         running_logging_device();
         struct vhm_device_saved saved;
         struct vhu_conn *conn = hand_over(&saved);
-        unsigned before = requests_recorded();
-        fx.dev = new_device();
+        unsigned before = restart_fx_requests_recorded();
+        fx.dev = restart_fx_new_device();
         struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = -1 };
         assert_int_equal(vhm_device_adopt(fx.dev, &a, &saved), -EINVAL);
         assert_non_null(strstr(vhm_device_error(fx.dev), "no log came with it"));
-        assert_int_equal(requests_recorded(), before);
+        assert_int_equal(restart_fx_requests_recorded(), before);
         vhm_device_free(fx.dev);
         fx.dev = NULL;
         assert_tb_exits_cleanly(&fx.pid, 3000);
@@ -255,7 +191,7 @@ static void save_refuses_a_disconnected_device(void **state) {
         (void) state;
         struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = QUEUE_PAIRS, .ring_size = 64 };
         GD_CHECK(guest_vm_new("adopt", &gc, &fx.g, &fx.vm));
-        fx.dev = new_device();
+        fx.dev = restart_fx_new_device();
         struct vhm_device_saved saved;
         assert_int_equal(vhm_device_save(fx.dev, &saved), -EBUSY);
         assert_null(vhm_device_take_conn(fx.dev));

@@ -25,88 +25,29 @@
 #include "tests/common/fd-count.h"
 #include "tests/common/guest-device.h"
 #include "daemon/guest/guest.h"
+#include "tests/restart/restart-fixture.h"
 
-#define QUEUE_PAIRS 2
-
-struct fx {
-        char dir[64], socket[128], record[128];
-        pid_t pid;
-        struct vhm_guest *g;
-        struct vhm_vm *vm;
-        struct vhm_device *old, *dev;
-        struct vhm_log *log;
-        int fds_before;
-};
-
-static struct fx fx;
+/* The log the previous process's device writes. */
+static struct vhm_log *fx_log;
 
 static int setup(void **state) {
         (void) state;
-        memset(&fx, 0, sizeof(fx));
-        fx.pid = -1;
-        fx.fds_before = count_open_fds();
-        snprintf(fx.dir, sizeof(fx.dir), "/tmp/vhostmig-record-XXXXXX");
-        if (!mkdtemp(fx.dir))
-                return -1;
-        snprintf(fx.socket, sizeof(fx.socket), "%s/sock", fx.dir);
-        snprintf(fx.record, sizeof(fx.record), "%s/record", fx.dir);
-        return 0;
+        return restart_fx_setup("record");
 }
 
 static int teardown(void **state) {
         (void) state;
-        vhm_device_free(fx.dev);
-        vhm_device_free(fx.old);
-        vhm_log_free(fx.log);
-        vhm_vm_free(fx.vm);
-        vhm_guest_free(fx.g);
-        if (fx.pid > 0)
-                (void) tb_stop(fx.pid);
-        unlink(fx.socket);
-        unlink(fx.record);
-        rmdir(fx.dir);
+        vhm_log_free(fx_log);
+        fx_log = NULL;
+        restart_fx_teardown();
         return 0;
 }
 
-static struct vhm_device *new_device(void) {
-        struct vhm_device_config cfg = {
-                .socket = fx.socket,
-                .timeout_ms = 3000,
-                .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
-                .queue_pairs = QUEUE_PAIRS,
-                .mtu = 1500,
-        };
-        struct vhm_device *dev = NULL;
-        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &dev, NULL));
-        return dev;
-}
-
 static void running_logging_device(void) {
-        struct tb_config cfg;
-        tb_config_init(&cfg);
-        cfg.record_path = fx.record;
-        cfg.io_timeout_ms = 3000;
-        int r = tb_spawn_listen(&cfg, fx.socket, &fx.pid);
-        if (r < 0)
-                fail_msg("tb_spawn_listen(%s): %s", fx.socket, strerror(-r));
-        struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = QUEUE_PAIRS, .ring_size = 64 };
-        GD_CHECK(guest_vm_new("record", &gc, &fx.g, &fx.vm));
-        fx.old = new_device();
-        DEV_CHECK(fx.old, vhm_device_connect(fx.old));
-        DEV_CHECK(fx.old, vhm_device_start(fx.old));
-        assert_int_equal(vhm_log_new(vhm_vm_top_gpa(fx.vm), &fx.log), 0);
-        DEV_CHECK(fx.old, vhm_device_set_log(fx.old, vhm_log_fd(fx.log), vhm_log_size_bytes(fx.log)));
+        restart_fx_running_device("record");
+        assert_int_equal(vhm_log_new(vhm_vm_top_gpa(fx.vm), &fx_log), 0);
+        DEV_CHECK(fx.old, vhm_device_set_log(fx.old, vhm_log_fd(fx_log), vhm_log_size_bytes(fx_log)));
         DEV_CHECK(fx.old, vhm_device_set_logging(fx.old, true));
-}
-
-static unsigned requests_recorded(void) {
-        char *rec = tb_record_read(fx.record);
-        assert_non_null(rec);
-        unsigned n = 0;
-        for (char *line = strtok(rec, "\n"); line; line = strtok(NULL, "\n"))
-                n += strncmp(line, "VIOLATION", 9) != 0 && strstr(line, " flags=0x") != NULL;
-        free(rec);
-        return n;
 }
 
 /* The record through JSON text, as the state memfd carries it. */
@@ -151,22 +92,22 @@ static void record_round_trip_is_enough_to_adopt(void **state) {
         vhu_conn_free(old_conn);
         vhm_device_free(fx.old);
         fx.old = NULL;
-        unsigned before = requests_recorded();
+        unsigned before = restart_fx_requests_recorded();
 
         back.negotiated.channel_fd = channel_fd;
         struct vhu_conn *conn = NULL;
         char why[256] = "";
         if (vhu_conn_adopt(conn_fd, &back.negotiated, NULL, &conn, why, sizeof(why)) < 0)
                 fail_msg("vhu_conn_adopt: %s", why);
-        fx.dev = new_device();
+        fx.dev = restart_fx_new_device();
         struct vhm_device_adoption a = {
-                .conn = conn, .listen_fd = -1, .log_fd = vhm_log_fd(fx.log), .log_size = vhm_log_size_bytes(fx.log)
+                .conn = conn, .listen_fd = -1, .log_fd = vhm_log_fd(fx_log), .log_size = vhm_log_size_bytes(fx_log)
         };
         DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &back.saved));
         assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
         assert_true(vhm_device_logging(fx.dev));
         sleep_ms(100);
-        assert_int_equal(requests_recorded(), before);
+        assert_int_equal(restart_fx_requests_recorded(), before);
         DEV_CHECK(fx.dev, vhm_device_stop(fx.dev));
         assert_int_equal(tb_record_count(fx.record, "VIOLATION"), 0);
         vhm_device_free(fx.dev);
