@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "daemon/vhostmigd/bus-util.h"
+#include "daemon/vhostmigd/quote.h"
 
 int bus_fail(sd_bus_error *error, const char *name, const char *fmt, ...) {
         va_list ap;
@@ -49,8 +50,9 @@ static int read_entry(sd_bus_message *m, const struct bus_option *table, unsigne
         if (r < 0)
                 return r;
         const struct bus_option *o = option_find(table, n, key);
-        if (!o)
-                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "options: unknown key \"%s\"", key);
+        char q[QUOTED_MAX];
+        if (!o) /* the caller's own string: quoted, so that it cannot add lines to the log */
+                return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "options: unknown key %s", quoted(key, q));
         uint32_t bit = UINT32_C(1) << (o - table);
         if (*given & bit)
                 return bus_fail(error, SD_BUS_ERROR_INVALID_ARGS, "options: \"%s\" given twice", key);

@@ -11,6 +11,7 @@
 #include <json-c/json.h>
 
 #include "daemon/vhostmigd/config.h"
+#include "daemon/vhostmigd/quote.h"
 
 #define MAX_CONFIG_BYTES (1u << 20)
 
@@ -100,23 +101,6 @@ __attribute__((format(printf, 3, 4))) static int key_error(char *error, size_t l
         vsnprintf(error, len, fmt, ap);
         va_end(ap);
         return -EINVAL;
-}
-
-/*
- * A key or value as the file wrote it goes into an error as a JSON string
- * (escaped by json-c), never as it is: a newline or control character in it
- * would otherwise start a line of its own in the log, written by whoever
- * wrote the file.
- */
-#define QUOTED_MAX 160
-static const char *quoted(const char *s, char buf[static QUOTED_MAX]) {
-        json_object *str = json_object_new_string(s);
-        const char *q = str ? json_object_to_json_string_ext(str,
-                                                             JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
-                            : NULL;
-        snprintf(buf, QUOTED_MAX, "%s", q ? q : "(a key that could not be quoted: out of memory)");
-        json_object_put(str);
-        return buf;
 }
 
 static int read_integer(const char *name, json_object *v, uint64_t min, uint64_t max, uint64_t *out, char *error,

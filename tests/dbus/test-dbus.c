@@ -1523,6 +1523,10 @@ static void test_bad_arguments(void **state) {
         bad.extra_value = "bar";
         send_error(add_device_msg(vm, &bad), "AddDevice with the option Foo", SD_BUS_ERROR_INVALID_ARGS,
                    "options: unknown key \"Foo\"", NULL);
+        /* A caller's key goes into the error (and LastError, and the log) escaped: it cannot forge a line. */
+        bad.extra_key = "Foo\n<3>vhostmigd: forged";
+        send_error(add_device_msg(vm, &bad), "AddDevice with a key holding a newline", SD_BUS_ERROR_INVALID_ARGS,
+                   "options: unknown key \"Foo\\n<3>vhostmigd: forged\"", NULL);
         bad.extra_key = "Mtu";
         bad.mtu = 0;
         send_error(add_device_msg(vm, &bad), "AddDevice with Mtu as a string", SD_BUS_ERROR_INVALID_ARGS,

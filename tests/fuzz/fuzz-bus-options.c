@@ -31,6 +31,7 @@
 
 #include "daemon/common/bus-api.h"
 #include "daemon/vhostmigd/bus-util.h"
+#include "daemon/vhostmigd/quote.h"
 #include "tests/fuzz/fuzz.h"
 
 #define MAX_ENTRIES 40u
@@ -223,10 +224,19 @@ static void check(int r, const sd_bus_error *error, const struct sent *e, unsign
                                 abort();
                 return;
         }
-        /* Refused, as InvalidArgs with the key in the reason. */
+        /*
+         * Refused, as InvalidArgs with the key in the reason: a known key as
+         * it is, an unknown one (the caller's own string) escaped, so that
+         * the reason never holds a control character.
+         */
+        char q[QUOTED_MAX];
+        const char *named = find(e[bad].key) ? e[bad].key : quoted(e[bad].key, q);
         if (r >= 0 || !sd_bus_error_has_name(error, SD_BUS_ERROR_INVALID_ARGS) || !error->message ||
-            !strstr(error->message, e[bad].key))
+            !strstr(error->message, named))
                 abort();
+        for (const char *c = error->message; *c; c++)
+                if ((unsigned char) *c < 0x20)
+                        abort();
 }
 
 /* A bus that is never connected: enough to build and seal messages (sd-bus wants one past its start). */
