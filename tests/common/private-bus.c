@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -155,4 +158,23 @@ int private_bus_name_has_owner(sd_bus *b, const char *name, bool *has) {
         sd_bus_message_unref(reply);
         *has = v;
         return r < 0 ? r : 0;
+}
+
+_Noreturn void private_bus_exec_daemon(const char *bin, const char *address, const char *config, const char *log,
+                                       const char *runtime_dir) {
+        int log_fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (log_fd < 0 || null < 0)
+                _exit(126);
+        dup2(null, 0);
+        dup2(log_fd, 1);
+        dup2(log_fd, 2);
+        close_range(3, ~0u, 0);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        setenv("DBUS_SYSTEM_BUS_ADDRESS", address, 1);
+        setenv("RUNTIME_DIRECTORY", runtime_dir, 1);
+        unsetenv("NOTIFY_SOCKET");
+        unsetenv("JOURNAL_STREAM");
+        execl(bin, "vhostmigd", "--config", config, (char *) NULL);
+        _exit(127);
 }

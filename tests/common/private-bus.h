@@ -60,3 +60,15 @@ int private_bus_connect(const char *address, uint64_t call_timeout_usec, sd_bus 
 
 /* Whether name has an owner on the bus (org.freedesktop.DBus.NameHasOwner): 0, or a negative errno with *has false. */
 int private_bus_name_has_owner(sd_bus *b, const char *name, bool *has);
+
+/*
+ * The child's side of starting vhostmigd on a private bus (call it after
+ * fork(), never returns): stdin from /dev/null, stdout and stderr appended
+ * to log, nothing else inherited, killed with its parent, the bus at
+ * address, runtime_dir as RUNTIME_DIRECTORY (PrepareIncoming's default
+ * Listen address goes there), no NOTIFY_SOCKET or JOURNAL_STREAM, then bin
+ * --config config.  Exit status 126 when the log cannot be opened, 127 when
+ * bin cannot be run.
+ */
+_Noreturn void private_bus_exec_daemon(const char *bin, const char *address, const char *config, const char *log,
+                                       const char *runtime_dir);

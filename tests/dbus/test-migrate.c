@@ -125,24 +125,8 @@ static int daemon_start(struct host *h) {
         pid_t pid = fork();
         if (pid < 0)
                 return -errno;
-        if (pid == 0) {
-                int log = open(h->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-                int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-                if (log < 0 || null < 0)
-                        _exit(126);
-                dup2(null, 0);
-                dup2(log, 1);
-                dup2(log, 2);
-                close_range(3, ~0u, 0);
-                prctl(PR_SET_PDEATHSIG, SIGKILL);
-                setenv("DBUS_SYSTEM_BUS_ADDRESS", h->bus.address, 1);
-                /* The default Listen address goes here. */
-                setenv("RUNTIME_DIRECTORY", h->dir, 1);
-                unsetenv("NOTIFY_SOCKET");
-                unsetenv("JOURNAL_STREAM");
-                execl(bin, "vhostmigd", "--config", h->config, (char *) NULL);
-                _exit(127);
-        }
+        if (pid == 0)
+                private_bus_exec_daemon(bin, h->bus.address, h->config, h->log, h->dir);
         h->daemon = pid;
         uint64_t deadline = now_ms() + 10000;
         for (;;) {

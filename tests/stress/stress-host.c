@@ -18,26 +18,6 @@
 #define DAEMON_START_MS 10000u
 #define DAEMON_STOP_MS  10000u
 
-/* The child's side of the fork: stdout and stderr into the log, nothing else inherited. */
-static void exec_daemon(const struct stress_host *h, const char *bin) {
-        int log = open(h->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (log < 0 || null < 0)
-                _exit(126);
-        dup2(null, 0);
-        dup2(log, 1);
-        dup2(log, 2);
-        close_range(3, ~0u, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        setenv("DBUS_SYSTEM_BUS_ADDRESS", h->bus.address, 1);
-        /* PrepareIncoming's default Listen address goes here. */
-        setenv("RUNTIME_DIRECTORY", h->dir, 1);
-        unsetenv("NOTIFY_SOCKET");
-        unsetenv("JOURNAL_STREAM");
-        execl(bin, "vhostmigd", "--config", h->config, (char *) NULL);
-        _exit(127);
-}
-
 /* The wait status once pid exited, or -ETIMEDOUT. */
 static int wait_exit(pid_t pid, unsigned timeout_ms) {
         uint64_t deadline = now_ms() + timeout_ms;
@@ -66,7 +46,7 @@ static int daemon_start(struct stress_host *h) {
         if (pid < 0)
                 return -errno;
         if (pid == 0)
-                exec_daemon(h, bin);
+                private_bus_exec_daemon(bin, h->bus.address, h->config, h->log, h->dir);
         h->daemon = pid;
         uint64_t deadline = now_ms() + DAEMON_START_MS;
         for (;;) {
