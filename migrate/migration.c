@@ -26,6 +26,7 @@
 /* How long a failing side gives the other's last word (ABORTED, its reason). */
 #define LAST_WORD_MS 1000u
 #define PAGE         VHM_REC_PAGE_SIZE
+#define MIB          (UINT64_C(1) << 20)
 #define BATCH        VHM_REC_MAX_PAGES_PER_BATCH
 
 const char *vhm_migration_state_name(enum vhm_migration_state s) {
@@ -139,6 +140,7 @@ struct engine {
         struct vhm_logging *logging;
         bool started_logging;             /* switched on by the engine: switched off again at the end */
         uint64_t round_usec, round_bytes; /* the round in progress: its start, stream bytes at its start */
+        uint64_t checksum_ns_per_mib;     /* the switchover's checksum pass, sampled; 0: not yet */
         /* Destination. */
         struct vhm_rec_hello hello;
         struct vhm_device_handoff *handoffs;
@@ -632,7 +634,46 @@ static int harvest(struct engine *e, uint64_t *fresh) {
         return 0;
 }
 
-/* The round's bandwidth and dirty rate, what is left, and what sending it would take. */
+/* The threads the switchover's checksum pass runs on: every CPU there is, as the pause is the VM's downtime. */
+static unsigned checksum_threads(void) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        return cpus > 1 ? (unsigned) cpus : 1u;
+}
+
+/*
+ * The switchover hashes the whole memory inside the downtime (the safety net
+ * for a page written and never marked), so the convergence test counts it: a
+ * sample of 16 MiB hashed the same way, the fastest kept (a slow one is this
+ * machine's load, not the pass's cost).  Taken after round 0, and again in a
+ * round whose pages alone would fit the downtime, where it decides: a sample
+ * every round would stretch the rounds and with them the pages dirtied.  A
+ * sample that cannot be read changes nothing: the next round reports the
+ * memory.
+ */
+#define CHECKSUM_SAMPLE_PAGES 4096u
+static void sample_checksum_speed(struct engine *e) {
+        uint64_t pages = CHECKSUM_SAMPLE_PAGES, t0 = vhu_now_usec();
+        if (vhm_memory_hash_sample(e->vm, checksum_threads(), &pages) < 0 || !pages)
+                return;
+        uint64_t ns_per_mib = (vhu_now_usec() - t0) * 1000u * (MIB / PAGE) / pages;
+        if (!e->checksum_ns_per_mib || ns_per_mib < e->checksum_ns_per_mib)
+                e->checksum_ns_per_mib = ns_per_mib ? ns_per_mib : 1;
+}
+
+static uint64_t checksum_ms(const struct engine *e) {
+        uint64_t mib = (e->st->pages_total * PAGE + MIB - 1) / MIB;
+        return (uint64_t) (((unsigned __int128) mib * e->checksum_ns_per_mib + 999999u) / 1000000u);
+}
+
+/* The pages left at the measured bandwidth; UINT64_MAX when nothing was measured. */
+static uint64_t sending_ms(const struct engine *e) {
+        uint64_t left = e->st->pages_remaining * PAGE;
+        return !left               ? 0
+               : !e->st->bandwidth ? UINT64_MAX
+                                   : (uint64_t) ((unsigned __int128) left * 1000u / e->st->bandwidth);
+}
+
+/* The round's bandwidth and dirty rate, what is left, and what sending it and the checksum would take. */
 static int round_end(struct engine *e) {
         uint64_t usec = vhu_now_usec() - e->round_usec, bytes = vhm_stream_bytes_sent(e->s) - e->round_bytes, fresh;
         if (bytes >= MIN_MEASURED_BYTES || !e->st->bandwidth)
@@ -641,11 +682,10 @@ static int round_end(struct engine *e) {
         if (r < 0)
                 return r;
         e->st->dirty_rate = per_second(fresh, usec);
-        uint64_t left = e->st->pages_remaining * PAGE;
-        e->st->expected_downtime_ms = !left ? 0
-                                      : !e->st->bandwidth
-                                              ? UINT64_MAX
-                                              : (uint64_t) ((unsigned __int128) left * 1000u / e->st->bandwidth);
+        uint64_t ms = sending_ms(e);
+        if (e->st->round == 0 || ms <= e->o.max_downtime_ms)
+                sample_checksum_speed(e);
+        e->st->expected_downtime_ms = ms == UINT64_MAX ? ms : ms + checksum_ms(e);
         report(e);
         return 0;
 }
@@ -654,10 +694,11 @@ static int not_converged(struct engine *e) {
         return fail(e, -ETIMEDOUT,
                     "pre-copy did not converge in %u rounds: the guest and its back-ends dirty %" PRIu64
                     " pages/s (%.1f MB/s) and the migration moves %.1f MB/s, so the %" PRIu64
-                    " pages left would take %" PRIu64 " ms, more than the maximum downtime of %u ms",
+                    " pages left and the checksum of the whole memory at the switchover (%" PRIu64
+                    " ms of it) would take %" PRIu64 " ms, more than the maximum downtime of %u ms",
                     e->o.max_rounds, e->st->dirty_rate, (double) e->st->dirty_rate * PAGE / 1e6,
-                    (double) e->st->bandwidth / 1e6, e->st->pages_remaining, e->st->expected_downtime_ms,
-                    e->o.max_downtime_ms);
+                    (double) e->st->bandwidth / 1e6, e->st->pages_remaining, checksum_ms(e),
+                    e->st->expected_downtime_ms, e->o.max_downtime_ms);
 }
 
 /* Round 0 sends every page, each later one what became dirty, until the rest fits the downtime. */
@@ -780,8 +821,7 @@ static int live_last_pages(struct engine *e) {
          * Over the whole memory: a page written and never marked dirty makes the
          * destination's differ.  Inside the downtime, so on every CPU there is.
          */
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        r = vhm_memory_checksum_threads(e->vm, cpus > 1 ? (unsigned) cpus : 1u, &e->st->checksum);
+        r = vhm_memory_checksum_threads(e->vm, checksum_threads(), &e->st->checksum);
         if (r < 0)
                 return fail(e, r, "END: cannot read guest memory: %s", vhm_vm_error(e->vm));
         return 0;

@@ -819,27 +819,19 @@ static void *ck_slice_run(void *arg) {
         return NULL;
 }
 
-int vhm_memory_checksum_threads(struct vhm_vm *vm, unsigned threads, uint64_t *out) {
-        struct vhm_rec_hello layout;
-        int r = vhm_rec_hello_from_vm(vm, &layout);
-        if (r < 0)
-                return r;
-        uint64_t pages = 0;
-        for (uint32_t i = 0; i < layout.nregions; i++)
-                pages += layout.regions[i].size / VHM_REC_PAGE_SIZE;
+/* Pages [first, end) of the layout hashed into hash[first..end) by up to `threads` threads, this one included. */
+static int hash_pages_threads(struct vhm_vm *vm, const struct vhm_rec_hello *layout, unsigned threads, uint64_t first,
+                              uint64_t end, uint64_t *hash) {
+        uint64_t pages = end - first;
         threads = threads < 1 ? 1 : threads > VHM_CHECKSUM_MAX_THREADS ? VHM_CHECKSUM_MAX_THREADS : threads;
-        uint64_t *hash = malloc((pages ? pages : 1) * sizeof(*hash));
-        if (!hash || threads == 1 || pages < threads) {
-                free(hash);
-                return vhm_memory_checksum(vm, out);
-        }
+        threads = pages < threads ? (pages ? (unsigned) pages : 1u) : threads;
         struct ck_slice c[VHM_CHECKSUM_MAX_THREADS];
         unsigned started = 0;
         for (unsigned t = 0; t < threads; t++) {
                 c[t] = (struct ck_slice){ .vm = vm,
-                                          .layout = &layout,
-                                          .first = pages * t / threads,
-                                          .end = pages * (t + 1) / threads,
+                                          .layout = layout,
+                                          .first = first + pages * t / threads,
+                                          .end = first + pages * (t + 1) / threads,
                                           .hash = hash };
                 /* Slice 0 runs on this thread; a thread that cannot start has its slice run here too. */
                 if (t > 0 && pthread_create(&c[t].thread, NULL, ck_slice_run, &c[t]) == 0)
@@ -848,18 +840,55 @@ int vhm_memory_checksum_threads(struct vhm_vm *vm, unsigned threads, uint64_t *o
         for (unsigned t = 0; t < threads; t++)
                 if (!(started & (1u << t)))
                         ck_slice_run(&c[t]);
+        int r = 0;
         for (unsigned t = 0; t < threads; t++) {
                 if (started & (1u << t))
                         pthread_join(c[t].thread, NULL);
                 if (c[t].r < 0 && r == 0)
                         r = c[t].r;
         }
+        return r;
+}
+
+static uint64_t layout_pages(const struct vhm_rec_hello *layout) {
+        uint64_t pages = 0;
+        for (uint32_t i = 0; i < layout->nregions; i++)
+                pages += layout->regions[i].size / VHM_REC_PAGE_SIZE;
+        return pages;
+}
+
+int vhm_memory_checksum_threads(struct vhm_vm *vm, unsigned threads, uint64_t *out) {
+        struct vhm_rec_hello layout;
+        int r = vhm_rec_hello_from_vm(vm, &layout);
+        if (r < 0)
+                return r;
+        uint64_t pages = layout_pages(&layout);
+        uint64_t *hash = threads > 1 && pages >= threads ? malloc(pages * sizeof(*hash)) : NULL;
+        if (!hash)
+                return vhm_memory_checksum(vm, out);
+        r = hash_pages_threads(vm, &layout, threads, 0, pages, hash);
         uint64_t h = VHM_CHECKSUM_INIT;
         for (uint64_t k = 0; r == 0 && k < pages; k++)
                 h = vhm_checksum_fold(h, hash[k]);
         free(hash);
         if (r == 0)
                 *out = h;
+        return r;
+}
+
+int vhm_memory_hash_sample(struct vhm_vm *vm, unsigned threads, uint64_t *pages) {
+        struct vhm_rec_hello layout;
+        int r = vhm_rec_hello_from_vm(vm, &layout);
+        if (r < 0)
+                return r;
+        uint64_t all = layout_pages(&layout), n = *pages < all ? *pages : all;
+        uint64_t *hash = malloc((n ? n : 1) * sizeof(*hash));
+        if (!hash)
+                return -ENOMEM;
+        r = hash_pages_threads(vm, &layout, threads, 0, n, hash);
+        free(hash);
+        if (r == 0)
+                *pages = n;
         return r;
 }
 

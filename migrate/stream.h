@@ -224,6 +224,13 @@ int vhm_memory_checksum(struct vhm_vm *vm, uint64_t *out);
  */
 #define VHM_CHECKSUM_MAX_THREADS 8u
 int vhm_memory_checksum_threads(struct vhm_vm *vm, unsigned threads, uint64_t *out);
+/*
+ * The first `pages` pages in the same order hashed as vhm_memory_checksum_threads
+ * hashes them (same threads, same reads), the hashes dropped: a sample of
+ * that pass's speed, for an estimate of it over the whole memory.  *pages
+ * becomes the count hashed (fewer when memory is smaller).
+ */
+int vhm_memory_hash_sample(struct vhm_vm *vm, unsigned threads, uint64_t *pages);
 
 /* ---- the stream ---- */
 

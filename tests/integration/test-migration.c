@@ -943,6 +943,29 @@ static void live_does_not_converge(void **state) {
         finish(before);
 }
 
+/*
+ * A maximum downtime shorter than the switchover's checksum of the 32 MiB:
+ * the estimate counts that pass, so no round converges, and the reason says
+ * how much of the estimate it is.
+ */
+static void live_checksum_counts_in_the_estimate(void **state) {
+        (void) state;
+        struct baseline before = baseline_now();
+        struct live_run run = { .o.max_downtime_ms = 1, .o.max_rounds = 3 };
+        struct incoming_job in;
+        struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
+        assert_live_rolled_back(&run, &in, &at_pause, "did not converge in 3 rounds");
+        const char *part = strstr(run.st.error, "the checksum of the whole memory at the switchover (");
+        assert_non_null(part);
+        unsigned long long checksum_ms = strtoull(part + strlen("the checksum of the whole memory at the switchover ("),
+                                                  NULL, 10);
+        printf("  checksum part of the estimate: %llu ms of %" PRIu64 " ms\n", checksum_ms,
+               run.st.expected_downtime_ms);
+        assert_true(checksum_ms >= 1);
+        assert_true(run.st.expected_downtime_ms >= checksum_ms);
+        finish(before);
+}
+
 static void live_forced_switchover(void **state) {
         (void) state;
         struct baseline before = baseline_now();
@@ -1708,6 +1731,7 @@ int main(void) {
                 TEST(live_four_queue_pairs),
                 TEST(live_limited_bandwidth_needs_rounds),
                 TEST(live_does_not_converge),
+                TEST(live_checksum_counts_in_the_estimate),
                 TEST(live_forced_switchover),
                 TEST(live_vmm_never_continues),
                 TEST(live_unmarked_page_is_caught),
