@@ -100,7 +100,10 @@ struct device_object {
         struct device_loop_state loop; /* loop only */
         struct device_view published;  /* loop only */
         bool removed;
-        unsigned sid; /* names its fds in the fd store (restart.c); set before its first job */
+        unsigned sid;      /* names its fds in the fd store (restart.c); set before its first job */
+        sd_bus_slot *slot; /* loop: its vtable at `path` while it is on the bus */
+        /* Loop: allocated with AddDevice, so that a device that cannot be published is released regardless. */
+        struct vm_job *release_job;
 };
 
 struct vm_snapshot {
@@ -207,6 +210,7 @@ struct vm_object {
 
         struct restart_vm *restart; /* restart.c: what the fd store holds of this VM */
         bool worker_stopped;        /* handed over: the worker was stopped already */
+        sd_bus_slot *slot;          /* loop: its vtable at `path` while it is on the bus */
 };
 
 /* Messages (log.c): to the journal under systemd, else to stderr; messages above `level` are dropped. */

@@ -60,7 +60,8 @@ static void device_read_view(const void *object, void *out) {
         struct device_view *v = out;
         pthread_mutex_t *lock = &d->vm->snap_lock;
         pthread_mutex_lock(lock);
-        v->w = d->snap;
+        PROPS_COPY_EXCEPT(&v->w, &d->snap, blockers);
+        prop_strv_copy(&v->w.blockers, &d->snap.blockers);
         pthread_mutex_unlock(lock);
         v->l = d->loop;
 }
@@ -141,8 +142,16 @@ void device_publish(struct device_object *d, struct device_view *now) {
 void device_object_free(struct device_object *d) {
         if (!d)
                 return;
+        sd_bus_slot_unref(d->slot);
+        job_free(d->release_job);
         free(d->socket);
         free(d);
+}
+
+/* Its own vtable at its path (vm-object.c says why not a fallback); the object is on the bus from now on. */
+static int device_object_add_vtable(struct device_object *d) {
+        return sd_bus_add_object_vtable(d->vm->daemon->bus, &d->slot, d->path, VHOSTMIG_DEVICE_INTERFACE, device_vtable,
+                                        d);
 }
 
 void device_array_add(struct vm_object *o, struct device_object *d) {
@@ -174,6 +183,7 @@ static void device_unpublish(struct device_object *d) {
         struct vm_object *o = d->vm;
         /* Signal while the object can still be found, so the signal names its interface. */
         (void) sd_bus_emit_object_removed(o->daemon->bus, d->path);
+        d->slot = sd_bus_slot_unref(d->slot);
         d->removed = true;
         device_array_remove(o, d);
         vm_publish(o);
@@ -260,14 +270,31 @@ static void run_remove_device(struct vm_job *j) {
 
 /* ---- loop side: publishing or discarding what the jobs made ------------------------------------ */
 
-static void publish_new_device(struct vm_object *o, struct device_object *d) {
+static int publish_new_device(struct vm_object *o, struct device_object *d) {
+        snprintf(d->path, sizeof(d->path), "%s" VHOSTMIG_DEVICE_INFIX "%u", o->path, o->next_device_number);
+        int r = device_object_add_vtable(d);
+        if (r < 0) {
+                d->path[0] = '\0';
+                return r;
+        }
         d->number = o->next_device_number++;
-        snprintf(d->path, sizeof(d->path), "%s" VHOSTMIG_DEVICE_INFIX "%u", o->path, d->number);
         d->loop.created_usec = d->loop.state_change_usec = props_now_usec();
         /* InterfacesAdded carries the state: nothing to repeat in PropertiesChanged. */
         device_read_view(d, &d->published);
         device_array_add(o, d);
         (void) sd_bus_emit_object_added(o->daemon->bus, d->path);
+        return 0;
+}
+
+/* Published it could not be: the worker lets it go (with the job allocated for that), the call fails. */
+static void release_unpublished(struct vm_job *j, int r) {
+        struct device_object *d = j->device;
+        struct vm_job *release = d->release_job;
+        d->release_job = NULL;
+        job_fail(j, r, SD_BUS_ERROR_NO_MEMORY, "cannot put the device on the bus: %s", strerror(-r));
+        release->device = d;
+        release->free_device = true;
+        job_submit(release);
 }
 
 static void done_add_device(struct vm_job *j) {
@@ -287,7 +314,13 @@ static void done_add_device(struct vm_job *j) {
                 return;
         }
         d->configuring = !j->u.add.last;
-        publish_new_device(o, d);
+        int r = publish_new_device(o, d);
+        if (r < 0) {
+                release_unpublished(j, r);
+                return;
+        }
+        job_free(d->release_job);
+        d->release_job = NULL;
 }
 
 static int reply_add_device(struct vm_job *j) {
@@ -396,7 +429,10 @@ int device_object_restore(struct vm_object *o, const struct vhm_device_config *c
         d->loop.created_usec = d->loop.state_change_usec = created_usec;
         struct vhm_device_config c = *cfg;
         c.socket = d->socket;
-        int r = vhm_device_new(o->vm, &c, &d->dev);
+        snprintf(d->path, sizeof(d->path), "%s" VHOSTMIG_DEVICE_INFIX "%u", o->path, d->number);
+        int r = device_object_add_vtable(d);
+        if (r >= 0)
+                r = vhm_device_new(o->vm, &c, &d->dev);
         if (r < 0) {
                 device_object_free(d);
                 return r;
@@ -413,7 +449,6 @@ void device_object_restored(struct vm_object *o, struct device_object *d, bool o
                 return;
         }
         running_add(o, d);
-        snprintf(d->path, sizeof(d->path), "%s" VHOSTMIG_DEVICE_INFIX "%u", o->path, d->number);
         device_array_add(o, d);
 }
 
@@ -621,6 +656,10 @@ static int add_device(sd_bus_message *m, struct vm_object *o, sd_bus_error *erro
                 r = check_add_options(&opt, given, j->u.add.n, mac, &type, error);
         if (r >= 0)
                 r = new_device_object(o, socket, &opt, given & (1u << OPT_MAC), type, &j->device);
+        if (r >= 0 && !(j->device->release_job = job_new(o, &job_remove_device, NULL))) {
+                device_object_free(j->device);
+                r = -ENOMEM;
+        }
         if (r < 0) {
                 job_free(j);
                 return r;

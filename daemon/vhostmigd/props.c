@@ -107,29 +107,35 @@ static int read_field(sd_bus *bus, void *object, const char *property, const voi
         if (r < 0)                                       \
         return r
 
+/*
+ * Basic values go in with sd_bus_message_append_basic(): sd_bus_message_append()
+ * parses a signature for each, and GetManagedObjects of 1280 objects asks
+ * for some 32 000 of them.
+ */
 int prop_get_S(PROP_GETTER_ARGS) {
         GETTER_HEAD;
-        return sd_bus_message_append(reply, "s", (const char *) f);
+        return sd_bus_message_append_basic(reply, 's', f);
 }
 
 int prop_get_B(PROP_GETTER_ARGS) {
         GETTER_HEAD;
-        return sd_bus_message_append(reply, "b", (int) *(const bool *) f);
+        int b = *(const bool *) f; /* D-Bus booleans are 32 bits */
+        return sd_bus_message_append_basic(reply, 'b', &b);
 }
 
 int prop_get_Q(PROP_GETTER_ARGS) {
         GETTER_HEAD;
-        return sd_bus_message_append(reply, "q", *(const uint16_t *) f);
+        return sd_bus_message_append_basic(reply, 'q', f);
 }
 
 int prop_get_U(PROP_GETTER_ARGS) {
         GETTER_HEAD;
-        return sd_bus_message_append(reply, "u", *(const uint32_t *) f);
+        return sd_bus_message_append_basic(reply, 'u', f);
 }
 
 int prop_get_T(PROP_GETTER_ARGS) {
         GETTER_HEAD;
-        return sd_bus_message_append(reply, "t", *(const uint64_t *) f);
+        return sd_bus_message_append_basic(reply, 't', f);
 }
 
 int prop_get_AU(PROP_GETTER_ARGS) {
@@ -188,6 +194,16 @@ static bool field_equal(const struct prop_def *def, const char *a, const char *b
         default:
                 return memcmp(a, b, def->size) == 0;
         }
+}
+
+void props_copy_except(void *dst, const void *src, size_t size, size_t offset, size_t hole) {
+        memcpy(dst, src, offset);
+        memcpy((char *) dst + offset + hole, (const char *) src + offset + hole, size - offset - hole);
+}
+
+void prop_strv_copy(struct prop_strv *dst, const struct prop_strv *src) {
+        dst->n = src->n;
+        memcpy(dst->v, src->v, src->n * sizeof(src->v[0]));
 }
 
 unsigned props_diff(const struct prop_iface *iface, const void *was, const void *now, const char **changed) {

@@ -135,6 +135,18 @@ int prop_get_AO(PROP_GETTER_ARGS);
                        #name ": the field's C type is not its D-Bus type's");
 
 /*
+ * Reading a view copies what is used of its arrays, not their capacity (a
+ * VM's blockers and device paths are 12 KiB, in use mostly a few hundred
+ * bytes): the struct at `src` (`size` bytes) into `dst` but for the member
+ * at `offset` (`hole` bytes), which the caller copies with the functions
+ * below.  Bytes past an array's n are left as they were.
+ */
+void props_copy_except(void *dst, const void *src, size_t size, size_t offset, size_t hole);
+#define PROPS_COPY_EXCEPT(dst, src, member) \
+        props_copy_except(dst, src, sizeof(*(src)), offsetof(__typeof__(*(src)), member), sizeof((src)->member))
+void prop_strv_copy(struct prop_strv *dst, const struct prop_strv *src);
+
+/*
  * The names of the CHANGE properties whose values differ between two views,
  * NULL-terminated into `changed` (room for iface->n + 1).  Returns how many.
  */

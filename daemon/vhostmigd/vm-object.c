@@ -73,14 +73,18 @@ static void vm_read_view(const void *object, void *out) {
         const struct vm_object *o = object;
         struct vm_view *v = out;
         pthread_mutex_lock((pthread_mutex_t *) &o->snap_lock);
-        v->w = o->snap;
+        PROPS_COPY_EXCEPT(&v->w, &o->snap, blockers);
+        prop_strv_copy(&v->w.blockers, &o->snap.blockers);
         v->m = o->migration;
         pthread_mutex_unlock((pthread_mutex_t *) &o->snap_lock);
-        v->l = o->loop;
+        PROPS_COPY_EXCEPT(&v->l, &o->loop, devices);
         /* The device list is the loop's own: D-Bus shows the devices that exist now. */
         v->l.devices.n = o->ndevices;
-        for (unsigned i = 0; i < o->ndevices; i++)
-                snprintf(v->l.devices.v[i], sizeof(v->l.devices.v[i]), "%s", o->devices[i]->path);
+        _Static_assert(DEVICE_PATH_MAX <= PROP_PATH_MAX, "a device's path fits the Devices property");
+        for (unsigned i = 0; i < o->ndevices; i++) {
+                const char *path = o->devices[i]->path;
+                memcpy(v->l.devices.v[i], path, strlen(path) + 1);
+        }
 }
 
 static const struct prop_iface vm_iface = {
@@ -168,11 +172,19 @@ void vm_set_last_error(struct vm_object *o, const char *error) {
         o->loop.last_error_usec = error[0] ? props_now_usec() : 0;
 }
 
+/* Paths compare as strings: a view holds only what is used of each (props.h). */
+static bool devices_equal(const struct prop_pathv *a, const struct prop_pathv *b) {
+        if (a->n != b->n)
+                return false;
+        for (unsigned i = 0; i < a->n; i++)
+                if (strcmp(a->v[i], b->v[i]) != 0)
+                        return false;
+        return true;
+}
+
 /* StateChangeTimestamp follows Logging and the device set. */
 static void note_state_change(struct vm_object *o, const struct vm_view *was, struct vm_view *now) {
-        bool devices_changed = was->l.devices.n != now->l.devices.n ||
-                               memcmp(was->l.devices.v, now->l.devices.v,
-                                      now->l.devices.n * sizeof(now->l.devices.v[0]));
+        bool devices_changed = !devices_equal(&was->l.devices, &now->l.devices);
         if (was->w.logging != now->w.logging || devices_changed)
                 now->l.state_change_usec = o->loop.state_change_usec = props_now_usec();
 }
@@ -213,6 +225,8 @@ int vm_refused(struct vm_object *o, const sd_bus_error *error, int r) {
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
+static int vm_object_add_vtable(struct vm_object *o); /* on the bus, below the vtable */
+
 struct vm_object *vm_object_by_name(struct daemon *d, const char *name) {
         for (struct vm_object *o = d->vms; o; o = o->next)
                 if (strcmp(o->name, name) == 0 && !o->destroying)
@@ -225,6 +239,7 @@ static const struct job_ops job_destroy;
 static void vm_object_free(struct vm_object *o) {
         if (!o)
                 return;
+        sd_bus_slot_unref(o->slot);
         job_free(o->destroy_job);
         migration_object_free(o);
         restart_vm_free(o);
@@ -272,7 +287,9 @@ int vm_object_create(struct daemon *d, const char *name, const char *libvirt_dom
         pthread_mutex_init(&o->snap_lock, NULL);
         char thread_name[16];
         snprintf(thread_name, sizeof(thread_name), "vm-%.12s", name);
-        r = worker_start(&o->worker, d->event, thread_name);
+        r = vm_object_add_vtable(o);
+        if (r >= 0)
+                r = worker_start(&o->worker, d->event, thread_name);
         if (r < 0) {
                 pthread_mutex_destroy(&o->snap_lock);
                 vm_object_free(o);
@@ -318,10 +335,13 @@ void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to) {
         struct daemon *d = o->daemon;
         /* Signal while the objects can still be found, so the signals name their interfaces. */
         for (unsigned i = 0; i < o->ndevices; i++) {
-                (void) sd_bus_emit_object_removed(d->bus, o->devices[i]->path);
-                o->devices[i]->removed = true;
+                struct device_object *dev = o->devices[i];
+                (void) sd_bus_emit_object_removed(d->bus, dev->path);
+                dev->slot = sd_bus_slot_unref(dev->slot);
+                dev->removed = true;
         }
         (void) sd_bus_emit_object_removed(d->bus, o->path);
+        o->slot = sd_bus_slot_unref(o->slot);
         o->destroying = true;
         d->vms_tearing_down++;
         for (struct vm_object **p = &d->vms; *p; p = &(*p)->next)
@@ -758,98 +778,22 @@ static const sd_bus_vtable vm_vtable[] = {
         SD_BUS_VTABLE_END,
 };
 
-/* ---- finding objects from paths ---------------------------------------------------------------- */
+/* ---- on the bus -------------------------------------------------------------------------------- */
 
-static struct vm_object *vm_from_path(struct daemon *d, const char *path) {
-        _cleanup_free_ char *name = NULL;
-        /*
-         * A VM's path is one label below the prefix.  sd_bus_path_decode()
-         * takes the rest of a deeper path as a name, and the fallback asks
-         * for every device's path: each would scan all VMs for nothing.
-         */
-        const char *rest = path + strlen(VHOSTMIG_VM_PREFIX);
-        if (strncmp(path, VHOSTMIG_VM_PREFIX, strlen(VHOSTMIG_VM_PREFIX)) == 0 && *rest == '/' && strchr(rest + 1, '/'))
-                return NULL;
-        if (sd_bus_path_decode(path, VHOSTMIG_VM_PREFIX, &name) <= 0)
-                return NULL;
-        return vm_object_by_name(d, name);
-}
-
-static struct device_object *device_from_path(struct daemon *d, const char *path) {
-        /* /org/vhostmig1/vm/NAME/dev/N */
-        size_t prefix_len = strlen(VHOSTMIG_VM_PREFIX "/");
-        if (strncmp(path, VHOSTMIG_VM_PREFIX "/", prefix_len) != 0)
-                return NULL;
-        const char *dev = strstr(path + prefix_len, VHOSTMIG_DEVICE_INFIX);
-        if (!dev)
-                return NULL;
-        _cleanup_free_ char *vm_path = strndup(path, (size_t) (dev - path));
-        struct vm_object *o = vm_path ? vm_from_path(d, vm_path) : NULL;
-        return o ? device_of_vm(o, path) : NULL;
-}
-
-static int vm_find(sd_bus *bus, const char *path, const char *interface, void *userdata, void **found,
-                   sd_bus_error *error) {
-        (void) bus;
-        (void) interface;
-        (void) error;
-        struct vm_object *o = vm_from_path(userdata, path);
-        if (!o)
-                return 0;
-        *found = o;
-        return 1;
-}
-
-static int device_find(sd_bus *bus, const char *path, const char *interface, void *userdata, void **found,
-                       sd_bus_error *error) {
-        (void) bus;
-        (void) interface;
-        (void) error;
-        struct device_object *d = device_from_path(userdata, path);
-        if (!d)
-                return 0;
-        *found = d;
-        return 1;
-}
-
-static void strv_free(char **l, size_t n) {
-        for (size_t i = 0; i < n; i++)
-                free(l[i]);
-        free(l);
-}
-
-static int enumerate_nodes(sd_bus *bus, const char *prefix, void *userdata, char ***nodes, sd_bus_error *error) {
-        (void) bus;
-        (void) prefix;
-        (void) error;
-        struct daemon *d = userdata;
-        size_t n = 0, cap = 1;
-        for (struct vm_object *o = d->vms; o; o = o->next)
-                cap += 1 + o->ndevices;
-        char **list = calloc(cap, sizeof(char *));
-        if (!list)
-                return -ENOMEM;
-        for (struct vm_object *o = d->vms; o; o = o->next) {
-                list[n++] = strdup(o->path);
-                for (unsigned i = 0; i < o->ndevices; i++)
-                        list[n++] = strdup(o->devices[i]->path);
-        }
-        for (size_t i = 0; i < n; i++)
-                if (!list[i]) {
-                        strv_free(list, n);
-                        return -ENOMEM;
-                }
-        *nodes = list;
-        return 1;
+/*
+ * Each VM and each device has a vtable of its own at its path, added when it
+ * appears and removed when it goes: sd-bus finds an object's userdata by its
+ * path in a hash table, and GetManagedObjects walks the registered nodes.
+ * (A fallback vtable needs a find callback for every object of every call,
+ * and a node enumerator copying every path: at 256 VMs x 4 devices that was
+ * the daemon's work beside building the reply.)
+ */
+static int vm_object_add_vtable(struct vm_object *o) {
+        return sd_bus_add_object_vtable(o->daemon->bus, &o->slot, o->path, VHOSTMIG_VM_INTERFACE, vm_vtable, o);
 }
 
 int vm_objects_register(struct daemon *d) {
-        int r = sd_bus_add_fallback_vtable(d->bus, NULL, VHOSTMIG_VM_PREFIX, VHOSTMIG_VM_INTERFACE, vm_vtable, vm_find,
-                                           d);
-        if (r >= 0)
-                r = sd_bus_add_fallback_vtable(d->bus, NULL, VHOSTMIG_VM_PREFIX, VHOSTMIG_DEVICE_INTERFACE,
-                                               device_vtable, device_find, d);
-        if (r >= 0)
-                r = sd_bus_add_node_enumerator(d->bus, NULL, VHOSTMIG_VM_PREFIX, enumerate_nodes, d);
-        return r;
+        /* Nothing to register up front: every object adds its own vtable (above) as it appears. */
+        (void) d;
+        return 0;
 }

@@ -12,8 +12,9 @@
  * of the same kind, before the others are created.  Printed: the median, p90
  * and max of each, the median of the daemon's CPU time per call (all its
  * threads: on a machine shared with other work the wall clock counts that
- * work too), the ratios of the medians, how long the VMs took to create, and
- * the CPU model.
+ * work too) and of the bus daemon's (it reads, checks and relays the reply:
+ * most of the rest of the wall clock), the ratios of the medians, how long
+ * the VMs took to create, the CPU model and the load average.
  *
  * Usage: bench-scale [--vms N] [--devices N] [--calls N]
  * Environment (set by meson): VHOSTMIGD, START_BUS.  Needs root.
@@ -194,6 +195,7 @@ static int create_vm(unsigned i, const char *socket) {
 struct figures {
         double median, p90, max; /* ms */
         double cpu_median;       /* ms of the daemon's CPU time (all its threads) per call */
+        double bus_cpu_median;   /* ms of the bus daemon's, which relays the reply */
         unsigned objects;
 };
 
@@ -219,21 +221,29 @@ static int64_t daemon_cpu_ns(clockid_t clock) {
         return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static double median_of(double *v, unsigned n) {
+        qsort(v, n, sizeof(*v), cmp_double);
+        return v[n / 2];
+}
+
 static int measure(unsigned calls, struct figures *f) {
-        double *ms = calloc(calls, sizeof(*ms)), *cpu = calloc(calls, sizeof(*cpu));
-        clockid_t clock;
-        int r = ms && cpu ? 0 : -ENOMEM;
+        double *ms = calloc(calls, sizeof(*ms)), *cpu = calloc(calls, sizeof(*cpu)), *bus = calloc(calls, sizeof(*bus));
+        clockid_t clock, bus_clock;
+        int r = ms && cpu && bus ? 0 : -ENOMEM;
         if (r >= 0 && (r = -clock_getcpuclockid(host.daemon, &clock)) < 0)
                 call_failed("the daemon's CPU clock", NULL, r);
+        if (r >= 0 && (r = -clock_getcpuclockid(host.bus.pid, &bus_clock)) < 0)
+                call_failed("the bus daemon's CPU clock", NULL, r);
         for (unsigned i = 0; r >= 0 && i < calls; i++) {
                 sd_bus_error e = SD_BUS_ERROR_NULL;
                 sd_bus_message *reply = NULL;
-                int64_t c0 = daemon_cpu_ns(clock);
+                int64_t c0 = daemon_cpu_ns(clock), b0 = daemon_cpu_ns(bus_clock);
                 uint64_t t0 = now_ns();
                 r = sd_bus_call_method(host.c, DEST, ROOT_PATH, "org.freedesktop.DBus.ObjectManager",
                                        "GetManagedObjects", &e, &reply, "");
                 ms[i] = (double) (now_ns() - t0) / 1e6;
                 cpu[i] = (double) (daemon_cpu_ns(clock) - c0) / 1e6;
+                bus[i] = (double) (daemon_cpu_ns(bus_clock) - b0) / 1e6;
                 if (r < 0)
                         r = call_failed("GetManagedObjects", &e, r);
                 else if (i == 0)
@@ -246,17 +256,30 @@ static int measure(unsigned calls, struct figures *f) {
                 f->median = ms[calls / 2];
                 f->p90 = ms[calls * 9 / 10];
                 f->max = ms[calls - 1];
-                qsort(cpu, calls, sizeof(*cpu), cmp_double);
-                f->cpu_median = cpu[calls / 2];
+                f->cpu_median = median_of(cpu, calls);
+                f->bus_cpu_median = median_of(bus, calls);
         }
         free(ms);
         free(cpu);
+        free(bus);
         return r;
 }
 
 static void print_figures(const char *what, const struct figures *f) {
-        printf("  %-34s median %8.3f ms  p90 %8.3f ms  max %8.3f ms  (%u objects); daemon CPU median %.3f ms\n", what,
-               f->median, f->p90, f->max, f->objects, f->cpu_median);
+        printf("  %-34s median %8.3f ms  p90 %8.3f ms  max %8.3f ms  (%u objects); daemon CPU median %.3f ms, "
+               "bus daemon CPU median %.3f ms\n",
+               what, f->median, f->p90, f->max, f->objects, f->cpu_median, f->bus_cpu_median);
+}
+
+/* The load average over the last minute (/proc/loadavg): the other work the wall clock counts. */
+static double load_average(void) {
+        double load = -1;
+        FILE *f = fopen("/proc/loadavg", "re");
+        if (f && fscanf(f, "%lf", &load) != 1)
+                load = -1;
+        if (f)
+                fclose(f);
+        return load;
 }
 
 static int parse_args(int argc, char **argv) {
@@ -297,7 +320,8 @@ static int run(const char *socket) {
         if (r < 0)
                 return r;
         stress_cpu_model(cpu, sizeof(cpu));
-        printf("bench-scale: GetManagedObjects, %u calls each, CPU %s\n", arg.calls, cpu);
+        printf("bench-scale: GetManagedObjects, %u calls each, CPU %s, load average %.2f\n", arg.calls, cpu,
+               load_average());
         print_figures("1 VM (baseline, this run):", &base);
         char what[64];
         snprintf(what, sizeof(what), "%u VMs x %u devices:", arg.vms, arg.devices);
