@@ -1323,6 +1323,35 @@ static int grow_buf(struct vhm_stream *s, size_t len, const char *what) {
 }
 
 /*
+ * Over TLS a run's decrypted bytes go into guest memory from where GnuTLS
+ * decrypted them (vhm_tls_peek), one guarded write each: no copy into a
+ * buffer of ours first.
+ */
+static int recv_tls_run(struct vhm_stream *s, struct vhm_vm *vm, uint64_t gpa, size_t len, uint64_t deadline) {
+        for (size_t off = 0; off < len;) {
+                const void *p;
+                ssize_t k = vhm_tls_peek(s->tls, &p, s->error, sizeof(s->error));
+                if (k == -EAGAIN) {
+                        int r = wait_fd(s, vhm_tls_events(s->tls), deadline, "PAGES");
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (k < 0)
+                        return chan_failed(s, (int) k, "PAGES", "receiving");
+                if (k == 0)
+                        return sfail(s, -ECONNRESET, "PAGES: the peer closed the stream");
+                size_t n = (size_t) k < len - off ? (size_t) k : len - off;
+                if (vhm_vm_write(vm, gpa + off, p, n) < 0)
+                        return sfail(s, -EIO, "PAGES: %s", vhm_vm_error(vm));
+                vhm_tls_consume(s->tls, n);
+                s->received += n;
+                off += n;
+        }
+        return 0;
+}
+
+/*
  * A run of data pages, [gpa, gpa + len) in one region, from the stream into
  * guest memory: a plain stream lets the kernel copy into the mapping (a page
  * that is gone fails it with EFAULT, named as the guarded path names it);
@@ -1333,19 +1362,8 @@ static int recv_run(struct vhm_stream *s, struct vhm_vm *vm, uint64_t gpa, size_
         int r = vhm_vm_kernel_iov(vm, gpa, len, &v);
         if (r < 0)
                 return sfail(s, r, "PAGES: %s", vhm_vm_error(vm));
-        if (s->tls) {
-                uint8_t *tmp = s->buf + 4u + 8u * VHM_REC_MAX_PAGES_PER_BATCH;
-                for (size_t off = 0; off < len;) {
-                        size_t k = len - off < BOUNCE_SIZE ? len - off : BOUNCE_SIZE;
-                        r = read_exact(s, tmp, k, deadline, "PAGES");
-                        if (r == 0 && vhm_vm_write(vm, gpa + off, tmp, k) < 0)
-                                r = sfail(s, -EIO, "PAGES: %s", vhm_vm_error(vm));
-                        if (r < 0)
-                                return r;
-                        off += k;
-                }
-                return 0;
-        }
+        if (s->tls)
+                return recv_tls_run(s, vm, gpa, len, deadline);
         r = read_exactv(s, &v, 1, deadline, "PAGES");
         if (r == -EFAULT)
                 return sfail(s, vhm_vm_kernel_io_failed(vm, gpa, len, "PAGES: receiving"), "PAGES: %s",
@@ -1391,7 +1409,7 @@ static int recv_page_data(struct vhm_stream *s, struct vhm_vm *vm, const struct 
 static int recv_pages_vm(struct vhm_stream *s, struct vhm_vm *vm, const struct vhm_rec_hello *layout, uint32_t length,
                          uint64_t deadline, struct vhm_rec_pages *pg) {
         size_t head_max = 4u + 8u * VHM_REC_MAX_PAGES_PER_BATCH;
-        int r = grow_buf(s, head_max + (s->tls ? BOUNCE_SIZE : 0), "PAGES");
+        int r = grow_buf(s, head_max, "PAGES");
         if (r == 0)
                 r = read_exact(s, s->buf, 4, deadline, "PAGES");
         if (r < 0)

@@ -25,6 +25,8 @@
 #define RECORD_MAX 16384u /* TLS's largest plaintext record */
 /* What one recv takes from the socket: many records, where gnutls would make two calls a record. */
 #define PULL_BUF (256u << 10)
+/* What one send puts on the wire: many sealed records, where gnutls would send each alone. */
+#define PUSH_BUF (256u << 10)
 
 const char vhm_tls_priority[] = "NONE:+VERS-TLS1.3:+ECDHE-PSK:+GROUP-X25519:+AES-128-GCM:+AEAD:+SIGN-ALL:+COMP-NULL";
 
@@ -36,11 +38,16 @@ struct vhm_tls {
         char peer_id[VHM_TLS_ID_MAX + 1];
         short events;
         bool in_flight; /* a record was queued by a send that returned AGAIN */
+        bool gather;    /* a writev is taking bytes: sealed records gather in `out` */
+        uint8_t *out;   /* sealed records not yet sent: [out_pos, out_len) */
+        size_t out_pos, out_len;
         size_t staged;
         uint8_t stage[RECORD_MAX];
         int fd;
         uint8_t *pull; /* bytes received, not yet taken by gnutls */
         size_t pull_pos, pull_len;
+        gnutls_packet_t packet; /* a decrypted record being read in place: its bytes from packet_pos */
+        size_t packet_pos;
 };
 
 static int tfail(char *err, size_t errlen, int r, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -147,13 +154,51 @@ static int pull_timeout(gnutls_transport_ptr_t ptr, unsigned ms) {
         return r;
 }
 
+/* Sends what the out buffer holds; 0 once it is empty, -1 with errno (EAGAIN: try again later). */
+static int out_drain(struct vhm_tls *t) {
+        while (t->out_pos < t->out_len) {
+                ssize_t w = send(t->fd, t->out + t->out_pos, t->out_len - t->out_pos, MSG_NOSIGNAL);
+                if (w < 0 && errno == EINTR)
+                        continue;
+                if (w < 0)
+                        return -1;
+                t->out_pos += (size_t) w;
+        }
+        t->out_pos = t->out_len = 0;
+        return 0;
+}
+
+/*
+ * gnutls pushes each record (16 KiB at most) as it seals it: one send a
+ * record, and under TCP_NODELAY one segment a record on the wire.  While a
+ * writev is taking bytes, sealed records are gathered here instead and go
+ * out PUSH_BUF at a time; anything else (the handshake, a flush, close_notify)
+ * sends them first, then its own.  A record counts as pushed once it is in
+ * the buffer: vhm_tls_flush() is what puts it on the wire.
+ */
 static ssize_t push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int n) {
         struct vhm_tls *t = ptr;
+        size_t total = 0;
+        for (int i = 0; i < n; i++)
+                total += iov[i].iov_len;
+        if (t->gather && total > PUSH_BUF - t->out_len && out_drain(t) < 0)
+                goto failed;
+        if (t->gather && total <= PUSH_BUF - t->out_len) {
+                for (int i = 0; i < n; i++) {
+                        memcpy(t->out + t->out_len, iov[i].iov_base, iov[i].iov_len);
+                        t->out_len += iov[i].iov_len;
+                }
+                return (ssize_t) total;
+        }
+        if (out_drain(t) < 0)
+                goto failed;
         struct msghdr mh = { .msg_iov = (struct iovec *) iov, .msg_iovlen = (size_t) n };
         ssize_t w = sendmsg(t->fd, &mh, MSG_NOSIGNAL);
-        if (w < 0)
-                gnutls_transport_set_errno(t->session, errno);
-        return w;
+        if (w >= 0)
+                return w;
+failed:
+        gnutls_transport_set_errno(t->session, errno);
+        return -1;
 }
 
 static int make_client(struct vhm_tls *t, const char *id) {
@@ -200,7 +245,10 @@ void vhm_tls_free(struct vhm_tls *t) {
                 gnutls_psk_free_server_credentials(t->scred);
         gnutls_memset(t->key, 0, sizeof(t->key));
         gnutls_memset(t->stage, 0, t->staged);
+        if (t->packet)
+                gnutls_packet_deinit(t->packet);
         free(t->pull);
+        free(t->out);
         free(t);
 }
 
@@ -270,7 +318,8 @@ static int setup(struct vhm_tls *t, int fd, enum vhm_tls_role role, const char *
                 return -EINVAL;
         t->fd = fd;
         t->pull = malloc(PULL_BUF);
-        if (!t->pull)
+        t->out = malloc(PUSH_BUF);
+        if (!t->pull || !t->out)
                 return -ENOMEM;
         gnutls_transport_set_ptr(t->session, t);
         gnutls_transport_set_pull_function(t->session, pull);
@@ -330,7 +379,10 @@ short vhm_tls_events(const struct vhm_tls *t) {
 }
 
 size_t vhm_tls_pending(const struct vhm_tls *t) {
-        return gnutls_record_check_pending(t->session);
+        gnutls_datum_t d = { NULL, 0 };
+        if (t->packet)
+                gnutls_packet_get(t->packet, &d, NULL);
+        return gnutls_record_check_pending(t->session) + (d.size - t->packet_pos);
 }
 
 static int io_error(struct vhm_tls *t, ssize_t rc, const char *dir, char *err, size_t errlen) {
@@ -360,7 +412,16 @@ static int push_stage(struct vhm_tls *t, char *err, size_t errlen) {
         return 0;
 }
 
+static ssize_t writev_more(struct vhm_tls *t, const struct iovec *iov, unsigned n, char *err, size_t errlen);
+
 ssize_t vhm_tls_writev(struct vhm_tls *t, const struct iovec *iov, unsigned n, char *err, size_t errlen) {
+        t->gather = true;
+        ssize_t w = writev_more(t, iov, n, err, errlen);
+        t->gather = false;
+        return w;
+}
+
+static ssize_t writev_more(struct vhm_tls *t, const struct iovec *iov, unsigned n, char *err, size_t errlen) {
         if (t->in_flight) {
                 int r = push_stage(t, err, errlen);
                 if (r < 0)
@@ -405,12 +466,62 @@ ssize_t vhm_tls_writev(struct vhm_tls *t, const struct iovec *iov, unsigned n, c
 }
 
 int vhm_tls_flush(struct vhm_tls *t, char *err, size_t errlen) {
-        if (!t->in_flight && t->staged == 0)
+        if (t->in_flight || t->staged)
+                return push_stage(t, err, errlen); /* its push sends the gathered records first */
+        if (out_drain(t) == 0)
                 return 0;
-        return push_stage(t, err, errlen);
+        if (errno == EAGAIN || errno == EINTR) {
+                t->events = POLLOUT;
+                return -EAGAIN;
+        }
+        return tfail(err, errlen, -ECONNRESET, "TLS: sending: the connection was cut (%s)", strerror(errno));
+}
+
+/*
+ * The next decrypted bytes where gnutls holds them: a record's plaintext,
+ * handed out in place instead of copied into the caller's buffer first.
+ */
+ssize_t vhm_tls_peek(struct vhm_tls *t, const void **p, char *err, size_t errlen) {
+        if (!t->packet) {
+                ssize_t rc = gnutls_record_recv_packet(t->session, &t->packet);
+                if (rc < 0)
+                        return io_error(t, rc, "receiving", err, errlen);
+                if (rc == 0 || !t->packet) {
+                        if (t->packet)
+                                gnutls_packet_deinit(t->packet);
+                        t->packet = NULL;
+                        return 0; /* close_notify */
+                }
+                t->packet_pos = 0;
+        }
+        gnutls_datum_t d;
+        gnutls_packet_get(t->packet, &d, NULL);
+        *p = d.data + t->packet_pos;
+        return (ssize_t) (d.size - t->packet_pos);
+}
+
+void vhm_tls_consume(struct vhm_tls *t, size_t n) {
+        gnutls_datum_t d;
+        if (!t->packet)
+                return;
+        gnutls_packet_get(t->packet, &d, NULL);
+        t->packet_pos += n < d.size - t->packet_pos ? n : d.size - t->packet_pos;
+        if (t->packet_pos == d.size) {
+                gnutls_packet_deinit(t->packet);
+                t->packet = NULL;
+        }
 }
 
 ssize_t vhm_tls_read(struct vhm_tls *t, void *buf, size_t len, char *err, size_t errlen) {
+        if (t->packet) {
+                /* What a peek left of its record comes first. */
+                const void *p;
+                ssize_t k = vhm_tls_peek(t, &p, err, errlen);
+                k = (size_t) k < len ? k : (ssize_t) len;
+                memcpy(buf, p, (size_t) k);
+                vhm_tls_consume(t, (size_t) k);
+                return k;
+        }
         ssize_t rc = gnutls_record_recv(t->session, buf, len);
         if (rc >= 0)
                 return rc;

@@ -66,6 +66,15 @@ ssize_t vhm_tls_writev(struct vhm_tls *t, const struct iovec *iov, unsigned n, c
 int vhm_tls_flush(struct vhm_tls *t, char *err, size_t errlen);
 /* Bytes received (>0), 0 at the peer's close_notify, -EAGAIN, -ECONNRESET when cut without one. */
 ssize_t vhm_tls_read(struct vhm_tls *t, void *buf, size_t len, char *err, size_t errlen);
+/*
+ * The next decrypted bytes in place, without a copy: *p points at them and
+ * stays valid until vhm_tls_consume() or any other call on the session.
+ * Their count (>0), 0 at the peer's close_notify, -EAGAIN, or an error as
+ * vhm_tls_read's.
+ */
+ssize_t vhm_tls_peek(struct vhm_tls *t, const void **p, char *err, size_t errlen);
+/* Marks n of the bytes vhm_tls_peek() showed as read (at most those it showed). */
+void vhm_tls_consume(struct vhm_tls *t, size_t n);
 /* POLLIN or POLLOUT: what the last -EAGAIN waits for. */
 short vhm_tls_events(const struct vhm_tls *t);
 /* Decrypted bytes already inside the session (poll cannot see them). */

@@ -6,16 +6,18 @@
  *   plain stream the migration stream's records (1 MiB BACKEND_STATE), no TLS;
  *   TLS stream   the same records through vhm_stream_secure() (TLS 1.3,
  *                ECDHE-PSK, X25519, AES-128-GCM).
- * Prints GB/s (1e9 bytes) and the ratio of each to raw TCP, and the CPU
- * model.  Both ends share this machine's cores, as in a loopback test.
+ * Prints GB/s (1e9 bytes) and the ratio of each to raw TCP, each end's
+ * CPU seconds (medians) and the ratio they bound, and the CPU model.  Both ends share this machine's cores, as in a loopback test.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "migrate/stream.h"
@@ -40,8 +42,16 @@ struct end {
         int fd;
         enum mode mode;
         int rc;
+        double cpu; /* the thread's CPU seconds (user and system) */
         pthread_t th;
 };
+
+/* CPU seconds this thread ran: what a run costs whatever else shares the machine. */
+static double thread_cpu(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
 
 static int raw_send(int fd, const uint8_t *buf) {
         for (uint64_t sent = 0; sent < TOTAL;) {
@@ -112,16 +122,18 @@ static int stream_recv(struct end *e) {
 
 static void *receiver(void *arg) {
         struct end *e = arg;
+        double c0 = thread_cpu();
         uint8_t *buf = malloc(CHUNK);
         e->rc = !buf ? -ENOMEM : e->mode == RAW ? raw_recv(e->fd, buf) : stream_recv(e);
         if (e->mode == RAW)
                 close(e->fd);
         free(buf);
+        e->cpu = thread_cpu() - c0;
         return NULL;
 }
 
-/* One GiB: its seconds, or a negative value on failure. */
-static double run_once(enum mode mode, uint8_t *buf) {
+/* One GiB: its seconds, or a negative value on failure; cpu[0], cpu[1]: the sender's and the receiver's CPU seconds. */
+static double run_once(enum mode mode, uint8_t *buf, double cpu[2]) {
         char bound[VHM_TRANSPORT_ADDRESS_MAX];
         int lfd, c, a;
         if (vhm_transport_listen("tcp:127.0.0.1:0", &lfd, bound, sizeof(bound)) < 0)
@@ -146,10 +158,13 @@ static double run_once(enum mode mode, uint8_t *buf) {
                 return -1;
         }
         struct end tx = { .fd = c, .mode = mode };
+        double c0 = thread_cpu();
         tx.rc = mode == RAW ? raw_send(c, buf) : stream_send(&tx, buf);
         if (mode == RAW)
                 close(c);
+        cpu[0] = thread_cpu() - c0;
         pthread_join(rx.th, NULL);
+        cpu[1] = rx.cpu;
         double secs = (double) (vhu_now_usec() - t0) / 1e6;
         return tx.rc < 0 || rx.rc < 0 ? -1 : secs;
 }
@@ -173,17 +188,25 @@ static void print_cpu_model(void) {
         printf("online CPUs: %ld\n", sysconf(_SC_NPROCESSORS_ONLN));
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+        /* --only tls: that mode alone (with raw TCP, the baseline), for a profile of it. */
+        bool tls_only = argc == 3 && !strcmp(argv[1], "--only") && !strcmp(argv[2], "tls");
+        if (argc > 1 && !tls_only) {
+                fprintf(stderr, "usage: %s [--only tls]\n", argv[0]);
+                return 2;
+        }
         uint8_t *buf = malloc(CHUNK);
         if (!buf)
                 return 1;
         /* Not zeros: nothing on the way may take a shortcut on them. */
         for (size_t i = 0; i < CHUNK; i++)
                 buf[i] = (uint8_t) (i * 131u + 7u);
-        double secs[NMODES][RUNS];
+        double secs[NMODES][RUNS], cpu[NMODES][2][RUNS];
         for (unsigned run = 0; run < RUNS; run++)
                 for (int m = 0; m < NMODES; m++) {
-                        secs[m][run] = run_once((enum mode) m, buf);
+                        double c[2] = { 0, 0 };
+                        secs[m][run] = tls_only && m == PLAIN ? 1 : run_once((enum mode) m, buf, c);
+                        cpu[m][0][run] = c[0], cpu[m][1][run] = c[1];
                         if (secs[m][run] < 0) {
                                 fprintf(stderr, "bench-tls: %s run %u failed\n", mode_name[m], run);
                                 free(buf);
@@ -193,12 +216,22 @@ int main(void) {
         free(buf);
         print_cpu_model();
         printf("1 GiB over loopback TCP, median of %u interleaved runs\n", RUNS);
-        printf("%-14s %10s %10s\n", "", "GB/s", "x raw TCP");
-        double gbs[NMODES];
+        /*
+         * CPU seconds per end as well: the wall clock moves with whatever
+         * else runs here; the busier end bounds a copy where each end has a
+         * CPU of its own, so raw's busier end over a mode's is its ratio there.
+         */
+        printf("%-14s %10s %10s %17s %8s\n", "", "GB/s", "x raw TCP", "CPU s send/recv", "bound");
+        double gbs[NMODES], busy[NMODES];
         for (int m = 0; m < NMODES; m++) {
                 qsort(secs[m], RUNS, sizeof(double), cmp_double);
+                qsort(cpu[m][0], RUNS, sizeof(double), cmp_double);
+                qsort(cpu[m][1], RUNS, sizeof(double), cmp_double);
+                double cs = cpu[m][0][RUNS / 2], cr = cpu[m][1][RUNS / 2];
+                busy[m] = cs > cr ? cs : cr;
                 gbs[m] = (double) TOTAL / secs[m][RUNS / 2] / 1e9;
-                printf("%-14s %10.2f %10.2f\n", mode_name[m], gbs[m], gbs[m] / gbs[RAW]);
+                printf("%-14s %10.2f %10.2f %8.3f/%-8.3f %8.2f\n", mode_name[m], gbs[m], gbs[m] / gbs[RAW], cs, cr,
+                       busy[RAW] / busy[m]);
         }
         printf("TLS stream / plain stream: %.2f\n", gbs[TLS] / gbs[PLAIN]);
         return 0;
