@@ -813,17 +813,23 @@ static int live_last_pages(struct engine *e) {
         r = harvest(e, &fresh);
         if (r < 0)
                 return r;
+        /*
+         * Over the whole memory: a page written and never marked dirty makes the
+         * destination's differ.  Inside the downtime, so on every CPU there is,
+         * and beside the last pages: nothing writes the memory any more.
+         */
+        struct vhm_checksum_job *job = NULL;
+        if (vhm_memory_checksum_start(e->vm, checksum_threads(), &job) < 0)
+                job = NULL; /* then after the pages, on this thread */
         r = send_dirty(e, false);
+        int rc = job ? vhm_memory_checksum_finish(job, &e->st->checksum) : 0;
         if (r < 0)
                 return r;
         e->at[0] = '\0';
-        /*
-         * Over the whole memory: a page written and never marked dirty makes the
-         * destination's differ.  Inside the downtime, so on every CPU there is.
-         */
-        r = vhm_memory_checksum_threads(e->vm, checksum_threads(), &e->st->checksum);
-        if (r < 0)
-                return fail(e, r, "END: cannot read guest memory: %s", vhm_vm_error(e->vm));
+        if (!job)
+                rc = vhm_memory_checksum_threads(e->vm, checksum_threads(), &e->st->checksum);
+        if (rc < 0)
+                return fail(e, rc, "END: cannot read guest memory: %s", vhm_vm_error(e->vm));
         return 0;
 }
 

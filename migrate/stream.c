@@ -819,36 +819,14 @@ static void *ck_slice_run(void *arg) {
         return NULL;
 }
 
-/* Pages [first, end) of the layout hashed into hash[first..end) by up to `threads` threads, this one included. */
-static int hash_pages_threads(struct vhm_vm *vm, const struct vhm_rec_hello *layout, unsigned threads, uint64_t first,
-                              uint64_t end, uint64_t *hash) {
-        uint64_t pages = end - first;
-        threads = threads < 1 ? 1 : threads > VHM_CHECKSUM_MAX_THREADS ? VHM_CHECKSUM_MAX_THREADS : threads;
-        threads = pages < threads ? (pages ? (unsigned) pages : 1u) : threads;
-        struct ck_slice c[VHM_CHECKSUM_MAX_THREADS];
-        unsigned started = 0;
-        for (unsigned t = 0; t < threads; t++) {
-                c[t] = (struct ck_slice){ .vm = vm,
-                                          .layout = layout,
-                                          .first = first + pages * t / threads,
-                                          .end = first + pages * (t + 1) / threads,
-                                          .hash = hash };
-                /* Slice 0 runs on this thread; a thread that cannot start has its slice run here too. */
-                if (t > 0 && pthread_create(&c[t].thread, NULL, ck_slice_run, &c[t]) == 0)
-                        started |= 1u << t;
-        }
-        for (unsigned t = 0; t < threads; t++)
-                if (!(started & (1u << t)))
-                        ck_slice_run(&c[t]);
-        int r = 0;
-        for (unsigned t = 0; t < threads; t++) {
-                if (started & (1u << t))
-                        pthread_join(c[t].thread, NULL);
-                if (c[t].r < 0 && r == 0)
-                        r = c[t].r;
-        }
-        return r;
-}
+/* A pass over pages [0, pages) of the layout on up to `threads` threads of its own. */
+struct vhm_checksum_job {
+        struct vhm_rec_hello layout;
+        struct ck_slice slice[VHM_CHECKSUM_MAX_THREADS];
+        unsigned threads, started; /* started: a bit per slice whose thread runs */
+        uint64_t pages;
+        uint64_t *hash;
+};
 
 static uint64_t layout_pages(const struct vhm_rec_hello *layout) {
         uint64_t pages = 0;
@@ -857,38 +835,84 @@ static uint64_t layout_pages(const struct vhm_rec_hello *layout) {
         return pages;
 }
 
-int vhm_memory_checksum_threads(struct vhm_vm *vm, unsigned threads, uint64_t *out) {
-        struct vhm_rec_hello layout;
-        int r = vhm_rec_hello_from_vm(vm, &layout);
-        if (r < 0)
-                return r;
-        uint64_t pages = layout_pages(&layout);
-        uint64_t *hash = threads > 1 && pages >= threads ? malloc(pages * sizeof(*hash)) : NULL;
-        if (!hash)
-                return vhm_memory_checksum(vm, out);
-        r = hash_pages_threads(vm, &layout, threads, 0, pages, hash);
+/* The first `pages` pages (at most all) of the VM's layout, sliced, each slice on a thread (one that cannot start waits for the finish). */
+static int job_start(struct vhm_vm *vm, unsigned threads, uint64_t pages, struct vhm_checksum_job **out) {
+        struct vhm_checksum_job *j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        int r = vhm_rec_hello_from_vm(vm, &j->layout);
+        uint64_t all = r < 0 ? 0 : layout_pages(&j->layout);
+        j->pages = pages < all ? pages : all;
+        j->hash = r < 0 ? NULL : malloc((j->pages ? j->pages : 1) * sizeof(*j->hash));
+        if (r < 0 || !j->hash) {
+                free(j);
+                return r < 0 ? r : -ENOMEM;
+        }
+        threads = threads < 1 ? 1 : threads > VHM_CHECKSUM_MAX_THREADS ? VHM_CHECKSUM_MAX_THREADS : threads;
+        j->threads = j->pages < threads ? (j->pages ? (unsigned) j->pages : 1u) : threads;
+        for (unsigned t = 0; t < j->threads; t++) {
+                j->slice[t] = (struct ck_slice){ .vm = vm,
+                                                 .layout = &j->layout,
+                                                 .first = j->pages * t / j->threads,
+                                                 .end = j->pages * (t + 1) / j->threads,
+                                                 .hash = j->hash };
+                if (pthread_create(&j->slice[t].thread, NULL, ck_slice_run, &j->slice[t]) == 0)
+                        j->started |= 1u << t;
+        }
+        *out = j;
+        return 0;
+}
+
+/* Every slice done (those without a thread here), the first failure returned; the hashes stay in j->hash. */
+static int job_wait(struct vhm_checksum_job *j) {
+        int r = 0;
+        for (unsigned t = 0; t < j->threads; t++) {
+                if (j->started & (1u << t))
+                        pthread_join(j->slice[t].thread, NULL);
+                else
+                        ck_slice_run(&j->slice[t]);
+                if (j->slice[t].r < 0 && r == 0)
+                        r = j->slice[t].r;
+        }
+        return r;
+}
+
+static void job_free(struct vhm_checksum_job *j) {
+        free(j->hash);
+        free(j);
+}
+
+int vhm_memory_checksum_start(struct vhm_vm *vm, unsigned threads, struct vhm_checksum_job **out) {
+        return job_start(vm, threads, UINT64_MAX, out);
+}
+
+int vhm_memory_checksum_finish(struct vhm_checksum_job *j, uint64_t *out) {
+        int r = job_wait(j);
         uint64_t h = VHM_CHECKSUM_INIT;
-        for (uint64_t k = 0; r == 0 && k < pages; k++)
-                h = vhm_checksum_fold(h, hash[k]);
-        free(hash);
+        for (uint64_t k = 0; r == 0 && k < j->pages; k++)
+                h = vhm_checksum_fold(h, j->hash[k]);
+        job_free(j);
         if (r == 0)
                 *out = h;
         return r;
 }
 
+int vhm_memory_checksum_threads(struct vhm_vm *vm, unsigned threads, uint64_t *out) {
+        struct vhm_checksum_job *j;
+        if (threads <= 1 || job_start(vm, threads, UINT64_MAX, &j) < 0)
+                return vhm_memory_checksum(vm, out);
+        return vhm_memory_checksum_finish(j, out);
+}
+
 int vhm_memory_hash_sample(struct vhm_vm *vm, unsigned threads, uint64_t *pages) {
-        struct vhm_rec_hello layout;
-        int r = vhm_rec_hello_from_vm(vm, &layout);
+        struct vhm_checksum_job *j;
+        int r = job_start(vm, threads, *pages, &j);
         if (r < 0)
                 return r;
-        uint64_t all = layout_pages(&layout), n = *pages < all ? *pages : all;
-        uint64_t *hash = malloc((n ? n : 1) * sizeof(*hash));
-        if (!hash)
-                return -ENOMEM;
-        r = hash_pages_threads(vm, &layout, threads, 0, n, hash);
-        free(hash);
+        r = job_wait(j);
         if (r == 0)
-                *pages = n;
+                *pages = j->pages;
+        job_free(j);
         return r;
 }
 

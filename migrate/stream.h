@@ -225,6 +225,14 @@ int vhm_memory_checksum(struct vhm_vm *vm, uint64_t *out);
 #define VHM_CHECKSUM_MAX_THREADS 8u
 int vhm_memory_checksum_threads(struct vhm_vm *vm, unsigned threads, uint64_t *out);
 /*
+ * The same pass in the background, the caller free meanwhile (the source
+ * sends its last pages while the frozen memory is hashed).  A started job
+ * must be finished: that waits for it, gives the checksum and frees it.
+ */
+struct vhm_checksum_job;
+int vhm_memory_checksum_start(struct vhm_vm *vm, unsigned threads, struct vhm_checksum_job **out);
+int vhm_memory_checksum_finish(struct vhm_checksum_job *job, uint64_t *out);
+/*
  * The first `pages` pages in the same order hashed as vhm_memory_checksum_threads
  * hashes them (same threads, same reads), the hashes dropped: a sample of
  * that pass's speed, for an estimate of it over the whole memory.  *pages

@@ -828,6 +828,16 @@ static struct vhm_guest_stats live_migrate(unsigned nqp, struct live_run *run, s
         run->continue_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         assert_true(run->continue_fd >= 0);
         run->o.live = true;
+        /*
+         * The rounds here share two CPUs with testpmd's busy-polling core and
+         * the guest's traffic, which stop at the pause: the bandwidth a late
+         * round measures (a few hundred scattered pages) is a fraction of what
+         * the switchover gets.  These tests are about the protocol, not the
+         * bound (bench-migration measures the downtime), so unless a test sets
+         * its own, a loaded machine gets 1 s of slack instead of 300 ms.
+         */
+        if (!run->o.max_downtime_ms)
+                run->o.max_downtime_ms = 1000;
         run->o.cancel_fd = run->cancel_fd;
         run->o.continue_fd = run->continue_fd;
         run->o.progress = live_progress;
@@ -905,11 +915,11 @@ static void live_four_queue_pairs(void **state) {
         live_converges(4);
 }
 
-/* A limited bandwidth and 4 MiB the guest wrote during round 0: round 1 is needed. */
+/* A limited bandwidth and 4 MiB the guest wrote during round 0 (500 ms at 8 MiB/s, over 300): round 1 is needed. */
 static void live_limited_bandwidth_needs_rounds(void **state) {
         (void) state;
         struct baseline before = baseline_now();
-        struct live_run run = { .o.max_bandwidth = 8u << 20, .burst_bytes = 4u << 20 };
+        struct live_run run = { .o.max_bandwidth = 8u << 20, .o.max_downtime_ms = 300, .burst_bytes = 4u << 20 };
         struct incoming_job in;
         struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
         assert_live_completed(&run, &in, &at_pause, 1);
@@ -974,7 +984,7 @@ static void live_forced_switchover(void **state) {
         };
         struct incoming_job in;
         struct vhm_guest_stats at_pause = live_migrate(1, &run, &in);
-        assert_true(run.st.expected_downtime_ms > 300);
+        assert_true(run.st.expected_downtime_ms > run.o.max_downtime_ms);
         assert_live_completed(&run, &in, &at_pause, 1);
         finish(before);
 }
