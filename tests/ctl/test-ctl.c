@@ -1056,8 +1056,10 @@ static void test_migrate_live(void **state) {
         (void) state;
         struct pair p;
         pair_setup(&p, "lv");
+        char downtime[16];
+        snprintf(downtime, sizeof(downtime), "%u", scaled_downtime_ms(1000));
         struct run *r = expect(0, "--json", "migrate", "start", "vms", "--to", p.address, "--token", p.token, "--live",
-                               "--max-rounds", "5", "--max-downtime", "1000", "--max-bandwidth", "1G",
+                               "--max-rounds", "5", "--max-downtime", downtime, "--max-bandwidth", "1G",
                                "--pause-timeout", "2000", "--wait");
         unsigned updates;
         json_object *j = expect_migration_lines(r->out, true, &updates);
