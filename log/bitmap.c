@@ -320,6 +320,14 @@ void vhm_bitmap_clear_all(struct vhm_bitmap *bm) {
         memset(bm->words, 0, alloc_words(bm->nwords) * sizeof(uint64_t));
 }
 
+int vhm_bitmap_or(struct vhm_bitmap *into, const struct vhm_bitmap *from) {
+        if (from->npages > into->npages)
+                return -ERANGE;
+        for (uint64_t w = 0; w < from->nwords; w++)
+                into->words[w] |= from->words[w]; /* from's bits past its npages are 0 */
+        return 0;
+}
+
 /*
  * A memfd bitmap is sealed against resizing (whoever holds the fd relies on
  * its size), so it moves to a new memfd: a new fd, which a caller keeping

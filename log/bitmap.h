@@ -88,6 +88,8 @@ uint64_t vhm_bitmap_count(const struct vhm_bitmap *bm);
 
 /* Clear every page. */
 void vhm_bitmap_clear_all(struct vhm_bitmap *bm);
+/* Set every page set in from (a restart's other copy of the bitmap); -ERANGE when from has more pages. */
+int vhm_bitmap_or(struct vhm_bitmap *into, const struct vhm_bitmap *from);
 
 /* Change the number of pages.  Growing keeps every bit and adds clear pages
  * (memory hot-add); shrinking drops the pages at and past the new end.  A

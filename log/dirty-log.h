@@ -88,7 +88,9 @@ uint64_t vhm_log_npages(const struct vhm_log *log);
  * A bit is taken out of the log only by an atomic operation (see
  * enum vhm_log_harvest_impl), never by a read followed by a store, so a
  * bit a backend sets during the harvest is either taken now or stays in the
- * log for the next harvest: never lost.  Empty 1 KiB chunks and 64-byte
+ * log for the next harvest: never lost.  And only once it is in `into`:
+ * a process dying at any instruction leaves each bit in the log or in the
+ * bitmap (a restart keeps both memfds), never only in a register.  Empty 1 KiB chunks and 64-byte
  * lines are skipped after plain (vector) reads, which only say where to
  * look; no per-bit work is done.  Returns with acquire
  * ordering: the caller's later reads of the harvested pages are not moved
@@ -110,7 +112,8 @@ int vhm_log_harvest(struct vhm_log *log, struct vhm_bitmap *into, uint64_t *page
  * Harvest a DETACHED log: one no back-end writes any more.  The same result
  * as vhm_log_harvest, with plain loads and stores instead of atomics (no
  * locked instruction at any density), so it is faster on dense logs; the log
- * is all clear afterwards, ready to be handed out again.
+ * is all clear afterwards, ready to be handed out again.  Words are zeroed
+ * only after they are merged, as vhm_log_harvest does.
  *
  * This serves double-buffered logging: two logs of the same size, one given
  * to the back-ends; to harvest, SET_LOG_BASE the other (all clear) to every
@@ -133,13 +136,14 @@ int vhm_log_harvest_detached(struct vhm_log *log, struct vhm_bitmap *into, uint6
  * How the harvest takes bits out of the log.  Each log starts with AUTO,
  * which picks the fastest the CPU supports (RTM, then CAS16, then XCHG);
  * choosing one explicitly is for tests and benchmarks.
- *   XCHG   one 8-byte __atomic_exchange_n(word, 0) per non-zero word.
- *          Portable; the reference.
+ *   XCHG   per non-zero word, the value read merged, then one 8-byte
+ *          __atomic_fetch_and(word, ~value) (named for the exchange it
+ *          was before the merge came first).  Portable; the reference.
  *   CAS16  x86-64 with cmpxchg16b: per aligned word pair with both words
- *          non-zero, one 16-byte compare-exchange against the value just
- *          read (retried with the value it returns until it succeeds); a
- *          pair with one non-zero word takes one exchange.  The fewest
- *          locked instructions at every density.
+ *          non-zero, the pair merged, then one 16-byte compare-exchange
+ *          against the value merged (on failure the value it returns is
+ *          merged and tried in turn); a pair with one non-zero word takes
+ *          the XCHG path.  The fewest locked instructions at every density.
  *   RTM    x86-64 with working TSX: one hardware transaction per 1 KiB chunk
  *          with dirty lines reads, merges and zeroes them; a transaction a
  *          backend's write conflicts with aborts and that chunk is redone

@@ -15,20 +15,33 @@
  * backends write concurrently: they are only a hint of where to look (a bit
  * they miss stays in the log for the next harvest).  What is taken out of
  * the log is decided by an atomic operation only, never by a read followed
- * by a separate store:
+ * by a separate store.
  *
- *   XCHG   per non-zero word, one 8-byte atomic exchange with 0.
+ * Merged first, cleared after: a word's bits are ORed into the migration
+ * bitmap before the atomic operation takes exactly those bits out of the
+ * log, never the other way round.  The bitmap lives in a memfd a restart
+ * keeps, so whenever the process dies (SIGKILL between any two
+ * instructions) each dirty bit is in the log, in the bitmap or in both:
+ * none lives only in a register.  A bit in both is harvested again by the
+ * successor and counted once (merge counts only bits new to the bitmap).
+ * The ordering costs nothing: the exchange it replaces was one locked
+ * instruction per word too (docs/performance.md, "Dirty-log harvest").
+ *
+ *   XCHG   per non-zero word: read, merge, then one 8-byte atomic AND
+ *          with the complement of the value read (lock and: a bit a
+ *          back-end sets in between stays for the next harvest).  The
+ *          name is that of the exchange it was until the ordering above.
  *          Portable.  A locked instruction costs 4 to 7 ns on the x86
  *          parts measured, so a full log runs at 8 bytes per 4 ns or
  *          worse, well below memory bandwidth.
- *   CAS16  x86-64: per 16-byte pair with both words non-zero, lock
- *          cmpxchg16b of the value just read against 0 (retried with the
- *          value it returns until it succeeds); a pair with one non-zero
- *          word takes one exchange.  Half the locked instructions of XCHG
- *          on dense logs, the same on sparse ones; on the AMD EPYC it
- *          measured a little faster than XCHG at 10 and 100 % (each
- *          cmpxchg16b costs nearly two exchanges there), so this per-pair
- *          choice is the per-density one too.
+ *   CAS16  x86-64: per 16-byte pair with both words non-zero, the pair
+ *          merged, then lock cmpxchg16b of the value merged against 0
+ *          (on failure the value it returns is merged and tried in turn);
+ *          a pair with one non-zero word takes the XCHG path.  Half the
+ *          locked instructions of XCHG on dense logs, the same on sparse
+ *          ones; on the AMD EPYC it measured a little faster than XCHG at
+ *          10 and 100 % (each cmpxchg16b costs nearly two exchanges
+ *          there), so this per-pair choice is the per-density one too.
  *
  * The detached harvest (vhm_log_harvest_detached) shares the scan but takes
  * the words with plain loads and stores (a chunk half with every word
@@ -136,10 +149,22 @@ VHM_FORCE_INLINE uint64_t merge(uint64_t *bw, uint64_t v) {
         return (uint64_t) __builtin_popcountll(v & ~b);
 }
 
+/*
+ * Merge the value read, then clear exactly its bits (release: the merge's
+ * store is not moved past it).  Only we clear bits, so the word still holds
+ * every bit of v.
+ */
+VHM_FORCE_INLINE uint64_t take_value(uint64_t *lw, uint64_t *bw, uint64_t v) {
+        uint64_t fresh = merge(bw, VHM_LOG_TO_CPU(v));
+
+        __atomic_fetch_and(lw, ~v, __ATOMIC_RELEASE);
+        return fresh;
+}
+
 VHM_FORCE_INLINE uint64_t take_word_xchg(uint64_t *lw, uint64_t *bw) {
-        if (!rd(lw))
-                return 0;
-        return merge(bw, VHM_LOG_TO_CPU(__atomic_exchange_n(lw, 0, __ATOMIC_RELAXED)));
+        uint64_t v = rd(lw);
+
+        return v ? take_value(lw, bw, v) : 0;
 }
 
 VHM_FORCE_INLINE uint64_t take_line_xchg(uint64_t *l, uint64_t *b) {
@@ -188,13 +213,17 @@ VHM_FORCE_INLINE bool cas16_zero(uint64_t *p, uint64_t *lo, uint64_t *hi) {
 VHM_FORCE_INLINE uint64_t take_pair_cas16(uint64_t *l, uint64_t *b) {
         uint64_t lo = rd(&l[0]), hi = rd(&l[1]);
 
+        uint64_t fresh = 0;
+
         if (!hi)
-                return take_word_xchg(&l[0], &b[0]);
+                return lo ? take_value(&l[0], &b[0], lo) : 0;
         if (!lo)
-                return take_word_xchg(&l[1], &b[1]);
-        while (!cas16_zero(l, &lo, &hi))
-                ;
-        return merge(&b[0], VHM_LOG_TO_CPU(lo)) + merge(&b[1], VHM_LOG_TO_CPU(hi));
+                return take_value(&l[1], &b[1], hi);
+        /* Merged before the pair is cleared; a failed exchange returns what is there now, merged next. */
+        do
+                fresh += merge(&b[0], VHM_LOG_TO_CPU(lo)) + merge(&b[1], VHM_LOG_TO_CPU(hi));
+        while (!cas16_zero(l, &lo, &hi));
+        return fresh;
 }
 
 VHM_FORCE_INLINE uint64_t take_line_cas16(uint64_t *l, uint64_t *b) {
@@ -272,7 +301,7 @@ VHM_FORCE_INLINE uint64_t nonzero_mask(const uint64_t *l, bool avx2) {
 }
 #endif
 
-/* Take the words of mask: each was non-zero when read and only we clear bits, so no exchange is wasted. */
+/* Take the words of mask: each was non-zero when read and only we clear bits, so no locked instruction is wasted. */
 VHM_FORCE_INLINE uint64_t take_mask_xchg(uint64_t *l, uint64_t *b, uint64_t mask) {
         uint64_t fresh = 0;
 
@@ -280,7 +309,7 @@ VHM_FORCE_INLINE uint64_t take_mask_xchg(uint64_t *l, uint64_t *b, uint64_t mask
                 unsigned int k = (unsigned int) __builtin_ctzll(mask);
 
                 mask &= mask - 1;
-                fresh += merge(&b[k], VHM_LOG_TO_CPU(__atomic_exchange_n(&l[k], 0, __ATOMIC_RELAXED)));
+                fresh += take_value(&l[k], &b[k], rd(&l[k]));
         }
         return fresh;
 }

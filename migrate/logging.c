@@ -56,6 +56,14 @@ struct vhm_logging {
          * pages dirty until every device has acknowledged the current log.
          */
         bool incomplete;
+        /*
+         * Adopted with logs besides the current one (vhm_logging_adopt_kept):
+         * a device may be on any of them, so each harvest hands the current
+         * one to those that have not acknowledged it until all have.
+         */
+        bool reconfirm;
+        vhm_logging_keep_fn keep_ahead;
+        void *keep_data;
         char alloc_failure[160]; /* why the last log could not be allocated */
         char error[2048];
 };
@@ -314,51 +322,154 @@ static int adopt_bitmap(struct vhm_logging *l, int fd, uint64_t pages, uint64_t 
         return 0;
 }
 
-int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, int bitmap_fd, uint64_t bitmap_pages,
-                      bool pages_lost) {
-        if (l->active) {
-                if (log_fd >= 0)
-                        close(log_fd);
-                if (bitmap_fd >= 0)
-                        close(bitmap_fd);
-                return log_fail(l, -EBUSY, "logging is on already: no log to take back");
+static void retire_log(struct vhm_logging *l, struct vhm_log *old);
+
+static void close_kept(const struct vhm_logging_kept *k) {
+        if (k->log_fd >= 0)
+                close(k->log_fd);
+        if (k->bitmap_fd >= 0)
+                close(k->bitmap_fd);
+        for (unsigned i = 0; i < k->nother_logs && i < VHM_LOGGING_MAX_KEPT; i++)
+                close(k->other_logs[i]);
+        for (unsigned i = 0; i < k->nother_bitmaps && i < VHM_LOGGING_MAX_KEPT; i++)
+                close(k->other_bitmaps[i]);
+}
+
+/* A log kept whole: what it was made for follows from its memfd's size. */
+static int adopt_other_log(struct vhm_logging *l, int fd, struct vhm_log **out) {
+        struct stat st;
+        if (fstat(fd, &st) < 0 || st.st_size <= 0 ||
+            (uint64_t) st.st_size > VHM_LOG_MAX_TOP_GPA / (8 * VHM_PAGE_SIZE)) {
+                close(fd);
+                return log_fail(l, -EINVAL, "a kept dirty log: not a memfd of a log's size");
         }
-        struct vhm_log *log;
-        int r = vhm_log_adopt(log_fd, top_gpa, &log);
-        if (r < 0) {
-                if (bitmap_fd >= 0)
-                        close(bitmap_fd);
-                return log_fail(l, r, "the dirty log to take back for 0x%" PRIx64 " bytes of guest memory: %s", top_gpa,
-                                r == -EMSGSIZE ? "not of that size" : strerror(-r));
-        }
-        uint64_t need;
-        r = required_top(l, &need);
-        if (r == 0 && vhm_log_npages(log) < (need + VHM_PAGE_SIZE - 1) / VHM_PAGE_SIZE)
-                r = log_fail(l, -ERANGE, "the dirty log taken back covers 0x%" PRIx64 " bytes, the VM needs 0x%" PRIx64,
-                             top_gpa, need);
-        if (r == 0)
-                r = check_adopted_devices(l, log);
-        uint64_t npages = vhm_log_npages(log);
-        if (r == 0 && bitmap_fd >= 0)
-                r = adopt_bitmap(l, bitmap_fd, bitmap_pages, npages);
-        else if (bitmap_fd >= 0)
-                close(bitmap_fd);
-        if (r == 0 && (r = ensure_bitmap(l, npages)) < 0)
-                log_fail(l, r, "cannot allocate the migration bitmap: %s", strerror(-r));
-        if (r < 0) {
-                vhm_log_free(log);
-                bitmap_off(l);
-                return r;
-        }
-        l->log = log;
-        l->active = true;
-        l->incomplete = pages_lost;
+        int r = vhm_log_adopt(fd, (uint64_t) st.st_size * 8 * VHM_PAGE_SIZE, out);
+        if (r < 0)
+                return log_fail(l, r, "a kept dirty log of %" PRIu64 " bytes: %s", (uint64_t) st.st_size, strerror(-r));
         return 0;
 }
 
+/* Another copy of the migration bitmap (fd taken): its bits ORed in, the bitmap grown to cover it first. */
+static int merge_other_bitmap(struct vhm_logging *l, int fd) {
+        struct stat st;
+        struct vhm_bitmap *bm = NULL;
+        int r = -EINVAL;
+        if (fstat(fd, &st) < 0 || st.st_size <= 0 || (uint64_t) st.st_size > VHM_BITMAP_MAX_PAGES / 8)
+                close(fd);
+        else /* bits past the pages it was made for are clear: as many pages as it has bits */
+                r = vhm_bitmap_adopt(fd, (uint64_t) st.st_size * 8, &bm);
+        if (r == 0 && vhm_bitmap_npages(bm) > vhm_bitmap_npages(l->bitmap))
+                r = vhm_bitmap_resize(l->bitmap, vhm_bitmap_npages(bm));
+        if (r == 0)
+                r = vhm_bitmap_or(l->bitmap, bm);
+        vhm_bitmap_free(bm);
+        return r < 0 ? log_fail(l, r, "a kept copy of the migration bitmap: %s", strerror(-r)) : 0;
+}
+
+/*
+ * The logs taken back, into logs[0..*n), the largest first; each fd taken;
+ * stops at the first refused.  *npages: what log_fd's log covers.
+ */
+static int adopt_logs(struct vhm_logging *l, const struct vhm_logging_kept *k, struct vhm_log **logs, unsigned *n,
+                      uint64_t *npages) {
+        int r = vhm_log_adopt(k->log_fd, k->top_gpa, &logs[0]);
+        if (r < 0)
+                r = log_fail(l, r, "the dirty log to take back for 0x%" PRIx64 " bytes of guest memory: %s", k->top_gpa,
+                             r == -EMSGSIZE ? "not of that size" : strerror(-r));
+        *n = r == 0;
+        *npages = r == 0 ? vhm_log_npages(logs[0]) : 0;
+        for (unsigned i = 0; i < k->nother_logs; i++) {
+                if (r < 0)
+                        close(k->other_logs[i]);
+                else if ((r = adopt_other_log(l, k->other_logs[i], &logs[*n])) == 0)
+                        ++*n;
+        }
+        /* The largest first: it covers what any of them did, so no device is ever handed a smaller log. */
+        for (unsigned i = 1; i < *n; i++)
+                if (vhm_log_npages(logs[i]) > vhm_log_npages(logs[0])) {
+                        struct vhm_log *t = logs[0];
+                        logs[0] = logs[i];
+                        logs[i] = t;
+                }
+        return r;
+}
+
+/*
+ * The migration bitmap kept (fd taken; it must cover `covers`, its log's
+ * pages), or a new one, grown to npages, with the other copies ORed in.
+ */
+static int adopt_bitmaps(struct vhm_logging *l, const struct vhm_logging_kept *k, uint64_t covers, uint64_t npages,
+                         int r) {
+        if (r == 0 && k->bitmap_fd >= 0)
+                r = adopt_bitmap(l, k->bitmap_fd, k->bitmap_pages, covers);
+        else if (k->bitmap_fd >= 0)
+                close(k->bitmap_fd);
+        if (r == 0 && (r = ensure_bitmap(l, npages)) < 0)
+                log_fail(l, r, "cannot allocate the migration bitmap: %s", strerror(-r));
+        for (unsigned i = 0; i < k->nother_bitmaps; i++) {
+                if (r < 0)
+                        close(k->other_bitmaps[i]);
+                else
+                        r = merge_other_bitmap(l, k->other_bitmaps[i]);
+        }
+        return r;
+}
+
+int vhm_logging_adopt_kept(struct vhm_logging *l, const struct vhm_logging_kept *k) {
+        struct vhm_log *logs[1 + VHM_LOGGING_MAX_KEPT] = { NULL };
+        unsigned n = 0;
+        uint64_t covers = 0;
+        if (l->active || k->nother_logs > VHM_LOGGING_MAX_KEPT || k->nother_bitmaps > VHM_LOGGING_MAX_KEPT) {
+                close_kept(k);
+                return l->active ? log_fail(l, -EBUSY, "logging is on already: no log to take back")
+                                 : log_fail(l, -E2BIG, "more than %u kept logs or bitmaps", VHM_LOGGING_MAX_KEPT);
+        }
+        int r = adopt_logs(l, k, logs, &n, &covers);
+        uint64_t need;
+        if (r == 0 && (r = required_top(l, &need)) == 0 &&
+            vhm_log_npages(logs[0]) < (need + VHM_PAGE_SIZE - 1) / VHM_PAGE_SIZE)
+                r = log_fail(l, -ERANGE, "the dirty log taken back covers 0x%" PRIx64 " bytes, the VM needs 0x%" PRIx64,
+                             vhm_log_npages(logs[0]) * VHM_PAGE_SIZE, need);
+        /* With one log every connected device was on it; with more, the first harvests settle them. */
+        if (r == 0 && n == 1)
+                r = check_adopted_devices(l, logs[0]);
+        r = adopt_bitmaps(l, k, covers, r == 0 ? vhm_log_npages(logs[0]) : 0, r);
+        if (r < 0) {
+                for (unsigned i = 0; i < n; i++)
+                        vhm_log_free(logs[i]);
+                bitmap_off(l);
+                return r;
+        }
+        l->log = logs[0];
+        for (unsigned i = 1; i < n; i++)
+                retire_log(l, logs[i]); /* past the slots: freed, and the log marked incomplete */
+        l->reconfirm = n > 1;
+        l->active = true;
+        l->incomplete = l->incomplete || k->pages_lost;
+        return 0;
+}
+
+int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, int bitmap_fd, uint64_t bitmap_pages,
+                      bool pages_lost) {
+        struct vhm_logging_kept k = {
+                .log_fd = log_fd,
+                .top_gpa = top_gpa,
+                .bitmap_fd = bitmap_fd,
+                .bitmap_pages = bitmap_pages,
+                .pages_lost = pages_lost,
+        };
+        return vhm_logging_adopt_kept(l, &k);
+}
+
 bool vhm_logging_holds_pages(const struct vhm_logging *l) {
-        /* The migration bitmap is not among them: its memfd outlives the process. */
-        return l->nretired > 0 || l->incomplete;
+        /* The migration bitmap and the retired logs are not among them: their memfds outlive the process. */
+        return l->incomplete;
+}
+
+unsigned vhm_logging_retired_fds(const struct vhm_logging *l, int *fds, unsigned max) {
+        for (unsigned i = 0; i < l->nretired && i < max; i++)
+                fds[i] = vhm_log_fd(l->retired[i]);
+        return l->nretired;
 }
 
 int vhm_logging_bitmap_fd(const struct vhm_logging *l) {
@@ -453,10 +564,12 @@ static uint64_t merge_word(struct vhm_bitmap *bm, uint64_t w, uint64_t bits) {
 }
 
 /*
- * Plain reads find the non-zero words; only an atomic exchange takes bits
- * out, so a bit the VMM sets meanwhile is taken now or stays for the next
- * harvest.  log/'s harvest works on its own logs only, so this is a word
- * loop of its own.
+ * Plain reads find the non-zero words; only an atomic AND of the bits
+ * already merged takes them out, so a bit the VMM sets meanwhile is taken
+ * now or stays for the next harvest, and a process dying between the two
+ * leaves the bits in both (log/harvest.c orders its words the same way).
+ * log/'s harvest works on its own logs only, so this is a word loop of its
+ * own.
  */
 static void harvest_vmm_bitmaps(struct vhm_logging *l, uint64_t *new_pages) {
         *new_pages = 0;
@@ -464,10 +577,12 @@ static void harvest_vmm_bitmaps(struct vhm_logging *l, uint64_t *new_pages) {
         for (unsigned i = 0; i < l->nvmm; i++) {
                 const struct vmm_bitmap *b = &l->vmm[i];
                 for (uint64_t w = 0; w < b->nwords; w++) {
-                        if (!__atomic_load_n(&b->words[w], __ATOMIC_RELAXED))
+                        uint64_t bits = __atomic_load_n(&b->words[w], __ATOMIC_ACQUIRE);
+                        if (!bits)
                                 continue;
-                        uint64_t bits = __atomic_exchange_n(&b->words[w], 0, __ATOMIC_ACQ_REL);
+                        /* Merged first, then exactly those bits cleared: they are never only in a register. */
                         *new_pages += merge_word(l->bitmap, w, bits);
+                        __atomic_fetch_and(&b->words[w], ~bits, __ATOMIC_RELEASE);
                 }
                 if (b->nwords < span_words) {
                         /* Memory past the VMM's bitmap was added: what its vCPUs write there is unknown. */
@@ -497,6 +612,14 @@ static void retire_log(struct vhm_logging *l, struct vhm_log *old) {
                  " counts as dirty");
 }
 
+/* The log about to be handed out, and the bitmap, kept for a successor first (vhm_logging_set_keep_ahead). */
+static int keep_ahead(struct vhm_logging *l, const struct vhm_log *log) {
+        if (!l->keep_ahead)
+                return 0;
+        int r = l->keep_ahead(l->keep_data, vhm_log_fd(log), vhm_bitmap_fd(l->bitmap));
+        return r < 0 ? log_fail(l, r, "the new dirty log cannot be kept for a restart: %s", strerror(-r)) : 0;
+}
+
 /*
  * Double-buffered only where it cannot lose a page: every device declared to
  * switch logs under its queue locks, each on the current log now (so each
@@ -523,6 +646,8 @@ static bool can_switch(const struct vhm_logging *l, bool settled) {
 static int switch_and_harvest(struct vhm_logging *l, uint64_t *n) {
         if (!l->spare && vhm_log_new(vhm_log_npages(l->log) * VHM_PAGE_SIZE, &l->spare) < 0)
                 return 0;
+        if (keep_ahead(l, l->spare) < 0)
+                return 0;
         bool all_moved = true;
         for (unsigned i = 0; i < l->ndevices; i++)
                 if (vhm_device_set_log(l->devices[i], vhm_log_fd(l->spare), vhm_log_size_bytes(l->spare)) < 0) {
@@ -544,10 +669,27 @@ static int switch_and_harvest(struct vhm_logging *l, uint64_t *n) {
         return r < 0 ? log_fail(l, r, "harvest: %s", strerror(-r)) : 1;
 }
 
+/*
+ * After a restart that found more than one log: the current one to each
+ * connected device that has not acknowledged it (a failure leaves that
+ * device unsettled, tried again next time).
+ */
+static void reconfirm(struct vhm_logging *l) {
+        if (!l->reconfirm)
+                return;
+        for (unsigned i = 0; i < l->ndevices; i++) {
+                struct vhm_device *dev = l->devices[i];
+                if (vhm_device_conn(dev) && !vhm_device_log_acknowledged(dev, vhm_log_fd(l->log)) &&
+                    vhm_device_set_log(dev, vhm_log_fd(l->log), vhm_log_size_bytes(l->log)) < 0)
+                        log_fail(l, -EIO, "%s", vhm_device_error(dev));
+        }
+}
+
 int vhm_logging_harvest(struct vhm_logging *l, uint64_t *new_pages) {
         uint64_t total = 0, n;
         if (!l->log)
                 return log_fail(l, -ENODATA, "logging is off");
+        reconfirm(l);
         /* Looked at first: what a back-end wrote before acknowledging is in this harvest. */
         bool settled = all_on_current_log(l);
         int r = can_switch(l, settled) ? switch_and_harvest(l, &n) : 0;
@@ -579,6 +721,7 @@ int vhm_logging_harvest(struct vhm_logging *l, uint64_t *new_pages) {
         if (settled) {
                 free_retired(l);
                 l->incomplete = false;
+                l->reconfirm = false;
         }
         if (new_pages)
                 *new_pages = total;
@@ -599,6 +742,11 @@ int vhm_logging_resize(struct vhm_logging *l) {
         r = allocate_log(l, &fresh);
         if (r < 0)
                 return r;
+        /* Write-ahead: a successor must find the new log (and the bitmap allocate_log may have moved) first. */
+        if ((r = keep_ahead(l, fresh)) < 0) {
+                vhm_log_free(fresh);
+                return r;
+        }
         /* The new log to everyone first (SET_LOG_BASE is acknowledged by its reply). */
         bool all_moved = true;
         for (unsigned i = 0; i < l->ndevices; i++)
@@ -633,6 +781,18 @@ int vhm_logging_memory_changed(struct vhm_logging *l) {
 }
 
 /* ---- VMM dirty bitmaps ---------------------------------------------------------------- */
+
+bool vhm_logging_log_switch_locked(const struct vhm_logging *l, const struct vhm_device *dev) {
+        for (unsigned i = 0; i < l->ndevices; i++)
+                if (l->devices[i] == dev)
+                        return l->switch_locked[i];
+        return false;
+}
+
+void vhm_logging_set_keep_ahead(struct vhm_logging *l, vhm_logging_keep_fn keep, void *userdata) {
+        l->keep_ahead = keep;
+        l->keep_data = userdata;
+}
 
 int vhm_logging_set_log_switch_locked(struct vhm_logging *l, struct vhm_device *dev, bool locked) {
         for (unsigned i = 0; i < l->ndevices; i++) {

@@ -65,12 +65,62 @@ int vhm_logging_start(struct vhm_logging *l);
  */
 int vhm_logging_adopt(struct vhm_logging *l, int log_fd, uint64_t top_gpa, int bitmap_fd, uint64_t bitmap_pages,
                       bool pages_lost);
+
+/* Logs and migration bitmaps besides the adopted ones that a restart may find. */
+#define VHM_LOGGING_MAX_KEPT 8
+
+/*
+ * vhm_logging_adopt with everything the previous process kept, every fd
+ * taken in every case.  other_logs: logs a device may still write besides
+ * log_fd (a retired log; a log kept ahead, vhm_logging_set_keep_ahead, that
+ * some device may or may not have been given when the process died), any
+ * size (the memfd's).  With any, no device need have acknowledged log_fd,
+ * and the largest of all the logs becomes the current one: each is
+ * harvested atomically with it, each harvest hands the current log to every
+ * connected device that has not acknowledged it, and once all have, the
+ * others are freed.  More than there are retired slots: pages_lost.
+ * other_bitmaps: other copies of the migration bitmap (one a resize moved it
+ * to, kept ahead): their bits are ORed into bitmap_fd's (a copy refused by
+ * vhm_bitmap_adopt's checks fails the adoption).  Errors as vhm_logging_adopt.
+ */
+struct vhm_logging_kept {
+        int log_fd;
+        uint64_t top_gpa;
+        int bitmap_fd;
+        uint64_t bitmap_pages;
+        int other_logs[VHM_LOGGING_MAX_KEPT];
+        unsigned nother_logs;
+        int other_bitmaps[VHM_LOGGING_MAX_KEPT];
+        unsigned nother_bitmaps;
+        bool pages_lost;
+};
+int vhm_logging_adopt_kept(struct vhm_logging *l, const struct vhm_logging_kept *k);
+
 /*
  * Whether a restart would lose pages (vhm_logging_adopt's pages_lost) even
- * with the migration bitmap kept: a retired log is still harvested, or the
- * log is incomplete already.
+ * with the migration bitmap and the retired logs kept: the log is
+ * incomplete already.
  */
 bool vhm_logging_holds_pages(const struct vhm_logging *l);
+/*
+ * The retired logs' fds (vhm_logging_adopt_kept's other_logs for a
+ * successor), at most max; how many there are.  The logging keeps them.
+ */
+unsigned vhm_logging_retired_fds(const struct vhm_logging *l, int *fds, unsigned max);
+
+/*
+ * Write-ahead for a restart: keep(userdata, log_fd, bitmap_fd) is called
+ * with a log about to be handed to the devices (a resize's new log, a
+ * double-buffered harvest's spare) and the migration bitmap's memfd (which
+ * a resize may just have moved), before any device is sent SET_LOG_BASE for
+ * that log and before a bit is harvested into the moved bitmap, so that a
+ * process dying at any instant leaves a successor every fd that holds a
+ * dirty bit.  It returns 0 once both are kept; otherwise the log is not
+ * handed out: a resize fails with its error, a harvest takes the log
+ * atomically instead.  NULL: nothing is kept.
+ */
+typedef int (*vhm_logging_keep_fn)(void *userdata, int log_fd, int bitmap_fd);
+void vhm_logging_set_keep_ahead(struct vhm_logging *l, vhm_logging_keep_fn keep, void *userdata);
 /*
  * The migration bitmap's memfd (-1 before logging first started); the
  * logging keeps it.  A resize of the log may move the bitmap to a new memfd.
@@ -90,7 +140,10 @@ bool vhm_logging_active(const struct vhm_logging *l);
 
 /*
  * Fetch-and-clears the log (and any log retired by a resize) and every VMM
- * bitmap into the migration bitmap.
+ * bitmap into the migration bitmap: each word's bits are ORed into the
+ * bitmap before exactly those bits are cleared where they came from, so a
+ * process dying at any instant leaves every dirty bit in a log, a VMM
+ * bitmap or the migration bitmap's memfd.
  * While the log is incomplete (below), every page of the bitmap is set and
  * *new_pages is the bitmap's size.
  */
@@ -149,6 +202,8 @@ unsigned vhm_logging_bitmap_sources(const struct vhm_logging *l);
  * -ENOENT when dev was not added.
  */
 int vhm_logging_set_log_switch_locked(struct vhm_logging *l, struct vhm_device *dev, bool locked);
+/* What vhm_logging_set_log_switch_locked declared for dev (false for a device not added). */
+bool vhm_logging_log_switch_locked(const struct vhm_logging *l, const struct vhm_device *dev);
 /* Harvests that switched logs (double-buffered), since the logging was created. */
 uint64_t vhm_logging_switched_harvests(const struct vhm_logging *l);
 

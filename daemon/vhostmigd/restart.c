@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,7 @@ struct restart_vm {
         int bitmap_fds[VHM_LOGGING_MAX_BITMAPS]; /* the VMM bitmaps' memfds, our duplicates */
         unsigned nbitmaps;
         uint64_t last_hash; /* of the last state handed over */
+        ino_t log_ino;      /* the log's at the last capture (0: none): for the test builds' fault point */
         /* Under the VM's snap_lock. */
         json_object *pending;
         char **forget;
@@ -286,10 +288,17 @@ struct capture {
         bool failed;
 };
 
-static ssize_t stored_find(const struct restart_vm *rv, const char *base) {
-        for (size_t i = 0; i < rv->nstored; i++)
-                if (strcmp(rv->stored[i].base, base) == 0)
+/*
+ * The entry keeping fd (of stat st) as base: the same file, held as that fd
+ * (or taken back on start, -1).  A base may have several (the VM's logs).
+ */
+static ssize_t stored_find(const struct restart_vm *rv, const char *base, int fd, const struct stat *st) {
+        for (size_t i = 0; i < rv->nstored; i++) {
+                const struct stored_fd *e = &rv->stored[i];
+                if (strcmp(e->base, base) == 0 && (e->fd == fd || e->fd == -1) && e->dev == st->st_dev &&
+                    e->ino == st->st_ino)
                         return (ssize_t) i;
+        }
         return -1;
 }
 
@@ -305,8 +314,12 @@ static struct stored_fd *stored_append(struct restart_vm *rv) {
         return &rv->stored[rv->nstored++];
 }
 
-/* Keeps fd under a new unique name (base.N); the entry for base then says so. */
-static const char *keep_new(struct capture *c, ssize_t i, const char *base, int fd, const struct stat *st) {
+/*
+ * Keeps fd under a new unique name (base.N) in a new entry; the entry it
+ * replaces (unseen by this capture) leaves the store once a state without
+ * it is published.
+ */
+static const char *keep_new(struct capture *c, const char *base, int fd, const struct stat *st) {
         struct vm_object *o = c->o;
         struct restart *rs = o->daemon->restart;
         struct restart_vm *rv = o->restart;
@@ -320,14 +333,12 @@ static const char *keep_new(struct capture *c, ssize_t i, const char *base, int 
                 c->failed = true;
                 return NULL;
         }
-        struct stored_fd *e = i >= 0 ? &rv->stored[i] : stored_append(rv);
+        struct stored_fd *e = stored_append(rv);
         if (!e) {
                 (void) state_store_forget_fd(rs->store, name);
                 c->failed = true;
                 return NULL;
         }
-        if (i >= 0) /* replaced: the old one goes once no published state names it */
-                forget_later(o, e->name);
         snprintf(e->base, sizeof(e->base), "%s", base);
         snprintf(e->name, sizeof(e->name), "%s", name);
         e->fd = fd;
@@ -347,16 +358,15 @@ static const char *capture_fd(struct capture *c, const char *base, int fd, const
         struct stat st;
         if (fd < 0 || fstat(fd, &st) < 0)
                 return NULL;
-        ssize_t i = stored_find(rv, base);
-        const char *name = NULL;
         /* fd -1: taken back on start; the object holds a duplicate of it now. */
-        if (i >= 0 && (rv->stored[i].fd == fd || rv->stored[i].fd == -1) && rv->stored[i].dev == st.st_dev &&
-            rv->stored[i].ino == st.st_ino) {
+        ssize_t i = stored_find(rv, base, fd, &st);
+        const char *name = NULL;
+        if (i >= 0) {
                 rv->stored[i].fd = fd;
                 rv->stored[i].seen = true;
                 name = rv->stored[i].name;
         } else
-                name = keep_new(c, i, base, fd, &st);
+                name = keep_new(c, base, fd, &st);
         if (name && add(optional ? c->ofds : c->fds, name, json_object_new_string(kind)) < 0)
                 c->failed = true;
         return name;
@@ -510,6 +520,9 @@ static json_object *capture_device(struct capture *c, const struct device_object
         if (r >= 0)
                 r = add(j, "sid", json_object_new_int64(d->sid));
         if (r >= 0)
+                r = add(j, "log_switch_locked",
+                        json_object_new_boolean(vhm_logging_log_switch_locked(c->o->logging, d->dev)));
+        if (r >= 0)
                 r = add(j, "queues", capture_queues(c, d));
         if (r >= 0)
                 r = capture_connection(c, d, j);
@@ -574,6 +587,19 @@ static int capture_migration_bitmap(struct capture *c, json_object *log) {
         return r;
 }
 
+/* Logs a device may still write, harvested until every device takes the current one: kept as the log is. */
+static json_object *capture_retired(struct capture *c, const char *base) {
+        int fds[VHM_LOGGING_MAX_KEPT];
+        unsigned n = vhm_logging_retired_fds(c->o->logging, fds, VHM_LOGGING_MAX_KEPT);
+        json_object *a = json_object_new_array();
+        for (unsigned i = 0; a && i < n && i < VHM_LOGGING_MAX_KEPT; i++) {
+                const char *name = capture_fd(c, base, fds[i], STATE_STORE_KIND_MEMFD, false);
+                if (!name || push(a, json_object_new_string(name)) < 0)
+                        c->failed = true;
+        }
+        return a;
+}
+
 static int capture_logging(struct capture *c, json_object *w) {
         struct vm_object *o = c->o;
         bool on = vhm_logging_active(o->logging) && vhm_logging_log_fd(o->logging) >= 0;
@@ -591,6 +617,8 @@ static int capture_logging(struct capture *c, json_object *w) {
                 r = add_hex(log, "size", vhm_logging_log_size(o->logging));
         if (r >= 0)
                 r = add_fd(c, log, "fd", base, vhm_logging_log_fd(o->logging), STATE_STORE_KIND_MEMFD);
+        if (r >= 0)
+                r = add(log, "retired", capture_retired(c, base));
         if (r >= 0)
                 r = capture_migration_bitmap(c, log);
         if (r >= 0)
@@ -638,10 +666,71 @@ static void drop_unseen(struct vm_object *o) {
         rv->nstored = kept;
 }
 
+/* The fd kept under base unless it is already: for a write-ahead, which replaces nothing yet. */
+static void keep_ahead_fd(struct capture *c, const char *kind, int fd) {
+        struct restart_vm *rv = c->o->restart;
+        char base[NAME_MAX_LEN];
+        struct stat st;
+        if (fd < 0)
+                return;
+        if (state_store_fd_name(base, sizeof(base), "vm.%s.%s", c->o->name, kind) < 0 || fstat(fd, &st) < 0) {
+                c->failed = true;
+                return;
+        }
+        if (stored_find(rv, base, fd, &st) < 0)
+                (void) keep_new(c, base, fd, &st);
+}
+
+/*
+ * Worker, inside a job: a log about to be handed to the devices and the
+ * migration bitmap (vhm_logging_set_keep_ahead) go into the store before
+ * any back-end is told of them.  No state names them until the job's
+ * capture: a successor finds them by name (vm.NAME.log.N, vm.NAME.dirty.N)
+ * and harvests them with the log the state names.
+ */
+static int keep_ahead(void *userdata, int log_fd, int bitmap_fd) {
+        struct capture c = { .o = userdata };
+        if (!restart_enabled(c.o->daemon))
+                return 0;
+        keep_ahead_fd(&c, "log", log_fd);
+        keep_ahead_fd(&c, "dirty", bitmap_fd);
+        return c.failed ? -EIO : 0;
+}
+
+/* The current log's inode, 0 when not logging. */
+static ino_t log_inode(const struct vm_object *o) {
+        struct stat st;
+        int fd = vhm_logging_log_fd(o->logging);
+        return fd >= 0 && fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+
+/*
+ * Test builds only (meson -Dtests=true): VHOSTMIGD_TEST_FAULT=log-replaced
+ * kills the process at the first capture after a job replaced a VM's log
+ * (a double-buffered harvest, a resize), the window a write-ahead must
+ * cover: the back-ends write the new log, no state names it yet.
+ */
+static void fault_point(const struct vm_object *o) {
+#if VHOSTMIG_FAULT_POINTS
+        const char *f = getenv("VHOSTMIGD_TEST_FAULT");
+        ino_t ino = f && strcmp(f, "log-replaced") == 0 ? log_inode(o) : 0;
+        if (ino && o->restart->log_ino && ino != o->restart->log_ino) {
+                daemon_log(LOG_WARNING, o, NULL, "restart: fault point log-replaced: killed before the capture");
+                raise(SIGKILL);
+        }
+#else
+        (void) o;
+#endif
+}
+
 void restart_capture(struct vm_object *o) {
         struct restart_vm *rv = o->restart;
         if (!restart_enabled(o->daemon) || !o->vm || !o->logging)
                 return;
+        fault_point(o);
+        rv->log_ino = log_inode(o);
+        /* Before the first resize or switched harvest: only a job that turned logging on makes either. */
+        vhm_logging_set_keep_ahead(o->logging, keep_ahead, o);
         for (size_t i = 0; i < rv->nstored; i++)
                 rv->stored[i].seen = false;
         struct capture c = { .o = o };
@@ -833,13 +922,8 @@ struct restoring {
         struct restart_vm taken;
 };
 
-/* The fd stored as `name` (NULL: none): ours now, or -1. */
-static int take(struct restoring *x, const char *name) {
-        if (!name)
-                return -1;
-        int fd = state_restored_take_fd(x->st, name);
-        if (fd < 0)
-                return -1;
+/* fd, taken from the store as `name`, noted as stored there: the first capture finds it. */
+static int note_taken(struct restoring *x, int fd, const char *name) {
         struct stat st;
         struct stored_fd *e = fstat(fd, &st) == 0 ? stored_append(&x->taken) : NULL;
         if (!e)
@@ -852,6 +936,33 @@ static int take(struct restoring *x, const char *name) {
         if (dot)
                 *dot = '\0';
         return fd;
+}
+
+/* A VM's logging as the previous process kept it. */
+struct restored_logs {
+        bool on;
+        struct vhm_logging_kept k;
+        /* The log handed to the devices (one of k's) and its size; uncertain: more than one log kept. */
+        int dev_log_fd;
+        uint64_t dev_log_size;
+        bool uncertain;
+};
+
+/* The fd stored as `name` (NULL: none): ours now, or -1. */
+static int take(struct restoring *x, const char *name) {
+        if (!name)
+                return -1;
+        int fd = state_restored_take_fd(x->st, name);
+        return fd < 0 ? -1 : note_taken(x, fd, name);
+}
+
+/* Any fd stored as the VM's `kind` followed by a number only (kept ahead of the state): ours now, or -1. */
+static int take_numbered(struct restoring *x, const char *vm, const char *kind) {
+        char prefix[NAME_MAX_LEN], name[NAME_MAX_LEN];
+        if (state_store_fd_name(prefix, sizeof(prefix), "vm.%s.%s.", vm, kind) < 0)
+                return -1;
+        int fd = state_restored_take_numbered(x->st, prefix, name, sizeof(name));
+        return fd < 0 ? -1 : note_taken(x, fd, name);
 }
 
 static void close_fd(int fd) {
@@ -932,7 +1043,9 @@ static int restore_queues(struct restoring *x, json_object *dj, struct vhm_devic
  * stays disconnected: the monitor connects it again.
  */
 static void adopt_connection(struct restoring *x, struct vm_object *o, struct device_object *d, json_object *dj,
-                             int vm_log_fd, uint64_t log_size) {
+                             const struct restored_logs *logs) {
+        int vm_log_fd = logs->dev_log_fd;
+        uint64_t log_size = logs->dev_log_size;
         json_object *rj = NULL;
         int conn_fd = take(x, rd_fdname(dj, "conn"));
         int channel_fd = take(x, rd_fdname(dj, "channel"));
@@ -949,6 +1062,9 @@ static void adopt_connection(struct restoring *x, struct vm_object *o, struct de
                 return;
         }
         struct vhu_conn *conn = NULL;
+        /* More than one log kept: which one the back-end writes is not known; the first harvest settles it. */
+        if (r >= 0 && logs->uncertain)
+                rec.saved.log_acknowledged = false;
         if (r >= 0) {
                 rec.negotiated.channel_fd = channel_fd;
                 channel_fd = -1;
@@ -985,8 +1101,8 @@ static json_object *find_sid(json_object *devices, int64_t sid) {
 }
 
 /* One device: made as AddDevice made it, its queues set, its connection adopted. */
-static int restore_device(struct restoring *x, struct vm_object *o, json_object *lj, json_object *wdevices, int log_fd,
-                          uint64_t log_size) {
+static int restore_device(struct restoring *x, struct vm_object *o, json_object *lj, json_object *wdevices,
+                          const struct restored_logs *logs) {
         unsigned sid = rd_uint(&x->rd, lj, "sid", UINT32_MAX - 1);
         unsigned number = rd_uint(&x->rd, lj, "number", UINT32_MAX - 1);
         uint64_t created = rd_hex(&x->rd, lj, "created_usec");
@@ -1006,49 +1122,104 @@ static int restore_device(struct restoring *x, struct vm_object *o, json_object 
         }
         r = restore_queues(x, dj, d->dev);
         if (r >= 0) {
-                adopt_connection(x, o, d, dj, log_fd, log_size);
+                adopt_connection(x, o, d, dj, logs);
                 r = vhm_logging_add_device(o->logging, d->dev);
                 if (r < 0)
                         snprintf(x->rd.why, sizeof(x->rd.why), "device %u: %s", number, vhm_logging_error(o->logging));
+        }
+        /* The operator's declaration (AddDevice's LogSwitchLocked); a state without it had none. */
+        json_object *locked = NULL;
+        if (r >= 0 && json_object_object_get_ex(dj, "log_switch_locked", &locked)) {
+                d->loop.log_switch_locked = json_object_get_boolean(locked);
+                (void) vhm_logging_set_log_switch_locked(o->logging, d->dev, d->loop.log_switch_locked);
         }
         device_object_restored(o, d, r >= 0);
         return r;
 }
 
-/*
- * Logging goes on over the log (fd, taken) with the migration bitmap kept
- * beside it.  A state without that bitmap (an older daemon's) said in
- * "pages_lost" whether harvested pages died with it.
- */
-static void restore_log(struct restoring *x, struct vm_object *o, json_object *w, int fd, uint64_t size) {
-        json_object *log = NULL;
-        (void) json_object_object_get_ex(w, "log", &log);
-        bool kept = log && json_object_object_get_ex(log, "bitmap", NULL);
-        int dirty_fd = kept ? take(x, rd_fdname(log, "bitmap")) : -1;
-        uint64_t dirty_pages = kept ? rd_hex(&x->rd, log, "bitmap_pages") : 0;
-        const char *missing = fd < 0                 ? "the log is missing"
-                              : kept && dirty_fd < 0 ? "the migration bitmap is missing"
-                                                     : NULL;
-        if (missing) {
-                close_fd(fd);
-                close_fd(dirty_fd);
-                if (!x->rd.why[0])
-                        snprintf(x->rd.why, sizeof(x->rd.why), "logging: %s", missing);
-                return;
-        }
-        /* What the log was made for: its bits cover size * 8 pages. */
-        int r = vhm_logging_adopt(o->logging, fd, size * 8 * VHOSTMIG_PAGE_SIZE, dirty_fd, dirty_pages,
-                                  rd_bool(&x->rd, w, "pages_lost"));
-        if (r < 0 && !x->rd.why[0])
-                snprintf(x->rd.why, sizeof(x->rd.why), "logging: %s", vhm_logging_error(o->logging));
+static void close_logs(struct restored_logs *l) {
+        struct vhm_logging_kept *k = &l->k;
+        close_fd(k->log_fd);
+        close_fd(k->bitmap_fd);
+        for (unsigned i = 0; i < k->nother_logs; i++)
+                close_fd(k->other_logs[i]);
+        for (unsigned i = 0; i < k->nother_bitmaps; i++)
+                close_fd(k->other_bitmaps[i]);
+        *k = (struct vhm_logging_kept){ .log_fd = -1, .bitmap_fd = -1 };
 }
 
-/* Logging goes on where it was on (fd: the log, taken), the VMM bitmaps added back. */
-static int restore_logging(struct restoring *x, struct vm_object *o, json_object *w, int fd, uint64_t size) {
-        if (!rd_bool(&x->rd, w, "logging"))
-                close_fd(fd);
-        else
-                restore_log(x, o, w, fd, size);
+/* One more log or bitmap copy (fd taken) for the adoption; past the room for them, its pages are lost. */
+static void add_other(struct restored_logs *l, int *fds, unsigned *n, int fd) {
+        if (fd < 0)
+                return;
+        if (*n < VHM_LOGGING_MAX_KEPT) {
+                fds[(*n)++] = fd;
+                return;
+        }
+        close(fd);
+        l->k.pages_lost = true;
+}
+
+/*
+ * The devices are handed the largest log (vhm_logging_adopt_kept makes it
+ * the current one); with more than one, none is known to be on it.
+ */
+static void choose_device_log(struct restored_logs *l) {
+        struct stat st;
+        l->dev_log_fd = l->k.log_fd;
+        l->dev_log_size = l->k.top_gpa / (8 * VHOSTMIG_PAGE_SIZE);
+        for (unsigned i = 0; i < l->k.nother_logs; i++)
+                if (fstat(l->k.other_logs[i], &st) == 0 && (uint64_t) st.st_size > l->dev_log_size) {
+                        l->dev_log_fd = l->k.other_logs[i];
+                        l->dev_log_size = (uint64_t) st.st_size;
+                }
+        l->uncertain = l->k.nother_logs > 0;
+}
+
+/*
+ * Every log and copy of the migration bitmap the previous process kept: those
+ * the state names ("fd", "retired", "bitmap"), and those it kept ahead of a
+ * state naming them (a resize's new log and moved bitmap, a double-buffered
+ * harvest's next log: vm.NAME.log.N, vm.NAME.dirty.N), which some device
+ * may write or which hold harvested bits.  A state without the bitmap (an
+ * older daemon's) said in "pages_lost" whether harvested pages died with it.
+ */
+static void take_logs(struct restoring *x, const char *vm, json_object *w, struct restored_logs *l) {
+        json_object *log = NULL, *retired = NULL;
+        *l = (struct restored_logs){ .k = { .log_fd = -1, .bitmap_fd = -1 }, .dev_log_fd = -1 };
+        l->on = rd_bool(&x->rd, w, "logging");
+        if (!l->on || !json_object_object_get_ex(w, "log", &log))
+                return;
+        l->k.log_fd = take(x, rd_fdname(log, "fd"));
+        l->k.top_gpa = rd_hex(&x->rd, log, "size") * 8 * VHOSTMIG_PAGE_SIZE;
+        l->k.pages_lost = rd_bool(&x->rd, w, "pages_lost");
+        bool kept = json_object_object_get_ex(log, "bitmap", NULL);
+        l->k.bitmap_fd = kept ? take(x, rd_fdname(log, "bitmap")) : -1;
+        l->k.bitmap_pages = kept ? rd_hex(&x->rd, log, "bitmap_pages") : 0;
+        const char *missing = l->k.log_fd < 0              ? "the log is missing"
+                              : kept && l->k.bitmap_fd < 0 ? "the migration bitmap is missing"
+                                                           : NULL;
+        if (missing && !x->rd.why[0])
+                snprintf(x->rd.why, sizeof(x->rd.why), "logging: %s", missing);
+        if (json_object_object_get_ex(log, "retired", &retired) && json_object_is_type(retired, json_type_array))
+                for (size_t i = 0; i < json_object_array_length(retired); i++)
+                        add_other(l, l->k.other_logs, &l->k.nother_logs,
+                                  take(x, json_object_get_string(json_object_array_get_idx(retired, i))));
+        for (int fd; (fd = take_numbered(x, vm, "log")) >= 0;)
+                add_other(l, l->k.other_logs, &l->k.nother_logs, fd);
+        for (int fd; (fd = take_numbered(x, vm, "dirty")) >= 0;)
+                add_other(l, l->k.other_bitmaps, &l->k.nother_bitmaps, fd);
+        if (!x->rd.why[0])
+                choose_device_log(l);
+}
+
+/* Logging goes on where it was on (the logs taken), the VMM bitmaps added back. */
+static int restore_logging(struct restoring *x, struct vm_object *o, json_object *w, struct restored_logs *l) {
+        if (!l->on || x->rd.why[0])
+                close_logs(l);
+        else if (vhm_logging_adopt_kept(o->logging, &l->k) < 0 && !x->rd.why[0])
+                snprintf(x->rd.why, sizeof(x->rd.why), "logging: %s", vhm_logging_error(o->logging));
+        vhm_logging_set_keep_ahead(o->logging, keep_ahead, o);
         json_object *bitmaps = rd_get(&x->rd, w, "bitmaps", json_type_array);
         for (size_t i = 0; !x->rd.why[0] && i < json_object_array_length(bitmaps); i++) {
                 int bfd = take(x, json_object_get_string(json_object_array_get_idx(bitmaps, i)));
@@ -1084,6 +1255,7 @@ static void restore_stored(struct restoring *x, struct vm_object *o) {
         drop_unseen(o);
         rv->pending = w;
         rv->last_hash = w ? fnv(json_object_to_json_string_ext(w, JSON_C_TO_STRING_PLAIN)) : 0;
+        rv->log_ino = log_inode(o);
 }
 
 /* A migration the previous process was running ended with it. */
@@ -1128,16 +1300,14 @@ static int restore_vm(struct restoring *x, json_object *vj) {
         o->loop.state_change_usec = rd_hex(&x->rd, vj, "state_change_usec");
         o->next_device_number = rd_uint(&x->rd, vj, "next_device_number", UINT32_MAX - 1);
         o->restart->next_sid = rd_uint(&x->rd, vj, "next_sid", UINT32_MAX - 1);
-        json_object *log = NULL;
-        (void) json_object_object_get_ex(w, "log", &log);
-        int log_fd = log ? take(x, rd_fdname(log, "fd")) : -1;
-        uint64_t log_size = log ? rd_hex(&x->rd, log, "size") : 0;
+        struct restored_logs logs;
+        take_logs(x, name, w, &logs);
         for (size_t i = 0; r >= 0 && !x->rd.why[0] && i < json_object_array_length(ldevices); i++)
-                r = restore_device(x, o, json_object_array_get_idx(ldevices, i), wdevices, log_fd, log_size);
+                r = restore_device(x, o, json_object_array_get_idx(ldevices, i), wdevices, &logs);
         if (r >= 0 && !x->rd.why[0])
-                r = restore_logging(x, o, w, log_fd, log_size);
+                r = restore_logging(x, o, w, &logs);
         else
-                close_fd(log_fd);
+                close_logs(&logs);
         if (x->rd.why[0])
                 return -EINVAL;
         vm_object_restored(o);

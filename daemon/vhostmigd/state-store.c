@@ -507,6 +507,27 @@ int state_restored_take_fd(struct state_restored *r, const char *name) {
         return fd;
 }
 
+/* name is prefix followed by a number and nothing else. */
+static bool numbered(const char *name, const char *prefix) {
+        size_t len = strlen(prefix);
+        if (!name || strncmp(name, prefix, len) != 0 || !name[len])
+                return false;
+        return strspn(name + len, "0123456789") == strlen(name + len);
+}
+
+int state_restored_take_numbered(struct state_restored *r, const char *prefix, char *name, size_t name_len) {
+        for (size_t i = 0; i < r->n; i++) {
+                if (r->fds[i] < 0 || !numbered(r->names[i], prefix))
+                        continue;
+                if (snprintf(name, name_len, "%s", r->names[i]) >= (int) name_len)
+                        return -ENAMETOOLONG;
+                int fd = r->fds[i];
+                r->fds[i] = -1;
+                return fd;
+        }
+        return -ENOENT;
+}
+
 /* Fds nobody took, and any other slot's state, leave the store: nothing refers to them now. */
 void state_restored_free(struct state_store *s, struct state_restored *r) {
         if (!r)

@@ -92,6 +92,13 @@ uint64_t state_restored_generation(const struct state_restored *r);
 /* The fd stored under name, now the caller's; -ENOENT when none (or taken already). */
 int state_restored_take_fd(struct state_restored *r, const char *name);
 /*
+ * Any fd not taken yet whose name is prefix followed by a number only (the
+ * unique number ending a name): now the caller's, its name copied to name;
+ * -ENOENT when none is left.  For fds kept ahead of the state that would
+ * name them (a write-ahead), which the state's "fds" cannot list.
+ */
+int state_restored_take_numbered(struct state_restored *r, const char *prefix, char *name, size_t name_len);
+/*
  * Done with it: every fd not taken is closed and removed from the store
  * (nothing refers to it any more); the state stays stored until the next
  * state_store_publish replaces it.

@@ -96,6 +96,8 @@ static struct {
          */
         bool written[MEM_SIZE / 4096];
         uint64_t written_at_harvest;
+        /* VHOSTMIGD_TEST_FAULT for the next start ("": none). */
+        const char *fault;
 } t = { .daemon = -1, .tb = -1, .tb_fds = { -1, -1, -1, -1, -1 }, .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static void *receive_loop(void *arg) {
@@ -150,6 +152,10 @@ static void exec_daemon(const char *bin) {
         setenv("RUNTIME_DIRECTORY", t.dir, 1);
         unsetenv("JOURNAL_STREAM");
         unsetenv("WATCHDOG_USEC");
+        if (t.fault)
+                setenv("VHOSTMIGD_TEST_FAULT", t.fault, 1);
+        else
+                unsetenv("VHOSTMIGD_TEST_FAULT");
         execl(bin, "vhostmigd", "--config", t.config, (char *) NULL);
         _exit(127);
 }
@@ -304,8 +310,9 @@ static int add_device(void) {
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r >= 0)
-                r = sd_bus_message_append(m, "a{sv}", 3, "Features", "t", vhm_guest_driver_features(), "QueuePairs",
-                                          "u", 1u, "Mac", "s", macs);
+                /* DPDK switches logs under its queue locks: harvests are double-buffered. */
+                r = sd_bus_message_append(m, "a{sv}", 4, "Features", "t", vhm_guest_driver_features(), "QueuePairs",
+                                          "u", 1u, "Mac", "s", macs, "LogSwitchLocked", "b", 1);
         if (r >= 0 && (r = sd_bus_call(t.c, m, CALL_USEC, &e, &reply)) < 0)
                 r = bus_fail("AddDevice", &e, r);
         sd_bus_error_free(&e);
@@ -627,17 +634,18 @@ static int compare_objects(const char *before, const char *after, unsigned n) {
 
 /* ---- one restart ------------------------------------------------------------------------------------ */
 
-/* After a start: the same objects, logging on, nothing asked of the back-end, the pages it wrote found. */
-static int check_after_start(const char *before, unsigned n) {
-        char *after = NULL;
+/*
+ * After a start: logging on, nothing asked of the back-end, the first
+ * harvest finding the pages written (those the harvests before took kept),
+ * and switching logs (LogSwitchLocked kept: the harvest sends the back-end
+ * its next log).
+ */
+static int check_harvest(unsigned n, const char *how) {
         bool logging = false;
         uint64_t requests = UINT64_MAX, new_pages = 0, dirty = 0;
         sd_bus_message *reply = NULL;
-        int r = managed_objects(&after);
-        if (r >= 0)
-                r = compare_objects(before, after, n);
-        free(after);
-        if (r >= 0 && (r = get_bool(t.vm_path, VM_IF, "Logging", &logging)) >= 0 && !logging)
+        int r = 0;
+        if ((r = get_bool(t.vm_path, VM_IF, "Logging", &logging)) >= 0 && !logging)
                 r = fail("restart %u: logging is off", n);
         /* Before the harvest: a double-buffered harvest sends the back-end its next log. */
         if (r >= 0 && (r = get_u64(t.dev_path, DEV_IF, "Requests", &requests)) >= 0 && requests != 0)
@@ -659,11 +667,23 @@ static int check_after_start(const char *before, unsigned n) {
                          ", %" PRIu64 " of them since the last harvest",
                          n, new_pages, dirty, written, written - t.written_at_harvest);
         t.written_at_harvest = written;
+        if (r >= 0 && (r = get_u64(t.dev_path, DEV_IF, "Requests", &requests)) >= 0 && requests == 0)
+                r = fail("restart %u: the harvest did not switch logs (LogSwitchLocked lost?)", n);
         if (r >= 0)
-                printf("restart %2u (%s): objects equal, logging on, 0 requests, harvest %" PRIu64
-                       " new page(s), %" PRIu64 " dirty = %" PRIu64 " written; store %zu fd(s)\n",
-                       n, n % 2 ? "SIGKILL" : "SIGTERM", new_pages, dirty, written, store_size());
+                printf("restart %2u (%s): logging on, 0 requests, harvest %" PRIu64 " new page(s), %" PRIu64
+                       " dirty = %" PRIu64 " written, switched; store %zu fd(s)\n",
+                       n, how, new_pages, dirty, written, store_size());
         return r;
+}
+
+/* After a start: the same objects, then check_harvest. */
+static int check_after_start(const char *before, unsigned n) {
+        char *after = NULL;
+        int r = managed_objects(&after);
+        if (r >= 0)
+                r = compare_objects(before, after, n);
+        free(after);
+        return r < 0 ? r : check_harvest(n, n % 2 ? "SIGKILL" : "SIGTERM");
 }
 
 static int restart_once(unsigned n) {
@@ -687,6 +707,47 @@ static int restart_once(unsigned n) {
                          tb_requests() - tb_before);
         free(before);
         return r;
+}
+
+/*
+ * Killed between a harvest that handed the back-end a new log and that
+ * harvest's capture (the test builds' fault point): the state published
+ * names the log the back-end left, and the back-end writes the new one
+ * while no daemon runs.  The successor finds the new log (kept ahead of the
+ * state) and the first harvest finds every page written since.  Run first,
+ * with no traffic since logging started: the guest writes the same few
+ * hundred pages over and over, so only then are the pages written while no
+ * daemon runs new to the migration bitmap.
+ */
+static int died_before_capture(unsigned n) {
+        sd_bus_message *reply = NULL;
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        t.fault = "log-replaced";
+        int r = daemon_stop(SIGTERM);
+        if (r >= 0)
+                r = daemon_start();
+        t.fault = NULL;
+        /* The pages this harvest takes are in the migration bitmap's memfd before it dies. */
+        uint64_t written = r >= 0 ? pages_written() : 0;
+        if (r >= 0 && sd_bus_call_method(t.c, DEST, t.vm_path, VM_IF, "Harvest", &e, &reply, "") >= 0)
+                r = fail(
+                        "restart %u: the harvest returned: it switched no log (LogSwitchLocked lost?), or no fault point",
+                        n);
+        sd_bus_error_free(&e);
+        sd_bus_message_unref(reply);
+        int status = 0;
+        if (r >= 0 &&
+            (waitpid(t.daemon, &status, 0) != t.daemon || !WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL))
+                r = fail("restart %u: vhostmigd did not die at the fault point (status 0x%x)", n, status);
+        if (r >= 0) {
+                t.daemon = -1;
+                t.written_at_harvest = written;
+                receive_notifications();
+                r = traffic(TRAFFIC_MS);
+        }
+        if (r >= 0)
+                r = daemon_start();
+        return r < 0 ? r : check_harvest(n, "killed before a capture");
 }
 
 /* ---- a migration the daemon was running when it died ------------------------------------------------ */
@@ -1075,6 +1136,8 @@ static int run(void) {
                 r = start_vm();
         if (r >= 0)
                 r = start_tb_vm();
+        if (r >= 0)
+                r = died_before_capture(0);
         for (unsigned n = 1; r >= 0 && n <= RESTARTS; n++)
                 r = restart_once(n);
         if (r >= 0) {

@@ -42,8 +42,19 @@ static int setup(void **state) {
         return restart_fx_setup("adoptfd");
 }
 
+/* What the daemon's fd store would keep ahead (vhm_logging_set_keep_ahead): duplicates, the latest. */
+static struct {
+        int log_fd, bitmap_fd;
+        unsigned calls;
+} ahead = { -1, -1, 0 };
+
 static int teardown(void **state) {
         (void) state;
+        if (ahead.log_fd >= 0)
+                close(ahead.log_fd);
+        if (ahead.bitmap_fd >= 0)
+                close(ahead.bitmap_fd);
+        ahead.log_fd = ahead.bitmap_fd = -1;
         vhm_logging_free(fx_logging);
         vhm_logging_free(fx_old_logging);
         fx_logging = fx_old_logging = NULL;
@@ -241,6 +252,109 @@ static void restart_refuses_a_bitmap_that_does_not_fit(void **state) {
         assert_true(fcntl(k.log_fd, F_GETFD) < 0 && errno == EBADF);
 }
 
+static int keep_ahead(void *userdata, int log_fd, int bitmap_fd) {
+        (void) userdata;
+        if (ahead.log_fd >= 0)
+                close(ahead.log_fd);
+        if (ahead.bitmap_fd >= 0)
+                close(ahead.bitmap_fd);
+        ahead.log_fd = fcntl(log_fd, F_DUPFD_CLOEXEC, 3);
+        ahead.bitmap_fd = bitmap_fd >= 0 ? fcntl(bitmap_fd, F_DUPFD_CLOEXEC, 3) : -1;
+        ahead.calls++;
+        return ahead.log_fd >= 0 ? 0 : -errno;
+}
+
+/* Guest memory grows by 1 MiB at 16 MiB (pages 4096..4351), past the log. */
+static void memory_grows(void) {
+        int fd = memfd_create("adoptfd-more", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, 1 << 20), 0);
+        assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+        struct vhm_region_spec s = { .fd = fd, .guest_phys_addr = 16u << 20, .size = 1u << 20 };
+        assert_int_equal(vhm_vm_add_region(fx.vm, &s), 0);
+        close(fd);
+}
+
+/*
+ * A death between a resize and the capture that would name its result: the
+ * state names the log and the bitmap from before, the back-end writes the
+ * new log, and the pages the resize harvested out of the old log are only
+ * in the bitmap's new memfd.  Both were kept ahead (before SET_LOG_BASE):
+ * the successor adopts them beside the state's, and finds every page.
+ */
+static void restart_after_a_resize_finds_what_was_kept_ahead(void **state) {
+        (void) state;
+        previous_process();
+        vhm_logging_set_keep_ahead(fx_old_logging, keep_ahead, NULL);
+        static const uint64_t before[] = { 5, 600 }, after[] = { 7, 4100 };
+        backend_logs(vhm_logging_log_fd(fx_old_logging), vhm_logging_log_size(fx_old_logging), before, 2);
+        /* The state published last. */
+        int state_log = fcntl(vhm_logging_log_fd(fx_old_logging), F_DUPFD_CLOEXEC, 3);
+        int state_bitmap = fcntl(vhm_logging_bitmap_fd(fx_old_logging), F_DUPFD_CLOEXEC, 3);
+        uint64_t state_log_size = vhm_logging_log_size(fx_old_logging);
+        uint64_t state_pages = vhm_bitmap_npages(vhm_logging_bitmap(fx_old_logging));
+        assert_true(state_log >= 0 && state_bitmap >= 0);
+
+        memory_grows();
+        LOG_CHECK(fx_old_logging, vhm_logging_memory_changed(fx_old_logging));
+        /* Kept before the back-end was told: the new log, and the bitmap the resize moved. */
+        assert_int_equal(ahead.calls, 1);
+        assert_int_equal(inode(ahead.log_fd), inode(vhm_logging_log_fd(fx_old_logging)));
+        assert_int_equal(inode(ahead.bitmap_fd), inode(vhm_logging_bitmap_fd(fx_old_logging)));
+        assert_true(inode(ahead.bitmap_fd) != inode(state_bitmap));
+        uint64_t new_size = vhm_logging_log_size(fx_old_logging);
+        assert_true(new_size > state_log_size);
+
+        /* It dies now: no capture named them. */
+        struct kept k;
+        previous_process_ends(&k);
+        close(k.log_fd);
+        close(k.bitmap_fd);
+        backend_logs(ahead.log_fd, new_size, after, 2);
+
+        /* Two logs kept: the device is not known to be on either (restart.c says so). */
+        k.saved.log_acknowledged = false;
+        struct vhu_conn *conn = NULL;
+        assert_int_equal(vhu_conn_adopt(k.conn_fd, &k.negotiated, NULL, &conn, NULL, 0), 0);
+        fx.dev = restart_fx_new_device();
+        struct vhm_device_adoption a = { .conn = conn, .listen_fd = -1, .log_fd = ahead.log_fd, .log_size = new_size };
+        DEV_CHECK(fx.dev, vhm_device_adopt(fx.dev, &a, &k.saved));
+        assert_int_equal(vhm_logging_new(fx.vm, &fx_logging), 0);
+        LOG_CHECK(fx_logging, vhm_logging_add_device(fx_logging, fx.dev));
+        struct vhm_logging_kept kept = {
+                .log_fd = state_log,
+                .top_gpa = state_log_size * 8 * PAGE,
+                .bitmap_fd = state_bitmap,
+                .bitmap_pages = state_pages,
+                .other_logs = { ahead.log_fd },
+                .nother_logs = 1,
+                .other_bitmaps = { ahead.bitmap_fd },
+                .nother_bitmaps = 1,
+        };
+        ahead.log_fd = ahead.bitmap_fd = -1; /* taken */
+        LOG_CHECK(fx_logging, vhm_logging_adopt_kept(fx_logging, &kept));
+        /* The largest is the current log: no device is ever handed a smaller one. */
+        assert_int_equal(vhm_logging_log_size(fx_logging), new_size);
+        assert_false(vhm_logging_holds_pages(fx_logging));
+
+        /* What the resize harvested is in the migration bitmap already, what the back-end wrote since in the log. */
+        const struct vhm_bitmap *bm = vhm_logging_bitmap(fx_logging);
+        assert_int_equal(vhm_bitmap_count(bm), 2);
+        assert_true(vhm_bitmap_test(bm, before[0]) && vhm_bitmap_test(bm, before[1]));
+        uint64_t found = 0;
+        LOG_CHECK(fx_logging, vhm_logging_harvest(fx_logging, &found));
+        assert_int_equal(found, 2);
+        for (unsigned i = 0; i < 2; i++)
+                assert_true(vhm_bitmap_test(bm, before[i]) && vhm_bitmap_test(bm, after[i]));
+        assert_int_equal(vhm_bitmap_count(bm), 4);
+        /* That harvest handed the device the current log; the older one is let go. */
+        assert_true(vhm_device_log_acknowledged(fx.dev, vhm_logging_log_fd(fx_logging)));
+        int retired[VHM_LOGGING_MAX_KEPT];
+        assert_int_equal(vhm_logging_retired_fds(fx_logging, retired, VHM_LOGGING_MAX_KEPT), 0);
+        LOG_CHECK(fx_logging, vhm_logging_harvest(fx_logging, &found));
+        assert_int_equal(found, 0);
+}
+
 /* A log that is not ours in the way vhm_log_new makes it is refused, its fd closed. */
 static void log_adopt_refuses_what_it_cannot_trust(void **state) {
         (void) state;
@@ -377,6 +491,7 @@ int main(void) {
                 TEST(restart_after_a_harvest_keeps_its_pages),
                 TEST(restart_without_the_bitmap_marks_every_page),
                 TEST(restart_refuses_a_bitmap_that_does_not_fit),
+                TEST(restart_after_a_resize_finds_what_was_kept_ahead),
                 TEST(log_adopt_refuses_what_it_cannot_trust),
                 TEST(conn_adopt_refuses_what_it_cannot_trust),
                 TEST(logging_adopt_refuses_a_log_the_device_was_not_on),
