@@ -77,17 +77,28 @@ run_valgrind() {
   mkdir -p "$logs"
   VALGRIND_LOG_DIR=$(cd "$logs" && pwd) meson test -C "$dir" --print-errorlogs --num-processes 1 \
     --suite integration --timeout-multiplier 10 --wrapper "$top/tests/valgrind-wrap.sh" "$@" || rc=$?
-  local runs errors leaks
+  local runs errors leaks prog
+  local -A procs=() bads=()
   runs=$(ls "$logs" | wc -l)
   for f in "$logs"/*.log; do
     [ -e "$f" ] || continue
+    # PROGRAM.PID.log or PROGRAM.vhostmigd.PID.log (tests/valgrind-wrap.sh)
+    prog=$(basename "$f" | sed -E 's/\.[0-9]+\.log$//')
+    procs[$prog]=$(( ${procs[$prog]:-0} + 1 ))
     errors=$(awk '/ERROR SUMMARY:/ {n = $4} END {print n + 0}' "$f")
     leaks=$(awk '/definitely lost:/ {gsub(",", "", $4); n = $4} END {print n + 0}' "$f")
     if [ "$errors" -ne 0 ] || [ "$leaks" -ne 0 ]; then
       echo "run.sh: $f: $errors errors, $leaks bytes definitely lost; the first:" >&2
       grep -m1 -A24 -E "Invalid|uninitialised|definitely lost in|Syscall param|Mismatched|Conditional jump|overlap" "$f" >&2 || true
       bad=$((bad + 1))
+      bads[$prog]=$(( ${bads[$prog]:-0} + 1 ))
     fi
+  done
+  # Per program: a failed test leaks what cmocka's longjmp skipped, and every
+  # process it forks afterwards inherits that heap and reports it too, so
+  # the first bad log of a program is the one to read.
+  for prog in $(printf '%s\n' "${!procs[@]}" | sort); do
+    printf 'valgrind: %-40s %4d processes, %d with errors or definite leaks\n' "$prog" "${procs[$prog]}" "${bads[$prog]:-0}"
   done
   echo "valgrind: $runs processes checked, $bad with errors or definite leaks (logs in $logs)"
   [ "$bad" -eq 0 ] && return "$rc"
