@@ -493,6 +493,7 @@ int vhm_logging_stop(struct vhm_logging *l) {
         bitmap_off(l);
         l->active = false;
         l->incomplete = false;
+        l->reconfirm = false;
         return first_error;
 }
 
