@@ -138,6 +138,55 @@ static void round_trip(void **state) {
         json_object_put(body);
 }
 
+/*
+ * Fds kept ahead of the state (a new log, a moved bitmap) are found by their
+ * prefix and a number only: not another kind of the VM's, not another VM's
+ * whose name starts the same, not one taken already.
+ */
+static void numbered_fds_found_by_prefix(void **state) {
+        (void) state;
+        static const char *const kept[] = { "vm.a.log.7",      "vm.a.log.mem.0.8", "vm.a.log.9x",
+                                            "vm.a.log.log.10", "vm.a.dirty.11",    "vm.a.log.12" };
+        json_object *body = save_vm();
+        for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
+                int fd = sealed_memfd(4096);
+                assert_int_equal(state_store_keep_fd(fx.s, kept[i], fd), 0);
+                close(fd);
+        }
+        while (fdstore_receive(&fx.store, 200) > 0)
+                ;
+        int fds[16];
+        char *names[16], name[STATE_STORE_NAME_MAX + 1];
+        size_t n = handed(fds, names);
+        struct state_store *s2;
+        struct state_restored *r;
+        assert_int_equal(state_store_new(&s2), 0);
+        assert_int_equal(state_store_restore_fds(s2, fds, names, n, &r, fx.why, sizeof(fx.why)), 0);
+        int a = state_restored_take_numbered(r, "vm.a.log.", name, sizeof(name));
+        assert_true(a >= 0);
+        assert_string_equal(name, "vm.a.log.7");
+        int b = state_restored_take_numbered(r, "vm.a.log.", name, sizeof(name));
+        assert_true(b >= 0);
+        assert_string_equal(name, "vm.a.log.12");
+        assert_int_equal(state_restored_take_numbered(r, "vm.a.log.", name, sizeof(name)), -ENOENT);
+        int c = state_restored_take_numbered(r, "vm.a.dirty.", name, sizeof(name));
+        assert_true(c >= 0);
+        assert_string_equal(name, "vm.a.dirty.11");
+        assert_int_equal(state_restored_take_numbered(r, "vm.a.dirty.", name, sizeof(name)), -ENOENT);
+        /* The others are not taken: they leave the store with the restored state. */
+        state_restored_free(s2, r);
+        fdstore_receive(&fx.store, 200);
+        assert_int_equal(fdstore_count(&fx.store, "vm.a.log.mem.0.8"), 0);
+        assert_int_equal(fdstore_count(&fx.store, "vm.a.log.9x"), 0);
+        assert_int_equal(fdstore_count(&fx.store, "vm.a.log.log.10"), 0);
+        assert_int_equal(fdstore_count(&fx.store, "vm.a.log.7"), 1);
+        close(a);
+        close(b);
+        close(c);
+        state_store_free(s2);
+        json_object_put(body);
+}
+
 /* The stored state's text with `from` replaced by `to`, in a memfd sealed as the real one is. */
 static int altered_state(const char *from, const char *to, unsigned seals) {
         int st = fdstore_fd(&fx.store, STATE_STORE_SLOT_A);
@@ -327,6 +376,7 @@ static void disabled_without_notify_socket(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
+                TEST(numbered_fds_found_by_prefix),
                 TEST(round_trip),
                 TEST(corrupt_state_refused),
                 TEST(not_json_refused),
