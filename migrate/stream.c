@@ -34,7 +34,8 @@
 #define MAX_OPTIONAL_UNKNOWN (1u << 20)
 #define MAX_IOV              300u
 /* TLS: the guest pages staged at a time, through one guarded copy (one batch). */
-#define BOUNCE_SIZE ((size_t) VHM_REC_PAGE_SIZE * VHM_REC_MAX_PAGES_PER_BATCH)
+/* TLS: what the source copies out of guest memory at a time, to encrypt while it is in cache. */
+#define TLS_CHUNK ((size_t) 64u << 10)
 
 /* The table below is aligned by hand, a row a record. */
 /* clang-format off */
@@ -938,7 +939,7 @@ struct vhm_stream {
         uint64_t sent, received;
         uint8_t *buf;
         size_t cap;
-        uint8_t *bounce; /* TLS: guest pages copied out through the guard, then encrypted */
+        uint8_t *bounce; /* TLS: TLS_CHUNK of guest pages copied out through the guard, then encrypted */
         char error[512];
 };
 
@@ -1092,12 +1093,15 @@ static void advance_iov(struct iovec **iov, unsigned *n, size_t w) {
         }
 }
 
-static int write_all(struct vhm_stream *s, struct iovec *iov, unsigned n, const char *what) {
+/* Every byte of iov taken by the channel; with `flush`, on the wire too (TLS holds some until then). */
+static int write_iov(struct vhm_stream *s, struct iovec *iov, unsigned n, const char *what, bool flush) {
         uint64_t deadline = call_deadline(s);
         short events;
         for (;;) {
                 while (n > 0 && iov->iov_len == 0)
                         iov++, n--;
+                if (n == 0 && !flush)
+                        return 0;
                 ssize_t w = n > 0 ? chan_write(s, iov, n, &events) : chan_flush(s, &events);
                 if (w == -EINTR)
                         continue;
@@ -1114,6 +1118,10 @@ static int write_all(struct vhm_stream *s, struct iovec *iov, unsigned n, const 
                 s->sent += (uint64_t) w;
                 advance_iov(&iov, &n, (size_t) w);
         }
+}
+
+static int write_all(struct vhm_stream *s, struct iovec *iov, unsigned n, const char *what) {
+        return write_iov(s, iov, n, what, true);
 }
 
 static int read_exact(struct vhm_stream *s, void *buf, size_t len, uint64_t deadline, const char *what) {
@@ -1521,18 +1529,42 @@ int vhm_stream_send_pages(struct vhm_stream *s, const struct vhm_rec_page *pages
         return r;
 }
 
-/* Over TLS the runs are copied out through the guard first: GnuTLS reads them in user space. */
-static int stage_runs(struct vhm_stream *s, struct vhm_vm *vm, struct iovec *iov, const uint64_t *gpa, unsigned n) {
-        if (!s->bounce && !(s->bounce = malloc(BOUNCE_SIZE)))
+/*
+ * Over TLS GnuTLS reads the pages in user space, so they are copied out
+ * through the guard first: TLS_CHUNK at a time, each encrypted while it is
+ * still in cache, instead of the whole batch copied out and then read again
+ * from memory.  iov[0] is the count and page list, iov[1..n) the runs at
+ * gpa[1..n).  A page found gone fails the call after part of the record
+ * went out: the stream is unusable then, as on a plain stream.
+ */
+static int send_tls_runs(struct vhm_stream *s, struct vhm_vm *vm, const struct iovec *iov, const uint64_t *gpa,
+                         unsigned n) {
+        if (!s->bounce && !(s->bounce = malloc(TLS_CHUNK)))
                 return sfail(s, -ENOMEM, "PAGES: out of memory");
-        size_t off = 0;
-        for (unsigned i = 1; i < n; i++) {
-                if (vhm_vm_read(vm, gpa[i], s->bounce + off, iov[i].iov_len) < 0)
-                        return sfail(s, -EIO, "PAGES: %s", vhm_vm_error(vm));
-                iov[i].iov_base = s->bounce + off;
-                off += iov[i].iov_len;
-        }
-        return 0;
+        if (cancelled(s))
+                return sfail(s, -ECANCELED, "PAGES: cancelled");
+        uint64_t total = 0;
+        for (unsigned i = 0; i < n; i++)
+                total += iov[i].iov_len;
+        uint8_t hdr[VHM_REC_HDR_SIZE], *p = hdr;
+        put16(&p, VHM_REC_PAGES);
+        put16(&p, 0);
+        put32(&p, (uint32_t) total);
+        struct iovec head[2] = { { hdr, sizeof(hdr) }, iov[0] };
+        int r = write_iov(s, head, 2, "PAGES", false);
+        for (unsigned i = 1; r == 0 && i < n; i++)
+                for (size_t off = 0; r == 0 && off < iov[i].iov_len; off += TLS_CHUNK) {
+                        size_t k = iov[i].iov_len - off < TLS_CHUNK ? iov[i].iov_len - off : TLS_CHUNK;
+                        if (vhm_vm_read(vm, gpa[i] + off, s->bounce, k) < 0)
+                                return sfail(s, -EIO, "PAGES: %s", vhm_vm_error(vm));
+                        struct iovec c = { s->bounce, k };
+                        r = write_iov(s, &c, 1, "PAGES", false);
+                }
+        if (r == 0)
+                r = write_iov(s, NULL, 0, "PAGES", true);
+        if (r == 0)
+                s->sent_source = true;
+        return r;
 }
 
 /* The runs that failed with EFAULT: the page that is gone, named as the guarded path names it. */
@@ -1571,10 +1603,10 @@ int vhm_stream_send_vm_pages(struct vhm_stream *s, struct vhm_vm *vm, const stru
                         gpa[n] = pages[i].gpa, iov[n++] = v;
         }
         iov[0] = (struct iovec){ head, 4u + 8u * count };
-        int r = s->tls ? stage_runs(s, vm, iov, gpa, n) : 0;
-        if (r == 0)
-                r = vhm_stream_sendv(s, VHM_REC_PAGES, iov, n);
-        if (r == -EFAULT && !s->tls)
+        if (s->tls)
+                return send_tls_runs(s, vm, iov, gpa, n);
+        int r = vhm_stream_sendv(s, VHM_REC_PAGES, iov, n);
+        if (r == -EFAULT)
                 return runs_failed(s, vm, iov, gpa, n);
         return r;
 }

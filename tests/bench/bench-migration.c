@@ -56,6 +56,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <sys/eventfd.h>
@@ -130,8 +131,15 @@ static double thread_cpu(void) {
         return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 }
 
-/* The last run_with()'s CPU seconds, sending and receiving end. */
-static double last_cpu_src, last_cpu_dst;
+/* The last run_with()'s CPU seconds, sending and receiving end, and the process's page faults in it. */
+static double last_cpu_src, last_cpu_dst, last_faults;
+
+/* Page faults of the whole process so far (minor and major): first touches of guest memory show here. */
+static double process_faults(void) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        return (double) ru.ru_minflt + (double) ru.ru_majflt;
+}
 
 static void *receive_timed(struct receiver *rx, int fd);
 
@@ -203,7 +211,7 @@ static double run_with(const char *address, enum mode mode, struct vm_mem *src, 
         }
         int fd = -1;
         uint64_t t0 = now_ns();
-        double c0 = thread_cpu();
+        double c0 = thread_cpu(), f0 = process_faults();
         r = vhm_transport_connect(bound, vhu_now_usec() + 10000000u, -1, &fd);
         struct vhm_migration_stats st;
         /*
@@ -224,6 +232,7 @@ static double run_with(const char *address, enum mode mode, struct vm_mem *src, 
         pthread_join(rx.thread, NULL);
         double secs = (double) (now_ns() - t0) / 1e9;
         last_cpu_dst = rx.cpu;
+        last_faults = process_faults() - f0;
         vhm_transport_listen_close(rx.listen_fd, bound);
         if (r < 0 || rx.rc < 0) {
                 fprintf(stderr, "%s %s: %s / %s\n", address, migrate ? "migration" : "raw",
@@ -260,7 +269,7 @@ static double median(double *v, unsigned n) {
  * busier end bounds a pipelined copy where each end has its own CPU (two
  * hosts), so raw's busier end over the engine's is the ratio it would reach.
  */
-static void print_cpu(const char *const names[2], double cpu[2][3][2], uint64_t mem_mib) {
+static void print_cpu(const char *const names[2], double cpu[2][3][2], double faults[2][3], uint64_t mem_mib) {
         printf("\nCPU seconds per end (median): sending / receiving; bound = raw's busier end / the engine's\n");
         printf("%-18s %15s %15s %8s %15s %8s\n", "transport", "raw", "stop-copy", "bound", "pre-copy", "bound");
         for (unsigned a = 0; a < 2; a++) {
@@ -272,6 +281,10 @@ static void print_cpu(const char *const names[2], double cpu[2][3][2], uint64_t 
                        cpu[a][PRE_COPY][0], cpu[a][PRE_COPY][1], busy[RAW] / busy[PRE_COPY]);
         }
         printf("(%" PRIu64 " MiB each)\n", mem_mib);
+        printf("page faults per run (median, the whole process): raw / stop-copy / pre-copy\n");
+        for (unsigned a = 0; a < 2; a++)
+                printf("%-18s %10.0f %10.0f %10.0f\n", names[a], faults[a][RAW], faults[a][STOP_COPY],
+                       faults[a][PRE_COPY]);
 }
 
 /*
@@ -844,36 +857,41 @@ int main(int argc, char **argv) {
                runs);
         printf("%-18s %8s %10s %11s %8s %11s %8s\n", "transport", "raw s", "raw MiB/s", "stop-copy s", "ratio",
                "pre-copy s", "ratio");
-        double cpu_med[2][3][2];
+        double cpu_med[2][3][2], faults_med[2][3];
         /* Warm-up, not counted: the engine's own mappings of both guests fault their pages in once. */
         int status = run_once(unix_addr, STOP_COPY, &src, &dst, size) < 0;
         for (unsigned a = 0; status == 0 && a < 2; a++) {
                 if (only >= 0 && a != (unsigned) only) {
                         memset(cpu_med[a], 0, sizeof(cpu_med[a]));
+                        memset(faults_med[a], 0, sizeof(faults_med[a]));
                         continue;
                 }
-                double raw[MAX_RUNS], sc[MAX_RUNS], pc[MAX_RUNS], cpu[3][2][MAX_RUNS];
+                double raw[MAX_RUNS], sc[MAX_RUNS], pc[MAX_RUNS], cpu[3][2][MAX_RUNS], flt[3][MAX_RUNS];
                 for (unsigned i = 0; i < runs; i++) {
                         raw[i] = run_once(addresses[a], RAW, &src, &dst, size);
-                        cpu[RAW][0][i] = last_cpu_src, cpu[RAW][1][i] = last_cpu_dst;
+                        cpu[RAW][0][i] = last_cpu_src, cpu[RAW][1][i] = last_cpu_dst, flt[RAW][i] = last_faults;
                         sc[i] = run_once(addresses[a], STOP_COPY, &src, &dst, size);
                         cpu[STOP_COPY][0][i] = last_cpu_src, cpu[STOP_COPY][1][i] = last_cpu_dst;
+                        flt[STOP_COPY][i] = last_faults;
                         pc[i] = run_once(addresses[a], PRE_COPY, &src, &dst, size);
                         cpu[PRE_COPY][0][i] = last_cpu_src, cpu[PRE_COPY][1][i] = last_cpu_dst;
+                        flt[PRE_COPY][i] = last_faults;
                         if (raw[i] < 0 || sc[i] < 0 || pc[i] < 0)
                                 status = 1;
                 }
                 if (status)
                         break;
-                for (unsigned m = 0; m < 3; m++)
+                for (unsigned m = 0; m < 3; m++) {
                         for (unsigned e = 0; e < 2; e++)
                                 cpu_med[a][m][e] = median(cpu[m][e], runs);
+                        faults_med[a][m] = median(flt[m], runs);
+                }
                 double rs = median(raw, runs), ss = median(sc, runs), ps = median(pc, runs);
                 printf("%-18s %8.3f %10.0f %11.3f %8.2f %11.3f %8.2f\n", names[a], rs, (double) mem_mib / rs, ss,
                        rs / ss, ps, rs / ps);
         }
         if (status == 0)
-                print_cpu(names, cpu_med, mem_mib);
+                print_cpu(names, cpu_med, faults_med, mem_mib);
         if (status == 0)
                 status = checksum_pass(&src, mem_mib, runs);
         if (status == 0 && !throughput_only)

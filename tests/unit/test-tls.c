@@ -240,6 +240,88 @@ static void vm_pages_over_tls(void **state) {
 }
 
 /* The server learns the client's migration id; the token never crosses the wire, the id does. */
+/* A VM of 1 MiB in a tmpfs file (it cannot be sealed), cut to its first half; NULL when there is no /dev/shm. */
+static struct vhm_vm *cut_vm(const char *name) {
+        int fd = open("/dev/shm", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return NULL;
+        assert_int_equal(ftruncate(fd, 1 << 20), 0);
+        struct vhm_vm *vm;
+        assert_int_equal(vhm_vm_new(name, &vm), 0);
+        struct vhm_region_spec spec = { fd, 0, 1 << 20, 0 };
+        assert_int_equal(vhm_vm_add_region(vm, &spec), 0);
+        assert_int_equal(ftruncate(fd, 1 << 19), 0);
+        close(fd);
+        return vm;
+}
+
+static void assert_names(const char *err, const char *words) {
+        if (!strstr(err, words))
+                fail_msg("\"%s\" does not name \"%s\"", err, words);
+}
+
+/*
+ * Memory cut under a TLS stream: the source copies pages out a chunk at a
+ * time and fails with -EIO naming the first chunk that is gone (after the
+ * chunks before it went out); the destination writes decrypted pages in
+ * place and fails with -EIO naming the page; no SIGBUS, nothing left open.
+ */
+static void vm_pages_over_tls_cut(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        struct vhm_vm *src = cut_vm("cut-src");
+        if (!src)
+                skip();
+        struct vhm_vm *dst = cut_vm("cut-dst"), *whole = sample_vm("whole");
+        assert_non_null(dst);
+        struct vhm_rec_hello h = sample_hello();
+        struct side cl, sv;
+        handshake_pair(&cl, &sv, TOKEN, TOKEN);
+        assert_int_equal(cl.rc, 0);
+        assert_int_equal(sv.rc, 0);
+        assert_int_equal(vhm_stream_send_hello(cl.s, &h), 0);
+        assert_int_equal(vhm_stream_send_auth(cl.s, TOKEN), 0);
+        /* 0x40000..0x7ffff are backed (four chunks), 0x80000 on are gone. */
+        struct vhm_rec_vm_page pages[128];
+        for (unsigned i = 0; i < 128; i++)
+                pages[i] = (struct vhm_rec_vm_page){ 0x40000u + (uint64_t) i * 4096u, false };
+        assert_int_equal(vhm_stream_send_vm_pages(cl.s, src, pages, 128), -EIO);
+        assert_names(vhm_stream_error(cl.s), "no longer backed");
+        assert_names(vhm_stream_error(cl.s), "0x80000");
+        vhm_stream_free(cl.s);
+        vhm_stream_free(sv.s);
+
+        /* A sound source, a destination whose memory is gone past the cut. */
+        handshake_pair(&cl, &sv, TOKEN, TOKEN);
+        assert_int_equal(cl.rc, 0);
+        assert_int_equal(sv.rc, 0);
+        static uint8_t page[4096];
+        memset(page, 0x5a, sizeof(page));
+        assert_int_equal(vhm_vm_write(whole, 0x1000, page, sizeof(page)), 0);
+        assert_int_equal(vhm_vm_write(whole, 0x90000, page, sizeof(page)), 0);
+        struct vhm_rec_vm_page into[2] = { { 0x1000, false }, { 0x90000, false } };
+        assert_int_equal(vhm_stream_send_hello(cl.s, &h), 0);
+        assert_int_equal(vhm_stream_send_auth(cl.s, TOKEN), 0);
+        assert_int_equal(vhm_stream_send_vm_pages(cl.s, whole, into, 2), 0);
+        const void *p;
+        uint32_t len;
+        struct vhm_rec_pages pg;
+        assert_int_equal(vhm_stream_recv_vm(sv.s, dst, &h, &p, &len, &pg), VHM_REC_HELLO);
+        assert_int_equal(vhm_stream_recv_vm(sv.s, dst, &h, &p, &len, &pg), VHM_REC_AUTH);
+        assert_int_equal(vhm_stream_recv_vm(sv.s, dst, &h, &p, &len, &pg), -EIO);
+        assert_names(vhm_stream_error(sv.s), "no longer backed");
+        assert_names(vhm_stream_error(sv.s), "0x90000");
+        memset(page, 0, sizeof(page));
+        assert_int_equal(vhm_vm_read(dst, 0x1000, page, sizeof(page)), 0);
+        assert_int_equal(page[0], 0x5a); /* the page before the cut went in */
+        vhm_stream_free(cl.s);
+        vhm_stream_free(sv.s);
+        vhm_vm_free(src);
+        vhm_vm_free(dst);
+        vhm_vm_free(whole);
+        assert_int_equal(count_open_fds(), before);
+}
+
 struct raw_tls {
         int fd;
         enum vhm_tls_role role;
@@ -632,7 +714,7 @@ int main(void) {
                 cmocka_unit_test(identity_not_token), cmocka_unit_test(wrong_token),
                 cmocka_unit_test(hostile_peers),      cmocka_unit_test(tls_to_plain),
                 cmocka_unit_test(cancel_handshake),   cmocka_unit_test(unix_plain_and_peer_uid),
-                cmocka_unit_test(gather_and_peek),
+                cmocka_unit_test(gather_and_peek),    cmocka_unit_test(vm_pages_over_tls_cut),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
