@@ -62,6 +62,7 @@
 #include "proto/vhost-user.h"
 #include "tests/backend/test-backend.h"
 #include "tests/common/check.h"
+#include "tests/common/clock.h"
 #include "tests/common/fd-count.h"
 #include "tests/common/guest-device.h"
 #include "daemon/guest/guest.h"
@@ -311,12 +312,6 @@ static void relay_cut(struct relay *r) {
 static void write_efd(int fd) {
         uint64_t one = 1;
         assert_int_equal(write(fd, &one, sizeof(one)), (ssize_t) sizeof(one));
-}
-
-static void sleep_ms(unsigned ms) {
-        struct timespec ts = { .tv_sec = ms / 1000u, .tv_nsec = (long) (ms % 1000u) * 1000000L };
-        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-                ;
 }
 
 /* The actions that need no record: true when the relay goes on forwarding. */
@@ -831,10 +826,12 @@ static void cell_migrate(struct cell *c) {
         r->dst_pid = pid;
         relay_start(r, sv_src[1], sv_dst[0]);
 
+        /* A live row must reach its step: the default maximum downtime, scaled where memcheck slows the checksum. */
         struct vhm_migrate_options o = {
                 .timeout_ms = MIG_TIMEOUT_MS,
                 .cancel_fd = r->cancel_src,
                 .live = c->step->live,
+                .max_downtime_ms = scaled_downtime_ms(300),
         };
         c->src_rc = vhm_migrate_to(c->vm, c->lg, &c->dev, 1, sv_src[0], TOKEN, &o, &c->st);
         collect_destination(c, pid, report[0]);
