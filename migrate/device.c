@@ -436,7 +436,7 @@ static int send_memory_table(struct vhm_device *dev) {
                         .fd = r->fd,
                         .guest_phys_addr = r->guest_phys_addr,
                         .memory_size = r->size,
-                        .userspace_addr = (uint64_t) (uintptr_t) r->host,
+                        .userspace_addr = r->uaddr,
                         .mmap_offset = r->offset,
                 };
         }

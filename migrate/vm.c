@@ -150,6 +150,15 @@ static int check_sealed(struct vhm_vm *vm, const struct vhm_region_spec *s) {
 }
 
 /* What the memory owner gave must be mappable memory that really holds the region. */
+static bool uaddr_taken(const struct vhm_vm *vm, uint64_t uaddr, uint64_t size) {
+        for (unsigned i = 0; i < vm->nregions; i++) {
+                const struct vhm_region *r = &vm->regions[i];
+                if (uaddr < r->uaddr + r->size && r->uaddr < uaddr + size)
+                        return true;
+        }
+        return false;
+}
+
 static int check_spec(struct vhm_vm *vm, const struct vhm_region_spec *s) {
         struct stat st;
         uint64_t gpa = s->guest_phys_addr;
@@ -185,7 +194,27 @@ static int check_spec(struct vhm_vm *vm, const struct vhm_region_spec *s) {
                         return vm_fail(vm, -EEXIST, "region at 0x%" PRIx64 " overlaps the region at 0x%" PRIx64, gpa,
                                        r->guest_phys_addr);
         }
+        if (s->uaddr && (s->uaddr % PAGE_SIZE || s->uaddr + s->size < s->uaddr || uaddr_taken(vm, s->uaddr, s->size)))
+                return vm_fail(vm, -EINVAL,
+                               "region at 0x%" PRIx64 ": back-end address 0x%" PRIx64
+                               " is unaligned, wraps around or overlaps another region's",
+                               gpa, s->uaddr);
         return check_sealed(vm, s);
+}
+
+/*
+ * A new region's userspace_addr: our mapping, unless a restart left another
+ * region's back-end address range there (the back-ends still translate ring
+ * addresses by it); then the first free 2 MiB-aligned range above them all.
+ */
+static uint64_t new_uaddr(const struct vhm_vm *vm, uint64_t host, uint64_t size) {
+        if (!uaddr_taken(vm, host, size))
+                return host;
+        uint64_t top = 0;
+        for (unsigned i = 0; i < vm->nregions; i++)
+                top = vm->regions[i].uaddr + vm->regions[i].size > top ? vm->regions[i].uaddr + vm->regions[i].size
+                                                                       : top;
+        return (top + (UINT64_C(2) << 20) - 1) & ~((UINT64_C(2) << 20) - 1);
 }
 
 int vhm_vm_add_region(struct vhm_vm *vm, const struct vhm_region_spec *spec) {
@@ -208,6 +237,7 @@ int vhm_vm_add_region(struct vhm_vm *vm, const struct vhm_region_spec *spec) {
                 .size = spec->size,
                 .offset = spec->offset,
                 .host = host,
+                .uaddr = spec->uaddr ? spec->uaddr : new_uaddr(vm, (uint64_t) (uintptr_t) host, spec->size),
         };
         vm->generation++;
         return 0;
@@ -241,7 +271,8 @@ void *vhm_vm_gpa_to_host(const struct vhm_vm *vm, uint64_t gpa, uint64_t len) {
 }
 
 uint64_t vhm_vm_gpa_to_uaddr(const struct vhm_vm *vm, uint64_t gpa, uint64_t len) {
-        return (uint64_t) (uintptr_t) vhm_vm_gpa_to_host(vm, gpa, len);
+        const struct vhm_region *r = find_region(vm, gpa, len);
+        return r ? r->uaddr + (gpa - r->guest_phys_addr) : 0;
 }
 
 /* ---- guarded access -------------------------------------------------------- */

@@ -23,15 +23,23 @@ struct vhm_region_spec {
         uint64_t guest_phys_addr;
         uint64_t size;
         uint64_t offset; /* into the file */
+        /*
+         * Where back-ends were told the region starts (SET_MEM_TABLE's
+         * userspace_addr, the space of SET_VRING_ADDR's ring addresses): a
+         * restart's, kept from the process that told them.  0: a new region,
+         * given our mapping's address unless that range is another region's.
+         */
+        uint64_t uaddr;
 };
 
-/* A mapped region, as back-ends are told about it (userspace_addr = our mapping). */
+/* A mapped region, as back-ends are told about it. */
 struct vhm_region {
         int fd;
         uint64_t guest_phys_addr;
         uint64_t size;
         uint64_t offset;
         uint8_t *host;
+        uint64_t uaddr; /* userspace_addr: our mapping when added, or the spec's (a restart's) */
 };
 
 /* Names: 1..63 characters of [A-Za-z0-9_.-]; -EINVAL otherwise. */

@@ -38,7 +38,7 @@ static int read_regions(sd_bus_message *m, struct vhm_vm *vm, sd_bus_error *erro
         if (r < 0)
                 return r;
         for (unsigned i = 0;; i++) {
-                struct vhm_region_spec spec;
+                struct vhm_region_spec spec = { .fd = -1 }; /* uaddr 0: a new region, its address ours */
                 r = sd_bus_message_read(m, "(httt)", &spec.fd, &spec.guest_phys_addr, &spec.size, &spec.offset);
                 if (r < 0)
                         return r;

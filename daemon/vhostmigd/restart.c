@@ -7,7 +7,7 @@
  *    "vms": [{"name", "libvirt_domain", "created_usec", "state_change_usec",
  *             "next_device_number", "next_sid", "migrating", "role",
  *             "devices": [{"sid", "number", "created_usec"}]   (the loop's)
- *             "w": {"gpa_limit", "regions": [{"gpa", "size", "offset", "fd"}],
+ *             "w": {"gpa_limit", "regions": [{"gpa", "size", "offset", "uaddr", "fd"}],
  *                   "logging", "log": {"fd", "size", "bitmap", "bitmap_pages"}, "pages_lost",
  *                   "bitmaps": [fd name],
  *                   "devices": [{"sid", "config": {...}, "queues": [{"size",
@@ -402,6 +402,9 @@ static json_object *capture_regions(struct capture *c) {
                         r = add_hex(j, "size", reg->size);
                 if (r >= 0)
                         r = add_hex(j, "offset", reg->offset);
+                /* The back-ends translate ring addresses by it: our successor maps elsewhere and must say the same. */
+                if (r >= 0)
+                        r = add_hex(j, "uaddr", reg->uaddr);
                 if (r >= 0)
                         r = add_fd(c, j, "fd", base, reg->fd, memory_kind(reg->fd));
                 if (r < 0 || push(a, j) < 0) {
@@ -979,6 +982,7 @@ static int restore_regions(struct restoring *x, json_object *w, struct vhm_vm *v
                         .guest_phys_addr = rd_hex(&x->rd, j, "gpa"),
                         .size = rd_hex(&x->rd, j, "size"),
                         .offset = rd_hex(&x->rd, j, "offset"),
+                        .uaddr = rd_hex(&x->rd, j, "uaddr"),
                 };
                 s.fd = take(x, rd_str(&x->rd, j, "fd"));
                 if (x->rd.why[0])

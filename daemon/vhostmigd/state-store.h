@@ -31,7 +31,7 @@
 #include <stddef.h>
 
 #define STATE_STORE_FORMAT   "vhostmigd-state"
-#define STATE_STORE_VERSION  1
+#define STATE_STORE_VERSION  2 /* 2: regions carry the back-ends' uaddr; LogSwitchLocked; logs kept ahead */
 #define STATE_STORE_NAME_MAX 255
 #define STATE_STORE_SLOT_A   "state.a"
 #define STATE_STORE_SLOT_B   "state.b"

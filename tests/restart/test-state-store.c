@@ -252,9 +252,12 @@ static void not_json_refused(void **state) {
 static void other_version_refused(void **state) {
         (void) state;
         json_object_put(save_vm());
-        refused(altered_state("\"version\":1", "\"version\":2",
-                              F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE),
-                NULL, -1, -EPROTO, "version 2");
+        char ours[32], other[32], said[32];
+        snprintf(ours, sizeof(ours), "\"version\":%d", STATE_STORE_VERSION);
+        snprintf(other, sizeof(other), "\"version\":%d", STATE_STORE_VERSION + 1);
+        snprintf(said, sizeof(said), "version %d", STATE_STORE_VERSION + 1);
+        refused(altered_state(ours, other, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE), NULL, -1, -EPROTO,
+                said);
 }
 
 static void unsealed_state_refused(void **state) {

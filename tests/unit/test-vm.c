@@ -338,6 +338,74 @@ static void gpa_limit(void **state) {
         vhm_vm_free(vm);
 }
 
+/*
+ * A restart's regions keep the back-end addresses the first process gave
+ * (their rings are translated by them), wherever this process maps them; a
+ * new region never takes such a range, and a restored one that would is refused.
+ */
+static void backend_addresses_survive_a_remap(void **state) {
+        (void) state;
+        struct vhm_vm *vm;
+        assert_int_equal(vhm_vm_new("t", &vm), 0);
+        int fd = memfd_of(4 << 20);
+        const uint64_t old = UINT64_C(0x7f0000000000);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 0, 2 << 20, 0, old }), 0);
+        assert_int_equal(vhm_vm_region(vm, 0)->uaddr, old);
+        assert_int_equal(vhm_vm_gpa_to_uaddr(vm, 0x1000, 8), old + 0x1000);
+        /* Our mapping is elsewhere; reads and writes go there. */
+        assert_true((uint64_t) (uintptr_t) vhm_vm_region(vm, 0)->host != old);
+        /* Overlapping another region's back-end range, or unaligned: refused, with the reason. */
+        assert_int_equal(
+                vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 1ull << 32, 1 << 20, 2 << 20, old + 4096 }),
+                -EINVAL);
+        assert_non_null(strstr(vhm_vm_error(vm), "back-end address"));
+        assert_int_equal(
+                vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 1ull << 32, 1 << 20, 2 << 20, (old << 1) + 16 }),
+                -EINVAL);
+        /* A new region takes its own mapping's address. */
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 1ull << 32, 1 << 20, 2 << 20 }), 0);
+        const struct vhm_region *r1 = vhm_vm_region(vm, 1);
+        assert_int_equal(r1->uaddr, (uint64_t) (uintptr_t) r1->host);
+        close(fd);
+        vhm_vm_free(vm);
+}
+
+/*
+ * A new region whose mapping lands in a range a restart kept for another
+ * gets a free range above them all.  The kept range is a hole the kernel
+ * has just freed, where the next mapping lands on Linux (top-down, the
+ * highest gap that fits); the invariant is checked wherever it lands.
+ */
+static void new_region_avoids_a_kept_range(void **state) {
+        (void) state;
+        struct vhm_vm *vm;
+        assert_int_equal(vhm_vm_new("t", &vm), 0);
+        int fd = memfd_of(4 << 20);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 0, 2 << 20, 0, UINT64_C(0x100000) }), 0);
+        void *hole = mmap(NULL, 2 << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        assert_true(hole != MAP_FAILED);
+        munmap(hole, 2 << 20);
+        /* Region 1 of a restart kept the hole's range; region 2 is new. */
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 1ull << 32, 1 << 20, 2 << 20,
+                                                                          (uint64_t) (uintptr_t) hole }),
+                         0);
+        assert_int_equal(vhm_vm_add_region(vm, &(struct vhm_region_spec){ fd, 1ull << 33, 1 << 20, 3 << 20 }), 0);
+        const struct vhm_region *r1 = vhm_vm_region(vm, 1), *r2 = vhm_vm_region(vm, 2);
+        bool landed = (uint64_t) (uintptr_t) r2->host < r1->uaddr + r1->size &&
+                      r1->uaddr < (uint64_t) (uintptr_t) r2->host + r2->size;
+        printf("the new mapping %s the kept range\n", landed ? "landed in" : "missed");
+        for (unsigned i = 0; i < 2; i++) {
+                const struct vhm_region *r = vhm_vm_region(vm, i);
+                assert_true(r2->uaddr >= r->uaddr + r->size || r2->uaddr + r2->size <= r->uaddr);
+        }
+        if (landed)
+                assert_true(r2->uaddr % (2 << 20) == 0 && r2->uaddr >= r1->uaddr + r1->size);
+        else
+                assert_int_equal(r2->uaddr, (uint64_t) (uintptr_t) r2->host);
+        close(fd);
+        vhm_vm_free(vm);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(names),
@@ -348,6 +416,8 @@ int main(void) {
                 cmocka_unit_test(truncated_file_fails_the_read_not_the_process),
                 cmocka_unit_test(unguarded_fault_still_kills),
                 cmocka_unit_test(gpa_limit),
+                cmocka_unit_test(backend_addresses_survive_a_remap),
+                cmocka_unit_test(new_region_avoids_a_kept_range),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
