@@ -1253,6 +1253,14 @@ int vhm_device_adopt(struct vhm_device *dev, const struct vhm_device_adoption *a
         return 0;
 }
 
+int vhm_device_adopt_listener(struct vhm_device *dev, int fd) {
+        int r = dev->listen_fd >= 0 ? dev_fail(dev, -EBUSY, "%s: the device listens already", dev->socket)
+                                    : adopt_listener(dev, fd);
+        if (r < 0)
+                close(fd);
+        return r;
+}
+
 const struct vhm_device_config *vhm_device_get_config(const struct vhm_device *dev) {
         return &dev->cfg;
 }

@@ -323,6 +323,14 @@ struct vhm_device_adoption {
         uint64_t log_size;
 };
 int vhm_device_adopt(struct vhm_device *dev, const struct vhm_device_adoption *a, const struct vhm_device_saved *saved);
+/*
+ * A disconnected server-mode device takes its listening socket back (a
+ * restart's): a back-end that connected while no daemon ran waits in its
+ * backlog and is accepted, not reset.  The fd is the device's, or closed when
+ * refused (-EINVAL: a client-mode device, or not bound at the device's path;
+ * -ENOENT: the socket file is gone; -EBUSY: the device listens already).
+ */
+int vhm_device_adopt_listener(struct vhm_device *dev, int fd);
 
 /*
  * What a restart keeps of a device besides its record: the configuration it

@@ -1062,7 +1062,10 @@ static void adopt_connection(struct restoring *x, struct vm_object *o, struct de
         if (r == -ENOTCONN) {
                 close_fd(conn_fd);
                 close_fd(channel_fd);
-                close_fd(listen_fd);
+                /* Disconnected at the capture: a back-end connecting meanwhile waits in the backlog. */
+                if (listen_fd >= 0 && vhm_device_adopt_listener(d->dev, listen_fd) < 0)
+                        daemon_log(LOG_WARNING, o, d->socket, "restart: the listening socket cannot be taken over: %s",
+                                   vhm_device_error(d->dev));
                 return;
         }
         struct vhu_conn *conn = NULL;

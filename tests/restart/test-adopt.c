@@ -10,6 +10,7 @@
  * closed, so the back-end sees a clean end and nothing leaks.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,6 +172,47 @@ static void adopt_refuses_a_listener_for_a_client_device(void **state) {
         refused_with(&saved, conn, listen_fd, -EINVAL, "a client-mode device has no listening socket");
 }
 
+/*
+ * A server-mode device disconnected at the capture: the new process takes its
+ * listening socket back, and a back-end that connected while no daemon ran
+ * (it waits in the backlog; a new socket would have reset it) is accepted and
+ * served.  A second listener is refused and closed.
+ */
+static void disconnected_server_device_keeps_its_listener(void **state) {
+        (void) state;
+        struct vhm_guest_config gc = { .mem_size = 8u << 20, .queue_pairs = QUEUE_PAIRS, .ring_size = 64 };
+        GD_CHECK(guest_vm_new("listener", &gc, &fx.g, &fx.vm));
+        struct vhm_device_config cfg = {
+                .socket = fx.socket,
+                .server = true,
+                .timeout_ms = 3000,
+                .features = vhm_guest_driver_features() | VHU_BIT(VHU_VF_NET_MQ),
+                .queue_pairs = QUEUE_PAIRS,
+        };
+        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &fx.old, NULL));
+        /* The previous process listened, nobody came; it dies with its socket in the store. */
+        assert_int_equal(vhm_device_reconnect(fx.old, 50), -EAGAIN);
+        int listen_fd = fcntl(vhm_device_listen_fd(fx.old), F_DUPFD_CLOEXEC, 3);
+        assert_true(listen_fd >= 0);
+
+        struct tb_config tcfg;
+        tb_config_init(&tcfg);
+        tcfg.record_path = fx.record;
+        tcfg.io_timeout_ms = 3000;
+        assert_int_equal(tb_spawn_connect(&tcfg, fx.socket, &fx.pid), 0);
+
+        GD_CHECK(guest_device_new(fx.vm, fx.g, &cfg, &fx.dev, NULL));
+        DEV_CHECK(fx.dev, vhm_device_adopt_listener(fx.dev, listen_fd));
+        assert_int_equal(vhm_device_listen_fd(fx.dev), listen_fd);
+        DEV_CHECK(fx.dev, vhm_device_reconnect(fx.dev, 3000));
+        DEV_CHECK(fx.dev, vhm_device_start(fx.dev));
+        assert_int_equal(vhm_device_state(fx.dev), VHM_DEVICE_RUNNING);
+
+        int again = fcntl(listen_fd, F_DUPFD_CLOEXEC, 3);
+        assert_int_equal(vhm_device_adopt_listener(fx.dev, again), -EBUSY);
+        assert_int_equal(fcntl(again, F_GETFD), -1);
+}
+
 static void adopt_refuses_logging_without_log(void **state) {
         (void) state;
         running_logging_device();
@@ -208,6 +250,7 @@ int main(void) {
                 TEST(adopt_refuses_a_listener_for_a_client_device),
                 TEST(adopt_refuses_logging_without_log),
                 TEST(save_refuses_a_disconnected_device),
+                TEST(disconnected_server_device_keeps_its_listener),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
