@@ -242,7 +242,6 @@ int vm_object_create(struct daemon *d, const char *name, const char *libvirt_dom
                      struct vm_object **out);
 void vm_object_destroy(struct vm_object *o, sd_bus_message *reply_to);
 struct vm_object *vm_object_by_name(struct daemon *d, const char *name);
-int vm_objects_register(struct daemon *d);
 void vm_object_queue_monitor(struct vm_object *o);
 /* Loop: an Announce or a Harvest for the daemon itself (no caller); -ENOMEM, or 0 once queued. */
 int vm_object_announce(struct vm_object *o);

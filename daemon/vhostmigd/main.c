@@ -237,8 +237,6 @@ static int setup_bus(struct daemon *d) {
         if (r >= 0)
                 r = sd_bus_add_object_manager(d->bus, NULL, VHOSTMIG_ROOT_PATH);
         if (r >= 0)
-                r = vm_objects_register(d);
-        if (r >= 0)
                 r = sd_bus_attach_event(d->bus, d->event, SD_EVENT_PRIORITY_NORMAL);
         if (r < 0) {
                 daemon_log(LOG_ERR, NULL, NULL, "cannot set up the D-Bus objects: %s", strerror(-r));

@@ -791,9 +791,3 @@ static const sd_bus_vtable vm_vtable[] = {
 static int vm_object_add_vtable(struct vm_object *o) {
         return sd_bus_add_object_vtable(o->daemon->bus, &o->slot, o->path, VHOSTMIG_VM_INTERFACE, vm_vtable, o);
 }
-
-int vm_objects_register(struct daemon *d) {
-        /* Nothing to register up front: every object adds its own vtable (above) as it appears. */
-        (void) d;
-        return 0;
-}
