@@ -34,6 +34,8 @@
 #define MAX_OPTIONAL_UNKNOWN (1u << 20)
 #define MAX_IOV              300u
 /* TLS: the guest pages staged at a time, through one guarded copy (one batch). */
+/* What the landed hook gets at a time: well within this CPU's L2, so it reads what just landed from cache. */
+#define LANDED_PIECE ((size_t) 256u << 10)
 /* TLS: what the source copies out of guest memory at a time, to encrypt while it is in cache. */
 #define TLS_CHUNK ((size_t) 64u << 10)
 
@@ -939,6 +941,8 @@ struct vhm_stream {
         uint64_t sent, received;
         uint8_t *buf;
         size_t cap;
+        vhm_stream_landed_fn landed; /* called as PAGES data lands in guest memory */
+        void *landed_arg;
         uint8_t *bounce; /* TLS: TLS_CHUNK of guest pages copied out through the guard, then encrypted */
         char error[512];
 };
@@ -1354,12 +1358,26 @@ static int grow_buf(struct vhm_stream *s, size_t len, const char *what) {
         return 0;
 }
 
+/* [gpa, gpa + len) is in guest memory: the landed hook's turn, while those pages are in cache. */
+static int landed(struct vhm_stream *s, uint64_t gpa, size_t len) {
+        if (!s->landed || len == 0)
+                return 0;
+        int r = s->landed(gpa, len, s->landed_arg);
+        return r < 0 ? sfail(s, r, "PAGES: at 0x%" PRIx64 ": the landed hook failed: %s", gpa, strerror(-r)) : 0;
+}
+
+void vhm_stream_set_landed_hook(struct vhm_stream *s, vhm_stream_landed_fn fn, void *arg) {
+        s->landed = fn;
+        s->landed_arg = arg;
+}
+
 /*
  * Over TLS a run's decrypted bytes go into guest memory from where GnuTLS
  * decrypted them (vhm_tls_peek), one guarded write each: no copy into a
  * buffer of ours first.
  */
 static int recv_tls_run(struct vhm_stream *s, struct vhm_vm *vm, uint64_t gpa, size_t len, uint64_t deadline) {
+        size_t told = 0; /* [0, told) went to the landed hook */
         for (size_t off = 0; off < len;) {
                 const void *p;
                 ssize_t k = vhm_tls_peek(s->tls, &p, s->error, sizeof(s->error));
@@ -1379,6 +1397,15 @@ static int recv_tls_run(struct vhm_stream *s, struct vhm_vm *vm, uint64_t gpa, s
                 vhm_tls_consume(s->tls, n);
                 s->received += n;
                 off += n;
+                /* Whole pages to the hook, LANDED_PIECE at a time, the rest at the run's end. */
+                size_t whole = off == len ? len : off / VHM_REC_PAGE_SIZE * VHM_REC_PAGE_SIZE;
+                while (whole - told >= LANDED_PIECE || (whole == len && told < len)) {
+                        size_t piece = whole - told < LANDED_PIECE ? whole - told : LANDED_PIECE;
+                        int r = landed(s, gpa + told, piece);
+                        if (r < 0)
+                                return r;
+                        told += piece;
+                }
         }
         return 0;
 }
@@ -1396,11 +1423,20 @@ static int recv_run(struct vhm_stream *s, struct vhm_vm *vm, uint64_t gpa, size_
                 return sfail(s, r, "PAGES: %s", vhm_vm_error(vm));
         if (s->tls)
                 return recv_tls_run(s, vm, gpa, len, deadline);
-        r = read_exactv(s, &v, 1, deadline, "PAGES");
-        if (r == -EFAULT)
-                return sfail(s, vhm_vm_kernel_io_failed(vm, gpa, len, "PAGES: receiving"), "PAGES: %s",
-                             vhm_vm_error(vm));
-        return r;
+        /* With a landed hook, LANDED_PIECE a read, each handed over while it is in cache. */
+        size_t piece = s->landed ? LANDED_PIECE : len;
+        for (size_t off = 0; off < len; off += piece) {
+                struct iovec part = { (uint8_t *) v.iov_base + off, len - off < piece ? len - off : piece };
+                r = read_exactv(s, &part, 1, deadline, "PAGES");
+                if (r == -EFAULT)
+                        return sfail(s, vhm_vm_kernel_io_failed(vm, gpa + off, part.iov_len, "PAGES: receiving"),
+                                     "PAGES: %s", vhm_vm_error(vm));
+                if (r == 0)
+                        r = landed(s, gpa + off, len - off < piece ? len - off : piece);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
 }
 
 /*
@@ -1419,6 +1455,9 @@ static int recv_page_data(struct vhm_stream *s, struct vhm_vm *vm, const struct 
                 if (v & VHM_REC_PAGE_ZERO) {
                         if (vhm_vm_write(vm, gpa, zero_page, len) < 0)
                                 return sfail(s, -EIO, "PAGES: %s", vhm_vm_error(vm));
+                        int r = landed(s, gpa, len);
+                        if (r < 0)
+                                return r;
                         continue;
                 }
                 /* The run goes on while the next entry is the next page, with data, in the same region. */

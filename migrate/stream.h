@@ -315,6 +315,16 @@ int vhm_stream_recv(struct vhm_stream *s, const void **payload, uint32_t *len);
 int vhm_stream_recv_vm(struct vhm_stream *s, struct vhm_vm *vm, const struct vhm_rec_hello *layout,
                        const void **payload, uint32_t *len, struct vhm_rec_pages *pg);
 
+/*
+ * Called by vhm_stream_recv_vm as PAGES data lands in guest memory, in the
+ * record's order: each run of data pages in pieces of at most 256 KiB
+ * (whole pages, read one piece at a time so that the hook finds them in
+ * cache), each zero page once zeroed.  A gpa listed twice is handed over
+ * twice, in order.  A negative errno fails the receive with it.  NULL: none.
+ */
+typedef int (*vhm_stream_landed_fn)(uint64_t gpa, size_t len, void *arg);
+void vhm_stream_set_landed_hook(struct vhm_stream *s, vhm_stream_landed_fn fn, void *arg);
+
 /* Typed senders; each checks its record first. */
 int vhm_stream_send_hello(struct vhm_stream *s, const struct vhm_rec_hello *h);
 int vhm_stream_send_auth(struct vhm_stream *s, const char *token);

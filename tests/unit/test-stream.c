@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1334,6 +1335,124 @@ static void tokens(void **state) {
         }
 }
 
+/* What the landed hook saw: each call's gpa and length, and whether those pages already held the source's data. */
+struct landed_log {
+        struct vhm_vm *dst, *src;
+        unsigned n, fail_at;
+        uint64_t gpa[16];
+        size_t len[16];
+        bool stale;
+};
+
+static int log_landed(uint64_t gpa, size_t len, void *arg) {
+        struct landed_log *l = arg;
+        if (l->n == l->fail_at)
+                return -ENOTRECOVERABLE;
+        if (l->n < 16)
+                l->gpa[l->n] = gpa, l->len[l->n] = len;
+        l->n++;
+        static uint8_t a[256u << 10], b[256u << 10];
+        assert_true(len <= sizeof(a));
+        assert_int_equal(vhm_vm_read(l->dst, gpa, a, len), 0);
+        assert_int_equal(vhm_vm_read(l->src, gpa, b, len), 0);
+        l->stale |= memcmp(a, b, len) != 0;
+        return 0;
+}
+
+struct page_sender {
+        struct vhm_stream *s;
+        struct vhm_vm *vm;
+        struct vhm_rec_vm_page pages[VHM_REC_MAX_PAGES_PER_BATCH];
+        unsigned count;
+        int rc;
+        pthread_t th;
+};
+
+static void *send_pages_run(void *arg) {
+        struct page_sender *x = arg;
+        x->rc = vhm_stream_send_vm_pages(x->s, x->vm, x->pages, x->count);
+        return NULL;
+}
+
+/* One region of 1 MiB at gpa 0; every page's words distinct. */
+static struct vhm_vm *mib_vm(const char *name, bool fill) {
+        struct vhm_vm *vm;
+        assert_int_equal(vhm_vm_new(name, &vm), 0);
+        int fd = memfd_of(1 << 20);
+        struct vhm_region_spec r = { fd, 0, 1 << 20, 0 };
+        assert_int_equal(vhm_vm_add_region(vm, &r), 0);
+        close(fd);
+        for (uint64_t off = 0; fill && off < (1u << 20); off += 8) {
+                uint64_t w = off * 0x9e3779b97f4a7c15ull + 1;
+                assert_int_equal(vhm_vm_write(vm, off, &w, 8), 0);
+        }
+        return vm;
+}
+
+/*
+ * The landed hook sees a PAGES record's data as it lands, in the record's
+ * order: a run of 160 pages in pieces of 256 KiB at most, each zero page,
+ * a gpa listed twice twice; every piece already holds the source's data
+ * when the hook sees it.  A hook that fails fails the receive in words.
+ */
+static void landed_hook(void **state) {
+        (void) state;
+        int before = count_open_fds();
+        struct vhm_vm *src = mib_vm("landed-src", true), *dst = mib_vm("landed-dst", false);
+        static const uint8_t zero[4096];
+        assert_int_equal(vhm_vm_write(src, 0xf0000, zero, sizeof(zero)), 0); /* sent as a zero page */
+        struct vhm_rec_hello h;
+        assert_int_equal(vhm_rec_hello_from_vm(src, &h), 0);
+        for (unsigned round = 0; round < 2; round++) {
+                struct pair p;
+                pair_open(&p, TIMEOUT_MS);
+                struct landed_log log = { .dst = dst, .src = src, .fail_at = round ? 1 : ~0u };
+                vhm_stream_set_landed_hook(p.dst, log_landed, &log);
+                char token[33];
+                assert_int_equal(vhm_token_new(token), 0);
+                S_CHECK(p.src, vhm_stream_send_hello(p.src, &h));
+                S_CHECK(p.src, vhm_stream_send_auth(p.src, token));
+                struct page_sender tx = { .s = p.src, .vm = src, .count = 163 };
+                for (unsigned i = 0; i < 160; i++)
+                        tx.pages[i] = (struct vhm_rec_vm_page){ (uint64_t) i * 4096u, false };
+                tx.pages[160] = (struct vhm_rec_vm_page){ 0xf0000, true };
+                tx.pages[161] = (struct vhm_rec_vm_page){ 0xf1000, false };
+                tx.pages[162] = (struct vhm_rec_vm_page){ 0x1000, false }; /* listed twice */
+                assert_int_equal(pthread_create(&tx.th, NULL, send_pages_run, &tx), 0);
+                const void *pl;
+                uint32_t len;
+                struct vhm_rec_pages pg;
+                assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg), VHM_REC_HELLO);
+                assert_int_equal(vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg), VHM_REC_AUTH);
+                int r = vhm_stream_recv_vm(p.dst, dst, &h, &pl, &len, &pg);
+                if (round == 1) {
+                        /* The second piece's hook fails: the receive fails with its error, in words. */
+                        assert_int_equal(r, -ENOTRECOVERABLE);
+                        assert_error_names(vhm_stream_error(p.dst), "landed hook");
+                        assert_error_names(vhm_stream_error(p.dst), "0x40000");
+                        vhm_stream_free(p.dst); /* a sender still writing fails, one done is done */
+                        assert_int_equal(pthread_join(tx.th, NULL), 0);
+                        vhm_stream_free(p.src);
+                        break;
+                }
+                assert_int_equal(r, VHM_REC_PAGES);
+                assert_int_equal(pthread_join(tx.th, NULL), 0);
+                assert_int_equal(tx.rc, 0);
+                const uint64_t want_gpa[] = { 0, 0x40000, 0x80000, 0xf0000, 0xf1000, 0x1000 };
+                const size_t want_len[] = { 256u << 10, 256u << 10, 128u << 10, 4096, 4096, 4096 };
+                assert_int_equal(log.n, 6);
+                for (unsigned i = 0; i < 6; i++) {
+                        assert_int_equal(log.gpa[i], want_gpa[i]);
+                        assert_int_equal(log.len[i], want_len[i]);
+                }
+                assert_false(log.stale);
+                pair_close(&p);
+        }
+        vhm_vm_free(src);
+        vhm_vm_free(dst);
+        assert_int_equal(count_open_fds(), before);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(table_is_complete),
@@ -1355,6 +1474,7 @@ int main(void) {
                 cmocka_unit_test(checksum_and_pages_into_a_vm),
                 cmocka_unit_test(vm_pages_in_place),
                 cmocka_unit_test(vm_pages_of_truncated_memory),
+                cmocka_unit_test(landed_hook),
                 cmocka_unit_test(unix_transport),
                 cmocka_unit_test(tcp_transport),
                 cmocka_unit_test(bad_addresses),

@@ -186,6 +186,19 @@ static struct vhm_vm *sample_vm(const char *name) {
  * batches, one all data (a run longer than a TLS record), one mixed with
  * zero pages and a gpa listed twice; the same image at both ends.
  */
+/* The landed hook over TLS: whole pages, at most 256 KiB a call; what it was handed in all. */
+struct landed_sum {
+        uint64_t bytes;
+        bool misshapen;
+};
+
+static int sum_landed(uint64_t gpa, size_t len, void *arg) {
+        struct landed_sum *l = arg;
+        l->misshapen |= gpa % 4096 || len % 4096 || len == 0 || len > (256u << 10);
+        l->bytes += len;
+        return 0;
+}
+
 static void vm_pages_over_tls(void **state) {
         (void) state;
         int before = count_open_fds();
@@ -217,8 +230,13 @@ static void vm_pages_over_tls(void **state) {
         struct vhm_rec_pages pg;
         assert_int_equal(vhm_stream_recv_vm(sv.s, dst, &h, &p, &len, &pg), VHM_REC_HELLO);
         assert_int_equal(vhm_stream_recv_vm(sv.s, dst, &h, &p, &len, &pg), VHM_REC_AUTH);
+        struct landed_sum landed = { 0, false };
+        vhm_stream_set_landed_hook(sv.s, sum_landed, &landed);
         assert_int_equal(vhm_stream_recv_vm(sv.s, dst, &h, &p, &len, &pg), VHM_REC_PAGES);
         assert_int_equal(pg.zero, 0);
+        /* Every page of the record went to the hook as it landed, in whole pages. */
+        assert_int_equal(landed.bytes, (uint64_t) VHM_REC_MAX_PAGES_PER_BATCH * 4096u);
+        assert_false(landed.misshapen);
         assert_int_equal(vhm_stream_recv_vm(sv.s, dst, &h, &p, &len, &pg), VHM_REC_PAGES);
         assert_int_equal(pg.zero, 52); /* pages 0, 5, ..., 255 */
         page[0] = 1;
