@@ -72,10 +72,11 @@
  * Each vhost-user request (a hang costs this) and each stream wait: long
  * enough that a loaded machine does not time out a request before the step
  * (the fault then never fires), short enough to keep the matrix under a
- * minute.
+ * minute.  Scaled (tests/common/clock.h): under memcheck the live rows'
+ * switchover hashes the memory for longer than a second.
  */
-#define DEV_TIMEOUT_MS 800u
-#define MIG_TIMEOUT_MS 1000u
+#define DEV_TIMEOUT_MS ((unsigned) scaled_ms(800))
+#define MIG_TIMEOUT_MS ((unsigned) scaled_ms(1000))
 #define NOTIFY_MS      200u /* a notified request's answer waits this long */
 #define STATE_SIZE     8192u
 #define TOKEN          "00112233445566778899aabbccddeeff"
