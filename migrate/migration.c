@@ -909,38 +909,19 @@ static void dest_hash_alloc(struct engine *e) {
 }
 
 /*
- * The hashes of a batch just received, read back from guest memory while
- * the pages are still in cache (a run of consecutive pages at a time): what
- * guest memory now holds.
+ * Each piece of PAGES data as it lands in guest memory (the stream's landed
+ * hook, in the record's order, zero pages too): its hashes read back while
+ * it is still in cache, so END needs no second pass.  What guest memory now
+ * holds.
  */
-static int dest_hash_pages(struct engine *e, const struct vhm_rec_pages *pg) {
-        static const uint8_t zero_page[PAGE];
-        if (!e->page_hash)
-                return 0;
-        uint64_t zero_hash = vhm_checksum_page(zero_page, NULL);
-        for (uint32_t i = 0; i < pg->count;) {
-                uint64_t v, gpa, k, n = 1;
-                memcpy(&v, pg->entries + 8u * i++, sizeof(v));
-                v = le64toh(v);
-                gpa = v & ~(uint64_t) VHM_REC_PAGE_FLAGS_MASK;
-                k = page_index(&e->hello, gpa);
-                if (v & VHM_REC_PAGE_ZERO) {
-                        e->page_hash[k] = zero_hash;
-                } else {
-                        /* The run: the next entries are the next pages, with data, in the same region. */
-                        for (uint64_t w; i < pg->count; i++, n++) {
-                                memcpy(&w, pg->entries + 8u * i, sizeof(w));
-                                if (le64toh(w) != gpa + n * PAGE || page_index(&e->hello, gpa + n * PAGE) != k + n)
-                                        break;
-                        }
-                        int r = vhm_vm_visit(e->vm, gpa, n * PAGE, hash_run, &e->page_hash[k]);
-                        if (r < 0)
-                                return fail(e, r, "PAGES: reading back guest memory at 0x%" PRIx64 ": %s", gpa,
-                                            vhm_vm_error(e->vm));
-                }
-                for (uint64_t j = k; j < k + n; j++)
-                        e->hashed[j / 8] |= (uint8_t) (1u << (j % 8));
-        }
+static int dest_landed(uint64_t gpa, size_t len, void *arg) {
+        struct engine *e = arg;
+        uint64_t k = page_index(&e->hello, gpa);
+        int r = vhm_vm_visit(e->vm, gpa, len, hash_run, &e->page_hash[k]);
+        if (r < 0)
+                return fail(e, r, "PAGES: reading back guest memory at 0x%" PRIx64 ": %s", gpa, vhm_vm_error(e->vm));
+        for (uint64_t j = k; j < k + len / PAGE; j++)
+                e->hashed[j / 8] |= (uint8_t) (1u << (j % 8));
         return 0;
 }
 
@@ -994,6 +975,8 @@ static int dest_hello(struct engine *e) {
         if (r < 0)
                 return fail(e, r, "HELLO: the source's memory layout is not this VM's: %s", err);
         dest_hash_alloc(e);
+        if (e->page_hash)
+                vhm_stream_set_landed_hook(e->s, dest_landed, e);
         return 0;
 }
 
@@ -1030,9 +1013,6 @@ static int dest_setup(struct engine *e, const char *token, uint64_t token_deadli
 
 /* A batch the stream checked and read into guest memory (vhm_stream_recv_vm). */
 static int dest_pages(struct engine *e, const struct vhm_rec_pages *pg) {
-        int r = dest_hash_pages(e, pg);
-        if (r < 0)
-                return r;
         e->st->pages_transferred += pg->count;
         e->st->zero_pages += pg->zero;
         report(e);

@@ -810,12 +810,21 @@ static struct vhm_guest_stats live_drive(struct live_run *run) {
         return paused ? at_pause : stats_of(src.g);
 }
 
-/* The switchover's pass over the source's memory, timed here (memcheck slows it 40 times, a wait 10). */
+/*
+ * The switchover's pass over the source's memory, timed here (memcheck slows
+ * it 40 times, a wait 10): the fastest of three, as the engine keeps its
+ * fastest sample (a slow one is the machine's load).
+ */
 static unsigned checksum_pass_ms(void) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        uint64_t h, t0 = vhu_now_usec();
-        assert_int_equal(vhm_memory_checksum_threads(src.vm, cpus > 1 ? (unsigned) cpus : 1u, &h), 0);
-        return (unsigned) ((vhu_now_usec() - t0 + 999) / 1000);
+        uint64_t best = UINT64_MAX;
+        for (unsigned i = 0; i < 3; i++) {
+                uint64_t h, t0 = vhu_now_usec();
+                assert_int_equal(vhm_memory_checksum_threads(src.vm, cpus > 1 ? (unsigned) cpus : 1u, &h), 0);
+                uint64_t us = vhu_now_usec() - t0;
+                best = us < best ? us : best;
+        }
+        return (unsigned) ((best + 999) / 1000);
 }
 
 /* A source with traffic, logging and a VMM bitmap; a destination; the live migration between them. */
