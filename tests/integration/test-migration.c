@@ -320,8 +320,10 @@ static void *incoming_thread(void *arg) {
                 }
         }
         struct vhm_device *devs[] = { dst.dev, dst.dev2 };
+        /* The engine's wait for each record (10 s), scaled: a slow run's switchover hashes for longer. */
+        struct vhm_migrate_options scaled = { .timeout_ms = (unsigned) scaled_ms(10000) };
         j->rc = vhm_migrate_incoming_opts(dst.vm, devs, dst.dev2 ? 2 : 1, j->fd, j->token,
-                                          vhu_now_usec() + scaled_ms(30000) * 1000u, j->o, &j->st);
+                                          vhu_now_usec() + scaled_ms(30000) * 1000u, j->o ? j->o : &scaled, &j->st);
         return NULL;
 }
 
@@ -859,6 +861,9 @@ static struct vhm_guest_stats live_migrate(unsigned nqp, struct live_run *run, s
                 run->o.max_downtime_ms = run->downtime_over_checksum_ms + 2 * checksum_pass_ms();
         else if (!run->o.max_downtime_ms)
                 run->o.max_downtime_ms = scaled_downtime_ms(1000);
+        /* The engine's wait for each record or answer (10 s), scaled: a slow run's switchover hashes for longer. */
+        if (!run->o.timeout_ms)
+                run->o.timeout_ms = (unsigned) scaled_ms(10000);
         run->o.cancel_fd = run->cancel_fd;
         run->o.continue_fd = run->continue_fd;
         run->o.progress = live_progress;
@@ -960,7 +965,8 @@ static void live_limited_bandwidth_needs_rounds(void **state) {
         printf("  downtime: source %" PRIu64 " ms, destination %" PRIu64 " ms, total %" PRIu64 " ms\n",
                run.st.downtime_ms, in.st.downtime_ms, run.st.total_ms);
         assert_true(run.st.total_ms > run.st.downtime_ms + 500);
-        assert_true(in.st.downtime_ms + 100 >= run.st.downtime_ms && in.st.downtime_ms <= run.st.downtime_ms + 100);
+        assert_true(in.st.downtime_ms + scaled_ms(100) >= run.st.downtime_ms &&
+                    in.st.downtime_ms <= run.st.downtime_ms + scaled_ms(100));
         finish(before);
 }
 
@@ -1069,7 +1075,7 @@ static void live_cancelled_in(enum vhm_migration_state when, uint64_t after_page
         assert_true(run.cancel_fired);
         assert_int_equal(run.rc, -ECANCELED);
         /* Not the pause's timeout (10 s) nor the whole round: the cancel ended it. */
-        assert_true(now_ms() - t0 < 6000);
+        assert_true(now_ms() - t0 < scaled_ms(6000));
         assert_non_null(strstr(run.st.error, "cancelled"));
         if (when == VHM_MIGRATION_ACTIVE)
                 assert_true(run.st.pages_transferred >= after_pages && run.st.pages_transferred < run.st.pages_total);
@@ -1091,7 +1097,8 @@ static void live_cancel_in_pre_switchover(void **state) {
 static void live_no_answer_after_end_logging_off(void **state) {
         (void) state;
         struct baseline before = baseline_now();
-        struct live_run run = { .silent = true, .o.timeout_ms = 1000 };
+        /* The wait for the answer, scaled: a slow run also writes the last pages to the silent peer slower. */
+        struct live_run run = { .silent = true, .o.timeout_ms = (unsigned) scaled_ms(1000) };
         struct incoming_job in;
         (void) live_migrate(1, &run, &in);
         assert_int_equal(run.rc, -ETIMEDOUT);
