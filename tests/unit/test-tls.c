@@ -357,6 +357,18 @@ static void *raw_tls_run(void *arg) {
         return NULL;
 }
 
+/* A client (naming itself id) and a server on a connected pair, their handshakes run at once; both must succeed. */
+static void raw_handshake_pair(int c, int a, const char *id, struct raw_tls *sc, struct raw_tls *ss) {
+        *sc = (struct raw_tls){ .fd = c, .role = VHM_TLS_CLIENT, .token = TOKEN, .id = id };
+        *ss = (struct raw_tls){ .fd = a, .role = VHM_TLS_SERVER, .token = TOKEN };
+        assert_int_equal(pthread_create(&ss->th, NULL, raw_tls_run, ss), 0);
+        assert_int_equal(pthread_create(&sc->th, NULL, raw_tls_run, sc), 0);
+        assert_int_equal(pthread_join(ss->th, NULL), 0);
+        assert_int_equal(pthread_join(sc->th, NULL), 0);
+        assert_int_equal(ss->rc, 0);
+        assert_int_equal(sc->rc, 0);
+}
+
 static bool contains(const uint8_t *hay, size_t n, const void *needle, size_t k) {
         return memmem(hay, n, needle, k) != NULL;
 }
@@ -392,14 +404,8 @@ static void identity_not_token(void **state) {
 
         /* A real pair: the server reports the id and what was negotiated. */
         tcp_pair(&c, &a);
-        struct raw_tls sc = { .fd = c, .role = VHM_TLS_CLIENT, .token = TOKEN, .id = "mig-77" };
-        struct raw_tls ss = { .fd = a, .role = VHM_TLS_SERVER, .token = TOKEN };
-        assert_int_equal(pthread_create(&ss.th, NULL, raw_tls_run, &ss), 0);
-        assert_int_equal(pthread_create(&sc.th, NULL, raw_tls_run, &sc), 0);
-        assert_int_equal(pthread_join(ss.th, NULL), 0);
-        assert_int_equal(pthread_join(sc.th, NULL), 0);
-        assert_int_equal(ss.rc, 0);
-        assert_int_equal(sc.rc, 0);
+        struct raw_tls sc, ss;
+        raw_handshake_pair(c, a, "mig-77", &sc, &ss);
         assert_string_equal(vhm_tls_peer_id(ss.t), "mig-77");
         char desc[128];
         vhm_tls_describe(ss.t, desc, sizeof(desc));
@@ -499,14 +505,8 @@ static void gather_and_peek(void **state) {
         int before = count_open_fds();
         int c, a;
         tcp_pair(&c, &a);
-        struct raw_tls sc = { .fd = c, .role = VHM_TLS_CLIENT, .token = TOKEN, .id = "mig-gather" };
-        struct raw_tls ss = { .fd = a, .role = VHM_TLS_SERVER, .token = TOKEN };
-        assert_int_equal(pthread_create(&ss.th, NULL, raw_tls_run, &ss), 0);
-        assert_int_equal(pthread_create(&sc.th, NULL, raw_tls_run, &sc), 0);
-        assert_int_equal(pthread_join(ss.th, NULL), 0);
-        assert_int_equal(pthread_join(sc.th, NULL), 0);
-        assert_int_equal(ss.rc, 0);
-        assert_int_equal(sc.rc, 0);
+        struct raw_tls sc, ss;
+        raw_handshake_pair(c, a, "mig-gather", &sc, &ss);
 
         /*
          * More than the gather buffer holds: pieces of odd sizes (records
