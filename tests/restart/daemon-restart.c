@@ -25,6 +25,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1122,6 +1123,15 @@ static void cleanup(void) {
         fdstore_close(&t.store);
         unlink(t.config);
         unlink(t.log);
+        /* The incoming socket of the daemon killed in PrepareIncoming: a SIGKILLed process unlinks nothing. */
+        glob_t g;
+        char pattern[sizeof(t.dir) + 32];
+        snprintf(pattern, sizeof(pattern), "%s/vhostmig-incoming-*.sock", t.dir);
+        if (glob(pattern, 0, NULL, &g) == 0) {
+                for (size_t i = 0; i < g.gl_pathc; i++)
+                        unlink(g.gl_pathv[i]);
+                globfree(&g);
+        }
         rmdir(t.dir);
 }
 
