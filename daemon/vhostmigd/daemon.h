@@ -233,6 +233,9 @@ void daemon_update_status(struct daemon *d);
 
 /* The Manager (manager.c). */
 int manager_register(struct daemon *d);
+
+/* object-manager.c: org.freedesktop.DBus.ObjectManager at the root path. */
+int object_manager_register(struct daemon *d);
 /* Only root may change state: the bus policy says so, and this holds on a permissive bus too. */
 int daemon_check_root(sd_bus_message *m, sd_bus_error *error);
 

@@ -235,7 +235,7 @@ static int setup_bus(struct daemon *d) {
         if (r >= 0)
                 r = log_control_register(d);
         if (r >= 0)
-                r = sd_bus_add_object_manager(d->bus, NULL, VHOSTMIG_ROOT_PATH);
+                r = object_manager_register(d);
         if (r >= 0)
                 r = sd_bus_attach_event(d->bus, d->event, SD_EVENT_PRIORITY_NORMAL);
         if (r < 0) {

@@ -10,8 +10,8 @@
 #include "daemon/vhostmigd/props.h"
 
 /*
- * The row of `name`.  GetAll and GetManagedObjects ask for an interface's
- * properties in the vtable's order, which is the table's: the row after the
+ * The row of `name`.  GetAll asks for an interface's properties in the
+ * vtable's order, which is the table's: the row after the
  * last one found is tried first, so that a whole object costs one compare
  * per property rather than a scan each.
  */
@@ -32,11 +32,11 @@ static const struct prop_def *find(const struct prop_iface *iface, const char *n
 /*
  * The last view read, on the event loop (the only thread that runs getters).
  * A view is kilobytes (blockers, device paths): copied once per property,
- * GetManagedObjects of 256 VMs x 4 devices moved some 200 MB.  While
- * GetAll or GetManagedObjects is dispatched no loop code runs that could
- * change an object, so the view read for an object's first property serves
- * its others: one snapshot per object per call, which is also one moment
- * for all of them.  The key is the object, the message and the loop's
+ * GetAll would copy it some 30 times.  While GetAll is dispatched no loop
+ * code runs that could change the object, so the view read for its first
+ * property serves the others: one snapshot per call, which is also one
+ * moment for all of them (GetManagedObjects, object-manager.c, reads each
+ * object's view once itself).  The key is the object, the message and the loop's
  * iteration (sd-event dispatches one source, so at most one call, per
  * iteration): a later message at the same address never matches.
  */
@@ -50,8 +50,7 @@ static struct {
 
 /* Whether m reads properties only. */
 static bool is_read_only(sd_bus_message *m) {
-        return sd_bus_message_is_method_call(m, "org.freedesktop.DBus.Properties", "GetAll") > 0 ||
-               sd_bus_message_is_method_call(m, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects") > 0;
+        return sd_bus_message_is_method_call(m, "org.freedesktop.DBus.Properties", "GetAll") > 0;
 }
 
 /* The view of `object` now, or the one read earlier in the same read-only call. */
@@ -98,52 +97,6 @@ static int read_field(sd_bus *bus, void *object, const char *property, const voi
         return 0;
 }
 
-#define GETTER_HEAD                                      \
-        (void) path;                                     \
-        (void) interface;                                \
-        (void) error;                                    \
-        const void *f;                                   \
-        int r = read_field(bus, userdata, property, &f); \
-        if (r < 0)                                       \
-        return r
-
-/*
- * Basic values go in with sd_bus_message_append_basic(): sd_bus_message_append()
- * parses a signature for each, and GetManagedObjects of 1280 objects asks
- * for some 32 000 of them.
- */
-int prop_get_S(PROP_GETTER_ARGS) {
-        GETTER_HEAD;
-        return sd_bus_message_append_basic(reply, 's', f);
-}
-
-int prop_get_B(PROP_GETTER_ARGS) {
-        GETTER_HEAD;
-        int b = *(const bool *) f; /* D-Bus booleans are 32 bits */
-        return sd_bus_message_append_basic(reply, 'b', &b);
-}
-
-int prop_get_Q(PROP_GETTER_ARGS) {
-        GETTER_HEAD;
-        return sd_bus_message_append_basic(reply, 'q', f);
-}
-
-int prop_get_U(PROP_GETTER_ARGS) {
-        GETTER_HEAD;
-        return sd_bus_message_append_basic(reply, 'u', f);
-}
-
-int prop_get_T(PROP_GETTER_ARGS) {
-        GETTER_HEAD;
-        return sd_bus_message_append_basic(reply, 't', f);
-}
-
-int prop_get_AU(PROP_GETTER_ARGS) {
-        GETTER_HEAD;
-        const struct prop_u32v *v = f;
-        return sd_bus_message_append_array(reply, 'u', v->v, v->n * sizeof(uint32_t));
-}
-
 static int append_strings(sd_bus_message *reply, char type, const char *first, size_t stride, unsigned n) {
         char contents[2] = { type, '\0' };
         int r = sd_bus_message_open_container(reply, 'a', contents);
@@ -152,16 +105,96 @@ static int append_strings(sd_bus_message *reply, char type, const char *first, s
         return r < 0 ? r : sd_bus_message_close_container(reply);
 }
 
-int prop_get_AS(PROP_GETTER_ARGS) {
-        GETTER_HEAD;
-        const struct prop_strv *v = f;
-        return append_strings(reply, 's', v->v[0], sizeof(v->v[0]), v->n);
+/*
+ * A field as its D-Bus type.  Basic values go in with
+ * sd_bus_message_append_basic(): sd_bus_message_append() parses a signature
+ * for each, and GetManagedObjects of 1280 objects asks for some 32 000 of them.
+ */
+static int append_field(sd_bus_message *reply, enum prop_type type, const void *f) {
+        switch (type) {
+        case PROP_S:
+                return sd_bus_message_append_basic(reply, 's', f);
+        case PROP_B: {
+                int b = *(const bool *) f; /* D-Bus booleans are 32 bits */
+                return sd_bus_message_append_basic(reply, 'b', &b);
+        }
+        case PROP_Q:
+                return sd_bus_message_append_basic(reply, 'q', f);
+        case PROP_U:
+                return sd_bus_message_append_basic(reply, 'u', f);
+        case PROP_T:
+                return sd_bus_message_append_basic(reply, 't', f);
+        case PROP_AS: {
+                const struct prop_strv *v = f;
+                return append_strings(reply, 's', v->v[0], sizeof(v->v[0]), v->n);
+        }
+        case PROP_AU: {
+                const struct prop_u32v *v = f;
+                return sd_bus_message_append_array(reply, 'u', v->v, v->n * sizeof(uint32_t));
+        }
+        case PROP_AO: {
+                const struct prop_pathv *v = f;
+                return append_strings(reply, 'o', v->v[0], sizeof(v->v[0]), v->n);
+        }
+        }
+        return -EINVAL;
 }
 
-int prop_get_AO(PROP_GETTER_ARGS) {
-        GETTER_HEAD;
-        const struct prop_pathv *v = f;
-        return append_strings(reply, 'o', v->v[0], sizeof(v->v[0]), v->n);
+#define GETTER(type)                                                    \
+        int prop_get_##type(PROP_GETTER_ARGS) {                         \
+                (void) path;                                            \
+                (void) interface;                                       \
+                (void) error;                                           \
+                const void *f;                                          \
+                int r = read_field(bus, userdata, property, &f);        \
+                return r < 0 ? r : append_field(reply, PROP_##type, f); \
+        }
+GETTER(S)
+GETTER(B)
+GETTER(Q)
+GETTER(U)
+GETTER(T)
+GETTER(AS)
+GETTER(AU)
+GETTER(AO)
+
+static const char *const signature_of[] = {
+        [PROP_S] = PROP_SIG_S, [PROP_B] = PROP_SIG_B,   [PROP_Q] = PROP_SIG_Q,   [PROP_U] = PROP_SIG_U,
+        [PROP_T] = PROP_SIG_T, [PROP_AS] = PROP_SIG_AS, [PROP_AU] = PROP_SIG_AU, [PROP_AO] = PROP_SIG_AO,
+};
+
+/* One {sv} entry: the property's name and its value in a variant. */
+static int append_property(sd_bus_message *reply, const struct prop_def *def, const void *view) {
+        int r = sd_bus_message_open_container(reply, 'e', "sv");
+        if (r >= 0)
+                r = sd_bus_message_append_basic(reply, 's', def->name);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'v', signature_of[def->type]);
+        if (r >= 0)
+                r = append_field(reply, def->type, (const char *) view + def->offset);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        return r < 0 ? r : sd_bus_message_close_container(reply);
+}
+
+int props_append_interface(sd_bus_message *reply, const void *object) {
+        const struct prop_iface *iface = *(const struct prop_iface *const *) object;
+        void *view = malloc(iface->view_size);
+        if (!view)
+                return -ENOMEM;
+        /* One read for all of them: one moment, as GetAll shows it. */
+        iface->read_view(object, view);
+        int r = sd_bus_message_open_container(reply, 'e', "sa{sv}");
+        if (r >= 0)
+                r = sd_bus_message_append_basic(reply, 's', iface->interface);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "{sv}");
+        for (unsigned i = 0; r >= 0 && i < iface->n; i++)
+                r = append_property(reply, &iface->props[i], view);
+        free(view);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        return r < 0 ? r : sd_bus_message_close_container(reply);
 }
 
 /* Strings compare as strings: bytes after the NUL are whatever an earlier, longer value left. */

@@ -152,5 +152,11 @@ void prop_strv_copy(struct prop_strv *dst, const struct prop_strv *src);
  */
 unsigned props_diff(const struct prop_iface *iface, const void *was, const void *now, const char **changed);
 
+/*
+ * The object's interface and all its properties, as one {sa{sv}} entry of
+ * a GetManagedObjects reply or an InterfacesAdded signal: the view read once.
+ */
+int props_append_interface(sd_bus_message *reply, const void *object);
+
 /* Microseconds since the epoch (CLOCK_REALTIME), as the API's ...Timestamp properties count. */
 uint64_t props_now_usec(void);

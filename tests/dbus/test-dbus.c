@@ -1431,6 +1431,139 @@ static void test_signals(void **state) {
         guest_fini(&g);
 }
 
+/* ---- GetManagedObjects against what each object says of itself ---------------------------------- */
+
+/* The a{sv} the reader stands in, as sd-bus prints it. */
+static char *dump_properties(sd_bus_message *m) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        assert_non_null(f);
+        assert_true(sd_bus_message_enter_container(m, 'a', "{sv}") > 0);
+        assert_true(sd_bus_message_dump(m, f, SD_BUS_MESSAGE_DUMP_SUBTREE_ONLY) >= 0);
+        fclose(f);
+        return text;
+}
+
+static char *get_all_text(const char *path, const char *iface) {
+        sd_bus_message *reply = call(path, PROPS_IF, "GetAll", "s", iface);
+        char *text = dump_properties(reply);
+        sd_bus_message_unref(reply);
+        return text;
+}
+
+/* Whether Introspect of `path` names `iface`. */
+static bool introspect_has(const char *path, const char *iface) {
+        sd_bus_message *reply = call(path, "org.freedesktop.DBus.Introspectable", "Introspect", NULL);
+        const char *xml;
+        assert_true(sd_bus_message_read(reply, "s", &xml) > 0);
+        char needle[256];
+        snprintf(needle, sizeof(needle), "<interface name=\"%s\">", iface);
+        bool has = strstr(xml, needle) != NULL;
+        sd_bus_message_unref(reply);
+        return has;
+}
+
+/* Checks one object of the reply (the reader at its a{sa{sv}}); returns the object's own interface. */
+static const char *check_managed_object(sd_bus_message *m, const char *path) {
+        const char *own = NULL, *iface;
+        unsigned standard = 0;
+        assert_true(sd_bus_message_enter_container(m, 'a', "{sa{sv}}") > 0);
+        while (sd_bus_message_enter_container(m, 'e', "sa{sv}") > 0) {
+                assert_true(sd_bus_message_read(m, "s", &iface) > 0);
+                if (!introspect_has(path, iface))
+                        fail_msg("GetManagedObjects lists %s on %s; Introspect does not", iface, path);
+                char *listed = dump_properties(m);
+                assert_true(sd_bus_message_exit_container(m) >= 0);
+                if (strncmp(iface, "org.freedesktop.DBus.", 21) == 0) {
+                        standard++;
+                        if (listed[0] != '\0' && strspn(listed, " \t\n") != strlen(listed))
+                                fail_msg("%s on %s lists properties:\n%s", iface, path, listed);
+                } else {
+                        own = iface;
+                        char *got = get_all_text(path, iface);
+                        if (strcmp(listed, got) != 0)
+                                fail_msg("%s %s: GetManagedObjects says\n%s\nGetAll says\n%s", path, iface, listed,
+                                         got);
+                        free(got);
+                }
+                free(listed);
+                assert_true(sd_bus_message_exit_container(m) >= 0);
+        }
+        assert_true(sd_bus_message_exit_container(m) >= 0);
+        /* Peer, Introspectable and Properties, as every sd-bus object has them. */
+        assert_int_equal(standard, 3);
+        assert_non_null(own);
+        return own;
+}
+
+/*
+ * The daemon answers GetManagedObjects itself: it must list exactly the VMs
+ * and devices Manager.Vms and each Vm.Devices name (a removed device and a
+ * destroyed VM not), each with the interfaces Introspect names and the very
+ * properties GetAll gives, every type of property included.
+ */
+static void test_managed_objects_match_each_object(void **state) {
+        (void) state;
+        struct guest g;
+        guest_init(&g, 2);
+        char *a = create_vm("om-a", g.memfd, MEM_SIZE);
+        char *b = create_vm("om-b", g.memfd, MEM_SIZE);
+        char *gone = create_vm("om-gone", g.memfd, MEM_SIZE);
+        struct backend be[3];
+        char *dev[3];
+        for (unsigned i = 0; i < 3; i++) {
+                char name[16];
+                snprintf(name, sizeof(name), "om%u", i);
+                backend_init(&be[i], name);
+                backend_listen(&be[i]);
+                struct device_args da = std_device(be[i].socket, false, tb_config_features(&be[i].cfg), &g);
+                dev[i] = add_device(a, &da, i);
+        }
+        sd_bus_message_unref(call(a, VM_IF, "StartLogging", "a{sv}", 0u));
+        sd_bus_message_unref(call(a, VM_IF, "RemoveDevice", "o", dev[1]));
+        backend_wait_exit(&be[1], 5000);
+        destroy_vm("om-gone");
+
+        const char *expected[] = { a, dev[0], dev[2], b };
+        bool seen[4] = { false };
+        sd_bus_message *reply = call(ROOT_PATH, OM_IF, "GetManagedObjects", NULL);
+        const char *path;
+        unsigned objects = 0;
+        assert_true(sd_bus_message_enter_container(reply, 'a', "{oa{sa{sv}}}") > 0);
+        while (sd_bus_message_enter_container(reply, 'e', "oa{sa{sv}}") > 0) {
+                assert_true(sd_bus_message_read(reply, "o", &path) > 0);
+                unsigned i = 0;
+                while (i < 4 && strcmp(expected[i], path) != 0)
+                        i++;
+                if (i == 4)
+                        fail_msg("GetManagedObjects lists %s, which is not on the bus", path);
+                assert_false(seen[i]);
+                seen[i] = true;
+                const char *own = check_managed_object(reply, path);
+                assert_string_equal(own, i == 0 || i == 3 ? VM_IF : DEV_IF);
+                assert_true(sd_bus_message_exit_container(reply) >= 0);
+                objects++;
+        }
+        assert_int_equal(objects, 4);
+        sd_bus_message_unref(reply);
+        /* The call takes no arguments; sd-bus says so. */
+        call_error(SD_BUS_ERROR_INVALID_ARGS, NULL, NULL, ROOT_PATH, OM_IF, "GetManagedObjects", "s", "x");
+
+        destroy_vm("om-a");
+        destroy_vm("om-b");
+        backend_wait_exit(&be[0], 5000);
+        backend_wait_exit(&be[2], 5000);
+        for (unsigned i = 0; i < 3; i++) {
+                assert_no_violation(&be[i]);
+                free(dev[i]);
+        }
+        free(a);
+        free(b);
+        free(gone);
+        guest_fini(&g);
+}
+
 /* ---- 3. bad arguments ------------------------------------------------------------------------ */
 
 static void test_bad_arguments(void **state) {
@@ -2855,6 +2988,7 @@ int main(void) {
                 TEST(test_every_method_and_property),
                 TEST(test_log_switch_locked),
                 TEST(test_signals),
+                TEST(test_managed_objects_match_each_object),
                 TEST(test_bad_arguments),
                 TEST(test_libvirt_domains),
                 TEST(test_frozen_api),
