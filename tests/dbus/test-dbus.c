@@ -1499,9 +1499,9 @@ static const char *check_managed_object(sd_bus_message *m, const char *path) {
 
 /*
  * The daemon answers GetManagedObjects itself: it must list exactly the VMs
- * and devices Manager.Vms and each Vm.Devices name (a removed device and a
- * destroyed VM not), each with the interfaces Introspect names and the very
- * properties GetAll gives, every type of property included.
+ * and devices on the bus (a removed device and a destroyed VM not), each
+ * with the interfaces Introspect names and the very properties GetAll
+ * gives, every type of property included.
  */
 static void test_managed_objects_match_each_object(void **state) {
         (void) state;
